@@ -1,0 +1,79 @@
+# lmd — the common paths. CMake does the building; this file wires the
+# install, fetch, build and test steps together so that a fresh Debian 12
+# machine needs only `make run` or `make test`.
+
+BUILD      ?= build
+BUILD_ASAN ?= build-asan
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+VENV       := .venv
+PY         := $(VENV)/bin/python
+MODEL      ?= models/default.gguf
+HOST       ?= 127.0.0.1
+PORT       ?= 8080
+CMAKE_FLAGS ?=
+ifeq ($(CI),true)
+CMAKE_FLAGS += -DLMD_WERROR=ON
+endif
+
+.PHONY: all deps deps-peer model build build-asan run test test-unit test-asan test-integration \
+        bench bench-engine golden clean format
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+deps-peer:
+	@scripts/install-deps.sh --peer
+
+model: deps
+	@scripts/fetch-model.sh
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+$(BUILD_ASAN)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_ASAN) -DCMAKE_BUILD_TYPE=Debug -DLMD_SANITIZE=ON $(CMAKE_FLAGS)
+
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+build-asan: $(BUILD_ASAN)/CMakeCache.txt
+	cmake --build $(BUILD_ASAN) -j $(JOBS)
+
+run: deps model
+	@$(MAKE) --no-print-directory build
+	./$(BUILD)/lmd info $(MODEL)
+	./$(BUILD)/lmd run -m $(MODEL) --chat -p "Say hello in one short sentence." -n 48
+
+test: deps model
+	@$(MAKE) --no-print-directory test-unit test-asan test-integration
+
+test-unit: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+# The whole unit suite again under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-asan: build-asan
+	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		ctest --output-on-failure -j $(JOBS)
+
+test-integration: build
+	@if ls tests/integration/test_*.py >/dev/null 2>&1; then \
+		LMD_BIN=$(CURDIR)/$(BUILD)/lmd LMD_MODEL=$(CURDIR)/$(MODEL) $(PY) -m pytest -q tests/integration; \
+	else echo "no integration tests yet"; fi
+
+bench: bench-engine
+
+bench-engine: deps-peer model build
+	LMD_BIN=$(CURDIR)/$(BUILD)/lmd $(PY) bench/engine.py --model $(MODEL)
+
+# Regenerates the reference token ids and logits that the tests compare to,
+# using llama.cpp (llama-cpp-python) on the same GGUF files.
+golden: deps-peer model build
+	$(PY) tests/golden/make_golden.py
+
+format:
+	clang-format -i $$(git ls-files 'src/*.c' 'src/*.h' 'tests/*.c')
+
+clean:
+	rm -rf $(BUILD) $(BUILD_ASAN)
