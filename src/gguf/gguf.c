@@ -271,13 +271,18 @@ static int read_array(struct cursor *c, struct gguf_kv *kv, const char *key)
     kv->arr_str_off = offs;
     uint64_t start = c->pos;
     for (uint64_t i = 0; i < n; i++) {
-        struct gguf_str s;
-        offs[i] = c->pos - start;
-        rc = cur_str(c, &s, "array string");
-        if (rc) {
-            lmd_err_prefix(c->err, "key '%s' element %llu", key, (unsigned long long)i);
-            return rc;
-        }
+        uint64_t el_at = c->pos;
+        uint64_t len;
+        offs[i] = el_at - start;
+        if (cur_left(c) < 8)
+            return cur_fail(c, el_at, "key '%s': file truncated in array string %llu of %llu", key,
+                            (unsigned long long)i, (unsigned long long)n);
+        memcpy(&len, c->base + c->pos, 8);
+        c->pos += 8;
+        if (len > cur_left(c))
+            return cur_fail(c, el_at, "key '%s': array string %llu length %llu exceeds the %llu bytes left in the file",
+                            key, (unsigned long long)i, (unsigned long long)len, (unsigned long long)cur_left(c));
+        c->pos += len;
     }
     return 0;
 }
