@@ -3,9 +3,9 @@
  * dequantization, activation quantization, dot products and matmuls.
  *
  * Every weight type is dotted against activations quantized to the type
- * kern_dot_type() names (Q8_0 for the 32-element block types, Q8_K for the
- * K-quants, F16/BF16/F32 stay float), as llama.cpp does, so results match
- * it. Each operation has a portable scalar path (the reference the tests
+ * kern_dot_type() names (Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for Q4_1/Q5_1,
+ * Q8_K for the K-quants, F16/BF16/F32 stay float), as llama.cpp does, so
+ * results match it. Each operation has a portable scalar path (the reference the tests
  * compare against) and AVX2/FMA and AVX-512 paths chosen at run time from
  * lmd_cpu_features().
  *
@@ -37,13 +37,23 @@ uint16_t kern_f32_to_bf16(float f); /* round to nearest even */
 /* Weight types that have dequantization and dot products here. */
 bool kern_dtype_supported(enum gguf_dtype t);
 
+/* Elements per block of type t (1 for float types, 0 if unsupported). */
+int64_t kern_block_size(enum gguf_dtype t);
+/* Bytes of a row of n elements of type t; 0 if n is not a multiple of the
+ * block size or t is unsupported. */
+size_t kern_row_bytes(enum gguf_dtype t, int64_t n);
+
 /* n elements (a multiple of the block size) of type t -> f32. */
 void kern_dequant_row(enum gguf_dtype t, const void *src, float *dst, int64_t n);
 
 /* The type activations are quantized to before a dot with weight type t. */
 enum gguf_dtype kern_dot_type(enum gguf_dtype t);
 
-/* f32 -> type t (t is any kern_dot_type result: Q8_0, Q8_K, F16, BF16, F32). */
+/* f32 -> type t (t is any kern_dot_type result: Q8_0, Q8_1, Q8_K, F16,
+ * BF16, F32), rounding exactly as llama.cpp's reference quantizers do
+ * (quantize_row_q8_0_ref: d = amax / 127, q = roundf(x * (1 / d)); q8_K: d =
+ * max / -127 with the sign of the largest-magnitude element, nearest-even),
+ * on every ISA. */
 void kern_quantize_row(enum gguf_dtype t, const float *src, void *dst, int64_t n);
 
 /* Dot product of n elements: w is a row of weight type t, x a row of

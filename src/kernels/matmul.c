@@ -1,0 +1,155 @@
+/*
+ * kern_matmul: Y = X · Wᵀ over the compute pool.
+ *
+ * Two phases. First X is quantized to the weight type's activation type,
+ * once, into the caller's scratch (split over the pool when X is large).
+ * Then the output is cut into work items of (a block of weight rows) × (a
+ * block of X rows); the pool spreads the items, and each item walks its
+ * tiles with the ISA's tile kernel, which reuses every loaded weight block
+ * for several X rows (and several weight rows for each X block).
+ *
+ * Why those blocks: in decode (m = 1) the weights stream from memory once,
+ * so items are just runs of rows, contiguous per thread, several per
+ * thread for balance. In prefill, each weight row is used m times; a
+ * weight-row block sized to stay in L1/L2 is swept over an X block sized
+ * to stay in L2, so weights are read from memory about once per X block
+ * instead of once per token.
+ *
+ * Every element of Y is computed by the same tile kernel code path as
+ * kern_vec_dot, so the results are bit-identical to per-row dots on the
+ * same ISA, whatever the tiling or thread count.
+ */
+#include "kernels/quants.h"
+
+#include <string.h>
+
+#define SCRATCH_ALIGN 64
+#define WBLOCK_BYTES (24 * 1024) /* target weight bytes per item, L1/L2 resident */
+#define XBLOCK_BYTES (192 * 1024) /* target quantized-X bytes per item, L2 resident */
+
+static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+/* Bytes between quantized X rows in scratch (cache-line aligned rows). */
+static size_t xq_stride(enum gguf_dtype dt, int64_t k) { return round_up(kern__row_bytes(dt, k), SCRATCH_ALIGN); }
+
+size_t kern_matmul_scratch_bytes(enum gguf_dtype wt, int64_t k, int64_t m)
+{
+    enum gguf_dtype dt = kern_dot_type(wt);
+    if (dt == GGUF_DTYPE_F32)
+        return 0; /* X is used as it is */
+    return (size_t)m * xq_stride(dt, k) + SCRATCH_ALIGN;
+}
+
+struct quant_ctx {
+    kern__quant_fn quant;
+    const float *x; /* [m][k] */
+    char *xq;       /* [m][xs bytes] */
+    size_t xs;
+    int64_t k;
+};
+
+static void quant_rows(void *vctx, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    struct quant_ctx *c = vctx;
+    for (int64_t r = begin; r < end; r++)
+        c->quant(c->x + r * c->k, c->xq + (size_t)r * c->xs, c->k);
+}
+
+struct mm_ctx {
+    kern__dot_fn dot;
+    int tile_w, tile_x;
+    const char *w;
+    size_t ws;        /* bytes between weight rows */
+    const char *xq;   /* quantized X: [m][xs bytes] */
+    size_t xs;
+    float *y;         /* [m][ldy] */
+    int64_t ldy;
+    int64_t n, k, m;
+    int64_t wrows;    /* weight rows per item */
+    int64_t xrows;    /* X rows per item */
+    int64_t n_wblocks;
+};
+
+static void mm_items(void *vctx, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    const struct mm_ctx *c = vctx;
+    for (int64_t it = begin; it < end; it++) {
+        /* X block outer, so neighbouring items (one thread's run) share it. */
+        int64_t xb = it / c->n_wblocks, wb = it % c->n_wblocks;
+        int64_t r0 = wb * c->wrows, r1 = r0 + c->wrows < c->n ? r0 + c->wrows : c->n;
+        int64_t j0 = xb * c->xrows, j1 = j0 + c->xrows < c->m ? j0 + c->xrows : c->m;
+        for (int64_t j = j0; j < j1; j += c->tile_x) {
+            int nx = (int)(j1 - j < c->tile_x ? j1 - j : c->tile_x);
+            for (int64_t r = r0; r < r1; r += c->tile_w) {
+                int nw = (int)(r1 - r < c->tile_w ? r1 - r : c->tile_w);
+                c->dot(c->k, c->w + (size_t)r * c->ws, c->ws, nw, c->xq + (size_t)j * c->xs, c->xs, nx,
+                       c->y + j * c->ldy + r, c->ldy);
+            }
+        }
+    }
+}
+
+void kern_matmul(struct lmd_pool *pool, enum gguf_dtype wt, const void *w, size_t w_stride, int64_t n, int64_t k,
+                 const float *x, int64_t m, float *y, int64_t ldy, void *scratch)
+{
+    const struct kern__traits *tr = kern__traits(wt);
+    LMD_ASSERT(tr->weight && k % tr->block == 0, "kern_matmul: bad type or k");
+    if (n <= 0 || m <= 0)
+        return;
+    const struct kern__ops *ops = kern__ops();
+    const struct kern__type_ops *e = &ops->type[wt];
+    enum gguf_dtype dt = tr->dot;
+    int threads = lmd_pool_threads(pool);
+
+    /* Phase 1: quantize X. */
+    const char *xq;
+    size_t xs;
+    if (dt == GGUF_DTYPE_F32) {
+        xq = (const char *)x;
+        xs = (size_t)k * sizeof(float);
+    } else {
+        char *base = (char *)round_up((size_t)scratch, SCRATCH_ALIGN);
+        xs = xq_stride(dt, k);
+        struct quant_ctx qc = {ops->type[dt].quant, x, base, xs, k};
+        /* Quantizing costs ~k per row against ~n * k for the products:
+         * worth sharing only when there are many rows. */
+        if (m >= 2 * threads && m * k >= 32768)
+            lmd_pool_for(pool, m, 0, quant_rows, &qc);
+        else
+            quant_rows(&qc, 0, m, 0);
+        xq = base;
+    }
+
+    /* Phase 2: the products. */
+    struct mm_ctx c = {
+        .dot = e->dot, .tile_w = e->tile_w, .tile_x = e->tile_x, .w = w, .ws = w_stride, .xq = xq, .xs = xs,
+        .y = y, .ldy = ldy, .n = n, .k = k, .m = m,
+    };
+    size_t wrow_bytes = kern__row_bytes(wt, k);
+    if (m == 1) {
+        /* Decode: runs of whole tiles, about 8 items per thread so a slow
+         * core sheds work to the other, but each one long enough to
+         * stream. */
+        int64_t tiles = (n + c.tile_w - 1) / c.tile_w;
+        int64_t per = tiles / (8 * (int64_t)threads);
+        c.wrows = (per < 1 ? 1 : per) * c.tile_w;
+        c.xrows = 1;
+    } else {
+        int64_t wr = (int64_t)(WBLOCK_BYTES / (wrow_bytes ? wrow_bytes : 1));
+        wr = wr / c.tile_w * c.tile_w;
+        if (wr < c.tile_w)
+            wr = c.tile_w;
+        /* Enough items for every thread even when n is small. */
+        while (wr > c.tile_w && (n + wr - 1) / wr < 4 * (int64_t)threads)
+            wr -= c.tile_w;
+        c.wrows = wr;
+        int64_t xr = (int64_t)(XBLOCK_BYTES / xs);
+        xr = xr / c.tile_x * c.tile_x;
+        c.xrows = xr < c.tile_x ? c.tile_x : xr;
+    }
+    c.n_wblocks = (n + c.wrows - 1) / c.wrows;
+    int64_t n_xblocks = (m + c.xrows - 1) / c.xrows;
+    lmd_pool_for(pool, c.n_wblocks * n_xblocks, 1, mm_items, &c);
+}
