@@ -234,3 +234,25 @@ static inline void kern__q3k_scales(const uint8_t *s12, int8_t out[16])
         KERN__SW(q5_0, Q5_0), KERN__SW(q5_1, Q5_1), KERN__SWA(q8_0, Q8_0), KERN__SA(q8_1, Q8_1),                 \
         KERN__SW(q2_K, Q2_K), KERN__SW(q3_K, Q3_K), KERN__SW(q4_K, Q4_K), KERN__SW(q5_K, Q5_K),                  \
         KERN__SW(q6_K, Q6_K), KERN__SA(q8_K, Q8_K)
+
+/* The AVX2 entry points (cpu/ files ending in _avx2.c), which the AVX-512 table reuses. */
+#define KERN__AVX2_DOT_DECL(T)                                                                                 \
+    void kern__dot_##T##_avx2(int64_t n, const void *w, size_t w_stride, int nw, const void *x, size_t x_stride, \
+                              int nx, float *y, int64_t ldy);
+KERN__AVX2_DOT_DECL(f32)
+KERN__AVX2_DOT_DECL(f16)
+KERN__AVX2_DOT_DECL(bf16)
+KERN__AVX2_DOT_DECL(q4_0)
+KERN__AVX2_DOT_DECL(q4_1)
+KERN__AVX2_DOT_DECL(q5_0)
+KERN__AVX2_DOT_DECL(q5_1)
+KERN__AVX2_DOT_DECL(q8_0)
+KERN__AVX2_DOT_DECL(q2_K)
+KERN__AVX2_DOT_DECL(q3_K)
+KERN__AVX2_DOT_DECL(q4_K)
+KERN__AVX2_DOT_DECL(q5_K)
+KERN__AVX2_DOT_DECL(q6_K)
+void kern__quant_q8_0_avx2(const float *src, void *dst, int64_t n);
+void kern__quant_q8_1_avx2(const float *src, void *dst, int64_t n);
+void kern__quant_q8_K_avx2(const float *src, void *dst, int64_t n);
+void kern__quant_f16_avx2(const float *src, void *dst, int64_t n);

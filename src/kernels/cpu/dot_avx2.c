@@ -1,8 +1,32 @@
 /*
- * AVX2 + FMA + F16C kernels (built with -mavx2 -mfma -mf16c): the AVX2
- * ISA table. Work in progress: entries not yet vectorized use the scalar
- * reference.
+ * The AVX2 ISA table: which AVX2 kernel serves each type. Every weight
+ * type has an AVX2 dot product; dequantization (not on the hot path:
+ * embedding rows, debugging) and the BF16 quantizer stay scalar.
+ *
+ * Tiles are up to 4 weight rows x 4 activation rows (see legacy_avx2.c).
  */
 #include "kernels/quants.h"
 
-const struct kern__ops kern__ops_avx2 = {.name = "avx2", .type = {KERN__SCALAR_ENTRIES}};
+#define W(T, E) [GGUF_DTYPE_##E] = {kern__dequant_##T##_scalar, NULL, kern__dot_##T##_avx2, 4, 4}
+
+const struct kern__ops kern__ops_avx2 = {
+    .name = "avx2",
+    .type =
+        {
+            [GGUF_DTYPE_F32] = {kern__dequant_f32_scalar, kern__quant_f32_scalar, kern__dot_f32_avx2, 4, 4},
+            [GGUF_DTYPE_F16] = {kern__dequant_f16_scalar, kern__quant_f16_avx2, kern__dot_f16_avx2, 4, 4},
+            [GGUF_DTYPE_BF16] = {kern__dequant_bf16_scalar, kern__quant_bf16_scalar, kern__dot_bf16_avx2, 4, 4},
+            W(q4_0, Q4_0),
+            W(q4_1, Q4_1),
+            W(q5_0, Q5_0),
+            W(q5_1, Q5_1),
+            [GGUF_DTYPE_Q8_0] = {kern__dequant_q8_0_scalar, kern__quant_q8_0_avx2, kern__dot_q8_0_avx2, 4, 4},
+            [GGUF_DTYPE_Q8_1] = {kern__dequant_q8_1_scalar, kern__quant_q8_1_avx2, NULL, 0, 0},
+            W(q2_K, Q2_K),
+            W(q3_K, Q3_K),
+            W(q4_K, Q4_K),
+            W(q5_K, Q5_K),
+            W(q6_K, Q6_K),
+            [GGUF_DTYPE_Q8_K] = {kern__dequant_q8_K_scalar, kern__quant_q8_K_avx2, NULL, 0, 0},
+        },
+};

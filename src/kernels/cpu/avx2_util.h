@@ -1,0 +1,88 @@
+/*
+ * Small AVX2 helpers shared by the *_avx2.c kernel files (and the AVX-512
+ * files, which also enable AVX2). Only include from files compiled with
+ * -mavx2 -mfma -mf16c.
+ *
+ * Numerics rule for every SIMD kernel: a dot product's f32 operations are
+ * written as explicit fmadd / mul / add intrinsics in one fixed order per
+ * (weight row, x row) pair, and never as a separate multiply feeding an
+ * add, so the compiler has nothing to contract and every tile shape gives
+ * the same bits.
+ */
+#pragma once
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#define KERN_INLINE static inline __attribute__((always_inline))
+
+/* Sum of the 8 lanes, in a fixed order: (lo + hi) pairwise. */
+KERN_INLINE float kern__hsum_ps(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+KERN_INLINE float kern__hsum_ps128(__m128 s)
+{
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+KERN_INLINE float kern__h2f_hw(uint16_t h) { return _cvtsh_ss(h); }
+
+/* int16 pairs -> int32: multiply by 1 and add neighbours. */
+KERN_INLINE __m256i kern__sum_i16_pairs(__m256i v) { return _mm256_madd_epi16(v, _mm256_set1_epi16(1)); }
+
+/* Signed int8 dot of 32 pairs into 8 int32 lanes (lane l holds 4 products):
+ * |a| times b with a's sign moved onto b, so maddubs (u8 x s8) applies.
+ * Needs b != -128 where a < 0 (activations never hold -128). */
+KERN_INLINE __m256i kern__dot_i8(__m256i a, __m256i b)
+{
+    __m256i ua = _mm256_sign_epi8(a, a);
+    __m256i sb = _mm256_sign_epi8(b, a);
+    return kern__sum_i16_pairs(_mm256_maddubs_epi16(ua, sb));
+}
+
+/* The 32 bits of a (little-endian) become 32 bytes of 0x00 / 0xFF. */
+KERN_INLINE __m256i kern__bits_to_bytes(uint32_t bits)
+{
+    const __m256i shuf = _mm256_setr_epi64x(0x0000000000000000ll, 0x0101010101010101ll, 0x0202020202020202ll,
+                                            0x0303030303030303ll);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), shuf);
+    const __m256i sel = _mm256_set1_epi64x((long long)0x7fbfdfeff7fbfdfeull);
+    v = _mm256_or_si256(v, sel);
+    return _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1));
+}
+
+/* 16 bytes of nibbles -> 32 bytes: low nibbles first, then high nibbles
+ * (the order of the 32-element block types). */
+KERN_INLINE __m256i kern__nibbles_32(const uint8_t *p)
+{
+    __m128i v = _mm_loadu_si128((const __m128i *)p);
+    __m256i both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+KERN_INLINE uint32_t kern__load_u32(const void *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/*
+ * Decode streams the weights from memory once, several rows side by side;
+ * the hardware prefetcher follows one sequential stream well but not four
+ * interleaved ones, so the tiles prefetch the same place in the rows the
+ * next tile will read (nw rows below), one call per cache line.
+ */
+KERN_INLINE void kern__prefetch_lines(const char *p, int bytes)
+{
+    for (int o = 0; o < bytes; o += 64)
+        _mm_prefetch(p + o, _MM_HINT_T0);
+}
