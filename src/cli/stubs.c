@@ -11,6 +11,4 @@ static int not_yet(const char *cmd, int argc, char **argv)
     return help ? 0 : 1;
 }
 
-int cli_run(int argc, char **argv) { return not_yet("run", argc, argv); }
 int cli_serve(int argc, char **argv) { return not_yet("serve", argc, argv); }
-int cli_bench(int argc, char **argv) { return not_yet("bench", argc, argv); }

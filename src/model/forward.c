@@ -1,0 +1,350 @@
+/*
+ * The forward pass over a ragged batch (see model.h), one function reading
+ * top to bottom as the maths. Architecture differences are the traits in
+ * struct model_arch, tested inline.
+ *
+ * Rows of every activation matrix are tokens: all tokens of all sequences in
+ * the step are concatenated, so each weight matrix is streamed once per
+ * step whatever the mix of prefill chunks and decodes. Only attention looks
+ * at which sequence a token belongs to.
+ */
+#include "model/model.h"
+
+#include "kernels/kernels.h"
+#include "model/ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct model_scratch {
+    int max_tokens; /* tokens per step */
+    int max_logits; /* logit rows per step */
+    int n_threads;
+    int max_ctx;     /* positions one sequence may attend to */
+    float *x;        /* [max_tokens][n_embd] residual stream */
+    float *xb;       /* [max_tokens][n_embd] normed input / sublayer output */
+    float *q;        /* [max_tokens][n_head * head_dim_k] */
+    float *k;        /* [max_tokens][n_head_kv * head_dim_k] */
+    float *v;        /* [max_tokens][n_head_kv * head_dim_v] */
+    float *att;      /* [max_tokens][n_head * head_dim_v] */
+    float *ffg;      /* [max_tokens][n_ff] */
+    float *ffu;      /* [max_tokens][n_ff] */
+    float *rope;     /* [max_tokens][n_rot] cos/sin, global base */
+    float *rope_swa; /* [max_tokens][n_rot] cos/sin, sliding-window base */
+    int32_t *tok_seq; /* [max_tokens] index of each token's sequence */
+    int32_t *tok_pos; /* [max_tokens] position of each token */
+    void *mm;        /* matmul scratch (quantized activations) */
+    size_t mm_bytes;
+    /* per-thread attention scratch */
+    float *att_scores;      /* [n_threads][max_ctx] */
+    uint16_t *att_p16;      /* [n_threads][max_ctx] */
+    uint16_t *att_q16;      /* [n_threads][head_dim_k] */
+    const uint16_t **att_k; /* [n_threads][max_ctx] */
+    const uint16_t **att_v; /* [n_threads][max_ctx] */
+};
+
+void model_scratch_free(struct model_scratch *s)
+{
+    if (!s)
+        return;
+    free(s->x);
+    free(s->xb);
+    free(s->q);
+    free(s->k);
+    free(s->v);
+    free(s->att);
+    free(s->ffg);
+    free(s->ffu);
+    free(s->rope);
+    free(s->rope_swa);
+    free(s->tok_seq);
+    free(s->tok_pos);
+    free(s->mm);
+    free(s->att_scores);
+    free(s->att_p16);
+    free(s->att_q16);
+    free(s->att_k);
+    free(s->att_v);
+    free(s);
+}
+
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+static size_t mm_need(const struct model_tensor *t, int m)
+{
+    return t->data ? kern_matmul_scratch_bytes(t->type, t->n_cols, m) : 0;
+}
+
+int model_scratch_create(struct model_scratch **out, const struct model *m, int max_tokens, int max_logits,
+                         int n_threads, struct lmd_err *err)
+{
+    *out = NULL;
+    const struct model_hparams *hp = &m->hp;
+    if (max_tokens <= 0 || max_logits <= 0 || n_threads <= 0)
+        return lmd_err_set(err, LMD_EINVAL, "model scratch: sizes must be positive");
+    struct model_scratch *s = calloc(1, sizeof *s);
+    if (!s)
+        return lmd_err_set(err, LMD_ENOMEM, "out of memory");
+    s->max_tokens = max_tokens;
+    s->max_logits = max_logits;
+    s->n_threads = n_threads;
+    s->max_ctx = hp->n_ctx_train;
+    size_t T = (size_t)max_tokens;
+    size_t qd = (size_t)hp->n_head * (size_t)hp->head_dim_k, kd = (size_t)hp->n_head_kv * (size_t)hp->head_dim_k;
+    size_t vd = (size_t)hp->n_head_kv * (size_t)hp->head_dim_v, od = (size_t)hp->n_head * (size_t)hp->head_dim_v;
+    s->x = malloc(T * (size_t)hp->n_embd * sizeof(float));
+    s->xb = malloc(max_sz(T, 1) * (size_t)hp->n_embd * sizeof(float));
+    s->q = malloc(T * qd * sizeof(float));
+    s->k = malloc(T * kd * sizeof(float));
+    s->v = malloc(T * vd * sizeof(float));
+    s->att = malloc(T * od * sizeof(float));
+    s->ffg = malloc(T * (size_t)hp->n_ff * sizeof(float));
+    s->ffu = malloc(T * (size_t)hp->n_ff * sizeof(float));
+    s->rope = malloc(T * (size_t)hp->n_rot * sizeof(float));
+    s->rope_swa = malloc(T * (size_t)hp->n_rot * sizeof(float));
+    s->tok_seq = malloc(T * sizeof(int32_t));
+    s->tok_pos = malloc(T * sizeof(int32_t));
+    size_t mm = 0;
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct model_layer *L = &m->layers[il];
+        mm = max_sz(mm, mm_need(&L->wq, max_tokens));
+        mm = max_sz(mm, mm_need(&L->wk, max_tokens));
+        mm = max_sz(mm, mm_need(&L->wv, max_tokens));
+        mm = max_sz(mm, mm_need(&L->wo, max_tokens));
+        mm = max_sz(mm, mm_need(&L->ffn_gate, max_tokens));
+        mm = max_sz(mm, mm_need(&L->ffn_up, max_tokens));
+        mm = max_sz(mm, mm_need(&L->ffn_down, max_tokens));
+    }
+    mm = max_sz(mm, mm_need(&m->output, max_logits));
+    s->mm_bytes = mm;
+    s->mm = aligned_alloc(64, (mm + 63) & ~(size_t)63);
+    size_t nt = (size_t)n_threads, ctx = (size_t)s->max_ctx;
+    s->att_scores = malloc(nt * ctx * sizeof(float));
+    s->att_p16 = malloc(nt * ctx * sizeof(uint16_t));
+    s->att_q16 = malloc(nt * (size_t)hp->head_dim_k * sizeof(uint16_t));
+    s->att_k = malloc(nt * ctx * sizeof(*s->att_k));
+    s->att_v = malloc(nt * ctx * sizeof(*s->att_v));
+    if (!s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->ffg || !s->ffu || !s->rope || !s->rope_swa ||
+        !s->tok_seq || !s->tok_pos || !s->mm || !s->att_scores || !s->att_p16 || !s->att_q16 || !s->att_k ||
+        !s->att_v) {
+        model_scratch_free(s);
+        return lmd_err_set(err, LMD_ENOMEM, "model scratch: out of memory for %d tokens per step", max_tokens);
+    }
+    *out = s;
+    return 0;
+}
+
+/* ---- parallel pieces ---------------------------------------------------- */
+
+struct attn_job {
+    const struct model *m;
+    struct model_scratch *s;
+    const struct kv_cache *kv;
+    const struct model_seq *seqs;
+    int layer;
+};
+
+static void attn_task(void *ctx, int64_t begin, int64_t end, int tid)
+{
+    const struct attn_job *J = ctx;
+    const struct model_hparams *hp = &J->m->hp;
+    struct model_scratch *s = J->s;
+    const int n_head = hp->n_head, dk = hp->head_dim_k, dv = hp->head_dim_v;
+    const int group = hp->n_head / hp->n_head_kv;
+    const int bt = J->kv->cfg.block_tokens;
+    const bool swa = hp->layer_swa[J->layer];
+    const float scale = hp->arch->q_prescale ? 1.0f : hp->attn_scale;
+    float *scores = s->att_scores + (size_t)tid * (size_t)s->max_ctx;
+    uint16_t *p16 = s->att_p16 + (size_t)tid * (size_t)s->max_ctx;
+    uint16_t *q16 = s->att_q16 + (size_t)tid * (size_t)dk;
+    const uint16_t **kp = s->att_k + (size_t)tid * (size_t)s->max_ctx;
+    const uint16_t **vp = s->att_v + (size_t)tid * (size_t)s->max_ctx;
+    for (int64_t task = begin; task < end; task++) {
+        const int t = (int)(task / n_head), h = (int)(task % n_head), kvh = h / group;
+        const struct model_seq *sq = &J->seqs[s->tok_seq[t]];
+        const int pos = s->tok_pos[t];
+        /* Causal: positions [0, pos]; sliding layers see the last n_swa. */
+        int first = 0;
+        if (swa && pos - hp->n_swa + 1 > 0)
+            first = pos - hp->n_swa + 1;
+        const int n = pos + 1 - first;
+        for (int j = 0; j < n; j++) {
+            const int p = first + j;
+            const int32_t blk = sq->blocks[p / bt];
+            kp[j] = kv_k_at(J->kv, blk, J->layer, kvh, p % bt);
+            vp[j] = kv_v_at(J->kv, blk, J->layer, kvh, p % bt);
+        }
+        const float *q = s->q + ((size_t)t * (size_t)n_head + (size_t)h) * (size_t)dk;
+        for (int d = 0; d < dk; d++)
+            q16[d] = kern_f32_to_f16(q[d]);
+        float *o = s->att + ((size_t)t * (size_t)n_head + (size_t)h) * (size_t)dv;
+        ops_attend(o, q16, kp, vp, n, dk, dv, scale, scores, p16);
+    }
+}
+
+/* ---- the forward pass --------------------------------------------------- */
+
+static void matmul(struct lmd_pool *pool, struct model_scratch *s, const struct model_tensor *w, const float *x,
+                   int m, float *y)
+{
+    kern_matmul(pool, w->type, w->data, w->row_bytes, w->n_rows, w->n_cols, x, m, y, w->n_rows, s->mm);
+}
+
+static void add_bias(float *y, const float *b, int rows, int dim)
+{
+    if (!b)
+        return;
+    for (int t = 0; t < rows; t++)
+        for (int i = 0; i < dim; i++)
+            y[(size_t)t * (size_t)dim + (size_t)i] += b[i];
+}
+
+int model_forward(const struct model *m, struct model_scratch *s, struct lmd_pool *pool, struct kv_cache *kv,
+                  const struct model_seq *seqs, int n_seqs, float *logits, struct lmd_err *err)
+{
+    const struct model_hparams *hp = &m->hp;
+    const int E = hp->n_embd, H = hp->n_head, HKV = hp->n_head_kv, DK = hp->head_dim_k, DV = hp->head_dim_v;
+    const int bt = kv->cfg.block_tokens;
+
+    /* Flatten the batch and check it against the scratch and the cache. */
+    int T = 0, n_want = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        const struct model_seq *sq = &seqs[i];
+        if (sq->n_tokens <= 0 || sq->pos < 0 || sq->pos > s->max_ctx - sq->n_tokens)
+            return lmd_err_set(err, LMD_EINVAL, "forward: sequence %d: positions %d..%d outside the context of %d", i,
+                               sq->pos, sq->pos + sq->n_tokens - 1, s->max_ctx);
+        if (sq->n_tokens > s->max_tokens - T)
+            return lmd_err_set(err, LMD_EINVAL, "forward: batch exceeds %d tokens per step", s->max_tokens);
+        for (int j = 0; j < sq->n_tokens; j++) {
+            if (sq->tokens[j] < 0 || sq->tokens[j] >= hp->n_vocab)
+                return lmd_err_set(err, LMD_EINVAL, "forward: token id %d out of range (vocabulary %d)",
+                                   sq->tokens[j], hp->n_vocab);
+            s->tok_seq[T] = i;
+            s->tok_pos[T] = sq->pos + j;
+            T++;
+        }
+        n_want += sq->want_logits;
+    }
+    if (n_want > s->max_logits)
+        return lmd_err_set(err, LMD_EINVAL, "forward: %d logit rows exceed %d", n_want, s->max_logits);
+    if (T == 0)
+        return 0;
+
+    /* Embeddings, then RoPE tables for each token's position. */
+    const float escale = hp->arch->embd_scale ? sqrtf((float)E) : 1.0f;
+    for (int t = 0; t < T; t++) {
+        const int32_t id = seqs[s->tok_seq[t]].tokens[s->tok_pos[t] - seqs[s->tok_seq[t]].pos];
+        float *x = s->x + (size_t)t * (size_t)E;
+        kern_dequant_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + (size_t)id * m->tok_embd.row_bytes, x,
+                         E);
+        if (escale != 1.0f)
+            for (int i = 0; i < E; i++)
+                x[i] *= escale;
+        ops_rope_cache(s->rope + (size_t)t * (size_t)hp->n_rot, s->tok_pos[t], hp->n_rot, hp->rope_base,
+                       hp->rope_freq_scale, m->rope_freqs);
+        if (hp->n_swa > 0)
+            ops_rope_cache(s->rope_swa + (size_t)t * (size_t)hp->n_rot, s->tok_pos[t], hp->n_rot, hp->rope_base_swa,
+                           1.0f, NULL);
+    }
+
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct model_layer *L = &m->layers[il];
+        const float *rope = hp->layer_swa[il] ? s->rope_swa : s->rope;
+
+        /* Attention: norm, Q/K/V projections. */
+        for (int t = 0; t < T; t++)
+            ops_rmsnorm(s->xb + (size_t)t * E, s->x + (size_t)t * E, L->attn_norm, E, hp->rms_eps);
+        matmul(pool, s, &L->wq, s->xb, T, s->q);
+        matmul(pool, s, &L->wk, s->xb, T, s->k);
+        matmul(pool, s, &L->wv, s->xb, T, s->v);
+        add_bias(s->q, L->bq, T, H * DK);
+        add_bias(s->k, L->bk, T, HKV * DK);
+        add_bias(s->v, L->bv, T, HKV * DV);
+
+        /* Per-head norms and RoPE, Q scaling; K and V into the cache. */
+        for (int t = 0; t < T; t++) {
+            const float *cs = rope + (size_t)t * (size_t)hp->n_rot;
+            for (int h = 0; h < H; h++) {
+                float *q = s->q + ((size_t)t * H + (size_t)h) * (size_t)DK;
+                if (L->q_norm)
+                    ops_rmsnorm(q, q, L->q_norm, DK, hp->rms_eps);
+                ops_rope_apply(q, cs, hp->n_rot, hp->arch->rope == MODEL_ROPE_NEOX);
+                if (hp->arch->q_prescale)
+                    for (int d = 0; d < DK; d++)
+                        q[d] *= hp->attn_scale;
+            }
+            const struct model_seq *sq = &seqs[s->tok_seq[t]];
+            const int pos = s->tok_pos[t];
+            const int32_t blk = sq->blocks[pos / bt];
+            for (int h = 0; h < HKV; h++) {
+                float *k = s->k + ((size_t)t * HKV + (size_t)h) * (size_t)DK;
+                if (L->k_norm)
+                    ops_rmsnorm(k, k, L->k_norm, DK, hp->rms_eps);
+                ops_rope_apply(k, cs, hp->n_rot, hp->arch->rope == MODEL_ROPE_NEOX);
+                uint16_t *kc = kv_k_at(kv, blk, il, h, pos % bt);
+                for (int d = 0; d < DK; d++)
+                    kc[d] = kern_f32_to_f16(k[d]);
+                const float *v = s->v + ((size_t)t * HKV + (size_t)h) * (size_t)DV;
+                uint16_t *vc = kv_v_at(kv, blk, il, h, pos % bt);
+                for (int d = 0; d < DV; d++)
+                    vc[d] = kern_f32_to_f16(v[d]);
+            }
+        }
+
+        struct attn_job job = {.m = m, .s = s, .kv = kv, .seqs = seqs, .layer = il};
+        lmd_pool_for(pool, (int64_t)T * H, 1, attn_task, &job);
+
+        /* Output projection, optional post-norm, residual. */
+        matmul(pool, s, &L->wo, s->att, T, s->xb);
+        for (int t = 0; t < T; t++) {
+            float *o = s->xb + (size_t)t * E, *x = s->x + (size_t)t * E;
+            if (L->attn_post_norm)
+                ops_rmsnorm(o, o, L->attn_post_norm, E, hp->rms_eps);
+            for (int i = 0; i < E; i++)
+                x[i] += o[i];
+        }
+
+        /* Gated feed-forward. */
+        for (int t = 0; t < T; t++)
+            ops_rmsnorm(s->xb + (size_t)t * E, s->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
+        matmul(pool, s, &L->ffn_gate, s->xb, T, s->ffg);
+        matmul(pool, s, &L->ffn_up, s->xb, T, s->ffu);
+        for (int t = 0; t < T; t++) {
+            float *g = s->ffg + (size_t)t * (size_t)hp->n_ff;
+            const float *u = s->ffu + (size_t)t * (size_t)hp->n_ff;
+            if (hp->arch->act == MODEL_ACT_GELU)
+                ops_geglu(g, u, hp->n_ff);
+            else
+                ops_swiglu(g, u, hp->n_ff);
+        }
+        matmul(pool, s, &L->ffn_down, s->ffg, T, s->xb);
+        for (int t = 0; t < T; t++) {
+            float *o = s->xb + (size_t)t * E, *x = s->x + (size_t)t * E;
+            if (L->ffn_post_norm)
+                ops_rmsnorm(o, o, L->ffn_post_norm, E, hp->rms_eps);
+            for (int i = 0; i < E; i++)
+                x[i] += o[i];
+        }
+    }
+
+    /* Final norm and the vocabulary projection, only for rows that want
+     * logits (the last token of a sequence that asked). */
+    if (n_want == 0)
+        return 0;
+    int r = 0, t_end = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        t_end += seqs[i].n_tokens;
+        if (!seqs[i].want_logits)
+            continue;
+        ops_rmsnorm(s->xb + (size_t)r * E, s->x + (size_t)(t_end - 1) * E, m->output_norm, E, hp->rms_eps);
+        r++;
+    }
+    matmul(pool, s, &m->output, s->xb, n_want, logits);
+    if (hp->final_softcap > 0) {
+        const float c = hp->final_softcap;
+        for (size_t i = 0; i < (size_t)n_want * (size_t)hp->n_vocab; i++)
+            logits[i] = c * tanhf(logits[i] / c);
+    }
+    return 0;
+}

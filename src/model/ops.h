@@ -1,0 +1,31 @@
+/*
+ * The f32 vector operations the forward pass is built from: RMS norm, RoPE,
+ * gated activations, and f16 attention. Numerics follow llama.cpp's CPU
+ * backend (double-precision sums in norms and softmax, the f16 GELU table,
+ * f16 rounding of Q and of attention probabilities) so that greedy outputs
+ * match it token for token.
+ */
+#pragma once
+
+#include <stdint.h>
+
+/* out = (x / rms(x)) * w, with the sum of squares taken in double. w may be NULL. */
+void ops_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+
+/* cos/sin table for one position: cs[2*i] = cos, cs[2*i+1] = sin, i < n_rot/2.
+ * freq_factors (may be NULL) divide each frequency, as llama 3's rope_freqs. */
+void ops_rope_cache(float *cs, int pos, int n_rot, float base, float freq_scale, const float *freq_factors);
+
+/* Rotate one head vector in place. neox: rotate halves; else adjacent pairs. */
+void ops_rope_apply(float *x, const float *cs, int n_rot, int neox);
+
+/* y = act(g) * u in place into g; n elements. */
+void ops_geglu(float *g, const float *u, int n);
+void ops_swiglu(float *g, const float *u, int n);
+
+/* Attention of one query head over n positions given as pointers to f16
+ * key/value vectors. q16 is the query already rounded to f16. scores and
+ * p16 are scratch of n entries. scale multiplies the scores before softmax.
+ * out[dv] receives the weighted sum of values. */
+void ops_attend(float *out, const uint16_t *q16, const uint16_t *const *keys, const uint16_t *const *vals, int n,
+                int dk, int dv, float scale, float *scores, uint16_t *p16);
