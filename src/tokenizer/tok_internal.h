@@ -36,10 +36,19 @@ int tok__strtab_init(struct tok__strtab *t, uint32_t n, size_t bytes);
 void tok__strtab_free(struct tok__strtab *t);
 /* Index of the string, or -1. */
 int32_t tok__strtab_find(const struct tok__strtab *t, const char *s, size_t len);
+/* The same with the hash already computed (tok__hash(s, len)). */
+int32_t tok__strtab_find_h(const struct tok__strtab *t, const char *s, size_t len, uint64_t h);
 /* Append a copy and index it. Returns its index, -(1 + existing index) if
  * the string is already present (nothing appended), or LMD_ENOMEM via
  * *rc. Growing is allowed only for tables built with tok__strtab_init. */
 int32_t tok__strtab_add(struct tok__strtab *t, const char *s, size_t len, int *rc);
+/* The same with the hash already computed (tok__hash(s, len)). */
+int32_t tok__strtab_add_h(struct tok__strtab *t, const char *s, size_t len, uint64_t h, int *rc);
+/* Hint that a string with hash `h` is about to be added or looked up. */
+static inline void tok__strtab_prefetch(const struct tok__strtab *t, uint64_t h)
+{
+    __builtin_prefetch(&t->slots[(uint32_t)h & t->mask]);
+}
 
 static inline const char *tok__strtab_str(const struct tok__strtab *t, uint32_t i) { return t->blob + t->off[i]; }
 static inline size_t tok__strtab_len(const struct tok__strtab *t, uint32_t i)

@@ -27,22 +27,43 @@
 
 static inline uint64_t rotl64(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
 
+static inline uint64_t load64(const uint8_t *p)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return x;
+}
+
+static inline uint64_t load32(const uint8_t *p)
+{
+    uint32_t x;
+    memcpy(&x, p, 4);
+    return x;
+}
+
+static inline uint64_t mix(uint64_t h, uint64_t k)
+{
+    return rotl64(h ^ (k * 0xBF58476D1CE4E5B9ull), 31) * 0x94D049BB133111EBull;
+}
+
 uint64_t tok__hash(const void *p, size_t n)
 {
-    /* Eight bytes per step: token strings are short, and this runs for
-     * every candidate merge during encoding. */
+    /* Eight bytes per step, and the tail read with (overlapping) fixed-size
+     * loads instead of a byte loop: token strings are short, and this runs
+     * for every candidate merge during encoding. */
     const uint8_t *s = p;
     uint64_t h = 0x9E3779B97F4A7C15ull ^ ((uint64_t)n * 0xFF51AFD7ED558CCDull);
-    while (n >= 8) {
-        uint64_t k;
-        memcpy(&k, s, 8);
-        h = rotl64(h ^ (k * 0xBF58476D1CE4E5B9ull), 31) * 0x94D049BB133111EBull;
-        s += 8;
-        n -= 8;
+    if (n >= 8) {
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            h = mix(h, load64(s + i));
+        if (i < n)
+            h = mix(h, load64(s + n - 8));
+    } else if (n >= 4) {
+        h = mix(h, load32(s) << 32 | load32(s + n - 4));
+    } else if (n > 0) {
+        h = mix(h, (uint64_t)s[0] << 16 | (uint64_t)s[n >> 1] << 8 | s[n - 1]);
     }
-    uint64_t k = 0;
-    memcpy(&k, s, n);
-    h = rotl64(h ^ (k * 0xBF58476D1CE4E5B9ull), 31) * 0x94D049BB133111EBull;
     h ^= h >> 32;
     h *= 0xD6E8FEB86659FD93ull;
     h ^= h >> 32;
@@ -63,7 +84,7 @@ int tok__strtab_init(struct tok__strtab *t, uint32_t n, size_t bytes)
     memset(t, 0, sizeof *t);
     if (n < 4)
         n = 4;
-    t->cap_n = n;
+    t->cap_n = n + 1; /* adding the n-th string must not trigger a rebuild */
     t->blob_cap = bytes + n + 1;
     uint32_t n_slots = slots_for(n);
     t->blob = malloc(t->blob_cap);
@@ -89,9 +110,13 @@ void tok__strtab_free(struct tok__strtab *t)
 
 int32_t tok__strtab_find(const struct tok__strtab *t, const char *s, size_t len)
 {
+    return tok__strtab_find_h(t, s, len, tok__hash(s, len));
+}
+
+int32_t tok__strtab_find_h(const struct tok__strtab *t, const char *s, size_t len, uint64_t h)
+{
     if (!t->slots)
         return -1;
-    uint64_t h = tok__hash(s, len);
     uint32_t tag = (uint32_t)(h >> 32);
     for (uint32_t i = (uint32_t)h & t->mask;; i = (i + 1) & t->mask) {
         const struct tok__slot *sl = &t->slots[i];
@@ -147,8 +172,12 @@ static int strtab_grow(struct tok__strtab *t, size_t need_bytes)
 
 int32_t tok__strtab_add(struct tok__strtab *t, const char *s, size_t len, int *rc)
 {
+    return tok__strtab_add_h(t, s, len, tok__hash(s, len), rc);
+}
+
+int32_t tok__strtab_add_h(struct tok__strtab *t, const char *s, size_t len, uint64_t h, int *rc)
+{
     *rc = 0;
-    uint64_t h = tok__hash(s, len);
     uint32_t tag = (uint32_t)(h >> 32);
     uint32_t i = (uint32_t)h & t->mask;
     for (; t->slots[i].idx >= 0; i = (i + 1) & t->mask) {
@@ -257,6 +286,34 @@ static uint8_t attr_of_type(int32_t type)
     }
 }
 
+/* Record token i: its string (hash h), attributes and score. */
+static int load_one(struct tok_vocab *v, const struct gguf_kv *types, const struct gguf_kv *scores, uint32_t i,
+                    struct gguf_str s, uint64_t h, const char *path, struct lmd_err *err)
+{
+    int rc;
+    int32_t idx = tok__strtab_add_h(&v->text, s.ptr, s.len, h, &rc);
+    if (rc)
+        return lmd_err_set(err, rc, "%s: out of memory loading tokens", path);
+    if (idx < 0)
+        return lmd_err_set(err, LMD_EFORMAT, "%s: tokenizer.ggml.tokens: token %u '%.*s' duplicates token %d",
+                           path, i, (int)(s.len > 48 ? 48 : s.len), s.ptr, -1 - idx);
+    if (s.len > v->max_token_len)
+        v->max_token_len = (uint32_t)s.len;
+
+    v->attr[i] = TOK_ATTR_NORMAL;
+    if (types) {
+        int32_t t = gguf_arr_i32(types, i);
+        if (t < 0 || t > 6)
+            return lmd_err_set(err, LMD_EFORMAT, "%s: tokenizer.ggml.token_type[%u] = %d is not a token type (0..6)",
+                               path, i, t);
+        v->attr[i] = attr_of_type(t);
+    }
+    if (scores)
+        v->score[i] = scores->arr_type == GGUF_VTYPE_FLOAT32 ? gguf_arr_f32(scores, i)
+                                                             : (float)gguf_arr_i32(scores, i);
+    return 0;
+}
+
 static int load_tokens(struct tok_vocab *v, const struct gguf_file *f, struct lmd_err *err)
 {
     const char *path = gguf_path(f);
@@ -305,34 +362,30 @@ static int load_tokens(struct tok_vocab *v, const struct gguf_file *f, struct lm
     if (!v->score || !v->attr || !v->eog || tok__strtab_init(&v->text, n, bytes))
         return lmd_err_set(err, LMD_ENOMEM, "%s: out of memory loading %u tokens", path, n);
 
-    for (uint32_t i = 0; i < n; i++) {
-        struct gguf_str s = gguf_arr_str(toks, i);
-        char empty[32];
-        if (s.len == 0) {
-            /* llama.cpp renames empty tokens so they stay addressable. */
-            s.len = (uint64_t)snprintf(empty, sizeof empty, "[EMPTY_%u]", i);
-            s.ptr = empty;
+    /* The slot table is larger than the caches: hash a few tokens ahead
+     * and prefetch their slots so the inserts do not wait on memory. */
+    enum { AHEAD = 16 };
+    uint64_t ring[AHEAD];
+    char empty[AHEAD][24];
+    struct gguf_str strs[AHEAD];
+    for (uint32_t i = 0; i < n + AHEAD; i++) {
+        if (i >= AHEAD) { /* before its ring slot is reused for token i */
+            uint32_t j = i - AHEAD;
+            rc = load_one(v, types, scores, j, strs[j % AHEAD], ring[j % AHEAD], path, err);
+            if (rc)
+                return rc;
         }
-        int32_t idx = tok__strtab_add(&v->text, s.ptr, s.len, &rc);
-        if (rc)
-            return lmd_err_set(err, rc, "%s: out of memory loading tokens", path);
-        if (idx < 0)
-            return lmd_err_set(err, LMD_EFORMAT, "%s: tokenizer.ggml.tokens: token %u '%.*s' duplicates token %d",
-                               path, i, (int)(s.len > 48 ? 48 : s.len), s.ptr, -1 - idx);
-        if (s.len > v->max_token_len)
-            v->max_token_len = (uint32_t)s.len;
-
-        v->attr[i] = TOK_ATTR_NORMAL;
-        if (types) {
-            int32_t t = gguf_arr_i32(types, i);
-            if (t < 0 || t > 6)
-                return lmd_err_set(err, LMD_EFORMAT, "%s: tokenizer.ggml.token_type[%u] = %d is not a token type (0..6)",
-                                   path, i, t);
-            v->attr[i] = attr_of_type(t);
+        if (i < n) {
+            struct gguf_str s = gguf_arr_str(toks, i);
+            if (s.len == 0) {
+                /* llama.cpp renames empty tokens so they stay addressable. */
+                s.len = (uint64_t)snprintf(empty[i % AHEAD], sizeof empty[0], "[EMPTY_%u]", i);
+                s.ptr = empty[i % AHEAD];
+            }
+            strs[i % AHEAD] = s;
+            ring[i % AHEAD] = tok__hash(s.ptr, s.len);
+            tok__strtab_prefetch(&v->text, ring[i % AHEAD]);
         }
-        if (scores)
-            v->score[i] = scores->arr_type == GGUF_VTYPE_FLOAT32 ? gguf_arr_f32(scores, i)
-                                                                 : (float)gguf_arr_i32(scores, i);
     }
     return 0;
 }

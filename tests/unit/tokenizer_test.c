@@ -379,30 +379,40 @@ static void test_accessors(void **state)
 
 /* ---- long inputs ---- */
 
-static void encode_big(const char *path, char fill, size_t n)
+static void encode_big(const char *path, const char *pattern, size_t n)
 {
     struct loaded l = load_path(path);
     char *text = malloc(n);
-    memset(text, fill, n);
+    size_t pl = strlen(pattern);
+    for (size_t i = 0; i < n; i++)
+        text[i] = pattern[i % pl];
     struct lmd_err err;
     uint64_t t0 = lmd_time_mono_ns();
     int64_t k = tok_encode(l.v, text, n, true, false, NULL, 0, &err);
     double ms = (double)(lmd_time_mono_ns() - t0) / 1e6;
     assert_true(k > 0);
-    print_message("%s: %zu x '%c' -> %lld tokens in %.1f ms\n", strrchr(path, '/') + 1, n, fill, (long long)k, ms);
+    print_message("%s: %zu bytes of '%s' -> %lld tokens in %.1f ms\n", strrchr(path, '/') + 1, n,
+                  pattern[0] == '\n' ? "\\n" : pattern, (long long)k, ms);
     /* A quadratic algorithm would take hours here; allow for sanitizers. */
     assert_true(ms < 20000);
     free(text);
     unload(&l);
 }
 
-static void test_megabyte_of_spaces(void **state)
+/* One megabyte of one thing: whitespace runs (special-token partition for
+ * Gemma, one huge pre-tokenizer word for BPE), and single words that merge
+ * a million symbols. */
+static void test_megabyte_inputs(void **state)
 {
-    encode_big(LMD_SOURCE_DIR "/models/default.gguf", ' ', 1 << 20);
-    encode_big(GOLDEN_DIR "/bpe_llama3.gguf", ' ', 1 << 20);
-    encode_big(GOLDEN_DIR "/bpe_gpt2.gguf", ' ', 1 << 20);
-    encode_big(GOLDEN_DIR "/spm_prefix.gguf", 'a', 1 << 20);
-    encode_big(GOLDEN_DIR "/bpe_qwen2.gguf", '\n', 1 << 20);
+    encode_big(LMD_SOURCE_DIR "/models/default.gguf", " ", 1 << 20);
+    encode_big(LMD_SOURCE_DIR "/models/default.gguf", "hello world ", 1 << 20);
+    encode_big(LMD_SOURCE_DIR "/models/default.gguf", "ab", 1 << 20);
+    encode_big(GOLDEN_DIR "/spm_prefix.gguf", " ", 1 << 20);
+    encode_big(GOLDEN_DIR "/bpe_llama3.gguf", " ", 1 << 20);
+    encode_big(GOLDEN_DIR "/bpe_llama3.gguf", "abc", 1 << 20);
+    encode_big(GOLDEN_DIR "/bpe_gpt2.gguf", " ", 1 << 20);
+    encode_big(GOLDEN_DIR "/bpe_qwen2.gguf", "\n", 1 << 20);
+    encode_big(GOLDEN_DIR "/bpe_default.gguf", "1234567890", 1 << 20);
 }
 
 /* ---- speed, reported (the numbers go into docs/PERFORMANCE.md) ---- */
@@ -747,7 +757,7 @@ int main(void)
         cmocka_unit_test(test_golden_bpe_qwen2),
         cmocka_unit_test(test_golden_bpe_gpt2),
         cmocka_unit_test(test_golden_bpe_default),
-        cmocka_unit_test(test_megabyte_of_spaces),
+        cmocka_unit_test(test_megabyte_inputs),
         cmocka_unit_test(test_speed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

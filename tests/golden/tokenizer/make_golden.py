@@ -14,7 +14,7 @@ Output: tests/golden/tokenizer/<name>.golden.json, one per vocabulary:
          llama.cpp treats as end-of-generation, and FNV-1a hashes over every
          token's attribute and decoded piece (so all 262144 pieces are checked
          without storing them);
-  cases: per corpus entry, the text (hex), ids for (add_special=False,
+  cases: per corpus entry (and eight seeded random mixtures), the text (hex), ids for (add_special=False,
          parse_special=False) and (True, True), the streamed decoding of each
          (llama.cpp's pieces joined, invalid UTF-8 replaced by U+FFFD the way
          lmd's detokenizer does), and whether llama.cpp's detokenize gives
@@ -89,6 +89,50 @@ def lenient_cpts(b):
     return out
 
 
+def random_texts(corpus_texts, n=8, size=1500, seed=1234):
+    """Deterministic random mixtures: corpus fragments, assigned code points
+    from many scripts, every kind of whitespace, special-token spellings.
+    They shake out tie-breaking and Unicode-class differences the
+    hand-written corpus might miss."""
+    import random
+    import unicodedata
+    rnd = random.Random(seed)
+    pool = [c for c in (chr(x) for x in range(0x80, 0x30000))
+            if not 0xD800 <= ord(c) <= 0xDFFF and unicodedata.category(c) not in ("Cn", "Co", "Cs")]
+    ws = [" ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u3000", "\u2028", "\u180e", "\u200b", "\u0085", " " * 7]
+    bits = ["'s", "'LL", "'Re", "123", "4567", "<start_of_turn>", "<|im_end|>", "<think>", "</s>", "<|eot_id|>",
+            "...", "!!", "->", "::", "{}", "\u0301", "\U0001F469\u200d\U0001F467"]
+    texts = [t.decode("utf-8") for t in corpus_texts if t and len(t) < 200 and is_utf8(t)]
+    out = []
+    for _ in range(n):
+        parts, total = [], 0
+        while total < size:
+            r = rnd.random()
+            if r < 0.3:
+                p = rnd.choice(texts)
+            elif r < 0.55:
+                p = "".join(rnd.choice(pool) for _ in range(rnd.randint(1, 6)))
+            elif r < 0.75:
+                p = rnd.choice(ws)
+            elif r < 0.9:
+                p = rnd.choice(bits)
+            else:
+                p = "".join(rnd.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+                            for _ in range(rnd.randint(1, 12)))
+            parts.append(p)
+            total += len(p)
+        out.append("".join(parts).encode("utf-8"))
+    return out
+
+
+def is_utf8(b):
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def meta(path):
     r = gguf.GGUFReader(path)
     f = r.fields
@@ -101,6 +145,7 @@ def main():
     with open(os.path.join(HERE, "corpus.json"), encoding="utf-8") as f:
         corpus = json.load(f)
     texts = [bytes.fromhex(e["hex"]) if isinstance(e, dict) else e.encode("utf-8") for e in corpus]
+    texts += random_texts(texts)
     for name, rel in VOCABS:
         path = os.path.join(ROOT, rel)
         if not os.path.exists(path):
@@ -143,12 +188,8 @@ def main():
                                   for i, t in enumerate(ids))
                 case[key] = ids
                 case[key + "_text"] = joined.decode("utf-8", "replace").encode("utf-8").hex()
-            try:
-                b.decode("utf-8")
-                valid = True
-            except UnicodeDecodeError:
-                valid = False  # lmd's decoder replaces what llama.cpp passes through
-            case["roundtrip"] = valid and detokenize(v, case["plain"]) == b
+            # lmd's decoder replaces invalid UTF-8 that llama.cpp passes through.
+            case["roundtrip"] = is_utf8(b) and detokenize(v, case["plain"]) == b
             cases.append(case)
         out = {
             "generator": "tests/golden/tokenizer/make_golden.py",
