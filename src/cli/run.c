@@ -160,7 +160,6 @@ int cli_run(int argc, char **argv)
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:t:c:vh", opts, NULL)) != -1) {
-        long v;
         switch (c) {
         case 'm': model_path = optarg; break;
         case 'p': prompt = optarg; break;

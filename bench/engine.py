@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Workloads E1/E2 (shared/bench/WORKLOADS.md): lmd's native engine and
+llama.cpp (llama-cpp-python) on the same GGUF, the same thread count, in one
+run. Prints pp (prefill tokens/s), tg (decode tokens/s) and batched decode
+aggregate tokens/s for both, with the ratio lmd/llama.cpp; min/median/max
+over repeats. Token ids are synthetic (the same for both engines).
+
+usage: bench/engine.py [--model M] [--threads N] [--pp 512] [--tg 128] [--batch 1,4,16] [--reps 3]
+"""
+import argparse
+import ctypes
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def lmd_bench(a):
+    lmd = os.environ.get("LMD_BIN", os.path.join(ROOT, "build", "lmd"))
+    cmd = [lmd, "bench", "-m", a.model, "-t", str(a.threads), "-p", str(a.pp), "-g", str(a.tg), "-r", str(a.reps),
+           "--json"]
+    if a.batch:
+        cmd += ["-b", a.batch]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def tokens(n, n_vocab, seed=42):
+    # Same generator as lmd bench (an LCG over ids >= 256).
+    t, s = [], seed
+    for _ in range(n):
+        s = (s * 1664525 + 1013904223) & 0xFFFFFFFF
+        t.append(256 + (s >> 8) % (n_vocab - 256))
+    return t
+
+
+def llama_bench(a):
+    """The same workloads through llama.cpp's own batch API (llama_decode),
+    so Python adds nothing per token but the batch fill."""
+    import llama_cpp
+
+    bs = [int(x) for x in a.batch.split(",")] if a.batch else []
+    n_seq = max(bs + [1])
+    n_ctx = max(a.pp + 64, a.tg + 64, n_seq * (8 + 4 * n_seq + 40))
+    mp = llama_cpp.llama_model_default_params()
+    model = llama_cpp.llama_model_load_from_file(a.model.encode(), mp)
+    cp = llama_cpp.llama_context_default_params()
+    cp.n_ctx = n_ctx
+    cp.n_batch = 512
+    cp.n_ubatch = 512
+    cp.n_seq_max = n_seq
+    cp.kv_unified = True
+    cp.n_threads = a.threads
+    cp.n_threads_batch = a.threads
+    cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    ctx = llama_cpp.llama_init_from_model(model, cp)
+    mem = llama_cpp.llama_get_memory(ctx)
+    toks = tokens(n_ctx + n_seq, llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model)))
+    batch = llama_cpp.llama_batch_init(512, 0, n_seq)
+
+    def decode(entries):
+        # entries: (token, pos, seq, want_logits)
+        for off in range(0, len(entries), 512):
+            part = entries[off:off + 512]
+            batch.n_tokens = len(part)
+            for j, (t, p, sq, lg) in enumerate(part):
+                batch.token[j] = t
+                batch.pos[j] = p
+                batch.n_seq_id[j] = 1
+                batch.seq_id[j][0] = sq
+                batch.logits[j] = lg
+            rc = llama_cpp.llama_decode(ctx, batch)
+            if rc != 0:
+                raise RuntimeError("llama_decode failed: %d" % rc)
+
+    res = {}
+    if a.pp:
+        llama_cpp.llama_memory_clear(mem, True)
+        decode([(toks[j], j, 0, j == 31) for j in range(32)])
+        v = []
+        for _ in range(a.reps):
+            llama_cpp.llama_memory_clear(mem, True)
+            t0 = time.perf_counter()
+            decode([(toks[j], j, 0, j == a.pp - 1) for j in range(a.pp)])
+            v.append(a.pp / (time.perf_counter() - t0))
+        res["pp"] = v
+    if a.tg:
+        v = []
+        for _ in range(a.reps):
+            llama_cpp.llama_memory_clear(mem, True)
+            decode([(toks[j], j, 0, j == 7) for j in range(8)])
+            t0 = time.perf_counter()
+            for i in range(a.tg):
+                decode([(toks[8 + i], 8 + i, 0, True)])
+            v.append(a.tg / (time.perf_counter() - t0))
+        res["tg"] = v
+    res["batched"] = {}
+    for B in bs:
+        v = []
+        steps = 32
+        for _ in range(a.reps):
+            llama_cpp.llama_memory_clear(mem, True)
+            # Ragged prompts: sequence i has 8 + 4*i tokens, as lmd bench does.
+            for i in range(B):
+                n = 8 + 4 * i
+                decode([(toks[i + j], j, i, j == n - 1) for j in range(n)])
+            t0 = time.perf_counter()
+            for k in range(steps):
+                decode([(toks[i + k], 8 + 4 * i + k, i, True) for i in range(B)])
+            v.append(B * steps / (time.perf_counter() - t0))
+        res["batched"][B] = v
+    llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_free(ctx)
+    llama_cpp.llama_model_free(model)
+    return res
+
+
+def fmt(v):
+    return "%8.2f (min %.2f, max %.2f)" % (statistics.median(v), min(v), max(v))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "default.gguf"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--pp", type=int, default=512)
+    ap.add_argument("--tg", type=int, default=128)
+    ap.add_argument("--batch", default="1,4,16")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--json", help="also write the results here")
+    a = ap.parse_args()
+    lmd = lmd_bench(a)
+    peer = llama_bench(a)
+    print("model %s, %d threads, lmd isa %s" % (os.path.basename(a.model), a.threads, lmd["isa"]))
+    print("%-10s %-34s %-34s %s" % ("workload", "lmd tok/s", "llama.cpp tok/s", "ratio"))
+    rows = []
+    if a.pp:
+        l = [lmd["pp"]["tps_min"], lmd["pp"]["tps_med"], lmd["pp"]["tps_max"]]
+        rows.append(("pp%d" % a.pp, l, peer["pp"]))
+    if a.tg:
+        l = [lmd["tg"]["tps_min"], lmd["tg"]["tps_med"], lmd["tg"]["tps_max"]]
+        rows.append(("tg%d" % a.tg, l, peer["tg"]))
+    for b in lmd.get("batched", []):
+        l = [b["tps_min"], b["tps_med"], b["tps_max"]]
+        rows.append(("B=%d" % b["b"], l, peer["batched"][b["b"]]))
+    out = []
+    for name, l, p in rows:
+        r = statistics.median(l) / statistics.median(p)
+        print("%-10s %-34s %-34s %.2fx" % (name, fmt(l), fmt(p), r))
+        out.append({"workload": name, "lmd": l, "llama_cpp": p, "ratio": r})
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
