@@ -158,8 +158,9 @@ static int load_merges(struct tok_vocab *v, const struct gguf_file *f, struct lm
         /* llama.cpp splits at the first space after the first byte. */
         const char *sp = s.len > 1 ? memchr(s.ptr + 1, ' ', s.len - 1) : NULL;
         if (!sp)
-            return lmd_err_set(err, LMD_EFORMAT, "%s: tokenizer.ggml.merges[%u] '%.*s' is not two strings separated by a space",
-                               path, i, (int)(s.len > 48 ? 48 : s.len), s.ptr);
+            return lmd_err_set(err, LMD_EFORMAT,
+                               "%s: tokenizer.ggml.merges[%u] '%.*s' is not two strings separated by a space", path,
+                               i, (int)(s.len > 48 ? 48 : s.len), s.ptr);
         size_t ll = (size_t)(sp - s.ptr), rl = s.len - ll - 1;
         if (rl == 0)
             continue; /* can never apply: symbols are never empty */

@@ -65,7 +65,8 @@ void tok_free(struct tok_vocab *v);
  * (user-defined tokens are always recognised, as in llama.cpp).
  * Returns the number of tokens; when that is more than `cap`, only the
  * first `cap` were written and the caller retries with a bigger buffer.
- * Returns a negative LMD_E* code on error (LMD_ENOMEM). Invalid UTF-8 never
+ * Returns a negative LMD_E* code on error: LMD_ENOMEM, or LMD_ERANGE for
+ * text over 1 GiB or a pre-tokenizer regex that gives up. Invalid UTF-8 never
  * fails: SPM falls back to byte tokens, BPE replaces each invalid byte with
  * U+FFFD, both as llama.cpp does. */
 int64_t tok_encode(const struct tok_vocab *v, const char *text, size_t len, bool add_special, bool parse_special,
@@ -112,8 +113,11 @@ size_t tok_piece_max(const struct tok_vocab *v);
  * byte tokens is held back until its last byte arrives, and bytes that
  * cannot start or continue a character become U+FFFD as soon as that is
  * certain (or at flush). For SPM vocabularies with add_space_prefix the
- * first token's leading space is dropped, as llama.cpp's detokenize does.
- * The state is a plain value: copy it, reset it with tok_detok_init. */
+ * first token's leading space is dropped, as llama.cpp's detokenize does
+ * (that space was added by encoding); when streaming a continuation (the
+ * tokens generated after a prompt) clear `first` after tok_detok_init so
+ * the first generated token keeps its space. The state is a plain value:
+ * copy it, reset it with tok_detok_init. */
 struct tok_detok {
     const struct tok_vocab *v;
     bool special;     /* render control tokens */

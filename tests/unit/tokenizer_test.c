@@ -621,7 +621,8 @@ static void test_malformed(void **state)
     kv_str(&w, "tokenizer.ggml.model", "llama");
     kv_strs(&w, "tokenizer.ggml.tokens", k_tokens, 7);
     kv_f32s(&w, "tokenizer.ggml.scores", k_scores, 6);
-    expect(try_load(&w, &err), &err, LMD_EFORMAT, "tokenizer.ggml.scores has 6 entries but tokenizer.ggml.tokens has 7");
+    expect(try_load(&w, &err), &err, LMD_EFORMAT,
+           "tokenizer.ggml.scores has 6 entries but tokenizer.ggml.tokens has 7");
 
     w = (struct gw){0};
     kv_str(&w, "tokenizer.ggml.model", "llama");
