@@ -87,6 +87,7 @@ float kern_vec_dot(enum gguf_dtype t, int64_t n, const void *w, const void *x)
     const struct kern__traits *tr = kern__traits(t);
     LMD_ASSERT(tr->weight && n % tr->block == 0, "kern_vec_dot: bad type or length");
     float y;
-    kern__ops()->type[t].dot(n, w, 0, 1, x, 0, 1, &y, 1);
+    struct kern__tile tile = {.w = w, .nw = 1, .x = x, .nx = 1, .y = &y, .ldy = 1};
+    kern__ops()->type[t].dot(n, &tile);
     return y;
 }

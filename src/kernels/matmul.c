@@ -32,12 +32,24 @@ static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 /* Bytes between quantized X rows in scratch (cache-line aligned rows). */
 static size_t xq_stride(enum gguf_dtype dt, int64_t k) { return round_up(kern__row_bytes(dt, k), SCRATCH_ALIGN); }
 
+/* Q8_0 / Q8_1 rows also get their block scales as f32 (struct kern__tile's
+ * xd), grouped by KERN__XD_LANES rows: [m / lanes][k / 32][lanes]. */
+static bool has_xd(enum gguf_dtype dt) { return dt == GGUF_DTYPE_Q8_0 || dt == GGUF_DTYPE_Q8_1; }
+
+static size_t xd_bytes(enum gguf_dtype dt, int64_t k, int64_t m)
+{
+    if (!has_xd(dt))
+        return 0;
+    int64_t groups = (m + KERN__XD_LANES - 1) / KERN__XD_LANES;
+    return round_up((size_t)(groups * (k / KERN_QK) * KERN__XD_LANES) * sizeof(float), SCRATCH_ALIGN);
+}
+
 size_t kern_matmul_scratch_bytes(enum gguf_dtype wt, int64_t k, int64_t m)
 {
     enum gguf_dtype dt = kern_dot_type(wt);
     if (dt == GGUF_DTYPE_F32)
         return 0; /* X is used as it is */
-    return (size_t)m * xq_stride(dt, k) + SCRATCH_ALIGN;
+    return (size_t)m * xq_stride(dt, k) + xd_bytes(dt, k, m) + SCRATCH_ALIGN;
 }
 
 struct quant_ctx {
@@ -45,6 +57,8 @@ struct quant_ctx {
     const float *x; /* [m][k] */
     char *xq;       /* [m][xs bytes] */
     size_t xs;
+    float *xd;      /* [m / lanes][k / 32][lanes], or NULL */
+    size_t xd_bb;   /* bytes per block of the rows xd describes */
     int64_t k;
 };
 
@@ -52,8 +66,21 @@ static void quant_rows(void *vctx, int64_t begin, int64_t end, int tid)
 {
     (void)tid;
     struct quant_ctx *c = vctx;
-    for (int64_t r = begin; r < end; r++)
-        c->quant(c->x + r * c->k, c->xq + (size_t)r * c->xs, c->k);
+    for (int64_t r = begin; r < end; r++) {
+        char *row = c->xq + (size_t)r * c->xs;
+        c->quant(c->x + r * c->k, row, c->k);
+        if (c->xd) {
+            /* Q8_0 and Q8_1 blocks both start with the fp16 scale. */
+            int64_t nb = c->k / KERN_QK;
+            size_t bb = c->xd_bb;
+            float *g = c->xd + (r / KERN__XD_LANES) * nb * KERN__XD_LANES + r % KERN__XD_LANES;
+            for (int64_t b = 0; b < nb; b++) {
+                uint16_t h;
+                memcpy(&h, row + (size_t)b * bb, 2);
+                g[b * KERN__XD_LANES] = kern__h2f(h);
+            }
+        }
+    }
 }
 
 struct mm_ctx {
@@ -63,6 +90,7 @@ struct mm_ctx {
     size_t ws;        /* bytes between weight rows */
     const char *xq;   /* quantized X: [m][xs bytes] */
     size_t xs;
+    const float *xd;  /* f32 scales of X, see has_xd(), or NULL */
     float *y;         /* [m][ldy] */
     int64_t ldy;
     int64_t n, k, m;
@@ -84,8 +112,14 @@ static void mm_items(void *vctx, int64_t begin, int64_t end, int tid)
             int nx = (int)(j1 - j < c->tile_x ? j1 - j : c->tile_x);
             for (int64_t r = r0; r < r1; r += c->tile_w) {
                 int nw = (int)(r1 - r < c->tile_w ? r1 - r : c->tile_w);
-                c->dot(c->k, c->w + (size_t)r * c->ws, c->ws, nw, c->xq + (size_t)j * c->xs, c->xs, nx,
-                       c->y + j * c->ldy + r, c->ldy);
+                struct kern__tile t = {
+                    .w = c->w + (size_t)r * c->ws, .ws = c->ws, .nw = nw,
+                    .x = c->xq + (size_t)j * c->xs, .xs = c->xs, .nx = nx,
+                    .xd = c->xd ? c->xd + (j / KERN__XD_LANES) * (c->k / KERN_QK) * KERN__XD_LANES + j % KERN__XD_LANES
+                                : NULL,
+                    .y = c->y + j * c->ldy + r, .ldy = c->ldy,
+                };
+                c->dot(c->k, &t);
             }
         }
     }
@@ -106,13 +140,20 @@ void kern_matmul(struct lmd_pool *pool, enum gguf_dtype wt, const void *w, size_
     /* Phase 1: quantize X. */
     const char *xq;
     size_t xs;
+    float *xd = NULL;
     if (dt == GGUF_DTYPE_F32) {
         xq = (const char *)x;
         xs = (size_t)k * sizeof(float);
     } else {
         char *base = (char *)round_up((size_t)scratch, SCRATCH_ALIGN);
         xs = xq_stride(dt, k);
-        struct quant_ctx qc = {ops->type[dt].quant, x, base, xs, k};
+        const struct kern__traits *tr_dt = kern__traits(dt);
+        if (has_xd(dt)) {
+            /* xd lanes are addressed as j % lanes, so tiles must not straddle a lane group. */
+            LMD_ASSERT(KERN__XD_LANES % e->tile_x == 0, "kern_matmul: tile_x must divide KERN__XD_LANES");
+            xd = (float *)(base + (size_t)m * xs);
+        }
+        struct quant_ctx qc = {ops->type[dt].quant, x, base, xs, xd, (size_t)tr_dt->bytes, k};
         /* Quantizing costs ~k per row against ~n * k for the products:
          * worth sharing only when there are many rows. */
         if (m >= 2 * threads && m * k >= 32768)
@@ -124,7 +165,7 @@ void kern_matmul(struct lmd_pool *pool, enum gguf_dtype wt, const void *w, size_
 
     /* Phase 2: the products. */
     struct mm_ctx c = {
-        .dot = e->dot, .tile_w = e->tile_w, .tile_x = e->tile_x, .w = w, .ws = w_stride, .xq = xq, .xs = xs,
+        .dot = e->dot, .tile_w = e->tile_w, .tile_x = e->tile_x, .w = w, .ws = w_stride, .xq = xq, .xs = xs, .xd = xd,
         .y = y, .ldy = ldy, .n = n, .k = k, .m = m,
     };
     size_t wrow_bytes = kern__row_bytes(wt, k);

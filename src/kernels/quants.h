@@ -119,18 +119,32 @@ static inline size_t kern__row_bytes(enum gguf_dtype t, int64_t n)
 /*
  * Entry points of one ISA for one type.
  *
- * dot computes a small tile of dot products,
- *     y[j * ldy + i] = w_i · x_j     for i < nw, j < nx,
- * over n elements, where w_i = w + i * w_stride and x_j = x + j * x_stride
- * (bytes). nw <= tile_w and nx <= tile_x. Every implementation computes
- * each (i, j) pair with the same sequence of floating-point operations
- * whatever nw and nx are, so a matmul tile and a single vec_dot agree to
- * the bit.
+ * dot computes a small tile of dot products (struct kern__tile),
+ *     y[j * ldy + i] = w_i . x_j     for i < nw, j < nx,
+ * over n elements, where w_i = w + i * ws and x_j = x + j * xs (bytes),
+ * nw <= tile_w and nx <= tile_x. Every implementation computes each
+ * (i, j) pair with the same sequence of floating-point operations whatever
+ * nw and nx are, so a matmul tile and a single vec_dot agree to the bit.
  */
+struct kern__tile {
+    const void *w;   /* first weight row */
+    size_t ws;       /* bytes between weight rows */
+    int nw;          /* weight rows */
+    const void *x;   /* first activation row, in the dot type */
+    size_t xs;       /* bytes between activation rows */
+    int nx;          /* activation rows */
+    /* Optional (NULL when absent): the activation block scales of Q8_0 /
+     * Q8_1 rows as f32, xd[b * KERN__XD_LANES + j] for block b of row j,
+     * so the SIMD tiles can load them without converting fp16. */
+    const float *xd;
+    float *y;        /* y[j * ldy + i] */
+    int64_t ldy;
+};
+#define KERN__XD_LANES 8
+
 typedef void (*kern__dequant_fn)(const void *src, float *dst, int64_t n);
 typedef void (*kern__quant_fn)(const float *src, void *dst, int64_t n);
-typedef void (*kern__dot_fn)(int64_t n, const void *w, size_t w_stride, int nw, const void *x, size_t x_stride,
-                             int nx, float *y, int64_t ldy);
+typedef void (*kern__dot_fn)(int64_t n, const struct kern__tile *t);
 
 struct kern__type_ops {
     kern__dequant_fn dequant; /* weight types and Q8_0 */
@@ -178,8 +192,7 @@ static inline float kern__h2f(uint16_t h)
  */
 #define KERN__SCALAR_DECLS(T)                                                                                  \
     void kern__dequant_##T##_scalar(const void *src, float *dst, int64_t n);                                  \
-    void kern__dot_##T##_scalar(int64_t n, const void *w, size_t w_stride, int nw, const void *x,             \
-                                size_t x_stride, int nx, float *y, int64_t ldy);
+    void kern__dot_##T##_scalar(int64_t n, const struct kern__tile *t);
 KERN__SCALAR_DECLS(f32)
 KERN__SCALAR_DECLS(f16)
 KERN__SCALAR_DECLS(bf16)
@@ -237,8 +250,7 @@ static inline void kern__q3k_scales(const uint8_t *s12, int8_t out[16])
 
 /* The AVX2 entry points (cpu/ files ending in _avx2.c), which the AVX-512 table reuses. */
 #define KERN__AVX2_DOT_DECL(T)                                                                                 \
-    void kern__dot_##T##_avx2(int64_t n, const void *w, size_t w_stride, int nw, const void *x, size_t x_stride, \
-                              int nx, float *y, int64_t ldy);
+    void kern__dot_##T##_avx2(int64_t n, const struct kern__tile *t);
 KERN__AVX2_DOT_DECL(f32)
 KERN__AVX2_DOT_DECL(f16)
 KERN__AVX2_DOT_DECL(bf16)

@@ -35,6 +35,9 @@ KERN_INLINE float kern__hsum_ps128(__m128 s)
 
 KERN_INLINE float kern__h2f_hw(uint16_t h) { return _cvtsh_ss(h); }
 
+/* fp16 -> f32 in all 8 lanes (a broadcast load and one convert). */
+KERN_INLINE __m256 kern__h2f_bcast(uint16_t h) { return _mm256_cvtph_ps(_mm_set1_epi16((short)h)); }
+
 /* int16 pairs -> int32: multiply by 1 and add neighbours. */
 KERN_INLINE __m256i kern__sum_i16_pairs(__m256i v) { return _mm256_madd_epi16(v, _mm256_set1_epi16(1)); }
 

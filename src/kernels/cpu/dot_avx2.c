@@ -7,7 +7,7 @@
  */
 #include "kernels/quants.h"
 
-#define W(T, E) [GGUF_DTYPE_##E] = {kern__dequant_##T##_scalar, NULL, kern__dot_##T##_avx2, 4, 4}
+#define W(T, E) [GGUF_DTYPE_##E] = {kern__dequant_##T##_scalar, NULL, kern__dot_##T##_avx2, 4, 8}
 
 const struct kern__ops kern__ops_avx2 = {
     .name = "avx2",
@@ -20,7 +20,7 @@ const struct kern__ops kern__ops_avx2 = {
             W(q4_1, Q4_1),
             W(q5_0, Q5_0),
             W(q5_1, Q5_1),
-            [GGUF_DTYPE_Q8_0] = {kern__dequant_q8_0_scalar, kern__quant_q8_0_avx2, kern__dot_q8_0_avx2, 4, 4},
+            [GGUF_DTYPE_Q8_0] = {kern__dequant_q8_0_scalar, kern__quant_q8_0_avx2, kern__dot_q8_0_avx2, 4, 8},
             [GGUF_DTYPE_Q8_1] = {kern__dequant_q8_1_scalar, kern__quant_q8_1_avx2, NULL, 0, 0},
             W(q2_K, Q2_K),
             W(q3_K, Q3_K),

@@ -56,9 +56,9 @@ KERN_INLINE __m128i k4_scales_mins(const uint8_t *s12)
 /* ---- Q4_K ---- */
 
 KERN_INLINE void tile_q4_K(int NW, int NX, int64_t nb, const char *w, size_t ws, const char *x, size_t xs,
-                           float *y, int64_t ldy)
+                           const float *xd, float *y, int64_t ldy)
 {
-    __m256 acc[4][4], accm[4][4];
+    __m256 acc[4][8], accm[4][8];
     for (int i = 0; i < NW; i++)
         for (int j = 0; j < NX; j++)
             acc[i][j] = accm[i][j] = _mm256_setzero_ps();
@@ -73,7 +73,7 @@ KERN_INLINE void tile_q4_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);            /* sc0..7 in both halves */
             __m256i mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm8, sm8));   /* m0, m0, m1, m1, ... */
             __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d)), mw = _mm256_set1_ps(kern__h2f_hw(wb->dmin));
-            __m256i sumi[4];
+            __m256i sumi[8];
             for (int j = 0; j < NX; j++)
                 sumi[j] = _mm256_setzero_si256();
             for (int g = 0; g < 4; g++) {
@@ -117,9 +117,9 @@ KERN_INLINE __m256i bit_to_16(__m256i v, int g)
 }
 
 KERN_INLINE void tile_q5_K(int NW, int NX, int64_t nb, const char *w, size_t ws, const char *x, size_t xs,
-                           float *y, int64_t ldy)
+                           const float *xd, float *y, int64_t ldy)
 {
-    __m256 acc[4][4], accm[4][4];
+    __m256 acc[4][8], accm[4][8];
     for (int i = 0; i < NW; i++)
         for (int j = 0; j < NX; j++)
             acc[i][j] = accm[i][j] = _mm256_setzero_ps();
@@ -135,7 +135,7 @@ KERN_INLINE void tile_q5_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             __m256i mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm8, sm8));   /* m0, m0, m1, m1, ... */
             __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d)), mw = _mm256_set1_ps(kern__h2f_hw(wb->dmin));
             __m256i hbits = _mm256_loadu_si256((const __m256i *)wb->qh);
-            __m256i sumi[4];
+            __m256i sumi[8];
             for (int j = 0; j < NX; j++)
                 sumi[j] = _mm256_setzero_si256();
             for (int g = 0; g < 4; g++) {
@@ -171,9 +171,9 @@ KERN_INLINE void tile_q5_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
 /* ---- Q6_K: (q + 32) unsigned in 0..63; the -32 comes back via bsums ---- */
 
 KERN_INLINE void tile_q6_K(int NW, int NX, int64_t nb, const char *w, size_t ws, const char *x, size_t xs,
-                           float *y, int64_t ldy)
+                           const float *xd, float *y, int64_t ldy)
 {
-    __m256 acc[4][4];
+    __m256 acc[4][8];
     for (int i = 0; i < NW; i++)
         for (int j = 0; j < NX; j++)
             acc[i][j] = _mm256_setzero_ps();
@@ -185,7 +185,7 @@ KERN_INLINE void tile_q6_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
                 kern__prefetch_lines((const char *)wb + (size_t)NW * ws, sizeof *wb);
             __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)wb->scales)); /* [16] */
             __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d));
-            __m256i sumi[4];
+            __m256i sumi[8];
             for (int j = 0; j < NX; j++) {
                 /* 32 * sum_g sc_g * bsums_g, to subtract at the end */
                 const struct kern__q8_K *xb = (const struct kern__q8_K *)(x + (size_t)j * xs) + b;
@@ -247,9 +247,9 @@ KERN_INLINE __m256i bit_to_4(__m256i v, int p)
 }
 
 KERN_INLINE void tile_q3_K(int NW, int NX, int64_t nb, const char *w, size_t ws, const char *x, size_t xs,
-                           float *y, int64_t ldy)
+                           const float *xd, float *y, int64_t ldy)
 {
-    __m256 acc[4][4];
+    __m256 acc[4][8];
     for (int i = 0; i < NW; i++)
         for (int j = 0; j < NX; j++)
             acc[i][j] = _mm256_setzero_ps();
@@ -262,7 +262,7 @@ KERN_INLINE void tile_q3_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             __m256i sc16 = q3k_scales16(wb->scales);
             __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d));
             __m256i hm = _mm256_loadu_si256((const __m256i *)wb->hmask);
-            __m256i sumi[4];
+            __m256i sumi[8];
             for (int j = 0; j < NX; j++) {
                 const struct kern__q8_K *xb = (const struct kern__q8_K *)(x + (size_t)j * xs) + b;
                 __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
@@ -296,9 +296,9 @@ KERN_INLINE void tile_q3_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
 /* ---- Q2_K: 2-bit unsigned quants, scale and min per 16 ---- */
 
 KERN_INLINE void tile_q2_K(int NW, int NX, int64_t nb, const char *w, size_t ws, const char *x, size_t xs,
-                           float *y, int64_t ldy)
+                           const float *xd, float *y, int64_t ldy)
 {
-    __m256 acc[4][4], accm[4][4];
+    __m256 acc[4][8], accm[4][8];
     for (int i = 0; i < NW; i++)
         for (int j = 0; j < NX; j++)
             acc[i][j] = accm[i][j] = _mm256_setzero_ps();
@@ -313,7 +313,7 @@ KERN_INLINE void tile_q2_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4));
             __m256i mn16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
             __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d)), mw = _mm256_set1_ps(kern__h2f_hw(wb->dmin));
-            __m256i sumi[4];
+            __m256i sumi[8];
             for (int j = 0; j < NX; j++)
                 sumi[j] = _mm256_setzero_si256();
             for (int h = 0; h < 2; h++) {
@@ -343,32 +343,36 @@ KERN_INLINE void tile_q2_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             y[j * ldy + i] = kern__hsum_ps(acc[i][j]) - kern__hsum_ps(accm[i][j]);
 }
 
-#define DOT_ENTRY(T)                                                                                           \
-    void kern__dot_##T##_avx2(int64_t n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx,  \
-                              float *y, int64_t ldy)                                                           \
+#define DOT_ENTRY(T, NB)                                                                                       \
+    void kern__dot_##T##_avx2(int64_t n, const struct kern__tile *t)                                           \
     {                                                                                                          \
-        int64_t nb = n / KERN_QK_K;                                                                            \
-        const char *wc = w, *xc = x;                                                                           \
-        if (nx == 1) {                                                                                         \
-            switch (nw) {                                                                                      \
-            case 1: tile_##T(1, 1, nb, wc, ws, xc, xs, y, ldy); return;                                        \
-            case 2: tile_##T(2, 1, nb, wc, ws, xc, xs, y, ldy); return;                                        \
-            case 3: tile_##T(3, 1, nb, wc, ws, xc, xs, y, ldy); return;                                        \
-            default: tile_##T(4, 1, nb, wc, ws, xc, xs, y, ldy); return;                                       \
+        int64_t nb = (NB);                                                                                     \
+        const char *w = t->w, *x = t->x;                                                                       \
+        if (t->nx == 1) {                                                                                      \
+            switch (t->nw) {                                                                                   \
+            case 1: tile_##T(1, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                       \
+            case 2: tile_##T(2, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                       \
+            case 3: tile_##T(3, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                       \
+            default: tile_##T(4, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                      \
             }                                                                                                  \
         }                                                                                                      \
-        for (int i = 0; i < nw; i++) {                                                                         \
-            const char *wi = wc + (size_t)i * ws;                                                              \
-            switch (nx) {                                                                                      \
-            case 2: tile_##T(1, 2, nb, wi, ws, xc, xs, y + i, ldy); break;                                     \
-            case 3: tile_##T(1, 3, nb, wi, ws, xc, xs, y + i, ldy); break;                                     \
-            default: tile_##T(1, 4, nb, wi, ws, xc, xs, y + i, ldy); break;                                    \
+        for (int i = 0; i < t->nw; i++) {                                                                      \
+            const char *wi = w + (size_t)i * t->ws;                                                            \
+            float *yi = t->y + i;                                                                              \
+            switch (t->nx) {                                                                                   \
+            case 2: tile_##T(1, 2, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
+            case 3: tile_##T(1, 3, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
+            case 4: tile_##T(1, 4, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
+            case 5: tile_##T(1, 5, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
+            case 6: tile_##T(1, 6, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
+            case 7: tile_##T(1, 7, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
+            default: tile_##T(1, 8, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                        \
             }                                                                                                  \
         }                                                                                                      \
     }
 
-DOT_ENTRY(q2_K)
-DOT_ENTRY(q3_K)
-DOT_ENTRY(q4_K)
-DOT_ENTRY(q5_K)
-DOT_ENTRY(q6_K)
+DOT_ENTRY(q2_K, n / KERN_QK_K)
+DOT_ENTRY(q3_K, n / KERN_QK_K)
+DOT_ENTRY(q4_K, n / KERN_QK_K)
+DOT_ENTRY(q5_K, n / KERN_QK_K)
+DOT_ENTRY(q6_K, n / KERN_QK_K)

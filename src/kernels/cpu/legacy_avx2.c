@@ -57,9 +57,9 @@ KERN_INLINE float d_q8_0(const void *p) { return kern__h2f_hw(((const struct ker
  */
 #define SIGNED_TILE(T, BYTES)                                                                                  \
     KERN_INLINE void tile_##T(int NW, int NX, int64_t nb, const char *w, size_t ws, const char *x, size_t xs, \
-                              float *y, int64_t ldy)                                                           \
+                              const float *xd, float *y, int64_t ldy)                                          \
     {                                                                                                          \
-        __m256 acc[4][4];                                                                                      \
+        __m256 acc[4][8];                                                                                      \
         for (int i = 0; i < NW; i++)                                                                           \
             for (int j = 0; j < NX; j++)                                                                       \
                 acc[i][j] = _mm256_setzero_ps();                                                               \
@@ -72,12 +72,24 @@ KERN_INLINE float d_q8_0(const void *p) { return kern__h2f_hw(((const struct ker
                     _mm_prefetch(wb + (size_t)NW * ws, _MM_HINT_T0);                                           \
                 wq[i] = w_##T(wb);                                                                             \
                 ua[i] = _mm256_sign_epi8(wq[i], wq[i]);                                                        \
-                dw[i] = _mm256_set1_ps(d_##T(wb));                                                             \
+                dw[i] = kern__h2f_bcast(*(const uint16_t *)wb);                                                             \
+            }                                                                                                  \
+            if (NX > 1 && NW == 1 && xd) {                                                                     \
+                /* All NX scale products at once, then broadcast loads. */                                     \
+                _Alignas(32) float dd[KERN__XD_LANES];                                                         \
+                _mm256_store_ps(dd, _mm256_mul_ps(dw[0], _mm256_loadu_ps(xd + b * KERN__XD_LANES)));           \
+                for (int j = 0; j < NX; j++) {                                                                 \
+                    const struct kern__q8_0 *xb = (const struct kern__q8_0 *)(x + (size_t)j * xs) + b;         \
+                    __m256i yv = _mm256_loadu_si256((const __m256i *)xb->qs);                                  \
+                    __m256i p = kern__sum_i16_pairs(_mm256_maddubs_epi16(ua[0], _mm256_sign_epi8(yv, wq[0]))); \
+                    acc[0][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[j]), _mm256_cvtepi32_ps(p), acc[0][j]); \
+                }                                                                                              \
+                continue;                                                                                      \
             }                                                                                                  \
             for (int j = 0; j < NX; j++) {                                                                     \
                 const struct kern__q8_0 *xb = (const struct kern__q8_0 *)(x + (size_t)j * xs) + b;             \
                 __m256i yv = _mm256_loadu_si256((const __m256i *)xb->qs);                                      \
-                __m256 dx = _mm256_set1_ps(kern__h2f_hw(xb->d));                                               \
+                __m256 dx = kern__h2f_bcast(xb->d);                                                            \
                 for (int i = 0; i < NW; i++) {                                                                 \
                     __m256i p = kern__sum_i16_pairs(_mm256_maddubs_epi16(ua[i], _mm256_sign_epi8(yv, wq[i]))); \
                     acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw[i], dx), _mm256_cvtepi32_ps(p), acc[i][j]);   \
@@ -110,10 +122,10 @@ KERN_INLINE float m_dm(const void *p) { return kern__h2f_hw(((const uint16_t *)p
 
 #define UNSIGNED_TILE(T, BYTES)                                                                                \
     KERN_INLINE void tile_##T(int NW, int NX, int64_t nb, const char *w, size_t ws, const char *x, size_t xs, \
-                              float *y, int64_t ldy)                                                           \
+                              const float *xd, float *y, int64_t ldy)                                          \
     {                                                                                                          \
-        __m256 acc[4][4];                                                                                      \
-        float accm[4][4];                                                                                      \
+        __m256 acc[4][8];                                                                                      \
+        float accm[4][8];                                                                                      \
         for (int i = 0; i < NW; i++)                                                                           \
             for (int j = 0; j < NX; j++) {                                                                     \
                 acc[i][j] = _mm256_setzero_ps();                                                               \
@@ -132,7 +144,7 @@ KERN_INLINE float m_dm(const void *p) { return kern__h2f_hw(((const uint16_t *)p
             for (int j = 0; j < NX; j++) {                                                                     \
                 const struct kern__q8_1 *xb = (const struct kern__q8_1 *)(x + (size_t)j * xs) + b;             \
                 __m256i yv = _mm256_loadu_si256((const __m256i *)xb->qs);                                      \
-                __m256 dx = _mm256_set1_ps(kern__h2f_hw(xb->d));                                               \
+                __m256 dx = kern__h2f_bcast(xb->d);                                               \
                 float sx = kern__h2f_hw(xb->s);                                                                \
                 for (int i = 0; i < NW; i++) {                                                                 \
                     __m256i p = kern__sum_i16_pairs(_mm256_maddubs_epi16(wq[i], yv));                          \
@@ -167,9 +179,9 @@ KERN_INLINE float s_bf16(const void *p, int64_t i) { return kern_bf16_to_f32(((c
 
 #define FLOAT_TILE(T)                                                                                          \
     KERN_INLINE void tile_##T(int NW, int NX, int64_t n, const char *w, size_t ws, const char *x, size_t xs,  \
-                              float *y, int64_t ldy)                                                           \
+                              const float *xd, float *y, int64_t ldy)                                          \
     {                                                                                                          \
-        __m256 a0[4][4], a1[4][4];                                                                             \
+        __m256 a0[4][8], a1[4][8];                                                                             \
         for (int i = 0; i < NW; i++)                                                                           \
             for (int j = 0; j < NX; j++)                                                                       \
                 a0[i][j] = a1[i][j] = _mm256_setzero_ps();                                                     \
@@ -207,25 +219,29 @@ FLOAT_TILE(bf16)
  * the same operations.
  */
 #define DOT_ENTRY(T, NB)                                                                                       \
-    static void dot_##T(int64_t n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx,        \
-                        float *y, int64_t ldy)                                                                 \
+    void kern__dot_##T##_avx2(int64_t n, const struct kern__tile *t)                                           \
     {                                                                                                          \
         int64_t nb = (NB);                                                                                     \
-        const char *wc = w, *xc = x;                                                                           \
-        if (nx == 1) {                                                                                         \
-            switch (nw) {                                                                                      \
-            case 1: tile_##T(1, 1, nb, wc, ws, xc, xs, y, ldy); return;                                        \
-            case 2: tile_##T(2, 1, nb, wc, ws, xc, xs, y, ldy); return;                                        \
-            case 3: tile_##T(3, 1, nb, wc, ws, xc, xs, y, ldy); return;                                        \
-            default: tile_##T(4, 1, nb, wc, ws, xc, xs, y, ldy); return;                                       \
+        const char *w = t->w, *x = t->x;                                                                       \
+        if (t->nx == 1) {                                                                                      \
+            switch (t->nw) {                                                                                   \
+            case 1: tile_##T(1, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                       \
+            case 2: tile_##T(2, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                       \
+            case 3: tile_##T(3, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                       \
+            default: tile_##T(4, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                      \
             }                                                                                                  \
         }                                                                                                      \
-        for (int i = 0; i < nw; i++) {                                                                         \
-            const char *wi = wc + (size_t)i * ws;                                                              \
-            switch (nx) {                                                                                      \
-            case 2: tile_##T(1, 2, nb, wi, ws, xc, xs, y + i, ldy); break;                                     \
-            case 3: tile_##T(1, 3, nb, wi, ws, xc, xs, y + i, ldy); break;                                     \
-            default: tile_##T(1, 4, nb, wi, ws, xc, xs, y + i, ldy); break;                                    \
+        for (int i = 0; i < t->nw; i++) {                                                                      \
+            const char *wi = w + (size_t)i * t->ws;                                                            \
+            float *yi = t->y + i;                                                                              \
+            switch (t->nx) {                                                                                   \
+            case 2: tile_##T(1, 2, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
+            case 3: tile_##T(1, 3, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
+            case 4: tile_##T(1, 4, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
+            case 5: tile_##T(1, 5, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
+            case 6: tile_##T(1, 6, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
+            case 7: tile_##T(1, 7, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
+            default: tile_##T(1, 8, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                        \
             }                                                                                                  \
         }                                                                                                      \
     }
@@ -238,47 +254,6 @@ DOT_ENTRY(q8_0, n / KERN_QK)
 DOT_ENTRY(f32, n)
 DOT_ENTRY(f16, n)
 DOT_ENTRY(bf16, n)
-
-void kern__dot_q4_0_avx2(int64_t n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *y,
-                         int64_t ldy)
-{
-    dot_q4_0(n, w, ws, nw, x, xs, nx, y, ldy);
-}
-void kern__dot_q4_1_avx2(int64_t n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *y,
-                         int64_t ldy)
-{
-    dot_q4_1(n, w, ws, nw, x, xs, nx, y, ldy);
-}
-void kern__dot_q5_0_avx2(int64_t n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *y,
-                         int64_t ldy)
-{
-    dot_q5_0(n, w, ws, nw, x, xs, nx, y, ldy);
-}
-void kern__dot_q5_1_avx2(int64_t n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *y,
-                         int64_t ldy)
-{
-    dot_q5_1(n, w, ws, nw, x, xs, nx, y, ldy);
-}
-void kern__dot_q8_0_avx2(int64_t n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *y,
-                         int64_t ldy)
-{
-    dot_q8_0(n, w, ws, nw, x, xs, nx, y, ldy);
-}
-void kern__dot_f32_avx2(int64_t n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *y,
-                        int64_t ldy)
-{
-    dot_f32(n, w, ws, nw, x, xs, nx, y, ldy);
-}
-void kern__dot_f16_avx2(int64_t n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *y,
-                        int64_t ldy)
-{
-    dot_f16(n, w, ws, nw, x, xs, nx, y, ldy);
-}
-void kern__dot_bf16_avx2(int64_t n, const void *w, size_t ws, int nw, const void *x, size_t xs, int nx, float *y,
-                         int64_t ldy)
-{
-    dot_bf16(n, w, ws, nw, x, xs, nx, y, ldy);
-}
 
 /* ---- activation quantizers (bit-identical to the scalar reference) ---- */
 

@@ -12,13 +12,12 @@
 
 /* Wrap a one-pair dot into the tile signature of struct kern__type_ops. */
 #define KERN__TILE_FROM_PAIR(T, pair)                                                                          \
-    void kern__dot_##T##_scalar(int64_t n, const void *w, size_t w_stride, int nw, const void *x,             \
-                                size_t x_stride, int nx, float *y, int64_t ldy)                               \
+    void kern__dot_##T##_scalar(int64_t n, const struct kern__tile *t)                                         \
     {                                                                                                          \
-        for (int j = 0; j < nx; j++)                                                                           \
-            for (int i = 0; i < nw; i++)                                                                       \
-                y[j * ldy + i] = pair(n, (const char *)w + (size_t)i * w_stride,                               \
-                                      (const char *)x + (size_t)j * x_stride);                                 \
+        for (int j = 0; j < t->nx; j++)                                                                        \
+            for (int i = 0; i < t->nw; i++)                                                                    \
+                t->y[j * t->ldy + i] = pair(n, (const char *)t->w + (size_t)i * t->ws,                         \
+                                            (const char *)t->x + (size_t)j * t->xs);                           \
     }
 
 static float dot_f32(int64_t n, const void *vw, const void *vx)
