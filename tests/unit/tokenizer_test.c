@@ -13,6 +13,7 @@
 #include "gguf/gguf.h"
 
 #include <jansson.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -415,6 +416,59 @@ static void test_megabyte_inputs(void **state)
     encode_big(GOLDEN_DIR "/bpe_default.gguf", "1234567890", 1 << 20);
 }
 
+/* ---- concurrency: one vocabulary, many encoders ---- */
+
+struct worker {
+    const struct tok_vocab *v;
+    const char *text;
+    size_t len;
+    const int32_t *want;
+    size_t n_want;
+    int bad;
+};
+
+static void *encode_loop(void *arg)
+{
+    struct worker *w = arg;
+    int32_t *ids = malloc((w->n_want + 1) * sizeof *ids);
+    for (int i = 0; i < 20; i++) {
+        struct lmd_err err;
+        int64_t k = tok_encode(w->v, w->text, w->len, true, true, ids, w->n_want + 1, &err);
+        if (k != (int64_t)w->n_want || memcmp(ids, w->want, w->n_want * sizeof *ids) != 0)
+            w->bad++;
+    }
+    free(ids);
+    return NULL;
+}
+
+static void test_concurrent_encode(void **state)
+{
+    const char *paths[] = {LMD_SOURCE_DIR "/models/default.gguf", GOLDEN_DIR "/bpe_qwen2.gguf"};
+    const char *para = "<|im_start|>user\nHello  world, it's 2024!\t<start_of_turn>日本語 😀<|im_end|>\n";
+    for (int p = 0; p < 2; p++) {
+        struct loaded l = load_path(paths[p]);
+        size_t n = 0, pl = strlen(para);
+        char *text = malloc(64 * pl);
+        for (int i = 0; i < 64; i++, n += pl)
+            memcpy(text + n, para, pl);
+        size_t n_want;
+        int32_t *want = encode(l.v, (const uint8_t *)text, n, true, true, &n_want);
+        struct worker w[4];
+        pthread_t th[4];
+        for (int i = 0; i < 4; i++) {
+            w[i] = (struct worker){l.v, text, n, want, n_want, 0};
+            assert_int_equal(pthread_create(&th[i], NULL, encode_loop, &w[i]), 0);
+        }
+        for (int i = 0; i < 4; i++) {
+            pthread_join(th[i], NULL);
+            assert_int_equal(w[i].bad, 0);
+        }
+        free(want);
+        free(text);
+        unload(&l);
+    }
+}
+
 /* ---- speed, reported (the numbers go into docs/PERFORMANCE.md) ---- */
 
 static void test_speed(void **state)
@@ -759,6 +813,7 @@ int main(void)
         cmocka_unit_test(test_golden_bpe_gpt2),
         cmocka_unit_test(test_golden_bpe_default),
         cmocka_unit_test(test_megabyte_inputs),
+        cmocka_unit_test(test_concurrent_encode),
         cmocka_unit_test(test_speed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
