@@ -380,6 +380,7 @@ int cli_run(int argc, char **argv)
     /* Decode. The logits buffer is the engine's; sampling edits it in place. */
     struct tok_detok dt;
     tok_detok_init(&dt, vocab, false);
+    dt.first = false; /* a continuation: the first generated token keeps its leading space */
     const size_t piece_cap = tok_detok_bound(vocab);
     piece = malloc(piece_cap);
     if (!piece) {
