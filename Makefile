@@ -16,7 +16,7 @@ CMAKE_FLAGS += -DLMD_WERROR=ON
 endif
 
 .PHONY: all deps deps-peer model build build-asan run test test-unit test-asan test-integration \
-        bench bench-engine golden clean format
+        bench bench-engine golden clean format fuzz-gguf
 
 all: build
 
@@ -77,3 +77,12 @@ format:
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)
+
+# Coverage-guided fuzzing of the GGUF reader (clang's libFuzzer), bounded in time.
+FUZZ_SECONDS ?= 60
+fuzz-gguf:
+	mkdir -p $(BUILD)/fuzz
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc \
+		tests/fuzz/gguf_fuzz.c src/gguf/gguf.c src/core/error.c -o $(BUILD)/fuzz/gguf_fuzz
+	cp -r tests/fuzz/corpus/gguf $(BUILD)/fuzz/corpus-gguf
+	$(BUILD)/fuzz/gguf_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(BUILD)/fuzz/corpus-gguf
