@@ -79,11 +79,15 @@ KERN_INLINE uint32_t kern__load_u32(const void *p)
 }
 
 /*
- * Decode streams the weights from memory once, several rows side by side;
- * the hardware prefetcher follows one sequential stream well but not four
- * interleaved ones, so the tiles prefetch the same place in the rows the
- * next tile will read (nw rows below), one call per cache line.
+ * Decode (one activation row) streams the weights from memory once: rows
+ * are walked one after another and the tiles prefetch KERN__PF_DIST bytes
+ * ahead in that stream. Measured on Zen 3 for a 178 MB Q8_0 matrix, one
+ * thread: 12 GB/s on the hardware prefetcher alone, 16 GB/s with this
+ * (the read-only bandwidth is ~17 GB/s); four rows side by side, which
+ * computes faster from cache, reached only 10 GB/s from memory.
  */
+#define KERN__PF_DIST 4096
+
 KERN_INLINE void kern__prefetch_lines(const char *p, int bytes)
 {
     for (int o = 0; o < bytes; o += 64)

@@ -67,7 +67,7 @@ KERN_INLINE void tile_q4_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
         for (int i = 0; i < NW; i++) {
             const struct kern__q4_K *wb = (const struct kern__q4_K *)(w + (size_t)i * ws) + b;
             if (NX == 1)
-                kern__prefetch_lines((const char *)wb + (size_t)NW * ws, sizeof *wb);
+                kern__prefetch_lines((const char *)wb + KERN__PF_DIST, sizeof *wb);
             __m128i sm8 = k4_scales_mins(wb->scales);                          /* [sc0..7, m0..7] */
             __m256i sm = _mm256_cvtepu8_epi16(sm8);
             __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);            /* sc0..7 in both halves */
@@ -128,7 +128,7 @@ KERN_INLINE void tile_q5_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
         for (int i = 0; i < NW; i++) {
             const struct kern__q5_K *wb = (const struct kern__q5_K *)(w + (size_t)i * ws) + b;
             if (NX == 1)
-                kern__prefetch_lines((const char *)wb + (size_t)NW * ws, sizeof *wb);
+                kern__prefetch_lines((const char *)wb + KERN__PF_DIST, sizeof *wb);
             __m128i sm8 = k4_scales_mins(wb->scales);                          /* [sc0..7, m0..7] */
             __m256i sm = _mm256_cvtepu8_epi16(sm8);
             __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);            /* sc0..7 in both halves */
@@ -182,7 +182,7 @@ KERN_INLINE void tile_q6_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
         for (int i = 0; i < NW; i++) {
             const struct kern__q6_K *wb = (const struct kern__q6_K *)(w + (size_t)i * ws) + b;
             if (NX == 1)
-                kern__prefetch_lines((const char *)wb + (size_t)NW * ws, sizeof *wb);
+                kern__prefetch_lines((const char *)wb + KERN__PF_DIST, sizeof *wb);
             __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)wb->scales)); /* [16] */
             __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d));
             __m256i sumi[8];
@@ -258,7 +258,7 @@ KERN_INLINE void tile_q3_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
         for (int i = 0; i < NW; i++) {
             const struct kern__q3_K *wb = (const struct kern__q3_K *)(w + (size_t)i * ws) + b;
             if (NX == 1)
-                kern__prefetch_lines((const char *)wb + (size_t)NW * ws, sizeof *wb);
+                kern__prefetch_lines((const char *)wb + KERN__PF_DIST, sizeof *wb);
             __m256i sc16 = q3k_scales16(wb->scales);
             __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d));
             __m256i hm = _mm256_loadu_si256((const __m256i *)wb->hmask);
@@ -308,7 +308,7 @@ KERN_INLINE void tile_q2_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
         for (int i = 0; i < NW; i++) {
             const struct kern__q2_K *wb = (const struct kern__q2_K *)(w + (size_t)i * ws) + b;
             if (NX == 1)
-                kern__prefetch_lines((const char *)wb + (size_t)NW * ws, sizeof *wb);
+                kern__prefetch_lines((const char *)wb + KERN__PF_DIST, sizeof *wb);
             __m128i raw = _mm_loadu_si128((const __m128i *)wb->scales);
             __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4));
             __m256i mn16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
@@ -349,12 +349,10 @@ KERN_INLINE void tile_q2_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
         int64_t nb = (NB);                                                                                     \
         const char *w = t->w, *x = t->x;                                                                       \
         if (t->nx == 1) {                                                                                      \
-            switch (t->nw) {                                                                                   \
-            case 1: tile_##T(1, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                       \
-            case 2: tile_##T(2, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                       \
-            case 3: tile_##T(3, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                       \
-            default: tile_##T(4, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                      \
-            }                                                                                                  \
+            /* Decode: one weight row after another (see KERN__PF_DIST). */                                    \
+            for (int i = 0; i < t->nw; i++)                                                                    \
+                tile_##T(1, 1, nb, w + (size_t)i * t->ws, t->ws, x, t->xs, t->xd, t->y + i, t->ldy);           \
+            return;                                                                                            \
         }                                                                                                      \
         for (int i = 0; i < t->nw; i++) {                                                                      \
             const char *wi = w + (size_t)i * t->ws;                                                            \

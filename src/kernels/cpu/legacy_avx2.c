@@ -69,10 +69,18 @@ KERN_INLINE float d_q8_0(const void *p) { return kern__h2f_hw(((const struct ker
             for (int i = 0; i < NW; i++) {                                                                     \
                 const char *wb = w + (size_t)i * ws + (size_t)b * (BYTES);                                     \
                 if (NX == 1)                                                                                   \
-                    _mm_prefetch(wb + (size_t)NW * ws, _MM_HINT_T0);                                           \
+                    _mm_prefetch(wb + KERN__PF_DIST, _MM_HINT_T0);                                                    \
                 wq[i] = w_##T(wb);                                                                             \
                 ua[i] = _mm256_sign_epi8(wq[i], wq[i]);                                                        \
                 dw[i] = kern__h2f_bcast(*(const uint16_t *)wb);                                                             \
+            }                                                                                                  \
+            if (NX == 1 && NW == 1 && xd) {                                                                    \
+                const struct kern__q8_0 *xb = (const struct kern__q8_0 *)x + b;                                \
+                __m256i yv = _mm256_loadu_si256((const __m256i *)xb->qs);                                      \
+                __m256 d = _mm256_mul_ps(dw[0], _mm256_broadcast_ss(xd + b * KERN__XD_LANES));                 \
+                __m256i p = kern__sum_i16_pairs(_mm256_maddubs_epi16(ua[0], _mm256_sign_epi8(yv, wq[0])));     \
+                acc[0][0] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[0][0]);                              \
+                continue;                                                                                      \
             }                                                                                                  \
             if (NX > 1 && NW == 1 && xd) {                                                                     \
                 /* All NX scale products at once, then broadcast loads. */                                     \
@@ -224,12 +232,10 @@ FLOAT_TILE(bf16)
         int64_t nb = (NB);                                                                                     \
         const char *w = t->w, *x = t->x;                                                                       \
         if (t->nx == 1) {                                                                                      \
-            switch (t->nw) {                                                                                   \
-            case 1: tile_##T(1, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                       \
-            case 2: tile_##T(2, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                       \
-            case 3: tile_##T(3, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                       \
-            default: tile_##T(4, 1, nb, w, t->ws, x, t->xs, t->xd, t->y, t->ldy); return;                      \
-            }                                                                                                  \
+            /* Decode: one weight row after another (see KERN__PF_DIST). */                                    \
+            for (int i = 0; i < t->nw; i++)                                                                    \
+                tile_##T(1, 1, nb, w + (size_t)i * t->ws, t->ws, x, t->xs, t->xd, t->y + i, t->ldy);           \
+            return;                                                                                            \
         }                                                                                                      \
         for (int i = 0; i < t->nw; i++) {                                                                      \
             const char *wi = w + (size_t)i * t->ws;                                                            \
