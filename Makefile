@@ -16,7 +16,7 @@ CMAKE_FLAGS += -DLMD_WERROR=ON
 endif
 
 .PHONY: all deps deps-peer model build build-asan run test test-unit test-asan test-integration \
-        bench bench-engine golden clean format fuzz-gguf
+        bench bench-engine golden clean format fuzz-gguf parity
 
 all: build
 
@@ -86,3 +86,10 @@ fuzz-gguf:
 		tests/fuzz/gguf_fuzz.c src/gguf/gguf.c src/core/error.c -o $(BUILD)/fuzz/gguf_fuzz
 	cp -r tests/fuzz/corpus/gguf $(BUILD)/fuzz/corpus-gguf
 	$(BUILD)/fuzz/gguf_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(BUILD)/fuzz/corpus-gguf
+
+# lmd's kernels against llama.cpp's, bit for bit (developer tool; needs the peer).
+GGML_LIB = $(shell $(PY) -c 'import llama_cpp, os; print(os.path.join(os.path.dirname(llama_cpp.__file__), "lib"))' 2>/dev/null)
+parity: deps-peer build
+	$(CC) -O2 -D_GNU_SOURCE -Isrc tests/parity/ggml_parity.c $(BUILD)/liblmd_lib.a -ljansson -lpcre2-8 -lm -lpthread -ldl \
+		-o $(BUILD)/ggml_parity
+	./$(BUILD)/ggml_parity $(GGML_LIB)
