@@ -9,7 +9,7 @@ logits after the prompt at a fixed set of token ids (the 64 largest plus 64
 spread over the vocabulary). Tests compare lmd against these files; CI does
 not need llama.cpp.
 
-usage: make_golden.py [--only default|synth]   (or `make golden`)
+usage: make_golden.py [--only default|synth] [--arch A ...]   (or `make golden`)
 """
 import argparse
 import ctypes
@@ -94,6 +94,7 @@ def record(name, model, cases, threads):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["default", "synth"])
+    ap.add_argument("--arch", action="append", help="synthetic architectures (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     os.makedirs(OUT, exist_ok=True)
@@ -101,14 +102,15 @@ def main():
         model = os.path.join(ROOT, "models", "default.gguf")
         record("default", model, [{"prompt": p} for p in DEFAULT_PROMPTS], a.threads)
     if a.only in (None, "synth"):
-        path = os.path.join(ROOT, "build", "synth-tiny.gguf")
-        subprocess.check_call([sys.executable, os.path.join(HERE, "make_synth.py"), path])
-        rng = np.random.default_rng(99)
-        cases = []
-        for n in (1, 5, 17, 64, 200, 37, 9, 120):
-            ids = [1] + [int(x) for x in rng.integers(3, 2048, n - 1)]
-            cases.append({"prompt_ids": ids})
-        record("synth", path, cases, a.threads)
+        for arch in a.arch or ["llama", "qwen2", "qwen3", "gemma3"]:
+            path = os.path.join(ROOT, "build", "synth-%s.gguf" % arch)
+            subprocess.check_call([sys.executable, os.path.join(HERE, "make_synth.py"), path, "--arch", arch])
+            rng = np.random.default_rng(99)
+            cases = []
+            for n in (1, 5, 17, 64, 200, 37, 9, 120):
+                ids = [1] + [int(x) for x in rng.integers(3, 2048, n - 1)]
+                cases.append({"prompt_ids": ids})
+            record("synth_" + arch, path, cases, a.threads)
 
 
 if __name__ == "__main__":

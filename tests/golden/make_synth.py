@@ -8,7 +8,12 @@ reference records the file's SHA-256). Tensor types are mixed on purpose
 in one forward pass. The vocabulary is SentencePiece-style: <unk>, <s>,
 </s>, 256 byte tokens, then ordinary pieces.
 
-usage: make_synth.py OUT.gguf [--shape tiny|tinyllama]
+Other architectures lmd supports can be written in the same tiny shape
+(--arch qwen2 adds Q/K/V biases, qwen3 per-head Q/K norms, gemma3 the
+Gemma 3 layer with post-norms and sliding-window layers), so each
+architecture's forward pass is compared with llama.cpp's.
+
+usage: make_synth.py OUT.gguf [--shape tiny|tinyllama] [--arch llama|qwen2|qwen3|gemma3]
 """
 import argparse
 import hashlib
@@ -66,14 +71,16 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--arch", default="llama", choices=["llama", "qwen2", "qwen3", "gemma3"])
     a = ap.parse_args()
     s = SHAPES[a.shape]
     rng = np.random.default_rng(a.seed)
     E, L, H, HKV, FF, V = s["n_embd"], s["n_layer"], s["n_head"], s["n_head_kv"], s["n_ff"], s["n_vocab"]
     hd = E // H
 
-    w = gguf.GGUFWriter(a.out, "llama")
-    w.add_name("lmd synthetic " + a.shape)
+    arch = a.arch
+    w = gguf.GGUFWriter(a.out, arch)
+    w.add_name("lmd synthetic %s %s" % (arch, a.shape))
     w.add_context_length(s["n_ctx"])
     w.add_embedding_length(E)
     w.add_block_count(L)
@@ -81,7 +88,11 @@ def main():
     w.add_head_count(H)
     w.add_head_count_kv(HKV)
     w.add_rope_dimension_count(hd)
-    w.add_rope_freq_base(10000.0)
+    w.add_rope_freq_base(10000.0 if arch != "gemma3" else 1000000.0)
+    if arch == "gemma3":
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+        w.add_sliding_window(16)  # small, so the tests cross it
     w.add_layer_norm_rms_eps(1e-5)
     w.add_file_type(1)
     w.add_tokenizer_model("llama")
@@ -96,11 +107,11 @@ def main():
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
 
-    def put(name, shape, qtype, std=s["std"], ones=False):
+    def put(name, shape, qtype, std=s["std"], ones=False, shift=0.0):
         if ones:
             data = np.ones(shape, dtype=np.float32)
         else:
-            data = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+            data = rng.standard_normal(shape, dtype=np.float32) * np.float32(std) + np.float32(shift)
         if qtype == Q.F32:
             w.add_tensor(name, data)
         elif qtype == Q.F16:
@@ -109,9 +120,12 @@ def main():
             w.add_tensor(name, quants.quantize(data, qtype), raw_dtype=qtype)
 
     tiny = a.shape == "tiny"
-    put("token_embd.weight", (V, E), Q.Q8_0 if tiny else Q.F16, std=1.0 if tiny else s["std"])
+    # gemma3 scales embeddings by sqrt(E) and ties the output to them: keep both near unit scale.
+    emb_std = (1.0 / np.sqrt(E) if arch == "gemma3" else 1.0) if tiny else s["std"]
+    put("token_embd.weight", (V, E), Q.Q8_0 if tiny else Q.F16, std=emb_std)
     put("output_norm.weight", (E,), Q.F32, ones=True)
-    put("output.weight", (V, E), Q.Q8_0 if tiny else Q.F16)
+    if arch != "gemma3":  # gemma3 ties its output to the embeddings
+        put("output.weight", (V, E), Q.Q8_0 if tiny else Q.F16)
     for il in range(L):
         t = TINY_TYPES[il % len(TINY_TYPES)] if tiny else dict(q=Q.F16, k=Q.F16, v=Q.F16, o=Q.F16, gate=Q.F16,
                                                               up=Q.F16, down=Q.F16)
@@ -125,6 +139,16 @@ def main():
         put(p + "ffn_gate.weight", (FF, E), t["gate"])
         put(p + "ffn_up.weight", (FF, E), t["up"])
         put(p + "ffn_down.weight", (E, FF), t["down"])
+        if arch == "qwen2":
+            put(p + "attn_q.bias", (H * hd,), Q.F32, std=0.5)
+            put(p + "attn_k.bias", (HKV * hd,), Q.F32, std=0.5)
+            put(p + "attn_v.bias", (HKV * hd,), Q.F32, std=0.5)
+        if arch in ("qwen3", "gemma3"):
+            put(p + "attn_q_norm.weight", (hd,), Q.F32, std=0.2, shift=1.0)
+            put(p + "attn_k_norm.weight", (hd,), Q.F32, std=0.2, shift=1.0)
+        if arch == "gemma3":
+            put(p + "post_attention_norm.weight", (E,), Q.F32, std=0.2, shift=1.0)
+            put(p + "post_ffw_norm.weight", (E,), Q.F32, std=0.2, shift=1.0)
 
     w.write_header_to_file()
     w.write_kv_data_to_file()

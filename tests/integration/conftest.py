@@ -25,9 +25,17 @@ def default_model():
     return path
 
 
+SYNTH_ARCHS = ["llama", "qwen2", "qwen3", "gemma3"]
+
+
 @pytest.fixture(scope="session")
-def synth_model(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("models") / "synth-tiny.gguf")
-    subprocess.check_call([sys.executable, os.path.join(ROOT, "tests", "golden", "make_synth.py"), path],
-                          stdout=subprocess.DEVNULL)
-    return path
+def synth_models(tmp_path_factory):
+    """Tiny random-weight models, one per supported architecture, written
+    by tests/golden/make_synth.py (deterministic: same bytes every time)."""
+    d = tmp_path_factory.mktemp("models")
+    paths = {}
+    for arch in SYNTH_ARCHS:
+        paths[arch] = str(d / ("synth-%s.gguf" % arch))
+        subprocess.check_call([sys.executable, os.path.join(ROOT, "tests", "golden", "make_synth.py"), paths[arch],
+                               "--arch", arch], stdout=subprocess.DEVNULL)
+    return paths

@@ -15,7 +15,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, SYNTH_ARCHS
 
 GOLDEN = os.path.join(ROOT, "tests", "golden", "engine")
 
@@ -24,6 +24,9 @@ GOLDEN = os.path.join(ROOT, "tests", "golden", "engine")
 # reaches ~6.6e4, which amplifies last-bit differences.
 NEAR_TIE = {"default": 0.25, "synth": 0.05}
 LOGIT_ATOL = {"default": 0.75, "synth": 0.05}
+for _a in SYNTH_ARCHS:
+    NEAR_TIE["synth_" + _a] = NEAR_TIE["synth"]
+    LOGIT_ATOL["synth_" + _a] = LOGIT_ATOL["synth"]
 
 
 def load(name):
@@ -75,11 +78,13 @@ def test_default_model_matches_llama_cpp(lmd_bin, default_model, tmp_path, idx):
     check_case("default", case, tokens, logits)
 
 
-@pytest.mark.parametrize("idx", range(len(load("synth")["cases"])))
-def test_synthetic_llama_matches_llama_cpp(lmd_bin, synth_model, tmp_path, idx):
-    g = load("synth")
+@pytest.mark.parametrize("arch", SYNTH_ARCHS)
+@pytest.mark.parametrize("idx", range(len(load("synth_llama")["cases"])))
+def test_synthetic_models_match_llama_cpp(lmd_bin, synth_models, tmp_path, arch, idx):
+    name = "synth_" + arch
+    g = load(name)
     # The generator is deterministic: the same bytes llama.cpp saw.
-    assert sha256(synth_model) == g["model_sha256"]
+    assert sha256(synth_models[arch]) == g["model_sha256"]
     case = g["cases"][idx]
-    tokens, logits = run_greedy(lmd_bin, synth_model, case, tmp_path)
-    check_case("synth", case, tokens, logits)
+    tokens, logits = run_greedy(lmd_bin, synth_models[arch], case, tmp_path)
+    check_case(name, case, tokens, logits)
