@@ -33,6 +33,48 @@
 
 #include <cmocka.h>
 
+/*
+ * The AVX-512 kernels, compiled a second time against SIMDe's portable
+ * AVX-512 (when libsimde-dev is installed), so they are tested on machines
+ * without AVX-512 too: test_avx512_emulated runs them through AVX2.
+ */
+#if defined(__x86_64__) && defined(__has_include)
+#if __has_include(<simde/x86/avx512.h>)
+#define KERN_TEST_AVX512_EMU 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+static simde__m512 emu_cvtepi32_ps(simde__m512i a)
+{
+    simde__m512i_private ap = simde__m512i_to_private(a);
+    simde__m512_private r;
+    for (int i = 0; i < 16; i++)
+        r.f32[i] = (float)ap.i32[i];
+    return simde__m512_from_private(r);
+}
+static simde__m512 emu_cvtph_ps(simde__m256i a)
+{
+    simde__m256i_private ap = simde__m256i_to_private(a);
+    simde__m512_private r;
+    for (int i = 0; i < 16; i++)
+        r.f32[i] = kern_f16_to_f32(ap.u16[i]);
+    return simde__m512_from_private(r);
+}
+/* SIMDe 0.7 lacks or mis-declares a few aliases. */
+#undef _mm512_madd_epi16
+#define _mm512_madd_epi16(a, b) simde_mm512_madd_epi16(a, b)
+#undef _mm512_cvtepi32_ps
+#define _mm512_cvtepi32_ps(a) emu_cvtepi32_ps(a)
+#undef _mm512_cvtph_ps
+#define _mm512_cvtph_ps(a) emu_cvtph_ps(a)
+#define kern__ops_avx512 kern__ops_avx512_emu
+#include "../../src/kernels/cpu/quant_avx512.c"
+#undef kern__ops_avx512
+#pragma GCC pop_options
+#endif
+#endif
+
 /* ---- helpers ---- */
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
@@ -178,7 +220,7 @@ static void test_f16_rounding(void **state)
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-__attribute__((target("f16c"))) static uint16_t hw_f32_to_f16(float f) { return (uint16_t)_cvtss_sh(f, 0); }
+__attribute__((target("avx2,fma,f16c"))) static uint16_t hw_f32_to_f16(float f) { return (uint16_t)_cvtss_sh(f, 0); }
 #endif
 
 /* Random f32 values of every magnitude against the CPU's own conversion. */
@@ -186,7 +228,8 @@ static void test_f16_vs_hardware(void **state)
 {
     (void)state;
 #if defined(__x86_64__)
-    if (!lmd_cpu_features()->f16c)
+    /* hw_f32_to_f16 is compiled for avx2 too (it shares the SIMDe block's target). */
+    if (!lmd_cpu_features()->f16c || !lmd_cpu_features()->avx2)
         skip();
     for (int i = 0; i < 2000000; i++) {
         uint32_t u = rnd_u32() ^ (rnd_u32() << 16);
@@ -732,6 +775,107 @@ static void test_matmul_matches_vec_dot(void **state)
         lmd_pool_free(pools[i]);
 }
 
+/* ---- AVX-512 through emulation ---- */
+
+#ifdef KERN_TEST_AVX512_EMU
+/* The emulated AVX-512 table against the scalar reference (bounded), the
+ * AVX2 kernels (bit-identical for Q4_K / Q6_K, which share their f32
+ * steps), and itself over every tile shape, with and without f32 scales. */
+static void test_avx512_emulated(void **state)
+{
+    (void)state;
+    const struct lmd_cpu_features *f = lmd_cpu_features();
+    if (!f->avx2 || !f->fma || !f->f16c)
+        skip();
+    static const enum gguf_dtype ts[] = {GGUF_DTYPE_Q4_0, GGUF_DTYPE_Q5_0, GGUF_DTYPE_Q8_0, GGUF_DTYPE_Q4_K,
+                                         GGUF_DTYPE_Q6_K, GGUF_DTYPE_F32,  GGUF_DTYPE_F16};
+    enum { NW = 5, M = 11 };
+    for (size_t ti = 0; ti < sizeof ts / sizeof ts[0]; ti++) {
+        enum gguf_dtype t = ts[ti], at = kern_dot_type(t);
+        int64_t bs = kern_block_size(t);
+        const int64_t ks[] = {bs == 256 ? 256 : 32, bs == 256 ? 512 : 96, bs == 256 ? 2048 : 1056, bs == 1 ? 37 : 2 * 256};
+        for (size_t ki = 0; ki < 4; ki++) {
+            int64_t k = ks[ki];
+            size_t rb = kern_row_bytes(t, k), xb = kern_row_bytes(at, k);
+            uint8_t *w = malloc(rb * NW), *xq = malloc(xb * M);
+            float *x = malloc((size_t)k * M * sizeof(float)), *wf = malloc((size_t)k * sizeof(float)),
+                  *xf = malloc((size_t)k * sizeof(float));
+            int64_t nb = k / KERN_QK;
+            float *xd = calloc((size_t)(2 * nb * KERN__XD_LANES + 1), sizeof(float));
+            float ref[NW][M], emu[NW][M], avx2[NW][M];
+            for (int r = 0; r < NW; r++)
+                random_row(t, w + r * rb, k);
+            for (int64_t i = 0; i < k * M; i++)
+                x[i] = rnd_normal();
+            for (int j = 0; j < M; j++)
+                kern__ops_scalar.type[at].quant(x + j * k, xq + j * xb, k);
+            if (at == GGUF_DTYPE_Q8_0)
+                for (int j = 0; j < M; j++)
+                    for (int64_t b = 0; b < nb; b++) {
+                        uint16_t h;
+                        memcpy(&h, xq + j * xb + b * sizeof(struct kern__q8_0), 2);
+                        xd[(j / KERN__XD_LANES) * nb * KERN__XD_LANES + b * KERN__XD_LANES + j % KERN__XD_LANES] =
+                            kern_f16_to_f32(h);
+                    }
+            for (int i = 0; i < NW; i++)
+                for (int j = 0; j < M; j++) {
+                    struct kern__tile tl = {.w = w + i * rb, .nw = 1, .x = xq + j * xb, .nx = 1, .ldy = 1};
+                    tl.y = &ref[i][j];
+                    kern__ops_scalar.type[t].dot(k, &tl);
+                    tl.y = &emu[i][j];
+                    kern__ops_avx512_emu.type[t].dot(k, &tl);
+                    tl.y = &avx2[i][j];
+                    kern__ops_avx2.type[t].dot(k, &tl);
+                    kern_set_isa("scalar");
+                    kern_dequant_row(t, w + i * rb, wf, k);
+                    kern_dequant_row(at, xq + j * xb, xf, k);
+                    double sum_abs = 0;
+                    for (int64_t e = 0; e < k; e++)
+                        sum_abs += fabs((double)wf[e] * xf[e]);
+                    double bound = 4.0 * 0x1p-24 * (double)(k / bs * 2 + 64) * sum_abs + 1e-30;
+                    if (!(fabs(emu[i][j] - ref[i][j]) <= bound))
+                        fail_msg("avx512(emu) %s k=%lld: %.9g, scalar %.9g", kern__traits(t)->name, (long long)k,
+                                 (double)emu[i][j], (double)ref[i][j]);
+                    if ((t == GGUF_DTYPE_Q4_K || t == GGUF_DTYPE_Q6_K) && f_bits(emu[i][j]) != f_bits(avx2[i][j]))
+                        fail_msg("avx512(emu) %s k=%lld: %.9g, avx2 %.9g", kern__traits(t)->name, (long long)k,
+                                 (double)emu[i][j], (double)avx2[i][j]);
+                }
+            for (int use_xd = 0; use_xd < 2; use_xd++)
+                for (int nw = 1; nw <= 4; nw++)
+                    for (int j0 = 0; j0 < M; j0 += KERN__XD_LANES)
+                        for (int nx = 1; nx <= 8 && j0 + nx <= M; nx++) {
+                            float yt[8 * 4];
+                            struct kern__tile tl = {
+                                .w = w, .ws = rb, .nw = nw, .x = xq + j0 * xb, .xs = xb, .nx = nx,
+                                .xd = use_xd && at == GGUF_DTYPE_Q8_0 ? xd + (j0 / KERN__XD_LANES) * nb * KERN__XD_LANES
+                                                                     : NULL,
+                                .y = yt, .ldy = 4,
+                            };
+                            kern__ops_avx512_emu.type[t].dot(k, &tl);
+                            for (int i = 0; i < nw; i++)
+                                for (int j = 0; j < nx; j++)
+                                    if (f_bits(yt[j * 4 + i]) != f_bits(emu[i][j0 + j]))
+                                        fail_msg("avx512(emu) %s tile %dx%d (xd %d): %.9g vs %.9g", kern__traits(t)->name,
+                                                 nw, nx, use_xd, (double)yt[j * 4 + i], (double)emu[i][j0 + j]);
+                        }
+            free(w);
+            free(xq);
+            free(x);
+            free(wf);
+            free(xf);
+            free(xd);
+        }
+    }
+    kern_init();
+}
+#else
+static void test_avx512_emulated(void **state)
+{
+    (void)state;
+    skip(); /* needs SIMDe (libsimde-dev) */
+}
+#endif
+
 static void test_isa_selection(void **state)
 {
     (void)state;
@@ -776,6 +920,7 @@ int main(void)
         cmocka_unit_test(test_dot_vs_reference),
         cmocka_unit_test(test_dot_extremes),
         cmocka_unit_test(test_matmul_matches_vec_dot),
+        cmocka_unit_test(test_avx512_emulated),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     kern_init();
