@@ -5,8 +5,9 @@
  * once, into the caller's scratch (split over the pool when X is large).
  * Then the output is cut into work items of (a block of weight rows) × (a
  * block of X rows); the pool spreads the items, and each item walks its
- * tiles with the ISA's tile kernel, which reuses every loaded weight block
- * for several X rows (and several weight rows for each X block).
+ * tiles with the ISA's tile kernel, which decodes every weight block once
+ * for up to 8 X rows (and, for Q8_0 / Q8_1 activations, reads their block
+ * scales as f32 from a table built here, struct kern__tile's xd).
  *
  * Why those blocks: in decode (m = 1) the weights stream from memory once,
  * so items are just runs of rows, contiguous per thread, several per
@@ -15,9 +16,10 @@
  * to stay in L2, so weights are read from memory about once per X block
  * instead of once per token.
  *
- * Every element of Y is computed by the same tile kernel code path as
- * kern_vec_dot, so the results are bit-identical to per-row dots on the
- * same ISA, whatever the tiling or thread count.
+ * Every element of Y is computed with the same sequence of f32 operations
+ * as kern_vec_dot (struct kern__tile's contract), so the results are
+ * bit-identical to per-row dots on the same ISA, whatever the tiling or
+ * thread count.
  */
 #include "kernels/quants.h"
 

@@ -3,7 +3,9 @@
  * type has an AVX2 dot product; dequantization (not on the hot path:
  * embedding rows, debugging) and the BF16 quantizer stay scalar.
  *
- * Tiles are up to 4 weight rows x 4 activation rows (see legacy_avx2.c).
+ * A call takes up to 4 weight rows (done one after another) x 8
+ * activation rows for the quantized types, x 4 for the float types (two
+ * accumulators per pair would not fit 8 rows in 16 registers).
  */
 #include "kernels/quants.h"
 

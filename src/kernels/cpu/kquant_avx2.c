@@ -11,9 +11,10 @@
  * Q4_K / Q5_K. Then one FMA per super-block adds d_w * d_y times the lanes
  * to the pair's f32 accumulator, and the mins term goes to a second one.
  *
- * Tiles as in legacy_avx2.c: up to 4 weight rows x 1 activation row, or 1
- * weight row x up to 4 activation rows; each weight super-block is decoded
- * once per call and its scales are reused for every activation row.
+ * Tiles as in legacy_avx2.c: one weight row against up to 8 activation
+ * rows; each weight super-block is decoded once per call and its scales
+ * are reused for every activation row. Decode walks rows one after
+ * another with a software prefetch.
  */
 #include "kernels/cpu/avx2_util.h"
 #include "kernels/quants.h"

@@ -6,14 +6,20 @@
  * expanded to 32 signed bytes, multiplied with the activation bytes by
  * maddubs (u8 x s8 -> s16 pairs) after moving the weight's sign onto the
  * activation, widened to 8 int32 lanes, converted, and added to an f32
- * accumulator with the product of the two block scales.
+ * accumulator with the product of the two block scales, one block at a
+ * time. That is llama.cpp's exact f32 sequence too, so for Q4_0 / Q5_0 /
+ * Q8_0 the results equal llama.cpp's AVX2 ones bit for bit. (Taking two
+ * blocks per accumulator step was tried to shorten the FMA chain; it did
+ * not make decode faster and lost that equality.)
  *
- * Tiles: one call computes up to 4 weight rows x 4 activation rows. With
- * one activation row (decode) four weight rows run side by side, which
- * gives four independent FMA chains instead of one latency-bound chain;
- * with several activation rows (prefill) each weight block is decoded once
- * and used for all of them. The quantizers produce exactly the scalar
- * reference's bytes.
+ * Tiles: one weight row against up to 8 activation rows. Decode (one
+ * activation row) walks the weight rows one after another with a software
+ * prefetch (see KERN__PF_DIST); prefill decodes each weight block once for
+ * all 8 rows and takes their f32 scales from the matmul's xd table. The
+ * templates keep an NW parameter (weight rows side by side), but every
+ * entry point uses NW = 1: four rows side by side computed faster from
+ * cache and streamed slower from memory. The quantizers produce exactly
+ * the scalar reference's bytes.
  */
 #include "kernels/cpu/avx2_util.h"
 #include "kernels/quants.h"
@@ -50,8 +56,8 @@ KERN_INLINE float d_q8_0(const void *p) { return kern__h2f_hw(((const struct ker
 
 /*
  * The tile body. NW weight rows x NX activation rows, both compile-time
- * constants at every call site, so the accumulator arrays live in
- * registers. Per (i, j) pair and block the f32 sequence is always
+ * constants at every call site (NW = 1 today), so the accumulator arrays
+ * live in registers. Per (i, j) pair and block the f32 sequence is always
  *     acc = fmadd(dw * dx, cvt(int dot), acc),
  * then one fixed horizontal sum.
  */
