@@ -69,7 +69,7 @@ static simde__m512 emu_cvtph_ps(simde__m256i a)
 #undef _mm512_cvtph_ps
 #define _mm512_cvtph_ps(a) emu_cvtph_ps(a)
 #define kern__ops_avx512 kern__ops_avx512_emu
-#include "../../src/kernels/cpu/quant_avx512.c"
+#include "kernels/cpu/quant_avx512.c"
 #undef kern__ops_avx512
 #pragma GCC pop_options
 #endif
