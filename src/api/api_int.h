@@ -1,0 +1,86 @@
+/*
+ * Internals shared by the files of api/: request parameters and their
+ * parser (params.c), text helpers — JSON string escaping, stop-string
+ * matching, a growable byte buffer (text.c) — and error bodies.
+ * Not for other subsystems.
+ */
+#pragma once
+
+#include "api/chat_template.h"
+#include "core/error.h"
+#include "sample/sample.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A growable byte buffer. Per-request buffers are reset, not freed, between
+ * tokens, so they grow to the largest burst and then stop allocating. */
+struct api_buf {
+    char *ptr;
+    size_t len, cap;
+};
+
+int api_buf_append(struct api_buf *b, const char *s, size_t n);
+int api_buf_printf(struct api_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append s as the inside of a JSON string (no quotes). */
+int api_buf_json_escape(struct api_buf *b, const char *s, size_t n);
+void api_buf_free(struct api_buf *b);
+
+/* An error answer in OpenAI's shape: {"error":{"message","type","param","code"}}. */
+struct api_error {
+    int status;        /* HTTP status */
+    const char *type;  /* "invalid_request_error", "not_found_error" … */
+    const char *param; /* the offending field, or NULL */
+    const char *code;  /* machine-readable code, or NULL */
+    char msg[320];
+};
+
+int api_error_set(struct api_error *e, int status, const char *type, const char *param, const char *code,
+                  const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* The error as a JSON body (malloc'd, NUL-terminated); NULL on OOM. */
+char *api_error_json(const struct api_error *e, size_t *len);
+
+enum api_kind {
+    API_COMPLETION = 0,
+    API_CHAT = 1,
+};
+
+#define API_MAX_STOP 4
+
+/* One parsed request. Strings point into the parsed JSON document, which
+ * the caller keeps (`doc`) until it has copied what it needs. */
+struct api_params {
+    enum api_kind kind;
+    void *doc;          /* json_t *, the parsed body */
+    const char *model;  /* NULL = not given */
+    /* completion prompt: text, or token ids */
+    const char *prompt;
+    size_t prompt_len;
+    int32_t *prompt_ids; /* [n_prompt_ids] malloc'd, or NULL */
+    int n_prompt_ids;
+    /* chat */
+    struct chat_msg *msgs; /* [n_msgs] malloc'd */
+    int n_msgs;
+    int max_tokens; /* -1 = not given */
+    struct sample_params sp;
+    bool seed_set;
+    const char *stop[API_MAX_STOP];
+    size_t stop_len[API_MAX_STOP];
+    int n_stop;
+    bool stream;
+    bool include_usage;
+};
+
+/* Parse and validate a request body. On failure fills e (status 400 with
+ * the field named) and returns LMD_EINVAL; api_params_free is safe either
+ * way. */
+int api_params_parse(struct api_params *p, enum api_kind kind, const char *body, size_t len, struct api_error *e);
+void api_params_free(struct api_params *p);
+
+/* Stop strings: the offset of the earliest match of any of them in
+ * text[0, len), or -1. */
+long api_stop_find(const char *text, size_t len, const char *const *stop, const size_t *stop_len, int n_stop);
+/* How many trailing bytes of text must be held back because they could be
+ * the start of a stop string completed by later text. */
+size_t api_stop_holdback(const char *text, size_t len, const char *const *stop, const size_t *stop_len, int n_stop);

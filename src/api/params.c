@@ -1,0 +1,298 @@
+/*
+ * Request bodies of /v1/completions and /v1/chat/completions -> struct
+ * api_params, with OpenAI's ranges checked and every refusal naming the
+ * field and the reason. Unknown fields are ignored, as OpenAI's servers
+ * do; fields lmd cannot honour (n > 1, logprobs) are refused rather than
+ * silently ignored.
+ *
+ * Not here: tokenization, the chat template, model lookup (routes.c).
+ */
+#include "api/api_int.h"
+
+#include <jansson.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BAD(field, ...) api_error_set(e, 400, "invalid_request_error", field, NULL, __VA_ARGS__)
+
+/* A number field: absent or null leaves *out alone. */
+static int get_num(json_t *o, const char *k, double lo, double hi, bool lo_open, double *out, bool *given,
+                   struct api_error *e)
+{
+    json_t *v = json_object_get(o, k);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_number(v))
+        return BAD(k, "'%s' must be a number", k);
+    double x = json_number_value(v);
+    if (!isfinite(x) || x < lo || x > hi || (lo_open && x == lo))
+        return BAD(k, "'%s' must be in %s%g, %g], got %g", k, lo_open ? "(" : "[", lo, hi, x);
+    *out = x;
+    if (given)
+        *given = true;
+    return 0;
+}
+
+static int get_int(json_t *o, const char *k, long long lo, long long hi, long long *out, bool *given,
+                   struct api_error *e)
+{
+    json_t *v = json_object_get(o, k);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_integer(v))
+        return BAD(k, "'%s' must be an integer", k);
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi)
+        return BAD(k, "'%s' must be in [%lld, %lld], got %lld", k, lo, hi, x);
+    *out = x;
+    if (given)
+        *given = true;
+    return 0;
+}
+
+static int get_bool(json_t *o, const char *k, bool *out, struct api_error *e)
+{
+    json_t *v = json_object_get(o, k);
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_boolean(v))
+        return BAD(k, "'%s' must be true or false", k);
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int parse_ids(struct api_params *p, json_t *arr, struct api_error *e)
+{
+    size_t n = json_array_size(arr);
+    if (n == 0)
+        return BAD("prompt", "'prompt' must not be empty");
+    p->prompt_ids = malloc(n * sizeof *p->prompt_ids);
+    if (!p->prompt_ids)
+        return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *v = json_array_get(arr, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT32_MAX)
+            return BAD("prompt", "'prompt' token %zu is not a non-negative integer", i);
+        p->prompt_ids[i] = (int32_t)json_integer_value(v);
+    }
+    p->n_prompt_ids = (int)n;
+    return 0;
+}
+
+static int parse_prompt(struct api_params *p, json_t *root, struct api_error *e)
+{
+    json_t *v = json_object_get(root, "prompt");
+    if (!v || json_is_null(v))
+        return BAD("prompt", "'prompt' is required");
+    if (json_is_string(v)) {
+        p->prompt = json_string_value(v);
+        p->prompt_len = json_string_length(v);
+        return 0;
+    }
+    if (!json_is_array(v))
+        return BAD("prompt", "'prompt' must be a string, a list of one string, or a list of token ids");
+    size_t n = json_array_size(v);
+    if (n == 0)
+        return BAD("prompt", "'prompt' must not be empty");
+    json_t *first = json_array_get(v, 0);
+    if (json_is_integer(first))
+        return parse_ids(p, v, e);
+    if (n > 1)
+        return BAD("prompt", "'prompt' holds %zu prompts; lmd serves one prompt per request", n);
+    if (json_is_string(first)) {
+        p->prompt = json_string_value(first);
+        p->prompt_len = json_string_length(first);
+        return 0;
+    }
+    if (json_is_array(first))
+        return parse_ids(p, first, e);
+    return BAD("prompt", "'prompt' must be a string, a list of one string, or a list of token ids");
+}
+
+/* content: a string, null (an assistant turn with tool calls), or a list of
+ * {"type":"text","text":...} parts, which are joined into one string that
+ * the document owns (set back into the message as "content"). */
+static int parse_content(json_t *m, size_t i, const char **out, size_t *len, struct api_error *e)
+{
+    json_t *c = json_object_get(m, "content");
+    if (!c || json_is_null(c)) {
+        *out = "";
+        *len = 0;
+        return 0;
+    }
+    if (json_is_string(c)) {
+        *out = json_string_value(c);
+        *len = json_string_length(c);
+        return 0;
+    }
+    if (!json_is_array(c))
+        return BAD("messages", "messages[%zu].content must be a string or a list of text parts", i);
+    struct api_buf b = {0};
+    size_t k;
+    json_t *part;
+    json_array_foreach(c, k, part) {
+        json_t *t = json_object_get(part, "text");
+        json_t *ty = json_object_get(part, "type");
+        if (!json_is_string(t) || (ty && (!json_is_string(ty) || strcmp(json_string_value(ty), "text") != 0))) {
+            api_buf_free(&b);
+            return BAD("messages", "messages[%zu].content[%zu] must be a text part ({\"type\":\"text\",\"text\":...})",
+                       i, k);
+        }
+        if (api_buf_append(&b, json_string_value(t), json_string_length(t))) {
+            api_buf_free(&b);
+            return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        }
+    }
+    json_t *joined = json_stringn(b.ptr ? b.ptr : "", b.len);
+    api_buf_free(&b);
+    if (!joined || json_object_set_new(m, "content", joined) != 0)
+        return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    c = json_object_get(m, "content");
+    *out = json_string_value(c);
+    *len = json_string_length(c);
+    return 0;
+}
+
+static int parse_messages(struct api_params *p, json_t *root, struct api_error *e)
+{
+    static const char *const roles[] = {"system", "user", "assistant", "developer", "tool"};
+    json_t *v = json_object_get(root, "messages");
+    if (!v || json_is_null(v))
+        return BAD("messages", "'messages' is required");
+    if (!json_is_array(v) || json_array_size(v) == 0)
+        return BAD("messages", "'messages' must be a non-empty list");
+    size_t n = json_array_size(v);
+    p->msgs = calloc(n, sizeof *p->msgs);
+    if (!p->msgs)
+        return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_array_get(v, i);
+        if (!json_is_object(m))
+            return BAD("messages", "messages[%zu] must be an object", i);
+        json_t *role = json_object_get(m, "role");
+        if (!json_is_string(role))
+            return BAD("messages", "messages[%zu].role must be a string", i);
+        bool known = false;
+        for (size_t r = 0; r < sizeof roles / sizeof roles[0]; r++)
+            known |= strcmp(json_string_value(role), roles[r]) == 0;
+        if (!known)
+            return BAD("messages", "messages[%zu].role '%s' is not one of system, user, assistant, developer, tool",
+                       i, json_string_value(role));
+        p->msgs[i].role = json_string_value(role);
+        if (parse_content(m, i, &p->msgs[i].content, &p->msgs[i].content_len, e))
+            return LMD_EINVAL;
+    }
+    p->n_msgs = (int)n;
+    return 0;
+}
+
+static int parse_stop(struct api_params *p, json_t *root, struct api_error *e)
+{
+    json_t *v = json_object_get(root, "stop");
+    if (!v || json_is_null(v))
+        return 0;
+    if (json_is_string(v)) {
+        if (json_string_length(v) == 0)
+            return BAD("stop", "'stop' must not be an empty string");
+        p->stop[0] = json_string_value(v);
+        p->stop_len[0] = json_string_length(v);
+        p->n_stop = 1;
+        return 0;
+    }
+    if (!json_is_array(v))
+        return BAD("stop", "'stop' must be a string or a list of strings");
+    if (json_array_size(v) > API_MAX_STOP)
+        return BAD("stop", "'stop' holds %zu strings; at most %d are allowed", json_array_size(v), API_MAX_STOP);
+    size_t i;
+    json_t *s;
+    json_array_foreach(v, i, s) {
+        if (!json_is_string(s) || json_string_length(s) == 0)
+            return BAD("stop", "stop[%zu] must be a non-empty string", i);
+        p->stop[i] = json_string_value(s);
+        p->stop_len[i] = json_string_length(s);
+    }
+    p->n_stop = (int)json_array_size(v);
+    return 0;
+}
+
+int api_params_parse(struct api_params *p, enum api_kind kind, const char *body, size_t len, struct api_error *e)
+{
+    memset(p, 0, sizeof *p);
+    p->kind = kind;
+    p->max_tokens = -1;
+    sample_params_default(&p->sp);
+    p->sp.temperature = 1.0f;
+    p->sp.top_k = 0;
+    p->sp.top_p = 1.0f;
+    p->sp.min_p = 0.0f;
+
+    json_error_t je;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return BAD(NULL, "the body is not valid JSON: %s (line %d, column %d)", je.text, je.line, je.column);
+    p->doc = root;
+    if (!json_is_object(root))
+        return BAD(NULL, "the body must be a JSON object");
+
+    json_t *model = json_object_get(root, "model");
+    if (model && !json_is_null(model)) {
+        if (!json_is_string(model))
+            return BAD("model", "'model' must be a string");
+        p->model = json_string_value(model);
+    }
+    if (kind == API_COMPLETION ? parse_prompt(p, root, e) : parse_messages(p, root, e))
+        return LMD_EINVAL;
+
+    long long n = 1, mt = -1, top_k = 0, seed = 0;
+    double temp = 1, top_p = 1, min_p = 0, pres = 0, freq = 0, rep = 1;
+    if (get_int(root, "n", 1, 1 << 20, &n, NULL, e))
+        return LMD_EINVAL;
+    if (n != 1)
+        return BAD("n", "'n' is %lld; lmd returns one choice per request (n = 1)", n);
+    if (get_int(root, "max_tokens", 1, 1 << 24, &mt, NULL, e) ||
+        get_int(root, "max_completion_tokens", 1, 1 << 24, &mt, NULL, e))
+        return LMD_EINVAL;
+    if (get_num(root, "temperature", 0, 2, false, &temp, NULL, e) ||
+        get_num(root, "top_p", 0, 1, true, &top_p, NULL, e) ||
+        get_int(root, "top_k", -1, 1 << 30, &top_k, NULL, e) ||
+        get_num(root, "min_p", 0, 1, false, &min_p, NULL, e) ||
+        get_num(root, "presence_penalty", -2, 2, false, &pres, NULL, e) ||
+        get_num(root, "frequency_penalty", -2, 2, false, &freq, NULL, e) ||
+        get_num(root, "repetition_penalty", 0, 10, true, &rep, NULL, e) ||
+        get_int(root, "seed", INT64_MIN, INT64_MAX, &seed, &p->seed_set, e))
+        return LMD_EINVAL;
+    if (parse_stop(p, root, e) || get_bool(root, "stream", &p->stream, e))
+        return LMD_EINVAL;
+
+    json_t *so = json_object_get(root, "stream_options");
+    if (so && !json_is_null(so)) {
+        if (!json_is_object(so))
+            return BAD("stream_options", "'stream_options' must be an object");
+        if (get_bool(so, "include_usage", &p->include_usage, e))
+            return LMD_EINVAL;
+    }
+    json_t *lp = json_object_get(root, "logprobs");
+    if (lp && !json_is_null(lp) && !json_is_false(lp) && !(json_is_integer(lp) && json_integer_value(lp) == 0))
+        return BAD("logprobs", "'logprobs' is not supported by lmd yet");
+
+    p->max_tokens = (int)mt;
+    p->sp.temperature = (float)temp;
+    p->sp.top_p = (float)top_p;
+    p->sp.top_k = top_k < 0 ? 0 : (int)top_k;
+    p->sp.min_p = (float)min_p;
+    p->sp.presence_penalty = (float)pres;
+    p->sp.frequency_penalty = (float)freq;
+    p->sp.repetition_penalty = (float)rep;
+    p->sp.seed = (uint64_t)seed;
+    return 0;
+}
+
+void api_params_free(struct api_params *p)
+{
+    free(p->prompt_ids);
+    free(p->msgs);
+    json_decref((json_t *)p->doc);
+    memset(p, 0, sizeof *p);
+}

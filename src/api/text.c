@@ -1,0 +1,143 @@
+/*
+ * Byte-level helpers of the API layer: a growable buffer, JSON string
+ * escaping for the hand-written SSE chunks, stop-string matching, and
+ * OpenAI-shaped error bodies. No I/O, no threads.
+ */
+#include "api/api_int.h"
+
+#include <jansson.h>
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int api_buf_reserve(struct api_buf *b, size_t extra)
+{
+    if (b->len + extra <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra)
+        cap *= 2;
+    char *p = realloc(b->ptr, cap);
+    if (!p)
+        return LMD_ENOMEM;
+    b->ptr = p;
+    b->cap = cap;
+    return 0;
+}
+
+int api_buf_append(struct api_buf *b, const char *s, size_t n)
+{
+    if (api_buf_reserve(b, n + 1))
+        return LMD_ENOMEM;
+    memcpy(b->ptr + b->len, s, n);
+    b->len += n;
+    b->ptr[b->len] = '\0';
+    return 0;
+}
+
+int api_buf_printf(struct api_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || api_buf_reserve(b, (size_t)n + 1))
+        return LMD_ENOMEM;
+    va_start(ap, fmt);
+    vsnprintf(b->ptr + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+    return 0;
+}
+
+int api_buf_json_escape(struct api_buf *b, const char *s, size_t n)
+{
+    /* Worst case: every byte becomes \u00XX. */
+    if (api_buf_reserve(b, n * 6 + 1))
+        return LMD_ENOMEM;
+    char *o = b->ptr + b->len;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        switch (c) {
+        case '"': *o++ = '\\'; *o++ = '"'; break;
+        case '\\': *o++ = '\\'; *o++ = '\\'; break;
+        case '\n': *o++ = '\\'; *o++ = 'n'; break;
+        case '\r': *o++ = '\\'; *o++ = 'r'; break;
+        case '\t': *o++ = '\\'; *o++ = 't'; break;
+        default:
+            if (c < 0x20 || c == 0x7f) {
+                o += sprintf(o, "\\u%04x", c);
+            } else {
+                *o++ = (char)c;
+            }
+        }
+    }
+    b->len = (size_t)(o - b->ptr);
+    b->ptr[b->len] = '\0';
+    return 0;
+}
+
+void api_buf_free(struct api_buf *b)
+{
+    free(b->ptr);
+    *b = (struct api_buf){0};
+}
+
+int api_error_set(struct api_error *e, int status, const char *type, const char *param, const char *code,
+                  const char *fmt, ...)
+{
+    e->status = status;
+    e->type = type;
+    e->param = param;
+    e->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+    return LMD_EINVAL;
+}
+
+char *api_error_json(const struct api_error *e, size_t *len)
+{
+    json_t *o = json_pack("{s:{s:s, s:s, s:o, s:o}}", "error", "message", e->msg, "type", e->type ? e->type : "error",
+                          "param", e->param ? json_string(e->param) : json_null(), "code",
+                          e->code ? json_string(e->code) : json_null());
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (s)
+        *len = strlen(s);
+    return s;
+}
+
+long api_stop_find(const char *text, size_t len, const char *const *stop, const size_t *stop_len, int n_stop)
+{
+    long best = -1;
+    for (int i = 0; i < n_stop; i++) {
+        if (stop_len[i] == 0 || stop_len[i] > len)
+            continue;
+        const char *m = memmem(text, len, stop[i], stop_len[i]);
+        if (m && (best < 0 || m - text < best))
+            best = m - text;
+    }
+    return best;
+}
+
+size_t api_stop_holdback(const char *text, size_t len, const char *const *stop, const size_t *stop_len, int n_stop)
+{
+    size_t hold = 0;
+    for (int i = 0; i < n_stop; i++) {
+        /* The longest proper prefix of stop[i] that text ends with. */
+        size_t k = stop_len[i] ? stop_len[i] - 1 : 0;
+        if (k > len)
+            k = len;
+        for (; k > hold; k--) {
+            if (memcmp(text + len - k, stop[i], k) == 0) {
+                hold = k;
+                break;
+            }
+        }
+    }
+    return hold;
+}

@@ -1,0 +1,89 @@
+/*
+ * The HTTP edge: h2o event loops on N I/O threads, one listening socket,
+ * HTTP/1.1 with keep-alive and cleartext HTTP/2 (prior knowledge, "h2c")
+ * on the same port, whole-response and streamed (SSE) answers, and a way
+ * for other threads to run work on a request's I/O thread.
+ *
+ * It is not the API: it knows nothing of JSON, routes or models. Every
+ * request goes to one handler (api/ installs it), which answers at once or
+ * keeps the request and answers later from its own I/O thread.
+ *
+ * No h2o type appears here, so api/ and the CLI include this header
+ * without h2o's.
+ *
+ * Lifetimes: a `struct http_req` lives in h2o's per-request memory pool:
+ * from the handler call until the request is disposed (response finished,
+ * client gone, or HTTP/2 stream reset). Disposal calls the on_close
+ * callback the handler registered; after it, the http_req must not be
+ * touched. Everything here except http_post runs on the request's I/O
+ * thread and never blocks.
+ */
+#pragma once
+
+#include "core/error.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct http_server;
+struct http_req;
+struct http_loop; /* one I/O thread */
+
+struct http_str {
+    const char *ptr; /* not NUL-terminated */
+    size_t len;
+};
+
+typedef void (*http_handler_fn)(void *ud, struct http_req *r);
+
+struct http_config {
+    const char *host;  /* address to bind: numeric or a name; "0.0.0.0" for all */
+    int port;          /* 0 = any free port (see http_server_port) */
+    int io_threads;    /* event loops, >= 1 */
+    size_t max_body;   /* bytes; h2o refuses bodies over twice this itself, the handler checks the rest */
+    http_handler_fn handler;
+    void *ud;
+};
+
+/* Bind, listen and start the I/O threads. */
+int http_server_start(struct http_server **out, const struct http_config *cfg, struct lmd_err *err);
+int http_server_port(const struct http_server *s);
+/* Close the listening socket on every loop (new connections are refused);
+ * open connections keep being served. Any thread. */
+void http_server_stop_accepting(struct http_server *s);
+/* Stop the loops, join the threads and free the server. Requests still
+ * open are abandoned: call it once the handler's work has drained. */
+void http_server_free(struct http_server *s);
+
+/* The request. */
+struct http_str http_req_method(const struct http_req *r);
+struct http_str http_req_path(const struct http_req *r); /* normalized, without the query */
+struct http_str http_req_body(const struct http_req *r); /* empty if none */
+struct http_loop *http_req_loop(const struct http_req *r);
+/* Call fn(ctx) when the request is disposed; one callback per request. */
+void http_req_on_close(struct http_req *r, void (*fn)(void *ctx), void *ctx);
+
+/* A whole response. `hname`/`hvalue` add one extra header (both may be
+ * NULL): Retry-After on 503, Allow on 405. Copies everything it is given. */
+void http_respond(struct http_req *r, int status, const char *ctype, const char *body, size_t len, const char *hname,
+                  const char *hvalue);
+
+/* A streamed response: headers now, then any number of writes, the last
+ * with final = true. Writes are buffered while the socket is busy, so a
+ * slow client never blocks the loop; writes after the client has gone
+ * are dropped. */
+void http_stream_begin(struct http_req *r, int status, const char *ctype);
+void http_stream_write(struct http_req *r, const char *data, size_t len, bool final);
+
+/* Cross-thread work: a task embedded in the caller's object, run on a
+ * loop's thread. The caller keeps the object alive until fn has run
+ * (http_post returns false, and queues nothing, if it is already queued:
+ * the pending run will see the new state too). */
+struct http_task {
+    struct http_task *next;
+    void (*fn)(struct http_task *t);
+    bool queued; /* guarded by the loop's lock */
+};
+
+bool http_post(struct http_loop *l, struct http_task *t);

@@ -1,0 +1,472 @@
+/*
+ * h2o underneath http.h: listener, event-loop threads, the one handler,
+ * whole and streamed responses, and the cross-thread task inbox.
+ *
+ * HTTP/2 without TLS comes from h2o's HTTP/1 parser: a connection that
+ * opens with the HTTP/2 preface ("PRI * HTTP/2.0") is handed to the HTTP/2
+ * codec (globalconf.http1.upgrade_to_http2, on by default), so one port
+ * serves both. TLS and ALPN are not set up here yet.
+ *
+ * It is not a router and holds no per-request state beyond the write
+ * buffers of a streamed response.
+ */
+#include "http/http.h"
+
+#include "core/log.h"
+
+#include <h2o.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+struct http_buf {
+    char *ptr;
+    size_t len, cap;
+};
+
+struct http_loop {
+    struct http_server *srv;
+    pthread_t thread;
+    int listen_fd;
+    h2o_evloop_t *loop;
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx;
+    h2o_socket_t *listener;
+    h2o_multithread_receiver_t receiver;
+    h2o_multithread_message_t wake_msg; /* in flight while wake_pending */
+    struct http_task stop_task;         /* closes the listener on this thread */
+
+    pthread_mutex_t mu; /* guards the inbox below */
+    struct http_task *head, *tail;
+    bool wake_pending;
+    _Atomic bool stop;
+};
+
+struct http_handler {
+    h2o_handler_t super;
+    struct http_server *srv;
+};
+
+struct http_server {
+    struct http_config cfg;
+    h2o_globalconf_t gconf;
+    int port;
+    struct http_loop *loops; /* [io_threads] */
+    int n_loops;
+    pthread_mutex_t start_mu;
+    pthread_cond_t start_cv;
+    int n_started;
+};
+
+struct http_req {
+    h2o_generator_t gen; /* for streamed responses */
+    h2o_req_t *req;
+    struct http_loop *loop;
+    void (*on_close)(void *ctx);
+    void *ctx;
+    bool closed;        /* the client is gone or the request was disposed */
+    bool sending;       /* an h2o_send is in flight; wait for proceed */
+    bool final_pending; /* the last write has been queued */
+    bool final_sent;
+    struct http_buf pend; /* written, not yet handed to h2o */
+    struct http_buf infl; /* handed to h2o, owned by it until proceed */
+};
+
+static const char *http_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "OK";
+    }
+}
+
+/* ---- the cross-thread inbox ------------------------------------------ */
+
+bool http_post(struct http_loop *l, struct http_task *t)
+{
+    bool wake = false;
+    pthread_mutex_lock(&l->mu);
+    if (t->queued) {
+        pthread_mutex_unlock(&l->mu);
+        return false;
+    }
+    t->queued = true;
+    t->next = NULL;
+    if (l->tail)
+        l->tail->next = t;
+    else
+        l->head = t;
+    l->tail = t;
+    if (!l->wake_pending)
+        wake = l->wake_pending = true;
+    pthread_mutex_unlock(&l->mu);
+    /* One wake message per loop is in flight at a time, so h2o never sees
+     * the same message linked twice. */
+    if (wake)
+        h2o_multithread_send_message(&l->receiver, &l->wake_msg);
+    return true;
+}
+
+static void http_on_wake(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    struct http_loop *l = H2O_STRUCT_FROM_MEMBER(struct http_loop, receiver, receiver);
+    while (!h2o_linklist_is_empty(messages))
+        h2o_linklist_unlink(messages->next);
+    pthread_mutex_lock(&l->mu);
+    struct http_task *t = l->head;
+    l->head = l->tail = NULL;
+    l->wake_pending = false;
+    for (struct http_task *x = t; x; x = x->next)
+        x->queued = false;
+    pthread_mutex_unlock(&l->mu);
+    /* A task may free the object it lives in: read next first. */
+    while (t) {
+        struct http_task *next = t->next;
+        t->fn(t);
+        t = next;
+    }
+}
+
+/* ---- requests ---------------------------------------------------------- */
+
+static void http_req_dispose(void *p)
+{
+    struct http_req *r = p;
+    r->closed = true;
+    if (r->on_close)
+        r->on_close(r->ctx);
+    free(r->pend.ptr);
+    free(r->infl.ptr);
+}
+
+static int http_on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    struct http_server *srv = ((struct http_handler *)self)->srv;
+    struct http_req *r = h2o_mem_alloc_shared(&req->pool, sizeof *r, http_req_dispose);
+    memset(r, 0, sizeof *r);
+    r->req = req;
+    r->loop = H2O_STRUCT_FROM_MEMBER(struct http_loop, ctx, req->conn->ctx);
+    srv->cfg.handler(srv->cfg.ud, r);
+    return 0;
+}
+
+struct http_str http_req_method(const struct http_req *r)
+{
+    return (struct http_str){r->req->method.base, r->req->method.len};
+}
+
+struct http_str http_req_path(const struct http_req *r)
+{
+    h2o_iovec_t p = r->req->path_normalized;
+    /* path_normalized keeps no query; cut one anyway if present. */
+    const char *q = p.base ? memchr(p.base, '?', p.len) : NULL;
+    return (struct http_str){p.base, q ? (size_t)(q - p.base) : p.len};
+}
+
+struct http_str http_req_body(const struct http_req *r)
+{
+    if (!r->req->entity.base)
+        return (struct http_str){"", 0};
+    return (struct http_str){r->req->entity.base, r->req->entity.len};
+}
+
+struct http_loop *http_req_loop(const struct http_req *r) { return r->loop; }
+
+void http_req_on_close(struct http_req *r, void (*fn)(void *ctx), void *ctx)
+{
+    r->on_close = fn;
+    r->ctx = ctx;
+}
+
+static void http_set_head(struct http_req *r, int status, const char *ctype)
+{
+    h2o_req_t *req = r->req;
+    req->res.status = status;
+    req->res.reason = http_reason(status);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ctype, strlen(ctype));
+}
+
+void http_respond(struct http_req *r, int status, const char *ctype, const char *body, size_t len, const char *hname,
+                  const char *hvalue)
+{
+    if (r->closed)
+        return;
+    h2o_req_t *req = r->req;
+    http_set_head(r, status, ctype);
+    if (hname && hvalue) {
+        h2o_iovec_t v = h2o_strdup(&req->pool, hvalue, strlen(hvalue));
+        h2o_add_header_by_str(&req->pool, &req->res.headers, hname, strlen(hname), 1, NULL, v.base, v.len);
+    }
+    req->res.content_length = len;
+    h2o_send_inline(req, body, len);
+}
+
+static int http_buf_append(struct http_buf *b, const char *data, size_t len)
+{
+    if (b->len + len > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + len)
+            cap *= 2;
+        char *p = realloc(b->ptr, cap);
+        if (!p)
+            return LMD_ENOMEM;
+        b->ptr = p;
+        b->cap = cap;
+    }
+    memcpy(b->ptr + b->len, data, len);
+    b->len += len;
+    return 0;
+}
+
+/* Hand what is pending to h2o, unless a send is already in flight. The two
+ * buffers swap so that writes during a send never touch the bytes h2o is
+ * still reading, and grow only to the largest burst seen. */
+static void http_flush(struct http_req *r)
+{
+    if (r->closed || r->sending || r->final_sent || (r->pend.len == 0 && !r->final_pending))
+        return;
+    struct http_buf t = r->infl;
+    r->infl = r->pend;
+    r->pend = t;
+    r->pend.len = 0;
+    r->sending = true;
+    h2o_send_state_t state = H2O_SEND_STATE_IN_PROGRESS;
+    if (r->final_pending) {
+        state = H2O_SEND_STATE_FINAL;
+        r->final_sent = true;
+    }
+    h2o_iovec_t v = h2o_iovec_init(r->infl.ptr, r->infl.len);
+    h2o_send(r->req, &v, r->infl.len ? 1 : 0, state);
+}
+
+static void http_on_proceed(h2o_generator_t *gen, h2o_req_t *req)
+{
+    struct http_req *r = H2O_STRUCT_FROM_MEMBER(struct http_req, gen, gen);
+    r->sending = false;
+    http_flush(r);
+}
+
+static void http_on_stop(h2o_generator_t *gen, h2o_req_t *req)
+{
+    struct http_req *r = H2O_STRUCT_FROM_MEMBER(struct http_req, gen, gen);
+    r->closed = true;
+}
+
+void http_stream_begin(struct http_req *r, int status, const char *ctype)
+{
+    if (r->closed)
+        return;
+    http_set_head(r, status, ctype);
+    h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-cache"));
+    r->gen.proceed = http_on_proceed;
+    r->gen.stop = http_on_stop;
+    h2o_start_response(r->req, &r->gen);
+}
+
+void http_stream_write(struct http_req *r, const char *data, size_t len, bool final)
+{
+    if (r->closed || r->final_pending)
+        return;
+    if (len && http_buf_append(&r->pend, data, len) != 0) {
+        /* Out of memory: end the response rather than send a gap. */
+        LMD_ERROR("http: out of memory buffering a streamed response");
+        final = true;
+    }
+    if (final)
+        r->final_pending = true;
+    http_flush(r);
+}
+
+/* ---- loops and the listener -------------------------------------------- */
+
+static void http_on_accept(h2o_socket_t *listener, const char *err)
+{
+    struct http_loop *l = listener->data;
+    if (err)
+        return;
+    h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
+    if (sock)
+        h2o_accept(&l->accept_ctx, sock);
+}
+
+static void http_close_listener(struct http_task *t)
+{
+    struct http_loop *l = H2O_STRUCT_FROM_MEMBER(struct http_loop, stop_task, t);
+    if (l->listener) {
+        h2o_socket_read_stop(l->listener);
+        h2o_socket_close(l->listener);
+        l->listener = NULL;
+    }
+}
+
+static void *http_loop_main(void *arg)
+{
+    struct http_loop *l = arg;
+    struct http_server *srv = l->srv;
+    /* h2o's evloop keeps per-thread state: create everything on this thread. */
+    l->loop = h2o_evloop_create();
+    h2o_context_init(&l->ctx, l->loop, &srv->gconf);
+    l->accept_ctx.ctx = &l->ctx;
+    l->accept_ctx.hosts = srv->gconf.hosts;
+    h2o_multithread_register_receiver(l->ctx.queue, &l->receiver, http_on_wake);
+    l->listener = h2o_evloop_socket_create(l->loop, l->listen_fd, H2O_SOCKET_FLAG_DONT_READ);
+    l->listener->data = l;
+    h2o_socket_read_start(l->listener, http_on_accept);
+
+    pthread_mutex_lock(&srv->start_mu);
+    srv->n_started++;
+    pthread_cond_broadcast(&srv->start_cv);
+    pthread_mutex_unlock(&srv->start_mu);
+
+    while (!atomic_load(&l->stop))
+        h2o_evloop_run(l->loop, INT32_MAX);
+
+    http_close_listener(&l->stop_task);
+    h2o_multithread_unregister_receiver(l->ctx.queue, &l->receiver);
+    return NULL;
+}
+
+static int http_listen(const char *host, int port, int *out_fd, int *out_port, struct lmd_err *err)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    int gai = getaddrinfo(host, ps, &hints, &res);
+    if (gai != 0)
+        return lmd_err_set(err, LMD_EINVAL, "cannot resolve --host %s: %s", host, gai_strerror(gai));
+    int fd = -1, e = 0;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) {
+            e = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, SOMAXCONN) == 0)
+            break;
+        e = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        return lmd_err_set(err, LMD_EIO, "cannot listen on %s:%d: %s", host, port, strerror(e));
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    *out_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                               : ((struct sockaddr_in *)&ss)->sin_port);
+    *out_fd = fd;
+    return 0;
+}
+
+int http_server_start(struct http_server **out, const struct http_config *cfg, struct lmd_err *err)
+{
+    *out = NULL;
+    if (cfg->io_threads < 1 || cfg->io_threads > 64)
+        return lmd_err_set(err, LMD_EINVAL, "--io-threads must be in [1, 64], got %d", cfg->io_threads);
+    struct http_server *s = calloc(1, sizeof *s);
+    if (!s)
+        return lmd_err_set(err, LMD_ENOMEM, "out of memory");
+    s->cfg = *cfg;
+    int fd = -1;
+    int rc = http_listen(cfg->host, cfg->port, &fd, &s->port, err);
+    if (rc) {
+        free(s);
+        return rc;
+    }
+    h2o_config_init(&s->gconf);
+    s->gconf.max_request_entity_size = cfg->max_body * 2;
+    s->gconf.server_name = h2o_iovec_init(H2O_STRLIT("lmd"));
+    h2o_hostconf_t *host = h2o_config_register_host(&s->gconf, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
+    struct http_handler *h = (struct http_handler *)h2o_create_handler(path, sizeof *h);
+    h->super.on_req = http_on_req;
+    h->srv = s;
+
+    pthread_mutex_init(&s->start_mu, NULL);
+    pthread_cond_init(&s->start_cv, NULL);
+    s->loops = calloc((size_t)cfg->io_threads, sizeof *s->loops);
+    if (!s->loops) {
+        close(fd);
+        h2o_config_dispose(&s->gconf);
+        free(s);
+        return lmd_err_set(err, LMD_ENOMEM, "out of memory");
+    }
+    /* Every loop accepts on its own descriptor of the one socket. */
+    for (int i = 0; i < cfg->io_threads; i++) {
+        struct http_loop *l = &s->loops[i];
+        l->srv = s;
+        l->listen_fd = i == 0 ? fd : dup(fd);
+        l->stop_task.fn = http_close_listener;
+        pthread_mutex_init(&l->mu, NULL);
+        atomic_init(&l->stop, false);
+        if (l->listen_fd < 0 || pthread_create(&l->thread, NULL, http_loop_main, l) != 0) {
+            LMD_ERROR("http: cannot start I/O thread %d", i);
+            abort(); /* start-up only; nothing to serve with half the loops */
+        }
+        s->n_loops++;
+    }
+    pthread_mutex_lock(&s->start_mu);
+    while (s->n_started < s->n_loops)
+        pthread_cond_wait(&s->start_cv, &s->start_mu);
+    pthread_mutex_unlock(&s->start_mu);
+    *out = s;
+    return 0;
+}
+
+int http_server_port(const struct http_server *s) { return s->port; }
+
+void http_server_stop_accepting(struct http_server *s)
+{
+    for (int i = 0; i < s->n_loops; i++)
+        http_post(&s->loops[i], &s->loops[i].stop_task);
+}
+
+static void http_noop(struct http_task *t) { free(t); }
+
+void http_server_free(struct http_server *s)
+{
+    if (!s)
+        return;
+    for (int i = 0; i < s->n_loops; i++) {
+        struct http_loop *l = &s->loops[i];
+        atomic_store(&l->stop, true);
+        /* Wake the loop so it sees the flag. */
+        struct http_task *t = calloc(1, sizeof *t);
+        if (t) {
+            t->fn = http_noop;
+            if (!http_post(l, t))
+                free(t);
+        }
+    }
+    for (int i = 0; i < s->n_loops; i++) {
+        pthread_join(s->loops[i].thread, NULL);
+        pthread_mutex_destroy(&s->loops[i].mu);
+    }
+    /* Connections still open are abandoned with their loops; the process
+     * is about to exit. */
+    free(s->loops);
+    pthread_mutex_destroy(&s->start_mu);
+    pthread_cond_destroy(&s->start_cv);
+    free(s);
+}
