@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(build-essential cmake pkg-config git python3 python3-venv
-          libjansson-dev libpcre2-dev libcmocka-dev libh2o-evloop-dev libssl-dev libnghttp2-dev zlib1g-dev libyaml-dev)
+          libjansson-dev libpcre2-dev libcmocka-dev libh2o-evloop-dev libssl-dev libnghttp2-dev zlib1g-dev libyaml-dev
+          libsimde-dev clang)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do
