@@ -49,6 +49,7 @@ struct http_loop {
     struct http_task *head, *tail;
     bool wake_pending;
     _Atomic bool stop;
+    bool disposed; /* the loop and context were freed at stop */
 };
 
 struct http_handler {
@@ -315,6 +316,17 @@ static void http_close_listener(struct http_task *t)
     }
 }
 
+static bool http_ctx_idle(h2o_context_t *c)
+{
+    h2o_timeout_t *t[] = {&c->zero_timeout,     &c->one_sec_timeout,       &c->hundred_ms_timeout,
+                          &c->handshake_timeout, &c->http1.req_timeout,     &c->http2.idle_timeout,
+                          &c->http2.graceful_shutdown_timeout, &c->proxy.io_timeout};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        if (!h2o_linklist_is_empty(&t[i]->_entries))
+            return false;
+    return true;
+}
+
 static void *http_loop_main(void *arg)
 {
     struct http_loop *l = arg;
@@ -339,6 +351,20 @@ static void *http_loop_main(void *arg)
 
     http_close_listener(&l->stop_task);
     h2o_multithread_unregister_receiver(l->ctx.queue, &l->receiver);
+    /* h2o 2.2 cannot dispose a context while connections are open (their
+     * timers are still armed) and has no call to close them all. Give
+     * connections the clients already closed a few turns to go; if some
+     * are still open (idle keep-alive clients at shutdown), leave the loop
+     * to the process exit instead of tripping h2o's assertions. */
+    for (int i = 0; i < 10 && !http_ctx_idle(&l->ctx); i++)
+        h2o_evloop_run(l->loop, 10);
+    if (http_ctx_idle(&l->ctx)) {
+        h2o_context_dispose(&l->ctx);
+        h2o_evloop_destroy(l->loop);
+        l->disposed = true;
+    } else {
+        LMD_DEBUG("http: I/O thread stops with connections open; not disposing its loop");
+    }
     return NULL;
 }
 
@@ -463,8 +489,11 @@ void http_server_free(struct http_server *s)
         pthread_join(s->loops[i].thread, NULL);
         pthread_mutex_destroy(&s->loops[i].mu);
     }
-    /* Connections still open are abandoned with their loops; the process
-     * is about to exit. */
+    bool all_idle = true;
+    for (int i = 0; i < s->n_loops; i++)
+        all_idle &= s->loops[i].disposed;
+    if (all_idle)
+        h2o_config_dispose(&s->gconf); /* contexts still alive point into it */
     free(s->loops);
     pthread_mutex_destroy(&s->start_mu);
     pthread_cond_destroy(&s->start_cv);

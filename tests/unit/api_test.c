@@ -1,0 +1,246 @@
+/*
+ * api/ without a server: request bodies (valid, malformed, out of range,
+ * wrong types — each refusal names its field), stop-string matching and
+ * hold-back across token boundaries, JSON escaping, error bodies.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "api/api_int.h"
+
+static int parse(enum api_kind k, const char *body, struct api_params *p, struct api_error *e)
+{
+    memset(e, 0, sizeof *e);
+    return api_params_parse(p, k, body, strlen(body), e);
+}
+
+static void expect_bad(enum api_kind k, const char *body, const char *param)
+{
+    struct api_params p;
+    struct api_error e;
+    int rc = parse(k, body, &p, &e);
+    if (rc != LMD_EINVAL || e.status != 400)
+        fail_msg("accepted: %s", body);
+    if (param) {
+        if (!e.param || strcmp(e.param, param) != 0)
+            fail_msg("%s: param %s, want %s (%s)", body, e.param ? e.param : "null", param, e.msg);
+    }
+    assert_true(strlen(e.msg) > 0);
+    api_params_free(&p);
+}
+
+static void test_completion_ok(void **state)
+{
+    (void)state;
+    struct api_params p;
+    struct api_error e;
+    assert_int_equal(parse(API_COMPLETION,
+                           "{\"model\":\"m\",\"prompt\":\"hi there\",\"max_tokens\":7,\"temperature\":0,\"top_p\":0.5,"
+                           "\"top_k\":3,\"min_p\":0.1,\"presence_penalty\":1,\"frequency_penalty\":-1,"
+                           "\"repetition_penalty\":1.1,\"seed\":42,\"stop\":[\"a\",\"bc\"],\"stream\":true,"
+                           "\"stream_options\":{\"include_usage\":true},\"user\":\"u\",\"n\":1,\"logprobs\":null}",
+                           &p, &e),
+                     0);
+    assert_string_equal(p.model, "m");
+    assert_int_equal(p.prompt_len, 8);
+    assert_memory_equal(p.prompt, "hi there", 8);
+    assert_int_equal(p.max_tokens, 7);
+    assert_true(p.sp.temperature == 0.0f && p.sp.top_p == 0.5f && p.sp.top_k == 3);
+    assert_true(p.sp.presence_penalty == 1.0f && p.sp.frequency_penalty == -1.0f);
+    assert_true(p.seed_set && p.sp.seed == 42);
+    assert_int_equal(p.n_stop, 2);
+    assert_int_equal(p.stop_len[1], 2);
+    assert_true(p.stream && p.include_usage);
+    api_params_free(&p);
+
+    /* Defaults, a one-string list, token ids, nested token ids. */
+    assert_int_equal(parse(API_COMPLETION, "{\"prompt\":[\"x\"]}", &p, &e), 0);
+    assert_null(p.model);
+    assert_int_equal(p.max_tokens, -1);
+    assert_true(p.sp.temperature == 1.0f && p.sp.top_p == 1.0f && !p.seed_set && !p.stream);
+    api_params_free(&p);
+    assert_int_equal(parse(API_COMPLETION, "{\"prompt\":[2,818,5279],\"stop\":\"\\n\"}", &p, &e), 0);
+    assert_int_equal(p.n_prompt_ids, 3);
+    assert_int_equal(p.prompt_ids[2], 5279);
+    assert_int_equal(p.n_stop, 1);
+    api_params_free(&p);
+    assert_int_equal(parse(API_COMPLETION, "{\"prompt\":[[5,6]],\"max_completion_tokens\":3}", &p, &e), 0);
+    assert_int_equal(p.n_prompt_ids, 2);
+    assert_int_equal(p.max_tokens, 3);
+    api_params_free(&p);
+}
+
+static void test_chat_ok(void **state)
+{
+    (void)state;
+    struct api_params p;
+    struct api_error e;
+    assert_int_equal(parse(API_CHAT,
+                           "{\"messages\":[{\"role\":\"system\",\"content\":\"be brief\"},"
+                           "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\","
+                           "\"text\":\"b\"}]},{\"role\":\"assistant\",\"content\":null}]}",
+                           &p, &e),
+                     0);
+    assert_int_equal(p.n_msgs, 3);
+    assert_string_equal(p.msgs[0].role, "system");
+    assert_string_equal(p.msgs[1].content, "ab");
+    assert_int_equal(p.msgs[1].content_len, 2);
+    assert_int_equal(p.msgs[2].content_len, 0);
+    api_params_free(&p);
+}
+
+static void test_malformed(void **state)
+{
+    (void)state;
+    expect_bad(API_COMPLETION, "", NULL);
+    expect_bad(API_COMPLETION, "{", NULL);
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",}", NULL);
+    expect_bad(API_COMPLETION, "[]", NULL);
+    expect_bad(API_COMPLETION, "\"prompt\"", NULL);
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"prompt\":\"y\"}", NULL);
+    expect_bad(API_COMPLETION, "{}", "prompt");
+    expect_bad(API_COMPLETION, "{\"prompt\":null}", "prompt");
+    expect_bad(API_COMPLETION, "{\"prompt\":[]}", "prompt");
+    expect_bad(API_COMPLETION, "{\"prompt\":[\"a\",\"b\"]}", "prompt");
+    expect_bad(API_COMPLETION, "{\"prompt\":[1,\"b\"]}", "prompt");
+    expect_bad(API_COMPLETION, "{\"prompt\":[-1]}", "prompt");
+    expect_bad(API_COMPLETION, "{\"prompt\":{}}", "prompt");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"model\":3}", "model");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"max_tokens\":0}", "max_tokens");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"max_tokens\":1.5}", "max_tokens");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"max_tokens\":\"5\"}", "max_tokens");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"max_completion_tokens\":-3}", "max_completion_tokens");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"temperature\":2.5}", "temperature");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"temperature\":-0.1}", "temperature");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"temperature\":\"hot\"}", "temperature");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"top_p\":0}", "top_p");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"top_p\":1.1}", "top_p");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"top_k\":-2}", "top_k");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"min_p\":2}", "min_p");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"presence_penalty\":3}", "presence_penalty");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"frequency_penalty\":-3}", "frequency_penalty");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"repetition_penalty\":0}", "repetition_penalty");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"seed\":\"1\"}", "seed");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"stop\":\"\"}", "stop");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"stop\":[\"a\",1]}", "stop");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", "stop");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"stop\":3}", "stop");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"stream\":1}", "stream");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"stream_options\":[]}", "stream_options");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"stream_options\":{\"include_usage\":\"y\"}}", "include_usage");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"n\":2}", "n");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":5}", "logprobs");
+    expect_bad(API_CHAT, "{}", "messages");
+    expect_bad(API_CHAT, "{\"messages\":[]}", "messages");
+    expect_bad(API_CHAT, "{\"messages\":\"hi\"}", "messages");
+    expect_bad(API_CHAT, "{\"messages\":[3]}", "messages");
+    expect_bad(API_CHAT, "{\"messages\":[{\"content\":\"x\"}]}", "messages");
+    expect_bad(API_CHAT, "{\"messages\":[{\"role\":\"wizard\",\"content\":\"x\"}]}", "messages");
+    expect_bad(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", "messages");
+    expect_bad(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}", "messages");
+}
+
+/* Every prefix of a valid body is refused cleanly (no crash, no leak). */
+static void test_truncated_bodies(void **state)
+{
+    (void)state;
+    const char *body = "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hello\"}]}],"
+                       "\"stop\":[\"x\"],\"temperature\":0.5}";
+    size_t n = strlen(body);
+    for (size_t i = 0; i < n; i++) {
+        struct api_params p;
+        struct api_error e;
+        assert_int_equal(api_params_parse(&p, API_CHAT, body, i, &e), LMD_EINVAL);
+        api_params_free(&p);
+    }
+}
+
+static void test_stop_matching(void **state)
+{
+    (void)state;
+    const char *stop[2] = {"\n\n", "END"};
+    size_t len[2] = {2, 3};
+    assert_int_equal(api_stop_find("abc", 3, stop, len, 2), -1);
+    assert_int_equal(api_stop_find("abENDc\n\n", 8, stop, len, 2), 2);
+    assert_int_equal(api_stop_find("a\n\nEND", 6, stop, len, 2), 1);
+    assert_int_equal(api_stop_find("EN", 2, stop, len, 2), -1);
+    /* Hold back what may begin a stop string. */
+    assert_int_equal(api_stop_holdback("abc", 3, stop, len, 2), 0);
+    assert_int_equal(api_stop_holdback("abcE", 4, stop, len, 2), 1);
+    assert_int_equal(api_stop_holdback("abcEN", 5, stop, len, 2), 2);
+    assert_int_equal(api_stop_holdback("abc\n", 4, stop, len, 2), 1);
+    assert_int_equal(api_stop_holdback("N", 1, stop, len, 2), 0);
+    assert_int_equal(api_stop_holdback("", 0, stop, len, 2), 0);
+    assert_int_equal(api_stop_holdback("abc", 3, stop, len, 0), 0);
+
+    /* Feed "xxEN" + "D!" piece by piece as tokens would arrive: what is
+     * emitted never contains any part of the stop string. */
+    const char *pieces[] = {"xx", "E", "N", "D!"};
+    char pend[64] = "", out[64] = "";
+    size_t pl = 0, ol = 0;
+    long at = -1;
+    for (int i = 0; i < 4 && at < 0; i++) {
+        memcpy(pend + pl, pieces[i], strlen(pieces[i]));
+        pl += strlen(pieces[i]);
+        at = api_stop_find(pend, pl, stop, len, 2);
+        size_t safe = at >= 0 ? (size_t)at : pl - api_stop_holdback(pend, pl, stop, len, 2);
+        memcpy(out + ol, pend, safe);
+        ol += safe;
+        memmove(pend, pend + safe, pl - safe);
+        pl -= safe;
+    }
+    assert_true(at >= 0);
+    out[ol] = '\0';
+    assert_string_equal(out, "xx");
+}
+
+static void test_json_escape_and_errors(void **state)
+{
+    (void)state;
+    struct api_buf b = {0};
+    const char raw[] = "a\"b\\c\nd\te\x01\x7f" "caf\xc3\xa9";
+    assert_int_equal(api_buf_json_escape(&b, raw, sizeof raw - 1), 0);
+    assert_string_equal(b.ptr, "a\\\"b\\\\c\\nd\\te\\u0001\\u007fcaf\xc3\xa9");
+    /* It round-trips through a real JSON parser. */
+    struct api_buf doc = {0};
+    api_buf_printf(&doc, "\"%s\"", b.ptr);
+    json_t *s = json_loads(doc.ptr, JSON_DECODE_ANY, NULL);
+    assert_non_null(s);
+    assert_int_equal(json_string_length(s), sizeof raw - 1);
+    assert_memory_equal(json_string_value(s), raw, sizeof raw - 1);
+    json_decref(s);
+    api_buf_free(&doc);
+    api_buf_free(&b);
+
+    struct api_error e;
+    api_error_set(&e, 400, "invalid_request_error", "temperature", NULL, "'%s' must be in [0, 2]", "temperature");
+    size_t n;
+    char *j = api_error_json(&e, &n);
+    json_t *o = json_loads(j, 0, NULL);
+    assert_non_null(o);
+    json_t *err = json_object_get(o, "error");
+    assert_string_equal(json_string_value(json_object_get(err, "message")), "'temperature' must be in [0, 2]");
+    assert_string_equal(json_string_value(json_object_get(err, "type")), "invalid_request_error");
+    assert_string_equal(json_string_value(json_object_get(err, "param")), "temperature");
+    assert_true(json_is_null(json_object_get(err, "code")));
+    json_decref(o);
+    free(j);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_completion_ok),       cmocka_unit_test(test_chat_ok),
+        cmocka_unit_test(test_malformed),           cmocka_unit_test(test_truncated_bodies),
+        cmocka_unit_test(test_stop_matching),       cmocka_unit_test(test_json_escape_and_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,211 @@
+/*
+ * http/ with a toy handler on a loopback port: whole responses with an
+ * extra header, keep-alive, a streamed response written from another
+ * thread through http_post, the on_close callback for every request, and
+ * a clean stop. Plain sockets on the client side, HTTP/1.1.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "http/http.h"
+
+static _Atomic int n_closed;
+
+/* A streamed request: a producer thread posts tasks that write parts. */
+struct stream {
+    struct http_task task;
+    struct http_req *r;
+    struct http_loop *loop;
+    _Atomic int produced; /* parts made by the producer */
+    int written;          /* parts written on the I/O thread */
+    pthread_t producer;
+    bool closed;
+};
+
+static void stream_task(struct http_task *t)
+{
+    struct stream *s = (struct stream *)t;
+    if (s->closed)
+        return;
+    int n = atomic_load(&s->produced);
+    while (s->written < n) {
+        char part[32];
+        int k = snprintf(part, sizeof part, "part %d\n", s->written++);
+        http_stream_write(s->r, part, (size_t)k, s->written == 5);
+    }
+}
+
+static void *producer(void *arg)
+{
+    struct stream *s = arg;
+    for (int i = 0; i < 5; i++) {
+        usleep(2000);
+        atomic_fetch_add(&s->produced, 1);
+        http_post(s->loop, &s->task);
+    }
+    return NULL;
+}
+
+static void stream_closed(void *ctx)
+{
+    struct stream *s = ctx;
+    s->closed = true;
+    atomic_fetch_add(&n_closed, 1);
+}
+
+static void counted_close(void *ctx)
+{
+    (void)ctx;
+    atomic_fetch_add(&n_closed, 1);
+}
+
+static struct stream the_stream;
+
+static void handler(void *ud, struct http_req *r)
+{
+    (void)ud;
+    struct http_str path = http_req_path(r);
+    if (path.len == 6 && memcmp(path.ptr, "/hello", 6) == 0) {
+        http_req_on_close(r, counted_close, NULL);
+        struct http_str b = http_req_body(r);
+        char out[64];
+        int k = snprintf(out, sizeof out, "hi %.*s %zu", (int)http_req_method(r).len, http_req_method(r).ptr, b.len);
+        http_respond(r, 200, "text/plain", out, (size_t)k, "retry-after", "7");
+        return;
+    }
+    if (path.len == 7 && memcmp(path.ptr, "/stream", 7) == 0) {
+        struct stream *s = &the_stream;
+        memset(s, 0, sizeof *s);
+        s->task.fn = stream_task;
+        s->r = r;
+        s->loop = http_req_loop(r);
+        http_req_on_close(r, stream_closed, s);
+        http_stream_begin(r, 200, "text/event-stream");
+        pthread_create(&s->producer, NULL, producer, s);
+        return;
+    }
+    http_respond(r, 404, "text/plain", "no", 2, NULL, NULL);
+}
+
+static int dial(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+static void send_all(int fd, const char *s)
+{
+    size_t n = strlen(s);
+    assert_int_equal(write(fd, s, n), (ssize_t)n);
+}
+
+/* Read until `needle` has been seen (or EOF / timeout); returns bytes. */
+static size_t read_until(int fd, char *buf, size_t cap, const char *needle)
+{
+    size_t len = 0;
+    buf[0] = '\0';
+    while (len + 1 < cap && !strstr(buf, needle)) {
+        ssize_t k = read(fd, buf + len, cap - 1 - len);
+        if (k <= 0)
+            break;
+        len += (size_t)k;
+        buf[len] = '\0';
+    }
+    return len;
+}
+
+static void test_server(void **state)
+{
+    (void)state;
+    struct http_server *srv;
+    struct lmd_err err = {0};
+    struct http_config cfg = {.host = "127.0.0.1", .port = 0, .io_threads = 2, .max_body = 1 << 16,
+                              .handler = handler};
+    assert_int_equal(http_server_start(&srv, &cfg, &err), 0);
+    int port = http_server_port(srv);
+    assert_true(port > 0);
+
+    /* Two requests on one keep-alive connection. */
+    char buf[8192];
+    int fd = dial(port);
+    send_all(fd, "POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcde");
+    read_until(fd, buf, sizeof buf, "hi POST 5");
+    assert_non_null(strstr(buf, "HTTP/1.1 200"));
+    assert_non_null(strstr(buf, "retry-after: 7"));
+    assert_non_null(strstr(buf, "Content-Length: 9"));
+    send_all(fd, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    read_until(fd, buf, sizeof buf, "\r\n\r\nno");
+    assert_non_null(strstr(buf, "HTTP/1.1 404"));
+
+    /* A streamed response fed from another thread, chunked on the wire. */
+    send_all(fd, "GET /stream HTTP/1.1\r\nHost: x\r\n\r\n");
+    read_until(fd, buf, sizeof buf, "\r\n0\r\n\r\n");
+    assert_non_null(strstr(buf, "text/event-stream"));
+    for (int i = 0; i < 5; i++) {
+        char want[16];
+        snprintf(want, sizeof want, "part %d\n", i);
+        assert_non_null(strstr(buf, want));
+    }
+    pthread_join(the_stream.producer, NULL);
+    close(fd);
+
+    /* Oversized bodies (past twice max_body) are refused by h2o itself. */
+    fd = dial(port);
+    send_all(fd, "POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n");
+    read_until(fd, buf, sizeof buf, "\r\n\r\n");
+    assert_non_null(strstr(buf, "413"));
+    close(fd);
+
+    for (int i = 0; i < 200 && atomic_load(&n_closed) < 2; i++)
+        usleep(10000);
+    assert_int_equal(atomic_load(&n_closed), 2); /* /hello and /stream were disposed */
+
+    http_server_stop_accepting(srv);
+    usleep(50000);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_not_equal(connect(s, (struct sockaddr *)&a, sizeof a), 0);
+    close(s);
+    http_server_free(srv);
+}
+
+static void test_bad_config(void **state)
+{
+    (void)state;
+    struct http_server *srv;
+    struct lmd_err err = {0};
+    struct http_config cfg = {.host = "127.0.0.1", .port = 0, .io_threads = 0, .handler = handler};
+    assert_int_equal(http_server_start(&srv, &cfg, &err), LMD_EINVAL);
+    cfg.io_threads = 1;
+    cfg.host = "no.such.host.invalid";
+    assert_int_not_equal(http_server_start(&srv, &cfg, &err), 0);
+    assert_non_null(strstr(err.msg, "no.such.host.invalid"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_server),
+        cmocka_unit_test(test_bad_config),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
