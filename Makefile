@@ -44,7 +44,7 @@ build-asan: $(BUILD_ASAN)/CMakeCache.txt
 run: deps model
 	@$(MAKE) --no-print-directory build
 	./$(BUILD)/lmd info $(MODEL)
-	./$(BUILD)/lmd run -m $(MODEL) --chat -p "Say hello in one short sentence." -n 48
+	./$(BUILD)/lmd serve -m $(MODEL) --host $(HOST) --port $(PORT)
 
 test: deps model
 	@$(MAKE) --no-print-directory test-unit test-asan test-integration
