@@ -48,6 +48,10 @@ def llama_bench(a):
     bs = [int(x) for x in a.batch.split(",")] if a.batch else []
     n_seq = max(bs + [1])
     n_ctx = max(a.pp + 64, a.tg + 64, n_seq * (8 + 4 * n_seq + 40))
+    # Keep llama.cpp's load log off the report.
+    global _quiet
+    _quiet = llama_cpp.llama_log_callback(lambda level, text, user: None)
+    llama_cpp.llama_log_set(_quiet, ctypes.c_void_p(0))
     mp = llama_cpp.llama_model_default_params()
     model = llama_cpp.llama_model_load_from_file(a.model.encode(), mp)
     cp = llama_cpp.llama_context_default_params()
