@@ -50,9 +50,10 @@ void kern_dequant_row(enum gguf_dtype t, const void *src, float *dst, int64_t n)
 enum gguf_dtype kern_dot_type(enum gguf_dtype t);
 
 /* f32 -> type t (t is any kern_dot_type result: Q8_0, Q8_1, Q8_K, F16,
- * BF16, F32), rounding exactly as llama.cpp's reference quantizers do
- * (quantize_row_q8_0_ref: d = amax / 127, q = roundf(x * (1 / d)); q8_K: d =
- * max / -127 with the sign of the largest-magnitude element, nearest-even),
+ * BF16, F32), rounding exactly as llama.cpp's x86 quantizers do
+ * (quantize_row_q8_0: d = amax / 127, q = x * (127 / amax) rounded to
+ * nearest even; q8_K: d = max / -127 with the sign of the
+ * largest-magnitude element, nearest even),
  * on every ISA. */
 void kern_quantize_row(enum gguf_dtype t, const float *src, void *dst, int64_t n);
 

@@ -460,7 +460,8 @@ static void test_quantize_rounding(void **state)
     for (size_t i = 0; i < sizeof g_isas / sizeof g_isas[0]; i++) {
         if (!isa_ok(g_isas[i]))
             continue;
-        /* Q8_0: amax 127 -> d = 1, q = roundf(x): ties away from zero. */
+        /* Q8_0: amax 127 -> d = 1, q = x rounded to nearest even, as
+         * llama.cpp's x86 quantize_row_q8_0 does (not roundf). */
         float x[256];
         for (int j = 0; j < 32; j++)
             x[j] = 0;
@@ -473,10 +474,10 @@ static void test_quantize_rounding(void **state)
         kern_quantize_row(GGUF_DTYPE_Q8_0, x, &q8, 32);
         assert_int_equal(q8.d, 0x3c00);
         assert_int_equal(q8.qs[0], 127);
-        assert_int_equal(q8.qs[1], 3);
-        assert_int_equal(q8.qs[2], -3);
+        assert_int_equal(q8.qs[1], 2);
+        assert_int_equal(q8.qs[2], -2);
         assert_int_equal(q8.qs[3], 0);
-        assert_int_equal(q8.qs[4], -127);
+        assert_int_equal(q8.qs[4], -126);
 
         /* All zero: d = 0, q = 0. */
         memset(x, 0, sizeof x);

@@ -269,22 +269,11 @@ DOT_ENTRY(bf16, n)
 
 /* ---- activation quantizers (bit-identical to the scalar reference) ---- */
 
-/* roundf semantics (ties away from zero), exactly: truncate, then add one
- * away from zero when the dropped fraction is at least one half. The
- * fraction x - trunc(x) is exact in f32. */
-KERN_INLINE __m256 round_away(__m256 v)
-{
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    __m256 frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
-    __m256 up = _mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
-    __m256 one = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0f));
-    return _mm256_add_ps(t, _mm256_and_ps(up, one));
-}
-
 KERN_INLINE __m256 abs_ps(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
 
-/* 32 floats scaled by id and rounded -> 32 int8 (values already in range). */
+/* 32 floats scaled and rounded -> 32 int8 (values already in range).
+ * _mm256_cvtps_epi32 rounds to nearest even (the default MXCSR mode), as
+ * ggml's _mm256_round_ps(_MM_ROUND_NEAREST) does before its conversion. */
 KERN_INLINE __m256i pack_i8(__m256 a, __m256 b, __m256 c, __m256 d)
 {
     __m256i ia = _mm256_cvtps_epi32(a), ib = _mm256_cvtps_epi32(b);
@@ -308,10 +297,8 @@ KERN_INLINE float block_amax32(const float *s)
 KERN_INLINE __m256i quant32(const float *s, float id)
 {
     __m256 vid = _mm256_set1_ps(id);
-    return pack_i8(round_away(_mm256_mul_ps(_mm256_loadu_ps(s), vid)),
-                   round_away(_mm256_mul_ps(_mm256_loadu_ps(s + 8), vid)),
-                   round_away(_mm256_mul_ps(_mm256_loadu_ps(s + 16), vid)),
-                   round_away(_mm256_mul_ps(_mm256_loadu_ps(s + 24), vid)));
+    return pack_i8(_mm256_mul_ps(_mm256_loadu_ps(s), vid), _mm256_mul_ps(_mm256_loadu_ps(s + 8), vid),
+                   _mm256_mul_ps(_mm256_loadu_ps(s + 16), vid), _mm256_mul_ps(_mm256_loadu_ps(s + 24), vid));
 }
 
 void kern__quant_q8_0_avx2(const float *src, void *dst, int64_t n)
@@ -320,7 +307,7 @@ void kern__quant_q8_0_avx2(const float *src, void *dst, int64_t n)
     for (int64_t i = 0; i < n / KERN_QK; i++, b++, src += KERN_QK) {
         float amax = block_amax32(src);
         float d = amax / 127.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         b->d = (uint16_t)_cvtss_sh(d, 0);
         _mm256_storeu_si256((__m256i *)b->qs, quant32(src, id));
     }
@@ -332,7 +319,7 @@ void kern__quant_q8_1_avx2(const float *src, void *dst, int64_t n)
     for (int64_t i = 0; i < n / KERN_QK; i++, b++, src += KERN_QK) {
         float amax = block_amax32(src);
         float d = amax / 127.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         b->d = (uint16_t)_cvtss_sh(d, 0);
         __m256i q = quant32(src, id);
         _mm256_storeu_si256((__m256i *)b->qs, q);

@@ -245,8 +245,9 @@ void kern__quant_bf16_scalar(const float *src, void *dst, int64_t n)
         d[i] = kern_f32_to_bf16(src[i]);
 }
 
-/* ggml quantize_row_q8_0_ref: d = amax / 127 stored as fp16, the quants
- * computed with the unrounded f32 inverse and roundf (ties away from 0). */
+/* llama.cpp's x86 quantize_row_q8_0 (its AVX2 code, which differs from
+ * its portable reference): d = amax / 127 stored as fp16, the quants
+ * x * (127 / amax) in f32 rounded to nearest even. */
 void kern__quant_q8_0_scalar(const float *src, void *dst, int64_t n)
 {
     struct kern__q8_0 *b = dst;
@@ -255,14 +256,14 @@ void kern__quant_q8_0_scalar(const float *src, void *dst, int64_t n)
         for (int j = 0; j < 32; j++)
             amax = fmaxf(amax, fabsf(src[j]));
         float d = amax / 127.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         b->d = kern_f32_to_f16(d);
         for (int j = 0; j < 32; j++)
-            b->qs[j] = (int8_t)roundf(src[j] * id);
+            b->qs[j] = (int8_t)nearbyintf(src[j] * id);
     }
 }
 
-/* ggml quantize_row_q8_1_ref: as Q8_0, plus s = fp16(d * sum(q)). */
+/* llama.cpp's x86 quantize_row_q8_1: as Q8_0, plus s = fp16(d * sum(q)). */
 void kern__quant_q8_1_scalar(const float *src, void *dst, int64_t n)
 {
     struct kern__q8_1 *b = dst;
@@ -271,11 +272,11 @@ void kern__quant_q8_1_scalar(const float *src, void *dst, int64_t n)
         for (int j = 0; j < 32; j++)
             amax = fmaxf(amax, fabsf(src[j]));
         float d = amax / 127.0f;
-        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         b->d = kern_f32_to_f16(d);
         int sum = 0;
         for (int j = 0; j < 32; j++) {
-            b->qs[j] = (int8_t)roundf(src[j] * id);
+            b->qs[j] = (int8_t)nearbyintf(src[j] * id);
             sum += b->qs[j];
         }
         b->s = kern_f32_to_f16((float)sum * d);
