@@ -22,7 +22,6 @@
 
 #include "core/error.h"
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 

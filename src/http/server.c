@@ -48,8 +48,9 @@ struct http_loop {
     pthread_mutex_t mu; /* guards the inbox below */
     struct http_task *head, *tail;
     bool wake_pending;
-    _Atomic bool stop;
-    bool disposed; /* the loop and context were freed at stop */
+    struct http_task exit_task; /* ends the loop */
+    bool exiting;               /* loop thread only */
+    bool idle;                  /* no connection open when the loop ended */
 };
 
 struct http_handler {
@@ -327,6 +328,12 @@ static bool http_ctx_idle(h2o_context_t *c)
     return true;
 }
 
+static void http_exit_loop(struct http_task *t)
+{
+    struct http_loop *l = H2O_STRUCT_FROM_MEMBER(struct http_loop, exit_task, t);
+    l->exiting = true;
+}
+
 static void *http_loop_main(void *arg)
 {
     struct http_loop *l = arg;
@@ -346,7 +353,7 @@ static void *http_loop_main(void *arg)
     pthread_cond_broadcast(&srv->start_cv);
     pthread_mutex_unlock(&srv->start_mu);
 
-    while (!atomic_load(&l->stop))
+    while (!l->exiting)
         h2o_evloop_run(l->loop, INT32_MAX);
 
     http_close_listener(&l->stop_task);
@@ -354,17 +361,13 @@ static void *http_loop_main(void *arg)
     /* h2o 2.2 cannot dispose a context while connections are open (their
      * timers are still armed) and has no call to close them all. Give
      * connections the clients already closed a few turns to go; if some
-     * are still open (idle keep-alive clients at shutdown), leave the loop
-     * to the process exit instead of tripping h2o's assertions. */
+     * are still open (idle keep-alive clients at shutdown), the loop is
+     * left to the process exit instead of tripping h2o's assertions. The
+     * disposal itself happens in http_server_free after the join, when no
+     * other thread can still be writing to this loop's wakeup pipe. */
     for (int i = 0; i < 10 && !http_ctx_idle(&l->ctx); i++)
         h2o_evloop_run(l->loop, 10);
-    if (http_ctx_idle(&l->ctx)) {
-        h2o_context_dispose(&l->ctx);
-        h2o_evloop_destroy(l->loop);
-        l->disposed = true;
-    } else {
-        LMD_DEBUG("http: I/O thread stops with connections open; not disposing its loop");
-    }
+    l->idle = http_ctx_idle(&l->ctx);
     return NULL;
 }
 
@@ -445,7 +448,7 @@ int http_server_start(struct http_server **out, const struct http_config *cfg, s
         l->listen_fd = i == 0 ? fd : dup(fd);
         l->stop_task.fn = http_close_listener;
         pthread_mutex_init(&l->mu, NULL);
-        atomic_init(&l->stop, false);
+        l->exit_task.fn = http_exit_loop;
         if (l->listen_fd < 0 || pthread_create(&l->thread, NULL, http_loop_main, l) != 0) {
             LMD_ERROR("http: cannot start I/O thread %d", i);
             abort(); /* start-up only; nothing to serve with half the loops */
@@ -468,30 +471,25 @@ void http_server_stop_accepting(struct http_server *s)
         http_post(&s->loops[i], &s->loops[i].stop_task);
 }
 
-static void http_noop(struct http_task *t) { free(t); }
-
 void http_server_free(struct http_server *s)
 {
     if (!s)
         return;
+    for (int i = 0; i < s->n_loops; i++)
+        http_post(&s->loops[i], &s->loops[i].exit_task);
+    bool all_idle = true;
     for (int i = 0; i < s->n_loops; i++) {
         struct http_loop *l = &s->loops[i];
-        atomic_store(&l->stop, true);
-        /* Wake the loop so it sees the flag. */
-        struct http_task *t = calloc(1, sizeof *t);
-        if (t) {
-            t->fn = http_noop;
-            if (!http_post(l, t))
-                free(t);
+        pthread_join(l->thread, NULL);
+        pthread_mutex_destroy(&l->mu);
+        if (l->idle) {
+            h2o_context_dispose(&l->ctx);
+            h2o_evloop_destroy(l->loop);
+        } else {
+            LMD_DEBUG("http: I/O thread %d stopped with connections open; its loop is left to the exit", i);
+            all_idle = false;
         }
     }
-    for (int i = 0; i < s->n_loops; i++) {
-        pthread_join(s->loops[i].thread, NULL);
-        pthread_mutex_destroy(&s->loops[i].mu);
-    }
-    bool all_idle = true;
-    for (int i = 0; i < s->n_loops; i++)
-        all_idle &= s->loops[i].disposed;
     if (all_idle)
         h2o_config_dispose(&s->gconf); /* contexts still alive point into it */
     free(s->loops);

@@ -301,3 +301,42 @@ def test_sigterm_drains_stream(lmd_bin, default_model):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_queue_full_is_503(lmd_bin, default_model):
+    proc, base = start_server(lmd_bin, default_model, "--max-running", "1", "--max-queue", "1")
+    try:
+        # Greedy counting runs on without an end-of-generation token.
+        body = {"prompt": "1, 2, 3, 4, 5,", "max_tokens": 300, "temperature": 0, "stream": True}
+        with httpx.Client(base_url=base, timeout=30) as a:
+            with a.stream("POST", "/v1/completions", json=body) as ra:
+                lines = ra.iter_lines()  # kept: dropping the iterator closes the connection
+                next(lines)  # running
+                # A second one waits (its headers come when it starts, so
+                # it is sent from a thread that gives up at once).
+                waiter = threading.Thread(target=_post_and_drop, args=(base, body))
+                waiter.start()
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and metric(base, "lmd_requests_waiting") < 1:
+                    time.sleep(0.02)
+                r = httpx.post(base + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=30)
+                assert r.status_code == 503 and r.headers["retry-after"] == "1"
+                assert r.json()["error"]["code"] == "queue_full"
+        waiter.join(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (metric(base, "lmd_kv_blocks_free") != metric(base, "lmd_kv_blocks_total")
+                                               or metric(base, "lmd_requests_waiting") != 0):
+            time.sleep(0.05)
+        assert metric(base, "lmd_kv_blocks_free") == metric(base, "lmd_kv_blocks_total")
+        assert metric(base, "lmd_requests_waiting") == 0
+    finally:
+        stop_server(proc)
+        assert proc.returncode == 0
+
+
+def _post_and_drop(base, body):
+    """Send a request and disconnect after a second, whatever its state."""
+    try:
+        httpx.post(base + "/v1/completions", json=body, timeout=1)
+    except httpx.HTTPError:
+        pass
