@@ -404,8 +404,8 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     if (api_params_parse(&p, kind, body.ptr, body.len, &e) != 0)
         goto fail;
     if (p.model && !model_matches(a, p.model, strlen(p.model))) {
-        api_error_set(&e, 404, "not_found_error", "model", "model_not_found", "the model '%s' does not exist; this server serves '%s'",
-                      p.model, a->model_id);
+        api_error_set(&e, 404, "not_found_error", "model", "model_not_found",
+                      "the model '%s' does not exist; this server serves '%s'", p.model, a->model_id);
         goto fail;
     }
     if (build_prompt(a, &p, &ids, &n_prompt, &e) != 0)

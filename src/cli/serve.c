@@ -266,9 +266,11 @@ out:
     /* The scheduler first: it finishes what is left as cancelled, and the
      * I/O loops must still be running to receive those last wakeups. */
     sched_stop(sched);
-    if (http) {
-        struct timespec settle = {0, 50 * 1000 * 1000};
-        nanosleep(&settle, NULL); /* let the loops write the final chunks */
+    /* Requests it cancelled still get their last chunk written by their
+     * I/O thread; give that a moment, bounded. */
+    for (int i = 0; http && api_active(api) > 0 && i < 50; i++) {
+        struct timespec tick = {0, 10 * 1000 * 1000};
+        nanosleep(&tick, NULL);
     }
     http_server_free(http);
     api_free(api);

@@ -56,7 +56,8 @@ def stop_server(proc):
 
 @pytest.fixture(scope="module")
 def server(lmd_bin, default_model):
-    proc, base = start_server(lmd_bin, default_model)
+    # Two event loops, so concurrent connections exercise cross-thread wakeups on both.
+    proc, base = start_server(lmd_bin, default_model, "--io-threads", "2")
     yield base
     stop_server(proc)
 
@@ -250,10 +251,12 @@ def test_errors(server, model_id):
     assert httpx.get(server + "/health").status_code == 200
 
 
-def test_disconnect_frees_kv(server):
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
+def test_disconnect_frees_kv(server, http2):
     idle = metric(server, "lmd_kv_blocks_free")
     assert idle == metric(server, "lmd_kv_blocks_total")
-    with httpx.Client(timeout=30) as c:
+    # HTTP/1.1: the connection closes; HTTP/2: the stream is reset.
+    with httpx.Client(timeout=30, http1=not http2, http2=http2) as c:
         with c.stream("POST", server + "/v1/completions",
                       json={"prompt": PROMPT, "max_tokens": 600, "stream": True, "temperature": 1}) as r:
             lines = r.iter_lines()
@@ -263,8 +266,12 @@ def test_disconnect_frees_kv(server):
                     got += 1
                     if got == 3:
                         break
+            assert r.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
             assert metric(server, "lmd_kv_blocks_free") < idle
-        # Leaving the blocks closes the connection mid-stream.
+        # Leaving the stream block mid-stream closes it.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and metric(server, "lmd_kv_blocks_free") != idle:
+            time.sleep(0.05)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and metric(server, "lmd_kv_blocks_free") != idle:
         time.sleep(0.05)
