@@ -33,6 +33,24 @@ KERN_INLINE float kern__hsum_ps128(__m128 s)
     return _mm_cvtss_f32(s);
 }
 
+/* Sum of the 4 even lanes 0, 2, 4, 6 (a0..a3), in llama.cpp's order for a
+ * 4-lane vector: (a0 + a2) + (a1 + a3). The odd lanes are ignored. */
+KERN_INLINE float kern__hsum_even_ps(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ss(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Sum of the 8 int32 lanes (wrapping, so exact whenever the sum fits). */
+KERN_INLINE int kern__hsum_epi32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
 KERN_INLINE float kern__h2f_hw(uint16_t h) { return _cvtsh_ss(h); }
 
 /* fp16 -> f32 in all 8 lanes (a broadcast load and one convert). */

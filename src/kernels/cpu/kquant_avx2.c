@@ -5,11 +5,23 @@
  * Per super-block of 256 and per (weight row, activation row) pair, the
  * integer sum  sum_g scale_g * sum_{i in g} q_i * y_i  is formed exactly:
  * unsigned quants times activation bytes with maddubs, times the group's
- * scale (broadcast as int16) with madd, added in int32 lanes. Quants with
- * an offset (Q3_K's -4, Q6_K's -32) are used unsigned and the offset comes
- * back through the activation block sums (bsums), as do the mins of Q2_K /
- * Q4_K / Q5_K. Then one FMA per super-block adds d_w * d_y times the lanes
- * to the pair's f32 accumulator, and the mins term goes to a second one.
+ * scale (broadcast as int16) with madd, added in int32 lanes. Then one FMA
+ * per super-block adds d_y * d_w times the lanes to the pair's f32
+ * accumulator.
+ *
+ * The f32 operations are llama.cpp's AVX2 ggml_vec_dot_qX_K_q8_K's, one
+ * for one, so the results match it to the bit: the same elements in each
+ * int32 lane, the same FMAs in the same order, the same final sums. That
+ * fixes how each type handles its offsets and mins:
+ *  - Q2_K: the mins term (mins times bsums, 8 lanes) is FMAed with
+ *    -d_y * dmin_w into the same accumulator, before the quants' FMA.
+ *  - Q3_K: the -4 offset is applied per element (signed quants), not
+ *    through the bsums, so every lane holds exactly its own elements.
+ *  - Q4_K: mins times the 32-element sums of bsums in 4 lanes, FMAed with
+ *    -d_y * dmin_w into a 128-bit accumulator added at the end.
+ *  - Q5_K: the mins term summed as an integer, times -d_y * dmin_w, FMAed
+ *    into a scalar added at the end.
+ *  - Q6_K: the -32 offset through the bsums (which matches llama.cpp).
  *
  * Tiles as in legacy_avx2.c: one weight row against up to 8 activation
  * rows; each weight super-block is decoded once per call and its scales
@@ -18,6 +30,8 @@
  */
 #include "kernels/cpu/avx2_util.h"
 #include "kernels/quants.h"
+
+#include <math.h>
 
 /* Lanes 0..7 get int16 scale s[2t], lanes 8..15 get s[2t + 1], from 16
  * int16 scales in v (the layout of a 32-element run made of two groups of
@@ -73,7 +87,7 @@ KERN_INLINE void tile_q4_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             __m256i sm = _mm256_cvtepu8_epi16(sm8);
             __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);            /* sc0..7 in both halves */
             __m256i mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm8, sm8));   /* m0, m0, m1, m1, ... */
-            __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d)), mw = _mm256_set1_ps(kern__h2f_hw(wb->dmin));
+            __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d)), nmw = _mm256_set1_ps(-kern__h2f_hw(wb->dmin));
             __m256i sumi[8];
             for (int j = 0; j < NX; j++)
                 sumi[j] = _mm256_setzero_si256();
@@ -93,18 +107,20 @@ KERN_INLINE void tile_q4_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             }
             for (int j = 0; j < NX; j++) {
                 const struct kern__q8_K *xb = (const struct kern__q8_K *)(x + (size_t)j * xs) + b;
-                /* mins: lane g = m_g * (bsums[2g] + bsums[2g + 1]) */
+                /* mins: P_g = m_g * (bsums[2g] + bsums[2g + 1]); llama.cpp
+                 * accumulates P_2k + P_2k+1 in 4 lanes, here even lane 2k */
                 __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
                 __m256i pm = _mm256_madd_epi16(mins, bs);
+                pm = _mm256_add_epi32(pm, _mm256_srli_epi64(pm, 32));
                 __m256 dy = _mm256_set1_ps(xb->d);
+                accm[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(nmw, dy), _mm256_cvtepi32_ps(pm), accm[i][j]);
                 acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy), _mm256_cvtepi32_ps(sumi[j]), acc[i][j]);
-                accm[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(mw, dy), _mm256_cvtepi32_ps(pm), accm[i][j]);
             }
         }
     }
     for (int i = 0; i < NW; i++)
         for (int j = 0; j < NX; j++)
-            y[j * ldy + i] = kern__hsum_ps(acc[i][j]) - kern__hsum_ps(accm[i][j]);
+            y[j * ldy + i] = kern__hsum_ps(acc[i][j]) + kern__hsum_even_ps(accm[i][j]);
 }
 
 /* ---- Q5_K: Q4_K plus a fifth bit per element from qh ---- */
@@ -120,10 +136,13 @@ KERN_INLINE __m256i bit_to_16(__m256i v, int g)
 KERN_INLINE void tile_q5_K(int NW, int NX, int64_t nb, const char *w, size_t ws, const char *x, size_t xs,
                            const float *xd, float *y, int64_t ldy)
 {
-    __m256 acc[4][8], accm[4][8];
+    __m256 acc[4][8];
+    float accm[4][8];
     for (int i = 0; i < NW; i++)
-        for (int j = 0; j < NX; j++)
-            acc[i][j] = accm[i][j] = _mm256_setzero_ps();
+        for (int j = 0; j < NX; j++) {
+            acc[i][j] = _mm256_setzero_ps();
+            accm[i][j] = 0.0f;
+        }
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t b = 0; b < nb; b++) {
         for (int i = 0; i < NW; i++) {
@@ -134,7 +153,7 @@ KERN_INLINE void tile_q5_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             __m256i sm = _mm256_cvtepu8_epi16(sm8);
             __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);            /* sc0..7 in both halves */
             __m256i mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm8, sm8));   /* m0, m0, m1, m1, ... */
-            __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d)), mw = _mm256_set1_ps(kern__h2f_hw(wb->dmin));
+            float dw = kern__h2f_hw(wb->d), mw = kern__h2f_hw(wb->dmin);
             __m256i hbits = _mm256_loadu_si256((const __m256i *)wb->qh);
             __m256i sumi[8];
             for (int j = 0; j < NX; j++)
@@ -156,17 +175,17 @@ KERN_INLINE void tile_q5_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             }
             for (int j = 0; j < NX; j++) {
                 const struct kern__q8_K *xb = (const struct kern__q8_K *)(x + (size_t)j * xs) + b;
+                /* mins: sum_g m_g * (bsums[2g] + bsums[2g + 1]), exact in int32 */
                 __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
-                __m256i pm = _mm256_madd_epi16(mins, bs);
-                __m256 dy = _mm256_set1_ps(xb->d);
-                acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy), _mm256_cvtepi32_ps(sumi[j]), acc[i][j]);
-                accm[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(mw, dy), _mm256_cvtepi32_ps(pm), accm[i][j]);
+                int pm = kern__hsum_epi32(_mm256_madd_epi16(mins, bs));
+                accm[i][j] = fmaf(-xb->d * mw, (float)pm, accm[i][j]);
+                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(xb->d * dw), _mm256_cvtepi32_ps(sumi[j]), acc[i][j]);
             }
         }
     }
     for (int i = 0; i < NW; i++)
         for (int j = 0; j < NX; j++)
-            y[j * ldy + i] = kern__hsum_ps(acc[i][j]) - kern__hsum_ps(accm[i][j]);
+            y[j * ldy + i] = kern__hsum_ps(acc[i][j]) + accm[i][j];
 }
 
 /* ---- Q6_K: (q + 32) unsigned in 0..63; the -32 comes back via bsums ---- */
@@ -254,38 +273,38 @@ KERN_INLINE void tile_q3_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
     for (int i = 0; i < NW; i++)
         for (int j = 0; j < NX; j++)
             acc[i][j] = _mm256_setzero_ps();
-    const __m256i m2 = _mm256_set1_epi8(0x03);
+    const __m256i m2 = _mm256_set1_epi8(0x03), four = _mm256_set1_epi8(4);
     for (int64_t b = 0; b < nb; b++) {
         for (int i = 0; i < NW; i++) {
             const struct kern__q3_K *wb = (const struct kern__q3_K *)(w + (size_t)i * ws) + b;
             if (NX == 1)
                 kern__prefetch_lines((const char *)wb + KERN__PF_DIST, sizeof *wb);
             __m256i sc16 = q3k_scales16(wb->scales);
-            __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d));
+            float dw = kern__h2f_hw(wb->d);
             __m256i hm = _mm256_loadu_si256((const __m256i *)wb->hmask);
             __m256i sumi[8];
-            for (int j = 0; j < NX; j++) {
-                const struct kern__q8_K *xb = (const struct kern__q8_K *)(x + (size_t)j * xs) + b;
-                __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
-                sumi[j] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 2));
-            }
+            for (int j = 0; j < NX; j++)
+                sumi[j] = _mm256_setzero_si256();
             for (int h = 0; h < 2; h++) {
                 __m256i bits = _mm256_loadu_si256((const __m256i *)(wb->qs + 32 * h));
                 for (int p = 0; p < 4; p++) {
-                    __m256i q = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m2),
-                                                bit_to_4(hm, 4 * h + p));
+                    /* signed q in -4..3; |q| times y with q's sign gives q * y
+                     * (y is never -128: Q8_K quants are in -127..127) */
+                    __m256i q = _mm256_sub_epi8(
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 2 * p), m2), bit_to_4(hm, 4 * h + p)),
+                        four);
+                    __m256i aq = _mm256_sign_epi8(q, q);
                     __m256i s = pair_scales(sc16, 4 * h + p);
                     for (int j = 0; j < NX; j++) {
                         const struct kern__q8_K *xb = (const struct kern__q8_K *)(x + (size_t)j * xs) + b;
-                        __m256i yv = _mm256_loadu_si256((const __m256i *)(xb->qs + 128 * h + 32 * p));
-                        sumi[j] = _mm256_add_epi32(sumi[j], _mm256_madd_epi16(s, _mm256_maddubs_epi16(q, yv)));
+                        __m256i yv = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xb->qs + 128 * h + 32 * p)), q);
+                        sumi[j] = _mm256_add_epi32(sumi[j], _mm256_madd_epi16(s, _mm256_maddubs_epi16(aq, yv)));
                     }
                 }
             }
             for (int j = 0; j < NX; j++) {
                 const struct kern__q8_K *xb = (const struct kern__q8_K *)(x + (size_t)j * xs) + b;
-                acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(xb->d)), _mm256_cvtepi32_ps(sumi[j]),
-                                            acc[i][j]);
+                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(xb->d * dw), _mm256_cvtepi32_ps(sumi[j]), acc[i][j]);
             }
         }
     }
@@ -299,10 +318,10 @@ KERN_INLINE void tile_q3_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
 KERN_INLINE void tile_q2_K(int NW, int NX, int64_t nb, const char *w, size_t ws, const char *x, size_t xs,
                            const float *xd, float *y, int64_t ldy)
 {
-    __m256 acc[4][8], accm[4][8];
+    __m256 acc[4][8];
     for (int i = 0; i < NW; i++)
         for (int j = 0; j < NX; j++)
-            acc[i][j] = accm[i][j] = _mm256_setzero_ps();
+            acc[i][j] = _mm256_setzero_ps();
     const __m256i m2 = _mm256_set1_epi8(0x03);
     const __m128i m4 = _mm_set1_epi8(0x0F);
     for (int64_t b = 0; b < nb; b++) {
@@ -313,7 +332,7 @@ KERN_INLINE void tile_q2_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             __m128i raw = _mm_loadu_si128((const __m128i *)wb->scales);
             __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(raw, m4));
             __m256i mn16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), m4));
-            __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d)), mw = _mm256_set1_ps(kern__h2f_hw(wb->dmin));
+            float dw = kern__h2f_hw(wb->d), mw = kern__h2f_hw(wb->dmin);
             __m256i sumi[8];
             for (int j = 0; j < NX; j++)
                 sumi[j] = _mm256_setzero_si256();
@@ -333,15 +352,15 @@ KERN_INLINE void tile_q2_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
                 const struct kern__q8_K *xb = (const struct kern__q8_K *)(x + (size_t)j * xs) + b;
                 __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
                 __m256i pm = _mm256_madd_epi16(mn16, bs);
-                __m256 dy = _mm256_set1_ps(xb->d);
-                acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy), _mm256_cvtepi32_ps(sumi[j]), acc[i][j]);
-                accm[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(mw, dy), _mm256_cvtepi32_ps(pm), accm[i][j]);
+                /* mins first, into the same accumulator */
+                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(-xb->d * mw), _mm256_cvtepi32_ps(pm), acc[i][j]);
+                acc[i][j] = _mm256_fmadd_ps(_mm256_set1_ps(xb->d * dw), _mm256_cvtepi32_ps(sumi[j]), acc[i][j]);
             }
         }
     }
     for (int i = 0; i < NW; i++)
         for (int j = 0; j < NX; j++)
-            y[j * ldy + i] = kern__hsum_ps(acc[i][j]) - kern__hsum_ps(accm[i][j]);
+            y[j * ldy + i] = kern__hsum_ps(acc[i][j]);
 }
 
 #define DOT_ENTRY(T, NB)                                                                                       \

@@ -141,7 +141,7 @@ KERN_INLINE void tile_q4_K(int NX, int64_t nb, const char *w, const char *x, siz
         __m256i sm = _mm256_cvtepu8_epi16(sm8);
         __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);
         __m256i mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm8, sm8));
-        __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d)), mw = _mm256_set1_ps(kern__h2f_hw(wb->dmin));
+        __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d)), nmw = _mm256_set1_ps(-kern__h2f_hw(wb->dmin));
         __m512i sumi[8];
         for (int j = 0; j < NX; j++)
             sumi[j] = _mm512_setzero_si512();
@@ -158,14 +158,16 @@ KERN_INLINE void tile_q4_K(int NX, int64_t nb, const char *w, const char *x, siz
         for (int j = 0; j < NX; j++) {
             const struct kern__q8_K *xb = (const struct kern__q8_K *)(x + (size_t)j * xs) + b;
             __m256i bs = _mm256_loadu_si256((const __m256i *)xb->bsums);
+            /* the mins as kquant_avx2.c (and llama.cpp) handle them */
             __m256i pm = _mm256_madd_epi16(mins, bs);
+            pm = _mm256_add_epi32(pm, _mm256_srli_epi64(pm, 32));
             __m256 dy = _mm256_set1_ps(xb->d);
+            accm[j] = _mm256_fmadd_ps(_mm256_mul_ps(nmw, dy), _mm256_cvtepi32_ps(pm), accm[j]);
             acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy), _mm256_cvtepi32_ps(fold_si(sumi[j])), acc[j]);
-            accm[j] = _mm256_fmadd_ps(_mm256_mul_ps(mw, dy), _mm256_cvtepi32_ps(pm), accm[j]);
         }
     }
     for (int j = 0; j < NX; j++)
-        y[j * ldy] = kern__hsum_ps(acc[j]) - kern__hsum_ps(accm[j]);
+        y[j * ldy] = kern__hsum_ps(acc[j]) + kern__hsum_even_ps(accm[j]);
 }
 
 /* ---- Q6_K: runs (0, 1) and (2, 3) of each half share a register ---- */
