@@ -83,9 +83,56 @@ void ops_geglu(float *g, const float *u, int n)
     }
 }
 
+static inline float bits_f(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint32_t f_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+/* exp(x) as llama.cpp's x86 SIMD code computes it (ggml_v_expf, used by
+ * its softmax and SiLU 8 lanes at a time on AVX2): x = n ln2 + b with n
+ * rounded through the 1.5 * 2^23 shifter, a degree-5 polynomial in b, the
+ * scale 2^n built in the exponent bits, and a slow path for |n| > 126.
+ * Written lane by lane with the same fused operations, so it gives the
+ * same bits on every ISA (ops_avx2.c has the vector form). */
+float ops__expf_v(float x)
+{
+    const float r = 0x1.8p23f;
+    const float z = fmaf(x, 0x1.715476p+0f, r);
+    const float n = z - r;
+    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    const uint32_t e = f_bits(z) << 23;
+    const float k = bits_f(e + f_bits(1.0f));
+    const float u = b * b;
+    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                         0x1.ffffecp-1f * b);
+    if (!(fabsf(n) > 126.0f))
+        return fmaf(j, k, k);
+    const uint32_t g = n <= 0.0f ? 0x82000000u : 0u;
+    const float s1 = bits_f(g + 0x7f000000u), s2 = bits_f(e - g);
+    if (fabsf(n) > 192.0f)
+        return s1 * s1;
+    return fmaf(s2, j, s2) * s1;
+}
+
+/* ggml_vec_swiglu_f32 on AVX2: SiLU through ggml_v_expf in groups of 8,
+ * expf for the tail. */
 void ops_swiglu(float *g, const float *u, int n)
 {
-    for (int i = 0; i < n; i++) {
+    int i = 0;
+    for (const int nv = n - n % 8; i < nv; i++) {
+        const float x = g[i];
+        g[i] = x / (1.0f + ops__expf_v(0.0f - x)) * u[i];
+    }
+    for (; i < n; i++) {
         const float x = g[i];
         g[i] = x / (1.0f + expf(-x)) * u[i];
     }
@@ -106,10 +153,17 @@ static void attend_scalar(float *out, const uint16_t *q16, const uint16_t *const
         if (scores[j] > max)
             max = scores[j];
     }
+    /* llama.cpp's softmax on AVX2 (ggml_vec_soft_max_f32): exp in groups of
+     * 8 through ggml_v_expf, each group summed in f32 as its horizontal add
+     * does, the group sums in double. Its KV cache is padded to 256 cells
+     * with masked (zero) ones, so the last group is a full one too. */
     double sum = 0.0;
-    for (int j = 0; j < n; j++) {
-        scores[j] = expf(scores[j] - max);
-        sum += scores[j];
+    for (int j0 = 0; j0 < n; j0 += 8) {
+        float v[8] = {0};
+        for (int l = 0; l < 8 && j0 + l < n; l++)
+            v[l] = scores[j0 + l] = ops__expf_v(scores[j0 + l] - max);
+        const float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
+        sum += (double)((a0 + a2) + (a1 + a3));
     }
     const float inv = (float)(1.0 / sum);
     for (int j = 0; j < n; j++)

@@ -18,6 +18,34 @@ static inline float hsum256(__m256 v)
     return _mm_cvtss_f32(lo);
 }
 
+/* ops__expf_v (ops.c), 8 lanes at a time: the same fused operations. */
+static inline __m256 expf_v8(__m256 x)
+{
+    const __m256 r = _mm256_set1_ps(0x1.8p23f);
+    const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
+    const __m256 n = _mm256_sub_ps(z, r);
+    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
+                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+    const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0f))));
+    const __m256 an = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
+    const __m256 c = _mm256_cmp_ps(an, _mm256_set1_ps(126.0f), _CMP_GT_OQ);
+    const __m256 u = _mm256_mul_ps(b, b);
+    const __m256 p45 = _mm256_fmadd_ps(_mm256_set1_ps(0x1.0e4020p-7f), b, _mm256_set1_ps(0x1.573e2ep-5f));
+    const __m256 p23 = _mm256_fmadd_ps(_mm256_set1_ps(0x1.555e66p-3f), b, _mm256_set1_ps(0x1.fffdb6p-2f));
+    const __m256 j = _mm256_fmadd_ps(_mm256_fmadd_ps(p45, u, p23), u, _mm256_mul_ps(_mm256_set1_ps(0x1.ffffecp-1f), b));
+    if (!_mm256_movemask_ps(c))
+        return _mm256_fmadd_ps(j, k, k);
+    const __m256i g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+                                       _mm256_set1_epi32((int)0x82000000u));
+    const __m256 s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f000000)));
+    const __m256 s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    const __m256 d = _mm256_cmp_ps(an, _mm256_set1_ps(192.0f), _CMP_GT_OQ);
+    const __m256 slow = _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1);
+    const __m256 r2 = _mm256_blendv_ps(_mm256_fmadd_ps(k, j, k), slow, c);
+    return _mm256_blendv_ps(r2, _mm256_mul_ps(s1, s1), d);
+}
+
 void ops__attend_avx2(float *out, const uint16_t *q16, const uint16_t *const *keys, const uint16_t *const *vals,
                       int n, int dk, int dv, float scale, float *scores, uint16_t *p16);
 
@@ -47,10 +75,18 @@ void ops__attend_avx2(float *out, const uint16_t *q16, const uint16_t *const *ke
         if (s > max)
             max = s;
     }
+    /* softmax as ops.c's attend_scalar does it (llama.cpp's AVX2 softmax) */
     double sum = 0.0;
-    for (int j = 0; j < n; j++) {
-        scores[j] = expf(scores[j] - max);
-        sum += scores[j];
+    const __m256 vmax = _mm256_set1_ps(max);
+    for (int j0 = 0; j0 < n; j0 += 8) {
+        float t[8];
+        for (int l = 0; l < 8; l++)
+            t[l] = j0 + l < n ? scores[j0 + l] : -INFINITY;
+        __m256 v = expf_v8(_mm256_sub_ps(_mm256_loadu_ps(t), vmax));
+        _mm256_storeu_ps(t, v);
+        for (int l = 0; l < 8 && j0 + l < n; l++)
+            scores[j0 + l] = t[l];
+        sum += (double)hsum256(v);
     }
     const float inv = (float)(1.0 / sum);
     for (int j = 0; j < n; j++)
