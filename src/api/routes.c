@@ -56,6 +56,7 @@ struct api_call {
     size_t stop_len[API_MAX_STOP];
     int n_stop;
     int cursor; /* output tokens consumed */
+    uint64_t t_start, t_first; /* ns, monotonic: accepted, first token seen */
     struct tok_detok dt;
     char *piece; /* [piece_cap] one detokenized push */
     size_t piece_cap;
@@ -259,6 +260,8 @@ static void api_call_pump(struct api_call *c)
         return;
     }
     c->chunk.len = 0;
+    if (n > 0 && !c->t_first)
+        c->t_first = lmd_time_mono_ns();
     while (c->cursor < n && !c->stop_matched) {
         int32_t tok = c->sr.out[c->cursor++];
         size_t k = tok_detok_push(&c->dt, tok, c->piece, c->piece_cap);
@@ -285,6 +288,10 @@ static void api_call_pump(struct api_call *c)
     }
     if (finished) {
         c->done = true;
+        uint64_t now = lmd_time_mono_ns();
+        LMD_INFO("api: %s %s prompt %d tokens, generated %d, finish %s, first token %.1f ms, total %.1f ms", c->id,
+                 c->stream ? "stream" : "json", c->sr.n_prompt, c->cursor, finish_name(c),
+                 c->t_first ? (double)(c->t_first - c->t_start) / 1e6 : 0.0, (double)(now - c->t_start) / 1e6);
         send_final(c);
     }
     if (c->stream && (c->chunk.len || finished))
@@ -472,6 +479,7 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     c->stream = p.stream;
     c->include_usage = p.stream && p.include_usage;
     c->created = (long)(lmd_time_wall_ns() / 1000000000ull);
+    c->t_start = lmd_time_mono_ns();
     snprintf(c->id, sizeof c->id, "%s-%llx%04llx", kind == API_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)lmd_time_wall_ns(), (unsigned long long)(atomic_fetch_add(&a->seq, 1) & 0xffff));
     char *sm = c->stop_mem;

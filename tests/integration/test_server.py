@@ -116,6 +116,14 @@ def test_greedy_matches_lmd_run(client, model_id, lmd_bin, default_model):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout[:-1] == r.choices[0].text  # lmd run ends with a newline
+    # Chat: the template rendering and special-token parsing agree with `lmd run --chat`.
+    q = "Name three colors."
+    r = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": q}], max_tokens=n,
+                                       temperature=0)
+    out = subprocess.run([lmd_bin, "run", "-m", default_model, "--chat", "-p", q, "-n", str(n), "--temp", "0", "-t",
+                          "2"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout[:-1] == r.choices[0].message.content
 
 
 def test_chat_shape(client, model_id):
