@@ -329,7 +329,7 @@ def test_queue_full_is_503(lmd_bin, default_model):
                 next(lines)  # running
                 # A second one waits (its headers come when it starts, so
                 # it is sent from a thread that gives up at once).
-                waiter = threading.Thread(target=_post_and_drop, args=(base, body))
+                waiter = threading.Thread(target=_post_and_drop, args=(base, {"prompt": "y", "max_tokens": 4}))
                 waiter.start()
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline and metric(base, "lmd_requests_waiting") < 1:
