@@ -1,6 +1,15 @@
 #!/usr/bin/env python3
 """Records llama.cpp's reference outputs for the engine golden tests.
 
+Two reference configurations of llama.cpp are recorded for each model:
+NAME.json with weight repacking off and prefill one token per micro-batch,
+which keeps llama.cpp on its vec_dot kernels (its batched paths — tiled
+K-quant matmul, tinyBLAS — round differently) — the arithmetic lmd's kernels
+reproduce bit for bit, so lmd must match it exactly but for near-ties — and
+NAME.default.json with llama.cpp as it runs by default (repacked Q4_0/Q4_K,
+tinyBLAS prefill), whose different rounding lmd is compared with under a
+stated tolerance.
+
 For each case (a model and a prompt) it stores, from llama.cpp through
 llama-cpp-python on the same GGUF: the prompt token ids, 64 greedily
 generated token ids, the gap between the top-2 logits at every generated
@@ -48,17 +57,51 @@ def sha256(path):
     return h.hexdigest()
 
 
+class Llama:
+    """llama.cpp through its C API, so both reference configurations can be
+    set: `exact` turns weight repacking off and feeds one token per
+    micro-batch, which keeps llama.cpp on its vec_dot kernels (the arithmetic
+    lmd reproduces bit for bit: its batched matmul equals vec_dot per row); otherwise llama.cpp runs as it does by
+    default (Q4_0/Q4_K repacked at load, tinyBLAS for batched prefill)."""
+
+    def __init__(self, path, threads, exact):
+        quiet = llama_cpp.llama_log_callback(lambda level, text, user: None)
+        llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+        self._quiet = quiet
+        mp = llama_cpp.llama_model_default_params()
+        mp.use_extra_bufts = not exact
+        self.model = llama_cpp.llama_model_load_from_file(path.encode(), mp)
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx = 1024
+        cp.n_batch = 512
+        cp.n_ubatch = 1 if exact else 512
+        cp.n_threads = threads
+        cp.n_threads_batch = threads
+        cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
+
+    def tokenize(self, text):
+        vocab = llama_cpp.llama_model_get_vocab(self.model)
+        buf = (llama_cpp.llama_token * (len(text) + 16))()
+        n = llama_cpp.llama_tokenize(vocab, text, len(text), buf, len(buf), True, True)
+        return list(buf[:n])
+
+    def reset(self):
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.ctx), True)
+
+    def eval(self, ids, pos):
+        arr = (llama_cpp.llama_token * len(ids))(*ids)
+        batch = llama_cpp.llama_batch_get_one(arr, len(ids))
+        rc = llama_cpp.llama_decode(self.ctx, batch)
+        assert rc == 0, rc
+        p = llama_cpp.llama_get_logits_ith(self.ctx, -1)
+        return np.ctypeslib.as_array(p, shape=(self.n_vocab,)).copy()
+
+
 def greedy(llm, prompt_ids):
-    ctx = llm._ctx.ctx
-    n_vocab = llm.n_vocab()
     llm.reset()
-    llm.eval(prompt_ids)
-
-    def logits():
-        p = llama_cpp.llama_get_logits_ith(ctx, -1)
-        return np.ctypeslib.as_array(p, shape=(n_vocab,)).copy()
-
-    first = logits()
+    first = llm.eval(prompt_ids, 0)
     toks, gaps = [], []
     cur = first
     for i in range(N_GEN):
@@ -66,29 +109,30 @@ def greedy(llm, prompt_ids):
         toks.append(int(order[0]))
         gaps.append(float(cur[order[0]] - cur[order[1]]))
         if i + 1 < N_GEN:
-            llm.eval([int(order[0])])
-            cur = logits()
+            cur = llm.eval([int(order[0])], len(prompt_ids) + i)
     top = [int(i) for i in np.argsort(-first, kind="stable")[:64]]
-    spread = [int(i) for i in np.linspace(0, n_vocab - 1, 64).astype(int)]
+    spread = [int(i) for i in np.linspace(0, llm.n_vocab - 1, 64).astype(int)]
     ids = sorted(set(top + spread))
     return toks, gaps, {"ids": ids, "values": [float(first[i]) for i in ids]}
 
 
 def record(name, model, cases, threads):
-    llm = llama_cpp.Llama(model_path=model, n_ctx=1024, n_batch=512, n_threads=threads, logits_all=False,
-                          flash_attn=False, verbose=False)
-    out = {"model_sha256": sha256(model), "n_gen": N_GEN, "llama_cpp_python": llama_cpp.__version__, "cases": []}
-    for c in cases:
-        ids = c.get("prompt_ids")
-        if ids is None:
-            ids = llm.tokenize(c["prompt"].encode(), add_bos=True, special=True)
-        toks, gaps, lg = greedy(llm, ids)
-        out["cases"].append(dict(c, prompt_ids=ids, tokens=toks, gaps=gaps, logits=lg))
-        print(name, len(ids), "prompt tokens ->", toks[:12], "... min gap %.4f" % min(gaps), file=sys.stderr)
-    path = os.path.join(OUT, name + ".json")
-    with open(path, "w") as f:
-        json.dump(out, f, indent=1)
-    print("wrote", path, file=sys.stderr)
+    for exact in (True, False):
+        llm = Llama(model, threads, exact)
+        out = {"model_sha256": sha256(model), "n_gen": N_GEN, "llama_cpp_python": llama_cpp.__version__,
+               "reference": "exact" if exact else "default", "cases": []}
+        for c in cases:
+            ids = c.get("prompt_ids")
+            if ids is None:
+                ids = llm.tokenize(c["prompt"].encode())
+            toks, gaps, lg = greedy(llm, ids)
+            out["cases"].append(dict(c, prompt_ids=ids, tokens=toks, gaps=gaps, logits=lg))
+            print(name, out["reference"], len(ids), "prompt tokens ->", toks[:8], "... min gap %.4f" % min(gaps),
+                  file=sys.stderr)
+        path = os.path.join(OUT, name + ("" if exact else ".default") + ".json")
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
+        print("wrote", path, file=sys.stderr)
 
 
 def main():

@@ -1,6 +1,12 @@
 """The native engine against llama.cpp's recorded outputs (tests/golden/engine,
 written by tests/golden/make_golden.py from llama-cpp-python on the same GGUF).
 
+Two references per model (see make_golden.py): NAME.json is llama.cpp on its
+vec_dot kernels (weight repacking off, micro-batches of 8), whose arithmetic
+lmd's kernels reproduce bit for bit; NAME.default.json is llama.cpp as it runs
+by default (repacked Q4_0/Q4_K weights, tinyBLAS prefill), with different
+rounding. Each gets its own stated bounds.
+
 For every case: lmd's 64 greedy tokens must equal llama.cpp's. A divergence
 is accepted only at a near-tie — a position where llama.cpp's own top-2
 logit gap is below NEAR_TIE — and the comparison stops there, since the two
@@ -19,14 +25,18 @@ from conftest import ROOT, SYNTH_ARCHS
 
 GOLDEN = os.path.join(ROOT, "tests", "golden", "engine")
 
-# Bounds, in logits. lmd quantizes activations exactly as llama.cpp's x86
-# kernels do, but sums in a different order, and Gemma 3's residual stream
-# reaches ~6.6e4, which amplifies last-bit differences.
-NEAR_TIE = {"default": 0.25, "synth": 0.05}
-LOGIT_ATOL = {"default": 0.75, "synth": 0.05}
+# Bounds, in logits, measured. lmd's kernels equal llama.cpp's vec_dot
+# kernels bit for bit (`make parity`), and a short prompt is bit-exact end to
+# end; over longer contexts the remaining last-bit differences (attention's
+# f16 dot order, llama.cpp's batched paths in the .default reference) are
+# amplified by Gemma 3's residual stream, which reaches ~6.6e4, to up to ~1
+# logit at the prompt's end. Near-ties are judged by llama.cpp's own gap.
+NEAR_TIE = {"default": 0.4, "default.default": 0.85, "synth": 0.03, "synth.default": 0.03}
+LOGIT_ATOL = {"default": 1.0, "default.default": 1.0, "synth": 0.06, "synth.default": 0.06}
 for _a in SYNTH_ARCHS:
-    NEAR_TIE["synth_" + _a] = NEAR_TIE["synth"]
-    LOGIT_ATOL["synth_" + _a] = LOGIT_ATOL["synth"]
+    for _ref in ("", ".default"):
+        NEAR_TIE["synth_" + _a + _ref] = NEAR_TIE["synth" + _ref]
+        LOGIT_ATOL["synth_" + _a + _ref] = LOGIT_ATOL["synth" + _ref]
 
 
 def load(name):
@@ -69,19 +79,35 @@ def check_case(name, case, tokens, logits):
     assert diff <= LOGIT_ATOL[name], f"logits after the prompt differ by {diff:.4f} > {LOGIT_ATOL[name]}"
 
 
+REFS = ["", ".default"]
+
+
+@pytest.mark.parametrize("ref", REFS, ids=["exact", "llama-default"])
 @pytest.mark.parametrize("idx", range(len(load("default")["cases"])))
-def test_default_model_matches_llama_cpp(lmd_bin, default_model, tmp_path, idx):
-    g = load("default")
+def test_default_model_matches_llama_cpp(lmd_bin, default_model, tmp_path, idx, ref):
+    g = load("default" + ref)
     assert sha256(default_model) == g["model_sha256"]
     case = g["cases"][idx]
     tokens, logits = run_greedy(lmd_bin, default_model, case, tmp_path)
-    check_case("default", case, tokens, logits)
+    check_case("default" + ref, case, tokens, logits)
 
 
+def test_short_prompt_is_bit_exact(lmd_bin, default_model, tmp_path):
+    """A prompt that llama.cpp prefills in one vec_dot micro-batch: lmd's
+    logits equal llama.cpp's bit for bit and all 64 tokens match."""
+    case = load("default")["cases"][0]
+    assert len(case["prompt_ids"]) <= 8
+    tokens, logits = run_greedy(lmd_bin, default_model, case, tmp_path)
+    assert tokens == case["tokens"]
+    ids = case["logits"]["ids"]
+    assert np.array_equal(logits[ids], np.array(case["logits"]["values"], dtype=np.float32))
+
+
+@pytest.mark.parametrize("ref", REFS, ids=["exact", "llama-default"])
 @pytest.mark.parametrize("arch", SYNTH_ARCHS)
 @pytest.mark.parametrize("idx", range(len(load("synth_llama")["cases"])))
-def test_synthetic_models_match_llama_cpp(lmd_bin, synth_models, tmp_path, arch, idx):
-    name = "synth_" + arch
+def test_synthetic_models_match_llama_cpp(lmd_bin, synth_models, tmp_path, arch, idx, ref):
+    name = "synth_" + arch + ref
     g = load(name)
     # The generator is deterministic: the same bytes llama.cpp saw.
     assert sha256(synth_models[arch]) == g["model_sha256"]
