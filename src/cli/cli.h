@@ -16,3 +16,8 @@ const char *cli_default_model(void);
 /* Prints a precise message to stderr when `path` is the default model and
  * does not exist; returns 1 then, else 0. */
 int cli_check_model(const char *path);
+
+/* Option values: an integer in [lo, hi] or a finite number. On a bad value
+ * they print "CMD: OPT wants …, got 'S'" to stderr and return -1. */
+int cli_parse_long(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out);
+int cli_parse_float(const char *cmd, const char *opt, const char *s, float *out);

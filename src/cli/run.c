@@ -50,32 +50,6 @@ static void run_usage(FILE *out)
             CLI_DEFAULT_MODEL);
 }
 
-static int parse_int(const char *opt, const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "lmd run: %s wants an integer in [%ld, %ld], got '%s'\n", opt, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *opt, const char *s, float *out)
-{
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || *end || end == s) {
-        fprintf(stderr, "lmd run: %s wants a number, got '%s'\n", opt, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int parse_ids(const char *s, int32_t **ids, int *n)
 {
     size_t cap = 16, k = 0;
@@ -165,29 +139,29 @@ int cli_run(int argc, char **argv)
         case 'p': prompt = optarg; break;
         case OPT_PROMPT_IDS: prompt_ids = optarg; break;
         case 'n':
-            if (parse_int("--n-predict", optarg, 0, 1 << 24, &n_predict))
+            if (cli_parse_long("lmd run", "--n-predict", optarg, 0, 1 << 24, &n_predict))
                 return 2;
             break;
         case OPT_CHAT: chat = true; break;
         case OPT_CHAT_TEMPLATE: tmpl_name = optarg; chat = true; break;
         case OPT_TEMP:
-            if (parse_float("--temp", optarg, &temp))
+            if (cli_parse_float("lmd run", "--temp", optarg, &temp))
                 return 2;
             break;
         case OPT_TOP_K:
-            if (parse_int("--top-k", optarg, 0, 1 << 30, &top_k))
+            if (cli_parse_long("lmd run", "--top-k", optarg, 0, 1 << 30, &top_k))
                 return 2;
             break;
         case OPT_TOP_P:
-            if (parse_float("--top-p", optarg, &top_p))
+            if (cli_parse_float("lmd run", "--top-p", optarg, &top_p))
                 return 2;
             break;
         case OPT_MIN_P:
-            if (parse_float("--min-p", optarg, &min_p))
+            if (cli_parse_float("lmd run", "--min-p", optarg, &min_p))
                 return 2;
             break;
         case OPT_REPEAT:
-            if (parse_float("--repeat-penalty", optarg, &repeat))
+            if (cli_parse_float("lmd run", "--repeat-penalty", optarg, &repeat))
                 return 2;
             break;
         case OPT_SEED: {
@@ -202,11 +176,11 @@ int cli_run(int argc, char **argv)
             break;
         }
         case 't':
-            if (parse_int("--threads", optarg, 1, 1024, &threads))
+            if (cli_parse_long("lmd run", "--threads", optarg, 1, 1024, &threads))
                 return 2;
             break;
         case 'c':
-            if (parse_int("--ctx", optarg, 1, 1 << 24, &n_ctx))
+            if (cli_parse_long("lmd run", "--ctx", optarg, 1, 1 << 24, &n_ctx))
                 return 2;
             break;
         case OPT_IGNORE_EOS: ignore_eos = true; break;

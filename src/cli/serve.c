@@ -53,19 +53,6 @@ static void serve_usage(FILE *out)
             CLI_DEFAULT_MODEL);
 }
 
-static int parse_long(const char *opt, const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "lmd serve: %s wants an integer in [%ld, %ld], got '%s'\n", opt, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 enum {
     OPT_HOST = 256,
     OPT_PORT,
@@ -136,16 +123,16 @@ int cli_serve(int argc, char **argv)
         switch (c) {
         case 'm': model_path = optarg; break;
         case OPT_HOST: host = optarg; break;
-        case OPT_PORT: bad = parse_long("--port", optarg, 0, 65535, &port); break;
-        case OPT_IO_THREADS: bad = parse_long("--io-threads", optarg, 1, 64, &io_threads); break;
-        case 't': bad = parse_long("--threads", optarg, 1, 1024, &threads); break;
-        case 'c': bad = parse_long("--ctx", optarg, 16, 1 << 20, &n_ctx); break;
-        case OPT_MAX_RUNNING: bad = parse_long("--max-running", optarg, 1, 1024, &max_running); break;
-        case OPT_MAX_QUEUE: bad = parse_long("--max-queue", optarg, 0, 1 << 20, &max_queue); break;
-        case OPT_MAX_BATCH: bad = parse_long("--max-batch-tokens", optarg, 1, 1 << 16, &max_batch); break;
-        case OPT_KV_BLOCKS: bad = parse_long("--kv-blocks", optarg, 1, 1 << 24, &kv_blocks); break;
-        case OPT_MAX_BODY: bad = parse_long("--max-body", optarg, 1024, 1L << 30, &max_body); break;
-        case OPT_DRAIN: bad = parse_long("--drain-timeout", optarg, 0, 86400, &drain_s); break;
+        case OPT_PORT: bad = cli_parse_long("lmd serve", "--port", optarg, 0, 65535, &port); break;
+        case OPT_IO_THREADS: bad = cli_parse_long("lmd serve", "--io-threads", optarg, 1, 64, &io_threads); break;
+        case 't': bad = cli_parse_long("lmd serve", "--threads", optarg, 1, 1024, &threads); break;
+        case 'c': bad = cli_parse_long("lmd serve", "--ctx", optarg, 16, 1 << 20, &n_ctx); break;
+        case OPT_MAX_RUNNING: bad = cli_parse_long("lmd serve", "--max-running", optarg, 1, 1024, &max_running); break;
+        case OPT_MAX_QUEUE: bad = cli_parse_long("lmd serve", "--max-queue", optarg, 0, 1 << 20, &max_queue); break;
+        case OPT_MAX_BATCH: bad = cli_parse_long("lmd serve", "--max-batch-tokens", optarg, 1, 1 << 16, &max_batch); break;
+        case OPT_KV_BLOCKS: bad = cli_parse_long("lmd serve", "--kv-blocks", optarg, 1, 1 << 24, &kv_blocks); break;
+        case OPT_MAX_BODY: bad = cli_parse_long("lmd serve", "--max-body", optarg, 1024, 1L << 30, &max_body); break;
+        case OPT_DRAIN: bad = cli_parse_long("lmd serve", "--drain-timeout", optarg, 0, 86400, &drain_s); break;
         case OPT_CHAT_TEMPLATE: tmpl_name = optarg; break;
         case OPT_LOG_LEVEL: {
             enum lmd_log_level lv;
