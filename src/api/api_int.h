@@ -11,21 +11,17 @@
 #include "sample/sample.h"
 
 #include <stdbool.h>
+#include "core/buf.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
-/* A growable byte buffer. Per-request buffers are reset, not freed, between
- * tokens, so they grow to the largest burst and then stop allocating. */
-struct api_buf {
-    char *ptr;
-    size_t len, cap;
-};
+/* Response text is built in core's growable buffer (core/buf.h). Per-request
+ * buffers are reset, not freed, between tokens, so they grow to the largest
+ * burst and then stop allocating. */
 
-int api_buf_append(struct api_buf *b, const char *s, size_t n);
-int api_buf_printf(struct api_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Append s as the inside of a JSON string (no quotes). */
-int api_buf_json_escape(struct api_buf *b, const char *s, size_t n);
-void api_buf_free(struct api_buf *b);
+int api_buf_json_escape(struct lmd_buf *b, const char *s, size_t n);
 
 /* An error answer in OpenAI's shape: {"error":{"message","type","param","code"}}. */
 struct api_error {

@@ -129,24 +129,24 @@ static int parse_content(json_t *m, size_t i, const char **out, size_t *len, str
     }
     if (!json_is_array(c))
         return BAD("messages", "messages[%zu].content must be a string or a list of text parts", i);
-    struct api_buf b = {0};
+    struct lmd_buf b = {0};
     size_t k;
     json_t *part;
     json_array_foreach(c, k, part) {
         json_t *t = json_object_get(part, "text");
         json_t *ty = json_object_get(part, "type");
         if (!json_is_string(t) || (ty && (!json_is_string(ty) || strcmp(json_string_value(ty), "text") != 0))) {
-            api_buf_free(&b);
+            lmd_buf_free(&b);
             return BAD("messages", "messages[%zu].content[%zu] must be a text part ({\"type\":\"text\",\"text\":...})",
                        i, k);
         }
-        if (api_buf_append(&b, json_string_value(t), json_string_length(t))) {
-            api_buf_free(&b);
+        if (lmd_buf_append(&b, json_string_value(t), json_string_length(t))) {
+            lmd_buf_free(&b);
             return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
         }
     }
     json_t *joined = json_stringn(b.ptr ? b.ptr : "", b.len);
-    api_buf_free(&b);
+    lmd_buf_free(&b);
     if (!joined || json_object_set_new(m, "content", joined) != 0)
         return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
     c = json_object_get(m, "content");

@@ -60,9 +60,9 @@ struct api_call {
     struct tok_detok dt;
     char *piece; /* [piece_cap] one detokenized push */
     size_t piece_cap;
-    struct api_buf pending; /* text not yet emitted (may start a stop string) */
-    struct api_buf text;    /* non-streamed: all emitted text */
-    struct api_buf chunk;   /* streamed: the SSE bytes of this wakeup, reused */
+    struct lmd_buf pending; /* text not yet emitted (may start a stop string) */
+    struct lmd_buf text;    /* non-streamed: all emitted text */
+    struct lmd_buf chunk;   /* streamed: the SSE bytes of this wakeup, reused */
     char *stop_mem;         /* the stop strings' bytes */
     int32_t *ids;           /* [n_prompt + max_tokens]: prompt, then output */
 };
@@ -103,7 +103,7 @@ static void send_err(struct http_req *r, int status, const char *type, const cha
     send_error(r, &e, NULL, NULL);
 }
 
-#define PUTS(b, lit) api_buf_append((b), (lit), strlen(lit))
+#define PUTS(b, lit) lmd_buf_append((b), (lit), strlen(lit))
 
 static bool str_is(struct http_str s, const char *lit)
 {
@@ -116,8 +116,8 @@ static void route_metrics(struct api *a, struct http_req *r)
 {
     struct sched_stats st;
     sched_stats(a->cfg.sched, &st);
-    struct api_buf b = {0};
-    api_buf_printf(&b,
+    struct lmd_buf b = {0};
+    lmd_buf_printf(&b,
                    "# HELP lmd_http_requests_total HTTP requests received.\n"
                    "# TYPE lmd_http_requests_total counter\nlmd_http_requests_total %llu\n"
                    "# HELP lmd_requests_total Generation requests finished by the scheduler.\n"
@@ -143,7 +143,7 @@ static void route_metrics(struct api *a, struct http_req *r)
         send_err(r, 500, "server_error", NULL, NULL, "out of memory");
     else
         http_respond(r, 200, "text/plain; version=0.0.4", b.ptr, b.len, NULL, NULL);
-    api_buf_free(&b);
+    lmd_buf_free(&b);
 }
 
 static json_t *model_object(const struct api *a)
@@ -172,9 +172,9 @@ static const char *finish_name(const struct api_call *c)
 }
 
 /* The fixed start of every SSE chunk of this call. */
-static void chunk_head(struct api_call *c, struct api_buf *b)
+static void chunk_head(struct api_call *c, struct lmd_buf *b)
 {
-    api_buf_printf(b, "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\",\"choices\":", c->id,
+    lmd_buf_printf(b, "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\",\"choices\":", c->id,
                    c->kind == API_CHAT ? "chat.completion.chunk" : "text_completion", c->created,
                    c->api->model_json);
 }
@@ -186,7 +186,7 @@ static void emit_text(struct api_call *c, const char *s, size_t n)
     if (n == 0)
         return;
     if (!c->stream) {
-        api_buf_append(&c->text, s, n);
+        lmd_buf_append(&c->text, s, n);
         return;
     }
     chunk_head(c, &c->chunk);
@@ -204,14 +204,14 @@ static void send_final(struct api_call *c)
     int n_prompt = c->sr.n_prompt, n_gen = c->cursor;
     if (c->stream) {
         chunk_head(c, &c->chunk);
-        api_buf_printf(&c->chunk, "[{\"index\":0,%s,\"logprobs\":null,\"finish_reason\":\"%s\"}]",
+        lmd_buf_printf(&c->chunk, "[{\"index\":0,%s,\"logprobs\":null,\"finish_reason\":\"%s\"}]",
                        c->kind == API_CHAT ? "\"delta\":{}" : "\"text\":\"\"", finish_name(c));
         if (c->include_usage)
             PUTS(&c->chunk, ",\"usage\":null");
         PUTS(&c->chunk, "}\n\n");
         if (c->include_usage) {
             chunk_head(c, &c->chunk);
-            api_buf_printf(&c->chunk,
+            lmd_buf_printf(&c->chunk,
                            "[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n",
                            n_prompt, n_gen, n_prompt + n_gen);
         }
@@ -252,7 +252,7 @@ static void api_call_pump(struct api_call *c)
             api_error_set(&e, 500, "server_error", NULL, NULL, "%s", c->sr.err);
             char *s = api_error_json(&e, &len);
             c->chunk.len = 0;
-            api_buf_printf(&c->chunk, "data: %s\n\ndata: [DONE]\n\n", s ? s : "{}");
+            lmd_buf_printf(&c->chunk, "data: %s\n\ndata: [DONE]\n\n", s ? s : "{}");
             free(s);
             http_stream_write(c->http, c->chunk.ptr, c->chunk.len, true);
         }
@@ -265,7 +265,7 @@ static void api_call_pump(struct api_call *c)
     while (c->cursor < n && !c->stop_matched) {
         int32_t tok = c->sr.out[c->cursor++];
         size_t k = tok_detok_push(&c->dt, tok, c->piece, c->piece_cap);
-        api_buf_append(&c->pending, c->piece, k);
+        lmd_buf_append(&c->pending, c->piece, k);
         long at = api_stop_find(c->pending.ptr, c->pending.len, c->stop, c->stop_len, c->n_stop);
         if (at >= 0) {
             c->pending.len = (size_t)at;
@@ -276,7 +276,7 @@ static void api_call_pump(struct api_call *c)
     bool finished = c->stop_matched || (fin != SCHED_RUNNING && c->cursor == n);
     if (finished && !c->stop_matched) {
         size_t k = tok_detok_flush(&c->dt, c->piece, c->piece_cap);
-        api_buf_append(&c->pending, c->piece, k);
+        lmd_buf_append(&c->pending, c->piece, k);
     }
     size_t safe = c->pending.len;
     if (!finished)
@@ -319,9 +319,9 @@ static void api_call_release(struct sched_req *r)
 {
     struct api_call *c = (struct api_call *)r;
     atomic_fetch_sub(&c->api->active, 1);
-    api_buf_free(&c->pending);
-    api_buf_free(&c->text);
-    api_buf_free(&c->chunk);
+    lmd_buf_free(&c->pending);
+    lmd_buf_free(&c->text);
+    lmd_buf_free(&c->chunk);
     free(c->piece);
     free(c->stop_mem);
     free(c->ids);
@@ -515,7 +515,7 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
         if (kind == API_CHAT) {
             c->chunk.len = 0;
             chunk_head(c, &c->chunk);
-            api_buf_printf(&c->chunk, "[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
+            lmd_buf_printf(&c->chunk, "[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
                                       "\"logprobs\":null,\"finish_reason\":null}]%s}\n\n",
                            c->include_usage ? ",\"usage\":null" : "");
             http_stream_write(r, c->chunk.ptr, c->chunk.len, false);
@@ -595,7 +595,7 @@ int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err
         fl -= 5;
     a->stem = strndup(a->file, fl);
     a->model_id = strdup(cfg->model_name && *cfg->model_name ? cfg->model_name : (a->stem ? a->stem : ""));
-    struct api_buf b = {0};
+    struct lmd_buf b = {0};
     if (a->model_id)
         api_buf_json_escape(&b, a->model_id, strlen(a->model_id));
     a->model_json = b.ptr;

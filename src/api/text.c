@@ -12,50 +12,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int api_buf_reserve(struct api_buf *b, size_t extra)
-{
-    if (b->len + extra <= b->cap)
-        return 0;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + extra)
-        cap *= 2;
-    char *p = realloc(b->ptr, cap);
-    if (!p)
-        return LMD_ENOMEM;
-    b->ptr = p;
-    b->cap = cap;
-    return 0;
-}
-
-int api_buf_append(struct api_buf *b, const char *s, size_t n)
-{
-    if (api_buf_reserve(b, n + 1))
-        return LMD_ENOMEM;
-    memcpy(b->ptr + b->len, s, n);
-    b->len += n;
-    b->ptr[b->len] = '\0';
-    return 0;
-}
-
-int api_buf_printf(struct api_buf *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0 || api_buf_reserve(b, (size_t)n + 1))
-        return LMD_ENOMEM;
-    va_start(ap, fmt);
-    vsnprintf(b->ptr + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-    return 0;
-}
-
-int api_buf_json_escape(struct api_buf *b, const char *s, size_t n)
+int api_buf_json_escape(struct lmd_buf *b, const char *s, size_t n)
 {
     /* Worst case: every byte becomes \u00XX. */
-    if (api_buf_reserve(b, n * 6 + 1))
+    if (lmd_buf_reserve(b, n * 6 + 1))
         return LMD_ENOMEM;
     char *o = b->ptr + b->len;
     for (size_t i = 0; i < n; i++) {
@@ -77,12 +37,6 @@ int api_buf_json_escape(struct api_buf *b, const char *s, size_t n)
     b->len = (size_t)(o - b->ptr);
     b->ptr[b->len] = '\0';
     return 0;
-}
-
-void api_buf_free(struct api_buf *b)
-{
-    free(b->ptr);
-    *b = (struct api_buf){0};
 }
 
 int api_error_set(struct api_error *e, int status, const char *type, const char *param, const char *code,

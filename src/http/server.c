@@ -12,6 +12,8 @@
  */
 #include "http/http.h"
 
+#include "core/buf.h"
+
 #include "core/log.h"
 
 #include <h2o.h>
@@ -27,11 +29,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-struct http_buf {
-    char *ptr;
-    size_t len, cap;
-};
 
 struct http_loop {
     struct http_server *srv;
@@ -79,8 +76,8 @@ struct http_req {
     bool sending;       /* an h2o_send is in flight; wait for proceed */
     bool final_pending; /* the last write has been queued */
     bool final_sent;
-    struct http_buf pend; /* written, not yet handed to h2o */
-    struct http_buf infl; /* handed to h2o, owned by it until proceed */
+    struct lmd_buf pend; /* written, not yet handed to h2o */
+    struct lmd_buf infl; /* handed to h2o, owned by it until proceed */
 };
 
 static const char *http_reason(int status)
@@ -219,23 +216,6 @@ void http_respond(struct http_req *r, int status, const char *ctype, const char 
     h2o_send_inline(req, body, len);
 }
 
-static int http_buf_append(struct http_buf *b, const char *data, size_t len)
-{
-    if (b->len + len > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + len)
-            cap *= 2;
-        char *p = realloc(b->ptr, cap);
-        if (!p)
-            return LMD_ENOMEM;
-        b->ptr = p;
-        b->cap = cap;
-    }
-    memcpy(b->ptr + b->len, data, len);
-    b->len += len;
-    return 0;
-}
-
 /* Hand what is pending to h2o, unless a send is already in flight. The two
  * buffers swap so that writes during a send never touch the bytes h2o is
  * still reading, and grow only to the largest burst seen. */
@@ -243,7 +223,7 @@ static void http_flush(struct http_req *r)
 {
     if (r->closed || r->sending || r->final_sent || (r->pend.len == 0 && !r->final_pending))
         return;
-    struct http_buf t = r->infl;
+    struct lmd_buf t = r->infl;
     r->infl = r->pend;
     r->pend = t;
     r->pend.len = 0;
@@ -285,7 +265,7 @@ void http_stream_write(struct http_req *r, const char *data, size_t len, bool fi
 {
     if (r->closed || r->final_pending)
         return;
-    if (len && http_buf_append(&r->pend, data, len) != 0) {
+    if (len && lmd_buf_append(&r->pend, data, len) != 0) {
         /* Out of memory: end the response rather than send a gap. */
         LMD_ERROR("http: out of memory buffering a streamed response");
         final = true;

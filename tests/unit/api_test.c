@@ -205,20 +205,20 @@ static void test_stop_matching(void **state)
 static void test_json_escape_and_errors(void **state)
 {
     (void)state;
-    struct api_buf b = {0};
+    struct lmd_buf b = {0};
     const char raw[] = "a\"b\\c\nd\te\x01\x7f" "caf\xc3\xa9";
     assert_int_equal(api_buf_json_escape(&b, raw, sizeof raw - 1), 0);
     assert_string_equal(b.ptr, "a\\\"b\\\\c\\nd\\te\\u0001\\u007fcaf\xc3\xa9");
     /* It round-trips through a real JSON parser. */
-    struct api_buf doc = {0};
-    api_buf_printf(&doc, "\"%s\"", b.ptr);
+    struct lmd_buf doc = {0};
+    lmd_buf_printf(&doc, "\"%s\"", b.ptr);
     json_t *s = json_loads(doc.ptr, JSON_DECODE_ANY, NULL);
     assert_non_null(s);
     assert_int_equal(json_string_length(s), sizeof raw - 1);
     assert_memory_equal(json_string_value(s), raw, sizeof raw - 1);
     json_decref(s);
-    api_buf_free(&doc);
-    api_buf_free(&b);
+    lmd_buf_free(&doc);
+    lmd_buf_free(&b);
 
     struct api_error e;
     api_error_set(&e, 400, "invalid_request_error", "temperature", NULL, "'%s' must be in [0, 2]", "temperature");
