@@ -232,31 +232,6 @@ FLOAT_TILE(bf16)
  * row at a time against up to 4 activation rows. Either way each pair sees
  * the same operations.
  */
-#define DOT_ENTRY(T, NB)                                                                                       \
-    void kern__dot_##T##_avx2(int64_t n, const struct kern__tile *t)                                           \
-    {                                                                                                          \
-        int64_t nb = (NB);                                                                                     \
-        const char *w = t->w, *x = t->x;                                                                       \
-        if (t->nx == 1) {                                                                                      \
-            /* Decode: one weight row after another (see KERN__PF_DIST). */                                    \
-            for (int i = 0; i < t->nw; i++)                                                                    \
-                tile_##T(1, 1, nb, w + (size_t)i * t->ws, t->ws, x, t->xs, t->xd, t->y + i, t->ldy);           \
-            return;                                                                                            \
-        }                                                                                                      \
-        for (int i = 0; i < t->nw; i++) {                                                                      \
-            const char *wi = w + (size_t)i * t->ws;                                                            \
-            float *yi = t->y + i;                                                                              \
-            switch (t->nx) {                                                                                   \
-            case 2: tile_##T(1, 2, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
-            case 3: tile_##T(1, 3, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
-            case 4: tile_##T(1, 4, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
-            case 5: tile_##T(1, 5, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
-            case 6: tile_##T(1, 6, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
-            case 7: tile_##T(1, 7, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
-            default: tile_##T(1, 8, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                        \
-            }                                                                                                  \
-        }                                                                                                      \
-    }
 
 DOT_ENTRY(q4_0, n / KERN_QK)
 DOT_ENTRY(q4_1, n / KERN_QK)
