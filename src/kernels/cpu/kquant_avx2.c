@@ -363,7 +363,6 @@ KERN_INLINE void tile_q2_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             y[j * ldy + i] = kern__hsum_ps(acc[i][j]);
 }
 
-
 DOT_ENTRY(q2_K, n / KERN_QK_K)
 DOT_ENTRY(q3_K, n / KERN_QK_K)
 DOT_ENTRY(q4_K, n / KERN_QK_K)
