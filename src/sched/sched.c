@@ -53,6 +53,10 @@ void sched_req_init(struct sched_req *r)
     memset(&r->smp, 0, sizeof r->smp);
     r->n_fed = r->pos = 0;
     r->last_tok = -1;
+    r->n_logprobs = -1;
+    r->out_lp = NULL;
+    r->out_top_id = NULL;
+    r->out_top_lp = NULL;
 }
 
 void sched_req_ref(struct sched_req *r) { atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed); }
@@ -249,6 +253,11 @@ static void sched_step(struct sched *s)
         } else {
             int n = atomic_load_explicit(&r->n_out, memory_order_relaxed);
             r->out[n] = tok;
+            if (r->n_logprobs >= 0) {
+                int nt = r->n_logprobs;
+                r->out_lp[n] = sample_logprobs(row, n_vocab, tok, nt, nt ? r->out_top_id + (size_t)n * nt : NULL,
+                                               nt ? r->out_top_lp + (size_t)n * nt : NULL);
+            }
             atomic_store_explicit(&r->n_out, n + 1, memory_order_release);
             r->last_tok = tok;
             if (n + 1 == r->max_tokens)

@@ -56,6 +56,16 @@ struct sched_req {
     struct sample_params sp;
     bool ignore_eos;
     int32_t *out; /* [max_tokens] output token ids, owner's memory, written by the engine thread */
+    /* Log-probabilities (optional): n_logprobs < 0 = off; otherwise out_lp
+     * [max_tokens] gets each output token's log-probability and, when
+     * n_logprobs > 0, out_top_id/out_top_lp [max_tokens * n_logprobs] the
+     * n_logprobs most likely tokens at that position, descending. Computed
+     * on the engine thread from the logits after bias and penalties, before
+     * temperature; published with out[] (same n_out). Owner's memory. */
+    int n_logprobs;
+    float *out_lp;
+    int32_t *out_top_id;
+    float *out_top_lp;
     void (*notify)(struct sched_req *r);  /* engine thread: new output or finish; must not block */
     void (*release)(struct sched_req *r); /* last reference dropped (any thread) */
 
