@@ -20,6 +20,8 @@ const char *lmd_strerror(int code)
     case LMD_ENOTSUP: return "ENOTSUP";
     case LMD_EBUSY: return "EBUSY";
     case LMD_ECANCELED: return "ECANCELED";
+    case LMD_EPERM: return "EPERM";
+    case LMD_ETIMEDOUT: return "ETIMEDOUT";
     default: return "EUNKNOWN";
     }
 }

@@ -24,6 +24,8 @@ enum {
     LMD_ENOTSUP = -7,   /* valid input, but not supported by lmd */
     LMD_EBUSY = -8,     /* resource exhausted for now; retry later */
     LMD_ECANCELED = -9, /* the operation was cancelled */
+    LMD_EPERM = -10,    /* not allowed: missing or wrong credentials, a forbidden choice */
+    LMD_ETIMEDOUT = -11, /* a deadline cannot be (or was not) met */
 };
 
 #define LMD_ERR_MSG_MAX 512
