@@ -1,57 +1,89 @@
 /*
- * The scheduler's engine thread: admit, form a ragged batch, forward,
- * sample, publish. See sched.h for the policy; this file is the loop.
+ * The scheduler's engine thread: take new requests from the inbox, admit
+ * (preempting if the policy says so), form a ragged batch, forward, sample,
+ * publish. See sched.h for the policies and policy.c for the decisions;
+ * this file is the loop and the hand-over between threads.
  *
- * It is not a priority or deadline scheduler (service classes and
- * preemption come with qos/), and it never touches sockets or JSON.
+ * It never touches sockets or JSON.
  */
-#include "sched/sched.h"
+#include "sched/sched_int.h"
 
 #include "core/log.h"
+#include "core/time.h"
 #include "tokenizer/tokenizer.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+/* Fraction of the tightest TPOT target a step may take while such a
+ * sequence decodes; the rest is margin for sampling and the I/O side. */
+#define SCHED_TPOT_SHARE 0.8
+/* A prefill chunk is never cut below this many tokens, so long prompts
+ * still make progress when the TPOT target is tight. */
+#define SCHED_MIN_CHUNK 16
 
 struct sched {
     struct sched_config cfg;
+    struct sched_class classes[SCHED_MAX_CLASSES];
+    double weights[SCHED_MAX_TENANTS];
     struct engine *eng;
     struct kv_cache *kv;
     pthread_t thread;
+    int budget; /* tokens per step */
 
-    /* The waiting queue: the only state shared with other threads. */
-    pthread_mutex_t mu;
+    /* Shared with the submitting threads. The inbox is a lock-free stack
+     * (push by CAS, the engine thread takes it whole and reverses it). */
+    _Atomic(struct sched_req *) inbox;
+    _Atomic int n_queued; /* submitted, not yet admitted for the first time */
+    _Atomic bool stopping;
+    _Atomic unsigned cancel_gen;
+    _Atomic bool parked;
+    pthread_mutex_t mu; /* only to park and wake the engine thread */
     pthread_cond_t cv;
-    struct sched_req *head, *tail;
-    int n_waiting;
-    bool stopping;
 
     /* Engine thread only. */
-    struct sched_req **running; /* [max_running], FCFS order; NULL = finished this step */
+    struct sched__policy pol;
+    struct sched_req **running; /* [max_running]; NULL = left during this step */
     int n_running;
-    struct engine_seq *batch;   /* [max_running] step scratch */
-    struct sched_req **breq;    /* [max_running] the request of batch[i] */
+    struct sched__item *items;  /* [max_running] */
+    struct engine_seq *batch;   /* [max_running] */
     int *brow;                  /* [max_running] logits row of batch[i], -1 = none */
     struct sample_scratch scratch;
+    uint64_t next_seq;
+    unsigned cancel_seen;
+    /* Cost model from measured steps: a decode-only step, and the extra
+     * time per prefill token. */
+    double ema_decode_ns, ema_token_ns;
 
     /* Published counters. */
-    _Atomic uint64_t requests_total, prompt_tokens, generated_tokens, steps;
+    _Atomic uint64_t requests_total, prompt_tokens, generated_tokens, steps, preemptions, deadline_refusals;
     _Atomic int running_now, waiting_now, kv_free;
+    _Atomic int waiting_class[SCHED_MAX_CLASSES];
+    _Atomic uint64_t est_wait[SCHED_MAX_CLASSES];
+    _Atomic uint64_t tenant_tokens[SCHED_MAX_TENANTS];
 };
 
 void sched_req_init(struct sched_req *r)
 {
     atomic_init(&r->n_out, 0);
     atomic_init(&r->finish, SCHED_RUNNING);
+    atomic_init(&r->state, SCHED_ST_QUEUED);
+    atomic_init(&r->kv_blocks, 0);
     atomic_init(&r->refs, 1);
     atomic_init(&r->cancelled, false);
     r->err[0] = '\0';
-    r->next = NULL;
+    r->cls = r->tenant = 0;
+    r->id = 0;
+    r->t_arrival_ns = r->t_deadline_ns = r->t_admit_ns = r->t_first_ns = r->t_done_ns = 0;
+    r->n_preempted = 0;
+    r->next = r->prev = NULL;
     memset(&r->kv, 0, sizeof r->kv);
     memset(&r->smp, 0, sizeof r->smp);
-    r->n_fed = r->pos = 0;
+    r->smp_ready = r->queued = r->running = false;
+    r->n_fill = r->n_fed = r->pos = 0;
     r->last_tok = -1;
     r->n_logprobs = -1;
     r->out_lp = NULL;
@@ -67,18 +99,57 @@ void sched_req_unref(struct sched_req *r)
         r->release(r);
 }
 
-/* Engine thread: end r, return its blocks, publish the reason, wake its
- * owner and drop the scheduler's reference. */
+static int blocks_needed(const struct sched *s, const struct sched_req *r)
+{
+    return kv_blocks_for(s->kv, r->n_prompt + r->max_tokens);
+}
+
+/* ---- leaving ------------------------------------------------------------- */
+
+static void running_remove(struct sched *s, struct sched_req *r)
+{
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i] == r)
+            s->running[i] = NULL;
+    r->running = false;
+}
+
+/* Remove the NULL slots, keeping order. */
+static void running_compact(struct sched *s)
+{
+    int k = 0;
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i])
+            s->running[k++] = s->running[i];
+    s->n_running = k;
+}
+
+/* End r wherever it is (inbox excepted): return its blocks, publish the
+ * reason, wake its owner and drop the scheduler's reference. */
 static void sched_finish(struct sched *s, struct sched_req *r, enum sched_finish why)
 {
+    if (r->running)
+        running_remove(s, r);
+    else if (r->queued)
+        sched__dequeue(&s->pol, r);
+    if (!r->t_admit_ns)
+        atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
+    sched__leave(&s->pol, r);
     if (r->kv.blocks) {
         kv_seq_release(s->kv, &r->kv);
         free(r->kv.blocks);
         r->kv.blocks = NULL;
     }
-    sample_free(&r->smp);
+    if (r->smp_ready)
+        sample_free(&r->smp);
+    r->smp_ready = false;
+    r->t_done_ns = lmd_time_mono_ns();
+    atomic_store_explicit(&r->kv_blocks, 0, memory_order_relaxed);
+    atomic_store_explicit(&r->state, SCHED_ST_DONE, memory_order_relaxed);
     atomic_store_explicit(&r->finish, (int)why, memory_order_release);
     atomic_fetch_add_explicit(&s->requests_total, 1, memory_order_relaxed);
+    if (why == SCHED_FINISH_DEADLINE)
+        atomic_fetch_add_explicit(&s->deadline_refusals, 1, memory_order_relaxed);
     atomic_store_explicit(&s->kv_free, kv_free_blocks(s->kv), memory_order_relaxed);
     r->notify(r);
     sched_req_unref(r);
@@ -90,235 +161,422 @@ static void sched_fail(struct sched *s, struct sched_req *r, const char *msg)
     sched_finish(s, r, SCHED_FINISH_ERROR);
 }
 
-static int blocks_needed(const struct sched *s, const struct sched_req *r)
+/* ---- arriving ------------------------------------------------------------ */
+
+/* Move everything in the inbox into the policy's queues, in arrival order. */
+static void sched_drain_inbox(struct sched *s)
 {
-    return kv_blocks_for(s->kv, r->n_prompt + r->max_tokens);
+    struct sched_req *r = atomic_exchange_explicit(&s->inbox, NULL, memory_order_acquire), *fifo = NULL;
+    while (r) { /* the stack is newest first: reverse it */
+        struct sched_req *nx = r->next;
+        r->next = fifo;
+        fifo = r;
+        r = nx;
+    }
+    for (r = fifo; r;) {
+        struct sched_req *nx = r->next;
+        r->next = r->prev = NULL;
+        r->seq = s->next_seq++;
+        sched__enqueue(&s->pol, r, true);
+        r = nx;
+    }
 }
 
-/* Engine thread, outside the lock: give an admitted request its blocks and
- * its sampler. Blocks were counted under the lock, so the reserve cannot
- * fail for lack of them. */
-static bool sched_setup(struct sched *s, struct sched_req *r)
+/* Drop waiting requests whose owner cancelled them. Only after a cancel
+ * happened, so a quiet queue is not walked every step. */
+static void sched_sweep_cancelled(struct sched *s)
 {
-    struct lmd_err err = {0};
+    unsigned gen = atomic_load_explicit(&s->cancel_gen, memory_order_acquire);
+    if (gen == s->cancel_seen)
+        return;
+    s->cancel_seen = gen;
+    for (int c = 0; c < SCHED_MAX_CLASSES; c++) {
+        for (int t = 0; t < SCHED_MAX_TENANTS; t++) {
+            for (struct sched_req *r = s->pol.q[c][t].head, *nx; r; r = nx) {
+                nx = r->next;
+                if (atomic_load_explicit(&r->cancelled, memory_order_relaxed))
+                    sched_finish(s, r, SCHED_FINISH_CANCELLED);
+            }
+        }
+    }
+    for (int i = 0; i < s->n_running; i++) {
+        struct sched_req *r = s->running[i];
+        if (r && atomic_load_explicit(&r->cancelled, memory_order_relaxed))
+            sched_finish(s, r, SCHED_FINISH_CANCELLED);
+    }
+    running_compact(s);
+}
+
+/* ---- admitting ----------------------------------------------------------- */
+
+/* Give r blocks (and, the first time, its sampler and block table) and put
+ * it in the running set. Blocks were counted by the caller, so the reserve
+ * cannot fail for lack of them. */
+static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
+{
+    sched__dequeue(&s->pol, r);
+    if (!r->t_admit_ns) {
+        r->t_admit_ns = now;
+        atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
+    }
     int need = blocks_needed(s, r);
-    r->kv.blocks = malloc((size_t)need * sizeof *r->kv.blocks);
-    r->kv.cap = need;
-    r->kv.n_blocks = 0;
     if (!r->kv.blocks) {
-        sched_fail(s, r, "out of memory for the block table");
-        return false;
+        r->kv.blocks = malloc((size_t)need * sizeof *r->kv.blocks);
+        r->kv.cap = need;
+        r->kv.n_blocks = 0;
+        if (!r->kv.blocks) {
+            sched_fail(s, r, "out of memory for the block table");
+            return false;
+        }
+    }
+    if (!r->smp_ready) {
+        struct lmd_err err = {0};
+        if (sample_init(&r->smp, &r->sp, r->n_prompt + r->max_tokens, &err) != 0) {
+            sched_fail(s, r, err.msg);
+            return false;
+        }
+        r->smp_ready = true;
+        sample_accept_prompt(&r->smp, r->prompt, r->n_prompt);
     }
     int rc = kv_seq_reserve(s->kv, &r->kv, r->n_prompt + r->max_tokens);
     LMD_ASSERT(rc == 0, "sched: blocks counted at admission are missing");
-    if (sample_init(&r->smp, &r->sp, r->n_prompt + r->max_tokens, &err) != 0) {
-        sched_fail(s, r, err.msg);
-        return false;
-    }
-    sample_accept_prompt(&r->smp, r->prompt, r->n_prompt);
+    /* A resumed request prefills its prompt and the output it already
+     * has; the logits of the last give its next token. */
+    r->n_fill = r->n_prompt + atomic_load_explicit(&r->n_out, memory_order_relaxed);
+    r->n_fed = 0;
+    r->running = true;
+    s->running[s->n_running++] = r;
+    atomic_store_explicit(&r->kv_blocks, r->kv.n_blocks, memory_order_relaxed);
+    atomic_store_explicit(&r->state, SCHED_ST_PREFILL, memory_order_relaxed);
     return true;
 }
 
-/* Under the lock: move waiting requests into the running set, FCFS, while
- * the running limit and the free blocks allow. Returns the admitted ones
- * and the ones cancelled while waiting as two lists, to be set up or
- * finished after the lock is released. */
-static void sched_admit_locked(struct sched *s, struct sched_req **admitted, struct sched_req **dropped)
+static void sched_preempt(struct sched *s, struct sched_req *v)
 {
-    int free_blocks = kv_free_blocks(s->kv);
-    int slots = s->cfg.max_running - s->n_running;
-    struct sched_req **at = admitted, **dt = dropped;
-    while (s->head) {
-        struct sched_req *r = s->head;
-        bool cancel = atomic_load_explicit(&r->cancelled, memory_order_relaxed);
-        if (!cancel) {
-            if (slots == 0 || blocks_needed(s, r) > free_blocks)
-                break; /* the head waits; nobody overtakes it */
-            free_blocks -= blocks_needed(s, r);
-            slots--;
-        }
-        s->head = r->next;
-        if (!s->head)
-            s->tail = NULL;
-        s->n_waiting--;
-        r->next = NULL;
-        if (cancel) {
-            *dt = r;
-            dt = &r->next;
-        } else {
-            *at = r;
-            at = &r->next;
-        }
-    }
-    *at = NULL;
-    *dt = NULL;
-    atomic_store_explicit(&s->waiting_now, s->n_waiting, memory_order_relaxed);
+    running_remove(s, v);
+    running_compact(s);
+    kv_seq_release(s->kv, &v->kv);
+    v->n_fed = v->n_fill = 0;
+    v->n_preempted++;
+    atomic_store_explicit(&v->kv_blocks, 0, memory_order_relaxed);
+    atomic_store_explicit(&v->state, SCHED_ST_PREEMPTED, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->preemptions, 1, memory_order_relaxed);
+    sched__enqueue(&s->pol, v, false);
+    LMD_DEBUG("sched: preempted request %llu (class %d) after %d tokens", (unsigned long long)v->id, v->cls,
+              atomic_load_explicit(&v->n_out, memory_order_relaxed));
 }
 
-/* Remove the finished (NULL) slots, keeping FCFS order. */
-static void sched_compact(struct sched *s)
+/* Time until the first running sequence would finish on its own, from the
+ * cost model: its remaining prefill and decode steps. */
+static double sched_time_to_free_ns(const struct sched *s)
 {
-    int k = 0;
-    for (int i = 0; i < s->n_running; i++)
-        if (s->running[i])
-            s->running[k++] = s->running[i];
-    s->n_running = k;
-    atomic_store_explicit(&s->running_now, k, memory_order_relaxed);
+    double best = -1;
+    for (int i = 0; i < s->n_running; i++) {
+        const struct sched_req *r = s->running[i];
+        int left_tokens = r->max_tokens - atomic_load_explicit(&r->n_out, memory_order_relaxed);
+        double t = (double)left_tokens * s->ema_decode_ns + (double)(r->n_fill - r->n_fed) * s->ema_token_ns;
+        if (best < 0 || t < best)
+            best = t;
+    }
+    return best < 0 ? 0 : best;
+}
+
+/* r cannot start for lack of a slot or blocks. Preempt lower-class
+ * sequences if that makes room and waiting for one to finish would make r
+ * late; returns whether room was made. */
+static bool sched_try_preempt(struct sched *s, struct sched_req *r, uint64_t now)
+{
+    int need = blocks_needed(s, r);
+    /* Is it possible at all? Count what the candidate victims hold. */
+    int could_free = 0, victims = 0;
+    for (int i = 0; i < s->n_running; i++) {
+        if (s->running[i]->cls > r->cls) {
+            could_free += s->running[i]->kv.n_blocks;
+            victims++;
+        }
+    }
+    bool slot_ok = s->n_running < s->cfg.max_running || victims > 0;
+    if (!victims || !slot_ok || kv_free_blocks(s->kv) + could_free < need)
+        return false;
+    /* Worth it? If a sequence will finish well before r's deadline, wait:
+     * recomputing a victim costs throughput. */
+    if (r->t_deadline_ns > now) {
+        double slack = (double)(r->t_deadline_ns - now);
+        if (sched_time_to_free_ns(s) < 0.5 * slack)
+            return false;
+    }
+    while (s->n_running >= s->cfg.max_running || kv_free_blocks(s->kv) < need) {
+        struct sched_req *v = sched__victim(&s->pol, s->running, s->n_running, r->cls);
+        if (!v)
+            return false;
+        sched_preempt(s, v);
+    }
+    return true;
+}
+
+/* Admit waiting work while it fits; *next_ns gets the earliest time a
+ * request held by a batching window becomes eligible. */
+static void sched_admit(struct sched *s, uint64_t now, uint64_t *next_ns)
+{
+    for (;;) {
+        struct sched_req *r = sched__pick(&s->pol, now, next_ns);
+        if (!r)
+            return;
+        if (s->pol.kind == SCHED_POLICY_SLA && s->pol.cls[r->cls].refuse_late && r->t_deadline_ns &&
+            now > r->t_deadline_ns && !r->t_admit_ns) {
+            sched_finish(s, r, SCHED_FINISH_DEADLINE);
+            continue;
+        }
+        if (s->n_running < s->cfg.max_running && blocks_needed(s, r) <= kv_free_blocks(s->kv)) {
+            sched_start_req(s, r, now);
+            continue;
+        }
+        if (s->pol.kind == SCHED_POLICY_SLA && sched_try_preempt(s, r, now))
+            continue;
+        return; /* the best candidate waits; nobody overtakes it */
+    }
+}
+
+/* ---- stepping ------------------------------------------------------------ */
+
+/* Tokens this step may carry. Under SLA, while a sequence of a class with
+ * a TPOT target decodes, the prefill share is cut so that the step fits
+ * the tightest such target. */
+static int sched_step_budget(const struct sched *s)
+{
+    if (s->pol.kind != SCHED_POLICY_SLA || s->ema_token_ns <= 0)
+        return s->budget;
+    uint64_t tpot = 0;
+    int decodes = 0;
+    for (int i = 0; i < s->n_running; i++) {
+        const struct sched_req *r = s->running[i];
+        if (r->n_fed < r->n_fill)
+            continue;
+        decodes++;
+        uint64_t t = s->pol.cls[r->cls].tpot_ns;
+        if (t && (!tpot || t < tpot))
+            tpot = t;
+    }
+    if (!tpot)
+        return s->budget;
+    double room = SCHED_TPOT_SHARE * (double)tpot - s->ema_decode_ns;
+    int prefill = room > 0 ? (int)(room / s->ema_token_ns) : 0;
+    if (prefill < SCHED_MIN_CHUNK)
+        prefill = SCHED_MIN_CHUNK;
+    int b = decodes + prefill;
+    return b < s->budget ? b : s->budget;
+}
+
+static void sched_update_cost(struct sched *s, uint64_t ns, int n_decode, int n_prefill)
+{
+    const double a = 0.2;
+    if (n_prefill == 0) {
+        s->ema_decode_ns = s->ema_decode_ns > 0 ? (1 - a) * s->ema_decode_ns + a * (double)ns : (double)ns;
+        return;
+    }
+    double per = ((double)ns - (n_decode ? s->ema_decode_ns : 0)) / n_prefill;
+    if (per <= 0)
+        return;
+    s->ema_token_ns = s->ema_token_ns > 0 ? (1 - a) * s->ema_token_ns + a * per : per;
+    if (s->ema_decode_ns <= 0)
+        s->ema_decode_ns = per; /* until a decode-only step is seen */
+}
+
+/* Sample r's next token from its logits row and publish it; finishes r
+ * when it is done. */
+static void sched_emit(struct sched *s, struct sched_req *r, float *row, int n_vocab, uint64_t now)
+{
+    int32_t tok = sample_next(&r->smp, &s->scratch, row, n_vocab);
+    sample_accept(&r->smp, tok);
+    atomic_fetch_add_explicit(&s->generated_tokens, 1, memory_order_relaxed);
+    enum sched_finish why = SCHED_RUNNING;
+    if (!r->ignore_eos && tok_is_eog(s->cfg.vocab, tok)) {
+        why = SCHED_FINISH_STOP;
+    } else {
+        int n = atomic_load_explicit(&r->n_out, memory_order_relaxed);
+        r->out[n] = tok;
+        if (r->n_logprobs >= 0) {
+            int nt = r->n_logprobs;
+            r->out_lp[n] = sample_logprobs(row, n_vocab, tok, nt, nt ? r->out_top_id + (size_t)n * nt : NULL,
+                                           nt ? r->out_top_lp + (size_t)n * nt : NULL);
+        }
+        if (!r->t_first_ns)
+            r->t_first_ns = now;
+        atomic_store_explicit(&r->n_out, n + 1, memory_order_release);
+        r->last_tok = tok;
+        if (n + 1 == r->max_tokens)
+            why = SCHED_FINISH_LENGTH;
+    }
+    if (why == SCHED_RUNNING)
+        r->notify(r);
+    else
+        sched_finish(s, r, why);
 }
 
 /* One engine step over the running set. */
 static void sched_step(struct sched *s)
 {
     const int n_vocab = s->eng->info.n_vocab;
-
-    /* Cancelled requests leave before the batch is formed, so their blocks
-     * are back in the free list for the next admission. */
-    for (int i = 0; i < s->n_running; i++) {
-        if (atomic_load_explicit(&s->running[i]->cancelled, memory_order_relaxed)) {
-            sched_finish(s, s->running[i], SCHED_FINISH_CANCELLED);
-            s->running[i] = NULL;
-        }
-    }
-    sched_compact(s);
-    if (s->n_running == 0)
+    int nb = sched__form(&s->pol, s->running, s->n_running, sched_step_budget(s), s->items);
+    if (nb == 0)
         return;
-
-    /* Batch: every decoding sequence's one token first (they are the ones
-     * a user is watching), then prompt chunks in arrival order with what is
-     * left of the token budget, so a long prompt never stalls decodes. */
-    int budget = s->eng->info.max_batch_tokens;
-    int nb = 0, nrow = 0;
-    for (int i = 0; i < s->n_running; i++) {
-        struct sched_req *r = s->running[i];
-        if (r->n_fed < r->n_prompt)
-            continue;
-        s->batch[nb] = (struct engine_seq){
-            .tokens = &r->last_tok, .n_tokens = 1, .pos = r->pos, .blocks = r->kv.blocks, .want_logits = true};
-        s->breq[nb] = r;
-        s->brow[nb++] = nrow++;
-        budget--;
-    }
-    for (int i = 0; i < s->n_running && budget > 0; i++) {
-        struct sched_req *r = s->running[i];
-        if (r->n_fed >= r->n_prompt)
-            continue;
-        int n = r->n_prompt - r->n_fed;
-        if (n > budget)
-            n = budget;
-        bool last = r->n_fed + n == r->n_prompt;
-        s->batch[nb] = (struct engine_seq){
-            .tokens = r->prompt + r->n_fed, .n_tokens = n, .pos = r->n_fed, .blocks = r->kv.blocks, .want_logits = last};
-        s->breq[nb] = r;
-        s->brow[nb++] = last ? nrow++ : -1;
-        budget -= n;
+    int nrow = 0, n_decode = 0, n_prefill = 0;
+    for (int k = 0; k < nb; k++) {
+        struct sched__item *it = &s->items[k];
+        struct sched_req *r = it->r;
+        if (it->decode) {
+            s->batch[k] = (struct engine_seq){
+                .tokens = &r->last_tok, .n_tokens = 1, .pos = r->pos, .blocks = r->kv.blocks, .want_logits = true};
+            s->brow[k] = nrow++;
+            n_decode++;
+        } else {
+            bool last = r->n_fed + it->n == r->n_fill;
+            s->batch[k] = (struct engine_seq){.tokens = sched__fill_tokens(r, r->n_fed),
+                                              .n_tokens = it->n,
+                                              .pos = r->n_fed,
+                                              .blocks = r->kv.blocks,
+                                              .want_logits = last};
+            s->brow[k] = last ? nrow++ : -1;
+            n_prefill += it->n;
+        }
     }
 
     const float *logits = NULL;
     struct lmd_err err = {0};
-    if (engine_step(s->eng, s->batch, nb, &logits, &err) != 0) {
+    uint64_t t0 = lmd_time_mono_ns();
+    int rc = engine_step(s->eng, s->batch, nb, &logits, &err);
+    uint64_t t1 = lmd_time_mono_ns();
+    if (rc != 0) {
         LMD_ERROR("sched: engine step failed: %s", err.msg);
-        for (int k = 0; k < nb; k++) {
-            for (int i = 0; i < s->n_running; i++) {
-                if (s->running[i] == s->breq[k]) {
-                    sched_fail(s, s->breq[k], err.msg);
-                    s->running[i] = NULL;
-                }
-            }
-        }
-        sched_compact(s);
+        for (int k = 0; k < nb; k++)
+            if (s->items[k].r->running)
+                sched_fail(s, s->items[k].r, err.msg);
+        running_compact(s);
         return;
     }
     atomic_fetch_add_explicit(&s->steps, 1, memory_order_relaxed);
+    sched_update_cost(s, t1 - t0, n_decode, n_prefill);
 
     /* Advance positions, sample, publish. The logits buffer is the
      * engine's until the next step; sampling edits its rows in place. */
     for (int k = 0; k < nb; k++) {
-        struct sched_req *r = s->breq[k];
-        if (r->n_fed < r->n_prompt) {
-            r->n_fed += s->batch[k].n_tokens;
-            atomic_fetch_add_explicit(&s->prompt_tokens, (uint64_t)s->batch[k].n_tokens, memory_order_relaxed);
+        struct sched_req *r = s->items[k].r;
+        int n = s->items[k].n;
+        sched__charge(&s->pol, r->tenant, n);
+        atomic_fetch_add_explicit(&s->tenant_tokens[r->tenant], (uint64_t)n, memory_order_relaxed);
+        if (!s->items[k].decode) {
+            r->n_fed += n;
+            atomic_fetch_add_explicit(&s->prompt_tokens, (uint64_t)n, memory_order_relaxed);
             if (s->brow[k] < 0)
                 continue;
-            r->pos = r->n_prompt;
+            r->pos = r->n_fill;
+            atomic_store_explicit(&r->state, SCHED_ST_DECODE, memory_order_relaxed);
         } else {
             r->pos++;
         }
-        float *row = (float *)logits + (size_t)s->brow[k] * (size_t)n_vocab;
-        int32_t tok = sample_next(&r->smp, &s->scratch, row, n_vocab);
-        sample_accept(&r->smp, tok);
-        atomic_fetch_add_explicit(&s->generated_tokens, 1, memory_order_relaxed);
-        enum sched_finish why = SCHED_RUNNING;
-        if (!r->ignore_eos && tok_is_eog(s->cfg.vocab, tok)) {
-            why = SCHED_FINISH_STOP;
-        } else {
-            int n = atomic_load_explicit(&r->n_out, memory_order_relaxed);
-            r->out[n] = tok;
-            if (r->n_logprobs >= 0) {
-                int nt = r->n_logprobs;
-                r->out_lp[n] = sample_logprobs(row, n_vocab, tok, nt, nt ? r->out_top_id + (size_t)n * nt : NULL,
-                                               nt ? r->out_top_lp + (size_t)n * nt : NULL);
-            }
-            atomic_store_explicit(&r->n_out, n + 1, memory_order_release);
-            r->last_tok = tok;
-            if (n + 1 == r->max_tokens)
-                why = SCHED_FINISH_LENGTH;
-        }
-        if (why == SCHED_RUNNING) {
-            r->notify(r);
-            continue;
-        }
-        for (int i = 0; i < s->n_running; i++)
-            if (s->running[i] == r)
-                s->running[i] = NULL;
-        sched_finish(s, r, why);
+        sched_emit(s, r, (float *)logits + (size_t)s->brow[k] * (size_t)n_vocab, n_vocab, t1);
     }
-    sched_compact(s);
+    running_compact(s);
+}
+
+/* ---- publishing ------------------------------------------------------------ */
+
+/* Waiting counts and, per class, the estimated wait of a new arrival: the
+ * prefill work queued at its class or above, plus — when no slot is free —
+ * the time until a running sequence finishes. */
+static void sched_publish(struct sched *s)
+{
+    atomic_store_explicit(&s->running_now, s->n_running, memory_order_relaxed);
+    atomic_store_explicit(&s->waiting_now, s->pol.n_waiting, memory_order_relaxed);
     atomic_store_explicit(&s->kv_free, kv_free_blocks(s->kv), memory_order_relaxed);
+    double ahead = 0;
+    double to_free = s->n_running >= s->cfg.max_running ? sched_time_to_free_ns(s) : 0;
+    for (int c = 0; c < s->pol.n_classes; c++) {
+        atomic_store_explicit(&s->waiting_class[c], s->pol.n_waiting_cls[c], memory_order_relaxed);
+        for (int t = 0; t < s->pol.n_tenants; t++)
+            for (const struct sched_req *r = s->pol.q[s->pol.kind == SCHED_POLICY_FCFS ? 0 : c][t].head; r;
+                 r = r->next)
+                ahead += r->n_prompt + atomic_load_explicit(&r->n_out, memory_order_relaxed);
+        double est = ahead * s->ema_token_ns + to_free;
+        atomic_store_explicit(&s->est_wait[c], (uint64_t)est, memory_order_relaxed);
+        if (s->pol.kind == SCHED_POLICY_FCFS)
+            ahead = 0; /* one queue: counted once */
+    }
+}
+
+/* Sleep until something arrives, is cancelled, or a held request becomes
+ * eligible (next_ns, monotonic; UINT64_MAX = none). */
+static void sched_park(struct sched *s, uint64_t next_ns)
+{
+    pthread_mutex_lock(&s->mu);
+    atomic_store(&s->parked, true);
+    if (!atomic_load(&s->inbox) && !atomic_load(&s->stopping) &&
+        atomic_load(&s->cancel_gen) == s->cancel_seen) {
+        if (next_ns == UINT64_MAX) {
+            pthread_cond_wait(&s->cv, &s->mu);
+        } else {
+            uint64_t now = lmd_time_mono_ns();
+            if (next_ns > now) {
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                uint64_t ns = (uint64_t)ts.tv_nsec + (next_ns - now);
+                ts.tv_sec += (time_t)(ns / 1000000000ull);
+                ts.tv_nsec = (long)(ns % 1000000000ull);
+                pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+            }
+        }
+    }
+    atomic_store(&s->parked, false);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void sched_wake(struct sched *s)
+{
+    if (atomic_load(&s->parked)) {
+        pthread_mutex_lock(&s->mu);
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+    }
 }
 
 static void *sched_main(void *arg)
 {
     struct sched *s = arg;
-    for (;;) {
-        struct sched_req *admitted, *dropped;
-        pthread_mutex_lock(&s->mu);
-        while (!s->stopping && !s->head && s->n_running == 0)
-            pthread_cond_wait(&s->cv, &s->mu);
-        if (s->stopping) {
-            pthread_mutex_unlock(&s->mu);
-            break;
+    while (!atomic_load(&s->stopping)) {
+        sched_drain_inbox(s);
+        sched_sweep_cancelled(s);
+        uint64_t next_ns = UINT64_MAX;
+        sched_admit(s, lmd_time_mono_ns(), &next_ns);
+        sched_publish(s);
+        if (s->n_running == 0) {
+            sched_park(s, next_ns);
+            continue;
         }
-        sched_admit_locked(s, &admitted, &dropped);
-        pthread_mutex_unlock(&s->mu);
-
-        for (struct sched_req *r = dropped, *nx; r; r = nx) {
-            nx = r->next;
-            sched_finish(s, r, SCHED_FINISH_CANCELLED);
-        }
-        for (struct sched_req *r = admitted, *nx; r; r = nx) {
-            nx = r->next;
-            r->next = NULL;
-            if (sched_setup(s, r))
-                s->running[s->n_running++] = r;
-        }
-        atomic_store_explicit(&s->running_now, s->n_running, memory_order_relaxed);
         sched_step(s);
     }
 
     /* Stopping: whatever is left ends as cancelled. */
-    for (int i = 0; i < s->n_running; i++)
-        sched_finish(s, s->running[i], SCHED_FINISH_CANCELLED);
-    s->n_running = 0;
-    pthread_mutex_lock(&s->mu);
-    struct sched_req *rest = s->head;
-    s->head = s->tail = NULL;
-    s->n_waiting = 0;
-    pthread_mutex_unlock(&s->mu);
-    for (struct sched_req *r = rest, *nx; r; r = nx) {
-        nx = r->next;
-        sched_finish(s, r, SCHED_FINISH_CANCELLED);
-    }
+    sched_drain_inbox(s);
+    while (s->n_running > 0)
+        sched_finish(s, s->running[0], SCHED_FINISH_CANCELLED), running_compact(s);
+    for (int c = 0; c < SCHED_MAX_CLASSES; c++)
+        for (int t = 0; t < SCHED_MAX_TENANTS; t++)
+            while (s->pol.q[c][t].head)
+                sched_finish(s, s->pol.q[c][t].head, SCHED_FINISH_CANCELLED);
+    sched_publish(s);
     return NULL;
+}
+
+/* ---- lifecycle and the other threads' side -------------------------------- */
+
+static void sched_free_mem(struct sched *s)
+{
+    sample_scratch_free(&s->scratch);
+    free(s->running);
+    free(s->items);
+    free(s->batch);
+    free(s->brow);
+    free(s);
 }
 
 int sched_start(struct sched **out, struct engine *eng, const struct sched_config *cfg, struct lmd_err *err)
@@ -329,36 +587,62 @@ int sched_start(struct sched **out, struct engine *eng, const struct sched_confi
     if (cfg->max_running < 1 || cfg->max_running > eng->info.max_seqs || cfg->max_queue < 0)
         return lmd_err_set(err, LMD_EINVAL, "sched: max_running %d must be in [1, %d] (the engine's sequences)",
                            cfg->max_running, eng->info.max_seqs);
-    if (eng->info.max_batch_tokens < cfg->max_running)
-        return lmd_err_set(err, LMD_EINVAL, "sched: a step of %d tokens cannot decode %d sequences",
-                           eng->info.max_batch_tokens, cfg->max_running);
+    int budget = cfg->step_tokens > 0 ? cfg->step_tokens : eng->info.max_batch_tokens;
+    if (budget > eng->info.max_batch_tokens || budget < cfg->max_running)
+        return lmd_err_set(err, LMD_EINVAL, "sched: a step of %d tokens must be in [%d (max_running), %d (engine)]",
+                           budget, cfg->max_running, eng->info.max_batch_tokens);
+    if (cfg->classes && (cfg->n_classes < 1 || cfg->n_classes > SCHED_MAX_CLASSES))
+        return lmd_err_set(err, LMD_EINVAL, "sched: %d service classes; 1 to %d are supported", cfg->n_classes,
+                           SCHED_MAX_CLASSES);
+    if (cfg->tenant_weight && (cfg->n_tenants < 1 || cfg->n_tenants > SCHED_MAX_TENANTS))
+        return lmd_err_set(err, LMD_EINVAL, "sched: %d tenants; 1 to %d are supported", cfg->n_tenants,
+                           SCHED_MAX_TENANTS);
+    for (int t = 0; cfg->tenant_weight && t < cfg->n_tenants; t++)
+        if (!(cfg->tenant_weight[t] > 0))
+            return lmd_err_set(err, LMD_EINVAL, "sched: tenant %d has weight %g; weights must be > 0", t,
+                               cfg->tenant_weight[t]);
     struct sched *s = calloc(1, sizeof *s);
     if (!s)
         return lmd_err_set(err, LMD_ENOMEM, "out of memory");
     s->cfg = *cfg;
+    /* Own copies, so the caller's arrays may go. */
+    if (cfg->classes) {
+        memcpy(s->classes, cfg->classes, (size_t)cfg->n_classes * sizeof *cfg->classes);
+        s->cfg.classes = s->classes;
+    }
+    if (cfg->tenant_weight) {
+        memcpy(s->weights, cfg->tenant_weight, (size_t)cfg->n_tenants * sizeof *cfg->tenant_weight);
+        s->cfg.tenant_weight = s->weights;
+    }
     s->eng = eng;
     s->kv = eng->info.kv;
+    s->budget = budget;
+    sched__policy_init(&s->pol, &s->cfg);
     size_t n = (size_t)cfg->max_running;
     s->running = calloc(n, sizeof *s->running);
+    s->items = calloc(n, sizeof *s->items);
     s->batch = calloc(n, sizeof *s->batch);
-    s->breq = calloc(n, sizeof *s->breq);
     s->brow = calloc(n, sizeof *s->brow);
     int rc = 0;
-    if (!s->running || !s->batch || !s->breq || !s->brow)
+    if (!s->running || !s->items || !s->batch || !s->brow)
         rc = lmd_err_set(err, LMD_ENOMEM, "out of memory");
     else
         rc = sample_scratch_init(&s->scratch, eng->info.n_vocab, err);
     if (rc) {
-        sample_scratch_free(&s->scratch);
-        free(s->running), free(s->batch), free(s->breq), free(s->brow), free(s);
+        sched_free_mem(s);
         return rc;
     }
     pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cv, &ca);
+    pthread_condattr_destroy(&ca);
     atomic_init(&s->kv_free, kv_free_blocks(s->kv));
     if (pthread_create(&s->thread, NULL, sched_main, s) != 0) {
-        sample_scratch_free(&s->scratch);
-        free(s->running), free(s->batch), free(s->breq), free(s->brow), free(s);
+        pthread_mutex_destroy(&s->mu);
+        pthread_cond_destroy(&s->cv);
+        sched_free_mem(s);
         return lmd_err_set(err, LMD_ENOMEM, "sched: cannot start the engine thread");
     }
     *out = s;
@@ -369,19 +653,14 @@ void sched_stop(struct sched *s)
 {
     if (!s)
         return;
+    atomic_store(&s->stopping, true);
     pthread_mutex_lock(&s->mu);
-    s->stopping = true;
     pthread_cond_signal(&s->cv);
     pthread_mutex_unlock(&s->mu);
     pthread_join(s->thread, NULL);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
-    sample_scratch_free(&s->scratch);
-    free(s->running);
-    free(s->batch);
-    free(s->breq);
-    free(s->brow);
-    free(s);
+    sched_free_mem(s);
 }
 
 int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
@@ -389,52 +668,76 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
     const int ctx = s->eng->info.n_ctx;
     if (r->n_prompt < 1 || r->max_tokens < 1)
         return lmd_err_set(err, LMD_EINVAL, "a request needs at least one prompt token and max_tokens >= 1");
+    if (r->cls < 0 || r->cls >= s->pol.n_classes || r->tenant < 0 || r->tenant >= s->pol.n_tenants)
+        return lmd_err_set(err, LMD_EINVAL, "class %d or tenant %d is not configured", r->cls, r->tenant);
     if (r->n_prompt + r->max_tokens > ctx)
         return lmd_err_set(err, LMD_ERANGE, "%d prompt tokens + %d max_tokens exceed the context of %d tokens",
                            r->n_prompt, r->max_tokens, ctx);
     if (blocks_needed(s, r) > s->kv->cfg.n_blocks)
         return lmd_err_set(err, LMD_ERANGE, "%d tokens need %d KV blocks; the cache has %d", r->n_prompt + r->max_tokens,
                            blocks_needed(s, r), s->kv->cfg.n_blocks);
-    int rc = 0;
-    pthread_mutex_lock(&s->mu);
-    if (s->stopping) {
-        rc = lmd_err_set(err, LMD_ECANCELED, "the server is shutting down");
-    } else if (s->n_waiting >= s->cfg.max_queue) {
-        rc = lmd_err_set(err, LMD_EBUSY, "%d requests are already waiting", s->n_waiting);
-    } else {
-        sched_req_ref(r);
-        r->next = NULL;
-        if (s->tail)
-            s->tail->next = r;
-        else
-            s->head = r;
-        s->tail = r;
-        s->n_waiting++;
-        atomic_store_explicit(&s->waiting_now, s->n_waiting, memory_order_relaxed);
-        pthread_cond_signal(&s->cv);
+    if (atomic_load(&s->stopping))
+        return lmd_err_set(err, LMD_ECANCELED, "the server is shutting down");
+    const struct sched_class *c = &s->pol.cls[r->cls];
+    if (!r->t_arrival_ns)
+        r->t_arrival_ns = lmd_time_mono_ns();
+    r->t_deadline_ns = c->ttft_ns ? r->t_arrival_ns + c->ttft_ns : 0;
+    r->t_eligible_ns = r->t_arrival_ns + c->window_ns;
+    if (s->pol.kind == SCHED_POLICY_SLA && c->refuse_late && c->ttft_ns) {
+        uint64_t est = atomic_load_explicit(&s->est_wait[r->cls], memory_order_relaxed);
+        if (est > c->ttft_ns) {
+            atomic_fetch_add_explicit(&s->deadline_refusals, 1, memory_order_relaxed);
+            return lmd_err_set(err, LMD_ETIMEDOUT,
+                               "class '%s' would wait about %.0f ms to start; its target is %.0f ms", c->name,
+                               (double)est / 1e6, (double)c->ttft_ns / 1e6);
+        }
     }
-    pthread_mutex_unlock(&s->mu);
-    return rc;
+    int q = atomic_fetch_add_explicit(&s->n_queued, 1, memory_order_relaxed);
+    if (q >= s->cfg.max_queue) {
+        atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
+        return lmd_err_set(err, LMD_EBUSY, "%d requests are already waiting", q);
+    }
+    sched_req_ref(r);
+    struct sched_req *head = atomic_load_explicit(&s->inbox, memory_order_relaxed);
+    do {
+        r->next = head;
+    } while (!atomic_compare_exchange_weak_explicit(&s->inbox, &head, r, memory_order_release,
+                                                    memory_order_relaxed));
+    sched_wake(s);
+    return 0;
 }
 
 void sched_req_cancel(struct sched *s, struct sched_req *r)
 {
     atomic_store_explicit(&r->cancelled, true, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->cancel_gen, 1, memory_order_release);
     /* Wake an idle engine thread so a cancelled waiting request is dropped
      * now rather than at the next unrelated submit. */
-    pthread_mutex_lock(&s->mu);
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
+    sched_wake(s);
 }
 
 void sched_stats(struct sched *s, struct sched_stats *out)
 {
+    memset(out, 0, sizeof *out);
     out->requests_total = atomic_load_explicit(&s->requests_total, memory_order_relaxed);
     out->prompt_tokens = atomic_load_explicit(&s->prompt_tokens, memory_order_relaxed);
     out->generated_tokens = atomic_load_explicit(&s->generated_tokens, memory_order_relaxed);
     out->steps = atomic_load_explicit(&s->steps, memory_order_relaxed);
+    out->preemptions = atomic_load_explicit(&s->preemptions, memory_order_relaxed);
+    out->deadline_refusals = atomic_load_explicit(&s->deadline_refusals, memory_order_relaxed);
     out->running = atomic_load_explicit(&s->running_now, memory_order_relaxed);
     out->waiting = atomic_load_explicit(&s->waiting_now, memory_order_relaxed);
+    for (int c = 0; c < SCHED_MAX_CLASSES; c++)
+        out->waiting_class[c] = atomic_load_explicit(&s->waiting_class[c], memory_order_relaxed);
     out->kv_blocks_free = atomic_load_explicit(&s->kv_free, memory_order_relaxed);
     out->kv_blocks_total = s->kv->cfg.n_blocks;
+    for (int t = 0; t < SCHED_MAX_TENANTS; t++)
+        out->tenant_tokens[t] = (double)atomic_load_explicit(&s->tenant_tokens[t], memory_order_relaxed);
+}
+
+uint64_t sched_estimate_wait_ns(struct sched *s, int cls)
+{
+    if (cls < 0 || cls >= SCHED_MAX_CLASSES)
+        return 0;
+    return atomic_load_explicit(&s->est_wait[cls], memory_order_relaxed);
 }

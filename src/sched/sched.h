@@ -1,30 +1,52 @@
 /*
- * The scheduler: one engine thread running a first-come-first-served
- * continuous-batching loop over one engine.
+ * The scheduler: one engine thread running a continuous-batching loop over
+ * one engine, under one of two policies.
  *
  * Other threads (the HTTP I/O threads) submit requests whose prompt is
- * already tokenized; the engine thread admits them from a bounded waiting
- * queue while KV blocks and the running limit allow, forms one ragged batch
- * per step — every decoding sequence's next token first, then prompt chunks
- * (chunked prefill) up to the engine's token budget — forwards it, samples
- * each sequence's next token and appends it to the request's output array.
- * After each step that produced output for a request it calls the
- * request's notify callback, which the owner uses to wake its I/O thread.
+ * already tokenized through a lock-free inbox; the engine thread moves them
+ * into its waiting queues, admits them into the running set while the
+ * running limit and the free KV blocks allow, forms one ragged batch per
+ * step — every decoding sequence's next token first, then prompt chunks
+ * (chunked prefill) with what is left of the step's token budget —
+ * forwards it, samples each sequence's next token and appends it to the
+ * request's output array. After each step that produced output for a
+ * request it calls the request's notify callback, which the owner uses to
+ * wake its I/O thread.
+ *
+ * Policies (`sched_config.policy`):
+ * - SCHED_FCFS: one queue in arrival order; the head waits until it fits
+ *   (nobody overtakes it); no preemption; a fixed step budget.
+ * - SCHED_SLA: service classes ranked by their order in the config (the
+ *   first is the most urgent). Waiting work is ordered by class, then
+ *   between the tenants of a class by weighted fair share (start-time fair
+ *   queueing: a tenant's virtual time advances by the tokens it is served
+ *   divided by its weight; the tenant with the lowest virtual time goes
+ *   next), then by earliest deadline within a tenant (a request's deadline
+ *   is its arrival plus its class's TTFT target). A class may hold its
+ *   requests for a batching window. When a request cannot start because
+ *   the running set or the KV cache is full, running sequences of a lower
+ *   class are preempted (their blocks freed, their progress recomputed
+ *   later) unless one would finish soon enough anyway. The step budget
+ *   shrinks while sequences of a class with a TPOT target are decoding, so
+ *   that a prefill chunk never makes their next token late.
  *
  * This is not an HTTP or JSON layer: it knows token ids, sampling
- * parameters and stop by end-of-generation or length. Stop strings are
- * matched by the owner, which then calls sched_req_cancel.
+ * parameters, tenants and classes as small indices, and stop by
+ * end-of-generation or length. Stop strings are matched by the owner,
+ * which then calls sched_req_cancel.
  *
  * KV policy: a request reserves blocks for prompt + max_tokens when it is
- * admitted, so a running request never runs out of cache and nothing is
- * preempted. The head of the queue waits (FCFS, no overtaking) until that
- * many blocks are free.
+ * admitted, so a running request never runs out of cache mid-step; under
+ * SCHED_SLA a preempted request gives them all back and reserves again
+ * when it is re-admitted.
  *
  * Threads and lifetimes: the scheduler object lives for the process. A
  * request is shared by its owner and the engine thread through a reference
  * count; output is published with release stores, so the owner reads
- * `finish` (acquire) and then `n_out` without any lock. The engine thread
- * holds the queue's lock only to move requests, never across engine_step.
+ * `finish` (acquire) and then `n_out` without any lock. Submission is a
+ * lock-free push; a mutex and condition variable only park the engine
+ * thread when it has nothing to do, and nothing is held across
+ * engine_step.
  */
 #pragma once
 
@@ -40,12 +62,25 @@
 struct tok_vocab;
 struct sched;
 
+#define SCHED_MAX_CLASSES 8
+#define SCHED_MAX_TENANTS 64
+
 enum sched_finish {
     SCHED_RUNNING = 0,
-    SCHED_FINISH_STOP = 1,     /* an end-of-generation token (not part of the output) */
-    SCHED_FINISH_LENGTH = 2,   /* max_tokens reached */
+    SCHED_FINISH_STOP = 1,      /* an end-of-generation token (not part of the output) */
+    SCHED_FINISH_LENGTH = 2,    /* max_tokens reached */
     SCHED_FINISH_CANCELLED = 3, /* the owner cancelled it (disconnect, stop string, shutdown) */
-    SCHED_FINISH_ERROR = 4,    /* the engine failed; `err` says why */
+    SCHED_FINISH_ERROR = 4,     /* the engine failed; `err` says why */
+    SCHED_FINISH_DEADLINE = 5,  /* its class refuses late work and its deadline passed while it waited */
+};
+
+/* Where a request is, for live views (published, relaxed). */
+enum sched_state {
+    SCHED_ST_QUEUED = 0,
+    SCHED_ST_PREFILL = 1,
+    SCHED_ST_DECODE = 2,
+    SCHED_ST_PREEMPTED = 3, /* back in the queue; its progress is recomputed when it is re-admitted */
+    SCHED_ST_DONE = 4,
 };
 
 struct sched_req {
@@ -55,6 +90,10 @@ struct sched_req {
     int max_tokens;        /* >= 1 */
     struct sample_params sp;
     bool ignore_eos;
+    int cls;               /* service class index (< n_classes); 0 under one class */
+    int tenant;            /* tenant index (< n_tenants); 0 when there are none */
+    uint64_t id;           /* for traces and logs */
+    uint64_t t_arrival_ns; /* monotonic; 0 = stamped by sched_submit */
     int32_t *out; /* [max_tokens] output token ids, owner's memory, written by the engine thread */
     /* Log-probabilities (optional): n_logprobs < 0 = off; otherwise out_lp
      * [max_tokens] gets each output token's log-probability and, when
@@ -72,37 +111,75 @@ struct sched_req {
     /* Output, published by the engine thread. */
     _Atomic int n_out;  /* tokens in out[] */
     _Atomic int finish; /* enum sched_finish; set after the last n_out store */
+    _Atomic int state;  /* enum sched_state */
+    _Atomic int kv_blocks; /* blocks held now */
     char err[LMD_ERR_MSG_MAX]; /* message for SCHED_FINISH_ERROR, written before finish */
+    /* Stamps (monotonic ns, 0 = not yet), written before the notify that
+     * follows them; read them after seeing `finish`. */
+    uint64_t t_deadline_ns; /* arrival + class TTFT target (0 = none) */
+    uint64_t t_admit_ns;    /* first admitted into the running set */
+    uint64_t t_first_ns;    /* first output token sampled */
+    uint64_t t_done_ns;
+    int n_preempted;
 
     /* Shared. */
     _Atomic int refs;
     _Atomic bool cancelled;
 
     /* Engine thread only. */
-    struct sched_req *next; /* waiting-queue link */
+    struct sched_req *next, *prev; /* inbox and queue links */
+    uint64_t seq;                  /* arrival order */
+    uint64_t t_eligible_ns;        /* arrival + class batching window */
     struct kv_seq kv;
     struct sampler smp;
-    int n_fed;        /* prompt tokens forwarded so far */
+    bool smp_ready;
+    bool queued;  /* in a waiting queue */
+    bool running; /* in the running set */
+    int n_fill;       /* tokens to prefill this residency: prompt, then output so far */
+    int n_fed;        /* of those, forwarded so far */
     int pos;          /* next position to write when decoding */
     int32_t last_tok; /* the token to feed in the next decode step */
+};
+
+enum sched_policy {
+    SCHED_POLICY_FCFS = 0,
+    SCHED_POLICY_SLA = 1,
+};
+
+struct sched_class {
+    const char *name;   /* the scheduler keeps the pointer; the caller keeps the string */
+    uint64_t ttft_ns;   /* time-to-first-token target; sets the deadline (0 = none) */
+    uint64_t tpot_ns;   /* time-per-output-token target; bounds the step while decoding (0 = none) */
+    uint64_t window_ns; /* batching window: held this long after arrival before it may start (0 = none) */
+    bool refuse_late;   /* refuse (SCHED_FINISH_DEADLINE / LMD_ETIMEDOUT) rather than run late */
 };
 
 struct sched_config {
     const struct tok_vocab *vocab; /* for end-of-generation tokens */
     int max_running; /* sequences in the running set (<= engine max_seqs) */
     int max_queue;   /* waiting requests before sched_submit says LMD_EBUSY */
+    enum sched_policy policy;
+    const struct sched_class *classes; /* [n_classes], most urgent first; NULL = one class without targets */
+    int n_classes;
+    const double *tenant_weight; /* [n_tenants] fair-share weights (> 0); NULL = one tenant */
+    int n_tenants;
+    int step_tokens; /* tokens per step; 0 = the engine's max_batch_tokens */
 };
 
 /* Counters for /metrics; read with sched_stats. */
 struct sched_stats {
     uint64_t requests_total;   /* finished requests */
-    uint64_t prompt_tokens;    /* tokens prefilled, total */
+    uint64_t prompt_tokens;    /* tokens prefilled, total (recomputation included) */
     uint64_t generated_tokens; /* tokens sampled, total */
     uint64_t steps;
+    uint64_t preemptions;
+    uint64_t deadline_refusals; /* SCHED_FINISH_DEADLINE plus LMD_ETIMEDOUT at submit */
     int running;
     int waiting;
+    int waiting_class[SCHED_MAX_CLASSES];
     int kv_blocks_free;
     int kv_blocks_total;
+    double tenant_tokens[SCHED_MAX_TENANTS]; /* tokens served per tenant (fair-share accounting) */
 };
 
 /* Start the engine thread over `eng` (which the scheduler drives from now
@@ -113,17 +190,22 @@ int sched_start(struct sched **out, struct engine *eng, const struct sched_confi
 void sched_stop(struct sched *s);
 
 /* Prepare a request's fields that the scheduler owns (refs = 1 for the
- * caller, counters zero). */
+ * caller, counters zero, no log-probabilities, class and tenant 0). */
 void sched_req_init(struct sched_req *r);
 void sched_req_ref(struct sched_req *r);
 void sched_req_unref(struct sched_req *r);
 
 /* Queue r. The scheduler takes its own reference on success. Returns
  * LMD_EBUSY when the waiting queue is full, LMD_ERANGE (err says why) when
- * r could never fit the KV cache or the context, LMD_ECANCELED when the
- * scheduler is stopping. */
+ * r could never fit the KV cache or the context, LMD_EINVAL for a bad
+ * class or tenant, LMD_ETIMEDOUT when its class refuses late work and the
+ * current estimate of its wait already passes its deadline, LMD_ECANCELED
+ * when the scheduler is stopping. Never blocks. */
 int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err);
 /* Ask the engine thread to drop r at its next step (any thread). */
 void sched_req_cancel(struct sched *s, struct sched_req *r);
 
 void sched_stats(struct sched *s, struct sched_stats *out);
+/* The estimated wait before a new request of class cls would start, from
+ * the engine thread's last step (ns; 0 when it would start at once). */
+uint64_t sched_estimate_wait_ns(struct sched *s, int cls);

@@ -190,12 +190,121 @@ static void test_refusals(void **state)
     assert_int_equal(sched_start(&s, eng, &sc, &err), LMD_EINVAL);
 }
 
+static const struct sched_class two_classes[2] = {
+    /* A 1 ns TTFT target: an urgent request that has to wait at all is
+     * already late, so it preempts at once. */
+    {.name = "urgent", .ttft_ns = 1},
+    {.name = "best_effort", .ttft_ns = 0},
+};
+
+static void t_wait_tokens(struct treq *t, int n)
+{
+    pthread_mutex_lock(&mu);
+    while (atomic_load(&t->r.n_out) < n && atomic_load(&t->r.finish) == SCHED_RUNNING)
+        pthread_cond_wait(&cv, &mu);
+    pthread_mutex_unlock(&mu);
+}
+
+/* One slot, a best_effort request decoding, an urgent one arrives: the
+ * best_effort one is preempted (its blocks freed), the urgent one runs and
+ * finishes first, then the preempted one resumes by recomputing its prompt
+ * and output so far, and its greedy output equals the output it gives when
+ * never preempted. */
+static void test_preempt_resume_same_output(void **state)
+{
+    (void)state;
+    struct lmd_err err = {0};
+    struct sched *s;
+    struct sched_config sc = {.vocab = vocab,
+                              .max_running = 1,
+                              .max_queue = 8,
+                              .policy = SCHED_POLICY_SLA,
+                              .classes = two_classes,
+                              .n_classes = 2};
+    assert_int_equal(sched_start(&s, eng, &sc, &err), 0);
+    static struct treq alone, a, u;
+    t_init(&alone, texts[1], 40);
+    alone.r.ignore_eos = true;
+    alone.r.cls = 1;
+    assert_int_equal(sched_submit(s, &alone.r, &err), 0);
+    t_wait_finish(&alone);
+    assert_int_equal(alone.r.n_preempted, 0);
+
+    t_init(&a, texts[1], 40);
+    a.r.ignore_eos = true;
+    a.r.cls = 1;
+    assert_int_equal(sched_submit(s, &a.r, &err), 0);
+    t_wait_tokens(&a, 6);
+    t_init(&u, texts[0], 8);
+    u.r.ignore_eos = true;
+    u.r.cls = 0;
+    assert_int_equal(sched_submit(s, &u.r, &err), 0);
+    t_wait_finish(&u);
+    t_wait_finish(&a);
+    assert_int_equal(atomic_load(&u.r.finish), SCHED_FINISH_LENGTH);
+    assert_int_equal(atomic_load(&a.r.finish), SCHED_FINISH_LENGTH);
+    assert_true(a.r.n_preempted >= 1);
+    assert_true(u.r.t_done_ns < a.r.t_done_ns);
+    assert_int_equal(atomic_load(&a.r.n_out), 40);
+    assert_memory_equal(alone.out, a.out, 40 * sizeof(int32_t));
+    struct sched_stats st;
+    sched_stats(s, &st);
+    assert_true(st.preemptions >= 1);
+    assert_int_equal(st.kv_blocks_free, st.kv_blocks_total);
+    sched_stop(s);
+    sched_req_unref(&alone.r);
+    sched_req_unref(&a.r);
+    sched_req_unref(&u.r);
+}
+
+/* Admission respects the free blocks: with 40 blocks of 16 tokens, requests
+ * reserving 13 blocks each run three at a time although four slots are
+ * free; the fourth starts only when one of the three gives its blocks back. */
+static void test_kv_budget_admission(void **state)
+{
+    (void)state;
+    struct lmd_err err = {0};
+    struct sched *s;
+    struct sched_config sc = {.vocab = vocab, .max_running = 4, .max_queue = 8, .policy = SCHED_POLICY_SLA};
+    assert_int_equal(sched_start(&s, eng, &sc, &err), 0);
+    static struct treq r[4];
+    for (int i = 0; i < 4; i++) {
+        t_init(&r[i], texts[2], 200);
+        r[i].r.max_tokens = 200 - r[i].r.n_prompt;
+        r[i].r.ignore_eos = true;
+        assert_int_equal(kv_blocks_for(eng->info.kv, 200), 13);
+        assert_int_equal(sched_submit(s, &r[i].r, &err), 0);
+    }
+    for (int i = 0; i < 3; i++)
+        t_wait_tokens(&r[i], 2);
+    struct sched_stats st;
+    sched_stats(s, &st);
+    assert_int_equal(atomic_load(&r[3].r.state), SCHED_ST_QUEUED);
+    assert_int_equal(r[3].r.t_admit_ns, 0);
+    assert_true(st.kv_blocks_free == st.kv_blocks_total - 39);
+    sched_req_cancel(s, &r[0].r);
+    t_wait_finish(&r[0]);
+    t_wait_tokens(&r[3], 1);
+    assert_true(r[3].r.t_admit_ns >= r[0].r.t_done_ns);
+    for (int i = 1; i < 4; i++)
+        sched_req_cancel(s, &r[i].r);
+    for (int i = 1; i < 4; i++)
+        t_wait_finish(&r[i]);
+    sched_stats(s, &st);
+    assert_int_equal(st.kv_blocks_free, st.kv_blocks_total);
+    sched_stop(s);
+    for (int i = 0; i < 4; i++)
+        sched_req_unref(&r[i].r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batched_equals_alone),
         cmocka_unit_test(test_cancel_returns_blocks),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_preempt_resume_same_output),
+        cmocka_unit_test(test_kv_budget_admission),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
