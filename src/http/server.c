@@ -202,7 +202,7 @@ static void http_abort(struct http_req *r)
 static void http_on_stall(h2o_timeout_entry_t *entry)
 {
     struct http_req *r = H2O_STRUCT_FROM_MEMBER(struct http_req, stall_entry, entry);
-    LMD_WARN("http: a client took no response bytes for %.0f s; dropping its request",
+    LMD_WARN("http: a client took no response bytes for %.1f s; dropping its request",
              (double)r->loop->stall_timeout.timeout / 1000.0);
     http_abort(r);
 }
