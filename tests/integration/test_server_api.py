@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import socket
+import threading
 import time
 
 import httpx
@@ -324,7 +325,7 @@ def raw_post(port, path, body, rcvbuf=None):
 def test_stalled_stream_is_bounded_and_dropped(lmd_bin, default_model):
     # The stalled request is fat, so that it fills the socket buffers quickly
     # even on a slow machine: 16 choices, 20 alternatives per token.
-    proc, base = start_server(lmd_bin, default_model, "--stall-timeout", "8", "--max-running", "20")
+    proc, base = start_server(lmd_bin, default_model, "--stall-timeout", "15", "--max-running", "20")
     port = int(base.rsplit(":", 1)[1])
     try:
         idle = metric(base, "lmd_kv_blocks_free")
@@ -334,12 +335,22 @@ def test_stalled_stream_is_bounded_and_dropped(lmd_bin, default_model):
             "messages": [{"role": "user", "content": "Count from one to one thousand."}], "max_tokens": 900,
             "temperature": 1, "ignore_eos": True, "stream": True, "logprobs": True, "top_logprobs": 20, "n": 16},
             rcvbuf=4096)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and metric(base, "lmd_kv_blocks_free") == idle:
+            time.sleep(0.05)
         # Meanwhile other streams complete normally.
         c = openai.OpenAI(base_url=base + "/v1", api_key="unused", timeout=60, max_retries=0)
-        for _ in range(3):
-            texts, finish = streamed_texts(c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=16,
-                                                                temperature=0, stream=True), 1)
-            assert finish == ["length"] and texts[0]
+        results = []
+
+        def other():
+            results.append(streamed_texts(c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=16,
+                                                               temperature=0, stream=True), 1))
+        threads = [threading.Thread(target=other) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert len(results) == 3 and all(f == ["length"] and t[0] for t, f in results)
         assert metric(base, "lmd_kv_blocks_free") < idle  # the stalled one still holds its blocks
         # It is dropped after the stall timeout, which cancels it: its KV
         # blocks come back long before 16 x 900 tokens could be generated.
