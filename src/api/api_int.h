@@ -6,6 +6,7 @@
  */
 #pragma once
 
+#include "api/api.h"
 #include "api/chat_template.h"
 #include "core/error.h"
 #include "sample/sample.h"
@@ -13,8 +14,11 @@
 #include <stdbool.h>
 #include "core/buf.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+
+struct http_req;
 
 /* Response text is built in core's growable buffer (core/buf.h). Per-request
  * buffers are reset, not freed, between tokens, so they grow to the largest
@@ -22,6 +26,12 @@
 
 /* Append s as the inside of a JSON string (no quotes). */
 int api_buf_json_escape(struct lmd_buf *b, const char *s, size_t n);
+/* Whether s[0, n) is valid UTF-8. */
+bool api_utf8_valid(const char *s, size_t n);
+/* Append one token's text as a JSON string (with quotes): as it is when it
+ * is valid UTF-8, else OpenAI's spelling of partial characters,
+ * "bytes:\\xe2\\x80". */
+int api_buf_json_token(struct lmd_buf *b, const char *s, size_t n);
 
 /* An error answer in OpenAI's shape: {"error":{"message","type","param","code"}}. */
 struct api_error {
@@ -43,6 +53,10 @@ enum api_kind {
 };
 
 #define API_MAX_STOP 4
+#define API_MAX_N 16            /* choices per request */
+#define API_MAX_BIAS 1024       /* logit_bias entries */
+#define API_MAX_TOP_CHAT 20     /* chat top_logprobs */
+#define API_MAX_TOP_COMPLETION 5 /* completions logprobs */
 
 /* One parsed request. Strings point into the parsed JSON document, which
  * the caller keeps (`doc`) until it has copied what it needs. */
@@ -66,6 +80,12 @@ struct api_params {
     int n_stop;
     bool stream;
     bool include_usage;
+    int n;              /* choices, [1, API_MAX_N] */
+    int logprobs;       /* -1 = off; else how many top alternatives per token */
+    struct sample_bias *bias; /* [n_bias] malloc'd; ids not yet checked against the vocabulary */
+    int n_bias;
+    bool echo;          /* completions: the prompt text comes first */
+    bool ignore_eos;    /* generate through end-of-generation tokens */
 };
 
 /* Parse and validate a request body. On failure fills e (status 400 with
@@ -80,3 +100,32 @@ long api_stop_find(const char *text, size_t len, const char *const *stop, const 
 /* How many trailing bytes of text must be held back because they could be
  * the start of a stop string completed by later text. */
 size_t api_stop_holdback(const char *text, size_t len, const char *const *stop, const size_t *stop_len, int n_stop);
+
+/* The process-wide API state (api.h's opaque struct api). */
+struct api {
+    struct api_config cfg;
+    char *model_id;   /* general.name or the file stem */
+    const char *file; /* base name of the model path */
+    char *stem;       /* file name without .gguf */
+    char *model_json; /* model_id escaped for JSON strings */
+    long created;     /* s, start-up time, for /v1/models */
+    _Atomic bool draining;
+    _Atomic int active; /* calls not yet freed */
+    _Atomic uint64_t http_requests, seq;
+};
+
+/* Answers (routes.c). Errors carry OpenAI's body; hname/hvalue add one
+ * header (both may be NULL). */
+void api_send_error(struct http_req *r, const struct api_error *e, const char *hname, const char *hvalue);
+
+/* Completion ids and X-Request-Id values: at most this long, NUL included. */
+#define API_ID_MAX 72
+
+/* A generation call (call.c): build the call for a validated request,
+ * submit its n choices to the scheduler and answer from then on. Takes
+ * ownership of ids ([n_prompt] malloc'd; freed on failure too). On failure
+ * fills e and returns non-zero, having answered nothing: the caller sends e.
+ * `id` is the completion id (also the X-Request-Id unless the client sent
+ * its own). */
+int api_call_submit(struct api *a, struct http_req *r, const struct api_params *p, int32_t *ids, int n_prompt,
+                    int max_tokens, const char *id, struct api_error *e);

@@ -2,8 +2,8 @@
  * Request bodies of /v1/completions and /v1/chat/completions -> struct
  * api_params, with OpenAI's ranges checked and every refusal naming the
  * field and the reason. Unknown fields are ignored, as OpenAI's servers
- * do; fields lmd cannot honour (n > 1, logprobs) are refused rather than
- * silently ignored.
+ * do; fields lmd cannot honour (prompt lists, echo with logprobs) are
+ * refused rather than silently ignored.
  *
  * Not here: tokenization, the chat template, model lookup (routes.c).
  */
@@ -11,6 +11,7 @@
 
 #include <jansson.h>
 
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,11 +218,78 @@ static int parse_stop(struct api_params *p, json_t *root, struct api_error *e)
     return 0;
 }
 
+/* {"token id": bias}: ids are checked for syntax here and against the
+ * vocabulary by the caller, which knows it. */
+static int parse_bias(struct api_params *p, json_t *root, struct api_error *e)
+{
+    json_t *v = json_object_get(root, "logit_bias");
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_object(v))
+        return BAD("logit_bias", "'logit_bias' must be an object mapping token ids (as strings) to numbers");
+    size_t n = json_object_size(v);
+    if (n > API_MAX_BIAS)
+        return BAD("logit_bias", "'logit_bias' has %zu entries; at most %d are allowed", n, API_MAX_BIAS);
+    if (n == 0)
+        return 0;
+    p->bias = malloc(n * sizeof *p->bias);
+    if (!p->bias)
+        return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    const char *key;
+    json_t *val;
+    json_object_foreach(v, key, val) {
+        char *end = NULL;
+        errno = 0;
+        long id = strtol(key, &end, 10);
+        if (!*key || *end || errno || id < 0 || id > INT32_MAX || key[0] == '+' || key[0] == ' ')
+            return BAD("logit_bias", "logit_bias key '%.40s' is not a token id (a non-negative integer)", key);
+        if (!json_is_number(val))
+            return BAD("logit_bias", "logit_bias['%.40s'] must be a number", key);
+        double b = json_number_value(val);
+        if (!isfinite(b) || b < -100 || b > 100)
+            return BAD("logit_bias", "logit_bias['%.40s'] must be in [-100, 100], got %g", key, b);
+        p->bias[p->n_bias++] = (struct sample_bias){.token = (int32_t)id, .bias = (float)b};
+    }
+    return 0;
+}
+
+/* Chat: logprobs true/false and top_logprobs 0..20. Completions: logprobs
+ * 0..5, the number of alternatives (0 = the chosen token's only). */
+static int parse_logprobs(struct api_params *p, json_t *root, struct api_error *e)
+{
+    json_t *lp = json_object_get(root, "logprobs");
+    bool on = lp && !json_is_null(lp) && !json_is_false(lp);
+    if (p->kind == API_CHAT) {
+        bool want = false;
+        long long top = 0;
+        bool top_given = false;
+        if (get_bool(root, "logprobs", &want, e) ||
+            get_int(root, "top_logprobs", 0, API_MAX_TOP_CHAT, &top, &top_given, e))
+            return LMD_EINVAL;
+        if (top_given && !want)
+            return BAD("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+        p->logprobs = want ? (int)top : -1;
+        return 0;
+    }
+    if (!on)
+        return 0;
+    if (json_is_true(lp))
+        return BAD("logprobs", "'logprobs' must be an integer in [0, %d] for completions (the number of "
+                   "alternatives per token)", API_MAX_TOP_COMPLETION);
+    long long k = 0;
+    if (get_int(root, "logprobs", 0, API_MAX_TOP_COMPLETION, &k, NULL, e))
+        return LMD_EINVAL;
+    p->logprobs = (int)k;
+    return 0;
+}
+
 int api_params_parse(struct api_params *p, enum api_kind kind, const char *body, size_t len, struct api_error *e)
 {
     memset(p, 0, sizeof *p);
     p->kind = kind;
     p->max_tokens = -1;
+    p->n = 1;
+    p->logprobs = -1;
     sample_params_default(&p->sp);
     p->sp.temperature = 1.0f;
     p->sp.top_k = 0;
@@ -247,10 +315,8 @@ int api_params_parse(struct api_params *p, enum api_kind kind, const char *body,
 
     long long n = 1, mt = -1, top_k = 0, seed = 0;
     double temp = 1, top_p = 1, min_p = 0, pres = 0, freq = 0, rep = 1;
-    if (get_int(root, "n", 1, 1 << 20, &n, NULL, e))
+    if (get_int(root, "n", 1, API_MAX_N, &n, NULL, e))
         return LMD_EINVAL;
-    if (n != 1)
-        return BAD("n", "'n' is %lld; lmd returns one choice per request (n = 1)", n);
     if (get_int(root, "max_tokens", 1, 1 << 24, &mt, NULL, e) ||
         get_int(root, "max_completion_tokens", 1, 1 << 24, &mt, NULL, e))
         return LMD_EINVAL;
@@ -273,11 +339,24 @@ int api_params_parse(struct api_params *p, enum api_kind kind, const char *body,
         if (get_bool(so, "include_usage", &p->include_usage, e))
             return LMD_EINVAL;
     }
-    json_t *lp = json_object_get(root, "logprobs");
-    if (lp && !json_is_null(lp) && !json_is_false(lp) && !(json_is_integer(lp) && json_integer_value(lp) == 0))
-        return BAD("logprobs", "'logprobs' is not supported by lmd yet");
+    if (parse_logprobs(p, root, e) || parse_bias(p, root, e) || get_bool(root, "ignore_eos", &p->ignore_eos, e))
+        return LMD_EINVAL;
+    json_t *user = json_object_get(root, "user");
+    if (user && !json_is_null(user) && !json_is_string(user))
+        return BAD("user", "'user' must be a string");
+    if (kind == API_COMPLETION) {
+        if (get_bool(root, "echo", &p->echo, e))
+            return LMD_EINVAL;
+        /* The prompt's own log-probabilities would need a forward pass
+         * that keeps every prompt position's logits, which the engine does
+         * not do; refusing is more honest than nulls. */
+        if (p->echo && p->logprobs >= 0)
+            return BAD("echo", "'echo' together with 'logprobs' is not supported (the prompt's log-probabilities "
+                       "are not computed); use one or the other");
+    }
 
     p->max_tokens = (int)mt;
+    p->n = (int)n;
     p->sp.temperature = (float)temp;
     p->sp.top_p = (float)top_p;
     p->sp.top_k = top_k < 0 ? 0 : (int)top_k;
@@ -293,6 +372,7 @@ void api_params_free(struct api_params *p)
 {
     free(p->prompt_ids);
     free(p->msgs);
+    free(p->bias);
     json_decref((json_t *)p->doc);
     memset(p, 0, sizeof *p);
 }

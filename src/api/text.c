@@ -39,6 +39,41 @@ int api_buf_json_escape(struct lmd_buf *b, const char *s, size_t n)
     return 0;
 }
 
+bool api_utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        if (k == 0 || i + k > n || (k == 2 && c < 0xc2) || (k == 4 && c > 0xf4))
+            return false;
+        for (size_t j = 1; j < k; j++)
+            if ((u[i + j] & 0xc0) != 0x80)
+                return false;
+        /* Overlong three- and four-byte forms, surrogates, past U+10FFFF. */
+        if ((k == 3 && c == 0xe0 && u[i + 1] < 0xa0) || (k == 3 && c == 0xed && u[i + 1] >= 0xa0) ||
+            (k == 4 && c == 0xf0 && u[i + 1] < 0x90) || (k == 4 && c == 0xf4 && u[i + 1] >= 0x90))
+            return false;
+        i += k;
+    }
+    return true;
+}
+
+int api_buf_json_token(struct lmd_buf *b, const char *s, size_t n)
+{
+    if (lmd_buf_append(b, "\"", 1))
+        return LMD_ENOMEM;
+    int rc = 0;
+    if (api_utf8_valid(s, n)) {
+        rc = api_buf_json_escape(b, s, n);
+    } else {
+        rc = lmd_buf_append(b, "bytes:", 6);
+        for (size_t i = 0; i < n && rc == 0; i++)
+            rc = lmd_buf_printf(b, "\\\\x%02x", (unsigned char)s[i]);
+    }
+    return rc ? rc : lmd_buf_append(b, "\"", 1);
+}
+
 int api_error_set(struct api_error *e, int status, const char *type, const char *param, const char *code,
                   const char *fmt, ...)
 {

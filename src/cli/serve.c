@@ -32,7 +32,8 @@ static void serve_usage(FILE *out)
             "usage: lmd serve [-m MODEL] [options]\n"
             "\n"
             "Serves the OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models,\n"
-            "/health, /ready, /metrics) over HTTP/1.1 and cleartext HTTP/2 on one port.\n"
+            "/health, /ready, /metrics) over HTTP/1.1 and cleartext HTTP/2 on one port, or over\n"
+            "HTTPS (ALPN: h2, http/1.1) with --tls-cert and --tls-key.\n"
             "SIGTERM or SIGINT drains: new connections are refused, /ready answers 503,\n"
             "requests in flight finish, then the process exits 0.\n"
             "\n"
@@ -48,6 +49,10 @@ static void serve_usage(FILE *out)
             "      --kv-blocks N        KV-cache blocks of 16 tokens (default: max-running full contexts)\n"
             "      --max-body BYTES     request body limit, 413 above it (default 4194304)\n"
             "      --drain-timeout S    seconds to let requests finish at shutdown (default 30)\n"
+            "      --tls-cert FILE      PEM certificate chain: serve HTTPS (needs --tls-key)\n"
+            "      --tls-key FILE       PEM private key of --tls-cert\n"
+            "      --stall-timeout S    drop a streamed request whose client takes no bytes for S\n"
+            "                           seconds (default 60; 0 = never)\n"
             "      --chat-template F    force the chat template: gemma, llama3, chatml, mistral, generic\n"
             "      --log-level L        debug, info, warn, error (default info)\n",
             CLI_DEFAULT_MODEL);
@@ -65,6 +70,9 @@ enum {
     OPT_DRAIN,
     OPT_CHAT_TEMPLATE,
     OPT_LOG_LEVEL,
+    OPT_TLS_CERT,
+    OPT_TLS_KEY,
+    OPT_STALL,
 };
 
 /* Waits for SIGTERM/SIGINT (blocked in every thread, so only this wait
@@ -110,12 +118,15 @@ int cli_serve(int argc, char **argv)
         {"drain-timeout", required_argument, NULL, OPT_DRAIN},
         {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+        {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+        {"tls-key", required_argument, NULL, OPT_TLS_KEY},
+        {"stall-timeout", required_argument, NULL, OPT_STALL},
         {"help", no_argument, NULL, 'h'},
         {0, 0, 0, 0},
     };
-    const char *model_path = NULL, *host = "127.0.0.1", *tmpl_name = NULL;
+    const char *model_path = NULL, *host = "127.0.0.1", *tmpl_name = NULL, *tls_cert = NULL, *tls_key = NULL;
     long port = 8080, io_threads = 1, threads = 0, n_ctx = 4096, max_running = 8, max_queue = 64, max_batch = 512,
-         kv_blocks = 0, max_body = 4 << 20, drain_s = 30;
+         kv_blocks = 0, max_body = 4 << 20, drain_s = 30, stall_s = 60;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:t:c:h", opts, NULL)) != -1) {
@@ -134,6 +145,9 @@ int cli_serve(int argc, char **argv)
         case OPT_MAX_BODY: bad = cli_parse_long("lmd serve", "--max-body", optarg, 1024, 1L << 30, &max_body); break;
         case OPT_DRAIN: bad = cli_parse_long("lmd serve", "--drain-timeout", optarg, 0, 86400, &drain_s); break;
         case OPT_CHAT_TEMPLATE: tmpl_name = optarg; break;
+        case OPT_TLS_CERT: tls_cert = optarg; break;
+        case OPT_TLS_KEY: tls_key = optarg; break;
+        case OPT_STALL: bad = cli_parse_long("lmd serve", "--stall-timeout", optarg, 0, 86400, &stall_s); break;
         case OPT_LOG_LEVEL: {
             enum lmd_log_level lv;
             if (lmd_log_parse_level(optarg, &lv) != 0) {
@@ -156,6 +170,10 @@ int cli_serve(int argc, char **argv)
     if (max_batch < max_running) {
         fprintf(stderr, "lmd serve: --max-batch-tokens (%ld) must be at least --max-running (%ld)\n", max_batch,
                 max_running);
+        return 2;
+    }
+    if (!tls_cert != !tls_key) {
+        fprintf(stderr, "lmd serve: --tls-cert and --tls-key go together\n");
         return 2;
     }
     enum chat_family fam = CHAT_GENERIC;
@@ -233,6 +251,9 @@ int cli_serve(int argc, char **argv)
         .port = (int)port,
         .io_threads = (int)io_threads,
         .max_body = (size_t)max_body,
+        .tls_cert = tls_cert,
+        .tls_key = tls_key,
+        .stall_timeout_ms = (int)(stall_s * 1000),
         .handler = api_handle,
         .ud = api,
     };
@@ -244,8 +265,8 @@ int cli_serve(int argc, char **argv)
              "kv %d blocks",
              api_model_id(api), eng->info.arch, eng->info.n_ctx, chat_family_name(fam),
              (double)(lmd_time_mono_ns() - t0) / 1e6, eng->info.n_threads, kern_isa(), kv_free_blocks(eng->info.kv));
-    LMD_INFO("lmd serve: listening on http://%s:%d (HTTP/1.1 and h2c), %ld I/O threads", host,
-             http_server_port(http), io_threads);
+    LMD_INFO("lmd serve: listening on %s://%s:%d (%s), %ld I/O threads", tls_cert ? "https" : "http", host,
+             http_server_port(http), tls_cert ? "TLS, ALPN h2 and http/1.1" : "HTTP/1.1 and h2c", io_threads);
 
     serve_wait_and_drain(http, api, drain_s);
     status = 0;

@@ -5,10 +5,17 @@
  * HTTP/2 without TLS comes from h2o's HTTP/1 parser: a connection that
  * opens with the HTTP/2 preface ("PRI * HTTP/2.0") is handed to the HTTP/2
  * codec (globalconf.http1.upgrade_to_http2, on by default), so one port
- * serves both. TLS and ALPN are not set up here yet.
+ * serves both. With a certificate and key the port speaks TLS only, and
+ * ALPN picks h2 or http/1.1 per connection.
+ *
+ * Streamed responses are bounded from both ends: the handler sees how many
+ * bytes the client has not taken yet (http_stream_unsent) and is called back
+ * when they have all gone (on_drain), so it can stop producing instead of
+ * buffering without limit; and a send that makes no progress for the stall
+ * timeout drops the request (the client is treated as gone).
  *
  * It is not a router and holds no per-request state beyond the write
- * buffers of a streamed response.
+ * buffers and timers of a response.
  */
 #include "http/http.h"
 
@@ -17,16 +24,20 @@
 #include "core/log.h"
 
 #include <h2o.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -41,6 +52,7 @@ struct http_loop {
     h2o_multithread_receiver_t receiver;
     h2o_multithread_message_t wake_msg; /* in flight while wake_pending */
     struct http_task stop_task;         /* closes the listener on this thread */
+    h2o_timeout_t stall_timeout;        /* stall_ms; entries: sends in flight */
 
     pthread_mutex_t mu; /* guards the inbox below */
     struct http_task *head, *tail;
@@ -59,6 +71,7 @@ struct http_server {
     struct http_config cfg;
     h2o_globalconf_t gconf;
     int port;
+    SSL_CTX *ssl_ctx;        /* NULL = cleartext */
     struct http_loop *loops; /* [io_threads] */
     int n_loops;
     pthread_mutex_t start_mu;
@@ -76,8 +89,15 @@ struct http_req {
     bool sending;       /* an h2o_send is in flight; wait for proceed */
     bool final_pending; /* the last write has been queued */
     bool final_sent;
+    bool answered;       /* headers are out: the disconnect watch has no more use */
     struct lmd_buf pend; /* written, not yet handed to h2o */
     struct lmd_buf infl; /* handed to h2o, owned by it until proceed */
+    void (*on_drain)(void *ctx);
+    void *drain_ctx;
+    void (*on_gone)(void *ctx);
+    void *gone_ctx;
+    h2o_timeout_entry_t stall_entry; /* linked while a send is in flight */
+    h2o_timeout_entry_t watch_entry; /* linked while watching for a disconnect */
 };
 
 static const char *http_reason(int status)
@@ -85,6 +105,8 @@ static const char *http_reason(int status)
     switch (status) {
     case 200: return "OK";
     case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 413: return "Payload Too Large";
@@ -148,10 +170,59 @@ static void http_req_dispose(void *p)
 {
     struct http_req *r = p;
     r->closed = true;
+    /* The timers live in the request; they must not fire after it. */
+    if (h2o_timeout_is_linked(&r->stall_entry))
+        h2o_timeout_unlink(&r->stall_entry);
+    if (h2o_timeout_is_linked(&r->watch_entry))
+        h2o_timeout_unlink(&r->watch_entry);
     if (r->on_close)
         r->on_close(r->ctx);
     free(r->pend.ptr);
     free(r->infl.ptr);
+}
+
+/* Drop a request whose client has stopped reading: its connection is shut
+ * down, with a reset so the kernel frees the unsent bytes at once; h2o sees
+ * the write fail and disposes the request. On HTTP/2 that ends every
+ * stream of the connection: h2o 2.2 has no public call to reset a single
+ * stream (its internal header needs khash, which it does not install). */
+static void http_abort(struct http_req *r)
+{
+    h2o_req_t *req = r->req;
+    h2o_socket_t *sock = req->conn->callbacks->get_socket ? req->conn->callbacks->get_socket(req->conn) : NULL;
+    r->closed = true;
+    if (sock) {
+        int fd = h2o_socket_get_fd(sock);
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        shutdown(fd, SHUT_RDWR);
+    }
+}
+
+static void http_on_stall(h2o_timeout_entry_t *entry)
+{
+    struct http_req *r = H2O_STRUCT_FROM_MEMBER(struct http_req, stall_entry, entry);
+    LMD_WARN("http: a client took no response bytes for %.1f s; dropping its request",
+             (double)r->loop->stall_timeout.timeout / 1000.0);
+    http_abort(r);
+}
+
+/* HTTP/1.1 only: h2o does not read the socket while a request is being
+ * handled, so a client that hangs up is not seen until the answer is
+ * written. A peek once a second (POLLRDHUP: the peer shut down its side)
+ * tells the handler sooner. */
+static void http_on_watch(h2o_timeout_entry_t *entry)
+{
+    struct http_req *r = H2O_STRUCT_FROM_MEMBER(struct http_req, watch_entry, entry);
+    if (r->closed || r->answered)
+        return;
+    h2o_socket_t *sock = r->req->conn->callbacks->get_socket(r->req->conn);
+    struct pollfd pfd = {.fd = sock ? h2o_socket_get_fd(sock) : -1, .events = POLLRDHUP};
+    if (sock && poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+        r->on_gone(r->gone_ctx);
+        return;
+    }
+    h2o_timeout_link(r->loop->loop, &r->loop->ctx.one_sec_timeout, &r->watch_entry);
 }
 
 static int http_on_req(h2o_handler_t *self, h2o_req_t *req)
@@ -161,6 +232,8 @@ static int http_on_req(h2o_handler_t *self, h2o_req_t *req)
     memset(r, 0, sizeof *r);
     r->req = req;
     r->loop = H2O_STRUCT_FROM_MEMBER(struct http_loop, ctx, req->conn->ctx);
+    r->stall_entry.cb = http_on_stall;
+    r->watch_entry.cb = http_on_watch;
     srv->cfg.handler(srv->cfg.ud, r);
     return 0;
 }
@@ -185,6 +258,28 @@ struct http_str http_req_body(const struct http_req *r)
     return (struct http_str){r->req->entity.base, r->req->entity.len};
 }
 
+struct http_str http_req_header(const struct http_req *r, const char *name)
+{
+    size_t n = strlen(name);
+    const h2o_headers_t *h = &r->req->headers;
+    for (size_t i = 0; i < h->size; i++)
+        if (h->entries[i].name->len == n && strncasecmp(h->entries[i].name->base, name, n) == 0)
+            return (struct http_str){h->entries[i].value.base, h->entries[i].value.len};
+    return (struct http_str){"", 0};
+}
+
+void http_req_add_header(struct http_req *r, const char *name, const char *value)
+{
+    if (r->closed || r->answered)
+        return;
+    h2o_req_t *req = r->req;
+    /* HTTP/2 wants lower-case names; HTTP/1.1 does not care. */
+    h2o_iovec_t n = h2o_strdup(&req->pool, name, strlen(name));
+    h2o_strtolower(n.base, n.len);
+    h2o_iovec_t v = h2o_strdup(&req->pool, value, strlen(value));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, n.base, n.len, 1, NULL, v.base, v.len);
+}
+
 struct http_loop *http_req_loop(const struct http_req *r) { return r->loop; }
 
 void http_req_on_close(struct http_req *r, void (*fn)(void *ctx), void *ctx)
@@ -193,25 +288,36 @@ void http_req_on_close(struct http_req *r, void (*fn)(void *ctx), void *ctx)
     r->ctx = ctx;
 }
 
+void http_req_watch_disconnect(struct http_req *r, void (*fn)(void *ctx), void *ctx)
+{
+    if (r->closed || r->answered || r->req->version >= 0x200)
+        return; /* HTTP/2 resets dispose the request already */
+    r->on_gone = fn;
+    r->gone_ctx = ctx;
+    if (!h2o_timeout_is_linked(&r->watch_entry))
+        h2o_timeout_link(r->loop->loop, &r->loop->ctx.one_sec_timeout, &r->watch_entry);
+}
+
 static void http_set_head(struct http_req *r, int status, const char *ctype)
 {
     h2o_req_t *req = r->req;
     req->res.status = status;
     req->res.reason = http_reason(status);
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ctype, strlen(ctype));
+    r->answered = true;
+    if (h2o_timeout_is_linked(&r->watch_entry))
+        h2o_timeout_unlink(&r->watch_entry);
 }
 
 void http_respond(struct http_req *r, int status, const char *ctype, const char *body, size_t len, const char *hname,
                   const char *hvalue)
 {
-    if (r->closed)
+    if (r->closed || r->answered)
         return;
     h2o_req_t *req = r->req;
+    if (hname && hvalue)
+        http_req_add_header(r, hname, hvalue);
     http_set_head(r, status, ctype);
-    if (hname && hvalue) {
-        h2o_iovec_t v = h2o_strdup(&req->pool, hvalue, strlen(hvalue));
-        h2o_add_header_by_str(&req->pool, &req->res.headers, hname, strlen(hname), 1, NULL, v.base, v.len);
-    }
     req->res.content_length = len;
     h2o_send_inline(req, body, len);
 }
@@ -233,6 +339,10 @@ static void http_flush(struct http_req *r)
         state = H2O_SEND_STATE_FINAL;
         r->final_sent = true;
     }
+    /* The stall clock runs while h2o holds bytes the client has not taken;
+     * proceed (or the request's disposal after the final send) stops it. */
+    if (r->loop->stall_timeout.timeout && !h2o_timeout_is_linked(&r->stall_entry))
+        h2o_timeout_link(r->loop->loop, &r->loop->stall_timeout, &r->stall_entry);
     h2o_iovec_t v = h2o_iovec_init(r->infl.ptr, r->infl.len);
     h2o_send(r->req, &v, r->infl.len ? 1 : 0, state);
 }
@@ -241,7 +351,13 @@ static void http_on_proceed(h2o_generator_t *gen, h2o_req_t *req)
 {
     struct http_req *r = H2O_STRUCT_FROM_MEMBER(struct http_req, gen, gen);
     r->sending = false;
+    r->infl.len = 0;
+    if (h2o_timeout_is_linked(&r->stall_entry))
+        h2o_timeout_unlink(&r->stall_entry);
     http_flush(r);
+    /* Everything written has gone: the producer may write more. */
+    if (!r->sending && !r->closed && !r->final_pending && r->on_drain)
+        r->on_drain(r->drain_ctx);
 }
 
 static void http_on_stop(h2o_generator_t *gen, h2o_req_t *req)
@@ -250,10 +366,23 @@ static void http_on_stop(h2o_generator_t *gen, h2o_req_t *req)
     r->closed = true;
 }
 
+/* Bytes of kernel send buffer for a connection that carries a stream. Left
+ * alone, Linux grows it to tcp_wmem's maximum (4 MiB by default), which
+ * would hide a client that stopped reading for megabytes and make the
+ * memory behind each stream that much larger. Token streams are slow next
+ * to any link, so a fixed buffer (the kernel doubles this value) costs no
+ * throughput. */
+#define HTTP_STREAM_SNDBUF (128 * 1024)
+
 void http_stream_begin(struct http_req *r, int status, const char *ctype)
 {
-    if (r->closed)
+    if (r->closed || r->answered)
         return;
+    h2o_socket_t *sock = r->req->conn->callbacks->get_socket ? r->req->conn->callbacks->get_socket(r->req->conn) : NULL;
+    if (sock) {
+        int sz = HTTP_STREAM_SNDBUF;
+        setsockopt(h2o_socket_get_fd(sock), SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+    }
     http_set_head(r, status, ctype);
     h2o_add_header(&r->req->pool, &r->req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-cache"));
     r->gen.proceed = http_on_proceed;
@@ -273,6 +402,17 @@ void http_stream_write(struct http_req *r, const char *data, size_t len, bool fi
     if (final)
         r->final_pending = true;
     http_flush(r);
+}
+
+size_t http_stream_unsent(const struct http_req *r)
+{
+    return r->pend.len + (r->sending ? r->infl.len : 0);
+}
+
+void http_stream_on_drain(struct http_req *r, void (*fn)(void *ctx), void *ctx)
+{
+    r->on_drain = fn;
+    r->drain_ctx = ctx;
 }
 
 /* ---- loops and the listener -------------------------------------------- */
@@ -305,7 +445,8 @@ static bool http_ctx_idle(h2o_context_t *c)
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if (!h2o_linklist_is_empty(&t[i]->_entries))
             return false;
-    return true;
+    struct http_loop *l = H2O_STRUCT_FROM_MEMBER(struct http_loop, ctx, c);
+    return h2o_linklist_is_empty(&l->stall_timeout._entries);
 }
 
 static void http_exit_loop(struct http_task *t)
@@ -323,6 +464,8 @@ static void *http_loop_main(void *arg)
     h2o_context_init(&l->ctx, l->loop, &srv->gconf);
     l->accept_ctx.ctx = &l->ctx;
     l->accept_ctx.hosts = srv->gconf.hosts;
+    l->accept_ctx.ssl_ctx = srv->ssl_ctx;
+    h2o_timeout_init(l->loop, &l->stall_timeout, (uint64_t)srv->cfg.stall_timeout_ms);
     h2o_multithread_register_receiver(l->ctx.queue, &l->receiver, http_on_wake);
     l->listener = h2o_evloop_socket_create(l->loop, l->listen_fd, H2O_SOCKET_FLAG_DONT_READ);
     l->listener->data = l;
@@ -388,6 +531,50 @@ static int http_listen(const char *host, int port, int *out_fd, int *out_port, s
     return 0;
 }
 
+/* The OpenSSL error queue's last reason, for one-line messages. */
+static const char *http_ssl_reason(void)
+{
+    unsigned long e = ERR_peek_last_error();
+    const char *r = e ? ERR_reason_error_string(e) : NULL;
+    return r ? r : "unknown error";
+}
+
+/* Certificate and key, checked before anything listens, so a bad path or
+ * a mismatched pair is a start-up error that names the file. */
+static int http_tls_init(struct http_server *s, const struct http_config *cfg, struct lmd_err *err)
+{
+    if (!cfg->tls_cert && !cfg->tls_key)
+        return 0;
+    if (!cfg->tls_cert || !cfg->tls_key)
+        return lmd_err_set(err, LMD_EINVAL, "TLS needs both --tls-cert and --tls-key");
+    const char *files[2] = {cfg->tls_cert, cfg->tls_key}, *flags[2] = {"--tls-cert", "--tls-key"};
+    for (int i = 0; i < 2; i++)
+        if (access(files[i], R_OK) != 0)
+            return lmd_err_set(err, LMD_EIO, "cannot read %s %s: %s", flags[i], files[i], strerror(errno));
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx)
+        return lmd_err_set(err, LMD_ENOMEM, "cannot create a TLS context: %s", http_ssl_reason());
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    int rc = 0;
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert) != 1)
+        rc = lmd_err_set(err, LMD_EFORMAT, "cannot load --tls-cert %s: %s", cfg->tls_cert, http_ssl_reason());
+    else if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key, SSL_FILETYPE_PEM) != 1)
+        rc = lmd_err_set(err, LMD_EFORMAT, "cannot load --tls-key %s: %s", cfg->tls_key, http_ssl_reason());
+    else if (SSL_CTX_check_private_key(ctx) != 1)
+        rc = lmd_err_set(err, LMD_EINVAL, "--tls-key %s does not match the certificate in --tls-cert %s",
+                         cfg->tls_key, cfg->tls_cert);
+    ERR_clear_error();
+    if (rc) {
+        SSL_CTX_free(ctx);
+        return rc;
+    }
+    /* h2, then http/1.1: a client that offers both gets HTTP/2. */
+    h2o_ssl_register_alpn_protocols(ctx, h2o_alpn_protocols);
+    s->ssl_ctx = ctx;
+    return 0;
+}
+
 int http_server_start(struct http_server **out, const struct http_config *cfg, struct lmd_err *err)
 {
     *out = NULL;
@@ -397,9 +584,15 @@ int http_server_start(struct http_server **out, const struct http_config *cfg, s
     if (!s)
         return lmd_err_set(err, LMD_ENOMEM, "out of memory");
     s->cfg = *cfg;
+    if (cfg->stall_timeout_ms < 0)
+        s->cfg.stall_timeout_ms = 0;
     int fd = -1;
-    int rc = http_listen(cfg->host, cfg->port, &fd, &s->port, err);
+    int rc = http_tls_init(s, cfg, err);
+    if (rc == 0)
+        rc = http_listen(cfg->host, cfg->port, &fd, &s->port, err);
     if (rc) {
+        if (s->ssl_ctx)
+            SSL_CTX_free(s->ssl_ctx);
         free(s);
         return rc;
     }
@@ -418,6 +611,8 @@ int http_server_start(struct http_server **out, const struct http_config *cfg, s
     if (!s->loops) {
         close(fd);
         h2o_config_dispose(&s->gconf);
+        if (s->ssl_ctx)
+            SSL_CTX_free(s->ssl_ctx);
         free(s);
         return lmd_err_set(err, LMD_ENOMEM, "out of memory");
     }
@@ -445,6 +640,8 @@ int http_server_start(struct http_server **out, const struct http_config *cfg, s
 
 int http_server_port(const struct http_server *s) { return s->port; }
 
+bool http_server_tls(const struct http_server *s) { return s->ssl_ctx != NULL; }
+
 void http_server_stop_accepting(struct http_server *s)
 {
     for (int i = 0; i < s->n_loops; i++)
@@ -463,6 +660,7 @@ void http_server_free(struct http_server *s)
         pthread_join(l->thread, NULL);
         pthread_mutex_destroy(&l->mu);
         if (l->idle) {
+            h2o_timeout_dispose(l->loop, &l->stall_timeout);
             h2o_context_dispose(&l->ctx);
             h2o_evloop_destroy(l->loop);
         } else {
@@ -472,6 +670,9 @@ void http_server_free(struct http_server *s)
     }
     if (all_idle)
         h2o_config_dispose(&s->gconf); /* contexts still alive point into it */
+    /* Connections still open hold their own references to the context. */
+    if (s->ssl_ctx)
+        SSL_CTX_free(s->ssl_ctx);
     free(s->loops);
     pthread_mutex_destroy(&s->start_mu);
     pthread_cond_destroy(&s->start_cv);

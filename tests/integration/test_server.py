@@ -243,7 +243,9 @@ def test_errors(server, model_id):
     assert e["param"] == "temperature"
     e = error_of(httpx.post(url, json={"prompt": "x", "max_tokens": 0}), 400)
     assert e["param"] == "max_tokens"
-    e = error_of(httpx.post(url, json={"prompt": "x", "n": 2}), 400)
+    e = error_of(httpx.post(url, json={"prompt": "x", "n": 17}), 400)
+    assert e["param"] == "n" and "16" in e["message"]
+    e = error_of(httpx.post(url, json={"prompt": "x", "n": 0}), 400)
     assert e["param"] == "n"
     e = error_of(httpx.post(server + "/v1/chat/completions", json={"model": model_id}), 400)
     assert e["param"] == "messages"

@@ -1,7 +1,8 @@
 /*
  * api/ without a server: request bodies (valid, malformed, out of range,
- * wrong types — each refusal names its field), stop-string matching and
- * hold-back across token boundaries, JSON escaping, error bodies.
+ * wrong types — each refusal names its field; n, logprobs, logit_bias,
+ * echo), stop-string matching and hold-back across token boundaries, JSON
+ * escaping, token text for log-probabilities, UTF-8 checks, error bodies.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -136,8 +137,31 @@ static void test_malformed(void **state)
     expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"stream\":1}", "stream");
     expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"stream_options\":[]}", "stream_options");
     expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"stream_options\":{\"include_usage\":\"y\"}}", "include_usage");
-    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"n\":2}", "n");
-    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":5}", "logprobs");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"n\":17}", "n");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"n\":0}", "n");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"n\":\"2\"}", "n");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":6}", "logprobs");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":true}", "logprobs");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":-1}", "logprobs");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":2,\"echo\":true}", "echo");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"echo\":\"yes\"}", "echo");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"ignore_eos\":1}", "ignore_eos");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"user\":7}", "user");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":[1]}", "logit_bias");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"a\":1}}", "logit_bias");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"\":1}}", "logit_bias");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"-1\":1}}", "logit_bias");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"+1\":1}}", "logit_bias");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"1x\":1}}", "logit_bias");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"99999999999\":1}}", "logit_bias");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"1\":100.5}}", "logit_bias");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"1\":\"x\"}}", "logit_bias");
+    expect_bad(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":1}", "logprobs");
+    expect_bad(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":1}",
+               "top_logprobs");
+    expect_bad(API_CHAT,
+               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,\"top_logprobs\":21}",
+               "top_logprobs");
     expect_bad(API_CHAT, "{}", "messages");
     expect_bad(API_CHAT, "{\"messages\":[]}", "messages");
     expect_bad(API_CHAT, "{\"messages\":\"hi\"}", "messages");
@@ -146,6 +170,105 @@ static void test_malformed(void **state)
     expect_bad(API_CHAT, "{\"messages\":[{\"role\":\"wizard\",\"content\":\"x\"}]}", "messages");
     expect_bad(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":5}]}", "messages");
     expect_bad(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\"}]}]}", "messages");
+}
+
+static void test_new_fields(void **state)
+{
+    (void)state;
+    struct api_params p;
+    struct api_error e;
+    /* Defaults. */
+    assert_int_equal(parse(API_COMPLETION, "{\"prompt\":\"x\"}", &p, &e), 0);
+    assert_int_equal(p.n, 1);
+    assert_int_equal(p.logprobs, -1);
+    assert_int_equal(p.n_bias, 0);
+    assert_false(p.echo || p.ignore_eos);
+    api_params_free(&p);
+
+    assert_int_equal(parse(API_COMPLETION,
+                           "{\"prompt\":\"x\",\"n\":16,\"logprobs\":5,\"ignore_eos\":true,\"user\":\"u\","
+                           "\"logit_bias\":{\"0\":-100,\"262143\":100,\"17\":0.5}}",
+                           &p, &e),
+                     0);
+    assert_int_equal(p.n, 16);
+    assert_int_equal(p.logprobs, 5);
+    assert_true(p.ignore_eos);
+    assert_int_equal(p.n_bias, 3);
+    float seen = 0;
+    for (int i = 0; i < p.n_bias; i++) {
+        if (p.bias[i].token == 0)
+            assert_true(p.bias[i].bias == -100.0f);
+        if (p.bias[i].token == 262143)
+            assert_true(p.bias[i].bias == 100.0f);
+        if (p.bias[i].token == 17)
+            seen = p.bias[i].bias;
+    }
+    assert_true(seen == 0.5f);
+    api_params_free(&p);
+
+    /* logprobs 0 is on (the chosen token only); false and null are off. */
+    assert_int_equal(parse(API_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":0,\"echo\":false}", &p, &e), 0);
+    assert_int_equal(p.logprobs, 0);
+    api_params_free(&p);
+    assert_int_equal(parse(API_COMPLETION, "{\"prompt\":\"x\",\"logprobs\":false,\"echo\":true}", &p, &e), 0);
+    assert_int_equal(p.logprobs, -1);
+    assert_true(p.echo);
+    api_params_free(&p);
+
+    /* Chat: logprobs is a boolean, top_logprobs the count. */
+    assert_int_equal(parse(API_CHAT,
+                           "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,"
+                           "\"top_logprobs\":20,\"n\":3}",
+                           &p, &e),
+                     0);
+    assert_int_equal(p.logprobs, 20);
+    assert_int_equal(p.n, 3);
+    api_params_free(&p);
+    assert_int_equal(parse(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true}",
+                           &p, &e),
+                     0);
+    assert_int_equal(p.logprobs, 0);
+    api_params_free(&p);
+    assert_int_equal(parse(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":false,"
+                                     "\"echo\":\"ignored for chat\"}",
+                           &p, &e),
+                     0);
+    assert_int_equal(p.logprobs, -1);
+    api_params_free(&p);
+
+    /* Too many bias entries. */
+    struct lmd_buf b = {0};
+    lmd_buf_printf(&b, "{\"prompt\":\"x\",\"logit_bias\":{");
+    for (int i = 0; i <= API_MAX_BIAS; i++)
+        lmd_buf_printf(&b, "%s\"%d\":1", i ? "," : "", i);
+    lmd_buf_printf(&b, "}}");
+    expect_bad(API_COMPLETION, b.ptr, "logit_bias");
+    lmd_buf_free(&b);
+}
+
+static void test_token_text(void **state)
+{
+    (void)state;
+    assert_true(api_utf8_valid("", 0));
+    assert_true(api_utf8_valid("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 14));
+    assert_false(api_utf8_valid("\xe2\x82", 2));         /* cut short */
+    assert_false(api_utf8_valid("\xc0\xaf", 2));         /* overlong */
+    assert_false(api_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
+    assert_false(api_utf8_valid("\xf4\x90\x80\x80", 4)); /* past U+10FFFF */
+    assert_false(api_utf8_valid("\x80", 1));
+
+    struct lmd_buf b = {0};
+    assert_int_equal(api_buf_json_token(&b, " the\"", 5), 0);
+    assert_string_equal(b.ptr, "\" the\\\"\"");
+    b.len = 0;
+    assert_int_equal(api_buf_json_token(&b, "\xe2\x80", 2), 0);
+    assert_string_equal(b.ptr, "\"bytes:\\\\xe2\\\\x80\"");
+    /* It parses as JSON, to the string OpenAI sends. */
+    json_t *s = json_loads(b.ptr, JSON_DECODE_ANY, NULL);
+    assert_non_null(s);
+    assert_string_equal(json_string_value(s), "bytes:\\xe2\\x80");
+    json_decref(s);
+    lmd_buf_free(&b);
 }
 
 /* Every prefix of a valid body is refused cleanly (no crash, no leak). */
@@ -241,6 +364,7 @@ int main(void)
         cmocka_unit_test(test_completion_ok),       cmocka_unit_test(test_chat_ok),
         cmocka_unit_test(test_malformed),           cmocka_unit_test(test_truncated_bodies),
         cmocka_unit_test(test_stop_matching),       cmocka_unit_test(test_json_escape_and_errors),
+        cmocka_unit_test(test_new_fields),          cmocka_unit_test(test_token_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

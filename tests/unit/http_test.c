@@ -1,8 +1,10 @@
 /*
- * http/ with a toy handler on a loopback port: whole responses with an
- * extra header, keep-alive, a streamed response written from another
- * thread through http_post, the on_close callback for every request, and
- * a clean stop. Plain sockets on the client side, HTTP/1.1.
+ * http/ with a toy handler on a loopback port: whole responses with extra
+ * headers, request headers read case-insensitively, keep-alive, a streamed
+ * response written from another thread through http_post, one paced by
+ * on_drain, one whose client never reads (dropped by the stall timeout),
+ * the on_close callback for every request, and a clean stop. Plain
+ * sockets on the client side, HTTP/1.1.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +19,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -80,6 +83,55 @@ static void counted_close(void *ctx)
 
 static struct stream the_stream;
 
+/* A stream paced by on_drain: each drain writes the next part. */
+struct paced {
+    struct http_req *r;
+    int written, parts;
+    size_t part_len;
+    size_t unsent_after_first; /* http_stream_unsent right after the first write */
+    _Atomic bool closed;
+};
+static struct paced the_paced, the_big;
+
+static void paced_write(struct paced *s)
+{
+    static char blob[64 * 1024];
+    memset(blob, 'x', sizeof blob);
+    char part[64];
+    size_t k = (size_t)snprintf(part, sizeof part, "part %d\n", s->written);
+    const char *p = s->part_len > k ? blob : part;
+    size_t n = s->part_len > k ? s->part_len : k;
+    s->written++;
+    http_stream_write(s->r, p, n, s->written == s->parts);
+}
+
+static void paced_drained(void *ctx)
+{
+    struct paced *s = ctx;
+    if (!atomic_load(&s->closed) && s->written < s->parts)
+        paced_write(s);
+}
+
+static void paced_closed(void *ctx)
+{
+    struct paced *s = ctx;
+    atomic_store(&s->closed, true);
+    atomic_fetch_add(&n_closed, 1);
+}
+
+static void paced_start(struct paced *s, struct http_req *r, int parts, size_t part_len)
+{
+    memset(s, 0, sizeof *s);
+    s->r = r;
+    s->parts = parts;
+    s->part_len = part_len;
+    http_req_on_close(r, paced_closed, s);
+    http_stream_on_drain(r, paced_drained, s);
+    http_stream_begin(r, 200, "text/plain");
+    paced_write(s);
+    s->unsent_after_first = http_stream_unsent(r);
+}
+
 static void handler(void *ud, struct http_req *r)
 {
     (void)ud;
@@ -89,7 +141,21 @@ static void handler(void *ud, struct http_req *r)
         struct http_str b = http_req_body(r);
         char out[64];
         int k = snprintf(out, sizeof out, "hi %.*s %zu", (int)http_req_method(r).len, http_req_method(r).ptr, b.len);
+        struct http_str id = http_req_header(r, "x-request-id");
+        char echo[80];
+        snprintf(echo, sizeof echo, "[%.*s]", (int)id.len, id.ptr);
+        http_req_add_header(r, "X-Echo", echo);
+        http_req_add_header(r, "WWW-Authenticate", "Bearer");
         http_respond(r, 200, "text/plain", out, (size_t)k, "retry-after", "7");
+        http_req_add_header(r, "x-too-late", "1"); /* ignored: the response has started */
+        return;
+    }
+    if (path.len == 6 && memcmp(path.ptr, "/paced", 6) == 0) {
+        paced_start(&the_paced, r, 5, 0);
+        return;
+    }
+    if (path.len == 4 && memcmp(path.ptr, "/big", 4) == 0) {
+        paced_start(&the_big, r, 1 << 20, 64 * 1024); /* 64 GiB: never finishes by itself */
         return;
     }
     if (path.len == 7 && memcmp(path.ptr, "/stream", 7) == 0) {
@@ -144,7 +210,7 @@ static void test_server(void **state)
     struct http_server *srv;
     struct lmd_err err = {0};
     struct http_config cfg = {.host = "127.0.0.1", .port = 0, .io_threads = 2, .max_body = 1 << 16,
-                              .handler = handler};
+                              .stall_timeout_ms = 400, .handler = handler};
     assert_int_equal(http_server_start(&srv, &cfg, &err), 0);
     int port = http_server_port(srv);
     assert_true(port > 0);
@@ -152,11 +218,18 @@ static void test_server(void **state)
     /* Two requests on one keep-alive connection. */
     char buf[8192];
     int fd = dial(port);
-    send_all(fd, "POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcde");
+    send_all(fd, "POST /hello HTTP/1.1\r\nHost: x\r\nX-REQUEST-ID: ab-1\r\nContent-Length: 5\r\n\r\nabcde");
     read_until(fd, buf, sizeof buf, "hi POST 5");
     assert_non_null(strstr(buf, "HTTP/1.1 200"));
     assert_non_null(strstr(buf, "retry-after: 7"));
+    assert_non_null(strstr(buf, "x-echo: [ab-1]"));
+    assert_non_null(strstr(buf, "www-authenticate: Bearer"));
+    assert_null(strstr(buf, "x-too-late"));
     assert_non_null(strstr(buf, "Content-Length: 9"));
+    /* An absent header reads as empty. */
+    send_all(fd, "POST /hello HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na");
+    read_until(fd, buf, sizeof buf, "hi POST 1");
+    assert_non_null(strstr(buf, "x-echo: []"));
     send_all(fd, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
     read_until(fd, buf, sizeof buf, "\r\n\r\nno");
     assert_non_null(strstr(buf, "HTTP/1.1 404"));
@@ -171,6 +244,32 @@ static void test_server(void **state)
         assert_non_null(strstr(buf, want));
     }
     pthread_join(the_stream.producer, NULL);
+
+    /* A stream paced by on_drain: every part arrives, each written only
+     * once the one before it had gone. */
+    send_all(fd, "GET /paced HTTP/1.1\r\nHost: x\r\n\r\n");
+    read_until(fd, buf, sizeof buf, "\r\n0\r\n\r\n");
+    for (int i = 0; i < 5; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "part %d\n", i);
+        assert_non_null(strstr(buf, want));
+    }
+    assert_int_equal(the_paced.unsent_after_first, strlen("part 0\n"));
+    close(fd);
+
+    /* A client that never reads: the server's writes stop completing and
+     * the stall timeout drops the request (on_close runs). */
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    send_all(fd, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    for (int i = 0; i < 500 && !atomic_load(&the_big.closed); i++)
+        usleep(10000);
+    assert_true(atomic_load(&the_big.closed));
+    assert_true(the_big.written < 200); /* bounded by the socket, not by the producer */
     close(fd);
 
     /* Oversized bodies (past twice max_body) are refused by h2o itself. */
@@ -180,9 +279,9 @@ static void test_server(void **state)
     assert_non_null(strstr(buf, "413"));
     close(fd);
 
-    for (int i = 0; i < 200 && atomic_load(&n_closed) < 2; i++)
+    for (int i = 0; i < 200 && atomic_load(&n_closed) < 5; i++)
         usleep(10000);
-    assert_int_equal(atomic_load(&n_closed), 2); /* /hello and /stream were disposed */
+    assert_int_equal(atomic_load(&n_closed), 5); /* /hello twice, /stream, /paced, /big were disposed */
 
     http_server_stop_accepting(srv);
     usleep(50000);
@@ -209,6 +308,9 @@ static void test_bad_config(void **state)
 
 int main(void)
 {
+    /* As lmd serve does: a write to a connection the server itself shut
+     * down (the stall test) must not kill the process. */
+    signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_server),
         cmocka_unit_test(test_bad_config),

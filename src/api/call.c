@@ -1,0 +1,673 @@
+/*
+ * The life of a generation request on its I/O thread, once routes.c has
+ * validated it and built the prompt: one call with n choices, each its own
+ * scheduler request sharing the prompt. Each time the engine thread reports
+ * new tokens for any choice, the call detokenizes them, holds back text that
+ * may be the start of a stop string, and writes SSE chunks (each carrying
+ * its choice's index) or, when every choice has finished, the whole JSON
+ * response. Log-probabilities, when asked for, are rendered from the arrays
+ * the engine thread fills next to the output tokens.
+ *
+ * Streams are bounded: while more than API_STREAM_HIGH_WATER bytes wait in
+ * the HTTP layer, no more tokens are turned into text (they stay in the
+ * choice's preallocated out[] array) until the socket drains.
+ *
+ * Not here: routing, validation, prompt building (routes.c, params.c),
+ * HTTP mechanics (http/), batching (sched/).
+ *
+ * Lifetime: the call is freed when its reference count falls to zero. It
+ * holds one reference per choice, dropped when the scheduler releases that
+ * choice's sched_req, and one per queued wakeup task. Each choice's
+ * sched_req in turn holds one reference for the HTTP side (dropped when the
+ * request is disposed) and one for the scheduler.
+ */
+#include "api/api_int.h"
+
+#include "core/log.h"
+#include "core/time.h"
+#include "http/http.h"
+#include "sched/sched.h"
+#include "tokenizer/tokenizer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Bytes of a streamed response that may wait unsent before the call stops
+ * turning tokens into text. A few chunks' worth: enough to keep the socket
+ * busy, small enough that a thousand stalled clients cost little. */
+#define API_STREAM_HIGH_WATER (64 * 1024)
+
+struct api_call;
+
+struct api_choice {
+    struct sched_req sr; /* first: notify/release get this */
+    struct api_call *call;
+    int index;
+    int cursor;        /* output tokens consumed */
+    bool done;         /* its text (and, streamed, its last chunk) is complete */
+    bool stop_matched; /* a stop string ended the text */
+    struct tok_detok dt;
+    struct lmd_buf pending; /* text not yet emitted (may start a stop string) */
+    struct lmd_buf text;    /* non-streamed: all emitted text */
+    size_t lp_offset;       /* bytes: text_offset of the next token (completions logprobs) */
+    int32_t *out;           /* [max_tokens] */
+    float *lp;              /* [max_tokens], logprobs only */
+    int32_t *top_id;        /* [max_tokens * n_top] */
+    float *top_lp;          /* [max_tokens * n_top] */
+};
+
+struct api_call {
+    _Atomic int refs;
+    struct http_task task;
+    struct api *api;
+    struct http_req *http; /* NULL once the request is disposed */
+    struct http_loop *loop;
+    enum api_kind kind;
+    bool stream, include_usage;
+    bool done; /* the response is complete */
+    bool gone; /* the client hung up before the answer */
+    int n_top; /* logprobs: alternatives per token; -1 = off */
+    char id[API_ID_MAX];
+    long created; /* s */
+    const char *stop[API_MAX_STOP];
+    size_t stop_len[API_MAX_STOP];
+    int n_stop;
+    char *stop_mem;   /* the stop strings' bytes */
+    int32_t *prompt;  /* [n_prompt], shared by every choice */
+    int n_prompt;
+    char *echo;       /* completions with echo: the prompt text, else NULL */
+    size_t echo_len;
+    /* sample_init copies the bias, but on the engine thread at admission,
+     * which may be long after submission: the array lives here until the
+     * call is freed. */
+    struct sample_bias *bias; /* [n_bias] */
+    char *piece;              /* [piece_cap] one detokenized push, or one token's text */
+    size_t piece_cap;
+    struct lmd_buf chunk;     /* streamed: the SSE bytes of this wakeup, reused */
+    uint64_t t_start, t_first; /* ns, monotonic: accepted, first token seen */
+    int n_choices;
+    struct api_choice choice[]; /* [n_choices] */
+};
+
+#define PUTS(b, lit) lmd_buf_append((b), (lit), strlen(lit))
+
+static void call_free(struct api_call *c)
+{
+    atomic_fetch_sub(&c->api->active, 1);
+    for (int i = 0; i < c->n_choices; i++) {
+        struct api_choice *ch = &c->choice[i];
+        lmd_buf_free(&ch->pending);
+        lmd_buf_free(&ch->text);
+        free(ch->out);
+        free(ch->lp);
+        free(ch->top_id);
+        free(ch->top_lp);
+    }
+    lmd_buf_free(&c->chunk);
+    free(c->piece);
+    free(c->stop_mem);
+    free(c->prompt);
+    free(c->echo);
+    free(c->bias);
+    free(c);
+}
+
+static void call_ref(struct api_call *c) { atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); }
+
+static void call_unref(struct api_call *c)
+{
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
+        call_free(c);
+}
+
+static void call_cancel_all(struct api_call *c)
+{
+    for (int i = 0; i < c->n_choices; i++)
+        if (atomic_load(&c->choice[i].sr.finish) == SCHED_RUNNING)
+            sched_req_cancel(c->api->cfg.sched, &c->choice[i].sr);
+}
+
+static const char *finish_name(const struct api_choice *ch)
+{
+    if (ch->stop_matched)
+        return "stop";
+    return atomic_load(&ch->sr.finish) == SCHED_FINISH_LENGTH ? "length" : "stop";
+}
+
+/* ---- rendering ------------------------------------------------------------ */
+
+/* The fixed start of every SSE chunk of this call. */
+static void chunk_head(struct api_call *c, struct lmd_buf *b)
+{
+    lmd_buf_printf(b, "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\",\"choices\":", c->id,
+                   c->kind == API_CHAT ? "chat.completion.chunk" : "text_completion", c->created,
+                   c->api->model_json);
+}
+
+static void chunk_tail(struct api_call *c, struct lmd_buf *b)
+{
+    if (c->include_usage)
+        PUTS(b, ",\"usage\":null");
+    PUTS(b, "}\n\n");
+}
+
+/* JSON has no infinities; a token the bias pushed out of reach gets a
+ * very negative finite number instead, as OpenAI's API does. */
+static void put_lp(struct lmd_buf *b, float lp)
+{
+    lmd_buf_printf(b, "%.9g", isfinite(lp) ? (double)lp : -9999.0);
+}
+
+/* One token as "token":…,"logprob":…,"bytes":[…] (chat's shape). */
+static void put_token_entry(struct api_call *c, struct lmd_buf *b, int32_t id, float lp)
+{
+    const struct tok_vocab *v = c->api->cfg.vocab;
+    size_t k = tok_piece(v, id, true, c->piece, c->piece_cap);
+    if (k > c->piece_cap)
+        k = c->piece_cap;
+    PUTS(b, "\"token\":");
+    api_buf_json_token(b, c->piece, k);
+    PUTS(b, ",\"logprob\":");
+    put_lp(b, lp);
+    PUTS(b, ",\"bytes\":[");
+    for (size_t i = 0; i < k; i++)
+        lmd_buf_printf(b, i ? ",%u" : "%u", (unsigned char)c->piece[i]);
+    PUTS(b, "]");
+}
+
+/* The logprobs value of tokens [from, to) of a choice: null when off;
+ * chat: {"content":[…]}; completions: {"tokens","token_logprobs",
+ * "top_logprobs","text_offset"}, where text_offset counts bytes from the
+ * start of the choice's text (echoed prompt included). */
+static void put_logprobs(struct api_call *c, struct api_choice *ch, struct lmd_buf *b, int from, int to)
+{
+    if (c->n_top < 0) {
+        PUTS(b, "null");
+        return;
+    }
+    const struct tok_vocab *v = c->api->cfg.vocab;
+    const int k = c->n_top;
+    if (c->kind == API_CHAT) {
+        PUTS(b, "{\"content\":[");
+        for (int t = from; t < to; t++) {
+            PUTS(b, t > from ? ",{" : "{");
+            put_token_entry(c, b, ch->out[t], ch->lp[t]);
+            PUTS(b, ",\"top_logprobs\":[");
+            for (int j = 0; j < k; j++) {
+                PUTS(b, j ? ",{" : "{");
+                put_token_entry(c, b, ch->top_id[(size_t)t * k + j], ch->top_lp[(size_t)t * k + j]);
+                PUTS(b, "}");
+            }
+            PUTS(b, "]}");
+        }
+        PUTS(b, "]}");
+        return;
+    }
+    PUTS(b, "{\"tokens\":[");
+    for (int t = from; t < to; t++) {
+        size_t n = tok_piece(v, ch->out[t], true, c->piece, c->piece_cap);
+        if (t > from)
+            PUTS(b, ",");
+        api_buf_json_token(b, c->piece, n > c->piece_cap ? c->piece_cap : n);
+    }
+    PUTS(b, "],\"token_logprobs\":[");
+    for (int t = from; t < to; t++) {
+        if (t > from)
+            PUTS(b, ",");
+        put_lp(b, ch->lp[t]);
+    }
+    /* OpenAI always lists the chosen token among the alternatives. */
+    PUTS(b, "],\"top_logprobs\":[");
+    for (int t = from; t < to; t++) {
+        PUTS(b, t > from ? ",{" : "{");
+        bool chosen_listed = false;
+        for (int j = 0; j < k; j++) {
+            int32_t id = ch->top_id[(size_t)t * k + j];
+            size_t n = tok_piece(v, id, true, c->piece, c->piece_cap);
+            if (j)
+                PUTS(b, ",");
+            api_buf_json_token(b, c->piece, n > c->piece_cap ? c->piece_cap : n);
+            PUTS(b, ":");
+            put_lp(b, ch->top_lp[(size_t)t * k + j]);
+            chosen_listed |= id == ch->out[t];
+        }
+        if (!chosen_listed) {
+            size_t n = tok_piece(v, ch->out[t], true, c->piece, c->piece_cap);
+            if (k)
+                PUTS(b, ",");
+            api_buf_json_token(b, c->piece, n > c->piece_cap ? c->piece_cap : n);
+            PUTS(b, ":");
+            put_lp(b, ch->lp[t]);
+        }
+        PUTS(b, "}");
+    }
+    PUTS(b, "],\"text_offset\":[");
+    for (int t = from; t < to; t++) {
+        lmd_buf_printf(b, t > from ? ",%zu" : "%zu", ch->lp_offset);
+        ch->lp_offset += tok_piece(v, ch->out[t], false, NULL, 0);
+    }
+    PUTS(b, "]}");
+}
+
+/* A streamed chunk of one choice: text and/or the log-probabilities of
+ * tokens [from, to). */
+static void put_text_chunk(struct api_call *c, struct api_choice *ch, const char *s, size_t n, int from, int to)
+{
+    chunk_head(c, &c->chunk);
+    lmd_buf_printf(&c->chunk, "[{\"index\":%d,", ch->index);
+    PUTS(&c->chunk, c->kind == API_CHAT ? "\"delta\":{\"content\":\"" : "\"text\":\"");
+    api_buf_json_escape(&c->chunk, s, n);
+    PUTS(&c->chunk, c->kind == API_CHAT ? "\"},\"logprobs\":" : "\",\"logprobs\":");
+    if (to > from)
+        put_logprobs(c, ch, &c->chunk, from, to);
+    else
+        PUTS(&c->chunk, "null");
+    PUTS(&c->chunk, ",\"finish_reason\":null}]");
+    chunk_tail(c, &c->chunk);
+}
+
+/* Text that is certain (no stop string can begin in it) leaves here: as an
+ * SSE chunk, or into the choice's whole-response buffer. */
+static void emit(struct api_call *c, struct api_choice *ch, const char *s, size_t n, int from, int to)
+{
+    if (!c->stream) {
+        lmd_buf_append(&ch->text, s, n);
+        return;
+    }
+    if (n > 0 || (c->n_top >= 0 && to > from))
+        put_text_chunk(c, ch, s, n, from, to);
+}
+
+static void put_usage(struct api_call *c, struct lmd_buf *b)
+{
+    int n_gen = 0;
+    for (int i = 0; i < c->n_choices; i++)
+        n_gen += c->choice[i].cursor;
+    /* The prompt is counted once: the choices share it. */
+    lmd_buf_printf(b, "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}", c->n_prompt, n_gen,
+                   c->n_prompt + n_gen);
+}
+
+/* Every choice is done: the last chunks, or the whole response. */
+static void send_final(struct api_call *c)
+{
+    if (c->stream) {
+        if (c->include_usage) {
+            chunk_head(c, &c->chunk);
+            PUTS(&c->chunk, "[],\"usage\":");
+            put_usage(c, &c->chunk);
+            PUTS(&c->chunk, "}\n\n");
+        }
+        PUTS(&c->chunk, "data: [DONE]\n\n");
+        return;
+    }
+    struct lmd_buf b = {0};
+    lmd_buf_printf(&b, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\",\"choices\":[", c->id,
+                   c->kind == API_CHAT ? "chat.completion" : "text_completion", c->created, c->api->model_json);
+    for (int i = 0; i < c->n_choices; i++) {
+        struct api_choice *ch = &c->choice[i];
+        lmd_buf_printf(&b, "%s{\"index\":%d,", i ? "," : "", i);
+        if (c->kind == API_CHAT) {
+            PUTS(&b, "\"message\":{\"role\":\"assistant\",\"content\":\"");
+        } else {
+            PUTS(&b, "\"text\":\"");
+            if (c->echo)
+                api_buf_json_escape(&b, c->echo, c->echo_len);
+        }
+        api_buf_json_escape(&b, ch->text.ptr ? ch->text.ptr : "", ch->text.len);
+        PUTS(&b, c->kind == API_CHAT ? "\"},\"logprobs\":" : "\",\"logprobs\":");
+        put_logprobs(c, ch, &b, 0, ch->cursor);
+        lmd_buf_printf(&b, ",\"finish_reason\":\"%s\"}", finish_name(ch));
+    }
+    PUTS(&b, "],\"usage\":");
+    put_usage(c, &b);
+    PUTS(&b, "}");
+    if (!b.ptr) {
+        struct api_error e;
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        api_send_error(c->http, &e, NULL, NULL);
+    } else {
+        http_respond(c->http, 200, "application/json", b.ptr, b.len, NULL, NULL);
+    }
+    lmd_buf_free(&b);
+}
+
+/* ---- the I/O side ---------------------------------------------------------- */
+
+/* Consume a choice's new tokens, as many as `budget` bytes of chunk allow. */
+static void choice_pump(struct api_call *c, struct api_choice *ch, size_t budget)
+{
+    /* finish first, then n_out: a finished request's count is final. */
+    int fin = atomic_load_explicit(&ch->sr.finish, memory_order_acquire);
+    int n = atomic_load_explicit(&ch->sr.n_out, memory_order_acquire);
+    if (n > 0 && !c->t_first)
+        c->t_first = lmd_time_mono_ns();
+    const int from = ch->cursor;
+    /* A rough size of each token's chunk, so the budget holds before the
+     * text is rendered. */
+    const size_t per_token = 200 + (c->n_top >= 0 ? 120 * (size_t)(c->n_top + 1) : 0);
+    size_t spent = 0;
+    while (ch->cursor < n && !ch->stop_matched && c->chunk.len + spent < budget) {
+        int32_t tok = ch->out[ch->cursor++];
+        size_t k = tok_detok_push(&ch->dt, tok, c->piece, c->piece_cap);
+        lmd_buf_append(&ch->pending, c->piece, k);
+        spent += per_token + 6 * k;
+        long at = api_stop_find(ch->pending.ptr, ch->pending.len, c->stop, c->stop_len, c->n_stop);
+        if (at >= 0) {
+            ch->pending.len = (size_t)at;
+            ch->stop_matched = true;
+            sched_req_cancel(c->api->cfg.sched, &ch->sr);
+        }
+    }
+    bool finished = ch->stop_matched || (fin != SCHED_RUNNING && ch->cursor == n);
+    if (finished && !ch->stop_matched) {
+        size_t k = tok_detok_flush(&ch->dt, c->piece, c->piece_cap);
+        lmd_buf_append(&ch->pending, c->piece, k);
+    }
+    size_t safe = ch->pending.len;
+    if (!finished)
+        safe -= api_stop_holdback(ch->pending.ptr, ch->pending.len, c->stop, c->stop_len, c->n_stop);
+    emit(c, ch, ch->pending.ptr, safe, from, ch->cursor);
+    if (ch->pending.ptr) {
+        memmove(ch->pending.ptr, ch->pending.ptr + safe, ch->pending.len - safe);
+        ch->pending.len -= safe;
+    }
+    if (!finished)
+        return;
+    ch->done = true;
+    if (c->stream) {
+        chunk_head(c, &c->chunk);
+        lmd_buf_printf(&c->chunk, "[{\"index\":%d,%s,\"logprobs\":null,\"finish_reason\":\"%s\"}]", ch->index,
+                       c->kind == API_CHAT ? "\"delta\":{}" : "\"text\":\"\"", finish_name(ch));
+        chunk_tail(c, &c->chunk);
+    }
+}
+
+/* An engine failure ends the whole response: the other choices are
+ * cancelled, the error is the answer (or the stream's last event). */
+static void call_fail(struct api_call *c, const char *msg)
+{
+    LMD_ERROR("api: %s: %s", c->id, msg);
+    call_cancel_all(c);
+    struct api_error e;
+    api_error_set(&e, 500, "server_error", NULL, NULL, "%s", msg);
+    if (!c->stream) {
+        api_send_error(c->http, &e, NULL, NULL);
+    } else {
+        size_t len;
+        char *s = api_error_json(&e, &len);
+        c->chunk.len = 0;
+        lmd_buf_printf(&c->chunk, "data: %s\n\ndata: [DONE]\n\n", s ? s : "{}");
+        free(s);
+        http_stream_write(c->http, c->chunk.ptr, c->chunk.len, true);
+    }
+    c->done = true;
+}
+
+/* Runs on the I/O thread after the engine thread reported progress, or
+ * when a paused stream's socket drained: consume new tokens, match stop
+ * strings, write what is certain. */
+static void call_pump(struct api_call *c)
+{
+    if (!c->http || c->done)
+        return;
+    for (int i = 0; i < c->n_choices; i++)
+        if (atomic_load_explicit(&c->choice[i].sr.finish, memory_order_acquire) == SCHED_FINISH_ERROR) {
+            call_fail(c, c->choice[i].sr.err);
+            return;
+        }
+    c->chunk.len = 0;
+    size_t budget = SIZE_MAX;
+    if (c->stream) {
+        size_t unsent = http_stream_unsent(c->http);
+        budget = unsent >= API_STREAM_HIGH_WATER ? 0 : API_STREAM_HIGH_WATER - unsent;
+    }
+    bool all_done = true;
+    for (int i = 0; i < c->n_choices; i++) {
+        if (!c->choice[i].done)
+            choice_pump(c, &c->choice[i], budget);
+        all_done &= c->choice[i].done;
+    }
+    if (all_done) {
+        c->done = true;
+        int n_gen = 0;
+        for (int i = 0; i < c->n_choices; i++)
+            n_gen += c->choice[i].cursor;
+        uint64_t now = lmd_time_mono_ns();
+        LMD_INFO("api: %s %s prompt %d tokens, %d choice%s, generated %d, finish %s%s, first token %.1f ms, total "
+                 "%.1f ms",
+                 c->id, c->stream ? "stream" : "json", c->n_prompt, c->n_choices, c->n_choices > 1 ? "s" : "", n_gen,
+                 finish_name(&c->choice[0]), c->gone ? " (client gone)" : "",
+                 c->t_first ? (double)(c->t_first - c->t_start) / 1e6 : 0.0, (double)(now - c->t_start) / 1e6);
+        send_final(c);
+    }
+    if (c->stream && (c->chunk.len || all_done))
+        http_stream_write(c->http, c->chunk.ptr, c->chunk.len, all_done);
+}
+
+static void call_task(struct http_task *t)
+{
+    struct api_call *c = (struct api_call *)((char *)t - offsetof(struct api_call, task));
+    call_pump(c);
+    call_unref(c);
+}
+
+/* Engine thread: wake the call's I/O thread. The queued task holds a
+ * reference so the call outlives it; the scheduler's reference on the
+ * choice keeps the call alive until then. */
+static void choice_notify(struct sched_req *r)
+{
+    struct api_call *c = ((struct api_choice *)r)->call;
+    call_ref(c);
+    if (!http_post(c->loop, &c->task))
+        call_unref(c);
+}
+
+static void choice_release(struct sched_req *r) { call_unref(((struct api_choice *)r)->call); }
+
+static void call_drained(void *ctx) { call_pump(ctx); }
+
+/* The HTTP request is gone (answered, or the client left): choices still
+ * generating are dropped by the scheduler at its next step. */
+static void call_closed(void *ctx)
+{
+    struct api_call *c = ctx;
+    c->http = NULL;
+    call_ref(c); /* the last unref below may otherwise free c mid-loop */
+    call_cancel_all(c);
+    for (int i = 0; i < c->n_choices; i++)
+        sched_req_unref(&c->choice[i].sr);
+    call_unref(c);
+}
+
+/* HTTP/1.1, non-streamed: the client hung up while waiting. Cancelled
+ * choices finish at the next step; the answer then goes nowhere. */
+static void call_gone(void *ctx)
+{
+    struct api_call *c = ctx;
+    LMD_INFO("api: %s: the client closed its connection; cancelling", c->id);
+    c->gone = true;
+    call_cancel_all(c);
+}
+
+/* ---- building and submitting ---------------------------------------------- */
+
+/* The echoed prompt: the request's own text, or the ids detokenized. */
+static int call_set_echo(struct api_call *c, const struct api_params *p)
+{
+    struct lmd_buf b = {0};
+    if (p->prompt) {
+        if (lmd_buf_append(&b, p->prompt, p->prompt_len))
+            return LMD_ENOMEM;
+    } else {
+        struct tok_detok d;
+        tok_detok_init(&d, c->api->cfg.vocab, false);
+        for (int i = 0; i < c->n_prompt; i++) {
+            size_t k = tok_detok_push(&d, c->prompt[i], c->piece, c->piece_cap);
+            if (lmd_buf_append(&b, c->piece, k))
+                goto oom;
+        }
+        size_t k = tok_detok_flush(&d, c->piece, c->piece_cap);
+        if (lmd_buf_append(&b, c->piece, k) || lmd_buf_reserve(&b, 1))
+            goto oom;
+    }
+    c->echo = b.ptr;
+    c->echo_len = b.len;
+    return 0;
+oom:
+    lmd_buf_free(&b);
+    return LMD_ENOMEM;
+}
+
+static int choice_init(struct api_call *c, struct api_choice *ch, int i, const struct api_params *p, int max_tokens)
+{
+    sched_req_init(&ch->sr);
+    ch->call = c;
+    ch->index = i;
+    ch->out = malloc((size_t)max_tokens * sizeof *ch->out);
+    if (!ch->out)
+        return LMD_ENOMEM;
+    if (c->n_top >= 0) {
+        size_t k = (size_t)max_tokens * (size_t)c->n_top;
+        ch->lp = malloc((size_t)max_tokens * sizeof *ch->lp);
+        ch->top_id = k ? malloc(k * sizeof *ch->top_id) : NULL;
+        ch->top_lp = k ? malloc(k * sizeof *ch->top_lp) : NULL;
+        if (!ch->lp || (k && (!ch->top_id || !ch->top_lp)))
+            return LMD_ENOMEM;
+    }
+    ch->sr.prompt = c->prompt;
+    ch->sr.n_prompt = c->n_prompt;
+    ch->sr.out = ch->out;
+    ch->sr.max_tokens = max_tokens;
+    ch->sr.sp = p->sp;
+    ch->sr.sp.bias = c->bias;
+    ch->sr.sp.n_bias = p->n_bias;
+    /* With a seed, choice i draws from seed + i, so a request reproduces
+     * choice for choice; without one every choice gets its own stream. */
+    if (p->seed_set)
+        ch->sr.sp.seed = p->sp.seed + (uint64_t)i;
+    else
+        ch->sr.sp.seed = lmd_time_wall_ns() ^ (atomic_fetch_add(&c->api->seq, 1) * 0x9E3779B97F4A7C15ull);
+    ch->sr.ignore_eos = p->ignore_eos;
+    ch->sr.n_logprobs = c->n_top;
+    ch->sr.out_lp = ch->lp;
+    ch->sr.out_top_id = ch->top_id;
+    ch->sr.out_top_lp = ch->top_lp;
+    ch->sr.notify = choice_notify;
+    ch->sr.release = choice_release;
+    tok_detok_init(&ch->dt, c->api->cfg.vocab, false);
+    ch->dt.first = false; /* a continuation: the first generated token keeps its leading space */
+    ch->lp_offset = c->echo_len;
+    return 0;
+}
+
+/* The stream's opening chunks: chat's role delta, or the echoed prompt. */
+static void call_begin_stream(struct api_call *c, struct http_req *r)
+{
+    http_stream_begin(r, 200, "text/event-stream");
+    c->chunk.len = 0;
+    for (int i = 0; i < c->n_choices; i++) {
+        if (c->kind == API_CHAT) {
+            chunk_head(c, &c->chunk);
+            lmd_buf_printf(&c->chunk, "[{\"index\":%d,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
+                                      "\"logprobs\":null,\"finish_reason\":null}]", i);
+            chunk_tail(c, &c->chunk);
+        } else if (c->echo && c->echo_len) {
+            put_text_chunk(c, &c->choice[i], c->echo, c->echo_len, 0, 0);
+        }
+    }
+    if (c->chunk.len)
+        http_stream_write(r, c->chunk.ptr, c->chunk.len, false);
+}
+
+int api_call_submit(struct api *a, struct http_req *r, const struct api_params *p, int32_t *ids, int n_prompt,
+                    int max_tokens, const char *id, struct api_error *e)
+{
+    const int n = p->n;
+    struct api_call *c = calloc(1, sizeof *c + (size_t)n * sizeof c->choice[0]);
+    if (!c) {
+        free(ids);
+        return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    atomic_fetch_add(&a->active, 1);
+    /* Each choice's release drops one of these, so from here every path,
+     * failures included, ends in call_free through the choices. */
+    atomic_store(&c->refs, n);
+    c->n_choices = n;
+    c->api = a;
+    c->prompt = ids;
+    c->n_prompt = n_prompt;
+    c->kind = p->kind;
+    c->stream = p->stream;
+    c->include_usage = p->stream && p->include_usage;
+    c->n_top = p->logprobs;
+    c->task.fn = call_task;
+    c->loop = http_req_loop(r);
+    c->created = (long)(lmd_time_wall_ns() / 1000000000ull);
+    c->t_start = lmd_time_mono_ns();
+    snprintf(c->id, sizeof c->id, "%s", id);
+    c->piece_cap = tok_detok_bound(a->cfg.vocab);
+    if (c->piece_cap < tok_piece_max(a->cfg.vocab))
+        c->piece_cap = tok_piece_max(a->cfg.vocab);
+    c->piece = malloc(c->piece_cap);
+    size_t stop_bytes = 0;
+    for (int i = 0; i < p->n_stop; i++)
+        stop_bytes += p->stop_len[i];
+    c->stop_mem = malloc(stop_bytes + 1);
+    if (p->n_bias) {
+        c->bias = malloc((size_t)p->n_bias * sizeof *c->bias);
+        if (c->bias)
+            memcpy(c->bias, p->bias, (size_t)p->n_bias * sizeof *c->bias);
+    }
+    int rc = (!c->piece || !c->stop_mem || (p->n_bias && !c->bias)) ? LMD_ENOMEM : 0;
+    if (rc == 0 && p->echo)
+        rc = call_set_echo(c, p);
+    for (int i = 0; i < n; i++)
+        if (choice_init(c, &c->choice[i], i, p, max_tokens) != 0)
+            rc = LMD_ENOMEM;
+    if (rc != 0) {
+        for (int i = 0; i < n; i++)
+            sched_req_unref(&c->choice[i].sr); /* the last one frees c */
+        return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    }
+    char *sm = c->stop_mem;
+    for (int i = 0; i < p->n_stop; i++) {
+        memcpy(sm, p->stop[i], p->stop_len[i]);
+        c->stop[i] = sm;
+        c->stop_len[i] = p->stop_len[i];
+        sm += p->stop_len[i];
+    }
+    c->n_stop = p->n_stop;
+
+    struct lmd_err err = {0};
+    int submitted = 0;
+    for (; submitted < n; submitted++) {
+        rc = sched_submit(a->cfg.sched, &c->choice[submitted].sr, &err);
+        if (rc != 0)
+            break;
+    }
+    if (rc != 0) {
+        /* All or nothing: the choices already queued are withdrawn. */
+        for (int i = 0; i < submitted; i++)
+            sched_req_cancel(a->cfg.sched, &c->choice[i].sr);
+        for (int i = 0; i < n; i++)
+            sched_req_unref(&c->choice[i].sr);
+        if (rc == LMD_EBUSY || rc == LMD_ECANCELED)
+            return api_error_set(e, 503, "server_error", NULL, rc == LMD_EBUSY ? "queue_full" : "shutting_down",
+                                 "the server is busy: %s; retry shortly", err.msg);
+        return api_error_set(e, 400, "invalid_request_error", "max_tokens", NULL, "%s", err.msg);
+    }
+    /* From here the HTTP side's references are dropped when the request is
+     * disposed, whichever way it ends. */
+    c->http = r;
+    http_req_on_close(r, call_closed, c);
+    if (c->stream) {
+        http_stream_on_drain(r, call_drained, c);
+        call_begin_stream(c, r);
+    } else {
+        http_req_watch_disconnect(r, call_gone, c);
+    }
+    return 0;
+}
