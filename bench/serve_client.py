@@ -16,8 +16,6 @@ import httpx
 
 from serve_workload import prompt_ids, prompt_text
 
-DONE = b"data: [DONE]"
-
 
 class Req:
     """What one request needs to be sent; built from an Arrival."""
@@ -55,12 +53,24 @@ def new_record(a):
             "usage_tokens": None, "chunks": 0, "finish_reason": None, "itl": [], "chunk_t": []}
 
 
-def _finish_reason(line):
-    k = line.find(b'"finish_reason":"')
+def _value_at(line, key):
+    """Index of the first byte of key's value in a JSON line, or -1. Servers
+    write compact JSON (lmd, vLLM) or Python's default with a space after the
+    colon (llama-cpp-python); both are found without parsing the line."""
+    k = line.find(key)
     if k < 0:
+        return -1
+    k += len(key)
+    while line[k:k + 1] == b" ":
+        k += 1
+    return k
+
+
+def _finish_reason(line):
+    k = _value_at(line, b'"finish_reason":')
+    if k < 0 or line[k:k + 1] != b'"':
         return None
-    k += 17
-    return line[k:line.find(b'"', k)].decode()
+    return line[k + 1:line.find(b'"', k + 1)].decode()
 
 
 async def send(client, url, req, rec, t0, opts):
@@ -90,13 +100,15 @@ async def send(client, url, req, rec, t0, opts):
                     lines = buf.split(b"\n")
                     buf = lines.pop()
                     for line in lines:
-                        if not line.startswith(b"data: "):
+                        if not line.startswith(b"data:"):
                             continue
-                        if line == DONE:
+                        if line[-1:] == b"\r":  # sse-starlette ends lines with CRLF
+                            line = line[:-1]
+                        if line.endswith(b"[DONE]"):
                             done = True
                             continue
-                        k = line.find(b'"text":"')
-                        if k >= 0 and line[k + 8:k + 9] != b'"':
+                        k = _value_at(line, b'"text":')
+                        if k >= 0 and line[k:k + 2] not in (b'""', b"nu"):
                             # A token chunk with text: the first moves the
                             # deadline from first-token to whole-request.
                             if first is None:
@@ -107,13 +119,15 @@ async def send(client, url, req, rec, t0, opts):
                                 rec["itl"].append(now - last)
                             last = now
                             times.append(now - t0)
-                        if b'"finish_reason":"' in line:
-                            rec["finish_reason"] = _finish_reason(line)
-                        if b'"usage":{' in line:
-                            u = json.loads(line[6:]).get("usage") or {}
+                        fr = _finish_reason(line)
+                        if fr:
+                            rec["finish_reason"] = fr
+                        k = _value_at(line, b'"usage":')
+                        if k >= 0 and line[k:k + 1] == b"{":
+                            u = json.loads(line[5:]).get("usage") or {}
                             rec["usage_tokens"] = u.get("completion_tokens")
                         if b'"error":' in line and b'"choices"' not in line:
-                            rec["error"] = line[6:306].decode("utf-8", "replace")
+                            rec["error"] = line[5:305].decode("utf-8", "replace").strip()
                 end = time.perf_counter()
         rec["e2e"] = end - t_send
         rec["chunks"] = len(times)

@@ -257,3 +257,15 @@ def test_closed_loop_and_timeouts(server, tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     recs = json.loads(f.read_text())["runs"][0]["records"]
     assert recs and all(r["outcome"] == "timeout" and r["ttft"] is None for r in recs)
+
+
+def test_sse_scan_compact_and_spaced_json():
+    import serve_client as sc
+    for line in (b'data: {"choices":[{"text":"Hi","finish_reason":"length"}],"usage":{"completion_tokens":3}}',
+                 b'data: {"choices": [{"text": "Hi", "finish_reason": "length"}], "usage": {"completion_tokens": 3}}'):
+        k = sc._value_at(line, b'"text":')
+        assert line[k:k + 4] == b'"Hi"'
+        assert sc._finish_reason(line) == "length"
+        assert line[sc._value_at(line, b'"usage":'):][:1] == b"{"
+    assert sc._finish_reason(b'data: {"choices":[{"text":"","finish_reason":null}]}') is None
+    assert sc._value_at(b'data: {"choices":[]}', b'"usage":') == -1
