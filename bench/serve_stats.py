@@ -96,11 +96,12 @@ def drain_after(records, t_end):
     return {"queue_s": max(0.0, max(first) - t_end), "done_s": max(0.0, max(done) - t_end)}
 
 
-def summarize_run(records, slos, phases, classes):
-    """phases: [(label, start, duration)]. Summaries by phase x class, by
-    phase, by class and over all, plus drain times after each phase."""
+def summarize_run(records, slos, phases, classes, wall=None):
+    """phases: [(label, start, duration)]. Summaries by phase x class (rates
+    over the phase's window), by class and over all (rates over the whole
+    run, wall s, drain included), plus drain times after each phase."""
     out = {"by_phase": {}, "by_class": {}, "drain": {}}
-    total = sum(d for _, _, d in phases)
+    total = wall if wall is not None else sum(d for _, _, d in phases)
     for label, start, dur in phases:
         recs = [r for r in records if r["phase"] == label]
         ph = {"all": summarize(recs, slos, dur, (start, start + dur))}
@@ -151,6 +152,9 @@ def format_table(summary, classes):
         for c in classes:
             lines.append(table_row("total", c, summary["by_class"][c]))
         lines.append(table_row("total", "all", summary["all"]))
+    if len(summary["by_phase"]) > 1:
+        lines.append("good/s and tok/s: per phase over the phase, totals over the whole run (%.1f s, drain "
+                     "included)" % summary["all"]["duration_s"])
     drains = ["%s %s/%s s" % (k, _f(v["queue_s"], 1, 1), _f(v["done_s"], 1, 1)) for k, v in summary["drain"].items()]
     if len(drains) > 1:
         lines.append("drain after phase end (all sent before it: first token / done): " + ", ".join(drains[:-1]))
