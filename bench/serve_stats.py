@@ -159,3 +159,33 @@ def format_table(summary, classes):
     if len(drains) > 1:
         lines.append("drain after phase end (all sent before it: first token / done): " + ", ".join(drains[:-1]))
     return "\n".join(lines)
+
+
+# ---- two results side by side ---------------------------------------------------
+
+COMPARE = (("TTFT p50 s", "ttft", "p50", 1), ("TTFT p99 s", "ttft", "p99", 1), ("TPOT p50 ms", "tpot", "p50", 1e3),
+           ("TPOT p99 ms", "tpot", "p99", 1e3), ("E2E p99 s", "e2e", "p99", 1), ("good/s", "goodput_rps", None, 1),
+           ("tok/s", "out_tok_s", None, 1), ("timeouts", "timeout", None, 1), ("refused", "refused", None, 1))
+
+
+def format_compare(a, b, name_a="A", name_b="B"):
+    """Two --out results of the same schedule, group by group: A, B, B/A."""
+    lines = []
+    da, db = a["config"].get("schedule_digest"), b["config"].get("schedule_digest")
+    if da != db:
+        lines.append("warning: the schedules differ (%s vs %s): not the same arrivals" % (da, db))
+    for ra, rb in zip(a["runs"], b["runs"]):
+        title = "closed loop, %s clients" % ra["clients"] if ra["mode"] == "closed" else "open loop"
+        lines.append("== %s" % title)
+        lines.append("%-8s %-11s %-12s %12s %12s %8s" % ("phase", "class", "metric", name_a[:12], name_b[:12], "B/A"))
+        groups = [(p, c, ra["summary"]["by_phase"][p][c], rb["summary"]["by_phase"].get(p, {}).get(c))
+                  for p in ra["summary"]["by_phase"] for c in ra["summary"]["by_phase"][p]]
+        for p, c, sa, sb in groups:
+            if sb is None or not sa["count"]:
+                continue
+            for label, key, q, scale in COMPARE:
+                va, vb = (s[key][q] if q else s[key] for s in (sa, sb))
+                ratio = "-" if va in (None, 0) or vb is None else "%.2f" % (vb / va)
+                lines.append("%-8s %-11s %-12s %12s %12s %8s" % (p[:8], c[:11], label, _f(va, scale), _f(vb, scale),
+                                                                ratio))
+    return "\n".join(lines)

@@ -269,3 +269,16 @@ def test_sse_scan_compact_and_spaced_json():
         assert line[sc._value_at(line, b'"usage":'):][:1] == b"{"
     assert sc._finish_reason(b'data: {"choices":[{"text":"","finish_reason":null}]}') is None
     assert sc._value_at(b'data: {"choices":[]}', b'"usage":') == -1
+
+
+def test_compare_two_results():
+    def result(ttft, digest):
+        recs = [rec(ttft=ttft, phase="steady"), rec(cls="best_effort", ttft=ttft * 2, phase="steady")]
+        summ = st.summarize_run(recs, SLOS, [("steady", 0.0, 10.0)], ["urgent", "best_effort"])
+        return {"config": {"schedule_digest": digest}, "runs": [{"mode": "open", "clients": None, "summary": summ}]}
+
+    text = st.format_compare(result(0.5, "x"), result(1.0, "x"), "fcfs", "sla")
+    assert "warning" not in text
+    row = [l for l in text.splitlines() if l.startswith("steady   urgent      TTFT p50")][0]
+    assert row.split()[-3:] == ["0.50", "1.00", "2.00"]
+    assert "warning" in st.format_compare(result(0.5, "x"), result(0.5, "y"))
