@@ -241,11 +241,12 @@ def test_arrivals_reproducible(result, tmp_path):
 
 
 def test_closed_loop_and_timeouts(server, tmp_path):
-    """Closed loop at 2 clients; then a first-token timeout far below any
-    real TTFT, so every request is cancelled and counted as a timeout."""
+    """Closed loop at 2 clients over HTTP/2; then a first-token timeout far
+    below any real TTFT, so every request is cancelled and counted as a
+    timeout."""
     _, base = server
     f = tmp_path / "closed.json"
-    p = subprocess.run(serve_cmd("--url", base, "--closed", "2", "--duration", "2", "--prompt-len", "8",
+    p = subprocess.run(serve_cmd("--url", base, "--http2", "--closed", "2", "--duration", "2", "--prompt-len", "8",
                                  "--out-len", "4", "--out", str(f)), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     d = json.loads(f.read_text())
