@@ -141,7 +141,9 @@ def test_prometheus_scrapes_lmd(lmd, prometheus):
     # A gauge too: idle now, on both sides.
     assert lmd_sum(lmd, "lmd_requests_running") == 0
     assert wait_for(prometheus, 'sum(lmd_requests_running{job="lmd"})', 0.0) == 0.0
-    # And Prometheus saw the counter grow, i.e. it has stored more than one sample.
-    grew = prom_query(prometheus, 'max_over_time(sum(lmd_prompt_tokens_total{job="lmd"})[5m:1s]) - '
-                                  'min_over_time(sum(lmd_prompt_tokens_total{job="lmd"})[5m:1s])')
-    assert grew == prompt_tokens
+    # Prometheus stored the counter's history, not just its last value: the
+    # scrape that reported `up` before any completion saw 0. Raw samples
+    # (a range vector, not a subquery) make this exact.
+    assert prom_query(prometheus, 'sum(min_over_time(lmd_prompt_tokens_total{job="lmd"}[10m]))') == 0.0
+    assert prom_query(prometheus, 'sum(max_over_time(lmd_prompt_tokens_total{job="lmd"}[10m]))') == prompt_tokens
+    assert prom_query(prometheus, 'min(count_over_time(lmd_prompt_tokens_total{job="lmd"}[10m]))') >= 2
