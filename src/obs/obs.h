@@ -37,6 +37,8 @@ struct obs_config {
                                                  "" = no GPU metrics */
 };
 
+/* Copies every name it is given. LMD_EINVAL on a bad config, LMD_EBUSY when
+ * already initialized; obs_init may run again after obs_shutdown (tests). */
 int obs_init(const struct obs_config *cfg, struct lmd_err *err);
 void obs_shutdown(void);
 bool obs_enabled(void);
