@@ -33,8 +33,12 @@ struct obs_config {
     int n_tenants;                            /* 1..OBS_MAX_TENANTS */
     bool trace;                               /* keep trace events (--debug-endpoints) */
     int trace_capacity;                       /* events kept in the ring; 0 = 1 << 16 */
+    const char *nvml_path;                    /* NVML library to dlopen; NULL = "libnvidia-ml.so.1",
+                                                 "" = no GPU metrics */
 };
 
+/* Copies every name it is given. LMD_EINVAL on a bad config, LMD_EBUSY when
+ * already initialized; obs_init may run again after obs_shutdown (tests). */
 int obs_init(const struct obs_config *cfg, struct lmd_err *err);
 void obs_shutdown(void);
 bool obs_enabled(void);
@@ -112,7 +116,7 @@ enum obs_gauge {
     OBS_G_RUNNING,          /* lmd_requests_running */
     OBS_G_KV_USAGE,         /* lmd_kv_cache_usage_ratio (0..1) */
     OBS_G_KV_FREE,          /* lmd_kv_blocks_free */
-    OBS_G_KV_TOTAL,         /* lmd_kv_blocks_total */
+    OBS_G_KV_TOTAL,         /* lmd_kv_blocks_capacity (a gauge may not end in _total) */
     OBS_G_CONNECTIONS,      /* lmd_http_connections_open */
     OBS_G__N,
 };
