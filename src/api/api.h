@@ -17,11 +17,13 @@
 
 #include "core/error.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 struct api;
 struct http_req;
+struct qos;
 struct sched;
 struct tok_vocab;
 
@@ -33,6 +35,8 @@ struct api_config {
     int chat_family;        /* enum chat_family */
     int n_ctx;              /* tokens per sequence */
     size_t max_body;        /* bytes; larger bodies get 413 */
+    struct qos *qos;        /* tenants, keys, classes and admission (required) */
+    bool debug_endpoints;   /* serve /debug/requests and /debug/trace */
 };
 
 int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err);

@@ -9,11 +9,13 @@
 #include "api/api.h"
 #include "api/chat_template.h"
 #include "core/error.h"
+#include "qos/qos.h"
 #include "sample/sample.h"
 
 #include <stdbool.h>
 #include "core/buf.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -86,6 +88,9 @@ struct api_params {
     int n_bias;
     bool echo;          /* completions: the prompt text comes first */
     bool ignore_eos;    /* generate through end-of-generation tokens */
+    const char *priority; /* service class by name, or NULL */
+    size_t priority_len;
+    int priority_index;   /* service class by index; -1 = not given */
 };
 
 /* Parse and validate a request body. On failure fills e (status 400 with
@@ -102,6 +107,7 @@ long api_stop_find(const char *text, size_t len, const char *const *stop, const 
 size_t api_stop_holdback(const char *text, size_t len, const char *const *stop, const size_t *stop_len, int n_stop);
 
 /* The process-wide API state (api.h's opaque struct api). */
+struct api_call;
 struct api {
     struct api_config cfg;
     char *model_id;   /* general.name or the file stem */
@@ -112,14 +118,30 @@ struct api {
     _Atomic bool draining;
     _Atomic int active; /* calls not yet freed */
     _Atomic uint64_t http_requests, seq;
+    /* Generation calls alive, for /debug/requests: linked on submission,
+     * unlinked when freed; the mutex is held for those two moves and for
+     * one rendering, never across model work. */
+    pthread_mutex_t live_mu;
+    struct api_call *live;
 };
+
+/* Completion ids and X-Request-Id values: at most this long, NUL included. */
+#define API_ID_MAX 72
+
+/* Who a generation request is for and what it was admitted with. */
+struct api_who {
+    int tenant;              /* qos tenant index */
+    int cls;                 /* service class index */
+    struct qos_ticket ticket; /* QOS_TICKET_QUEUED once admitted */
+    char rid[API_ID_MAX];     /* the X-Request-Id sent back, for logs */
+};
+
+struct api_call;
 
 /* Answers (routes.c). Errors carry OpenAI's body; hname/hvalue add one
  * header (both may be NULL). */
 void api_send_error(struct http_req *r, const struct api_error *e, const char *hname, const char *hvalue);
 
-/* Completion ids and X-Request-Id values: at most this long, NUL included. */
-#define API_ID_MAX 72
 
 /* A generation call (call.c): build the call for a validated request,
  * submit its n choices to the scheduler and answer from then on. Takes
@@ -128,4 +150,10 @@ void api_send_error(struct http_req *r, const struct api_error *e, const char *h
  * `id` is the completion id (also the X-Request-Id unless the client sent
  * its own). */
 int api_call_submit(struct api *a, struct http_req *r, const struct api_params *p, int32_t *ids, int n_prompt,
-                    int max_tokens, const char *id, struct api_error *e);
+                    int max_tokens, const char *id, struct api_who *who, struct api_error *e);
+/* GET /debug/requests: the live calls as JSON into b. */
+int api_calls_render(struct api *a, struct lmd_buf *b);
+
+/* The access-log line and lmd_requests_total for a generation request
+ * answered without reaching the scheduler (an error or refusal). */
+void api_log_refusal(struct api *a, struct http_req *r, const char *id, int status, int cls, int tenant);

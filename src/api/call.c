@@ -26,6 +26,8 @@
 #include "core/log.h"
 #include "core/time.h"
 #include "http/http.h"
+#include "obs/obs.h"
+#include "qos/qos.h"
 #include "sched/sched.h"
 #include "tokenizer/tokenizer.h"
 
@@ -87,14 +89,38 @@ struct api_call {
     size_t piece_cap;
     struct lmd_buf chunk;     /* streamed: the SSE bytes of this wakeup, reused */
     uint64_t t_start, t_first; /* ns, monotonic: accepted, first token seen */
+    struct api_who who;        /* tenant, class, admission ticket, request id */
+    int status;                /* the HTTP status answered (for metrics and the log); 0 = not yet */
+    const char *finish;        /* the first choice's finish reason, for the log */
+    struct api_call *live_prev, *live_next; /* the api's live list (live_mu) */
     int n_choices;
     struct api_choice choice[]; /* [n_choices] */
 };
 
 #define PUTS(b, lit) lmd_buf_append((b), (lit), strlen(lit))
 
+static int call_generated(const struct api_call *c)
+{
+    int n = 0;
+    for (int i = 0; i < c->n_choices; i++)
+        n += atomic_load_explicit(&c->choice[i].sr.n_out, memory_order_acquire);
+    return n;
+}
+
 static void call_free(struct api_call *c)
 {
+    struct api *a = c->api;
+    pthread_mutex_lock(&a->live_mu);
+    if (c->live_prev)
+        c->live_prev->live_next = c->live_next;
+    else if (a->live == c)
+        a->live = c->live_next;
+    if (c->live_next)
+        c->live_next->live_prev = c->live_prev;
+    pthread_mutex_unlock(&a->live_mu);
+    /* Whatever way it ended, its quota slots and token charge are settled
+     * (a no-op when call_account already did). */
+    qos_finished(a->cfg.qos, &c->who.ticket, (int64_t)c->n_prompt + call_generated(c), lmd_time_mono_ns());
     atomic_fetch_sub(&c->api->active, 1);
     for (int i = 0; i < c->n_choices; i++) {
         struct api_choice *ch = &c->choice[i];
@@ -134,6 +160,47 @@ static const char *finish_name(const struct api_choice *ch)
     if (ch->stop_matched)
         return "stop";
     return atomic_load(&ch->sr.finish) == SCHED_FINISH_LENGTH ? "length" : "stop";
+}
+
+/* The request is answered (or its client is gone): count it, log it and
+ * settle its admission. Once per call, on its I/O thread. */
+static void call_account(struct api_call *c, int status, const char *finish)
+{
+    if (c->status)
+        return;
+    c->status = status;
+    c->finish = finish;
+    struct api *a = c->api;
+    uint64_t now = lmd_time_mono_ns();
+    int n_gen = call_generated(c);
+    const int cls = c->who.cls, tenant = c->who.tenant;
+    qos_finished(a->cfg.qos, &c->who.ticket, (int64_t)c->n_prompt + n_gen, now);
+    obs_request_done(obs_status_of(status), cls, tenant);
+    double e2e = (double)(now - c->t_start) / 1e9;
+    double ttft = c->t_first ? (double)(c->t_first - c->t_start) / 1e9 : -1;
+    uint64_t admit = __atomic_load_n(&c->choice[0].sr.t_admit_ns, __ATOMIC_RELAXED);
+    double queue = admit >= c->t_start ? (double)(admit - c->t_start) / 1e9 : -1;
+    if (status == 200) {
+        obs_observe(OBS_H_E2E, cls, e2e);
+        if (ttft >= 0)
+            obs_observe(OBS_H_TTFT, cls, ttft);
+    }
+    struct obs_access acc = {
+        .id = c->who.rid,
+        .method = "POST",
+        .path = c->kind == API_CHAT ? "/v1/chat/completions" : "/v1/completions",
+        .status = status,
+        .cls = cls,
+        .tenant = tenant,
+        .model = a->model_id,
+        .prompt_tokens = c->n_prompt,
+        .output_tokens = n_gen,
+        .queue_s = queue,
+        .ttft_s = ttft,
+        .e2e_s = e2e,
+        .finish = finish,
+    };
+    obs_access_log(&acc);
 }
 
 /* ---- rendering ------------------------------------------------------------ */
@@ -387,14 +454,16 @@ static void choice_pump(struct api_call *c, struct api_choice *ch, size_t budget
 
 /* An engine failure ends the whole response: the other choices are
  * cancelled, the error is the answer (or the stream's last event). */
-static void call_fail(struct api_call *c, const char *msg)
+static void call_fail(struct api_call *c, int status, const char *code, const char *msg)
 {
-    LMD_ERROR("api: %s: %s", c->id, msg);
+    if (status >= 500 && status != 503)
+        LMD_ERROR("api: %s: %s", c->id, msg);
     call_cancel_all(c);
     struct api_error e;
-    api_error_set(&e, 500, "server_error", NULL, NULL, "%s", msg);
+    api_error_set(&e, status, "server_error", NULL, code, "%s", msg);
+    call_account(c, status, status == 503 ? "deadline" : "error");
     if (!c->stream) {
-        api_send_error(c->http, &e, NULL, NULL);
+        api_send_error(c->http, &e, status == 503 ? "retry-after" : NULL, status == 503 ? "1" : NULL);
     } else {
         size_t len;
         char *s = api_error_json(&e, &len);
@@ -413,11 +482,28 @@ static void call_pump(struct api_call *c)
 {
     if (!c->http || c->done)
         return;
-    for (int i = 0; i < c->n_choices; i++)
-        if (atomic_load_explicit(&c->choice[i].sr.finish, memory_order_acquire) == SCHED_FINISH_ERROR) {
-            call_fail(c, c->choice[i].sr.err);
+    for (int i = 0; i < c->n_choices; i++) {
+        int fin = atomic_load_explicit(&c->choice[i].sr.finish, memory_order_acquire);
+        if (fin == SCHED_FINISH_ERROR) {
+            call_fail(c, 500, NULL, c->choice[i].sr.err);
             return;
         }
+        if (fin == SCHED_FINISH_DEADLINE) {
+            /* Its class refuses late work and it waited past its deadline. */
+            obs_reject(OBS_R_DEADLINE, c->who.tenant);
+            call_fail(c, 503, "deadline_unmeetable",
+                      "the request could not start within its service class's time-to-first-token target; "
+                      "retry later or use a class that runs late work");
+            return;
+        }
+    }
+    /* Out of the queue: its queued-quota slot is free again. */
+    if (c->who.ticket.state == QOS_TICKET_QUEUED)
+        for (int i = 0; i < c->n_choices; i++)
+            if (atomic_load_explicit(&c->choice[i].sr.state, memory_order_relaxed) != SCHED_ST_QUEUED) {
+                qos_started(c->api->cfg.qos, &c->who.ticket);
+                break;
+            }
     c->chunk.len = 0;
     size_t budget = SIZE_MAX;
     if (c->stream) {
@@ -432,15 +518,7 @@ static void call_pump(struct api_call *c)
     }
     if (all_done) {
         c->done = true;
-        int n_gen = 0;
-        for (int i = 0; i < c->n_choices; i++)
-            n_gen += c->choice[i].cursor;
-        uint64_t now = lmd_time_mono_ns();
-        LMD_INFO("api: %s %s prompt %d tokens, %d choice%s, generated %d, finish %s%s, first token %.1f ms, total "
-                 "%.1f ms",
-                 c->id, c->stream ? "stream" : "json", c->n_prompt, c->n_choices, c->n_choices > 1 ? "s" : "", n_gen,
-                 finish_name(&c->choice[0]), c->gone ? " (client gone)" : "",
-                 c->t_first ? (double)(c->t_first - c->t_start) / 1e6 : 0.0, (double)(now - c->t_start) / 1e6);
+        call_account(c, c->gone ? 499 : 200, c->gone ? "cancelled" : finish_name(&c->choice[0]));
         send_final(c);
     }
     if (c->stream && (c->chunk.len || all_done))
@@ -475,6 +553,8 @@ static void call_closed(void *ctx)
 {
     struct api_call *c = ctx;
     c->http = NULL;
+    if (!c->done)
+        call_account(c, 499, "cancelled"); /* the client left before the answer was complete */
     call_ref(c); /* the last unref below may otherwise free c mid-loop */
     call_cancel_all(c);
     for (int i = 0; i < c->n_choices; i++)
@@ -583,7 +663,7 @@ static void call_begin_stream(struct api_call *c, struct http_req *r)
 }
 
 int api_call_submit(struct api *a, struct http_req *r, const struct api_params *p, int32_t *ids, int n_prompt,
-                    int max_tokens, const char *id, struct api_error *e)
+                    int max_tokens, const char *id, struct api_who *who, struct api_error *e)
 {
     const int n = p->n;
     struct api_call *c = calloc(1, sizeof *c + (size_t)n * sizeof c->choice[0]);
@@ -607,6 +687,8 @@ int api_call_submit(struct api *a, struct http_req *r, const struct api_params *
     c->loop = http_req_loop(r);
     c->created = (long)(lmd_time_wall_ns() / 1000000000ull);
     c->t_start = lmd_time_mono_ns();
+    c->who = *who;
+    who->ticket.state = QOS_TICKET_NONE; /* the call's now: call_free settles it */
     snprintf(c->id, sizeof c->id, "%s", id);
     c->piece_cap = tok_detok_bound(a->cfg.vocab);
     if (c->piece_cap < tok_piece_max(a->cfg.vocab))
@@ -624,9 +706,15 @@ int api_call_submit(struct api *a, struct http_req *r, const struct api_params *
     int rc = (!c->piece || !c->stop_mem || (p->n_bias && !c->bias)) ? LMD_ENOMEM : 0;
     if (rc == 0 && p->echo)
         rc = call_set_echo(c, p);
-    for (int i = 0; i < n; i++)
+    const uint64_t sched_id = atomic_fetch_add(&a->seq, 1) * API_MAX_N;
+    for (int i = 0; i < n; i++) {
         if (choice_init(c, &c->choice[i], i, p, max_tokens) != 0)
             rc = LMD_ENOMEM;
+        c->choice[i].sr.cls = c->who.cls;
+        c->choice[i].sr.tenant = c->who.tenant;
+        c->choice[i].sr.id = sched_id + (uint64_t)i;
+        c->choice[i].sr.t_arrival_ns = c->t_start;
+    }
     if (rc != 0) {
         for (int i = 0; i < n; i++)
             sched_req_unref(&c->choice[i].sr); /* the last one frees c */
@@ -654,11 +742,30 @@ int api_call_submit(struct api *a, struct http_req *r, const struct api_params *
             sched_req_cancel(a->cfg.sched, &c->choice[i].sr);
         for (int i = 0; i < n; i++)
             sched_req_unref(&c->choice[i].sr);
-        if (rc == LMD_EBUSY || rc == LMD_ECANCELED)
-            return api_error_set(e, 503, "server_error", NULL, rc == LMD_EBUSY ? "queue_full" : "shutting_down",
-                                 "the server is busy: %s; retry shortly", err.msg);
+        if (rc == LMD_EBUSY) {
+            obs_reject(OBS_R_QUEUE_FULL, who->tenant);
+            return api_error_set(e, 503, "server_error", NULL, "queue_full", "the server is busy: %s; retry shortly",
+                                 err.msg);
+        }
+        if (rc == LMD_ECANCELED) {
+            obs_reject(OBS_R_DRAINING, who->tenant);
+            return api_error_set(e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
+        }
+        if (rc == LMD_ETIMEDOUT) {
+            obs_reject(OBS_R_DEADLINE, who->tenant);
+            return api_error_set(e, 503, "server_error", NULL, "deadline_unmeetable",
+                                 "the request cannot start within its service class's time-to-first-token target "
+                                 "(%s); retry later or use a class that runs late work",
+                                 err.msg);
+        }
         return api_error_set(e, 400, "invalid_request_error", "max_tokens", NULL, "%s", err.msg);
     }
+    pthread_mutex_lock(&a->live_mu);
+    c->live_next = a->live;
+    if (a->live)
+        a->live->live_prev = c;
+    a->live = c;
+    pthread_mutex_unlock(&a->live_mu);
     /* From here the HTTP side's references are dropped when the request is
      * disposed, whichever way it ends. */
     c->http = r;
@@ -670,4 +777,63 @@ int api_call_submit(struct api *a, struct http_req *r, const struct api_params *
         http_req_watch_disconnect(r, call_gone, c);
     }
     return 0;
+}
+
+/* ---- the live view ----------------------------------------------------------- */
+
+static const char *const state_names[] = {"queued", "prefill", "decode", "preempted", "done"};
+
+/* One call as a JSON object. Its choices' progress is read as the engine
+ * thread publishes it (atomics and stamps, relaxed): a view, not a
+ * snapshot. */
+static void call_render(struct api_call *c, struct lmd_buf *b, uint64_t now)
+{
+    const struct qos *q = c->api->cfg.qos;
+    int state = SCHED_ST_DONE, kv = 0, gen = 0, preempted = 0;
+    /* The most advanced choice names the state: decode > prefill >
+     * preempted > queued > done. */
+    static const int rank[] = {[SCHED_ST_QUEUED] = 1, [SCHED_ST_PREFILL] = 3, [SCHED_ST_DECODE] = 4,
+                               [SCHED_ST_PREEMPTED] = 2, [SCHED_ST_DONE] = 0};
+    uint64_t admit = 0;
+    for (int i = 0; i < c->n_choices; i++) {
+        struct sched_req *sr = &c->choice[i].sr;
+        int st = atomic_load_explicit(&sr->state, memory_order_relaxed);
+        if (st < 0 || st > SCHED_ST_DONE)
+            st = SCHED_ST_QUEUED;
+        if (rank[st] > rank[state])
+            state = st;
+        kv += atomic_load_explicit(&sr->kv_blocks, memory_order_relaxed);
+        gen += atomic_load_explicit(&sr->n_out, memory_order_relaxed);
+        preempted += __atomic_load_n(&sr->n_preempted, __ATOMIC_RELAXED);
+        uint64_t t = __atomic_load_n(&sr->t_admit_ns, __ATOMIC_RELAXED);
+        if (t && (!admit || t < admit))
+            admit = t;
+    }
+    if (__atomic_load_n(&c->done, __ATOMIC_RELAXED))
+        state = SCHED_ST_DONE;
+    double age = (double)(now - c->t_start) / 1e9;
+    double queued = (double)((admit ? admit : now) - c->t_start) / 1e9;
+    lmd_buf_printf(b,
+                   "{\"id\":\"%s\",\"completion_id\":\"%s\",\"tenant\":\"%s\",\"class\":\"%s\",\"state\":\"%s\","
+                   "\"stream\":%s,\"choices\":%d,\"prompt_tokens\":%d,\"generated_tokens\":%d,\"age_s\":%.3f,"
+                   "\"queued_s\":%.3f,\"kv_blocks\":%d,\"preemptions\":%d}",
+                   c->who.rid, c->id, qos_tenant(q, c->who.tenant)->name, qos_class(q, c->who.cls)->name,
+                   state_names[state], c->stream ? "true" : "false", c->n_choices, c->n_prompt, gen, age,
+                   queued < 0 ? 0.0 : queued, kv, preempted);
+}
+
+int api_calls_render(struct api *a, struct lmd_buf *b)
+{
+    uint64_t now = lmd_time_mono_ns();
+    PUTS(b, "{\"requests\":[");
+    pthread_mutex_lock(&a->live_mu);
+    int k = 0;
+    for (struct api_call *c = a->live; c; c = c->live_next) {
+        if (k++)
+            PUTS(b, ",");
+        call_render(c, b, now);
+    }
+    pthread_mutex_unlock(&a->live_mu);
+    lmd_buf_printf(b, "],\"active\":%d}", atomic_load(&a->active));
+    return b->ptr ? 0 : LMD_ENOMEM;
 }

@@ -14,6 +14,8 @@
 #include "core/log.h"
 #include "core/time.h"
 #include "http/http.h"
+#include "obs/obs.h"
+#include "qos/qos.h"
 #include "sched/sched.h"
 #include "tokenizer/tokenizer.h"
 
@@ -70,35 +72,68 @@ static bool str_is(struct http_str s, const char *lit)
 
 static void route_metrics(struct api *a, struct http_req *r)
 {
-    struct sched_stats st;
-    sched_stats(a->cfg.sched, &st);
+    (void)a;
     struct lmd_buf b = {0};
-    lmd_buf_printf(&b,
-                   "# HELP lmd_http_requests_total HTTP requests received.\n"
-                   "# TYPE lmd_http_requests_total counter\nlmd_http_requests_total %llu\n"
-                   "# HELP lmd_requests_total Generation requests finished by the scheduler.\n"
-                   "# TYPE lmd_requests_total counter\nlmd_requests_total %llu\n"
-                   "# HELP lmd_prompt_tokens_total Prompt tokens prefilled.\n"
-                   "# TYPE lmd_prompt_tokens_total counter\nlmd_prompt_tokens_total %llu\n"
-                   "# HELP lmd_generated_tokens_total Tokens sampled.\n"
-                   "# TYPE lmd_generated_tokens_total counter\nlmd_generated_tokens_total %llu\n"
-                   "# HELP lmd_engine_steps_total Engine steps.\n"
-                   "# TYPE lmd_engine_steps_total counter\nlmd_engine_steps_total %llu\n"
-                   "# HELP lmd_requests_running Sequences in the running batch.\n"
-                   "# TYPE lmd_requests_running gauge\nlmd_requests_running %d\n"
-                   "# HELP lmd_requests_waiting Requests in the waiting queue.\n"
-                   "# TYPE lmd_requests_waiting gauge\nlmd_requests_waiting %d\n"
-                   "# HELP lmd_kv_blocks_free Free KV-cache blocks.\n"
-                   "# TYPE lmd_kv_blocks_free gauge\nlmd_kv_blocks_free %d\n"
-                   "# HELP lmd_kv_blocks_total KV-cache blocks.\n"
-                   "# TYPE lmd_kv_blocks_total gauge\nlmd_kv_blocks_total %d\n",
-                   (unsigned long long)atomic_load(&a->http_requests), (unsigned long long)st.requests_total,
-                   (unsigned long long)st.prompt_tokens, (unsigned long long)st.generated_tokens,
-                   (unsigned long long)st.steps, st.running, st.waiting, st.kv_blocks_free, st.kv_blocks_total);
-    if (!b.ptr)
+    if (obs_render(&b) != 0 || !b.ptr)
         send_err(r, 500, "server_error", NULL, NULL, "out of memory");
     else
-        http_respond(r, 200, "text/plain; version=0.0.4", b.ptr, b.len, NULL, NULL);
+        http_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", b.ptr, b.len, NULL, NULL);
+    lmd_buf_free(&b);
+}
+
+/* ---- debug endpoints ------------------------------------------------------- */
+
+/* The value of `key` in a query string (first match), or len 0. */
+static struct http_str query_get(struct http_str q, const char *key)
+{
+    size_t kl = strlen(key);
+    const char *p = q.ptr, *end = q.ptr + q.len;
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        if ((size_t)(stop - p) > kl && memcmp(p, key, kl) == 0 && p[kl] == '=')
+            return (struct http_str){p + kl + 1, (size_t)(stop - p - kl - 1)};
+        p = stop + 1;
+    }
+    return (struct http_str){"", 0};
+}
+
+static void route_debug(struct api *a, struct http_req *r, struct http_str path)
+{
+    struct http_str auth = http_req_header(r, "authorization");
+    if (qos_has_file(a->cfg.qos) && !qos_is_admin(a->cfg.qos, auth.len ? auth.ptr : NULL, auth.len)) {
+        bool tenant = qos_authenticate(a->cfg.qos, auth.len ? auth.ptr : NULL, auth.len) >= 0;
+        struct api_error e;
+        api_error_set(&e, tenant ? 403 : 401, "invalid_request_error", NULL, tenant ? "admin_only" : "invalid_api_key",
+                      tenant ? "the debug endpoints need an admin key" : "the debug endpoints need an admin key "
+                                                                         "(Authorization: Bearer KEY)");
+        api_send_error(r, &e, tenant ? NULL : "www-authenticate", tenant ? NULL : "Bearer");
+        return;
+    }
+    struct lmd_buf b = {0};
+    int rc;
+    if (str_is(path, "/debug/requests")) {
+        rc = api_calls_render(a, &b);
+    } else {
+        double seconds = 10;
+        struct http_str v = query_get(http_req_query(r), "seconds");
+        if (v.len) {
+            char tmp[32];
+            char *endp;
+            snprintf(tmp, sizeof tmp, "%.*s", (int)(v.len < 31 ? v.len : 31), v.ptr);
+            seconds = strtod(tmp, &endp);
+            if (endp == tmp || *endp || !(seconds > 0 && seconds <= 3600)) {
+                send_err(r, 400, "invalid_request_error", "seconds", NULL,
+                         "'seconds' must be a number of seconds in (0, 3600]");
+                return;
+            }
+        }
+        rc = obs_trace_render(&b, seconds);
+    }
+    if (rc != 0 || !b.ptr)
+        send_err(r, 500, "server_error", NULL, NULL, "out of memory");
+    else
+        http_respond(r, 200, "application/json", b.ptr, b.len, NULL, NULL);
     lmd_buf_free(&b);
 }
 
@@ -167,24 +202,123 @@ static int build_prompt(struct api *a, const struct api_params *p, int32_t **ids
     return 0;
 }
 
-static void route_generate(struct api *a, struct http_req *r, enum api_kind kind, const char *id)
+void api_log_refusal(struct api *a, struct http_req *r, const char *id, int status, int cls, int tenant)
+{
+    struct http_str path = http_req_path(r);
+    char p[64];
+    snprintf(p, sizeof p, "%.*s", (int)(path.len < 63 ? path.len : 63), path.ptr);
+    obs_request_done(obs_status_of(status), cls, tenant);
+    struct obs_access acc = {
+        .id = id,
+        .method = "POST",
+        .path = p,
+        .status = status,
+        .cls = cls,
+        .tenant = tenant,
+        .model = a->model_id,
+        .queue_s = -1,
+        .ttft_s = -1,
+        .e2e_s = -1,
+    };
+    obs_access_log(&acc);
+}
+
+/* The class a request asked for: the body's `priority` (a name or an
+ * index), else X-Priority, else X-SLA, else the tenant's default. */
+static int pick_class(struct api *a, struct http_req *r, const struct api_params *p, int tenant, struct api_error *e,
+                      enum obs_reject *reason)
+{
+    const struct qos *q = a->cfg.qos;
+    struct qos_refusal why = {0};
+    if (p->priority_index >= 0) {
+        if (p->priority_index >= qos_n_classes(q)) {
+            *reason = OBS_R_CLASS;
+            return api_error_set(e, 400, "invalid_request_error", "priority", "unknown_priority",
+                                 "'priority' %d is not a service class: classes are 0 to %d (most urgent first)",
+                                 p->priority_index, qos_n_classes(q) - 1);
+        }
+        if (!qos_class_allowed(q, tenant, p->priority_index)) {
+            *reason = OBS_R_CLASS;
+            return api_error_set(e, 403, "permission_error", "priority", "class_not_allowed",
+                                 "the service class '%s' is not allowed for this API key",
+                                 qos_class(q, p->priority_index)->name);
+        }
+        return p->priority_index;
+    }
+    const char *name = p->priority;
+    size_t len = p->priority_len;
+    const char *from = "priority";
+    if (!name) {
+        struct http_str h = http_req_header(r, "x-priority");
+        from = "X-Priority";
+        if (!h.len) {
+            h = http_req_header(r, "x-sla");
+            from = "X-SLA";
+        }
+        name = h.len ? h.ptr : NULL;
+        len = h.len;
+    }
+    int cls = qos_class_pick(q, tenant, name, len, &why);
+    if (cls >= 0)
+        return cls;
+    *reason = why.reason;
+    return api_error_set(e, why.http_status, why.http_status == 403 ? "permission_error" : "invalid_request_error",
+                         from, why.http_status == 403 ? "class_not_allowed" : "unknown_priority", "%s", why.message);
+}
+
+static const char *refusal_code(enum obs_reject why)
+{
+    switch (why) {
+    case OBS_R_RATE_REQUESTS:
+    case OBS_R_RATE_TOKENS: return "rate_limit_exceeded";
+    case OBS_R_TENANT_CONCURRENCY: return "concurrency_limit_exceeded";
+    case OBS_R_TENANT_QUEUE: return "tenant_queue_full";
+    case OBS_R_QUEUE_FULL: return "queue_full";
+    case OBS_R_DEADLINE: return "deadline_unmeetable";
+    default: return "request_too_large";
+    }
+}
+
+static void route_generate(struct api *a, struct http_req *r, enum api_kind kind, const char *id, const char *rid)
 {
     struct api_error e = {0};
     struct api_params p;
+    struct qos *q = a->cfg.qos;
+    struct api_who who = {.tenant = 0, .cls = qos_default_class(q)};
+    snprintf(who.rid, sizeof who.rid, "%s", rid);
+    int32_t *ids = NULL;
+    int n_prompt = 0;
+    const char *hname = NULL, *hvalue = NULL;
+    char retry[16];
+    memset(&p, 0, sizeof p);
+    p.priority_index = -1;
+
+    /* Who is asking comes first: an unknown caller learns nothing else. */
+    struct http_str auth = http_req_header(r, "authorization");
+    int tenant = qos_authenticate(q, auth.len ? auth.ptr : NULL, auth.len);
+    if (tenant < 0) {
+        obs_reject(OBS_R_UNAUTHORIZED, -1);
+        api_error_set(&e, 401, "invalid_request_error", NULL, "invalid_api_key",
+                      auth.len ? "the API key is not valid" : "an API key is required (Authorization: Bearer KEY)");
+        hname = "www-authenticate";
+        hvalue = "Bearer";
+        goto fail;
+    }
+    who.tenant = tenant;
+    who.cls = qos_tenant(q, tenant)->default_class;
     struct http_str body = http_req_body(r);
     if (body.len > a->cfg.max_body) {
         api_error_set(&e, 413, "invalid_request_error", NULL, "request_too_large",
                       "the body is %zu bytes; the limit is %zu", body.len, a->cfg.max_body);
-        api_send_error(r, &e, NULL, NULL);
-        return;
+        goto fail;
     }
     if (atomic_load(&a->draining)) {
+        obs_reject(OBS_R_DRAINING, tenant);
         api_error_set(&e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
-        api_send_error(r, &e, "retry-after", "1");
-        return;
+        hname = "retry-after";
+        hvalue = "1";
+        goto fail;
     }
-    int32_t *ids = NULL;
-    int n_prompt = 0;
     if (api_params_parse(&p, kind, body.ptr, body.len, &e) != 0)
         goto fail;
     if (p.model && !model_matches(a, p.model, strlen(p.model))) {
@@ -192,6 +326,19 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
                       "the model '%s' does not exist; this server serves '%s'", p.model, a->model_id);
         goto fail;
     }
+    if (!qos_model_allowed(q, tenant, a->model_id, strlen(a->model_id))) {
+        obs_reject(OBS_R_MODEL, tenant);
+        api_error_set(&e, 403, "permission_error", "model", "model_not_allowed",
+                      "the model '%s' is not allowed for this API key", a->model_id);
+        goto fail;
+    }
+    enum obs_reject reason = OBS_R__N;
+    int cls = pick_class(a, r, &p, tenant, &e, &reason);
+    if (cls < 0) {
+        obs_reject(reason, tenant);
+        goto fail;
+    }
+    who.cls = cls;
     const int n_vocab = tok_n_vocab(a->cfg.vocab);
     for (int i = 0; i < p.n_bias; i++)
         if (p.bias[i].token >= n_vocab) {
@@ -221,16 +368,51 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     int max_tokens = p.max_tokens > 0 ? p.max_tokens : (kind == API_CHAT ? ctx - n_prompt : 16);
     if (max_tokens > ctx - n_prompt)
         max_tokens = ctx - n_prompt;
-    int rc = api_call_submit(a, r, &p, ids, n_prompt, max_tokens, id, &e);
-    ids = NULL; /* the call's now, even on failure */
+
+    /* Admission: the tenant's buckets and quotas, charged for the prompt
+     * (once: the choices share it) and every choice's whole budget. */
+    struct qos_refusal why = {0};
+    int64_t charge = (int64_t)n_prompt + (int64_t)max_tokens * p.n;
+    if (qos_admit(q, tenant, cls, charge, lmd_time_mono_ns(), &who.ticket, &why) != 0) {
+        obs_reject(why.reason, tenant);
+        api_error_set(&e, why.http_status,
+                      why.http_status == 429 ? "rate_limit_error"
+                                             : why.http_status == 503 ? "server_error" : "invalid_request_error",
+                      NULL, refusal_code(why.reason), "%s", why.message);
+        if (why.retry_after_s) {
+            snprintf(retry, sizeof retry, "%u", why.retry_after_s);
+            hname = "retry-after";
+            hvalue = retry;
+        }
+        goto fail;
+    }
+    int rc = api_call_submit(a, r, &p, ids, n_prompt, max_tokens, id, &who, &e);
+    ids = NULL; /* the call's now, even on failure; so is the ticket */
     api_params_free(&p);
-    if (rc != 0)
+    if (rc != 0) {
+        api_log_refusal(a, r, rid, e.status, who.cls, who.tenant);
         api_send_error(r, &e, e.status == 503 ? "retry-after" : NULL, e.status == 503 ? "1" : NULL);
+    }
     return;
 fail:
     free(ids);
     api_params_free(&p);
-    api_send_error(r, &e, NULL, NULL);
+    api_log_refusal(a, r, rid, e.status, who.cls, tenant < 0 ? -1 : who.tenant);
+    api_send_error(r, &e, hname, hvalue);
+}
+
+/* With a tenants file, every /v1 route needs a tenant's key. */
+static bool authorized(struct api *a, struct http_req *r)
+{
+    struct http_str auth = http_req_header(r, "authorization");
+    if (qos_authenticate(a->cfg.qos, auth.len ? auth.ptr : NULL, auth.len) >= 0)
+        return true;
+    obs_reject(OBS_R_UNAUTHORIZED, -1);
+    struct api_error e;
+    api_error_set(&e, 401, "invalid_request_error", NULL, "invalid_api_key",
+                  auth.len ? "the API key is not valid" : "an API key is required (Authorization: Bearer KEY)");
+    api_send_error(r, &e, "www-authenticate", "Bearer");
+    return false;
 }
 
 /* ---- the router --------------------------------------------------------- */
@@ -254,6 +436,7 @@ void api_handle(void *ud, struct http_req *r)
 {
     struct api *a = ud;
     atomic_fetch_add_explicit(&a->http_requests, 1, memory_order_relaxed);
+    obs_count(OBS_C_HTTP_REQUESTS, 1);
     struct http_str m = http_req_method(r), path = http_req_path(r);
     bool get = str_is(m, "GET"), post = str_is(m, "POST");
     static const char models_prefix[] = "/v1/models/";
@@ -268,24 +451,24 @@ void api_handle(void *ud, struct http_req *r)
     snprintf(id, sizeof id, "%s-%llx%04llx", !generate ? "req" : kind == API_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)lmd_time_wall_ns(), (unsigned long long)(atomic_fetch_add(&a->seq, 1) & 0xffff));
     struct http_str cid = http_req_header(r, "x-request-id");
-    if (request_id_sane(cid)) {
-        char own[API_ID_MAX];
-        snprintf(own, sizeof own, "%.*s", (int)cid.len, cid.ptr);
-        http_req_add_header(r, "x-request-id", own);
-    } else {
-        http_req_add_header(r, "x-request-id", id);
-    }
+    char rid[API_ID_MAX];
+    if (request_id_sane(cid))
+        snprintf(rid, sizeof rid, "%.*s", (int)cid.len, cid.ptr);
+    else
+        snprintf(rid, sizeof rid, "%s", id);
+    http_req_add_header(r, "x-request-id", rid);
 
     if (generate) {
         if (!post) {
             send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use POST for this route");
             return;
         }
-        route_generate(a, r, kind, id);
+        route_generate(a, r, kind, id, rid);
         return;
     }
+    bool debug = a->cfg.debug_endpoints && (str_is(path, "/debug/requests") || str_is(path, "/debug/trace"));
     bool known = str_is(path, "/health") || str_is(path, "/ready") || str_is(path, "/v1/models") ||
-                 str_is(path, "/metrics") ||
+                 str_is(path, "/metrics") || debug ||
                  (path.len > sizeof models_prefix - 1 && memcmp(path.ptr, models_prefix, sizeof models_prefix - 1) == 0);
     if (!known) {
         char msg[160];
@@ -298,7 +481,11 @@ void api_handle(void *ud, struct http_req *r)
         send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use GET for this route");
         return;
     }
-    if (str_is(path, "/health")) {
+    if (debug) {
+        route_debug(a, r, path);
+    } else if (path.len >= 3 && memcmp(path.ptr, "/v1", 3) == 0 && !authorized(a, r)) {
+        return;
+    } else if (str_is(path, "/health")) {
         send_json(r, 200, json_pack("{s:s}", "status", "ok"), NULL, NULL);
     } else if (str_is(path, "/ready")) {
         bool d = atomic_load(&a->draining);
@@ -326,6 +513,7 @@ int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err
     if (!a)
         return lmd_err_set(err, LMD_ENOMEM, "out of memory");
     a->cfg = *cfg;
+    pthread_mutex_init(&a->live_mu, NULL);
     const char *slash = strrchr(cfg->model_path, '/');
     a->file = slash ? slash + 1 : cfg->model_path;
     size_t fl = strlen(a->file);
@@ -353,6 +541,7 @@ void api_free(struct api *a)
     free(a->stem);
     free(a->model_id);
     free(a->model_json);
+    pthread_mutex_destroy(&a->live_mu);
     free(a);
 }
 

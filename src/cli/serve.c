@@ -15,6 +15,8 @@
 #include "gguf/gguf.h"
 #include "http/http.h"
 #include "kernels/kernels.h"
+#include "obs/obs.h"
+#include "qos/qos.h"
 #include "sched/sched.h"
 #include "tokenizer/tokenizer.h"
 
@@ -54,7 +56,14 @@ static void serve_usage(FILE *out)
             "      --stall-timeout S    drop a streamed request whose client takes no bytes for S\n"
             "                           seconds (default 60; 0 = never)\n"
             "      --chat-template F    force the chat template: gemma, llama3, chatml, mistral, generic\n"
-            "      --log-level L        debug, info, warn, error (default info)\n",
+            "      --sched POLICY       sla (service classes, deadlines, fair share, preemption; default)\n"
+            "                           or fcfs (one queue in arrival order)\n"
+            "      --tenants FILE       YAML file of tenants, API keys, limits and service classes\n"
+            "                           (docs/configuration.md); without it the server is open\n"
+            "      --debug-endpoints    serve /debug/requests and /debug/trace (admin keys only when\n"
+            "                           --tenants is given) and record scheduler trace events\n"
+            "      --log-level L        debug, info, warn, error (default info)\n"
+            "      --log-format F       text (key=value) or json, one line per event (default text)\n",
             CLI_DEFAULT_MODEL);
 }
 
@@ -73,6 +82,10 @@ enum {
     OPT_TLS_CERT,
     OPT_TLS_KEY,
     OPT_STALL,
+    OPT_SCHED,
+    OPT_TENANTS,
+    OPT_DEBUG,
+    OPT_LOG_FORMAT,
 };
 
 /* Waits for SIGTERM/SIGINT (blocked in every thread, so only this wait
@@ -121,10 +134,17 @@ int cli_serve(int argc, char **argv)
         {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
         {"tls-key", required_argument, NULL, OPT_TLS_KEY},
         {"stall-timeout", required_argument, NULL, OPT_STALL},
+        {"sched", required_argument, NULL, OPT_SCHED},
+        {"tenants", required_argument, NULL, OPT_TENANTS},
+        {"debug-endpoints", no_argument, NULL, OPT_DEBUG},
+        {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
         {"help", no_argument, NULL, 'h'},
         {0, 0, 0, 0},
     };
-    const char *model_path = NULL, *host = "127.0.0.1", *tmpl_name = NULL, *tls_cert = NULL, *tls_key = NULL;
+    const char *model_path = NULL, *host = "127.0.0.1", *tmpl_name = NULL, *tls_cert = NULL, *tls_key = NULL,
+               *tenants_path = NULL;
+    enum sched_policy policy = SCHED_POLICY_SLA;
+    bool debug = false;
     long port = 8080, io_threads = 1, threads = 0, n_ctx = 4096, max_running = 8, max_queue = 64, max_batch = 512,
          kv_blocks = 0, max_body = 4 << 20, drain_s = 30, stall_s = 60;
     int c;
@@ -148,6 +168,27 @@ int cli_serve(int argc, char **argv)
         case OPT_TLS_CERT: tls_cert = optarg; break;
         case OPT_TLS_KEY: tls_key = optarg; break;
         case OPT_STALL: bad = cli_parse_long("lmd serve", "--stall-timeout", optarg, 0, 86400, &stall_s); break;
+        case OPT_SCHED:
+            if (strcmp(optarg, "sla") == 0) {
+                policy = SCHED_POLICY_SLA;
+            } else if (strcmp(optarg, "fcfs") == 0) {
+                policy = SCHED_POLICY_FCFS;
+            } else {
+                fprintf(stderr, "lmd serve: --sched wants sla or fcfs, got '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case OPT_TENANTS: tenants_path = optarg; break;
+        case OPT_DEBUG: debug = true; break;
+        case OPT_LOG_FORMAT: {
+            enum lmd_log_format f;
+            if (lmd_log_parse_format(optarg, &f) != 0) {
+                fprintf(stderr, "lmd serve: --log-format wants text or json, got '%s'\n", optarg);
+                return 2;
+            }
+            lmd_log_set_format(f);
+            break;
+        }
         case OPT_LOG_LEVEL: {
             enum lmd_log_level lv;
             if (lmd_log_parse_level(optarg, &lv) != 0) {
@@ -204,6 +245,13 @@ int cli_serve(int argc, char **argv)
     struct sched *sched = NULL;
     struct api *api = NULL;
     struct http_server *http = NULL;
+    struct qos *qos = NULL;
+    bool obs_on = false;
+
+    if (qos_open(&qos, tenants_path, &err) != 0) {
+        fprintf(stderr, "lmd serve: %s\n", err.msg);
+        return 1;
+    }
 
     uint64_t t0 = lmd_time_mono_ns();
     struct engine_config ecfg = {
@@ -228,7 +276,62 @@ int cli_serve(int argc, char **argv)
         gguf_get_str(eng->info.gguf, "tokenizer.chat_template", &t, NULL);
         fam = chat_detect(t.ptr, t.len, eng->info.arch);
     }
-    struct sched_config scfg = {.vocab = vocab, .max_running = (int)max_running, .max_queue = (int)max_queue};
+    /* Classes and tenants: the tenants file (or its defaults) names them;
+     * the scheduler, the metrics and the API all index them the same way. */
+    const int n_classes = qos_n_classes(qos), n_tenants = qos_n_tenants(qos);
+    struct sched_class classes[SCHED_MAX_CLASSES];
+    const char *class_names[SCHED_MAX_CLASSES], *tenant_names[SCHED_MAX_TENANTS];
+    double weights[SCHED_MAX_TENANTS];
+    for (int i = 0; i < n_classes; i++) {
+        const struct qos_class *qc = qos_class(qos, i);
+        classes[i] = (struct sched_class){
+            .name = qc->name,
+            .ttft_ns = qc->ttft_ns,
+            .tpot_ns = qc->tpot_ns,
+            .window_ns = qc->window_ns,
+            .refuse_late = qc->on_late == QOS_LATE_REFUSE,
+        };
+        class_names[i] = qc->name;
+    }
+    for (int i = 0; i < n_tenants; i++) {
+        tenant_names[i] = qos_tenant(qos, i)->name;
+        weights[i] = qos_tenant(qos, i)->weight;
+    }
+    /* The model label is the id /v1/models shows: general.name, else the
+     * file name without .gguf (as api/ derives it). */
+    char model_label[128];
+    if (eng->info.model_name && *eng->info.model_name) {
+        snprintf(model_label, sizeof model_label, "%s", eng->info.model_name);
+    } else {
+        const char *base = strrchr(model_path, '/') ? strrchr(model_path, '/') + 1 : model_path;
+        size_t bl = strlen(base);
+        if (bl > 5 && strcmp(base + bl - 5, ".gguf") == 0)
+            bl -= 5;
+        snprintf(model_label, sizeof model_label, "%.*s", (int)bl, base);
+    }
+    struct obs_config ocfg = {
+        .model = model_label,
+        .classes = class_names,
+        .n_classes = n_classes,
+        .tenants = tenant_names,
+        .n_tenants = n_tenants,
+        .trace = debug,
+    };
+    if (obs_init(&ocfg, &err) != 0) {
+        fprintf(stderr, "lmd serve: %s\n", err.msg);
+        goto out;
+    }
+    obs_on = true;
+    struct sched_config scfg = {
+        .vocab = vocab,
+        .max_running = (int)max_running,
+        .max_queue = (int)max_queue,
+        .policy = policy,
+        .classes = classes,
+        .n_classes = n_classes,
+        .tenant_weight = weights,
+        .n_tenants = n_tenants,
+    };
     if (sched_start(&sched, eng, &scfg, &err) != 0) {
         fprintf(stderr, "lmd serve: %s\n", err.msg);
         goto out;
@@ -241,6 +344,8 @@ int cli_serve(int argc, char **argv)
         .chat_family = (int)fam,
         .n_ctx = eng->info.n_ctx,
         .max_body = (size_t)max_body,
+        .qos = qos,
+        .debug_endpoints = debug,
     };
     if (api_init(&api, &acfg, &err) != 0) {
         fprintf(stderr, "lmd serve: %s\n", err.msg);
@@ -265,6 +370,9 @@ int cli_serve(int argc, char **argv)
              "kv %d blocks",
              api_model_id(api), eng->info.arch, eng->info.n_ctx, chat_family_name(fam),
              (double)(lmd_time_mono_ns() - t0) / 1e6, eng->info.n_threads, kern_isa(), kv_free_blocks(eng->info.kv));
+    LMD_INFO("lmd serve: scheduler %s, %d service classes, %s%s", policy == SCHED_POLICY_SLA ? "sla" : "fcfs",
+             n_classes, qos_has_file(qos) ? "tenants from " : "open (no tenants file)",
+             qos_has_file(qos) ? tenants_path : "");
     LMD_INFO("lmd serve: listening on %s://%s:%d (%s), %ld I/O threads", tls_cert ? "https" : "http", host,
              http_server_port(http), tls_cert ? "TLS, ALPN h2 and http/1.1" : "HTTP/1.1 and h2c", io_threads);
 
@@ -284,6 +392,9 @@ out:
     api_free(api);
     tok_free(vocab);
     engine_close(eng);
+    if (obs_on)
+        obs_shutdown();
+    qos_close(qos);
     if (status == 0)
         LMD_INFO("lmd serve: stopped");
     return status;

@@ -68,6 +68,7 @@ void http_server_free(struct http_server *s);
 struct http_str http_req_method(const struct http_req *r);
 struct http_str http_req_path(const struct http_req *r); /* normalized, without the query */
 struct http_str http_req_body(const struct http_req *r); /* empty if none */
+struct http_str http_req_query(const struct http_req *r); /* after '?', undecoded; empty if none */
 /* A request header's value, the name matched case-insensitively; the
  * first one if repeated; empty (len 0) when absent. Valid while the
  * request is. */

@@ -251,6 +251,14 @@ struct http_str http_req_path(const struct http_req *r)
     return (struct http_str){p.base, q ? (size_t)(q - p.base) : p.len};
 }
 
+struct http_str http_req_query(const struct http_req *r)
+{
+    const h2o_req_t *q = r->req;
+    if (q->query_at == SIZE_MAX || q->query_at + 1 > q->path.len)
+        return (struct http_str){"", 0};
+    return (struct http_str){q->path.base + q->query_at + 1, q->path.len - q->query_at - 1};
+}
+
 struct http_str http_req_body(const struct http_req *r)
 {
     if (!r->req->entity.base)

@@ -86,7 +86,7 @@ static const struct {
 };
 
 static const int status_codes[OBS_S__N] = {
-    [OBS_S_200] = 200, [OBS_S_400] = 400, [OBS_S_401] = 401, [OBS_S_404] = 404, [OBS_S_413] = 413,
+    [OBS_S_200] = 200, [OBS_S_400] = 400, [OBS_S_401] = 401, [OBS_S_403] = 403, [OBS_S_404] = 404, [OBS_S_413] = 413,
     [OBS_S_429] = 429, [OBS_S_499] = 499, [OBS_S_500] = 500, [OBS_S_503] = 503,
 };
 

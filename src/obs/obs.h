@@ -82,6 +82,7 @@ enum obs_status {
     OBS_S_200,
     OBS_S_400,
     OBS_S_401,
+    OBS_S_403,
     OBS_S_404,
     OBS_S_413,
     OBS_S_429,

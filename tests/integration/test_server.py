@@ -73,10 +73,15 @@ def model_id(server):
 
 
 def metric(base, name):
+    """The value of a metric, summed over its labeled series."""
+    total, seen = 0.0, False
     for line in httpx.get(base + "/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise KeyError(name)
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+            seen = True
+    if not seen:
+        raise KeyError(name)
+    return total
 
 
 PROMPT = "The capital of France is"
@@ -264,7 +269,7 @@ def test_errors(server, model_id):
 @pytest.mark.parametrize("http2", [False, True], ids=["http1", "http2"])
 def test_disconnect_frees_kv(server, http2):
     idle = metric(server, "lmd_kv_blocks_free")
-    assert idle == metric(server, "lmd_kv_blocks_total")
+    assert idle == metric(server, "lmd_kv_blocks_capacity")
     # HTTP/1.1: the connection closes; HTTP/2: the stream is reset.
     with httpx.Client(timeout=30, http1=not http2, http2=http2) as c:
         with c.stream("POST", server + "/v1/completions",
@@ -341,10 +346,10 @@ def test_queue_full_is_503(lmd_bin, default_model):
                 assert r.json()["error"]["code"] == "queue_full"
         waiter.join(timeout=10)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (metric(base, "lmd_kv_blocks_free") != metric(base, "lmd_kv_blocks_total")
+        while time.monotonic() < deadline and (metric(base, "lmd_kv_blocks_free") != metric(base, "lmd_kv_blocks_capacity")
                                                or metric(base, "lmd_requests_waiting") != 0):
             time.sleep(0.05)
-        assert metric(base, "lmd_kv_blocks_free") == metric(base, "lmd_kv_blocks_total")
+        assert metric(base, "lmd_kv_blocks_free") == metric(base, "lmd_kv_blocks_capacity")
         assert metric(base, "lmd_requests_waiting") == 0
     finally:
         stop_server(proc)

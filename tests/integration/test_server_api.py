@@ -329,7 +329,7 @@ def test_stalled_stream_is_bounded_and_dropped(lmd_bin, default_model):
     port = int(base.rsplit(":", 1)[1])
     try:
         idle = metric(base, "lmd_kv_blocks_free")
-        gen0 = metric(base, "lmd_generated_tokens_total")
+        gen0 = metric(base, "lmd_generation_tokens_total")
         # A client that never reads, behind a tiny receive window.
         stalled = raw_post(port, "/v1/chat/completions", {
             "messages": [{"role": "user", "content": "Count from one to one thousand."}], "max_tokens": 900,
@@ -362,7 +362,7 @@ def test_stalled_stream_is_bounded_and_dropped(lmd_bin, default_model):
             time.sleep(0.2)
         assert metric(base, "lmd_kv_blocks_free") == idle
         assert metric(base, "lmd_requests_running") == 0
-        assert metric(base, "lmd_generated_tokens_total") - gen0 < 16 * 900
+        assert metric(base, "lmd_generation_tokens_total") - gen0 < 16 * 900
         # Memory stayed bounded: the unsent text never piled up in the server.
         assert peak - rss0 < 8 * 1024, (rss0, peak)
         stalled.close()
@@ -375,7 +375,7 @@ def test_stalled_stream_is_bounded_and_dropped(lmd_bin, default_model):
 def test_nonstreamed_disconnect_cancels(server):
     port = int(server.rsplit(":", 1)[1])
     idle = metric(server, "lmd_kv_blocks_free")
-    gen0 = metric(server, "lmd_generated_tokens_total")
+    gen0 = metric(server, "lmd_generation_tokens_total")
     s = raw_post(port, "/v1/completions", {"prompt": PROMPT, "max_tokens": 900, "temperature": 1,
                                             "ignore_eos": True})
     deadline = time.monotonic() + 10
@@ -387,4 +387,4 @@ def test_nonstreamed_disconnect_cancels(server):
         time.sleep(0.05)
     assert metric(server, "lmd_kv_blocks_free") == idle
     # Cancelled well before max_tokens.
-    assert metric(server, "lmd_generated_tokens_total") - gen0 < 850
+    assert metric(server, "lmd_generation_tokens_total") - gen0 < 850
