@@ -5,11 +5,24 @@
  * this file is the loop and the hand-over between threads.
  *
  * It never touches sockets or JSON.
+ *
+ * It feeds obs/ from the engine thread (a few relaxed atomics, no locks, no
+ * allocation): every loop, the running, KV-block and per-class waiting
+ * gauges; every step, its time (forward and sampling) and its sequences and
+ * tokens; every output token after the first, the inter-token latency — a
+ * preemption gap included, since that is what the client sees; every
+ * finished request, its queue, prefill and decode times and its generated
+ * tokens; every prompt once, when it is first prefilled (recomputation after
+ * a preemption is not counted again); every preemption. With tracing on it
+ * also records step, prefill-chunk, admit, preempt and finish events, and a
+ * reject event for a deadline refusal (at submit or at admission). Counting
+ * rejections is the API layer's job, not this file's.
  */
 #include "sched/sched_int.h"
 
 #include "core/log.h"
 #include "core/time.h"
+#include "obs/obs.h"
 #include "tokenizer/tokenizer.h"
 
 #include <pthread.h>
@@ -85,6 +98,7 @@ void sched_req_init(struct sched_req *r)
     r->smp_ready = r->queued = r->running = false;
     r->n_fill = r->n_fed = r->pos = 0;
     r->last_tok = -1;
+    r->t_last_tok_ns = 0;
     r->n_logprobs = -1;
     r->out_lp = NULL;
     r->out_top_id = NULL;
@@ -102,6 +116,13 @@ void sched_req_unref(struct sched_req *r)
 static int blocks_needed(const struct sched *s, const struct sched_req *r)
 {
     return kv_blocks_for(s->kv, r->n_prompt + r->max_tokens);
+}
+
+/* Seconds between two monotonic stamps; 0 if they are out of order (an
+ * owner-supplied arrival stamp from a slightly later clock read). */
+static double sched_secs(uint64_t from_ns, uint64_t to_ns)
+{
+    return to_ns > from_ns ? (double)(to_ns - from_ns) / 1e9 : 0;
 }
 
 /* ---- leaving ------------------------------------------------------------- */
@@ -124,6 +145,24 @@ static void running_compact(struct sched *s)
     s->n_running = k;
 }
 
+/* The per-request metrics, once, as r finishes. Recorded before `finish`
+ * is published, so an owner that has seen it also sees them. */
+static void sched_observe_finish(const struct sched_req *r, enum sched_finish why)
+{
+    int n_out = atomic_load_explicit(&r->n_out, memory_order_relaxed);
+    obs_count(OBS_C_GENERATION_TOKENS, (uint64_t)n_out);
+    if (r->t_admit_ns) {
+        obs_observe(OBS_H_QUEUE, r->cls, sched_secs(r->t_arrival_ns, r->t_admit_ns));
+        if (r->t_first_ns) {
+            obs_observe(OBS_H_PREFILL, r->cls, sched_secs(r->t_admit_ns, r->t_first_ns));
+            obs_observe(OBS_H_DECODE, r->cls, sched_secs(r->t_first_ns, r->t_done_ns));
+        }
+    }
+    if (why == SCHED_FINISH_DEADLINE)
+        obs_trace(OBS_EV_REJECT, r->id, r->t_done_ns, r->t_done_ns, OBS_R_DEADLINE, r->tenant, 0);
+    obs_trace(OBS_EV_FINISH, r->id, r->t_done_ns, r->t_done_ns, n_out, why, 0);
+}
+
 /* End r wherever it is (inbox excepted): return its blocks, publish the
  * reason, wake its owner and drop the scheduler's reference. */
 static void sched_finish(struct sched *s, struct sched_req *r, enum sched_finish why)
@@ -144,6 +183,7 @@ static void sched_finish(struct sched *s, struct sched_req *r, enum sched_finish
         sample_free(&r->smp);
     r->smp_ready = false;
     r->t_done_ns = lmd_time_mono_ns();
+    sched_observe_finish(r, why);
     atomic_store_explicit(&r->kv_blocks, 0, memory_order_relaxed);
     atomic_store_explicit(&r->state, SCHED_ST_DONE, memory_order_relaxed);
     atomic_store_explicit(&r->finish, (int)why, memory_order_release);
@@ -215,7 +255,8 @@ static void sched_sweep_cancelled(struct sched *s)
 static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
 {
     sched__dequeue(&s->pol, r);
-    if (!r->t_admit_ns) {
+    bool first = !r->t_admit_ns;
+    if (first) {
         r->t_admit_ns = now;
         atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
     }
@@ -248,19 +289,28 @@ static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
     s->running[s->n_running++] = r;
     atomic_store_explicit(&r->kv_blocks, r->kv.n_blocks, memory_order_relaxed);
     atomic_store_explicit(&r->state, SCHED_ST_PREFILL, memory_order_relaxed);
+    /* Only the first admission opens the request's trace slice; a resume
+     * after a preemption stays inside it. */
+    if (first)
+        obs_trace(OBS_EV_ADMIT, r->id, now, now, r->cls, r->tenant, r->n_prompt);
     return true;
 }
 
-static void sched_preempt(struct sched *s, struct sched_req *v)
+/* v keeps t_last_tok_ns: its next token's inter-token latency then spans
+ * the wait and the recomputation. */
+static void sched_preempt(struct sched *s, struct sched_req *v, uint64_t now)
 {
     running_remove(s, v);
     running_compact(s);
+    int freed = v->kv.n_blocks;
     kv_seq_release(s->kv, &v->kv);
     v->n_fed = v->n_fill = 0;
     v->n_preempted++;
     atomic_store_explicit(&v->kv_blocks, 0, memory_order_relaxed);
     atomic_store_explicit(&v->state, SCHED_ST_PREEMPTED, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->preemptions, 1, memory_order_relaxed);
+    obs_count(OBS_C_PREEMPTIONS, 1);
+    obs_trace(OBS_EV_PREEMPT, v->id, now, now, freed, 0, 0);
     sched__enqueue(&s->pol, v, false);
     LMD_DEBUG("sched: preempted request %llu (class %d) after %d tokens", (unsigned long long)v->id, v->cls,
               atomic_load_explicit(&v->n_out, memory_order_relaxed));
@@ -309,7 +359,7 @@ static bool sched_try_preempt(struct sched *s, struct sched_req *r, uint64_t now
         struct sched_req *v = sched__victim(&s->pol, s->running, s->n_running, r->cls);
         if (!v)
             return false;
-        sched_preempt(s, v);
+        sched_preempt(s, v, now);
     }
     return true;
 }
@@ -402,6 +452,9 @@ static void sched_emit(struct sched *s, struct sched_req *r, float *row, int n_v
         }
         if (!r->t_first_ns)
             r->t_first_ns = now;
+        if (r->t_last_tok_ns)
+            obs_observe(OBS_H_ITL, r->cls, sched_secs(r->t_last_tok_ns, now));
+        r->t_last_tok_ns = now;
         atomic_store_explicit(&r->n_out, n + 1, memory_order_release);
         r->last_tok = tok;
         if (n + 1 == r->max_tokens)
@@ -420,7 +473,7 @@ static void sched_step(struct sched *s)
     int nb = sched__form(&s->pol, s->running, s->n_running, sched_step_budget(s), s->items);
     if (nb == 0)
         return;
-    int nrow = 0, n_decode = 0, n_prefill = 0;
+    int nrow = 0, n_decode = 0, n_prefill = 0, n_prefill_seqs = 0;
     for (int k = 0; k < nb; k++) {
         struct sched__item *it = &s->items[k];
         struct sched_req *r = it->r;
@@ -438,6 +491,7 @@ static void sched_step(struct sched *s)
                                               .want_logits = last};
             s->brow[k] = last ? nrow++ : -1;
             n_prefill += it->n;
+            n_prefill_seqs++;
         }
     }
 
@@ -465,10 +519,15 @@ static void sched_step(struct sched *s)
         sched__charge(&s->pol, r->tenant, n);
         atomic_fetch_add_explicit(&s->tenant_tokens[r->tenant], (uint64_t)n, memory_order_relaxed);
         if (!s->items[k].decode) {
+            obs_trace(OBS_EV_PREFILL, r->id, t0, t1, n, r->n_fed, 0);
             r->n_fed += n;
             atomic_fetch_add_explicit(&s->prompt_tokens, (uint64_t)n, memory_order_relaxed);
             if (s->brow[k] < 0)
                 continue;
+            /* Prefilled with no output yet: the first residency, so the
+             * prompt is counted once however often it is recomputed. */
+            if (atomic_load_explicit(&r->n_out, memory_order_relaxed) == 0)
+                obs_count(OBS_C_PROMPT_TOKENS, (uint64_t)r->n_prompt);
             r->pos = r->n_fill;
             atomic_store_explicit(&r->state, SCHED_ST_DECODE, memory_order_relaxed);
         } else {
@@ -477,6 +536,12 @@ static void sched_step(struct sched *s)
         sched_emit(s, r, (float *)logits + (size_t)s->brow[k] * (size_t)n_vocab, n_vocab, t1);
     }
     running_compact(s);
+
+    uint64_t t2 = lmd_time_mono_ns();
+    obs_observe(OBS_H_STEP, -1, sched_secs(t0, t2));
+    obs_observe(OBS_H_BATCH_SIZE, -1, nb);
+    obs_observe(OBS_H_BATCH_TOKENS, -1, n_decode + n_prefill);
+    obs_trace(OBS_EV_STEP, 0, t0, t2, nb, n_decode + n_prefill, n_prefill_seqs);
 }
 
 /* ---- publishing ------------------------------------------------------------ */
@@ -486,13 +551,19 @@ static void sched_step(struct sched *s)
  * the time until a running sequence finishes. */
 static void sched_publish(struct sched *s)
 {
+    int kv_free = kv_free_blocks(s->kv), kv_total = s->kv->cfg.n_blocks;
     atomic_store_explicit(&s->running_now, s->n_running, memory_order_relaxed);
     atomic_store_explicit(&s->waiting_now, s->pol.n_waiting, memory_order_relaxed);
-    atomic_store_explicit(&s->kv_free, kv_free_blocks(s->kv), memory_order_relaxed);
+    atomic_store_explicit(&s->kv_free, kv_free, memory_order_relaxed);
+    obs_gauge_set(OBS_G_RUNNING, s->n_running);
+    obs_gauge_set(OBS_G_KV_FREE, kv_free);
+    obs_gauge_set(OBS_G_KV_TOTAL, kv_total);
+    obs_gauge_set(OBS_G_KV_USAGE, kv_total > 0 ? 1.0 - (double)kv_free / kv_total : 0);
     double ahead = 0;
     double to_free = s->n_running >= s->cfg.max_running ? sched_time_to_free_ns(s) : 0;
     for (int c = 0; c < s->pol.n_classes; c++) {
         atomic_store_explicit(&s->waiting_class[c], s->pol.n_waiting_cls[c], memory_order_relaxed);
+        obs_waiting_set(c, s->pol.n_waiting_cls[c]);
         for (int t = 0; t < s->pol.n_tenants; t++)
             for (const struct sched_req *r = s->pol.q[s->pol.kind == SCHED_POLICY_FCFS ? 0 : c][t].head; r;
                  r = r->next)
@@ -687,6 +758,10 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
         uint64_t est = atomic_load_explicit(&s->est_wait[r->cls], memory_order_relaxed);
         if (est > c->ttft_ns) {
             atomic_fetch_add_explicit(&s->deadline_refusals, 1, memory_order_relaxed);
+            if (obs_tracing()) {
+                uint64_t now = lmd_time_mono_ns();
+                obs_trace(OBS_EV_REJECT, r->id, now, now, OBS_R_DEADLINE, r->tenant, 0);
+            }
             return lmd_err_set(err, LMD_ETIMEDOUT,
                                "class '%s' would wait about %.0f ms to start; its target is %.0f ms", c->name,
                                (double)est / 1e6, (double)c->ttft_ns / 1e6);

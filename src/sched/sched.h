@@ -139,6 +139,8 @@ struct sched_req {
     int n_fed;        /* of those, forwarded so far */
     int pos;          /* next position to write when decoding */
     int32_t last_tok; /* the token to feed in the next decode step */
+    uint64_t t_last_tok_ns; /* monotonic ns of the last output token, for the inter-token latency; kept
+                               across a preemption, so the gap counts as the long ITL a client sees */
 };
 
 enum sched_policy {

@@ -2,7 +2,8 @@
  * Scheduler on the default model: requests batched together (with chunked
  * prefill) produce the same greedy tokens as each run alone; cancelled and
  * finished requests give every KV block back; requests that can never fit
- * are refused at submit with the reason.
+ * are refused at submit with the reason; the metrics and trace events it
+ * records add up to what the requests did.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +17,8 @@
 #include <cmocka.h>
 #include <pthread.h>
 
+#include "core/buf.h"
+#include "obs/obs.h"
 #include "sched/sched.h"
 #include "tokenizer/tokenizer.h"
 
@@ -297,6 +300,121 @@ static void test_kv_budget_admission(void **state)
         sched_req_unref(&r[i].r);
 }
 
+/* The value of the exposition line for `series` (name and labels, exactly
+ * as rendered). */
+static double metric(const char *text, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *line = text; *line;) {
+        if (strncmp(line, series, n) == 0 && line[n] == ' ')
+            return strtod(line + n + 1, NULL);
+        const char *nl = strchr(line, '\n');
+        if (!nl)
+            break;
+        line = nl + 1;
+    }
+    fail_msg("no series %s in the exposition", series);
+    return -1;
+}
+
+/* Two greedy requests batched together, then a preemption and a resume:
+ * prompt tokens count each prompt once (not its recomputation), generated
+ * tokens and the per-request histograms add up to the requests, every
+ * output token after the first gives one inter-token latency, and the trace
+ * holds step, prefill and preempt events. obs has one class, so the second
+ * scheduler's two classes both land in it. */
+static void test_obs_records(void **state)
+{
+    (void)state;
+    struct lmd_err err = {0};
+    const char *classes[] = {"c0"}, *tenants[] = {"anonymous"};
+    struct obs_config oc = {
+        .model = "m", .classes = classes, .n_classes = 1, .tenants = tenants, .n_tenants = 1, .trace = true,
+        .nvml_path = ""};
+    assert_int_equal(obs_init(&oc, &err), 0);
+
+    static struct treq t[4];
+    struct sched *s;
+    struct sched_config sc = {.vocab = vocab, .max_running = 4, .max_queue = 8};
+    assert_int_equal(sched_start(&s, eng, &sc, &err), 0);
+    for (int i = 0; i < 2; i++) {
+        t_init(&t[i], texts[i], 6);
+        t[i].r.id = (uint64_t)i + 1;
+        assert_int_equal(sched_submit(s, &t[i].r, &err), 0);
+    }
+    for (int i = 0; i < 2; i++)
+        t_wait_finish(&t[i]);
+    sched_stop(s);
+
+    struct sched_config sla = {.vocab = vocab,
+                               .max_running = 1,
+                               .max_queue = 8,
+                               .policy = SCHED_POLICY_SLA,
+                               .classes = two_classes,
+                               .n_classes = 2};
+    assert_int_equal(sched_start(&s, eng, &sla, &err), 0);
+    t_init(&t[2], texts[1], 16);
+    t[2].r.ignore_eos = true;
+    t[2].r.cls = 1;
+    t[2].r.id = 3;
+    assert_int_equal(sched_submit(s, &t[2].r, &err), 0);
+    t_wait_tokens(&t[2], 4);
+    t_init(&t[3], texts[0], 4);
+    t[3].r.ignore_eos = true;
+    t[3].r.id = 4;
+    assert_int_equal(sched_submit(s, &t[3].r, &err), 0);
+    t_wait_finish(&t[3]);
+    t_wait_finish(&t[2]);
+    assert_true(t[2].r.n_preempted >= 1);
+    sched_stop(s); /* joins the engine thread: everything it recorded is visible */
+
+    int prompt = 0, out = 0, itl = 0, preempted = 0;
+    for (int i = 0; i < 4; i++) {
+        int n = atomic_load(&t[i].r.n_out);
+        assert_true(n >= 1);
+        prompt += t[i].r.n_prompt;
+        out += n;
+        itl += n - 1;
+        preempted += t[i].r.n_preempted;
+    }
+    struct lmd_buf b = {0};
+    assert_int_equal(obs_render(&b), 0);
+    assert_int_equal(metric(b.ptr, "lmd_prompt_tokens_total"), prompt);
+    assert_int_equal(metric(b.ptr, "lmd_generation_tokens_total"), out);
+    assert_int_equal(metric(b.ptr, "lmd_preemptions_total"), preempted);
+    assert_int_equal(metric(b.ptr, "lmd_request_queue_time_seconds_count{model=\"m\",class=\"c0\"}"), 4);
+    assert_int_equal(metric(b.ptr, "lmd_request_prefill_time_seconds_count{model=\"m\",class=\"c0\"}"), 4);
+    assert_int_equal(metric(b.ptr, "lmd_request_decode_time_seconds_count{model=\"m\",class=\"c0\"}"), 4);
+    assert_int_equal(metric(b.ptr, "lmd_inter_token_latency_seconds_count{model=\"m\",class=\"c0\"}"), itl);
+    assert_true(metric(b.ptr, "lmd_engine_step_seconds_count") > 0);
+    assert_true(metric(b.ptr, "lmd_batch_size_count") > 0);
+    assert_int_equal(metric(b.ptr, "lmd_requests_running"), 0);
+    assert_int_equal(metric(b.ptr, "lmd_kv_blocks_free"), metric(b.ptr, "lmd_kv_blocks_capacity"));
+    assert_int_equal(metric(b.ptr, "lmd_kv_blocks_capacity"), eng->info.kv->cfg.n_blocks);
+    assert_int_equal(metric(b.ptr, "lmd_kv_cache_usage_ratio"), 0);
+    assert_int_equal(metric(b.ptr, "lmd_requests_waiting{class=\"c0\"}"), 0);
+    lmd_buf_free(&b);
+
+    assert_int_equal(obs_trace_render(&b, 0), 0);
+    assert_non_null(strstr(b.ptr, "\"name\":\"step\""));
+    assert_non_null(strstr(b.ptr, "\"name\":\"prefill\""));
+    assert_non_null(strstr(b.ptr, "\"name\":\"preempt\""));
+    assert_non_null(strstr(b.ptr, "\"name\":\"request\""));
+    lmd_buf_free(&b);
+    obs_shutdown();
+    for (int i = 0; i < 4; i++)
+        sched_req_unref(&t[i].r);
+}
+
+/* A failed assertion leaves obs on; switch it off for the next test. */
+static int obs_off(void **state)
+{
+    (void)state;
+    if (obs_enabled())
+        obs_shutdown();
+    return 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -305,6 +423,7 @@ int main(void)
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_preempt_resume_same_output),
         cmocka_unit_test(test_kv_budget_admission),
+        cmocka_unit_test_teardown(test_obs_records, obs_off),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
