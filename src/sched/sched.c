@@ -9,10 +9,10 @@
  * It feeds obs/ from the engine thread (a few relaxed atomics, no locks, no
  * allocation): every loop, the running, KV-block and per-class waiting
  * gauges; every step, its time (forward and sampling) and its sequences and
- * tokens; every output token after the first, the inter-token latency — a
- * preemption gap included, since that is what the client sees; every
- * finished request, its queue, prefill and decode times and its generated
- * tokens; every prompt once, when it is first prefilled (recomputation after
+ * tokens; every output token, the generated-tokens counter and (after the
+ * first) the inter-token latency — a preemption gap included, since that is
+ * what the client sees; every finished request, its queue, prefill and
+ * decode times; every prompt once, when it is first prefilled (recomputation after
  * a preemption is not counted again); every preemption. With tracing on it
  * also records step, prefill-chunk, admit, preempt and finish events, and a
  * reject event for a deadline refusal (at submit or at admission). Counting
@@ -149,8 +149,6 @@ static void running_compact(struct sched *s)
  * is published, so an owner that has seen it also sees them. */
 static void sched_observe_finish(const struct sched_req *r, enum sched_finish why)
 {
-    int n_out = atomic_load_explicit(&r->n_out, memory_order_relaxed);
-    obs_count(OBS_C_GENERATION_TOKENS, (uint64_t)n_out);
     if (r->t_admit_ns) {
         obs_observe(OBS_H_QUEUE, r->cls, sched_secs(r->t_arrival_ns, r->t_admit_ns));
         if (r->t_first_ns) {
@@ -160,7 +158,8 @@ static void sched_observe_finish(const struct sched_req *r, enum sched_finish wh
     }
     if (why == SCHED_FINISH_DEADLINE)
         obs_trace(OBS_EV_REJECT, r->id, r->t_done_ns, r->t_done_ns, OBS_R_DEADLINE, r->tenant, 0);
-    obs_trace(OBS_EV_FINISH, r->id, r->t_done_ns, r->t_done_ns, n_out, why, 0);
+    obs_trace(OBS_EV_FINISH, r->id, r->t_done_ns, r->t_done_ns, atomic_load_explicit(&r->n_out, memory_order_relaxed),
+              why, 0);
 }
 
 /* End r wherever it is (inbox excepted): return its blocks, publish the
@@ -455,6 +454,9 @@ static void sched_emit(struct sched *s, struct sched_req *r, float *row, int n_v
         if (r->t_last_tok_ns)
             obs_observe(OBS_H_ITL, r->cls, sched_secs(r->t_last_tok_ns, now));
         r->t_last_tok_ns = now;
+        /* Counted as sampled, so a rate over this counter is the live
+         * output rate, not one that jumps when long requests end. */
+        obs_count(OBS_C_GENERATION_TOKENS, 1);
         atomic_store_explicit(&r->n_out, n + 1, memory_order_release);
         r->last_tok = tok;
         if (n + 1 == r->max_tokens)
