@@ -231,9 +231,15 @@ async def sample_metrics(client, names, interval, out, stop, t0):
                 return
             row = {"t": round(time.perf_counter() - t0, 3)}
             for line in r.text.splitlines():
-                parts = line.split()
-                if len(parts) == 2 and parts[0] in names:
-                    row[parts[0]] = float(parts[1])
+                if not line or line[0] == "#":
+                    continue
+                # name{labels} value: labeled series are summed by name.
+                name = line.split("{", 1)[0].split(" ", 1)[0]
+                if name in names:
+                    try:
+                        row[name] = row.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+                    except ValueError:
+                        pass
             out.append(row)
         except httpx.HTTPError:
             pass
