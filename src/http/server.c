@@ -22,6 +22,7 @@
 #include "core/buf.h"
 
 #include "core/log.h"
+#include "obs/obs.h"
 
 #include <h2o.h>
 #include <openssl/err.h>
@@ -425,14 +426,26 @@ void http_stream_on_drain(struct http_req *r, void (*fn)(void *ctx), void *ctx)
 
 /* ---- loops and the listener -------------------------------------------- */
 
+static void http_on_conn_close(void *data)
+{
+    (void)data;
+    obs_gauge_add(OBS_G_CONNECTIONS, -1);
+}
+
 static void http_on_accept(h2o_socket_t *listener, const char *err)
 {
     struct http_loop *l = listener->data;
     if (err)
         return;
     h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
-    if (sock)
-        h2o_accept(&l->accept_ctx, sock);
+    if (!sock)
+        return;
+    /* lmd_http_connections_open: h2o calls on_close when it disposes of
+     * the socket, whichever side closed it. */
+    obs_gauge_add(OBS_G_CONNECTIONS, 1);
+    sock->on_close.cb = http_on_conn_close;
+    sock->on_close.data = NULL;
+    h2o_accept(&l->accept_ctx, sock);
 }
 
 static void http_close_listener(struct http_task *t)
