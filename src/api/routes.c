@@ -491,7 +491,10 @@ void api_handle(void *ud, struct http_req *r)
         bool d = atomic_load(&a->draining);
         send_json(r, d ? 503 : 200, json_pack("{s:s}", "status", d ? "draining" : "ready"), NULL, NULL);
     } else if (str_is(path, "/metrics")) {
-        route_metrics(a, r);
+        if (obs_enabled())
+            route_metrics(a, r);
+        else
+            send_err(r, 404, "not_found_error", NULL, "not_found", "metrics are off (--no-metrics)");
     } else if (str_is(path, "/v1/models")) {
         send_json(r, 200, json_pack("{s:s, s:[o]}", "object", "list", "data", model_object(a)), NULL, NULL);
     } else {

@@ -62,6 +62,8 @@ static void serve_usage(FILE *out)
             "                           (docs/configuration.md); without it the server is open\n"
             "      --debug-endpoints    serve /debug/requests and /debug/trace (admin keys only when\n"
             "                           --tenants is given) and record scheduler trace events\n"
+            "      --no-metrics         record no metrics (/metrics answers 404); for measuring\n"
+            "                           what recording costs\n"
             "      --log-level L        debug, info, warn, error (default info)\n"
             "      --log-format F       text (key=value) or json, one line per event (default text)\n",
             CLI_DEFAULT_MODEL);
@@ -86,6 +88,7 @@ enum {
     OPT_TENANTS,
     OPT_DEBUG,
     OPT_LOG_FORMAT,
+    OPT_NO_METRICS,
 };
 
 /* Waits for SIGTERM/SIGINT (blocked in every thread, so only this wait
@@ -138,13 +141,14 @@ int cli_serve(int argc, char **argv)
         {"tenants", required_argument, NULL, OPT_TENANTS},
         {"debug-endpoints", no_argument, NULL, OPT_DEBUG},
         {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
+        {"no-metrics", no_argument, NULL, OPT_NO_METRICS},
         {"help", no_argument, NULL, 'h'},
         {0, 0, 0, 0},
     };
     const char *model_path = NULL, *host = "127.0.0.1", *tmpl_name = NULL, *tls_cert = NULL, *tls_key = NULL,
                *tenants_path = NULL;
     enum sched_policy policy = SCHED_POLICY_SLA;
-    bool debug = false;
+    bool debug = false, metrics = true;
     long port = 8080, io_threads = 1, threads = 0, n_ctx = 4096, max_running = 8, max_queue = 64, max_batch = 512,
          kv_blocks = 0, max_body = 4 << 20, drain_s = 30, stall_s = 60;
     int c;
@@ -180,6 +184,7 @@ int cli_serve(int argc, char **argv)
             break;
         case OPT_TENANTS: tenants_path = optarg; break;
         case OPT_DEBUG: debug = true; break;
+        case OPT_NO_METRICS: metrics = false; break;
         case OPT_LOG_FORMAT: {
             enum lmd_log_format f;
             if (lmd_log_parse_format(optarg, &f) != 0) {
@@ -317,11 +322,13 @@ int cli_serve(int argc, char **argv)
         .n_tenants = n_tenants,
         .trace = debug,
     };
-    if (obs_init(&ocfg, &err) != 0) {
-        fprintf(stderr, "lmd serve: %s\n", err.msg);
-        goto out;
+    if (metrics || debug) {
+        if (obs_init(&ocfg, &err) != 0) {
+            fprintf(stderr, "lmd serve: %s\n", err.msg);
+            goto out;
+        }
+        obs_on = true;
     }
-    obs_on = true;
     struct sched_config scfg = {
         .vocab = vocab,
         .max_running = (int)max_running,
