@@ -390,21 +390,26 @@ static void sched_admit(struct sched *s, uint64_t now, uint64_t *next_ns)
 
 /* Tokens this step may carry. Under SLA, while a sequence of a class with
  * a TPOT target decodes, the prefill share is cut so that the step fits
- * the tightest such target. */
+ * the tightest such target — except for prompts of a class at least as
+ * urgent as that one: those are prefilled whole (within the step budget),
+ * since a TTFT target is missed by seconds when an urgent prompt trickles
+ * in 16-token chunks, while the decodes lose one step's worth of pace. */
 static int sched_step_budget(const struct sched *s)
 {
     if (s->pol.kind != SCHED_POLICY_SLA || s->ema_token_ns <= 0)
         return s->budget;
     uint64_t tpot = 0;
-    int decodes = 0;
+    int decodes = 0, tpot_cls = 0;
     for (int i = 0; i < s->n_running; i++) {
         const struct sched_req *r = s->running[i];
         if (r->n_fed < r->n_fill)
             continue;
         decodes++;
         uint64_t t = s->pol.cls[r->cls].tpot_ns;
-        if (t && (!tpot || t < tpot))
+        if (t && (!tpot || t < tpot)) {
             tpot = t;
+            tpot_cls = r->cls;
+        }
     }
     if (!tpot)
         return s->budget;
@@ -412,6 +417,14 @@ static int sched_step_budget(const struct sched *s)
     int prefill = room > 0 ? (int)(room / s->ema_token_ns) : 0;
     if (prefill < SCHED_MIN_CHUNK)
         prefill = SCHED_MIN_CHUNK;
+    int urgent = 0;
+    for (int i = 0; i < s->n_running; i++) {
+        const struct sched_req *r = s->running[i];
+        if (r->n_fed < r->n_fill && r->cls <= tpot_cls)
+            urgent += r->n_fill - r->n_fed;
+    }
+    if (urgent > prefill)
+        prefill = urgent;
     int b = decodes + prefill;
     return b < s->budget ? b : s->budget;
 }
