@@ -782,8 +782,15 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
                                (double)est / 1e6, (double)c->ttft_ns / 1e6);
         }
     }
+    /* Under SLA the last quarter of the queue is kept for the most urgent
+     * class: a burst of lower-class work fills the queue to three
+     * quarters and is refused from there, so an urgent request arriving
+     * in the middle of it still finds room. */
+    int limit = s->cfg.max_queue;
+    if (s->pol.kind == SCHED_POLICY_SLA && r->cls > 0 && s->pol.n_classes > 1)
+        limit -= (s->cfg.max_queue + 3) / 4;
     int q = atomic_fetch_add_explicit(&s->n_queued, 1, memory_order_relaxed);
-    if (q >= s->cfg.max_queue) {
+    if (q >= limit) {
         atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
         return lmd_err_set(err, LMD_EBUSY, "%d requests are already waiting", q);
     }

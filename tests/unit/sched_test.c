@@ -300,6 +300,47 @@ static void test_kv_budget_admission(void **state)
         sched_req_unref(&r[i].r);
 }
 
+/* Under SLA a quarter of the queue is kept for the most urgent class: with
+ * a queue of 4 and the one slot busy, three best_effort requests queue, the
+ * fourth is refused, and an urgent request still gets in. */
+static void test_queue_reserve_for_urgent(void **state)
+{
+    (void)state;
+    struct lmd_err err = {0};
+    struct sched *s;
+    struct sched_config sc = {.vocab = vocab,
+                              .max_running = 1,
+                              .max_queue = 4,
+                              .policy = SCHED_POLICY_SLA,
+                              .classes = two_classes,
+                              .n_classes = 2};
+    assert_int_equal(sched_start(&s, eng, &sc, &err), 0);
+    static struct treq run, be[4], u;
+    t_init(&run, texts[1], 200);
+    run.r.ignore_eos = true;
+    run.r.cls = 1;
+    assert_int_equal(sched_submit(s, &run.r, &err), 0);
+    t_wait_tokens(&run, 1);
+    for (int i = 0; i < 4; i++) {
+        t_init(&be[i], texts[0], 4);
+        be[i].r.cls = 1;
+        assert_int_equal(sched_submit(s, &be[i].r, &err), i < 3 ? 0 : LMD_EBUSY);
+    }
+    t_init(&u, texts[0], 4);
+    u.r.cls = 0;
+    assert_int_equal(sched_submit(s, &u.r, &err), 0);
+    t_wait_finish(&u);
+    sched_req_cancel(s, &run.r);
+    for (int i = 0; i < 3; i++)
+        t_wait_finish(&be[i]);
+    t_wait_finish(&run);
+    sched_stop(s);
+    sched_req_unref(&run.r);
+    sched_req_unref(&u.r);
+    for (int i = 0; i < 4; i++)
+        sched_req_unref(&be[i].r);
+}
+
 /* The value of the exposition line for `series` (name and labels, exactly
  * as rendered). */
 static double metric(const char *text, const char *series)
@@ -423,6 +464,7 @@ int main(void)
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_preempt_resume_same_output),
         cmocka_unit_test(test_kv_budget_admission),
+        cmocka_unit_test(test_queue_reserve_for_urgent),
         cmocka_unit_test_teardown(test_obs_records, obs_off),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
