@@ -5,6 +5,7 @@
 #
 #   C=110 bench/sla_compare.sh                 # quick runs (half durations)
 #   C=110 FRACS="0.8 1.3" S2=0 bench/sla_compare.sh
+#   C=110 FRACS= QUICK= bench/sla_compare.sh      # S2 alone, full length
 #   C=110 QUICK= bench/sla_compare.sh          # the full-length runs
 #
 # C is the server's maximum sustainable output rate (tokens/s), found with
