@@ -290,8 +290,12 @@ static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
     atomic_store_explicit(&r->state, SCHED_ST_PREFILL, memory_order_relaxed);
     /* Only the first admission opens the request's trace slice; a resume
      * after a preemption stays inside it. */
-    if (first)
+    if (first) {
         obs_trace(OBS_EV_ADMIT, r->id, now, now, r->cls, r->tenant, r->n_prompt);
+        /* The owner learns it left the queue (its tenant's queued quota
+         * frees now, not at the first token). */
+        r->notify(r);
+    }
     return true;
 }
 

@@ -105,7 +105,7 @@ struct sched_req {
     float *out_lp;
     int32_t *out_top_id;
     float *out_top_lp;
-    void (*notify)(struct sched_req *r);  /* engine thread: new output or finish; must not block */
+    void (*notify)(struct sched_req *r);  /* engine thread: first admission, new output or finish; must not block */
     void (*release)(struct sched_req *r); /* last reference dropped (any thread) */
 
     /* Output, published by the engine thread. */
