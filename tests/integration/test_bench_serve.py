@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from test_server import start_server, stop_server
@@ -152,7 +153,7 @@ ARGS = ["--workload", "S1", "--rate", "2.5", "--duration", "4", "--prompt-len", 
 
 @pytest.fixture(scope="module")
 def server(lmd_bin, default_model):
-    proc, base = start_server(lmd_bin, default_model)
+    proc, base = start_server(lmd_bin, default_model, "--debug-endpoints")
     yield proc, base
     stop_server(proc)
 
@@ -166,6 +167,23 @@ def result(server, tmp_path_factory):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "TTFT" in p.stdout and "urgent" in p.stdout
     return json.loads(out.read_text())
+
+
+def test_trace_of_the_run(server, result):
+    """The scheduler trace captured during the S1 run is Chrome trace-event
+    JSON: engine steps with their batch sizes, and one request slice per
+    request sent (the probe included)."""
+    _, base = server
+    r = httpx.get(base + "/debug/trace", params={"seconds": 120}, timeout=30)
+    assert r.status_code == 200
+    events = r.json()["traceEvents"]
+    steps = [e for e in events if e["ph"] == "X" and e["name"] == "step"]
+    assert steps
+    for e in steps:
+        assert e["dur"] >= 0 and 1 <= e["args"]["seqs"] <= e["args"]["tokens"]
+    begins = [e for e in events if e["ph"] == "b" and e["name"] == "request"]
+    assert len(begins) >= len(result["runs"][0]["records"])
+    assert sum(e["args"]["seqs"] for e in steps) >= sum(r["out_tokens"] for r in result["runs"][0]["records"])
 
 
 def test_every_request_accounted_once(result):

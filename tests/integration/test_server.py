@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -28,12 +29,16 @@ def free_port():
 def start_server(lmd_bin, model, *extra):
     port = free_port()
     cmd = [lmd_bin, "serve", "-m", model, "--port", str(port), "-t", "2", "-c", str(CTX), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The log goes to a file, not a pipe: a pipe nobody reads fills after
+    # 64 KiB of access lines and then blocks the server's writes.
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc.log = log
     base = "http://127.0.0.1:%d" % port
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("lmd serve exited early:\n" + proc.stdout.read())
+            raise RuntimeError("lmd serve exited early:\n" + server_log(proc))
         try:
             if httpx.get(base + "/ready", timeout=1).status_code == 200:
                 return proc, base
@@ -42,6 +47,13 @@ def start_server(lmd_bin, model, *extra):
         time.sleep(0.1)
     proc.kill()
     raise RuntimeError("lmd serve did not become ready in 60 s")
+
+
+def server_log(proc):
+    """Everything the server has logged so far."""
+    proc.log.flush()
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def stop_server(proc):

@@ -6,6 +6,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 
 import httpx
@@ -36,14 +37,16 @@ def pair(tmp_path_factory):
 def tls_server(lmd_bin, default_model, pair):
     cert, key = pair
     port = free_port()
+    log = tempfile.TemporaryFile(mode="w+")  # not a pipe: an unread pipe blocks the server once full
     proc = subprocess.Popen([lmd_bin, "serve", "-m", default_model, "--port", str(port), "-t", "2", "-c", str(CTX),
                              "--tls-cert", cert, "--tls-key", key],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
     base = "https://127.0.0.1:%d" % port
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("lmd serve exited early:\n" + proc.stdout.read())
+            log.seek(0)
+            raise RuntimeError("lmd serve exited early:\n" + log.read())
         try:
             if httpx.get(base + "/ready", verify=ssl.create_default_context(cafile=cert), timeout=1).status_code == 200:
                 break
