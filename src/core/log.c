@@ -215,8 +215,11 @@ static void format_num(char *out, size_t cap, double d)
         *end = '\0';
 }
 
+/* An empty line with its timestamp and level. */
 static void line_start(struct line *l, enum lmd_log_format fmt, enum lmd_log_level level)
 {
+    l->len = 0;
+    l->full = false;
     double t = (double)lmd_time_wall_ns() / 1e9;
     if (fmt == LMD_LOG_FORMAT_JSON)
         line_printf(l, "{\"ts\":%.6f,\"level\":\"%s\",\"msg\":", t, level_names[level]);
@@ -239,8 +242,6 @@ void lmd_log(enum lmd_log_level level, const char *fmt, ...)
         return;
     enum lmd_log_format format = lmd_log_get_format();
     struct line l;
-    l.len = 0;
-    l.full = false;
     line_start(&l, format, level);
     if (format == LMD_LOG_FORMAT_JSON) {
         char msg[LMD_LOG_LINE_MAX];
@@ -315,8 +316,6 @@ void lmd_log_fields(enum lmd_log_level level, const char *msg, const struct lmd_
         return;
     enum lmd_log_format format = lmd_log_get_format();
     struct line l;
-    l.len = 0;
-    l.full = false;
     line_start(&l, format, level);
     if (format == LMD_LOG_FORMAT_JSON)
         line_json_str(&l, msg);

@@ -69,18 +69,26 @@ static int scan(const struct qos *q, const uint8_t d[QOS__DIGEST], bool want_adm
     return found;
 }
 
+/* The scan for the key in an Authorization value, or -1 when the value
+ * carries no well-formed bearer key. The digest is wiped after use. */
+static int lookup(const struct qos *q, const char *value, size_t len, bool want_admin)
+{
+    const char *key;
+    size_t klen;
+    if (!bearer_key(value, len, &key, &klen))
+        return -1;
+    uint8_t d[QOS__DIGEST];
+    qos__digest(key, klen, d);
+    int t = scan(q, d, want_admin);
+    OPENSSL_cleanse(d, sizeof d);
+    return t;
+}
+
 int qos_authenticate(const struct qos *q, const char *value, size_t len)
 {
     if (!q->has_file)
         return 0;
-    const char *key;
-    size_t klen;
-    if (!bearer_key(value, len, &key, &klen))
-        return LMD_ENOENT;
-    uint8_t d[QOS__DIGEST];
-    qos__digest(key, klen, d);
-    int t = scan(q, d, false);
-    OPENSSL_cleanse(d, sizeof d);
+    int t = lookup(q, value, len, false);
     return t >= 0 ? t : LMD_ENOENT;
 }
 
@@ -88,13 +96,5 @@ bool qos_is_admin(const struct qos *q, const char *value, size_t len)
 {
     if (!q->has_file)
         return true;
-    const char *key;
-    size_t klen;
-    if (!bearer_key(value, len, &key, &klen))
-        return false;
-    uint8_t d[QOS__DIGEST];
-    qos__digest(key, klen, d);
-    int t = scan(q, d, true);
-    OPENSSL_cleanse(d, sizeof d);
-    return t == 0;
+    return lookup(q, value, len, true) == 0;
 }
