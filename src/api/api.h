@@ -52,3 +52,6 @@ void api_set_draining(struct api *a);
 int api_active(const struct api *a);
 /* The model id shown in /v1/models. */
 const char *api_model_id(const struct api *a);
+/* The id a model is served under, before any api exists (metrics labels):
+ * general.name, else the file name without .gguf. */
+void api_model_id_for(const char *model_path, const char *model_name, char *out, size_t cap);

@@ -117,7 +117,7 @@ struct api {
     long created;     /* s, start-up time, for /v1/models */
     _Atomic bool draining;
     _Atomic int active; /* calls not yet freed */
-    _Atomic uint64_t http_requests, seq;
+    _Atomic uint64_t seq;
     /* Generation calls alive, for /debug/requests: linked on submission,
      * unlinked when freed; the mutex is held for those two moves and for
      * one rendering, never across model work. */

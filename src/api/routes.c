@@ -279,6 +279,21 @@ static const char *refusal_code(enum obs_reject why)
     }
 }
 
+/* The tenant whose key the request carries (0 in open mode); -1 after
+ * counting the refusal and filling e with the 401 to send, along with a
+ * WWW-Authenticate: Bearer header. Every /v1 route asks. */
+static int authenticate(struct api *a, struct http_req *r, struct api_error *e)
+{
+    struct http_str auth = http_req_header(r, "authorization");
+    int tenant = qos_authenticate(a->cfg.qos, auth.len ? auth.ptr : NULL, auth.len);
+    if (tenant >= 0)
+        return tenant;
+    obs_reject(OBS_R_UNAUTHORIZED, -1);
+    api_error_set(e, 401, "invalid_request_error", NULL, "invalid_api_key",
+                  auth.len ? "the API key is not valid" : "an API key is required (Authorization: Bearer KEY)");
+    return -1;
+}
+
 static void route_generate(struct api *a, struct http_req *r, enum api_kind kind, const char *id, const char *rid)
 {
     struct api_error e = {0};
@@ -294,12 +309,8 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     p.priority_index = -1;
 
     /* Who is asking comes first: an unknown caller learns nothing else. */
-    struct http_str auth = http_req_header(r, "authorization");
-    int tenant = qos_authenticate(q, auth.len ? auth.ptr : NULL, auth.len);
+    int tenant = authenticate(a, r, &e);
     if (tenant < 0) {
-        obs_reject(OBS_R_UNAUTHORIZED, -1);
-        api_error_set(&e, 401, "invalid_request_error", NULL, "invalid_api_key",
-                      auth.len ? "the API key is not valid" : "an API key is required (Authorization: Bearer KEY)");
         hname = "www-authenticate";
         hvalue = "Bearer";
         goto fail;
@@ -401,20 +412,6 @@ fail:
     api_send_error(r, &e, hname, hvalue);
 }
 
-/* With a tenants file, every /v1 route needs a tenant's key. */
-static bool authorized(struct api *a, struct http_req *r)
-{
-    struct http_str auth = http_req_header(r, "authorization");
-    if (qos_authenticate(a->cfg.qos, auth.len ? auth.ptr : NULL, auth.len) >= 0)
-        return true;
-    obs_reject(OBS_R_UNAUTHORIZED, -1);
-    struct api_error e;
-    api_error_set(&e, 401, "invalid_request_error", NULL, "invalid_api_key",
-                  auth.len ? "the API key is not valid" : "an API key is required (Authorization: Bearer KEY)");
-    api_send_error(r, &e, "www-authenticate", "Bearer");
-    return false;
-}
-
 /* ---- the router --------------------------------------------------------- */
 
 /* A client's X-Request-Id is echoed only if it is short and plain, so it
@@ -435,7 +432,6 @@ static bool request_id_sane(struct http_str s)
 void api_handle(void *ud, struct http_req *r)
 {
     struct api *a = ud;
-    atomic_fetch_add_explicit(&a->http_requests, 1, memory_order_relaxed);
     obs_count(OBS_C_HTTP_REQUESTS, 1);
     struct http_str m = http_req_method(r), path = http_req_path(r);
     bool get = str_is(m, "GET"), post = str_is(m, "POST");
@@ -481,10 +477,11 @@ void api_handle(void *ud, struct http_req *r)
         send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use GET for this route");
         return;
     }
+    struct api_error e;
     if (debug) {
         route_debug(a, r, path);
-    } else if (path.len >= 3 && memcmp(path.ptr, "/v1", 3) == 0 && !authorized(a, r)) {
-        return;
+    } else if (path.len >= 3 && memcmp(path.ptr, "/v1", 3) == 0 && authenticate(a, r, &e) < 0) {
+        api_send_error(r, &e, "www-authenticate", "Bearer");
     } else if (str_is(path, "/health")) {
         send_json(r, 200, json_pack("{s:s}", "status", "ok"), NULL, NULL);
     } else if (str_is(path, "/ready")) {
@@ -509,6 +506,30 @@ void api_handle(void *ud, struct http_req *r)
 
 /* ---- lifecycle ------------------------------------------------------------ */
 
+/* The file name in a model path, and the length of its stem (the name
+ * without .gguf). */
+static const char *model_file(const char *path, size_t *stem_len)
+{
+    const char *slash = strrchr(path, '/');
+    const char *file = slash ? slash + 1 : path;
+    size_t n = strlen(file);
+    if (n > 5 && strcmp(file + n - 5, ".gguf") == 0)
+        n -= 5;
+    *stem_len = n;
+    return file;
+}
+
+void api_model_id_for(const char *model_path, const char *model_name, char *out, size_t cap)
+{
+    if (model_name && *model_name) {
+        snprintf(out, cap, "%s", model_name);
+        return;
+    }
+    size_t n;
+    const char *file = model_file(model_path, &n);
+    snprintf(out, cap, "%.*s", (int)n, file);
+}
+
 int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err)
 {
     *out = NULL;
@@ -517,11 +538,8 @@ int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err
         return lmd_err_set(err, LMD_ENOMEM, "out of memory");
     a->cfg = *cfg;
     pthread_mutex_init(&a->live_mu, NULL);
-    const char *slash = strrchr(cfg->model_path, '/');
-    a->file = slash ? slash + 1 : cfg->model_path;
-    size_t fl = strlen(a->file);
-    if (fl > 5 && strcmp(a->file + fl - 5, ".gguf") == 0)
-        fl -= 5;
+    size_t fl;
+    a->file = model_file(cfg->model_path, &fl);
     a->stem = strndup(a->file, fl);
     a->model_id = strdup(cfg->model_name && *cfg->model_name ? cfg->model_name : (a->stem ? a->stem : ""));
     struct lmd_buf b = {0};

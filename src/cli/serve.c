@@ -302,18 +302,9 @@ int cli_serve(int argc, char **argv)
         tenant_names[i] = qos_tenant(qos, i)->name;
         weights[i] = qos_tenant(qos, i)->weight;
     }
-    /* The model label is the id /v1/models shows: general.name, else the
-     * file name without .gguf (as api/ derives it). */
+    /* The model label is the id /v1/models shows. */
     char model_label[128];
-    if (eng->info.model_name && *eng->info.model_name) {
-        snprintf(model_label, sizeof model_label, "%s", eng->info.model_name);
-    } else {
-        const char *base = strrchr(model_path, '/') ? strrchr(model_path, '/') + 1 : model_path;
-        size_t bl = strlen(base);
-        if (bl > 5 && strcmp(base + bl - 5, ".gguf") == 0)
-            bl -= 5;
-        snprintf(model_label, sizeof model_label, "%.*s", (int)bl, base);
-    }
+    api_model_id_for(model_path, eng->info.model_name, model_label, sizeof model_label);
     struct obs_config ocfg = {
         .model = model_label,
         .classes = class_names,
