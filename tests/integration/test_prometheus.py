@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from test_server import free_port, start_server, stop_server
+from test_server import free_port, metric, start_server, stop_server
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None,
@@ -79,19 +79,6 @@ def prometheus(lmd, tmp_path_factory):
     log.close()
 
 
-def lmd_sum(base, name):
-    """The sum of every sample of `name` in lmd's exposition, whatever its
-    labels, so the test holds before and after the families gain labels."""
-    total, seen = 0.0, False
-    for line in httpx.get(base + "/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-            seen = True
-    if not seen:
-        raise KeyError(name)
-    return total
-
-
 def prom_query(base, expr):
     """The value of a one-element instant vector, or None while it is empty."""
     r = httpx.get(base + "/api/v1/query", params={"query": expr}, timeout=5)
@@ -133,13 +120,13 @@ def test_prometheus_scrapes_lmd(lmd, prometheus):
         assert 1 <= r.usage.completion_tokens <= 4
 
     # Nothing else runs against this server, so these counters are final.
-    prompt_tokens = lmd_sum(lmd, "lmd_prompt_tokens_total")
-    requests = lmd_sum(lmd, "lmd_requests_total")
+    prompt_tokens = metric(lmd, "lmd_prompt_tokens_total")
+    requests = metric(lmd, "lmd_requests_total")
     assert prompt_tokens > 0 and requests == 3
     assert wait_for(prometheus, 'sum(lmd_prompt_tokens_total{job="lmd"})', prompt_tokens) == prompt_tokens
     assert wait_for(prometheus, 'sum(lmd_requests_total{job="lmd"})', requests) == requests
     # A gauge too: idle now, on both sides.
-    assert lmd_sum(lmd, "lmd_requests_running") == 0
+    assert metric(lmd, "lmd_requests_running") == 0
     assert wait_for(prometheus, 'sum(lmd_requests_running{job="lmd"})', 0.0) == 0.0
     # Prometheus stored the counter's history, not just its last value: the
     # scrape that reported `up` before any completion saw 0. Raw samples
