@@ -16,7 +16,7 @@ CMAKE_FLAGS += -DLMD_WERROR=ON
 endif
 
 .PHONY: all deps deps-peer model build build-asan run test test-unit test-asan test-integration \
-        bench bench-engine golden clean format fuzz-gguf parity
+        bench bench-engine golden clean format format-check fuzz-gguf parity
 
 all: build
 
@@ -47,7 +47,7 @@ run: deps model
 	./$(BUILD)/lmd serve -m $(MODEL) --host $(HOST) --port $(PORT)
 
 test: deps model
-	@$(MAKE) --no-print-directory test-unit test-asan test-integration
+	@$(MAKE) --no-print-directory format-check test-unit test-asan test-integration
 
 test-unit: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
@@ -72,8 +72,14 @@ bench-engine: deps-peer model build
 golden: deps-peer model build
 	$(PY) tests/golden/make_golden.py
 
+FORMAT_FILES = $$(git ls-files 'src/*.c' 'src/*.h' 'tests/*.c' 'bench/*.c')
+
 format:
-	clang-format -i $$(git ls-files 'src/*.c' 'src/*.h' 'tests/*.c')
+	clang-format -i $(FORMAT_FILES)
+
+# Fails, naming each file and line, where a C file differs from .clang-format.
+format-check:
+	clang-format --dry-run --Werror $(FORMAT_FILES)
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)

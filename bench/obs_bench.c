@@ -35,11 +35,20 @@ static void *run(void *arg)
     /* Values vary a little so the bucket search is not one fixed branch. */
     for (long i = 0; i < j->iters; i++) {
         switch (j->op) {
-        case OP_OBSERVE_SHARED: obs_observe(OBS_H_ITL, 0, 0.004 + (double)(i & 63) * 1e-3); break;
-        case OP_OBSERVE_OWN: obs_observe(OBS_H_ITL, j->tid, 0.004 + (double)(i & 63) * 1e-3); break;
-        case OP_COUNT: obs_count(OBS_C_GENERATION_TOKENS, 1); break;
-        case OP_TRACE: obs_trace(OBS_EV_STEP, (uint64_t)i, t0, t0 + 1000, 8, 8, 0); break;
-        default: break;
+        case OP_OBSERVE_SHARED:
+            obs_observe(OBS_H_ITL, 0, 0.004 + (double)(i & 63) * 1e-3);
+            break;
+        case OP_OBSERVE_OWN:
+            obs_observe(OBS_H_ITL, j->tid, 0.004 + (double)(i & 63) * 1e-3);
+            break;
+        case OP_COUNT:
+            obs_count(OBS_C_GENERATION_TOKENS, 1);
+            break;
+        case OP_TRACE:
+            obs_trace(OBS_EV_STEP, (uint64_t)i, t0, t0 + 1000, 8, 8, 0);
+            break;
+        default:
+            break;
         }
     }
     j->ns_per_op = (double)(lmd_time_mono_ns() - t0) / (double)j->iters;
@@ -51,8 +60,13 @@ int main(int argc, char **argv)
     long iters = argc > 1 ? atol(argv[1]) : 20000000;
     const char *const classes[] = {"interactive", "batch"};
     const char *const tenants[] = {"anonymous"};
-    struct obs_config cfg = {.model = "bench", .classes = classes, .n_classes = 2, .tenants = tenants,
-                             .n_tenants = 1, .trace = true, .nvml_path = ""};
+    struct obs_config cfg = {.model = "bench",
+                             .classes = classes,
+                             .n_classes = 2,
+                             .tenants = tenants,
+                             .n_tenants = 1,
+                             .trace = true,
+                             .nvml_path = ""};
     struct lmd_err err;
     if (obs_init(&cfg, &err)) {
         fprintf(stderr, "obs_init: %s\n", err.msg);

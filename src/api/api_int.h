@@ -12,8 +12,8 @@
 #include "qos/qos.h"
 #include "sample/sample.h"
 
-#include <stdbool.h>
 #include "core/buf.h"
+#include <stdbool.h>
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -55,17 +55,17 @@ enum api_kind {
 };
 
 #define API_MAX_STOP 4
-#define API_MAX_N 16            /* choices per request */
-#define API_MAX_BIAS 1024       /* logit_bias entries */
-#define API_MAX_TOP_CHAT 20     /* chat top_logprobs */
+#define API_MAX_N 16             /* choices per request */
+#define API_MAX_BIAS 1024        /* logit_bias entries */
+#define API_MAX_TOP_CHAT 20      /* chat top_logprobs */
 #define API_MAX_TOP_COMPLETION 5 /* completions logprobs */
 
 /* One parsed request. Strings point into the parsed JSON document, which
  * the caller keeps (`doc`) until it has copied what it needs. */
 struct api_params {
     enum api_kind kind;
-    void *doc;          /* json_t *, the parsed body */
-    const char *model;  /* NULL = not given */
+    void *doc;         /* json_t *, the parsed body */
+    const char *model; /* NULL = not given */
     /* completion prompt: text, or token ids */
     const char *prompt;
     size_t prompt_len;
@@ -82,15 +82,15 @@ struct api_params {
     int n_stop;
     bool stream;
     bool include_usage;
-    int n;              /* choices, [1, API_MAX_N] */
-    int logprobs;       /* -1 = off; else how many top alternatives per token */
+    int n;                    /* choices, [1, API_MAX_N] */
+    int logprobs;             /* -1 = off; else how many top alternatives per token */
     struct sample_bias *bias; /* [n_bias] malloc'd; ids not yet checked against the vocabulary */
     int n_bias;
-    bool echo;          /* completions: the prompt text comes first */
-    bool ignore_eos;    /* generate through end-of-generation tokens */
+    bool echo;            /* completions: the prompt text comes first */
+    bool ignore_eos;      /* generate through end-of-generation tokens */
     const char *priority; /* service class by name, or NULL */
     size_t priority_len;
-    int priority_index;   /* service class by index; -1 = not given */
+    int priority_index; /* service class by index; -1 = not given */
 };
 
 /* Parse and validate a request body. On failure fills e (status 400 with
@@ -130,8 +130,8 @@ struct api {
 
 /* Who a generation request is for and what it was admitted with. */
 struct api_who {
-    int tenant;              /* qos tenant index */
-    int cls;                 /* service class index */
+    int tenant;               /* qos tenant index */
+    int cls;                  /* service class index */
     struct qos_ticket ticket; /* QOS_TICKET_QUEUED once admitted */
     char rid[API_ID_MAX];     /* the X-Request-Id sent back, for logs */
 };
@@ -141,7 +141,6 @@ struct api_call;
 /* Answers (routes.c). Errors carry OpenAI's body; hname/hvalue add one
  * header (both may be NULL). */
 void api_send_error(struct http_req *r, const struct api_error *e, const char *hname, const char *hvalue);
-
 
 /* A generation call (call.c): build the call for a validated request,
  * submit its n choices to the scheduler and answer from then on. Takes

@@ -76,10 +76,10 @@ struct api_call {
     const char *stop[API_MAX_STOP];
     size_t stop_len[API_MAX_STOP];
     int n_stop;
-    char *stop_mem;   /* the stop strings' bytes */
-    int32_t *prompt;  /* [n_prompt], shared by every choice */
+    char *stop_mem;  /* the stop strings' bytes */
+    int32_t *prompt; /* [n_prompt], shared by every choice */
     int n_prompt;
-    char *echo;       /* completions with echo: the prompt text, else NULL */
+    char *echo; /* completions with echo: the prompt text, else NULL */
     size_t echo_len;
     /* sample_init copies the bias, but on the engine thread at admission,
      * which may be long after submission: the array lives here until the
@@ -87,11 +87,11 @@ struct api_call {
     struct sample_bias *bias; /* [n_bias] */
     char *piece;              /* [piece_cap] one detokenized push, or one token's text */
     size_t piece_cap;
-    struct lmd_buf chunk;     /* streamed: the SSE bytes of this wakeup, reused */
-    uint64_t t_start, t_first; /* ns, monotonic: accepted, first token seen */
-    struct api_who who;        /* tenant, class, admission ticket, request id */
-    int status;                /* the HTTP status answered (for metrics and the log); 0 = not yet */
-    const char *finish;        /* the first choice's finish reason, for the log */
+    struct lmd_buf chunk;                   /* streamed: the SSE bytes of this wakeup, reused */
+    uint64_t t_start, t_first;              /* ns, monotonic: accepted, first token seen */
+    struct api_who who;                     /* tenant, class, admission ticket, request id */
+    int status;                             /* the HTTP status answered (for metrics and the log); 0 = not yet */
+    const char *finish;                     /* the first choice's finish reason, for the log */
     struct api_call *live_prev, *live_next; /* the api's live list (live_mu) */
     int n_choices;
     struct api_choice choice[]; /* [n_choices] */
@@ -209,8 +209,7 @@ static void call_account(struct api_call *c, int status, const char *finish)
 static void chunk_head(struct api_call *c, struct lmd_buf *b)
 {
     lmd_buf_printf(b, "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\",\"choices\":", c->id,
-                   c->kind == API_CHAT ? "chat.completion.chunk" : "text_completion", c->created,
-                   c->api->model_json);
+                   c->kind == API_CHAT ? "chat.completion.chunk" : "text_completion", c->created, c->api->model_json);
 }
 
 static void chunk_tail(struct api_call *c, struct lmd_buf *b)
@@ -222,10 +221,7 @@ static void chunk_tail(struct api_call *c, struct lmd_buf *b)
 
 /* JSON has no infinities; a token the bias pushed out of reach gets a
  * very negative finite number instead, as OpenAI's API does. */
-static void put_lp(struct lmd_buf *b, float lp)
-{
-    lmd_buf_printf(b, "%.9g", isfinite(lp) ? (double)lp : -9999.0);
-}
+static void put_lp(struct lmd_buf *b, float lp) { lmd_buf_printf(b, "%.9g", isfinite(lp) ? (double)lp : -9999.0); }
 
 /* One token as "token":…,"logprob":…,"bytes":[…] (chat's shape). */
 static void put_token_entry(struct api_call *c, struct lmd_buf *b, int32_t id, float lp)
@@ -555,7 +551,7 @@ static void call_closed(void *ctx)
     c->http = NULL;
     if (!c->done)
         call_account(c, 499, "cancelled"); /* the client left before the answer was complete */
-    call_ref(c); /* the last unref below may otherwise free c mid-loop */
+    call_ref(c);                           /* the last unref below may otherwise free c mid-loop */
     call_cancel_all(c);
     for (int i = 0; i < c->n_choices; i++)
         sched_req_unref(&c->choice[i].sr);
@@ -651,8 +647,10 @@ static void call_begin_stream(struct api_call *c, struct http_req *r)
     for (int i = 0; i < c->n_choices; i++) {
         if (c->kind == API_CHAT) {
             chunk_head(c, &c->chunk);
-            lmd_buf_printf(&c->chunk, "[{\"index\":%d,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
-                                      "\"logprobs\":null,\"finish_reason\":null}]", i);
+            lmd_buf_printf(&c->chunk,
+                           "[{\"index\":%d,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
+                           "\"logprobs\":null,\"finish_reason\":null}]",
+                           i);
             chunk_tail(c, &c->chunk);
         } else if (c->echo && c->echo_len) {
             put_text_chunk(c, &c->choice[i], c->echo, c->echo_len, 0, 0);
@@ -792,8 +790,11 @@ static void call_render(struct api_call *c, struct lmd_buf *b, uint64_t now)
     int state = SCHED_ST_DONE, kv = 0, gen = 0, preempted = 0;
     /* The most advanced choice names the state: decode > prefill >
      * preempted > queued > done. */
-    static const int rank[] = {[SCHED_ST_QUEUED] = 1, [SCHED_ST_PREFILL] = 3, [SCHED_ST_DECODE] = 4,
-                               [SCHED_ST_PREEMPTED] = 2, [SCHED_ST_DONE] = 0};
+    static const int rank[] = {[SCHED_ST_QUEUED] = 1,
+                               [SCHED_ST_PREFILL] = 3,
+                               [SCHED_ST_DECODE] = 4,
+                               [SCHED_ST_PREEMPTED] = 2,
+                               [SCHED_ST_DONE] = 0};
     uint64_t admit = 0;
     for (int i = 0; i < c->n_choices; i++) {
         struct sched_req *sr = &c->choice[i].sr;

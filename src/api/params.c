@@ -133,7 +133,8 @@ static int parse_content(json_t *m, size_t i, const char **out, size_t *len, str
     struct lmd_buf b = {0};
     size_t k;
     json_t *part;
-    json_array_foreach(c, k, part) {
+    json_array_foreach(c, k, part)
+    {
         json_t *t = json_object_get(part, "text");
         json_t *ty = json_object_get(part, "type");
         if (!json_is_string(t) || (ty && (!json_is_string(ty) || strcmp(json_string_value(ty), "text") != 0))) {
@@ -179,8 +180,8 @@ static int parse_messages(struct api_params *p, json_t *root, struct api_error *
         for (size_t r = 0; r < sizeof roles / sizeof roles[0]; r++)
             known |= strcmp(json_string_value(role), roles[r]) == 0;
         if (!known)
-            return BAD("messages", "messages[%zu].role '%s' is not one of system, user, assistant, developer, tool",
-                       i, json_string_value(role));
+            return BAD("messages", "messages[%zu].role '%s' is not one of system, user, assistant, developer, tool", i,
+                       json_string_value(role));
         p->msgs[i].role = json_string_value(role);
         if (parse_content(m, i, &p->msgs[i].content, &p->msgs[i].content_len, e))
             return LMD_EINVAL;
@@ -208,7 +209,8 @@ static int parse_stop(struct api_params *p, json_t *root, struct api_error *e)
         return BAD("stop", "'stop' holds %zu strings; at most %d are allowed", json_array_size(v), API_MAX_STOP);
     size_t i;
     json_t *s;
-    json_array_foreach(v, i, s) {
+    json_array_foreach(v, i, s)
+    {
         if (!json_is_string(s) || json_string_length(s) == 0)
             return BAD("stop", "stop[%zu] must be a non-empty string", i);
         p->stop[i] = json_string_value(s);
@@ -237,7 +239,8 @@ static int parse_bias(struct api_params *p, json_t *root, struct api_error *e)
         return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
     const char *key;
     json_t *val;
-    json_object_foreach(v, key, val) {
+    json_object_foreach(v, key, val)
+    {
         char *end = NULL;
         errno = 0;
         long id = strtol(key, &end, 10);
@@ -274,8 +277,10 @@ static int parse_logprobs(struct api_params *p, json_t *root, struct api_error *
     if (!on)
         return 0;
     if (json_is_true(lp))
-        return BAD("logprobs", "'logprobs' must be an integer in [0, %d] for completions (the number of "
-                   "alternatives per token)", API_MAX_TOP_COMPLETION);
+        return BAD("logprobs",
+                   "'logprobs' must be an integer in [0, %d] for completions (the number of "
+                   "alternatives per token)",
+                   API_MAX_TOP_COMPLETION);
     long long k = 0;
     if (get_int(root, "logprobs", 0, API_MAX_TOP_COMPLETION, &k, NULL, e))
         return LMD_EINVAL;
@@ -322,8 +327,7 @@ int api_params_parse(struct api_params *p, enum api_kind kind, const char *body,
         get_int(root, "max_completion_tokens", 1, 1 << 24, &mt, NULL, e))
         return LMD_EINVAL;
     if (get_num(root, "temperature", 0, 2, false, &temp, NULL, e) ||
-        get_num(root, "top_p", 0, 1, true, &top_p, NULL, e) ||
-        get_int(root, "top_k", -1, 1 << 30, &top_k, NULL, e) ||
+        get_num(root, "top_p", 0, 1, true, &top_p, NULL, e) || get_int(root, "top_k", -1, 1 << 30, &top_k, NULL, e) ||
         get_num(root, "min_p", 0, 1, false, &min_p, NULL, e) ||
         get_num(root, "presence_penalty", -2, 2, false, &pres, NULL, e) ||
         get_num(root, "frequency_penalty", -2, 2, false, &freq, NULL, e) ||
@@ -368,7 +372,7 @@ int api_params_parse(struct api_params *p, enum api_kind kind, const char *body,
          * not do; refusing is more honest than nulls. */
         if (p->echo && p->logprobs >= 0)
             return BAD("echo", "'echo' together with 'logprobs' is not supported (the prompt's log-probabilities "
-                       "are not computed); use one or the other");
+                               "are not computed); use one or the other");
     }
 
     p->max_tokens = (int)mt;

@@ -105,8 +105,9 @@ static void route_debug(struct api *a, struct http_req *r, struct http_str path)
         bool tenant = qos_authenticate(a->cfg.qos, auth.len ? auth.ptr : NULL, auth.len) >= 0;
         struct api_error e;
         api_error_set(&e, tenant ? 403 : 401, "invalid_request_error", NULL, tenant ? "admin_only" : "invalid_api_key",
-                      tenant ? "the debug endpoints need an admin key" : "the debug endpoints need an admin key "
-                                                                         "(Authorization: Bearer KEY)");
+                      tenant ? "the debug endpoints need an admin key"
+                             : "the debug endpoints need an admin key "
+                               "(Authorization: Bearer KEY)");
         api_send_error(r, &e, tenant ? NULL : "www-authenticate", tenant ? NULL : "Bearer");
         return;
     }
@@ -179,8 +180,8 @@ static int build_prompt(struct api *a, const struct api_params *p, int32_t **ids
         if (need < 0)
             return api_error_set(e, 400, "invalid_request_error", "messages", NULL, "%s", err.msg);
         rendered = malloc((size_t)need + 1);
-        if (!rendered ||
-            chat_render((enum chat_family)a->cfg.chat_family, p->msgs, p->n_msgs, rendered, (size_t)need + 1, &err) < 0) {
+        if (!rendered || chat_render((enum chat_family)a->cfg.chat_family, p->msgs, p->n_msgs, rendered,
+                                     (size_t)need + 1, &err) < 0) {
             free(rendered);
             return api_error_set(e, 500, "server_error", NULL, NULL, "cannot render the chat template");
         }
@@ -270,12 +271,18 @@ static const char *refusal_code(enum obs_reject why)
 {
     switch (why) {
     case OBS_R_RATE_REQUESTS:
-    case OBS_R_RATE_TOKENS: return "rate_limit_exceeded";
-    case OBS_R_TENANT_CONCURRENCY: return "concurrency_limit_exceeded";
-    case OBS_R_TENANT_QUEUE: return "tenant_queue_full";
-    case OBS_R_QUEUE_FULL: return "queue_full";
-    case OBS_R_DEADLINE: return "deadline_unmeetable";
-    default: return "request_too_large";
+    case OBS_R_RATE_TOKENS:
+        return "rate_limit_exceeded";
+    case OBS_R_TENANT_CONCURRENCY:
+        return "concurrency_limit_exceeded";
+    case OBS_R_TENANT_QUEUE:
+        return "tenant_queue_full";
+    case OBS_R_QUEUE_FULL:
+        return "queue_full";
+    case OBS_R_DEADLINE:
+        return "deadline_unmeetable";
+    default:
+        return "request_too_large";
     }
 }
 
@@ -387,8 +394,9 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     if (qos_admit(q, tenant, cls, charge, lmd_time_mono_ns(), &who.ticket, &why) != 0) {
         obs_reject(why.reason, tenant);
         api_error_set(&e, why.http_status,
-                      why.http_status == 429 ? "rate_limit_error"
-                                             : why.http_status == 503 ? "server_error" : "invalid_request_error",
+                      why.http_status == 429   ? "rate_limit_error"
+                      : why.http_status == 503 ? "server_error"
+                                               : "invalid_request_error",
                       NULL, refusal_code(why.reason), "%s", why.message);
         if (why.retry_after_s) {
             snprintf(retry, sizeof retry, "%u", why.retry_after_s);
@@ -444,7 +452,10 @@ void api_handle(void *ud, struct http_req *r)
      * the completion id itself, so one string finds the request in the
      * client's logs, the response body and the server's log. */
     char id[API_ID_MAX];
-    snprintf(id, sizeof id, "%s-%llx%04llx", !generate ? "req" : kind == API_CHAT ? "chatcmpl" : "cmpl",
+    snprintf(id, sizeof id, "%s-%llx%04llx",
+             !generate          ? "req"
+             : kind == API_CHAT ? "chatcmpl"
+                                : "cmpl",
              (unsigned long long)lmd_time_wall_ns(), (unsigned long long)(atomic_fetch_add(&a->seq, 1) & 0xffff));
     struct http_str cid = http_req_header(r, "x-request-id");
     char rid[API_ID_MAX];
@@ -463,9 +474,10 @@ void api_handle(void *ud, struct http_req *r)
         return;
     }
     bool debug = a->cfg.debug_endpoints && (str_is(path, "/debug/requests") || str_is(path, "/debug/trace"));
-    bool known = str_is(path, "/health") || str_is(path, "/ready") || str_is(path, "/v1/models") ||
-                 str_is(path, "/metrics") || debug ||
-                 (path.len > sizeof models_prefix - 1 && memcmp(path.ptr, models_prefix, sizeof models_prefix - 1) == 0);
+    bool known =
+        str_is(path, "/health") || str_is(path, "/ready") || str_is(path, "/v1/models") || str_is(path, "/metrics") ||
+        debug ||
+        (path.len > sizeof models_prefix - 1 && memcmp(path.ptr, models_prefix, sizeof models_prefix - 1) == 0);
     if (!known) {
         char msg[160];
         snprintf(msg, sizeof msg, "no route for %.*s %.*s", (int)(m.len > 16 ? 16 : m.len), m.ptr,

@@ -82,10 +82,14 @@ static int run_prefill(struct engine *e, struct bench_seq *bs, int32_t *tok, int
 int cli_bench(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"model", required_argument, NULL, 'm'}, {"pp", required_argument, NULL, 'p'},
-        {"tg", required_argument, NULL, 'g'},    {"batch", required_argument, NULL, 'b'},
-        {"reps", required_argument, NULL, 'r'},  {"threads", required_argument, NULL, 't'},
-        {"json", no_argument, NULL, 'j'},        {"help", no_argument, NULL, 'h'},
+        {"model", required_argument, NULL, 'm'},
+        {"pp", required_argument, NULL, 'p'},
+        {"tg", required_argument, NULL, 'g'},
+        {"batch", required_argument, NULL, 'b'},
+        {"reps", required_argument, NULL, 'r'},
+        {"threads", required_argument, NULL, 't'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
         {0, 0, 0, 0},
     };
     const char *model_path = NULL, *batch_list = NULL;
@@ -96,15 +100,33 @@ int cli_bench(int argc, char **argv)
         char *end = NULL;
         long *dst = NULL;
         switch (c) {
-        case 'm': model_path = optarg; continue;
-        case 'b': batch_list = optarg; continue;
-        case 'j': json = 1; continue;
-        case 'h': bench_usage(stdout); return 0;
-        case 'p': dst = &pp; break;
-        case 'g': dst = &tg; break;
-        case 'r': dst = &reps; break;
-        case 't': dst = &threads; break;
-        default: bench_usage(stderr); return 2;
+        case 'm':
+            model_path = optarg;
+            continue;
+        case 'b':
+            batch_list = optarg;
+            continue;
+        case 'j':
+            json = 1;
+            continue;
+        case 'h':
+            bench_usage(stdout);
+            return 0;
+        case 'p':
+            dst = &pp;
+            break;
+        case 'g':
+            dst = &tg;
+            break;
+        case 'r':
+            dst = &reps;
+            break;
+        case 't':
+            dst = &threads;
+            break;
+        default:
+            bench_usage(stderr);
+            return 2;
         }
         errno = 0;
         *dst = strtol(optarg, &end, 10);
@@ -137,11 +159,8 @@ int cli_bench(int argc, char **argv)
     struct lmd_err err = {0};
     struct engine *e = NULL;
     int ctx = (int)(pp > tg + 64 ? pp : tg + 64) + 16;
-    struct engine_config cfg = {.model_path = model_path,
-                                .n_threads = (int)threads,
-                                .n_ctx = ctx,
-                                .max_batch_tokens = 512,
-                                .max_seqs = max_b};
+    struct engine_config cfg = {
+        .model_path = model_path, .n_threads = (int)threads, .n_ctx = ctx, .max_batch_tokens = 512, .max_seqs = max_b};
     if (engine_native_open(&e, &cfg, &err) != 0) {
         fprintf(stderr, "lmd bench: %s\n", err.msg);
         return 1;
@@ -183,7 +202,8 @@ int cli_bench(int argc, char **argv)
         }
         struct stat3 st = stats(samples, (int)reps);
         if (json)
-            printf(",\"pp\":{\"n\":%ld,\"tps_min\":%.2f,\"tps_med\":%.2f,\"tps_max\":%.2f}", pp, st.min, st.med, st.max);
+            printf(",\"pp\":{\"n\":%ld,\"tps_min\":%.2f,\"tps_med\":%.2f,\"tps_max\":%.2f}", pp, st.min, st.med,
+                   st.max);
         else
             printf("pp%-5ld %10.2f tok/s (min %.2f, max %.2f)\n", pp, st.med, st.min, st.max);
         kv_seq_release(kv, &bs[0].kv);
@@ -211,7 +231,8 @@ int cli_bench(int argc, char **argv)
         }
         struct stat3 st = stats(samples, (int)reps);
         if (json)
-            printf(",\"tg\":{\"n\":%ld,\"tps_min\":%.2f,\"tps_med\":%.2f,\"tps_max\":%.2f}", tg, st.min, st.med, st.max);
+            printf(",\"tg\":{\"n\":%ld,\"tps_min\":%.2f,\"tps_med\":%.2f,\"tps_max\":%.2f}", tg, st.min, st.med,
+                   st.max);
         else
             printf("tg%-5ld %10.2f tok/s (min %.2f, max %.2f)\n", tg, st.med, st.min, st.max);
     }
@@ -253,8 +274,8 @@ int cli_bench(int argc, char **argv)
             printf("%s{\"b\":%d,\"tps_min\":%.2f,\"tps_med\":%.2f,\"tps_max\":%.2f,\"tpot_ms\":%.3f}", bi ? "," : "", B,
                    st.min, st.med, st.max, 1000.0 * B / st.med);
         else
-            printf("batch %-3d %8.2f tok/s aggregate, %.2f ms per token per sequence (min %.2f, max %.2f)\n", B,
-                   st.med, 1000.0 * B / st.med, st.min, st.max);
+            printf("batch %-3d %8.2f tok/s aggregate, %.2f ms per token per sequence (min %.2f, max %.2f)\n", B, st.med,
+                   1000.0 * B / st.med, st.min, st.max);
     }
     if (json)
         printf("%s}\n", n_batches ? "]" : "");

@@ -41,16 +41,27 @@ static void print_scalar(const struct gguf_kv *kv)
     case GGUF_VTYPE_UINT8:
     case GGUF_VTYPE_UINT16:
     case GGUF_VTYPE_UINT32:
-    case GGUF_VTYPE_UINT64: printf("%" PRIu64, kv->v.u64); break;
+    case GGUF_VTYPE_UINT64:
+        printf("%" PRIu64, kv->v.u64);
+        break;
     case GGUF_VTYPE_INT8:
     case GGUF_VTYPE_INT16:
     case GGUF_VTYPE_INT32:
-    case GGUF_VTYPE_INT64: printf("%" PRId64, kv->v.i64); break;
+    case GGUF_VTYPE_INT64:
+        printf("%" PRId64, kv->v.i64);
+        break;
     case GGUF_VTYPE_FLOAT32:
-    case GGUF_VTYPE_FLOAT64: printf("%.9g", kv->v.f64); break;
-    case GGUF_VTYPE_BOOL: fputs(kv->v.b ? "true" : "false", stdout); break;
-    case GGUF_VTYPE_STRING: print_str(kv->v.str, 160); break;
-    default: fputs("?", stdout);
+    case GGUF_VTYPE_FLOAT64:
+        printf("%.9g", kv->v.f64);
+        break;
+    case GGUF_VTYPE_BOOL:
+        fputs(kv->v.b ? "true" : "false", stdout);
+        break;
+    case GGUF_VTYPE_STRING:
+        print_str(kv->v.str, 160);
+        break;
+    default:
+        fputs("?", stdout);
     }
 }
 
@@ -62,16 +73,23 @@ static void print_array(const struct gguf_kv *kv, uint64_t show)
         if (i)
             fputs(", ", stdout);
         switch (kv->arr_type) {
-        case GGUF_VTYPE_STRING: print_str(gguf_arr_str(kv, i), 40); break;
-        case GGUF_VTYPE_FLOAT32: printf("%g", (double)gguf_arr_f32(kv, i)); break;
+        case GGUF_VTYPE_STRING:
+            print_str(gguf_arr_str(kv, i), 40);
+            break;
+        case GGUF_VTYPE_FLOAT32:
+            printf("%g", (double)gguf_arr_f32(kv, i));
+            break;
         case GGUF_VTYPE_FLOAT64: {
             double d;
             memcpy(&d, kv->arr_data + 8 * i, 8);
             printf("%g", d);
             break;
         }
-        case GGUF_VTYPE_BOOL: fputs(kv->arr_data[i] ? "true" : "false", stdout); break;
-        default: printf("%" PRId64, gguf_arr_int(kv, i));
+        case GGUF_VTYPE_BOOL:
+            fputs(kv->arr_data[i] ? "true" : "false", stdout);
+            break;
+        default:
+            printf("%" PRId64, gguf_arr_int(kv, i));
         }
     }
     if (kv->arr_n > n)
@@ -93,11 +111,12 @@ static void human_bytes(uint64_t b, char *buf, size_t cap)
 
 static void info_usage(FILE *out)
 {
-    fprintf(out, "usage: lmd info [-m] MODEL.gguf [--no-tensors] [--array-items N]\n"
-                 "\n"
-                 "Prints the GGUF header, metadata and tensor table of MODEL (default %s).\n"
-                 "  --no-tensors       omit the per-tensor table (totals are still printed)\n"
-                 "  --array-items N    array elements shown per metadata array (default 8)\n",
+    fprintf(out,
+            "usage: lmd info [-m] MODEL.gguf [--no-tensors] [--array-items N]\n"
+            "\n"
+            "Prints the GGUF header, metadata and tensor table of MODEL (default %s).\n"
+            "  --no-tensors       omit the per-tensor table (totals are still printed)\n"
+            "  --array-items N    array elements shown per metadata array (default 8)\n",
             CLI_DEFAULT_MODEL);
 }
 
@@ -117,8 +136,12 @@ int cli_info(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': path = optarg; break;
-        case 'T': show_tensors = 0; break;
+        case 'm':
+            path = optarg;
+            break;
+        case 'T':
+            show_tensors = 0;
+            break;
         case 'a': {
             char *end;
             items = strtol(optarg, &end, 10);
@@ -128,8 +151,12 @@ int cli_info(int argc, char **argv)
             }
             break;
         }
-        case 'h': info_usage(stdout); return 0;
-        default: info_usage(stderr); return 2;
+        case 'h':
+            info_usage(stdout);
+            return 0;
+        default:
+            info_usage(stderr);
+            return 2;
         }
     }
     if (!path && optind < argc)

@@ -55,8 +55,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
         char feat[256];
         lmd_cpu_describe(feat, sizeof feat);
-        printf("lmd %s (commit %s)\ncpu: %d cores; features: %s\n", LMD_VERSION, LMD_GIT_COMMIT, lmd_cpu_count(),
-               feat);
+        printf("lmd %s (commit %s)\ncpu: %d cores; features: %s\n", LMD_VERSION, LMD_GIT_COMMIT, lmd_cpu_count(), feat);
         return 0;
     }
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {

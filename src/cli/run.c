@@ -135,15 +135,26 @@ int cli_run(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:t:c:vh", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': model_path = optarg; break;
-        case 'p': prompt = optarg; break;
-        case OPT_PROMPT_IDS: prompt_ids = optarg; break;
+        case 'm':
+            model_path = optarg;
+            break;
+        case 'p':
+            prompt = optarg;
+            break;
+        case OPT_PROMPT_IDS:
+            prompt_ids = optarg;
+            break;
         case 'n':
             if (cli_parse_long("lmd run", "--n-predict", optarg, 0, 1 << 24, &n_predict))
                 return 2;
             break;
-        case OPT_CHAT: chat = true; break;
-        case OPT_CHAT_TEMPLATE: tmpl_name = optarg; chat = true; break;
+        case OPT_CHAT:
+            chat = true;
+            break;
+        case OPT_CHAT_TEMPLATE:
+            tmpl_name = optarg;
+            chat = true;
+            break;
         case OPT_TEMP:
             if (cli_parse_float("lmd run", "--temp", optarg, &temp))
                 return 2;
@@ -183,12 +194,24 @@ int cli_run(int argc, char **argv)
             if (cli_parse_long("lmd run", "--ctx", optarg, 1, 1 << 24, &n_ctx))
                 return 2;
             break;
-        case OPT_IGNORE_EOS: ignore_eos = true; break;
-        case OPT_PRINT_IDS: print_ids = true; break;
-        case OPT_DUMP_LOGITS: dump_logits = optarg; break;
-        case 'v': lmd_log_set_level(LMD_LOG_DEBUG); break;
-        case 'h': run_usage(stdout); return 0;
-        default: run_usage(stderr); return 2;
+        case OPT_IGNORE_EOS:
+            ignore_eos = true;
+            break;
+        case OPT_PRINT_IDS:
+            print_ids = true;
+            break;
+        case OPT_DUMP_LOGITS:
+            dump_logits = optarg;
+            break;
+        case 'v':
+            lmd_log_set_level(LMD_LOG_DEBUG);
+            break;
+        case 'h':
+            run_usage(stdout);
+            return 0;
+        default:
+            run_usage(stderr);
+            return 2;
         }
     }
     if (optind < argc) {
@@ -205,8 +228,7 @@ int cli_run(int argc, char **argv)
     }
     enum chat_family fam = CHAT_GENERIC;
     if (tmpl_name && chat_family_parse(tmpl_name, &fam) != 0) {
-        fprintf(stderr, "lmd run: unknown --chat-template '%s' (gemma, llama3, chatml, mistral, generic)\n",
-                tmpl_name);
+        fprintf(stderr, "lmd run: unknown --chat-template '%s' (gemma, llama3, chatml, mistral, generic)\n", tmpl_name);
         return 2;
     }
     if (!model_path)

@@ -156,22 +156,54 @@ int cli_serve(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "m:t:c:h", opts, NULL)) != -1) {
         int bad = 0;
         switch (c) {
-        case 'm': model_path = optarg; break;
-        case OPT_HOST: host = optarg; break;
-        case OPT_PORT: bad = cli_parse_long("lmd serve", "--port", optarg, 0, 65535, &port); break;
-        case OPT_IO_THREADS: bad = cli_parse_long("lmd serve", "--io-threads", optarg, 1, 64, &io_threads); break;
-        case 't': bad = cli_parse_long("lmd serve", "--threads", optarg, 1, 1024, &threads); break;
-        case 'c': bad = cli_parse_long("lmd serve", "--ctx", optarg, 16, 1 << 20, &n_ctx); break;
-        case OPT_MAX_RUNNING: bad = cli_parse_long("lmd serve", "--max-running", optarg, 1, 1024, &max_running); break;
-        case OPT_MAX_QUEUE: bad = cli_parse_long("lmd serve", "--max-queue", optarg, 0, 1 << 20, &max_queue); break;
-        case OPT_MAX_BATCH: bad = cli_parse_long("lmd serve", "--max-batch-tokens", optarg, 1, 1 << 16, &max_batch); break;
-        case OPT_KV_BLOCKS: bad = cli_parse_long("lmd serve", "--kv-blocks", optarg, 1, 1 << 24, &kv_blocks); break;
-        case OPT_MAX_BODY: bad = cli_parse_long("lmd serve", "--max-body", optarg, 1024, 1L << 30, &max_body); break;
-        case OPT_DRAIN: bad = cli_parse_long("lmd serve", "--drain-timeout", optarg, 0, 86400, &drain_s); break;
-        case OPT_CHAT_TEMPLATE: tmpl_name = optarg; break;
-        case OPT_TLS_CERT: tls_cert = optarg; break;
-        case OPT_TLS_KEY: tls_key = optarg; break;
-        case OPT_STALL: bad = cli_parse_long("lmd serve", "--stall-timeout", optarg, 0, 86400, &stall_s); break;
+        case 'm':
+            model_path = optarg;
+            break;
+        case OPT_HOST:
+            host = optarg;
+            break;
+        case OPT_PORT:
+            bad = cli_parse_long("lmd serve", "--port", optarg, 0, 65535, &port);
+            break;
+        case OPT_IO_THREADS:
+            bad = cli_parse_long("lmd serve", "--io-threads", optarg, 1, 64, &io_threads);
+            break;
+        case 't':
+            bad = cli_parse_long("lmd serve", "--threads", optarg, 1, 1024, &threads);
+            break;
+        case 'c':
+            bad = cli_parse_long("lmd serve", "--ctx", optarg, 16, 1 << 20, &n_ctx);
+            break;
+        case OPT_MAX_RUNNING:
+            bad = cli_parse_long("lmd serve", "--max-running", optarg, 1, 1024, &max_running);
+            break;
+        case OPT_MAX_QUEUE:
+            bad = cli_parse_long("lmd serve", "--max-queue", optarg, 0, 1 << 20, &max_queue);
+            break;
+        case OPT_MAX_BATCH:
+            bad = cli_parse_long("lmd serve", "--max-batch-tokens", optarg, 1, 1 << 16, &max_batch);
+            break;
+        case OPT_KV_BLOCKS:
+            bad = cli_parse_long("lmd serve", "--kv-blocks", optarg, 1, 1 << 24, &kv_blocks);
+            break;
+        case OPT_MAX_BODY:
+            bad = cli_parse_long("lmd serve", "--max-body", optarg, 1024, 1L << 30, &max_body);
+            break;
+        case OPT_DRAIN:
+            bad = cli_parse_long("lmd serve", "--drain-timeout", optarg, 0, 86400, &drain_s);
+            break;
+        case OPT_CHAT_TEMPLATE:
+            tmpl_name = optarg;
+            break;
+        case OPT_TLS_CERT:
+            tls_cert = optarg;
+            break;
+        case OPT_TLS_KEY:
+            tls_key = optarg;
+            break;
+        case OPT_STALL:
+            bad = cli_parse_long("lmd serve", "--stall-timeout", optarg, 0, 86400, &stall_s);
+            break;
         case OPT_SCHED:
             if (strcmp(optarg, "sla") == 0) {
                 policy = SCHED_POLICY_SLA;
@@ -182,9 +214,15 @@ int cli_serve(int argc, char **argv)
                 return 2;
             }
             break;
-        case OPT_TENANTS: tenants_path = optarg; break;
-        case OPT_DEBUG: debug = true; break;
-        case OPT_NO_METRICS: metrics = false; break;
+        case OPT_TENANTS:
+            tenants_path = optarg;
+            break;
+        case OPT_DEBUG:
+            debug = true;
+            break;
+        case OPT_NO_METRICS:
+            metrics = false;
+            break;
         case OPT_LOG_FORMAT: {
             enum lmd_log_format f;
             if (lmd_log_parse_format(optarg, &f) != 0) {
@@ -203,8 +241,12 @@ int cli_serve(int argc, char **argv)
             lmd_log_set_level(lv);
             break;
         }
-        case 'h': serve_usage(stdout); return 0;
-        default: serve_usage(stderr); return 2;
+        case 'h':
+            serve_usage(stdout);
+            return 0;
+        default:
+            serve_usage(stderr);
+            return 2;
         }
         if (bad)
             return 2;

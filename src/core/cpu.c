@@ -51,9 +51,15 @@ void lmd_cpu_describe(char *buf, unsigned cap)
         bool on;
         const char *name;
     } list[] = {
-        {f->avx2, "avx2"},         {f->fma, "fma"},           {f->f16c, "f16c"},
-        {f->avx512f, "avx512f"},   {f->avx512bw, "avx512bw"}, {f->avx512vl, "avx512vl"},
-        {f->avx512dq, "avx512dq"}, {f->avx512vnni, "avx512vnni"}, {f->avx512bf16, "avx512bf16"},
+        {f->avx2, "avx2"},
+        {f->fma, "fma"},
+        {f->f16c, "f16c"},
+        {f->avx512f, "avx512f"},
+        {f->avx512bw, "avx512bw"},
+        {f->avx512vl, "avx512vl"},
+        {f->avx512dq, "avx512dq"},
+        {f->avx512vnni, "avx512vnni"},
+        {f->avx512bf16, "avx512bf16"},
         {f->avxvnni, "avxvnni"},
     };
     size_t n = 0;

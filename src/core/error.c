@@ -10,19 +10,32 @@
 const char *lmd_strerror(int code)
 {
     switch (code) {
-    case LMD_OK: return "OK";
-    case LMD_EINVAL: return "EINVAL";
-    case LMD_ENOMEM: return "ENOMEM";
-    case LMD_EIO: return "EIO";
-    case LMD_ENOENT: return "ENOENT";
-    case LMD_EFORMAT: return "EFORMAT";
-    case LMD_ERANGE: return "ERANGE";
-    case LMD_ENOTSUP: return "ENOTSUP";
-    case LMD_EBUSY: return "EBUSY";
-    case LMD_ECANCELED: return "ECANCELED";
-    case LMD_EPERM: return "EPERM";
-    case LMD_ETIMEDOUT: return "ETIMEDOUT";
-    default: return "EUNKNOWN";
+    case LMD_OK:
+        return "OK";
+    case LMD_EINVAL:
+        return "EINVAL";
+    case LMD_ENOMEM:
+        return "ENOMEM";
+    case LMD_EIO:
+        return "EIO";
+    case LMD_ENOENT:
+        return "ENOENT";
+    case LMD_EFORMAT:
+        return "EFORMAT";
+    case LMD_ERANGE:
+        return "ERANGE";
+    case LMD_ENOTSUP:
+        return "ENOTSUP";
+    case LMD_EBUSY:
+        return "EBUSY";
+    case LMD_ECANCELED:
+        return "ECANCELED";
+    case LMD_EPERM:
+        return "EPERM";
+    case LMD_ETIMEDOUT:
+        return "ETIMEDOUT";
+    default:
+        return "EUNKNOWN";
     }
 }
 

@@ -15,16 +15,16 @@
 
 enum {
     LMD_OK = 0,
-    LMD_EINVAL = -1,    /* bad argument or malformed input */
-    LMD_ENOMEM = -2,    /* allocation failed */
-    LMD_EIO = -3,       /* read/write/mmap failed */
-    LMD_ENOENT = -4,    /* file, key or name not found */
-    LMD_EFORMAT = -5,   /* input file is malformed */
-    LMD_ERANGE = -6,    /* value out of the supported range */
-    LMD_ENOTSUP = -7,   /* valid input, but not supported by lmd */
-    LMD_EBUSY = -8,     /* resource exhausted for now; retry later */
-    LMD_ECANCELED = -9, /* the operation was cancelled */
-    LMD_EPERM = -10,    /* not allowed: missing or wrong credentials, a forbidden choice */
+    LMD_EINVAL = -1,     /* bad argument or malformed input */
+    LMD_ENOMEM = -2,     /* allocation failed */
+    LMD_EIO = -3,        /* read/write/mmap failed */
+    LMD_ENOENT = -4,     /* file, key or name not found */
+    LMD_EFORMAT = -5,    /* input file is malformed */
+    LMD_ERANGE = -6,     /* value out of the supported range */
+    LMD_ENOTSUP = -7,    /* valid input, but not supported by lmd */
+    LMD_EBUSY = -8,      /* resource exhausted for now; retry later */
+    LMD_ECANCELED = -9,  /* the operation was cancelled */
+    LMD_EPERM = -10,     /* not allowed: missing or wrong credentials, a forbidden choice */
     LMD_ETIMEDOUT = -11, /* a deadline cannot be (or was not) met */
 };
 
@@ -48,10 +48,10 @@ void lmd_err_prefix(struct lmd_err *err, const char *fmt, ...) __attribute__((fo
 
 /* Invariant check for internal bugs (never for bad input): prints file:line
  * and the message, then aborts. Stays on in release builds; it is cheap. */
-#define LMD_ASSERT(cond, msg)                                                                                    \
-    do {                                                                                                         \
-        if (__builtin_expect(!(cond), 0))                                                                        \
-            lmd__assert_fail(__FILE__, __LINE__, #cond, (msg));                                                  \
+#define LMD_ASSERT(cond, msg)                                                                                          \
+    do {                                                                                                               \
+        if (__builtin_expect(!(cond), 0))                                                                              \
+            lmd__assert_fail(__FILE__, __LINE__, #cond, (msg));                                                        \
     } while (0)
 
 _Noreturn void lmd__assert_fail(const char *file, int line, const char *cond, const char *msg);

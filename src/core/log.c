@@ -277,10 +277,17 @@ static void line_field(struct line *l, enum lmd_log_format fmt, const struct lmd
     if (type == LMD_LOG_NUM && !isfinite(f->d))
         type = LMD_LOG_NULL;
     switch (type) {
-    case LMD_LOG_INT: snprintf(num, sizeof num, "%lld", f->i), raw = num; break;
-    case LMD_LOG_NUM: format_num(num, sizeof num, f->d), raw = num; break;
-    case LMD_LOG_NULL: raw = fmt == LMD_LOG_FORMAT_JSON ? "null" : "-"; break;
-    case LMD_LOG_STR: break;
+    case LMD_LOG_INT:
+        snprintf(num, sizeof num, "%lld", f->i), raw = num;
+        break;
+    case LMD_LOG_NUM:
+        format_num(num, sizeof num, f->d), raw = num;
+        break;
+    case LMD_LOG_NULL:
+        raw = fmt == LMD_LOG_FORMAT_JSON ? "null" : "-";
+        break;
+    case LMD_LOG_STR:
+        break;
     }
 
     if (fmt == LMD_LOG_FORMAT_JSON) {

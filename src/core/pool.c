@@ -54,9 +54,9 @@
 struct pool_loop {
     lmd_pool_fn fn;
     void *ctx;
-    int64_t n;        /* items */
-    int64_t grain;    /* items per chunk */
-    int64_t n_chunks; /* ceil(n / grain) */
+    int64_t n;            /* items */
+    int64_t grain;        /* items per chunk */
+    int64_t n_chunks;     /* ceil(n / grain) */
     _Atomic int64_t done; /* chunks completed */
 };
 

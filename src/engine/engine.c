@@ -5,8 +5,7 @@
 
 #include "core/time.h"
 
-int engine_step(struct engine *e, const struct engine_seq *seqs, int n_seqs, const float **logits,
-                struct lmd_err *err)
+int engine_step(struct engine *e, const struct engine_seq *seqs, int n_seqs, const float **logits, struct lmd_err *err)
 {
     uint64_t t0 = lmd_time_mono_ns();
     int rc = e->ops->step(e, seqs, n_seqs, logits, err);

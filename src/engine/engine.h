@@ -60,8 +60,8 @@ struct engine_seq {
 
 struct engine_stats {
     uint64_t steps;
-    uint64_t tokens;      /* tokens forwarded */
-    uint64_t step_ns;     /* time inside step, total */
+    uint64_t tokens;  /* tokens forwarded */
+    uint64_t step_ns; /* time inside step, total */
 };
 
 struct engine;
@@ -69,8 +69,7 @@ struct engine;
 struct engine_ops {
     /* Forward one batch; on success *logits points at [n_want][n_vocab]
      * floats owned by the engine, valid until the next step. */
-    int (*step)(struct engine *e, const struct engine_seq *seqs, int n_seqs, const float **logits,
-                struct lmd_err *err);
+    int (*step)(struct engine *e, const struct engine_seq *seqs, int n_seqs, const float **logits, struct lmd_err *err);
     void (*close)(struct engine *e);
 };
 
@@ -83,6 +82,5 @@ struct engine {
 /* Open the native CPU engine on a GGUF model. */
 int engine_native_open(struct engine **out, const struct engine_config *cfg, struct lmd_err *err);
 
-int engine_step(struct engine *e, const struct engine_seq *seqs, int n_seqs, const float **logits,
-                struct lmd_err *err);
+int engine_step(struct engine *e, const struct engine_seq *seqs, int n_seqs, const float **logits, struct lmd_err *err);
 void engine_close(struct engine *e);

@@ -11,9 +11,9 @@
 #include "gguf/gguf.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -111,26 +111,28 @@ static const char *vtype_names[GGUF_VTYPE_COUNT] = {
     "BOOL",  "STRING", "ARRAY",  "UINT64", "INT64",  "FLOAT64",
 };
 
-const char *gguf_vtype_name(enum gguf_vtype t)
-{
-    return (unsigned)t < GGUF_VTYPE_COUNT ? vtype_names[t] : "?";
-}
+const char *gguf_vtype_name(enum gguf_vtype t) { return (unsigned)t < GGUF_VTYPE_COUNT ? vtype_names[t] : "?"; }
 
 size_t gguf_vtype_size(enum gguf_vtype t)
 {
     switch (t) {
     case GGUF_VTYPE_UINT8:
     case GGUF_VTYPE_INT8:
-    case GGUF_VTYPE_BOOL: return 1;
+    case GGUF_VTYPE_BOOL:
+        return 1;
     case GGUF_VTYPE_UINT16:
-    case GGUF_VTYPE_INT16: return 2;
+    case GGUF_VTYPE_INT16:
+        return 2;
     case GGUF_VTYPE_UINT32:
     case GGUF_VTYPE_INT32:
-    case GGUF_VTYPE_FLOAT32: return 4;
+    case GGUF_VTYPE_FLOAT32:
+        return 4;
     case GGUF_VTYPE_UINT64:
     case GGUF_VTYPE_INT64:
-    case GGUF_VTYPE_FLOAT64: return 8;
-    default: return 0;
+    case GGUF_VTYPE_FLOAT64:
+        return 8;
+    default:
+        return 0;
     }
 }
 
@@ -153,8 +155,8 @@ static uint64_t cur_left(const struct cursor *c) { return c->size - c->pos; }
 static int cur_need(struct cursor *c, uint64_t n, const char *what)
 {
     if (n > cur_left(c))
-        return cur_fail(c, c->pos, "file truncated: %s needs %llu bytes, only %llu remain", what,
-                        (unsigned long long)n, (unsigned long long)cur_left(c));
+        return cur_fail(c, c->pos, "file truncated: %s needs %llu bytes, only %llu remain", what, (unsigned long long)n,
+                        (unsigned long long)cur_left(c));
     return 0;
 }
 
@@ -186,8 +188,8 @@ static int cur_str(struct cursor *c, struct gguf_str *out, const char *what)
     if (rc)
         return rc;
     if (len > cur_left(c))
-        return cur_fail(c, at, "%s length %llu exceeds the %llu bytes left in the file", what,
-                        (unsigned long long)len, (unsigned long long)cur_left(c));
+        return cur_fail(c, at, "%s length %llu exceeds the %llu bytes left in the file", what, (unsigned long long)len,
+                        (unsigned long long)cur_left(c));
     out->ptr = (const char *)(c->base + c->pos);
     out->len = len;
     c->pos += len;
@@ -204,22 +206,67 @@ static int read_scalar(struct cursor *c, enum gguf_vtype t, struct gguf_kv *kv)
         return rc;
     const uint8_t *p = c->base + c->pos;
     switch (t) {
-    case GGUF_VTYPE_UINT8: kv->v.u64 = p[0]; break;
-    case GGUF_VTYPE_INT8: kv->v.i64 = (int8_t)p[0]; break;
+    case GGUF_VTYPE_UINT8:
+        kv->v.u64 = p[0];
+        break;
+    case GGUF_VTYPE_INT8:
+        kv->v.i64 = (int8_t)p[0];
+        break;
     case GGUF_VTYPE_BOOL:
         if (p[0] > 1)
             return cur_fail(c, c->pos, "BOOL value of '%s' is %u, expected 0 or 1", kv->key ? kv->key : "?", p[0]);
         kv->v.b = p[0] != 0;
         break;
-    case GGUF_VTYPE_UINT16: { uint16_t x; memcpy(&x, p, 2); kv->v.u64 = x; break; }
-    case GGUF_VTYPE_INT16: { int16_t x; memcpy(&x, p, 2); kv->v.i64 = x; break; }
-    case GGUF_VTYPE_UINT32: { uint32_t x; memcpy(&x, p, 4); kv->v.u64 = x; break; }
-    case GGUF_VTYPE_INT32: { int32_t x; memcpy(&x, p, 4); kv->v.i64 = x; break; }
-    case GGUF_VTYPE_FLOAT32: { float x; memcpy(&x, p, 4); kv->v.f64 = x; break; }
-    case GGUF_VTYPE_UINT64: { uint64_t x; memcpy(&x, p, 8); kv->v.u64 = x; break; }
-    case GGUF_VTYPE_INT64: { int64_t x; memcpy(&x, p, 8); kv->v.i64 = x; break; }
-    case GGUF_VTYPE_FLOAT64: { double x; memcpy(&x, p, 8); kv->v.f64 = x; break; }
-    default: LMD_ASSERT(0, "read_scalar: not a scalar type");
+    case GGUF_VTYPE_UINT16: {
+        uint16_t x;
+        memcpy(&x, p, 2);
+        kv->v.u64 = x;
+        break;
+    }
+    case GGUF_VTYPE_INT16: {
+        int16_t x;
+        memcpy(&x, p, 2);
+        kv->v.i64 = x;
+        break;
+    }
+    case GGUF_VTYPE_UINT32: {
+        uint32_t x;
+        memcpy(&x, p, 4);
+        kv->v.u64 = x;
+        break;
+    }
+    case GGUF_VTYPE_INT32: {
+        int32_t x;
+        memcpy(&x, p, 4);
+        kv->v.i64 = x;
+        break;
+    }
+    case GGUF_VTYPE_FLOAT32: {
+        float x;
+        memcpy(&x, p, 4);
+        kv->v.f64 = x;
+        break;
+    }
+    case GGUF_VTYPE_UINT64: {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        kv->v.u64 = x;
+        break;
+    }
+    case GGUF_VTYPE_INT64: {
+        int64_t x;
+        memcpy(&x, p, 8);
+        kv->v.i64 = x;
+        break;
+    }
+    case GGUF_VTYPE_FLOAT64: {
+        double x;
+        memcpy(&x, p, 8);
+        kv->v.f64 = x;
+        break;
+    }
+    default:
+        LMD_ASSERT(0, "read_scalar: not a scalar type");
     }
     c->pos += sz;
     return 0;
@@ -236,8 +283,7 @@ static int read_array(struct cursor *c, struct gguf_kv *kv, const char *key)
     if (et == GGUF_VTYPE_ARRAY)
         return cur_fail(c, at, "key '%s': arrays of arrays are not supported", key);
     if (et >= GGUF_VTYPE_COUNT)
-        return cur_fail(c, at, "key '%s': invalid array element type %u (valid: 0..%d)", key, et,
-                        GGUF_VTYPE_COUNT - 1);
+        return cur_fail(c, at, "key '%s': invalid array element type %u (valid: 0..%d)", key, et, GGUF_VTYPE_COUNT - 1);
     rc = cur_u64(c, &n, "array length");
     if (rc)
         return rc;
@@ -304,8 +350,8 @@ static int read_kv(struct cursor *c, struct gguf_kv *kv, struct gguf_str *key_ou
     if (rc)
         return rc;
     if (t >= GGUF_VTYPE_COUNT)
-        return cur_fail(c, tat, "key '%.*s': invalid value type %u (valid: 0..%d)", (int)(key_out->len > 200 ? 200 : key_out->len),
-                        key_out->ptr, t, GGUF_VTYPE_COUNT - 1);
+        return cur_fail(c, tat, "key '%.*s': invalid value type %u (valid: 0..%d)",
+                        (int)(key_out->len > 200 ? 200 : key_out->len), key_out->ptr, t, GGUF_VTYPE_COUNT - 1);
     kv->type = (enum gguf_vtype)t;
     char keybuf[256];
     snprintf(keybuf, sizeof keybuf, "%.*s", (int)(key_out->len > 200 ? 200 : key_out->len), key_out->ptr);
@@ -427,8 +473,9 @@ static int parse(struct gguf_file *f, struct lmd_err *err)
         size_t k = f->size < 4 ? f->size : 4;
         for (size_t i = 0; i < k; i++)
             snprintf(shown + 3 * i, 4, "%02x ", f->base[i]);
-        return lmd_err_set(err, LMD_EFORMAT, "%s: offset 0: not a GGUF file (magic bytes %sexpected 47 47 55 46 \"GGUF\")",
-                           f->path, shown);
+        return lmd_err_set(err, LMD_EFORMAT,
+                           "%s: offset 0: not a GGUF file (magic bytes %sexpected 47 47 55 46 \"GGUF\")", f->path,
+                           shown);
     }
     c.pos = 4;
     int rc = cur_u32(&c, &f->version, "version");
@@ -834,14 +881,41 @@ int64_t gguf_arr_int(const struct gguf_kv *kv, uint64_t i)
     const uint8_t *p = kv->arr_data + gguf_vtype_size(kv->arr_type) * i;
     switch (kv->arr_type) {
     case GGUF_VTYPE_UINT8:
-    case GGUF_VTYPE_BOOL: return p[0];
-    case GGUF_VTYPE_INT8: return (int8_t)p[0];
-    case GGUF_VTYPE_UINT16: { uint16_t x; memcpy(&x, p, 2); return x; }
-    case GGUF_VTYPE_INT16: { int16_t x; memcpy(&x, p, 2); return x; }
-    case GGUF_VTYPE_UINT32: { uint32_t x; memcpy(&x, p, 4); return x; }
-    case GGUF_VTYPE_INT32: { int32_t x; memcpy(&x, p, 4); return x; }
-    case GGUF_VTYPE_UINT64: { uint64_t x; memcpy(&x, p, 8); return (int64_t)x; }
-    case GGUF_VTYPE_INT64: { int64_t x; memcpy(&x, p, 8); return x; }
-    default: return 0;
+    case GGUF_VTYPE_BOOL:
+        return p[0];
+    case GGUF_VTYPE_INT8:
+        return (int8_t)p[0];
+    case GGUF_VTYPE_UINT16: {
+        uint16_t x;
+        memcpy(&x, p, 2);
+        return x;
+    }
+    case GGUF_VTYPE_INT16: {
+        int16_t x;
+        memcpy(&x, p, 2);
+        return x;
+    }
+    case GGUF_VTYPE_UINT32: {
+        uint32_t x;
+        memcpy(&x, p, 4);
+        return x;
+    }
+    case GGUF_VTYPE_INT32: {
+        int32_t x;
+        memcpy(&x, p, 4);
+        return x;
+    }
+    case GGUF_VTYPE_UINT64: {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        return (int64_t)x;
+    }
+    case GGUF_VTYPE_INT64: {
+        int64_t x;
+        memcpy(&x, p, 8);
+        return x;
+    }
+    default:
+        return 0;
     }
 }

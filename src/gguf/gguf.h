@@ -112,9 +112,9 @@ struct gguf_tensor {
     uint32_t n_dims;
     uint64_t ne[GGUF_MAX_DIMS]; /* elements per dimension, ne[0] varies fastest; unused dims are 1 */
     enum gguf_dtype type;
-    uint64_t offset;    /* bytes, relative to the data section */
-    uint64_t n_bytes;   /* bytes of data */
-    const void *data;   /* in the mapping */
+    uint64_t offset;  /* bytes, relative to the data section */
+    uint64_t n_bytes; /* bytes of data */
+    const void *data; /* in the mapping */
     uint64_t n_elements;
 };
 

@@ -39,10 +39,10 @@ struct http_str {
 typedef void (*http_handler_fn)(void *ud, struct http_req *r);
 
 struct http_config {
-    const char *host;  /* address to bind: numeric or a name; "0.0.0.0" for all */
-    int port;          /* 0 = any free port (see http_server_port) */
-    int io_threads;    /* event loops, >= 1 */
-    size_t max_body;   /* bytes; h2o refuses bodies over twice this itself, the handler checks the rest */
+    const char *host;     /* address to bind: numeric or a name; "0.0.0.0" for all */
+    int port;             /* 0 = any free port (see http_server_port) */
+    int io_threads;       /* event loops, >= 1 */
+    size_t max_body;      /* bytes; h2o refuses bodies over twice this itself, the handler checks the rest */
     const char *tls_cert; /* PEM certificate chain file; NULL (with tls_key NULL) = cleartext */
     const char *tls_key;  /* PEM private key file */
     int stall_timeout_ms; /* ms a streamed send may wait for the client before the request is dropped; 0 = never */
@@ -66,8 +66,8 @@ void http_server_free(struct http_server *s);
 
 /* The request. */
 struct http_str http_req_method(const struct http_req *r);
-struct http_str http_req_path(const struct http_req *r); /* normalized, without the query */
-struct http_str http_req_body(const struct http_req *r); /* empty if none */
+struct http_str http_req_path(const struct http_req *r);  /* normalized, without the query */
+struct http_str http_req_body(const struct http_req *r);  /* empty if none */
 struct http_str http_req_query(const struct http_req *r); /* after '?', undecoded; empty if none */
 /* A request header's value, the name matched case-insensitively; the
  * first one if repeated; empty (len 0) when absent. Valid while the

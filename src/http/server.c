@@ -104,17 +104,28 @@ struct http_req {
 static const char *http_reason(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 413: return "Payload Too Large";
-    case 429: return "Too Many Requests";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    default: return "OK";
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 413:
+        return "Payload Too Large";
+    case 429:
+        return "Too Many Requests";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "OK";
     }
 }
 
@@ -413,10 +424,7 @@ void http_stream_write(struct http_req *r, const char *data, size_t len, bool fi
     http_flush(r);
 }
 
-size_t http_stream_unsent(const struct http_req *r)
-{
-    return r->pend.len + (r->sending ? r->infl.len : 0);
-}
+size_t http_stream_unsent(const struct http_req *r) { return r->pend.len + (r->sending ? r->infl.len : 0); }
 
 void http_stream_on_drain(struct http_req *r, void (*fn)(void *ctx), void *ctx)
 {
@@ -460,9 +468,14 @@ static void http_close_listener(struct http_task *t)
 
 static bool http_ctx_idle(h2o_context_t *c)
 {
-    h2o_timeout_t *t[] = {&c->zero_timeout,     &c->one_sec_timeout,       &c->hundred_ms_timeout,
-                          &c->handshake_timeout, &c->http1.req_timeout,     &c->http2.idle_timeout,
-                          &c->http2.graceful_shutdown_timeout, &c->proxy.io_timeout};
+    h2o_timeout_t *t[] = {&c->zero_timeout,
+                          &c->one_sec_timeout,
+                          &c->hundred_ms_timeout,
+                          &c->handshake_timeout,
+                          &c->http1.req_timeout,
+                          &c->http2.idle_timeout,
+                          &c->http2.graceful_shutdown_timeout,
+                          &c->proxy.io_timeout};
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if (!h2o_linklist_is_empty(&t[i]->_entries))
             return false;
@@ -583,8 +596,8 @@ static int http_tls_init(struct http_server *s, const struct http_config *cfg, s
     else if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key, SSL_FILETYPE_PEM) != 1)
         rc = lmd_err_set(err, LMD_EFORMAT, "cannot load --tls-key %s: %s", cfg->tls_key, http_ssl_reason());
     else if (SSL_CTX_check_private_key(ctx) != 1)
-        rc = lmd_err_set(err, LMD_EINVAL, "--tls-key %s does not match the certificate in --tls-cert %s",
-                         cfg->tls_key, cfg->tls_cert);
+        rc = lmd_err_set(err, LMD_EINVAL, "--tls-key %s does not match the certificate in --tls-cert %s", cfg->tls_key,
+                         cfg->tls_cert);
     ERR_clear_error();
     if (rc) {
         SSL_CTX_free(ctx);

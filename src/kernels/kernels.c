@@ -22,8 +22,7 @@ static bool isa_available(const struct kern__ops *ops)
 {
     const struct lmd_cpu_features *f = lmd_cpu_features();
     if (ops == &kern__ops_avx512)
-        return f->avx512f && f->avx512bw && f->avx512vl && f->avx512dq && f->avx512vnni && f->avx2 && f->fma &&
-               f->f16c;
+        return f->avx512f && f->avx512bw && f->avx512vl && f->avx512dq && f->avx512vnni && f->avx2 && f->fma && f->f16c;
     if (ops == &kern__ops_avx2)
         return f->avx2 && f->fma && f->f16c;
     return true;

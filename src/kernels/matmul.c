@@ -26,7 +26,7 @@
 #include <string.h>
 
 #define SCRATCH_ALIGN 64
-#define WBLOCK_BYTES (24 * 1024) /* target weight bytes per item, L1/L2 resident */
+#define WBLOCK_BYTES (24 * 1024)  /* target weight bytes per item, L1/L2 resident */
 #define XBLOCK_BYTES (192 * 1024) /* target quantized-X bytes per item, L2 resident */
 
 static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
@@ -59,8 +59,8 @@ struct quant_ctx {
     const float *x; /* [m][k] */
     char *xq;       /* [m][xs bytes] */
     size_t xs;
-    float *xd;      /* [m / lanes][k / 32][lanes], or NULL */
-    size_t xd_bb;   /* bytes per block of the rows xd describes */
+    float *xd;    /* [m / lanes][k / 32][lanes], or NULL */
+    size_t xd_bb; /* bytes per block of the rows xd describes */
     int64_t k;
 };
 
@@ -89,15 +89,15 @@ struct mm_ctx {
     kern__dot_fn dot;
     int tile_w, tile_x;
     const char *w;
-    size_t ws;        /* bytes between weight rows */
-    const char *xq;   /* quantized X: [m][xs bytes] */
+    size_t ws;      /* bytes between weight rows */
+    const char *xq; /* quantized X: [m][xs bytes] */
     size_t xs;
-    const float *xd;  /* f32 scales of X, see has_xd(), or NULL */
-    float *y;         /* [m][ldy] */
+    const float *xd; /* f32 scales of X, see has_xd(), or NULL */
+    float *y;        /* [m][ldy] */
     int64_t ldy;
     int64_t n, k, m;
-    int64_t wrows;    /* weight rows per item */
-    int64_t xrows;    /* X rows per item */
+    int64_t wrows; /* weight rows per item */
+    int64_t xrows; /* X rows per item */
     int64_t n_wblocks;
 };
 
@@ -115,11 +115,16 @@ static void mm_items(void *vctx, int64_t begin, int64_t end, int tid)
             for (int64_t r = r0; r < r1; r += c->tile_w) {
                 int nw = (int)(r1 - r < c->tile_w ? r1 - r : c->tile_w);
                 struct kern__tile t = {
-                    .w = c->w + (size_t)r * c->ws, .ws = c->ws, .nw = nw,
-                    .x = c->xq + (size_t)j * c->xs, .xs = c->xs, .nx = nx,
+                    .w = c->w + (size_t)r * c->ws,
+                    .ws = c->ws,
+                    .nw = nw,
+                    .x = c->xq + (size_t)j * c->xs,
+                    .xs = c->xs,
+                    .nx = nx,
                     .xd = c->xd ? c->xd + (j / KERN__XD_LANES) * (c->k / KERN_QK) * KERN__XD_LANES + j % KERN__XD_LANES
                                 : NULL,
-                    .y = c->y + j * c->ldy + r, .ldy = c->ldy,
+                    .y = c->y + j * c->ldy + r,
+                    .ldy = c->ldy,
                 };
                 c->dot(c->k, &t);
             }
@@ -167,8 +172,19 @@ void kern_matmul(struct lmd_pool *pool, enum gguf_dtype wt, const void *w, size_
 
     /* Phase 2: the products. */
     struct mm_ctx c = {
-        .dot = e->dot, .tile_w = e->tile_w, .tile_x = e->tile_x, .w = w, .ws = w_stride, .xq = xq, .xs = xs, .xd = xd,
-        .y = y, .ldy = ldy, .n = n, .k = k, .m = m,
+        .dot = e->dot,
+        .tile_w = e->tile_w,
+        .tile_x = e->tile_x,
+        .w = w,
+        .ws = w_stride,
+        .xq = xq,
+        .xs = xs,
+        .xd = xd,
+        .y = y,
+        .ldy = ldy,
+        .n = n,
+        .k = k,
+        .m = m,
     };
     size_t wrow_bytes = kern__row_bytes(wt, k);
     if (m == 1) {

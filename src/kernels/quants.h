@@ -19,20 +19,20 @@
 #include <stdint.h>
 #include <string.h>
 
-#define KERN_QK 32   /* elements per block of the 32-element types */
+#define KERN_QK 32    /* elements per block of the 32-element types */
 #define KERN_QK_K 256 /* elements per K-quant super-block */
 
 struct kern__q4_0 {
-    uint16_t d;      /* fp16 scale */
-    uint8_t qs[16];  /* nibbles: element j in the low half of qs[j], j + 16 in the high half */
+    uint16_t d;     /* fp16 scale */
+    uint8_t qs[16]; /* nibbles: element j in the low half of qs[j], j + 16 in the high half */
 };
 struct kern__q4_1 {
-    uint16_t d, m;   /* fp16 scale and minimum: x = d * q + m */
+    uint16_t d, m; /* fp16 scale and minimum: x = d * q + m */
     uint8_t qs[16];
 };
 struct kern__q5_0 {
     uint16_t d;
-    uint8_t qh[4];   /* bit j (little-endian uint32) = fifth bit of element j */
+    uint8_t qh[4]; /* bit j (little-endian uint32) = fifth bit of element j */
     uint8_t qs[16];
 };
 struct kern__q5_1 {
@@ -68,13 +68,13 @@ struct kern__q4_K {
 struct kern__q5_K {
     uint16_t d, dmin;
     uint8_t scales[12];
-    uint8_t qh[32];     /* fifth bits: bit 2g / 2g+1 of qh[l] for group g's low / high 32 */
+    uint8_t qh[32]; /* fifth bits: bit 2g / 2g+1 of qh[l] for group g's low / high 32 */
     uint8_t qs[128];
 };
 struct kern__q6_K {
-    uint8_t ql[128];    /* low 4 bits */
-    uint8_t qh[64];     /* high 2 bits */
-    int8_t scales[16];  /* per 16 elements */
+    uint8_t ql[128];   /* low 4 bits */
+    uint8_t qh[64];    /* high 2 bits */
+    int8_t scales[16]; /* per 16 elements */
     uint16_t d;
 };
 /* Activation type for the K-quants; d is f32, bsums are sums of 16 qs. */
@@ -101,11 +101,11 @@ _Static_assert(sizeof(struct kern__q8_K) == 292, "q8_K layout");
  * lmd cannot compute with. */
 struct kern__traits {
     const char *name;
-    int block;              /* elements per block */
-    int bytes;              /* bytes per block */
-    enum gguf_dtype dot;    /* activation type for dot products (weights only) */
-    bool weight;            /* has dequant + dot */
-    bool activation;        /* has quantize_row */
+    int block;           /* elements per block */
+    int bytes;           /* bytes per block */
+    enum gguf_dtype dot; /* activation type for dot products (weights only) */
+    bool weight;         /* has dequant + dot */
+    bool activation;     /* has quantize_row */
 };
 const struct kern__traits *kern__traits(enum gguf_dtype t);
 
@@ -127,17 +127,17 @@ static inline size_t kern__row_bytes(enum gguf_dtype t, int64_t n)
  * nw and nx are, so a matmul tile and a single vec_dot agree to the bit.
  */
 struct kern__tile {
-    const void *w;   /* first weight row */
-    size_t ws;       /* bytes between weight rows */
-    int nw;          /* weight rows */
-    const void *x;   /* first activation row, in the dot type */
-    size_t xs;       /* bytes between activation rows */
-    int nx;          /* activation rows */
+    const void *w; /* first weight row */
+    size_t ws;     /* bytes between weight rows */
+    int nw;        /* weight rows */
+    const void *x; /* first activation row, in the dot type */
+    size_t xs;     /* bytes between activation rows */
+    int nx;        /* activation rows */
     /* Optional (NULL when absent): the activation block scales of Q8_0 /
      * Q8_1 rows as f32, xd[b * KERN__XD_LANES + j] for block b of row j,
      * so the SIMD tiles can load them without converting fp16. */
     const float *xd;
-    float *y;        /* y[j * ldy + i] */
+    float *y; /* y[j * ldy + i] */
     int64_t ldy;
 };
 #define KERN__XD_LANES 8
@@ -190,8 +190,8 @@ static inline float kern__h2f(uint16_t h)
  * The scalar reference functions, shared so the SIMD tables can fall back
  * to them for the types they do not accelerate.
  */
-#define KERN__SCALAR_DECLS(T)                                                                                  \
-    void kern__dequant_##T##_scalar(const void *src, float *dst, int64_t n);                                  \
+#define KERN__SCALAR_DECLS(T)                                                                                          \
+    void kern__dequant_##T##_scalar(const void *src, float *dst, int64_t n);                                           \
     void kern__dot_##T##_scalar(int64_t n, const struct kern__tile *t);
 KERN__SCALAR_DECLS(f32)
 KERN__SCALAR_DECLS(f16)
@@ -239,18 +239,16 @@ static inline void kern__q3k_scales(const uint8_t *s12, int8_t out[16])
 
 /* The scalar table's entries, which the SIMD tables start from. */
 #define KERN__SW(T, E) [GGUF_DTYPE_##E] = {kern__dequant_##T##_scalar, NULL, kern__dot_##T##_scalar, 4, 4}
-#define KERN__SWA(T, E)                                                                                        \
+#define KERN__SWA(T, E)                                                                                                \
     [GGUF_DTYPE_##E] = {kern__dequant_##T##_scalar, kern__quant_##T##_scalar, kern__dot_##T##_scalar, 4, 4}
 #define KERN__SA(T, E) [GGUF_DTYPE_##E] = {kern__dequant_##T##_scalar, kern__quant_##T##_scalar, NULL, 0, 0}
-#define KERN__SCALAR_ENTRIES                                                                                   \
-    KERN__SWA(f32, F32), KERN__SWA(f16, F16), KERN__SWA(bf16, BF16), KERN__SW(q4_0, Q4_0), KERN__SW(q4_1, Q4_1), \
-        KERN__SW(q5_0, Q5_0), KERN__SW(q5_1, Q5_1), KERN__SWA(q8_0, Q8_0), KERN__SA(q8_1, Q8_1),                 \
-        KERN__SW(q2_K, Q2_K), KERN__SW(q3_K, Q3_K), KERN__SW(q4_K, Q4_K), KERN__SW(q5_K, Q5_K),                  \
-        KERN__SW(q6_K, Q6_K), KERN__SA(q8_K, Q8_K)
+#define KERN__SCALAR_ENTRIES                                                                                           \
+    KERN__SWA(f32, F32), KERN__SWA(f16, F16), KERN__SWA(bf16, BF16), KERN__SW(q4_0, Q4_0), KERN__SW(q4_1, Q4_1),       \
+        KERN__SW(q5_0, Q5_0), KERN__SW(q5_1, Q5_1), KERN__SWA(q8_0, Q8_0), KERN__SA(q8_1, Q8_1), KERN__SW(q2_K, Q2_K), \
+        KERN__SW(q3_K, Q3_K), KERN__SW(q4_K, Q4_K), KERN__SW(q5_K, Q5_K), KERN__SW(q6_K, Q6_K), KERN__SA(q8_K, Q8_K)
 
 /* The AVX2 entry points (cpu/ files ending in _avx2.c), which the AVX-512 table reuses. */
-#define KERN__AVX2_DOT_DECL(T)                                                                                 \
-    void kern__dot_##T##_avx2(int64_t n, const struct kern__tile *t);
+#define KERN__AVX2_DOT_DECL(T) void kern__dot_##T##_avx2(int64_t n, const struct kern__tile *t);
 KERN__AVX2_DOT_DECL(f32)
 KERN__AVX2_DOT_DECL(f16)
 KERN__AVX2_DOT_DECL(bf16)

@@ -21,10 +21,10 @@ int kv_init(struct kv_cache *kv, const struct kv_config *cfg, struct lmd_err *er
         return lmd_err_set(err, LMD_EINVAL, "kv cache: every dimension must be positive (blocks %d, block size %d)",
                            cfg->n_blocks, cfg->block_tokens);
     kv->cfg = *cfg;
-    kv->block_k_elems = (size_t)cfg->n_layer * (size_t)cfg->n_head_kv * (size_t)cfg->block_tokens *
-                        (size_t)cfg->head_dim_k;
-    kv->block_v_elems = (size_t)cfg->n_layer * (size_t)cfg->n_head_kv * (size_t)cfg->block_tokens *
-                        (size_t)cfg->head_dim_v;
+    kv->block_k_elems =
+        (size_t)cfg->n_layer * (size_t)cfg->n_head_kv * (size_t)cfg->block_tokens * (size_t)cfg->head_dim_k;
+    kv->block_v_elems =
+        (size_t)cfg->n_layer * (size_t)cfg->n_head_kv * (size_t)cfg->block_tokens * (size_t)cfg->head_dim_v;
     /* calloc: pages are touched lazily, so an oversized --kv-blocks costs
      * address space, not resident memory, until blocks are used. */
     kv->k = calloc((size_t)cfg->n_blocks, kv->block_k_elems * sizeof(uint16_t));

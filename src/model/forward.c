@@ -21,20 +21,20 @@ struct model_scratch {
     int max_tokens; /* tokens per step */
     int max_logits; /* logit rows per step */
     int n_threads;
-    int max_ctx;     /* positions one sequence may attend to */
-    float *x;        /* [max_tokens][n_embd] residual stream */
-    float *xb;       /* [max_tokens][n_embd] normed input / sublayer output */
-    float *q;        /* [max_tokens][n_head * head_dim_k] */
-    float *k;        /* [max_tokens][n_head_kv * head_dim_k] */
-    float *v;        /* [max_tokens][n_head_kv * head_dim_v] */
-    float *att;      /* [max_tokens][n_head * head_dim_v] */
-    float *ffg;      /* [max_tokens][n_ff] */
-    float *ffu;      /* [max_tokens][n_ff] */
-    float *rope;     /* [max_tokens][n_rot] cos/sin, global base */
-    float *rope_swa; /* [max_tokens][n_rot] cos/sin, sliding-window base */
+    int max_ctx;      /* positions one sequence may attend to */
+    float *x;         /* [max_tokens][n_embd] residual stream */
+    float *xb;        /* [max_tokens][n_embd] normed input / sublayer output */
+    float *q;         /* [max_tokens][n_head * head_dim_k] */
+    float *k;         /* [max_tokens][n_head_kv * head_dim_k] */
+    float *v;         /* [max_tokens][n_head_kv * head_dim_v] */
+    float *att;       /* [max_tokens][n_head * head_dim_v] */
+    float *ffg;       /* [max_tokens][n_ff] */
+    float *ffu;       /* [max_tokens][n_ff] */
+    float *rope;      /* [max_tokens][n_rot] cos/sin, global base */
+    float *rope_swa;  /* [max_tokens][n_rot] cos/sin, sliding-window base */
     int32_t *tok_seq; /* [max_tokens] index of each token's sequence */
     int32_t *tok_pos; /* [max_tokens] position of each token */
-    void *mm;        /* matmul scratch (quantized activations) */
+    void *mm;         /* matmul scratch (quantized activations) */
     size_t mm_bytes;
     /* per-thread attention scratch */
     float *att_scores;      /* [n_threads][max_ctx] */
@@ -185,8 +185,8 @@ static void attn_task(void *ctx, int64_t begin, int64_t end, int tid)
 
 /* ---- the forward pass --------------------------------------------------- */
 
-static void matmul(struct lmd_pool *pool, struct model_scratch *s, const struct model_tensor *w, const float *x,
-                   int m, float *y)
+static void matmul(struct lmd_pool *pool, struct model_scratch *s, const struct model_tensor *w, const float *x, int m,
+                   float *y)
 {
     kern_matmul(pool, w->type, w->data, w->row_bytes, w->n_rows, w->n_cols, x, m, y, w->n_rows, s->mm);
 }
@@ -218,8 +218,8 @@ int model_forward(const struct model *m, struct model_scratch *s, struct lmd_poo
             return lmd_err_set(err, LMD_EINVAL, "forward: batch exceeds %d tokens per step", s->max_tokens);
         for (int j = 0; j < sq->n_tokens; j++) {
             if (sq->tokens[j] < 0 || sq->tokens[j] >= hp->n_vocab)
-                return lmd_err_set(err, LMD_EINVAL, "forward: token id %d out of range (vocabulary %d)",
-                                   sq->tokens[j], hp->n_vocab);
+                return lmd_err_set(err, LMD_EINVAL, "forward: token id %d out of range (vocabulary %d)", sq->tokens[j],
+                                   hp->n_vocab);
             s->tok_seq[T] = i;
             s->tok_pos[T] = sq->pos + j;
             T++;

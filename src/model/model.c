@@ -43,14 +43,13 @@ static int hp_u32(struct hp_reader *r, const char *suffix, bool required, uint32
     int rc = gguf_get_u32(r->f, key, &v, r->err);
     if (rc == LMD_ENOENT) {
         if (required)
-            return lmd_err_set(r->err, LMD_EFORMAT, "%s: required metadata key '%s' is missing", gguf_path(r->f),
-                               key);
+            return lmd_err_set(r->err, LMD_EFORMAT, "%s: required metadata key '%s' is missing", gguf_path(r->f), key);
         v = dflt;
     } else if (rc) {
         const struct gguf_kv *kv = gguf_kv_find(r->f, key);
         if (kv && kv->type == GGUF_VTYPE_ARRAY)
-            return lmd_err_set(r->err, LMD_ENOTSUP, "%s: per-layer values for '%s' are not supported",
-                               gguf_path(r->f), key);
+            return lmd_err_set(r->err, LMD_ENOTSUP, "%s: per-layer values for '%s' are not supported", gguf_path(r->f),
+                               key);
         return rc;
     }
     if (v > (uint32_t)INT32_MAX)
@@ -83,11 +82,10 @@ static int bind_matrix(const struct gguf_file *f, const char *name, int64_t cols
         return lmd_err_set(err, LMD_EFORMAT, "%s: tensor '%s' is missing", gguf_path(f), name);
     }
     if (t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows || t->ne[2] != 1 || t->ne[3] != 1)
-        return lmd_err_set(err, LMD_EFORMAT,
-                           "%s: tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld]", gguf_path(f),
-                           name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
-                           (unsigned long long)t->ne[2], (unsigned long long)t->ne[3], (long long)cols,
-                           (long long)rows);
+        return lmd_err_set(
+            err, LMD_EFORMAT, "%s: tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld]", gguf_path(f),
+            name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], (unsigned long long)t->ne[2],
+            (unsigned long long)t->ne[3], (long long)cols, (long long)rows);
     if (!kern_dtype_supported(t->type))
         return lmd_err_set(err, LMD_ENOTSUP, "%s: tensor '%s' has type %s, which lmd does not support", gguf_path(f),
                            name, gguf_dtype_name(t->type));
@@ -136,8 +134,8 @@ static int read_hparams(struct model *m, struct lmd_err *err)
         if (gguf_str_eq(arch, archs[i].name))
             hp->arch = &archs[i];
     if (!hp->arch)
-        return lmd_err_set(err, LMD_ENOTSUP, "%s: architecture '%.*s' is not supported (supported: %s)",
-                           gguf_path(f), (int)(arch.len > 64 ? 64 : arch.len), arch.ptr, model_supported_archs());
+        return lmd_err_set(err, LMD_ENOTSUP, "%s: architecture '%.*s' is not supported (supported: %s)", gguf_path(f),
+                           (int)(arch.len > 64 ? 64 : arch.len), arch.ptr, model_supported_archs());
 
     struct hp_reader r = {.f = f, .arch = hp->arch->name, .err = err};
     if ((rc = hp_u32(&r, "embedding_length", true, 0, &hp->n_embd)) ||
@@ -150,9 +148,10 @@ static int read_hparams(struct model *m, struct lmd_err *err)
         return rc;
     if (hp->n_embd <= 0 || hp->n_layer <= 0 || hp->n_head <= 0 || hp->n_head_kv <= 0 || hp->n_ff <= 0 ||
         hp->n_head % hp->n_head_kv != 0 || hp->n_layer > 4096 || hp->n_head > 4096)
-        return lmd_err_set(err, LMD_EFORMAT,
-                           "%s: inconsistent hyper-parameters (n_embd %d, n_layer %d, n_head %d, n_head_kv %d, n_ff %d)",
-                           gguf_path(f), hp->n_embd, hp->n_layer, hp->n_head, hp->n_head_kv, hp->n_ff);
+        return lmd_err_set(
+            err, LMD_EFORMAT,
+            "%s: inconsistent hyper-parameters (n_embd %d, n_layer %d, n_head %d, n_head_kv %d, n_ff %d)", gguf_path(f),
+            hp->n_embd, hp->n_layer, hp->n_head, hp->n_head_kv, hp->n_ff);
     int dflt_hd = hp->n_embd / hp->n_head;
     if ((rc = hp_u32(&r, "attention.key_length", false, (uint32_t)dflt_hd, &hp->head_dim_k)) ||
         (rc = hp_u32(&r, "attention.value_length", false, (uint32_t)dflt_hd, &hp->head_dim_v)) ||
@@ -206,8 +205,8 @@ static int read_hparams(struct model *m, struct lmd_err *err)
     }
     if (hp->arch->q_prescale) {
         /* gemma3: 1/sqrt(head_dim) except the 27B model (62 layers). */
-        hp->attn_scale = hp->n_layer == 62 ? 1.0f / sqrtf((float)(hp->n_embd / hp->n_head))
-                                           : 1.0f / sqrtf((float)hp->head_dim_k);
+        hp->attn_scale =
+            hp->n_layer == 62 ? 1.0f / sqrtf((float)(hp->n_embd / hp->n_head)) : 1.0f / sqrtf((float)hp->head_dim_k);
     } else {
         hp->attn_scale = 1.0f / sqrtf((float)hp->head_dim_k);
     }

@@ -43,11 +43,11 @@ struct model_arch {
     const char *name; /* general.architecture */
     enum model_rope rope;
     enum model_act act;
-    bool qk_norm;        /* RMS norm of each Q and K head before RoPE */
-    bool post_norms;     /* RMS norm of the attention and FFN outputs before the residual add */
-    bool embd_scale;     /* scale input embeddings by sqrt(n_embd) */
-    bool q_prescale;     /* scale Q before attention (gemma) instead of the scores */
-    bool gemma3_swa;     /* sliding-window layers with their own RoPE base */
+    bool qk_norm;    /* RMS norm of each Q and K head before RoPE */
+    bool post_norms; /* RMS norm of the attention and FFN outputs before the residual add */
+    bool embd_scale; /* scale input embeddings by sqrt(n_embd) */
+    bool q_prescale; /* scale Q before attention (gemma) instead of the scores */
+    bool gemma3_swa; /* sliding-window layers with their own RoPE base */
 };
 
 struct model_hparams {
@@ -61,15 +61,15 @@ struct model_hparams {
     int head_dim_k; /* elements */
     int head_dim_v; /* elements */
     int n_ff;
-    int n_rot;                /* dims rotated by RoPE (<= head_dim_k) */
+    int n_rot; /* dims rotated by RoPE (<= head_dim_k) */
     float rms_eps;
-    float rope_base;          /* global layers */
-    float rope_base_swa;      /* sliding-window layers */
-    float rope_freq_scale;    /* 1 / linear scaling factor */
-    float attn_scale;         /* multiplies Q·K (or Q when q_prescale) */
-    float final_softcap;      /* 0 = none */
-    int n_swa;                /* sliding window in tokens; 0 = none */
-    bool *layer_swa;          /* [n_layer] true if layer uses the sliding window */
+    float rope_base;       /* global layers */
+    float rope_base_swa;   /* sliding-window layers */
+    float rope_freq_scale; /* 1 / linear scaling factor */
+    float attn_scale;      /* multiplies Q·K (or Q when q_prescale) */
+    float final_softcap;   /* 0 = none */
+    int n_swa;             /* sliding window in tokens; 0 = none */
+    bool *layer_swa;       /* [n_layer] true if layer uses the sliding window */
 };
 
 /* Views into the mapping; NULL where a model lacks the tensor. */
@@ -84,18 +84,18 @@ struct model_tensor {
 struct model_layer {
     const float *attn_norm; /* [n_embd] */
     struct model_tensor wq, wk, wv, wo;
-    const float *bq, *bk, *bv; /* optional biases */
-    const float *q_norm, *k_norm;          /* [head_dim_k] */
-    const float *attn_post_norm;           /* [n_embd] */
-    const float *ffn_norm;                 /* [n_embd] */
+    const float *bq, *bk, *bv;    /* optional biases */
+    const float *q_norm, *k_norm; /* [head_dim_k] */
+    const float *attn_post_norm;  /* [n_embd] */
+    const float *ffn_norm;        /* [n_embd] */
     struct model_tensor ffn_gate, ffn_up, ffn_down;
-    const float *ffn_post_norm;            /* [n_embd] */
+    const float *ffn_post_norm; /* [n_embd] */
 };
 
 struct model {
     struct gguf_file *gguf; /* owned */
     struct model_hparams hp;
-    char name[128];              /* general.name or the architecture */
+    char name[128];               /* general.name or the architecture */
     struct model_tensor tok_embd; /* [n_vocab][n_embd] */
     const float *output_norm;     /* [n_embd] */
     struct model_tensor output;   /* [n_vocab][n_embd], tok_embd when tied */

@@ -138,8 +138,8 @@ void ops_swiglu(float *g, const float *u, int n)
     }
 }
 
-void ops__attend_avx2(float *out, const uint16_t *q16, const uint16_t *const *keys, const uint16_t *const *vals,
-                      int n, int dk, int dv, float scale, float *scores, uint16_t *p16);
+void ops__attend_avx2(float *out, const uint16_t *q16, const uint16_t *const *keys, const uint16_t *const *vals, int n,
+                      int dk, int dv, float scale, float *scores, uint16_t *p16);
 
 static void attend_scalar(float *out, const uint16_t *q16, const uint16_t *const *keys, const uint16_t *const *vals,
                           int n, int dk, int dv, float scale, float *scores, uint16_t *p16)

@@ -24,8 +24,8 @@ static inline __m256 expf_v8(__m256 x)
     const __m256 r = _mm256_set1_ps(0x1.8p23f);
     const __m256 z = _mm256_fmadd_ps(x, _mm256_set1_ps(0x1.715476p+0f), r);
     const __m256 n = _mm256_sub_ps(z, r);
-    const __m256 b = _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f),
-                                      _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
+    const __m256 b =
+        _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.7f7d1cp-20f), _mm256_fnmadd_ps(n, _mm256_set1_ps(0x1.62e4p-1f), x));
     const __m256i e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
     const __m256 k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0f))));
     const __m256 an = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), n);
@@ -46,11 +46,11 @@ static inline __m256 expf_v8(__m256 x)
     return _mm256_blendv_ps(r2, _mm256_mul_ps(s1, s1), d);
 }
 
-void ops__attend_avx2(float *out, const uint16_t *q16, const uint16_t *const *keys, const uint16_t *const *vals,
-                      int n, int dk, int dv, float scale, float *scores, uint16_t *p16);
+void ops__attend_avx2(float *out, const uint16_t *q16, const uint16_t *const *keys, const uint16_t *const *vals, int n,
+                      int dk, int dv, float scale, float *scores, uint16_t *p16);
 
-void ops__attend_avx2(float *out, const uint16_t *q16, const uint16_t *const *keys, const uint16_t *const *vals,
-                      int n, int dk, int dv, float scale, float *scores, uint16_t *p16)
+void ops__attend_avx2(float *out, const uint16_t *q16, const uint16_t *const *keys, const uint16_t *const *vals, int n,
+                      int dk, int dv, float scale, float *scores, uint16_t *p16)
 {
     float max = -INFINITY;
     for (int j = 0; j < n; j++) {

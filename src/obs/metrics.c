@@ -28,11 +28,11 @@ struct obs__state g_obs;
 
 static pthread_mutex_t g_render_lock = PTHREAD_MUTEX_INITIALIZER;
 
-#define MS 1000000ull        /* ns */
-#define SEC 1000000000ull    /* ns */
+#define MS 1000000ull     /* ns */
+#define SEC 1000000000ull /* ns */
 
 const uint64_t obs__time_bounds_ns[OBS__TIME_BOUNDS] = {
-    1 * MS,   2 * MS,   4 * MS,   8 * MS,   16 * MS,  32 * MS,  64 * MS,  128 * MS, 256 * MS, 512 * MS,
+    1 * MS,    2 * MS,    4 * MS,  8 * MS,   16 * MS,  32 * MS,  64 * MS,  128 * MS,  256 * MS,  512 * MS,
     1024 * MS, 2048 * MS, 5 * SEC, 10 * SEC, 20 * SEC, 30 * SEC, 60 * SEC, 120 * SEC, 300 * SEC,
 };
 
@@ -44,20 +44,19 @@ static const struct {
     bool count_buckets; /* powers of two 1 … 8192 instead of time bounds */
     bool per_class;
 } hist_info[OBS_H__N] = {
-    [OBS_H_TTFT] = {"lmd_time_to_first_token_seconds",
-                    "Time from arrival to the first generated token, per request.", false, true},
-    [OBS_H_ITL] = {"lmd_inter_token_latency_seconds", "Time between consecutive generated tokens of a request.",
-                   false, true},
-    [OBS_H_E2E] = {"lmd_e2e_request_latency_seconds", "Time from arrival to the last byte, per request.", false,
+    [OBS_H_TTFT] = {"lmd_time_to_first_token_seconds", "Time from arrival to the first generated token, per request.",
+                    false, true},
+    [OBS_H_ITL] = {"lmd_inter_token_latency_seconds", "Time between consecutive generated tokens of a request.", false,
                    true},
+    [OBS_H_E2E] = {"lmd_e2e_request_latency_seconds", "Time from arrival to the last byte, per request.", false, true},
     [OBS_H_QUEUE] = {"lmd_request_queue_time_seconds",
                      "Time a request waited in the queue before its first scheduled step.", false, true},
     [OBS_H_PREFILL] = {"lmd_request_prefill_time_seconds",
                        "Time from a request's first scheduled step to its first token.", false, true},
-    [OBS_H_DECODE] = {"lmd_request_decode_time_seconds", "Time from a request's first token to its last token.",
-                      false, true},
-    [OBS_H_STEP] = {"lmd_engine_step_seconds", "Duration of one engine step (one batch forward and sample).",
-                    false, false},
+    [OBS_H_DECODE] = {"lmd_request_decode_time_seconds", "Time from a request's first token to its last token.", false,
+                      true},
+    [OBS_H_STEP] = {"lmd_engine_step_seconds", "Duration of one engine step (one batch forward and sample).", false,
+                    false},
     [OBS_H_BATCH_SIZE] = {"lmd_batch_size", "Sequences in one engine step.", true, false},
     [OBS_H_BATCH_TOKENS] = {"lmd_batch_tokens", "Tokens (prefill and decode) in one engine step.", true, false},
 };
@@ -86,8 +85,8 @@ static const struct {
 };
 
 static const int status_codes[OBS_S__N] = {
-    [OBS_S_200] = 200, [OBS_S_400] = 400, [OBS_S_401] = 401, [OBS_S_403] = 403, [OBS_S_404] = 404, [OBS_S_413] = 413,
-    [OBS_S_429] = 429, [OBS_S_499] = 499, [OBS_S_500] = 500, [OBS_S_503] = 503,
+    [OBS_S_200] = 200, [OBS_S_400] = 400, [OBS_S_401] = 401, [OBS_S_403] = 403, [OBS_S_404] = 404,
+    [OBS_S_413] = 413, [OBS_S_429] = 429, [OBS_S_499] = 499, [OBS_S_500] = 500, [OBS_S_503] = 503,
 };
 
 static const char *const reject_names[OBS_R__N] = {
@@ -106,10 +105,7 @@ static const char *const reject_names[OBS_R__N] = {
 
 const char *obs__reject_name(enum obs_reject r) { return (unsigned)r < OBS_R__N ? reject_names[r] : "unknown"; }
 
-const char *obs__class_name(int cls)
-{
-    return cls >= 0 && cls < g_obs.n_classes ? g_obs.classes[cls] : "";
-}
+const char *obs__class_name(int cls) { return cls >= 0 && cls < g_obs.n_classes ? g_obs.classes[cls] : ""; }
 
 const char *obs__tenant_name(int tenant)
 {
@@ -300,8 +296,8 @@ static void fmt_fixed(char *dst, size_t cap, uint64_t v, int decimals)
     uint64_t scale = 1;
     for (int i = 0; i < decimals; i++)
         scale *= 10;
-    int n = snprintf(dst, cap, "%llu.%0*llu", (unsigned long long)(v / scale), decimals,
-                     (unsigned long long)(v % scale));
+    int n =
+        snprintf(dst, cap, "%llu.%0*llu", (unsigned long long)(v / scale), decimals, (unsigned long long)(v % scale));
     char *end = dst + n - 1;
     while (*end == '0')
         *end-- = '\0';
@@ -382,8 +378,7 @@ static int render_lmd(struct lmd_buf *out)
 
     /* Labelled counters list only the series that have counted something:
      * all combinations would be thousands of zero lines. */
-    rc |= put_help_type(out, "lmd_requests_total", "Generation requests finished, by the HTTP status sent.",
-                        "counter");
+    rc |= put_help_type(out, "lmd_requests_total", "Generation requests finished, by the HTTP status sent.", "counter");
     for (int s = 0; s < OBS_S__N; s++)
         for (int c = 0; c < g_obs.n_classes; c++)
             for (int t = 0; t < g_obs.n_tenants; t++) {

@@ -26,15 +26,15 @@
 #define OBS_MAX_TENANTS 64
 
 struct obs_config {
-    const char *model;                        /* the model label */
-    const char *const *classes;               /* [n_classes] service-class names */
-    int n_classes;                            /* 1..OBS_MAX_CLASSES */
-    const char *const *tenants;               /* [n_tenants] tenant names; index 0 is the anonymous one */
-    int n_tenants;                            /* 1..OBS_MAX_TENANTS */
-    bool trace;                               /* keep trace events (--debug-endpoints) */
-    int trace_capacity;                       /* events kept in the ring; 0 = 1 << 16 */
-    const char *nvml_path;                    /* NVML library to dlopen; NULL = "libnvidia-ml.so.1",
-                                                 "" = no GPU metrics */
+    const char *model;          /* the model label */
+    const char *const *classes; /* [n_classes] service-class names */
+    int n_classes;              /* 1..OBS_MAX_CLASSES */
+    const char *const *tenants; /* [n_tenants] tenant names; index 0 is the anonymous one */
+    int n_tenants;              /* 1..OBS_MAX_TENANTS */
+    bool trace;                 /* keep trace events (--debug-endpoints) */
+    int trace_capacity;         /* events kept in the ring; 0 = 1 << 16 */
+    const char *nvml_path;      /* NVML library to dlopen; NULL = "libnvidia-ml.so.1",
+                                   "" = no GPU metrics */
 };
 
 /* Copies every name it is given. LMD_EINVAL on a bad config, LMD_EBUSY when
@@ -46,15 +46,15 @@ bool obs_enabled(void);
 /* ---- histograms (seconds unless named otherwise) ------------------------ */
 
 enum obs_hist {
-    OBS_H_TTFT,          /* lmd_time_to_first_token_seconds */
-    OBS_H_ITL,           /* lmd_inter_token_latency_seconds */
-    OBS_H_E2E,           /* lmd_e2e_request_latency_seconds */
-    OBS_H_QUEUE,         /* lmd_request_queue_time_seconds */
-    OBS_H_PREFILL,       /* lmd_request_prefill_time_seconds */
-    OBS_H_DECODE,        /* lmd_request_decode_time_seconds */
-    OBS_H_STEP,          /* lmd_engine_step_seconds */
-    OBS_H_BATCH_SIZE,    /* lmd_batch_size: sequences per step (count buckets) */
-    OBS_H_BATCH_TOKENS,  /* lmd_batch_tokens: tokens per step (count buckets) */
+    OBS_H_TTFT,         /* lmd_time_to_first_token_seconds */
+    OBS_H_ITL,          /* lmd_inter_token_latency_seconds */
+    OBS_H_E2E,          /* lmd_e2e_request_latency_seconds */
+    OBS_H_QUEUE,        /* lmd_request_queue_time_seconds */
+    OBS_H_PREFILL,      /* lmd_request_prefill_time_seconds */
+    OBS_H_DECODE,       /* lmd_request_decode_time_seconds */
+    OBS_H_STEP,         /* lmd_engine_step_seconds */
+    OBS_H_BATCH_SIZE,   /* lmd_batch_size: sequences per step (count buckets) */
+    OBS_H_BATCH_TOKENS, /* lmd_batch_tokens: tokens per step (count buckets) */
     OBS_H__N,
 };
 
@@ -65,12 +65,12 @@ void obs_observe(enum obs_hist h, int cls, double value);
 /* ---- counters ------------------------------------------------------------ */
 
 enum obs_counter {
-    OBS_C_PROMPT_TOKENS,      /* lmd_prompt_tokens_total */
-    OBS_C_GENERATION_TOKENS,  /* lmd_generation_tokens_total */
-    OBS_C_PREEMPTIONS,        /* lmd_preemptions_total */
-    OBS_C_PREFIX_QUERIES,     /* lmd_prefix_cache_queries_total */
-    OBS_C_PREFIX_HITS,        /* lmd_prefix_cache_hits_total */
-    OBS_C_HTTP_REQUESTS,      /* lmd_http_requests_total */
+    OBS_C_PROMPT_TOKENS,     /* lmd_prompt_tokens_total */
+    OBS_C_GENERATION_TOKENS, /* lmd_generation_tokens_total */
+    OBS_C_PREEMPTIONS,       /* lmd_preemptions_total */
+    OBS_C_PREFIX_QUERIES,    /* lmd_prefix_cache_queries_total */
+    OBS_C_PREFIX_HITS,       /* lmd_prefix_cache_hits_total */
+    OBS_C_HTTP_REQUESTS,     /* lmd_http_requests_total */
     OBS_C__N,
 };
 
@@ -96,17 +96,17 @@ void obs_request_done(enum obs_status st, int cls, int tenant);
 
 /* lmd_rejections_total{reason,tenant} */
 enum obs_reject {
-    OBS_R_UNAUTHORIZED,     /* "unauthorized": missing or unknown key */
-    OBS_R_RATE_REQUESTS,    /* "rate_requests": requests/s bucket empty */
-    OBS_R_RATE_TOKENS,      /* "rate_tokens": tokens/min bucket empty */
+    OBS_R_UNAUTHORIZED,       /* "unauthorized": missing or unknown key */
+    OBS_R_RATE_REQUESTS,      /* "rate_requests": requests/s bucket empty */
+    OBS_R_RATE_TOKENS,        /* "rate_tokens": tokens/min bucket empty */
     OBS_R_TENANT_CONCURRENCY, /* "tenant_concurrency" */
-    OBS_R_TENANT_QUEUE,     /* "tenant_queue_full" */
-    OBS_R_QUEUE_FULL,       /* "queue_full": the global queue */
-    OBS_R_DEADLINE,         /* "deadline": refused early, its deadline cannot be met */
-    OBS_R_MODEL,            /* "model_not_allowed" */
-    OBS_R_CLASS,            /* "class_not_allowed" */
-    OBS_R_DRAINING,         /* "draining" */
-    OBS_R_TIMEOUT,          /* "timeout": cancelled by the server after waiting too long */
+    OBS_R_TENANT_QUEUE,       /* "tenant_queue_full" */
+    OBS_R_QUEUE_FULL,         /* "queue_full": the global queue */
+    OBS_R_DEADLINE,           /* "deadline": refused early, its deadline cannot be met */
+    OBS_R_MODEL,              /* "model_not_allowed" */
+    OBS_R_CLASS,              /* "class_not_allowed" */
+    OBS_R_DRAINING,           /* "draining" */
+    OBS_R_TIMEOUT,            /* "timeout": cancelled by the server after waiting too long */
     OBS_R__N,
 };
 void obs_reject(enum obs_reject why, int tenant);
@@ -114,11 +114,11 @@ void obs_reject(enum obs_reject why, int tenant);
 /* ---- gauges (set by their owner; read at scrape) ------------------------ */
 
 enum obs_gauge {
-    OBS_G_RUNNING,          /* lmd_requests_running */
-    OBS_G_KV_USAGE,         /* lmd_kv_cache_usage_ratio (0..1) */
-    OBS_G_KV_FREE,          /* lmd_kv_blocks_free */
-    OBS_G_KV_TOTAL,         /* lmd_kv_blocks_capacity (a gauge may not end in _total) */
-    OBS_G_CONNECTIONS,      /* lmd_http_connections_open */
+    OBS_G_RUNNING,     /* lmd_requests_running */
+    OBS_G_KV_USAGE,    /* lmd_kv_cache_usage_ratio (0..1) */
+    OBS_G_KV_FREE,     /* lmd_kv_blocks_free */
+    OBS_G_KV_TOTAL,    /* lmd_kv_blocks_capacity (a gauge may not end in _total) */
+    OBS_G_CONNECTIONS, /* lmd_http_connections_open */
     OBS_G__N,
 };
 void obs_gauge_set(enum obs_gauge g, double v);
@@ -138,12 +138,12 @@ int obs_render(struct lmd_buf *out);
 /* ---- trace events (Chrome trace-event format) ---------------------------- */
 
 enum obs_ev {
-    OBS_EV_STEP,     /* a = sequences, b = tokens, c = prefill sequences; has a duration */
-    OBS_EV_PREFILL,  /* one prefill chunk: id = request, a = tokens, b = first position */
-    OBS_EV_PREEMPT,  /* id = request, a = blocks freed */
-    OBS_EV_ADMIT,    /* id = request, a = class, b = tenant, c = prompt tokens */
-    OBS_EV_REJECT,   /* id = request or 0, a = enum obs_reject, b = tenant */
-    OBS_EV_FINISH,   /* id = request, a = generated tokens, b = finish reason */
+    OBS_EV_STEP,    /* a = sequences, b = tokens, c = prefill sequences; has a duration */
+    OBS_EV_PREFILL, /* one prefill chunk: id = request, a = tokens, b = first position */
+    OBS_EV_PREEMPT, /* id = request, a = blocks freed */
+    OBS_EV_ADMIT,   /* id = request, a = class, b = tenant, c = prompt tokens */
+    OBS_EV_REJECT,  /* id = request or 0, a = enum obs_reject, b = tenant */
+    OBS_EV_FINISH,  /* id = request, a = generated tokens, b = finish reason */
 };
 
 /* Record one event; t0_ns/t1_ns monotonic (core/time.h), t1 = t0 for an
@@ -158,17 +158,17 @@ int obs_trace_render(struct lmd_buf *out, double seconds);
 /* ---- access log ---------------------------------------------------------- */
 
 struct obs_access {
-    const char *id;       /* request id, as sent in X-Request-Id */
+    const char *id; /* request id, as sent in X-Request-Id */
     const char *method;
     const char *path;
     int status;
-    int cls;              /* -1 = none */
-    int tenant;           /* -1 = none */
-    const char *model;    /* NULL = none */
+    int cls;           /* -1 = none */
+    int tenant;        /* -1 = none */
+    const char *model; /* NULL = none */
     int prompt_tokens;
     int output_tokens;
     double queue_s, ttft_s, e2e_s; /* < 0 = not applicable */
-    const char *finish;   /* "stop", "length", "cancelled", "error" or NULL */
+    const char *finish;            /* "stop", "length", "cancelled", "error" or NULL */
 };
 /* One line at info level through core/log, in the configured format. */
 void obs_access_log(const struct obs_access *a);

@@ -31,7 +31,7 @@ extern const uint64_t obs__time_bounds_ns[OBS__TIME_BOUNDS]; /* ns */
 
 struct obs__hist_cell {
     _Alignas(OBS__LINE) _Atomic uint64_t bucket[OBS__MAX_BUCKETS]; /* per bucket, not cumulative; last is +Inf */
-    _Atomic uint64_t sum; /* ns for time histograms, units for count ones */
+    _Atomic uint64_t sum;                                          /* ns for time histograms, units for count ones */
 };
 
 struct obs__counter {
@@ -48,7 +48,7 @@ struct obs__slot {
     _Atomic uint64_t id;
     _Atomic uint64_t t0, t1; /* ns, monotonic */
     _Atomic int64_t a, b, c;
-    _Atomic int ev;          /* enum obs_ev */
+    _Atomic int ev; /* enum obs_ev */
 };
 _Static_assert(sizeof(struct obs__slot) == OBS__LINE, "a trace slot is one cache line");
 
@@ -68,15 +68,15 @@ struct obs__state {
     struct obs__counter counter[OBS_C__N];
     _Atomic uint64_t requests[OBS_S__N][OBS_MAX_CLASSES][OBS_MAX_TENANTS];
     _Atomic uint64_t rejections[OBS_R__N][OBS_MAX_TENANTS];
-    _Atomic int64_t gauge[OBS_G__N];            /* micro-units (value * 1e6) */
-    _Atomic int64_t waiting[OBS_MAX_CLASSES];   /* requests */
+    _Atomic int64_t gauge[OBS_G__N];          /* micro-units (value * 1e6) */
+    _Atomic int64_t waiting[OBS_MAX_CLASSES]; /* requests */
 
     /* trace ring */
     atomic_bool tracing;
-    struct obs__slot *ring;     /* [ring_cap] */
-    uint64_t ring_cap;          /* a power of two */
+    struct obs__slot *ring;                         /* [ring_cap] */
+    uint64_t ring_cap;                              /* a power of two */
     _Alignas(OBS__LINE) _Atomic uint64_t ring_head; /* next ticket; its own line, every producer bumps it */
-    _Atomic uint64_t ring_dropped; /* events lost to a slot still being written */
+    _Atomic uint64_t ring_dropped;                  /* events lost to a slot still being written */
 };
 
 extern struct obs__state g_obs;
@@ -97,5 +97,5 @@ int obs__json_chars(struct lmd_buf *out, const char *s);
 
 /* Names of the label values (metrics.c). */
 const char *obs__reject_name(enum obs_reject r);
-const char *obs__class_name(int cls);   /* cls out of range: "" */
+const char *obs__class_name(int cls);     /* cls out of range: "" */
 const char *obs__tenant_name(int tenant); /* tenant out of range: "" */

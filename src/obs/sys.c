@@ -160,7 +160,7 @@ typedef struct {
 #define OBS__MAX_GPUS 64
 
 static struct {
-    void *lib;        /* dlopen handle; NULL = no GPU metrics */
+    void *lib; /* dlopen handle; NULL = no GPU metrics */
     unsigned n_gpus;
     nvmlReturn_t (*init)(void);
     nvmlReturn_t (*shutdown)(void);
@@ -168,8 +168,8 @@ static struct {
     nvmlReturn_t (*get_handle)(unsigned int, nvmlDevice_t *);
     nvmlReturn_t (*get_util)(nvmlDevice_t, nvmlUtilization_t *);
     nvmlReturn_t (*get_mem)(nvmlDevice_t, nvmlMemory_t *);
-    nvmlReturn_t (*get_power)(nvmlDevice_t, unsigned int *);         /* mW */
-    nvmlReturn_t (*get_temp)(nvmlDevice_t, int, unsigned int *);     /* °C */
+    nvmlReturn_t (*get_power)(nvmlDevice_t, unsigned int *);     /* mW */
+    nvmlReturn_t (*get_temp)(nvmlDevice_t, int, unsigned int *); /* °C */
 } g_nvml;
 
 void obs__nvml_open(const char *path)
@@ -266,22 +266,33 @@ int obs__render_gpu(struct lmd_buf *out)
     for (int f = 0; f < N_FAMILIES; f++) {
         bool header = false;
         for (unsigned i = 0; i < g_nvml.n_gpus; i++) {
-            bool has = f == UTIL ? s[i].has_util : f == POWER ? s[i].has_power : f == TEMP ? s[i].has_temp
-                                                                                            : s[i].has_mem;
+            bool has = f == UTIL    ? s[i].has_util
+                       : f == POWER ? s[i].has_power
+                       : f == TEMP  ? s[i].has_temp
+                                    : s[i].has_mem;
             if (!has)
                 continue;
             if (!header) {
-                rc |= lmd_buf_printf(out, "# HELP %s %s\n# TYPE %s gauge\n", names[f][0], names[f][1],
-                                     names[f][0]);
+                rc |= lmd_buf_printf(out, "# HELP %s %s\n# TYPE %s gauge\n", names[f][0], names[f][1], names[f][0]);
                 header = true;
             }
             rc |= lmd_buf_printf(out, "%s{gpu=\"%u\"} ", names[f][0], i);
             switch (f) {
-            case UTIL: rc |= lmd_buf_printf(out, "%.2f\n", s[i].util.gpu / 100.0); break;
-            case MEM_USED: rc |= lmd_buf_printf(out, "%llu\n", s[i].mem.used); break;
-            case MEM_TOTAL: rc |= lmd_buf_printf(out, "%llu\n", s[i].mem.total); break;
-            case POWER: rc |= lmd_buf_printf(out, "%.3f\n", s[i].power_mw / 1000.0); break;
-            case TEMP: rc |= lmd_buf_printf(out, "%u\n", s[i].temp_c); break;
+            case UTIL:
+                rc |= lmd_buf_printf(out, "%.2f\n", s[i].util.gpu / 100.0);
+                break;
+            case MEM_USED:
+                rc |= lmd_buf_printf(out, "%llu\n", s[i].mem.used);
+                break;
+            case MEM_TOTAL:
+                rc |= lmd_buf_printf(out, "%llu\n", s[i].mem.total);
+                break;
+            case POWER:
+                rc |= lmd_buf_printf(out, "%.3f\n", s[i].power_mw / 1000.0);
+                break;
+            case TEMP:
+                rc |= lmd_buf_printf(out, "%u\n", s[i].temp_c);
+                break;
             }
         }
     }

@@ -182,8 +182,8 @@ static int render_event(struct lmd_buf *out, int pid, const struct event *e, con
     switch (e->ev) {
     case OBS_EV_STEP:
         rc |= lmd_buf_printf(out,
-                             ",\n{\"name\":\"step\",\"cat\":\"engine\",\"ph\":\"X\",\"ts\":" US_FMT
-                             ",\"dur\":" US_FMT ",\"pid\":%d,\"tid\":%d,\"args\":{\"seqs\":%lld,\"tokens\":%lld,"
+                             ",\n{\"name\":\"step\",\"cat\":\"engine\",\"ph\":\"X\",\"ts\":" US_FMT ",\"dur\":" US_FMT
+                             ",\"pid\":%d,\"tid\":%d,\"args\":{\"seqs\":%lld,\"tokens\":%lld,"
                              "\"prefill_seqs\":%lld}}",
                              US_ARG(e->t0), US_ARG(e->t1 - e->t0), pid, TID_ENGINE, (long long)e->a, (long long)e->b,
                              (long long)e->c);
@@ -229,7 +229,8 @@ static int render_event(struct lmd_buf *out, int pid, const struct event *e, con
         rc |= put_str(out, obs__tenant_name((int)e->b));
         rc |= lmd_buf_append(out, "}}", 2);
         break;
-    default: break;
+    default:
+        break;
     }
     return rc;
 }

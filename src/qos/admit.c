@@ -81,8 +81,7 @@ static void bucket_refill(struct qos__bucket *b, const struct qos_rate *r, uint6
 
 /* Time until the bucket holds `need` units: ns (saturated) and whole
  * seconds rounded up (saturated), for a level that is short. */
-static void bucket_wait(const struct qos__bucket *b, const struct qos_rate *r, int64_t need, uint64_t *ns,
-                        uint32_t *s)
+static void bucket_wait(const struct qos__bucket *b, const struct qos_rate *r, int64_t need, uint64_t *ns, uint32_t *s)
 {
     __int128 deficit = (__int128)need * r->period_ns - b->level;
     LMD_ASSERT(deficit > 0, "bucket_wait on a bucket that holds enough");

@@ -30,12 +30,12 @@
 
 #define MAX_FILE_BYTES (1 << 20)
 #define MAX_DEPTH 32
-#define MAX_RATE 100000000000LL     /* units per period (12 digits, so the fixed-point mantissa fits) */
-#define MAX_BURST 1000000000000LL   /* units */
-#define RATE_FRAC_DIGITS 6          /* 0.000001 requests/s is the finest rate */
-#define MAX_MS 86400000LL           /* a day */
+#define MAX_RATE 100000000000LL   /* units per period (12 digits, so the fixed-point mantissa fits) */
+#define MAX_BURST 1000000000000LL /* units */
+#define RATE_FRAC_DIGITS 6        /* 0.000001 requests/s is the finest rate */
+#define MAX_MS 86400000LL         /* a day */
 #define MAX_WEIGHT 1000000
-#define MAX_QUOTA 1000000           /* requests */
+#define MAX_QUOTA 1000000 /* requests */
 
 /* A configured key while parsing: its digest and where it was, for the
  * duplicate message. */
@@ -113,10 +113,14 @@ static const char *shown(const yaml_node_t *n, char buf[48])
 static const char *type_name(const yaml_node_t *n)
 {
     switch (n->type) {
-    case YAML_MAPPING_NODE: return "a mapping";
-    case YAML_SEQUENCE_NODE: return "a list";
-    case YAML_SCALAR_NODE: return "a scalar";
-    default: return "nothing";
+    case YAML_MAPPING_NODE:
+        return "a mapping";
+    case YAML_SEQUENCE_NODE:
+        return "a list";
+    case YAML_SCALAR_NODE:
+        return "a scalar";
+    default:
+        return "nothing";
     }
 }
 
@@ -379,8 +383,8 @@ static int keys_finish(struct cfg *c)
     }
     if (dup) {
         yaml_mark_t m = {.line = dup->line, .column = dup->col};
-        return bad_mark(c, m, LMD_EFORMAT, dup->path, "duplicate key (same as %s at line %zu, column %zu)",
-                        first->path, first->line + 1, first->col + 1);
+        return bad_mark(c, m, LMD_EFORMAT, dup->path, "duplicate key (same as %s at line %zu, column %zu)", first->path,
+                        first->line + 1, first->col + 1);
     }
     c->q->keys = qos__calloc(c->n_keys ? (size_t)c->n_keys : 1, sizeof *c->q->keys);
     if (!c->q->keys)
@@ -395,8 +399,8 @@ static int keys_finish(struct cfg *c)
 
 static int parse_class(struct cfg *c, yaml_node_t *map, const char *path, struct qos_class *cl)
 {
-    struct field f[] = {{.name = "ttft_ms"}, {.name = "tpot_ms"}, {.name = "window_ms"}, {.name = "weight"},
-                        {.name = "on_late"}};
+    struct field f[] = {
+        {.name = "ttft_ms"}, {.name = "tpot_ms"}, {.name = "window_ms"}, {.name = "weight"}, {.name = "on_late"}};
     int rc = collect(c, map, path, f, 5);
     if (rc < 0)
         return rc;
@@ -480,8 +484,20 @@ static int class_ref(struct cfg *c, const yaml_node_t *n, const char *path)
 /* ---- tenants ----------------------------------------------------------------------- */
 
 enum {
-    F_NAME, F_TIER, F_KEYS, F_WEIGHT, F_RPS, F_RBURST, F_TPM, F_TBURST, F_MAXC, F_MAXQ, F_MODELS, F_CLASSES,
-    F_DEFCLASS, F__N,
+    F_NAME,
+    F_TIER,
+    F_KEYS,
+    F_WEIGHT,
+    F_RPS,
+    F_RBURST,
+    F_TPM,
+    F_TBURST,
+    F_MAXC,
+    F_MAXQ,
+    F_MODELS,
+    F_CLASSES,
+    F_DEFCLASS,
+    F__N,
 };
 
 static int parse_limits(struct cfg *c, struct field *f, const char *tpath, struct qos_tenant *t)
@@ -613,12 +629,18 @@ static int parse_tenant(struct cfg *c, yaml_node_t *map, int idx)
 {
     /* In the order of the F_* indices. */
     struct field f[F__N] = {
-        {.name = "name"},           {.name = "tier"},
-        {.name = "keys"},           {.name = "weight"},
-        {.name = "requests_per_second"}, {.name = "requests_burst"},
-        {.name = "tokens_per_minute"},   {.name = "tokens_burst"},
-        {.name = "max_concurrent"}, {.name = "max_queued"},
-        {.name = "models"},         {.name = "classes"},
+        {.name = "name"},
+        {.name = "tier"},
+        {.name = "keys"},
+        {.name = "weight"},
+        {.name = "requests_per_second"},
+        {.name = "requests_burst"},
+        {.name = "tokens_per_minute"},
+        {.name = "tokens_burst"},
+        {.name = "max_concurrent"},
+        {.name = "max_queued"},
+        {.name = "models"},
+        {.name = "classes"},
         {.name = "default_class"},
     };
     char tpath[32], p[160];
@@ -729,7 +751,9 @@ static int prescan(struct cfg *c)
             break;
         }
         switch (ev.type) {
-        case YAML_STREAM_END_EVENT: done = true; break;
+        case YAML_STREAM_END_EVENT:
+            done = true;
+            break;
         case YAML_ALIAS_EVENT:
             rc = bad_mark(c, ev.start_mark, LMD_EFORMAT, NULL, "YAML aliases (*name) are not supported here");
             break;
@@ -743,8 +767,11 @@ static int prescan(struct cfg *c)
                 rc = bad_mark(c, ev.start_mark, LMD_EFORMAT, NULL, "nested deeper than %d levels", MAX_DEPTH);
             break;
         case YAML_SEQUENCE_END_EVENT:
-        case YAML_MAPPING_END_EVENT: depth--; break;
-        default: break;
+        case YAML_MAPPING_END_EVENT:
+            depth--;
+            break;
+        default:
+            break;
         }
         yaml_event_delete(&ev);
     }
@@ -759,8 +786,7 @@ static int parse_root(struct cfg *c)
     if (!root)
         return lmd_err_set(c->err, LMD_EFORMAT, "%s:1:1: the file is empty (expected a mapping with 'tenants')",
                            c->file);
-    struct field f[] = {{.name = "classes"}, {.name = "default_class"}, {.name = "admin_keys"},
-                        {.name = "tenants"}};
+    struct field f[] = {{.name = "classes"}, {.name = "default_class"}, {.name = "admin_keys"}, {.name = "tenants"}};
     int rc = collect(c, root, "", f, 4);
     if (rc < 0)
         return rc;

@@ -76,18 +76,18 @@ struct qos_rate {
 
 struct qos_tenant {
     char name[QOS_NAME_MAX];
-    char tier[QOS_NAME_MAX];    /* "" when not configured; a free label for dashboards */
-    uint32_t weight;            /* >= 1, fair share between tenants (sched/) */
-    uint32_t classes;           /* bitmask over class indices: bit i = class i allowed */
-    int default_class;          /* class index used when a request names none; always allowed */
-    struct qos_rate requests;   /* requests/s bucket, units = requests */
-    struct qos_rate tokens;     /* tokens/min bucket, units = tokens */
-    int32_t max_in_flight;      /* admitted and not finished (queued + running); 0 = unlimited */
-    int32_t max_queued;         /* admitted and not yet started; 0 = unlimited */
-    bool all_models;            /* models: ["*"] (the default) */
+    char tier[QOS_NAME_MAX];  /* "" when not configured; a free label for dashboards */
+    uint32_t weight;          /* >= 1, fair share between tenants (sched/) */
+    uint32_t classes;         /* bitmask over class indices: bit i = class i allowed */
+    int default_class;        /* class index used when a request names none; always allowed */
+    struct qos_rate requests; /* requests/s bucket, units = requests */
+    struct qos_rate tokens;   /* tokens/min bucket, units = tokens */
+    int32_t max_in_flight;    /* admitted and not finished (queued + running); 0 = unlimited */
+    int32_t max_queued;       /* admitted and not yet started; 0 = unlimited */
+    bool all_models;          /* models: ["*"] (the default) */
     int n_models;
-    char **models;              /* [n_models] allowed model ids (exact match) when !all_models */
-    int n_keys;                 /* how many keys lead to this tenant (the keys themselves are not kept) */
+    char **models; /* [n_models] allowed model ids (exact match) when !all_models */
+    int n_keys;    /* how many keys lead to this tenant (the keys themselves are not kept) */
 };
 
 struct qos;
@@ -102,13 +102,13 @@ void qos_close(struct qos *q); /* NULL is fine. No thread may use q after. */
 /* Whether a tenants file was loaded (false = open anonymous mode). */
 bool qos_has_file(const struct qos *q);
 
-int qos_n_classes(const struct qos *q);                /* 1..QOS_MAX_CLASSES */
+int qos_n_classes(const struct qos *q);                        /* 1..QOS_MAX_CLASSES */
 const struct qos_class *qos_class(const struct qos *q, int i); /* valid while q lives */
 /* Class index by name (len bytes, not NUL-terminated), or LMD_ENOENT. */
 int qos_class_find(const struct qos *q, const char *name, size_t len);
-int qos_default_class(const struct qos *q);            /* the file's default_class */
+int qos_default_class(const struct qos *q); /* the file's default_class */
 
-int qos_n_tenants(const struct qos *q);                /* 1..QOS_MAX_TENANTS, index 0 = "anonymous" */
+int qos_n_tenants(const struct qos *q);                          /* 1..QOS_MAX_TENANTS, index 0 = "anonymous" */
 const struct qos_tenant *qos_tenant(const struct qos *q, int i); /* valid while q lives */
 
 /* ---- authentication ---------------------------------------------------------- */
@@ -135,11 +135,11 @@ bool qos_class_allowed(const struct qos *q, int tenant, int cls);
 
 /* A refusal, ready for the HTTP layer. */
 struct qos_refusal {
-    enum obs_reject reason; /* for lmd_rejections_total{reason} */
-    int http_status;        /* 400, 403, 413, 429 or 503 */
-    uint32_t retry_after_s; /* s, for Retry-After; 0 = send none (retrying cannot help) */
+    enum obs_reject reason;  /* for lmd_rejections_total{reason} */
+    int http_status;         /* 400, 403, 413, 429 or 503 */
+    uint32_t retry_after_s;  /* s, for Retry-After; 0 = send none (retrying cannot help) */
     uint64_t retry_after_ns; /* ns, the exact wait behind retry_after_s (buckets); 0 otherwise */
-    char message[160];      /* one line for the error body; never contains a key */
+    char message[160];       /* one line for the error body; never contains a key */
 };
 
 /* The class for a request of `tenant` that asked for class `name` (len

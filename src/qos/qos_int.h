@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define QOS__DIGEST 32 /* bytes of SHA-256 */
+#define QOS__DIGEST 32  /* bytes of SHA-256 */
 #define QOS__ADMIN (-1) /* qos__key.tenant of an admin key */
 
 /* One configured key, kept only as its digest. */

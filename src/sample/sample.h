@@ -24,13 +24,13 @@ struct sample_bias {
 };
 
 struct sample_params {
-    float temperature;        /* 0 = greedy */
-    int top_k;                /* 0 = off */
-    float top_p;              /* 1 = off */
-    float min_p;              /* 0 = off */
-    float repetition_penalty; /* 1 = off; prompt and output tokens */
-    float presence_penalty;   /* 0 = off; output tokens */
-    float frequency_penalty;  /* 0 = off; output tokens */
+    float temperature;              /* 0 = greedy */
+    int top_k;                      /* 0 = off */
+    float top_p;                    /* 1 = off */
+    float min_p;                    /* 0 = off */
+    float repetition_penalty;       /* 1 = off; prompt and output tokens */
+    float presence_penalty;         /* 0 = off; output tokens */
+    float frequency_penalty;        /* 0 = off; output tokens */
     const struct sample_bias *bias; /* [n_bias], copied at init */
     int n_bias;
     uint64_t seed;
@@ -75,5 +75,4 @@ int32_t sample_next(struct sampler *s, struct sample_scratch *sc, float *logits,
 
 /* Log-probabilities under `logits` (as modified by sample_next): of `token`,
  * and the top_n most likely tokens in descending order. */
-float sample_logprobs(const float *logits, int n_vocab, int32_t token, int top_n, int32_t *top_ids,
-                      float *top_lps);
+float sample_logprobs(const float *logits, int n_vocab, int32_t token, int top_n, int32_t *top_ids, float *top_lps);

@@ -174,8 +174,7 @@ int sched__form(const struct sched__policy *p, struct sched_req *const *running,
     return n;
 }
 
-struct sched_req *sched__victim(const struct sched__policy *p, struct sched_req *const *running, int n_running,
-                                int cls)
+struct sched_req *sched__victim(const struct sched__policy *p, struct sched_req *const *running, int n_running, int cls)
 {
     if (p->kind != SCHED_POLICY_SLA)
         return NULL;

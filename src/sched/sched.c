@@ -61,9 +61,9 @@ struct sched {
     struct sched__policy pol;
     struct sched_req **running; /* [max_running]; NULL = left during this step */
     int n_running;
-    struct sched__item *items;  /* [max_running] */
-    struct engine_seq *batch;   /* [max_running] */
-    int *brow;                  /* [max_running] logits row of batch[i], -1 = none */
+    struct sched__item *items; /* [max_running] */
+    struct engine_seq *batch;  /* [max_running] */
+    int *brow;                 /* [max_running] logits row of batch[i], -1 = none */
     struct sample_scratch scratch;
     uint64_t next_seq;
     unsigned cancel_seen;
@@ -584,8 +584,7 @@ static void sched_publish(struct sched *s)
         atomic_store_explicit(&s->waiting_class[c], s->pol.n_waiting_cls[c], memory_order_relaxed);
         obs_waiting_set(c, s->pol.n_waiting_cls[c]);
         for (int t = 0; t < s->pol.n_tenants; t++)
-            for (const struct sched_req *r = s->pol.q[s->pol.kind == SCHED_POLICY_FCFS ? 0 : c][t].head; r;
-                 r = r->next)
+            for (const struct sched_req *r = s->pol.q[s->pol.kind == SCHED_POLICY_FCFS ? 0 : c][t].head; r; r = r->next)
                 ahead += r->n_prompt + atomic_load_explicit(&r->n_out, memory_order_relaxed);
         double est = ahead * s->ema_token_ns + to_free;
         atomic_store_explicit(&s->est_wait[c], (uint64_t)est, memory_order_relaxed);
@@ -600,8 +599,7 @@ static void sched_park(struct sched *s, uint64_t next_ns)
 {
     pthread_mutex_lock(&s->mu);
     atomic_store(&s->parked, true);
-    if (!atomic_load(&s->inbox) && !atomic_load(&s->stopping) &&
-        atomic_load(&s->cancel_gen) == s->cancel_seen) {
+    if (!atomic_load(&s->inbox) && !atomic_load(&s->stopping) && atomic_load(&s->cancel_gen) == s->cancel_seen) {
         if (next_ns == UINT64_MAX) {
             pthread_cond_wait(&s->cv, &s->mu);
         } else {
@@ -764,8 +762,8 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
         return lmd_err_set(err, LMD_ERANGE, "%d prompt tokens + %d max_tokens exceed the context of %d tokens",
                            r->n_prompt, r->max_tokens, ctx);
     if (blocks_needed(s, r) > s->kv->cfg.n_blocks)
-        return lmd_err_set(err, LMD_ERANGE, "%d tokens need %d KV blocks; the cache has %d", r->n_prompt + r->max_tokens,
-                           blocks_needed(s, r), s->kv->cfg.n_blocks);
+        return lmd_err_set(err, LMD_ERANGE, "%d tokens need %d KV blocks; the cache has %d",
+                           r->n_prompt + r->max_tokens, blocks_needed(s, r), s->kv->cfg.n_blocks);
     if (atomic_load(&s->stopping))
         return lmd_err_set(err, LMD_ECANCELED, "the server is shutting down");
     const struct sched_class *c = &s->pol.cls[r->cls];
@@ -802,8 +800,7 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
     struct sched_req *head = atomic_load_explicit(&s->inbox, memory_order_relaxed);
     do {
         r->next = head;
-    } while (!atomic_compare_exchange_weak_explicit(&s->inbox, &head, r, memory_order_release,
-                                                    memory_order_relaxed));
+    } while (!atomic_compare_exchange_weak_explicit(&s->inbox, &head, r, memory_order_release, memory_order_relaxed));
     sched_wake(s);
     return 0;
 }

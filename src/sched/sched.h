@@ -87,14 +87,14 @@ struct sched_req {
     /* Input, set by the owner before sched_submit and immutable after. */
     const int32_t *prompt; /* [n_prompt] token ids, owner's memory */
     int n_prompt;
-    int max_tokens;        /* >= 1 */
+    int max_tokens; /* >= 1 */
     struct sample_params sp;
     bool ignore_eos;
     int cls;               /* service class index (< n_classes); 0 under one class */
     int tenant;            /* tenant index (< n_tenants); 0 when there are none */
     uint64_t id;           /* for traces and logs */
     uint64_t t_arrival_ns; /* monotonic; 0 = stamped by sched_submit */
-    int32_t *out; /* [max_tokens] output token ids, owner's memory, written by the engine thread */
+    int32_t *out;          /* [max_tokens] output token ids, owner's memory, written by the engine thread */
     /* Log-probabilities (optional): n_logprobs < 0 = off; otherwise out_lp
      * [max_tokens] gets each output token's log-probability and, when
      * n_logprobs > 0, out_top_id/out_top_lp [max_tokens * n_logprobs] the
@@ -109,10 +109,10 @@ struct sched_req {
     void (*release)(struct sched_req *r); /* last reference dropped (any thread) */
 
     /* Output, published by the engine thread. */
-    _Atomic int n_out;  /* tokens in out[] */
-    _Atomic int finish; /* enum sched_finish; set after the last n_out store */
-    _Atomic int state;  /* enum sched_state */
-    _Atomic int kv_blocks; /* blocks held now */
+    _Atomic int n_out;         /* tokens in out[] */
+    _Atomic int finish;        /* enum sched_finish; set after the last n_out store */
+    _Atomic int state;         /* enum sched_state */
+    _Atomic int kv_blocks;     /* blocks held now */
     char err[LMD_ERR_MSG_MAX]; /* message for SCHED_FINISH_ERROR, written before finish */
     /* Stamps (monotonic ns, 0 = not yet), written before the notify that
      * follows them; read them after seeing `finish`. */
@@ -133,12 +133,12 @@ struct sched_req {
     struct kv_seq kv;
     struct sampler smp;
     bool smp_ready;
-    bool queued;  /* in a waiting queue */
-    bool running; /* in the running set */
-    int n_fill;       /* tokens to prefill this residency: prompt, then output so far */
-    int n_fed;        /* of those, forwarded so far */
-    int pos;          /* next position to write when decoding */
-    int32_t last_tok; /* the token to feed in the next decode step */
+    bool queued;            /* in a waiting queue */
+    bool running;           /* in the running set */
+    int n_fill;             /* tokens to prefill this residency: prompt, then output so far */
+    int n_fed;              /* of those, forwarded so far */
+    int pos;                /* next position to write when decoding */
+    int32_t last_tok;       /* the token to feed in the next decode step */
     uint64_t t_last_tok_ns; /* monotonic ns of the last output token, for the inter-token latency; kept
                                across a preemption, so the gap counts as the long ITL a client sees */
 };
@@ -158,8 +158,8 @@ struct sched_class {
 
 struct sched_config {
     const struct tok_vocab *vocab; /* for end-of-generation tokens */
-    int max_running; /* sequences in the running set (<= engine max_seqs) */
-    int max_queue;   /* waiting requests before sched_submit says LMD_EBUSY */
+    int max_running;               /* sequences in the running set (<= engine max_seqs) */
+    int max_queue;                 /* waiting requests before sched_submit says LMD_EBUSY */
     enum sched_policy policy;
     const struct sched_class *classes; /* [n_classes], most urgent first; NULL = one class without targets */
     int n_classes;

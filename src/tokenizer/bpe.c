@@ -136,8 +136,7 @@ static int load_merges(struct tok_vocab *v, const struct gguf_file *f, struct lm
     const struct gguf_kv *kv;
     int rc = gguf_get_arr(f, "tokenizer.ggml.merges", GGUF_VTYPE_STRING, &kv, err);
     if (rc == LMD_ENOENT)
-        return lmd_err_set(err, LMD_EFORMAT, "%s: tokenizer.ggml.merges is missing (a gpt2 vocabulary needs it)",
-                           path);
+        return lmd_err_set(err, LMD_EFORMAT, "%s: tokenizer.ggml.merges is missing (a gpt2 vocabulary needs it)", path);
     if (rc)
         return rc;
     if (kv->arr_n > INT32_MAX / 4)
@@ -159,8 +158,8 @@ static int load_merges(struct tok_vocab *v, const struct gguf_file *f, struct lm
         const char *sp = s.len > 1 ? memchr(s.ptr + 1, ' ', s.len - 1) : NULL;
         if (!sp)
             return lmd_err_set(err, LMD_EFORMAT,
-                               "%s: tokenizer.ggml.merges[%u] '%.*s' is not two strings separated by a space", path,
-                               i, (int)(s.len > 48 ? 48 : s.len), s.ptr);
+                               "%s: tokenizer.ggml.merges[%u] '%.*s' is not two strings separated by a space", path, i,
+                               (int)(s.len > 48 ? 48 : s.len), s.ptr);
         size_t ll = (size_t)(sp - s.ptr), rl = s.len - ll - 1;
         if (rl == 0)
             continue; /* can never apply: symbols are never empty */
@@ -263,10 +262,10 @@ int tok__bpe_load(struct tok_vocab *v, const struct gguf_file *f, struct lmd_err
     if (rc)
         return rc;
     build_byte_tables(v);
-    const char *const *chain = b->pre == TOK__PRE_LLAMA3   ? k_re_llama3_chain
-                               : b->pre == TOK__PRE_QWEN2  ? k_re_qwen2_chain
-                               : b->pre == TOK__PRE_GPT2   ? k_re_gpt2_chain
-                                                           : k_re_default;
+    const char *const *chain = b->pre == TOK__PRE_LLAMA3  ? k_re_llama3_chain
+                               : b->pre == TOK__PRE_QWEN2 ? k_re_qwen2_chain
+                               : b->pre == TOK__PRE_GPT2  ? k_re_gpt2_chain
+                                                          : k_re_default;
     return compile_regexes(b, chain, path, err);
 }
 
@@ -300,8 +299,8 @@ static size_t canonicalize(const uint8_t *t, size_t n, uint8_t *canon, uint8_t *
             }
         } else if (!(c & 0x08)) {
             if (i + 3 < n && (t[i + 1] & 0xC0) == 0x80 && (t[i + 2] & 0xC0) == 0x80 && (t[i + 3] & 0xC0) == 0x80) {
-                cp = (uint32_t)(c & 0x07) << 18 | (uint32_t)(t[i + 1] & 0x3F) << 12 |
-                     (uint32_t)(t[i + 2] & 0x3F) << 6 | (t[i + 3] & 0x3F);
+                cp = (uint32_t)(c & 0x07) << 18 | (uint32_t)(t[i + 1] & 0x3F) << 12 | (uint32_t)(t[i + 2] & 0x3F) << 6 |
+                     (t[i + 3] & 0x3F);
                 used = 4;
             }
         }

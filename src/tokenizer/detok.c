@@ -175,11 +175,16 @@ static inline bool continues(const uint8_t *pend, unsigned n_pend, uint8_t c)
 {
     if (n_pend == 1) {
         switch (pend[0]) {
-        case 0xE0: return c >= 0xA0 && c <= 0xBF;
-        case 0xED: return c >= 0x80 && c <= 0x9F;
-        case 0xF0: return c >= 0x90 && c <= 0xBF;
-        case 0xF4: return c >= 0x80 && c <= 0x8F;
-        default: break;
+        case 0xE0:
+            return c >= 0xA0 && c <= 0xBF;
+        case 0xED:
+            return c >= 0x80 && c <= 0x9F;
+        case 0xF0:
+            return c >= 0x90 && c <= 0xBF;
+        case 0xF4:
+            return c >= 0x80 && c <= 0x8F;
+        default:
+            break;
         }
     }
     return (c & 0xC0) == 0x80;

@@ -20,12 +20,12 @@ struct tok__slot {
 };
 
 struct tok__strtab {
-    char *blob;         /* all strings, each followed by a NUL */
-    size_t blob_len;    /* bytes used */
-    size_t blob_cap;    /* bytes allocated */
-    uint32_t *off;      /* [cap_n + 1] start of string i in blob; off[n] = blob_len */
-    uint32_t n;         /* strings */
-    uint32_t cap_n;     /* strings allocated */
+    char *blob;              /* all strings, each followed by a NUL */
+    size_t blob_len;         /* bytes used */
+    size_t blob_cap;         /* bytes allocated */
+    uint32_t *off;           /* [cap_n + 1] start of string i in blob; off[n] = blob_len */
+    uint32_t n;              /* strings */
+    uint32_t cap_n;          /* strings allocated */
     struct tok__slot *slots; /* [mask + 1] */
     uint32_t mask;
 };
@@ -51,10 +51,7 @@ static inline void tok__strtab_prefetch(const struct tok__strtab *t, uint64_t h)
 }
 
 static inline const char *tok__strtab_str(const struct tok__strtab *t, uint32_t i) { return t->blob + t->off[i]; }
-static inline size_t tok__strtab_len(const struct tok__strtab *t, uint32_t i)
-{
-    return t->off[i + 1] - t->off[i] - 1;
-}
+static inline size_t tok__strtab_len(const struct tok__strtab *t, uint32_t i) { return t->off[i + 1] - t->off[i] - 1; }
 
 /* ---- special-token trie: finds control/user-defined tokens in text ---- */
 
@@ -86,17 +83,17 @@ struct tok__merge {
 struct tok__bpe {
     enum tok__pre pre;
     const char *pre_name;
-    bool ignore_merges;               /* a word that is a whole token skips merging */
-    uint8_t enc[256][2];              /* byte → its code point as UTF-8 */
-    uint8_t enc_len[256];             /* bytes in enc[b] (1 or 2) */
-    int16_t dec[0x144];               /* code point → byte, -1 if not a byte code point */
-    int32_t byte_sid[256];            /* string id of enc[b], -1 if none */
-    struct tok__merge *merges;        /* [merge_mask + 1] */
+    bool ignore_merges;        /* a word that is a whole token skips merging */
+    uint8_t enc[256][2];       /* byte → its code point as UTF-8 */
+    uint8_t enc_len[256];      /* bytes in enc[b] (1 or 2) */
+    int16_t dec[0x144];        /* code point → byte, -1 if not a byte code point */
+    int32_t byte_sid[256];     /* string id of enc[b], -1 if none */
+    struct tok__merge *merges; /* [merge_mask + 1] */
     uint32_t merge_mask;
     uint32_t n_merges;
-    struct tok__strtab extra;         /* merge halves that are not tokens: string id = n_vocab + index */
+    struct tok__strtab extra; /* merge halves that are not tokens: string id = n_vocab + index */
     int n_regex;
-    void *regex[TOK__MAX_REGEX];      /* pcre2_code_8 * */
+    void *regex[TOK__MAX_REGEX]; /* pcre2_code_8 * */
     bool regex_jit[TOK__MAX_REGEX];
 };
 
@@ -173,9 +170,9 @@ struct tok__frag {
 };
 
 struct tok__scratch {
-    char *buf;   /* transformed text: escaped (SPM), canonical (BPE) */
+    char *buf; /* transformed text: escaped (SPM), canonical (BPE) */
     size_t buf_cap;
-    char *buf2;  /* BPE: regex view of the canonical text; byte-encoded word */
+    char *buf2; /* BPE: regex view of the canonical text; byte-encoded word */
     size_t buf2_cap;
     char *buf3;
     size_t buf3_cap;

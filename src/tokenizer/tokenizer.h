@@ -120,10 +120,10 @@ size_t tok_piece_max(const struct tok_vocab *v);
  * copy it, reset it with tok_detok_init. */
 struct tok_detok {
     const struct tok_vocab *v;
-    bool special;     /* render control tokens */
-    bool first;       /* nothing pushed yet: the SPM leading space may be dropped */
-    uint8_t n_pend;   /* bytes held in pend */
-    uint8_t pend[4];  /* the start of an incomplete UTF-8 sequence */
+    bool special;    /* render control tokens */
+    bool first;      /* nothing pushed yet: the SPM leading space may be dropped */
+    uint8_t n_pend;  /* bytes held in pend */
+    uint8_t pend[4]; /* the start of an incomplete UTF-8 sequence */
 };
 
 /* Bytes of output buffer that always suffice for one push or flush. */

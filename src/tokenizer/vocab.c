@@ -276,13 +276,20 @@ void tok_free(struct tok_vocab *v)
 static uint8_t attr_of_type(int32_t type)
 {
     switch (type) {
-    case 1: return TOK_ATTR_NORMAL;
-    case 2: return TOK_ATTR_UNKNOWN;
-    case 3: return TOK_ATTR_CONTROL;
-    case 4: return TOK_ATTR_USER_DEFINED;
-    case 5: return TOK_ATTR_UNUSED;
-    case 6: return TOK_ATTR_BYTE;
-    default: return TOK_ATTR_UNDEFINED;
+    case 1:
+        return TOK_ATTR_NORMAL;
+    case 2:
+        return TOK_ATTR_UNKNOWN;
+    case 3:
+        return TOK_ATTR_CONTROL;
+    case 4:
+        return TOK_ATTR_USER_DEFINED;
+    case 5:
+        return TOK_ATTR_UNUSED;
+    case 6:
+        return TOK_ATTR_BYTE;
+    default:
+        return TOK_ATTR_UNDEFINED;
     }
 }
 
@@ -295,8 +302,8 @@ static int load_one(struct tok_vocab *v, const struct gguf_kv *types, const stru
     if (rc)
         return lmd_err_set(err, rc, "%s: out of memory loading tokens", path);
     if (idx < 0)
-        return lmd_err_set(err, LMD_EFORMAT, "%s: tokenizer.ggml.tokens: token %u '%.*s' duplicates token %d",
-                           path, i, (int)(s.len > 48 ? 48 : s.len), s.ptr, -1 - idx);
+        return lmd_err_set(err, LMD_EFORMAT, "%s: tokenizer.ggml.tokens: token %u '%.*s' duplicates token %d", path, i,
+                           (int)(s.len > 48 ? 48 : s.len), s.ptr, -1 - idx);
     if (s.len > v->max_token_len)
         v->max_token_len = (uint32_t)s.len;
 
@@ -309,8 +316,7 @@ static int load_one(struct tok_vocab *v, const struct gguf_kv *types, const stru
         v->attr[i] = attr_of_type(t);
     }
     if (scores)
-        v->score[i] = scores->arr_type == GGUF_VTYPE_FLOAT32 ? gguf_arr_f32(scores, i)
-                                                             : (float)gguf_arr_i32(scores, i);
+        v->score[i] = scores->arr_type == GGUF_VTYPE_FLOAT32 ? gguf_arr_f32(scores, i) : (float)gguf_arr_i32(scores, i);
     return 0;
 }
 
@@ -424,8 +430,8 @@ static int opt_id(const struct tok_vocab *v, const struct gguf_file *f, const ch
         if (strict)
             return lmd_err_set(err, LMD_EFORMAT, "%s: %s = %lld is out of range (vocabulary has %d tokens)",
                                gguf_path(f), key, (long long)x, v->n_vocab);
-        LMD_WARN("%s: %s = %lld is out of range (vocabulary has %d tokens); ignored", gguf_path(f), key,
-                 (long long)x, v->n_vocab);
+        LMD_WARN("%s: %s = %lld is out of range (vocabulary has %d tokens); ignored", gguf_path(f), key, (long long)x,
+                 v->n_vocab);
         return 0;
     }
     *id = (int32_t)x;
@@ -439,7 +445,7 @@ static void set_eog(struct tok_vocab *v, int32_t id, bool on)
     if (on)
         v->eog[id >> 3] |= (uint8_t)(1u << (id & 7));
     else
-        v->eog[id >> 3] &= (uint8_t)~(1u << (id & 7));
+        v->eog[id >> 3] &= (uint8_t) ~(1u << (id & 7));
 }
 
 /* The first of `names` that is a token, or -1. */
@@ -464,31 +470,81 @@ static void detect_by_text(struct tok_vocab *v, int32_t *slot, const char *const
         v->attr[*slot] |= TOK_ATTR_CONTROL;
 }
 
-static const char *const k_eot_names[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-                                          "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]",
-                                          "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
-                                          "<end_of_utterance>", NULL};
+static const char *const k_eot_names[] = {"<|eot_id|>",
+                                          "<|im_end|>",
+                                          "<|end|>",
+                                          "<end_of_turn>",
+                                          "<|endoftext|>",
+                                          "<|end_of_text|>",
+                                          "<EOT>",
+                                          "_<EOT>",
+                                          "[EOT]",
+                                          "<\xef\xbd\x9c"
+                                          "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+                                          "<end_of_utterance>",
+                                          NULL};
 static const char *const k_eom_names[] = {"<|eom_id|>", NULL};
-static const char *const k_fim_pre_names[] = {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>",
-                                              "<\xef\xbd\x9c" "fim\xe2\x96\x81" "begin\xef\xbd\x9c>", "<PRE>",
-                                              "\xe2\x96\x81<PRE>", "<|code_prefix|>", "<|prefix|>", NULL};
-static const char *const k_fim_suf_names[] = {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>",
-                                              "<\xef\xbd\x9c" "fim\xe2\x96\x81hole\xef\xbd\x9c>", "<SUF>",
-                                              "\xe2\x96\x81<SUF>", "<|code_suffix|>", "<|suffix|>", NULL};
-static const char *const k_fim_mid_names[] = {"<|fim_middle|>", "<fim-middle>", "<fim_middle>",
-                                              "<\xef\xbd\x9c" "fim\xe2\x96\x81" "end\xef\xbd\x9c>", "<MID>",
-                                              "\xe2\x96\x81<MID>", "<|code_middle|>", "<|middle|>", NULL};
-static const char *const k_fim_pad_names[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", NULL};
-static const char *const k_fim_rep_names[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>",
+static const char *const k_fim_pre_names[] = {"<|fim_prefix|>",
+                                              "<fim-prefix>",
+                                              "<fim_prefix>",
+                                              "<\xef\xbd\x9c"
+                                              "fim\xe2\x96\x81"
+                                              "begin\xef\xbd\x9c>",
+                                              "<PRE>",
+                                              "\xe2\x96\x81<PRE>",
+                                              "<|code_prefix|>",
+                                              "<|prefix|>",
                                               NULL};
+static const char *const k_fim_suf_names[] = {"<|fim_suffix|>",
+                                              "<fim-suffix>",
+                                              "<fim_suffix>",
+                                              "<\xef\xbd\x9c"
+                                              "fim\xe2\x96\x81hole\xef\xbd\x9c>",
+                                              "<SUF>",
+                                              "\xe2\x96\x81<SUF>",
+                                              "<|code_suffix|>",
+                                              "<|suffix|>",
+                                              NULL};
+static const char *const k_fim_mid_names[] = {"<|fim_middle|>",
+                                              "<fim-middle>",
+                                              "<fim_middle>",
+                                              "<\xef\xbd\x9c"
+                                              "fim\xe2\x96\x81"
+                                              "end\xef\xbd\x9c>",
+                                              "<MID>",
+                                              "\xe2\x96\x81<MID>",
+                                              "<|code_middle|>",
+                                              "<|middle|>",
+                                              NULL};
+static const char *const k_fim_pad_names[] = {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]", NULL};
+static const char *const k_fim_rep_names[] = {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>",
+                                              "<REPO>",       "<reponame>",    NULL};
 static const char *const k_fim_sep_names[] = {"<|file_sep|>", NULL};
 /* Tokens that end generation, by text (llama.cpp's special_eog_ids list). */
-static const char *const k_eog_names[] = {"<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>",
-                                          "<|flush|>", "<|calls|>", "<end_of_turn>", "<|endoftext|>", "</s>",
-                                          "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
-                                          "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
-                                          "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
-                                          "[e~[", NULL};
+static const char *const k_eog_names[] = {"<|eot_id|>",
+                                          "<|im_end|>",
+                                          "<|end|>",
+                                          "<|return|>",
+                                          "<|call|>",
+                                          "<|flush|>",
+                                          "<|calls|>",
+                                          "<end_of_turn>",
+                                          "<|endoftext|>",
+                                          "</s>",
+                                          "<|eom_id|>",
+                                          "<EOT>",
+                                          "_<EOT>",
+                                          "[EOT]",
+                                          "[EOS]",
+                                          "<|end_of_text|>",
+                                          "<end_of_utterance>",
+                                          "<eos>",
+                                          "<turn|>",
+                                          "<|tool_response>",
+                                          "<\xef\xbd\x9c"
+                                          "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+                                          "[e~[",
+                                          NULL};
 
 static int load_specials(struct tok_vocab *v, const struct gguf_file *f, struct lmd_err *err)
 {
@@ -498,22 +554,14 @@ static int load_specials(struct tok_vocab *v, const struct gguf_file *f, struct 
         int32_t *id;
         bool strict;
     } keys[] = {
-        {"tokenizer.ggml.bos_token_id", &v->bos, true},
-        {"tokenizer.ggml.eos_token_id", &v->eos, true},
-        {"tokenizer.ggml.eot_token_id", &v->eot, true},
-        {"tokenizer.ggml.eom_token_id", &v->eom, true},
-        {"tokenizer.ggml.unknown_token_id", &v->unk, true},
-        {"tokenizer.ggml.seperator_token_id", &sep, false},
-        {"tokenizer.ggml.padding_token_id", &v->pad, false},
-        {"tokenizer.ggml.mask_token_id", &mask, false},
-        {"tokenizer.ggml.fim_pre_token_id", &fim_pre, false},
-        {"tokenizer.ggml.fim_suf_token_id", &fim_suf, false},
-        {"tokenizer.ggml.fim_mid_token_id", &fim_mid, false},
-        {"tokenizer.ggml.fim_pad_token_id", &fim_pad, false},
-        {"tokenizer.ggml.fim_rep_token_id", &fim_rep, false},
-        {"tokenizer.ggml.fim_sep_token_id", &fim_sep, false},
-        {"tokenizer.ggml.prefix_token_id", &fim_pre, false},
-        {"tokenizer.ggml.suffix_token_id", &fim_suf, false},
+        {"tokenizer.ggml.bos_token_id", &v->bos, true},       {"tokenizer.ggml.eos_token_id", &v->eos, true},
+        {"tokenizer.ggml.eot_token_id", &v->eot, true},       {"tokenizer.ggml.eom_token_id", &v->eom, true},
+        {"tokenizer.ggml.unknown_token_id", &v->unk, true},   {"tokenizer.ggml.seperator_token_id", &sep, false},
+        {"tokenizer.ggml.padding_token_id", &v->pad, false},  {"tokenizer.ggml.mask_token_id", &mask, false},
+        {"tokenizer.ggml.fim_pre_token_id", &fim_pre, false}, {"tokenizer.ggml.fim_suf_token_id", &fim_suf, false},
+        {"tokenizer.ggml.fim_mid_token_id", &fim_mid, false}, {"tokenizer.ggml.fim_pad_token_id", &fim_pad, false},
+        {"tokenizer.ggml.fim_rep_token_id", &fim_rep, false}, {"tokenizer.ggml.fim_sep_token_id", &fim_sep, false},
+        {"tokenizer.ggml.prefix_token_id", &fim_pre, false},  {"tokenizer.ggml.suffix_token_id", &fim_suf, false},
         {"tokenizer.ggml.middle_token_id", &fim_mid, false},
     };
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {

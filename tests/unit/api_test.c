@@ -157,10 +157,8 @@ static void test_malformed(void **state)
     expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"1\":100.5}}", "logit_bias");
     expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"logit_bias\":{\"1\":\"x\"}}", "logit_bias");
     expect_bad(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":1}", "logprobs");
-    expect_bad(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":1}",
-               "top_logprobs");
-    expect_bad(API_CHAT,
-               "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,\"top_logprobs\":21}",
+    expect_bad(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":1}", "top_logprobs");
+    expect_bad(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,\"top_logprobs\":21}",
                "top_logprobs");
     expect_bad(API_CHAT, "{}", "messages");
     expect_bad(API_CHAT, "{\"messages\":[]}", "messages");
@@ -224,13 +222,13 @@ static void test_new_fields(void **state)
     assert_int_equal(p.logprobs, 20);
     assert_int_equal(p.n, 3);
     api_params_free(&p);
-    assert_int_equal(parse(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true}",
-                           &p, &e),
-                     0);
+    assert_int_equal(
+        parse(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true}", &p, &e), 0);
     assert_int_equal(p.logprobs, 0);
     api_params_free(&p);
-    assert_int_equal(parse(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":false,"
-                                     "\"echo\":\"ignored for chat\"}",
+    assert_int_equal(parse(API_CHAT,
+                           "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":false,"
+                           "\"echo\":\"ignored for chat\"}",
                            &p, &e),
                      0);
     assert_int_equal(p.logprobs, -1);
@@ -329,7 +327,8 @@ static void test_json_escape_and_errors(void **state)
 {
     (void)state;
     struct lmd_buf b = {0};
-    const char raw[] = "a\"b\\c\nd\te\x01\x7f" "caf\xc3\xa9";
+    const char raw[] = "a\"b\\c\nd\te\x01\x7f"
+                       "caf\xc3\xa9";
     assert_int_equal(api_buf_json_escape(&b, raw, sizeof raw - 1), 0);
     assert_string_equal(b.ptr, "a\\\"b\\\\c\\nd\\te\\u0001\\u007fcaf\xc3\xa9");
     /* It round-trips through a real JSON parser. */
@@ -361,10 +360,10 @@ static void test_json_escape_and_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_completion_ok),       cmocka_unit_test(test_chat_ok),
-        cmocka_unit_test(test_malformed),           cmocka_unit_test(test_truncated_bodies),
-        cmocka_unit_test(test_stop_matching),       cmocka_unit_test(test_json_escape_and_errors),
-        cmocka_unit_test(test_new_fields),          cmocka_unit_test(test_token_text),
+        cmocka_unit_test(test_completion_ok), cmocka_unit_test(test_chat_ok),
+        cmocka_unit_test(test_malformed),     cmocka_unit_test(test_truncated_bodies),
+        cmocka_unit_test(test_stop_matching), cmocka_unit_test(test_json_escape_and_errors),
+        cmocka_unit_test(test_new_fields),    cmocka_unit_test(test_token_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,7 +13,10 @@
 
 #include "api/chat_template.h"
 
-#define MSG(r, c) {.role = r, .content = c, .content_len = sizeof(c) - 1}
+#define MSG(r, c)                                                                                                      \
+    {                                                                                                                  \
+        .role = r, .content = c, .content_len = sizeof(c) - 1                                                          \
+    }
 
 static const struct chat_msg conv[] = {MSG("system", "Be brief."), MSG("user", "Hi"), MSG("assistant", "Hello!"),
                                        MSG("user", "2+2?")};

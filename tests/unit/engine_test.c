@@ -121,7 +121,8 @@ static void test_ragged_batch_equals_alone(void **state)
             for (int i = 0; i < 2; i++) {
                 double md = 0;
                 for (int v = 0; v < nv; v++)
-                    md = fmax(md, fabs(lg[(size_t)i * (size_t)nv + (size_t)v] - alone[(size_t)i * (size_t)nv + (size_t)v]));
+                    md = fmax(md,
+                              fabs(lg[(size_t)i * (size_t)nv + (size_t)v] - alone[(size_t)i * (size_t)nv + (size_t)v]));
                 print_message("sequence %d: max |batched - alone| = %g\n", i, md);
                 assert_true(md <= 1e-3);
             }

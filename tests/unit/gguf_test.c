@@ -53,11 +53,11 @@ static void pad_to(struct buf *b, size_t align)
 /* Offsets of interesting fields in the file build_valid() writes. */
 struct layout {
     size_t n_tensors_at, n_kv_at;
-    size_t kv0_type_at;      /* type of general.architecture */
-    size_t arr_type_at;      /* element type of the token array */
-    size_t arr_count_at;     /* count of the token array */
-    size_t str_len_at;       /* length of the first array string */
-    size_t align_val_at;     /* value of general.alignment */
+    size_t kv0_type_at;  /* type of general.architecture */
+    size_t arr_type_at;  /* element type of the token array */
+    size_t arr_count_at; /* count of the token array */
+    size_t str_len_at;   /* length of the first array string */
+    size_t align_val_at; /* value of general.alignment */
     size_t t0_ndims_at, t0_dim0_at, t0_type_at, t0_off_at;
     size_t t1_type_at, t1_off_at, t1_name_at;
     size_t data_at;

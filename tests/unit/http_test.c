@@ -29,7 +29,10 @@
 /* h2o keeps per-thread recycle bins of socket buffers that it never
  * frees; they are h2o's, not lmd's, so LeakSanitizer is told to skip them. */
 const char *__lsan_default_suppressions(void);
-const char *__lsan_default_suppressions(void) { return "leak:h2o_mem_alloc_recycle\nleak:h2o_multithread_create_queue\n"; }
+const char *__lsan_default_suppressions(void)
+{
+    return "leak:h2o_mem_alloc_recycle\nleak:h2o_multithread_create_queue\n";
+}
 
 static _Atomic int n_closed;
 
@@ -209,8 +212,12 @@ static void test_server(void **state)
     (void)state;
     struct http_server *srv;
     struct lmd_err err = {0};
-    struct http_config cfg = {.host = "127.0.0.1", .port = 0, .io_threads = 2, .max_body = 1 << 16,
-                              .stall_timeout_ms = 400, .handler = handler};
+    struct http_config cfg = {.host = "127.0.0.1",
+                              .port = 0,
+                              .io_threads = 2,
+                              .max_body = 1 << 16,
+                              .stall_timeout_ms = 400,
+                              .handler = handler};
     assert_int_equal(http_server_start(&srv, &cfg, &err), 0);
     int port = http_server_port(srv);
     assert_true(port > 0);

@@ -119,8 +119,8 @@ static const char *const g_isas[] = {"scalar", "avx2", "avx512"};
 /* Byte offsets of the fp16 scale fields in one block (-1 ends the list). */
 static const int *fp16_fields(enum gguf_dtype t)
 {
-    static const int d0[] = {0, -1}, dm0[] = {0, 2, -1}, q2k[] = {80, 82, -1}, q3k[] = {108, -1},
-                     q6k[] = {208, -1}, none[] = {-1};
+    static const int d0[] = {0, -1}, dm0[] = {0, 2, -1}, q2k[] = {80, 82, -1}, q3k[] = {108, -1}, q6k[] = {208, -1},
+                     none[] = {-1};
     switch (t) {
     case GGUF_DTYPE_Q4_0:
     case GGUF_DTYPE_Q5_0:
@@ -195,23 +195,23 @@ static void test_f16_rounding(void **state)
 {
     (void)state;
     assert_int_equal(kern_f32_to_f16(1.0f), 0x3c00);
-    assert_int_equal(kern_f32_to_f16(1.0f + 0x1p-11f), 0x3c00);        /* tie -> even (down) */
-    assert_int_equal(kern_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02);    /* tie -> even (up) */
+    assert_int_equal(kern_f32_to_f16(1.0f + 0x1p-11f), 0x3c00);     /* tie -> even (down) */
+    assert_int_equal(kern_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02); /* tie -> even (up) */
     assert_int_equal(kern_f32_to_f16(1.0f + 0x1p-11f + 0x1p-20f), 0x3c01);
     assert_int_equal(kern_f32_to_f16(65504.0f), 0x7bff);
     assert_int_equal(kern_f32_to_f16(65519.0f), 0x7bff);
-    assert_int_equal(kern_f32_to_f16(65520.0f), 0x7c00);              /* tie at max -> inf */
+    assert_int_equal(kern_f32_to_f16(65520.0f), 0x7c00); /* tie at max -> inf */
     assert_int_equal(kern_f32_to_f16(-1e9f), 0xfc00);
     assert_int_equal(kern_f32_to_f16(INFINITY), 0x7c00);
     assert_int_equal(kern_f32_to_f16(-INFINITY), 0xfc00);
     assert_true((kern_f32_to_f16(NAN) & 0x7fff) > 0x7c00);
     assert_int_equal(kern_f32_to_f16(-0.0f), 0x8000);
-    assert_int_equal(kern_f32_to_f16(0x1p-24f), 0x0001);              /* smallest subnormal */
-    assert_int_equal(kern_f32_to_f16(0x1p-25f), 0x0000);              /* tie -> even (0) */
+    assert_int_equal(kern_f32_to_f16(0x1p-24f), 0x0001); /* smallest subnormal */
+    assert_int_equal(kern_f32_to_f16(0x1p-25f), 0x0000); /* tie -> even (0) */
     assert_int_equal(kern_f32_to_f16(0x1p-25f + 0x1p-40f), 0x0001);
-    assert_int_equal(kern_f32_to_f16(3 * 0x1p-25f), 0x0002);          /* 1.5 ulp -> 2 */
+    assert_int_equal(kern_f32_to_f16(3 * 0x1p-25f), 0x0002); /* 1.5 ulp -> 2 */
     assert_int_equal(kern_f32_to_f16(-3 * 0x1p-25f), 0x8002);
-    assert_int_equal(kern_f32_to_f16(0x1p-14f - 0x1p-25f), 0x0400);   /* tie -> min normal */
+    assert_int_equal(kern_f32_to_f16(0x1p-14f - 0x1p-25f), 0x0400); /* tie -> min normal */
     assert_int_equal(kern_f32_to_f16(1e-30f), 0x0000);
     assert_true(kern_f16_to_f32(0x0001) == 0x1p-24f);
     assert_true(kern_f16_to_f32(0x03ff) == 1023 * 0x1p-24f);
@@ -249,15 +249,15 @@ static void test_bf16(void **state)
 {
     (void)state;
     assert_int_equal(kern_f32_to_bf16(1.0f), 0x3f80);
-    assert_int_equal(kern_f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);       /* tie -> even (down) */
-    assert_int_equal(kern_f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82);   /* tie -> even (up) */
+    assert_int_equal(kern_f32_to_bf16(1.0f + 0x1p-8f), 0x3f80);     /* tie -> even (down) */
+    assert_int_equal(kern_f32_to_bf16(1.0f + 3 * 0x1p-8f), 0x3f82); /* tie -> even (up) */
     assert_int_equal(kern_f32_to_bf16(1.0f + 0x1p-8f + 0x1p-20f), 0x3f81);
     assert_int_equal(kern_f32_to_bf16(INFINITY), 0x7f80);
     assert_int_equal(kern_f32_to_bf16(-INFINITY), 0xff80);
-    assert_int_equal(kern_f32_to_bf16(FLT_MAX), 0x7f80);              /* rounds up to inf */
+    assert_int_equal(kern_f32_to_bf16(FLT_MAX), 0x7f80); /* rounds up to inf */
     assert_true(isnan(kern_bf16_to_f32(kern_f32_to_bf16(NAN))));
     assert_true(isnan(kern_bf16_to_f32(kern_f32_to_bf16(bits_f(0x7f800001u))))); /* low-payload NaN stays NaN */
-    assert_int_equal(kern_f32_to_bf16(bits_f(0x00018000u)), 0x0002);   /* subnormal tie -> even */
+    assert_int_equal(kern_f32_to_bf16(bits_f(0x00018000u)), 0x0002);             /* subnormal tie -> even */
     assert_int_equal(kern_f32_to_bf16(bits_f(0x00008000u)), 0x0000);
     assert_int_equal(kern_f32_to_bf16(bits_f(0x00008001u)), 0x0001);
     for (uint32_t h = 0; h < 65536; h++) {
@@ -298,9 +298,9 @@ static void test_dequant_legacy_by_hand(void **state)
 
     struct kern__q5_0 q5 = {0};
     put_h(&q5.d, 1.0f);
-    q5.qs[2] = 0x3A;              /* element 2: 10, element 18: 3 */
-    q5.qh[0] = 0x04;              /* bit 2: element 2 gets 16 */
-    q5.qh[2] = 0x04;              /* bit 18: element 18 gets 16 */
+    q5.qs[2] = 0x3A; /* element 2: 10, element 18: 3 */
+    q5.qh[0] = 0x04; /* bit 2: element 2 gets 16 */
+    q5.qh[2] = 0x04; /* bit 18: element 18 gets 16 */
     kern_dequant_row(GGUF_DTYPE_Q5_0, &q5, out, 32);
     assert_true(out[2] == 10.0f && out[18] == 3.0f && out[0] == -16.0f && out[31] == -16.0f);
 
@@ -332,10 +332,10 @@ static void test_dequant_kquants_by_hand(void **state)
     memset(&q2, 0, sizeof q2);
     put_h(&q2.d, 1.0f);
     put_h(&q2.dmin, 0.5f);
-    q2.scales[3] = 0x25;     /* group 3: scale 5, min 2 */
-    q2.qs[16 + 4] = 3 << 2;  /* group 3 = (g&1)=1, shift 2: element 48 + 4 */
-    q2.scales[9] = 0x07;     /* half 1, group 1 */
-    q2.qs[32 + 16 + 0] = 2;  /* half 1, group 1, shift 0: element 128 + 16 */
+    q2.scales[3] = 0x25;    /* group 3: scale 5, min 2 */
+    q2.qs[16 + 4] = 3 << 2; /* group 3 = (g&1)=1, shift 2: element 48 + 4 */
+    q2.scales[9] = 0x07;    /* half 1, group 1 */
+    q2.qs[32 + 16 + 0] = 2; /* half 1, group 1, shift 0: element 128 + 16 */
     kern_dequant_row(GGUF_DTYPE_Q2_K, &q2, out, 256);
     assert_true(out[52] == 5.0f * 3 - 1.0f);
     assert_true(out[53] == -1.0f);
@@ -365,13 +365,13 @@ static void test_dequant_kquants_by_hand(void **state)
     memset(&q4, 0, sizeof q4);
     put_h(&q4.d, 0.25f);
     put_h(&q4.dmin, 1.0f);
-    q4.scales[9] = 0x3A;       /* scale low 10, min low 3 */
-    q4.scales[1] = 0x40;       /* scale bit 4 -> 26 */
-    q4.scales[5] = 0x80;       /* min bit 5 -> 35 */
-    q4.qs[64 + 7] = 0x90;      /* element 167 = 9 */
-    q4.scales[0] = 2;          /* sub-block 0: scale 2 */
-    q4.scales[4] = 1;          /* sub-block 0: min 1 */
-    q4.qs[0] = 0x0F;           /* element 0 = 15 */
+    q4.scales[9] = 0x3A;  /* scale low 10, min low 3 */
+    q4.scales[1] = 0x40;  /* scale bit 4 -> 26 */
+    q4.scales[5] = 0x80;  /* min bit 5 -> 35 */
+    q4.qs[64 + 7] = 0x90; /* element 167 = 9 */
+    q4.scales[0] = 2;     /* sub-block 0: scale 2 */
+    q4.scales[4] = 1;     /* sub-block 0: min 1 */
+    q4.qs[0] = 0x0F;      /* element 0 = 15 */
     kern_dequant_row(GGUF_DTYPE_Q4_K, &q4, out, 256);
     assert_true(out[167] == 0.25f * 26 * 9 - 35.0f);
     assert_true(out[0] == 0.25f * 2 * 15 - 1.0f);
@@ -382,9 +382,9 @@ static void test_dequant_kquants_by_hand(void **state)
     memset(&q5, 0, sizeof q5);
     put_h(&q5.d, 1.0f);
     put_h(&q5.dmin, 1.0f);
-    q5.scales[3] = 1;          /* sub-block 3: scale 1, min 0 */
-    q5.qs[32 + 2] = 0x50;      /* element 96 + 2: high nibble 5 */
-    q5.qh[2] = 1 << 3;         /* +16 */
+    q5.scales[3] = 1;     /* sub-block 3: scale 1, min 0 */
+    q5.qs[32 + 2] = 0x50; /* element 96 + 2: high nibble 5 */
+    q5.qh[2] = 1 << 3;    /* +16 */
     kern_dequant_row(GGUF_DTYPE_Q5_K, &q5, out, 256);
     assert_true(out[98] == 21.0f);
     assert_true(out[97] == 0.0f);
@@ -395,9 +395,9 @@ static void test_dequant_kquants_by_hand(void **state)
     memset(&q6, 0, sizeof q6);
     put_h(&q6.d, 0.5f);
     q6.scales[5] = -3;
-    q6.ql[20] = 0xA0;          /* high nibble 10 */
-    q6.qh[20] = 0x30;          /* bits 4..5 = 3 -> q = 10 + 48 - 32 = 26 */
-    q6.scales[8 + 7] = 2;      /* half 1, element 128 + 96 + 16 + l */
+    q6.ql[20] = 0xA0;           /* high nibble 10 */
+    q6.qh[20] = 0x30;           /* bits 4..5 = 3 -> q = 10 + 48 - 32 = 26 */
+    q6.scales[8 + 7] = 2;       /* half 1, element 128 + 96 + 16 + l */
     q6.ql[64 + 32 + 16] = 0x10; /* high nibble of ql[64 + 32 + 16]: q4 of l = 16 -> 1 */
     kern_dequant_row(GGUF_DTYPE_Q6_K, &q6, out, 256);
     assert_true(out[84] == 0.5f * -3 * 26);
@@ -523,7 +523,7 @@ static void test_quantize_rounding(void **state)
 static void test_quantize_isa_bytes(void **state)
 {
     (void)state;
-    static const enum gguf_dtype acts[] = {GGUF_DTYPE_F32, GGUF_DTYPE_F16, GGUF_DTYPE_BF16,
+    static const enum gguf_dtype acts[] = {GGUF_DTYPE_F32,  GGUF_DTYPE_F16,  GGUF_DTYPE_BF16,
                                            GGUF_DTYPE_Q8_0, GGUF_DTYPE_Q8_1, GGUF_DTYPE_Q8_K};
     const int64_t n = 4096;
     float *x = malloc(n * sizeof(float));
@@ -559,11 +559,11 @@ static void test_quantize_isa_bytes(void **state)
 struct dot_case {
     enum gguf_dtype t, at;
     int64_t n;
-    void *w;       /* one weight row */
-    float *x;      /* [n] f32 */
-    void *xq;      /* x quantized to at (scalar quantizer) */
-    float *wf;     /* dequantized w */
-    float *xf;     /* dequantized xq */
+    void *w;   /* one weight row */
+    float *x;  /* [n] f32 */
+    void *xq;  /* x quantized to at (scalar quantizer) */
+    float *wf; /* dequantized w */
+    float *xf; /* dequantized xq */
 };
 
 static void dot_case_init(struct dot_case *c, enum gguf_dtype t, int64_t n)
@@ -636,18 +636,18 @@ static void test_dot_vs_reference(void **state)
                 float ref = kern_vec_dot(t, c.n, c.w, c.xq);
                 double bound = sum_bound(&c, sum_abs);
                 if (!(fabs(ref - exact) <= bound + s_err))
-                    fail_msg("%s n=%lld scalar %.9g vs exact %.9g (bound %.3g)", kern__traits(t)->name,
-                             (long long)c.n, (double)ref, exact, bound + s_err);
+                    fail_msg("%s n=%lld scalar %.9g vs exact %.9g (bound %.3g)", kern__traits(t)->name, (long long)c.n,
+                             (double)ref, exact, bound + s_err);
                 for (size_t i = 1; i < sizeof g_isas / sizeof g_isas[0]; i++) {
                     if (!isa_ok(g_isas[i]))
                         continue;
                     float v = kern_vec_dot(t, c.n, c.w, c.xq);
                     if (!(fabs(v - ref) <= bound))
-                        fail_msg("%s n=%lld %s %.9g vs scalar %.9g (bound %.3g)", kern__traits(t)->name,
-                                 (long long)c.n, g_isas[i], (double)v, (double)ref, bound);
+                        fail_msg("%s n=%lld %s %.9g vs scalar %.9g (bound %.3g)", kern__traits(t)->name, (long long)c.n,
+                                 g_isas[i], (double)v, (double)ref, bound);
                     if (!(fabs(v - exact) <= bound + s_err))
-                        fail_msg("%s n=%lld %s %.9g vs exact %.9g", kern__traits(t)->name, (long long)c.n,
-                                 g_isas[i], (double)v, exact);
+                        fail_msg("%s n=%lld %s %.9g vs exact %.9g", kern__traits(t)->name, (long long)c.n, g_isas[i],
+                                 (double)v, exact);
                 }
                 dot_case_free(&c);
             }
@@ -737,8 +737,8 @@ static void check_matmul(enum gguf_dtype t, int64_t n, int64_t k, int64_t m, str
             float v = kern_vec_dot(t, k, w + r * ws, xq);
             if (f_bits(v) != f_bits(y[i * ldy + r]))
                 fail_msg("%s %s n=%lld k=%lld m=%lld threads=%d: y[%lld][%lld] = %.9g, vec_dot %.9g",
-                         kern__traits(t)->name, isa, (long long)n, (long long)k, (long long)m,
-                         lmd_pool_threads(pool), (long long)i, (long long)r, (double)y[i * ldy + r], (double)v);
+                         kern__traits(t)->name, isa, (long long)n, (long long)k, (long long)m, lmd_pool_threads(pool),
+                         (long long)i, (long long)r, (double)y[i * ldy + r], (double)v);
         }
         for (int64_t r = n; r < ldy; r++)
             assert_true(y[i * ldy + r] == -12345.0f); /* padding untouched */
@@ -794,7 +794,8 @@ static void test_avx512_emulated(void **state)
     for (size_t ti = 0; ti < sizeof ts / sizeof ts[0]; ti++) {
         enum gguf_dtype t = ts[ti], at = kern_dot_type(t);
         int64_t bs = kern_block_size(t);
-        const int64_t ks[] = {bs == 256 ? 256 : 32, bs == 256 ? 512 : 96, bs == 256 ? 2048 : 1056, bs == 1 ? 37 : 2 * 256};
+        const int64_t ks[] = {bs == 256 ? 256 : 32, bs == 256 ? 512 : 96, bs == 256 ? 2048 : 1056,
+                              bs == 1 ? 37 : 2 * 256};
         for (size_t ki = 0; ki < 4; ki++) {
             int64_t k = ks[ki];
             size_t rb = kern_row_bytes(t, k), xb = kern_row_bytes(at, k);
@@ -847,17 +848,24 @@ static void test_avx512_emulated(void **state)
                         for (int nx = 1; nx <= 8 && j0 + nx <= M; nx++) {
                             float yt[8 * 4];
                             struct kern__tile tl = {
-                                .w = w, .ws = rb, .nw = nw, .x = xq + j0 * xb, .xs = xb, .nx = nx,
+                                .w = w,
+                                .ws = rb,
+                                .nw = nw,
+                                .x = xq + j0 * xb,
+                                .xs = xb,
+                                .nx = nx,
                                 .xd = use_xd && at == GGUF_DTYPE_Q8_0 ? xd + (j0 / KERN__XD_LANES) * nb * KERN__XD_LANES
-                                                                     : NULL,
-                                .y = yt, .ldy = 4,
+                                                                      : NULL,
+                                .y = yt,
+                                .ldy = 4,
                             };
                             kern__ops_avx512_emu.type[t].dot(k, &tl);
                             for (int i = 0; i < nw; i++)
                                 for (int j = 0; j < nx; j++)
                                     if (f_bits(yt[j * 4 + i]) != f_bits(emu[i][j0 + j]))
-                                        fail_msg("avx512(emu) %s tile %dx%d (xd %d): %.9g vs %.9g", kern__traits(t)->name,
-                                                 nw, nx, use_xd, (double)yt[j * 4 + i], (double)emu[i][j0 + j]);
+                                        fail_msg("avx512(emu) %s tile %dx%d (xd %d): %.9g vs %.9g",
+                                                 kern__traits(t)->name, nw, nx, use_xd, (double)yt[j * 4 + i],
+                                                 (double)emu[i][j0 + j]);
                         }
             free(w);
             free(xq);

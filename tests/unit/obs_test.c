@@ -17,8 +17,8 @@
 #include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
-#include <stdatomic.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -225,9 +225,9 @@ static void test_render_values(void **state)
         obs_observe(OBS_H_TTFT, 0, ttft[i]);
     obs_observe(OBS_H_TTFT, 1, 0.010);
     obs_observe(OBS_H_TTFT, 1, 0.0 / 0.0); /* NaN: dropped */
-    obs_observe(OBS_H_ITL, -1, 0.02);       /* cls < 0: the first class */
-    obs_observe(OBS_H_E2E, 1, -3.0);        /* negative: counted as 0 */
-    obs_observe(OBS_H_STEP, 1, 0.05);       /* unlabelled: the class is ignored */
+    obs_observe(OBS_H_ITL, -1, 0.02);      /* cls < 0: the first class */
+    obs_observe(OBS_H_E2E, 1, -3.0);       /* negative: counted as 0 */
+    obs_observe(OBS_H_STEP, 1, 0.05);      /* unlabelled: the class is ignored */
     const double bs[] = {1, 3, 8192, 9000};
     for (size_t i = 0; i < 4; i++)
         obs_observe(OBS_H_BATCH_SIZE, 0, bs[i]);
@@ -255,8 +255,8 @@ static void test_render_values(void **state)
     static const struct {
         const char *le;
         double cum;
-    } want[] = {{"0.001", 2}, {"0.002", 3}, {"0.004", 4}, {"0.008", 4}, {"1.024", 4}, {"2.048", 5},
-                {"5", 6},     {"10", 6},    {"300", 6},   {"+Inf", 7}};
+    } want[] = {{"0.001", 2}, {"0.002", 3}, {"0.004", 4}, {"0.008", 4}, {"1.024", 4},
+                {"2.048", 5}, {"5", 6},     {"10", 6},    {"300", 6},   {"+Inf", 7}};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         char key[160];
         snprintf(key, sizeof key, TTFT "_bucket{" L_INT ",le=\"%s\"}", want[i].le);
@@ -383,8 +383,8 @@ static void test_concurrent_exact(void **state)
     assert_true(expo_get(&e, "lmd_batch_tokens_bucket{le=\"128\"}") == all);
     assert_true(expo_get(&e, "lmd_batch_tokens_sum") == all * 100);
     assert_true(expo_get(&e, "lmd_prompt_tokens_total") == all * 2);
-    assert_true(
-        expo_get(&e, "lmd_requests_total{status=\"200\",class=\"batch\",tenant=\"acme\",model=\"tiny\"}") == per_class);
+    assert_true(expo_get(&e, "lmd_requests_total{status=\"200\",class=\"batch\",tenant=\"acme\",model=\"tiny\"}") ==
+                per_class);
     assert_true(expo_get(&e, "lmd_rejections_total{reason=\"rate_tokens\",tenant=\"anonymous\"}") == all);
     assert_true(expo_get(&e, "lmd_requests_running") == all);
     expo_free(&e);
@@ -515,10 +515,10 @@ static void test_trace_events(void **state)
 {
     init_obs(NULL, 0, true, 64, NULL);
     uint64_t now = lmd_time_mono_ns();
-    obs_trace(OBS_EV_STEP, 0, now - 5000000, now, 4, 300, 1);         /* a 5 ms step */
+    obs_trace(OBS_EV_STEP, 0, now - 5000000, now, 4, 300, 1); /* a 5 ms step */
     obs_trace(OBS_EV_PREFILL, 7, now - 4000000, now - 1000000, 256, 0, 0);
     obs_trace(OBS_EV_PREEMPT, 7, now, now, 12, 0, 0);
-    obs_trace(OBS_EV_FINISH, 9, now, now, 5, 2, 0);                    /* its admit is not in the trace */
+    obs_trace(OBS_EV_FINISH, 9, now, now, 5, 2, 0); /* its admit is not in the trace */
     obs_trace(OBS_EV_STEP, 0, now - 20 * 1000000000ull, now - 19 * 1000000000ull, 1, 1, 0); /* 20 s ago */
 
     json_t *root = trace_json(0);
@@ -662,8 +662,15 @@ static void test_access_text(void **state)
     free(out);
 
     /* Not applicable fields read "-"; a value with a space is quoted. */
-    struct obs_access a = {.id = "r 2", .method = "GET", .path = "/x\"y", .status = 404, .cls = -1, .tenant = -1,
-                           .queue_s = -1, .ttft_s = -1, .e2e_s = 0.002};
+    struct obs_access a = {.id = "r 2",
+                           .method = "GET",
+                           .path = "/x\"y",
+                           .status = 404,
+                           .cls = -1,
+                           .tenant = -1,
+                           .queue_s = -1,
+                           .ttft_s = -1,
+                           .e2e_s = 0.002};
     out = capture_stderr(log_access, &a);
     assert_non_null(strstr(out, " info access id=\"r 2\" method=GET path=\"/x\\\"y\" status=404 class=- tenant=- "
                                 "model=- prompt_tokens=0 output_tokens=0 queue_s=- ttft_s=- e2e_s=0.002 finish=-\n"));

@@ -7,8 +7,8 @@
 #include "core/pool.h"
 
 #include <setjmp.h>
-#include <stdatomic.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -182,9 +182,9 @@ static void test_bad_thread_count(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sizes_grains_threads), cmocka_unit_test(test_uneven_work),
+        cmocka_unit_test(test_sizes_grains_threads),    cmocka_unit_test(test_uneven_work),
         cmocka_unit_test(test_back_to_back_tiny_loops), cmocka_unit_test(test_sleep_and_wake),
-        cmocka_unit_test(test_null_pool_and_small_n), cmocka_unit_test(test_bad_thread_count),
+        cmocka_unit_test(test_null_pool_and_small_n),   cmocka_unit_test(test_bad_thread_count),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

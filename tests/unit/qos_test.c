@@ -123,36 +123,37 @@ static void test_open_mode(void **state)
 
 /* ---- a complete file --------------------------------------------------------- */
 
-static const char *full_yaml = "classes:\n"
-                               "  urgent:      {ttft_ms: 1000,  tpot_ms: 100, window_ms: 250, weight: 4, on_late: refuse}\n"
-                               "  standard:    {ttft_ms: 5000,  weight: 2}\n"
-                               "  best_effort: {ttft_ms: 15000, tpot_ms: 0,   window_ms: 0, weight: 1, on_late: run}\n"
-                               "default_class: standard\n"
-                               "admin_keys: [\"sk-admin\", \"sk-gold-2\"]\n"
-                               "tenants:\n"
-                               "  - name: gold\n"
-                               "    tier: gold\n"
-                               "    keys: [\"sk-gold-1\", \"sk-gold-2\"]\n"
-                               "    weight: 3\n"
-                               "    requests_per_second: 20\n"
-                               "    requests_burst: 40\n"
-                               "    tokens_per_minute: 200000\n"
-                               "    tokens_burst: 250000\n"
-                               "    max_concurrent: 16\n"
-                               "    max_queued: 64\n"
-                               "    models: [\"*\"]\n"
-                               "    classes: [urgent, best_effort]\n"
-                               "    default_class: urgent\n"
-                               "  - name: free\n"
-                               "    keys:\n"
-                               "      - sk-free-1\n"
-                               "    requests_per_second: 0.5\n"
-                               "    tokens_per_minute: 1000.25\n"
-                               "    models: [small, tiny]\n"
-                               "    classes: [best_effort, standard]\n"
-                               "  - name: batch\n"
-                               "    keys: ['sk-batch']\n"
-                               "    classes: [urgent]\n";
+static const char *full_yaml =
+    "classes:\n"
+    "  urgent:      {ttft_ms: 1000,  tpot_ms: 100, window_ms: 250, weight: 4, on_late: refuse}\n"
+    "  standard:    {ttft_ms: 5000,  weight: 2}\n"
+    "  best_effort: {ttft_ms: 15000, tpot_ms: 0,   window_ms: 0, weight: 1, on_late: run}\n"
+    "default_class: standard\n"
+    "admin_keys: [\"sk-admin\", \"sk-gold-2\"]\n"
+    "tenants:\n"
+    "  - name: gold\n"
+    "    tier: gold\n"
+    "    keys: [\"sk-gold-1\", \"sk-gold-2\"]\n"
+    "    weight: 3\n"
+    "    requests_per_second: 20\n"
+    "    requests_burst: 40\n"
+    "    tokens_per_minute: 200000\n"
+    "    tokens_burst: 250000\n"
+    "    max_concurrent: 16\n"
+    "    max_queued: 64\n"
+    "    models: [\"*\"]\n"
+    "    classes: [urgent, best_effort]\n"
+    "    default_class: urgent\n"
+    "  - name: free\n"
+    "    keys:\n"
+    "      - sk-free-1\n"
+    "    requests_per_second: 0.5\n"
+    "    tokens_per_minute: 1000.25\n"
+    "    models: [small, tiny]\n"
+    "    classes: [best_effort, standard]\n"
+    "  - name: batch\n"
+    "    keys: ['sk-batch']\n"
+    "    classes: [urgent]\n";
 
 static void test_full_file(void **state)
 {
@@ -174,8 +175,7 @@ static void test_full_file(void **state)
     assert_int_equal(qos_class_find(q, "best_effor", 10), LMD_ENOENT);
 
     assert_int_equal(qos_n_tenants(q), 4);
-    const struct qos_tenant *a = qos_tenant(q, 0), *g = qos_tenant(q, 1), *f = qos_tenant(q, 2),
-                            *b = qos_tenant(q, 3);
+    const struct qos_tenant *a = qos_tenant(q, 0), *g = qos_tenant(q, 1), *f = qos_tenant(q, 2), *b = qos_tenant(q, 3);
     assert_string_equal(a->name, "anonymous");
     assert_int_equal(a->classes, 7);
     assert_int_equal(a->default_class, 1);
@@ -537,9 +537,9 @@ static void test_quotas(void **state)
 
 struct hammer {
     struct qos *q;
-    _Atomic uint64_t clock;   /* ns, a shared fake clock */
-    _Atomic int held;         /* tickets admitted and not finished */
-    _Atomic int queued;       /* tickets admitted and not started */
+    _Atomic uint64_t clock; /* ns, a shared fake clock */
+    _Atomic int held;       /* tickets admitted and not finished */
+    _Atomic int queued;     /* tickets admitted and not started */
     _Atomic int max_held, max_queued, admitted, bad;
 };
 
@@ -650,7 +650,8 @@ static const struct bad_case bad_cases[] = {
     {"", LMD_EFORMAT, ":1:1: the file is empty"},
     {"# only a comment\n", LMD_EFORMAT, ":1:1: the file is empty"},
     {"tenants: [\n", LMD_EFORMAT, "YAML syntax error"},
-    {"tenants:\n  - name: a\n   keys: [k]\n", LMD_EFORMAT, ":3:4: YAML syntax error: did not find expected '-' indicator"},
+    {"tenants:\n  - name: a\n   keys: [k]\n", LMD_EFORMAT,
+     ":3:4: YAML syntax error: did not find expected '-' indicator"},
     {"a: 'unterminated\n", LMD_EFORMAT, "YAML syntax error"},
     {"tenants: []\n\x01\n", LMD_EFORMAT, ":2:1: YAML syntax error: control characters are not allowed"},
     {"tenants: [] \xff\xfe\n", LMD_EFORMAT, "YAML syntax error: invalid"},
@@ -693,8 +694,7 @@ static const struct bad_case bad_cases[] = {
      ":1:23: classes.a.weight: must be between 1 and 1000000 (got 0)"},
     {"classes: {a: {on_late: drop}}\ntenants: [{name: x, keys: [k]}]\n", LMD_EFORMAT,
      ":1:24: classes.a.on_late: expected 'run' or 'refuse', got 'drop'"},
-    {"classes: {a: }\ntenants: [{name: x, keys: [k]}]\n", LMD_EFORMAT,
-     "classes.a: expected a mapping, got nothing"},
+    {"classes: {a: }\ntenants: [{name: x, keys: [k]}]\n", LMD_EFORMAT, "classes.a: expected a mapping, got nothing"},
     {"classes: {a: {}}\ndefault_class: b\ntenants: [{name: x, keys: [k]}]\n", LMD_EFORMAT,
      ":2:16: default_class: unknown class 'b' (classes are: a)"},
     {"default_class: [urgent]\ntenants: [{name: x, keys: [k]}]\n", LMD_EFORMAT,
@@ -738,7 +738,8 @@ static const struct bad_case bad_cases[] = {
      ":3:26: tenants[1].keys[1]: duplicate key (same as tenants[0].keys[0] at line 2, column 22)"},
     {"admin_keys: [x, x]\ntenants: [{name: a, keys: [k]}]\n", LMD_EFORMAT,
      ":1:17: admin_keys[1]: duplicate key (same as admin_keys[0] at line 1, column 14)"},
-    {"admin_keys: x\ntenants: [{name: a, keys: [k]}]\n", LMD_EFORMAT, ":1:13: admin_keys: expected a list, got a scalar"},
+    {"admin_keys: x\ntenants: [{name: a, keys: [k]}]\n", LMD_EFORMAT,
+     ":1:13: admin_keys: expected a list, got a scalar"},
     /* Limits. */
     {"tenants: [{name: a, keys: [k], requests_per_second: -5}]\n", LMD_ERANGE,
      ":1:53: tenants[0].requests_per_second: must not be negative (got -5); omit the key for no limit"},
@@ -890,10 +891,18 @@ static void test_mutations(void **state)
             size_t at = (rng >> 8) % len;
             char ch = alphabet[(rng >> 3) % (sizeof alphabet - 1)];
             switch (rng >> 30) {
-            case 0: text[at] = ch; break;                                                  /* replace */
-            case 1: memmove(text + at, text + at + 1, len - at), len--; break;             /* delete */
-            case 2: memmove(text + at + 1, text + at, len - at + 1), text[at] = ch, len++; break; /* insert */
-            default: len = at, text[len] = 0; break;                                       /* truncate */
+            case 0:
+                text[at] = ch;
+                break; /* replace */
+            case 1:
+                memmove(text + at, text + at + 1, len - at), len--;
+                break; /* delete */
+            case 2:
+                memmove(text + at + 1, text + at, len - at + 1), text[at] = ch, len++;
+                break; /* insert */
+            default:
+                len = at, text[len] = 0;
+                break; /* truncate */
             }
             if (len == 0)
                 break;
@@ -949,12 +958,18 @@ static void test_alloc_failures(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_open_mode),        cmocka_unit_test(test_full_file),
-        cmocka_unit_test(test_example_file),     cmocka_unit_test(test_auth),
-        cmocka_unit_test(test_requests_bucket),  cmocka_unit_test(test_tokens_bucket),
-        cmocka_unit_test(test_no_drift),         cmocka_unit_test(test_quotas),
-        cmocka_unit_test(test_threads),          cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_malformed_generated), cmocka_unit_test(test_mutations),
+        cmocka_unit_test(test_open_mode),
+        cmocka_unit_test(test_full_file),
+        cmocka_unit_test(test_example_file),
+        cmocka_unit_test(test_auth),
+        cmocka_unit_test(test_requests_bucket),
+        cmocka_unit_test(test_tokens_bucket),
+        cmocka_unit_test(test_no_drift),
+        cmocka_unit_test(test_quotas),
+        cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_malformed_generated),
+        cmocka_unit_test(test_mutations),
         cmocka_unit_test(test_alloc_failures),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -213,9 +213,12 @@ static void test_logprobs(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_greedy),          cmocka_unit_test(test_seed_reproduces),
-        cmocka_unit_test(test_top_k_top_p_min_p), cmocka_unit_test(test_penalties_and_bias),
-        cmocka_unit_test(test_bad_params),      cmocka_unit_test(test_logprobs),
+        cmocka_unit_test(test_greedy),
+        cmocka_unit_test(test_seed_reproduces),
+        cmocka_unit_test(test_top_k_top_p_min_p),
+        cmocka_unit_test(test_penalties_and_bias),
+        cmocka_unit_test(test_bad_params),
+        cmocka_unit_test(test_logprobs),
     };
     return cmocka_run_group_tests_name("sample", tests, NULL, NULL);
 }

@@ -26,8 +26,8 @@ static const struct sched_class classes[2] = {
 static int32_t prompt[1024];
 static int32_t outbuf[4096];
 
-static void req(struct sched_req *r, int cls, int tenant, uint64_t arrival, int n_prompt, int max_tokens,
-                uint64_t seq, const struct sched__policy *p)
+static void req(struct sched_req *r, int cls, int tenant, uint64_t arrival, int n_prompt, int max_tokens, uint64_t seq,
+                const struct sched__policy *p)
 {
     sched_req_init(r);
     r->cls = cls;
@@ -275,8 +275,8 @@ static void test_idle_tenant_no_credit(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_class_then_deadline), cmocka_unit_test(test_fcfs_is_arrival_order),
-        cmocka_unit_test(test_batching_window),     cmocka_unit_test(test_fair_share_3_to_1),
+        cmocka_unit_test(test_class_then_deadline),   cmocka_unit_test(test_fcfs_is_arrival_order),
+        cmocka_unit_test(test_batching_window),       cmocka_unit_test(test_fair_share_3_to_1),
         cmocka_unit_test(test_form_budget_and_order), cmocka_unit_test(test_victim_choice),
         cmocka_unit_test(test_idle_tenant_no_credit),
     };

@@ -369,9 +369,13 @@ static void test_obs_records(void **state)
     (void)state;
     struct lmd_err err = {0};
     const char *classes[] = {"c0"}, *tenants[] = {"anonymous"};
-    struct obs_config oc = {
-        .model = "m", .classes = classes, .n_classes = 1, .tenants = tenants, .n_tenants = 1, .trace = true,
-        .nvml_path = ""};
+    struct obs_config oc = {.model = "m",
+                            .classes = classes,
+                            .n_classes = 1,
+                            .tenants = tenants,
+                            .n_tenants = 1,
+                            .trace = true,
+                            .nvml_path = ""};
     assert_int_equal(obs_init(&oc, &err), 0);
 
     static struct treq t[4];

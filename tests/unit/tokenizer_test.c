@@ -14,9 +14,9 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -227,8 +227,8 @@ static void check_golden(const char *name)
             size_t wl = unhex(whex, wtext);
             if (dl != wl || memcmp(dec, wtext, wl) != 0) {
                 bad++;
-                print_message("  %s case %zu (%s) decode differs: got %zu bytes '%.*s', want %zu '%.*s'\n", name,
-                              ci, keys[k], dl, (int)dl, dec, wl, (int)wl, wtext);
+                print_message("  %s case %zu (%s) decode differs: got %zu bytes '%.*s', want %zu '%.*s'\n", name, ci,
+                              keys[k], dl, (int)dl, dec, wl, (int)wl, wtext);
             }
             if (k == 0 && json_is_true(json_object_get(c, "roundtrip"))) {
                 n_roundtrip++;
@@ -633,8 +633,8 @@ static const int32_t k_types[] = {2, 3, 3, 1, 1, 1, 1};
 static void expect(int rc, struct lmd_err *err, int want, const char *needle)
 {
     if (rc != want || !strstr(err->msg, needle)) {
-        print_error("got %s '%s', want %s containing '%s'\n", lmd_strerror(rc), rc ? err->msg : "",
-                    lmd_strerror(want), needle);
+        print_error("got %s '%s', want %s containing '%s'\n", lmd_strerror(rc), rc ? err->msg : "", lmd_strerror(want),
+                    needle);
         fail();
     }
 }

@@ -20,7 +20,7 @@ struct native_engine {
     struct model_scratch *scratch;
     struct lmd_pool *pool;
     struct kv_cache kv;
-    float *logits; /* [max_seqs][n_vocab] */
+    float *logits;           /* [max_seqs][n_vocab] */
     struct model_seq *mseqs; /* [max_seqs] */
 };
 
@@ -106,8 +106,7 @@ int engine_native_open(struct engine **out, const struct engine_config *cfg, str
         if (kc.n_blocks < 1)
             kc.n_blocks = 1;
     }
-    if ((rc = kv_init(&ne->kv, &kc, err)) ||
-        (rc = lmd_pool_init(&ne->pool, in->n_threads, err)) ||
+    if ((rc = kv_init(&ne->kv, &kc, err)) || (rc = lmd_pool_init(&ne->pool, in->n_threads, err)) ||
         (rc = model_scratch_create(&ne->scratch, ne->model, in->max_batch_tokens, in->max_seqs, in->n_threads, err))) {
         native_close(&ne->base);
         return rc;

@@ -72,8 +72,8 @@ KERN_INLINE __m256i kern__dot_i8(__m256i a, __m256i b)
 /* The 32 bits of a (little-endian) become 32 bytes of 0x00 / 0xFF. */
 KERN_INLINE __m256i kern__bits_to_bytes(uint32_t bits)
 {
-    const __m256i shuf = _mm256_setr_epi64x(0x0000000000000000ll, 0x0101010101010101ll, 0x0202020202020202ll,
-                                            0x0303030303030303ll);
+    const __m256i shuf =
+        _mm256_setr_epi64x(0x0000000000000000ll, 0x0101010101010101ll, 0x0202020202020202ll, 0x0303030303030303ll);
     __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), shuf);
     const __m256i sel = _mm256_set1_epi64x((long long)0x7fbfdfeff7fbfdfeull);
     v = _mm256_or_si256(v, sel);
@@ -119,28 +119,42 @@ KERN_INLINE void kern__prefetch_lines(const char *p, int bytes)
  * rows one after another for the prefetch; otherwise each weight row is
  * dotted against up to 8 activation rows with a tile specialised for NX.
  * NB is the block count expression in terms of n. */
-#define DOT_ENTRY(T, NB)                                                                                       \
-    void kern__dot_##T##_avx2(int64_t n, const struct kern__tile *t)                                           \
-    {                                                                                                          \
-        int64_t nb = (NB);                                                                                     \
-        const char *w = t->w, *x = t->x;                                                                       \
-        if (t->nx == 1) {                                                                                      \
-            /* Decode: one weight row after another (see KERN__PF_DIST). */                                    \
-            for (int i = 0; i < t->nw; i++)                                                                    \
-                tile_##T(1, 1, nb, w + (size_t)i * t->ws, t->ws, x, t->xs, t->xd, t->y + i, t->ldy);           \
-            return;                                                                                            \
-        }                                                                                                      \
-        for (int i = 0; i < t->nw; i++) {                                                                      \
-            const char *wi = w + (size_t)i * t->ws;                                                            \
-            float *yi = t->y + i;                                                                              \
-            switch (t->nx) {                                                                                   \
-            case 2: tile_##T(1, 2, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
-            case 3: tile_##T(1, 3, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
-            case 4: tile_##T(1, 4, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
-            case 5: tile_##T(1, 5, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
-            case 6: tile_##T(1, 6, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
-            case 7: tile_##T(1, 7, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                         \
-            default: tile_##T(1, 8, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy); break;                        \
-            }                                                                                                  \
-        }                                                                                                      \
+#define DOT_ENTRY(T, NB)                                                                                               \
+    void kern__dot_##T##_avx2(int64_t n, const struct kern__tile *t)                                                   \
+    {                                                                                                                  \
+        int64_t nb = (NB);                                                                                             \
+        const char *w = t->w, *x = t->x;                                                                               \
+        if (t->nx == 1) {                                                                                              \
+            /* Decode: one weight row after another (see KERN__PF_DIST). */                                            \
+            for (int i = 0; i < t->nw; i++)                                                                            \
+                tile_##T(1, 1, nb, w + (size_t)i * t->ws, t->ws, x, t->xs, t->xd, t->y + i, t->ldy);                   \
+            return;                                                                                                    \
+        }                                                                                                              \
+        for (int i = 0; i < t->nw; i++) {                                                                              \
+            const char *wi = w + (size_t)i * t->ws;                                                                    \
+            float *yi = t->y + i;                                                                                      \
+            switch (t->nx) {                                                                                           \
+            case 2:                                                                                                    \
+                tile_##T(1, 2, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy);                                            \
+                break;                                                                                                 \
+            case 3:                                                                                                    \
+                tile_##T(1, 3, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy);                                            \
+                break;                                                                                                 \
+            case 4:                                                                                                    \
+                tile_##T(1, 4, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy);                                            \
+                break;                                                                                                 \
+            case 5:                                                                                                    \
+                tile_##T(1, 5, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy);                                            \
+                break;                                                                                                 \
+            case 6:                                                                                                    \
+                tile_##T(1, 6, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy);                                            \
+                break;                                                                                                 \
+            case 7:                                                                                                    \
+                tile_##T(1, 7, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy);                                            \
+                break;                                                                                                 \
+            default:                                                                                                   \
+                tile_##T(1, 8, nb, wi, t->ws, x, t->xs, t->xd, yi, t->ldy);                                            \
+                break;                                                                                                 \
+            }                                                                                                          \
+        }                                                                                                              \
     }

@@ -39,8 +39,8 @@
 KERN_INLINE __m256i pair_scales(__m256i v, int t)
 {
     __m256i r = _mm256_permutevar8x32_epi32(v, _mm256_set1_epi32(t));
-    const __m256i shuf = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
-                                          2, 3, 2, 3, 2, 3, 2, 3);
+    const __m256i shuf = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
+                                          2, 3, 2, 3, 2, 3);
     return _mm256_shuffle_epi8(r, shuf);
 }
 
@@ -83,10 +83,10 @@ KERN_INLINE void tile_q4_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             const struct kern__q4_K *wb = (const struct kern__q4_K *)(w + (size_t)i * ws) + b;
             if (NX == 1)
                 kern__prefetch_lines((const char *)wb + KERN__PF_DIST, sizeof *wb);
-            __m128i sm8 = k4_scales_mins(wb->scales);                          /* [sc0..7, m0..7] */
+            __m128i sm8 = k4_scales_mins(wb->scales); /* [sc0..7, m0..7] */
             __m256i sm = _mm256_cvtepu8_epi16(sm8);
-            __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);            /* sc0..7 in both halves */
-            __m256i mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm8, sm8));   /* m0, m0, m1, m1, ... */
+            __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);         /* sc0..7 in both halves */
+            __m256i mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm8, sm8)); /* m0, m0, m1, m1, ... */
             __m256 dw = _mm256_set1_ps(kern__h2f_hw(wb->d)), nmw = _mm256_set1_ps(-kern__h2f_hw(wb->dmin));
             __m256i sumi[8];
             for (int j = 0; j < NX; j++)
@@ -149,10 +149,10 @@ KERN_INLINE void tile_q5_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             const struct kern__q5_K *wb = (const struct kern__q5_K *)(w + (size_t)i * ws) + b;
             if (NX == 1)
                 kern__prefetch_lines((const char *)wb + KERN__PF_DIST, sizeof *wb);
-            __m128i sm8 = k4_scales_mins(wb->scales);                          /* [sc0..7, m0..7] */
+            __m128i sm8 = k4_scales_mins(wb->scales); /* [sc0..7, m0..7] */
             __m256i sm = _mm256_cvtepu8_epi16(sm8);
-            __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);            /* sc0..7 in both halves */
-            __m256i mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm8, sm8));   /* m0, m0, m1, m1, ... */
+            __m256i scales = _mm256_permute2x128_si256(sm, sm, 0x00);         /* sc0..7 in both halves */
+            __m256i mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(sm8, sm8)); /* m0, m0, m1, m1, ... */
             float dw = kern__h2f_hw(wb->d), mw = kern__h2f_hw(wb->dmin);
             __m256i hbits = _mm256_loadu_si256((const __m256i *)wb->qh);
             __m256i sumi[8];
@@ -161,8 +161,8 @@ KERN_INLINE void tile_q5_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             for (int g = 0; g < 4; g++) {
                 __m256i bits = _mm256_loadu_si256((const __m256i *)(wb->qs + 32 * g));
                 __m256i lo = _mm256_or_si256(_mm256_and_si256(bits, m4), bit_to_16(hbits, 2 * g));
-                __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4),
-                                             bit_to_16(hbits, 2 * g + 1));
+                __m256i hi =
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), bit_to_16(hbits, 2 * g + 1));
                 __m256i s_lo = bcast_scale(scales, 2 * g), s_hi = bcast_scale(scales, 2 * g + 1);
                 for (int j = 0; j < NX; j++) {
                     const struct kern__q8_K *xb = (const struct kern__q8_K *)(x + (size_t)j * xs) + b;
@@ -239,8 +239,8 @@ KERN_INLINE void tile_q6_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
             }
             for (int j = 0; j < NX; j++) {
                 const struct kern__q8_K *xb = (const struct kern__q8_K *)(x + (size_t)j * xs) + b;
-                acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(xb->d)), _mm256_cvtepi32_ps(sumi[j]),
-                                            acc[i][j]);
+                acc[i][j] =
+                    _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(xb->d)), _mm256_cvtepi32_ps(sumi[j]), acc[i][j]);
             }
         }
     }
@@ -297,7 +297,8 @@ KERN_INLINE void tile_q3_K(int NW, int NX, int64_t nb, const char *w, size_t ws,
                     __m256i s = pair_scales(sc16, 4 * h + p);
                     for (int j = 0; j < NX; j++) {
                         const struct kern__q8_K *xb = (const struct kern__q8_K *)(x + (size_t)j * xs) + b;
-                        __m256i yv = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xb->qs + 128 * h + 32 * p)), q);
+                        __m256i yv =
+                            _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xb->qs + 128 * h + 32 * p)), q);
                         sumi[j] = _mm256_add_epi32(sumi[j], _mm256_madd_epi16(s, _mm256_maddubs_epi16(aq, yv)));
                     }
                 }

@@ -61,58 +61,58 @@ KERN_INLINE float d_q8_0(const void *p) { return kern__h2f_hw(((const struct ker
  *     acc = fmadd(dw * dx, cvt(int dot), acc),
  * then one fixed horizontal sum.
  */
-#define SIGNED_TILE(T, BYTES)                                                                                  \
-    KERN_INLINE void tile_##T(int NW, int NX, int64_t nb, const char *w, size_t ws, const char *x, size_t xs, \
-                              const float *xd, float *y, int64_t ldy)                                          \
-    {                                                                                                          \
-        __m256 acc[4][8];                                                                                      \
-        for (int i = 0; i < NW; i++)                                                                           \
-            for (int j = 0; j < NX; j++)                                                                       \
-                acc[i][j] = _mm256_setzero_ps();                                                               \
-        for (int64_t b = 0; b < nb; b++) {                                                                     \
-            __m256i ua[4], wq[4];                                                                              \
-            __m256 dw[4];                                                                                      \
-            for (int i = 0; i < NW; i++) {                                                                     \
-                const char *wb = w + (size_t)i * ws + (size_t)b * (BYTES);                                     \
-                if (NX == 1)                                                                                   \
-                    _mm_prefetch(wb + KERN__PF_DIST, _MM_HINT_T0);                                                    \
-                wq[i] = w_##T(wb);                                                                             \
-                ua[i] = _mm256_sign_epi8(wq[i], wq[i]);                                                        \
-                dw[i] = kern__h2f_bcast(*(const uint16_t *)wb);                                                             \
-            }                                                                                                  \
-            if (NX == 1 && NW == 1 && xd) {                                                                    \
-                const struct kern__q8_0 *xb = (const struct kern__q8_0 *)x + b;                                \
-                __m256i yv = _mm256_loadu_si256((const __m256i *)xb->qs);                                      \
-                __m256 d = _mm256_mul_ps(dw[0], _mm256_broadcast_ss(xd + b * KERN__XD_LANES));                 \
-                __m256i p = kern__sum_i16_pairs(_mm256_maddubs_epi16(ua[0], _mm256_sign_epi8(yv, wq[0])));     \
-                acc[0][0] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[0][0]);                              \
-                continue;                                                                                      \
-            }                                                                                                  \
-            if (NX > 1 && NW == 1 && xd) {                                                                     \
-                /* All NX scale products at once, then broadcast loads. */                                     \
-                _Alignas(32) float dd[KERN__XD_LANES];                                                         \
-                _mm256_store_ps(dd, _mm256_mul_ps(dw[0], _mm256_loadu_ps(xd + b * KERN__XD_LANES)));           \
-                for (int j = 0; j < NX; j++) {                                                                 \
-                    const struct kern__q8_0 *xb = (const struct kern__q8_0 *)(x + (size_t)j * xs) + b;         \
-                    __m256i yv = _mm256_loadu_si256((const __m256i *)xb->qs);                                  \
-                    __m256i p = kern__sum_i16_pairs(_mm256_maddubs_epi16(ua[0], _mm256_sign_epi8(yv, wq[0]))); \
-                    acc[0][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[j]), _mm256_cvtepi32_ps(p), acc[0][j]); \
-                }                                                                                              \
-                continue;                                                                                      \
-            }                                                                                                  \
-            for (int j = 0; j < NX; j++) {                                                                     \
-                const struct kern__q8_0 *xb = (const struct kern__q8_0 *)(x + (size_t)j * xs) + b;             \
-                __m256i yv = _mm256_loadu_si256((const __m256i *)xb->qs);                                      \
-                __m256 dx = kern__h2f_bcast(xb->d);                                                            \
-                for (int i = 0; i < NW; i++) {                                                                 \
-                    __m256i p = kern__sum_i16_pairs(_mm256_maddubs_epi16(ua[i], _mm256_sign_epi8(yv, wq[i]))); \
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw[i], dx), _mm256_cvtepi32_ps(p), acc[i][j]);   \
-                }                                                                                              \
-            }                                                                                                  \
-        }                                                                                                      \
-        for (int i = 0; i < NW; i++)                                                                           \
-            for (int j = 0; j < NX; j++)                                                                       \
-                y[j * ldy + i] = kern__hsum_ps(acc[i][j]);                                                     \
+#define SIGNED_TILE(T, BYTES)                                                                                          \
+    KERN_INLINE void tile_##T(int NW, int NX, int64_t nb, const char *w, size_t ws, const char *x, size_t xs,          \
+                              const float *xd, float *y, int64_t ldy)                                                  \
+    {                                                                                                                  \
+        __m256 acc[4][8];                                                                                              \
+        for (int i = 0; i < NW; i++)                                                                                   \
+            for (int j = 0; j < NX; j++)                                                                               \
+                acc[i][j] = _mm256_setzero_ps();                                                                       \
+        for (int64_t b = 0; b < nb; b++) {                                                                             \
+            __m256i ua[4], wq[4];                                                                                      \
+            __m256 dw[4];                                                                                              \
+            for (int i = 0; i < NW; i++) {                                                                             \
+                const char *wb = w + (size_t)i * ws + (size_t)b * (BYTES);                                             \
+                if (NX == 1)                                                                                           \
+                    _mm_prefetch(wb + KERN__PF_DIST, _MM_HINT_T0);                                                     \
+                wq[i] = w_##T(wb);                                                                                     \
+                ua[i] = _mm256_sign_epi8(wq[i], wq[i]);                                                                \
+                dw[i] = kern__h2f_bcast(*(const uint16_t *)wb);                                                        \
+            }                                                                                                          \
+            if (NX == 1 && NW == 1 && xd) {                                                                            \
+                const struct kern__q8_0 *xb = (const struct kern__q8_0 *)x + b;                                        \
+                __m256i yv = _mm256_loadu_si256((const __m256i *)xb->qs);                                              \
+                __m256 d = _mm256_mul_ps(dw[0], _mm256_broadcast_ss(xd + b * KERN__XD_LANES));                         \
+                __m256i p = kern__sum_i16_pairs(_mm256_maddubs_epi16(ua[0], _mm256_sign_epi8(yv, wq[0])));             \
+                acc[0][0] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[0][0]);                                      \
+                continue;                                                                                              \
+            }                                                                                                          \
+            if (NX > 1 && NW == 1 && xd) {                                                                             \
+                /* All NX scale products at once, then broadcast loads. */                                             \
+                _Alignas(32) float dd[KERN__XD_LANES];                                                                 \
+                _mm256_store_ps(dd, _mm256_mul_ps(dw[0], _mm256_loadu_ps(xd + b * KERN__XD_LANES)));                   \
+                for (int j = 0; j < NX; j++) {                                                                         \
+                    const struct kern__q8_0 *xb = (const struct kern__q8_0 *)(x + (size_t)j * xs) + b;                 \
+                    __m256i yv = _mm256_loadu_si256((const __m256i *)xb->qs);                                          \
+                    __m256i p = kern__sum_i16_pairs(_mm256_maddubs_epi16(ua[0], _mm256_sign_epi8(yv, wq[0])));         \
+                    acc[0][j] = _mm256_fmadd_ps(_mm256_broadcast_ss(&dd[j]), _mm256_cvtepi32_ps(p), acc[0][j]);        \
+                }                                                                                                      \
+                continue;                                                                                              \
+            }                                                                                                          \
+            for (int j = 0; j < NX; j++) {                                                                             \
+                const struct kern__q8_0 *xb = (const struct kern__q8_0 *)(x + (size_t)j * xs) + b;                     \
+                __m256i yv = _mm256_loadu_si256((const __m256i *)xb->qs);                                              \
+                __m256 dx = kern__h2f_bcast(xb->d);                                                                    \
+                for (int i = 0; i < NW; i++) {                                                                         \
+                    __m256i p = kern__sum_i16_pairs(_mm256_maddubs_epi16(ua[i], _mm256_sign_epi8(yv, wq[i])));         \
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw[i], dx), _mm256_cvtepi32_ps(p), acc[i][j]);           \
+                }                                                                                                      \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (int i = 0; i < NW; i++)                                                                                   \
+            for (int j = 0; j < NX; j++)                                                                               \
+                y[j * ldy + i] = kern__hsum_ps(acc[i][j]);                                                             \
     }
 
 SIGNED_TILE(q4_0, sizeof(struct kern__q4_0))
@@ -134,42 +134,42 @@ KERN_INLINE __m256i w_q5_1(const void *p)
 KERN_INLINE float d_dm(const void *p) { return kern__h2f_hw(((const uint16_t *)p)[0]); }
 KERN_INLINE float m_dm(const void *p) { return kern__h2f_hw(((const uint16_t *)p)[1]); }
 
-#define UNSIGNED_TILE(T, BYTES)                                                                                \
-    KERN_INLINE void tile_##T(int NW, int NX, int64_t nb, const char *w, size_t ws, const char *x, size_t xs, \
-                              const float *xd, float *y, int64_t ldy)                                          \
-    {                                                                                                          \
-        __m256 acc[4][8];                                                                                      \
-        float accm[4][8];                                                                                      \
-        for (int i = 0; i < NW; i++)                                                                           \
-            for (int j = 0; j < NX; j++) {                                                                     \
-                acc[i][j] = _mm256_setzero_ps();                                                               \
-                accm[i][j] = 0;                                                                                \
-            }                                                                                                  \
-        for (int64_t b = 0; b < nb; b++) {                                                                     \
-            __m256i wq[4];                                                                                     \
-            __m256 dw[4];                                                                                      \
-            float mw[4];                                                                                       \
-            for (int i = 0; i < NW; i++) {                                                                     \
-                const char *wb = w + (size_t)i * ws + (size_t)b * (BYTES);                                     \
-                wq[i] = w_##T(wb);                                                                             \
-                dw[i] = _mm256_set1_ps(d_dm(wb));                                                              \
-                mw[i] = m_dm(wb);                                                                              \
-            }                                                                                                  \
-            for (int j = 0; j < NX; j++) {                                                                     \
-                const struct kern__q8_1 *xb = (const struct kern__q8_1 *)(x + (size_t)j * xs) + b;             \
-                __m256i yv = _mm256_loadu_si256((const __m256i *)xb->qs);                                      \
-                __m256 dx = kern__h2f_bcast(xb->d);                                               \
-                float sx = kern__h2f_hw(xb->s);                                                                \
-                for (int i = 0; i < NW; i++) {                                                                 \
-                    __m256i p = kern__sum_i16_pairs(_mm256_maddubs_epi16(wq[i], yv));                          \
-                    acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw[i], dx), _mm256_cvtepi32_ps(p), acc[i][j]);   \
-                    accm[i][j] = fmaf(mw[i], sx, accm[i][j]);                                                  \
-                }                                                                                              \
-            }                                                                                                  \
-        }                                                                                                      \
-        for (int i = 0; i < NW; i++)                                                                           \
-            for (int j = 0; j < NX; j++)                                                                       \
-                y[j * ldy + i] = kern__hsum_ps(acc[i][j]) + accm[i][j];                                        \
+#define UNSIGNED_TILE(T, BYTES)                                                                                        \
+    KERN_INLINE void tile_##T(int NW, int NX, int64_t nb, const char *w, size_t ws, const char *x, size_t xs,          \
+                              const float *xd, float *y, int64_t ldy)                                                  \
+    {                                                                                                                  \
+        __m256 acc[4][8];                                                                                              \
+        float accm[4][8];                                                                                              \
+        for (int i = 0; i < NW; i++)                                                                                   \
+            for (int j = 0; j < NX; j++) {                                                                             \
+                acc[i][j] = _mm256_setzero_ps();                                                                       \
+                accm[i][j] = 0;                                                                                        \
+            }                                                                                                          \
+        for (int64_t b = 0; b < nb; b++) {                                                                             \
+            __m256i wq[4];                                                                                             \
+            __m256 dw[4];                                                                                              \
+            float mw[4];                                                                                               \
+            for (int i = 0; i < NW; i++) {                                                                             \
+                const char *wb = w + (size_t)i * ws + (size_t)b * (BYTES);                                             \
+                wq[i] = w_##T(wb);                                                                                     \
+                dw[i] = _mm256_set1_ps(d_dm(wb));                                                                      \
+                mw[i] = m_dm(wb);                                                                                      \
+            }                                                                                                          \
+            for (int j = 0; j < NX; j++) {                                                                             \
+                const struct kern__q8_1 *xb = (const struct kern__q8_1 *)(x + (size_t)j * xs) + b;                     \
+                __m256i yv = _mm256_loadu_si256((const __m256i *)xb->qs);                                              \
+                __m256 dx = kern__h2f_bcast(xb->d);                                                                    \
+                float sx = kern__h2f_hw(xb->s);                                                                        \
+                for (int i = 0; i < NW; i++) {                                                                         \
+                    __m256i p = kern__sum_i16_pairs(_mm256_maddubs_epi16(wq[i], yv));                                  \
+                    acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw[i], dx), _mm256_cvtepi32_ps(p), acc[i][j]);           \
+                    accm[i][j] = fmaf(mw[i], sx, accm[i][j]);                                                          \
+                }                                                                                                      \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (int i = 0; i < NW; i++)                                                                                   \
+            for (int j = 0; j < NX; j++)                                                                               \
+                y[j * ldy + i] = kern__hsum_ps(acc[i][j]) + accm[i][j];                                                \
     }
 
 UNSIGNED_TILE(q4_1, sizeof(struct kern__q4_1))
@@ -191,36 +191,36 @@ KERN_INLINE float s_f32(const void *p, int64_t i) { return ((const float *)p)[i]
 KERN_INLINE float s_f16(const void *p, int64_t i) { return kern__h2f_hw(((const uint16_t *)p)[i]); }
 KERN_INLINE float s_bf16(const void *p, int64_t i) { return kern_bf16_to_f32(((const uint16_t *)p)[i]); }
 
-#define FLOAT_TILE(T)                                                                                          \
-    KERN_INLINE void tile_##T(int NW, int NX, int64_t n, const char *w, size_t ws, const char *x, size_t xs,  \
-                              const float *xd, float *y, int64_t ldy)                                          \
-    {                                                                                                          \
-        __m256 a0[4][8], a1[4][8];                                                                             \
-        for (int i = 0; i < NW; i++)                                                                           \
-            for (int j = 0; j < NX; j++)                                                                       \
-                a0[i][j] = a1[i][j] = _mm256_setzero_ps();                                                     \
-        int64_t k = 0;                                                                                         \
-        for (; k + 16 <= n; k += 16) {                                                                         \
-            __m256 w0[4], w1[4];                                                                               \
-            for (int i = 0; i < NW; i++) {                                                                     \
-                w0[i] = ld_##T(w + (size_t)i * ws, k);                                                         \
-                w1[i] = ld_##T(w + (size_t)i * ws, k + 8);                                                     \
-            }                                                                                                  \
-            for (int j = 0; j < NX; j++) {                                                                     \
-                __m256 x0 = ld_##T(x + (size_t)j * xs, k), x1 = ld_##T(x + (size_t)j * xs, k + 8);             \
-                for (int i = 0; i < NW; i++) {                                                                 \
-                    a0[i][j] = _mm256_fmadd_ps(w0[i], x0, a0[i][j]);                                           \
-                    a1[i][j] = _mm256_fmadd_ps(w1[i], x1, a1[i][j]);                                           \
-                }                                                                                              \
-            }                                                                                                  \
-        }                                                                                                      \
-        for (int i = 0; i < NW; i++)                                                                           \
-            for (int j = 0; j < NX; j++) {                                                                     \
-                float s = kern__hsum_ps(_mm256_add_ps(a0[i][j], a1[i][j]));                                    \
-                for (int64_t t = k; t < n; t++)                                                                \
-                    s = fmaf(s_##T(w + (size_t)i * ws, t), s_##T(x + (size_t)j * xs, t), s);                   \
-                y[j * ldy + i] = s;                                                                            \
-            }                                                                                                  \
+#define FLOAT_TILE(T)                                                                                                  \
+    KERN_INLINE void tile_##T(int NW, int NX, int64_t n, const char *w, size_t ws, const char *x, size_t xs,           \
+                              const float *xd, float *y, int64_t ldy)                                                  \
+    {                                                                                                                  \
+        __m256 a0[4][8], a1[4][8];                                                                                     \
+        for (int i = 0; i < NW; i++)                                                                                   \
+            for (int j = 0; j < NX; j++)                                                                               \
+                a0[i][j] = a1[i][j] = _mm256_setzero_ps();                                                             \
+        int64_t k = 0;                                                                                                 \
+        for (; k + 16 <= n; k += 16) {                                                                                 \
+            __m256 w0[4], w1[4];                                                                                       \
+            for (int i = 0; i < NW; i++) {                                                                             \
+                w0[i] = ld_##T(w + (size_t)i * ws, k);                                                                 \
+                w1[i] = ld_##T(w + (size_t)i * ws, k + 8);                                                             \
+            }                                                                                                          \
+            for (int j = 0; j < NX; j++) {                                                                             \
+                __m256 x0 = ld_##T(x + (size_t)j * xs, k), x1 = ld_##T(x + (size_t)j * xs, k + 8);                     \
+                for (int i = 0; i < NW; i++) {                                                                         \
+                    a0[i][j] = _mm256_fmadd_ps(w0[i], x0, a0[i][j]);                                                   \
+                    a1[i][j] = _mm256_fmadd_ps(w1[i], x1, a1[i][j]);                                                   \
+                }                                                                                                      \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (int i = 0; i < NW; i++)                                                                                   \
+            for (int j = 0; j < NX; j++) {                                                                             \
+                float s = kern__hsum_ps(_mm256_add_ps(a0[i][j], a1[i][j]));                                            \
+                for (int64_t t = k; t < n; t++)                                                                        \
+                    s = fmaf(s_##T(w + (size_t)i * ws, t), s_##T(x + (size_t)j * xs, t), s);                           \
+                y[j * ldy + i] = s;                                                                                    \
+            }                                                                                                          \
     }
 
 FLOAT_TILE(f32)
@@ -339,15 +339,15 @@ void kern__quant_q8_K_avx2(const float *src, void *dst, int64_t n)
             for (int k = 0; k < 4; k++)
                 q[k] = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(src + j + 8 * k), vs)), cap);
             __m256i ab = _mm256_packs_epi32(q[0], q[1]), cd = _mm256_packs_epi32(q[2], q[3]);
-            __m256i v = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd),
-                                                    _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            __m256i v =
+                _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
             _mm256_storeu_si256((__m256i *)(b->qs + j), v);
             /* bsums: two groups of 16 per 32 bytes. */
             __m256i s32 = kern__sum_i16_pairs(_mm256_maddubs_epi16(_mm256_set1_epi8(1), v));
             /* lanes 0..3 = group 2j/32, lanes 4..7 = the next group */
             __m128i lo = _mm256_castsi256_si128(s32), hi = _mm256_extracti128_si256(s32, 1);
-            lo = _mm_hadd_epi32(lo, hi);  /* [a01, a23, b01, b23] */
-            lo = _mm_hadd_epi32(lo, lo);  /* [a, b, a, b] */
+            lo = _mm_hadd_epi32(lo, hi); /* [a01, a23, b01, b23] */
+            lo = _mm_hadd_epi32(lo, lo); /* [a, b, a, b] */
             b->bsums[j / 16] = (int16_t)_mm_cvtsi128_si32(lo);
             b->bsums[j / 16 + 1] = (int16_t)_mm_extract_epi32(lo, 1);
         }

@@ -63,37 +63,37 @@ KERN_INLINE __m256 x_scale(const char *x, size_t xs, const float *xd, int j, int
  * register (b in the low half); an odd last block pairs with zeros, whose
  * products and scale are zero and leave the sums unchanged.
  */
-#define SIGNED_TILE512(T, BYTES)                                                                               \
-    KERN_INLINE void tile_##T(int NX, int64_t nb, const char *w, const char *x, size_t xs, const float *xd,   \
-                              float *y, int64_t ldy)                                                           \
-    {                                                                                                          \
-        __m512 acc[8];                                                                                         \
-        for (int j = 0; j < NX; j++)                                                                           \
-            acc[j] = _mm512_setzero_ps();                                                                      \
-        for (int64_t b = 0; b < nb; b += 2) {                                                                  \
-            int two = b + 1 < nb;                                                                              \
-            const char *w0 = w + (size_t)b * (BYTES), *w1 = w0 + (BYTES);                                     \
-            if (NX == 1)                                                                                       \
-                _mm_prefetch(w0 + KERN__PF_DIST, _MM_HINT_T0);                                                 \
-            __m512i wq = cat_si(w_##T(w0), two ? w_##T(w1) : _mm256_setzero_si256());                          \
-            __mmask64 neg = _mm512_movepi8_mask(wq);                                                           \
-            __m512i ua = _mm512_abs_epi8(wq);                                                                  \
-            __m256 dw0 = kern__h2f_bcast(*(const uint16_t *)w0);                                               \
-            __m256 dw1 = two ? kern__h2f_bcast(*(const uint16_t *)w1) : _mm256_setzero_ps();                   \
-            for (int j = 0; j < NX; j++) {                                                                     \
-                const struct kern__q8_0 *xb = (const struct kern__q8_0 *)(x + (size_t)j * xs) + b;             \
-                __m256i y0 = _mm256_loadu_si256((const __m256i *)xb[0].qs);                                    \
-                __m256i y1 = two ? _mm256_loadu_si256((const __m256i *)xb[1].qs) : _mm256_setzero_si256();     \
-                __m512i yv = cat_si(y0, y1);                                                                   \
-                __m512i sy = _mm512_mask_sub_epi8(yv, neg, _mm512_setzero_si512(), yv);                        \
-                __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ua, sy);                               \
-                __m256 d0 = _mm256_mul_ps(dw0, x_scale(x, xs, xd, j, b));                                      \
-                __m256 d1 = two ? _mm256_mul_ps(dw1, x_scale(x, xs, xd, j, b + 1)) : _mm256_setzero_ps();      \
-                acc[j] = _mm512_fmadd_ps(cat_ps(d0, d1), _mm512_cvtepi32_ps(p), acc[j]);                       \
-            }                                                                                                  \
-        }                                                                                                      \
-        for (int j = 0; j < NX; j++)                                                                           \
-            y[j * ldy] = hsum512(acc[j]);                                                                      \
+#define SIGNED_TILE512(T, BYTES)                                                                                       \
+    KERN_INLINE void tile_##T(int NX, int64_t nb, const char *w, const char *x, size_t xs, const float *xd, float *y,  \
+                              int64_t ldy)                                                                             \
+    {                                                                                                                  \
+        __m512 acc[8];                                                                                                 \
+        for (int j = 0; j < NX; j++)                                                                                   \
+            acc[j] = _mm512_setzero_ps();                                                                              \
+        for (int64_t b = 0; b < nb; b += 2) {                                                                          \
+            int two = b + 1 < nb;                                                                                      \
+            const char *w0 = w + (size_t)b * (BYTES), *w1 = w0 + (BYTES);                                              \
+            if (NX == 1)                                                                                               \
+                _mm_prefetch(w0 + KERN__PF_DIST, _MM_HINT_T0);                                                         \
+            __m512i wq = cat_si(w_##T(w0), two ? w_##T(w1) : _mm256_setzero_si256());                                  \
+            __mmask64 neg = _mm512_movepi8_mask(wq);                                                                   \
+            __m512i ua = _mm512_abs_epi8(wq);                                                                          \
+            __m256 dw0 = kern__h2f_bcast(*(const uint16_t *)w0);                                                       \
+            __m256 dw1 = two ? kern__h2f_bcast(*(const uint16_t *)w1) : _mm256_setzero_ps();                           \
+            for (int j = 0; j < NX; j++) {                                                                             \
+                const struct kern__q8_0 *xb = (const struct kern__q8_0 *)(x + (size_t)j * xs) + b;                     \
+                __m256i y0 = _mm256_loadu_si256((const __m256i *)xb[0].qs);                                            \
+                __m256i y1 = two ? _mm256_loadu_si256((const __m256i *)xb[1].qs) : _mm256_setzero_si256();             \
+                __m512i yv = cat_si(y0, y1);                                                                           \
+                __m512i sy = _mm512_mask_sub_epi8(yv, neg, _mm512_setzero_si512(), yv);                                \
+                __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ua, sy);                                       \
+                __m256 d0 = _mm256_mul_ps(dw0, x_scale(x, xs, xd, j, b));                                              \
+                __m256 d1 = two ? _mm256_mul_ps(dw1, x_scale(x, xs, xd, j, b + 1)) : _mm256_setzero_ps();              \
+                acc[j] = _mm512_fmadd_ps(cat_ps(d0, d1), _mm512_cvtepi32_ps(p), acc[j]);                               \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (int j = 0; j < NX; j++)                                                                                   \
+            y[j * ldy] = hsum512(acc[j]);                                                                              \
     }
 
 SIGNED_TILE512(q4_0, sizeof(struct kern__q4_0))
@@ -122,8 +122,8 @@ KERN_INLINE __m256i bcast_scale(__m256i v, int g)
 KERN_INLINE __m256i pair_scales(__m256i v, int t)
 {
     __m256i r = _mm256_permutevar8x32_epi32(v, _mm256_set1_epi32(t));
-    const __m256i shuf = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3,
-                                          2, 3, 2, 3, 2, 3, 2, 3);
+    const __m256i shuf = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
+                                          2, 3, 2, 3, 2, 3);
     return _mm256_shuffle_epi8(r, shuf);
 }
 
@@ -235,40 +235,40 @@ KERN_INLINE __m512 ld16_f16(const char *p, int64_t i)
 KERN_INLINE float s1_f32(const char *p, int64_t i) { return ((const float *)p)[i]; }
 KERN_INLINE float s1_f16(const char *p, int64_t i) { return kern__h2f_hw(((const uint16_t *)p)[i]); }
 
-#define FLOAT_TILE512(T)                                                                                       \
-    KERN_INLINE void tile_##T(int NX, int64_t n, const char *w, const char *x, size_t xs, const float *xd,    \
-                              float *y, int64_t ldy)                                                           \
-    {                                                                                                          \
-        (void)xd;                                                                                              \
-        __m512 a0[8], a1[8];                                                                                   \
-        for (int j = 0; j < NX; j++)                                                                           \
-            a0[j] = a1[j] = _mm512_setzero_ps();                                                               \
-        int64_t k = 0;                                                                                         \
-        for (; k + 32 <= n; k += 32) {                                                                         \
-            __m512 w0 = ld16_##T(w, k), w1 = ld16_##T(w, k + 16);                                              \
-            for (int j = 0; j < NX; j++) {                                                                     \
-                a0[j] = _mm512_fmadd_ps(w0, ld16_##T(x + (size_t)j * xs, k), a0[j]);                           \
-                a1[j] = _mm512_fmadd_ps(w1, ld16_##T(x + (size_t)j * xs, k + 16), a1[j]);                      \
-            }                                                                                                  \
-        }                                                                                                      \
-        for (int j = 0; j < NX; j++) {                                                                         \
-            float s = hsum512(_mm512_add_ps(a0[j], a1[j]));                                                    \
-            for (int64_t t = k; t < n; t++)                                                                    \
-                s = fmaf(s1_##T(w, t), s1_##T(x + (size_t)j * xs, t), s);                                      \
-            y[j * ldy] = s;                                                                                    \
-        }                                                                                                      \
+#define FLOAT_TILE512(T)                                                                                               \
+    KERN_INLINE void tile_##T(int NX, int64_t n, const char *w, const char *x, size_t xs, const float *xd, float *y,   \
+                              int64_t ldy)                                                                             \
+    {                                                                                                                  \
+        (void)xd;                                                                                                      \
+        __m512 a0[8], a1[8];                                                                                           \
+        for (int j = 0; j < NX; j++)                                                                                   \
+            a0[j] = a1[j] = _mm512_setzero_ps();                                                                       \
+        int64_t k = 0;                                                                                                 \
+        for (; k + 32 <= n; k += 32) {                                                                                 \
+            __m512 w0 = ld16_##T(w, k), w1 = ld16_##T(w, k + 16);                                                      \
+            for (int j = 0; j < NX; j++) {                                                                             \
+                a0[j] = _mm512_fmadd_ps(w0, ld16_##T(x + (size_t)j * xs, k), a0[j]);                                   \
+                a1[j] = _mm512_fmadd_ps(w1, ld16_##T(x + (size_t)j * xs, k + 16), a1[j]);                              \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (int j = 0; j < NX; j++) {                                                                                 \
+            float s = hsum512(_mm512_add_ps(a0[j], a1[j]));                                                            \
+            for (int64_t t = k; t < n; t++)                                                                            \
+                s = fmaf(s1_##T(w, t), s1_##T(x + (size_t)j * xs, t), s);                                              \
+            y[j * ldy] = s;                                                                                            \
+        }                                                                                                              \
     }
 
 FLOAT_TILE512(f32)
 FLOAT_TILE512(f16)
 
 /* K-quant tiles ignore xd (Q8_K scales are f32 already). */
-#define TILE_NOXD(T)                                                                                           \
-    KERN_INLINE void tilex_##T(int NX, int64_t nb, const char *w, const char *x, size_t xs, const float *xd,  \
-                               float *y, int64_t ldy)                                                          \
-    {                                                                                                          \
-        (void)xd;                                                                                              \
-        tile_##T(NX, nb, w, x, xs, y, ldy);                                                                    \
+#define TILE_NOXD(T)                                                                                                   \
+    KERN_INLINE void tilex_##T(int NX, int64_t nb, const char *w, const char *x, size_t xs, const float *xd, float *y, \
+                               int64_t ldy)                                                                            \
+    {                                                                                                                  \
+        (void)xd;                                                                                                      \
+        tile_##T(NX, nb, w, x, xs, y, ldy);                                                                            \
     }
 TILE_NOXD(q4_K)
 TILE_NOXD(q6_K)
@@ -279,25 +279,41 @@ TILE_NOXD(q6_K)
 #define tilex_f16 tile_f16
 
 /* Each weight row on its own, against the call's activation rows. */
-#define DOT_ENTRY512(T, NB)                                                                                    \
-    static void dot512_##T(int64_t n, const struct kern__tile *t)                                              \
-    {                                                                                                          \
-        int64_t nb = (NB);                                                                                     \
-        for (int i = 0; i < t->nw; i++) {                                                                      \
-            const char *wi = (const char *)t->w + (size_t)i * t->ws;                                           \
-            const char *x = t->x;                                                                              \
-            float *yi = t->y + i;                                                                              \
-            switch (t->nx) {                                                                                   \
-            case 1: tilex_##T(1, nb, wi, x, t->xs, t->xd, yi, t->ldy); break;                                  \
-            case 2: tilex_##T(2, nb, wi, x, t->xs, t->xd, yi, t->ldy); break;                                  \
-            case 3: tilex_##T(3, nb, wi, x, t->xs, t->xd, yi, t->ldy); break;                                  \
-            case 4: tilex_##T(4, nb, wi, x, t->xs, t->xd, yi, t->ldy); break;                                  \
-            case 5: tilex_##T(5, nb, wi, x, t->xs, t->xd, yi, t->ldy); break;                                  \
-            case 6: tilex_##T(6, nb, wi, x, t->xs, t->xd, yi, t->ldy); break;                                  \
-            case 7: tilex_##T(7, nb, wi, x, t->xs, t->xd, yi, t->ldy); break;                                  \
-            default: tilex_##T(8, nb, wi, x, t->xs, t->xd, yi, t->ldy); break;                                 \
-            }                                                                                                  \
-        }                                                                                                      \
+#define DOT_ENTRY512(T, NB)                                                                                            \
+    static void dot512_##T(int64_t n, const struct kern__tile *t)                                                      \
+    {                                                                                                                  \
+        int64_t nb = (NB);                                                                                             \
+        for (int i = 0; i < t->nw; i++) {                                                                              \
+            const char *wi = (const char *)t->w + (size_t)i * t->ws;                                                   \
+            const char *x = t->x;                                                                                      \
+            float *yi = t->y + i;                                                                                      \
+            switch (t->nx) {                                                                                           \
+            case 1:                                                                                                    \
+                tilex_##T(1, nb, wi, x, t->xs, t->xd, yi, t->ldy);                                                     \
+                break;                                                                                                 \
+            case 2:                                                                                                    \
+                tilex_##T(2, nb, wi, x, t->xs, t->xd, yi, t->ldy);                                                     \
+                break;                                                                                                 \
+            case 3:                                                                                                    \
+                tilex_##T(3, nb, wi, x, t->xs, t->xd, yi, t->ldy);                                                     \
+                break;                                                                                                 \
+            case 4:                                                                                                    \
+                tilex_##T(4, nb, wi, x, t->xs, t->xd, yi, t->ldy);                                                     \
+                break;                                                                                                 \
+            case 5:                                                                                                    \
+                tilex_##T(5, nb, wi, x, t->xs, t->xd, yi, t->ldy);                                                     \
+                break;                                                                                                 \
+            case 6:                                                                                                    \
+                tilex_##T(6, nb, wi, x, t->xs, t->xd, yi, t->ldy);                                                     \
+                break;                                                                                                 \
+            case 7:                                                                                                    \
+                tilex_##T(7, nb, wi, x, t->xs, t->xd, yi, t->ldy);                                                     \
+                break;                                                                                                 \
+            default:                                                                                                   \
+                tilex_##T(8, nb, wi, x, t->xs, t->xd, yi, t->ldy);                                                     \
+                break;                                                                                                 \
+            }                                                                                                          \
+        }                                                                                                              \
     }
 
 DOT_ENTRY512(q4_0, n / KERN_QK)

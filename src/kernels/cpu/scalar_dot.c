@@ -11,13 +11,13 @@
 #include "kernels/quants.h"
 
 /* Wrap a one-pair dot into the tile signature of struct kern__type_ops. */
-#define KERN__TILE_FROM_PAIR(T, pair)                                                                          \
-    void kern__dot_##T##_scalar(int64_t n, const struct kern__tile *t)                                         \
-    {                                                                                                          \
-        for (int j = 0; j < t->nx; j++)                                                                        \
-            for (int i = 0; i < t->nw; i++)                                                                    \
-                t->y[j * t->ldy + i] = pair(n, (const char *)t->w + (size_t)i * t->ws,                         \
-                                            (const char *)t->x + (size_t)j * t->xs);                           \
+#define KERN__TILE_FROM_PAIR(T, pair)                                                                                  \
+    void kern__dot_##T##_scalar(int64_t n, const struct kern__tile *t)                                                 \
+    {                                                                                                                  \
+        for (int j = 0; j < t->nx; j++)                                                                                \
+            for (int i = 0; i < t->nw; i++)                                                                            \
+                t->y[j * t->ldy + i] =                                                                                 \
+                    pair(n, (const char *)t->w + (size_t)i * t->ws, (const char *)t->x + (size_t)j * t->xs);           \
     }
 
 static float dot_f32(int64_t n, const void *vw, const void *vx)
@@ -202,8 +202,8 @@ static float dot_q4_K(int64_t n, const void *vw, const void *vx)
                 p2 += (q[l] >> 4) * y[l + 32];
             }
             isum += sc1 * p1 + sc2 * p2;
-            msum += m1 * (x[b].bsums[2 * g] + x[b].bsums[2 * g + 1]) +
-                    m2 * (x[b].bsums[2 * g + 2] + x[b].bsums[2 * g + 3]);
+            msum +=
+                m1 * (x[b].bsums[2 * g] + x[b].bsums[2 * g + 1]) + m2 * (x[b].bsums[2 * g + 2] + x[b].bsums[2 * g + 3]);
         }
         s += x[b].d * kern__h2f(w[b].d) * (float)isum - x[b].d * kern__h2f(w[b].dmin) * (float)msum;
     }
@@ -229,8 +229,8 @@ static float dot_q5_K(int64_t n, const void *vw, const void *vx)
                 p2 += ((q[l] >> 4) | (((qh[l] >> (g + 1)) & 1) << 4)) * y[l + 32];
             }
             isum += sc1 * p1 + sc2 * p2;
-            msum += m1 * (x[b].bsums[2 * g] + x[b].bsums[2 * g + 1]) +
-                    m2 * (x[b].bsums[2 * g + 2] + x[b].bsums[2 * g + 3]);
+            msum +=
+                m1 * (x[b].bsums[2 * g] + x[b].bsums[2 * g + 1]) + m2 * (x[b].bsums[2 * g + 2] + x[b].bsums[2 * g + 3]);
         }
         s += x[b].d * kern__h2f(w[b].d) * (float)isum - x[b].d * kern__h2f(w[b].dmin) * (float)msum;
     }
