@@ -3,17 +3,20 @@
  * F32 and F16 dot products, and the AVX-512 ISA table. Every other entry
  * is the AVX2 one (the AVX-512 path requires AVX2 as well).
  *
- * Kept deliberately plain, because the machines lmd is developed on have
- * no AVX-512 to test it: the block decoders are the AVX2 ones, two 256-bit
- * halves are joined into one 512-bit register, and the arithmetic follows
- * the AVX2 kernels step for step.
+ * The contract: every kernel here returns the same bits as its AVX2
+ * counterpart (kernels_test checks it on every machine with AVX-512), so
+ * a model's output does not depend on which of the two paths a CPU takes,
+ * and both equal llama.cpp's AVX2 vec_dot. Wider registers are used only
+ * where that leaves the f32 operations unchanged: integer dot products
+ * (exact in any order) and independent accumulator lanes.
  *  - Q4_0 / Q5_0 / Q8_0 take two blocks per register; VNNI's vpdpbusd
  *    replaces maddubs + madd (same int32 lanes: each is the sum of four
  *    byte products), and the signs move with a mask instead of vpsignb,
- *    which has no 512-bit form.
+ *    which has no 512-bit form. The two blocks' f32 steps stay separate.
  *  - Q4_K / Q6_K do two 32-element runs per maddubs/madd and fold the
  *    512-bit integer sums back to 256 bits (exact) before the same f32
- *    steps as AVX2, so their results equal the AVX2 ones bit for bit.
+ *    steps as AVX2.
+ *  - F32 / F16 hold AVX2's two 8-lane accumulators in one register.
  */
 #include "kernels/cpu/avx2_util.h"
 #include "kernels/quants.h"
@@ -21,16 +24,11 @@
 #include <math.h>
 
 KERN_INLINE __m512i cat_si(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
-KERN_INLINE __m512 cat_ps(__m256 lo, __m256 hi) { return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1); }
 KERN_INLINE __m256i fold_si(__m512i v)
 {
     return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
 }
-KERN_INLINE float hsum512(__m512 v)
-{
-    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-    return kern__hsum_ps(_mm256_add_ps(_mm512_castps512_ps256(v), hi));
-}
+KERN_INLINE __m256 hi_ps(__m512 v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
 
 /* ---- 32-element types against Q8_0: two blocks per register ---- */
 
@@ -59,17 +57,25 @@ KERN_INLINE __m256 x_scale(const char *x, size_t xs, const float *xd, int j, int
 }
 
 /*
- * One weight row against NX activation rows. Blocks b and b + 1 share a
- * register (b in the low half); an odd last block pairs with zeros, whose
- * products and scale are zero and leave the sums unchanged.
+ * One weight row against NX activation rows. The integer work takes two
+ * blocks per 512-bit register (b in the low half, b + 1 in the high half),
+ * but the f32 work is kern__ops_avx2's, operation for operation: one 8-lane
+ * accumulator per pair, and per block
+ *     acc = fmadd(dw * dx, cvt(int dot), acc)
+ * in block order. vpdpbusd's int32 lanes equal maddubs + madd's (each is
+ * the sum of the same four byte products, which cannot saturate: |w| <= 128
+ * and |x| <= 128), so every path gives the same bits as the AVX2 kernels and
+ * as llama.cpp's AVX2 vec_dot. Folding the two halves into one 16-lane
+ * accumulator would halve the FMA chain but changes the summation order;
+ * on Gemma 3 that alone moved logits by up to 1.1 (docs/PERFORMANCE.md).
  */
 #define SIGNED_TILE512(T, BYTES)                                                                                       \
     KERN_INLINE void tile_##T(int NX, int64_t nb, const char *w, const char *x, size_t xs, const float *xd, float *y,  \
                               int64_t ldy)                                                                             \
     {                                                                                                                  \
-        __m512 acc[8];                                                                                                 \
+        __m256 acc[8];                                                                                                 \
         for (int j = 0; j < NX; j++)                                                                                   \
-            acc[j] = _mm512_setzero_ps();                                                                              \
+            acc[j] = _mm256_setzero_ps();                                                                              \
         for (int64_t b = 0; b < nb; b += 2) {                                                                          \
             int two = b + 1 < nb;                                                                                      \
             const char *w0 = w + (size_t)b * (BYTES), *w1 = w0 + (BYTES);                                              \
@@ -86,14 +92,17 @@ KERN_INLINE __m256 x_scale(const char *x, size_t xs, const float *xd, int j, int
                 __m256i y1 = two ? _mm256_loadu_si256((const __m256i *)xb[1].qs) : _mm256_setzero_si256();             \
                 __m512i yv = cat_si(y0, y1);                                                                           \
                 __m512i sy = _mm512_mask_sub_epi8(yv, neg, _mm512_setzero_si512(), yv);                                \
-                __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ua, sy);                                       \
+                __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ua, sy));                    \
                 __m256 d0 = _mm256_mul_ps(dw0, x_scale(x, xs, xd, j, b));                                              \
-                __m256 d1 = two ? _mm256_mul_ps(dw1, x_scale(x, xs, xd, j, b + 1)) : _mm256_setzero_ps();              \
-                acc[j] = _mm512_fmadd_ps(cat_ps(d0, d1), _mm512_cvtepi32_ps(p), acc[j]);                               \
+                acc[j] = _mm256_fmadd_ps(d0, _mm512_castps512_ps256(p), acc[j]);                                       \
+                if (two) {                                                                                             \
+                    __m256 d1 = _mm256_mul_ps(dw1, x_scale(x, xs, xd, j, b + 1));                                      \
+                    acc[j] = _mm256_fmadd_ps(d1, hi_ps(p), acc[j]);                                                    \
+                }                                                                                                      \
             }                                                                                                          \
         }                                                                                                              \
         for (int j = 0; j < NX; j++)                                                                                   \
-            y[j * ldy] = hsum512(acc[j]);                                                                              \
+            y[j * ldy] = kern__hsum_ps(acc[j]);                                                                        \
     }
 
 SIGNED_TILE512(q4_0, sizeof(struct kern__q4_0))
@@ -225,7 +234,7 @@ KERN_INLINE void tile_q6_K(int NX, int64_t nb, const char *w, const char *x, siz
         y[j * ldy] = kern__hsum_ps(acc[j]);
 }
 
-/* ---- F32 / F16: 32 elements per step, two accumulators per pair ---- */
+/* ---- F32 / F16: kern__ops_avx2's two 8-lane accumulators in one register ---- */
 
 KERN_INLINE __m512 ld16_f32(const char *p, int64_t i) { return _mm512_loadu_ps((const float *)p + i); }
 KERN_INLINE __m512 ld16_f16(const char *p, int64_t i)
@@ -235,24 +244,29 @@ KERN_INLINE __m512 ld16_f16(const char *p, int64_t i)
 KERN_INLINE float s1_f32(const char *p, int64_t i) { return ((const float *)p)[i]; }
 KERN_INLINE float s1_f16(const char *p, int64_t i) { return kern__h2f_hw(((const uint16_t *)p)[i]); }
 
+/*
+ * The AVX2 float tile keeps two accumulators per pair, a0 for elements
+ * k..k+7 and a1 for k+8..k+15 of every 16-element step, and ends with
+ * hsum(a0 + a1) and a scalar tail. Here lanes 0-7 of one 512-bit register
+ * are a0 and lanes 8-15 are a1: the same FMAs lane for lane, so the same
+ * bits, in half the instructions.
+ */
 #define FLOAT_TILE512(T)                                                                                               \
     KERN_INLINE void tile_##T(int NX, int64_t n, const char *w, const char *x, size_t xs, const float *xd, float *y,   \
                               int64_t ldy)                                                                             \
     {                                                                                                                  \
         (void)xd;                                                                                                      \
-        __m512 a0[8], a1[8];                                                                                           \
+        __m512 a[8];                                                                                                   \
         for (int j = 0; j < NX; j++)                                                                                   \
-            a0[j] = a1[j] = _mm512_setzero_ps();                                                                       \
+            a[j] = _mm512_setzero_ps();                                                                                \
         int64_t k = 0;                                                                                                 \
-        for (; k + 32 <= n; k += 32) {                                                                                 \
-            __m512 w0 = ld16_##T(w, k), w1 = ld16_##T(w, k + 16);                                                      \
-            for (int j = 0; j < NX; j++) {                                                                             \
-                a0[j] = _mm512_fmadd_ps(w0, ld16_##T(x + (size_t)j * xs, k), a0[j]);                                   \
-                a1[j] = _mm512_fmadd_ps(w1, ld16_##T(x + (size_t)j * xs, k + 16), a1[j]);                              \
-            }                                                                                                          \
+        for (; k + 16 <= n; k += 16) {                                                                                 \
+            __m512 wv = ld16_##T(w, k);                                                                                \
+            for (int j = 0; j < NX; j++)                                                                               \
+                a[j] = _mm512_fmadd_ps(wv, ld16_##T(x + (size_t)j * xs, k), a[j]);                                     \
         }                                                                                                              \
         for (int j = 0; j < NX; j++) {                                                                                 \
-            float s = hsum512(_mm512_add_ps(a0[j], a1[j]));                                                            \
+            float s = kern__hsum_ps(_mm256_add_ps(_mm512_castps512_ps256(a[j]), hi_ps(a[j])));                         \
             for (int64_t t = k; t < n; t++)                                                                            \
                 s = fmaf(s1_##T(w, t), s1_##T(x + (size_t)j * xs, t), s);                                              \
             y[j * ldy] = s;                                                                                            \
