@@ -4,6 +4,7 @@
  */
 #include "cli/cli.h"
 #include "core/cpu.h"
+#include "kernels/kernels.h"
 #include "lmd_version.h"
 
 #include <stdio.h>
@@ -21,7 +22,7 @@ static void usage(FILE *out)
                  "  bench   measure prefill and decode speed of a model\n"
                  "  info    print a GGUF model's header, metadata and tensors\n"
                  "\n"
-                 "  lmd --version     version, commit and CPU features\n"
+                 "  lmd --version     version, commit, CPU features and kernel path\n"
                  "  lmd <command> --help\n");
 }
 
@@ -55,7 +56,11 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "version") == 0) {
         char feat[256];
         lmd_cpu_describe(feat, sizeof feat);
-        printf("lmd %s (commit %s)\ncpu: %d cores; features: %s\n", LMD_VERSION, LMD_GIT_COMMIT, lmd_cpu_count(), feat);
+        kern_init();
+        /* "kernels" is the path every matmul takes (LMD_CPU may cap it):
+         * avx512 and avx2 give the same bits, scalar rounds differently. */
+        printf("lmd %s (commit %s)\ncpu: %d cores; features: %s\nkernels: %s\n", LMD_VERSION, LMD_GIT_COMMIT,
+               lmd_cpu_count(), feat, kern_isa());
         return 0;
     }
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
