@@ -116,11 +116,31 @@ def greedy(llm, prompt_ids):
     return toks, gaps, {"ids": ids, "values": [float(first[i]) for i in ids]}
 
 
+def kernel_path():
+    """The x86 SIMD path llama.cpp was built for, as its system info says.
+    lmd's avx2 and avx512 kernels reproduce llama.cpp's AVX2 vec_dot
+    arithmetic; llama.cpp built for AVX-512 sums F16/F32 dot products in
+    another order, so a golden recorded there would need bounds of its own
+    (tests/integration/test_engine_golden.py checks this field). To record
+    on an AVX-512 machine, build the peer with CMAKE_ARGS="-DGGML_NATIVE=OFF
+    -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"."""
+    info = llama_cpp.llama_print_system_info().decode()
+    if "AVX512 = 1" in info:
+        return "avx512"
+    if "AVX2 = 1" in info:
+        return "avx2"
+    return "other"
+
+
 def record(name, model, cases, threads):
+    path_name = kernel_path()
+    if path_name != "avx2":
+        print("warning: llama.cpp runs its %s path here; the golden tests' bounds are for AVX2 references"
+              % path_name, file=sys.stderr)
     for exact in (True, False):
         llm = Llama(model, threads, exact)
         out = {"model_sha256": sha256(model), "n_gen": N_GEN, "llama_cpp_python": llama_cpp.__version__,
-               "reference": "exact" if exact else "default", "cases": []}
+               "reference": "exact" if exact else "default", "kernel_path": path_name, "cases": []}
         for c in cases:
             ids = c.get("prompt_ids")
             if ids is None:
