@@ -35,6 +35,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,7 @@ struct http_loop {
     h2o_multithread_message_t wake_msg; /* in flight while wake_pending */
     struct http_task stop_task;         /* closes the listener on this thread */
     h2o_timeout_t stall_timeout;        /* stall_ms; entries: sends in flight */
+    h2o_timeout_entry_t accept_backoff; /* linked while accepting pauses on EMFILE/ENFILE */
 
     pthread_mutex_t mu; /* guards the inbox below */
     struct http_task *head, *tail;
@@ -440,14 +442,48 @@ static void http_on_conn_close(void *data)
     obs_gauge_add(OBS_G_CONNECTIONS, -1);
 }
 
+/* Whether one EMFILE/ENFILE pause has been logged in this process: the
+ * first says what happened and what to do; the counter tells the rest. */
+static atomic_bool g_fd_limit_logged;
+
+static void http_on_accept(h2o_socket_t *listener, const char *err);
+
+/* Out of descriptors: the pending connection stays in the kernel's backlog
+ * and the listener stays readable, so accepting again at once would spin
+ * the loop at 100 % of a core and starve the requests in flight. Stop
+ * reading the listener for ~100 ms instead (h2o's hundred_ms_timeout); the
+ * backlog waits, and closing connections make room meanwhile. */
+static void http_pause_accepting(struct http_loop *l, int e)
+{
+    obs_count(OBS_C_ACCEPT_PAUSES, 1);
+    if (!atomic_exchange(&g_fd_limit_logged, true))
+        lmd_log(LMD_LOG_WARN,
+                "accept: %s; new connections wait in the backlog, retried every 100 ms (raise the limit: "
+                "ulimit -n; lmd_http_accept_pauses_total counts these pauses)",
+                strerror(e));
+    h2o_socket_read_stop(l->listener);
+    h2o_timeout_link(l->loop, &l->ctx.hundred_ms_timeout, &l->accept_backoff);
+}
+
+static void http_on_accept_backoff(h2o_timeout_entry_t *entry)
+{
+    struct http_loop *l = H2O_STRUCT_FROM_MEMBER(struct http_loop, accept_backoff, entry);
+    if (l->listener)
+        h2o_socket_read_start(l->listener, http_on_accept);
+}
+
 static void http_on_accept(h2o_socket_t *listener, const char *err)
 {
     struct http_loop *l = listener->data;
     if (err)
         return;
     h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
-    if (!sock)
+    if (!sock) {
+        int e = errno;
+        if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
+            http_pause_accepting(l, e);
         return;
+    }
     /* lmd_http_connections_open: h2o calls on_close when it disposes of
      * the socket, whichever side closed it. */
     obs_gauge_add(OBS_G_CONNECTIONS, 1);
@@ -459,6 +495,8 @@ static void http_on_accept(h2o_socket_t *listener, const char *err)
 static void http_close_listener(struct http_task *t)
 {
     struct http_loop *l = H2O_STRUCT_FROM_MEMBER(struct http_loop, stop_task, t);
+    if (h2o_timeout_is_linked(&l->accept_backoff))
+        h2o_timeout_unlink(&l->accept_backoff);
     if (l->listener) {
         h2o_socket_read_stop(l->listener);
         h2o_socket_close(l->listener);
@@ -500,6 +538,7 @@ static void *http_loop_main(void *arg)
     l->accept_ctx.hosts = srv->gconf.hosts;
     l->accept_ctx.ssl_ctx = srv->ssl_ctx;
     h2o_timeout_init(l->loop, &l->stall_timeout, (uint64_t)srv->cfg.stall_timeout_ms);
+    l->accept_backoff.cb = http_on_accept_backoff;
     h2o_multithread_register_receiver(l->ctx.queue, &l->receiver, http_on_wake);
     l->listener = h2o_evloop_socket_create(l->loop, l->listen_fd, H2O_SOCKET_FLAG_DONT_READ);
     l->listener->data = l;

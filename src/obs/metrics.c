@@ -71,6 +71,8 @@ static const struct {
     [OBS_C_PREFIX_QUERIES] = {"lmd_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache."},
     [OBS_C_PREFIX_HITS] = {"lmd_prefix_cache_hits_total", "Prompt tokens found in the prefix cache."},
     [OBS_C_HTTP_REQUESTS] = {"lmd_http_requests_total", "HTTP requests received, on every route."},
+    [OBS_C_ACCEPT_PAUSES] = {"lmd_http_accept_pauses_total",
+                             "Times accepting paused for 100 ms because the process was out of file descriptors."},
 };
 
 static const struct {

@@ -71,6 +71,7 @@ enum obs_counter {
     OBS_C_PREFIX_QUERIES,    /* lmd_prefix_cache_queries_total */
     OBS_C_PREFIX_HITS,       /* lmd_prefix_cache_hits_total */
     OBS_C_HTTP_REQUESTS,     /* lmd_http_requests_total */
+    OBS_C_ACCEPT_PAUSES,     /* lmd_http_accept_pauses_total */
     OBS_C__N,
 };
 

@@ -26,13 +26,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(lmd_bin, model, *extra):
+def start_server(lmd_bin, model, *extra, **popen):
+    """A ready `lmd serve`; `popen` goes to subprocess.Popen (e.g. preexec_fn)."""
     port = free_port()
     cmd = [lmd_bin, "serve", "-m", model, "--port", str(port), "-t", "2", "-c", str(CTX), *extra]
     # The log goes to a file, not a pipe: a pipe nobody reads fills after
     # 64 KiB of access lines and then blocks the server's writes.
     log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, **popen)
     proc.log = log
     base = "http://127.0.0.1:%d" % port
     deadline = time.monotonic() + 60

@@ -1,0 +1,118 @@
+"""`lmd serve` under hostile input and resource exhaustion: each test here
+guards a failure that was once seen (a 500 for a client's mistake, an event
+loop spinning out of file descriptors), with a real server and real sockets
+on loopback."""
+import os
+import resource
+import socket
+import time
+
+import httpx
+import pytest
+
+from test_server import server_log, start_server, stop_server
+
+
+@pytest.fixture(scope="module")
+def server(lmd_bin, default_model):
+    proc, base = start_server(lmd_bin, default_model)
+    yield base
+    stop_server(proc)
+
+
+@pytest.mark.parametrize("field", ["top_p", "repetition_penalty"])
+def test_float_zero_is_400_not_500(server, field):
+    """1e-46 is positive as a double and zero as the samplers' float."""
+    r = httpx.post(server + "/v1/completions", json={"prompt": "x", "max_tokens": 1, field: 1e-46}, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == field
+    assert "32-bit float" in err["message"]
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1", "h2c"])
+@pytest.mark.parametrize("path", ["/v1/x%ff", "/v1/x%c3", "/v1/\xff"])
+def test_non_utf8_path_is_404_json(server, path, http2):
+    if "\xff" in path:
+        # A raw byte: httpx would percent-encode it, so write the request by hand (HTTP/1.1 only).
+        if http2:
+            pytest.skip("a raw non-UTF-8 byte is sent over HTTP/1.1 only")
+        host, port = server[len("http://"):].split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"GET /v1/\xff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404"), head
+        assert b"application/json" in head.lower()
+        assert b'"not_found"' in body
+        body.decode("utf-8")  # valid UTF-8
+        return
+    with httpx.Client(http1=not http2, http2=http2, timeout=10) as c:
+        r = c.get(server + path)
+    assert r.status_code == 404, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.json()["error"]["code"] == "not_found"
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def test_out_of_file_descriptors_backs_off(lmd_bin, default_model):
+    """With its descriptors exhausted the server stops accepting for a
+    moment instead of spinning on a readable listener, logs it once, counts
+    it, keeps serving the connections it has, and accepts again once they
+    close."""
+    limit = 48
+
+    def low_fd_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    proc, base = start_server(lmd_bin, default_model, preexec_fn=low_fd_limit)
+    host, port = base[len("http://"):].split(":")
+    held = []
+    try:
+        keep = httpx.Client(timeout=30)  # one connection opened before the flood, reused after it
+        assert keep.get(base + "/health").status_code == 200
+        for _ in range(2 * limit):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex((host, int(port)))
+            held.append(s)
+        time.sleep(1.0)  # let the server run out and settle
+        c0 = cpu_seconds(proc.pid)
+        time.sleep(2.0)
+        used = cpu_seconds(proc.pid) - c0
+        # Spinning on the listener burns the whole 2 s; backing off, a few ms.
+        assert used < 0.5, f"the server used {used:.2f} s of CPU in 2 s while out of descriptors"
+        # The connection it already had still works.
+        assert keep.get(base + "/health").status_code == 200
+        # (/metrics is read over the same connection: a new one would wait in the backlog.)
+        pauses = 0
+        for line in keep.get(base + "/metrics").text.splitlines():
+            if line.startswith("lmd_http_accept_pauses_total "):
+                pauses = float(line.split()[1])
+        assert pauses >= 1
+    finally:
+        for s in held:
+            s.close()
+    # Room again: new connections are accepted and served.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            r = httpx.post(base + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2}, timeout=10)
+            break
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    assert r.status_code == 200, r.text
+    log = server_log(proc)
+    assert log.count("Too many open files") == 1, log[-2000:]
+    keep.close()
+    stop_server(proc)
