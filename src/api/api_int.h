@@ -30,6 +30,9 @@ struct http_req;
 int api_buf_json_escape(struct lmd_buf *b, const char *s, size_t n);
 /* Whether s[0, n) is valid UTF-8. */
 bool api_utf8_valid(const char *s, size_t n);
+/* Replace every byte of s (NUL-terminated) that is not part of a valid UTF-8
+ * sequence with '?', in place. */
+void api_utf8_scrub(char *s);
 /* Append one token's text as a JSON string (with quotes): as it is when it
  * is valid UTF-8, else OpenAI's spelling of partial characters,
  * "bytes:\\xe2\\x80". */

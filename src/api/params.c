@@ -30,6 +30,12 @@ static int get_num(json_t *o, const char *k, double lo, double hi, bool lo_open,
     double x = json_number_value(v);
     if (!isfinite(x) || x < lo || x > hi || (lo_open && x == lo))
         return BAD(k, "'%s' must be in %s%g, %g], got %g", k, lo_open ? "(" : "[", lo, hi, x);
+    /* The samplers take 32-bit floats: a positive double below FLT_TRUE_MIN
+     * becomes the excluded bound itself and would fail there, after
+     * admission, as a server error. */
+    if (lo_open && (float)x == (float)lo)
+        return BAD(k, "'%s' must be in (%g, %g], got %g, which is %g as a 32-bit float", k, lo, hi, x,
+                   (double)(float)x);
     *out = x;
     if (given)
         *given = true;

@@ -54,24 +54,41 @@ int api_buf_json_escape(struct lmd_buf *b, const char *s, size_t n)
     return 0;
 }
 
+/* The length of the valid UTF-8 sequence at u (n bytes available), or 0. */
+static size_t utf8_seq(const unsigned char *u, size_t n)
+{
+    unsigned c = u[0];
+    size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+    if (k == 0 || k > n || (k == 2 && c < 0xc2) || (k == 4 && c > 0xf4))
+        return 0;
+    for (size_t j = 1; j < k; j++)
+        if ((u[j] & 0xc0) != 0x80)
+            return 0;
+    /* Overlong three- and four-byte forms, surrogates, past U+10FFFF. */
+    if ((k == 3 && c == 0xe0 && u[1] < 0xa0) || (k == 3 && c == 0xed && u[1] >= 0xa0) ||
+        (k == 4 && c == 0xf0 && u[1] < 0x90) || (k == 4 && c == 0xf4 && u[1] >= 0x90))
+        return 0;
+    return k;
+}
+
 bool api_utf8_valid(const char *s, size_t n)
 {
     const unsigned char *u = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        unsigned c = u[i];
-        size_t k = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
-        if (k == 0 || i + k > n || (k == 2 && c < 0xc2) || (k == 4 && c > 0xf4))
+    for (size_t i = 0, k; i < n; i += k)
+        if ((k = utf8_seq(u + i, n - i)) == 0)
             return false;
-        for (size_t j = 1; j < k; j++)
-            if ((u[i + j] & 0xc0) != 0x80)
-                return false;
-        /* Overlong three- and four-byte forms, surrogates, past U+10FFFF. */
-        if ((k == 3 && c == 0xe0 && u[i + 1] < 0xa0) || (k == 3 && c == 0xed && u[i + 1] >= 0xa0) ||
-            (k == 4 && c == 0xf0 && u[i + 1] < 0x90) || (k == 4 && c == 0xf4 && u[i + 1] >= 0x90))
-            return false;
-        i += k;
-    }
     return true;
+}
+
+void api_utf8_scrub(char *s)
+{
+    unsigned char *u = (unsigned char *)s;
+    size_t n = strlen(s);
+    for (size_t i = 0, k; i < n; i += k)
+        if ((k = utf8_seq(u + i, n - i)) == 0) {
+            u[i] = '?';
+            k = 1;
+        }
 }
 
 int api_buf_json_token(struct lmd_buf *b, const char *s, size_t n)
@@ -100,6 +117,10 @@ int api_error_set(struct api_error *e, int status, const char *type, const char 
     va_start(ap, fmt);
     vsnprintf(e->msg, sizeof e->msg, fmt, ap);
     va_end(ap);
+    /* Messages quote what the client sent (a path, a field) and may be cut
+     * mid-character; JSON strings must be UTF-8, so the body could not be
+     * built and the client would see a 500 for its own bad bytes. */
+    api_utf8_scrub(e->msg);
     return LMD_EINVAL;
 }
 

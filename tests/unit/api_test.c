@@ -357,13 +357,57 @@ static void test_json_escape_and_errors(void **state)
     free(j);
 }
 
+/* Values that are in range as doubles but hit an excluded bound as the
+ * samplers' floats are refused with 400, not failed later as a 500. */
+static void test_float_zero_bounds(void **state)
+{
+    (void)state;
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"top_p\":1e-46}", "top_p");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"repetition_penalty\":1e-46}", "repetition_penalty");
+    /* The smallest positive float is still fine. */
+    struct api_params p;
+    struct api_error e;
+    assert_int_equal(parse(API_COMPLETION, "{\"prompt\":\"x\",\"top_p\":1.5e-45}", &p, &e), 0);
+    assert_true(p.sp.top_p > 0);
+    api_params_free(&p);
+}
+
+/* An error message quoting bytes that are not UTF-8 (a request path), or
+ * cut mid-character by the message buffer, still makes a JSON body. */
+static void test_error_body_with_bad_utf8(void **state)
+{
+    (void)state;
+    struct api_error e;
+    api_error_set(&e, 404, "not_found_error", NULL, "not_found", "no route for GET %s", "/v1/x\xff\xc3");
+    size_t len = 0;
+    char *s = api_error_json(&e, &len);
+    assert_non_null(s);
+    assert_true(api_utf8_valid(s, len));
+    assert_non_null(strstr(s, "/v1/x??"));
+    free(s);
+    /* A 2-byte character across the end of the 320-byte message. */
+    char big[400];
+    memset(big, 'a', sizeof big);
+    for (size_t i = 300; i + 1 < sizeof big; i += 2)
+        memcpy(big + i, "\xc3\xa9", 2);
+    big[sizeof big - 1] = '\0';
+    for (int shift = 0; shift < 2; shift++) {
+        api_error_set(&e, 400, "invalid_request_error", NULL, NULL, "%.*s%s", shift, "b", big);
+        s = api_error_json(&e, &len);
+        assert_non_null(s);
+        assert_true(api_utf8_valid(s, len));
+        free(s);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_completion_ok), cmocka_unit_test(test_chat_ok),
-        cmocka_unit_test(test_malformed),     cmocka_unit_test(test_truncated_bodies),
-        cmocka_unit_test(test_stop_matching), cmocka_unit_test(test_json_escape_and_errors),
-        cmocka_unit_test(test_new_fields),    cmocka_unit_test(test_token_text),
+        cmocka_unit_test(test_completion_ok),     cmocka_unit_test(test_chat_ok),
+        cmocka_unit_test(test_float_zero_bounds), cmocka_unit_test(test_error_body_with_bad_utf8),
+        cmocka_unit_test(test_malformed),         cmocka_unit_test(test_truncated_bodies),
+        cmocka_unit_test(test_stop_matching),     cmocka_unit_test(test_json_escape_and_errors),
+        cmocka_unit_test(test_new_fields),        cmocka_unit_test(test_token_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
