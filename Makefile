@@ -4,6 +4,7 @@
 
 BUILD      ?= build
 BUILD_ASAN ?= build-asan
+BUILD_FUZZ ?= build-fuzz
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 VENV       := .venv
 PY         := $(VENV)/bin/python
@@ -16,7 +17,7 @@ CMAKE_FLAGS += -DLMD_WERROR=ON
 endif
 
 .PHONY: all deps deps-peer model build build-asan run test test-unit test-asan test-integration \
-        bench bench-engine golden clean format format-check fuzz-gguf parity
+        bench bench-engine golden clean format format-check fuzz fuzz-build fuzz-gguf test-fuzz parity
 
 all: build
 
@@ -47,7 +48,7 @@ run: deps model
 	./$(BUILD)/lmd serve -m $(MODEL) --host $(HOST) --port $(PORT)
 
 test: deps model
-	@$(MAKE) --no-print-directory format-check test-unit test-asan test-integration
+	@$(MAKE) --no-print-directory format-check test-unit test-asan test-fuzz test-integration
 
 test-unit: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
@@ -84,14 +85,30 @@ format-check:
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)
 
-# Coverage-guided fuzzing of the GGUF reader (clang's libFuzzer), bounded in time.
+# Coverage-guided fuzzing (clang's libFuzzer with ASan + UBSan): one driver
+# per parser in tests/fuzz, lmd_lib instrumented in its own build folder.
+# `make test` runs each for FUZZ_TEST_RUNS executions; `make fuzz` is the
+# longer campaign (FUZZ_RUNS executions each, or FUZZ_SECONDS each when
+# FUZZ_RUNS=0; FUZZ_ONLY=NAME picks one driver).
+FUZZ_RUNS ?= 0
 FUZZ_SECONDS ?= 60
-fuzz-gguf:
-	mkdir -p $(BUILD)/fuzz
-	clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc \
-		tests/fuzz/gguf_fuzz.c src/gguf/gguf.c src/core/error.c -o $(BUILD)/fuzz/gguf_fuzz
-	cp -r tests/fuzz/corpus/gguf $(BUILD)/fuzz/corpus-gguf
-	$(BUILD)/fuzz/gguf_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=65536 $(BUILD)/fuzz/corpus-gguf
+FUZZ_TEST_RUNS ?= 3000
+FUZZ_ONLY ?=
+
+$(BUILD_FUZZ)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_FUZZ) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DLMD_FUZZ=ON
+
+fuzz-build: $(BUILD_FUZZ)/CMakeCache.txt
+	cmake --build $(BUILD_FUZZ) --target fuzzers -j $(JOBS)
+
+fuzz: fuzz-build
+	scripts/fuzz.sh $(BUILD_FUZZ) $(FUZZ_RUNS) $(FUZZ_SECONDS) $(FUZZ_ONLY)
+
+test-fuzz: fuzz-build
+	scripts/fuzz.sh $(BUILD_FUZZ) $(FUZZ_TEST_RUNS)
+
+fuzz-gguf: fuzz-build
+	scripts/fuzz.sh $(BUILD_FUZZ) $(FUZZ_RUNS) $(FUZZ_SECONDS) gguf
 
 # lmd's kernels against llama.cpp's, bit for bit (developer tool; needs the peer).
 GGML_LIB = $(shell $(PY) -c 'import llama_cpp, os; print(os.path.join(os.path.dirname(llama_cpp.__file__), "lib"))' 2>/dev/null)

@@ -14,20 +14,32 @@
 static struct lmd_cpu_features g_feat;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+/* Bit `bit` of register `reg` (0 EAX, 1 EBX, 2 ECX, 3 EDX) of CPUID leaf/subleaf. */
+static bool cpuid_bit(unsigned leaf, unsigned sub, int reg, int bit)
+{
+    unsigned r[4] = {0};
+    if (!__get_cpuid_count(leaf, sub, &r[0], &r[1], &r[2], &r[3]))
+        return false;
+    return (r[reg] >> bit) & 1;
+}
+#endif
+
 static void detect(void)
 {
     __builtin_cpu_init();
 #if defined(__x86_64__) || defined(__i386__)
     g_feat.avx2 = __builtin_cpu_supports("avx2");
     g_feat.fma = __builtin_cpu_supports("fma");
-    g_feat.f16c = __builtin_cpu_supports("f16c") != 0;
+    g_feat.f16c = cpuid_bit(1, 0, 2, 29); /* ECX.F16C (clang's builtin does not know "f16c") */
     g_feat.avx512f = __builtin_cpu_supports("avx512f");
     g_feat.avx512bw = __builtin_cpu_supports("avx512bw");
     g_feat.avx512vl = __builtin_cpu_supports("avx512vl");
     g_feat.avx512dq = __builtin_cpu_supports("avx512dq");
     g_feat.avx512vnni = __builtin_cpu_supports("avx512vnni");
     g_feat.avx512bf16 = __builtin_cpu_supports("avx512bf16");
-    g_feat.avxvnni = __builtin_cpu_supports("avxvnni");
+    g_feat.avxvnni = cpuid_bit(7, 1, 0, 4); /* EAX.AVX-VNNI, likewise */
 #endif
     const char *cap = getenv("LMD_CPU");
     if (cap && strcmp(cap, "scalar") == 0) {
