@@ -242,8 +242,10 @@ int obs_trace_render(struct lmd_buf *out, double seconds)
                             "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n"
                             "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":0,\"args\":{\"name\":",
                             pid);
-    char pname[OBS__NAME_MAX + 8];
-    snprintf(pname, sizeof pname, "lmd %s", g_obs.model);
+    char pname[OBS_MAX_MODELS * (OBS__NAME_MAX + 2) + 8];
+    size_t o = (size_t)snprintf(pname, sizeof pname, "lmd");
+    for (int m = 0; m < g_obs.n_models && o < sizeof pname; m++)
+        o += (size_t)snprintf(pname + o, sizeof pname - o, "%s%s", m ? ", " : " ", g_obs.models[m]);
     rc |= put_str(out, pname);
     rc |= lmd_buf_printf(out,
                          "}},\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%d,\"args\":{\"name\":"
