@@ -314,6 +314,61 @@ static void test_render_values(void **state)
     expo_free(&e);
 }
 
+/* Several models: engine-thread series go to the bound model, I/O-thread
+ * series to the model named, refusals before routing to model="", and
+ * the HTTP series carry no model at all. */
+static void test_models(void **state)
+{
+    (void)state;
+    const char *models[] = {"gemma", "tiny"};
+    struct obs_config cfg = {.models = models,
+                             .n_models = 2,
+                             .classes = g_classes,
+                             .n_classes = 2,
+                             .tenants = g_tenants,
+                             .n_tenants = 2,
+                             .nvml_path = ""};
+    struct lmd_err err = {0};
+    cfg.n_models = OBS_MAX_MODELS + 1;
+    assert_int_equal(obs_init(&cfg, &err), LMD_EINVAL);
+    cfg.n_models = 2;
+    assert_int_equal(obs_init(&cfg, &err), 0);
+    obs_bind_model(1);
+    obs_count(OBS_C_PROMPT_TOKENS, 5);
+    obs_count(OBS_C_HTTP_REQUESTS, 2);
+    obs_observe(OBS_H_STEP, 0, 0.003);
+    obs_gauge_set(OBS_G_KV_FREE, 7);
+    obs_gauge_add(OBS_G_CONNECTIONS, 3);
+    obs_waiting_set(1, 2);
+    obs_bind_model(0);
+    obs_count(OBS_C_PROMPT_TOKENS, 1);
+    obs_observe_model(OBS_H_TTFT, 1, 1, 0.5);
+    obs_request_done(OBS_S_200, 1, 1, 1);
+    obs_request_done(OBS_S_404, -1, 0, 0);
+    obs_request_done(OBS_S_400, 99, 0, 0); /* no such model: as if none was chosen */
+
+    struct expo e;
+    render(&e);
+    assert_true(expo_get(&e, "lmd_prompt_tokens_total{model=\"tiny\"}") == 5);
+    assert_true(expo_get(&e, "lmd_prompt_tokens_total{model=\"gemma\"}") == 1);
+    assert_true(expo_get(&e, "lmd_http_requests_total") == 2);
+    assert_true(expo_get(&e, "lmd_engine_step_seconds_count{model=\"tiny\"}") == 1);
+    assert_true(expo_get(&e, "lmd_engine_step_seconds_count{model=\"gemma\"}") == 0);
+    assert_true(expo_get(&e, "lmd_kv_blocks_free{model=\"tiny\"}") == 7);
+    assert_true(expo_get(&e, "lmd_kv_blocks_free{model=\"gemma\"}") == 0);
+    assert_true(expo_get(&e, "lmd_http_connections_open") == 3);
+    assert_true(expo_get(&e, "lmd_requests_waiting{model=\"tiny\",class=\"batch\"}") == 2);
+    assert_true(expo_get(&e, "lmd_requests_waiting{model=\"gemma\",class=\"batch\"}") == 0);
+    assert_true(expo_get(&e, TTFT "_count{model=\"tiny\",class=\"batch\"}") == 1);
+    assert_true(expo_get(&e, TTFT "_count{model=\"gemma\",class=\"batch\"}") == 0);
+    assert_true(expo_get(&e, "lmd_requests_total{status=\"200\",class=\"batch\",tenant=\"acme\",model=\"tiny\"}") == 1);
+    assert_true(
+        expo_get(&e, "lmd_requests_total{status=\"404\",class=\"interactive\",tenant=\"anonymous\",model=\"\"}") == 1);
+    assert_true(
+        expo_get(&e, "lmd_requests_total{status=\"400\",class=\"interactive\",tenant=\"anonymous\",model=\"\"}") == 1);
+    expo_free(&e);
+}
+
 static void test_status_of(void **state)
 {
     assert_int_equal(obs_status_of(200), OBS_S_200);
@@ -844,6 +899,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_before_init_is_noop),
         cmocka_unit_test_teardown(test_init_rejects_bad_config, teardown),
+        cmocka_unit_test_teardown(test_models, teardown),
         cmocka_unit_test_teardown(test_render_values, teardown),
         cmocka_unit_test(test_status_of),
         cmocka_unit_test_teardown(test_label_escaping, teardown),
