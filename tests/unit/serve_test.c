@@ -142,6 +142,26 @@ static void test_full_file(void **state)
     free(c);
 }
 
+/* The shipped example stays valid. */
+static void test_example_file(void **state)
+{
+    (void)state;
+    const char *src = getenv("LMD_SOURCE_DIR");
+    char path[600];
+    snprintf(path, sizeof path, "%s/deploy/lmd.example.yaml", src ? src : LMD_SOURCE_DIR);
+    struct serve_config *c = malloc(sizeof *c);
+    serve_config_init(c);
+    struct lmd_err err = {0};
+    if (serve_config_load(c, path, &err) != 0)
+        fail_msg("%s", err.msg);
+    assert_int_equal(c->n_models, 1);
+    assert_non_null(strstr(c->models[0].path, "/deploy/../models/default.gguf"));
+    assert_string_equal(c->models[0].aliases[0], "gemma-3-270m");
+    assert_int_equal(c->models[0].threads, 2);
+    assert_int_equal(c->defaults.ctx, 4096);
+    free(c);
+}
+
 /* Malformed files: each gets its code and a message with the position
  * and the key path. */
 static void test_malformed(void **state)
@@ -339,8 +359,9 @@ static void test_open_refuses(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_full_file), cmocka_unit_test(test_malformed), cmocka_unit_test(test_missing_file),
-        cmocka_unit_test(test_add_model), cmocka_unit_test(test_ids),       cmocka_unit_test(test_open_refuses),
+        cmocka_unit_test(test_full_file),    cmocka_unit_test(test_example_file), cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_missing_file), cmocka_unit_test(test_add_model),    cmocka_unit_test(test_ids),
+        cmocka_unit_test(test_open_refuses),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
