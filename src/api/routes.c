@@ -390,17 +390,16 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
         goto fail;
     /* Route by `model`: with one model it may be left out. */
     if (p.model || a->n_models > 1) {
-        char names[256];
-        model_list(a, names, sizeof names);
         int mi = p.model ? api_model_find(a, p.model, strlen(p.model)) : -1;
-        if (!p.model) {
-            api_error_set(&e, 400, "invalid_request_error", "model", "model_required",
-                          "'model' is required: this server serves %d models (%s)", a->n_models, names);
-            goto fail;
-        }
         if (mi < 0) {
-            api_error_set(&e, 404, "invalid_request_error", "model", "model_not_found",
-                          "the model '%.128s' does not exist; this server serves %s", p.model, names);
+            char names[256];
+            model_list(a, names, sizeof names);
+            if (!p.model)
+                api_error_set(&e, 400, "invalid_request_error", "model", "model_required",
+                              "'model' is required: this server serves %d models (%s)", a->n_models, names);
+            else
+                api_error_set(&e, 404, "invalid_request_error", "model", "model_not_found",
+                              "the model '%.128s' does not exist; this server serves %s", p.model, names);
             goto fail;
         }
         m = &a->models[mi];

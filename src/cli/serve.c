@@ -11,6 +11,7 @@
  * Not here: building the server (serve/), request handling (api/).
  */
 #include "serve/serve.h"
+#include "api/chat_template.h"
 #include "cli/cli.h"
 #include "core/log.h"
 #include "sched/sched.h"
@@ -179,13 +180,13 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
         return cli_parse_long("lmd serve", "--drain-timeout", v, 0, 86400, &c->drain_s) ? -1 : 0;
     case OPT_STALL:
         return cli_parse_long("lmd serve", "--stall-timeout", v, 0, 86400, &c->stall_s) ? -1 : 0;
-    case OPT_CHAT_TEMPLATE:
-        for (const char *const *f = (const char *const[]){"gemma", "llama3", "chatml", "mistral", "generic", NULL}; *f;
-             f++)
-            if (strcmp(v, *f) == 0)
-                return set_str("--chat-template", v, d->chat_template, sizeof d->chat_template);
+    case OPT_CHAT_TEMPLATE: {
+        enum chat_family fam;
+        if (chat_family_parse(v, &fam) == 0)
+            return set_str("--chat-template", v, d->chat_template, sizeof d->chat_template);
         fprintf(stderr, "lmd serve: unknown --chat-template '%s' (gemma, llama3, chatml, mistral, generic)\n", v);
         return -1;
+    }
     case OPT_TLS_CERT:
         return set_str("--tls-cert", v, c->tls_cert, sizeof c->tls_cert);
     case OPT_TLS_KEY:

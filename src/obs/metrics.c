@@ -199,6 +199,8 @@ static inline int clamp_model(int m) { return m >= 0 && m < g_obs.n_models ? m :
 
 void obs_bind_model(int model) { tl_model = model; }
 
+int obs__bound_model(void) { return clamp_model(tl_model); }
+
 void obs_observe(enum obs_hist h, int cls, double value) { obs_observe_model(h, tl_model, cls, value); }
 
 void obs_observe_model(enum obs_hist h, int model, int cls, double value)

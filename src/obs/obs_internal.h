@@ -97,6 +97,9 @@ void obs__trace_free(void);
  * requires; bytes that are not UTF-8 become U+FFFD. */
 int obs__json_chars(struct lmd_buf *out, const char *s);
 
+/* The model index this thread records into (obs_bind_model), in range. */
+int obs__bound_model(void);
+
 /* Names of the label values (metrics.c). */
 const char *obs__reject_name(enum obs_reject r);
 const char *obs__class_name(int cls);     /* cls out of range: "" */

@@ -16,6 +16,7 @@
  */
 #include "serve/serve.h"
 
+#include "api/chat_template.h"
 #include "sched/sched.h"
 
 #include <yaml.h>
@@ -377,15 +378,18 @@ static int parse_settings(struct cfg *c, const struct field *f, int nf, const ch
     yaml_node_t *v = field(f, nf, "chat_template");
     if (v) {
         sub(p, sizeof p, path, "chat_template");
-        char b[48];
-        static const char *const fams[] = {"gemma", "llama3", "chatml", "mistral", "generic"};
-        size_t i = 0;
-        while (i < 5 && !scalar_eq(v, fams[i]))
-            i++;
-        if (i == 5)
+        char b[48], name[sizeof m->chat_template];
+        enum chat_family fam;
+        bool ok = v->type == YAML_SCALAR_NODE && !is_null(v) && v->data.scalar.length < sizeof name;
+        if (ok) {
+            memcpy(name, v->data.scalar.value, v->data.scalar.length);
+            name[v->data.scalar.length] = 0;
+            ok = strlen(name) == v->data.scalar.length && chat_family_parse(name, &fam) == 0;
+        }
+        if (!ok)
             return BAD(c, v, LMD_EFORMAT, p, "expected gemma, llama3, chatml, mistral or generic, got '%s'",
                        v->type == YAML_SCALAR_NODE ? shown(v, b) : type_name(v));
-        snprintf(m->chat_template, sizeof m->chat_template, "%s", fams[i]);
+        memcpy(m->chat_template, name, sizeof name);
     }
     return 0;
 }

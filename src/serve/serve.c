@@ -96,14 +96,19 @@ static int model_open(struct serve *s, struct serve__model *sm, const struct ser
     sm->cfg = *given;
     resolve(&sm->cfg, &s->cfg.defaults);
     struct serve_model *m = &sm->cfg;
+    _Static_assert(sizeof sm->id == sizeof m->name, "a name is an id");
     if (m->name[0])
-        snprintf(sm->id, sizeof sm->id, "%s", m->name);
+        memcpy(sm->id, m->name, sizeof sm->id);
     else
         serve_model_slug(m->path, sm->id, sizeof sm->id);
+    /* Built aside: sm and s->cfg are parts of one object. */
+    char where[sizeof sm->where];
+    const char *slash = strrchr(s->cfg.file, '/');
     if (m->line)
-        snprintf(sm->where, sizeof sm->where, "model '%s' (%.40s line %d)", sm->id, s->cfg.file, m->line);
+        snprintf(where, sizeof where, "model '%s' (%.40s line %d)", sm->id, slash ? slash + 1 : s->cfg.file, m->line);
     else
-        snprintf(sm->where, sizeof sm->where, "model '%s' (-m)", sm->id);
+        snprintf(where, sizeof where, "model '%s' (-m)", sm->id);
+    memcpy(sm->where, where, sizeof where);
     if (!serve_id_valid(sm->id))
         return lmd_err_set(err, LMD_EINVAL, "%s: the file name gives no usable id; name it (-m NAME=PATH, or name:)",
                            sm->where);
@@ -145,7 +150,7 @@ static int model_open(struct serve *s, struct serve__model *sm, const struct ser
     for (int i = 0; i < m->n_aliases; i++)
         add_name(sm, m->aliases[i], false);
     char stem[SERVE__NAME_LEN];
-    const char *slash = strrchr(m->path, '/');
+    slash = strrchr(m->path, '/');
     const char *file = slash ? slash + 1 : m->path;
     size_t n = strlen(file);
     snprintf(stem, sizeof stem, "%.*s", (int)(n > 5 && strcmp(file + n - 5, ".gguf") == 0 ? n - 5 : n), file);

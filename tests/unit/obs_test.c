@@ -530,6 +530,47 @@ static void test_trace_off(void **state)
     json_decref(root);
 }
 
+/* Several models: each engine thread's events go on its model's track,
+ * named after the model, and a request's begin names its model. */
+static void test_trace_models(void **state)
+{
+    (void)state;
+    const char *models[] = {"gemma", "tiny"};
+    struct obs_config cfg = {.models = models,
+                             .n_models = 2,
+                             .classes = g_classes,
+                             .n_classes = 2,
+                             .tenants = g_tenants,
+                             .n_tenants = 2,
+                             .trace = true,
+                             .nvml_path = ""};
+    struct lmd_err err = {0};
+    assert_int_equal(obs_init(&cfg, &err), 0);
+    uint64_t now = lmd_time_mono_ns();
+    obs_trace(OBS_EV_STEP, 0, now, now + 1000, 1, 1, 0);
+    obs_bind_model(1);
+    obs_trace(OBS_EV_STEP, 0, now, now + 2000, 2, 2, 0);
+    obs_trace(OBS_EV_ADMIT, 7, now, now, 0, 1, 5);
+    obs_bind_model(0);
+
+    json_t *root = trace_json(0);
+    json_t *evs[8];
+    assert_int_equal(trace_events(root, evs, 8), 3);
+    assert_int_equal(json_integer_value(json_object_get(evs[0], "tid")), 1);
+    assert_int_equal(json_integer_value(json_object_get(evs[1], "tid")), 11);
+    assert_int_equal(json_integer_value(json_object_get(evs[2], "tid")), 11);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(evs[2], "args"), "model")), "tiny");
+    /* Metadata: the process, one engine track per model, admission. */
+    json_t *meta = json_object_get(root, "traceEvents");
+    assert_int_equal(json_array_size(meta), 4 + 3);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_array_get(meta, 0), "args"), "name")),
+                        "lmd gemma, tiny");
+    json_t *t1 = json_array_get(meta, 2);
+    assert_int_equal(json_integer_value(json_object_get(t1, "tid")), 11);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(t1, "args"), "name")), "engine tiny");
+    json_decref(root);
+}
+
 static void test_trace_wrap(void **state)
 {
     init_obs(NULL, 0, true, 5, NULL); /* rounded up to 8 slots */
@@ -908,6 +949,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_nvml_present, teardown),
         cmocka_unit_test_teardown(test_trace_off, teardown),
         cmocka_unit_test_teardown(test_trace_wrap, teardown),
+        cmocka_unit_test_teardown(test_trace_models, teardown),
         cmocka_unit_test_teardown(test_trace_events, teardown),
         cmocka_unit_test_teardown(test_trace_concurrent, teardown),
         cmocka_unit_test_teardown(test_access_text, teardown),
