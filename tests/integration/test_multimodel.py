@@ -89,9 +89,12 @@ class Serve:
 
 CONFIG = """\
 # Two models with their own engine settings; the flags given on the
-# command line (--port) take precedence over this file.
+# command line take precedence over this file (the test waits for the
+# server on the --port it gives, so it finds it only if the flag wins).
 listen:
+  port: 9
   io_threads: 2
+debug_endpoints: true
 scheduler:
   policy: sla
 defaults:
@@ -193,6 +196,17 @@ def test_stream_on_second_model(srv, client):
     assert parts[-1].usage.completion_tokens >= 1
 
 
+def test_trace_has_an_engine_track_per_model(srv, client):
+    client.completions.create(model="tiny", prompt=PROMPT, max_tokens=2)
+    events = httpx.get(srv.base + "/debug/trace?seconds=600", timeout=10).json()["traceEvents"]
+    names = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    assert names[1] == "engine " + srv.default_id and names[11] == "engine tiny", names
+    begins = [e for e in events if e["name"] == "request" and e["ph"] == "b"]
+    assert any(e["args"]["model"] == "tiny" and e["tid"] == 11 for e in begins), begins
+    steps = {e["tid"] for e in events if e["name"] == "step"}
+    assert steps <= {1, 11} and 11 in steps
+
+
 def test_unknown_or_missing_model(srv, client):
     with pytest.raises(openai.NotFoundError) as ei:
         client.completions.create(model="gpt-4o", prompt=PROMPT, max_tokens=1)
@@ -258,8 +272,9 @@ def test_m_flags_and_tenant_models(lmd_bin, default_model, synth_models, tmp_pat
               "--tenants", str(tenants))
     try:
         h = {"Authorization": "Bearer sk-narrow"}
-        ids = [m["id"] for m in httpx.get(s.base + "/v1/models", headers=h, timeout=10).json()["data"]]
-        assert ids == ["main", "synth-llama"]
+        data = httpx.get(s.base + "/v1/models", headers=h, timeout=10).json()["data"]
+        assert [m["id"] for m in data] == ["main", "synth-llama"]
+        assert [m["max_model_len"] for m in data] == [128, 128]  # -c applies to every model
         narrow = openai.OpenAI(base_url=s.base + "/v1", api_key="sk-narrow", timeout=60, max_retries=0)
         r = narrow.completions.create(model="synth-llama", prompt=PROMPT, max_tokens=2)
         assert r.model == "synth-llama"
