@@ -27,16 +27,34 @@ struct qos;
 struct sched;
 struct tok_vocab;
 
-struct api_config {
-    struct sched *sched;
+#define API_MAX_MODELS 8 /* = OBS_MAX_MODELS: a model's index is its metrics label index */
+
+/* One model the API serves: its names, what /v1/models shows about it,
+ * and the scheduler, vocabulary and chat template its requests use. */
+struct api_model {
+    const char *id;             /* the slug requests name, /v1/models lists and metrics carry */
+    const char *const *aliases; /* [n_aliases] other names it answers to */
+    int n_aliases;
+    const char *display_name; /* general.name, shown as metadata; NULL = none */
+    const char *arch;         /* general.architecture; NULL = none */
+    const char *engine;       /* the engine kind ("native") */
+    const char *owned_by;     /* NULL = "lmd" */
+    struct sched *sched;      /* its own scheduler (and engine thread) */
     const struct tok_vocab *vocab;
-    const char *model_path; /* its file name and stem are accepted as the model id too */
-    const char *model_name; /* general.name; NULL = the file stem is the id */
-    int chat_family;        /* enum chat_family */
-    int n_ctx;              /* tokens per sequence */
-    size_t max_body;        /* bytes; larger bodies get 413 */
-    struct qos *qos;        /* tenants, keys, classes and admission (required) */
-    bool debug_endpoints;   /* serve /debug/requests and /debug/trace */
+    int chat_family; /* enum chat_family */
+    int n_ctx;       /* tokens per sequence */
+};
+
+struct api_config {
+    /* [n_models], 1..API_MAX_MODELS; index i is the model index of
+     * obs_config.models. api_init copies the array and its strings; the
+     * schedulers and vocabularies stay the caller's. With one model a
+     * request may omit `model`; with several it must name one. */
+    const struct api_model *models;
+    int n_models;
+    size_t max_body;      /* bytes; larger bodies get 413 */
+    struct qos *qos;      /* tenants, keys, classes and admission (required) */
+    bool debug_endpoints; /* serve /debug/requests and /debug/trace */
 };
 
 int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err);
@@ -50,8 +68,6 @@ void api_handle(void *ud, struct http_req *r);
 void api_set_draining(struct api *a);
 /* Generation requests not yet finished and released. Any thread. */
 int api_active(const struct api *a);
-/* The model id shown in /v1/models. */
-const char *api_model_id(const struct api *a);
-/* The id a model is served under, before any api exists (metrics labels):
- * general.name, else the file name without .gguf. */
-void api_model_id_for(const char *model_path, const char *model_name, char *out, size_t cap);
+/* The index of the model that answers to `name` (its id or an alias), or
+ * -1. Ids are matched before aliases. Any thread. */
+int api_model_find(const struct api *a, const char *name, size_t len);

@@ -109,15 +109,22 @@ long api_stop_find(const char *text, size_t len, const char *const *stop, const 
  * the start of a stop string completed by later text. */
 size_t api_stop_holdback(const char *text, size_t len, const char *const *stop, const size_t *stop_len, int n_stop);
 
+/* One served model, its strings owned by the api (copies of api_model's). */
+struct api__model {
+    struct api_model m; /* every string points at a copy owned here; sched and vocab are the caller's */
+    int index;          /* in api.models and in obs's model labels */
+    char *id_json;      /* the id escaped for JSON strings */
+    char **names;       /* [1 + m.n_aliases] the id, then the aliases: what m's pointers point at */
+    char *strs[4];      /* copies of display_name, arch, engine, owned_by (or NULL) */
+};
+
 /* The process-wide API state (api.h's opaque struct api). */
 struct api_call;
 struct api {
-    struct api_config cfg;
-    char *model_id;   /* general.name or the file stem */
-    const char *file; /* base name of the model path */
-    char *stem;       /* file name without .gguf */
-    char *model_json; /* model_id escaped for JSON strings */
-    long created;     /* s, start-up time, for /v1/models */
+    struct api_config cfg;     /* cfg.models points at nothing: use models */
+    struct api__model *models; /* [n_models] */
+    int n_models;
+    long created; /* s, start-up time, for /v1/models */
     _Atomic bool draining;
     _Atomic int active; /* calls not yet freed */
     _Atomic uint64_t seq;
@@ -146,16 +153,19 @@ struct api_call;
 void api_send_error(struct http_req *r, const struct api_error *e, const char *hname, const char *hvalue);
 
 /* A generation call (call.c): build the call for a validated request,
- * submit its n choices to the scheduler and answer from then on. Takes
+ * submit its n choices to model m's scheduler and answer from then on. Takes
  * ownership of ids ([n_prompt] malloc'd; freed on failure too). On failure
  * fills e and returns non-zero, having answered nothing: the caller sends e.
  * `id` is the completion id (also the X-Request-Id unless the client sent
  * its own). */
-int api_call_submit(struct api *a, struct http_req *r, const struct api_params *p, int32_t *ids, int n_prompt,
-                    int max_tokens, const char *id, struct api_who *who, struct api_error *e);
+int api_call_submit(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
+                    int32_t *ids, int n_prompt, int max_tokens, const char *id, struct api_who *who,
+                    struct api_error *e);
 /* GET /debug/requests: the live calls as JSON into b. */
 int api_calls_render(struct api *a, struct lmd_buf *b);
 
 /* The access-log line and lmd_requests_total for a generation request
- * answered without reaching the scheduler (an error or refusal). */
-void api_log_refusal(struct api *a, struct http_req *r, const char *id, int status, int cls, int tenant);
+ * answered without reaching the scheduler (an error or refusal); m is the
+ * model it was routed to, NULL when none was chosen yet. */
+void api_log_refusal(struct api *a, struct http_req *r, const char *id, int status, const struct api__model *m, int cls,
+                     int tenant);

@@ -64,7 +64,8 @@ struct api_call {
     _Atomic int refs;
     struct http_task task;
     struct api *api;
-    struct http_req *http; /* NULL once the request is disposed */
+    const struct api__model *m; /* the model it runs on */
+    struct http_req *http;      /* NULL once the request is disposed */
     struct http_loop *loop;
     enum api_kind kind;
     bool stream, include_usage;
@@ -152,7 +153,7 @@ static void call_cancel_all(struct api_call *c)
 {
     for (int i = 0; i < c->n_choices; i++)
         if (atomic_load(&c->choice[i].sr.finish) == SCHED_RUNNING)
-            sched_req_cancel(c->api->cfg.sched, &c->choice[i].sr);
+            sched_req_cancel(c->m->m.sched, &c->choice[i].sr);
 }
 
 static const char *finish_name(const struct api_choice *ch)
@@ -175,15 +176,15 @@ static void call_account(struct api_call *c, int status, const char *finish)
     int n_gen = call_generated(c);
     const int cls = c->who.cls, tenant = c->who.tenant;
     qos_finished(a->cfg.qos, &c->who.ticket, (int64_t)c->n_prompt + n_gen, now);
-    obs_request_done(obs_status_of(status), cls, tenant);
+    obs_request_done(obs_status_of(status), c->m->index, cls, tenant);
     double e2e = (double)(now - c->t_start) / 1e9;
     double ttft = c->t_first ? (double)(c->t_first - c->t_start) / 1e9 : -1;
     uint64_t admit = __atomic_load_n(&c->choice[0].sr.t_admit_ns, __ATOMIC_RELAXED);
     double queue = admit >= c->t_start ? (double)(admit - c->t_start) / 1e9 : -1;
     if (status == 200) {
-        obs_observe(OBS_H_E2E, cls, e2e);
+        obs_observe_model(OBS_H_E2E, c->m->index, cls, e2e);
         if (ttft >= 0)
-            obs_observe(OBS_H_TTFT, cls, ttft);
+            obs_observe_model(OBS_H_TTFT, c->m->index, cls, ttft);
     }
     struct obs_access acc = {
         .id = c->who.rid,
@@ -192,7 +193,7 @@ static void call_account(struct api_call *c, int status, const char *finish)
         .status = status,
         .cls = cls,
         .tenant = tenant,
-        .model = a->model_id,
+        .model = c->m->m.id,
         .prompt_tokens = c->n_prompt,
         .output_tokens = n_gen,
         .queue_s = queue,
@@ -209,7 +210,7 @@ static void call_account(struct api_call *c, int status, const char *finish)
 static void chunk_head(struct api_call *c, struct lmd_buf *b)
 {
     lmd_buf_printf(b, "data: {\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\",\"choices\":", c->id,
-                   c->kind == API_CHAT ? "chat.completion.chunk" : "text_completion", c->created, c->api->model_json);
+                   c->kind == API_CHAT ? "chat.completion.chunk" : "text_completion", c->created, c->m->id_json);
 }
 
 static void chunk_tail(struct api_call *c, struct lmd_buf *b)
@@ -226,7 +227,7 @@ static void put_lp(struct lmd_buf *b, float lp) { lmd_buf_printf(b, "%.9g", isfi
 /* One token as "token":…,"logprob":…,"bytes":[…] (chat's shape). */
 static void put_token_entry(struct api_call *c, struct lmd_buf *b, int32_t id, float lp)
 {
-    const struct tok_vocab *v = c->api->cfg.vocab;
+    const struct tok_vocab *v = c->m->m.vocab;
     size_t k = tok_piece(v, id, true, c->piece, c->piece_cap);
     if (k > c->piece_cap)
         k = c->piece_cap;
@@ -250,7 +251,7 @@ static void put_logprobs(struct api_call *c, struct api_choice *ch, struct lmd_b
         PUTS(b, "null");
         return;
     }
-    const struct tok_vocab *v = c->api->cfg.vocab;
+    const struct tok_vocab *v = c->m->m.vocab;
     const int k = c->n_top;
     if (c->kind == API_CHAT) {
         PUTS(b, "{\"content\":[");
@@ -368,7 +369,7 @@ static void send_final(struct api_call *c)
     }
     struct lmd_buf b = {0};
     lmd_buf_printf(&b, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%ld,\"model\":\"%s\",\"choices\":[", c->id,
-                   c->kind == API_CHAT ? "chat.completion" : "text_completion", c->created, c->api->model_json);
+                   c->kind == API_CHAT ? "chat.completion" : "text_completion", c->created, c->m->id_json);
     for (int i = 0; i < c->n_choices; i++) {
         struct api_choice *ch = &c->choice[i];
         lmd_buf_printf(&b, "%s{\"index\":%d,", i ? "," : "", i);
@@ -421,7 +422,7 @@ static void choice_pump(struct api_call *c, struct api_choice *ch, size_t budget
         if (at >= 0) {
             ch->pending.len = (size_t)at;
             ch->stop_matched = true;
-            sched_req_cancel(c->api->cfg.sched, &ch->sr);
+            sched_req_cancel(c->m->m.sched, &ch->sr);
         }
     }
     bool finished = ch->stop_matched || (fin != SCHED_RUNNING && ch->cursor == n);
@@ -579,7 +580,7 @@ static int call_set_echo(struct api_call *c, const struct api_params *p)
             return LMD_ENOMEM;
     } else {
         struct tok_detok d;
-        tok_detok_init(&d, c->api->cfg.vocab, false);
+        tok_detok_init(&d, c->m->m.vocab, false);
         for (int i = 0; i < c->n_prompt; i++) {
             size_t k = tok_detok_push(&d, c->prompt[i], c->piece, c->piece_cap);
             if (lmd_buf_append(&b, c->piece, k))
@@ -633,7 +634,7 @@ static int choice_init(struct api_call *c, struct api_choice *ch, int i, const s
     ch->sr.out_top_lp = ch->top_lp;
     ch->sr.notify = choice_notify;
     ch->sr.release = choice_release;
-    tok_detok_init(&ch->dt, c->api->cfg.vocab, false);
+    tok_detok_init(&ch->dt, c->m->m.vocab, false);
     ch->dt.first = false; /* a continuation: the first generated token keeps its leading space */
     ch->lp_offset = c->echo_len;
     return 0;
@@ -660,8 +661,9 @@ static void call_begin_stream(struct api_call *c, struct http_req *r)
         http_stream_write(r, c->chunk.ptr, c->chunk.len, false);
 }
 
-int api_call_submit(struct api *a, struct http_req *r, const struct api_params *p, int32_t *ids, int n_prompt,
-                    int max_tokens, const char *id, struct api_who *who, struct api_error *e)
+int api_call_submit(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
+                    int32_t *ids, int n_prompt, int max_tokens, const char *id, struct api_who *who,
+                    struct api_error *e)
 {
     const int n = p->n;
     struct api_call *c = calloc(1, sizeof *c + (size_t)n * sizeof c->choice[0]);
@@ -675,6 +677,7 @@ int api_call_submit(struct api *a, struct http_req *r, const struct api_params *
     atomic_store(&c->refs, n);
     c->n_choices = n;
     c->api = a;
+    c->m = m;
     c->prompt = ids;
     c->n_prompt = n_prompt;
     c->kind = p->kind;
@@ -688,9 +691,9 @@ int api_call_submit(struct api *a, struct http_req *r, const struct api_params *
     c->who = *who;
     who->ticket.state = QOS_TICKET_NONE; /* the call's now: call_free settles it */
     snprintf(c->id, sizeof c->id, "%s", id);
-    c->piece_cap = tok_detok_bound(a->cfg.vocab);
-    if (c->piece_cap < tok_piece_max(a->cfg.vocab))
-        c->piece_cap = tok_piece_max(a->cfg.vocab);
+    c->piece_cap = tok_detok_bound(m->m.vocab);
+    if (c->piece_cap < tok_piece_max(m->m.vocab))
+        c->piece_cap = tok_piece_max(m->m.vocab);
     c->piece = malloc(c->piece_cap);
     size_t stop_bytes = 0;
     for (int i = 0; i < p->n_stop; i++)
@@ -730,14 +733,14 @@ int api_call_submit(struct api *a, struct http_req *r, const struct api_params *
     struct lmd_err err = {0};
     int submitted = 0;
     for (; submitted < n; submitted++) {
-        rc = sched_submit(a->cfg.sched, &c->choice[submitted].sr, &err);
+        rc = sched_submit(m->m.sched, &c->choice[submitted].sr, &err);
         if (rc != 0)
             break;
     }
     if (rc != 0) {
         /* All or nothing: the choices already queued are withdrawn. */
         for (int i = 0; i < submitted; i++)
-            sched_req_cancel(a->cfg.sched, &c->choice[i].sr);
+            sched_req_cancel(m->m.sched, &c->choice[i].sr);
         for (int i = 0; i < n; i++)
             sched_req_unref(&c->choice[i].sr);
         if (rc == LMD_EBUSY) {
@@ -815,10 +818,10 @@ static void call_render(struct api_call *c, struct lmd_buf *b, uint64_t now)
     double age = (double)(now - c->t_start) / 1e9;
     double queued = (double)((admit ? admit : now) - c->t_start) / 1e9;
     lmd_buf_printf(b,
-                   "{\"id\":\"%s\",\"completion_id\":\"%s\",\"tenant\":\"%s\",\"class\":\"%s\",\"state\":\"%s\","
-                   "\"stream\":%s,\"choices\":%d,\"prompt_tokens\":%d,\"generated_tokens\":%d,\"age_s\":%.3f,"
-                   "\"queued_s\":%.3f,\"kv_blocks\":%d,\"preemptions\":%d}",
-                   c->who.rid, c->id, qos_tenant(q, c->who.tenant)->name, qos_class(q, c->who.cls)->name,
+                   "{\"id\":\"%s\",\"completion_id\":\"%s\",\"model\":\"%s\",\"tenant\":\"%s\",\"class\":\"%s\","
+                   "\"state\":\"%s\",\"stream\":%s,\"choices\":%d,\"prompt_tokens\":%d,\"generated_tokens\":%d,"
+                   "\"age_s\":%.3f,\"queued_s\":%.3f,\"kv_blocks\":%d,\"preemptions\":%d}",
+                   c->who.rid, c->id, c->m->id_json, qos_tenant(q, c->who.tenant)->name, qos_class(q, c->who.cls)->name,
                    state_names[state], c->stream ? "true" : "false", c->n_choices, c->n_prompt, gen, age,
                    queued < 0 ? 0.0 : queued, kv, preempted);
 }

@@ -138,26 +138,72 @@ static void route_debug(struct api *a, struct http_req *r, struct http_str path)
     lmd_buf_free(&b);
 }
 
-static json_t *model_object(const struct api *a)
+/* A model as /v1/models shows it: OpenAI's fields, vLLM's max_model_len,
+ * the other names it answers to, and what the GGUF says about it. */
+static json_t *model_object(const struct api *a, const struct api__model *am)
 {
-    return json_pack("{s:s, s:s, s:I, s:s, s:i}", "id", a->model_id, "object", "model", "created",
-                     (json_int_t)a->created, "owned_by", "lmd", "max_model_len", a->cfg.n_ctx);
+    const struct api_model *m = &am->m;
+    json_t *aliases = json_array(), *meta = json_object();
+    for (int i = 0; aliases && i < m->n_aliases; i++)
+        json_array_append_new(aliases, json_string(m->aliases[i]));
+    if (meta) {
+        if (m->display_name)
+            json_object_set_new(meta, "general_name", json_string(m->display_name));
+        if (m->arch)
+            json_object_set_new(meta, "architecture", json_string(m->arch));
+        json_object_set_new(meta, "engine", json_string(m->engine ? m->engine : "native"));
+    }
+    return json_pack("{s:s, s:s, s:I, s:s, s:i, s:o*, s:o*}", "id", m->id, "object", "model", "created",
+                     (json_int_t)a->created, "owned_by", m->owned_by ? m->owned_by : "lmd", "max_model_len", m->n_ctx,
+                     "aliases", aliases, "metadata", meta);
 }
 
-static bool model_matches(const struct api *a, const char *name, size_t len)
+static bool name_is(const char *s, const char *name, size_t len) { return strlen(s) == len && !memcmp(s, name, len); }
+
+int api_model_find(const struct api *a, const char *name, size_t len)
 {
-    return (strlen(a->model_id) == len && memcmp(a->model_id, name, len) == 0) ||
-           (strlen(a->file) == len && memcmp(a->file, name, len) == 0) ||
-           (strlen(a->stem) == len && memcmp(a->stem, name, len) == 0);
+    for (int i = 0; i < a->n_models; i++)
+        if (name_is(a->models[i].m.id, name, len))
+            return i;
+    for (int i = 0; i < a->n_models; i++)
+        for (int k = 0; k < a->models[i].m.n_aliases; k++)
+            if (name_is(a->models[i].m.aliases[k], name, len))
+                return i;
+    return -1;
+}
+
+/* A tenant's model list may name a model by its id or any alias. */
+static bool model_allowed(const struct qos *q, int tenant, const struct api_model *m)
+{
+    if (qos_model_allowed(q, tenant, m->id, strlen(m->id)))
+        return true;
+    for (int k = 0; k < m->n_aliases; k++)
+        if (qos_model_allowed(q, tenant, m->aliases[k], strlen(m->aliases[k])))
+            return true;
+    return false;
+}
+
+/* "'a', 'b' and 'c'" for messages, cut short past a few hundred bytes. */
+static void model_list(const struct api *a, char *out, size_t cap)
+{
+    size_t o = 0;
+    out[0] = 0;
+    for (int i = 0; i < a->n_models && o < cap; i++)
+        o += (size_t)snprintf(out + o, cap - o, "%s'%s'",
+                              i == 0                 ? ""
+                              : i + 1 == a->n_models ? " and "
+                                                     : ", ",
+                              a->models[i].m.id);
 }
 
 /* ---- generation: the front half ------------------------------------------ */
 
 /* The prompt's token ids, from text (completion), a chat (rendered by the
  * template), or ids given in the request. */
-static int build_prompt(struct api *a, const struct api_params *p, int32_t **ids, int *n, struct api_error *e)
+static int build_prompt(const struct api_model *m, const struct api_params *p, int32_t **ids, int *n,
+                        struct api_error *e)
 {
-    const int n_vocab = tok_n_vocab(a->cfg.vocab);
+    const int n_vocab = tok_n_vocab(m->vocab);
     if (p->prompt_ids) {
         for (int i = 0; i < p->n_prompt_ids; i++)
             if (p->prompt_ids[i] >= n_vocab)
@@ -176,12 +222,12 @@ static int build_prompt(struct api *a, const struct api_params *p, int32_t **ids
     size_t len = p->prompt_len;
     char *rendered = NULL;
     if (p->kind == API_CHAT) {
-        long need = chat_render((enum chat_family)a->cfg.chat_family, p->msgs, p->n_msgs, NULL, 0, &err);
+        long need = chat_render((enum chat_family)m->chat_family, p->msgs, p->n_msgs, NULL, 0, &err);
         if (need < 0)
             return api_error_set(e, 400, "invalid_request_error", "messages", NULL, "%s", err.msg);
         rendered = malloc((size_t)need + 1);
-        if (!rendered || chat_render((enum chat_family)a->cfg.chat_family, p->msgs, p->n_msgs, rendered,
-                                     (size_t)need + 1, &err) < 0) {
+        if (!rendered ||
+            chat_render((enum chat_family)m->chat_family, p->msgs, p->n_msgs, rendered, (size_t)need + 1, &err) < 0) {
             free(rendered);
             return api_error_set(e, 500, "server_error", NULL, NULL, "cannot render the chat template");
         }
@@ -191,7 +237,7 @@ static int build_prompt(struct api *a, const struct api_params *p, int32_t **ids
     /* Text never tokenizes to more tokens than bytes, plus BOS/EOS. */
     size_t cap = len + 4;
     *ids = malloc(cap * sizeof **ids);
-    int64_t k = *ids ? tok_encode(a->cfg.vocab, src, len, true, p->kind == API_CHAT, *ids, cap, &err) : LMD_ENOMEM;
+    int64_t k = *ids ? tok_encode(m->vocab, src, len, true, p->kind == API_CHAT, *ids, cap, &err) : LMD_ENOMEM;
     free(rendered);
     if (k < 0 || (size_t)k > cap) {
         free(*ids);
@@ -203,12 +249,14 @@ static int build_prompt(struct api *a, const struct api_params *p, int32_t **ids
     return 0;
 }
 
-void api_log_refusal(struct api *a, struct http_req *r, const char *id, int status, int cls, int tenant)
+void api_log_refusal(struct api *a, struct http_req *r, const char *id, int status, const struct api__model *m, int cls,
+                     int tenant)
 {
+    (void)a;
     struct http_str path = http_req_path(r);
     char p[64];
     snprintf(p, sizeof p, "%.*s", (int)(path.len < 63 ? path.len : 63), path.ptr);
-    obs_request_done(obs_status_of(status), cls, tenant);
+    obs_request_done(obs_status_of(status), m ? m->index : -1, cls, tenant);
     struct obs_access acc = {
         .id = id,
         .method = "POST",
@@ -216,7 +264,7 @@ void api_log_refusal(struct api *a, struct http_req *r, const char *id, int stat
         .status = status,
         .cls = cls,
         .tenant = tenant,
-        .model = a->model_id,
+        .model = m ? m->m.id : NULL,
         .queue_s = -1,
         .ttft_s = -1,
         .e2e_s = -1,
@@ -310,6 +358,7 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     snprintf(who.rid, sizeof who.rid, "%s", rid);
     int32_t *ids = NULL;
     int n_prompt = 0;
+    const struct api__model *m = NULL; /* the model it routes to, once known */
     const char *hname = NULL, *hvalue = NULL;
     char retry[16];
     memset(&p, 0, sizeof p);
@@ -339,15 +388,28 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     }
     if (api_params_parse(&p, kind, body.ptr, body.len, &e) != 0)
         goto fail;
-    if (p.model && !model_matches(a, p.model, strlen(p.model))) {
-        api_error_set(&e, 404, "not_found_error", "model", "model_not_found",
-                      "the model '%s' does not exist; this server serves '%s'", p.model, a->model_id);
-        goto fail;
+    /* Route by `model`: with one model it may be left out. */
+    if (p.model || a->n_models > 1) {
+        int mi = p.model ? api_model_find(a, p.model, strlen(p.model)) : -1;
+        if (mi < 0) {
+            char names[256];
+            model_list(a, names, sizeof names);
+            if (!p.model)
+                api_error_set(&e, 400, "invalid_request_error", "model", "model_required",
+                              "'model' is required: this server serves %d models (%s)", a->n_models, names);
+            else
+                api_error_set(&e, 404, "invalid_request_error", "model", "model_not_found",
+                              "the model '%.128s' does not exist; this server serves %s", p.model, names);
+            goto fail;
+        }
+        m = &a->models[mi];
+    } else {
+        m = &a->models[0];
     }
-    if (!qos_model_allowed(q, tenant, a->model_id, strlen(a->model_id))) {
+    if (!model_allowed(q, tenant, &m->m)) {
         obs_reject(OBS_R_MODEL, tenant);
         api_error_set(&e, 403, "permission_error", "model", "model_not_allowed",
-                      "the model '%s' is not allowed for this API key", a->model_id);
+                      "the model '%s' is not allowed for this API key", m->m.id);
         goto fail;
     }
     enum obs_reject reason = OBS_R__N;
@@ -357,7 +419,7 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
         goto fail;
     }
     who.cls = cls;
-    const int n_vocab = tok_n_vocab(a->cfg.vocab);
+    const int n_vocab = tok_n_vocab(m->m.vocab);
     for (int i = 0; i < p.n_bias; i++)
         if (p.bias[i].token >= n_vocab) {
             api_error_set(&e, 400, "invalid_request_error", "logit_bias", NULL,
@@ -365,14 +427,14 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
                           n_vocab - 1);
             goto fail;
         }
-    if (build_prompt(a, &p, &ids, &n_prompt, &e) != 0)
+    if (build_prompt(&m->m, &p, &ids, &n_prompt, &e) != 0)
         goto fail;
     if (n_prompt == 0) {
         api_error_set(&e, 400, "invalid_request_error", kind == API_CHAT ? "messages" : "prompt", NULL,
                       "the prompt is empty");
         goto fail;
     }
-    const int ctx = a->cfg.n_ctx;
+    const int ctx = m->m.n_ctx;
     if (n_prompt >= ctx) {
         api_error_set(&e, 400, "invalid_request_error", kind == API_CHAT ? "messages" : "prompt",
                       "context_length_exceeded",
@@ -405,18 +467,21 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
         }
         goto fail;
     }
-    int rc = api_call_submit(a, r, &p, ids, n_prompt, max_tokens, id, &who, &e);
+    int rc = api_call_submit(a, m, r, &p, ids, n_prompt, max_tokens, id, &who, &e);
     ids = NULL; /* the call's now, even on failure; so is the ticket */
     api_params_free(&p);
     if (rc != 0) {
-        api_log_refusal(a, r, rid, e.status, who.cls, who.tenant);
+        api_log_refusal(a, r, rid, e.status, m, who.cls, who.tenant);
         api_send_error(r, &e, e.status == 503 ? "retry-after" : NULL, e.status == 503 ? "1" : NULL);
     }
     return;
 fail:
     free(ids);
     api_params_free(&p);
-    api_log_refusal(a, r, rid, e.status, who.cls, tenant < 0 ? -1 : who.tenant);
+    /* One model: every refusal is that model's, as it was before routing. */
+    if (!m && a->n_models == 1)
+        m = &a->models[0];
+    api_log_refusal(a, r, rid, e.status, m, who.cls, tenant < 0 ? -1 : who.tenant);
     api_send_error(r, &e, hname, hvalue);
 }
 
@@ -505,60 +570,70 @@ void api_handle(void *ud, struct http_req *r)
         else
             send_err(r, 404, "not_found_error", NULL, "not_found", "metrics are off (--no-metrics)");
     } else if (str_is(path, "/v1/models")) {
-        send_json(r, 200, json_pack("{s:s, s:[o]}", "object", "list", "data", model_object(a)), NULL, NULL);
+        json_t *data = json_array();
+        for (int i = 0; data && i < a->n_models; i++)
+            json_array_append_new(data, model_object(a, &a->models[i]));
+        send_json(r, 200, json_pack("{s:s, s:o*}", "object", "list", "data", data), NULL, NULL);
     } else {
         const char *mid = path.ptr + sizeof models_prefix - 1;
         size_t len = path.len - (sizeof models_prefix - 1);
-        if (model_matches(a, mid, len))
-            send_json(r, 200, model_object(a), NULL, NULL);
+        int mi = api_model_find(a, mid, len);
+        if (mi >= 0)
+            send_json(r, 200, model_object(a, &a->models[mi]), NULL, NULL);
         else
-            send_err(r, 404, "not_found_error", "model", "model_not_found", "no such model");
+            send_err(r, 404, "invalid_request_error", "model", "model_not_found", "no such model");
     }
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */
 
-/* The file name in a model path, and the length of its stem (the name
- * without .gguf). */
-static const char *model_file(const char *path, size_t *stem_len)
+static char *dup_or_null(const char *s, bool *oom)
 {
-    const char *slash = strrchr(path, '/');
-    const char *file = slash ? slash + 1 : path;
-    size_t n = strlen(file);
-    if (n > 5 && strcmp(file + n - 5, ".gguf") == 0)
-        n -= 5;
-    *stem_len = n;
-    return file;
-}
-
-void api_model_id_for(const char *model_path, const char *model_name, char *out, size_t cap)
-{
-    if (model_name && *model_name) {
-        snprintf(out, cap, "%s", model_name);
-        return;
-    }
-    size_t n;
-    const char *file = model_file(model_path, &n);
-    snprintf(out, cap, "%.*s", (int)n, file);
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    *oom |= !d;
+    return d;
 }
 
 int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err)
 {
     *out = NULL;
+    if (cfg->n_models < 1 || cfg->n_models > API_MAX_MODELS)
+        return lmd_err_set(err, LMD_EINVAL, "api: %d models (1 to %d)", cfg->n_models, API_MAX_MODELS);
     struct api *a = calloc(1, sizeof *a);
     if (!a)
         return lmd_err_set(err, LMD_ENOMEM, "out of memory");
     a->cfg = *cfg;
+    a->cfg.models = NULL;
     pthread_mutex_init(&a->live_mu, NULL);
-    size_t fl;
-    a->file = model_file(cfg->model_path, &fl);
-    a->stem = strndup(a->file, fl);
-    a->model_id = strdup(cfg->model_name && *cfg->model_name ? cfg->model_name : (a->stem ? a->stem : ""));
-    struct lmd_buf b = {0};
-    if (a->model_id)
-        api_buf_json_escape(&b, a->model_id, strlen(a->model_id));
-    a->model_json = b.ptr;
-    if (!a->stem || !a->model_id || !a->model_json) {
+    a->models = calloc((size_t)cfg->n_models, sizeof *a->models);
+    bool oom = !a->models;
+    for (int i = 0; !oom && i < cfg->n_models; i++) {
+        const struct api_model *src = &cfg->models[i];
+        struct api__model *am = &a->models[i];
+        a->n_models = i + 1; /* api_free sees what is built so far */
+        am->m = *src;
+        am->index = i;
+        am->names = calloc((size_t)src->n_aliases + 1, sizeof *am->names);
+        if (!am->names) {
+            oom = true;
+            break;
+        }
+        for (int k = 0; k <= src->n_aliases; k++)
+            am->names[k] = dup_or_null(k == 0 ? src->id : src->aliases[k - 1], &oom);
+        am->m.id = am->names[0];
+        am->m.aliases = (const char *const *)am->names + 1;
+        const char **strs[] = {&am->m.display_name, &am->m.arch, &am->m.engine, &am->m.owned_by};
+        for (int k = 0; k < 4; k++)
+            *strs[k] = am->strs[k] = dup_or_null(*strs[k], &oom);
+        struct lmd_buf b = {0};
+        if (am->m.id)
+            api_buf_json_escape(&b, am->m.id, strlen(am->m.id));
+        am->id_json = b.ptr;
+        oom |= !am->id_json;
+    }
+    if (oom) {
         api_free(a);
         return lmd_err_set(err, LMD_ENOMEM, "out of memory");
     }
@@ -571,13 +646,19 @@ void api_free(struct api *a)
 {
     if (!a)
         return;
-    free(a->stem);
-    free(a->model_id);
-    free(a->model_json);
+    for (int i = 0; i < a->n_models; i++) {
+        struct api__model *am = &a->models[i];
+        for (int k = 0; am->names && k <= am->m.n_aliases; k++)
+            free(am->names[k]);
+        free(am->names);
+        for (int k = 0; k < 4; k++)
+            free(am->strs[k]);
+        free(am->id_json);
+    }
+    free(a->models);
     pthread_mutex_destroy(&a->live_mu);
     free(a);
 }
 
 void api_set_draining(struct api *a) { atomic_store(&a->draining, true); }
 int api_active(const struct api *a) { return atomic_load(&((struct api *)a)->active); }
-const char *api_model_id(const struct api *a) { return a->model_id; }

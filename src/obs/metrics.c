@@ -26,6 +26,9 @@
 
 struct obs__state g_obs;
 
+/* The model this thread's per-model series go to (obs_bind_model). */
+static _Thread_local int tl_model;
+
 static pthread_mutex_t g_render_lock = PTHREAD_MUTEX_INITIALIZER;
 
 #define MS 1000000ull     /* ns */
@@ -74,6 +77,11 @@ static const struct {
     [OBS_C_ACCEPT_PAUSES] = {"lmd_http_accept_pauses_total",
                              "Times accepting paused for 100 ms because the process was out of file descriptors."},
 };
+
+/* Counters and gauges without a model label: they describe the HTTP side,
+ * which every model shares. */
+static bool counter_global(int c) { return c == OBS_C_HTTP_REQUESTS || c == OBS_C_ACCEPT_PAUSES; }
+static bool gauge_global(int g) { return g == OBS_G_CONNECTIONS; }
 
 static const struct {
     const char *name;
@@ -137,11 +145,18 @@ int obs_init(const struct obs_config *cfg, struct lmd_err *err)
         return lmd_err_set(err, LMD_EINVAL, "obs: %d service classes (1 to %d)", cfg->n_classes, OBS_MAX_CLASSES);
     if (cfg->n_tenants < 1 || cfg->n_tenants > OBS_MAX_TENANTS)
         return lmd_err_set(err, LMD_EINVAL, "obs: %d tenants (1 to %d)", cfg->n_tenants, OBS_MAX_TENANTS);
+    if (cfg->n_models < 0 || cfg->n_models > OBS_MAX_MODELS)
+        return lmd_err_set(err, LMD_EINVAL, "obs: %d models (1 to %d)", cfg->n_models, OBS_MAX_MODELS);
     if (cfg->trace_capacity < 0)
         return lmd_err_set(err, LMD_EINVAL, "obs: trace capacity %d is negative", cfg->trace_capacity);
 
     memset(&g_obs, 0, sizeof g_obs);
-    int rc = copy_name(g_obs.model, cfg->model ? cfg->model : "unknown", "model", 0, err);
+    const char *one = cfg->model ? cfg->model : "unknown";
+    const char *const *models = cfg->n_models ? cfg->models : &one;
+    const int n_models = cfg->n_models ? cfg->n_models : 1;
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < n_models; i++)
+        rc = copy_name(g_obs.models[i], models[i], "model", i, err);
     for (int i = 0; rc == 0 && i < cfg->n_classes; i++)
         rc = copy_name(g_obs.classes[i], cfg->classes[i], "class", i, err);
     for (int i = 0; rc == 0 && i < cfg->n_tenants; i++)
@@ -150,6 +165,7 @@ int obs_init(const struct obs_config *cfg, struct lmd_err *err)
         rc = obs__trace_init(cfg->trace, cfg->trace_capacity, err);
     if (rc != 0)
         return rc;
+    g_obs.n_models = n_models;
     g_obs.n_classes = cfg->n_classes;
     g_obs.n_tenants = cfg->n_tenants;
     g_obs.start_wall_ns = lmd_time_wall_ns();
@@ -181,13 +197,21 @@ static inline int clamp_class(int cls) { return cls >= 0 && cls < g_obs.n_classe
 
 static inline int clamp_tenant(int t) { return t >= 0 && t < g_obs.n_tenants ? t : 0; }
 
-void obs_observe(enum obs_hist h, int cls, double value)
+static inline int clamp_model(int m) { return m >= 0 && m < g_obs.n_models ? m : 0; }
+
+void obs_bind_model(int model) { tl_model = model; }
+
+int obs__bound_model(void) { return clamp_model(tl_model); }
+
+void obs_observe(enum obs_hist h, int cls, double value) { obs_observe_model(h, tl_model, cls, value); }
+
+void obs_observe_model(enum obs_hist h, int model, int cls, double value)
 {
     if (!obs_enabled() || (unsigned)h >= OBS_H__N || isnan(value))
         return;
     if (value < 0)
         value = 0;
-    struct obs__hist_cell *cell = &g_obs.hist[h][hist_info[h].per_class ? clamp_class(cls) : 0];
+    struct obs__hist_cell *cell = &g_obs.hist[clamp_model(model)][h][hist_info[h].per_class ? clamp_class(cls) : 0];
     uint64_t v;
     int i = 0;
     if (hist_info[h].count_buckets) {
@@ -211,7 +235,7 @@ void obs_count(enum obs_counter c, uint64_t n)
 {
     if (!obs_enabled() || (unsigned)c >= OBS_C__N)
         return;
-    atomic_fetch_add_explicit(&g_obs.counter[c].v, n, RELAXED);
+    atomic_fetch_add_explicit(&g_obs.counter[counter_global(c) ? 0 : clamp_model(tl_model)][c].v, n, RELAXED);
 }
 
 enum obs_status obs_status_of(int http_status)
@@ -224,11 +248,12 @@ enum obs_status obs_status_of(int http_status)
     return http_status < 500 ? OBS_S_400 : OBS_S_500;
 }
 
-void obs_request_done(enum obs_status st, int cls, int tenant)
+void obs_request_done(enum obs_status st, int model, int cls, int tenant)
 {
     if (!obs_enabled() || (unsigned)st >= OBS_S__N)
         return;
-    atomic_fetch_add_explicit(&g_obs.requests[st][clamp_class(cls)][clamp_tenant(tenant)], 1, RELAXED);
+    int m = model >= 0 && model < g_obs.n_models ? model : g_obs.n_models;
+    atomic_fetch_add_explicit(&g_obs.requests[st][m][clamp_class(cls)][clamp_tenant(tenant)], 1, RELAXED);
 }
 
 void obs_reject(enum obs_reject why, int tenant)
@@ -252,14 +277,14 @@ void obs_gauge_set(enum obs_gauge g, double v)
 {
     if (!obs_enabled() || (unsigned)g >= OBS_G__N || isnan(v))
         return;
-    atomic_store_explicit(&g_obs.gauge[g], to_micro(v), RELAXED);
+    atomic_store_explicit(&g_obs.gauge[gauge_global(g) ? 0 : clamp_model(tl_model)][g], to_micro(v), RELAXED);
 }
 
 void obs_gauge_add(enum obs_gauge g, double delta)
 {
     if (!obs_enabled() || (unsigned)g >= OBS_G__N || isnan(delta))
         return;
-    atomic_fetch_add_explicit(&g_obs.gauge[g], to_micro(delta), RELAXED);
+    atomic_fetch_add_explicit(&g_obs.gauge[gauge_global(g) ? 0 : clamp_model(tl_model)][g], to_micro(delta), RELAXED);
 }
 
 void obs_waiting_set(int cls, int n)
@@ -267,7 +292,7 @@ void obs_waiting_set(int cls, int n)
     /* A stray class must not overwrite the first class's queue length. */
     if (!obs_enabled() || cls >= g_obs.n_classes)
         return;
-    atomic_store_explicit(&g_obs.waiting[clamp_class(cls)], n, RELAXED);
+    atomic_store_explicit(&g_obs.waiting[clamp_model(tl_model)][clamp_class(cls)], n, RELAXED);
 }
 
 /* ---- exposition ---------------------------------------------------------- */
@@ -318,43 +343,43 @@ static int render_hist(struct lmd_buf *out, enum obs_hist h)
     int rc = put_help_type(out, name, hist_info[h].help, "histogram");
     int n_series = hist_info[h].per_class ? g_obs.n_classes : 1;
     int n_bounds = hist_info[h].count_buckets ? OBS__COUNT_BOUNDS : OBS__TIME_BOUNDS;
-    for (int s = 0; s < n_series; s++) {
-        /* The labels shared by every line of this series, then `le`. */
-        struct lmd_buf labels = {0};
-        if (hist_info[h].per_class) {
-            rc |= put_label(&labels, "model", g_obs.model, true);
-            rc |= put_label(&labels, "class", g_obs.classes[s], false);
+    for (int m = 0; m < g_obs.n_models; m++)
+        for (int s = 0; s < n_series; s++) {
+            /* The labels shared by every line of this series, then `le`. */
+            struct lmd_buf labels = {0};
+            rc |= put_label(&labels, "model", g_obs.models[m], true);
+            if (hist_info[h].per_class)
+                rc |= put_label(&labels, "class", g_obs.classes[s], false);
             rc |= lmd_buf_append(&labels, ",", 1);
-        }
-        const char *lb = labels.ptr ? labels.ptr : "";
-        struct obs__hist_cell *cell = &g_obs.hist[h][s];
-        uint64_t cum = 0;
-        char le[32];
-        for (int i = 0; i <= n_bounds; i++) {
-            cum += atomic_load_explicit(&cell->bucket[i], RELAXED);
-            if (i == n_bounds)
-                snprintf(le, sizeof le, "+Inf");
-            else if (hist_info[h].count_buckets)
-                snprintf(le, sizeof le, "%u", 1u << i);
+            const char *lb = labels.ptr ? labels.ptr : "";
+            struct obs__hist_cell *cell = &g_obs.hist[m][h][s];
+            uint64_t cum = 0;
+            char le[32];
+            for (int i = 0; i <= n_bounds; i++) {
+                cum += atomic_load_explicit(&cell->bucket[i], RELAXED);
+                if (i == n_bounds)
+                    snprintf(le, sizeof le, "+Inf");
+                else if (hist_info[h].count_buckets)
+                    snprintf(le, sizeof le, "%u", 1u << i);
+                else
+                    fmt_fixed(le, sizeof le, obs__time_bounds_ns[i], 9);
+                rc |= lmd_buf_printf(out, "%s_bucket{%sle=\"%s\"} %llu\n", name, lb, le, (unsigned long long)cum);
+            }
+            uint64_t sum = atomic_load_explicit(&cell->sum, RELAXED);
+            char sum_s[32];
+            if (hist_info[h].count_buckets)
+                snprintf(sum_s, sizeof sum_s, "%llu", (unsigned long long)sum);
             else
-                fmt_fixed(le, sizeof le, obs__time_bounds_ns[i], 9);
-            rc |= lmd_buf_printf(out, "%s_bucket{%sle=\"%s\"} %llu\n", name, lb, le, (unsigned long long)cum);
+                fmt_fixed(sum_s, sizeof sum_s, sum, 9);
+            /* Strip the trailing comma for the _sum/_count label sets. */
+            if (labels.len)
+                labels.ptr[--labels.len] = '\0';
+            const char *open = labels.len ? "{" : "", *close = labels.len ? "}" : "";
+            rc |= lmd_buf_printf(out, "%s_sum%s%s%s %s\n", name, open, labels.len ? labels.ptr : "", close, sum_s);
+            rc |= lmd_buf_printf(out, "%s_count%s%s%s %llu\n", name, open, labels.len ? labels.ptr : "", close,
+                                 (unsigned long long)cum);
+            lmd_buf_free(&labels);
         }
-        uint64_t sum = atomic_load_explicit(&cell->sum, RELAXED);
-        char sum_s[32];
-        if (hist_info[h].count_buckets)
-            snprintf(sum_s, sizeof sum_s, "%llu", (unsigned long long)sum);
-        else
-            fmt_fixed(sum_s, sizeof sum_s, sum, 9);
-        /* Strip the trailing comma for the _sum/_count label sets. */
-        if (labels.len)
-            labels.ptr[--labels.len] = '\0';
-        const char *open = labels.len ? "{" : "", *close = labels.len ? "}" : "";
-        rc |= lmd_buf_printf(out, "%s_sum%s%s%s %s\n", name, open, labels.len ? labels.ptr : "", close, sum_s);
-        rc |= lmd_buf_printf(out, "%s_count%s%s%s %llu\n", name, open, labels.len ? labels.ptr : "", close,
-                             (unsigned long long)cum);
-        lmd_buf_free(&labels);
-    }
     return rc;
 }
 
@@ -374,28 +399,39 @@ static int render_lmd(struct lmd_buf *out)
 
     for (int c = 0; c < OBS_C__N; c++) {
         rc |= put_help_type(out, counter_info[c].name, counter_info[c].help, "counter");
-        rc |= lmd_buf_printf(out, "%s %llu\n", counter_info[c].name,
-                             (unsigned long long)atomic_load_explicit(&g_obs.counter[c].v, RELAXED));
+        if (counter_global(c)) {
+            rc |= lmd_buf_printf(out, "%s %llu\n", counter_info[c].name,
+                                 (unsigned long long)atomic_load_explicit(&g_obs.counter[0][c].v, RELAXED));
+            continue;
+        }
+        for (int m = 0; m < g_obs.n_models; m++) {
+            rc |= lmd_buf_printf(out, "%s{", counter_info[c].name);
+            rc |= put_label(out, "model", g_obs.models[m], true);
+            rc |= lmd_buf_printf(out, "} %llu\n",
+                                 (unsigned long long)atomic_load_explicit(&g_obs.counter[m][c].v, RELAXED));
+        }
     }
 
     /* Labelled counters list only the series that have counted something:
      * all combinations would be thousands of zero lines. */
     rc |= put_help_type(out, "lmd_requests_total", "Generation requests finished, by the HTTP status sent.", "counter");
     for (int s = 0; s < OBS_S__N; s++)
-        for (int c = 0; c < g_obs.n_classes; c++)
-            for (int t = 0; t < g_obs.n_tenants; t++) {
-                uint64_t v = atomic_load_explicit(&g_obs.requests[s][c][t], RELAXED);
-                if (!v)
-                    continue;
-                char st[8];
-                snprintf(st, sizeof st, "%d", status_codes[s]);
-                rc |= lmd_buf_append(out, "lmd_requests_total{", 19);
-                rc |= put_label(out, "status", st, true);
-                rc |= put_label(out, "class", g_obs.classes[c], false);
-                rc |= put_label(out, "tenant", g_obs.tenants[t], false);
-                rc |= put_label(out, "model", g_obs.model, false);
-                rc |= lmd_buf_printf(out, "} %llu\n", (unsigned long long)v);
-            }
+        for (int m = 0; m <= g_obs.n_models; m++)
+            for (int c = 0; c < g_obs.n_classes; c++)
+                for (int t = 0; t < g_obs.n_tenants; t++) {
+                    uint64_t v = atomic_load_explicit(&g_obs.requests[s][m][c][t], RELAXED);
+                    if (!v)
+                        continue;
+                    char st[8];
+                    snprintf(st, sizeof st, "%d", status_codes[s]);
+                    rc |= lmd_buf_append(out, "lmd_requests_total{", 19);
+                    rc |= put_label(out, "status", st, true);
+                    rc |= put_label(out, "class", g_obs.classes[c], false);
+                    rc |= put_label(out, "tenant", g_obs.tenants[t], false);
+                    /* The slot past the last model: refused before a model was chosen. */
+                    rc |= put_label(out, "model", m < g_obs.n_models ? g_obs.models[m] : "", false);
+                    rc |= lmd_buf_printf(out, "} %llu\n", (unsigned long long)v);
+                }
 
     rc |= put_help_type(out, "lmd_rejections_total", "Requests refused before queueing or cancelled by the server.",
                         "counter");
@@ -412,16 +448,28 @@ static int render_lmd(struct lmd_buf *out)
 
     for (int g = 0; g < OBS_G__N; g++) {
         rc |= put_help_type(out, gauge_info[g].name, gauge_info[g].help, "gauge");
-        rc |= lmd_buf_printf(out, "%s", gauge_info[g].name);
-        rc |= render_gauge_value(out, atomic_load_explicit(&g_obs.gauge[g], RELAXED));
+        if (gauge_global(g)) {
+            rc |= lmd_buf_printf(out, "%s", gauge_info[g].name);
+            rc |= render_gauge_value(out, atomic_load_explicit(&g_obs.gauge[0][g], RELAXED));
+            continue;
+        }
+        for (int m = 0; m < g_obs.n_models; m++) {
+            rc |= lmd_buf_printf(out, "%s{", gauge_info[g].name);
+            rc |= put_label(out, "model", g_obs.models[m], true);
+            rc |= lmd_buf_append(out, "}", 1);
+            rc |= render_gauge_value(out, atomic_load_explicit(&g_obs.gauge[m][g], RELAXED));
+        }
     }
 
-    rc |= put_help_type(out, "lmd_requests_waiting", "Requests in the waiting queue, by service class.", "gauge");
-    for (int c = 0; c < g_obs.n_classes; c++) {
-        rc |= lmd_buf_append(out, "lmd_requests_waiting{", 21);
-        rc |= put_label(out, "class", g_obs.classes[c], true);
-        rc |= lmd_buf_printf(out, "} %lld\n", (long long)atomic_load_explicit(&g_obs.waiting[c], RELAXED));
-    }
+    rc |= put_help_type(out, "lmd_requests_waiting", "Requests in the waiting queue, by model and service class.",
+                        "gauge");
+    for (int m = 0; m < g_obs.n_models; m++)
+        for (int c = 0; c < g_obs.n_classes; c++) {
+            rc |= lmd_buf_append(out, "lmd_requests_waiting{", 21);
+            rc |= put_label(out, "model", g_obs.models[m], true);
+            rc |= put_label(out, "class", g_obs.classes[c], false);
+            rc |= lmd_buf_printf(out, "} %lld\n", (long long)atomic_load_explicit(&g_obs.waiting[m][c], RELAXED));
+        }
 
     rc |= put_help_type(out, "lmd_trace_events_dropped_total",
                         "Trace events lost because their ring slot was still being written.", "counter");

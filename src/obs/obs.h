@@ -8,7 +8,15 @@
  * indexed by enums and small label indices fixed at obs_init (classes,
  * tenants), so a record is a few relaxed atomic adds and never allocates.
  * Label cardinality is bounded by construction: a tenant label is either a
- * configured tenant's name or "anonymous".
+ * configured tenant's name or "anonymous", a model label one of the models
+ * given to obs_init.
+ *
+ * Models: the per-request series, the engine-step histograms, the token
+ * counters and the engine gauges carry a `model` label. A thread records
+ * into the model it is bound to (obs_bind_model): each engine thread serves
+ * one model and binds itself once, so the scheduler records without naming
+ * the model. Threads that serve every model (the HTTP I/O threads) name it
+ * explicitly (obs_observe_model, obs_request_done).
  *
  * Lifetimes: obs_init once at start-up, before any thread records;
  * obs_shutdown at exit. Recording before obs_init (unit tests of other
@@ -24,9 +32,12 @@
 
 #define OBS_MAX_CLASSES 8
 #define OBS_MAX_TENANTS 64
+#define OBS_MAX_MODELS 8
 
 struct obs_config {
-    const char *model;          /* the model label */
+    const char *const *models;  /* [n_models] model ids, the `model` label; index = the model index */
+    int n_models;               /* 0..OBS_MAX_MODELS; 0 = one model named by `model` */
+    const char *model;          /* with n_models == 0: the one model's label (NULL = "unknown") */
     const char *const *classes; /* [n_classes] service-class names */
     int n_classes;              /* 1..OBS_MAX_CLASSES */
     const char *const *tenants; /* [n_tenants] tenant names; index 0 is the anonymous one */
@@ -43,6 +54,10 @@ int obs_init(const struct obs_config *cfg, struct lmd_err *err);
 void obs_shutdown(void);
 bool obs_enabled(void);
 
+/* Per-model series recorded by this thread from now on go to model index
+ * `model` (out of range: 0). Unbound threads record into model 0. */
+void obs_bind_model(int model);
+
 /* ---- histograms (seconds unless named otherwise) ------------------------ */
 
 enum obs_hist {
@@ -58,9 +73,11 @@ enum obs_hist {
     OBS_H__N,
 };
 
-/* Time histograms carry a class label (cls < 0: the first class); the
- * step and batch histograms ignore it. */
+/* Every histogram carries a model label; the time histograms also a class
+ * label (cls < 0: the first class); the step and batch histograms ignore
+ * cls. obs_observe records into the thread's bound model. */
 void obs_observe(enum obs_hist h, int cls, double value);
+void obs_observe_model(enum obs_hist h, int model, int cls, double value);
 
 /* ---- counters ------------------------------------------------------------ */
 
@@ -70,15 +87,18 @@ enum obs_counter {
     OBS_C_PREEMPTIONS,       /* lmd_preemptions_total */
     OBS_C_PREFIX_QUERIES,    /* lmd_prefix_cache_queries_total */
     OBS_C_PREFIX_HITS,       /* lmd_prefix_cache_hits_total */
-    OBS_C_HTTP_REQUESTS,     /* lmd_http_requests_total */
-    OBS_C_ACCEPT_PAUSES,     /* lmd_http_accept_pauses_total */
+    OBS_C_HTTP_REQUESTS,     /* lmd_http_requests_total (no model label) */
+    OBS_C_ACCEPT_PAUSES,     /* lmd_http_accept_pauses_total (no model label) */
     OBS_C__N,
 };
 
+/* Every counter but lmd_http_requests_total counts per model (the bound one). */
 void obs_count(enum obs_counter c, uint64_t n);
 
 /* lmd_requests_total{status,class,tenant,model}: one finished generation
- * request. status is the HTTP status sent (200, 400, 499 = client gone …). */
+ * request. status is the HTTP status sent (200, 400, 499 = client gone …);
+ * model is the model index it was routed to, or -1 when it was refused
+ * before one was chosen (rendered as model="", i.e. no model). */
 enum obs_status {
     OBS_S_200,
     OBS_S_400,
@@ -93,7 +113,7 @@ enum obs_status {
     OBS_S__N,
 };
 enum obs_status obs_status_of(int http_status);
-void obs_request_done(enum obs_status st, int cls, int tenant);
+void obs_request_done(enum obs_status st, int model, int cls, int tenant);
 
 /* lmd_rejections_total{reason,tenant} */
 enum obs_reject {
@@ -114,6 +134,7 @@ void obs_reject(enum obs_reject why, int tenant);
 
 /* ---- gauges (set by their owner; read at scrape) ------------------------ */
 
+/* Every gauge but lmd_http_connections_open is per model (the bound one). */
 enum obs_gauge {
     OBS_G_RUNNING,     /* lmd_requests_running */
     OBS_G_KV_USAGE,    /* lmd_kv_cache_usage_ratio (0..1) */
@@ -124,7 +145,7 @@ enum obs_gauge {
 };
 void obs_gauge_set(enum obs_gauge g, double v);
 void obs_gauge_add(enum obs_gauge g, double delta);
-/* lmd_requests_waiting{class} */
+/* lmd_requests_waiting{model,class} */
 void obs_waiting_set(int cls, int n);
 
 /* ---- exposition ---------------------------------------------------------- */

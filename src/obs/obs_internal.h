@@ -56,7 +56,8 @@ struct obs__state {
     atomic_bool on;
 
     /* config: set by obs_init, then read-only */
-    char model[OBS__NAME_MAX];
+    char models[OBS_MAX_MODELS][OBS__NAME_MAX];
+    int n_models;
     char classes[OBS_MAX_CLASSES][OBS__NAME_MAX];
     int n_classes;
     char tenants[OBS_MAX_TENANTS][OBS__NAME_MAX];
@@ -64,12 +65,13 @@ struct obs__state {
     uint64_t start_wall_ns; /* ns since the epoch, at obs_init */
 
     /* recording */
-    struct obs__hist_cell hist[OBS_H__N][OBS_MAX_CLASSES];
-    struct obs__counter counter[OBS_C__N];
-    _Atomic uint64_t requests[OBS_S__N][OBS_MAX_CLASSES][OBS_MAX_TENANTS];
+    struct obs__hist_cell hist[OBS_MAX_MODELS][OBS_H__N][OBS_MAX_CLASSES];
+    struct obs__counter counter[OBS_MAX_MODELS][OBS_C__N]; /* model-less counters live in [0] */
+    /* [.][n_models] is "no model": refused before a model was chosen */
+    _Atomic uint64_t requests[OBS_S__N][OBS_MAX_MODELS + 1][OBS_MAX_CLASSES][OBS_MAX_TENANTS];
     _Atomic uint64_t rejections[OBS_R__N][OBS_MAX_TENANTS];
-    _Atomic int64_t gauge[OBS_G__N];          /* micro-units (value * 1e6) */
-    _Atomic int64_t waiting[OBS_MAX_CLASSES]; /* requests */
+    _Atomic int64_t gauge[OBS_MAX_MODELS][OBS_G__N];          /* micro-units (value * 1e6); model-less in [0] */
+    _Atomic int64_t waiting[OBS_MAX_MODELS][OBS_MAX_CLASSES]; /* requests */
 
     /* trace ring */
     atomic_bool tracing;
@@ -94,6 +96,9 @@ void obs__trace_free(void);
 /* Append s as the body of a JSON string (no quotes), escaping what JSON
  * requires; bytes that are not UTF-8 become U+FFFD. */
 int obs__json_chars(struct lmd_buf *out, const char *s);
+
+/* The model index this thread records into (obs_bind_model), in range. */
+int obs__bound_model(void);
 
 /* Names of the label values (metrics.c). */
 const char *obs__reject_name(enum obs_reject r);

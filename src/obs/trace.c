@@ -79,7 +79,9 @@ void obs_trace(enum obs_ev ev, uint64_t id, uint64_t t0_ns, uint64_t t1_ns, int6
     /* The busy mark must be visible before any payload store: a reader that
      * sees new payload then also sees seq change, and discards its copy. */
     atomic_thread_fence(memory_order_release);
-    atomic_store_explicit(&s->ev, (int)ev, RELAXED);
+    /* The recording thread's model rides in the high bits: engine events
+     * go on their model's engine track. */
+    atomic_store_explicit(&s->ev, (int)ev | obs__bound_model() << 8, RELAXED);
     atomic_store_explicit(&s->id, id, RELAXED);
     atomic_store_explicit(&s->t0, t0_ns, RELAXED);
     atomic_store_explicit(&s->t1, t1_ns < t0_ns ? t0_ns : t1_ns, RELAXED);
@@ -93,6 +95,7 @@ void obs_trace(enum obs_ev ev, uint64_t id, uint64_t t0_ns, uint64_t t1_ns, int6
 
 struct event {
     int ev;
+    int model;           /* index of the model whose thread recorded it */
     uint64_t id, t0, t1; /* ns */
     int64_t a, b, c;
 };
@@ -122,6 +125,8 @@ static size_t snapshot(struct event *out, uint64_t since_ns)
             continue; /* torn: a producer rewrote it while we copied */
         if (e.t1 < since_ns)
             continue;
+        e.model = e.ev >> 8;
+        e.ev &= 0xff;
         out[n++] = e;
     }
     return n;
@@ -164,15 +169,20 @@ static int cmp_u64(const void *x, const void *y)
 #define US_FMT "%llu.%03llu"
 #define US_ARG(ns) (unsigned long long)((ns) / 1000), (unsigned long long)((ns) % 1000)
 
-enum { TID_ENGINE = 1, TID_ADMISSION = 2 };
+/* Thread tracks: the first model's engine, admission, then the other
+ * models' engines. */
+enum { TID_ENGINE = 1, TID_ADMISSION = 2, TID_ENGINE_MORE = 10 };
+
+static int engine_tid(int model) { return model <= 0 ? TID_ENGINE : TID_ENGINE_MORE + model; }
 
 /* The common head of a request's async event: one track per request id. */
-static int async_head(struct lmd_buf *out, int pid, const char *name, const char *ph, uint64_t id, uint64_t ns)
+static int async_head(struct lmd_buf *out, int pid, const char *name, const char *ph, uint64_t id, uint64_t ns,
+                      int model)
 {
     return lmd_buf_printf(out,
                           ",\n{\"name\":\"%s\",\"cat\":\"request\",\"ph\":\"%s\",\"id\":\"0x%llx\",\"ts\":" US_FMT
                           ",\"pid\":%d,\"tid\":%d",
-                          name, ph, (unsigned long long)id, US_ARG(ns), pid, TID_ENGINE);
+                          name, ph, (unsigned long long)id, US_ARG(ns), pid, engine_tid(model));
 }
 
 static int render_event(struct lmd_buf *out, int pid, const struct event *e, const uint64_t *admitted,
@@ -185,27 +195,29 @@ static int render_event(struct lmd_buf *out, int pid, const struct event *e, con
                              ",\n{\"name\":\"step\",\"cat\":\"engine\",\"ph\":\"X\",\"ts\":" US_FMT ",\"dur\":" US_FMT
                              ",\"pid\":%d,\"tid\":%d,\"args\":{\"seqs\":%lld,\"tokens\":%lld,"
                              "\"prefill_seqs\":%lld}}",
-                             US_ARG(e->t0), US_ARG(e->t1 - e->t0), pid, TID_ENGINE, (long long)e->a, (long long)e->b,
-                             (long long)e->c);
+                             US_ARG(e->t0), US_ARG(e->t1 - e->t0), pid, engine_tid(e->model), (long long)e->a,
+                             (long long)e->b, (long long)e->c);
         break;
     case OBS_EV_PREFILL: {
         /* A chunk with a duration is a nested slice on its request's track. */
         bool span = e->t1 > e->t0;
-        rc |= async_head(out, pid, "prefill", span ? "b" : "n", e->id, e->t0);
+        rc |= async_head(out, pid, "prefill", span ? "b" : "n", e->id, e->t0, e->model);
         rc |= lmd_buf_printf(out, ",\"args\":{\"tokens\":%lld,\"pos\":%lld}}", (long long)e->a, (long long)e->b);
         if (span) {
-            rc |= async_head(out, pid, "prefill", "e", e->id, e->t1);
+            rc |= async_head(out, pid, "prefill", "e", e->id, e->t1, e->model);
             rc |= lmd_buf_append(out, "}", 1);
         }
         break;
     }
     case OBS_EV_PREEMPT:
-        rc |= async_head(out, pid, "preempt", "n", e->id, e->t0);
+        rc |= async_head(out, pid, "preempt", "n", e->id, e->t0, e->model);
         rc |= lmd_buf_printf(out, ",\"args\":{\"blocks_freed\":%lld}}", (long long)e->a);
         break;
     case OBS_EV_ADMIT:
-        rc |= async_head(out, pid, "request", "b", e->id, e->t0);
-        rc |= lmd_buf_printf(out, ",\"args\":{\"class\":");
+        rc |= async_head(out, pid, "request", "b", e->id, e->t0, e->model);
+        rc |= lmd_buf_printf(out, ",\"args\":{\"model\":");
+        rc |= put_str(out, e->model < g_obs.n_models ? g_obs.models[e->model] : "");
+        rc |= lmd_buf_printf(out, ",\"class\":");
         rc |= put_str(out, obs__class_name((int)e->a));
         rc |= lmd_buf_printf(out, ",\"tenant\":");
         rc |= put_str(out, obs__tenant_name((int)e->b));
@@ -215,7 +227,7 @@ static int render_event(struct lmd_buf *out, int pid, const struct event *e, con
         /* Close the request's slice only if its start is in this trace;
          * an end without a begin confuses the viewers. */
         bool open = bsearch(&e->id, admitted, n_admitted, sizeof *admitted, cmp_u64) != NULL;
-        rc |= async_head(out, pid, open ? "request" : "finish", open ? "e" : "n", e->id, e->t0);
+        rc |= async_head(out, pid, open ? "request" : "finish", open ? "e" : "n", e->id, e->t0, e->model);
         rc |= lmd_buf_printf(out, ",\"args\":{\"generated_tokens\":%lld,\"finish_reason\":%lld}}", (long long)e->a,
                              (long long)e->b);
         break;
@@ -242,14 +254,26 @@ int obs_trace_render(struct lmd_buf *out, double seconds)
                             "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n"
                             "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":0,\"args\":{\"name\":",
                             pid);
-    char pname[OBS__NAME_MAX + 8];
-    snprintf(pname, sizeof pname, "lmd %s", g_obs.model);
+    char pname[OBS_MAX_MODELS * (OBS__NAME_MAX + 2) + 8];
+    size_t o = (size_t)snprintf(pname, sizeof pname, "lmd");
+    for (int m = 0; m < g_obs.n_models && o < sizeof pname; m++)
+        o += (size_t)snprintf(pname + o, sizeof pname - o, "%s%s", m ? ", " : " ", g_obs.models[m]);
     rc |= put_str(out, pname);
+    rc |= lmd_buf_printf(out, "}}");
+    /* One engine track per model: "engine", or "engine <id>" with several. */
+    for (int m = 0; m < g_obs.n_models; m++) {
+        rc |= lmd_buf_printf(out,
+                             ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%d,\"args\":{\"name\":", pid,
+                             engine_tid(m));
+        snprintf(pname, sizeof pname, "engine%s%s", g_obs.n_models > 1 ? " " : "",
+                 g_obs.n_models > 1 ? g_obs.models[m] : "");
+        rc |= put_str(out, pname);
+        rc |= lmd_buf_printf(out, "}}");
+    }
     rc |= lmd_buf_printf(out,
-                         "}},\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%d,\"args\":{\"name\":"
-                         "\"engine\"}},\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%d,\"args\":{"
+                         ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%d,\"args\":{"
                          "\"name\":\"admission\"}}",
-                         pid, TID_ENGINE, pid, TID_ADMISSION);
+                         pid, TID_ADMISSION);
     if (rc)
         return LMD_ENOMEM;
 

@@ -630,6 +630,7 @@ static void sched_wake(struct sched *s)
 static void *sched_main(void *arg)
 {
     struct sched *s = arg;
+    obs_bind_model(s->cfg.obs_model);
     while (!atomic_load(&s->stopping)) {
         sched_drain_inbox(s);
         sched_sweep_cancelled(s);

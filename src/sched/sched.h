@@ -166,6 +166,7 @@ struct sched_config {
     const double *tenant_weight; /* [n_tenants] fair-share weights (> 0); NULL = one tenant */
     int n_tenants;
     int step_tokens; /* tokens per step; 0 = the engine's max_batch_tokens */
+    int obs_model;   /* the model index the engine thread's metrics carry (obs_bind_model) */
 };
 
 /* Counters for /metrics; read with sched_stats. */

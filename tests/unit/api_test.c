@@ -400,14 +400,57 @@ static void test_error_body_with_bad_utf8(void **state)
     }
 }
 
+/* Routing names: ids win over aliases, names are matched whole (by
+ * length, as a URL path segment arrives), and api_init copies what it is
+ * given. */
+static void test_model_find(void **state)
+{
+    (void)state;
+    char id0[] = "a", alias[] = "b";
+    const char *al0[] = {"x", alias}, *al1[] = {"y", "Gemma 3 270m"};
+    struct api_model m[2] = {
+        {.id = id0, .aliases = al0, .n_aliases = 2, .display_name = "A", .n_ctx = 64},
+        {.id = "b", .aliases = al1, .n_aliases = 2, .n_ctx = 128},
+    };
+    struct api_config cfg = {.models = m, .n_models = 0};
+    struct api *a = NULL;
+    struct lmd_err err = {0};
+    assert_int_equal(api_init(&a, &cfg, &err), LMD_EINVAL);
+    cfg.n_models = API_MAX_MODELS + 1;
+    assert_int_equal(api_init(&a, &cfg, &err), LMD_EINVAL);
+    cfg.n_models = 2;
+    assert_int_equal(api_init(&a, &cfg, &err), 0);
+    id0[0] = 'z'; /* the api kept its own copies */
+    alias[0] = 'z';
+    assert_int_equal(api_model_find(a, "a", 1), 0);
+    assert_int_equal(api_model_find(a, "b", 1), 1); /* model 1's id, before model 0's alias */
+    assert_int_equal(api_model_find(a, "x", 1), 0);
+    assert_int_equal(api_model_find(a, "y", 1), 1);
+    assert_int_equal(api_model_find(a, "Gemma 3 270m", 12), 1);
+    assert_int_equal(api_model_find(a, "abc", 1), 0); /* the first byte only: "a" */
+    assert_int_equal(api_model_find(a, "ab", 2), -1);
+    assert_int_equal(api_model_find(a, "z", 1), -1);
+    assert_int_equal(api_model_find(a, "", 0), -1);
+    assert_string_equal(a->models[0].m.display_name, "A");
+    assert_null(a->models[1].m.display_name);
+    assert_string_equal(a->models[1].id_json, "b");
+    api_free(a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_completion_ok),     cmocka_unit_test(test_chat_ok),
-        cmocka_unit_test(test_float_zero_bounds), cmocka_unit_test(test_error_body_with_bad_utf8),
-        cmocka_unit_test(test_malformed),         cmocka_unit_test(test_truncated_bodies),
-        cmocka_unit_test(test_stop_matching),     cmocka_unit_test(test_json_escape_and_errors),
-        cmocka_unit_test(test_new_fields),        cmocka_unit_test(test_token_text),
+        cmocka_unit_test(test_completion_ok),
+        cmocka_unit_test(test_chat_ok),
+        cmocka_unit_test(test_float_zero_bounds),
+        cmocka_unit_test(test_error_body_with_bad_utf8),
+        cmocka_unit_test(test_model_find),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_truncated_bodies),
+        cmocka_unit_test(test_stop_matching),
+        cmocka_unit_test(test_json_escape_and_errors),
+        cmocka_unit_test(test_new_fields),
+        cmocka_unit_test(test_token_text),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -169,7 +169,7 @@ static void test_before_init_is_noop(void **state)
 {
     obs_observe(OBS_H_TTFT, 0, 1.0);
     obs_count(OBS_C_PROMPT_TOKENS, 5);
-    obs_request_done(OBS_S_200, 0, 0);
+    obs_request_done(OBS_S_200, 0, 0, 0);
     obs_trace(OBS_EV_STEP, 0, 1, 2, 1, 1, 0);
     assert_false(obs_enabled());
     assert_false(obs_tracing());
@@ -234,11 +234,11 @@ static void test_render_values(void **state)
     obs_count(OBS_C_PROMPT_TOKENS, 100);
     obs_count(OBS_C_PROMPT_TOKENS, 23);
     obs_count(OBS_C_GENERATION_TOKENS, 7);
-    obs_request_done(OBS_S_200, 0, 1);
-    obs_request_done(OBS_S_200, 0, 1);
-    obs_request_done(OBS_S_429, 1, 0);
-    obs_request_done(obs_status_of(418), 1, 0);
-    obs_request_done(OBS_S__N, 0, 0); /* out of range: ignored */
+    obs_request_done(OBS_S_200, 0, 0, 1);
+    obs_request_done(OBS_S_200, 0, 0, 1);
+    obs_request_done(OBS_S_429, 0, 1, 0);
+    obs_request_done(obs_status_of(418), 0, 1, 0);
+    obs_request_done(OBS_S__N, 0, 0, 0); /* out of range: ignored */
     obs_reject(OBS_R_QUEUE_FULL, 1);
     obs_reject(OBS_R_QUEUE_FULL, 1);
     obs_reject(OBS_R_QUEUE_FULL, 1);
@@ -272,23 +272,23 @@ static void test_render_values(void **state)
     assert_true(expo_get(&e, "lmd_inter_token_latency_seconds_bucket{" L_INT ",le=\"0.032\"}") == 1);
     assert_true(expo_get(&e, "lmd_e2e_request_latency_seconds_bucket{" L_BATCH ",le=\"0.001\"}") == 1);
     assert_true(expo_get(&e, "lmd_e2e_request_latency_seconds_sum{" L_BATCH "}") == 0);
-    assert_true(expo_get(&e, "lmd_engine_step_seconds_bucket{le=\"0.032\"}") == 0);
-    assert_true(expo_get(&e, "lmd_engine_step_seconds_bucket{le=\"0.064\"}") == 1);
-    assert_true(expo_get(&e, "lmd_engine_step_seconds_count") == 1);
-    assert_true(expo_get(&e, "lmd_batch_size_bucket{le=\"1\"}") == 1);
-    assert_true(expo_get(&e, "lmd_batch_size_bucket{le=\"2\"}") == 1);
-    assert_true(expo_get(&e, "lmd_batch_size_bucket{le=\"4\"}") == 2);
-    assert_true(expo_get(&e, "lmd_batch_size_bucket{le=\"4096\"}") == 2);
-    assert_true(expo_get(&e, "lmd_batch_size_bucket{le=\"8192\"}") == 3);
-    assert_true(expo_get(&e, "lmd_batch_size_bucket{le=\"+Inf\"}") == 4);
-    assert_true(expo_get(&e, "lmd_batch_size_sum") == 17196);
-    assert_true(expo_get(&e, "lmd_batch_size_count") == 4);
-    assert_true(expo_get(&e, "lmd_batch_tokens_count") == 0);
-    assert_false(expo_has(&e, "lmd_batch_size_bucket{le=\"16384\"}"));
+    assert_true(expo_get(&e, "lmd_engine_step_seconds_bucket{model=\"tiny\",le=\"0.032\"}") == 0);
+    assert_true(expo_get(&e, "lmd_engine_step_seconds_bucket{model=\"tiny\",le=\"0.064\"}") == 1);
+    assert_true(expo_get(&e, "lmd_engine_step_seconds_count{model=\"tiny\"}") == 1);
+    assert_true(expo_get(&e, "lmd_batch_size_bucket{model=\"tiny\",le=\"1\"}") == 1);
+    assert_true(expo_get(&e, "lmd_batch_size_bucket{model=\"tiny\",le=\"2\"}") == 1);
+    assert_true(expo_get(&e, "lmd_batch_size_bucket{model=\"tiny\",le=\"4\"}") == 2);
+    assert_true(expo_get(&e, "lmd_batch_size_bucket{model=\"tiny\",le=\"4096\"}") == 2);
+    assert_true(expo_get(&e, "lmd_batch_size_bucket{model=\"tiny\",le=\"8192\"}") == 3);
+    assert_true(expo_get(&e, "lmd_batch_size_bucket{model=\"tiny\",le=\"+Inf\"}") == 4);
+    assert_true(expo_get(&e, "lmd_batch_size_sum{model=\"tiny\"}") == 17196);
+    assert_true(expo_get(&e, "lmd_batch_size_count{model=\"tiny\"}") == 4);
+    assert_true(expo_get(&e, "lmd_batch_tokens_count{model=\"tiny\"}") == 0);
+    assert_false(expo_has(&e, "lmd_batch_size_bucket{model=\"tiny\",le=\"16384\"}"));
 
-    assert_true(expo_get(&e, "lmd_prompt_tokens_total") == 123);
-    assert_true(expo_get(&e, "lmd_generation_tokens_total") == 7);
-    assert_true(expo_get(&e, "lmd_preemptions_total") == 0);
+    assert_true(expo_get(&e, "lmd_prompt_tokens_total{model=\"tiny\"}") == 123);
+    assert_true(expo_get(&e, "lmd_generation_tokens_total{model=\"tiny\"}") == 7);
+    assert_true(expo_get(&e, "lmd_preemptions_total{model=\"tiny\"}") == 0);
     assert_true(
         expo_get(&e, "lmd_requests_total{status=\"200\",class=\"interactive\",tenant=\"acme\",model=\"tiny\"}") == 2);
     assert_true(
@@ -299,11 +299,11 @@ static void test_render_values(void **state)
         expo_has(&e, "lmd_requests_total{status=\"200\",class=\"interactive\",tenant=\"anonymous\",model=\"tiny\"}"));
     assert_true(expo_get(&e, "lmd_rejections_total{reason=\"queue_full\",tenant=\"acme\"}") == 3);
     assert_true(expo_get(&e, "lmd_rejections_total{reason=\"unauthorized\",tenant=\"anonymous\"}") == 1);
-    assert_true(expo_get(&e, "lmd_requests_running") == 5);
-    assert_true(expo_get(&e, "lmd_kv_cache_usage_ratio") == 0.25);
+    assert_true(expo_get(&e, "lmd_requests_running{model=\"tiny\"}") == 5);
+    assert_true(expo_get(&e, "lmd_kv_cache_usage_ratio{model=\"tiny\"}") == 0.25);
     assert_true(expo_get(&e, "lmd_http_connections_open") == -1);
-    assert_true(expo_get(&e, "lmd_requests_waiting{class=\"interactive\"}") == 0);
-    assert_true(expo_get(&e, "lmd_requests_waiting{class=\"batch\"}") == 4);
+    assert_true(expo_get(&e, "lmd_requests_waiting{model=\"tiny\",class=\"interactive\"}") == 0);
+    assert_true(expo_get(&e, "lmd_requests_waiting{model=\"tiny\",class=\"batch\"}") == 4);
 
     /* Process stats come from /proc and getrusage. */
     assert_true(expo_get(&e, "lmd_process_resident_memory_bytes") > 0);
@@ -311,6 +311,61 @@ static void test_render_values(void **state)
     assert_true(expo_get(&e, "lmd_process_cpu_seconds_total") >= 0);
     double now = (double)lmd_time_wall_ns() / 1e9, start = expo_get(&e, "lmd_process_start_time_seconds");
     assert_true(start > now - 3600 && start <= now + 2);
+    expo_free(&e);
+}
+
+/* Several models: engine-thread series go to the bound model, I/O-thread
+ * series to the model named, refusals before routing to model="", and
+ * the HTTP series carry no model at all. */
+static void test_models(void **state)
+{
+    (void)state;
+    const char *models[] = {"gemma", "tiny"};
+    struct obs_config cfg = {.models = models,
+                             .n_models = 2,
+                             .classes = g_classes,
+                             .n_classes = 2,
+                             .tenants = g_tenants,
+                             .n_tenants = 2,
+                             .nvml_path = ""};
+    struct lmd_err err = {0};
+    cfg.n_models = OBS_MAX_MODELS + 1;
+    assert_int_equal(obs_init(&cfg, &err), LMD_EINVAL);
+    cfg.n_models = 2;
+    assert_int_equal(obs_init(&cfg, &err), 0);
+    obs_bind_model(1);
+    obs_count(OBS_C_PROMPT_TOKENS, 5);
+    obs_count(OBS_C_HTTP_REQUESTS, 2);
+    obs_observe(OBS_H_STEP, 0, 0.003);
+    obs_gauge_set(OBS_G_KV_FREE, 7);
+    obs_gauge_add(OBS_G_CONNECTIONS, 3);
+    obs_waiting_set(1, 2);
+    obs_bind_model(0);
+    obs_count(OBS_C_PROMPT_TOKENS, 1);
+    obs_observe_model(OBS_H_TTFT, 1, 1, 0.5);
+    obs_request_done(OBS_S_200, 1, 1, 1);
+    obs_request_done(OBS_S_404, -1, 0, 0);
+    obs_request_done(OBS_S_400, 99, 0, 0); /* no such model: as if none was chosen */
+
+    struct expo e;
+    render(&e);
+    assert_true(expo_get(&e, "lmd_prompt_tokens_total{model=\"tiny\"}") == 5);
+    assert_true(expo_get(&e, "lmd_prompt_tokens_total{model=\"gemma\"}") == 1);
+    assert_true(expo_get(&e, "lmd_http_requests_total") == 2);
+    assert_true(expo_get(&e, "lmd_engine_step_seconds_count{model=\"tiny\"}") == 1);
+    assert_true(expo_get(&e, "lmd_engine_step_seconds_count{model=\"gemma\"}") == 0);
+    assert_true(expo_get(&e, "lmd_kv_blocks_free{model=\"tiny\"}") == 7);
+    assert_true(expo_get(&e, "lmd_kv_blocks_free{model=\"gemma\"}") == 0);
+    assert_true(expo_get(&e, "lmd_http_connections_open") == 3);
+    assert_true(expo_get(&e, "lmd_requests_waiting{model=\"tiny\",class=\"batch\"}") == 2);
+    assert_true(expo_get(&e, "lmd_requests_waiting{model=\"gemma\",class=\"batch\"}") == 0);
+    assert_true(expo_get(&e, TTFT "_count{model=\"tiny\",class=\"batch\"}") == 1);
+    assert_true(expo_get(&e, TTFT "_count{model=\"gemma\",class=\"batch\"}") == 0);
+    assert_true(expo_get(&e, "lmd_requests_total{status=\"200\",class=\"batch\",tenant=\"acme\",model=\"tiny\"}") == 1);
+    assert_true(
+        expo_get(&e, "lmd_requests_total{status=\"404\",class=\"interactive\",tenant=\"anonymous\",model=\"\"}") == 1);
+    assert_true(
+        expo_get(&e, "lmd_requests_total{status=\"400\",class=\"interactive\",tenant=\"anonymous\",model=\"\"}") == 1);
     expo_free(&e);
 }
 
@@ -329,7 +384,7 @@ static void test_label_escaping(void **state)
     const char *const tenants[] = {"anonymous", "a\"b", "c\\d", "e\nf"};
     init_obs(tenants, 4, false, 0, NULL);
     for (int t = 1; t < 4; t++)
-        obs_request_done(OBS_S_200, 0, t);
+        obs_request_done(OBS_S_200, 0, 0, t);
     struct lmd_buf b = {0};
     assert_int_equal(obs_render(&b), 0);
     assert_non_null(strstr(b.ptr, "tenant=\"a\\\"b\",model=\"tiny\"} 1\n"));
@@ -350,7 +405,7 @@ static void *record_worker(void *arg)
         obs_observe(OBS_H_TTFT, t % 2, 0.003);
         obs_observe(OBS_H_BATCH_TOKENS, 0, 100);
         obs_count(OBS_C_PROMPT_TOKENS, 2);
-        obs_request_done(OBS_S_200, t % 2, 1);
+        obs_request_done(OBS_S_200, 0, t % 2, 1);
         obs_gauge_add(OBS_G_RUNNING, 1);
         obs_reject(OBS_R_RATE_TOKENS, 0);
     }
@@ -380,13 +435,13 @@ static void test_concurrent_exact(void **state)
     assert_true(expo_get(&e, TTFT "_bucket{" L_INT ",le=\"0.004\"}") == per_class);
     assert_true(expo_get(&e, TTFT "_bucket{" L_INT ",le=\"0.002\"}") == 0);
     assert_true(expo_get(&e, TTFT "_sum{" L_INT "}") == per_class * 0.003);
-    assert_true(expo_get(&e, "lmd_batch_tokens_bucket{le=\"128\"}") == all);
-    assert_true(expo_get(&e, "lmd_batch_tokens_sum") == all * 100);
-    assert_true(expo_get(&e, "lmd_prompt_tokens_total") == all * 2);
+    assert_true(expo_get(&e, "lmd_batch_tokens_bucket{model=\"tiny\",le=\"128\"}") == all);
+    assert_true(expo_get(&e, "lmd_batch_tokens_sum{model=\"tiny\"}") == all * 100);
+    assert_true(expo_get(&e, "lmd_prompt_tokens_total{model=\"tiny\"}") == all * 2);
     assert_true(expo_get(&e, "lmd_requests_total{status=\"200\",class=\"batch\",tenant=\"acme\",model=\"tiny\"}") ==
                 per_class);
     assert_true(expo_get(&e, "lmd_rejections_total{reason=\"rate_tokens\",tenant=\"anonymous\"}") == all);
-    assert_true(expo_get(&e, "lmd_requests_running") == all);
+    assert_true(expo_get(&e, "lmd_requests_running{model=\"tiny\"}") == all);
     expo_free(&e);
 }
 
@@ -472,6 +527,47 @@ static void test_trace_off(void **state)
     assert_int_equal(trace_events(root, evs, 4), 0);
     /* The metadata still names the process and threads. */
     assert_true(json_array_size(json_object_get(root, "traceEvents")) == 3);
+    json_decref(root);
+}
+
+/* Several models: each engine thread's events go on its model's track,
+ * named after the model, and a request's begin names its model. */
+static void test_trace_models(void **state)
+{
+    (void)state;
+    const char *models[] = {"gemma", "tiny"};
+    struct obs_config cfg = {.models = models,
+                             .n_models = 2,
+                             .classes = g_classes,
+                             .n_classes = 2,
+                             .tenants = g_tenants,
+                             .n_tenants = 2,
+                             .trace = true,
+                             .nvml_path = ""};
+    struct lmd_err err = {0};
+    assert_int_equal(obs_init(&cfg, &err), 0);
+    uint64_t now = lmd_time_mono_ns();
+    obs_trace(OBS_EV_STEP, 0, now, now + 1000, 1, 1, 0);
+    obs_bind_model(1);
+    obs_trace(OBS_EV_STEP, 0, now, now + 2000, 2, 2, 0);
+    obs_trace(OBS_EV_ADMIT, 7, now, now, 0, 1, 5);
+    obs_bind_model(0);
+
+    json_t *root = trace_json(0);
+    json_t *evs[8];
+    assert_int_equal(trace_events(root, evs, 8), 3);
+    assert_int_equal(json_integer_value(json_object_get(evs[0], "tid")), 1);
+    assert_int_equal(json_integer_value(json_object_get(evs[1], "tid")), 11);
+    assert_int_equal(json_integer_value(json_object_get(evs[2], "tid")), 11);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(evs[2], "args"), "model")), "tiny");
+    /* Metadata: the process, one engine track per model, admission. */
+    json_t *meta = json_object_get(root, "traceEvents");
+    assert_int_equal(json_array_size(meta), 4 + 3);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_array_get(meta, 0), "args"), "name")),
+                        "lmd gemma, tiny");
+    json_t *t1 = json_array_get(meta, 2);
+    assert_int_equal(json_integer_value(json_object_get(t1, "tid")), 11);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(t1, "args"), "name")), "engine tiny");
     json_decref(root);
 }
 
@@ -801,7 +897,7 @@ static void busy_registry(void)
     for (int c = 0; c < OBS_C__N; c++)
         obs_count((enum obs_counter)c, 3);
     for (int s = 0; s < OBS_S__N; s++)
-        obs_request_done((enum obs_status)s, s % 2, s % 3);
+        obs_request_done((enum obs_status)s, 0, s % 2, s % 3);
     for (int r = 0; r < OBS_R__N; r++)
         obs_reject((enum obs_reject)r, r % 3);
     for (int g = 0; g < OBS_G__N; g++)
@@ -844,6 +940,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_before_init_is_noop),
         cmocka_unit_test_teardown(test_init_rejects_bad_config, teardown),
+        cmocka_unit_test_teardown(test_models, teardown),
         cmocka_unit_test_teardown(test_render_values, teardown),
         cmocka_unit_test(test_status_of),
         cmocka_unit_test_teardown(test_label_escaping, teardown),
@@ -852,6 +949,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_nvml_present, teardown),
         cmocka_unit_test_teardown(test_trace_off, teardown),
         cmocka_unit_test_teardown(test_trace_wrap, teardown),
+        cmocka_unit_test_teardown(test_trace_models, teardown),
         cmocka_unit_test_teardown(test_trace_events, teardown),
         cmocka_unit_test_teardown(test_trace_concurrent, teardown),
         cmocka_unit_test_teardown(test_access_text, teardown),

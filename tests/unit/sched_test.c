@@ -368,8 +368,9 @@ static void test_obs_records(void **state)
 {
     (void)state;
     struct lmd_err err = {0};
-    const char *classes[] = {"c0"}, *tenants[] = {"anonymous"};
-    struct obs_config oc = {.model = "m",
+    const char *classes[] = {"c0"}, *tenants[] = {"anonymous"}, *models[] = {"idle", "m"};
+    struct obs_config oc = {.models = models,
+                            .n_models = 2,
                             .classes = classes,
                             .n_classes = 1,
                             .tenants = tenants,
@@ -380,7 +381,7 @@ static void test_obs_records(void **state)
 
     static struct treq t[4];
     struct sched *s;
-    struct sched_config sc = {.vocab = vocab, .max_running = 4, .max_queue = 8};
+    struct sched_config sc = {.vocab = vocab, .max_running = 4, .max_queue = 8, .obs_model = 1};
     assert_int_equal(sched_start(&s, eng, &sc, &err), 0);
     for (int i = 0; i < 2; i++) {
         t_init(&t[i], texts[i], 6);
@@ -396,7 +397,8 @@ static void test_obs_records(void **state)
                                .max_queue = 8,
                                .policy = SCHED_POLICY_SLA,
                                .classes = two_classes,
-                               .n_classes = 2};
+                               .n_classes = 2,
+                               .obs_model = 1};
     assert_int_equal(sched_start(&s, eng, &sla, &err), 0);
     t_init(&t[2], texts[1], 16);
     t[2].r.ignore_eos = true;
@@ -424,20 +426,26 @@ static void test_obs_records(void **state)
     }
     struct lmd_buf b = {0};
     assert_int_equal(obs_render(&b), 0);
-    assert_int_equal(metric(b.ptr, "lmd_prompt_tokens_total"), prompt);
-    assert_int_equal(metric(b.ptr, "lmd_generation_tokens_total"), out);
-    assert_int_equal(metric(b.ptr, "lmd_preemptions_total"), preempted);
+    /* The engine thread records into the model its scheduler was given. */
+    assert_int_equal(metric(b.ptr, "lmd_prompt_tokens_total{model=\"m\"}"), prompt);
+    assert_int_equal(metric(b.ptr, "lmd_generation_tokens_total{model=\"m\"}"), out);
+    assert_int_equal(metric(b.ptr, "lmd_preemptions_total{model=\"m\"}"), preempted);
+    assert_int_equal(metric(b.ptr, "lmd_prompt_tokens_total{model=\"idle\"}"), 0);
+    assert_int_equal(metric(b.ptr, "lmd_engine_step_seconds_count{model=\"idle\"}"), 0);
+    assert_int_equal(metric(b.ptr, "lmd_request_queue_time_seconds_count{model=\"idle\",class=\"c0\"}"), 0);
     assert_int_equal(metric(b.ptr, "lmd_request_queue_time_seconds_count{model=\"m\",class=\"c0\"}"), 4);
     assert_int_equal(metric(b.ptr, "lmd_request_prefill_time_seconds_count{model=\"m\",class=\"c0\"}"), 4);
     assert_int_equal(metric(b.ptr, "lmd_request_decode_time_seconds_count{model=\"m\",class=\"c0\"}"), 4);
     assert_int_equal(metric(b.ptr, "lmd_inter_token_latency_seconds_count{model=\"m\",class=\"c0\"}"), itl);
-    assert_true(metric(b.ptr, "lmd_engine_step_seconds_count") > 0);
-    assert_true(metric(b.ptr, "lmd_batch_size_count") > 0);
-    assert_int_equal(metric(b.ptr, "lmd_requests_running"), 0);
-    assert_int_equal(metric(b.ptr, "lmd_kv_blocks_free"), metric(b.ptr, "lmd_kv_blocks_capacity"));
-    assert_int_equal(metric(b.ptr, "lmd_kv_blocks_capacity"), eng->info.kv->cfg.n_blocks);
-    assert_int_equal(metric(b.ptr, "lmd_kv_cache_usage_ratio"), 0);
-    assert_int_equal(metric(b.ptr, "lmd_requests_waiting{class=\"c0\"}"), 0);
+    assert_true(metric(b.ptr, "lmd_engine_step_seconds_count{model=\"m\"}") > 0);
+    assert_true(metric(b.ptr, "lmd_batch_size_count{model=\"m\"}") > 0);
+    assert_int_equal(metric(b.ptr, "lmd_requests_running{model=\"m\"}"), 0);
+    assert_int_equal(metric(b.ptr, "lmd_kv_blocks_free{model=\"m\"}"),
+                     metric(b.ptr, "lmd_kv_blocks_capacity{model=\"m\"}"));
+    assert_int_equal(metric(b.ptr, "lmd_kv_blocks_capacity{model=\"m\"}"), eng->info.kv->cfg.n_blocks);
+    assert_int_equal(metric(b.ptr, "lmd_kv_blocks_capacity{model=\"idle\"}"), 0);
+    assert_int_equal(metric(b.ptr, "lmd_kv_cache_usage_ratio{model=\"m\"}"), 0);
+    assert_int_equal(metric(b.ptr, "lmd_requests_waiting{model=\"m\",class=\"c0\"}"), 0);
     lmd_buf_free(&b);
 
     assert_int_equal(obs_trace_render(&b, 0), 0);

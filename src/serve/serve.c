@@ -1,0 +1,453 @@
+/*
+ * Assembly of the server from a `struct serve_config`: tenants, then per
+ * model an engine, its vocabulary and chat template and its own scheduler
+ * (one engine thread each), then metrics, the API over every model and the
+ * HTTP listeners; the drain at shutdown; and the teardown in the order that
+ * lets every request in flight get its last bytes.
+ *
+ * Model names: a model is served under its id (the configured name, else
+ * its file stem made a slug) and answers to its configured aliases and, as
+ * long as no other model claims them, to its file stem, its file name and
+ * its GGUF general.name. Ids and configured aliases must be unique across
+ * models; an implied name two models share is dropped from both.
+ *
+ * Not here: the config file (config.c), flags (cli/serve.c), request
+ * handling (api/), batching (sched/), sockets (http/).
+ */
+#include "serve/serve.h"
+
+#include "api/api.h"
+#include "api/chat_template.h"
+#include "core/log.h"
+#include "core/time.h"
+#include "engine/engine.h"
+#include "gguf/gguf.h"
+#include "http/http.h"
+#include "kernels/kernels.h"
+#include "obs/obs.h"
+#include "qos/qos.h"
+#include "sched/sched.h"
+#include "tokenizer/tokenizer.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+_Static_assert(SERVE_MAX_MODELS <= API_MAX_MODELS && SERVE_MAX_MODELS <= OBS_MAX_MODELS,
+               "a model index is an api index and an obs label index");
+
+#define SERVE__NAMES (SERVE_MAX_ALIASES + 3) /* configured aliases, stem, file name, general.name */
+#define SERVE__NAME_LEN 128
+
+struct serve__model {
+    struct serve_model cfg; /* resolved: no field left unset */
+    char where[96];         /* "model 'x' (config.yaml line 12)" for messages */
+    char id[SERVE_NAME_MAX];
+    char names[SERVE__NAMES][SERVE__NAME_LEN]; /* [n_names] the other names it answers to */
+    bool implied[SERVE__NAMES];                /* taken from the file or GGUF, not configured */
+    int n_names;
+    enum chat_family fam;
+    struct engine *eng;
+    struct tok_vocab *vocab;
+    struct sched *sched;
+};
+
+struct serve {
+    struct serve_config cfg;
+    struct qos *qos;
+    struct serve__model models[SERVE_MAX_MODELS];
+    int n_models;
+    bool obs_on;
+    struct api *api;
+    struct http_server *http;
+};
+
+/* ---- models ------------------------------------------------------------------ */
+
+static void resolve(struct serve_model *m, const struct serve_model *d)
+{
+    int *f[] = {&m->threads, &m->ctx, &m->kv_blocks, &m->max_running, &m->max_batch_tokens, &m->max_queue};
+    const int *g[] = {&d->threads, &d->ctx, &d->kv_blocks, &d->max_running, &d->max_batch_tokens, &d->max_queue};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
+        if (*f[i] == SERVE_UNSET)
+            *f[i] = *g[i];
+    if (!m->chat_template[0])
+        memcpy(m->chat_template, d->chat_template, sizeof m->chat_template);
+}
+
+static void add_name(struct serve__model *sm, const char *name, bool implied)
+{
+    if (!name || !*name || strlen(name) >= SERVE__NAME_LEN || strcmp(name, sm->id) == 0)
+        return;
+    for (int i = 0; i < sm->n_names; i++)
+        if (strcmp(sm->names[i], name) == 0)
+            return;
+    if (sm->n_names == SERVE__NAMES)
+        return;
+    snprintf(sm->names[sm->n_names], SERVE__NAME_LEN, "%s", name);
+    sm->implied[sm->n_names++] = implied;
+}
+
+/* Open one model: engine, vocabulary, chat template; its names. */
+static int model_open(struct serve *s, struct serve__model *sm, const struct serve_model *given, struct lmd_err *err)
+{
+    sm->cfg = *given;
+    resolve(&sm->cfg, &s->cfg.defaults);
+    struct serve_model *m = &sm->cfg;
+    _Static_assert(sizeof sm->id == sizeof m->name, "a name is an id");
+    if (m->name[0])
+        memcpy(sm->id, m->name, sizeof sm->id);
+    else
+        serve_model_slug(m->path, sm->id, sizeof sm->id);
+    /* Built aside: sm and s->cfg are parts of one object. */
+    char where[sizeof sm->where];
+    const char *slash = strrchr(s->cfg.file, '/');
+    if (m->line)
+        snprintf(where, sizeof where, "model '%s' (%.40s line %d)", sm->id, slash ? slash + 1 : s->cfg.file, m->line);
+    else
+        snprintf(where, sizeof where, "model '%s' (-m)", sm->id);
+    memcpy(sm->where, where, sizeof where);
+    if (!serve_id_valid(sm->id))
+        return lmd_err_set(err, LMD_EINVAL, "%s: the file name gives no usable id; name it (-m NAME=PATH, or name:)",
+                           sm->where);
+    if (m->engine != SERVE_ENGINE_NATIVE)
+        return lmd_err_set(err, LMD_ENOTSUP, "%s: engine kind %d is not available: this build has only 'native'",
+                           sm->where, (int)m->engine);
+    if (m->max_batch_tokens < m->max_running)
+        return lmd_err_set(err, LMD_EINVAL, "%s: max batch tokens (%d) must be at least max running (%d)", sm->where,
+                           m->max_batch_tokens, m->max_running);
+    sm->fam = CHAT_GENERIC;
+    if (m->chat_template[0] && chat_family_parse(m->chat_template, &sm->fam) != 0)
+        return lmd_err_set(err, LMD_EINVAL, "%s: unknown chat template '%s' (gemma, llama3, chatml, mistral, generic)",
+                           sm->where, m->chat_template);
+
+    struct engine_config ecfg = {
+        .model_path = m->path,
+        .n_threads = m->threads,
+        .n_ctx = m->ctx,
+        .max_batch_tokens = m->max_batch_tokens,
+        .max_seqs = m->max_running,
+        .kv_blocks = m->kv_blocks,
+    };
+    int rc = engine_native_open(&sm->eng, &ecfg, err);
+    if (rc == 0)
+        rc = tok_load(&sm->vocab, sm->eng->info.gguf, err);
+    if (rc != 0) {
+        lmd_err_prefix(err, "%s", sm->where);
+        return rc;
+    }
+    if (tok_n_vocab(sm->vocab) > sm->eng->info.n_vocab)
+        return lmd_err_set(err, LMD_EFORMAT, "%s: the tokenizer has %d tokens but the model only %d", sm->where,
+                           tok_n_vocab(sm->vocab), sm->eng->info.n_vocab);
+    if (!m->chat_template[0]) {
+        struct gguf_str t = {0};
+        gguf_get_str(sm->eng->info.gguf, "tokenizer.chat_template", &t, NULL);
+        sm->fam = chat_detect(t.ptr, t.len, sm->eng->info.arch);
+    }
+
+    for (int i = 0; i < m->n_aliases; i++)
+        add_name(sm, m->aliases[i], false);
+    char stem[SERVE__NAME_LEN];
+    slash = strrchr(m->path, '/');
+    const char *file = slash ? slash + 1 : m->path;
+    size_t n = strlen(file);
+    snprintf(stem, sizeof stem, "%.*s", (int)(n > 5 && strcmp(file + n - 5, ".gguf") == 0 ? n - 5 : n), file);
+    add_name(sm, stem, true);
+    add_name(sm, file, true);
+    add_name(sm, sm->eng->info.model_name, true);
+    return 0;
+}
+
+/* Ids and configured aliases are unique across models; implied names
+ * that two models share, or that are another model's id or alias, are
+ * dropped. */
+static int names_check(struct serve *s, struct lmd_err *err)
+{
+    for (int i = 0; i < s->n_models; i++) {
+        struct serve__model *a = &s->models[i];
+        for (int j = 0; j < s->n_models; j++) {
+            if (j == i)
+                continue;
+            struct serve__model *b = &s->models[j];
+            if (j > i && strcmp(a->id, b->id) == 0)
+                return lmd_err_set(err, LMD_EINVAL, "%s and %s have the same id; name one of them", a->where, b->where);
+            for (int k = 0; k < b->n_names; k++)
+                if (!b->implied[k] && strcmp(a->id, b->names[k]) == 0)
+                    return lmd_err_set(err, LMD_EINVAL, "%s: its id is an alias of %s", a->where, b->where);
+            for (int k = 0; k < a->n_names; k++)
+                for (int l = 0; j > i && l < b->n_names; l++)
+                    if (!a->implied[k] && !b->implied[l] && strcmp(a->names[k], b->names[l]) == 0)
+                        return lmd_err_set(err, LMD_EINVAL, "%s and %s both have the alias '%s'", a->where, b->where,
+                                           a->names[k]);
+        }
+    }
+    /* Mark the ambiguous implied names first, then drop them, so that a
+     * name three models share goes from all three. */
+    bool drop[SERVE_MAX_MODELS][SERVE__NAMES] = {{false}};
+    for (int i = 0; i < s->n_models; i++)
+        for (int k = 0; k < s->models[i].n_names; k++) {
+            if (!s->models[i].implied[k])
+                continue;
+            const char *nm = s->models[i].names[k];
+            for (int j = 0; j < s->n_models && !drop[i][k]; j++) {
+                if (j == i)
+                    continue;
+                drop[i][k] |= strcmp(nm, s->models[j].id) == 0;
+                for (int l = 0; l < s->models[j].n_names; l++)
+                    drop[i][k] |= strcmp(nm, s->models[j].names[l]) == 0;
+            }
+        }
+    for (int i = 0; i < s->n_models; i++) {
+        struct serve__model *sm = &s->models[i];
+        int w = 0;
+        for (int k = 0; k < sm->n_names; k++) {
+            if (drop[i][k]) {
+                LMD_INFO("lmd serve: %s: '%s' names another model too; it is not an alias of either", sm->where,
+                         sm->names[k]);
+                continue;
+            }
+            if (w != k) {
+                memcpy(sm->names[w], sm->names[k], SERVE__NAME_LEN);
+                sm->implied[w] = sm->implied[k];
+            }
+            w++;
+        }
+        sm->n_names = w;
+    }
+    return 0;
+}
+
+/* A tenant's model list that names nothing served is most likely a typo:
+ * say so at start-up rather than with every 403. */
+static void tenants_check(struct serve *s)
+{
+    for (int t = 0; t < qos_n_tenants(s->qos); t++) {
+        const struct qos_tenant *qt = qos_tenant(s->qos, t);
+        for (int k = 0; !qt->all_models && k < qt->n_models; k++) {
+            bool found = false;
+            for (int i = 0; i < s->n_models && !found; i++) {
+                found = strcmp(qt->models[k], s->models[i].id) == 0;
+                for (int l = 0; l < s->models[i].n_names && !found; l++)
+                    found = strcmp(qt->models[k], s->models[i].names[l]) == 0;
+            }
+            if (!found)
+                LMD_WARN("lmd serve: tenant '%s' may use model '%s', which this server does not serve", qt->name,
+                         qt->models[k]);
+        }
+    }
+}
+
+/* ---- the server -------------------------------------------------------------- */
+
+int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err *err)
+{
+    *out = NULL;
+    if (c->n_models < 1 || c->n_models > SERVE_MAX_MODELS)
+        return lmd_err_set(err, LMD_EINVAL, "%d models (1 to %d)", c->n_models, SERVE_MAX_MODELS);
+    if (!c->tls_cert[0] != !c->tls_key[0])
+        return lmd_err_set(err, LMD_EINVAL, "a TLS certificate and a TLS key go together");
+
+    /* SIGTERM/SIGINT are taken by sigwait in serve_run only: block them
+     * before any thread starts. A closed socket must not kill the process. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct serve *s = calloc(1, sizeof *s);
+    if (!s)
+        return lmd_err_set(err, LMD_ENOMEM, "out of memory");
+    s->cfg = *c;
+    int rc = qos_open(&s->qos, c->tenants[0] ? c->tenants : NULL, err);
+    if (rc != 0)
+        goto fail;
+
+    uint64_t t0 = lmd_time_mono_ns();
+    for (int i = 0; i < c->n_models; i++) {
+        s->n_models = i + 1;
+        if ((rc = model_open(s, &s->models[i], &c->models[i], err)) != 0)
+            goto fail;
+    }
+    if ((rc = names_check(s, err)) != 0)
+        goto fail;
+    tenants_check(s);
+
+    /* Classes and tenants: the tenants file (or its defaults) names them;
+     * the schedulers, the metrics and the API all index them the same way. */
+    const int n_classes = qos_n_classes(s->qos), n_tenants = qos_n_tenants(s->qos);
+    struct sched_class classes[SCHED_MAX_CLASSES];
+    const char *class_names[SCHED_MAX_CLASSES], *tenant_names[SCHED_MAX_TENANTS], *model_ids[SERVE_MAX_MODELS];
+    double weights[SCHED_MAX_TENANTS];
+    for (int i = 0; i < n_classes; i++) {
+        const struct qos_class *qc = qos_class(s->qos, i);
+        classes[i] = (struct sched_class){
+            .name = qc->name,
+            .ttft_ns = qc->ttft_ns,
+            .tpot_ns = qc->tpot_ns,
+            .window_ns = qc->window_ns,
+            .refuse_late = qc->on_late == QOS_LATE_REFUSE,
+        };
+        class_names[i] = qc->name;
+    }
+    for (int i = 0; i < n_tenants; i++) {
+        tenant_names[i] = qos_tenant(s->qos, i)->name;
+        weights[i] = qos_tenant(s->qos, i)->weight;
+    }
+    for (int i = 0; i < s->n_models; i++)
+        model_ids[i] = s->models[i].id;
+    struct obs_config ocfg = {
+        .models = model_ids,
+        .n_models = s->n_models,
+        .classes = class_names,
+        .n_classes = n_classes,
+        .tenants = tenant_names,
+        .n_tenants = n_tenants,
+        .trace = c->debug,
+    };
+    if (c->metrics || c->debug) {
+        if ((rc = obs_init(&ocfg, err)) != 0)
+            goto fail;
+        s->obs_on = true;
+    }
+
+    struct api_model am[SERVE_MAX_MODELS];
+    const char *names[SERVE_MAX_MODELS][SERVE__NAMES];
+    for (int i = 0; i < s->n_models; i++) {
+        struct serve__model *sm = &s->models[i];
+        struct sched_config scfg = {
+            .vocab = sm->vocab,
+            .max_running = sm->cfg.max_running,
+            .max_queue = sm->cfg.max_queue,
+            .policy = (enum sched_policy)c->policy,
+            .classes = classes,
+            .n_classes = n_classes,
+            .tenant_weight = weights,
+            .n_tenants = n_tenants,
+            .obs_model = i,
+        };
+        if ((rc = sched_start(&sm->sched, sm->eng, &scfg, err)) != 0) {
+            lmd_err_prefix(err, "%s", sm->where);
+            goto fail;
+        }
+        for (int k = 0; k < sm->n_names; k++)
+            names[i][k] = sm->names[k];
+        am[i] = (struct api_model){
+            .id = sm->id,
+            .aliases = names[i],
+            .n_aliases = sm->n_names,
+            .display_name = sm->eng->info.model_name,
+            .arch = sm->eng->info.arch,
+            .engine = sm->eng->info.kind,
+            .owned_by = sm->cfg.owned_by[0] ? sm->cfg.owned_by : NULL,
+            .sched = sm->sched,
+            .vocab = sm->vocab,
+            .chat_family = (int)sm->fam,
+            .n_ctx = sm->eng->info.n_ctx,
+        };
+    }
+    struct api_config acfg = {
+        .models = am,
+        .n_models = s->n_models,
+        .max_body = (size_t)c->max_body,
+        .qos = s->qos,
+        .debug_endpoints = c->debug,
+    };
+    if ((rc = api_init(&s->api, &acfg, err)) != 0)
+        goto fail;
+    struct http_config hcfg = {
+        .host = c->host,
+        .port = c->port,
+        .io_threads = c->io_threads,
+        .max_body = (size_t)c->max_body,
+        .tls_cert = c->tls_cert[0] ? c->tls_cert : NULL,
+        .tls_key = c->tls_key[0] ? c->tls_key : NULL,
+        .stall_timeout_ms = (int)(c->stall_s * 1000),
+        .handler = api_handle,
+        .ud = s->api,
+    };
+    if ((rc = http_server_start(&s->http, &hcfg, err)) != 0)
+        goto fail;
+
+    for (int i = 0; i < s->n_models; i++) {
+        struct serve__model *sm = &s->models[i];
+        char aliases[256];
+        size_t o = 0;
+        aliases[0] = 0;
+        for (int k = 0; k < sm->n_names && o < sizeof aliases; k++)
+            o += (size_t)snprintf(aliases + o, sizeof aliases - o, "%s'%s'", k ? ", " : "", sm->names[k]);
+        LMD_INFO("lmd serve: model '%s' (%s, %s engine, ctx %d, chat template %s, %d threads, kv %d blocks, "
+                 "up to %d running); also answers to %s",
+                 sm->id, sm->eng->info.arch, sm->eng->info.kind, sm->eng->info.n_ctx, chat_family_name(sm->fam),
+                 sm->eng->info.n_threads, kv_free_blocks(sm->eng->info.kv), sm->cfg.max_running,
+                 sm->n_names ? aliases : "no other name");
+    }
+    LMD_INFO("lmd serve: %d model%s loaded in %.0f ms, isa %s; scheduler %s, %d service classes, %s%s", s->n_models,
+             s->n_models == 1 ? "" : "s", (double)(lmd_time_mono_ns() - t0) / 1e6, kern_isa(),
+             c->policy == SCHED_POLICY_SLA ? "sla" : "fcfs", n_classes,
+             qos_has_file(s->qos) ? "tenants from " : "open (no tenants file)", qos_has_file(s->qos) ? c->tenants : "");
+    LMD_INFO("lmd serve: listening on %s://%s:%d (%s), %d I/O threads", c->tls_cert[0] ? "https" : "http", c->host,
+             http_server_port(s->http), c->tls_cert[0] ? "TLS, ALPN h2 and http/1.1" : "HTTP/1.1 and h2c",
+             c->io_threads);
+    *out = s;
+    return 0;
+fail:
+    serve_close(s);
+    return rc;
+}
+
+int serve_port(const struct serve *s) { return http_server_port(s->http); }
+
+void serve_run(struct serve *s)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    int sig = 0;
+    while (sigwait(&set, &sig) != 0)
+        ;
+    LMD_INFO("lmd serve: %s: draining (%d requests in flight, up to %ld s)", strsignal(sig), api_active(s->api),
+             s->cfg.drain_s);
+    api_set_draining(s->api);
+    http_server_stop_accepting(s->http);
+    uint64_t deadline = lmd_time_mono_ns() + (uint64_t)s->cfg.drain_s * 1000000000ull;
+    struct timespec tick = {0, 20 * 1000 * 1000};
+    while (api_active(s->api) > 0 && lmd_time_mono_ns() < deadline) {
+        if (sigtimedwait(&set, NULL, &tick) > 0) {
+            LMD_WARN("lmd serve: second signal: stopping now");
+            break;
+        }
+    }
+    if (api_active(s->api) > 0)
+        LMD_WARN("lmd serve: %d requests still open at the end of the drain; cancelling them", api_active(s->api));
+}
+
+void serve_close(struct serve *s)
+{
+    if (!s)
+        return;
+    /* The schedulers first: they finish what is left as cancelled, and the
+     * I/O loops must still be running to receive those last wakeups. */
+    for (int i = 0; i < s->n_models; i++)
+        sched_stop(s->models[i].sched);
+    /* Requests they cancelled still get their last chunk written by their
+     * I/O thread; give that a moment, bounded. */
+    for (int i = 0; s->http && s->api && api_active(s->api) > 0 && i < 50; i++) {
+        struct timespec tick = {0, 10 * 1000 * 1000};
+        nanosleep(&tick, NULL);
+    }
+    http_server_free(s->http);
+    api_free(s->api);
+    for (int i = 0; i < s->n_models; i++) {
+        tok_free(s->models[i].vocab);
+        engine_close(s->models[i].eng);
+    }
+    if (s->obs_on)
+        obs_shutdown();
+    qos_close(s->qos);
+    free(s);
+}

@@ -1,0 +1,117 @@
+/*
+ * Assembly: one `struct serve_config` in, a running server out. It opens
+ * the tenants (qos/), then for every model its engine, vocabulary and chat
+ * template, and its own scheduler (one engine thread per model); then the
+ * metrics (obs/), the API (api/) over all models, and the HTTP listeners
+ * (http/). `lmd serve` fills the config from its flags and an optional
+ * YAML file (serve_config_load) and calls serve_open / serve_run /
+ * serve_close.
+ *
+ * A model entry names its engine kind. Only "native" (the CPU engine over
+ * a GGUF file) exists; a remote engine behind a gateway and a CUDA engine
+ * plug in here, as further kinds.
+ *
+ * Not here: flag parsing (cli/), request handling (api/), batching
+ * (sched/), sockets (http/).
+ *
+ * Lifetimes: the config is plain data (no allocations: serve_config_init,
+ * then fill it; nothing to free). A `struct serve` lives from serve_open to
+ * serve_close, on the thread that opened it.
+ */
+#pragma once
+
+#include "core/error.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define SERVE_MAX_MODELS 8  /* = API_MAX_MODELS = OBS_MAX_MODELS */
+#define SERVE_MAX_ALIASES 8 /* configured aliases per model */
+#define SERVE_NAME_MAX 64   /* ids and aliases: 1..63 bytes */
+#define SERVE_PATH_MAX 1024 /* file paths: 1..1023 bytes */
+
+/* On-disk names: "native". Append-only. */
+enum serve_engine {
+    SERVE_ENGINE_NATIVE = 0, /* the CPU engine over a GGUF file */
+};
+
+#define SERVE_UNSET (-1)
+
+/* One model. Numbers left SERVE_UNSET (and an empty chat_template) take
+ * the value of serve_config.defaults, which the config file's `defaults`
+ * and the command-line flags set. */
+struct serve_model {
+    char name[SERVE_NAME_MAX]; /* the id; "" = the file stem, made a slug */
+    char path[SERVE_PATH_MAX]; /* the GGUF file */
+    enum serve_engine engine;
+    char aliases[SERVE_MAX_ALIASES][SERVE_NAME_MAX]; /* [n_aliases] other names requests may use */
+    int n_aliases;
+    char owned_by[SERVE_NAME_MAX]; /* /v1/models owned_by; "" = "lmd" */
+    char chat_template[16];        /* gemma, llama3, chatml, mistral, generic; "" = from the GGUF */
+    int threads;                   /* compute threads of its engine; 0 = one per core */
+    int ctx;                       /* tokens per sequence */
+    int kv_blocks;                 /* KV-cache blocks of 16 tokens; 0 = max_running full contexts */
+    int max_running;               /* sequences batched together */
+    int max_batch_tokens;          /* tokens per engine step */
+    int max_queue;                 /* requests waiting before 503 */
+    int line;                      /* 1-based line of its entry in the config file; 0 = from -m */
+};
+
+struct serve_config {
+    /* listeners */
+    char host[256];
+    int port; /* 0 = any free port */
+    int io_threads;
+    char tls_cert[SERVE_PATH_MAX]; /* "" = cleartext; with tls_key */
+    char tls_key[SERVE_PATH_MAX];
+    long max_body;                               /* bytes */
+    long stall_s;                                /* s; 0 = never drop a stalled stream */
+    long drain_s;                                /* s, requests in flight may finish at shutdown */
+    bool metrics;                                /* record metrics (/metrics) */
+    bool debug;                                  /* /debug/requests and /debug/trace */
+    char tenants[SERVE_PATH_MAX];                /* tenants file; "" = open, one anonymous tenant */
+    int policy;                                  /* enum sched_policy */
+    struct serve_model defaults;                 /* what a model leaves unset: every number is set here */
+    struct serve_model models[SERVE_MAX_MODELS]; /* [n_models] */
+    int n_models;
+    char file[SERVE_PATH_MAX]; /* the config file loaded, for messages; "" = none */
+};
+
+/* Every setting at its default, no models. */
+void serve_config_init(struct serve_config *c);
+
+/* Read a YAML config file (format in docs/configuration.md): the settings
+ * it names replace the current ones and its models are appended; paths in
+ * it are relative to the file's folder. LMD_EIO (unreadable), LMD_EFORMAT
+ * or LMD_ERANGE with err naming file:line:column and the key path, or
+ * LMD_ENOMEM. On failure *c may be partly changed. */
+int serve_config_load(struct serve_config *c, const char *path, struct lmd_err *err);
+
+/* Append a model given as "[NAME=]PATH" (lmd serve -m): the text before
+ * the first '=' is a NAME when it has no '/'. LMD_EINVAL for a bad NAME,
+ * LMD_ERANGE when there are too many models or the path is too long. */
+int serve_config_add_model(struct serve_config *c, const char *arg, struct lmd_err *err);
+
+/* The id a model is served under when it has no name: the file name
+ * without ".gguf", each byte outside [A-Za-z0-9._-] replaced by '-'. */
+void serve_model_slug(const char *path, char *out, size_t cap);
+
+/* Whether s is a valid id: 1..63 bytes of [A-Za-z0-9._:/-], starting with
+ * a letter or digit. */
+bool serve_id_valid(const char *s);
+
+struct serve;
+
+/* Build and start the whole server from c. SIGTERM and SIGINT are blocked
+ * in the calling thread first, so that every thread started inherits the
+ * mask and serve_run alone takes them. Messages name the model (its id and
+ * where it was configured). */
+int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err *err);
+/* The port listened on (useful with port 0). */
+int serve_port(const struct serve *s);
+/* Wait for SIGTERM or SIGINT, then drain: stop accepting, /ready answers
+ * 503, requests in flight finish (bounded by drain_s; a second signal cuts
+ * it short). */
+void serve_run(struct serve *s);
+/* Stop everything and free it. NULL is fine. */
+void serve_close(struct serve *s);
