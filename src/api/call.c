@@ -451,14 +451,14 @@ static void choice_pump(struct api_call *c, struct api_choice *ch, size_t budget
 
 /* An engine failure ends the whole response: the other choices are
  * cancelled, the error is the answer (or the stream's last event). */
-static void call_fail(struct api_call *c, int status, const char *code, const char *msg)
+static void call_fail(struct api_call *c, int status, const char *code, const char *finish, const char *msg)
 {
     if (status >= 500 && status != 503)
         LMD_ERROR("api: %s: %s", c->id, msg);
     call_cancel_all(c);
     struct api_error e;
     api_error_set(&e, status, "server_error", NULL, code, "%s", msg);
-    call_account(c, status, status == 503 ? "deadline" : "error");
+    call_account(c, status, finish);
     if (!c->stream) {
         api_send_error(c->http, &e, status == 503 ? "retry-after" : NULL, status == 503 ? "1" : NULL);
     } else {
@@ -482,15 +482,24 @@ static void call_pump(struct api_call *c)
     for (int i = 0; i < c->n_choices; i++) {
         int fin = atomic_load_explicit(&c->choice[i].sr.finish, memory_order_acquire);
         if (fin == SCHED_FINISH_ERROR) {
-            call_fail(c, 500, NULL, c->choice[i].sr.err);
+            call_fail(c, 500, NULL, "error", c->choice[i].sr.err);
             return;
         }
         if (fin == SCHED_FINISH_DEADLINE) {
             /* Its class refuses late work and it waited past its deadline. */
             obs_reject(OBS_R_DEADLINE, c->who.tenant);
-            call_fail(c, 503, "deadline_unmeetable",
+            call_fail(c, 503, "deadline_unmeetable", "deadline",
                       "the request could not start within its service class's time-to-first-token target; "
                       "retry later or use a class that runs late work");
+            return;
+        }
+        if (fin == SCHED_FINISH_SHUTDOWN) {
+            /* The drain ran out (or a second signal came): the answer is
+             * cut. Never 200 with "stop": a client could not tell it from
+             * a finished one. A stream ends with an error event. */
+            call_fail(c, 503, "server_shutdown", "shutdown",
+                      "the server shut down before the answer was complete; the output is incomplete, retry on "
+                      "another replica");
             return;
         }
     }

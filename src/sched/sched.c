@@ -644,14 +644,16 @@ static void *sched_main(void *arg)
         sched_step(s);
     }
 
-    /* Stopping: whatever is left ends as cancelled. */
+    /* Stopping: whatever is left ends cut short, which its owner must be
+     * able to tell from an answer that finished (SCHED_FINISH_SHUTDOWN, not
+     * CANCELLED: an owner that cancelled itself already knows why). */
     sched_drain_inbox(s);
     while (s->n_running > 0)
-        sched_finish(s, s->running[0], SCHED_FINISH_CANCELLED), running_compact(s);
+        sched_finish(s, s->running[0], SCHED_FINISH_SHUTDOWN), running_compact(s);
     for (int c = 0; c < SCHED_MAX_CLASSES; c++)
         for (int t = 0; t < SCHED_MAX_TENANTS; t++)
             while (s->pol.q[c][t].head)
-                sched_finish(s, s->pol.q[c][t].head, SCHED_FINISH_CANCELLED);
+                sched_finish(s, s->pol.q[c][t].head, SCHED_FINISH_SHUTDOWN);
     sched_publish(s);
     return NULL;
 }

@@ -72,6 +72,7 @@ enum sched_finish {
     SCHED_FINISH_CANCELLED = 3, /* the owner cancelled it (disconnect, stop string, shutdown) */
     SCHED_FINISH_ERROR = 4,     /* the engine failed; `err` says why */
     SCHED_FINISH_DEADLINE = 5,  /* its class refuses late work and its deadline passed while it waited */
+    SCHED_FINISH_SHUTDOWN = 6,  /* the scheduler stopped before the request finished: the output is cut */
 };
 
 /* Where a request is, for live views (published, relaxed). */

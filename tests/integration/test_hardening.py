@@ -2,15 +2,18 @@
 guards a failure that was once seen (a 500 for a client's mistake, an event
 loop spinning out of file descriptors), with a real server and real sockets
 on loopback."""
+import json
 import os
 import resource
+import signal
 import socket
+import threading
 import time
 
 import httpx
 import pytest
 
-from test_server import server_log, start_server, stop_server
+from test_server import metric, server_log, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +119,73 @@ def test_out_of_file_descriptors_backs_off(lmd_bin, default_model):
     assert log.count("Too many open files") == 1, log[-2000:]
     keep.close()
     stop_server(proc)
+
+
+def test_drain_timeout_cuts_are_errors_not_stops(lmd_bin, default_model):
+    """Requests cut by --drain-timeout never come back as 200 with
+    finish_reason "stop": a running stream ends with an error event after
+    the tokens it had, a queued non-streamed request gets 503 with
+    Retry-After, and the access log records both as 503."""
+    proc, base = start_server(lmd_bin, default_model, "--drain-timeout", "1", "--max-running", "1",
+                              "--log-format", "json")
+    try:
+        long_body = {"prompt": "1, 2, 3,", "max_tokens": 600, "ignore_eos": True, "temperature": 0}
+        results = {}
+
+        def queued():
+            try:
+                r = httpx.post(base + "/v1/completions", json={**long_body, "max_tokens": 50}, timeout=60,
+                               headers={"X-Request-Id": "cut-queued"})
+                results["queued"] = r
+            except httpx.HTTPError as e:  # pragma: no cover - reported below
+                results["queued"] = e
+
+        with httpx.stream("POST", base + "/v1/completions", json={**long_body, "stream": True}, timeout=60,
+                          headers={"X-Request-Id": "cut-stream"}) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            events = []
+            for line in lines:
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                    break
+            t = threading.Thread(target=queued)
+            t.start()
+            # The second request waits in the queue (max-running 1) before the signal.
+            deadline = time.monotonic() + 20
+            while metric(base, "lmd_requests_waiting") < 1:
+                assert time.monotonic() < deadline, "the second request never queued"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            for line in lines:
+                if line.startswith("data: "):
+                    events.append(line[6:])
+            t.join(timeout=60)
+        payloads = [json.loads(e) for e in events if e != "[DONE]"]
+        errors = [p for p in payloads if "error" in p]
+        assert len(errors) == 1, events[-3:]
+        assert errors[0]["error"]["code"] == "server_shutdown"
+        finishes = [c.get("finish_reason") for p in payloads if "choices" in p for c in p["choices"]]
+        assert not any(finishes), finishes  # no choice claims to have finished
+        assert sum(1 for p in payloads if "choices" in p and p["choices"][0]["text"]) >= 1  # tokens came first
+        q = results["queued"]
+        assert isinstance(q, httpx.Response), q
+        assert q.status_code == 503, q.text
+        assert q.json()["error"]["code"] == "server_shutdown"
+        assert q.headers.get("retry-after")
+        assert proc.wait(timeout=30) == 0
+        access = {}
+        for line in server_log(proc).splitlines():
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if obj.get("msg") == "access":
+                access[obj.get("id")] = obj
+        assert access["cut-stream"]["status"] == 503, access.get("cut-stream")
+        assert access["cut-queued"]["status"] == 503, access.get("cut-queued")
+        assert access["cut-stream"]["finish"] == "shutdown"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -173,6 +173,36 @@ static void test_cancel_returns_blocks(void **state)
     assert_true(a.released && b.released);
 }
 
+/* Stopping the scheduler cuts what is left: a running and a queued request
+ * end as SCHED_FINISH_SHUTDOWN, never as a finish that looks complete, and
+ * every block comes back. */
+static void test_stop_cuts_as_shutdown(void **state)
+{
+    (void)state;
+    struct lmd_err err = {0};
+    struct sched *s;
+    struct sched_config sc = {.vocab = vocab, .max_running = 1, .max_queue = 8};
+    assert_int_equal(sched_start(&s, eng, &sc, &err), 0);
+    static struct treq a, b;
+    t_init(&a, texts[0], 200);
+    a.r.ignore_eos = true;
+    t_init(&b, texts[1], 200); /* waits behind a: max_running is 1 */
+    assert_int_equal(sched_submit(s, &a.r, &err), 0);
+    assert_int_equal(sched_submit(s, &b.r, &err), 0);
+    pthread_mutex_lock(&mu);
+    while (atomic_load(&a.r.n_out) < 2)
+        pthread_cond_wait(&cv, &mu);
+    pthread_mutex_unlock(&mu);
+    sched_stop(s);
+    assert_int_equal(atomic_load(&a.r.finish), SCHED_FINISH_SHUTDOWN);
+    assert_int_equal(atomic_load(&b.r.finish), SCHED_FINISH_SHUTDOWN);
+    assert_true(atomic_load(&a.r.n_out) >= 2 && atomic_load(&a.r.n_out) < 200);
+    assert_int_equal(atomic_load(&b.r.n_out), 0);
+    sched_req_unref(&a.r);
+    sched_req_unref(&b.r);
+    assert_true(a.released && b.released);
+}
+
 static void test_refusals(void **state)
 {
     (void)state;
@@ -471,13 +501,10 @@ static int obs_off(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_batched_equals_alone),
-        cmocka_unit_test(test_cancel_returns_blocks),
-        cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_preempt_resume_same_output),
-        cmocka_unit_test(test_kv_budget_admission),
-        cmocka_unit_test(test_queue_reserve_for_urgent),
-        cmocka_unit_test_teardown(test_obs_records, obs_off),
+        cmocka_unit_test(test_batched_equals_alone),       cmocka_unit_test(test_cancel_returns_blocks),
+        cmocka_unit_test(test_stop_cuts_as_shutdown),      cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_preempt_resume_same_output), cmocka_unit_test(test_kv_budget_admission),
+        cmocka_unit_test(test_queue_reserve_for_urgent),   cmocka_unit_test_teardown(test_obs_records, obs_off),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
