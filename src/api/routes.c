@@ -234,6 +234,20 @@ static int build_prompt(const struct api_model *m, const struct api_params *p, i
         src = rendered;
         len = (size_t)need;
     }
+    /* A first gate that costs nothing: no token decodes to more than
+     * tok_piece_max bytes, so the text makes at least len / max tokens. A
+     * prompt that cannot fit the context is refused before the tokenizer
+     * runs, which for megabytes of text would hold this I/O thread (and
+     * every connection on it) for a second or more. */
+    size_t maxp = tok_piece_max(m->vocab);
+    if (maxp && len / maxp >= (size_t)m->n_ctx) {
+        free(rendered);
+        return api_error_set(e, 400, "invalid_request_error", p->kind == API_CHAT ? "messages" : "prompt",
+                             "context_length_exceeded",
+                             "this model's maximum context length is %d tokens; the prompt's %zu bytes make at least "
+                             "%zu tokens",
+                             m->n_ctx, len, len / maxp);
+    }
     /* Text never tokenizes to more tokens than bytes, plus BOS/EOS. */
     size_t cap = len + 4;
     *ids = malloc(cap * sizeof **ids);

@@ -189,3 +189,19 @@ def test_drain_timeout_cuts_are_errors_not_stops(lmd_bin, default_model):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_huge_prompt_refused_before_tokenizing(server):
+    """Megabytes of prompt that cannot fit the context are refused from
+    their length alone (no token is longer than the vocabulary's longest
+    piece), before the tokenizer would hold the I/O thread."""
+    big = "hello world " * 330000  # 3.96 MB
+    r = httpx.post(server + "/v1/completions", json={"prompt": big, "max_tokens": 1}, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "context_length_exceeded"
+    assert "make at least" in err["message"]  # the byte gate, not the tokenizer's count
+    r = httpx.post(server + "/v1/chat/completions", timeout=60,
+                   json={"messages": [{"role": "user", "content": big}], "max_tokens": 1})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "messages"
