@@ -286,6 +286,27 @@ void api_log_refusal(struct api *a, struct http_req *r, const char *id, int stat
     obs_access_log(&acc);
 }
 
+/* The access line of a request that is not a generation: no tenant, class
+ * or model, the status answered. */
+static void log_route(struct http_req *r, const char *rid, struct http_str method, struct http_str path)
+{
+    char mth[17], p[64];
+    snprintf(mth, sizeof mth, "%.*s", (int)(method.len < 16 ? method.len : 16), method.ptr);
+    snprintf(p, sizeof p, "%.*s", (int)(path.len < 63 ? path.len : 63), path.ptr);
+    struct obs_access acc = {
+        .id = rid,
+        .method = mth,
+        .path = p,
+        .status = http_req_status(r),
+        .cls = -1,
+        .tenant = -1,
+        .queue_s = -1,
+        .ttft_s = -1,
+        .e2e_s = -1,
+    };
+    obs_access_log(&acc);
+}
+
 /* The class a request asked for: the body's `priority` (a name or an
  * index), else X-Priority, else X-SLA, else the tenant's default. */
 static int pick_class(struct api *a, struct http_req *r, const struct api_params *p, int tenant, struct api_error *e,
@@ -547,6 +568,7 @@ void api_handle(void *ud, struct http_req *r)
     if (generate) {
         if (!post) {
             send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use POST for this route");
+            log_route(r, rid, m, path);
             return;
         }
         route_generate(a, r, kind, id, rid);
@@ -562,11 +584,11 @@ void api_handle(void *ud, struct http_req *r)
         snprintf(msg, sizeof msg, "no route for %.*s %.*s", (int)(m.len > 16 ? 16 : m.len), m.ptr,
                  (int)(path.len > 100 ? 100 : path.len), path.ptr);
         send_err(r, 404, "not_found_error", NULL, "not_found", msg);
-        return;
+        goto log;
     }
     if (!get) {
         send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use GET for this route");
-        return;
+        goto log;
     }
     struct api_error e;
     if (debug) {
@@ -597,6 +619,10 @@ void api_handle(void *ud, struct http_req *r)
         else
             send_err(r, 404, "invalid_request_error", "model", "model_not_found", "no such model");
     }
+log:
+    /* Every request gets its access line, these routes too (generation
+     * requests log theirs when they end). */
+    log_route(r, rid, m, path);
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */

@@ -66,7 +66,9 @@ void http_server_free(struct http_server *s);
 
 /* The request. */
 struct http_str http_req_method(const struct http_req *r);
-struct http_str http_req_path(const struct http_req *r);  /* normalized, without the query */
+struct http_str http_req_path(const struct http_req *r); /* normalized, without the query */
+/* The status answered (http_respond or http_stream_begin), 0 before that. */
+int http_req_status(const struct http_req *r);
 struct http_str http_req_body(const struct http_req *r);  /* empty if none */
 struct http_str http_req_query(const struct http_req *r); /* after '?', undecoded; empty if none */
 /* A request header's value, the name matched case-insensitively; the

@@ -265,6 +265,8 @@ struct http_str http_req_path(const struct http_req *r)
     return (struct http_str){p.base, q ? (size_t)(q - p.base) : p.len};
 }
 
+int http_req_status(const struct http_req *r) { return r->answered ? r->req->res.status : 0; }
+
 struct http_str http_req_query(const struct http_req *r)
 {
     const h2o_req_t *q = r->req;

@@ -205,3 +205,44 @@ def test_huge_prompt_refused_before_tokenizing(server):
                    json={"messages": [{"role": "user", "content": big}], "max_tokens": 1})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "messages"
+
+
+def access_by_id(proc):
+    """The JSON access-log objects so far, by request id."""
+    out = {}
+    for line in server_log(proc).splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if obj.get("msg") == "access":
+            out.setdefault(obj.get("id"), []).append(obj)
+    return out
+
+
+def test_every_route_gets_an_access_line(lmd_bin, default_model):
+    """Not only generation requests: /health, /ready, /metrics, /v1/models,
+    an unknown path (a non-UTF-8 one too) and a wrong method each log one
+    access line with the status they were answered."""
+    proc, base = start_server(lmd_bin, default_model, "--log-format", "json")
+    try:
+        cases = [("GET", "/health", 200), ("GET", "/ready", 200), ("GET", "/metrics", 200),
+                 ("GET", "/v1/models", 200), ("GET", "/no/such/route", 404), ("GET", "/v1/x%ff", 404),
+                 ("GET", "/v1/completions", 405), ("POST", "/health", 405)]
+        with httpx.Client(timeout=10) as c:
+            for i, (method, path, status) in enumerate(cases):
+                r = c.request(method, base + path, headers={"X-Request-Id": "route-%d" % i})
+                assert r.status_code == status, (method, path, r.status_code)
+        deadline = time.monotonic() + 10
+        while True:
+            got = access_by_id(proc)
+            if all("route-%d" % i in got for i in range(len(cases))) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        for i, (method, path, status) in enumerate(cases):
+            lines = got.get("route-%d" % i)
+            assert lines and len(lines) == 1, (path, lines, server_log(proc)[-2000:])
+            assert lines[0]["status"] == status
+            assert lines[0]["method"] == method
+    finally:
+        stop_server(proc)
