@@ -246,3 +246,84 @@ def test_every_route_gets_an_access_line(lmd_bin, default_model):
             assert lines[0]["method"] == method
     finally:
         stop_server(proc)
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_overload_answers_complete_or_refuses(lmd_bin, default_model):
+    """A bounded burst far past capacity (48 requests at once against 2
+    running slots and a queue of 4): every request gets either a complete
+    answer (its finish_reason and usage agree with what it asked for) or a
+    429/503 with Retry-After, nothing hangs or is lost, every KV block comes
+    back, and the server's memory does not grow with the burst."""
+    proc, base = start_server(lmd_bin, default_model, "--max-running", "2", "--max-queue", "4")
+    try:
+        total_blocks = metric(base, "lmd_kv_blocks_capacity")
+        # Warm up (weights paged in, buffers sized) so the memory bound below measures the burst.
+        for stream in (False, True):
+            r = httpx.post(base + "/v1/completions", timeout=60,
+                           json={"prompt": "Count: 1, 2, 3,", "max_tokens": 8, "stream": stream})
+            assert r.status_code == 200
+        rss0 = rss_kib(proc.pid)
+        n = 48
+        out = [None] * n
+
+        def one(i):
+            body = {"prompt": "Count: 1, 2, 3,", "max_tokens": 8, "ignore_eos": True, "temperature": 0,
+                    "stream": bool(i % 2)}
+            try:
+                if body["stream"]:
+                    with httpx.stream("POST", base + "/v1/completions", json=body, timeout=120) as r:
+                        if r.status_code != 200:
+                            r.read()
+                            out[i] = (r.status_code, r.headers.get("retry-after"), None)
+                            return
+                        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+                        out[i] = (200, None, events)
+                else:
+                    r = httpx.post(base + "/v1/completions", json=body, timeout=120)
+                    out[i] = (r.status_code, r.headers.get("retry-after"), r.json())
+            except httpx.HTTPError as e:
+                out[i] = ("error", str(e), None)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=180)
+        assert all(not t.is_alive() for t in threads), "a request hung"
+        served = refused = 0
+        for i, (status, retry, payload) in enumerate(out):
+            if status == 200:
+                served += 1
+                if isinstance(payload, list):  # a stream: text chunks, a final finish, [DONE]
+                    assert payload[-1] == "[DONE]", payload[-3:]
+                    objs = [json.loads(e) for e in payload[:-1]]
+                    assert not any("error" in o for o in objs)
+                    finishes = [c["finish_reason"] for o in objs for c in o["choices"] if c["finish_reason"]]
+                    assert finishes == ["length"], finishes
+                else:
+                    assert payload["choices"][0]["finish_reason"] == "length"
+                    assert payload["usage"]["completion_tokens"] == 8
+            else:
+                refused += 1
+                assert status in (429, 503), (i, status, retry)
+                assert retry and int(retry) >= 1, (i, status)
+        # At least the running slots serve; the rest of the burst is refused at once.
+        assert served >= 2 and refused >= 1 and served + refused == n, (served, refused)
+        # Every block back once the burst is over.
+        deadline = time.monotonic() + 10
+        while metric(base, "lmd_kv_blocks_free") != total_blocks:
+            assert time.monotonic() < deadline, "KV blocks still held after the burst"
+            time.sleep(0.1)
+        assert metric(base, "lmd_requests_running") == 0
+        # Memory: the burst's buffers are returned or reused, not kept per request (a generous bound).
+        assert rss_kib(proc.pid) < rss0 + 64 * 1024, (rss0, rss_kib(proc.pid))
+    finally:
+        stop_server(proc)
