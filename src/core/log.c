@@ -187,14 +187,24 @@ static void line_json_str(struct line *l, const char *s)
     line_close(l, "\"");
 }
 
-static bool text_needs_quotes(const char *s)
+/* Whether a text-format value must be quoted (and escaped): it is empty,
+ * has a space, quote, '=', backslash or control byte, or bytes that are not
+ * UTF-8 (a request path can carry any byte; the line must stay text). */
+static bool text_needs_quotes(const char *str)
 {
+    const unsigned char *s = (const unsigned char *)str;
     if (!*s)
         return true;
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
+    size_t avail = strlen(str);
+    while (*s) {
+        unsigned char c = *s;
         if (c <= ' ' || c == '"' || c == '=' || c == '\\' || c == 0x7f)
             return true;
+        size_t n = c < 0x80 ? 1 : utf8_len(s, avail);
+        if (n == 0)
+            return true;
+        s += n;
+        avail -= n;
     }
     return false;
 }

@@ -57,14 +57,23 @@ def server_log(proc):
     return proc.log.read()
 
 
+# Set by `make test-integration-asan`: the server is the ASan + UBSan build,
+# and a clean exit (status 0, no sanitizer report) is part of every test.
+SANITIZED = os.environ.get("LMD_SANITIZED") == "1"
+
+
 def stop_server(proc):
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=60 if SANITIZED else 20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    if SANITIZED:
+        log = server_log(proc)
+        assert "Sanitizer" not in log and "runtime error" not in log, log[-6000:]
+        assert proc.returncode == 0, "exit status %s:\n%s" % (proc.returncode, log[-6000:])
 
 
 @pytest.fixture(scope="module")

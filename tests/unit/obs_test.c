@@ -772,6 +772,18 @@ static void test_access_text(void **state)
                                 "model=- prompt_tokens=0 output_tokens=0 queue_s=- ttft_s=- e2e_s=0.002 finish=-\n"));
     free(out);
 
+    /* Bytes that are not UTF-8 (a raw request path) are quoted and become
+     * U+FFFD escapes: the line stays text; valid UTF-8 passes as is. */
+    a.id = "r3";
+    a.path = "/v1/\xff\xc3";
+    out = capture_stderr(log_access, &a);
+    assert_non_null(strstr(out, " path=\"/v1/\\ufffd\\ufffd\" "));
+    free(out);
+    a.path = "/v1/caf\xc3\xa9";
+    out = capture_stderr(log_access, &a);
+    assert_non_null(strstr(out, " path=/v1/caf\xc3\xa9 "));
+    free(out);
+
     /* Below the level: nothing. */
     lmd_log_set_level(LMD_LOG_WARN);
     out = capture_stderr(log_access, &g_access);
