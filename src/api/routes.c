@@ -248,10 +248,19 @@ static int build_prompt(const struct api_model *m, const struct api_params *p, i
                              "%zu tokens",
                              m->n_ctx, len, len / maxp);
     }
-    /* Text never tokenizes to more tokens than bytes, plus BOS/EOS. */
+    /* Usually at most one token per byte, plus BOS/EOS; a vocabulary without
+     * a token for some character spells it in byte tokens, up to 4 per
+     * character (and SPM's space is 3 bytes), so retry at the size the
+     * tokenizer asks for. */
     size_t cap = len + 4;
     *ids = malloc(cap * sizeof **ids);
     int64_t k = *ids ? tok_encode(m->vocab, src, len, true, p->kind == API_CHAT, *ids, cap, &err) : LMD_ENOMEM;
+    if (k > (int64_t)cap) {
+        cap = (size_t)k;
+        int32_t *more = realloc(*ids, cap * sizeof **ids);
+        k = more ? tok_encode(m->vocab, src, len, true, p->kind == API_CHAT, more, cap, &err) : LMD_ENOMEM;
+        *ids = more ? more : *ids;
+    }
     free(rendered);
     if (k < 0 || (size_t)k > cap) {
         free(*ids);

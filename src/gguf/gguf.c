@@ -103,7 +103,10 @@ uint64_t gguf_dtype_row_bytes(enum gguf_dtype t, uint64_t n)
     uint32_t be = gguf_dtype_block_elems(t);
     if (be == 0 || n % be != 0)
         return 0;
-    return n / be * gguf_dtype_block_bytes(t);
+    uint32_t bb = gguf_dtype_block_bytes(t);
+    if (n / be > UINT64_MAX / bb)
+        return 0; /* would wrap: no row that long can exist */
+    return n / be * bb;
 }
 
 static const char *vtype_names[GGUF_VTYPE_COUNT] = {
@@ -423,7 +426,8 @@ static int read_tensor_info(struct cursor *c, struct gguf_tensor *t, struct gguf
                         (unsigned long long)t->ne[0], gguf_dtype_name(t->type), be);
     uint64_t rows = n / t->ne[0];
     uint64_t rb = gguf_dtype_row_bytes(t->type, t->ne[0]);
-    if (rows > UINT64_MAX / rb)
+    /* rb is 0 only when one row's size wraps 2^64 (found by gguf_fuzz). */
+    if (rb == 0 || rows > UINT64_MAX / rb)
         return cur_fail(c, dat, "tensor '%.*s': byte size overflows", nl, np);
     t->n_bytes = rows * rb;
     return cur_u64(c, &t->offset, "tensor data offset");

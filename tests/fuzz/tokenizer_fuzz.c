@@ -39,11 +39,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const struct tok_vocab *v = g_vocab[data[0] % N_VOCABS];
     bool add_special = data[0] & 0x10, parse_special = data[0] & 0x20;
     char *text = fuzz_copy(data + 1, size - 1, 0);
-    size_t cap = size + 8;
+    /* SPM escapes each space as U+2581 (3 bytes) before splitting, and a
+     * byte that is not UTF-8 may start a 3- or 4-byte "character" that
+     * falls back to byte tokens, as in llama.cpp: at most 3 tokens per input
+     * byte, plus BOS, EOS and the space prefix. */
+    size_t cap = 3 * size + 8;
     int32_t *ids = malloc(cap * sizeof *ids);
     struct lmd_err err = {0};
     int64_t n = tok_encode(v, text, size - 1, add_special, parse_special, ids, cap, &err);
-    if (n < 0 || (size_t)n > cap) /* at most one token per byte, plus BOS/EOS */
+    if (n < 0 || (size_t)n > cap)
         abort();
     struct tok_detok d;
     tok_detok_init(&d, v, parse_special);

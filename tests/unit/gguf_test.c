@@ -339,6 +339,10 @@ static void test_bad_shapes(void **state)
     expect_fail(&b, b.n, "dimension 0 is 0", NULL);
     patch_u64(&b, L.t0_dim0_at, UINT64_C(1) << 62); /* 2^62 * 2 elements: size overflows */
     expect_fail(&b, b.n, "'a.weight'", NULL);
+    /* One row of 2^62 f32 is 2^64 bytes, which wrapped to 0 and was then
+     * divided by (found by gguf_fuzz): refused as an overflow. */
+    patch_u64(&b, L.t0_dim0_at + 8, 1);
+    expect_fail(&b, b.n, "'a.weight'", "byte size overflows");
     free(b.p);
 }
 
