@@ -264,6 +264,69 @@ static int parse_bias(struct api_params *p, json_t *root, struct api_error *e)
 
 /* Chat: logprobs true/false and top_logprobs 0..20. Completions: logprobs
  * 0..5, the number of alternatives (0 = the chosen token's only). */
+/*
+ * Fields that change what the answer must be, which lmd cannot honour yet:
+ * refused with a 400 that names the field, never accepted and dropped (the
+ * client would take unconstrained text for JSON, or plain text for a
+ * declined tool call). Their harmless spellings pass: response_format of
+ * type "text", an empty tool list, tool_choice "none".
+ */
+static int refuse_unsupported(json_t *root, struct api_error *e)
+{
+    json_t *rf = json_object_get(root, "response_format");
+    if (rf && !json_is_null(rf)) {
+        json_t *t = json_is_object(rf) ? json_object_get(rf, "type") : NULL;
+        if (!json_is_string(t))
+            return api_error_set(e, 400, "invalid_request_error", "response_format", NULL,
+                                 "'response_format' must be an object with a string 'type'");
+        const char *ty = json_string_value(t);
+        if (strcmp(ty, "json_object") == 0 || strcmp(ty, "json_schema") == 0)
+            return api_error_set(e, 400, "invalid_request_error", "response_format", "unsupported_parameter",
+                                 "response_format type '%s' is not supported by this server yet: the output "
+                                 "would not be constrained to JSON",
+                                 ty);
+        if (strcmp(ty, "text") != 0)
+            return api_error_set(e, 400, "invalid_request_error", "response_format", NULL,
+                                 "unknown response_format type '%.64s' (text, json_object or json_schema)", ty);
+    }
+    static const char *const lists[] = {"tools", "functions"};
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
+        json_t *v = json_object_get(root, lists[i]);
+        if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0))
+            return api_error_set(e, 400, "invalid_request_error", lists[i], "unsupported_parameter",
+                                 "'%s' is not supported by this server yet: the model's output would not be "
+                                 "parsed into tool calls",
+                                 lists[i]);
+    }
+    /* Constrained decoding as vLLM and llama.cpp spell it, and completion
+     * features that change the text: refused whenever given. */
+    static const char *const constrained[] = {"guided_json",    "guided_regex", "guided_choice",
+                                              "guided_grammar", "grammar",      "json_schema"};
+    for (size_t i = 0; i < sizeof constrained / sizeof constrained[0]; i++) {
+        json_t *v = json_object_get(root, constrained[i]);
+        if (v && !json_is_null(v))
+            return api_error_set(e, 400, "invalid_request_error", constrained[i], "unsupported_parameter",
+                                 "'%s' is not supported by this server yet: the output would not be constrained",
+                                 constrained[i]);
+    }
+    json_t *suffix = json_object_get(root, "suffix");
+    if (suffix && !json_is_null(suffix) && !(json_is_string(suffix) && json_string_length(suffix) == 0))
+        return api_error_set(e, 400, "invalid_request_error", "suffix", "unsupported_parameter",
+                             "'suffix' (text after the insertion) is not supported by this server");
+    json_t *best_of = json_object_get(root, "best_of");
+    if (best_of && !json_is_null(best_of) && !(json_is_integer(best_of) && json_integer_value(best_of) == 1))
+        return api_error_set(e, 400, "invalid_request_error", "best_of", "unsupported_parameter",
+                             "'best_of' other than 1 is not supported by this server; use 'n'");
+    static const char *const choices[] = {"tool_choice", "function_call"};
+    for (size_t i = 0; i < sizeof choices / sizeof choices[0]; i++) {
+        json_t *v = json_object_get(root, choices[i]);
+        if (v && !json_is_null(v) && !(json_is_string(v) && strcmp(json_string_value(v), "none") == 0))
+            return api_error_set(e, 400, "invalid_request_error", choices[i], "unsupported_parameter",
+                                 "'%s' other than \"none\" is not supported by this server yet", choices[i]);
+    }
+    return 0;
+}
+
 static int parse_logprobs(struct api_params *p, json_t *root, struct api_error *e)
 {
     json_t *lp = json_object_get(root, "logprobs");
@@ -350,7 +413,8 @@ int api_params_parse(struct api_params *p, enum api_kind kind, const char *body,
         if (get_bool(so, "include_usage", &p->include_usage, e))
             return LMD_EINVAL;
     }
-    if (parse_logprobs(p, root, e) || parse_bias(p, root, e) || get_bool(root, "ignore_eos", &p->ignore_eos, e))
+    if (parse_logprobs(p, root, e) || parse_bias(p, root, e) || get_bool(root, "ignore_eos", &p->ignore_eos, e) ||
+        refuse_unsupported(root, e))
         return LMD_EINVAL;
     /* The service class: a class name, or (as vLLM spells it) an integer
      * where 0 is the most urgent class. Checked against the configured

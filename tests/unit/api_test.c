@@ -437,12 +437,53 @@ static void test_model_find(void **state)
     api_free(a);
 }
 
+/* Fields that would change the answer and are not supported are refused,
+ * naming the field; their harmless spellings pass. */
+static void test_unsupported_fields_refused(void **state)
+{
+    (void)state;
+    const char *m = "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]";
+    char body[512];
+    static const struct {
+        const char *field, *param;
+    } bad[] = {
+        {"\"response_format\":{\"type\":\"json_object\"}", "response_format"},
+        {"\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{}}", "response_format"},
+        {"\"response_format\":{\"type\":\"yaml\"}", "response_format"},
+        {"\"response_format\":\"json\"", "response_format"},
+        {"\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]", "tools"},
+        {"\"tool_choice\":\"auto\"", "tool_choice"},
+        {"\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"f\"}}", "tool_choice"},
+        {"\"functions\":[{\"name\":\"f\"}]", "functions"},
+        {"\"function_call\":\"auto\"", "function_call"},
+        {"\"guided_json\":{}", "guided_json"},
+        {"\"grammar\":\"root ::= x\"", "grammar"},
+        {"\"suffix\":\"end\"", "suffix"},
+        {"\"best_of\":3", "best_of"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(body, sizeof body, "{%s,%s}", m, bad[i].field);
+        expect_bad(API_CHAT, body, bad[i].param);
+    }
+    static const char *const ok[] = {"\"response_format\":{\"type\":\"text\"}", "\"tools\":[]",
+                                     "\"tool_choice\":\"none\"", "\"response_format\":null"};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        snprintf(body, sizeof body, "{%s,%s}", m, ok[i]);
+        struct api_params p;
+        struct api_error e;
+        if (parse(API_CHAT, body, &p, &e) != 0)
+            fail_msg("refused: %s: %s", body, e.msg);
+        api_params_free(&p);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_completion_ok),
         cmocka_unit_test(test_chat_ok),
         cmocka_unit_test(test_float_zero_bounds),
+        cmocka_unit_test(test_unsupported_fields_refused),
         cmocka_unit_test(test_error_body_with_bad_utf8),
         cmocka_unit_test(test_model_find),
         cmocka_unit_test(test_malformed),
