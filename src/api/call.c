@@ -26,6 +26,7 @@
 #include "core/log.h"
 #include "core/time.h"
 #include "http/http.h"
+#include "kv/kv.h"
 #include "obs/obs.h"
 #include "qos/qos.h"
 #include "sched/sched.h"
@@ -705,6 +706,13 @@ int api_call_submit(struct api *a, struct http_req *r, const struct api_params *
     if (rc == 0 && p->echo)
         rc = call_set_echo(c, p);
     const uint64_t sched_id = atomic_fetch_add(&a->seq, 1) * API_MAX_N;
+    uint64_t salt = 0;
+    if (!a->cfg.prefix_cache_shared) {
+        const struct qos_tenant *t = qos_tenant(a->cfg.qos, c->who.tenant);
+        salt = kv_salt(0, t->name, strlen(t->name));
+    }
+    if (p->cache_salt)
+        salt = kv_salt(salt, p->cache_salt, p->cache_salt_len);
     for (int i = 0; i < n; i++) {
         if (choice_init(c, &c->choice[i], i, p, max_tokens) != 0)
             rc = LMD_ENOMEM;
@@ -712,6 +720,7 @@ int api_call_submit(struct api *a, struct http_req *r, const struct api_params *
         c->choice[i].sr.tenant = c->who.tenant;
         c->choice[i].sr.id = sched_id + (uint64_t)i;
         c->choice[i].sr.t_arrival_ns = c->t_start;
+        c->choice[i].sr.cache_salt = salt;
     }
     if (rc != 0) {
         for (int i = 0; i < n; i++)

@@ -62,6 +62,8 @@ static void serve_usage(FILE *out)
             "                           (docs/configuration.md); without it the server is open\n"
             "      --debug-endpoints    serve /debug/requests and /debug/trace (admin keys only when\n"
             "                           --tenants is given) and record scheduler trace events\n"
+            "      --no-prefix-cache    compute every prompt in full (no reuse of cached prefixes)\n"
+            "      --prefix-cache-shared  one prefix-cache namespace for all tenants (default: one each)\n"
             "      --no-metrics         record no metrics (/metrics answers 404); for measuring\n"
             "                           what recording costs\n"
             "      --log-level L        debug, info, warn, error (default info)\n"
@@ -89,6 +91,8 @@ enum {
     OPT_DEBUG,
     OPT_LOG_FORMAT,
     OPT_NO_METRICS,
+    OPT_NO_PREFIX_CACHE,
+    OPT_PREFIX_CACHE_SHARED,
 };
 
 /* Waits for SIGTERM/SIGINT (blocked in every thread, so only this wait
@@ -142,13 +146,15 @@ int cli_serve(int argc, char **argv)
         {"debug-endpoints", no_argument, NULL, OPT_DEBUG},
         {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
         {"no-metrics", no_argument, NULL, OPT_NO_METRICS},
+        {"no-prefix-cache", no_argument, NULL, OPT_NO_PREFIX_CACHE},
+        {"prefix-cache-shared", no_argument, NULL, OPT_PREFIX_CACHE_SHARED},
         {"help", no_argument, NULL, 'h'},
         {0, 0, 0, 0},
     };
     const char *model_path = NULL, *host = "127.0.0.1", *tmpl_name = NULL, *tls_cert = NULL, *tls_key = NULL,
                *tenants_path = NULL;
     enum sched_policy policy = SCHED_POLICY_SLA;
-    bool debug = false, metrics = true;
+    bool debug = false, metrics = true, prefix_cache = true, prefix_shared = false;
     long port = 8080, io_threads = 1, threads = 0, n_ctx = 4096, max_running = 8, max_queue = 64, max_batch = 512,
          kv_blocks = 0, max_body = 4 << 20, drain_s = 30, stall_s = 60;
     int c;
@@ -222,6 +228,12 @@ int cli_serve(int argc, char **argv)
             break;
         case OPT_NO_METRICS:
             metrics = false;
+            break;
+        case OPT_NO_PREFIX_CACHE:
+            prefix_cache = false;
+            break;
+        case OPT_PREFIX_CACHE_SHARED:
+            prefix_shared = true;
             break;
         case OPT_LOG_FORMAT: {
             enum lmd_log_format f;
@@ -371,6 +383,7 @@ int cli_serve(int argc, char **argv)
         .n_classes = n_classes,
         .tenant_weight = weights,
         .n_tenants = n_tenants,
+        .no_prefix_cache = !prefix_cache,
     };
     if (sched_start(&sched, eng, &scfg, &err) != 0) {
         fprintf(stderr, "lmd serve: %s\n", err.msg);
@@ -386,6 +399,7 @@ int cli_serve(int argc, char **argv)
         .max_body = (size_t)max_body,
         .qos = qos,
         .debug_endpoints = debug,
+        .prefix_cache_shared = prefix_shared,
     };
     if (api_init(&api, &acfg, &err) != 0) {
         fprintf(stderr, "lmd serve: %s\n", err.msg);
@@ -409,7 +423,7 @@ int cli_serve(int argc, char **argv)
     LMD_INFO("lmd serve: model '%s' (%s, ctx %d, chat template %s) loaded in %.0f ms; %d threads, isa %s, "
              "kv %d blocks",
              api_model_id(api), eng->info.arch, eng->info.n_ctx, chat_family_name(fam),
-             (double)(lmd_time_mono_ns() - t0) / 1e6, eng->info.n_threads, kern_isa(), kv_free_blocks(eng->info.kv));
+             (double)(lmd_time_mono_ns() - t0) / 1e6, eng->info.n_threads, kern_isa(), eng->info.kv_blocks);
     LMD_INFO("lmd serve: scheduler %s, %d service classes, %s%s", policy == SCHED_POLICY_SLA ? "sla" : "fcfs",
              n_classes, qos_has_file(qos) ? "tenants from " : "open (no tenants file)",
              qos_has_file(qos) ? tenants_path : "");

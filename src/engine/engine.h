@@ -8,10 +8,12 @@
  * returns the logits of the last position of every sequence that asks.
  * Sampling is not the engine's job (sample/ does it above).
  *
- * KV memory: an engine with a paged cache exposes it (`kv`); the caller
- * owns the blocks (reserves them with kv_seq_reserve before a step that
- * writes new positions, releases them when a sequence ends) and passes each
- * sequence's block table in the batch.
+ * KV memory: an engine with a paged cache stores the bytes of
+ * `kv_blocks` blocks of `kv_block_tokens` positions; which block belongs to
+ * which sequence is the caller's business (a kv/ block manager over ids
+ * [0, kv_blocks)): it reserves blocks before a step that writes new
+ * positions, may hand the same block to several sequences for a shared
+ * prefix, and passes each sequence's block table in the batch.
  *
  * Threads: an engine is driven by one thread (the scheduler/engine thread);
  * its calls are not thread-safe. It never touches sockets.
@@ -19,7 +21,6 @@
 #pragma once
 
 #include "core/error.h"
-#include "kv/kv.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -47,7 +48,9 @@ struct engine_info {
     int max_seqs;
     int n_threads;
     const struct gguf_file *gguf; /* for the tokenizer and chat template; NULL for remote engines */
-    struct kv_cache *kv;          /* NULL for engines without a local cache */
+    int kv_blocks;                /* blocks of K/V storage; 0 for engines without a local cache */
+    int kv_block_tokens;          /* positions per block */
+    size_t kv_block_bytes;        /* bytes of one block */
 };
 
 struct engine_seq {

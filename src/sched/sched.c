@@ -43,7 +43,7 @@ struct sched {
     struct sched_class classes[SCHED_MAX_CLASSES];
     double weights[SCHED_MAX_TENANTS];
     struct engine *eng;
-    struct kv_cache *kv;
+    struct kv_mgr kv; /* the engine's blocks: who holds which, and the prefix cache */
     pthread_t thread;
     int budget; /* tokens per step */
 
@@ -65,6 +65,7 @@ struct sched {
     struct engine_seq *batch;  /* [max_running] */
     int *brow;                 /* [max_running] logits row of batch[i], -1 = none */
     struct sample_scratch scratch;
+    int32_t *blk_tok; /* [block_tokens] one block's tokens when they straddle prompt and output */
     uint64_t next_seq;
     unsigned cancel_seen;
     /* Cost model from measured steps: a decode-only step, and the extra
@@ -73,6 +74,8 @@ struct sched {
 
     /* Published counters. */
     _Atomic uint64_t requests_total, prompt_tokens, generated_tokens, steps, preemptions, deadline_refusals;
+    _Atomic uint64_t prefix_queries, prefix_hits;
+    _Atomic int kv_cached;
     _Atomic int running_now, waiting_now, kv_free;
     _Atomic int waiting_class[SCHED_MAX_CLASSES];
     _Atomic uint64_t est_wait[SCHED_MAX_CLASSES];
@@ -91,6 +94,7 @@ void sched_req_init(struct sched_req *r)
     r->cls = r->tenant = 0;
     r->id = 0;
     r->t_arrival_ns = r->t_deadline_ns = r->t_admit_ns = r->t_first_ns = r->t_done_ns = 0;
+    r->cache_salt = 0;
     r->n_preempted = 0;
     r->next = r->prev = NULL;
     memset(&r->kv, 0, sizeof r->kv);
@@ -115,7 +119,7 @@ void sched_req_unref(struct sched_req *r)
 
 static int blocks_needed(const struct sched *s, const struct sched_req *r)
 {
-    return kv_blocks_for(s->kv, r->n_prompt + r->max_tokens);
+    return kv_blocks_for(&s->kv, r->n_prompt + r->max_tokens);
 }
 
 /* Seconds between two monotonic stamps; 0 if they are out of order (an
@@ -174,7 +178,7 @@ static void sched_finish(struct sched *s, struct sched_req *r, enum sched_finish
         atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
     sched__leave(&s->pol, r);
     if (r->kv.blocks) {
-        kv_seq_release(s->kv, &r->kv);
+        kv_seq_release(&s->kv, &r->kv);
         free(r->kv.blocks);
         r->kv.blocks = NULL;
     }
@@ -189,7 +193,7 @@ static void sched_finish(struct sched *s, struct sched_req *r, enum sched_finish
     atomic_fetch_add_explicit(&s->requests_total, 1, memory_order_relaxed);
     if (why == SCHED_FINISH_DEADLINE)
         atomic_fetch_add_explicit(&s->deadline_refusals, 1, memory_order_relaxed);
-    atomic_store_explicit(&s->kv_free, kv_free_blocks(s->kv), memory_order_relaxed);
+    atomic_store_explicit(&s->kv_free, kv_free_blocks(&s->kv), memory_order_relaxed);
     r->notify(r);
     sched_req_unref(r);
 }
@@ -248,9 +252,51 @@ static void sched_sweep_cancelled(struct sched *s)
 
 /* ---- admitting ----------------------------------------------------------- */
 
-/* Give r blocks (and, the first time, its sampler and block table) and put
- * it in the running set. Blocks were counted by the caller, so the reserve
- * cannot fail for lack of them. */
+/* The tokens of block b of r's fill (prompt, then output so far): in place
+ * when the block lies inside one of the two arrays, else gathered. */
+static const int32_t *sched_block_tokens(struct sched *s, const struct sched_req *r, int b)
+{
+    const int bt = s->kv.cfg.block_tokens, from = b * bt;
+    if (from + bt <= r->n_prompt || from >= r->n_prompt)
+        return sched__fill_tokens(r, from);
+    for (int i = 0; i < bt; i++)
+        s->blk_tok[i] = *sched__fill_tokens(r, from + i);
+    return s->blk_tok;
+}
+
+/* Whether r can start now. First its fill is looked up in the prefix
+ * cache — never its last token, whose logits the step must produce — and
+ * the blocks found are taken; then the rest must fit the free blocks. On
+ * false r holds nothing. */
+static bool sched_fits(struct sched *s, struct sched_req *r)
+{
+    if (s->n_running >= s->cfg.max_running)
+        return false;
+    if (r->kv.n_blocks == 0) {
+        int n_fill = r->n_prompt + atomic_load_explicit(&r->n_out, memory_order_relaxed);
+        int full = (n_fill - 1) / s->kv.cfg.block_tokens;
+        for (int b = 0; b < full; b++)
+            if (!kv_seq_match_block(&s->kv, &r->kv, sched_block_tokens(s, r, b)))
+                break;
+    }
+    if (blocks_needed(s, r) - r->kv.n_blocks <= kv_free_blocks(&s->kv))
+        return true;
+    kv_seq_release(&s->kv, &r->kv);
+    return false;
+}
+
+/* Register r's blocks that became full: written positions [0, written). */
+static void sched_commit_blocks(struct sched *s, struct sched_req *r, int written)
+{
+    const int bt = s->kv.cfg.block_tokens;
+    if (!s->kv.cfg.prefix_cache)
+        return;
+    while ((r->kv.n_hashed + 1) * bt <= written)
+        kv_seq_commit_block(&s->kv, &r->kv, sched_block_tokens(s, r, r->kv.n_hashed));
+}
+
+/* Put r, which sched_fits just accepted (its cached prefix held), in the
+ * running set: the rest of its blocks and, the first time, its sampler. */
 static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
 {
     sched__dequeue(&s->pol, r);
@@ -258,16 +304,6 @@ static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
     if (first) {
         r->t_admit_ns = now;
         atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
-    }
-    int need = blocks_needed(s, r);
-    if (!r->kv.blocks) {
-        r->kv.blocks = malloc((size_t)need * sizeof *r->kv.blocks);
-        r->kv.cap = need;
-        r->kv.n_blocks = 0;
-        if (!r->kv.blocks) {
-            sched_fail(s, r, "out of memory for the block table");
-            return false;
-        }
     }
     if (!r->smp_ready) {
         struct lmd_err err = {0};
@@ -278,12 +314,14 @@ static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
         r->smp_ready = true;
         sample_accept_prompt(&r->smp, r->prompt, r->n_prompt);
     }
-    int rc = kv_seq_reserve(s->kv, &r->kv, r->n_prompt + r->max_tokens);
-    LMD_ASSERT(rc == 0, "sched: blocks counted at admission are missing");
     /* A resumed request prefills its prompt and the output it already
-     * has; the logits of the last give its next token. */
+     * has; the logits of the last give its next token. The cached prefix
+     * is not forwarded again. */
+    int cached = r->kv.n_blocks * s->kv.cfg.block_tokens;
+    int rc = kv_seq_reserve(&s->kv, &r->kv, r->n_prompt + r->max_tokens);
+    LMD_ASSERT(rc == 0, "sched: blocks counted at admission are missing");
     r->n_fill = r->n_prompt + atomic_load_explicit(&r->n_out, memory_order_relaxed);
-    r->n_fed = 0;
+    r->n_fed = cached;
     r->running = true;
     s->running[s->n_running++] = r;
     atomic_store_explicit(&r->kv_blocks, r->kv.n_blocks, memory_order_relaxed);
@@ -291,6 +329,14 @@ static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
     /* Only the first admission opens the request's trace slice; a resume
      * after a preemption stays inside it. */
     if (first) {
+        /* As vLLM counts them: prompt tokens looked up, and found, once
+         * per request. */
+        if (s->kv.cfg.prefix_cache) {
+            atomic_fetch_add_explicit(&s->prefix_queries, (uint64_t)r->n_prompt, memory_order_relaxed);
+            atomic_fetch_add_explicit(&s->prefix_hits, (uint64_t)cached, memory_order_relaxed);
+            obs_count(OBS_C_PREFIX_QUERIES, (uint64_t)r->n_prompt);
+            obs_count(OBS_C_PREFIX_HITS, (uint64_t)cached);
+        }
         obs_trace(OBS_EV_ADMIT, r->id, now, now, r->cls, r->tenant, r->n_prompt);
         /* The owner learns it left the queue (its tenant's queued quota
          * frees now, not at the first token). */
@@ -306,7 +352,7 @@ static void sched_preempt(struct sched *s, struct sched_req *v, uint64_t now)
     running_remove(s, v);
     running_compact(s);
     int freed = v->kv.n_blocks;
-    kv_seq_release(s->kv, &v->kv);
+    kv_seq_release(&s->kv, &v->kv);
     v->n_fed = v->n_fill = 0;
     v->n_preempted++;
     atomic_store_explicit(&v->kv_blocks, 0, memory_order_relaxed);
@@ -343,13 +389,16 @@ static bool sched_try_preempt(struct sched *s, struct sched_req *r, uint64_t now
     /* Is it possible at all? Count what the candidate victims hold. */
     int could_free = 0, victims = 0;
     for (int i = 0; i < s->n_running; i++) {
-        if (s->running[i]->cls > r->cls) {
-            could_free += s->running[i]->kv.n_blocks;
+        const struct sched_req *v = s->running[i];
+        if (v->cls > r->cls) {
+            /* A block another sequence also holds stays taken. */
+            for (int b = 0; b < v->kv.n_blocks; b++)
+                could_free += s->kv.blk[v->kv.blocks[b]].refs == 1;
             victims++;
         }
     }
     bool slot_ok = s->n_running < s->cfg.max_running || victims > 0;
-    if (!victims || !slot_ok || kv_free_blocks(s->kv) + could_free < need)
+    if (!victims || !slot_ok || kv_free_blocks(&s->kv) + could_free < need)
         return false;
     /* Worth it? If a sequence will finish well before r's deadline, wait:
      * recomputing a victim costs throughput. */
@@ -358,7 +407,7 @@ static bool sched_try_preempt(struct sched *s, struct sched_req *r, uint64_t now
         if (sched_time_to_free_ns(s) < 0.5 * slack)
             return false;
     }
-    while (s->n_running >= s->cfg.max_running || kv_free_blocks(s->kv) < need) {
+    while (s->n_running >= s->cfg.max_running || kv_free_blocks(&s->kv) < need) {
         struct sched_req *v = sched__victim(&s->pol, s->running, s->n_running, r->cls);
         if (!v)
             return false;
@@ -380,7 +429,7 @@ static void sched_admit(struct sched *s, uint64_t now, uint64_t *next_ns)
             sched_finish(s, r, SCHED_FINISH_DEADLINE);
             continue;
         }
-        if (s->n_running < s->cfg.max_running && blocks_needed(s, r) <= kv_free_blocks(s->kv)) {
+        if (sched_fits(s, r)) {
             sched_start_req(s, r, now);
             continue;
         }
@@ -541,8 +590,10 @@ static void sched_step(struct sched *s)
             obs_trace(OBS_EV_PREFILL, r->id, t0, t1, n, r->n_fed, 0);
             r->n_fed += n;
             atomic_fetch_add_explicit(&s->prompt_tokens, (uint64_t)n, memory_order_relaxed);
-            if (s->brow[k] < 0)
+            if (s->brow[k] < 0) {
+                sched_commit_blocks(s, r, r->n_fed);
                 continue;
+            }
             /* Prefilled with no output yet: the first residency, so the
              * prompt is counted once however often it is recomputed. */
             if (atomic_load_explicit(&r->n_out, memory_order_relaxed) == 0)
@@ -552,6 +603,7 @@ static void sched_step(struct sched *s)
         } else {
             r->pos++;
         }
+        sched_commit_blocks(s, r, r->pos);
         sched_emit(s, r, (float *)logits + (size_t)s->brow[k] * (size_t)n_vocab, n_vocab, t1);
     }
     running_compact(s);
@@ -570,13 +622,15 @@ static void sched_step(struct sched *s)
  * the time until a running sequence finishes. */
 static void sched_publish(struct sched *s)
 {
-    int kv_free = kv_free_blocks(s->kv), kv_total = s->kv->cfg.n_blocks;
+    int kv_free = kv_free_blocks(&s->kv), kv_total = s->kv.cfg.n_blocks;
     atomic_store_explicit(&s->running_now, s->n_running, memory_order_relaxed);
     atomic_store_explicit(&s->waiting_now, s->pol.n_waiting, memory_order_relaxed);
     atomic_store_explicit(&s->kv_free, kv_free, memory_order_relaxed);
     obs_gauge_set(OBS_G_RUNNING, s->n_running);
     obs_gauge_set(OBS_G_KV_FREE, kv_free);
     obs_gauge_set(OBS_G_KV_TOTAL, kv_total);
+    obs_gauge_set(OBS_G_KV_BLOCK_SIZE, s->kv.cfg.block_tokens);
+    atomic_store_explicit(&s->kv_cached, s->kv.n_cached, memory_order_relaxed);
     obs_gauge_set(OBS_G_KV_USAGE, kv_total > 0 ? 1.0 - (double)kv_free / kv_total : 0);
     double ahead = 0;
     double to_free = s->n_running >= s->cfg.max_running ? sched_time_to_free_ns(s) : 0;
@@ -660,6 +714,8 @@ static void *sched_main(void *arg)
 static void sched_free_mem(struct sched *s)
 {
     sample_scratch_free(&s->scratch);
+    kv_free(&s->kv);
+    free(s->blk_tok);
     free(s->running);
     free(s->items);
     free(s->batch);
@@ -670,7 +726,7 @@ static void sched_free_mem(struct sched *s)
 int sched_start(struct sched **out, struct engine *eng, const struct sched_config *cfg, struct lmd_err *err)
 {
     *out = NULL;
-    if (!eng->info.kv)
+    if (eng->info.kv_blocks < 1 || eng->info.kv_block_tokens < 1)
         return lmd_err_set(err, LMD_ENOTSUP, "sched: the engine has no local KV cache");
     if (cfg->max_running < 1 || cfg->max_running > eng->info.max_seqs || cfg->max_queue < 0)
         return lmd_err_set(err, LMD_EINVAL, "sched: max_running %d must be in [1, %d] (the engine's sequences)",
@@ -703,7 +759,6 @@ int sched_start(struct sched **out, struct engine *eng, const struct sched_confi
         s->cfg.tenant_weight = s->weights;
     }
     s->eng = eng;
-    s->kv = eng->info.kv;
     s->budget = budget;
     sched__policy_init(&s->pol, &s->cfg);
     size_t n = (size_t)cfg->max_running;
@@ -711,10 +766,15 @@ int sched_start(struct sched **out, struct engine *eng, const struct sched_confi
     s->items = calloc(n, sizeof *s->items);
     s->batch = calloc(n, sizeof *s->batch);
     s->brow = calloc(n, sizeof *s->brow);
+    s->blk_tok = calloc((size_t)eng->info.kv_block_tokens, sizeof *s->blk_tok);
     int rc = 0;
-    if (!s->running || !s->items || !s->batch || !s->brow)
+    if (!s->running || !s->items || !s->batch || !s->brow || !s->blk_tok)
         rc = lmd_err_set(err, LMD_ENOMEM, "out of memory");
-    else
+    else if ((rc = kv_init(&s->kv,
+                           &(struct kv_config){.n_blocks = eng->info.kv_blocks,
+                                               .block_tokens = eng->info.kv_block_tokens,
+                                               .prefix_cache = !cfg->no_prefix_cache},
+                           err)) == 0)
         rc = sample_scratch_init(&s->scratch, eng->info.n_vocab, err);
     if (rc) {
         sched_free_mem(s);
@@ -726,7 +786,7 @@ int sched_start(struct sched **out, struct engine *eng, const struct sched_confi
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->cv, &ca);
     pthread_condattr_destroy(&ca);
-    atomic_init(&s->kv_free, kv_free_blocks(s->kv));
+    atomic_init(&s->kv_free, kv_free_blocks(&s->kv));
     if (pthread_create(&s->thread, NULL, sched_main, s) != 0) {
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->cv);
@@ -761,9 +821,9 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
     if (r->n_prompt + r->max_tokens > ctx)
         return lmd_err_set(err, LMD_ERANGE, "%d prompt tokens + %d max_tokens exceed the context of %d tokens",
                            r->n_prompt, r->max_tokens, ctx);
-    if (blocks_needed(s, r) > s->kv->cfg.n_blocks)
+    if (blocks_needed(s, r) > s->kv.cfg.n_blocks)
         return lmd_err_set(err, LMD_ERANGE, "%d tokens need %d KV blocks; the cache has %d",
-                           r->n_prompt + r->max_tokens, blocks_needed(s, r), s->kv->cfg.n_blocks);
+                           r->n_prompt + r->max_tokens, blocks_needed(s, r), s->kv.cfg.n_blocks);
     if (atomic_load(&s->stopping))
         return lmd_err_set(err, LMD_ECANCELED, "the server is shutting down");
     const struct sched_class *c = &s->pol.cls[r->cls];
@@ -795,6 +855,14 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
     if (q >= limit) {
         atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
         return lmd_err_set(err, LMD_EBUSY, "%d requests are already waiting", q);
+    }
+    /* The block table, sized for the whole request; the engine thread
+     * frees it when the request finishes. */
+    r->kv = (struct kv_seq){.cap = blocks_needed(s, r), .salt = r->cache_salt};
+    r->kv.blocks = malloc((size_t)r->kv.cap * sizeof *r->kv.blocks);
+    if (!r->kv.blocks) {
+        atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
+        return lmd_err_set(err, LMD_ENOMEM, "out of memory for a block table");
     }
     sched_req_ref(r);
     struct sched_req *head = atomic_load_explicit(&s->inbox, memory_order_relaxed);
@@ -828,7 +896,11 @@ void sched_stats(struct sched *s, struct sched_stats *out)
     for (int c = 0; c < SCHED_MAX_CLASSES; c++)
         out->waiting_class[c] = atomic_load_explicit(&s->waiting_class[c], memory_order_relaxed);
     out->kv_blocks_free = atomic_load_explicit(&s->kv_free, memory_order_relaxed);
-    out->kv_blocks_total = s->kv->cfg.n_blocks;
+    out->kv_blocks_total = s->kv.cfg.n_blocks;
+    out->kv_block_tokens = s->kv.cfg.block_tokens;
+    out->kv_blocks_cached = atomic_load_explicit(&s->kv_cached, memory_order_relaxed);
+    out->prefix_queries = atomic_load_explicit(&s->prefix_queries, memory_order_relaxed);
+    out->prefix_hits = atomic_load_explicit(&s->prefix_hits, memory_order_relaxed);
     for (int t = 0; t < SCHED_MAX_TENANTS; t++)
         out->tenant_tokens[t] = (double)atomic_load_explicit(&s->tenant_tokens[t], memory_order_relaxed);
 }

@@ -35,10 +35,22 @@
  * end-of-generation or length. Stop strings are matched by the owner,
  * which then calls sched_req_cancel.
  *
- * KV policy: a request reserves blocks for prompt + max_tokens when it is
- * admitted, so a running request never runs out of cache mid-step; under
- * SCHED_SLA a preempted request gives them all back and reserves again
- * when it is re-admitted.
+ * KV policy: the scheduler owns the engine's blocks (a kv/ block manager
+ * over the ids the engine stores). A request reserves blocks for prompt +
+ * max_tokens when it is admitted, so a running request never runs out of
+ * cache mid-step; under SCHED_SLA a preempted request gives them all back
+ * and reserves again when it is re-admitted.
+ *
+ * Prefix cache (unless `no_prefix_cache`): as each block of a request
+ * fills, it is registered under a hash of its tokens, its parent block and
+ * the request's `cache_salt`. At admission a request takes the longest
+ * chain of registered blocks that its prompt (and, when resumed after a
+ * preemption, its output so far) begins with, under the same salt, and
+ * prefills from the end of that chain — never its last token, whose logits
+ * give the first output token. Blocks are shared by reference; finished
+ * requests leave theirs cached until the space is needed. Equal salts
+ * share, different salts never do: the owner picks the salt (per tenant by
+ * default in the API).
  *
  * Threads and lifetimes: the scheduler object lives for the process. A
  * request is shared by its owner and the engine thread through a reference
@@ -94,6 +106,7 @@ struct sched_req {
     int tenant;            /* tenant index (< n_tenants); 0 when there are none */
     uint64_t id;           /* for traces and logs */
     uint64_t t_arrival_ns; /* monotonic; 0 = stamped by sched_submit */
+    uint64_t cache_salt;   /* prefix-cache namespace (kv_salt of a tenant name …); 0 = the shared one */
     int32_t *out;          /* [max_tokens] output token ids, owner's memory, written by the engine thread */
     /* Log-probabilities (optional): n_logprobs < 0 = off; otherwise out_lp
      * [max_tokens] gets each output token's log-probability and, when
@@ -165,13 +178,14 @@ struct sched_config {
     int n_classes;
     const double *tenant_weight; /* [n_tenants] fair-share weights (> 0); NULL = one tenant */
     int n_tenants;
-    int step_tokens; /* tokens per step; 0 = the engine's max_batch_tokens */
+    int step_tokens;      /* tokens per step; 0 = the engine's max_batch_tokens */
+    bool no_prefix_cache; /* compute every prompt in full (for comparison) */
 };
 
 /* Counters for /metrics; read with sched_stats. */
 struct sched_stats {
     uint64_t requests_total;   /* finished requests */
-    uint64_t prompt_tokens;    /* tokens prefilled, total (recomputation included) */
+    uint64_t prompt_tokens;    /* tokens prefilled (computed), total: recomputation included, cache hits not */
     uint64_t generated_tokens; /* tokens sampled, total */
     uint64_t steps;
     uint64_t preemptions;
@@ -179,8 +193,12 @@ struct sched_stats {
     int running;
     int waiting;
     int waiting_class[SCHED_MAX_CLASSES];
-    int kv_blocks_free;
+    int kv_blocks_free; /* never used, or cached and unreferenced */
     int kv_blocks_total;
+    int kv_block_tokens;                     /* positions per block */
+    int kv_blocks_cached;                    /* holding a registered prefix, referenced or not */
+    uint64_t prefix_queries;                 /* prompt tokens looked up in the prefix cache (once per request) */
+    uint64_t prefix_hits;                    /* of those, found (not computed) */
     double tenant_tokens[SCHED_MAX_TENANTS]; /* tokens served per tenant (fair-share accounting) */
 };
 
