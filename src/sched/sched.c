@@ -31,57 +31,6 @@
 #include <string.h>
 #include <time.h>
 
-/* Fraction of the tightest TPOT target a step may take while such a
- * sequence decodes; the rest is margin for sampling and the I/O side. */
-#define SCHED_TPOT_SHARE 0.8
-/* A prefill chunk is never cut below this many tokens, so long prompts
- * still make progress when the TPOT target is tight. */
-#define SCHED_MIN_CHUNK 16
-
-struct sched {
-    struct sched_config cfg;
-    struct sched_class classes[SCHED_MAX_CLASSES];
-    double weights[SCHED_MAX_TENANTS];
-    struct engine *eng;
-    struct kv_mgr kv; /* the engine's blocks: who holds which, and the prefix cache */
-    pthread_t thread;
-    int budget; /* tokens per step */
-
-    /* Shared with the submitting threads. The inbox is a lock-free stack
-     * (push by CAS, the engine thread takes it whole and reverses it). */
-    _Atomic(struct sched_req *) inbox;
-    _Atomic int n_queued; /* submitted, not yet admitted for the first time */
-    _Atomic bool stopping;
-    _Atomic unsigned cancel_gen;
-    _Atomic bool parked;
-    pthread_mutex_t mu; /* only to park and wake the engine thread */
-    pthread_cond_t cv;
-
-    /* Engine thread only. */
-    struct sched__policy pol;
-    struct sched_req **running; /* [max_running]; NULL = left during this step */
-    int n_running;
-    struct sched__item *items; /* [max_running] */
-    struct engine_seq *batch;  /* [max_running] */
-    int *brow;                 /* [max_running] logits row of batch[i], -1 = none */
-    struct sample_scratch scratch;
-    int32_t *blk_tok; /* [block_tokens] one block's tokens when they straddle prompt and output */
-    uint64_t next_seq;
-    unsigned cancel_seen;
-    /* Cost model from measured steps: a decode-only step, and the extra
-     * time per prefill token. */
-    double ema_decode_ns, ema_token_ns;
-
-    /* Published counters. */
-    _Atomic uint64_t requests_total, prompt_tokens, generated_tokens, steps, preemptions, deadline_refusals;
-    _Atomic uint64_t prefix_queries, prefix_hits;
-    _Atomic int kv_cached;
-    _Atomic int running_now, waiting_now, kv_free;
-    _Atomic int waiting_class[SCHED_MAX_CLASSES];
-    _Atomic uint64_t est_wait[SCHED_MAX_CLASSES];
-    _Atomic uint64_t tenant_tokens[SCHED_MAX_TENANTS];
-};
-
 void sched_req_init(struct sched_req *r)
 {
     atomic_init(&r->n_out, 0);
@@ -100,6 +49,7 @@ void sched_req_init(struct sched_req *r)
     memset(&r->kv, 0, sizeof r->kv);
     memset(&r->smp, 0, sizeof r->smp);
     r->smp_ready = r->queued = r->running = false;
+    r->submitted = r->cancel_sent = r->failed = false;
     r->n_fill = r->n_fed = r->pos = 0;
     r->last_tok = -1;
     r->t_last_tok_ns = 0;
@@ -124,10 +74,7 @@ static int blocks_needed(const struct sched *s, const struct sched_req *r)
 
 /* Seconds between two monotonic stamps; 0 if they are out of order (an
  * owner-supplied arrival stamp from a slightly later clock read). */
-static double sched_secs(uint64_t from_ns, uint64_t to_ns)
-{
-    return to_ns > from_ns ? (double)(to_ns - from_ns) / 1e9 : 0;
-}
+double sched__secs(uint64_t from_ns, uint64_t to_ns) { return to_ns > from_ns ? (double)(to_ns - from_ns) / 1e9 : 0; }
 
 /* ---- leaving ------------------------------------------------------------- */
 
@@ -140,7 +87,7 @@ static void running_remove(struct sched *s, struct sched_req *r)
 }
 
 /* Remove the NULL slots, keeping order. */
-static void running_compact(struct sched *s)
+void sched__running_compact(struct sched *s)
 {
     int k = 0;
     for (int i = 0; i < s->n_running; i++)
@@ -154,10 +101,10 @@ static void running_compact(struct sched *s)
 static void sched_observe_finish(const struct sched_req *r, enum sched_finish why)
 {
     if (r->t_admit_ns) {
-        obs_observe(OBS_H_QUEUE, r->cls, sched_secs(r->t_arrival_ns, r->t_admit_ns));
+        obs_observe(OBS_H_QUEUE, r->cls, sched__secs(r->t_arrival_ns, r->t_admit_ns));
         if (r->t_first_ns) {
-            obs_observe(OBS_H_PREFILL, r->cls, sched_secs(r->t_admit_ns, r->t_first_ns));
-            obs_observe(OBS_H_DECODE, r->cls, sched_secs(r->t_first_ns, r->t_done_ns));
+            obs_observe(OBS_H_PREFILL, r->cls, sched__secs(r->t_admit_ns, r->t_first_ns));
+            obs_observe(OBS_H_DECODE, r->cls, sched__secs(r->t_first_ns, r->t_done_ns));
         }
     }
     if (why == SCHED_FINISH_DEADLINE)
@@ -168,7 +115,7 @@ static void sched_observe_finish(const struct sched_req *r, enum sched_finish wh
 
 /* End r wherever it is (inbox excepted): return its blocks, publish the
  * reason, wake its owner and drop the scheduler's reference. */
-static void sched_finish(struct sched *s, struct sched_req *r, enum sched_finish why)
+void sched__finish(struct sched *s, struct sched_req *r, enum sched_finish why)
 {
     if (r->running)
         running_remove(s, r);
@@ -198,10 +145,10 @@ static void sched_finish(struct sched *s, struct sched_req *r, enum sched_finish
     sched_req_unref(r);
 }
 
-static void sched_fail(struct sched *s, struct sched_req *r, const char *msg)
+void sched__fail(struct sched *s, struct sched_req *r, const char *msg)
 {
     snprintf(r->err, sizeof r->err, "%s", msg);
-    sched_finish(s, r, SCHED_FINISH_ERROR);
+    sched__finish(s, r, SCHED_FINISH_ERROR);
 }
 
 /* ---- arriving ------------------------------------------------------------ */
@@ -238,16 +185,20 @@ static void sched_sweep_cancelled(struct sched *s)
             for (struct sched_req *r = s->pol.q[c][t].head, *nx; r; r = nx) {
                 nx = r->next;
                 if (atomic_load_explicit(&r->cancelled, memory_order_relaxed))
-                    sched_finish(s, r, SCHED_FINISH_CANCELLED);
+                    sched__finish(s, r, SCHED_FINISH_CANCELLED);
             }
         }
     }
     for (int i = 0; i < s->n_running; i++) {
         struct sched_req *r = s->running[i];
-        if (r && atomic_load_explicit(&r->cancelled, memory_order_relaxed))
-            sched_finish(s, r, SCHED_FINISH_CANCELLED);
+        if (r && atomic_load_explicit(&r->cancelled, memory_order_relaxed)) {
+            if (r->submitted)
+                sched__cancel_request(s, r);
+            else
+                sched__finish(s, r, SCHED_FINISH_CANCELLED);
+        }
     }
-    running_compact(s);
+    sched__running_compact(s);
 }
 
 /* ---- admitting ----------------------------------------------------------- */
@@ -308,7 +259,7 @@ static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
     if (!r->smp_ready) {
         struct lmd_err err = {0};
         if (sample_init(&r->smp, &r->sp, r->n_prompt + r->max_tokens, &err) != 0) {
-            sched_fail(s, r, err.msg);
+            sched__fail(s, r, err.msg);
             return false;
         }
         r->smp_ready = true;
@@ -350,7 +301,7 @@ static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
 static void sched_preempt(struct sched *s, struct sched_req *v, uint64_t now)
 {
     running_remove(s, v);
-    running_compact(s);
+    sched__running_compact(s);
     int freed = v->kv.n_blocks;
     kv_seq_release(&s->kv, &v->kv);
     v->n_fed = v->n_fill = 0;
@@ -386,6 +337,10 @@ static double sched_time_to_free_ns(const struct sched *s)
 static bool sched_try_preempt(struct sched *s, struct sched_req *r, uint64_t now)
 {
     int need = blocks_needed(s, r);
+    /* A request handed to an engine that batches on its own cannot be
+     * paused and resumed. */
+    if (s->eng->info.request_level)
+        return false;
     /* Is it possible at all? Count what the candidate victims hold. */
     int could_free = 0, victims = 0;
     for (int i = 0; i < s->n_running; i++) {
@@ -426,7 +381,7 @@ static void sched_admit(struct sched *s, uint64_t now, uint64_t *next_ns)
             return;
         if (s->pol.kind == SCHED_POLICY_SLA && s->pol.cls[r->cls].refuse_late && r->t_deadline_ns &&
             now > r->t_deadline_ns && !r->t_admit_ns) {
-            sched_finish(s, r, SCHED_FINISH_DEADLINE);
+            sched__finish(s, r, SCHED_FINISH_DEADLINE);
             continue;
         }
         if (sched_fits(s, r)) {
@@ -497,20 +452,26 @@ static void sched_update_cost(struct sched *s, uint64_t ns, int n_decode, int n_
         s->ema_decode_ns = per; /* until a decode-only step is seen */
 }
 
-/* Sample r's next token from its logits row and publish it; finishes r
- * when it is done. */
-static void sched_emit(struct sched *s, struct sched_req *r, float *row, int n_vocab, uint64_t now)
+/* Publish r's next token: sampled here from its logits row, or (row NULL)
+ * the engine's sample, whose log-probabilities the engine wrote in place.
+ * Finishes r when it is done — except for a request-level engine, whose
+ * finish event ends it. */
+void sched__emit(struct sched *s, struct sched_req *r, int32_t tok, float *row, uint64_t now)
 {
-    int32_t tok = sample_next(&r->smp, &s->scratch, row, n_vocab);
-    sample_accept(&r->smp, tok);
+    const int n_vocab = s->eng->info.n_vocab;
+    const bool whole = s->eng->info.request_level;
+    if (row) {
+        tok = sample_next(&r->smp, &s->scratch, row, n_vocab);
+        sample_accept(&r->smp, tok);
+    }
     atomic_fetch_add_explicit(&s->generated_tokens, 1, memory_order_relaxed);
     enum sched_finish why = SCHED_RUNNING;
-    if (!r->ignore_eos && tok_is_eog(s->cfg.vocab, tok)) {
+    int n = atomic_load_explicit(&r->n_out, memory_order_relaxed);
+    if (!whole && !r->ignore_eos && s->cfg.vocab && tok_is_eog(s->cfg.vocab, tok)) {
         why = SCHED_FINISH_STOP;
-    } else {
-        int n = atomic_load_explicit(&r->n_out, memory_order_relaxed);
+    } else if (n < r->max_tokens) {
         r->out[n] = tok;
-        if (r->n_logprobs >= 0) {
+        if (r->n_logprobs >= 0 && row) {
             int nt = r->n_logprobs;
             r->out_lp[n] = sample_logprobs(row, n_vocab, tok, nt, nt ? r->out_top_id + (size_t)n * nt : NULL,
                                            nt ? r->out_top_lp + (size_t)n * nt : NULL);
@@ -518,26 +479,43 @@ static void sched_emit(struct sched *s, struct sched_req *r, float *row, int n_v
         if (!r->t_first_ns)
             r->t_first_ns = now;
         if (r->t_last_tok_ns)
-            obs_observe(OBS_H_ITL, r->cls, sched_secs(r->t_last_tok_ns, now));
+            obs_observe(OBS_H_ITL, r->cls, sched__secs(r->t_last_tok_ns, now));
         r->t_last_tok_ns = now;
         /* Counted as sampled, so a rate over this counter is the live
          * output rate, not one that jumps when long requests end. */
         obs_count(OBS_C_GENERATION_TOKENS, 1);
         atomic_store_explicit(&r->n_out, n + 1, memory_order_release);
         r->last_tok = tok;
-        if (n + 1 == r->max_tokens)
+        if (n + 1 == r->max_tokens && !whole)
             why = SCHED_FINISH_LENGTH;
     }
     if (why == SCHED_RUNNING)
         r->notify(r);
     else
-        sched_finish(s, r, why);
+        sched__finish(s, r, why);
+}
+
+/* For an engine that samples: the sequence's sampler and where the
+ * log-probabilities of its next token go. */
+static void sched_batch_sampling(struct engine_seq *es, struct sched_req *r, bool samples)
+{
+    if (!samples)
+        return;
+    int n = atomic_load_explicit(&r->n_out, memory_order_relaxed), nt = r->n_logprobs;
+    es->smp = &r->smp;
+    es->n_logprobs = nt;
+    if (nt >= 0) {
+        es->out_lp = r->out_lp + n;
+        es->out_top_id = nt ? r->out_top_id + (size_t)n * nt : NULL;
+        es->out_top_lp = nt ? r->out_top_lp + (size_t)n * nt : NULL;
+    }
 }
 
 /* One engine step over the running set. */
 static void sched_step(struct sched *s)
 {
     const int n_vocab = s->eng->info.n_vocab;
+    const bool samples = s->eng->info.samples;
     int nb = sched__form(&s->pol, s->running, s->n_running, sched_step_budget(s), s->items);
     if (nb == 0)
         return;
@@ -548,6 +526,7 @@ static void sched_step(struct sched *s)
         if (it->decode) {
             s->batch[k] = (struct engine_seq){
                 .tokens = &r->last_tok, .n_tokens = 1, .pos = r->pos, .blocks = r->kv.blocks, .want_logits = true};
+            sched_batch_sampling(&s->batch[k], r, samples);
             s->brow[k] = nrow++;
             n_decode++;
         } else {
@@ -557,23 +536,31 @@ static void sched_step(struct sched *s)
                                               .pos = r->n_fed,
                                               .blocks = r->kv.blocks,
                                               .want_logits = last};
+            if (last)
+                sched_batch_sampling(&s->batch[k], r, samples);
             s->brow[k] = last ? nrow++ : -1;
             n_prefill += it->n;
             n_prefill_seqs++;
         }
     }
 
-    const float *logits = NULL;
+    struct engine_result res = {0};
     struct lmd_err err = {0};
     uint64_t t0 = lmd_time_mono_ns();
-    int rc = engine_step(s->eng, s->batch, nb, &logits, &err);
+    int rc = engine_launch(s->eng, s->batch, nb, &err);
+    /* While the step runs: take new arrivals into the queues. Admission
+     * waits for the result, since it may preempt a sequence in flight. */
+    if (rc == 0) {
+        sched_drain_inbox(s);
+        rc = engine_wait(s->eng, &res, &err);
+    }
     uint64_t t1 = lmd_time_mono_ns();
     if (rc != 0) {
         LMD_ERROR("sched: engine step failed: %s", err.msg);
         for (int k = 0; k < nb; k++)
             if (s->items[k].r->running)
-                sched_fail(s, s->items[k].r, err.msg);
-        running_compact(s);
+                sched__fail(s, s->items[k].r, err.msg);
+        sched__running_compact(s);
         return;
     }
     atomic_fetch_add_explicit(&s->steps, 1, memory_order_relaxed);
@@ -604,12 +591,15 @@ static void sched_step(struct sched *s)
             r->pos++;
         }
         sched_commit_blocks(s, r, r->pos);
-        sched_emit(s, r, (float *)logits + (size_t)s->brow[k] * (size_t)n_vocab, n_vocab, t1);
+        if (res.tokens)
+            sched__emit(s, r, res.tokens[s->brow[k]], NULL, t1);
+        else
+            sched__emit(s, r, -1, res.logits + (size_t)s->brow[k] * (size_t)n_vocab, t1);
     }
-    running_compact(s);
+    sched__running_compact(s);
 
     uint64_t t2 = lmd_time_mono_ns();
-    obs_observe(OBS_H_STEP, -1, sched_secs(t0, t2));
+    obs_observe(OBS_H_STEP, -1, sched__secs(t0, t2));
     obs_observe(OBS_H_BATCH_SIZE, -1, nb);
     obs_observe(OBS_H_BATCH_TOKENS, -1, n_decode + n_prefill);
     obs_trace(OBS_EV_STEP, 0, t0, t2, nb, n_decode + n_prefill, n_prefill_seqs);
@@ -681,6 +671,14 @@ static void sched_wake(struct sched *s)
     }
 }
 
+static bool sched_any_submitted(const struct sched *s)
+{
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i]->submitted)
+            return true;
+    return false;
+}
+
 static void *sched_main(void *arg)
 {
     struct sched *s = arg;
@@ -694,17 +692,33 @@ static void *sched_main(void *arg)
             sched_park(s, next_ns);
             continue;
         }
-        sched_step(s);
+        if (!s->eng->info.request_level) {
+            sched_step(s);
+        } else if (sched__step_requests(s) == 0) {
+            /* Nothing came back: look again shortly (an upstream engine's
+             * socket lives on another thread). */
+            uint64_t t = lmd_time_mono_ns() + 1000000;
+            sched_park(s, next_ns < t ? next_ns : t);
+        }
     }
 
-    /* Stopping: whatever is left ends as cancelled. */
+    /* Stopping: whatever is left ends as cancelled; requests handed to a
+     * request-level engine end when it confirms (bounded). */
     sched_drain_inbox(s);
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i]->submitted)
+            sched__cancel_request(s, s->running[i]);
+    for (int tries = 0; tries < 5000 && sched_any_submitted(s); tries++)
+        if (sched__step_requests(s) == 0) {
+            struct timespec ts = {.tv_nsec = 1000000};
+            nanosleep(&ts, NULL);
+        }
     while (s->n_running > 0)
-        sched_finish(s, s->running[0], SCHED_FINISH_CANCELLED), running_compact(s);
+        sched__finish(s, s->running[0], SCHED_FINISH_CANCELLED), sched__running_compact(s);
     for (int c = 0; c < SCHED_MAX_CLASSES; c++)
         for (int t = 0; t < SCHED_MAX_TENANTS; t++)
             while (s->pol.q[c][t].head)
-                sched_finish(s, s->pol.q[c][t].head, SCHED_FINISH_CANCELLED);
+                sched__finish(s, s->pol.q[c][t].head, SCHED_FINISH_CANCELLED);
     sched_publish(s);
     return NULL;
 }
@@ -714,6 +728,7 @@ static void *sched_main(void *arg)
 static void sched_free_mem(struct sched *s)
 {
     sample_scratch_free(&s->scratch);
+    free(s->events);
     kv_free(&s->kv);
     free(s->blk_tok);
     free(s->running);
@@ -726,13 +741,14 @@ static void sched_free_mem(struct sched *s)
 int sched_start(struct sched **out, struct engine *eng, const struct sched_config *cfg, struct lmd_err *err)
 {
     *out = NULL;
-    if (eng->info.kv_blocks < 1 || eng->info.kv_block_tokens < 1)
-        return lmd_err_set(err, LMD_ENOTSUP, "sched: the engine has no local KV cache");
+    const struct engine_info *ei = &eng->info;
+    if (!ei->request_level && (ei->kv_blocks < 1 || ei->kv_block_tokens < 1))
+        return lmd_err_set(err, LMD_ENOTSUP, "sched: engine %s batches steps but stores no KV blocks", ei->kind);
     if (cfg->max_running < 1 || cfg->max_running > eng->info.max_seqs || cfg->max_queue < 0)
         return lmd_err_set(err, LMD_EINVAL, "sched: max_running %d must be in [1, %d] (the engine's sequences)",
                            cfg->max_running, eng->info.max_seqs);
     int budget = cfg->step_tokens > 0 ? cfg->step_tokens : eng->info.max_batch_tokens;
-    if (budget > eng->info.max_batch_tokens || budget < cfg->max_running)
+    if (!ei->request_level && (budget > eng->info.max_batch_tokens || budget < cfg->max_running))
         return lmd_err_set(err, LMD_EINVAL, "sched: a step of %d tokens must be in [%d (max_running), %d (engine)]",
                            budget, cfg->max_running, eng->info.max_batch_tokens);
     if (cfg->classes && (cfg->n_classes < 1 || cfg->n_classes > SCHED_MAX_CLASSES))
@@ -766,15 +782,21 @@ int sched_start(struct sched **out, struct engine *eng, const struct sched_confi
     s->items = calloc(n, sizeof *s->items);
     s->batch = calloc(n, sizeof *s->batch);
     s->brow = calloc(n, sizeof *s->brow);
-    s->blk_tok = calloc((size_t)eng->info.kv_block_tokens, sizeof *s->blk_tok);
+    /* Blocks: the engine's; or, for an engine that keeps its own cache
+     * (request-level), a token budget, counted as blocks of one token
+     * (so admission and refusals work alike), without a prefix cache. */
+    struct kv_config kc = {
+        .n_blocks = ei->kv_blocks, .block_tokens = ei->kv_block_tokens, .prefix_cache = !cfg->no_prefix_cache};
+    if (ei->request_level) {
+        long tb = ei->token_budget > 0 ? ei->token_budget : (long)ei->n_ctx * ei->max_seqs;
+        kc = (struct kv_config){.n_blocks = tb > (1 << 30) ? (1 << 30) : (int)tb, .block_tokens = 1};
+    }
+    s->blk_tok = calloc((size_t)kc.block_tokens, sizeof *s->blk_tok);
+    s->events = calloc(2 * n, sizeof *s->events);
     int rc = 0;
-    if (!s->running || !s->items || !s->batch || !s->brow || !s->blk_tok)
+    if (!s->running || !s->items || !s->batch || !s->brow || !s->blk_tok || !s->events)
         rc = lmd_err_set(err, LMD_ENOMEM, "out of memory");
-    else if ((rc = kv_init(&s->kv,
-                           &(struct kv_config){.n_blocks = eng->info.kv_blocks,
-                                               .block_tokens = eng->info.kv_block_tokens,
-                                               .prefix_cache = !cfg->no_prefix_cache},
-                           err)) == 0)
+    else if ((rc = kv_init(&s->kv, &kc, err)) == 0)
         rc = sample_scratch_init(&s->scratch, eng->info.n_vocab, err);
     if (rc) {
         sched_free_mem(s);
@@ -821,6 +843,9 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
     if (r->n_prompt + r->max_tokens > ctx)
         return lmd_err_set(err, LMD_ERANGE, "%d prompt tokens + %d max_tokens exceed the context of %d tokens",
                            r->n_prompt, r->max_tokens, ctx);
+    if (s->eng->info.request_level && blocks_needed(s, r) > s->kv.cfg.n_blocks)
+        return lmd_err_set(err, LMD_ERANGE, "%d tokens exceed the engine's token budget of %d",
+                           r->n_prompt + r->max_tokens, s->kv.cfg.n_blocks);
     if (blocks_needed(s, r) > s->kv.cfg.n_blocks)
         return lmd_err_set(err, LMD_ERANGE, "%d tokens need %d KV blocks; the cache has %d",
                            r->n_prompt + r->max_tokens, blocks_needed(s, r), s->kv.cfg.n_blocks);

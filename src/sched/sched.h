@@ -154,6 +154,11 @@ struct sched_req {
     int32_t last_tok;       /* the token to feed in the next decode step */
     uint64_t t_last_tok_ns; /* monotonic ns of the last output token, for the inter-token latency; kept
                                across a preemption, so the gap counts as the long ITL a client sees */
+    /* Request-level engines: the request as handed over, and its state. */
+    struct engine_req ereq;
+    bool submitted;   /* ereq is the engine's until its finish event */
+    bool cancel_sent; /* engine_cancel called; waiting for the finish event */
+    bool failed;      /* err holds why; finishes as SCHED_FINISH_ERROR */
 };
 
 enum sched_policy {

@@ -23,12 +23,18 @@ struct native_engine {
     struct model_kv kv;
     float *logits;           /* [max_seqs][n_vocab] */
     struct model_seq *mseqs; /* [max_seqs] */
+    /* The step in flight (between launch and wait). */
+    int rc, n_rows;
+    struct lmd_err err;
 };
 
-static int native_step(struct engine *e, const struct engine_seq *seqs, int n_seqs, const float **logits,
-                       struct lmd_err *err)
+/* The forward pass runs inside launch (the CPU engine has no stream to
+ * queue on); wait hands over its status and logits. */
+static int native_launch(struct engine *e, const struct engine_seq *seqs, int n_seqs, struct lmd_err *err)
 {
     struct native_engine *ne = (struct native_engine *)e;
+    ne->rc = 0;
+    ne->n_rows = 0;
     if (n_seqs > e->info.max_seqs)
         return lmd_err_set(err, LMD_EINVAL, "step: %d sequences exceed the engine's %d", n_seqs, e->info.max_seqs);
     for (int i = 0; i < n_seqs; i++) {
@@ -41,9 +47,19 @@ static int native_step(struct engine *e, const struct engine_seq *seqs, int n_se
                                           .pos = s->pos,
                                           .blocks = s->blocks,
                                           .want_logits = s->want_logits};
+        ne->n_rows += s->want_logits;
     }
-    *logits = ne->logits;
-    return model_forward(ne->model, ne->scratch, ne->pool, &ne->kv, ne->mseqs, n_seqs, ne->logits, err);
+    ne->rc = model_forward(ne->model, ne->scratch, ne->pool, &ne->kv, ne->mseqs, n_seqs, ne->logits, &ne->err);
+    return 0;
+}
+
+static int native_wait(struct engine *e, struct engine_result *res, struct lmd_err *err)
+{
+    struct native_engine *ne = (struct native_engine *)e;
+    *res = (struct engine_result){.n_rows = ne->rc ? 0 : ne->n_rows, .logits = ne->logits};
+    if (ne->rc && err)
+        *err = ne->err;
+    return ne->rc;
 }
 
 static void native_close(struct engine *e)
@@ -58,7 +74,7 @@ static void native_close(struct engine *e)
     free(ne);
 }
 
-static const struct engine_ops native_ops = {.step = native_step, .close = native_close};
+static const struct engine_ops native_ops = {.launch = native_launch, .wait = native_wait, .close = native_close};
 
 int engine_native_open(struct engine **out, const struct engine_config *cfg, struct lmd_err *err)
 {
