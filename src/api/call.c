@@ -69,9 +69,9 @@ struct api_call {
     struct http_loop *loop;
     enum api_kind kind;
     bool stream, include_usage;
-    bool done; /* the response is complete */
-    bool gone; /* the client hung up before the answer */
-    int n_top; /* logprobs: alternatives per token; -1 = off */
+    _Atomic bool done; /* the response is complete (read by /debug/requests on any I/O thread) */
+    bool gone;         /* the client hung up before the answer */
+    int n_top;         /* logprobs: alternatives per token; -1 = off */
     char id[API_ID_MAX];
     long created; /* s */
     const char *stop[API_MAX_STOP];
@@ -179,7 +179,7 @@ static void call_account(struct api_call *c, int status, const char *finish)
     obs_request_done(obs_status_of(status), cls, tenant);
     double e2e = (double)(now - c->t_start) / 1e9;
     double ttft = c->t_first ? (double)(c->t_first - c->t_start) / 1e9 : -1;
-    uint64_t admit = __atomic_load_n(&c->choice[0].sr.t_admit_ns, __ATOMIC_RELAXED);
+    uint64_t admit = atomic_load_explicit(&c->choice[0].sr.t_admit_ns, memory_order_relaxed);
     double queue = admit >= c->t_start ? (double)(admit - c->t_start) / 1e9 : -1;
     if (status == 200) {
         obs_observe(OBS_H_E2E, cls, e2e);
@@ -814,12 +814,12 @@ static void call_render(struct api_call *c, struct lmd_buf *b, uint64_t now)
             state = st;
         kv += atomic_load_explicit(&sr->kv_blocks, memory_order_relaxed);
         gen += atomic_load_explicit(&sr->n_out, memory_order_relaxed);
-        preempted += __atomic_load_n(&sr->n_preempted, __ATOMIC_RELAXED);
-        uint64_t t = __atomic_load_n(&sr->t_admit_ns, __ATOMIC_RELAXED);
+        preempted += atomic_load_explicit(&sr->n_preempted, memory_order_relaxed);
+        uint64_t t = atomic_load_explicit(&sr->t_admit_ns, memory_order_relaxed);
         if (t && (!admit || t < admit))
             admit = t;
     }
-    if (__atomic_load_n(&c->done, __ATOMIC_RELAXED))
+    if (atomic_load_explicit(&c->done, memory_order_relaxed))
         state = SCHED_ST_DONE;
     double age = (double)(now - c->t_start) / 1e9;
     double queued = (double)((admit ? admit : now) - c->t_start) / 1e9;

@@ -42,17 +42,14 @@ void sched_req_init(struct sched_req *r)
     r->err[0] = '\0';
     r->cls = r->tenant = 0;
     r->id = 0;
-    r->t_arrival_ns = r->t_deadline_ns = r->t_admit_ns = r->t_first_ns = r->t_done_ns = 0;
+    r->t_arrival_ns = r->t_deadline_ns = 0;
+    atomic_init(&r->t_admit_ns, 0);
+    atomic_init(&r->t_first_ns, 0);
+    atomic_init(&r->t_done_ns, 0);
     r->cache_salt = 0;
-    r->n_preempted = 0;
-    r->next = r->prev = NULL;
-    memset(&r->kv, 0, sizeof r->kv);
-    memset(&r->smp, 0, sizeof r->smp);
-    r->smp_ready = r->queued = r->running = false;
-    r->submitted = r->cancel_sent = r->failed = false;
-    r->n_fill = r->n_fed = r->pos = 0;
-    r->last_tok = -1;
-    r->t_last_tok_ns = 0;
+    atomic_init(&r->n_preempted, 0);
+    memset(&r->run, 0, sizeof r->run);
+    r->run.last_tok = -1;
     r->n_logprobs = -1;
     r->out_lp = NULL;
     r->out_top_id = NULL;
@@ -67,23 +64,18 @@ void sched_req_unref(struct sched_req *r)
         r->release(r);
 }
 
-static int blocks_needed(const struct sched *s, const struct sched_req *r)
-{
-    return kv_blocks_for(&s->kv, r->n_prompt + r->max_tokens);
-}
-
 /* Seconds between two monotonic stamps; 0 if they are out of order (an
  * owner-supplied arrival stamp from a slightly later clock read). */
 double sched__secs(uint64_t from_ns, uint64_t to_ns) { return to_ns > from_ns ? (double)(to_ns - from_ns) / 1e9 : 0; }
 
 /* ---- leaving ------------------------------------------------------------- */
 
-static void running_remove(struct sched *s, struct sched_req *r)
+void sched__running_remove(struct sched *s, struct sched_req *r)
 {
     for (int i = 0; i < s->n_running; i++)
         if (s->running[i] == r)
             s->running[i] = NULL;
-    r->running = false;
+    r->run.running = false;
 }
 
 /* Remove the NULL slots, keeping order. */
@@ -117,21 +109,21 @@ static void sched_observe_finish(const struct sched_req *r, enum sched_finish wh
  * reason, wake its owner and drop the scheduler's reference. */
 void sched__finish(struct sched *s, struct sched_req *r, enum sched_finish why)
 {
-    if (r->running)
-        running_remove(s, r);
-    else if (r->queued)
+    if (r->run.running)
+        sched__running_remove(s, r);
+    else if (r->run.queued)
         sched__dequeue(&s->pol, r);
     if (!r->t_admit_ns)
         atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
     sched__leave(&s->pol, r);
-    if (r->kv.blocks) {
-        kv_seq_release(&s->kv, &r->kv);
-        free(r->kv.blocks);
-        r->kv.blocks = NULL;
+    if (r->run.kv.blocks) {
+        kv_seq_release(&s->kv, &r->run.kv);
+        free(r->run.kv.blocks);
+        r->run.kv.blocks = NULL;
     }
-    if (r->smp_ready)
-        sample_free(&r->smp);
-    r->smp_ready = false;
+    if (r->run.smp_ready)
+        sample_free(&r->run.smp);
+    r->run.smp_ready = false;
     r->t_done_ns = lmd_time_mono_ns();
     sched_observe_finish(r, why);
     atomic_store_explicit(&r->kv_blocks, 0, memory_order_relaxed);
@@ -158,15 +150,15 @@ static void sched_drain_inbox(struct sched *s)
 {
     struct sched_req *r = atomic_exchange_explicit(&s->inbox, NULL, memory_order_acquire), *fifo = NULL;
     while (r) { /* the stack is newest first: reverse it */
-        struct sched_req *nx = r->next;
-        r->next = fifo;
+        struct sched_req *nx = r->run.next;
+        r->run.next = fifo;
         fifo = r;
         r = nx;
     }
     for (r = fifo; r;) {
-        struct sched_req *nx = r->next;
-        r->next = r->prev = NULL;
-        r->seq = s->next_seq++;
+        struct sched_req *nx = r->run.next;
+        r->run.next = r->run.prev = NULL;
+        r->run.seq = s->next_seq++;
         sched__enqueue(&s->pol, r, true);
         r = nx;
     }
@@ -183,7 +175,7 @@ static void sched_sweep_cancelled(struct sched *s)
     for (int c = 0; c < SCHED_MAX_CLASSES; c++) {
         for (int t = 0; t < SCHED_MAX_TENANTS; t++) {
             for (struct sched_req *r = s->pol.q[c][t].head, *nx; r; r = nx) {
-                nx = r->next;
+                nx = r->run.next;
                 if (atomic_load_explicit(&r->cancelled, memory_order_relaxed))
                     sched__finish(s, r, SCHED_FINISH_CANCELLED);
             }
@@ -192,206 +184,13 @@ static void sched_sweep_cancelled(struct sched *s)
     for (int i = 0; i < s->n_running; i++) {
         struct sched_req *r = s->running[i];
         if (r && atomic_load_explicit(&r->cancelled, memory_order_relaxed)) {
-            if (r->submitted)
+            if (r->run.submitted)
                 sched__cancel_request(s, r);
             else
                 sched__finish(s, r, SCHED_FINISH_CANCELLED);
         }
     }
     sched__running_compact(s);
-}
-
-/* ---- admitting ----------------------------------------------------------- */
-
-/* The tokens of block b of r's fill (prompt, then output so far): in place
- * when the block lies inside one of the two arrays, else gathered. */
-static const int32_t *sched_block_tokens(struct sched *s, const struct sched_req *r, int b)
-{
-    const int bt = s->kv.cfg.block_tokens, from = b * bt;
-    if (from + bt <= r->n_prompt || from >= r->n_prompt)
-        return sched__fill_tokens(r, from);
-    for (int i = 0; i < bt; i++)
-        s->blk_tok[i] = *sched__fill_tokens(r, from + i);
-    return s->blk_tok;
-}
-
-/* Whether r can start now. First its fill is looked up in the prefix
- * cache — never its last token, whose logits the step must produce — and
- * the blocks found are taken; then the rest must fit the free blocks. On
- * false r holds nothing. */
-static bool sched_fits(struct sched *s, struct sched_req *r)
-{
-    if (s->n_running >= s->cfg.max_running)
-        return false;
-    if (r->kv.n_blocks == 0) {
-        int n_fill = r->n_prompt + atomic_load_explicit(&r->n_out, memory_order_relaxed);
-        int full = (n_fill - 1) / s->kv.cfg.block_tokens;
-        for (int b = 0; b < full; b++)
-            if (!kv_seq_match_block(&s->kv, &r->kv, sched_block_tokens(s, r, b)))
-                break;
-    }
-    if (blocks_needed(s, r) - r->kv.n_blocks <= kv_free_blocks(&s->kv))
-        return true;
-    kv_seq_release(&s->kv, &r->kv);
-    return false;
-}
-
-/* Register r's blocks that became full: written positions [0, written). */
-static void sched_commit_blocks(struct sched *s, struct sched_req *r, int written)
-{
-    const int bt = s->kv.cfg.block_tokens;
-    if (!s->kv.cfg.prefix_cache)
-        return;
-    while ((r->kv.n_hashed + 1) * bt <= written)
-        kv_seq_commit_block(&s->kv, &r->kv, sched_block_tokens(s, r, r->kv.n_hashed));
-}
-
-/* Put r, which sched_fits just accepted (its cached prefix held), in the
- * running set: the rest of its blocks and, the first time, its sampler. */
-static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
-{
-    sched__dequeue(&s->pol, r);
-    bool first = !r->t_admit_ns;
-    if (first) {
-        r->t_admit_ns = now;
-        atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
-    }
-    if (!r->smp_ready) {
-        struct lmd_err err = {0};
-        if (sample_init(&r->smp, &r->sp, r->n_prompt + r->max_tokens, &err) != 0) {
-            sched__fail(s, r, err.msg);
-            return false;
-        }
-        r->smp_ready = true;
-        sample_accept_prompt(&r->smp, r->prompt, r->n_prompt);
-    }
-    /* A resumed request prefills its prompt and the output it already
-     * has; the logits of the last give its next token. The cached prefix
-     * is not forwarded again. */
-    int cached = r->kv.n_blocks * s->kv.cfg.block_tokens;
-    int rc = kv_seq_reserve(&s->kv, &r->kv, r->n_prompt + r->max_tokens);
-    LMD_ASSERT(rc == 0, "sched: blocks counted at admission are missing");
-    r->n_fill = r->n_prompt + atomic_load_explicit(&r->n_out, memory_order_relaxed);
-    r->n_fed = cached;
-    r->running = true;
-    s->running[s->n_running++] = r;
-    atomic_store_explicit(&r->kv_blocks, r->kv.n_blocks, memory_order_relaxed);
-    atomic_store_explicit(&r->state, SCHED_ST_PREFILL, memory_order_relaxed);
-    /* Only the first admission opens the request's trace slice; a resume
-     * after a preemption stays inside it. */
-    if (first) {
-        /* As vLLM counts them: prompt tokens looked up, and found, once
-         * per request. */
-        if (s->kv.cfg.prefix_cache) {
-            atomic_fetch_add_explicit(&s->prefix_queries, (uint64_t)r->n_prompt, memory_order_relaxed);
-            atomic_fetch_add_explicit(&s->prefix_hits, (uint64_t)cached, memory_order_relaxed);
-            obs_count(OBS_C_PREFIX_QUERIES, (uint64_t)r->n_prompt);
-            obs_count(OBS_C_PREFIX_HITS, (uint64_t)cached);
-        }
-        obs_trace(OBS_EV_ADMIT, r->id, now, now, r->cls, r->tenant, r->n_prompt);
-        /* The owner learns it left the queue (its tenant's queued quota
-         * frees now, not at the first token). */
-        r->notify(r);
-    }
-    return true;
-}
-
-/* v keeps t_last_tok_ns: its next token's inter-token latency then spans
- * the wait and the recomputation. */
-static void sched_preempt(struct sched *s, struct sched_req *v, uint64_t now)
-{
-    running_remove(s, v);
-    sched__running_compact(s);
-    int freed = v->kv.n_blocks;
-    kv_seq_release(&s->kv, &v->kv);
-    v->n_fed = v->n_fill = 0;
-    v->n_preempted++;
-    atomic_store_explicit(&v->kv_blocks, 0, memory_order_relaxed);
-    atomic_store_explicit(&v->state, SCHED_ST_PREEMPTED, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->preemptions, 1, memory_order_relaxed);
-    obs_count(OBS_C_PREEMPTIONS, 1);
-    obs_trace(OBS_EV_PREEMPT, v->id, now, now, freed, 0, 0);
-    sched__enqueue(&s->pol, v, false);
-    LMD_DEBUG("sched: preempted request %llu (class %d) after %d tokens", (unsigned long long)v->id, v->cls,
-              atomic_load_explicit(&v->n_out, memory_order_relaxed));
-}
-
-/* Time until the first running sequence would finish on its own, from the
- * cost model: its remaining prefill and decode steps. */
-static double sched_time_to_free_ns(const struct sched *s)
-{
-    double best = -1;
-    for (int i = 0; i < s->n_running; i++) {
-        const struct sched_req *r = s->running[i];
-        int left_tokens = r->max_tokens - atomic_load_explicit(&r->n_out, memory_order_relaxed);
-        double t = (double)left_tokens * s->ema_decode_ns + (double)(r->n_fill - r->n_fed) * s->ema_token_ns;
-        if (best < 0 || t < best)
-            best = t;
-    }
-    return best < 0 ? 0 : best;
-}
-
-/* r cannot start for lack of a slot or blocks. Preempt lower-class
- * sequences if that makes room and waiting for one to finish would make r
- * late; returns whether room was made. */
-static bool sched_try_preempt(struct sched *s, struct sched_req *r, uint64_t now)
-{
-    int need = blocks_needed(s, r);
-    /* A request handed to an engine that batches on its own cannot be
-     * paused and resumed. */
-    if (s->eng->info.request_level)
-        return false;
-    /* Is it possible at all? Count what the candidate victims hold. */
-    int could_free = 0, victims = 0;
-    for (int i = 0; i < s->n_running; i++) {
-        const struct sched_req *v = s->running[i];
-        if (v->cls > r->cls) {
-            /* A block another sequence also holds stays taken. */
-            for (int b = 0; b < v->kv.n_blocks; b++)
-                could_free += s->kv.blk[v->kv.blocks[b]].refs == 1;
-            victims++;
-        }
-    }
-    bool slot_ok = s->n_running < s->cfg.max_running || victims > 0;
-    if (!victims || !slot_ok || kv_free_blocks(&s->kv) + could_free < need)
-        return false;
-    /* Worth it? If a sequence will finish well before r's deadline, wait:
-     * recomputing a victim costs throughput. */
-    if (r->t_deadline_ns > now) {
-        double slack = (double)(r->t_deadline_ns - now);
-        if (sched_time_to_free_ns(s) < 0.5 * slack)
-            return false;
-    }
-    while (s->n_running >= s->cfg.max_running || kv_free_blocks(&s->kv) < need) {
-        struct sched_req *v = sched__victim(&s->pol, s->running, s->n_running, r->cls);
-        if (!v)
-            return false;
-        sched_preempt(s, v, now);
-    }
-    return true;
-}
-
-/* Admit waiting work while it fits; *next_ns gets the earliest time a
- * request held by a batching window becomes eligible. */
-static void sched_admit(struct sched *s, uint64_t now, uint64_t *next_ns)
-{
-    for (;;) {
-        struct sched_req *r = sched__pick(&s->pol, now, next_ns);
-        if (!r)
-            return;
-        if (s->pol.kind == SCHED_POLICY_SLA && s->pol.cls[r->cls].refuse_late && r->t_deadline_ns &&
-            now > r->t_deadline_ns && !r->t_admit_ns) {
-            sched__finish(s, r, SCHED_FINISH_DEADLINE);
-            continue;
-        }
-        if (sched_fits(s, r)) {
-            sched_start_req(s, r, now);
-            continue;
-        }
-        if (s->pol.kind == SCHED_POLICY_SLA && sched_try_preempt(s, r, now))
-            continue;
-        return; /* the best candidate waits; nobody overtakes it */
-    }
 }
 
 /* ---- stepping ------------------------------------------------------------ */
@@ -410,7 +209,7 @@ static int sched_step_budget(const struct sched *s)
     int decodes = 0, tpot_cls = 0;
     for (int i = 0; i < s->n_running; i++) {
         const struct sched_req *r = s->running[i];
-        if (r->n_fed < r->n_fill)
+        if (r->run.n_fed < r->run.n_fill)
             continue;
         decodes++;
         uint64_t t = s->pol.cls[r->cls].tpot_ns;
@@ -428,8 +227,8 @@ static int sched_step_budget(const struct sched *s)
     int urgent = 0;
     for (int i = 0; i < s->n_running; i++) {
         const struct sched_req *r = s->running[i];
-        if (r->n_fed < r->n_fill && r->cls <= tpot_cls)
-            urgent += r->n_fill - r->n_fed;
+        if (r->run.n_fed < r->run.n_fill && r->cls <= tpot_cls)
+            urgent += r->run.n_fill - r->run.n_fed;
     }
     if (urgent > prefill)
         prefill = urgent;
@@ -461,8 +260,8 @@ void sched__emit(struct sched *s, struct sched_req *r, int32_t tok, float *row, 
     const int n_vocab = s->eng->info.n_vocab;
     const bool whole = s->eng->info.request_level;
     if (row) {
-        tok = sample_next(&r->smp, &s->scratch, row, n_vocab);
-        sample_accept(&r->smp, tok);
+        tok = sample_next(&r->run.smp, &s->scratch, row, n_vocab);
+        sample_accept(&r->run.smp, tok);
     }
     atomic_fetch_add_explicit(&s->generated_tokens, 1, memory_order_relaxed);
     enum sched_finish why = SCHED_RUNNING;
@@ -478,14 +277,14 @@ void sched__emit(struct sched *s, struct sched_req *r, int32_t tok, float *row, 
         }
         if (!r->t_first_ns)
             r->t_first_ns = now;
-        if (r->t_last_tok_ns)
-            obs_observe(OBS_H_ITL, r->cls, sched__secs(r->t_last_tok_ns, now));
-        r->t_last_tok_ns = now;
+        if (r->run.t_last_tok_ns)
+            obs_observe(OBS_H_ITL, r->cls, sched__secs(r->run.t_last_tok_ns, now));
+        r->run.t_last_tok_ns = now;
         /* Counted as sampled, so a rate over this counter is the live
          * output rate, not one that jumps when long requests end. */
         obs_count(OBS_C_GENERATION_TOKENS, 1);
         atomic_store_explicit(&r->n_out, n + 1, memory_order_release);
-        r->last_tok = tok;
+        r->run.last_tok = tok;
         if (n + 1 == r->max_tokens && !whole)
             why = SCHED_FINISH_LENGTH;
     }
@@ -502,7 +301,7 @@ static void sched_batch_sampling(struct engine_seq *es, struct sched_req *r, boo
     if (!samples)
         return;
     int n = atomic_load_explicit(&r->n_out, memory_order_relaxed), nt = r->n_logprobs;
-    es->smp = &r->smp;
+    es->smp = &r->run.smp;
     es->n_logprobs = nt;
     if (nt >= 0) {
         es->out_lp = r->out_lp + n;
@@ -524,17 +323,20 @@ static void sched_step(struct sched *s)
         struct sched__item *it = &s->items[k];
         struct sched_req *r = it->r;
         if (it->decode) {
-            s->batch[k] = (struct engine_seq){
-                .tokens = &r->last_tok, .n_tokens = 1, .pos = r->pos, .blocks = r->kv.blocks, .want_logits = true};
+            s->batch[k] = (struct engine_seq){.tokens = &r->run.last_tok,
+                                              .n_tokens = 1,
+                                              .pos = r->run.pos,
+                                              .blocks = r->run.kv.blocks,
+                                              .want_logits = true};
             sched_batch_sampling(&s->batch[k], r, samples);
             s->brow[k] = nrow++;
             n_decode++;
         } else {
-            bool last = r->n_fed + it->n == r->n_fill;
-            s->batch[k] = (struct engine_seq){.tokens = sched__fill_tokens(r, r->n_fed),
+            bool last = r->run.n_fed + it->n == r->run.n_fill;
+            s->batch[k] = (struct engine_seq){.tokens = sched__fill_tokens(r, r->run.n_fed),
                                               .n_tokens = it->n,
-                                              .pos = r->n_fed,
-                                              .blocks = r->kv.blocks,
+                                              .pos = r->run.n_fed,
+                                              .blocks = r->run.kv.blocks,
                                               .want_logits = last};
             if (last)
                 sched_batch_sampling(&s->batch[k], r, samples);
@@ -558,7 +360,7 @@ static void sched_step(struct sched *s)
     if (rc != 0) {
         LMD_ERROR("sched: engine step failed: %s", err.msg);
         for (int k = 0; k < nb; k++)
-            if (s->items[k].r->running)
+            if (s->items[k].r->run.running)
                 sched__fail(s, s->items[k].r, err.msg);
         sched__running_compact(s);
         return;
@@ -574,23 +376,23 @@ static void sched_step(struct sched *s)
         sched__charge(&s->pol, r->tenant, n);
         atomic_fetch_add_explicit(&s->tenant_tokens[r->tenant], (uint64_t)n, memory_order_relaxed);
         if (!s->items[k].decode) {
-            obs_trace(OBS_EV_PREFILL, r->id, t0, t1, n, r->n_fed, 0);
-            r->n_fed += n;
+            obs_trace(OBS_EV_PREFILL, r->id, t0, t1, n, r->run.n_fed, 0);
+            r->run.n_fed += n;
             atomic_fetch_add_explicit(&s->prompt_tokens, (uint64_t)n, memory_order_relaxed);
             if (s->brow[k] < 0) {
-                sched_commit_blocks(s, r, r->n_fed);
+                sched__commit_blocks(s, r, r->run.n_fed);
                 continue;
             }
             /* Prefilled with no output yet: the first residency, so the
              * prompt is counted once however often it is recomputed. */
             if (atomic_load_explicit(&r->n_out, memory_order_relaxed) == 0)
                 obs_count(OBS_C_PROMPT_TOKENS, (uint64_t)r->n_prompt);
-            r->pos = r->n_fill;
+            r->run.pos = r->run.n_fill;
             atomic_store_explicit(&r->state, SCHED_ST_DECODE, memory_order_relaxed);
         } else {
-            r->pos++;
+            r->run.pos++;
         }
-        sched_commit_blocks(s, r, r->pos);
+        sched__commit_blocks(s, r, r->run.pos);
         if (res.tokens)
             sched__emit(s, r, res.tokens[s->brow[k]], NULL, t1);
         else
@@ -623,12 +425,13 @@ static void sched_publish(struct sched *s)
     atomic_store_explicit(&s->kv_cached, s->kv.n_cached, memory_order_relaxed);
     obs_gauge_set(OBS_G_KV_USAGE, kv_total > 0 ? 1.0 - (double)kv_free / kv_total : 0);
     double ahead = 0;
-    double to_free = s->n_running >= s->cfg.max_running ? sched_time_to_free_ns(s) : 0;
+    double to_free = s->n_running >= s->cfg.max_running ? sched__time_to_free_ns(s) : 0;
     for (int c = 0; c < s->pol.n_classes; c++) {
         atomic_store_explicit(&s->waiting_class[c], s->pol.n_waiting_cls[c], memory_order_relaxed);
         obs_waiting_set(c, s->pol.n_waiting_cls[c]);
         for (int t = 0; t < s->pol.n_tenants; t++)
-            for (const struct sched_req *r = s->pol.q[s->pol.kind == SCHED_POLICY_FCFS ? 0 : c][t].head; r; r = r->next)
+            for (const struct sched_req *r = s->pol.q[s->pol.kind == SCHED_POLICY_FCFS ? 0 : c][t].head; r;
+                 r = r->run.next)
                 ahead += r->n_prompt + atomic_load_explicit(&r->n_out, memory_order_relaxed);
         double est = ahead * s->ema_token_ns + to_free;
         atomic_store_explicit(&s->est_wait[c], (uint64_t)est, memory_order_relaxed);
@@ -674,7 +477,7 @@ static void sched_wake(struct sched *s)
 static bool sched_any_submitted(const struct sched *s)
 {
     for (int i = 0; i < s->n_running; i++)
-        if (s->running[i]->submitted)
+        if (s->running[i]->run.submitted)
             return true;
     return false;
 }
@@ -686,7 +489,7 @@ static void *sched_main(void *arg)
         sched_drain_inbox(s);
         sched_sweep_cancelled(s);
         uint64_t next_ns = UINT64_MAX;
-        sched_admit(s, lmd_time_mono_ns(), &next_ns);
+        sched__admit(s, lmd_time_mono_ns(), &next_ns);
         sched_publish(s);
         if (s->n_running == 0) {
             sched_park(s, next_ns);
@@ -706,7 +509,7 @@ static void *sched_main(void *arg)
      * request-level engine end when it confirms (bounded). */
     sched_drain_inbox(s);
     for (int i = 0; i < s->n_running; i++)
-        if (s->running[i]->submitted)
+        if (s->running[i]->run.submitted)
             sched__cancel_request(s, s->running[i]);
     for (int tries = 0; tries < 5000 && sched_any_submitted(s); tries++)
         if (sched__step_requests(s) == 0) {
@@ -843,19 +646,19 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
     if (r->n_prompt + r->max_tokens > ctx)
         return lmd_err_set(err, LMD_ERANGE, "%d prompt tokens + %d max_tokens exceed the context of %d tokens",
                            r->n_prompt, r->max_tokens, ctx);
-    if (s->eng->info.request_level && blocks_needed(s, r) > s->kv.cfg.n_blocks)
+    if (s->eng->info.request_level && sched__blocks_needed(s, r) > s->kv.cfg.n_blocks)
         return lmd_err_set(err, LMD_ERANGE, "%d tokens exceed the engine's token budget of %d",
                            r->n_prompt + r->max_tokens, s->kv.cfg.n_blocks);
-    if (blocks_needed(s, r) > s->kv.cfg.n_blocks)
+    if (sched__blocks_needed(s, r) > s->kv.cfg.n_blocks)
         return lmd_err_set(err, LMD_ERANGE, "%d tokens need %d KV blocks; the cache has %d",
-                           r->n_prompt + r->max_tokens, blocks_needed(s, r), s->kv.cfg.n_blocks);
+                           r->n_prompt + r->max_tokens, sched__blocks_needed(s, r), s->kv.cfg.n_blocks);
     if (atomic_load(&s->stopping))
         return lmd_err_set(err, LMD_ECANCELED, "the server is shutting down");
     const struct sched_class *c = &s->pol.cls[r->cls];
     if (!r->t_arrival_ns)
         r->t_arrival_ns = lmd_time_mono_ns();
     r->t_deadline_ns = c->ttft_ns ? r->t_arrival_ns + c->ttft_ns : 0;
-    r->t_eligible_ns = r->t_arrival_ns + c->window_ns;
+    r->run.t_eligible_ns = r->t_arrival_ns + c->window_ns;
     if (s->pol.kind == SCHED_POLICY_SLA && c->refuse_late && c->ttft_ns) {
         uint64_t est = atomic_load_explicit(&s->est_wait[r->cls], memory_order_relaxed);
         if (est > c->ttft_ns) {
@@ -883,16 +686,16 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
     }
     /* The block table, sized for the whole request; the engine thread
      * frees it when the request finishes. */
-    r->kv = (struct kv_seq){.cap = blocks_needed(s, r), .salt = r->cache_salt};
-    r->kv.blocks = malloc((size_t)r->kv.cap * sizeof *r->kv.blocks);
-    if (!r->kv.blocks) {
+    r->run.kv = (struct kv_seq){.cap = sched__blocks_needed(s, r), .salt = r->cache_salt};
+    r->run.kv.blocks = malloc((size_t)r->run.kv.cap * sizeof *r->run.kv.blocks);
+    if (!r->run.kv.blocks) {
         atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
         return lmd_err_set(err, LMD_ENOMEM, "out of memory for a block table");
     }
     sched_req_ref(r);
     struct sched_req *head = atomic_load_explicit(&s->inbox, memory_order_relaxed);
     do {
-        r->next = head;
+        r->run.next = head;
     } while (!atomic_compare_exchange_weak_explicit(&s->inbox, &head, r, memory_order_release, memory_order_relaxed));
     sched_wake(s);
     return 0;

@@ -95,6 +95,29 @@ enum sched_state {
     SCHED_ST_DONE = 4,
 };
 
+/* The scheduler's per-request state (see struct sched_req's `run`). */
+struct sched__run {
+    struct sched_req *next, *prev; /* inbox and queue links */
+    uint64_t seq;                  /* arrival order */
+    uint64_t t_eligible_ns;        /* arrival + class batching window */
+    struct kv_seq kv;
+    struct sampler smp;
+    bool smp_ready;
+    bool queued;            /* in a waiting queue */
+    bool running;           /* in the running set */
+    int n_fill;             /* tokens to prefill this residency: prompt, then output so far */
+    int n_fed;              /* of those, forwarded so far */
+    int pos;                /* next position to write when decoding */
+    int32_t last_tok;       /* the token to feed in the next decode step */
+    uint64_t t_last_tok_ns; /* monotonic ns of the last output token, for the inter-token latency; kept
+                               across a preemption, so the gap counts as the long ITL a client sees */
+    /* Request-level engines: the request as handed over, and its state. */
+    struct engine_req ereq;
+    bool submitted;   /* ereq is the engine's until its finish event */
+    bool cancel_sent; /* engine_cancel called; waiting for the finish event */
+    bool failed;      /* err holds why; finishes as SCHED_FINISH_ERROR */
+};
+
 struct sched_req {
     /* Input, set by the owner before sched_submit and immutable after. */
     const int32_t *prompt; /* [n_prompt] token ids, owner's memory */
@@ -127,38 +150,23 @@ struct sched_req {
     _Atomic int state;         /* enum sched_state */
     _Atomic int kv_blocks;     /* blocks held now */
     char err[LMD_ERR_MSG_MAX]; /* message for SCHED_FINISH_ERROR, written before finish */
-    /* Stamps (monotonic ns, 0 = not yet), written before the notify that
-     * follows them; read them after seeing `finish`. */
-    uint64_t t_deadline_ns; /* arrival + class TTFT target (0 = none) */
-    uint64_t t_admit_ns;    /* first admitted into the running set */
-    uint64_t t_first_ns;    /* first output token sampled */
-    uint64_t t_done_ns;
-    int n_preempted;
+    /* Stamps (monotonic ns, 0 = not yet), written by the engine thread and
+     * read by the owner at any time (relaxed): each is final once set, and
+     * all are once `finish` is seen. */
+    uint64_t t_deadline_ns;      /* arrival + class TTFT target (0 = none); set by sched_submit */
+    _Atomic uint64_t t_admit_ns; /* first admitted into the running set */
+    _Atomic uint64_t t_first_ns; /* first output token sampled */
+    _Atomic uint64_t t_done_ns;
+    _Atomic int n_preempted;
 
     /* Shared. */
     _Atomic int refs;
     _Atomic bool cancelled;
 
-    /* Engine thread only. */
-    struct sched_req *next, *prev; /* inbox and queue links */
-    uint64_t seq;                  /* arrival order */
-    uint64_t t_eligible_ns;        /* arrival + class batching window */
-    struct kv_seq kv;
-    struct sampler smp;
-    bool smp_ready;
-    bool queued;            /* in a waiting queue */
-    bool running;           /* in the running set */
-    int n_fill;             /* tokens to prefill this residency: prompt, then output so far */
-    int n_fed;              /* of those, forwarded so far */
-    int pos;                /* next position to write when decoding */
-    int32_t last_tok;       /* the token to feed in the next decode step */
-    uint64_t t_last_tok_ns; /* monotonic ns of the last output token, for the inter-token latency; kept
-                               across a preemption, so the gap counts as the long ITL a client sees */
-    /* Request-level engines: the request as handed over, and its state. */
-    struct engine_req ereq;
-    bool submitted;   /* ereq is the engine's until its finish event */
-    bool cancel_sent; /* engine_cancel called; waiting for the finish event */
-    bool failed;      /* err holds why; finishes as SCHED_FINISH_ERROR */
+    /* The scheduler's private part: written only by the scheduler (the
+     * engine thread, and sched_submit before it publishes the request);
+     * owners never read it. */
+    struct sched__run run;
 };
 
 enum sched_policy {

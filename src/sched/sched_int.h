@@ -142,8 +142,21 @@ double sched__secs(uint64_t from_ns, uint64_t to_ns);
  * reason, wake its owner and drop the scheduler's reference. */
 void sched__finish(struct sched *s, struct sched_req *r, enum sched_finish why);
 void sched__fail(struct sched *s, struct sched_req *r, const char *msg);
+/* Take r out of the running set (its slot becomes NULL until compacted). */
+void sched__running_remove(struct sched *s, struct sched_req *r);
+/* Remove the NULL slots, keeping order. */
 void sched__running_compact(struct sched *s);
 void sched__emit(struct sched *s, struct sched_req *r, int32_t tok, float *row, uint64_t now);
+
+/* Admission (admit.c). Blocks r needs for prompt + max_tokens. */
+int sched__blocks_needed(const struct sched *s, const struct sched_req *r);
+/* Admit waiting work while it fits; *next_ns gets the earliest time a
+ * request held by a batching window becomes eligible. */
+void sched__admit(struct sched *s, uint64_t now, uint64_t *next_ns);
+/* Register r's blocks that became full: written positions [0, written). */
+void sched__commit_blocks(struct sched *s, struct sched_req *r, int written);
+/* Time until the first running sequence would finish on its own (ns). */
+double sched__time_to_free_ns(const struct sched *s);
 
 /* Request-level engines (upstream.c): submit what was admitted, poll, and
  * publish; returns the events handled (0 = nothing happened). */

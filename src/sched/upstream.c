@@ -24,15 +24,15 @@
 
 static struct sched_req *req_of(struct engine_req *rq)
 {
-    return (struct sched_req *)((char *)rq - offsetof(struct sched_req, ereq));
+    return (struct sched_req *)((char *)rq - offsetof(struct sched_req, run.ereq));
 }
 
 void sched__cancel_request(struct sched *s, struct sched_req *r)
 {
-    if (r->cancel_sent)
+    if (r->run.cancel_sent)
         return;
-    r->cancel_sent = true;
-    engine_cancel(s->eng, &r->ereq);
+    r->run.cancel_sent = true;
+    engine_cancel(s->eng, &r->run.ereq);
 }
 
 /* Hand every newly admitted request to the engine. */
@@ -40,7 +40,7 @@ static void sched_submit_admitted(struct sched *s)
 {
     for (int i = 0; i < s->n_running; i++) {
         struct sched_req *r = s->running[i];
-        if (!r || r->submitted)
+        if (!r || r->run.submitted)
             continue;
         if (r->n_logprobs > 0) {
             sched__fail(s, r,
@@ -48,20 +48,20 @@ static void sched_submit_admitted(struct sched *s)
                         "alternatives");
             continue;
         }
-        r->ereq = (struct engine_req){.id = r->id,
-                                      .prompt = r->prompt,
-                                      .n_prompt = r->n_prompt,
-                                      .max_tokens = r->max_tokens,
-                                      .sp = &r->sp,
-                                      .ignore_eos = r->ignore_eos,
-                                      .n_logprobs = r->n_logprobs};
+        r->run.ereq = (struct engine_req){.id = r->id,
+                                          .prompt = r->prompt,
+                                          .n_prompt = r->n_prompt,
+                                          .max_tokens = r->max_tokens,
+                                          .sp = &r->sp,
+                                          .ignore_eos = r->ignore_eos,
+                                          .n_logprobs = r->n_logprobs};
         struct lmd_err err = {0};
-        if (engine_submit(s->eng, &r->ereq, &err) != 0) {
+        if (engine_submit(s->eng, &r->run.ereq, &err) != 0) {
             sched__fail(s, r, err.msg);
             continue;
         }
-        r->submitted = true;
-        r->n_fed = r->n_fill;
+        r->run.submitted = true;
+        r->run.n_fed = r->run.n_fill;
         atomic_fetch_add_explicit(&s->prompt_tokens, (uint64_t)r->n_prompt, memory_order_relaxed);
         obs_count(OBS_C_PROMPT_TOKENS, (uint64_t)r->n_prompt);
     }
@@ -92,7 +92,7 @@ int sched__step_requests(struct sched *s)
         struct sched_req *r = req_of(ev->req);
         switch (ev->kind) {
         case ENGINE_EV_TOKEN: {
-            if (r->cancel_sent)
+            if (r->run.cancel_sent)
                 break; /* cancelled or failed: what still streams in is dropped */
             int k = atomic_load_explicit(&r->n_out, memory_order_relaxed);
             if (r->n_logprobs >= 0 && k < r->max_tokens)
@@ -104,16 +104,16 @@ int sched__step_requests(struct sched *s)
             break;
         }
         case ENGINE_EV_TEXT:
-            if (!r->cancel_sent) {
+            if (!r->run.cancel_sent) {
                 snprintf(r->err, sizeof r->err, "engine %s streamed text without token ids", s->eng->info.kind);
-                r->failed = true;
+                r->run.failed = true;
                 sched__cancel_request(s, r);
             }
             break;
         case ENGINE_EV_FINISH:
-            r->submitted = false;
-            if (r->failed || ev->finish == ENGINE_FINISH_ERROR) {
-                if (!r->failed)
+            r->run.submitted = false;
+            if (r->run.failed || ev->finish == ENGINE_FINISH_ERROR) {
+                if (!r->run.failed)
                     snprintf(r->err, sizeof r->err, "%s", ev->err);
                 sched__finish(s, r, SCHED_FINISH_ERROR);
             } else {
