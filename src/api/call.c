@@ -15,6 +15,12 @@
  * Not here: routing, validation, prompt building (routes.c, params.c),
  * HTTP mechanics (http/), batching (sched/).
  *
+ * Memory: one arena per call (core/arena.h). The call object, its prompt,
+ * every choice's output, log-probability and block-table arrays, the stop
+ * strings and the logit bias are carved from its first chunk, sized at
+ * submission; the text buffers grow inside it. Freeing the call is
+ * destroying the arena.
+ *
  * Lifetime: the call is freed when its reference count falls to zero. It
  * holds one reference per choice, dropped when the scheduler releases that
  * choice's sched_req, and one per queued wakeup task. Each choice's
@@ -62,6 +68,7 @@ struct api_choice {
 };
 
 struct api_call {
+    struct lmd_arena *arena; /* everything below lives in it, the call included */
     _Atomic int refs;
     struct http_task task;
     struct api *api;
@@ -123,22 +130,7 @@ static void call_free(struct api_call *c)
      * (a no-op when call_account already did). */
     qos_finished(a->cfg.qos, &c->who.ticket, (int64_t)c->n_prompt + call_generated(c), lmd_time_mono_ns());
     atomic_fetch_sub(&c->api->active, 1);
-    for (int i = 0; i < c->n_choices; i++) {
-        struct api_choice *ch = &c->choice[i];
-        lmd_buf_free(&ch->pending);
-        lmd_buf_free(&ch->text);
-        free(ch->out);
-        free(ch->lp);
-        free(ch->top_id);
-        free(ch->top_lp);
-    }
-    lmd_buf_free(&c->chunk);
-    free(c->piece);
-    free(c->stop_mem);
-    free(c->prompt);
-    free(c->echo);
-    free(c->bias);
-    free(c);
+    lmd_arena_destroy(c->arena); /* c too */
 }
 
 static void call_ref(struct api_call *c) { atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); }
@@ -574,7 +566,7 @@ static void call_gone(void *ctx)
 /* The echoed prompt: the request's own text, or the ids detokenized. */
 static int call_set_echo(struct api_call *c, const struct api_params *p)
 {
-    struct lmd_buf b = {0};
+    struct lmd_buf b = {.arena = c->arena};
     if (p->prompt) {
         if (lmd_buf_append(&b, p->prompt, p->prompt_len))
             return LMD_ENOMEM;
@@ -594,7 +586,6 @@ static int call_set_echo(struct api_call *c, const struct api_params *p)
     c->echo_len = b.len;
     return 0;
 oom:
-    lmd_buf_free(&b);
     return LMD_ENOMEM;
 }
 
@@ -603,14 +594,18 @@ static int choice_init(struct api_call *c, struct api_choice *ch, int i, const s
     sched_req_init(&ch->sr);
     ch->call = c;
     ch->index = i;
-    ch->out = malloc((size_t)max_tokens * sizeof *ch->out);
-    if (!ch->out)
+    ch->pending.arena = ch->text.arena = c->arena;
+    /* From the arena's first chunk, sized for them in api_call_submit. */
+    ch->out = lmd_arena_alloc(c->arena, (size_t)max_tokens * sizeof *ch->out);
+    ch->sr.block_table = lmd_arena_alloc(
+        c->arena, (size_t)sched_blocks_for(c->api->cfg.sched, c->n_prompt + max_tokens) * sizeof *ch->sr.block_table);
+    if (!ch->out || !ch->sr.block_table)
         return LMD_ENOMEM;
     if (c->n_top >= 0) {
         size_t k = (size_t)max_tokens * (size_t)c->n_top;
-        ch->lp = malloc((size_t)max_tokens * sizeof *ch->lp);
-        ch->top_id = k ? malloc(k * sizeof *ch->top_id) : NULL;
-        ch->top_lp = k ? malloc(k * sizeof *ch->top_lp) : NULL;
+        ch->lp = lmd_arena_alloc(c->arena, (size_t)max_tokens * sizeof *ch->lp);
+        ch->top_id = k ? lmd_arena_alloc(c->arena, k * sizeof *ch->top_id) : NULL;
+        ch->top_lp = k ? lmd_arena_alloc(c->arena, k * sizeof *ch->top_lp) : NULL;
         if (!ch->lp || (k && (!ch->top_id || !ch->top_lp)))
             return LMD_ENOMEM;
     }
@@ -665,18 +660,39 @@ int api_call_submit(struct api *a, struct http_req *r, const struct api_params *
                     int max_tokens, const char *id, struct api_who *who, struct api_error *e)
 {
     const int n = p->n;
-    struct api_call *c = calloc(1, sizeof *c + (size_t)n * sizeof c->choice[0]);
-    if (!c) {
+    /* The arena's first chunk holds every fixed-size part (each rounded
+     * up to 16 bytes), plus room for the text buffers to start in. */
+    size_t piece_cap = tok_detok_bound(a->cfg.vocab), stop_bytes = 0;
+    if (piece_cap < tok_piece_max(a->cfg.vocab))
+        piece_cap = tok_piece_max(a->cfg.vocab);
+    for (int i = 0; i < p->n_stop; i++)
+        stop_bytes += p->stop_len[i];
+    size_t mt = (size_t)max_tokens, top = p->logprobs > 0 ? (size_t)p->logprobs : 0;
+    size_t per_choice =
+        mt * sizeof(int32_t) + (size_t)sched_blocks_for(a->cfg.sched, n_prompt + max_tokens) * sizeof(int32_t) +
+        (p->logprobs >= 0 ? mt * sizeof(float) + mt * top * (sizeof(int32_t) + sizeof(float)) : 0) + 5 * 16;
+    size_t first = sizeof(struct api_call) + (size_t)n * sizeof(struct api_choice) +
+                   (size_t)n_prompt * sizeof(int32_t) + piece_cap + stop_bytes + 1 +
+                   (size_t)p->n_bias * sizeof(struct sample_bias) + (size_t)n * per_choice + 6 * 16 + 4096;
+    struct lmd_arena *arena = lmd_arena_create(first);
+    struct api_call *c = arena ? lmd_arena_calloc(arena, sizeof *c + (size_t)n * sizeof c->choice[0]) : NULL;
+    int32_t *prompt = c ? lmd_arena_alloc(arena, (size_t)n_prompt * sizeof *prompt) : NULL;
+    if (!prompt) {
+        lmd_arena_destroy(arena);
         free(ids);
         return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
     }
+    memcpy(prompt, ids, (size_t)n_prompt * sizeof *prompt);
+    free(ids);
+    c->arena = arena;
+    c->chunk.arena = arena;
     atomic_fetch_add(&a->active, 1);
     /* Each choice's release drops one of these, so from here every path,
      * failures included, ends in call_free through the choices. */
     atomic_store(&c->refs, n);
     c->n_choices = n;
     c->api = a;
-    c->prompt = ids;
+    c->prompt = prompt;
     c->n_prompt = n_prompt;
     c->kind = p->kind;
     c->stream = p->stream;
@@ -689,16 +705,11 @@ int api_call_submit(struct api *a, struct http_req *r, const struct api_params *
     c->who = *who;
     who->ticket.state = QOS_TICKET_NONE; /* the call's now: call_free settles it */
     snprintf(c->id, sizeof c->id, "%s", id);
-    c->piece_cap = tok_detok_bound(a->cfg.vocab);
-    if (c->piece_cap < tok_piece_max(a->cfg.vocab))
-        c->piece_cap = tok_piece_max(a->cfg.vocab);
-    c->piece = malloc(c->piece_cap);
-    size_t stop_bytes = 0;
-    for (int i = 0; i < p->n_stop; i++)
-        stop_bytes += p->stop_len[i];
-    c->stop_mem = malloc(stop_bytes + 1);
+    c->piece_cap = piece_cap;
+    c->piece = lmd_arena_alloc(arena, c->piece_cap);
+    c->stop_mem = lmd_arena_alloc(arena, stop_bytes + 1);
     if (p->n_bias) {
-        c->bias = malloc((size_t)p->n_bias * sizeof *c->bias);
+        c->bias = lmd_arena_alloc(arena, (size_t)p->n_bias * sizeof *c->bias);
         if (c->bias)
             memcpy(c->bias, p->bias, (size_t)p->n_bias * sizeof *c->bias);
     }

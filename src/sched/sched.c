@@ -47,6 +47,7 @@ void sched_req_init(struct sched_req *r)
     atomic_init(&r->t_first_ns, 0);
     atomic_init(&r->t_done_ns, 0);
     r->cache_salt = 0;
+    r->block_table = NULL;
     atomic_init(&r->n_preempted, 0);
     memset(&r->run, 0, sizeof r->run);
     r->run.last_tok = -1;
@@ -118,7 +119,8 @@ void sched__finish(struct sched *s, struct sched_req *r, enum sched_finish why)
     sched__leave(&s->pol, r);
     if (r->run.kv.blocks) {
         kv_seq_release(&s->kv, &r->run.kv);
-        free(r->run.kv.blocks);
+        if (r->run.own_table)
+            free(r->run.kv.blocks);
         r->run.kv.blocks = NULL;
     }
     if (r->run.smp_ready)
@@ -687,7 +689,10 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
     /* The block table, sized for the whole request; the engine thread
      * frees it when the request finishes. */
     r->run.kv = (struct kv_seq){.cap = sched__blocks_needed(s, r), .salt = r->cache_salt};
-    r->run.kv.blocks = malloc((size_t)r->run.kv.cap * sizeof *r->run.kv.blocks);
+    r->run.kv.blocks = r->block_table;
+    r->run.own_table = !r->block_table;
+    if (r->run.own_table)
+        r->run.kv.blocks = malloc((size_t)r->run.kv.cap * sizeof *r->run.kv.blocks);
     if (!r->run.kv.blocks) {
         atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
         return lmd_err_set(err, LMD_ENOMEM, "out of memory for a block table");
@@ -732,6 +737,8 @@ void sched_stats(struct sched *s, struct sched_stats *out)
     for (int t = 0; t < SCHED_MAX_TENANTS; t++)
         out->tenant_tokens[t] = (double)atomic_load_explicit(&s->tenant_tokens[t], memory_order_relaxed);
 }
+
+int sched_blocks_for(const struct sched *s, int n_tokens) { return kv_blocks_for(&s->kv, n_tokens); }
 
 uint64_t sched_estimate_wait_ns(struct sched *s, int cls)
 {

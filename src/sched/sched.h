@@ -101,6 +101,7 @@ struct sched__run {
     uint64_t seq;                  /* arrival order */
     uint64_t t_eligible_ns;        /* arrival + class batching window */
     struct kv_seq kv;
+    bool own_table; /* kv.blocks was allocated by the scheduler */
     struct sampler smp;
     bool smp_ready;
     bool queued;            /* in a waiting queue */
@@ -130,6 +131,8 @@ struct sched_req {
     uint64_t id;           /* for traces and logs */
     uint64_t t_arrival_ns; /* monotonic; 0 = stamped by sched_submit */
     uint64_t cache_salt;   /* prefix-cache namespace (kv_salt of a tenant name …); 0 = the shared one */
+    int32_t *block_table;  /* [sched_blocks_for(n_prompt + max_tokens)] owner's memory (its request arena)
+                              for the block table; NULL = the scheduler allocates it */
     int32_t *out;          /* [max_tokens] output token ids, owner's memory, written by the engine thread */
     /* Log-probabilities (optional): n_logprobs < 0 = off; otherwise out_lp
      * [max_tokens] gets each output token's log-probability and, when
@@ -239,6 +242,8 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err);
 void sched_req_cancel(struct sched *s, struct sched_req *r);
 
 void sched_stats(struct sched *s, struct sched_stats *out);
+/* Entries of a block table for a request of n_tokens (prompt + max_tokens). */
+int sched_blocks_for(const struct sched *s, int n_tokens);
 /* The estimated wait before a new request of class cls would start, from
  * the engine thread's last step (ns; 0 when it would start at once). */
 uint64_t sched_estimate_wait_ns(struct sched *s, int cls);
