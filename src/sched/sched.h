@@ -8,10 +8,14 @@
  * running limit and the free KV blocks allow, forms one ragged batch per
  * step — every decoding sequence's next token first, then prompt chunks
  * (chunked prefill) with what is left of the step's token budget —
- * forwards it, samples each sequence's next token and appends it to the
- * request's output array. After each step that produced output for a
- * request it calls the request's notify callback, which the owner uses to
- * wake its I/O thread.
+ * launches it on the engine (taking new arrivals into the queues while it
+ * runs), then samples each sequence's next token from the logits — or
+ * takes the engine's own sample, for engines that sample — and appends it
+ * to the request's output array. After each step that produced output for
+ * a request it calls the request's notify callback, which the owner uses
+ * to wake its I/O thread. An engine that batches on its own (request-level,
+ * engine.h) gets each admitted request whole instead (upstream.c); the
+ * admission, classes and fair share are the same.
  *
  * Policies (`sched_config.policy`):
  * - SCHED_FCFS: one queue in arrival order; the head waits until it fits
@@ -57,8 +61,8 @@
  * count; output is published with release stores, so the owner reads
  * `finish` (acquire) and then `n_out` without any lock. Submission is a
  * lock-free push; a mutex and condition variable only park the engine
- * thread when it has nothing to do, and nothing is held across
- * engine_step.
+ * thread when it has nothing to do, and nothing is held across an engine
+ * call.
  */
 #pragma once
 
