@@ -31,7 +31,10 @@
  * prefix, and passes each sequence's block table in the batch.
  *
  * Threads: an engine is driven by one thread (the scheduler/engine thread);
- * its calls are not thread-safe. It never touches sockets.
+ * its calls are not thread-safe. It never touches client sockets; a
+ * request-level engine's upstream sockets live on the I/O loops, so its
+ * submit, poll and cancel only hand work over and never block (the
+ * scheduler polls again within a millisecond while requests are out).
  */
 #pragma once
 
