@@ -14,7 +14,7 @@ import time
 
 import httpx
 
-from serve_workload import prompt_ids, prompt_text
+from serve_workload import prefix_ids, prompt_ids, prompt_text
 
 
 class Req:
@@ -27,6 +27,9 @@ class Req:
         body = {"model": opts.model, "max_tokens": a.max_tokens, "stream": True, "temperature": opts.temperature}
         if opts.text_prompt:
             body["prompt"] = prompt_text(opts.seed, a.i, a.prompt_len)
+        elif a.prefix is not None:
+            body["prompt"] = (prefix_ids(opts.seed, a.prefix, a.prefix_len, opts.token_lo, opts.token_hi) +
+                              prompt_ids(opts.seed, a.i, a.prompt_len - a.prefix_len, opts.token_lo, opts.token_hi))
         else:
             body["prompt"] = prompt_ids(opts.seed, a.i, a.prompt_len, opts.token_lo, opts.token_hi)
         if opts.usage:

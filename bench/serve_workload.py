@@ -1,5 +1,5 @@
 """Workload descriptions for bench/serve: service classes, tenants, phases,
-the S1/S2/S3 presets of shared/bench/WORKLOADS.md, and the seeded arrival
+the S1/S2/S3/S4 presets of shared/bench/WORKLOADS.md, and the seeded arrival
 schedule.
 
 Everything random here is drawn from RNGs seeded by the run's seed, one RNG
@@ -23,6 +23,9 @@ class ClassSpec:
     slo_tpot: float = None         # s; None = no bound
     tenants: list = field(default_factory=list)  # [(tenant, weight)] within this class; [] = no tenant
     priority: str = None           # sent as "priority" and X-Priority; None = the class name
+    prefixes: int = 0              # shared "system prompts" to choose from (S4); 0 = none
+    prefix_len: int = 0            # tokens of each; `prompt` is then the user turn after it
+    prefix_zipf: float = 1.1       # prefix k (0-based) is chosen with weight 1 / (k + 1)^s
 
 
 @dataclass
@@ -39,8 +42,10 @@ class Arrival:
     phase: str
     cls: str
     tenant: str
-    prompt_len: int                # tokens
+    prompt_len: int                # tokens, the shared prefix included
     max_tokens: int
+    prefix: int = None             # which shared prefix the prompt starts with; None = none
+    prefix_len: int = 0            # its tokens
 
 
 # S1's mix: 20 % urgent (all gold), 80 % best_effort of which gold sends 1/16
@@ -56,6 +61,12 @@ def s3_classes():
     return [ClassSpec("best_effort", 1.0, (4096, 8192), (256, 256), 15.0, None, [])]
 
 
+# S4: 8 system prompts of 1024 tokens, Zipf(1.1)-chosen, then a 32-128-token
+# user turn; max_tokens 32-64.
+def s4_classes():
+    return [ClassSpec("default", 1.0, (32, 128), (32, 64), None, None, [], None, 8, 1024, 1.1)]
+
+
 def default_classes():
     return [ClassSpec("default", 1.0, (128, 128), (64, 64), None, None, [])]
 
@@ -66,6 +77,7 @@ PRESETS = {
     "S2": dict(classes=s1_classes, phases=[(0.5, 30.0, "base"), (2.5, 30.0, "burst"), (0.5, 30.0, "after")],
                closed=None),
     "S3": dict(classes=s3_classes, phases=[(None, 120.0, "closed")], closed=[4]),
+    "S4": dict(classes=s4_classes, phases=[(None, 120.0, "closed")], closed=[2]),
     "custom": dict(classes=default_classes, phases=[(None, 60.0, "steady")], closed=None),
 }
 
@@ -106,6 +118,9 @@ class Sampler:
         tenant = _pick(self.rng_cls, c.tenants) if c.tenants else None
         p = self.rng_len.randint(c.prompt[0], c.prompt[1])
         o = self.rng_len.randint(c.out[0], c.out[1])
+        if c.prefixes:
+            k = _pick(self.rng_cls, [(k, 1.0 / (k + 1) ** c.prefix_zipf) for k in range(c.prefixes)])
+            return Arrival(i, t, phase, c.name, tenant, c.prefix_len + p, o, k, c.prefix_len)
         return Arrival(i, t, phase, c.name, tenant, p, o)
 
 
@@ -142,6 +157,12 @@ def prompt_ids(seed, i, n, lo, hi):
     return [rng.randrange(lo, hi) for _ in range(n)]
 
 
+def prefix_ids(seed, k, n, lo, hi):
+    """Shared prefix k: the same n token ids in every request that uses it."""
+    rng = random.Random("%s-prefix-%d" % (seed, k))
+    return [rng.randrange(lo, hi) for _ in range(n)]
+
+
 # Common English words that are one token each in most vocabularies (with the
 # leading space); a text prompt of n words is about n tokens, not exactly.
 _WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at which but "
@@ -160,8 +181,10 @@ def schedule_digest(arrivals):
     """A short hash of the schedule: equal digests, identical arrivals."""
     h = hashlib.sha256()
     for a in arrivals:
-        h.update(json.dumps([a.i, None if a.t is None else round(a.t, 9), a.phase, a.cls, a.tenant, a.prompt_len,
-                             a.max_tokens]).encode())
+        row = [a.i, None if a.t is None else round(a.t, 9), a.phase, a.cls, a.tenant, a.prompt_len, a.max_tokens]
+        if a.prefix is not None:
+            row += [a.prefix, a.prefix_len]
+        h.update(json.dumps(row).encode())
     return h.hexdigest()[:16]
 
 

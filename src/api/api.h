@@ -55,6 +55,11 @@ struct api_config {
     size_t max_body;      /* bytes; larger bodies get 413 */
     struct qos *qos;      /* tenants, keys, classes and admission (required) */
     bool debug_endpoints; /* serve /debug/requests and /debug/trace */
+    /* Prefix cache namespaces: by default each tenant has its own (no
+     * tenant's prompts can be inferred from another's cache hits); shared,
+     * every tenant's requests reuse each other's cached prefixes. A
+     * request's cache_salt narrows its namespace further either way. */
+    bool prefix_cache_shared;
 };
 
 int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err);

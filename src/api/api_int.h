@@ -93,7 +93,9 @@ struct api_params {
     bool ignore_eos;      /* generate through end-of-generation tokens */
     const char *priority; /* service class by name, or NULL */
     size_t priority_len;
-    int priority_index; /* service class by index; -1 = not given */
+    int priority_index;     /* service class by index; -1 = not given */
+    const char *cache_salt; /* vLLM's cache_salt: a prefix-cache namespace within the tenant's, or NULL */
+    size_t cache_salt_len;
 };
 
 /* Parse and validate a request body. On failure fills e (status 400 with

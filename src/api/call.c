@@ -15,6 +15,12 @@
  * Not here: routing, validation, prompt building (routes.c, params.c),
  * HTTP mechanics (http/), batching (sched/).
  *
+ * Memory: one arena per call (core/arena.h). The call object, its prompt,
+ * every choice's output, log-probability and block-table arrays, the stop
+ * strings and the logit bias are carved from its first chunk, sized at
+ * submission; the text buffers grow inside it. Freeing the call is
+ * destroying the arena.
+ *
  * Lifetime: the call is freed when its reference count falls to zero. It
  * holds one reference per choice, dropped when the scheduler releases that
  * choice's sched_req, and one per queued wakeup task. Each choice's
@@ -26,6 +32,7 @@
 #include "core/log.h"
 #include "core/time.h"
 #include "http/http.h"
+#include "kv/kv.h"
 #include "obs/obs.h"
 #include "qos/qos.h"
 #include "sched/sched.h"
@@ -61,6 +68,7 @@ struct api_choice {
 };
 
 struct api_call {
+    struct lmd_arena *arena; /* everything below lives in it, the call included */
     _Atomic int refs;
     struct http_task task;
     struct api *api;
@@ -69,9 +77,9 @@ struct api_call {
     struct http_loop *loop;
     enum api_kind kind;
     bool stream, include_usage;
-    bool done; /* the response is complete */
-    bool gone; /* the client hung up before the answer */
-    int n_top; /* logprobs: alternatives per token; -1 = off */
+    _Atomic bool done; /* the response is complete (read by /debug/requests on any I/O thread) */
+    bool gone;         /* the client hung up before the answer */
+    int n_top;         /* logprobs: alternatives per token; -1 = off */
     char id[API_ID_MAX];
     long created; /* s */
     const char *stop[API_MAX_STOP];
@@ -123,22 +131,7 @@ static void call_free(struct api_call *c)
      * (a no-op when call_account already did). */
     qos_finished(a->cfg.qos, &c->who.ticket, (int64_t)c->n_prompt + call_generated(c), lmd_time_mono_ns());
     atomic_fetch_sub(&c->api->active, 1);
-    for (int i = 0; i < c->n_choices; i++) {
-        struct api_choice *ch = &c->choice[i];
-        lmd_buf_free(&ch->pending);
-        lmd_buf_free(&ch->text);
-        free(ch->out);
-        free(ch->lp);
-        free(ch->top_id);
-        free(ch->top_lp);
-    }
-    lmd_buf_free(&c->chunk);
-    free(c->piece);
-    free(c->stop_mem);
-    free(c->prompt);
-    free(c->echo);
-    free(c->bias);
-    free(c);
+    lmd_arena_destroy(c->arena); /* c too */
 }
 
 static void call_ref(struct api_call *c) { atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); }
@@ -179,7 +172,7 @@ static void call_account(struct api_call *c, int status, const char *finish)
     obs_request_done(obs_status_of(status), c->m->index, cls, tenant);
     double e2e = (double)(now - c->t_start) / 1e9;
     double ttft = c->t_first ? (double)(c->t_first - c->t_start) / 1e9 : -1;
-    uint64_t admit = __atomic_load_n(&c->choice[0].sr.t_admit_ns, __ATOMIC_RELAXED);
+    uint64_t admit = atomic_load_explicit(&c->choice[0].sr.t_admit_ns, memory_order_relaxed);
     double queue = admit >= c->t_start ? (double)(admit - c->t_start) / 1e9 : -1;
     if (status == 200) {
         obs_observe_model(OBS_H_E2E, c->m->index, cls, e2e);
@@ -583,7 +576,7 @@ static void call_gone(void *ctx)
 /* The echoed prompt: the request's own text, or the ids detokenized. */
 static int call_set_echo(struct api_call *c, const struct api_params *p)
 {
-    struct lmd_buf b = {0};
+    struct lmd_buf b = {.arena = c->arena};
     if (p->prompt) {
         if (lmd_buf_append(&b, p->prompt, p->prompt_len))
             return LMD_ENOMEM;
@@ -603,7 +596,6 @@ static int call_set_echo(struct api_call *c, const struct api_params *p)
     c->echo_len = b.len;
     return 0;
 oom:
-    lmd_buf_free(&b);
     return LMD_ENOMEM;
 }
 
@@ -612,14 +604,18 @@ static int choice_init(struct api_call *c, struct api_choice *ch, int i, const s
     sched_req_init(&ch->sr);
     ch->call = c;
     ch->index = i;
-    ch->out = malloc((size_t)max_tokens * sizeof *ch->out);
-    if (!ch->out)
+    ch->pending.arena = ch->text.arena = c->arena;
+    /* From the arena's first chunk, sized for them in api_call_submit. */
+    ch->out = lmd_arena_alloc(c->arena, (size_t)max_tokens * sizeof *ch->out);
+    ch->sr.block_table = lmd_arena_alloc(c->arena, (size_t)sched_blocks_for(c->m->m.sched, c->n_prompt + max_tokens) *
+                                                       sizeof *ch->sr.block_table);
+    if (!ch->out || !ch->sr.block_table)
         return LMD_ENOMEM;
     if (c->n_top >= 0) {
         size_t k = (size_t)max_tokens * (size_t)c->n_top;
-        ch->lp = malloc((size_t)max_tokens * sizeof *ch->lp);
-        ch->top_id = k ? malloc(k * sizeof *ch->top_id) : NULL;
-        ch->top_lp = k ? malloc(k * sizeof *ch->top_lp) : NULL;
+        ch->lp = lmd_arena_alloc(c->arena, (size_t)max_tokens * sizeof *ch->lp);
+        ch->top_id = k ? lmd_arena_alloc(c->arena, k * sizeof *ch->top_id) : NULL;
+        ch->top_lp = k ? lmd_arena_alloc(c->arena, k * sizeof *ch->top_lp) : NULL;
         if (!ch->lp || (k && (!ch->top_id || !ch->top_lp)))
             return LMD_ENOMEM;
     }
@@ -675,11 +671,32 @@ int api_call_submit(struct api *a, const struct api__model *m, struct http_req *
                     struct api_error *e)
 {
     const int n = p->n;
-    struct api_call *c = calloc(1, sizeof *c + (size_t)n * sizeof c->choice[0]);
-    if (!c) {
+    /* The arena's first chunk holds every fixed-size part (each rounded
+     * up to 16 bytes), plus room for the text buffers to start in. */
+    size_t piece_cap = tok_detok_bound(m->m.vocab), stop_bytes = 0;
+    if (piece_cap < tok_piece_max(m->m.vocab))
+        piece_cap = tok_piece_max(m->m.vocab);
+    for (int i = 0; i < p->n_stop; i++)
+        stop_bytes += p->stop_len[i];
+    size_t mt = (size_t)max_tokens, top = p->logprobs > 0 ? (size_t)p->logprobs : 0;
+    size_t per_choice =
+        mt * sizeof(int32_t) + (size_t)sched_blocks_for(m->m.sched, n_prompt + max_tokens) * sizeof(int32_t) +
+        (p->logprobs >= 0 ? mt * sizeof(float) + mt * top * (sizeof(int32_t) + sizeof(float)) : 0) + 5 * 16;
+    size_t first = sizeof(struct api_call) + (size_t)n * sizeof(struct api_choice) +
+                   (size_t)n_prompt * sizeof(int32_t) + piece_cap + stop_bytes + 1 +
+                   (size_t)p->n_bias * sizeof(struct sample_bias) + (size_t)n * per_choice + 6 * 16 + 4096;
+    struct lmd_arena *arena = lmd_arena_create(first);
+    struct api_call *c = arena ? lmd_arena_calloc(arena, sizeof *c + (size_t)n * sizeof c->choice[0]) : NULL;
+    int32_t *prompt = c ? lmd_arena_alloc(arena, (size_t)n_prompt * sizeof *prompt) : NULL;
+    if (!prompt) {
+        lmd_arena_destroy(arena);
         free(ids);
         return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
     }
+    memcpy(prompt, ids, (size_t)n_prompt * sizeof *prompt);
+    free(ids);
+    c->arena = arena;
+    c->chunk.arena = arena;
     atomic_fetch_add(&a->active, 1);
     /* Each choice's release drops one of these, so from here every path,
      * failures included, ends in call_free through the choices. */
@@ -687,7 +704,7 @@ int api_call_submit(struct api *a, const struct api__model *m, struct http_req *
     c->n_choices = n;
     c->api = a;
     c->m = m;
-    c->prompt = ids;
+    c->prompt = prompt;
     c->n_prompt = n_prompt;
     c->kind = p->kind;
     c->stream = p->stream;
@@ -700,16 +717,11 @@ int api_call_submit(struct api *a, const struct api__model *m, struct http_req *
     c->who = *who;
     who->ticket.state = QOS_TICKET_NONE; /* the call's now: call_free settles it */
     snprintf(c->id, sizeof c->id, "%s", id);
-    c->piece_cap = tok_detok_bound(m->m.vocab);
-    if (c->piece_cap < tok_piece_max(m->m.vocab))
-        c->piece_cap = tok_piece_max(m->m.vocab);
-    c->piece = malloc(c->piece_cap);
-    size_t stop_bytes = 0;
-    for (int i = 0; i < p->n_stop; i++)
-        stop_bytes += p->stop_len[i];
-    c->stop_mem = malloc(stop_bytes + 1);
+    c->piece_cap = piece_cap;
+    c->piece = lmd_arena_alloc(arena, c->piece_cap);
+    c->stop_mem = lmd_arena_alloc(arena, stop_bytes + 1);
     if (p->n_bias) {
-        c->bias = malloc((size_t)p->n_bias * sizeof *c->bias);
+        c->bias = lmd_arena_alloc(arena, (size_t)p->n_bias * sizeof *c->bias);
         if (c->bias)
             memcpy(c->bias, p->bias, (size_t)p->n_bias * sizeof *c->bias);
     }
@@ -717,6 +729,13 @@ int api_call_submit(struct api *a, const struct api__model *m, struct http_req *
     if (rc == 0 && p->echo)
         rc = call_set_echo(c, p);
     const uint64_t sched_id = atomic_fetch_add(&a->seq, 1) * API_MAX_N;
+    uint64_t salt = 0;
+    if (!a->cfg.prefix_cache_shared) {
+        const struct qos_tenant *t = qos_tenant(a->cfg.qos, c->who.tenant);
+        salt = kv_salt(0, t->name, strlen(t->name));
+    }
+    if (p->cache_salt)
+        salt = kv_salt(salt, p->cache_salt, p->cache_salt_len);
     for (int i = 0; i < n; i++) {
         if (choice_init(c, &c->choice[i], i, p, max_tokens) != 0)
             rc = LMD_ENOMEM;
@@ -724,6 +743,7 @@ int api_call_submit(struct api *a, const struct api__model *m, struct http_req *
         c->choice[i].sr.tenant = c->who.tenant;
         c->choice[i].sr.id = sched_id + (uint64_t)i;
         c->choice[i].sr.t_arrival_ns = c->t_start;
+        c->choice[i].sr.cache_salt = salt;
     }
     if (rc != 0) {
         for (int i = 0; i < n; i++)
@@ -817,12 +837,12 @@ static void call_render(struct api_call *c, struct lmd_buf *b, uint64_t now)
             state = st;
         kv += atomic_load_explicit(&sr->kv_blocks, memory_order_relaxed);
         gen += atomic_load_explicit(&sr->n_out, memory_order_relaxed);
-        preempted += __atomic_load_n(&sr->n_preempted, __ATOMIC_RELAXED);
-        uint64_t t = __atomic_load_n(&sr->t_admit_ns, __ATOMIC_RELAXED);
+        preempted += atomic_load_explicit(&sr->n_preempted, memory_order_relaxed);
+        uint64_t t = atomic_load_explicit(&sr->t_admit_ns, memory_order_relaxed);
         if (t && (!admit || t < admit))
             admit = t;
     }
-    if (__atomic_load_n(&c->done, __ATOMIC_RELAXED))
+    if (atomic_load_explicit(&c->done, memory_order_relaxed))
         state = SCHED_ST_DONE;
     double age = (double)(now - c->t_start) / 1e9;
     double queued = (double)((admit ? admit : now) - c->t_start) / 1e9;

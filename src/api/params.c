@@ -431,6 +431,13 @@ int api_params_parse(struct api_params *p, enum api_kind kind, const char *body,
             return BAD("priority", "'priority' must be a service class name or a class index (0 = most urgent)");
         }
     }
+    json_t *salt = json_object_get(root, "cache_salt");
+    if (salt && !json_is_null(salt)) {
+        if (!json_is_string(salt) || json_string_length(salt) == 0)
+            return BAD("cache_salt", "'cache_salt' must be a non-empty string");
+        p->cache_salt = json_string_value(salt);
+        p->cache_salt_len = json_string_length(salt);
+    }
     json_t *user = json_object_get(root, "user");
     if (user && !json_is_null(user) && !json_is_string(user))
         return BAD("user", "'user' must be a string");

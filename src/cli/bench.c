@@ -9,6 +9,7 @@
 #include "core/time.h"
 #include "engine/engine.h"
 #include "kernels/kernels.h"
+#include "kv/kv.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -166,7 +167,15 @@ int cli_bench(int argc, char **argv)
         return 1;
     }
     int status = 1;
-    struct kv_cache *kv = e->info.kv;
+    /* One block manager for the bench's sequences, no prefix cache: every
+     * run computes what it measures. */
+    struct kv_mgr kvm, *kv = &kvm;
+    if (kv_init(kv, &(struct kv_config){.n_blocks = e->info.kv_blocks, .block_tokens = e->info.kv_block_tokens},
+                &err) != 0) {
+        fprintf(stderr, "lmd bench: %s\n", err.msg);
+        engine_close(e);
+        return 1;
+    }
     struct bench_seq *bs = calloc((size_t)max_b, sizeof *bs);
     int32_t *tok = malloc((size_t)(ctx + max_b) * sizeof *tok);
     struct engine_seq *es = calloc((size_t)max_b, sizeof *es);
@@ -292,6 +301,7 @@ out:
     free(tok);
     free(es);
     free(samples);
+    kv_free(kv);
     engine_close(e);
     return status;
 }

@@ -12,6 +12,7 @@
 #include "engine/engine.h"
 #include "gguf/gguf.h"
 #include "kernels/kernels.h"
+#include "kv/kv.h"
 #include "sample/sample.h"
 #include "tokenizer/tokenizer.h"
 
@@ -247,6 +248,7 @@ int cli_run(int argc, char **argv)
     struct sampler smp = {0};
     struct sample_scratch sc = {0};
     struct kv_seq seq = {0};
+    struct kv_mgr kvm = {0}; /* the one sequence's blocks; no prefix cache */
 
     uint64_t t_load = lmd_time_mono_ns();
     struct engine_config cfg = {
@@ -325,7 +327,12 @@ int cli_run(int argc, char **argv)
     if (n_predict > ctx - n_prompt)
         n_predict = ctx - n_prompt;
 
-    struct kv_cache *kv = eng->info.kv;
+    struct kv_mgr *kv = &kvm;
+    if (kv_init(kv, &(struct kv_config){.n_blocks = eng->info.kv_blocks, .block_tokens = eng->info.kv_block_tokens},
+                &err) != 0) {
+        fprintf(stderr, "lmd run: %s\n", err.msg);
+        goto out;
+    }
     seq.cap = kv_blocks_for(kv, ctx);
     blocks = malloc((size_t)seq.cap * sizeof *blocks);
     seq.blocks = blocks;
@@ -422,8 +429,7 @@ int cli_run(int argc, char **argv)
             kern_isa());
     status = 0;
 out:
-    if (eng && seq.blocks)
-        kv_seq_release(eng->info.kv, &seq);
+    kv_free(&kvm);
     sample_free(&smp);
     sample_scratch_free(&sc);
     free(blocks);

@@ -63,6 +63,8 @@ static void serve_usage(FILE *out)
             "                           (docs/configuration.md); without it the server is open\n"
             "      --debug-endpoints    serve /debug/requests and /debug/trace (admin keys only when\n"
             "                           --tenants is given) and record scheduler trace events\n"
+            "      --no-prefix-cache    compute every prompt in full (no reuse of cached prefixes)\n"
+            "      --prefix-cache-shared  one prefix-cache namespace for all tenants (default: one each)\n"
             "      --no-metrics         record no metrics (/metrics answers 404); for measuring\n"
             "                           what recording costs\n"
             "      --log-level L        debug, info, warn, error (default info)\n"
@@ -91,6 +93,8 @@ enum {
     OPT_LOG_FORMAT,
     OPT_NO_METRICS,
     OPT_CONFIG,
+    OPT_NO_PREFIX_CACHE,
+    OPT_PREFIX_CACHE_SHARED,
 };
 
 static const struct option opts[] = {
@@ -117,6 +121,8 @@ static const struct option opts[] = {
     {"debug-endpoints", no_argument, NULL, OPT_DEBUG},
     {"log-format", required_argument, NULL, OPT_LOG_FORMAT},
     {"no-metrics", no_argument, NULL, OPT_NO_METRICS},
+    {"no-prefix-cache", no_argument, NULL, OPT_NO_PREFIX_CACHE},
+    {"prefix-cache-shared", no_argument, NULL, OPT_PREFIX_CACHE_SHARED},
     {"help", no_argument, NULL, 'h'},
     {0, 0, 0, 0},
 };
@@ -205,6 +211,12 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
         return 0;
     case OPT_NO_METRICS:
         c->metrics = false;
+        return 0;
+    case OPT_NO_PREFIX_CACHE:
+        c->prefix_cache = false;
+        return 0;
+    case OPT_PREFIX_CACHE_SHARED:
+        c->prefix_cache_shared = true;
         return 0;
     case OPT_LOG_FORMAT: {
         enum lmd_log_format f;

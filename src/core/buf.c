@@ -21,7 +21,15 @@ int lmd_buf_reserve(struct lmd_buf *b, size_t extra)
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + extra)
         cap *= 2;
-    char *p = realloc(b->ptr, cap);
+    char *p;
+    if (b->arena) {
+        /* The old copy stays in the arena until it goes. */
+        p = lmd_arena_alloc(b->arena, cap);
+        if (p && b->len)
+            memcpy(p, b->ptr, b->len);
+    } else {
+        p = realloc(b->ptr, cap);
+    }
     if (!p)
         return LMD_ENOMEM;
     b->ptr = p;
@@ -57,6 +65,7 @@ int lmd_buf_printf(struct lmd_buf *b, const char *fmt, ...)
 
 void lmd_buf_free(struct lmd_buf *b)
 {
-    free(b->ptr);
-    *b = (struct lmd_buf){0};
+    if (!b->arena)
+        free(b->ptr);
+    *b = (struct lmd_buf){.arena = b->arena};
 }

@@ -140,7 +140,7 @@ int model_scratch_create(struct model_scratch **out, const struct model *m, int 
 struct attn_job {
     const struct model *m;
     struct model_scratch *s;
-    const struct kv_cache *kv;
+    const struct model_kv *kv;
     const struct model_seq *seqs;
     int layer;
 };
@@ -152,7 +152,7 @@ static void attn_task(void *ctx, int64_t begin, int64_t end, int tid)
     struct model_scratch *s = J->s;
     const int n_head = hp->n_head, dk = hp->head_dim_k, dv = hp->head_dim_v;
     const int group = hp->n_head / hp->n_head_kv;
-    const int bt = J->kv->cfg.block_tokens;
+    const int bt = J->kv->block_tokens;
     const bool swa = hp->layer_swa[J->layer];
     const float scale = hp->arch->q_prescale ? 1.0f : hp->attn_scale;
     float *scores = s->att_scores + (size_t)tid * (size_t)s->max_ctx;
@@ -172,8 +172,8 @@ static void attn_task(void *ctx, int64_t begin, int64_t end, int tid)
         for (int j = 0; j < n; j++) {
             const int p = first + j;
             const int32_t blk = sq->blocks[p / bt];
-            kp[j] = kv_k_at(J->kv, blk, J->layer, kvh, p % bt);
-            vp[j] = kv_v_at(J->kv, blk, J->layer, kvh, p % bt);
+            kp[j] = model_kv_k_at(J->kv, blk, J->layer, kvh, p % bt);
+            vp[j] = model_kv_v_at(J->kv, blk, J->layer, kvh, p % bt);
         }
         const float *q = s->q + ((size_t)t * (size_t)n_head + (size_t)h) * (size_t)dk;
         for (int d = 0; d < dk; d++)
@@ -200,12 +200,12 @@ static void add_bias(float *y, const float *b, int rows, int dim)
             y[(size_t)t * (size_t)dim + (size_t)i] += b[i];
 }
 
-int model_forward(const struct model *m, struct model_scratch *s, struct lmd_pool *pool, struct kv_cache *kv,
+int model_forward(const struct model *m, struct model_scratch *s, struct lmd_pool *pool, const struct model_kv *kv,
                   const struct model_seq *seqs, int n_seqs, float *logits, struct lmd_err *err)
 {
     const struct model_hparams *hp = &m->hp;
     const int E = hp->n_embd, H = hp->n_head, HKV = hp->n_head_kv, DK = hp->head_dim_k, DV = hp->head_dim_v;
-    const int bt = kv->cfg.block_tokens;
+    const int bt = kv->block_tokens;
 
     /* Flatten the batch and check it against the scratch and the cache. */
     int T = 0, n_want = 0;
@@ -216,6 +216,10 @@ int model_forward(const struct model *m, struct model_scratch *s, struct lmd_poo
                                sq->pos, sq->pos + sq->n_tokens - 1, s->max_ctx);
         if (sq->n_tokens > s->max_tokens - T)
             return lmd_err_set(err, LMD_EINVAL, "forward: batch exceeds %d tokens per step", s->max_tokens);
+        for (int b = 0; b < (sq->pos + sq->n_tokens + bt - 1) / bt; b++)
+            if (sq->blocks[b] < 0 || sq->blocks[b] >= kv->n_blocks)
+                return lmd_err_set(err, LMD_EINVAL, "forward: sequence %d: block %d of its table is %d (store of %d)",
+                                   i, b, sq->blocks[b], kv->n_blocks);
         for (int j = 0; j < sq->n_tokens; j++) {
             if (sq->tokens[j] < 0 || sq->tokens[j] >= hp->n_vocab)
                 return lmd_err_set(err, LMD_EINVAL, "forward: token id %d out of range (vocabulary %d)", sq->tokens[j],
@@ -282,11 +286,11 @@ int model_forward(const struct model *m, struct model_scratch *s, struct lmd_poo
                 if (L->k_norm)
                     ops_rmsnorm(k, k, L->k_norm, DK, hp->rms_eps);
                 ops_rope_apply(k, cs, hp->n_rot, hp->arch->rope == MODEL_ROPE_NEOX);
-                uint16_t *kc = kv_k_at(kv, blk, il, h, pos % bt);
+                uint16_t *kc = model_kv_k_at(kv, blk, il, h, pos % bt);
                 for (int d = 0; d < DK; d++)
                     kc[d] = kern_f32_to_f16(k[d]);
                 const float *v = s->v + ((size_t)t * HKV + (size_t)h) * (size_t)DV;
-                uint16_t *vc = kv_v_at(kv, blk, il, h, pos % bt);
+                uint16_t *vc = model_kv_v_at(kv, blk, il, h, pos % bt);
                 for (int d = 0; d < DV; d++)
                     vc[d] = kern_f32_to_f16(v[d]);
             }

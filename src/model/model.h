@@ -13,7 +13,10 @@
  *
  * The forward pass takes a ragged batch: several sequences, each a run of
  * consecutive positions (a prefill chunk or a single decode token), with
- * K/V read from and written to the paged cache in kv/.
+ * K/V read from and written to a paged store (struct model_kv) through
+ * each sequence's block table. Which block belongs to whom is decided
+ * above (kv/, by the scheduler); the model only addresses the blocks it is
+ * handed.
  *
  * Lifetime: the model is process-long (weights stay in the mapping); the
  * scratch belongs to the one engine thread that runs the forward pass.
@@ -23,7 +26,6 @@
 #include "core/error.h"
 #include "core/pool.h"
 #include "gguf/gguf.h"
-#include "kv/kv.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -110,6 +112,45 @@ void model_free(struct model *m);
 /* Supported architecture names, comma-separated, for messages. */
 const char *model_supported_archs(void);
 
+/* The K/V store of one model: fixed-size blocks of block_tokens positions,
+ * allocated once, owned by the engine. Element type is F16, as llama.cpp
+ * stores its cache, so attention numerics match it. Layout of one block,
+ * per layer:
+ *     k: [n_head_kv][block_tokens][head_dim_k]   v: [n_head_kv][block_tokens][head_dim_v]
+ * Lifetime: the engine's; written only by the engine thread. */
+struct model_kv {
+    int n_blocks;
+    int block_tokens; /* positions per block */
+    int n_layer;
+    int n_head_kv;
+    int head_dim_k;       /* elements */
+    int head_dim_v;       /* elements */
+    uint16_t *k;          /* f16 [n_blocks][n_layer][n_head_kv][block_tokens][head_dim_k] */
+    uint16_t *v;          /* f16 [n_blocks][n_layer][n_head_kv][block_tokens][head_dim_v] */
+    size_t block_k_elems; /* k elements per block, all layers */
+    size_t block_v_elems;
+};
+
+/* Bytes of one block of m's K/V store (all layers, K and V). */
+size_t model_kv_block_bytes(const struct model *m, int block_tokens);
+int model_kv_init(struct model_kv *kv, const struct model *m, int n_blocks, int block_tokens, struct lmd_err *err);
+void model_kv_free(struct model_kv *kv);
+
+/* Pointers to the K/V vectors of one (block, layer, head, slot). */
+static inline uint16_t *model_kv_k_at(const struct model_kv *kv, int32_t block, int layer, int head, int slot)
+{
+    return kv->k + (size_t)block * kv->block_k_elems +
+           (((size_t)layer * (size_t)kv->n_head_kv + (size_t)head) * (size_t)kv->block_tokens + (size_t)slot) *
+               (size_t)kv->head_dim_k;
+}
+
+static inline uint16_t *model_kv_v_at(const struct model_kv *kv, int32_t block, int layer, int head, int slot)
+{
+    return kv->v + (size_t)block * kv->block_v_elems +
+           (((size_t)layer * (size_t)kv->n_head_kv + (size_t)head) * (size_t)kv->block_tokens + (size_t)slot) *
+               (size_t)kv->head_dim_v;
+}
+
 /* One sequence's part of a ragged batch. */
 struct model_seq {
     const int32_t *tokens; /* [n_tokens] */
@@ -127,9 +168,9 @@ int model_scratch_create(struct model_scratch **out, const struct model *m, int 
                          int n_threads, struct lmd_err *err);
 void model_scratch_free(struct model_scratch *s);
 
-/* Run the forward pass. Writes K/V of every input token into the cache and
+/* Run the forward pass. Writes K/V of every input token into the store and
  * fills logits [n_want][n_vocab] (one row per seq with want_logits, in
  * order). Returns 0 or LMD_EINVAL (batch larger than the scratch, bad
  * token id or positions) with a message. */
-int model_forward(const struct model *m, struct model_scratch *s, struct lmd_pool *pool, struct kv_cache *kv,
+int model_forward(const struct model *m, struct model_scratch *s, struct lmd_pool *pool, const struct model_kv *kv,
                   const struct model_seq *seqs, int n_seqs, float *logits, struct lmd_err *err);

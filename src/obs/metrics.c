@@ -91,6 +91,8 @@ static const struct {
     [OBS_G_KV_USAGE] = {"lmd_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use (0 to 1)."},
     [OBS_G_KV_FREE] = {"lmd_kv_blocks_free", "Free KV-cache blocks."},
     [OBS_G_KV_TOTAL] = {"lmd_kv_blocks_capacity", "KV-cache blocks in all, free and in use."},
+    [OBS_G_KV_BLOCK_SIZE] = {"lmd_kv_block_size_tokens",
+                             "Token positions per KV-cache block (the prefix cache's unit)."},
     [OBS_G_CONNECTIONS] = {"lmd_http_connections_open", "Open client connections."},
 };
 

@@ -136,11 +136,12 @@ void obs_reject(enum obs_reject why, int tenant);
 
 /* Every gauge but lmd_http_connections_open is per model (the bound one). */
 enum obs_gauge {
-    OBS_G_RUNNING,     /* lmd_requests_running */
-    OBS_G_KV_USAGE,    /* lmd_kv_cache_usage_ratio (0..1) */
-    OBS_G_KV_FREE,     /* lmd_kv_blocks_free */
-    OBS_G_KV_TOTAL,    /* lmd_kv_blocks_capacity (a gauge may not end in _total) */
-    OBS_G_CONNECTIONS, /* lmd_http_connections_open */
+    OBS_G_RUNNING,       /* lmd_requests_running */
+    OBS_G_KV_USAGE,      /* lmd_kv_cache_usage_ratio (0..1) */
+    OBS_G_KV_FREE,       /* lmd_kv_blocks_free */
+    OBS_G_KV_TOTAL,      /* lmd_kv_blocks_capacity (a gauge may not end in _total) */
+    OBS_G_KV_BLOCK_SIZE, /* lmd_kv_block_size_tokens */
+    OBS_G_CONNECTIONS,   /* lmd_http_connections_open */
     OBS_G__N,
 };
 void obs_gauge_set(enum obs_gauge g, double v);

@@ -33,7 +33,7 @@ static bool queue_before(const struct sched__policy *p, const struct sched_req *
             return a->t_deadline_ns != 0;
         return a->t_deadline_ns < b->t_deadline_ns;
     }
-    return a->seq < b->seq;
+    return a->run.seq < b->run.seq;
 }
 
 void sched__enqueue(struct sched__policy *p, struct sched_req *r, bool first)
@@ -57,18 +57,18 @@ void sched__enqueue(struct sched__policy *p, struct sched_req *r, bool first)
      * a preempted request walks forward to its deadline's place. */
     struct sched_req *at = q->tail;
     while (at && queue_before(p, r, at))
-        at = at->prev;
-    r->prev = at;
-    r->next = at ? at->next : q->head;
-    if (r->next)
-        r->next->prev = r;
+        at = at->run.prev;
+    r->run.prev = at;
+    r->run.next = at ? at->run.next : q->head;
+    if (r->run.next)
+        r->run.next->run.prev = r;
     else
         q->tail = r;
     if (at)
-        at->next = r;
+        at->run.next = r;
     else
         q->head = r;
-    r->queued = true;
+    r->run.queued = true;
     p->n_waiting++;
     p->n_waiting_cls[r->cls]++;
 }
@@ -76,16 +76,16 @@ void sched__enqueue(struct sched__policy *p, struct sched_req *r, bool first)
 void sched__dequeue(struct sched__policy *p, struct sched_req *r)
 {
     struct sched__queue *q = queue_of(p, r);
-    if (r->prev)
-        r->prev->next = r->next;
+    if (r->run.prev)
+        r->run.prev->run.next = r->run.next;
     else
-        q->head = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
+        q->head = r->run.next;
+    if (r->run.next)
+        r->run.next->run.prev = r->run.prev;
     else
-        q->tail = r->prev;
-    r->next = r->prev = NULL;
-    r->queued = false;
+        q->tail = r->run.prev;
+    r->run.next = r->run.prev = NULL;
+    r->run.queued = false;
     p->n_waiting--;
     p->n_waiting_cls[r->cls]--;
 }
@@ -108,9 +108,9 @@ struct sched_req *sched__pick(const struct sched__policy *p, uint64_t now, uint6
             struct sched_req *h = p->q[c][t].head;
             if (!h)
                 continue;
-            if (h->t_eligible_ns > now) {
-                if (h->t_eligible_ns < *next_ns)
-                    *next_ns = h->t_eligible_ns;
+            if (h->run.t_eligible_ns > now) {
+                if (h->run.t_eligible_ns < *next_ns)
+                    *next_ns = h->run.t_eligible_ns;
                 continue;
             }
             /* Lowest virtual time first; between equals, the earlier
@@ -139,7 +139,7 @@ int sched__form(const struct sched__policy *p, struct sched_req *const *running,
     int n = 0;
     for (int i = 0; i < n_running; i++) {
         struct sched_req *r = running[i];
-        if (r->n_fed < r->n_fill)
+        if (r->run.n_fed < r->run.n_fill)
             continue;
         items[n++] = (struct sched__item){.r = r, .n = 1, .decode = true};
         budget--;
@@ -152,7 +152,7 @@ int sched__form(const struct sched__policy *p, struct sched_req *const *running,
         struct sched_req *best = NULL;
         for (int i = 0; i < n_running; i++) {
             struct sched_req *r = running[i];
-            if (r->n_fed >= r->n_fill)
+            if (r->run.n_fed >= r->run.n_fill)
                 continue;
             bool taken = false;
             for (int k = first_prefill; k < n && !taken; k++)
@@ -162,11 +162,11 @@ int sched__form(const struct sched__policy *p, struct sched_req *const *running,
         }
         if (!best)
             break;
-        int left = best->n_fill - best->n_fed;
+        int left = best->run.n_fill - best->run.n_fed;
         /* Stop a chunk at the end of the prompt: the rest (output tokens of
          * a resumed request) lives in another array. */
-        if (best->n_fed < best->n_prompt && best->n_prompt - best->n_fed < left)
-            left = best->n_prompt - best->n_fed;
+        if (best->run.n_fed < best->n_prompt && best->n_prompt - best->run.n_fed < left)
+            left = best->n_prompt - best->run.n_fed;
         int take = left < budget ? left : budget;
         items[n++] = (struct sched__item){.r = best, .n = take, .decode = false};
         budget -= take;
@@ -186,9 +186,9 @@ struct sched_req *sched__victim(const struct sched__policy *p, struct sched_req 
         if (!v || r->cls > v->cls)
             v = r;
         else if (r->cls == v->cls) {
-            int wr = r->n_fed + atomic_load_explicit(&r->n_out, memory_order_relaxed);
-            int wv = v->n_fed + atomic_load_explicit(&v->n_out, memory_order_relaxed);
-            if (wr < wv || (wr == wv && r->seq > v->seq))
+            int wr = r->run.n_fed + atomic_load_explicit(&r->n_out, memory_order_relaxed);
+            int wv = v->run.n_fed + atomic_load_explicit(&v->n_out, memory_order_relaxed);
+            if (wr < wv || (wr == wv && r->run.seq > v->run.seq))
                 v = r;
         }
     }

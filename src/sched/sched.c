@@ -31,54 +31,6 @@
 #include <string.h>
 #include <time.h>
 
-/* Fraction of the tightest TPOT target a step may take while such a
- * sequence decodes; the rest is margin for sampling and the I/O side. */
-#define SCHED_TPOT_SHARE 0.8
-/* A prefill chunk is never cut below this many tokens, so long prompts
- * still make progress when the TPOT target is tight. */
-#define SCHED_MIN_CHUNK 16
-
-struct sched {
-    struct sched_config cfg;
-    struct sched_class classes[SCHED_MAX_CLASSES];
-    double weights[SCHED_MAX_TENANTS];
-    struct engine *eng;
-    struct kv_cache *kv;
-    pthread_t thread;
-    int budget; /* tokens per step */
-
-    /* Shared with the submitting threads. The inbox is a lock-free stack
-     * (push by CAS, the engine thread takes it whole and reverses it). */
-    _Atomic(struct sched_req *) inbox;
-    _Atomic int n_queued; /* submitted, not yet admitted for the first time */
-    _Atomic bool stopping;
-    _Atomic unsigned cancel_gen;
-    _Atomic bool parked;
-    pthread_mutex_t mu; /* only to park and wake the engine thread */
-    pthread_cond_t cv;
-
-    /* Engine thread only. */
-    struct sched__policy pol;
-    struct sched_req **running; /* [max_running]; NULL = left during this step */
-    int n_running;
-    struct sched__item *items; /* [max_running] */
-    struct engine_seq *batch;  /* [max_running] */
-    int *brow;                 /* [max_running] logits row of batch[i], -1 = none */
-    struct sample_scratch scratch;
-    uint64_t next_seq;
-    unsigned cancel_seen;
-    /* Cost model from measured steps: a decode-only step, and the extra
-     * time per prefill token. */
-    double ema_decode_ns, ema_token_ns;
-
-    /* Published counters. */
-    _Atomic uint64_t requests_total, prompt_tokens, generated_tokens, steps, preemptions, deadline_refusals;
-    _Atomic int running_now, waiting_now, kv_free;
-    _Atomic int waiting_class[SCHED_MAX_CLASSES];
-    _Atomic uint64_t est_wait[SCHED_MAX_CLASSES];
-    _Atomic uint64_t tenant_tokens[SCHED_MAX_TENANTS];
-};
-
 void sched_req_init(struct sched_req *r)
 {
     atomic_init(&r->n_out, 0);
@@ -90,15 +42,15 @@ void sched_req_init(struct sched_req *r)
     r->err[0] = '\0';
     r->cls = r->tenant = 0;
     r->id = 0;
-    r->t_arrival_ns = r->t_deadline_ns = r->t_admit_ns = r->t_first_ns = r->t_done_ns = 0;
-    r->n_preempted = 0;
-    r->next = r->prev = NULL;
-    memset(&r->kv, 0, sizeof r->kv);
-    memset(&r->smp, 0, sizeof r->smp);
-    r->smp_ready = r->queued = r->running = false;
-    r->n_fill = r->n_fed = r->pos = 0;
-    r->last_tok = -1;
-    r->t_last_tok_ns = 0;
+    r->t_arrival_ns = r->t_deadline_ns = 0;
+    atomic_init(&r->t_admit_ns, 0);
+    atomic_init(&r->t_first_ns, 0);
+    atomic_init(&r->t_done_ns, 0);
+    r->cache_salt = 0;
+    r->block_table = NULL;
+    atomic_init(&r->n_preempted, 0);
+    memset(&r->run, 0, sizeof r->run);
+    r->run.last_tok = -1;
     r->n_logprobs = -1;
     r->out_lp = NULL;
     r->out_top_id = NULL;
@@ -113,30 +65,22 @@ void sched_req_unref(struct sched_req *r)
         r->release(r);
 }
 
-static int blocks_needed(const struct sched *s, const struct sched_req *r)
-{
-    return kv_blocks_for(s->kv, r->n_prompt + r->max_tokens);
-}
-
 /* Seconds between two monotonic stamps; 0 if they are out of order (an
  * owner-supplied arrival stamp from a slightly later clock read). */
-static double sched_secs(uint64_t from_ns, uint64_t to_ns)
-{
-    return to_ns > from_ns ? (double)(to_ns - from_ns) / 1e9 : 0;
-}
+double sched__secs(uint64_t from_ns, uint64_t to_ns) { return to_ns > from_ns ? (double)(to_ns - from_ns) / 1e9 : 0; }
 
 /* ---- leaving ------------------------------------------------------------- */
 
-static void running_remove(struct sched *s, struct sched_req *r)
+void sched__running_remove(struct sched *s, struct sched_req *r)
 {
     for (int i = 0; i < s->n_running; i++)
         if (s->running[i] == r)
             s->running[i] = NULL;
-    r->running = false;
+    r->run.running = false;
 }
 
 /* Remove the NULL slots, keeping order. */
-static void running_compact(struct sched *s)
+void sched__running_compact(struct sched *s)
 {
     int k = 0;
     for (int i = 0; i < s->n_running; i++)
@@ -150,10 +94,10 @@ static void running_compact(struct sched *s)
 static void sched_observe_finish(const struct sched_req *r, enum sched_finish why)
 {
     if (r->t_admit_ns) {
-        obs_observe(OBS_H_QUEUE, r->cls, sched_secs(r->t_arrival_ns, r->t_admit_ns));
+        obs_observe(OBS_H_QUEUE, r->cls, sched__secs(r->t_arrival_ns, r->t_admit_ns));
         if (r->t_first_ns) {
-            obs_observe(OBS_H_PREFILL, r->cls, sched_secs(r->t_admit_ns, r->t_first_ns));
-            obs_observe(OBS_H_DECODE, r->cls, sched_secs(r->t_first_ns, r->t_done_ns));
+            obs_observe(OBS_H_PREFILL, r->cls, sched__secs(r->t_admit_ns, r->t_first_ns));
+            obs_observe(OBS_H_DECODE, r->cls, sched__secs(r->t_first_ns, r->t_done_ns));
         }
     }
     if (why == SCHED_FINISH_DEADLINE)
@@ -164,23 +108,24 @@ static void sched_observe_finish(const struct sched_req *r, enum sched_finish wh
 
 /* End r wherever it is (inbox excepted): return its blocks, publish the
  * reason, wake its owner and drop the scheduler's reference. */
-static void sched_finish(struct sched *s, struct sched_req *r, enum sched_finish why)
+void sched__finish(struct sched *s, struct sched_req *r, enum sched_finish why)
 {
-    if (r->running)
-        running_remove(s, r);
-    else if (r->queued)
+    if (r->run.running)
+        sched__running_remove(s, r);
+    else if (r->run.queued)
         sched__dequeue(&s->pol, r);
     if (!r->t_admit_ns)
         atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
     sched__leave(&s->pol, r);
-    if (r->kv.blocks) {
-        kv_seq_release(s->kv, &r->kv);
-        free(r->kv.blocks);
-        r->kv.blocks = NULL;
+    if (r->run.kv.blocks) {
+        kv_seq_release(&s->kv, &r->run.kv);
+        if (r->run.own_table)
+            free(r->run.kv.blocks);
+        r->run.kv.blocks = NULL;
     }
-    if (r->smp_ready)
-        sample_free(&r->smp);
-    r->smp_ready = false;
+    if (r->run.smp_ready)
+        sample_free(&r->run.smp);
+    r->run.smp_ready = false;
     r->t_done_ns = lmd_time_mono_ns();
     sched_observe_finish(r, why);
     atomic_store_explicit(&r->kv_blocks, 0, memory_order_relaxed);
@@ -189,15 +134,15 @@ static void sched_finish(struct sched *s, struct sched_req *r, enum sched_finish
     atomic_fetch_add_explicit(&s->requests_total, 1, memory_order_relaxed);
     if (why == SCHED_FINISH_DEADLINE)
         atomic_fetch_add_explicit(&s->deadline_refusals, 1, memory_order_relaxed);
-    atomic_store_explicit(&s->kv_free, kv_free_blocks(s->kv), memory_order_relaxed);
+    atomic_store_explicit(&s->kv_free, kv_free_blocks(&s->kv), memory_order_relaxed);
     r->notify(r);
     sched_req_unref(r);
 }
 
-static void sched_fail(struct sched *s, struct sched_req *r, const char *msg)
+void sched__fail(struct sched *s, struct sched_req *r, const char *msg)
 {
     snprintf(r->err, sizeof r->err, "%s", msg);
-    sched_finish(s, r, SCHED_FINISH_ERROR);
+    sched__finish(s, r, SCHED_FINISH_ERROR);
 }
 
 /* ---- arriving ------------------------------------------------------------ */
@@ -207,15 +152,15 @@ static void sched_drain_inbox(struct sched *s)
 {
     struct sched_req *r = atomic_exchange_explicit(&s->inbox, NULL, memory_order_acquire), *fifo = NULL;
     while (r) { /* the stack is newest first: reverse it */
-        struct sched_req *nx = r->next;
-        r->next = fifo;
+        struct sched_req *nx = r->run.next;
+        r->run.next = fifo;
         fifo = r;
         r = nx;
     }
     for (r = fifo; r;) {
-        struct sched_req *nx = r->next;
-        r->next = r->prev = NULL;
-        r->seq = s->next_seq++;
+        struct sched_req *nx = r->run.next;
+        r->run.next = r->run.prev = NULL;
+        r->run.seq = s->next_seq++;
         sched__enqueue(&s->pol, r, true);
         r = nx;
     }
@@ -232,162 +177,22 @@ static void sched_sweep_cancelled(struct sched *s)
     for (int c = 0; c < SCHED_MAX_CLASSES; c++) {
         for (int t = 0; t < SCHED_MAX_TENANTS; t++) {
             for (struct sched_req *r = s->pol.q[c][t].head, *nx; r; r = nx) {
-                nx = r->next;
+                nx = r->run.next;
                 if (atomic_load_explicit(&r->cancelled, memory_order_relaxed))
-                    sched_finish(s, r, SCHED_FINISH_CANCELLED);
+                    sched__finish(s, r, SCHED_FINISH_CANCELLED);
             }
         }
     }
     for (int i = 0; i < s->n_running; i++) {
         struct sched_req *r = s->running[i];
-        if (r && atomic_load_explicit(&r->cancelled, memory_order_relaxed))
-            sched_finish(s, r, SCHED_FINISH_CANCELLED);
-    }
-    running_compact(s);
-}
-
-/* ---- admitting ----------------------------------------------------------- */
-
-/* Give r blocks (and, the first time, its sampler and block table) and put
- * it in the running set. Blocks were counted by the caller, so the reserve
- * cannot fail for lack of them. */
-static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
-{
-    sched__dequeue(&s->pol, r);
-    bool first = !r->t_admit_ns;
-    if (first) {
-        r->t_admit_ns = now;
-        atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
-    }
-    int need = blocks_needed(s, r);
-    if (!r->kv.blocks) {
-        r->kv.blocks = malloc((size_t)need * sizeof *r->kv.blocks);
-        r->kv.cap = need;
-        r->kv.n_blocks = 0;
-        if (!r->kv.blocks) {
-            sched_fail(s, r, "out of memory for the block table");
-            return false;
+        if (r && atomic_load_explicit(&r->cancelled, memory_order_relaxed)) {
+            if (r->run.submitted)
+                sched__cancel_request(s, r);
+            else
+                sched__finish(s, r, SCHED_FINISH_CANCELLED);
         }
     }
-    if (!r->smp_ready) {
-        struct lmd_err err = {0};
-        if (sample_init(&r->smp, &r->sp, r->n_prompt + r->max_tokens, &err) != 0) {
-            sched_fail(s, r, err.msg);
-            return false;
-        }
-        r->smp_ready = true;
-        sample_accept_prompt(&r->smp, r->prompt, r->n_prompt);
-    }
-    int rc = kv_seq_reserve(s->kv, &r->kv, r->n_prompt + r->max_tokens);
-    LMD_ASSERT(rc == 0, "sched: blocks counted at admission are missing");
-    /* A resumed request prefills its prompt and the output it already
-     * has; the logits of the last give its next token. */
-    r->n_fill = r->n_prompt + atomic_load_explicit(&r->n_out, memory_order_relaxed);
-    r->n_fed = 0;
-    r->running = true;
-    s->running[s->n_running++] = r;
-    atomic_store_explicit(&r->kv_blocks, r->kv.n_blocks, memory_order_relaxed);
-    atomic_store_explicit(&r->state, SCHED_ST_PREFILL, memory_order_relaxed);
-    /* Only the first admission opens the request's trace slice; a resume
-     * after a preemption stays inside it. */
-    if (first) {
-        obs_trace(OBS_EV_ADMIT, r->id, now, now, r->cls, r->tenant, r->n_prompt);
-        /* The owner learns it left the queue (its tenant's queued quota
-         * frees now, not at the first token). */
-        r->notify(r);
-    }
-    return true;
-}
-
-/* v keeps t_last_tok_ns: its next token's inter-token latency then spans
- * the wait and the recomputation. */
-static void sched_preempt(struct sched *s, struct sched_req *v, uint64_t now)
-{
-    running_remove(s, v);
-    running_compact(s);
-    int freed = v->kv.n_blocks;
-    kv_seq_release(s->kv, &v->kv);
-    v->n_fed = v->n_fill = 0;
-    v->n_preempted++;
-    atomic_store_explicit(&v->kv_blocks, 0, memory_order_relaxed);
-    atomic_store_explicit(&v->state, SCHED_ST_PREEMPTED, memory_order_relaxed);
-    atomic_fetch_add_explicit(&s->preemptions, 1, memory_order_relaxed);
-    obs_count(OBS_C_PREEMPTIONS, 1);
-    obs_trace(OBS_EV_PREEMPT, v->id, now, now, freed, 0, 0);
-    sched__enqueue(&s->pol, v, false);
-    LMD_DEBUG("sched: preempted request %llu (class %d) after %d tokens", (unsigned long long)v->id, v->cls,
-              atomic_load_explicit(&v->n_out, memory_order_relaxed));
-}
-
-/* Time until the first running sequence would finish on its own, from the
- * cost model: its remaining prefill and decode steps. */
-static double sched_time_to_free_ns(const struct sched *s)
-{
-    double best = -1;
-    for (int i = 0; i < s->n_running; i++) {
-        const struct sched_req *r = s->running[i];
-        int left_tokens = r->max_tokens - atomic_load_explicit(&r->n_out, memory_order_relaxed);
-        double t = (double)left_tokens * s->ema_decode_ns + (double)(r->n_fill - r->n_fed) * s->ema_token_ns;
-        if (best < 0 || t < best)
-            best = t;
-    }
-    return best < 0 ? 0 : best;
-}
-
-/* r cannot start for lack of a slot or blocks. Preempt lower-class
- * sequences if that makes room and waiting for one to finish would make r
- * late; returns whether room was made. */
-static bool sched_try_preempt(struct sched *s, struct sched_req *r, uint64_t now)
-{
-    int need = blocks_needed(s, r);
-    /* Is it possible at all? Count what the candidate victims hold. */
-    int could_free = 0, victims = 0;
-    for (int i = 0; i < s->n_running; i++) {
-        if (s->running[i]->cls > r->cls) {
-            could_free += s->running[i]->kv.n_blocks;
-            victims++;
-        }
-    }
-    bool slot_ok = s->n_running < s->cfg.max_running || victims > 0;
-    if (!victims || !slot_ok || kv_free_blocks(s->kv) + could_free < need)
-        return false;
-    /* Worth it? If a sequence will finish well before r's deadline, wait:
-     * recomputing a victim costs throughput. */
-    if (r->t_deadline_ns > now) {
-        double slack = (double)(r->t_deadline_ns - now);
-        if (sched_time_to_free_ns(s) < 0.5 * slack)
-            return false;
-    }
-    while (s->n_running >= s->cfg.max_running || kv_free_blocks(s->kv) < need) {
-        struct sched_req *v = sched__victim(&s->pol, s->running, s->n_running, r->cls);
-        if (!v)
-            return false;
-        sched_preempt(s, v, now);
-    }
-    return true;
-}
-
-/* Admit waiting work while it fits; *next_ns gets the earliest time a
- * request held by a batching window becomes eligible. */
-static void sched_admit(struct sched *s, uint64_t now, uint64_t *next_ns)
-{
-    for (;;) {
-        struct sched_req *r = sched__pick(&s->pol, now, next_ns);
-        if (!r)
-            return;
-        if (s->pol.kind == SCHED_POLICY_SLA && s->pol.cls[r->cls].refuse_late && r->t_deadline_ns &&
-            now > r->t_deadline_ns && !r->t_admit_ns) {
-            sched_finish(s, r, SCHED_FINISH_DEADLINE);
-            continue;
-        }
-        if (s->n_running < s->cfg.max_running && blocks_needed(s, r) <= kv_free_blocks(s->kv)) {
-            sched_start_req(s, r, now);
-            continue;
-        }
-        if (s->pol.kind == SCHED_POLICY_SLA && sched_try_preempt(s, r, now))
-            continue;
-        return; /* the best candidate waits; nobody overtakes it */
-    }
+    sched__running_compact(s);
 }
 
 /* ---- stepping ------------------------------------------------------------ */
@@ -406,7 +211,7 @@ static int sched_step_budget(const struct sched *s)
     int decodes = 0, tpot_cls = 0;
     for (int i = 0; i < s->n_running; i++) {
         const struct sched_req *r = s->running[i];
-        if (r->n_fed < r->n_fill)
+        if (r->run.n_fed < r->run.n_fill)
             continue;
         decodes++;
         uint64_t t = s->pol.cls[r->cls].tpot_ns;
@@ -424,8 +229,8 @@ static int sched_step_budget(const struct sched *s)
     int urgent = 0;
     for (int i = 0; i < s->n_running; i++) {
         const struct sched_req *r = s->running[i];
-        if (r->n_fed < r->n_fill && r->cls <= tpot_cls)
-            urgent += r->n_fill - r->n_fed;
+        if (r->run.n_fed < r->run.n_fill && r->cls <= tpot_cls)
+            urgent += r->run.n_fill - r->run.n_fed;
     }
     if (urgent > prefill)
         prefill = urgent;
@@ -448,47 +253,70 @@ static void sched_update_cost(struct sched *s, uint64_t ns, int n_decode, int n_
         s->ema_decode_ns = per; /* until a decode-only step is seen */
 }
 
-/* Sample r's next token from its logits row and publish it; finishes r
- * when it is done. */
-static void sched_emit(struct sched *s, struct sched_req *r, float *row, int n_vocab, uint64_t now)
+/* Publish r's next token: sampled here from its logits row, or (row NULL)
+ * the engine's sample, whose log-probabilities the engine wrote in place.
+ * Finishes r when it is done — except for a request-level engine, whose
+ * finish event ends it. */
+void sched__emit(struct sched *s, struct sched_req *r, int32_t tok, float *row, uint64_t now)
 {
-    int32_t tok = sample_next(&r->smp, &s->scratch, row, n_vocab);
-    sample_accept(&r->smp, tok);
+    const int n_vocab = s->eng->info.n_vocab;
+    const bool whole = s->eng->info.request_level;
+    if (row) {
+        tok = sample_next(&r->run.smp, &s->scratch, row, n_vocab);
+        sample_accept(&r->run.smp, tok);
+    }
     atomic_fetch_add_explicit(&s->generated_tokens, 1, memory_order_relaxed);
     enum sched_finish why = SCHED_RUNNING;
-    if (!r->ignore_eos && tok_is_eog(s->cfg.vocab, tok)) {
+    int n = atomic_load_explicit(&r->n_out, memory_order_relaxed);
+    if (!whole && !r->ignore_eos && s->cfg.vocab && tok_is_eog(s->cfg.vocab, tok)) {
         why = SCHED_FINISH_STOP;
-    } else {
-        int n = atomic_load_explicit(&r->n_out, memory_order_relaxed);
+    } else if (n < r->max_tokens) {
         r->out[n] = tok;
-        if (r->n_logprobs >= 0) {
+        if (r->n_logprobs >= 0 && row) {
             int nt = r->n_logprobs;
             r->out_lp[n] = sample_logprobs(row, n_vocab, tok, nt, nt ? r->out_top_id + (size_t)n * nt : NULL,
                                            nt ? r->out_top_lp + (size_t)n * nt : NULL);
         }
         if (!r->t_first_ns)
             r->t_first_ns = now;
-        if (r->t_last_tok_ns)
-            obs_observe(OBS_H_ITL, r->cls, sched_secs(r->t_last_tok_ns, now));
-        r->t_last_tok_ns = now;
+        if (r->run.t_last_tok_ns)
+            obs_observe(OBS_H_ITL, r->cls, sched__secs(r->run.t_last_tok_ns, now));
+        r->run.t_last_tok_ns = now;
         /* Counted as sampled, so a rate over this counter is the live
          * output rate, not one that jumps when long requests end. */
         obs_count(OBS_C_GENERATION_TOKENS, 1);
         atomic_store_explicit(&r->n_out, n + 1, memory_order_release);
-        r->last_tok = tok;
-        if (n + 1 == r->max_tokens)
+        r->run.last_tok = tok;
+        if (n + 1 == r->max_tokens && !whole)
             why = SCHED_FINISH_LENGTH;
     }
     if (why == SCHED_RUNNING)
         r->notify(r);
     else
-        sched_finish(s, r, why);
+        sched__finish(s, r, why);
+}
+
+/* For an engine that samples: the sequence's sampler and where the
+ * log-probabilities of its next token go. */
+static void sched_batch_sampling(struct engine_seq *es, struct sched_req *r, bool samples)
+{
+    if (!samples)
+        return;
+    int n = atomic_load_explicit(&r->n_out, memory_order_relaxed), nt = r->n_logprobs;
+    es->smp = &r->run.smp;
+    es->n_logprobs = nt;
+    if (nt >= 0) {
+        es->out_lp = r->out_lp + n;
+        es->out_top_id = nt ? r->out_top_id + (size_t)n * nt : NULL;
+        es->out_top_lp = nt ? r->out_top_lp + (size_t)n * nt : NULL;
+    }
 }
 
 /* One engine step over the running set. */
 static void sched_step(struct sched *s)
 {
     const int n_vocab = s->eng->info.n_vocab;
+    const bool samples = s->eng->info.samples;
     int nb = sched__form(&s->pol, s->running, s->n_running, sched_step_budget(s), s->items);
     if (nb == 0)
         return;
@@ -497,34 +325,46 @@ static void sched_step(struct sched *s)
         struct sched__item *it = &s->items[k];
         struct sched_req *r = it->r;
         if (it->decode) {
-            s->batch[k] = (struct engine_seq){
-                .tokens = &r->last_tok, .n_tokens = 1, .pos = r->pos, .blocks = r->kv.blocks, .want_logits = true};
+            s->batch[k] = (struct engine_seq){.tokens = &r->run.last_tok,
+                                              .n_tokens = 1,
+                                              .pos = r->run.pos,
+                                              .blocks = r->run.kv.blocks,
+                                              .want_logits = true};
+            sched_batch_sampling(&s->batch[k], r, samples);
             s->brow[k] = nrow++;
             n_decode++;
         } else {
-            bool last = r->n_fed + it->n == r->n_fill;
-            s->batch[k] = (struct engine_seq){.tokens = sched__fill_tokens(r, r->n_fed),
+            bool last = r->run.n_fed + it->n == r->run.n_fill;
+            s->batch[k] = (struct engine_seq){.tokens = sched__fill_tokens(r, r->run.n_fed),
                                               .n_tokens = it->n,
-                                              .pos = r->n_fed,
-                                              .blocks = r->kv.blocks,
+                                              .pos = r->run.n_fed,
+                                              .blocks = r->run.kv.blocks,
                                               .want_logits = last};
+            if (last)
+                sched_batch_sampling(&s->batch[k], r, samples);
             s->brow[k] = last ? nrow++ : -1;
             n_prefill += it->n;
             n_prefill_seqs++;
         }
     }
 
-    const float *logits = NULL;
+    struct engine_result res = {0};
     struct lmd_err err = {0};
     uint64_t t0 = lmd_time_mono_ns();
-    int rc = engine_step(s->eng, s->batch, nb, &logits, &err);
+    int rc = engine_launch(s->eng, s->batch, nb, &err);
+    /* While the step runs: take new arrivals into the queues. Admission
+     * waits for the result, since it may preempt a sequence in flight. */
+    if (rc == 0) {
+        sched_drain_inbox(s);
+        rc = engine_wait(s->eng, &res, &err);
+    }
     uint64_t t1 = lmd_time_mono_ns();
     if (rc != 0) {
         LMD_ERROR("sched: engine step failed: %s", err.msg);
         for (int k = 0; k < nb; k++)
-            if (s->items[k].r->running)
-                sched_fail(s, s->items[k].r, err.msg);
-        running_compact(s);
+            if (s->items[k].r->run.running)
+                sched__fail(s, s->items[k].r, err.msg);
+        sched__running_compact(s);
         return;
     }
     atomic_fetch_add_explicit(&s->steps, 1, memory_order_relaxed);
@@ -538,26 +378,32 @@ static void sched_step(struct sched *s)
         sched__charge(&s->pol, r->tenant, n);
         atomic_fetch_add_explicit(&s->tenant_tokens[r->tenant], (uint64_t)n, memory_order_relaxed);
         if (!s->items[k].decode) {
-            obs_trace(OBS_EV_PREFILL, r->id, t0, t1, n, r->n_fed, 0);
-            r->n_fed += n;
+            obs_trace(OBS_EV_PREFILL, r->id, t0, t1, n, r->run.n_fed, 0);
+            r->run.n_fed += n;
             atomic_fetch_add_explicit(&s->prompt_tokens, (uint64_t)n, memory_order_relaxed);
-            if (s->brow[k] < 0)
+            if (s->brow[k] < 0) {
+                sched__commit_blocks(s, r, r->run.n_fed);
                 continue;
+            }
             /* Prefilled with no output yet: the first residency, so the
              * prompt is counted once however often it is recomputed. */
             if (atomic_load_explicit(&r->n_out, memory_order_relaxed) == 0)
                 obs_count(OBS_C_PROMPT_TOKENS, (uint64_t)r->n_prompt);
-            r->pos = r->n_fill;
+            r->run.pos = r->run.n_fill;
             atomic_store_explicit(&r->state, SCHED_ST_DECODE, memory_order_relaxed);
         } else {
-            r->pos++;
+            r->run.pos++;
         }
-        sched_emit(s, r, (float *)logits + (size_t)s->brow[k] * (size_t)n_vocab, n_vocab, t1);
+        sched__commit_blocks(s, r, r->run.pos);
+        if (res.tokens)
+            sched__emit(s, r, res.tokens[s->brow[k]], NULL, t1);
+        else
+            sched__emit(s, r, -1, res.logits + (size_t)s->brow[k] * (size_t)n_vocab, t1);
     }
-    running_compact(s);
+    sched__running_compact(s);
 
     uint64_t t2 = lmd_time_mono_ns();
-    obs_observe(OBS_H_STEP, -1, sched_secs(t0, t2));
+    obs_observe(OBS_H_STEP, -1, sched__secs(t0, t2));
     obs_observe(OBS_H_BATCH_SIZE, -1, nb);
     obs_observe(OBS_H_BATCH_TOKENS, -1, n_decode + n_prefill);
     obs_trace(OBS_EV_STEP, 0, t0, t2, nb, n_decode + n_prefill, n_prefill_seqs);
@@ -570,21 +416,24 @@ static void sched_step(struct sched *s)
  * the time until a running sequence finishes. */
 static void sched_publish(struct sched *s)
 {
-    int kv_free = kv_free_blocks(s->kv), kv_total = s->kv->cfg.n_blocks;
+    int kv_free = kv_free_blocks(&s->kv), kv_total = s->kv.cfg.n_blocks;
     atomic_store_explicit(&s->running_now, s->n_running, memory_order_relaxed);
     atomic_store_explicit(&s->waiting_now, s->pol.n_waiting, memory_order_relaxed);
     atomic_store_explicit(&s->kv_free, kv_free, memory_order_relaxed);
     obs_gauge_set(OBS_G_RUNNING, s->n_running);
     obs_gauge_set(OBS_G_KV_FREE, kv_free);
     obs_gauge_set(OBS_G_KV_TOTAL, kv_total);
+    obs_gauge_set(OBS_G_KV_BLOCK_SIZE, s->kv.cfg.block_tokens);
+    atomic_store_explicit(&s->kv_cached, s->kv.n_cached, memory_order_relaxed);
     obs_gauge_set(OBS_G_KV_USAGE, kv_total > 0 ? 1.0 - (double)kv_free / kv_total : 0);
     double ahead = 0;
-    double to_free = s->n_running >= s->cfg.max_running ? sched_time_to_free_ns(s) : 0;
+    double to_free = s->n_running >= s->cfg.max_running ? sched__time_to_free_ns(s) : 0;
     for (int c = 0; c < s->pol.n_classes; c++) {
         atomic_store_explicit(&s->waiting_class[c], s->pol.n_waiting_cls[c], memory_order_relaxed);
         obs_waiting_set(c, s->pol.n_waiting_cls[c]);
         for (int t = 0; t < s->pol.n_tenants; t++)
-            for (const struct sched_req *r = s->pol.q[s->pol.kind == SCHED_POLICY_FCFS ? 0 : c][t].head; r; r = r->next)
+            for (const struct sched_req *r = s->pol.q[s->pol.kind == SCHED_POLICY_FCFS ? 0 : c][t].head; r;
+                 r = r->run.next)
                 ahead += r->n_prompt + atomic_load_explicit(&r->n_out, memory_order_relaxed);
         double est = ahead * s->ema_token_ns + to_free;
         atomic_store_explicit(&s->est_wait[c], (uint64_t)est, memory_order_relaxed);
@@ -627,6 +476,14 @@ static void sched_wake(struct sched *s)
     }
 }
 
+static bool sched_any_submitted(const struct sched *s)
+{
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i]->run.submitted)
+            return true;
+    return false;
+}
+
 static void *sched_main(void *arg)
 {
     struct sched *s = arg;
@@ -635,25 +492,42 @@ static void *sched_main(void *arg)
         sched_drain_inbox(s);
         sched_sweep_cancelled(s);
         uint64_t next_ns = UINT64_MAX;
-        sched_admit(s, lmd_time_mono_ns(), &next_ns);
+        sched__admit(s, lmd_time_mono_ns(), &next_ns);
         sched_publish(s);
         if (s->n_running == 0) {
             sched_park(s, next_ns);
             continue;
         }
-        sched_step(s);
+        if (!s->eng->info.request_level) {
+            sched_step(s);
+        } else if (sched__step_requests(s) == 0) {
+            /* Nothing came back: look again shortly (an upstream engine's
+             * socket lives on another thread). */
+            uint64_t t = lmd_time_mono_ns() + 1000000;
+            sched_park(s, next_ns < t ? next_ns : t);
+        }
     }
 
     /* Stopping: whatever is left ends cut short, which its owner must be
      * able to tell from an answer that finished (SCHED_FINISH_SHUTDOWN, not
-     * CANCELLED: an owner that cancelled itself already knows why). */
+     * CANCELLED: an owner that cancelled itself already knows why).
+     * Requests handed to a request-level engine end when it confirms
+     * (bounded). */
     sched_drain_inbox(s);
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i]->run.submitted)
+            sched__cancel_request(s, s->running[i]);
+    for (int tries = 0; tries < 5000 && sched_any_submitted(s); tries++)
+        if (sched__step_requests(s) == 0) {
+            struct timespec ts = {.tv_nsec = 1000000};
+            nanosleep(&ts, NULL);
+        }
     while (s->n_running > 0)
-        sched_finish(s, s->running[0], SCHED_FINISH_SHUTDOWN), running_compact(s);
+        sched__finish(s, s->running[0], SCHED_FINISH_SHUTDOWN), sched__running_compact(s);
     for (int c = 0; c < SCHED_MAX_CLASSES; c++)
         for (int t = 0; t < SCHED_MAX_TENANTS; t++)
             while (s->pol.q[c][t].head)
-                sched_finish(s, s->pol.q[c][t].head, SCHED_FINISH_SHUTDOWN);
+                sched__finish(s, s->pol.q[c][t].head, SCHED_FINISH_SHUTDOWN);
     sched_publish(s);
     return NULL;
 }
@@ -663,6 +537,9 @@ static void *sched_main(void *arg)
 static void sched_free_mem(struct sched *s)
 {
     sample_scratch_free(&s->scratch);
+    free(s->events);
+    kv_free(&s->kv);
+    free(s->blk_tok);
     free(s->running);
     free(s->items);
     free(s->batch);
@@ -673,13 +550,14 @@ static void sched_free_mem(struct sched *s)
 int sched_start(struct sched **out, struct engine *eng, const struct sched_config *cfg, struct lmd_err *err)
 {
     *out = NULL;
-    if (!eng->info.kv)
-        return lmd_err_set(err, LMD_ENOTSUP, "sched: the engine has no local KV cache");
+    const struct engine_info *ei = &eng->info;
+    if (!ei->request_level && (ei->kv_blocks < 1 || ei->kv_block_tokens < 1))
+        return lmd_err_set(err, LMD_ENOTSUP, "sched: engine %s batches steps but stores no KV blocks", ei->kind);
     if (cfg->max_running < 1 || cfg->max_running > eng->info.max_seqs || cfg->max_queue < 0)
         return lmd_err_set(err, LMD_EINVAL, "sched: max_running %d must be in [1, %d] (the engine's sequences)",
                            cfg->max_running, eng->info.max_seqs);
     int budget = cfg->step_tokens > 0 ? cfg->step_tokens : eng->info.max_batch_tokens;
-    if (budget > eng->info.max_batch_tokens || budget < cfg->max_running)
+    if (!ei->request_level && (budget > eng->info.max_batch_tokens || budget < cfg->max_running))
         return lmd_err_set(err, LMD_EINVAL, "sched: a step of %d tokens must be in [%d (max_running), %d (engine)]",
                            budget, cfg->max_running, eng->info.max_batch_tokens);
     if (cfg->classes && (cfg->n_classes < 1 || cfg->n_classes > SCHED_MAX_CLASSES))
@@ -706,7 +584,6 @@ int sched_start(struct sched **out, struct engine *eng, const struct sched_confi
         s->cfg.tenant_weight = s->weights;
     }
     s->eng = eng;
-    s->kv = eng->info.kv;
     s->budget = budget;
     sched__policy_init(&s->pol, &s->cfg);
     size_t n = (size_t)cfg->max_running;
@@ -714,10 +591,21 @@ int sched_start(struct sched **out, struct engine *eng, const struct sched_confi
     s->items = calloc(n, sizeof *s->items);
     s->batch = calloc(n, sizeof *s->batch);
     s->brow = calloc(n, sizeof *s->brow);
+    /* Blocks: the engine's; or, for an engine that keeps its own cache
+     * (request-level), a token budget, counted as blocks of one token
+     * (so admission and refusals work alike), without a prefix cache. */
+    struct kv_config kc = {
+        .n_blocks = ei->kv_blocks, .block_tokens = ei->kv_block_tokens, .prefix_cache = !cfg->no_prefix_cache};
+    if (ei->request_level) {
+        long tb = ei->token_budget > 0 ? ei->token_budget : (long)ei->n_ctx * ei->max_seqs;
+        kc = (struct kv_config){.n_blocks = tb > (1 << 30) ? (1 << 30) : (int)tb, .block_tokens = 1};
+    }
+    s->blk_tok = calloc((size_t)kc.block_tokens, sizeof *s->blk_tok);
+    s->events = calloc(2 * n, sizeof *s->events);
     int rc = 0;
-    if (!s->running || !s->items || !s->batch || !s->brow)
+    if (!s->running || !s->items || !s->batch || !s->brow || !s->blk_tok || !s->events)
         rc = lmd_err_set(err, LMD_ENOMEM, "out of memory");
-    else
+    else if ((rc = kv_init(&s->kv, &kc, err)) == 0)
         rc = sample_scratch_init(&s->scratch, eng->info.n_vocab, err);
     if (rc) {
         sched_free_mem(s);
@@ -729,7 +617,7 @@ int sched_start(struct sched **out, struct engine *eng, const struct sched_confi
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->cv, &ca);
     pthread_condattr_destroy(&ca);
-    atomic_init(&s->kv_free, kv_free_blocks(s->kv));
+    atomic_init(&s->kv_free, kv_free_blocks(&s->kv));
     if (pthread_create(&s->thread, NULL, sched_main, s) != 0) {
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->cv);
@@ -764,16 +652,19 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
     if (r->n_prompt + r->max_tokens > ctx)
         return lmd_err_set(err, LMD_ERANGE, "%d prompt tokens + %d max_tokens exceed the context of %d tokens",
                            r->n_prompt, r->max_tokens, ctx);
-    if (blocks_needed(s, r) > s->kv->cfg.n_blocks)
+    if (s->eng->info.request_level && sched__blocks_needed(s, r) > s->kv.cfg.n_blocks)
+        return lmd_err_set(err, LMD_ERANGE, "%d tokens exceed the engine's token budget of %d",
+                           r->n_prompt + r->max_tokens, s->kv.cfg.n_blocks);
+    if (sched__blocks_needed(s, r) > s->kv.cfg.n_blocks)
         return lmd_err_set(err, LMD_ERANGE, "%d tokens need %d KV blocks; the cache has %d",
-                           r->n_prompt + r->max_tokens, blocks_needed(s, r), s->kv->cfg.n_blocks);
+                           r->n_prompt + r->max_tokens, sched__blocks_needed(s, r), s->kv.cfg.n_blocks);
     if (atomic_load(&s->stopping))
         return lmd_err_set(err, LMD_ECANCELED, "the server is shutting down");
     const struct sched_class *c = &s->pol.cls[r->cls];
     if (!r->t_arrival_ns)
         r->t_arrival_ns = lmd_time_mono_ns();
     r->t_deadline_ns = c->ttft_ns ? r->t_arrival_ns + c->ttft_ns : 0;
-    r->t_eligible_ns = r->t_arrival_ns + c->window_ns;
+    r->run.t_eligible_ns = r->t_arrival_ns + c->window_ns;
     if (s->pol.kind == SCHED_POLICY_SLA && c->refuse_late && c->ttft_ns) {
         uint64_t est = atomic_load_explicit(&s->est_wait[r->cls], memory_order_relaxed);
         if (est > c->ttft_ns) {
@@ -799,10 +690,21 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
         atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
         return lmd_err_set(err, LMD_EBUSY, "%d requests are already waiting", q);
     }
+    /* The block table, sized for the whole request; the engine thread
+     * frees it when the request finishes. */
+    r->run.kv = (struct kv_seq){.cap = sched__blocks_needed(s, r), .salt = r->cache_salt};
+    r->run.kv.blocks = r->block_table;
+    r->run.own_table = !r->block_table;
+    if (r->run.own_table)
+        r->run.kv.blocks = malloc((size_t)r->run.kv.cap * sizeof *r->run.kv.blocks);
+    if (!r->run.kv.blocks) {
+        atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
+        return lmd_err_set(err, LMD_ENOMEM, "out of memory for a block table");
+    }
     sched_req_ref(r);
     struct sched_req *head = atomic_load_explicit(&s->inbox, memory_order_relaxed);
     do {
-        r->next = head;
+        r->run.next = head;
     } while (!atomic_compare_exchange_weak_explicit(&s->inbox, &head, r, memory_order_release, memory_order_relaxed));
     sched_wake(s);
     return 0;
@@ -831,10 +733,16 @@ void sched_stats(struct sched *s, struct sched_stats *out)
     for (int c = 0; c < SCHED_MAX_CLASSES; c++)
         out->waiting_class[c] = atomic_load_explicit(&s->waiting_class[c], memory_order_relaxed);
     out->kv_blocks_free = atomic_load_explicit(&s->kv_free, memory_order_relaxed);
-    out->kv_blocks_total = s->kv->cfg.n_blocks;
+    out->kv_blocks_total = s->kv.cfg.n_blocks;
+    out->kv_block_tokens = s->kv.cfg.block_tokens;
+    out->kv_blocks_cached = atomic_load_explicit(&s->kv_cached, memory_order_relaxed);
+    out->prefix_queries = atomic_load_explicit(&s->prefix_queries, memory_order_relaxed);
+    out->prefix_hits = atomic_load_explicit(&s->prefix_hits, memory_order_relaxed);
     for (int t = 0; t < SCHED_MAX_TENANTS; t++)
         out->tenant_tokens[t] = (double)atomic_load_explicit(&s->tenant_tokens[t], memory_order_relaxed);
 }
+
+int sched_blocks_for(const struct sched *s, int n_tokens) { return kv_blocks_for(&s->kv, n_tokens); }
 
 uint64_t sched_estimate_wait_ns(struct sched *s, int cls)
 {

@@ -8,10 +8,14 @@
  * running limit and the free KV blocks allow, forms one ragged batch per
  * step — every decoding sequence's next token first, then prompt chunks
  * (chunked prefill) with what is left of the step's token budget —
- * forwards it, samples each sequence's next token and appends it to the
- * request's output array. After each step that produced output for a
- * request it calls the request's notify callback, which the owner uses to
- * wake its I/O thread.
+ * launches it on the engine (taking new arrivals into the queues while it
+ * runs), then samples each sequence's next token from the logits — or
+ * takes the engine's own sample, for engines that sample — and appends it
+ * to the request's output array. After each step that produced output for
+ * a request it calls the request's notify callback, which the owner uses
+ * to wake its I/O thread. An engine that batches on its own (request-level,
+ * engine.h) gets each admitted request whole instead (upstream.c); the
+ * admission, classes and fair share are the same.
  *
  * Policies (`sched_config.policy`):
  * - SCHED_FCFS: one queue in arrival order; the head waits until it fits
@@ -35,18 +39,30 @@
  * end-of-generation or length. Stop strings are matched by the owner,
  * which then calls sched_req_cancel.
  *
- * KV policy: a request reserves blocks for prompt + max_tokens when it is
- * admitted, so a running request never runs out of cache mid-step; under
- * SCHED_SLA a preempted request gives them all back and reserves again
- * when it is re-admitted.
+ * KV policy: the scheduler owns the engine's blocks (a kv/ block manager
+ * over the ids the engine stores). A request reserves blocks for prompt +
+ * max_tokens when it is admitted, so a running request never runs out of
+ * cache mid-step; under SCHED_SLA a preempted request gives them all back
+ * and reserves again when it is re-admitted.
+ *
+ * Prefix cache (unless `no_prefix_cache`): as each block of a request
+ * fills, it is registered under a hash of its tokens, its parent block and
+ * the request's `cache_salt`. At admission a request takes the longest
+ * chain of registered blocks that its prompt (and, when resumed after a
+ * preemption, its output so far) begins with, under the same salt, and
+ * prefills from the end of that chain — never its last token, whose logits
+ * give the first output token. Blocks are shared by reference; finished
+ * requests leave theirs cached until the space is needed. Equal salts
+ * share, different salts never do: the owner picks the salt (per tenant by
+ * default in the API).
  *
  * Threads and lifetimes: the scheduler object lives for the process. A
  * request is shared by its owner and the engine thread through a reference
  * count; output is published with release stores, so the owner reads
  * `finish` (acquire) and then `n_out` without any lock. Submission is a
  * lock-free push; a mutex and condition variable only park the engine
- * thread when it has nothing to do, and nothing is held across
- * engine_step.
+ * thread when it has nothing to do, and nothing is held across an engine
+ * call.
  */
 #pragma once
 
@@ -84,6 +100,30 @@ enum sched_state {
     SCHED_ST_DONE = 4,
 };
 
+/* The scheduler's per-request state (see struct sched_req's `run`). */
+struct sched__run {
+    struct sched_req *next, *prev; /* inbox and queue links */
+    uint64_t seq;                  /* arrival order */
+    uint64_t t_eligible_ns;        /* arrival + class batching window */
+    struct kv_seq kv;
+    bool own_table; /* kv.blocks was allocated by the scheduler */
+    struct sampler smp;
+    bool smp_ready;
+    bool queued;            /* in a waiting queue */
+    bool running;           /* in the running set */
+    int n_fill;             /* tokens to prefill this residency: prompt, then output so far */
+    int n_fed;              /* of those, forwarded so far */
+    int pos;                /* next position to write when decoding */
+    int32_t last_tok;       /* the token to feed in the next decode step */
+    uint64_t t_last_tok_ns; /* monotonic ns of the last output token, for the inter-token latency; kept
+                               across a preemption, so the gap counts as the long ITL a client sees */
+    /* Request-level engines: the request as handed over, and its state. */
+    struct engine_req ereq;
+    bool submitted;   /* ereq is the engine's until its finish event */
+    bool cancel_sent; /* engine_cancel called; waiting for the finish event */
+    bool failed;      /* err holds why; finishes as SCHED_FINISH_ERROR */
+};
+
 struct sched_req {
     /* Input, set by the owner before sched_submit and immutable after. */
     const int32_t *prompt; /* [n_prompt] token ids, owner's memory */
@@ -95,6 +135,9 @@ struct sched_req {
     int tenant;            /* tenant index (< n_tenants); 0 when there are none */
     uint64_t id;           /* for traces and logs */
     uint64_t t_arrival_ns; /* monotonic; 0 = stamped by sched_submit */
+    uint64_t cache_salt;   /* prefix-cache namespace (kv_salt of a tenant name …); 0 = the shared one */
+    int32_t *block_table;  /* [sched_blocks_for(n_prompt + max_tokens)] owner's memory (its request arena)
+                              for the block table; NULL = the scheduler allocates it */
     int32_t *out;          /* [max_tokens] output token ids, owner's memory, written by the engine thread */
     /* Log-probabilities (optional): n_logprobs < 0 = off; otherwise out_lp
      * [max_tokens] gets each output token's log-probability and, when
@@ -115,33 +158,23 @@ struct sched_req {
     _Atomic int state;         /* enum sched_state */
     _Atomic int kv_blocks;     /* blocks held now */
     char err[LMD_ERR_MSG_MAX]; /* message for SCHED_FINISH_ERROR, written before finish */
-    /* Stamps (monotonic ns, 0 = not yet), written before the notify that
-     * follows them; read them after seeing `finish`. */
-    uint64_t t_deadline_ns; /* arrival + class TTFT target (0 = none) */
-    uint64_t t_admit_ns;    /* first admitted into the running set */
-    uint64_t t_first_ns;    /* first output token sampled */
-    uint64_t t_done_ns;
-    int n_preempted;
+    /* Stamps (monotonic ns, 0 = not yet), written by the engine thread and
+     * read by the owner at any time (relaxed): each is final once set, and
+     * all are once `finish` is seen. */
+    uint64_t t_deadline_ns;      /* arrival + class TTFT target (0 = none); set by sched_submit */
+    _Atomic uint64_t t_admit_ns; /* first admitted into the running set */
+    _Atomic uint64_t t_first_ns; /* first output token sampled */
+    _Atomic uint64_t t_done_ns;
+    _Atomic int n_preempted;
 
     /* Shared. */
     _Atomic int refs;
     _Atomic bool cancelled;
 
-    /* Engine thread only. */
-    struct sched_req *next, *prev; /* inbox and queue links */
-    uint64_t seq;                  /* arrival order */
-    uint64_t t_eligible_ns;        /* arrival + class batching window */
-    struct kv_seq kv;
-    struct sampler smp;
-    bool smp_ready;
-    bool queued;            /* in a waiting queue */
-    bool running;           /* in the running set */
-    int n_fill;             /* tokens to prefill this residency: prompt, then output so far */
-    int n_fed;              /* of those, forwarded so far */
-    int pos;                /* next position to write when decoding */
-    int32_t last_tok;       /* the token to feed in the next decode step */
-    uint64_t t_last_tok_ns; /* monotonic ns of the last output token, for the inter-token latency; kept
-                               across a preemption, so the gap counts as the long ITL a client sees */
+    /* The scheduler's private part: written only by the scheduler (the
+     * engine thread, and sched_submit before it publishes the request);
+     * owners never read it. */
+    struct sched__run run;
 };
 
 enum sched_policy {
@@ -166,14 +199,15 @@ struct sched_config {
     int n_classes;
     const double *tenant_weight; /* [n_tenants] fair-share weights (> 0); NULL = one tenant */
     int n_tenants;
-    int step_tokens; /* tokens per step; 0 = the engine's max_batch_tokens */
-    int obs_model;   /* the model index the engine thread's metrics carry (obs_bind_model) */
+    int step_tokens;      /* tokens per step; 0 = the engine's max_batch_tokens */
+    int obs_model;        /* the model index the engine thread's metrics carry (obs_bind_model) */
+    bool no_prefix_cache; /* compute every prompt in full (for comparison) */
 };
 
 /* Counters for /metrics; read with sched_stats. */
 struct sched_stats {
     uint64_t requests_total;   /* finished requests */
-    uint64_t prompt_tokens;    /* tokens prefilled, total (recomputation included) */
+    uint64_t prompt_tokens;    /* tokens prefilled (computed), total: recomputation included, cache hits not */
     uint64_t generated_tokens; /* tokens sampled, total */
     uint64_t steps;
     uint64_t preemptions;
@@ -181,8 +215,12 @@ struct sched_stats {
     int running;
     int waiting;
     int waiting_class[SCHED_MAX_CLASSES];
-    int kv_blocks_free;
+    int kv_blocks_free; /* never used, or cached and unreferenced */
     int kv_blocks_total;
+    int kv_block_tokens;                     /* positions per block */
+    int kv_blocks_cached;                    /* holding a registered prefix, referenced or not */
+    uint64_t prefix_queries;                 /* prompt tokens looked up in the prefix cache (once per request) */
+    uint64_t prefix_hits;                    /* of those, found (not computed) */
     double tenant_tokens[SCHED_MAX_TENANTS]; /* tokens served per tenant (fair-share accounting) */
 };
 
@@ -210,6 +248,8 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err);
 void sched_req_cancel(struct sched *s, struct sched_req *r);
 
 void sched_stats(struct sched *s, struct sched_stats *out);
+/* Entries of a block table for a request of n_tokens (prompt + max_tokens). */
+int sched_blocks_for(const struct sched *s, int n_tokens);
 /* The estimated wait before a new request of class cls would start, from
  * the engine thread's last step (ns; 0 when it would start at once). */
 uint64_t sched_estimate_wait_ns(struct sched *s, int cls);

@@ -4,11 +4,18 @@
  * loop (sched.c) calls it once per step; unit tests drive it directly to
  * check ordering, fair share and batch formation without an engine.
  *
- * Everything here runs on the engine thread only.
+ * Also the scheduler object itself, shared by the step-level loop
+ * (sched.c) and the request-level driver (upstream.c).
+ *
+ * Everything here runs on the engine thread only, except the fields of
+ * struct sched marked shared.
  */
 #pragma once
 
+#include "kv/kv.h"
 #include "sched/sched.h"
+
+#include <pthread.h>
 
 struct sched__queue {
     struct sched_req *head, *tail; /* linked through next/prev, in pick order */
@@ -77,3 +84,82 @@ static inline const int32_t *sched__fill_tokens(const struct sched_req *r, int f
 {
     return from < r->n_prompt ? r->prompt + from : r->out + (from - r->n_prompt);
 }
+
+/* Fraction of the tightest TPOT target a step may take while such a
+ * sequence decodes; the rest is margin for sampling and the I/O side. */
+#define SCHED_TPOT_SHARE 0.8
+/* A prefill chunk is never cut below this many tokens, so long prompts
+ * still make progress when the TPOT target is tight. */
+#define SCHED_MIN_CHUNK 16
+
+struct sched {
+    struct sched_config cfg;
+    struct sched_class classes[SCHED_MAX_CLASSES];
+    double weights[SCHED_MAX_TENANTS];
+    struct engine *eng;
+    struct kv_mgr kv; /* the engine's blocks: who holds which, and the prefix cache */
+    pthread_t thread;
+    int budget; /* tokens per step */
+
+    /* Shared with the submitting threads. The inbox is a lock-free stack
+     * (push by CAS, the engine thread takes it whole and reverses it). */
+    _Atomic(struct sched_req *) inbox;
+    _Atomic int n_queued; /* submitted, not yet admitted for the first time */
+    _Atomic bool stopping;
+    _Atomic unsigned cancel_gen;
+    _Atomic bool parked;
+    pthread_mutex_t mu; /* only to park and wake the engine thread */
+    pthread_cond_t cv;
+
+    /* Engine thread only. */
+    struct sched__policy pol;
+    struct sched_req **running; /* [max_running]; NULL = left during this step */
+    int n_running;
+    struct sched__item *items; /* [max_running] */
+    struct engine_seq *batch;  /* [max_running] */
+    int *brow;                 /* [max_running] logits row of batch[i], -1 = none */
+    struct sample_scratch scratch;
+    struct engine_event *events; /* [2 * max_running] request-level engines: one poll's events */
+    int32_t *blk_tok;            /* [block_tokens] one block's tokens when they straddle prompt and output */
+    uint64_t next_seq;
+    unsigned cancel_seen;
+    /* Cost model from measured steps: a decode-only step, and the extra
+     * time per prefill token. */
+    double ema_decode_ns, ema_token_ns;
+
+    /* Published counters. */
+    _Atomic uint64_t requests_total, prompt_tokens, generated_tokens, steps, preemptions, deadline_refusals;
+    _Atomic uint64_t prefix_queries, prefix_hits;
+    _Atomic int kv_cached;
+    _Atomic int running_now, waiting_now, kv_free;
+    _Atomic int waiting_class[SCHED_MAX_CLASSES];
+    _Atomic uint64_t est_wait[SCHED_MAX_CLASSES];
+    _Atomic uint64_t tenant_tokens[SCHED_MAX_TENANTS];
+};
+
+double sched__secs(uint64_t from_ns, uint64_t to_ns);
+/* End r wherever it is (inbox excepted): return its blocks, publish the
+ * reason, wake its owner and drop the scheduler's reference. */
+void sched__finish(struct sched *s, struct sched_req *r, enum sched_finish why);
+void sched__fail(struct sched *s, struct sched_req *r, const char *msg);
+/* Take r out of the running set (its slot becomes NULL until compacted). */
+void sched__running_remove(struct sched *s, struct sched_req *r);
+/* Remove the NULL slots, keeping order. */
+void sched__running_compact(struct sched *s);
+void sched__emit(struct sched *s, struct sched_req *r, int32_t tok, float *row, uint64_t now);
+
+/* Admission (admit.c). Blocks r needs for prompt + max_tokens. */
+int sched__blocks_needed(const struct sched *s, const struct sched_req *r);
+/* Admit waiting work while it fits; *next_ns gets the earliest time a
+ * request held by a batching window becomes eligible. */
+void sched__admit(struct sched *s, uint64_t now, uint64_t *next_ns);
+/* Register r's blocks that became full: written positions [0, written). */
+void sched__commit_blocks(struct sched *s, struct sched_req *r, int written);
+/* Time until the first running sequence would finish on its own (ns). */
+double sched__time_to_free_ns(const struct sched *s);
+
+/* Request-level engines (upstream.c): submit what was admitted, poll, and
+ * publish; returns the events handled (0 = nothing happened). */
+int sched__step_requests(struct sched *s);
+/* Ask the engine to end r; its finish event finishes it. */
+void sched__cancel_request(struct sched *s, struct sched_req *r);

@@ -41,6 +41,7 @@ void serve_config_init(struct serve_config *c)
     c->stall_s = 60;
     c->drain_s = 30;
     c->metrics = true;
+    c->prefix_cache = true;
     c->policy = SCHED_POLICY_SLA;
     struct serve_model *d = &c->defaults;
     d->engine = SERVE_ENGINE_NATIVE;
@@ -501,10 +502,12 @@ static int parse_root(struct cfg *c)
     if (!root)
         return lmd_err_set(c->err, LMD_EFORMAT, "%s:1:1: the file is empty (expected a mapping with 'models')",
                            c->file);
-    struct field f[] = {{.name = "listen"},   {.name = "tenants"},         {.name = "scheduler"},
-                        {.name = "metrics"},  {.name = "debug_endpoints"}, {.name = "drain_timeout_s"},
-                        {.name = "defaults"}, {.name = "models"}};
-    int rc = collect(c, root, "", f, 8);
+    struct field f[] = {{.name = "listen"},          {.name = "tenants"},
+                        {.name = "scheduler"},       {.name = "metrics"},
+                        {.name = "debug_endpoints"}, {.name = "drain_timeout_s"},
+                        {.name = "defaults"},        {.name = "models"},
+                        {.name = "prefix_cache"},    {.name = "prefix_cache_shared"}};
+    int rc = collect(c, root, "", f, 10);
     if (rc < 0)
         return rc;
     struct serve_config *sc = c->sc;
@@ -532,6 +535,10 @@ static int parse_root(struct cfg *c)
     if (f[4].val && (rc = get_bool(c, f[4].val, "debug_endpoints", &sc->debug)) < 0)
         return rc;
     if (f[5].val && (rc = get_long(c, f[5].val, "drain_timeout_s", 0, 86400, &sc->drain_s)) < 0)
+        return rc;
+    if (f[8].val && (rc = get_bool(c, f[8].val, "prefix_cache", &sc->prefix_cache)) < 0)
+        return rc;
+    if (f[9].val && (rc = get_bool(c, f[9].val, "prefix_cache_shared", &sc->prefix_cache_shared)) < 0)
         return rc;
     if (f[6].val) {
         struct field d[N_MODEL_KEYS];

@@ -328,6 +328,7 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
             .tenant_weight = weights,
             .n_tenants = n_tenants,
             .obs_model = i,
+            .no_prefix_cache = !c->prefix_cache,
         };
         if ((rc = sched_start(&sm->sched, sm->eng, &scfg, err)) != 0) {
             lmd_err_prefix(err, "%s", sm->where);
@@ -355,6 +356,7 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
         .max_body = (size_t)c->max_body,
         .qos = s->qos,
         .debug_endpoints = c->debug,
+        .prefix_cache_shared = c->prefix_cache_shared,
     };
     if ((rc = api_init(&s->api, &acfg, err)) != 0)
         goto fail;
@@ -382,7 +384,7 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
         LMD_INFO("lmd serve: model '%s' (%s, %s engine, ctx %d, chat template %s, %d threads, kv %d blocks, "
                  "up to %d running); also answers to %s",
                  sm->id, sm->eng->info.arch, sm->eng->info.kind, sm->eng->info.n_ctx, chat_family_name(sm->fam),
-                 sm->eng->info.n_threads, kv_free_blocks(sm->eng->info.kv), sm->cfg.max_running,
+                 sm->eng->info.n_threads, sm->eng->info.kv_blocks, sm->cfg.max_running,
                  sm->n_names ? aliases : "no other name");
     }
     LMD_INFO("lmd serve: %d model%s loaded in %.0f ms, isa %s; scheduler %s, %d service classes, %s%s", s->n_models,

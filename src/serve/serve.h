@@ -69,6 +69,8 @@ struct serve_config {
     long drain_s;                                /* s, requests in flight may finish at shutdown */
     bool metrics;                                /* record metrics (/metrics) */
     bool debug;                                  /* /debug/requests and /debug/trace */
+    bool prefix_cache;                           /* reuse cached prompt prefixes (default on) */
+    bool prefix_cache_shared;                    /* one prefix-cache namespace for all tenants */
     char tenants[SERVE_PATH_MAX];                /* tenants file; "" = open, one anonymous tenant */
     int policy;                                  /* enum sched_policy */
     struct serve_model defaults;                 /* what a model leaves unset: every number is set here */

@@ -140,6 +140,20 @@ def test_prompt_ids_exact_and_in_range():
     assert ids == wl.prompt_ids(1, 7, 300, 1000, 2000) and ids != wl.prompt_ids(1, 8, 300, 1000, 2000)
 
 
+def test_s4_shared_prefixes():
+    s = wl.Sampler(wl.s4_classes(), 3)
+    draws = [s.draw(i, None, "x") for i in range(20000)]
+    assert all(a.prefix_len == 1024 and 1024 + 32 <= a.prompt_len <= 1024 + 128 and 32 <= a.max_tokens <= 64
+               for a in draws)
+    n = [sum(1 for a in draws if a.prefix == k) for k in range(8)]
+    w = [1 / (k + 1) ** 1.1 for k in range(8)]
+    for k in range(8):
+        assert n[k] / len(draws) == pytest.approx(w[k] / sum(w), abs=0.015)
+    # A prefix is the same ids in every request; the user turns differ.
+    assert wl.prefix_ids(3, 2, 1024, 1000, 2000) == wl.prefix_ids(3, 2, 1024, 1000, 2000)
+    assert wl.prefix_ids(3, 2, 1024, 1000, 2000) != wl.prefix_ids(3, 1, 1024, 1000, 2000)
+
+
 # ---- against a real lmd serve ------------------------------------------------------
 
 

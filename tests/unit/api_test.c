@@ -181,7 +181,20 @@ static void test_new_fields(void **state)
     assert_int_equal(p.logprobs, -1);
     assert_int_equal(p.n_bias, 0);
     assert_false(p.echo || p.ignore_eos);
+    assert_null(p.cache_salt);
     api_params_free(&p);
+    /* vLLM's cache_salt: a non-empty string, or null. */
+    assert_int_equal(
+        parse(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"cache_salt\":\"s-1\"}", &p, &e), 0);
+    assert_int_equal(p.cache_salt_len, 3);
+    assert_memory_equal(p.cache_salt, "s-1", 3);
+    api_params_free(&p);
+    assert_int_equal(parse(API_COMPLETION, "{\"prompt\":\"x\",\"cache_salt\":null}", &p, &e), 0);
+    assert_null(p.cache_salt);
+    api_params_free(&p);
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"cache_salt\":\"\"}", "cache_salt");
+    expect_bad(API_COMPLETION, "{\"prompt\":\"x\",\"cache_salt\":7}", "cache_salt");
+    expect_bad(API_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"cache_salt\":[\"a\"]}", "cache_salt");
 
     assert_int_equal(parse(API_COMPLETION,
                            "{\"prompt\":\"x\",\"n\":16,\"logprobs\":5,\"ignore_eos\":true,\"user\":\"u\","

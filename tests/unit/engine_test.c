@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "engine/engine.h"
+#include "kv/kv.h"
 
 static char model_path[1024];
 
@@ -36,6 +37,9 @@ struct seq {
     struct kv_seq kv;
 };
 
+/* The engine stores the blocks; the test decides who holds which. */
+static struct kv_mgr kvm;
+
 static struct engine *open_engine(int max_seqs)
 {
     struct engine *e = NULL;
@@ -44,7 +48,18 @@ static struct engine *open_engine(int max_seqs)
         .model_path = model_path, .n_threads = 2, .n_ctx = 512, .max_batch_tokens = 64, .max_seqs = max_seqs};
     if (engine_native_open(&e, &cfg, &err) != 0)
         fail_msg("%s", err.msg);
+    assert_true(e->info.kv_blocks > 0 && e->info.kv_block_tokens == 16 && e->info.kv_block_bytes > 0);
+    if (kv_init(&kvm, &(struct kv_config){.n_blocks = e->info.kv_blocks, .block_tokens = e->info.kv_block_tokens},
+                &err) != 0)
+        fail_msg("%s", err.msg);
     return e;
+}
+
+static void close_engine(struct engine *e)
+{
+    assert_int_equal(kv_free_blocks(&kvm), kvm.cfg.n_blocks);
+    kv_free(&kvm);
+    engine_close(e);
 }
 
 static const int32_t prompts[3][12] = {
@@ -61,7 +76,7 @@ static void run_alone(struct engine *e, int which, float *out)
     s.kv.blocks = s.blocks;
     struct lmd_err err = {0};
     int n = prompt_len[which];
-    assert_int_equal(kv_seq_reserve(e->info.kv, &s.kv, n + 8), 0);
+    assert_int_equal(kv_seq_reserve(&kvm, &s.kv, n + 8), 0);
     const float *lg;
     struct engine_seq es = {.tokens = prompts[which], .n_tokens = n, .pos = 0, .blocks = s.blocks, .want_logits = true};
     assert_int_equal(engine_step(e, &es, 1, &lg, &err), 0);
@@ -71,7 +86,7 @@ static void run_alone(struct engine *e, int which, float *out)
         assert_int_equal(engine_step(e, &d, 1, &lg, &err), 0);
     }
     memcpy(out, lg, (size_t)e->info.n_vocab * sizeof(float));
-    kv_seq_release(e->info.kv, &s.kv);
+    kv_seq_release(&kvm, &s.kv);
 }
 
 static void test_ragged_batch_equals_alone(void **state)
@@ -89,7 +104,7 @@ static void test_ragged_batch_equals_alone(void **state)
     struct lmd_err err = {0};
     for (int i = 0; i < 3; i++) {
         s[i].kv = (struct kv_seq){.blocks = s[i].blocks, .cap = 64};
-        assert_int_equal(kv_seq_reserve(e->info.kv, &s[i].kv, prompt_len[i] + 8), 0);
+        assert_int_equal(kv_seq_reserve(&kvm, &s[i].kv, prompt_len[i] + 8), 0);
     }
     int32_t tok[4] = {236761, 107, 506, 529};
     const float *lg;
@@ -138,9 +153,9 @@ static void test_ragged_batch_equals_alone(void **state)
     print_message("sequence 2: max |batched - alone| = %g\n", md);
     assert_true(md == 0); /* batch composition changes no bit */
     for (int i = 0; i < 3; i++)
-        kv_seq_release(e->info.kv, &s[i].kv);
+        kv_seq_release(&kvm, &s[i].kv);
     free(alone);
-    engine_close(e);
+    close_engine(e);
 }
 
 static void test_bad_batches(void **state)
@@ -150,7 +165,7 @@ static void test_bad_batches(void **state)
     struct lmd_err err = {0};
     struct seq s = {.kv = {.cap = 64}};
     s.kv.blocks = s.blocks;
-    assert_int_equal(kv_seq_reserve(e->info.kv, &s.kv, 32), 0);
+    assert_int_equal(kv_seq_reserve(&kvm, &s.kv, 32), 0);
     const float *lg;
     int32_t bad = 999999999;
     struct engine_seq es = {.tokens = &bad, .n_tokens = 1, .pos = 0, .blocks = s.blocks, .want_logits = true};
@@ -164,8 +179,14 @@ static void test_bad_batches(void **state)
     es = (struct engine_seq){.tokens = many, .n_tokens = 65, .pos = 0, .blocks = s.blocks, .want_logits = true};
     assert_int_equal(engine_step(e, &es, 1, &lg, &err), LMD_EINVAL);
     assert_non_null(strstr(err.msg, "exceeds 64 tokens"));
-    kv_seq_release(e->info.kv, &s.kv);
-    engine_close(e);
+    /* A block table naming a block the engine does not store. */
+    int32_t far[2] = {0, e->info.kv_blocks};
+    int32_t two[17] = {2};
+    es = (struct engine_seq){.tokens = two, .n_tokens = 17, .pos = 0, .blocks = far, .want_logits = true};
+    assert_int_equal(engine_step(e, &es, 1, &lg, &err), LMD_EINVAL);
+    assert_non_null(strstr(err.msg, "block 1 of its table"));
+    kv_seq_release(&kvm, &s.kv);
+    close_engine(e);
 }
 
 static void test_bad_models(void **state)

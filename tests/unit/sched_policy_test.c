@@ -34,12 +34,12 @@ static void req(struct sched_req *r, int cls, int tenant, uint64_t arrival, int 
     r->tenant = tenant;
     r->t_arrival_ns = arrival;
     r->t_deadline_ns = arrival + p->cls[cls].ttft_ns;
-    r->t_eligible_ns = arrival + p->cls[cls].window_ns;
+    r->run.t_eligible_ns = arrival + p->cls[cls].window_ns;
     r->prompt = prompt;
     r->n_prompt = n_prompt;
     r->max_tokens = max_tokens;
     r->out = outbuf;
-    r->seq = seq;
+    r->run.seq = seq;
 }
 
 static void sla_policy(struct sched__policy *p, const struct sched_class *cls, int n_cls, const double *w, int n_t)
@@ -153,8 +153,8 @@ static void test_fair_share_3_to_1(void **state)
             if (!r)
                 break;
             sched__dequeue(&p, r);
-            r->n_fill = r->n_prompt;
-            r->n_fed = 0;
+            r->run.n_fill = r->n_prompt;
+            r->run.n_fed = 0;
             running[n_running++] = r;
         }
         if (step == 100) /* past the start-up transient */
@@ -166,10 +166,10 @@ static void test_fair_share_3_to_1(void **state)
             total += items[k].n;
             sched__charge(&p, r->tenant, items[k].n);
             int idx = (int)(r - reqs[r->tenant]);
-            if (items[k].decode || r->n_fed + items[k].n == r->n_fill)
+            if (items[k].decode || r->run.n_fed + items[k].n == r->run.n_fill)
                 n_out[r->tenant][idx]++;
             if (!items[k].decode)
-                r->n_fed += items[k].n;
+                r->run.n_fed += items[k].n;
         }
         assert_true(total <= 64);
         int k = 0;
@@ -202,15 +202,15 @@ static void test_form_budget_and_order(void **state)
     sla_policy(&p, classes, 2, NULL, 1);
     static struct sched_req dec, pf_be, pf_u, resumed;
     req(&dec, 1, 0, 0, 8, 8, 0, &p);
-    dec.n_fill = dec.n_fed = 8;
+    dec.run.n_fill = dec.run.n_fed = 8;
     req(&pf_be, 1, 0, 1, 100, 8, 1, &p);
-    pf_be.n_fill = 100;
+    pf_be.run.n_fill = 100;
     req(&pf_u, 0, 0, 2, 30, 8, 2, &p);
-    pf_u.n_fill = 30;
+    pf_u.run.n_fill = 30;
     req(&resumed, 1, 0, 3, 20, 8, 3, &p);
     atomic_store(&resumed.n_out, 5);
-    resumed.n_fill = 25;
-    resumed.n_fed = 12;
+    resumed.run.n_fill = 25;
+    resumed.run.n_fed = 12;
     struct sched_req *run[4] = {&pf_be, &dec, &resumed, &pf_u};
     struct sched__item items[4];
     int nb = sched__form(&p, run, 4, 48, items);
@@ -243,11 +243,11 @@ static void test_victim_choice(void **state)
     static struct sched_req u, be_big, be_small, bulk;
     req(&u, 0, 0, 0, 8, 8, 0, &p);
     req(&be_big, 1, 0, 0, 8, 8, 1, &p);
-    be_big.n_fed = 300;
+    be_big.run.n_fed = 300;
     req(&be_small, 1, 0, 0, 8, 8, 2, &p);
-    be_small.n_fed = 20;
+    be_small.run.n_fed = 20;
     req(&bulk, 2, 0, 0, 8, 8, 3, &p);
-    bulk.n_fed = 900;
+    bulk.run.n_fed = 900;
     struct sched_req *run[4] = {&u, &be_big, &be_small, &bulk};
     assert_ptr_equal(sched__victim(&p, run, 4, 0), &bulk);
     assert_ptr_equal(sched__victim(&p, run, 3, 0), &be_small);

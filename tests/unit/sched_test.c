@@ -305,7 +305,7 @@ static void test_kv_budget_admission(void **state)
         t_init(&r[i], texts[2], 200);
         r[i].r.max_tokens = 200 - r[i].r.n_prompt;
         r[i].r.ignore_eos = true;
-        assert_int_equal(kv_blocks_for(eng->info.kv, 200), 13);
+        assert_int_equal((200 + eng->info.kv_block_tokens - 1) / eng->info.kv_block_tokens, 13);
         assert_int_equal(sched_submit(s, &r[i].r, &err), 0);
     }
     for (int i = 0; i < 3; i++)
@@ -472,7 +472,7 @@ static void test_obs_records(void **state)
     assert_int_equal(metric(b.ptr, "lmd_requests_running{model=\"m\"}"), 0);
     assert_int_equal(metric(b.ptr, "lmd_kv_blocks_free{model=\"m\"}"),
                      metric(b.ptr, "lmd_kv_blocks_capacity{model=\"m\"}"));
-    assert_int_equal(metric(b.ptr, "lmd_kv_blocks_capacity{model=\"m\"}"), eng->info.kv->cfg.n_blocks);
+    assert_int_equal(metric(b.ptr, "lmd_kv_blocks_capacity{model=\"m\"}"), eng->info.kv_blocks);
     assert_int_equal(metric(b.ptr, "lmd_kv_blocks_capacity{model=\"idle\"}"), 0);
     assert_int_equal(metric(b.ptr, "lmd_kv_cache_usage_ratio{model=\"m\"}"), 0);
     assert_int_equal(metric(b.ptr, "lmd_requests_waiting{model=\"m\",class=\"c0\"}"), 0);
@@ -489,6 +489,100 @@ static void test_obs_records(void **state)
         sched_req_unref(&t[i].r);
 }
 
+/* The prefix cache: the same prompt twice, the second takes the first's
+ * full blocks and prefills only the rest, and its greedy tokens and
+ * log-probabilities are bit for bit those of the first and of a run with
+ * the cache off (a prefill chunk computes each row as a decode would).
+ * Another salt shares nothing. */
+struct lpreq {
+    struct treq t;
+    float lp[16], top_lp[16 * 3];
+    int32_t top_id[16 * 3];
+};
+
+static void lp_init(struct lpreq *q, const char *text, uint64_t salt)
+{
+    t_init(&q->t, text, 16);
+    q->t.r.ignore_eos = true;
+    q->t.r.cache_salt = salt;
+    q->t.r.n_logprobs = 3;
+    q->t.r.out_lp = q->lp;
+    q->t.r.out_top_id = q->top_id;
+    q->t.r.out_top_lp = q->top_lp;
+}
+
+static void lp_same(const struct lpreq *a, const struct lpreq *b)
+{
+    assert_int_equal(atomic_load(&a->t.r.n_out), 16);
+    assert_int_equal(atomic_load(&b->t.r.n_out), 16);
+    assert_memory_equal(a->t.out, b->t.out, 16 * sizeof(int32_t));
+    assert_memory_equal(a->lp, b->lp, sizeof a->lp);
+    assert_memory_equal(a->top_id, b->top_id, sizeof a->top_id);
+    assert_memory_equal(a->top_lp, b->top_lp, sizeof a->top_lp);
+}
+
+static void test_prefix_cache_same_output(void **state)
+{
+    (void)state;
+    static const char *long_text =
+        "The old lighthouse keeper climbed the spiral stairs every evening at dusk, "
+        "carrying a lantern, a notebook and a flask of tea. At the top he lit the great lamp, "
+        "checked the clockwork, and wrote down";
+    struct lmd_err err = {0};
+    struct sched *s;
+    struct sched_config sc = {.vocab = vocab, .max_running = 4, .max_queue = 8};
+    static struct lpreq off, first, second, other;
+
+    sc.no_prefix_cache = true;
+    assert_int_equal(sched_start(&s, eng, &sc, &err), 0);
+    lp_init(&off, long_text, 1);
+    assert_int_equal(sched_submit(s, &off.t.r, &err), 0);
+    t_wait_finish(&off.t);
+    struct sched_stats st;
+    sched_stats(s, &st);
+    assert_int_equal(st.prefix_queries, 0);
+    assert_int_equal(st.kv_blocks_cached, 0);
+    sched_stop(s);
+
+    sc.no_prefix_cache = false;
+    assert_int_equal(sched_start(&s, eng, &sc, &err), 0);
+    lp_init(&first, long_text, 1);
+    const int n = first.t.r.n_prompt, bt = eng->info.kv_block_tokens, shared = (n - 1) / bt * bt;
+    assert_true(shared >= 32);
+    assert_int_equal(sched_submit(s, &first.t.r, &err), 0);
+    t_wait_finish(&first.t);
+    sched_stats(s, &st);
+    assert_int_equal(st.prefix_queries, n);
+    assert_int_equal(st.prefix_hits, 0);
+    assert_int_equal(st.prompt_tokens, n);
+    assert_true(st.kv_blocks_cached >= shared / bt);
+    assert_int_equal(st.kv_blocks_free, st.kv_blocks_total);
+
+    lp_init(&second, long_text, 1);
+    assert_int_equal(sched_submit(s, &second.t.r, &err), 0);
+    t_wait_finish(&second.t);
+    sched_stats(s, &st);
+    assert_int_equal(st.prefix_queries, 2 * n);
+    assert_int_equal(st.prefix_hits, shared);
+    assert_int_equal(st.prompt_tokens, 2 * n - shared); /* computed, not sent */
+    lp_same(&first, &second);
+    lp_same(&off, &second);
+
+    lp_init(&other, long_text, 2);
+    assert_int_equal(sched_submit(s, &other.t.r, &err), 0);
+    t_wait_finish(&other.t);
+    sched_stats(s, &st);
+    assert_int_equal(st.prefix_hits, shared);
+    assert_int_equal(st.prompt_tokens, 3 * n - shared);
+    lp_same(&first, &other);
+    assert_int_equal(st.kv_blocks_free, st.kv_blocks_total);
+    sched_stop(s);
+    sched_req_unref(&off.t.r);
+    sched_req_unref(&first.t.r);
+    sched_req_unref(&second.t.r);
+    sched_req_unref(&other.t.r);
+}
+
 /* A failed assertion leaves obs on; switch it off for the next test. */
 static int obs_off(void **state)
 {
@@ -501,10 +595,11 @@ static int obs_off(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_batched_equals_alone),       cmocka_unit_test(test_cancel_returns_blocks),
-        cmocka_unit_test(test_stop_cuts_as_shutdown),      cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_preempt_resume_same_output), cmocka_unit_test(test_kv_budget_admission),
-        cmocka_unit_test(test_queue_reserve_for_urgent),   cmocka_unit_test_teardown(test_obs_records, obs_off),
+        cmocka_unit_test(test_batched_equals_alone),          cmocka_unit_test(test_cancel_returns_blocks),
+        cmocka_unit_test(test_stop_cuts_as_shutdown),         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_preempt_resume_same_output),    cmocka_unit_test(test_kv_budget_admission),
+        cmocka_unit_test(test_prefix_cache_same_output),      cmocka_unit_test(test_queue_reserve_for_urgent),
+        cmocka_unit_test_teardown(test_obs_records, obs_off),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,7 +1,8 @@
 /*
- * The native engine: model/ + kernels/ + kv/ on the CPU behind engine.h.
- * Owns the compute pool, the step scratch, the logits buffer and the paged
- * KV cache, all allocated at open; a step allocates nothing.
+ * The native engine: model/ + kernels/ on the CPU behind engine.h.
+ * Owns the compute pool, the step scratch, the logits buffer and the bytes
+ * of the paged KV cache (host F16), all allocated at open; a step allocates
+ * nothing. Which block holds which sequence is decided by the caller.
  */
 #include "engine/engine.h"
 
@@ -19,15 +20,21 @@ struct native_engine {
     struct model *model;
     struct model_scratch *scratch;
     struct lmd_pool *pool;
-    struct kv_cache kv;
+    struct model_kv kv;
     float *logits;           /* [max_seqs][n_vocab] */
     struct model_seq *mseqs; /* [max_seqs] */
+    /* The step in flight (between launch and wait). */
+    int rc, n_rows;
+    struct lmd_err err;
 };
 
-static int native_step(struct engine *e, const struct engine_seq *seqs, int n_seqs, const float **logits,
-                       struct lmd_err *err)
+/* The forward pass runs inside launch (the CPU engine has no stream to
+ * queue on); wait hands over its status and logits. */
+static int native_launch(struct engine *e, const struct engine_seq *seqs, int n_seqs, struct lmd_err *err)
 {
     struct native_engine *ne = (struct native_engine *)e;
+    ne->rc = 0;
+    ne->n_rows = 0;
     if (n_seqs > e->info.max_seqs)
         return lmd_err_set(err, LMD_EINVAL, "step: %d sequences exceed the engine's %d", n_seqs, e->info.max_seqs);
     for (int i = 0; i < n_seqs; i++) {
@@ -40,9 +47,19 @@ static int native_step(struct engine *e, const struct engine_seq *seqs, int n_se
                                           .pos = s->pos,
                                           .blocks = s->blocks,
                                           .want_logits = s->want_logits};
+        ne->n_rows += s->want_logits;
     }
-    *logits = ne->logits;
-    return model_forward(ne->model, ne->scratch, ne->pool, &ne->kv, ne->mseqs, n_seqs, ne->logits, err);
+    ne->rc = model_forward(ne->model, ne->scratch, ne->pool, &ne->kv, ne->mseqs, n_seqs, ne->logits, &ne->err);
+    return 0;
+}
+
+static int native_wait(struct engine *e, struct engine_result *res, struct lmd_err *err)
+{
+    struct native_engine *ne = (struct native_engine *)e;
+    *res = (struct engine_result){.n_rows = ne->rc ? 0 : ne->n_rows, .logits = ne->logits};
+    if (ne->rc && err)
+        *err = ne->err;
+    return ne->rc;
 }
 
 static void native_close(struct engine *e)
@@ -50,14 +67,14 @@ static void native_close(struct engine *e)
     struct native_engine *ne = (struct native_engine *)e;
     model_scratch_free(ne->scratch);
     lmd_pool_free(ne->pool);
-    kv_free(&ne->kv);
+    model_kv_free(&ne->kv);
     free(ne->logits);
     free(ne->mseqs);
     model_free(ne->model);
     free(ne);
 }
 
-static const struct engine_ops native_ops = {.step = native_step, .close = native_close};
+static const struct engine_ops native_ops = {.launch = native_launch, .wait = native_wait, .close = native_close};
 
 int engine_native_open(struct engine **out, const struct engine_config *cfg, struct lmd_err *err)
 {
@@ -83,35 +100,31 @@ int engine_native_open(struct engine **out, const struct engine_config *cfg, str
     in->n_threads = cfg->n_threads > 0 ? cfg->n_threads : lmd_cpu_count();
     in->gguf = ne->model->gguf;
 
-    struct kv_config kc = {
-        .n_layer = hp->n_layer,
-        .n_head_kv = hp->n_head_kv,
-        .head_dim_k = hp->head_dim_k,
-        .head_dim_v = hp->head_dim_v,
-        .block_tokens = cfg->kv_block_tokens > 0 ? cfg->kv_block_tokens : 16,
-    };
+    int block_tokens = cfg->kv_block_tokens > 0 ? cfg->kv_block_tokens : 16, n_blocks;
+    size_t block_bytes = model_kv_block_bytes(ne->model, block_tokens);
     if (cfg->kv_blocks > 0) {
-        kc.n_blocks = cfg->kv_blocks;
+        n_blocks = cfg->kv_blocks;
     } else {
         /* Enough for every sequence at full context, within the byte cap. */
         size_t cap = cfg->kv_max_bytes ? cfg->kv_max_bytes : ((size_t)2 << 30);
-        int per_seq = (in->n_ctx + kc.block_tokens - 1) / kc.block_tokens;
-        kc.n_blocks = 1;
-        size_t block_bytes = kv_bytes(&kc);
+        int per_seq = (in->n_ctx + block_tokens - 1) / block_tokens;
         size_t want = (size_t)per_seq * (size_t)in->max_seqs;
         size_t fit = cap / block_bytes;
-        kc.n_blocks = (int)(want < fit ? want : fit);
-        if (kc.n_blocks < per_seq && (size_t)per_seq <= fit)
-            kc.n_blocks = per_seq;
-        if (kc.n_blocks < 1)
-            kc.n_blocks = 1;
+        n_blocks = (int)(want < fit ? want : fit);
+        if (n_blocks < per_seq && (size_t)per_seq <= fit)
+            n_blocks = per_seq;
+        if (n_blocks < 1)
+            n_blocks = 1;
     }
-    if ((rc = kv_init(&ne->kv, &kc, err)) || (rc = lmd_pool_init(&ne->pool, in->n_threads, err)) ||
+    if ((rc = model_kv_init(&ne->kv, ne->model, n_blocks, block_tokens, err)) ||
+        (rc = lmd_pool_init(&ne->pool, in->n_threads, err)) ||
         (rc = model_scratch_create(&ne->scratch, ne->model, in->max_batch_tokens, in->max_seqs, in->n_threads, err))) {
         native_close(&ne->base);
         return rc;
     }
-    in->kv = &ne->kv;
+    in->kv_blocks = n_blocks;
+    in->kv_block_tokens = block_tokens;
+    in->kv_block_bytes = block_bytes;
     ne->logits = malloc((size_t)in->max_seqs * (size_t)hp->n_vocab * sizeof(float));
     ne->mseqs = calloc((size_t)in->max_seqs, sizeof *ne->mseqs);
     if (!ne->logits || !ne->mseqs) {
@@ -119,8 +132,8 @@ int engine_native_open(struct engine **out, const struct engine_config *cfg, str
         return lmd_err_set(err, LMD_ENOMEM, "out of memory for %d logit rows", in->max_seqs);
     }
     LMD_DEBUG("native engine: %s (%s), %d layers, ctx %d, kv %d blocks x %d tokens (%zu MiB), %d threads, isa %s",
-              in->model_name, in->arch, hp->n_layer, in->n_ctx, kc.n_blocks, kc.block_tokens, kv_bytes(&kc) >> 20,
-              in->n_threads, kern_isa());
+              in->model_name, in->arch, hp->n_layer, in->n_ctx, n_blocks, block_tokens,
+              (block_bytes * (size_t)n_blocks) >> 20, in->n_threads, kern_isa());
     *out = &ne->base;
     return 0;
 }
