@@ -167,12 +167,20 @@ static void http_on_wake(h2o_multithread_receiver_t *receiver, h2o_linklist_t *m
     struct http_task *t = l->head;
     l->head = l->tail = NULL;
     l->wake_pending = false;
-    for (struct http_task *x = t; x; x = x->next)
-        x->queued = false;
     pthread_mutex_unlock(&l->mu);
-    /* A task may free the object it lives in: read next first. */
+    /* Run the batch taken, each task after reading its link and clearing
+     * its mark under the lock: until then http_post refuses to queue it
+     * again (it is still in this batch, and will run), and once the mark is
+     * clear a new post may rewrite t->next, which is read already. Clearing
+     * every mark up front let another thread relink a task while this loop
+     * still followed its old link, and the rest of the batch was lost
+     * (found by ThreadSanitizer). A task may free the object it lives in,
+     * so nothing of it is touched after fn. */
     while (t) {
+        pthread_mutex_lock(&l->mu);
         struct http_task *next = t->next;
+        t->queued = false;
+        pthread_mutex_unlock(&l->mu);
         t->fn(t);
         t = next;
     }
