@@ -340,7 +340,7 @@ def test_sigterm_drains_stream(lmd_bin, default_model):
         assert events[-1] == "[DONE]"
         usage = json.loads(events[-2])["usage"]
         assert usage["completion_tokens"] == 40
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=30) == 0, server_log(proc)[-6000:]
     finally:
         if proc.poll() is None:
             proc.kill()
