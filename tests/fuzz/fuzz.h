@@ -7,8 +7,10 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -22,4 +24,17 @@ static inline char *fuzz_copy(const uint8_t *data, size_t size, int nul)
     if (nul)
         p[size] = '\0';
     return p;
+}
+
+/* Write data to this process's private file for a parser that reads a
+ * path (the tenants and server config files); returns its path. */
+static inline const char *fuzz_write_file(const char *stem, const uint8_t *data, size_t size)
+{
+    static char path[96];
+    snprintf(path, sizeof path, "/tmp/lmd-%s-fuzz-%d.yaml", stem, (int)getpid());
+    FILE *f = fopen(path, "wb");
+    if (!f || (size && fwrite(data, 1, size, f) != size))
+        abort();
+    fclose(f);
+    return path;
 }

@@ -7,25 +7,12 @@
 #include "fuzz.h"
 #include "qos/qos.h"
 
-#include <stdio.h>
-#include <unistd.h>
-
-static char g_path[64];
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (!g_path[0]) {
-        snprintf(g_path, sizeof g_path, "/tmp/lmd-tenants-fuzz-%d.yaml", (int)getpid());
-    }
-    FILE *f = fopen(g_path, "wb");
-    if (!f)
-        abort();
-    if (size && fwrite(data, 1, size, f) != size)
-        abort();
-    fclose(f);
+    const char *path = fuzz_write_file("tenants", data, size);
     struct qos *q = NULL;
     struct lmd_err err = {0};
-    if (qos_open(&q, g_path, &err) == 0) {
+    if (qos_open(&q, path, &err) == 0) {
         if (qos_n_classes(q) < 1 || qos_n_tenants(q) < 1 || qos_default_class(q) < 0 ||
             qos_default_class(q) >= qos_n_classes(q))
             abort();

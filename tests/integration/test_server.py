@@ -106,6 +106,24 @@ def metric(base, name):
     return total
 
 
+def rss_kib(pid):
+    """Resident anonymous memory, leaving out the mappings over 64 MiB: the
+    KV cache, allocated at start-up and touched lazily as sequences grow
+    (file-backed model pages are left out too). What remains is where
+    unsent response text would pile up."""
+    total, size, anon = 0, 0, False
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and ":" in head[3]:
+                anon = len(head) < 6
+            elif head[0] == "Size:":
+                size = int(head[1])
+            elif head[0] == "Rss:" and anon and size <= 64 * 1024:
+                total += int(head[1])
+    return total
+
+
 PROMPT = "The capital of France is"
 PROMPT_IDS = [2, 818, 5279, 529, 7001, 563]  # PROMPT with BOS, as the tokenizer gives it
 

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from test_server import PROMPT, PROMPT_IDS, error_of, metric, server_log, start_server, stop_server
+from test_server import PROMPT, PROMPT_IDS, error_of, metric, rss_kib, server_log, start_server, stop_server
 
 PARIS = 9079  # " Paris" in the default model's vocabulary (checked through echo below)
 EOS = 1       # <eos>
@@ -292,24 +292,6 @@ def test_request_id(server, http2):
 
 
 # ---- backpressure and disconnects ---------------------------------------------
-
-def rss_kib(pid):
-    """Resident anonymous memory, leaving out the mappings over 64 MiB: the
-    KV cache, allocated at start-up and touched lazily as sequences grow
-    (file-backed model pages are left out too). What remains is where
-    unsent response text would pile up."""
-    total, size, anon = 0, 0, False
-    with open("/proc/%d/smaps" % pid) as f:
-        for line in f:
-            head = line.split()
-            if "-" in head[0] and len(head) >= 5 and ":" in head[3]:
-                anon = len(head) < 6
-            elif head[0] == "Size:":
-                size = int(head[1])
-            elif head[0] == "Rss:" and anon and size <= 64 * 1024:
-                total += int(head[1])
-    return total
-
 
 def raw_post(port, path, body, rcvbuf=None):
     s = socket.socket()

@@ -140,23 +140,31 @@ static void test_batched_equals_alone(void **state)
     }
 }
 
-static void test_cancel_returns_blocks(void **state)
+/* A scheduler with one running slot: a generating (a, 2 tokens out) and b
+ * waiting behind it. */
+static struct sched *start_running_and_waiting(struct treq *a, struct treq *b)
 {
-    (void)state;
     struct lmd_err err = {0};
     struct sched *s;
     struct sched_config sc = {.vocab = vocab, .max_running = 1, .max_queue = 8};
     assert_int_equal(sched_start(&s, eng, &sc, &err), 0);
-    static struct treq a, b;
-    t_init(&a, texts[0], 200);
-    a.r.ignore_eos = true;
-    t_init(&b, texts[1], 200); /* waits behind a: max_running is 1 */
-    assert_int_equal(sched_submit(s, &a.r, &err), 0);
-    assert_int_equal(sched_submit(s, &b.r, &err), 0);
+    t_init(a, texts[0], 200);
+    a->r.ignore_eos = true;
+    t_init(b, texts[1], 200);
+    assert_int_equal(sched_submit(s, &a->r, &err), 0);
+    assert_int_equal(sched_submit(s, &b->r, &err), 0);
     pthread_mutex_lock(&mu);
-    while (atomic_load(&a.r.n_out) < 2)
+    while (atomic_load(&a->r.n_out) < 2)
         pthread_cond_wait(&cv, &mu);
     pthread_mutex_unlock(&mu);
+    return s;
+}
+
+static void test_cancel_returns_blocks(void **state)
+{
+    (void)state;
+    static struct treq a, b;
+    struct sched *s = start_running_and_waiting(&a, &b);
     sched_req_cancel(s, &b.r);
     sched_req_cancel(s, &a.r);
     t_wait_finish(&a);
@@ -179,20 +187,8 @@ static void test_cancel_returns_blocks(void **state)
 static void test_stop_cuts_as_shutdown(void **state)
 {
     (void)state;
-    struct lmd_err err = {0};
-    struct sched *s;
-    struct sched_config sc = {.vocab = vocab, .max_running = 1, .max_queue = 8};
-    assert_int_equal(sched_start(&s, eng, &sc, &err), 0);
     static struct treq a, b;
-    t_init(&a, texts[0], 200);
-    a.r.ignore_eos = true;
-    t_init(&b, texts[1], 200); /* waits behind a: max_running is 1 */
-    assert_int_equal(sched_submit(s, &a.r, &err), 0);
-    assert_int_equal(sched_submit(s, &b.r, &err), 0);
-    pthread_mutex_lock(&mu);
-    while (atomic_load(&a.r.n_out) < 2)
-        pthread_cond_wait(&cv, &mu);
-    pthread_mutex_unlock(&mu);
+    struct sched *s = start_running_and_waiting(&a, &b);
     sched_stop(s);
     assert_int_equal(atomic_load(&a.r.finish), SCHED_FINISH_SHUTDOWN);
     assert_int_equal(atomic_load(&b.r.finish), SCHED_FINISH_SHUTDOWN);
