@@ -40,7 +40,9 @@ struct api_model {
     const char *engine;       /* the engine kind ("native") */
     const char *owned_by;     /* NULL = "lmd" */
     struct sched *sched;      /* its own scheduler (and engine thread) */
-    const struct tok_vocab *vocab;
+    const struct tok_vocab *vocab; /* NULL for a model behind an engine that forwards API requests */
+    bool forwards;                 /* its engine takes the validated request whole (a remote pool): no
+                                      tokenizer or template here; usage comes from the engine */
     int chat_family; /* enum chat_family */
     int n_ctx;       /* tokens per sequence */
 };

@@ -65,6 +65,12 @@ struct api_choice {
     float *lp;              /* [max_tokens], logprobs only */
     int32_t *top_id;        /* [max_tokens * n_top] */
     float *top_lp;          /* [max_tokens * n_top] */
+    /* Forwarded calls: text as the engine thread hands it over (on_text),
+     * taken by the I/O thread; malloc'd, not the arena's, since two threads
+     * write it. The lock is held for a copy, never across other work. */
+    pthread_mutex_t tmu;
+    struct lmd_buf tin;
+    bool tmu_init;
 };
 
 struct api_call {
@@ -102,18 +108,40 @@ struct api_call {
     int status;                             /* the HTTP status answered (for metrics and the log); 0 = not yet */
     const char *finish;                     /* the first choice's finish reason, for the log */
     struct api_call *live_prev, *live_next; /* the api's live list (live_mu) */
+    bool forwards;                          /* its engine takes the request whole: text out, usage from it */
+    char *body;                             /* forwards: the JSON request handed on (malloc'd) */
     int n_choices;
     struct api_choice choice[]; /* [n_choices] */
 };
 
 #define PUTS(b, lit) lmd_buf_append((b), (lit), strlen(lit))
 
+/* Output tokens so far: the engine's own count once a forwarded choice
+ * has finished with one, else the tokens (or text pieces) seen. */
+static int choice_generated(const struct api_choice *ch)
+{
+    if (atomic_load_explicit(&ch->sr.finish, memory_order_acquire) != SCHED_RUNNING && ch->sr.usage_completion >= 0)
+        return ch->sr.usage_completion;
+    return atomic_load_explicit(&ch->sr.n_out, memory_order_acquire);
+}
+
 static int call_generated(const struct api_call *c)
 {
     int n = 0;
     for (int i = 0; i < c->n_choices; i++)
-        n += atomic_load_explicit(&c->choice[i].sr.n_out, memory_order_acquire);
+        n += choice_generated(&c->choice[i]);
     return n;
+}
+
+/* Prompt tokens: the engine's count for a forwarded call once it gave one
+ * (the choices share the prompt), else what lmd counted or estimated. */
+static int call_prompt(const struct api_call *c)
+{
+    for (int i = 0; c->forwards && i < c->n_choices; i++)
+        if (atomic_load_explicit(&c->choice[i].sr.finish, memory_order_acquire) != SCHED_RUNNING &&
+            c->choice[i].sr.usage_prompt >= 0)
+            return c->choice[i].sr.usage_prompt;
+    return c->n_prompt;
 }
 
 static void call_free(struct api_call *c)
@@ -129,8 +157,14 @@ static void call_free(struct api_call *c)
     pthread_mutex_unlock(&a->live_mu);
     /* Whatever way it ended, its quota slots and token charge are settled
      * (a no-op when call_account already did). */
-    qos_finished(a->cfg.qos, &c->who.ticket, (int64_t)c->n_prompt + call_generated(c), lmd_time_mono_ns());
+    qos_finished(a->cfg.qos, &c->who.ticket, (int64_t)call_prompt(c) + call_generated(c), lmd_time_mono_ns());
     atomic_fetch_sub(&c->api->active, 1);
+    for (int i = 0; i < c->n_choices; i++)
+        if (c->choice[i].tmu_init) {
+            pthread_mutex_destroy(&c->choice[i].tmu);
+            lmd_buf_free(&c->choice[i].tin);
+        }
+    free(c->body);
     lmd_arena_destroy(c->arena); /* c too */
 }
 
@@ -166,9 +200,9 @@ static void call_account(struct api_call *c, int status, const char *finish)
     c->finish = finish;
     struct api *a = c->api;
     uint64_t now = lmd_time_mono_ns();
-    int n_gen = call_generated(c);
+    int n_gen = call_generated(c), n_prompt = call_prompt(c);
     const int cls = c->who.cls, tenant = c->who.tenant;
-    qos_finished(a->cfg.qos, &c->who.ticket, (int64_t)c->n_prompt + n_gen, now);
+    qos_finished(a->cfg.qos, &c->who.ticket, (int64_t)n_prompt + n_gen, now);
     obs_request_done(obs_status_of(status), c->m->index, cls, tenant);
     double e2e = (double)(now - c->t_start) / 1e9;
     double ttft = c->t_first ? (double)(c->t_first - c->t_start) / 1e9 : -1;
@@ -187,7 +221,7 @@ static void call_account(struct api_call *c, int status, const char *finish)
         .cls = cls,
         .tenant = tenant,
         .model = c->m->m.id,
-        .prompt_tokens = c->n_prompt,
+        .prompt_tokens = n_prompt,
         .output_tokens = n_gen,
         .queue_s = queue,
         .ttft_s = ttft,
@@ -341,10 +375,11 @@ static void put_usage(struct api_call *c, struct lmd_buf *b)
 {
     int n_gen = 0;
     for (int i = 0; i < c->n_choices; i++)
-        n_gen += c->choice[i].cursor;
+        n_gen += c->forwards ? choice_generated(&c->choice[i]) : c->choice[i].cursor;
     /* The prompt is counted once: the choices share it. */
-    lmd_buf_printf(b, "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}", c->n_prompt, n_gen,
-                   c->n_prompt + n_gen);
+    int n_prompt = call_prompt(c);
+    lmd_buf_printf(b, "{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}", n_prompt, n_gen,
+                   n_prompt + n_gen);
 }
 
 /* Every choice is done: the last chunks, or the whole response. */
@@ -406,7 +441,22 @@ static void choice_pump(struct api_call *c, struct api_choice *ch, size_t budget
      * text is rendered. */
     const size_t per_token = 200 + (c->n_top >= 0 ? 120 * (size_t)(c->n_top + 1) : 0);
     size_t spent = 0;
-    while (ch->cursor < n && !ch->stop_matched && c->chunk.len + spent < budget) {
+    if (c->forwards && !ch->stop_matched && c->chunk.len < budget) {
+        /* Text as the upstream sent it; stop strings are matched here too,
+         * in case an upstream does not apply them. */
+        pthread_mutex_lock(&ch->tmu);
+        lmd_buf_append(&ch->pending, ch->tin.ptr, ch->tin.len);
+        ch->tin.len = 0;
+        pthread_mutex_unlock(&ch->tmu);
+        ch->cursor = n;
+        long at = api_stop_find(ch->pending.ptr, ch->pending.len, c->stop, c->stop_len, c->n_stop);
+        if (at >= 0) {
+            ch->pending.len = (size_t)at;
+            ch->stop_matched = true;
+            sched_req_cancel(c->m->m.sched, &ch->sr);
+        }
+    }
+    while (!c->forwards && ch->cursor < n && !ch->stop_matched && c->chunk.len + spent < budget) {
         int32_t tok = ch->out[ch->cursor++];
         size_t k = tok_detok_push(&ch->dt, tok, c->piece, c->piece_cap);
         lmd_buf_append(&ch->pending, c->piece, k);
@@ -419,7 +469,12 @@ static void choice_pump(struct api_call *c, struct api_choice *ch, size_t budget
         }
     }
     bool finished = ch->stop_matched || (fin != SCHED_RUNNING && ch->cursor == n);
-    if (finished && !ch->stop_matched) {
+    if (finished && c->forwards && !ch->stop_matched) {
+        pthread_mutex_lock(&ch->tmu);
+        finished = ch->tin.len == 0; /* what came after the budget ran out is still to go */
+        pthread_mutex_unlock(&ch->tmu);
+    }
+    if (finished && !ch->stop_matched && !c->forwards) {
         size_t k = tok_detok_flush(&ch->dt, c->piece, c->piece_cap);
         lmd_buf_append(&ch->pending, c->piece, k);
     }
@@ -450,7 +505,7 @@ static void call_fail(struct api_call *c, int status, const char *code, const ch
         LMD_ERROR("api: %s: %s", c->id, msg);
     call_cancel_all(c);
     struct api_error e;
-    api_error_set(&e, status, "server_error", NULL, code, "%s", msg);
+    api_error_set(&e, status, status < 500 ? "invalid_request_error" : "server_error", NULL, code, "%s", msg);
     call_account(c, status, finish);
     if (!c->stream) {
         api_send_error(c->http, &e, status == 503 ? "retry-after" : NULL, status == 503 ? "1" : NULL);
@@ -475,7 +530,14 @@ static void call_pump(struct api_call *c)
     for (int i = 0; i < c->n_choices; i++) {
         int fin = atomic_load_explicit(&c->choice[i].sr.finish, memory_order_acquire);
         if (fin == SCHED_FINISH_ERROR) {
-            call_fail(c, 500, NULL, "error", c->choice[i].sr.err);
+            /* An upstream's own answer keeps its status: a 4xx is the
+             * client's mistake as the upstream saw it; 502/503/504 say how
+             * the upstream failed. */
+            int st = c->choice[i].sr.err_status;
+            const char *code = st == 503 ? "upstream_unavailable" : st == 504 ? "upstream_timeout"
+                               : st == 502                    ? "upstream_error"
+                                                              : NULL;
+            call_fail(c, st >= 400 && st <= 599 ? st : 500, code, "error", c->choice[i].sr.err);
             return;
         }
         if (fin == SCHED_FINISH_DEADLINE) {
@@ -544,6 +606,17 @@ static void choice_notify(struct sched_req *r)
 
 static void choice_release(struct sched_req *r) { call_unref(((struct api_choice *)r)->call); }
 
+/* Engine thread: a forwarded choice's text, kept until its I/O thread
+ * takes it (the notify that follows wakes it). */
+static void choice_text(struct sched_req *r, const char *s, size_t n)
+{
+    struct api_choice *ch = (struct api_choice *)r;
+    pthread_mutex_lock(&ch->tmu);
+    if (lmd_buf_append(&ch->tin, s, n) != 0)
+        LMD_ERROR("api: %s: out of memory holding streamed text; %zu bytes lost", ch->call->id, n);
+    pthread_mutex_unlock(&ch->tmu);
+}
+
 static void call_drained(void *ctx) { call_pump(ctx); }
 
 /* The HTTP request is gone (answered, or the client left): choices still
@@ -605,6 +678,21 @@ static int choice_init(struct api_call *c, struct api_choice *ch, int i, const s
     ch->call = c;
     ch->index = i;
     ch->pending.arena = ch->text.arena = c->arena;
+    if (c->forwards) {
+        /* Text comes through on_text; the scheduler keeps the token budget. */
+        pthread_mutex_init(&ch->tmu, NULL);
+        ch->tmu_init = true;
+        ch->sr.n_prompt = c->n_prompt;
+        ch->sr.max_tokens = max_tokens;
+        ch->sr.api_path = c->kind == API_CHAT ? "/v1/chat/completions" : "/v1/completions";
+        ch->sr.api_body = c->body;
+        ch->sr.api_body_len = strlen(c->body);
+        ch->sr.on_text = choice_text;
+        ch->sr.notify = choice_notify;
+        ch->sr.release = choice_release;
+        ch->sr.ignore_eos = p->ignore_eos;
+        return 0;
+    }
     /* From the arena's first chunk, sized for them in api_call_submit. */
     ch->out = lmd_arena_alloc(c->arena, (size_t)max_tokens * sizeof *ch->out);
     ch->sr.block_table = lmd_arena_alloc(c->arena, (size_t)sched_blocks_for(c->m->m.sched, c->n_prompt + max_tokens) *
@@ -666,35 +754,61 @@ static void call_begin_stream(struct api_call *c, struct http_req *r)
         http_stream_write(r, c->chunk.ptr, c->chunk.len, false);
 }
 
+static int call_submit(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
+                       int32_t *ids, char *body, int n_prompt, int max_tokens, const char *id, struct api_who *who,
+                       struct api_error *e);
+
 int api_call_submit(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
                     int32_t *ids, int n_prompt, int max_tokens, const char *id, struct api_who *who,
                     struct api_error *e)
 {
+    return call_submit(a, m, r, p, ids, NULL, n_prompt, max_tokens, id, who, e);
+}
+
+int api_call_forward(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
+                     char *body, int n_prompt, int max_tokens, const char *id, struct api_who *who,
+                     struct api_error *e)
+{
+    return call_submit(a, m, r, p, NULL, body, n_prompt, max_tokens, id, who, e);
+}
+
+/* Either ids (token ids, for engines that take them) or body (the JSON
+ * request, for engines that forward it); takes ownership of both. */
+static int call_submit(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
+                       int32_t *ids, char *body, int n_prompt, int max_tokens, const char *id, struct api_who *who,
+                       struct api_error *e)
+{
     const int n = p->n;
+    const bool fwd = body != NULL;
     /* The arena's first chunk holds every fixed-size part (each rounded
      * up to 16 bytes), plus room for the text buffers to start in. */
-    size_t piece_cap = tok_detok_bound(m->m.vocab), stop_bytes = 0;
-    if (piece_cap < tok_piece_max(m->m.vocab))
+    size_t piece_cap = fwd ? 16 : tok_detok_bound(m->m.vocab), stop_bytes = 0;
+    if (!fwd && piece_cap < tok_piece_max(m->m.vocab))
         piece_cap = tok_piece_max(m->m.vocab);
     for (int i = 0; i < p->n_stop; i++)
         stop_bytes += p->stop_len[i];
     size_t mt = (size_t)max_tokens, top = p->logprobs > 0 ? (size_t)p->logprobs : 0;
     size_t per_choice =
-        mt * sizeof(int32_t) + (size_t)sched_blocks_for(m->m.sched, n_prompt + max_tokens) * sizeof(int32_t) +
-        (p->logprobs >= 0 ? mt * sizeof(float) + mt * top * (sizeof(int32_t) + sizeof(float)) : 0) + 5 * 16;
+        fwd ? 0
+            : mt * sizeof(int32_t) + (size_t)sched_blocks_for(m->m.sched, n_prompt + max_tokens) * sizeof(int32_t) +
+                  (p->logprobs >= 0 ? mt * sizeof(float) + mt * top * (sizeof(int32_t) + sizeof(float)) : 0) + 5 * 16;
     size_t first = sizeof(struct api_call) + (size_t)n * sizeof(struct api_choice) +
                    (size_t)n_prompt * sizeof(int32_t) + piece_cap + stop_bytes + 1 +
                    (size_t)p->n_bias * sizeof(struct sample_bias) + (size_t)n * per_choice + 6 * 16 + 4096;
     struct lmd_arena *arena = lmd_arena_create(first);
     struct api_call *c = arena ? lmd_arena_calloc(arena, sizeof *c + (size_t)n * sizeof c->choice[0]) : NULL;
-    int32_t *prompt = c ? lmd_arena_alloc(arena, (size_t)n_prompt * sizeof *prompt) : NULL;
-    if (!prompt) {
+    int32_t *prompt = c && !fwd ? lmd_arena_alloc(arena, (size_t)n_prompt * sizeof *prompt) : NULL;
+    if (!c || (!fwd && !prompt)) {
         lmd_arena_destroy(arena);
         free(ids);
+        free(body);
         return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
     }
-    memcpy(prompt, ids, (size_t)n_prompt * sizeof *prompt);
+    if (!fwd)
+        memcpy(prompt, ids, (size_t)n_prompt * sizeof *prompt);
     free(ids);
+    c->forwards = fwd;
+    c->body = body;
     c->arena = arena;
     c->chunk.arena = arena;
     atomic_fetch_add(&a->active, 1);

@@ -393,6 +393,97 @@ static int authenticate(struct api *a, struct http_req *r, struct api_error *e)
     return -1;
 }
 
+/* The admission refusal of qos_admit as an API error (and its Retry-After). */
+static void admit_error(struct api_error *e, const struct qos_refusal *why, char *retry, size_t retry_cap,
+                        const char **hname, const char **hvalue)
+{
+    api_error_set(e, why->http_status,
+                  why->http_status == 429   ? "rate_limit_error"
+                  : why->http_status == 503 ? "server_error"
+                                            : "invalid_request_error",
+                  NULL, refusal_code(why->reason), "%s", why->message);
+    if (why->retry_after_s) {
+        snprintf(retry, retry_cap, "%u", why->retry_after_s);
+        *hname = "retry-after";
+        *hvalue = retry;
+    }
+}
+
+/* A request for a model whose engine forwards API requests (a remote
+ * pool): no template or tokenizer here. The body goes on as lmd validated
+ * it, less what lmd itself acts on (model, stream and its options, n —
+ * every choice is a request of its own — and the service class); the
+ * prompt's size is estimated for admission (about 4 bytes a token) and the
+ * upstream's usage settles the account. */
+static void forward_generate(struct api *a, struct http_req *r, struct api_params *p, const struct api__model *m,
+                             const char *id, const char *rid, struct api_who *who)
+{
+    struct api_error e = {0};
+    const char *hname = NULL, *hvalue = NULL;
+    char retry[16];
+    char *body = NULL;
+    if (p->logprobs >= 0 || p->echo) {
+        api_error_set(&e, 400, "invalid_request_error", p->echo ? "echo" : "logprobs", "unsupported_parameter",
+                      "'%s' is not available for model '%s': its engine forwards requests to upstream servers, "
+                      "and lmd does not pass %s through yet",
+                      p->echo ? "echo" : "logprobs", m->m.id, p->echo ? "echoed prompts" : "log-probabilities");
+        goto fail;
+    }
+    json_t *o = json_deep_copy(p->doc);
+    if (!o) {
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        goto fail;
+    }
+    static const char *const drop[] = {"model", "stream", "stream_options", "n", "priority"};
+    for (size_t i = 0; i < sizeof drop / sizeof drop[0]; i++)
+        json_object_del(o, drop[i]);
+    /* OpenAI's default length for completions, which some servers do not
+     * share (llama-server's is unbounded). */
+    if (p->kind == API_COMPLETION && p->max_tokens <= 0)
+        json_object_set_new(o, "max_tokens", json_integer(16));
+    body = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!body) {
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        goto fail;
+    }
+    size_t bytes = 0;
+    if (p->prompt_ids)
+        bytes = (size_t)p->n_prompt_ids * 4;
+    else if (p->kind == API_CHAT)
+        for (int i = 0; i < p->n_msgs; i++)
+            bytes += p->msgs[i].content_len + 8;
+    else
+        bytes = p->prompt_len;
+    const int ctx = m->m.n_ctx;
+    long est = (long)(bytes + 3) / 4;
+    if (est < 1)
+        est = 1;
+    if (est >= ctx)
+        est = ctx - 1;
+    int max_tokens = p->max_tokens > 0 ? p->max_tokens : (p->kind == API_CHAT ? ctx - (int)est : 16);
+    if (max_tokens > ctx - est)
+        max_tokens = ctx - (int)est; /* the budget only: the upstream enforces its own context */
+    struct qos_refusal why = {0};
+    int64_t charge = est + (int64_t)max_tokens * p->n;
+    if (qos_admit(a->cfg.qos, who->tenant, who->cls, charge, lmd_time_mono_ns(), &who->ticket, &why) != 0) {
+        obs_reject(why.reason, who->tenant);
+        admit_error(&e, &why, retry, sizeof retry, &hname, &hvalue);
+        goto fail;
+    }
+    int rc = api_call_forward(a, m, r, p, body, (int)est, max_tokens, id, who, &e);
+    body = NULL; /* the call's now */
+    if (rc != 0) {
+        api_log_refusal(a, r, rid, e.status, m, who->cls, who->tenant);
+        api_send_error(r, &e, e.status == 503 ? "retry-after" : NULL, e.status == 503 ? "1" : NULL);
+    }
+    return;
+fail:
+    free(body);
+    api_log_refusal(a, r, rid, e.status, m, who->cls, who->tenant);
+    api_send_error(r, &e, hname, hvalue);
+}
+
 static void route_generate(struct api *a, struct http_req *r, enum api_kind kind, const char *id, const char *rid)
 {
     struct api_error e = {0};
@@ -463,6 +554,11 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
         goto fail;
     }
     who.cls = cls;
+    if (m->m.forwards) {
+        forward_generate(a, r, &p, m, id, rid, &who);
+        api_params_free(&p);
+        return;
+    }
     const int n_vocab = tok_n_vocab(m->m.vocab);
     for (int i = 0; i < p.n_bias; i++)
         if (p.bias[i].token >= n_vocab) {
@@ -499,16 +595,7 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     int64_t charge = (int64_t)n_prompt + (int64_t)max_tokens * p.n;
     if (qos_admit(q, tenant, cls, charge, lmd_time_mono_ns(), &who.ticket, &why) != 0) {
         obs_reject(why.reason, tenant);
-        api_error_set(&e, why.http_status,
-                      why.http_status == 429   ? "rate_limit_error"
-                      : why.http_status == 503 ? "server_error"
-                                               : "invalid_request_error",
-                      NULL, refusal_code(why.reason), "%s", why.message);
-        if (why.retry_after_s) {
-            snprintf(retry, sizeof retry, "%u", why.retry_after_s);
-            hname = "retry-after";
-            hvalue = retry;
-        }
+        admit_error(&e, &why, retry, sizeof retry, &hname, &hvalue);
         goto fail;
     }
     int rc = api_call_submit(a, m, r, &p, ids, n_prompt, max_tokens, id, &who, &e);

@@ -47,6 +47,16 @@ static void serve_usage(FILE *out)
             "      --max-batch-tokens N tokens per engine step, the prefill chunk budget (default 512)\n"
             "      --kv-blocks N        KV-cache blocks of 16 tokens (default: max-running full contexts)\n"
             "      --chat-template F    force the chat template: gemma, llama3, chatml, mistral, generic\n"
+            "Gateway (models served by upstream servers):\n"
+            "      --upstream NAME=URL[,URL...]  serve NAME from these OpenAI-compatible servers; a URL is\n"
+            "                           [KIND+]http://HOST:PORT[/PREFIX], KIND one of lmd, llamacpp, vllm,\n"
+            "                           sglang, ollama, openai (default: learned from its /v1/models);\n"
+            "                           repeat for several models. LMD_UPSTREAM_API_KEY, when set, is\n"
+            "                           sent to every upstream as a bearer token\n"
+            "      --upstream-inflight N  requests each upstream runs at once; more wait in lmd's queue\n"
+            "                           (default 8)\n"
+            "      --route R            ttft (predicted time to first token; default), least (fewest\n"
+            "                           in flight) or rr (round robin)\n"
             "Server settings:\n"
             "      --host ADDR          address to listen on (default 127.0.0.1)\n"
             "      --port N             TCP port (default 8080; 0 = any free port)\n"
@@ -95,6 +105,9 @@ enum {
     OPT_CONFIG,
     OPT_NO_PREFIX_CACHE,
     OPT_PREFIX_CACHE_SHARED,
+    OPT_UPSTREAM,
+    OPT_UPSTREAM_INFLIGHT,
+    OPT_ROUTE,
 };
 
 static const struct option opts[] = {
@@ -123,6 +136,9 @@ static const struct option opts[] = {
     {"no-metrics", no_argument, NULL, OPT_NO_METRICS},
     {"no-prefix-cache", no_argument, NULL, OPT_NO_PREFIX_CACHE},
     {"prefix-cache-shared", no_argument, NULL, OPT_PREFIX_CACHE_SHARED},
+    {"upstream", required_argument, NULL, OPT_UPSTREAM},
+    {"upstream-inflight", required_argument, NULL, OPT_UPSTREAM_INFLIGHT},
+    {"route", required_argument, NULL, OPT_ROUTE},
     {"help", no_argument, NULL, 'h'},
     {0, 0, 0, 0},
 };
@@ -171,7 +187,23 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
     case 't':
         return set_int("--threads", v, 1, 1024, &d->threads);
     case 'c':
+        c->ctx_given = true;
         return set_int("--ctx", v, 16, 1 << 20, &d->ctx);
+    case OPT_UPSTREAM:
+        if (serve_config_add_upstream(c, v, &err) != 0) {
+            fprintf(stderr, "lmd serve: %s\n", err.msg);
+            return -1;
+        }
+        return 0;
+    case OPT_UPSTREAM_INFLIGHT:
+        return set_int("--upstream-inflight", v, 1, 4096, &d->inflight);
+    case OPT_ROUTE:
+        if (strcmp(v, "ttft") == 0 || strcmp(v, "least") == 0 || strcmp(v, "rr") == 0) {
+            d->route = v[0] == 't' ? REMOTE_ROUTE_TTFT : v[0] == 'l' ? REMOTE_ROUTE_LEAST : REMOTE_ROUTE_RR;
+            return 0;
+        }
+        fprintf(stderr, "lmd serve: --route wants ttft, least or rr, got '%s'\n", v);
+        return -1;
     case OPT_MAX_RUNNING:
         return set_int("--max-running", v, 1, 1024, &d->max_running);
     case OPT_MAX_QUEUE:

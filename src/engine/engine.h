@@ -75,6 +75,8 @@ struct engine_info {
     /* Contract. */
     bool samples;                 /* step results are sampled tokens, not logits */
     bool request_level;           /* submit/poll/cancel instead of launch/wait */
+    bool takes_api;               /* request-level: forwards API requests (engine_req.api_body) */
+    bool wakes;                   /* request-level: calls engine.wake when events are ready */
     const struct gguf_file *gguf; /* for the tokenizer and chat template; NULL for remote engines */
 };
 
@@ -103,15 +105,25 @@ struct engine_result {
 /* ---- request-level engines ----------------------------------------------- */
 
 /* One request handed to a request-level engine. The caller's memory; it
- * stays valid and unchanged until the request's finish event. */
+ * stays valid and unchanged until the request's finish event.
+ *
+ * An engine that forwards API requests (info.takes_api: a remote engine)
+ * takes the OpenAI request as lmd validated it — api_path and api_body,
+ * whose sampling fields, stop strings and limits it forwards — rather
+ * than token ids: prompt may be NULL and n_prompt is then an estimate. */
 struct engine_req {
     uint64_t id;
-    const int32_t *prompt; /* [n_prompt] */
+    const int32_t *prompt; /* [n_prompt], or NULL with an api_body */
     int n_prompt;
     int max_tokens;
     const struct sample_params *sp;
     bool ignore_eos;
-    int n_logprobs; /* -1 = none */
+    int n_logprobs;       /* -1 = none */
+    const char *api_path; /* "/v1/completions" or "/v1/chat/completions"; NULL = token ids only */
+    const char *api_body; /* [api_body_len] a JSON object: the request's fields, without model and stream */
+    size_t api_body_len;
+    uint64_t deadline_ns; /* monotonic: an engine may retry elsewhere until then; 0 = no deadline */
+    void *engine_data;    /* the engine's, from submit to the finish event */
 };
 
 enum engine_event_kind {
@@ -135,7 +147,10 @@ struct engine_event {
     const char *text; /* valid until the next poll */
     size_t text_len;
     enum engine_finish finish;
-    int prompt_tokens, completion_tokens; /* usage, on ENGINE_EV_FINISH */
+    int prompt_tokens, completion_tokens; /* usage, on ENGINE_EV_FINISH; -1 = not known */
+    int status;                           /* with ENGINE_FINISH_ERROR: the HTTP status that fits (an upstream's
+                                             4xx for a request it refused, 502/503/504 for its failures);
+                                             0 = a failure of the engine itself */
     char err[LMD_ERR_MSG_MAX];
 };
 
@@ -167,6 +182,11 @@ struct engine {
     struct engine_info info;
     struct engine_stats stats;
     uint64_t t_launch_ns; /* of the step in flight */
+    /* Set by the driving thread before the first submit: a request-level
+     * engine with info.wakes calls it (from any thread, never blocking)
+     * when poll has something new, so the caller need not poll on a timer. */
+    void (*wake)(void *ud);
+    void *wake_ud;
 };
 
 /* Open the native CPU engine on a GGUF model. */
@@ -189,6 +209,57 @@ struct engine_fake_config {
     int token_budget;       /* request-level: 0 = n_ctx x max_seqs */
 };
 int engine_fake_open(struct engine **out, const struct engine_fake_config *cfg, struct lmd_err *err);
+
+/* ---- remote engines: upstream HTTP servers ------------------------------- */
+
+/* What an upstream is: how to call it, check it, and read its load. */
+enum remote_kind {
+    REMOTE_AUTO = 0,   /* learned from its /v1/models (owned_by), else openai */
+    REMOTE_OPENAI = 1, /* any OpenAI-compatible server */
+    REMOTE_LMD = 2,
+    REMOTE_LLAMACPP = 3, /* llama.cpp's llama-server */
+    REMOTE_VLLM = 4,
+    REMOTE_SGLANG = 5,
+    REMOTE_OLLAMA = 6,
+};
+
+enum remote_route {
+    REMOTE_ROUTE_TTFT = 0,  /* the smallest predicted time to first token */
+    REMOTE_ROUTE_LEAST = 1, /* the fewest requests in flight */
+    REMOTE_ROUTE_RR = 2,    /* round robin */
+};
+
+#define REMOTE_MAX_BACKENDS 16
+
+struct remote_backend_config {
+    char url[256];    /* [KIND+]http://HOST:PORT[/PREFIX] */
+    int max_inflight; /* requests at once; 0 = the pool's default */
+};
+
+struct remote_config {
+    const char *name;           /* the pool's model id, for messages and metrics */
+    const char *upstream_model; /* the `model` sent upstream; NULL = name (or what /v1/models lists) */
+    const char *api_key;        /* Authorization: Bearer for every upstream; NULL = none */
+    struct remote_backend_config backends[REMOTE_MAX_BACKENDS];
+    int n_backends;
+    int max_inflight;  /* per backend when it sets none; 0 = 8 */
+    int n_ctx;         /* tokens per request the pool admits (prompt estimate + max_tokens); 0 = 32768 */
+    enum remote_route route;
+    int health_ms;     /* active health checks: interval; 0 = 2000 */
+    int timeout_ms;    /* connect and first-byte timeout (retried within the deadline); 0 = 10000 */
+    int io_timeout_ms; /* longest silence of a streaming upstream; 0 = 120000 */
+    int fail_threshold; /* consecutive failures that eject a backend; 0 = 2 */
+    int max_retries;    /* other backends tried before the first byte; 0 = 2, -1 = none */
+};
+
+/* Open a remote engine over a pool of upstream servers: one event-loop
+ * thread of its own holds their sockets (HTTP/1.1 keep-alive). Parses the
+ * URLs (LMD_EINVAL with a message); reaching them is not required to open. */
+int engine_remote_open(struct engine **out, const struct remote_config *cfg, struct lmd_err *err);
+/* Parse "[KIND+]http://HOST:PORT[/PREFIX]" (for configuration checks). */
+int remote_url_parse(const char *url, enum remote_kind *kind, char *host, size_t host_cap, int *port, char *prefix,
+                     size_t prefix_cap, struct lmd_err *err);
+const char *remote_kind_name(enum remote_kind k);
 
 int engine_launch(struct engine *e, const struct engine_seq *seqs, int n_seqs, struct lmd_err *err);
 int engine_wait(struct engine *e, struct engine_result *res, struct lmd_err *err);

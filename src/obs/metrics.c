@@ -480,6 +480,38 @@ static int render_lmd(struct lmd_buf *out)
     return rc;
 }
 
+/* Collectors: subsystems whose series are not in the fixed registry. */
+static pthread_mutex_t g_coll_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    obs_collector_fn fn;
+    void *ud;
+} g_coll[OBS_MAX_COLLECTORS];
+static int g_n_coll;
+
+int obs_collector_add(obs_collector_fn fn, void *ud)
+{
+    pthread_mutex_lock(&g_coll_lock);
+    int rc = LMD_ERANGE;
+    if (g_n_coll < OBS_MAX_COLLECTORS) {
+        g_coll[g_n_coll].fn = fn;
+        g_coll[g_n_coll++].ud = ud;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&g_coll_lock);
+    return rc;
+}
+
+void obs_collector_remove(obs_collector_fn fn, void *ud)
+{
+    pthread_mutex_lock(&g_coll_lock);
+    for (int i = 0; i < g_n_coll; i++)
+        if (g_coll[i].fn == fn && g_coll[i].ud == ud) {
+            g_coll[i] = g_coll[--g_n_coll];
+            break;
+        }
+    pthread_mutex_unlock(&g_coll_lock);
+}
+
 int obs_render(struct lmd_buf *out)
 {
     if (!obs_enabled())
@@ -488,6 +520,10 @@ int obs_render(struct lmd_buf *out)
     int rc = render_lmd(out);
     rc |= obs__render_process(out);
     rc |= obs__render_gpu(out);
+    pthread_mutex_lock(&g_coll_lock);
+    for (int i = 0; i < g_n_coll; i++)
+        rc |= g_coll[i].fn(out, g_coll[i].ud);
+    pthread_mutex_unlock(&g_coll_lock);
     pthread_mutex_unlock(&g_render_lock);
     return rc ? LMD_ENOMEM : 0;
 }

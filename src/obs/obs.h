@@ -158,6 +158,17 @@ void obs_waiting_set(int cls, int n);
  * _power_watts, _temperature_celsius{gpu="i"}. Returns 0 or LMD_ENOMEM. */
 int obs_render(struct lmd_buf *out);
 
+/* A collector appends series that live outside the fixed registry (one
+ * remote engine's backends, say) to every rendering: whole families, each
+ * with its # HELP and # TYPE, names no other collector uses. It runs on
+ * the rendering thread and must not block; 0 or LMD_ENOMEM. Collectors
+ * are kept across obs_init/obs_shutdown; add before serving, remove
+ * before ud goes. */
+#define OBS_MAX_COLLECTORS 8
+typedef int (*obs_collector_fn)(struct lmd_buf *out, void *ud);
+int obs_collector_add(obs_collector_fn fn, void *ud);
+void obs_collector_remove(obs_collector_fn fn, void *ud);
+
 /* ---- trace events (Chrome trace-event format) ---------------------------- */
 
 enum obs_ev {

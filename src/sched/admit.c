@@ -68,7 +68,8 @@ static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
         r->t_admit_ns = now;
         atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
     }
-    if (!r->run.smp_ready) {
+    /* A request-level engine samples with the request's parameters itself. */
+    if (!r->run.smp_ready && !s->eng->info.request_level) {
         struct lmd_err err = {0};
         if (sample_init(&r->run.smp, &r->sp, r->n_prompt + r->max_tokens, &err) != 0) {
             sched__fail(s, r, err.msg);

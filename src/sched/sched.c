@@ -55,6 +55,11 @@ void sched_req_init(struct sched_req *r)
     r->out_lp = NULL;
     r->out_top_id = NULL;
     r->out_top_lp = NULL;
+    r->api_path = r->api_body = NULL;
+    r->api_body_len = 0;
+    r->on_text = NULL;
+    r->err_status = 0;
+    r->usage_prompt = r->usage_completion = -1;
 }
 
 void sched_req_ref(struct sched_req *r) { atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed); }
@@ -448,7 +453,8 @@ static void sched_park(struct sched *s, uint64_t next_ns)
 {
     pthread_mutex_lock(&s->mu);
     atomic_store(&s->parked, true);
-    if (!atomic_load(&s->inbox) && !atomic_load(&s->stopping) && atomic_load(&s->cancel_gen) == s->cancel_seen) {
+    if (!atomic_load(&s->inbox) && !atomic_load(&s->stopping) && atomic_load(&s->cancel_gen) == s->cancel_seen &&
+        !atomic_exchange(&s->eng_ready, false)) {
         if (next_ns == UINT64_MAX) {
             pthread_cond_wait(&s->cv, &s->mu);
         } else {
@@ -476,6 +482,14 @@ static void sched_wake(struct sched *s)
     }
 }
 
+/* engine.wake: a request-level engine has events (any thread). */
+static void sched_engine_wake(void *ud)
+{
+    struct sched *s = ud;
+    atomic_store(&s->eng_ready, true);
+    sched_wake(s);
+}
+
 static bool sched_any_submitted(const struct sched *s)
 {
     for (int i = 0; i < s->n_running; i++)
@@ -501,9 +515,10 @@ static void *sched_main(void *arg)
         if (!s->eng->info.request_level) {
             sched_step(s);
         } else if (sched__step_requests(s) == 0) {
-            /* Nothing came back: look again shortly (an upstream engine's
-             * socket lives on another thread). */
-            uint64_t t = lmd_time_mono_ns() + 1000000;
+            /* Nothing came back. An engine that wakes this thread when its
+             * events are ready is waited for; another is looked at again
+             * shortly (its sockets live on another thread). */
+            uint64_t t = s->eng->info.wakes ? UINT64_MAX : lmd_time_mono_ns() + 1000000;
             sched_park(s, next_ns < t ? next_ns : t);
         }
     }
@@ -618,6 +633,8 @@ int sched_start(struct sched **out, struct engine *eng, const struct sched_confi
     pthread_cond_init(&s->cv, &ca);
     pthread_condattr_destroy(&ca);
     atomic_init(&s->kv_free, kv_free_blocks(&s->kv));
+    eng->wake = sched_engine_wake;
+    eng->wake_ud = s;
     if (pthread_create(&s->thread, NULL, sched_main, s) != 0) {
         pthread_mutex_destroy(&s->mu);
         pthread_cond_destroy(&s->cv);

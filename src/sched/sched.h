@@ -149,6 +149,17 @@ struct sched_req {
     float *out_lp;
     int32_t *out_top_id;
     float *out_top_lp;
+    /* Engines that forward API requests (engine_info.takes_api): the
+     * validated OpenAI request (engine_req's api_path/api_body; owner's
+     * memory). prompt may then be NULL, n_prompt an estimate for admission. */
+    const char *api_path;
+    const char *api_body;
+    size_t api_body_len;
+    /* Text output, for engines that stream text rather than token ids:
+     * called on the engine thread with each piece in order (n_out counts
+     * the pieces; out[] is not written); it must copy and return at once.
+     * NULL = text from an engine fails the request. */
+    void (*on_text)(struct sched_req *r, const char *s, size_t n);
     void (*notify)(struct sched_req *r);  /* engine thread: first admission, new output or finish; must not block */
     void (*release)(struct sched_req *r); /* last reference dropped (any thread) */
 
@@ -158,6 +169,10 @@ struct sched_req {
     _Atomic int state;         /* enum sched_state */
     _Atomic int kv_blocks;     /* blocks held now */
     char err[LMD_ERR_MSG_MAX]; /* message for SCHED_FINISH_ERROR, written before finish */
+    int err_status;            /* with SCHED_FINISH_ERROR: the HTTP status the engine gave (0 = a server error) */
+    /* The engine's own count (request-level engines), written before
+     * finish; -1 = not given (the owner counts). */
+    int usage_prompt, usage_completion;
     /* Stamps (monotonic ns, 0 = not yet), written by the engine thread and
      * read by the owner at any time (relaxed): each is final once set, and
      * all are once `finish` is seen. */

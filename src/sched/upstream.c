@@ -8,10 +8,12 @@
  * engine's finish event ends it. Preemption does not apply: a request in
  * an upstream cannot be paused.
  *
- * Not here: the HTTP client of a remote engine (engine/remote, later).
- * Text-only output (an upstream that streams text without token ids) is
- * part of the engine contract but not yet of sched_req, whose output is
- * token ids: such a request fails with a message.
+ * Output comes as token ids (written to out[] as for step-level engines)
+ * or as text (an upstream that streams text: handed to the owner's
+ * on_text, each piece counted as one output token until the engine's
+ * usage gives the real count at the finish).
+ *
+ * Not here: the HTTP client of a remote engine (engine/remote).
  */
 #include "sched/sched_int.h"
 
@@ -42,6 +44,10 @@ static void sched_submit_admitted(struct sched *s)
         struct sched_req *r = s->running[i];
         if (!r || r->run.submitted)
             continue;
+        if (s->eng->info.takes_api && !r->api_body) {
+            sched__fail(s, r, "this engine forwards API requests; the request carries none");
+            continue;
+        }
         if (r->n_logprobs > 0) {
             sched__fail(s, r,
                         "this engine gives the chosen token's log-probability only, not the most likely "
@@ -54,7 +60,11 @@ static void sched_submit_admitted(struct sched *s)
                                           .max_tokens = r->max_tokens,
                                           .sp = &r->sp,
                                           .ignore_eos = r->ignore_eos,
-                                          .n_logprobs = r->n_logprobs};
+                                          .n_logprobs = r->n_logprobs,
+                                          .api_path = r->api_path,
+                                          .api_body = r->api_body,
+                                          .api_body_len = r->api_body_len,
+                                          .deadline_ns = r->t_deadline_ns};
         struct lmd_err err = {0};
         if (engine_submit(s->eng, &r->run.ereq, &err) != 0) {
             sched__fail(s, r, err.msg);
@@ -66,6 +76,28 @@ static void sched_submit_admitted(struct sched *s)
         obs_count(OBS_C_PROMPT_TOKENS, (uint64_t)r->n_prompt);
     }
     sched__running_compact(s);
+}
+
+/* One piece of streamed text: to the owner, counted as one output token
+ * (fair share, metrics, the first-token stamp) until usage says better. */
+static void sched_emit_text(struct sched *s, struct sched_req *r, const char *text, size_t len, uint64_t now)
+{
+    if (len == 0)
+        return;
+    r->on_text(r, text, len);
+    int n = atomic_load_explicit(&r->n_out, memory_order_relaxed);
+    sched__charge(&s->pol, r->tenant, 1);
+    atomic_fetch_add_explicit(&s->tenant_tokens[r->tenant], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&s->generated_tokens, 1, memory_order_relaxed);
+    atomic_store_explicit(&r->state, SCHED_ST_DECODE, memory_order_relaxed);
+    if (!r->t_first_ns)
+        r->t_first_ns = now;
+    if (r->run.t_last_tok_ns)
+        obs_observe(OBS_H_ITL, r->cls, sched__secs(r->run.t_last_tok_ns, now));
+    r->run.t_last_tok_ns = now;
+    obs_count(OBS_C_GENERATION_TOKENS, 1);
+    atomic_store_explicit(&r->n_out, n + 1, memory_order_release);
+    r->notify(r);
 }
 
 static enum sched_finish finish_of(enum engine_finish f)
@@ -104,17 +136,25 @@ int sched__step_requests(struct sched *s)
             break;
         }
         case ENGINE_EV_TEXT:
-            if (!r->run.cancel_sent) {
+            if (r->run.cancel_sent)
+                break;
+            if (!r->on_text) {
                 snprintf(r->err, sizeof r->err, "engine %s streamed text without token ids", s->eng->info.kind);
                 r->run.failed = true;
                 sched__cancel_request(s, r);
+                break;
             }
+            sched_emit_text(s, r, ev->text, ev->text_len, now);
             break;
         case ENGINE_EV_FINISH:
             r->run.submitted = false;
+            r->usage_prompt = ev->prompt_tokens;
+            r->usage_completion = ev->completion_tokens;
             if (r->run.failed || ev->finish == ENGINE_FINISH_ERROR) {
-                if (!r->run.failed)
+                if (!r->run.failed) {
                     snprintf(r->err, sizeof r->err, "%s", ev->err);
+                    r->err_status = ev->status;
+                }
                 sched__finish(s, r, SCHED_FINISH_ERROR);
             } else {
                 enum sched_finish why = finish_of(ev->finish);

@@ -51,6 +51,8 @@ void serve_config_init(struct serve_config *c)
     d->max_running = 8;
     d->max_batch_tokens = 512;
     d->max_queue = 64;
+    d->inflight = 8;
+    d->route = REMOTE_ROUTE_TTFT;
 }
 
 static void model_init(struct serve_model *m)
@@ -58,6 +60,7 @@ static void model_init(struct serve_model *m)
     memset(m, 0, sizeof *m);
     m->engine = SERVE_ENGINE_NATIVE;
     m->threads = m->ctx = m->kv_blocks = m->max_running = m->max_batch_tokens = m->max_queue = SERVE_UNSET;
+    m->inflight = m->route = SERVE_UNSET;
 }
 
 bool serve_id_valid(const char *s)
@@ -114,6 +117,49 @@ int serve_config_add_model(struct serve_config *c, const char *arg, struct lmd_e
     if (strlen(path) >= sizeof m->path)
         return lmd_err_set(err, LMD_ERANGE, "-m: the path is longer than %d bytes", SERVE_PATH_MAX - 1);
     snprintf(m->path, sizeof m->path, "%s", path);
+    c->n_models++;
+    return 0;
+}
+
+int serve_config_add_upstream(struct serve_config *c, const char *arg, struct lmd_err *err)
+{
+    if (c->n_models == SERVE_MAX_MODELS)
+        return lmd_err_set(err, LMD_ERANGE, "more than %d models", SERVE_MAX_MODELS);
+    struct serve_model *m = &c->models[c->n_models];
+    model_init(m);
+    m->engine = SERVE_ENGINE_REMOTE;
+    const char *eq = strchr(arg, '=');
+    if (!eq || eq == arg)
+        return lmd_err_set(err, LMD_EINVAL, "--upstream %s: expected NAME=URL[,URL...]", arg);
+    size_t n = (size_t)(eq - arg);
+    snprintf(m->name, sizeof m->name, "%.*s", (int)(n < sizeof m->name ? n : sizeof m->name - 1), arg);
+    if (n >= sizeof m->name || !serve_id_valid(m->name))
+        return lmd_err_set(err, LMD_EINVAL,
+                           "--upstream %s: the name '%.*s' is not a model id (1 to %d of letters, digits and ._:/-, "
+                           "starting with a letter or digit)",
+                           arg, (int)(n > 64 ? 64 : n), arg, SERVE_NAME_MAX - 1);
+    for (const char *p = eq + 1;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (len == 0)
+            return lmd_err_set(err, LMD_EINVAL, "--upstream %s: an empty URL", arg);
+        if (m->n_upstreams == SERVE_MAX_UPSTREAMS)
+            return lmd_err_set(err, LMD_ERANGE, "--upstream %s: more than %d upstreams", m->name, SERVE_MAX_UPSTREAMS);
+        if (len >= SERVE_URL_MAX)
+            return lmd_err_set(err, LMD_ERANGE, "--upstream %s: a URL longer than %d bytes", m->name,
+                               SERVE_URL_MAX - 1);
+        char *u = m->upstreams[m->n_upstreams++];
+        memcpy(u, p, len);
+        u[len] = 0;
+        enum remote_kind kind;
+        char host[128], prefix[128];
+        int port;
+        if (remote_url_parse(u, &kind, host, sizeof host, &port, prefix, sizeof prefix, err) != 0)
+            return LMD_EINVAL;
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
     c->n_models++;
     return 0;
 }
@@ -405,11 +451,17 @@ static int parse_model(struct cfg *c, yaml_node_t *map, int idx, struct seen *se
 {
     char path[32], p[160], b[48];
     snprintf(path, sizeof path, "models[%d]", idx);
-    struct field f[N_MODEL_KEYS + 5] = {
+    enum { NR = 4 }; /* the remote engine's keys, last */
+    struct field f[N_MODEL_KEYS + 5 + NR] = {
         {.name = "name"}, {.name = "path"}, {.name = "engine"}, {.name = "aliases"}, {.name = "owned_by"}};
     for (int i = 0; i < N_MODEL_KEYS; i++)
         f[5 + i].name = model_keys[i];
-    int rc = collect(c, map, path, f, N_MODEL_KEYS + 5);
+    struct field *fr = f + 5 + N_MODEL_KEYS;
+    fr[0].name = "upstreams";
+    fr[1].name = "upstream_model";
+    fr[2].name = "max_inflight";
+    fr[3].name = "route";
+    int rc = collect(c, map, path, f, N_MODEL_KEYS + 5 + NR);
     if (rc < 0)
         return rc;
     struct serve_config *sc = c->sc;
@@ -418,15 +470,86 @@ static int parse_model(struct cfg *c, yaml_node_t *map, int idx, struct seen *se
     struct serve_model *m = &sc->models[sc->n_models];
     model_init(m);
     m->line = (int)map->start_mark.line + 1;
-    if (!f[1].val)
-        return BAD(c, map, LMD_EFORMAT, path, "missing key 'path' (the GGUF file)");
-    sub(p, sizeof p, path, "path");
-    if ((rc = get_path(c, f[1].val, p, m->path, sizeof m->path)) < 0)
-        return rc;
-    if (f[2].val && !scalar_eq(f[2].val, "native")) {
+    if (f[2].val && !scalar_eq(f[2].val, "native") && !scalar_eq(f[2].val, "remote")) {
         sub(p, sizeof p, path, "engine");
-        return BAD(c, f[2].val, LMD_ENOTSUP, p, "engine '%s' is not available: this build has only 'native'",
+        return BAD(c, f[2].val, LMD_ENOTSUP, p, "engine '%s' is not available: expected native or remote",
                    f[2].val->type == YAML_SCALAR_NODE ? shown(f[2].val, b) : type_name(f[2].val));
+    }
+    bool remote = f[2].val && scalar_eq(f[2].val, "remote");
+    if (remote) {
+        m->engine = SERVE_ENGINE_REMOTE;
+        if (f[1].val) {
+            sub(p, sizeof p, path, "path");
+            return BAD(c, f[1].val, LMD_EFORMAT, p, "a remote model has no file: it names 'upstreams'");
+        }
+        if (!f[0].val)
+            return BAD(c, map, LMD_EFORMAT, path, "missing key 'name' (a remote model's id)");
+        if (!fr[0].val)
+            return BAD(c, map, LMD_EFORMAT, path, "missing key 'upstreams' (the servers behind this model)");
+        sub(p, sizeof p, path, "upstreams");
+        if ((rc = expect(c, fr[0].val, YAML_SEQUENCE_NODE, p)) < 0)
+            return rc;
+        int nu = seq_len(fr[0].val);
+        if (nu < 1 || nu > SERVE_MAX_UPSTREAMS)
+            return BAD(c, fr[0].val, LMD_ERANGE, p, "%d upstreams (1 to %d)", nu, SERVE_MAX_UPSTREAMS);
+        for (int i = 0; i < nu; i++) {
+            yaml_node_t *u = node(c, fr[0].val->data.sequence.items.start[i]);
+            char up[96];
+            snprintf(up, sizeof up, "%s.upstreams[%d]", path, i);
+            yaml_node_t *url = u;
+            if (u->type == YAML_MAPPING_NODE) {
+                struct field uf[] = {{.name = "url"}, {.name = "max_inflight"}};
+                if ((rc = collect(c, u, up, uf, 2)) < 0)
+                    return rc;
+                if (!uf[0].val)
+                    return BAD(c, u, LMD_EFORMAT, up, "missing key 'url'");
+                url = uf[0].val;
+                char q[128];
+                snprintf(q, sizeof q, "%s.max_inflight", up);
+                if (uf[1].val && (rc = get_int(c, uf[1].val, q, 1, 4096, &m->upstream_inflight[i])) < 0)
+                    return rc;
+            }
+            if ((rc = get_str(c, url, up, m->upstreams[i], sizeof m->upstreams[i])) < 0)
+                return rc;
+            enum remote_kind kind;
+            char host[128], prefix[128];
+            int port;
+            struct lmd_err uerr = {0};
+            if (remote_url_parse(m->upstreams[i], &kind, host, sizeof host, &port, prefix, sizeof prefix, &uerr) != 0)
+                return BAD(c, url, LMD_EFORMAT, up, "%s", uerr.msg);
+        }
+        m->n_upstreams = nu;
+        if (fr[1].val) {
+            sub(p, sizeof p, path, "upstream_model");
+            if ((rc = get_str(c, fr[1].val, p, m->upstream_model, sizeof m->upstream_model)) < 0)
+                return rc;
+        }
+        if (fr[2].val) {
+            sub(p, sizeof p, path, "max_inflight");
+            if ((rc = get_int(c, fr[2].val, p, 1, 4096, &m->inflight)) < 0)
+                return rc;
+        }
+        if (fr[3].val) {
+            sub(p, sizeof p, path, "route");
+            static const char *const routes[] = {"ttft", "least", "rr"};
+            m->route = -1;
+            for (int i = 0; i < 3; i++)
+                if (scalar_eq(fr[3].val, routes[i]))
+                    m->route = i;
+            if (m->route < 0)
+                return BAD(c, fr[3].val, LMD_EFORMAT, p, "expected ttft, least or rr");
+        }
+    } else {
+        for (int i = 0; i < NR; i++)
+            if (fr[i].val) {
+                sub(p, sizeof p, path, fr[i].name);
+                return BAD(c, fr[i].val, LMD_EFORMAT, p, "'%s' is for models with engine: remote", fr[i].name);
+            }
+        if (!f[1].val)
+            return BAD(c, map, LMD_EFORMAT, path, "missing key 'path' (the GGUF file)");
+        sub(p, sizeof p, path, "path");
+        if ((rc = get_path(c, f[1].val, p, m->path, sizeof m->path)) < 0)
+            return rc;
     }
     /* The names: every one unique in the file. An unnamed model's id is
      * only known from its path, checked with the others in serve_open. */
@@ -547,6 +670,8 @@ static int parse_root(struct cfg *c)
         if ((rc = collect(c, f[6].val, "defaults", d, N_MODEL_KEYS)) < 0 ||
             (rc = parse_settings(c, d, N_MODEL_KEYS, "defaults", &sc->defaults)) < 0)
             return rc;
+        for (int k = 0; k < N_MODEL_KEYS; k++)
+            sc->ctx_given |= d[k].val && strcmp(d[k].name, "ctx") == 0;
     }
     if (f[7].val) {
         if ((rc = expect(c, f[7].val, YAML_SEQUENCE_NODE, "models")) < 0)

@@ -73,6 +73,10 @@ static void resolve(struct serve_model *m, const struct serve_model *d)
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++)
         if (*f[i] == SERVE_UNSET)
             *f[i] = *g[i];
+    if (m->inflight == SERVE_UNSET)
+        m->inflight = d->inflight;
+    if (m->route == SERVE_UNSET)
+        m->route = d->route;
     if (!m->chat_template[0])
         memcpy(m->chat_template, d->chat_template, sizeof m->chat_template);
 }
@@ -90,9 +94,44 @@ static void add_name(struct serve__model *sm, const char *name, bool implied)
     sm->implied[sm->n_names++] = implied;
 }
 
+/* A remote model: a pool of upstream servers. Its context is the budget
+ * admission counts against (a ctx set for it, else 32768); the upstreams
+ * enforce their own. */
+static int remote_open(struct serve__model *sm, bool ctx_given, struct lmd_err *err)
+{
+    const struct serve_model *m = &sm->cfg;
+    if (m->n_upstreams < 1)
+        return lmd_err_set(err, LMD_EINVAL, "%s: a remote model needs at least one upstream", sm->where);
+    struct remote_config rc = {
+        .name = sm->id,
+        .upstream_model = m->upstream_model[0] ? m->upstream_model : NULL,
+        .api_key = getenv("LMD_UPSTREAM_API_KEY"),
+        .n_backends = m->n_upstreams,
+        .max_inflight = m->inflight,
+        .n_ctx = ctx_given ? m->ctx : 32768,
+        .route = (enum remote_route)m->route,
+    };
+    if (rc.api_key && !*rc.api_key)
+        rc.api_key = NULL;
+    for (int i = 0; i < m->n_upstreams; i++) {
+        snprintf(rc.backends[i].url, sizeof rc.backends[i].url, "%s", m->upstreams[i]);
+        rc.backends[i].max_inflight = m->upstream_inflight[i];
+    }
+    int r = engine_remote_open(&sm->eng, &rc, err);
+    if (r != 0) {
+        lmd_err_prefix(err, "%s", sm->where);
+        return r;
+    }
+    sm->fam = CHAT_GENERIC;
+    for (int i = 0; i < m->n_aliases; i++)
+        add_name(sm, m->aliases[i], false);
+    return 0;
+}
+
 /* Open one model: engine, vocabulary, chat template; its names. */
 static int model_open(struct serve *s, struct serve__model *sm, const struct serve_model *given, struct lmd_err *err)
 {
+    const bool ctx_given = given->ctx != SERVE_UNSET || s->cfg.ctx_given;
     sm->cfg = *given;
     resolve(&sm->cfg, &s->cfg.defaults);
     struct serve_model *m = &sm->cfg;
@@ -112,9 +151,10 @@ static int model_open(struct serve *s, struct serve__model *sm, const struct ser
     if (!serve_id_valid(sm->id))
         return lmd_err_set(err, LMD_EINVAL, "%s: the file name gives no usable id; name it (-m NAME=PATH, or name:)",
                            sm->where);
+    if (m->engine == SERVE_ENGINE_REMOTE)
+        return remote_open(sm, ctx_given, err);
     if (m->engine != SERVE_ENGINE_NATIVE)
-        return lmd_err_set(err, LMD_ENOTSUP, "%s: engine kind %d is not available: this build has only 'native'",
-                           sm->where, (int)m->engine);
+        return lmd_err_set(err, LMD_ENOTSUP, "%s: engine kind %d is not available", sm->where, (int)m->engine);
     if (m->max_batch_tokens < m->max_running)
         return lmd_err_set(err, LMD_EINVAL, "%s: max batch tokens (%d) must be at least max running (%d)", sm->where,
                            m->max_batch_tokens, m->max_running);
@@ -318,9 +358,11 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
     const char *names[SERVE_MAX_MODELS][SERVE__NAMES];
     for (int i = 0; i < s->n_models; i++) {
         struct serve__model *sm = &s->models[i];
+        const bool fwd = sm->eng->info.takes_api;
         struct sched_config scfg = {
             .vocab = sm->vocab,
-            .max_running = sm->cfg.max_running,
+            /* A pool runs as many requests as its upstreams' limits add up to. */
+            .max_running = fwd ? sm->eng->info.max_seqs : sm->cfg.max_running,
             .max_queue = sm->cfg.max_queue,
             .policy = (enum sched_policy)c->policy,
             .classes = classes,
@@ -346,6 +388,7 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
             .owned_by = sm->cfg.owned_by[0] ? sm->cfg.owned_by : NULL,
             .sched = sm->sched,
             .vocab = sm->vocab,
+            .forwards = fwd,
             .chat_family = (int)sm->fam,
             .n_ctx = sm->eng->info.n_ctx,
         };
@@ -381,6 +424,16 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
         aliases[0] = 0;
         for (int k = 0; k < sm->n_names && o < sizeof aliases; k++)
             o += (size_t)snprintf(aliases + o, sizeof aliases - o, "%s'%s'", k ? ", " : "", sm->names[k]);
+        if (sm->eng->info.takes_api) {
+            LMD_INFO("lmd serve: model '%s' (remote: %d upstreams, up to %d running, route %s, token budget %d per "
+                     "request); also answers to %s",
+                     sm->id, sm->cfg.n_upstreams, sm->eng->info.max_seqs,
+                     sm->cfg.route == 1   ? "least"
+                     : sm->cfg.route == 2 ? "rr"
+                                          : "ttft",
+                     sm->eng->info.n_ctx, sm->n_names ? aliases : "no other name");
+            continue;
+        }
         LMD_INFO("lmd serve: model '%s' (%s, %s engine, ctx %d, chat template %s, %d threads, kv %d blocks, "
                  "up to %d running); also answers to %s",
                  sm->id, sm->eng->info.arch, sm->eng->info.kind, sm->eng->info.n_ctx, chat_family_name(sm->fam),

@@ -30,9 +30,13 @@
 #define SERVE_NAME_MAX 64   /* ids and aliases: 1..63 bytes */
 #define SERVE_PATH_MAX 1024 /* file paths: 1..1023 bytes */
 
-/* On-disk names: "native". Append-only. */
+#define SERVE_MAX_UPSTREAMS 16 /* = REMOTE_MAX_BACKENDS */
+#define SERVE_URL_MAX 256      /* upstream URLs: 1..255 bytes */
+
+/* On-disk names: "native", "remote". Append-only. */
 enum serve_engine {
     SERVE_ENGINE_NATIVE = 0, /* the CPU engine over a GGUF file */
+    SERVE_ENGINE_REMOTE = 1, /* a pool of upstream servers (gateway mode) */
 };
 
 #define SERVE_UNSET (-1)
@@ -55,6 +59,14 @@ struct serve_model {
     int max_batch_tokens;          /* tokens per engine step */
     int max_queue;                 /* requests waiting before 503 */
     int line;                      /* 1-based line of its entry in the config file; 0 = from -m */
+    /* engine remote: the upstreams ("[KIND+]http://HOST:PORT[/PREFIX]") and
+     * how many requests each takes at once (0 = `inflight`). */
+    char upstreams[SERVE_MAX_UPSTREAMS][SERVE_URL_MAX];
+    int upstream_inflight[SERVE_MAX_UPSTREAMS];
+    int n_upstreams;
+    char upstream_model[SERVE_NAME_MAX]; /* the `model` sent upstream; "" = the id (or the upstream's only one) */
+    int inflight;                        /* per upstream, when it sets none */
+    int route;                           /* enum remote_route: 0 ttft, 1 least, 2 rr */
 };
 
 struct serve_config {
@@ -77,6 +89,7 @@ struct serve_config {
     struct serve_model models[SERVE_MAX_MODELS]; /* [n_models] */
     int n_models;
     char file[SERVE_PATH_MAX]; /* the config file loaded, for messages; "" = none */
+    bool ctx_given;            /* defaults.ctx was set (flag or file), not the built-in default */
 };
 
 /* Every setting at its default, no models. */
@@ -93,6 +106,10 @@ int serve_config_load(struct serve_config *c, const char *path, struct lmd_err *
  * the first '=' is a NAME when it has no '/'. LMD_EINVAL for a bad NAME,
  * LMD_ERANGE when there are too many models or the path is too long. */
 int serve_config_add_model(struct serve_config *c, const char *arg, struct lmd_err *err);
+
+/* Append a remote model given as "NAME=URL[,URL...]" (lmd serve
+ * --upstream). LMD_EINVAL for a bad NAME or URL, LMD_ERANGE for too many. */
+int serve_config_add_upstream(struct serve_config *c, const char *arg, struct lmd_err *err);
 
 /* The id a model is served under when it has no name: the file name
  * without ".gguf", each byte outside [A-Za-z0-9._-] replaced by '-'. */

@@ -1,0 +1,1431 @@
+/*
+ * The remote engine: a pool of upstream OpenAI-compatible servers (lmd
+ * replicas, llama.cpp's llama-server, vLLM, SGLang, Ollama …) behind the
+ * request-level contract of engine.h, so that lmd's admission, service
+ * classes, deadlines and fair share decide what runs and when, and the
+ * upstreams only ever see as many requests as they can serve at once.
+ *
+ * Threads: the scheduler thread calls submit/poll/cancel; one event-loop
+ * thread of this engine (h2o's evloop) owns every upstream socket. They
+ * meet through two queues: an inbox of submissions and cancellations
+ * (mutex + h2o's cross-thread message to wake the loop) and an outbox of
+ * events (mutex; engine.wake tells the scheduler). Nothing blocks: the loop
+ * never waits on the scheduler and the scheduler never waits on a socket.
+ *
+ * A request: the scheduler admits it within the pool's concurrency (the
+ * sum of the backends' limits); the loop thread picks a backend (by
+ * predicted time to first token, fewest in flight, or round robin), sends
+ * the request as lmd validated it — `model` set to the backend's, `stream`
+ * on and usage asked for — over a keep-alive connection, and re-frames the
+ * upstream's SSE deltas as text events. The upstream's usage ends it with
+ * the real token counts. A failure before the first byte of output
+ * (connection refused, a 5xx, no answer in time) is retried on another
+ * backend while the request's deadline and the retry budget allow; after
+ * output has begun the request ends with an error (the client's stream
+ * gets a clean error event). A 4xx is the client's mistake as the upstream
+ * saw it: passed back, with the upstream's message, never retried.
+ *
+ * Health: each backend is probed every health_ms (GET of its kind's health
+ * path); fail_threshold consecutive failures, probes or requests alike
+ * (connect errors, 5xx, timeouts), eject it: no request goes to it until a
+ * probe succeeds again (a circuit breaker whose half-open state is the
+ * probe). A backend whose kind is not given is asked once for /v1/models,
+ * whose owned_by names the server (lmd, llamacpp, vllm, sglang, ollama),
+ * and whose single model id is sent when the pool's name is not listed.
+ *
+ * Cancellation: engine_cancel closes the upstream connection (a streaming
+ * server notices and stops generating); a request still waiting for a
+ * backend is dropped at once.
+ *
+ * Not here: TLS certificates of its own (https upstreams are verified
+ * against the system's CAs), HTTP/2 to upstreams, prefix-affinity routing,
+ * load gauges scraped from the upstreams' /metrics.
+ */
+#include "engine/engine.h"
+
+#include "core/buf.h"
+#include "core/log.h"
+#include "core/time.h"
+#include "obs/obs.h"
+
+#include <h2o.h>
+#include <h2o/http1client.h>
+#include <jansson.h>
+#include <openssl/ssl.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define REMOTE_ERR_BODY_MAX (64 * 1024) /* bytes of an upstream's error answer kept */
+#define REMOTE_SSE_LINE_MAX (8 << 20)   /* one SSE event; more is a broken upstream */
+
+struct remote;
+struct rcall;
+
+struct rbackend {
+    struct remote *re;
+    int index;
+    char url[256];
+    char host[128];
+    int port;
+    bool tls;
+    char prefix[128];
+    char hostport[160];
+    enum remote_kind kind;
+    bool kind_given;
+    char model[128]; /* sent as `model` */
+    int max_inflight;
+    h2o_socketpool_t pool;
+    /* Loop thread only. */
+    int inflight;
+    long pending_prefill; /* estimated prompt tokens sent and not yet answered with a first byte */
+    double prefill_rate;  /* tokens/s, moving average of prompt / time to first byte; 0 = not measured */
+    int fails;            /* consecutive failures */
+    bool healthy;
+    bool probed_models; /* /v1/models asked (kind or model learned) */
+    h2o_http1client_t *probe;
+    struct lmd_buf probe_body;
+    const char *probe_path;
+    char probe_req[512];
+    h2o_iovec_t probe_iov;
+    /* For /metrics (any thread, relaxed). */
+    _Atomic uint64_t n_ok, n_error, n_cancelled, n_refused, n_retried, n_ejected, n_routed;
+    _Atomic int g_inflight, g_healthy;
+    _Atomic uint64_t fb_ns_sum, fb_count; /* time to the response head */
+};
+
+/* An inbox entry: a submission or a cancellation of one call. */
+struct rlink {
+    struct rlink *next;
+    struct rcall *c;
+    bool cancel;
+};
+
+struct rcall {
+    struct remote *re;
+    struct engine_req *rq;
+    _Atomic int refs;                 /* the loop's, the scheduler's, a cancellation in flight, a callback running */
+    struct rlink sub, can;            /* its inbox entries */
+    struct rcall *next;               /* the waiting list */
+    struct rcall *live_prev, *live_next; /* loop: calls not yet finished */
+    json_t *body;                     /* the request to send (model set per backend) */
+    bool chat;
+    /* Loop thread only. */
+    struct rbackend *b;
+    h2o_http1client_t *client;
+    char *head, *payload;
+    h2o_iovec_t iov[2];
+    int attempts;
+    unsigned tried;   /* bit per backend */
+    bool waiting;     /* in the waiting list (no backend free) */
+    bool got_head;    /* the upstream answered with a status line */
+    bool any_output;  /* a text event was posted: no retry from here on */
+    bool finished;    /* the finish event was posted */
+    bool cancelled;
+    int status;
+    uint64_t t_sent_ns;
+    h2o_timeout_entry_t head_timer;
+    struct lmd_buf sse; /* an event not yet complete */
+    struct lmd_buf errbody;
+    int usage_prompt, usage_completion;
+    enum engine_finish fin;
+    bool saw_finish;
+};
+
+/* Events out to the scheduler, with their text in one byte buffer
+ * (offsets until poll turns them into pointers). */
+struct revents {
+    struct engine_event *ev;
+    size_t *text_off;
+    int n, cap, taken;
+    struct lmd_buf text;
+};
+
+struct remote {
+    struct engine eng;
+    struct remote_config cfg;
+    char name[128];
+    struct rbackend b[REMOTE_MAX_BACKENDS];
+    int n_b;
+    unsigned rr;
+    /* Loop. */
+    pthread_t thread;
+    h2o_evloop_t *loop;
+    h2o_multithread_queue_t *queue;
+    h2o_multithread_receiver_t receiver, getaddr_receiver;
+    h2o_multithread_message_t wake_msg;
+    h2o_http1client_ctx_t hctx;
+    h2o_timeout_t io_timeout, head_timeout, probe_timeout;
+    h2o_timeout_t health_timer;
+    h2o_timeout_entry_t health_entry;
+    SSL_CTX *ssl_ctx;
+    bool exiting;
+    struct rcall *wait_head, *wait_tail; /* loop: no backend had room */
+    struct rcall *live;                  /* loop: calls not yet finished */
+    int n_live;
+    bool draining_wait; /* loop: inside drain_waiting */
+    /* Inbox: scheduler → loop. */
+    pthread_mutex_t in_mu;
+    struct rlink *in_head, *in_tail;
+    bool in_wake_pending;
+    bool stop;
+    /* Outbox: loop → scheduler. */
+    pthread_mutex_t out_mu;
+    struct revents out, cur;
+    pthread_mutex_t start_mu;
+    pthread_cond_t start_cv;
+    bool started;
+};
+
+static const char *const kind_names[] = {"auto", "openai", "lmd", "llamacpp", "vllm", "sglang", "ollama"};
+
+const char *remote_kind_name(enum remote_kind k)
+{
+    return (unsigned)k < sizeof kind_names / sizeof kind_names[0] ? kind_names[k] : "?";
+}
+
+static const char *health_path(enum remote_kind k)
+{
+    switch (k) {
+    case REMOTE_OLLAMA:
+        return "/api/version";
+    case REMOTE_OPENAI:
+    case REMOTE_AUTO:
+        return "/v1/models";
+    default:
+        return "/health";
+    }
+}
+
+int remote_url_parse(const char *url, enum remote_kind *kind, char *host, size_t host_cap, int *port, char *prefix,
+                     size_t prefix_cap, struct lmd_err *err)
+{
+    *kind = REMOTE_AUTO;
+    const char *p = url;
+    const char *plus = strstr(url, "+http");
+    if (plus) {
+        size_t n = (size_t)(plus - url);
+        bool found = false;
+        for (size_t k = 1; k < sizeof kind_names / sizeof kind_names[0]; k++)
+            if (strlen(kind_names[k]) == n && strncmp(url, kind_names[k], n) == 0) {
+                *kind = (enum remote_kind)k;
+                found = true;
+            }
+        if (!found)
+            return lmd_err_set(err, LMD_EINVAL,
+                               "upstream '%s': unknown kind '%.*s' (openai, lmd, llamacpp, vllm, sglang, ollama)", url,
+                               (int)(n > 32 ? 32 : n), url);
+        p = plus + 1;
+    }
+    bool tls = false;
+    if (strncmp(p, "http://", 7) == 0)
+        p += 7;
+    else if (strncmp(p, "https://", 8) == 0)
+        p += 8, tls = true;
+    else
+        return lmd_err_set(err, LMD_EINVAL, "upstream '%s': expected [KIND+]http://HOST:PORT or https://", url);
+    const char *slash = strchr(p, '/');
+    size_t hp = slash ? (size_t)(slash - p) : strlen(p);
+    const char *colon = NULL;
+    if (hp && p[0] == '[') {
+        const char *rb = memchr(p, ']', hp);
+        if (!rb)
+            return lmd_err_set(err, LMD_EINVAL, "upstream '%s': unclosed '[' in the address", url);
+        colon = (rb + 1 < p + hp && rb[1] == ':') ? rb + 1 : NULL;
+    } else {
+        colon = memchr(p, ':', hp);
+    }
+    size_t hl = colon ? (size_t)(colon - p) : hp;
+    if (hl && p[0] == '[')
+        p++, hl -= 2;
+    if (hl == 0 || hl >= host_cap)
+        return lmd_err_set(err, LMD_EINVAL, "upstream '%s': no host, or a host name too long", url);
+    memcpy(host, p, hl);
+    host[hl] = 0;
+    *port = tls ? 443 : 80;
+    if (colon) {
+        char *end;
+        long v = strtol(colon + 1, &end, 10);
+        if (end == colon + 1 || end != (slash ? slash : colon + 1 + strlen(colon + 1)) || v < 1 || v > 65535)
+            return lmd_err_set(err, LMD_EINVAL, "upstream '%s': the port must be a number in 1..65535", url);
+        *port = (int)v;
+    }
+    prefix[0] = 0;
+    if (slash) {
+        size_t pl = strlen(slash);
+        while (pl && slash[pl - 1] == '/')
+            pl--;
+        if (pl >= prefix_cap)
+            return lmd_err_set(err, LMD_EINVAL, "upstream '%s': the path is too long", url);
+        memcpy(prefix, slash, pl);
+        prefix[pl] = 0;
+    }
+    if (tls)
+        *port = -*port; /* the caller learns TLS from the sign */
+    return 0;
+}
+
+/* ---- events to the scheduler ------------------------------------------------- */
+
+static void call_ref(struct rcall *c) { atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); }
+
+static void call_unref(struct rcall *c)
+{
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    json_decref(c->body);
+    free(c->head);
+    free(c->payload);
+    lmd_buf_free(&c->sse);
+    lmd_buf_free(&c->errbody);
+    free(c);
+}
+
+/* Loop thread: queue one event; wake the scheduler if the outbox was empty. */
+static void post_event(struct remote *re, const struct engine_event *ev, const char *text, size_t len)
+{
+    pthread_mutex_lock(&re->out_mu);
+    struct revents *o = &re->out;
+    bool was_empty = o->n == 0;
+    if (o->n == o->cap) {
+        int cap = o->cap ? 2 * o->cap : 64;
+        struct engine_event *e = realloc(o->ev, (size_t)cap * sizeof *e);
+        size_t *t = e ? realloc(o->text_off, (size_t)cap * sizeof *t) : NULL;
+        if (e)
+            o->ev = e;
+        if (t)
+            o->text_off = t;
+        if (!e || !t) {
+            pthread_mutex_unlock(&re->out_mu);
+            LMD_ERROR("remote %s: out of memory queueing an event; the request is lost", re->name);
+            return;
+        }
+        o->cap = cap;
+    }
+    o->ev[o->n] = *ev;
+    o->text_off[o->n] = o->text.len;
+    if (len && lmd_buf_append(&o->text, text, len) != 0)
+        o->ev[o->n].text_len = 0;
+    else
+        o->ev[o->n].text_len = len;
+    o->n++;
+    pthread_mutex_unlock(&re->out_mu);
+    if (was_empty && re->eng.wake)
+        re->eng.wake(re->eng.wake_ud);
+}
+
+static void post_text(struct rcall *c, const char *s, size_t n)
+{
+    if (n == 0 || c->finished)
+        return;
+    c->any_output = true;
+    struct engine_event ev = {.req = c->rq, .kind = ENGINE_EV_TEXT};
+    post_event(c->re, &ev, s, n);
+}
+
+static void backend_release(struct rcall *c);
+static void drain_waiting(struct remote *re);
+
+/* The last event of a call; the loop's reference goes with it (a callback
+ * still running holds its own). */
+static void post_finish(struct rcall *c, enum engine_finish fin, int status, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void post_finish(struct rcall *c, enum engine_finish fin, int status, const char *fmt, ...)
+{
+    if (c->finished)
+        return;
+    c->finished = true;
+    backend_release(c);
+    struct engine_event ev = {.req = c->rq,
+                              .kind = ENGINE_EV_FINISH,
+                              .finish = fin,
+                              .status = status,
+                              .prompt_tokens = c->usage_prompt,
+                              .completion_tokens = c->usage_completion};
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(ev.err, sizeof ev.err, fmt, ap);
+        va_end(ap);
+    }
+    if (fin == ENGINE_FINISH_ERROR)
+        LMD_WARN("remote %s: request %llu: %s", c->re->name, (unsigned long long)c->rq->id, ev.err);
+    struct remote *re = c->re;
+    re->n_live--;
+    if (c->live_prev)
+        c->live_prev->live_next = c->live_next;
+    else
+        re->live = c->live_next;
+    if (c->live_next)
+        c->live_next->live_prev = c->live_prev;
+    post_event(re, &ev, NULL, 0);
+    call_unref(c);
+    drain_waiting(re); /* its slot may start a waiting one */
+}
+
+/* ---- backends ------------------------------------------------------------------ */
+
+static void backend_ok(struct rbackend *b)
+{
+    b->fails = 0;
+    if (!b->healthy) {
+        b->healthy = true;
+        atomic_store_explicit(&b->g_healthy, 1, memory_order_relaxed);
+        LMD_INFO("remote %s: backend %s is healthy again", b->re->name, b->url);
+    }
+}
+
+static void backend_failed(struct rbackend *b, const char *why)
+{
+    b->fails++;
+    int threshold = b->re->cfg.fail_threshold;
+    if (b->healthy && b->fails >= threshold) {
+        b->healthy = false;
+        atomic_store_explicit(&b->g_healthy, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&b->n_ejected, 1, memory_order_relaxed);
+        LMD_WARN("remote %s: backend %s ejected after %d failures in a row (last: %s); probing it every %d ms",
+                 b->re->name, b->url, b->fails, why, b->re->cfg.health_ms);
+    }
+}
+
+static void backend_release(struct rcall *c)
+{
+    struct rbackend *b = c->b;
+    if (!b)
+        return;
+    if (!c->got_head)
+        b->pending_prefill -= c->rq->n_prompt;
+    b->inflight--;
+    atomic_store_explicit(&b->g_inflight, b->inflight, memory_order_relaxed);
+    c->b = NULL;
+}
+
+/* The backend for c: healthy, with room, not tried yet if another is
+ * available; by the pool's routing rule. NULL if none has room. */
+static struct rbackend *pick(struct remote *re, struct rcall *c, bool *none_healthy)
+{
+    struct rbackend *best = NULL;
+    double best_score = 0;
+    int n_healthy = 0;
+    double rate_sum = 0;
+    int n_rate = 0;
+    for (int i = 0; i < re->n_b; i++)
+        if (re->b[i].prefill_rate > 0)
+            rate_sum += re->b[i].prefill_rate, n_rate++;
+    double rate_default = n_rate ? rate_sum / n_rate : 1000.0;
+    for (int pass = 0; pass < 2 && !best; pass++) {
+        for (int k = 0; k < re->n_b; k++) {
+            int i = (int)((re->rr + (unsigned)k) % (unsigned)re->n_b);
+            struct rbackend *b = &re->b[i];
+            if (!b->healthy)
+                continue;
+            n_healthy += pass == 0;
+            if (b->inflight >= b->max_inflight)
+                continue;
+            if (pass == 0 && (c->tried & (1u << i)))
+                continue; /* first try the ones not tried yet */
+            double score;
+            switch (re->cfg.route) {
+            case REMOTE_ROUTE_RR:
+                score = k;
+                break;
+            case REMOTE_ROUTE_LEAST:
+                score = b->inflight;
+                break;
+            default: {
+                double rate = b->prefill_rate > 0 ? b->prefill_rate : rate_default;
+                score = (double)(b->pending_prefill + c->rq->n_prompt) / rate + 1e-6 * b->inflight;
+                break;
+            }
+            }
+            if (!best || score < best_score)
+                best = b, best_score = score;
+        }
+    }
+    *none_healthy = n_healthy == 0;
+    if (best)
+        re->rr = (unsigned)(best->index + 1);
+    return best;
+}
+
+/* ---- one request on the wire ---------------------------------------------------- */
+
+static h2o_http1client_head_cb on_connect(h2o_http1client_t *client, const char *errstr, h2o_iovec_t **reqbufs,
+                                          size_t *reqbufcnt, int *method_is_head);
+static void dispatch(struct rcall *c);
+
+static void head_timer_stop(struct rcall *c)
+{
+    if (h2o_timeout_is_linked(&c->head_timer))
+        h2o_timeout_unlink(&c->head_timer);
+}
+
+/* A failure before any output: another backend if the budget and the
+ * deadline allow, else the end of the request. */
+static void retry_or_fail(struct rcall *c, int status, const char *why)
+{
+    struct remote *re = c->re;
+    head_timer_stop(c);
+    c->client = NULL;
+    struct rbackend *b = c->b;
+    char url[256];
+    snprintf(url, sizeof url, "%s", b ? b->url : "?");
+    if (b)
+        atomic_fetch_add_explicit(&b->n_error, 1, memory_order_relaxed);
+    backend_release(c);
+    if (c->cancelled) {
+        post_finish(c, ENGINE_FINISH_CANCELLED, 0, NULL);
+        return;
+    }
+    uint64_t now = lmd_time_mono_ns();
+    bool in_time = !c->rq->deadline_ns || now < c->rq->deadline_ns;
+    if (!c->any_output && c->attempts <= re->cfg.max_retries && in_time) {
+        if (b)
+            atomic_fetch_add_explicit(&b->n_retried, 1, memory_order_relaxed);
+        LMD_INFO("remote %s: request %llu: %s from %s; retrying on another backend", re->name,
+                 (unsigned long long)c->rq->id, why, url);
+        c->got_head = false;
+        c->sse.len = 0;
+        c->errbody.len = 0;
+        dispatch(c);
+        return;
+    }
+    post_finish(c, ENGINE_FINISH_ERROR, status, "upstream %s: %s%s", url, why,
+                c->any_output ? " (after output had begun)" : "");
+}
+
+static void on_head_timeout(h2o_timeout_entry_t *e)
+{
+    struct rcall *c = H2O_STRUCT_FROM_MEMBER(struct rcall, head_timer, e);
+    call_ref(c);
+    if (c->client) {
+        h2o_http1client_cancel(c->client);
+        c->client = NULL;
+    }
+    if (c->b)
+        backend_failed(c->b, "no answer in time");
+    char why[96];
+    snprintf(why, sizeof why, "no answer within %d ms", c->re->cfg.timeout_ms);
+    retry_or_fail(c, 504, why);
+    call_unref(c);
+}
+
+/* Send c to a backend, or park it until one has room. */
+static void dispatch(struct rcall *c)
+{
+    struct remote *re = c->re;
+    bool none_healthy = false;
+    struct rbackend *b = pick(re, c, &none_healthy);
+    if (!b) {
+        if (none_healthy) {
+            post_finish(c, ENGINE_FINISH_ERROR, 503, "no healthy upstream for model '%s' (%d backends, all ejected)",
+                        re->name, re->n_b);
+            return;
+        }
+        c->waiting = true;
+        c->next = NULL;
+        if (re->wait_tail)
+            re->wait_tail->next = c;
+        else
+            re->wait_head = c;
+        re->wait_tail = c;
+        return;
+    }
+    c->b = b;
+    c->attempts++;
+    c->tried |= 1u << b->index;
+    b->inflight++;
+    b->pending_prefill += c->rq->n_prompt;
+    atomic_store_explicit(&b->g_inflight, b->inflight, memory_order_relaxed);
+    atomic_fetch_add_explicit(&b->n_routed, 1, memory_order_relaxed);
+    json_object_set_new(c->body, "model", json_string(b->model));
+    free(c->payload);
+    c->payload = json_dumps(c->body, JSON_COMPACT);
+    free(c->head);
+    c->head = NULL;
+    if (c->payload) {
+        size_t len = strlen(c->payload);
+        const char *key = re->cfg.api_key;
+        if (asprintf(&c->head,
+                     "POST %s%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAccept: "
+                     "text/event-stream\r\nContent-Length: %zu\r\n%s%s%sX-Request-Id: lmd-%llu\r\n\r\n",
+                     b->prefix, c->rq->api_path, b->hostport, len, key ? "Authorization: Bearer " : "", key ? key : "",
+                     key ? "\r\n" : "", (unsigned long long)c->rq->id) < 0)
+            c->head = NULL;
+        c->iov[1] = h2o_iovec_init(c->payload, len);
+    }
+    if (!c->payload || !c->head) {
+        backend_release(c);
+        post_finish(c, ENGINE_FINISH_ERROR, 0, "out of memory building the upstream request");
+        return;
+    }
+    c->iov[0] = h2o_iovec_init(c->head, strlen(c->head));
+    c->t_sent_ns = lmd_time_mono_ns();
+    h2o_timeout_link(re->loop, &re->head_timeout, &c->head_timer);
+    h2o_http1client_connect_with_pool(&c->client, c, &re->hctx, &b->pool, on_connect);
+}
+
+/* A backend freed a slot: start what waits. */
+static void drain_waiting(struct remote *re)
+{
+    if (re->draining_wait)
+        return;
+    re->draining_wait = true;
+    while (re->wait_head) {
+        struct rcall *c = re->wait_head;
+        bool none_healthy = false;
+        /* Only move it when a backend has room now. */
+        struct rbackend *b = pick(re, c, &none_healthy);
+        if (!b && !none_healthy)
+            break;
+        re->wait_head = c->next;
+        if (!re->wait_head)
+            re->wait_tail = NULL;
+        c->waiting = false;
+        c->next = NULL;
+        dispatch(c);
+    }
+    re->draining_wait = false;
+}
+
+/* One SSE event's data: text, finish reason, usage, or an error. */
+static void on_sse_data(struct rcall *c, const char *d, size_t n)
+{
+    if (n == 6 && memcmp(d, "[DONE]", 6) == 0) {
+        c->saw_finish = true;
+        return;
+    }
+    json_error_t je;
+    json_t *o = json_loadb(d, n, 0, &je);
+    if (!json_is_object(o)) {
+        json_decref(o);
+        return; /* a comment or keep-alive in a form we do not know: skipped */
+    }
+    json_t *err = json_object_get(o, "error");
+    if (err) {
+        json_t *m = json_is_object(err) ? json_object_get(err, "message") : err;
+        char msg[256];
+        snprintf(msg, sizeof msg, "%s", json_is_string(m) ? json_string_value(m) : "an error event");
+        json_decref(o);
+        head_timer_stop(c);
+        post_finish(c, ENGINE_FINISH_ERROR, 502, "upstream %s failed mid-stream: %s", c->b ? c->b->url : "?", msg);
+        return;
+    }
+    json_t *usage = json_object_get(o, "usage");
+    if (json_is_object(usage)) {
+        json_t *pt = json_object_get(usage, "prompt_tokens"), *ct = json_object_get(usage, "completion_tokens");
+        if (json_is_integer(pt))
+            c->usage_prompt = (int)json_integer_value(pt);
+        if (json_is_integer(ct))
+            c->usage_completion = (int)json_integer_value(ct);
+    }
+    json_t *choices = json_object_get(o, "choices");
+    json_t *ch = json_is_array(choices) ? json_array_get(choices, 0) : NULL;
+    if (json_is_object(ch)) {
+        json_t *t;
+        if (c->chat) {
+            json_t *delta = json_object_get(ch, "delta");
+            t = json_is_object(delta) ? json_object_get(delta, "content") : NULL;
+        } else {
+            t = json_object_get(ch, "text");
+        }
+        if (json_is_string(t))
+            post_text(c, json_string_value(t), json_string_length(t));
+        json_t *fr = json_object_get(ch, "finish_reason");
+        if (json_is_string(fr)) {
+            c->fin = strcmp(json_string_value(fr), "length") == 0 ? ENGINE_FINISH_LENGTH : ENGINE_FINISH_STOP;
+            c->saw_finish = true;
+        }
+    }
+    json_decref(o);
+}
+
+/* Split what arrived into SSE events and their data lines. */
+static int on_sse_bytes(struct rcall *c, const char *p, size_t n)
+{
+    if (lmd_buf_append(&c->sse, p, n) != 0)
+        return -1;
+    size_t start = 0;
+    for (;;) {
+        char *buf = c->sse.ptr + start;
+        size_t avail = c->sse.len - start;
+        char *nl = memchr(buf, '\n', avail);
+        if (!nl)
+            break;
+        size_t ll = (size_t)(nl - buf);
+        size_t line_len = ll && buf[ll - 1] == '\r' ? ll - 1 : ll;
+        if (line_len >= 5 && memcmp(buf, "data:", 5) == 0) {
+            const char *d = buf + 5;
+            size_t dl = line_len - 5;
+            if (dl && *d == ' ')
+                d++, dl--;
+            on_sse_data(c, d, dl);
+            if (c->finished)
+                return -1;
+        }
+        start += ll + 1;
+    }
+    if (start) {
+        memmove(c->sse.ptr, c->sse.ptr + start, c->sse.len - start);
+        c->sse.len -= start;
+    }
+    return c->sse.len > REMOTE_SSE_LINE_MAX ? -1 : 0;
+}
+
+/* The error an upstream answered with: its message when it has one. */
+static void finish_refused(struct rcall *c)
+{
+    char msg[400] = "";
+    json_error_t je;
+    json_t *o = c->errbody.len ? json_loadb(c->errbody.ptr, c->errbody.len, 0, &je) : NULL;
+    json_t *e = json_is_object(o) ? json_object_get(o, "error") : NULL;
+    json_t *m = json_is_object(e) ? json_object_get(e, "message") : json_is_string(e) ? e : NULL;
+    if (json_is_string(m))
+        snprintf(msg, sizeof msg, "%s", json_string_value(m));
+    else if (c->errbody.len)
+        snprintf(msg, sizeof msg, "%.*s", (int)(c->errbody.len > 300 ? 300 : c->errbody.len), c->errbody.ptr);
+    json_decref(o);
+    if (c->b)
+        atomic_fetch_add_explicit(&c->b->n_refused, 1, memory_order_relaxed);
+    post_finish(c, ENGINE_FINISH_ERROR, c->status, "%s", msg[0] ? msg : "the upstream refused the request");
+}
+
+static int on_body_(struct rcall *c, h2o_http1client_t *client, const char *errstr);
+
+static int on_body(h2o_http1client_t *client, const char *errstr)
+{
+    struct rcall *c = client->data;
+    call_ref(c);
+    int rc = on_body_(c, client, errstr);
+    call_unref(c);
+    return rc;
+}
+
+static int on_body_(struct rcall *c, h2o_http1client_t *client, const char *errstr)
+{
+    h2o_buffer_t *in = client->sock->input;
+    int rc = 0;
+    if (in->size) {
+        if (c->status == 200) {
+            rc = on_sse_bytes(c, in->bytes, in->size);
+        } else if (c->errbody.len < REMOTE_ERR_BODY_MAX) {
+            size_t k = in->size < REMOTE_ERR_BODY_MAX - c->errbody.len ? in->size : REMOTE_ERR_BODY_MAX - c->errbody.len;
+            lmd_buf_append(&c->errbody, in->bytes, k);
+        }
+        h2o_buffer_consume(&client->sock->input, in->size);
+    }
+    if (c->finished) {
+        c->client = NULL; /* returning non-zero closes it */
+        return -1;
+    }
+    if (errstr == NULL && rc == 0)
+        return 0;
+    /* The response ended (or broke, or was malformed): from here h2o frees
+     * the client. */
+    c->client = NULL;
+    if (c->status != 200) {
+        finish_refused(c);
+        return -1;
+    }
+    if (errstr == h2o_http1client_error_is_eos && c->saw_finish) {
+        atomic_fetch_add_explicit(&c->b->n_ok, 1, memory_order_relaxed);
+        backend_ok(c->b);
+        post_finish(c, c->fin ? c->fin : ENGINE_FINISH_STOP, 0, NULL);
+        return 0;
+    }
+    const char *why = rc != 0 ? "a malformed event stream" : errstr == h2o_http1client_error_is_eos
+                                                                 ? "the stream ended without a finish"
+                                                                 : errstr;
+    if (!c->any_output) {
+        backend_failed(c->b, why);
+        retry_or_fail(c, 502, why);
+        return -1;
+    }
+    atomic_fetch_add_explicit(&c->b->n_error, 1, memory_order_relaxed);
+    backend_failed(c->b, why);
+    post_finish(c, ENGINE_FINISH_ERROR, 502, "upstream %s failed mid-stream: %s", c->b->url, why);
+    return -1;
+}
+
+static h2o_http1client_body_cb on_head_(struct rcall *c, const char *errstr, int status);
+
+static h2o_http1client_body_cb on_head(h2o_http1client_t *client, const char *errstr, int minor_version, int status,
+                                       h2o_iovec_t msg, h2o_header_t *headers, size_t num_headers, int rlen)
+{
+    struct rcall *c = client->data;
+    call_ref(c);
+    h2o_http1client_body_cb cb = on_head_(c, errstr, status);
+    call_unref(c);
+    return cb;
+}
+
+static h2o_http1client_body_cb on_head_(struct rcall *c, const char *errstr, int status)
+{
+    if (errstr) {
+        c->client = NULL;
+        if (c->b)
+            backend_failed(c->b, errstr);
+        retry_or_fail(c, 502, errstr);
+        return NULL;
+    }
+    head_timer_stop(c);
+    c->got_head = true;
+    c->status = status;
+    struct rbackend *b = c->b;
+    b->pending_prefill -= c->rq->n_prompt;
+    uint64_t dt = lmd_time_mono_ns() - c->t_sent_ns;
+    atomic_fetch_add_explicit(&b->fb_ns_sum, dt, memory_order_relaxed);
+    atomic_fetch_add_explicit(&b->fb_count, 1, memory_order_relaxed);
+    if (status >= 500) {
+        /* The upstream failed: counts against it, and may go elsewhere;
+         * its body is not needed. */
+        char why[64];
+        snprintf(why, sizeof why, "HTTP %d", status);
+        c->client = NULL;
+        backend_failed(b, why);
+        retry_or_fail(c, status == 503 ? 503 : 502, why);
+        return NULL;
+    }
+    if (status == 200 && dt > 0) {
+        double rate = (double)c->rq->n_prompt / ((double)dt / 1e9);
+        b->prefill_rate = b->prefill_rate > 0 ? 0.8 * b->prefill_rate + 0.2 * rate : rate;
+    }
+    return on_body;
+}
+
+static h2o_http1client_head_cb on_connect(h2o_http1client_t *client, const char *errstr, h2o_iovec_t **reqbufs,
+                                          size_t *reqbufcnt, int *method_is_head)
+{
+    struct rcall *c = client->data;
+    if (errstr) {
+        call_ref(c);
+        c->client = NULL;
+        if (c->b)
+            backend_failed(c->b, errstr);
+        retry_or_fail(c, 502, errstr);
+        call_unref(c);
+        return NULL;
+    }
+    *reqbufs = c->iov;
+    *reqbufcnt = 2;
+    *method_is_head = 0;
+    return on_head;
+}
+
+/* ---- health ----------------------------------------------------------------------- */
+
+static void probe_start(struct rbackend *b);
+
+/* What /v1/models says about a backend whose kind or model is not given. */
+static void probe_learn(struct rbackend *b)
+{
+    struct remote *re = b->re;
+    json_error_t je;
+    json_t *o = json_loadb(b->probe_body.ptr ? b->probe_body.ptr : "", b->probe_body.len, 0, &je);
+    json_t *data = json_is_object(o) ? json_object_get(o, "data") : NULL;
+    size_t n = json_is_array(data) ? json_array_size(data) : 0;
+    bool listed = false;
+    const char *only = NULL, *owner = NULL;
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_array_get(data, i);
+        const char *id = json_string_value(json_object_get(m, "id"));
+        if (id && strcmp(id, b->model) == 0)
+            listed = true;
+        if (i == 0) {
+            only = id;
+            owner = json_string_value(json_object_get(m, "owned_by"));
+        }
+    }
+    if (!b->kind_given && owner) {
+        enum remote_kind k = REMOTE_OPENAI;
+        if (strcmp(owner, "lmd") == 0)
+            k = REMOTE_LMD;
+        else if (strcmp(owner, "llamacpp") == 0)
+            k = REMOTE_LLAMACPP;
+        else if (strcmp(owner, "vllm") == 0)
+            k = REMOTE_VLLM;
+        else if (strcmp(owner, "sglang") == 0)
+            k = REMOTE_SGLANG;
+        else if (strcmp(owner, "library") == 0 || strcmp(owner, "ollama") == 0)
+            k = REMOTE_OLLAMA;
+        b->kind = k;
+    }
+    if (!re->cfg.upstream_model && !listed && n == 1 && only && strlen(only) < sizeof b->model) {
+        LMD_INFO("remote %s: backend %s serves '%s', not '%s': sending that name", re->name, b->url, only, b->model);
+        snprintf(b->model, sizeof b->model, "%s", only);
+    }
+    LMD_INFO("remote %s: backend %s is %s%s", re->name, b->url, remote_kind_name(b->kind),
+             b->kind_given ? "" : " (from its /v1/models)");
+    json_decref(o);
+}
+
+static int probe_on_body(h2o_http1client_t *client, const char *errstr)
+{
+    struct rbackend *b = client->data;
+    h2o_buffer_t *in = client->sock->input;
+    if (in->size && b->probe_body.len < REMOTE_ERR_BODY_MAX)
+        lmd_buf_append(&b->probe_body, in->bytes, in->size);
+    h2o_buffer_consume(&client->sock->input, in->size);
+    if (!errstr)
+        return 0;
+    b->probe = NULL;
+    if (errstr == h2o_http1client_error_is_eos) {
+        if (!b->probed_models && strcmp(b->probe_path, "/v1/models") == 0) {
+            b->probed_models = true;
+            probe_learn(b);
+        }
+        backend_ok(b);
+        drain_waiting(b->re);
+    } else {
+        backend_failed(b, errstr);
+    }
+    return 0;
+}
+
+static h2o_http1client_body_cb probe_on_head(h2o_http1client_t *client, const char *errstr, int minor_version,
+                                             int status, h2o_iovec_t msg, h2o_header_t *headers, size_t num_headers,
+                                             int rlen)
+{
+    struct rbackend *b = client->data;
+    if (errstr || status != 200) {
+        char why[64];
+        snprintf(why, sizeof why, "health check: %s", errstr ? errstr : "not 200");
+        if (!errstr)
+            snprintf(why, sizeof why, "health check: HTTP %d", status);
+        b->probe = NULL;
+        backend_failed(b, why);
+        return NULL;
+    }
+    return probe_on_body;
+}
+
+static h2o_http1client_head_cb probe_on_connect(h2o_http1client_t *client, const char *errstr, h2o_iovec_t **reqbufs,
+                                                size_t *reqbufcnt, int *method_is_head)
+{
+    struct rbackend *b = client->data;
+    if (errstr) {
+        char why[96];
+        snprintf(why, sizeof why, "health check: %s", errstr);
+        b->probe = NULL;
+        backend_failed(b, why);
+        return NULL;
+    }
+    *reqbufs = &b->probe_iov;
+    *reqbufcnt = 1;
+    *method_is_head = 0;
+    return probe_on_head;
+}
+
+static void probe_start(struct rbackend *b)
+{
+    if (b->probe)
+        return; /* the last one is still out: the io timeout ends it */
+    struct remote *re = b->re;
+    bool learn = !b->probed_models && (!b->kind_given || !re->cfg.upstream_model);
+    b->probe_path = learn ? "/v1/models" : health_path(b->kind);
+    const char *key = re->cfg.api_key;
+    snprintf(b->probe_req, sizeof b->probe_req, "GET %s%s HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n", b->prefix,
+             b->probe_path, b->hostport, key ? "Authorization: Bearer " : "", key ? key : "", key ? "\r\n" : "");
+    b->probe_iov = h2o_iovec_init(b->probe_req, strlen(b->probe_req));
+    b->probe_body.len = 0;
+    h2o_http1client_connect_with_pool(&b->probe, b, &re->hctx, &b->pool, probe_on_connect);
+}
+
+static void on_health_timer(h2o_timeout_entry_t *e)
+{
+    struct remote *re = H2O_STRUCT_FROM_MEMBER(struct remote, health_entry, e);
+    for (int i = 0; i < re->n_b; i++)
+        probe_start(&re->b[i]);
+    if (!re->exiting)
+        h2o_timeout_link(re->loop, &re->health_timer, &re->health_entry);
+}
+
+/* ---- the loop thread ------------------------------------------------------------- */
+
+static void do_cancel(struct rcall *c)
+{
+    if (c->finished)
+        return;
+    c->cancelled = true;
+    struct remote *re = c->re;
+    if (c->waiting) {
+        struct rcall **pp = &re->wait_head, *prev = NULL;
+        while (*pp && *pp != c)
+            prev = *pp, pp = &(*pp)->next;
+        if (*pp) {
+            *pp = c->next;
+            if (re->wait_tail == c)
+                re->wait_tail = prev;
+        }
+        c->waiting = false;
+    }
+    if (c->client) {
+        h2o_http1client_cancel(c->client);
+        c->client = NULL;
+    }
+    head_timer_stop(c);
+    if (c->b)
+        atomic_fetch_add_explicit(&c->b->n_cancelled, 1, memory_order_relaxed);
+    post_finish(c, ENGINE_FINISH_CANCELLED, 0, NULL);
+}
+
+static void on_inbox(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
+{
+    struct remote *re = H2O_STRUCT_FROM_MEMBER(struct remote, receiver, receiver);
+    while (!h2o_linklist_is_empty(messages))
+        h2o_linklist_unlink(messages->next);
+    pthread_mutex_lock(&re->in_mu);
+    struct rlink *l = re->in_head;
+    re->in_head = re->in_tail = NULL;
+    re->in_wake_pending = false;
+    bool stop = re->stop;
+    pthread_mutex_unlock(&re->in_mu);
+    while (l) {
+        struct rlink *next = l->next; /* l may be freed below */
+        struct rcall *c = l->c;
+        if (l->cancel) {
+            do_cancel(c);
+            call_unref(c); /* the cancellation's reference */
+        } else {
+            re->n_live++;
+            c->live_next = re->live;
+            if (re->live)
+                re->live->live_prev = c;
+            re->live = c;
+            if (stop)
+                post_finish(c, ENGINE_FINISH_CANCELLED, 0, NULL);
+            else
+                dispatch(c);
+        }
+        l = next;
+    }
+    if (stop)
+        re->exiting = true;
+    drain_waiting(re);
+}
+
+static void *loop_main(void *arg)
+{
+    struct remote *re = arg;
+    re->loop = h2o_evloop_create();
+    re->queue = h2o_multithread_create_queue(re->loop);
+    h2o_multithread_register_receiver(re->queue, &re->receiver, on_inbox);
+    h2o_multithread_register_receiver(re->queue, &re->getaddr_receiver, h2o_hostinfo_getaddr_receiver);
+    h2o_timeout_init(re->loop, &re->io_timeout, (uint64_t)re->cfg.io_timeout_ms);
+    h2o_timeout_init(re->loop, &re->head_timeout, (uint64_t)re->cfg.timeout_ms);
+    h2o_timeout_init(re->loop, &re->health_timer, (uint64_t)re->cfg.health_ms);
+    re->hctx = (h2o_http1client_ctx_t){
+        .loop = re->loop, .getaddr_receiver = &re->getaddr_receiver, .io_timeout = &re->io_timeout,
+        .ssl_ctx = re->ssl_ctx};
+    for (int i = 0; i < re->n_b; i++)
+        h2o_socketpool_set_timeout(&re->b[i].pool, re->loop, 30000);
+    re->health_entry.cb = on_health_timer;
+    pthread_mutex_lock(&re->start_mu);
+    re->started = true;
+    pthread_cond_broadcast(&re->start_cv);
+    pthread_mutex_unlock(&re->start_mu);
+    /* First probes now: kinds and models are learned before traffic. */
+    on_health_timer(&re->health_entry);
+    while (!re->exiting || re->n_live > 0) {
+        h2o_evloop_run(re->loop, re->exiting ? 10 : INT32_MAX);
+        if (re->exiting) {
+            /* Whatever is still out ends cancelled. */
+            while (re->live)
+                do_cancel(re->live);
+        }
+    }
+    if (h2o_timeout_is_linked(&re->health_entry))
+        h2o_timeout_unlink(&re->health_entry);
+    for (int i = 0; i < re->n_b; i++)
+        if (re->b[i].probe) {
+            h2o_http1client_cancel(re->b[i].probe);
+            re->b[i].probe = NULL;
+        }
+    h2o_multithread_unregister_receiver(re->queue, &re->receiver);
+    h2o_multithread_unregister_receiver(re->queue, &re->getaddr_receiver);
+    return NULL;
+}
+
+/* Scheduler thread: hand c (a submission or a cancellation) to the loop. */
+static void inbox_push(struct remote *re, struct rcall *c, bool cancel)
+{
+    bool wake = false;
+    struct rlink *l = cancel ? &c->can : &c->sub;
+    l->c = c;
+    l->cancel = cancel;
+    l->next = NULL;
+    pthread_mutex_lock(&re->in_mu);
+    if (re->in_tail)
+        re->in_tail->next = l;
+    else
+        re->in_head = l;
+    re->in_tail = l;
+    if (!re->in_wake_pending)
+        wake = re->in_wake_pending = true;
+    pthread_mutex_unlock(&re->in_mu);
+    if (wake)
+        h2o_multithread_send_message(&re->receiver, &re->wake_msg);
+}
+
+/* ---- engine ops ------------------------------------------------------------------- */
+
+static int remote_submit(struct engine *e, struct engine_req *rq, struct lmd_err *err)
+{
+    struct remote *re = (struct remote *)e;
+    if (!rq->api_body || !rq->api_path)
+        return lmd_err_set(err, LMD_EINVAL, "remote engine: the request carries no API body");
+    json_error_t je;
+    json_t *body = json_loadb(rq->api_body, rq->api_body_len, 0, &je);
+    if (!json_is_object(body)) {
+        json_decref(body);
+        return lmd_err_set(err, LMD_EINVAL, "remote engine: the API body is not a JSON object");
+    }
+    struct rcall *c = calloc(1, sizeof *c);
+    if (!c) {
+        json_decref(body);
+        return lmd_err_set(err, LMD_ENOMEM, "out of memory");
+    }
+    c->re = re;
+    c->rq = rq;
+    c->body = body;
+    c->chat = strstr(rq->api_path, "chat") != NULL;
+    c->usage_prompt = c->usage_completion = -1;
+    c->head_timer.cb = on_head_timeout;
+    atomic_init(&c->refs, 2); /* the loop's and the scheduler's */
+    json_object_set_new(body, "stream", json_true());
+    json_object_set_new(body, "stream_options", json_pack("{s:b}", "include_usage", 1));
+    rq->engine_data = c;
+    inbox_push(re, c, false);
+    return 0;
+}
+
+static int remote_poll(struct engine *e, struct engine_event *ev, int max)
+{
+    struct remote *re = (struct remote *)e;
+    struct revents *cur = &re->cur;
+    if (cur->taken == cur->n) {
+        cur->n = cur->taken = 0;
+        cur->text.len = 0;
+        pthread_mutex_lock(&re->out_mu);
+        struct revents t = re->out;
+        re->out = *cur;
+        *cur = t;
+        pthread_mutex_unlock(&re->out_mu);
+    }
+    int k = 0;
+    while (k < max && cur->taken < cur->n) {
+        int i = cur->taken++;
+        ev[k] = cur->ev[i];
+        ev[k].text = cur->ev[i].text_len ? cur->text.ptr + cur->text_off[i] : NULL;
+        if (ev[k].kind == ENGINE_EV_FINISH) {
+            struct rcall *c = ev[k].req->engine_data;
+            ev[k].req->engine_data = NULL;
+            call_unref(c); /* the scheduler's reference */
+        }
+        k++;
+    }
+    return k;
+}
+
+static void remote_cancel(struct engine *e, struct engine_req *rq)
+{
+    struct remote *re = (struct remote *)e;
+    struct rcall *c = rq->engine_data;
+    if (!c)
+        return;
+    call_ref(c); /* the cancellation's */
+    inbox_push(re, c, true);
+}
+
+static void revents_free(struct revents *r)
+{
+    free(r->ev);
+    free(r->text_off);
+    lmd_buf_free(&r->text);
+}
+
+static int remote_collect(struct lmd_buf *out, void *ud);
+static void reg_remove(struct remote *re);
+
+static void remote_close(struct engine *e)
+{
+    struct remote *re = (struct remote *)e;
+    obs_collector_remove(remote_collect, re);
+    reg_remove(re);
+    if (re->started) {
+        pthread_mutex_lock(&re->in_mu);
+        re->stop = true;
+        bool wake = !re->in_wake_pending;
+        re->in_wake_pending = true;
+        pthread_mutex_unlock(&re->in_mu);
+        if (wake)
+            h2o_multithread_send_message(&re->receiver, &re->wake_msg);
+        pthread_join(re->thread, NULL);
+    }
+    /* Events never polled: their calls' last references. */
+    struct revents *lists[] = {&re->cur, &re->out};
+    for (int l = 0; l < 2; l++)
+        for (int i = lists[l]->taken; i < lists[l]->n; i++)
+            if (lists[l]->ev[i].kind == ENGINE_EV_FINISH && lists[l]->ev[i].req->engine_data) {
+                struct rcall *c = lists[l]->ev[i].req->engine_data;
+                lists[l]->ev[i].req->engine_data = NULL;
+                call_unref(c);
+            }
+    for (int i = 0; i < re->n_b; i++) {
+        h2o_socketpool_dispose(&re->b[i].pool);
+        lmd_buf_free(&re->b[i].probe_body);
+    }
+    revents_free(&re->cur);
+    revents_free(&re->out);
+    if (re->ssl_ctx)
+        SSL_CTX_free(re->ssl_ctx);
+    pthread_mutex_destroy(&re->in_mu);
+    pthread_mutex_destroy(&re->out_mu);
+    pthread_mutex_destroy(&re->start_mu);
+    pthread_cond_destroy(&re->start_cv);
+    free(re);
+}
+
+static const struct engine_ops remote_ops = {
+    .submit = remote_submit, .poll = remote_poll, .cancel = remote_cancel, .close = remote_close};
+
+/* ---- metrics ----------------------------------------------------------------------- */
+
+/* Every remote engine's backends, one family at a time. */
+static pthread_mutex_t g_reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct remote *g_reg[OBS_MAX_COLLECTORS];
+static int g_n_reg;
+
+static void put_label(struct lmd_buf *o, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            lmd_buf_append(o, "\\", 1);
+        if (*s == '\n')
+            lmd_buf_append(o, "\\n", 2);
+        else
+            lmd_buf_append(o, s, 1);
+    }
+}
+
+static int remote_collect(struct lmd_buf *out, void *ud)
+{
+    (void)ud;
+    static const struct {
+        const char *name, *type, *help;
+    } fam[] = {
+        {"lmd_upstream_requests_total", "counter",
+         "Requests sent to an upstream backend, by how they ended (ok, error, refused = its 4xx, cancelled)."},
+        {"lmd_upstream_retries_total", "counter", "Requests retried on another backend after this one failed."},
+        {"lmd_upstream_ejections_total", "counter", "Times the backend was ejected after consecutive failures."},
+        {"lmd_upstream_routed_total", "counter", "Requests routed to the backend (retries included)."},
+        {"lmd_upstream_inflight", "gauge", "Requests in flight on the backend."},
+        {"lmd_upstream_max_inflight", "gauge", "The backend's concurrency limit."},
+        {"lmd_upstream_healthy", "gauge", "1 when the backend takes traffic, 0 while ejected."},
+        {"lmd_upstream_response_head_seconds", "summary",
+         "Time from sending a request to the backend's response head."},
+    };
+    pthread_mutex_lock(&g_reg_mu);
+    if (ud != g_reg[0]) { /* every engine registers; the first renders all */
+        pthread_mutex_unlock(&g_reg_mu);
+        return 0;
+    }
+    for (size_t f = 0; f < sizeof fam / sizeof fam[0]; f++) {
+        lmd_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", fam[f].name, fam[f].help, fam[f].name, fam[f].type);
+        for (int r = 0; r < g_n_reg; r++) {
+            struct remote *re = g_reg[r];
+            for (int i = 0; i < re->n_b; i++) {
+                struct rbackend *b = &re->b[i];
+#define LBL(suffix)                                                                                                    \
+    do {                                                                                                               \
+        lmd_buf_printf(out, "%s%s{model=\"", fam[f].name, suffix);                                                    \
+        put_label(out, re->name);                                                                                      \
+        lmd_buf_printf(out, "\",backend=\"");                                                                          \
+        put_label(out, b->url);                                                                                        \
+        lmd_buf_printf(out, "\"");                                                                                     \
+    } while (0)
+#define LD(a) ((unsigned long long)atomic_load_explicit(&(a), memory_order_relaxed))
+                switch (f) {
+                case 0: {
+                    const char *oc[] = {"ok", "error", "refused", "cancelled"};
+                    unsigned long long v[] = {LD(b->n_ok), LD(b->n_error), LD(b->n_refused), LD(b->n_cancelled)};
+                    for (int k = 0; k < 4; k++) {
+                        LBL("");
+                        lmd_buf_printf(out, ",outcome=\"%s\"} %llu\n", oc[k], v[k]);
+                    }
+                    break;
+                }
+                case 1:
+                    LBL("");
+                    lmd_buf_printf(out, "} %llu\n", LD(b->n_retried));
+                    break;
+                case 2:
+                    LBL("");
+                    lmd_buf_printf(out, "} %llu\n", LD(b->n_ejected));
+                    break;
+                case 3:
+                    LBL("");
+                    lmd_buf_printf(out, "} %llu\n", LD(b->n_routed));
+                    break;
+                case 4:
+                    LBL("");
+                    lmd_buf_printf(out, "} %d\n", atomic_load_explicit(&b->g_inflight, memory_order_relaxed));
+                    break;
+                case 5:
+                    LBL("");
+                    lmd_buf_printf(out, "} %d\n", b->max_inflight);
+                    break;
+                case 6:
+                    LBL("");
+                    lmd_buf_printf(out, "} %d\n", atomic_load_explicit(&b->g_healthy, memory_order_relaxed));
+                    break;
+                default:
+                    LBL("_sum");
+                    lmd_buf_printf(out, "} %.6f\n", (double)LD(b->fb_ns_sum) / 1e9);
+                    LBL("_count");
+                    lmd_buf_printf(out, "} %llu\n", LD(b->fb_count));
+                    break;
+                }
+#undef LBL
+#undef LD
+            }
+        }
+    }
+    pthread_mutex_unlock(&g_reg_mu);
+    return out->ptr ? 0 : LMD_ENOMEM;
+}
+
+static void reg_remove(struct remote *re)
+{
+    pthread_mutex_lock(&g_reg_mu);
+    for (int i = 0; i < g_n_reg; i++)
+        if (g_reg[i] == re) {
+            memmove(&g_reg[i], &g_reg[i + 1], (size_t)(g_n_reg - i - 1) * sizeof g_reg[0]);
+            g_n_reg--;
+            break;
+        }
+    pthread_mutex_unlock(&g_reg_mu);
+}
+
+/* ---- open --------------------------------------------------------------------------- */
+
+int engine_remote_open(struct engine **out, const struct remote_config *cfg, struct lmd_err *err)
+{
+    *out = NULL;
+    if (cfg->n_backends < 1 || cfg->n_backends > REMOTE_MAX_BACKENDS)
+        return lmd_err_set(err, LMD_EINVAL, "remote %s: %d upstreams (1 to %d)", cfg->name ? cfg->name : "?",
+                           cfg->n_backends, REMOTE_MAX_BACKENDS);
+    struct remote *re = calloc(1, sizeof *re);
+    if (!re)
+        return lmd_err_set(err, LMD_ENOMEM, "out of memory");
+    re->cfg = *cfg;
+    snprintf(re->name, sizeof re->name, "%s", cfg->name ? cfg->name : "remote");
+    struct remote_config *c = &re->cfg;
+    c->name = re->name;
+    if (c->max_inflight <= 0)
+        c->max_inflight = 8;
+    if (c->n_ctx <= 0)
+        c->n_ctx = 32768;
+    if (c->health_ms <= 0)
+        c->health_ms = 2000;
+    if (c->timeout_ms <= 0)
+        c->timeout_ms = 10000;
+    if (c->io_timeout_ms <= 0)
+        c->io_timeout_ms = 120000;
+    if (c->fail_threshold <= 0)
+        c->fail_threshold = 2;
+    if (c->max_retries == 0)
+        c->max_retries = 2;
+    if (c->max_retries < 0)
+        c->max_retries = 0;
+    pthread_mutex_init(&re->in_mu, NULL);
+    pthread_mutex_init(&re->out_mu, NULL);
+    pthread_mutex_init(&re->start_mu, NULL);
+    pthread_cond_init(&re->start_cv, NULL);
+    int total = 0, rc = 0;
+    bool any_tls = false;
+    for (int i = 0; i < cfg->n_backends && rc == 0; i++) {
+        struct rbackend *b = &re->b[i];
+        b->re = re;
+        b->index = i;
+        snprintf(b->url, sizeof b->url, "%s", cfg->backends[i].url);
+        rc = remote_url_parse(b->url, &b->kind, b->host, sizeof b->host, &b->port, b->prefix, sizeof b->prefix, err);
+        if (rc)
+            break;
+        b->tls = b->port < 0;
+        if (b->tls)
+            b->port = -b->port;
+        any_tls |= b->tls;
+        for (int j = 0; j < i; j++)
+            if (strcmp(re->b[j].url, b->url) == 0)
+                rc = lmd_err_set(err, LMD_EINVAL, "remote %s: upstream '%s' is listed twice", re->name, b->url);
+        b->kind_given = b->kind != REMOTE_AUTO;
+        bool v6 = strchr(b->host, ':') != NULL;
+        snprintf(b->hostport, sizeof b->hostport, v6 ? "[%s]:%d" : "%s:%d", b->host, b->port);
+        snprintf(b->model, sizeof b->model, "%s", c->upstream_model ? c->upstream_model : re->name);
+        b->max_inflight = cfg->backends[i].max_inflight > 0 ? cfg->backends[i].max_inflight : c->max_inflight;
+        total += b->max_inflight;
+        b->healthy = true;
+        atomic_init(&b->g_healthy, 1);
+        struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)b->port)};
+        struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)b->port)};
+        if (inet_pton(AF_INET, b->host, &sin.sin_addr) == 1)
+            h2o_socketpool_init_by_address(&b->pool, (struct sockaddr *)&sin, sizeof sin, b->tls,
+                                           (size_t)b->max_inflight + 2);
+        else if (inet_pton(AF_INET6, b->host, &sin6.sin6_addr) == 1)
+            h2o_socketpool_init_by_address(&b->pool, (struct sockaddr *)&sin6, sizeof sin6, b->tls,
+                                           (size_t)b->max_inflight + 2);
+        else
+            h2o_socketpool_init_by_hostport(&b->pool, h2o_iovec_init(b->host, strlen(b->host)), (uint16_t)b->port,
+                                            b->tls, (size_t)b->max_inflight + 2);
+        re->n_b = i + 1;
+    }
+    if (rc == 0 && any_tls) {
+        re->ssl_ctx = SSL_CTX_new(TLS_client_method());
+        if (!re->ssl_ctx || SSL_CTX_set_default_verify_paths(re->ssl_ctx) != 1)
+            rc = lmd_err_set(err, LMD_EINVAL, "remote %s: cannot set up TLS to the upstreams", re->name);
+        else
+            SSL_CTX_set_verify(re->ssl_ctx, SSL_VERIFY_PEER, NULL);
+    }
+    if (rc) {
+        re->started = false;
+        remote_close(&re->eng);
+        return rc;
+    }
+    re->eng.ops = &remote_ops;
+    re->eng.info = (struct engine_info){
+        .kind = "remote",
+        .model_name = re->name,
+        .arch = "remote",
+        .n_vocab = 0,
+        .n_ctx = c->n_ctx,
+        .max_batch_tokens = c->n_ctx,
+        .max_seqs = total,
+        .n_threads = 1,
+        .token_budget = 0,
+        .request_level = true,
+        .takes_api = true,
+        .wakes = true,
+    };
+    if (pthread_create(&re->thread, NULL, loop_main, re) != 0) {
+        remote_close(&re->eng);
+        return lmd_err_set(err, LMD_ENOMEM, "remote %s: cannot start its event loop", re->name);
+    }
+    pthread_mutex_lock(&re->start_mu);
+    while (!re->started)
+        pthread_cond_wait(&re->start_cv, &re->start_mu);
+    pthread_mutex_unlock(&re->start_mu);
+    pthread_mutex_lock(&g_reg_mu);
+    if (g_n_reg < OBS_MAX_COLLECTORS)
+        g_reg[g_n_reg++] = re;
+    pthread_mutex_unlock(&g_reg_mu);
+    obs_collector_add(remote_collect, re);
+    *out = &re->eng;
+    return 0;
+}
