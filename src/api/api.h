@@ -35,16 +35,16 @@ struct api_model {
     const char *id;             /* the slug requests name, /v1/models lists and metrics carry */
     const char *const *aliases; /* [n_aliases] other names it answers to */
     int n_aliases;
-    const char *display_name; /* general.name, shown as metadata; NULL = none */
-    const char *arch;         /* general.architecture; NULL = none */
-    const char *engine;       /* the engine kind ("native") */
-    const char *owned_by;     /* NULL = "lmd" */
-    struct sched *sched;      /* its own scheduler (and engine thread) */
+    const char *display_name;      /* general.name, shown as metadata; NULL = none */
+    const char *arch;              /* general.architecture; NULL = none */
+    const char *engine;            /* the engine kind ("native") */
+    const char *owned_by;          /* NULL = "lmd" */
+    struct sched *sched;           /* its own scheduler (and engine thread) */
     const struct tok_vocab *vocab; /* NULL for a model behind an engine that forwards API requests */
     bool forwards;                 /* its engine takes the validated request whole (a remote pool): no
                                       tokenizer or template here; usage comes from the engine */
-    int chat_family; /* enum chat_family */
-    int n_ctx;       /* tokens per sequence */
+    int chat_family;               /* enum chat_family */
+    int n_ctx;                     /* tokens per sequence */
 };
 
 struct api_config {

@@ -534,9 +534,10 @@ static void call_pump(struct api_call *c)
              * client's mistake as the upstream saw it; 502/503/504 say how
              * the upstream failed. */
             int st = c->choice[i].sr.err_status;
-            const char *code = st == 503 ? "upstream_unavailable" : st == 504 ? "upstream_timeout"
-                               : st == 502                    ? "upstream_error"
-                                                              : NULL;
+            const char *code = st == 503   ? "upstream_unavailable"
+                               : st == 504 ? "upstream_timeout"
+                               : st == 502 ? "upstream_error"
+                                           : NULL;
             call_fail(c, st >= 400 && st <= 599 ? st : 500, code, "error", c->choice[i].sr.err);
             return;
         }
@@ -766,8 +767,7 @@ int api_call_submit(struct api *a, const struct api__model *m, struct http_req *
 }
 
 int api_call_forward(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
-                     char *body, int n_prompt, int max_tokens, const char *id, struct api_who *who,
-                     struct api_error *e)
+                     char *body, int n_prompt, int max_tokens, const char *id, struct api_who *who, struct api_error *e)
 {
     return call_submit(a, m, r, p, NULL, body, n_prompt, max_tokens, id, who, e);
 }

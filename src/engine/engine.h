@@ -242,12 +242,12 @@ struct remote_config {
     const char *api_key;        /* Authorization: Bearer for every upstream; NULL = none */
     struct remote_backend_config backends[REMOTE_MAX_BACKENDS];
     int n_backends;
-    int max_inflight;  /* per backend when it sets none; 0 = 8 */
-    int n_ctx;         /* tokens per request the pool admits (prompt estimate + max_tokens); 0 = 32768 */
+    int max_inflight; /* per backend when it sets none; 0 = 8 */
+    int n_ctx;        /* tokens per request the pool admits (prompt estimate + max_tokens); 0 = 32768 */
     enum remote_route route;
-    int health_ms;     /* active health checks: interval; 0 = 2000 */
-    int timeout_ms;    /* connect and first-byte timeout (retried within the deadline); 0 = 10000 */
-    int io_timeout_ms; /* longest silence of a streaming upstream; 0 = 120000 */
+    int health_ms;      /* active health checks: interval; 0 = 2000 */
+    int timeout_ms;     /* connect and first-byte timeout (retried within the deadline); 0 = 10000 */
+    int io_timeout_ms;  /* longest silence of a streaming upstream; 0 = 120000 */
     int fail_threshold; /* consecutive failures that eject a backend; 0 = 2 */
     int max_retries;    /* other backends tried before the first byte; 0 = 2, -1 = none */
 };

@@ -109,7 +109,7 @@ struct sched {
     _Atomic unsigned cancel_gen;
     _Atomic bool parked;
     _Atomic bool eng_ready; /* a request-level engine called wake since the last park */
-    pthread_mutex_t mu; /* only to park and wake the engine thread */
+    pthread_mutex_t mu;     /* only to park and wake the engine thread */
     pthread_cond_t cv;
 
     /* Engine thread only. */

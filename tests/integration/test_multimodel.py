@@ -290,7 +290,7 @@ def test_m_flags_and_tenant_models(lmd_bin, default_model, synth_models, tmp_pat
 @pytest.mark.parametrize("text,want", [
     ("models:\n  - path: x.gguf\n    ctx: 8\n", ":3:10: models[0].ctx: must be between 16 and 1048576 (got 8)"),
     ("models:\n  - path: x.gguf\n    engine: vllm\n",
-     ":3:13: models[0].engine: engine 'vllm' is not available: this build has only 'native'"),
+     ":3:13: models[0].engine: engine 'vllm' is not available: expected native or remote"),
     ("models:\n  - path: x.gguf\n  - {path: y.gguf, name: x, aliases: [x]}\n",
      ":3:39: models[1].aliases[0]: 'x' already names a model (line 3)"),
     ("listen: {port: 80, port: 81}\n", ":1:20: listen: duplicate key 'port' (first at line 1)"),

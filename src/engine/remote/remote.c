@@ -110,11 +110,11 @@ struct rlink {
 struct rcall {
     struct remote *re;
     struct engine_req *rq;
-    _Atomic int refs;                 /* the loop's, the scheduler's, a cancellation in flight, a callback running */
-    struct rlink sub, can;            /* its inbox entries */
-    struct rcall *next;               /* the waiting list */
+    _Atomic int refs;                    /* the loop's, the scheduler's, a cancellation in flight, a callback running */
+    struct rlink sub, can;               /* its inbox entries */
+    struct rcall *next;                  /* the waiting list */
     struct rcall *live_prev, *live_next; /* loop: calls not yet finished */
-    json_t *body;                     /* the request to send (model set per backend) */
+    json_t *body;                        /* the request to send (model set per backend) */
     bool chat;
     /* Loop thread only. */
     struct rbackend *b;
@@ -122,11 +122,11 @@ struct rcall {
     char *head, *payload;
     h2o_iovec_t iov[2];
     int attempts;
-    unsigned tried;   /* bit per backend */
-    bool waiting;     /* in the waiting list (no backend free) */
-    bool got_head;    /* the upstream answered with a status line */
-    bool any_output;  /* a text event was posted: no retry from here on */
-    bool finished;    /* the finish event was posted */
+    unsigned tried;  /* bit per backend */
+    bool waiting;    /* in the waiting list (no backend free) */
+    bool got_head;   /* the upstream answered with a status line */
+    bool any_output; /* a text event was posted: no retry from here on */
+    bool finished;   /* the finish event was posted */
     bool cancelled;
     int status;
     uint64_t t_sent_ns;
@@ -715,7 +715,8 @@ static int on_body_(struct rcall *c, h2o_http1client_t *client, const char *errs
         if (c->status == 200) {
             rc = on_sse_bytes(c, in->bytes, in->size);
         } else if (c->errbody.len < REMOTE_ERR_BODY_MAX) {
-            size_t k = in->size < REMOTE_ERR_BODY_MAX - c->errbody.len ? in->size : REMOTE_ERR_BODY_MAX - c->errbody.len;
+            size_t k =
+                in->size < REMOTE_ERR_BODY_MAX - c->errbody.len ? in->size : REMOTE_ERR_BODY_MAX - c->errbody.len;
             lmd_buf_append(&c->errbody, in->bytes, k);
         }
         h2o_buffer_consume(&client->sock->input, in->size);
@@ -739,9 +740,9 @@ static int on_body_(struct rcall *c, h2o_http1client_t *client, const char *errs
         post_finish(c, c->fin ? c->fin : ENGINE_FINISH_STOP, 0, NULL);
         return 0;
     }
-    const char *why = rc != 0 ? "a malformed event stream" : errstr == h2o_http1client_error_is_eos
-                                                                 ? "the stream ended without a finish"
-                                                                 : errstr;
+    const char *why = rc != 0                                  ? "a malformed event stream"
+                      : errstr == h2o_http1client_error_is_eos ? "the stream ended without a finish"
+                                                               : errstr;
     if (!c->any_output) {
         backend_failed(c->b, why);
         retry_or_fail(c, 502, why);
@@ -930,8 +931,8 @@ static void probe_start(struct rbackend *b)
     bool learn = !b->probed_models && (!b->kind_given || !re->cfg.upstream_model);
     b->probe_path = learn ? "/v1/models" : health_path(b->kind);
     const char *key = re->cfg.api_key;
-    snprintf(b->probe_req, sizeof b->probe_req, "GET %s%s HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n", b->prefix,
-             b->probe_path, b->hostport, key ? "Authorization: Bearer " : "", key ? key : "", key ? "\r\n" : "");
+    snprintf(b->probe_req, sizeof b->probe_req, "GET %s%s HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n", b->prefix, b->probe_path,
+             b->hostport, key ? "Authorization: Bearer " : "", key ? key : "", key ? "\r\n" : "");
     b->probe_iov = h2o_iovec_init(b->probe_req, strlen(b->probe_req));
     b->probe_body.len = 0;
     h2o_http1client_connect_with_pool(&b->probe, b, &re->hctx, &b->pool, probe_on_connect);
@@ -1020,11 +1021,15 @@ static void *loop_main(void *arg)
     h2o_timeout_init(re->loop, &re->io_timeout, (uint64_t)re->cfg.io_timeout_ms);
     h2o_timeout_init(re->loop, &re->head_timeout, (uint64_t)re->cfg.timeout_ms);
     h2o_timeout_init(re->loop, &re->health_timer, (uint64_t)re->cfg.health_ms);
-    re->hctx = (h2o_http1client_ctx_t){
-        .loop = re->loop, .getaddr_receiver = &re->getaddr_receiver, .io_timeout = &re->io_timeout,
-        .ssl_ctx = re->ssl_ctx};
+    re->hctx = (h2o_http1client_ctx_t){.loop = re->loop,
+                                       .getaddr_receiver = &re->getaddr_receiver,
+                                       .io_timeout = &re->io_timeout,
+                                       .ssl_ctx = re->ssl_ctx};
+    /* Idle keep-alive connections are closed after 2 s, before the
+     * upstreams' own idle timeouts (5 s for llama-server and uvicorn) can
+     * close them under a request about to reuse them. */
     for (int i = 0; i < re->n_b; i++)
-        h2o_socketpool_set_timeout(&re->b[i].pool, re->loop, 30000);
+        h2o_socketpool_set_timeout(&re->b[i].pool, re->loop, 2000);
     re->health_entry.cb = on_health_timer;
     pthread_mutex_lock(&re->start_mu);
     re->started = true;
@@ -1244,7 +1249,7 @@ static int remote_collect(struct lmd_buf *out, void *ud)
                 struct rbackend *b = &re->b[i];
 #define LBL(suffix)                                                                                                    \
     do {                                                                                                               \
-        lmd_buf_printf(out, "%s%s{model=\"", fam[f].name, suffix);                                                    \
+        lmd_buf_printf(out, "%s%s{model=\"", fam[f].name, suffix);                                                     \
         put_label(out, re->name);                                                                                      \
         lmd_buf_printf(out, "\",backend=\"");                                                                          \
         put_label(out, b->url);                                                                                        \
