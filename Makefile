@@ -68,10 +68,10 @@ test-integration: build
 # A subset of the integration tests against a live `lmd serve` from the
 # ASan + UBSan build: any sanitizer report, or a leak at exit beyond h2o's
 # loop state (tests/lsan.supp), fails the test that stopped that server.
-ASAN_ITESTS ?= tests/integration/test_server.py tests/integration/test_hardening.py
+ASAN_ITESTS ?= tests/integration/test_server.py tests/integration/test_hardening.py tests/integration/test_gateway.py
 
-test-integration-asan: build-asan
-	LMD_SANITIZED=1 LMD_BIN=$(CURDIR)/$(BUILD_ASAN)/lmd LMD_MODEL=$(CURDIR)/$(MODEL) \
+test-integration-asan: build build-asan
+	LMD_SANITIZED=1 LMD_BIN=$(CURDIR)/$(BUILD_ASAN)/lmd LMD_UPSTREAM_BIN=$(CURDIR)/$(BUILD)/lmd LMD_MODEL=$(CURDIR)/$(MODEL) \
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp:print_suppressions=0 \
 		$(PY) -m pytest -q $(ASAN_ITESTS)

@@ -56,7 +56,9 @@ class UpServe(Serve):
         self.base = "http://%s:%d" % (host, self.port)
         self.url = self.base
         self.log_path = d / ("up-%s-%d.log" % (host, self.port))
-        cmd = [lmd_bin, "serve", "--host", host, "--port", str(self.port), *args]
+        # Upstreams may run another build than the gateway under test (the
+        # sanitized run checks the gateway, not the upstreams' engines).
+        cmd = [os.environ.get("LMD_UPSTREAM_BIN", lmd_bin), "serve", "--host", host, "--port", str(self.port), *args]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         wait_ready(self.base, self.proc, self.log)

@@ -931,8 +931,10 @@ static void probe_start(struct rbackend *b)
     bool learn = !b->probed_models && (!b->kind_given || !re->cfg.upstream_model);
     b->probe_path = learn ? "/v1/models" : health_path(b->kind);
     const char *key = re->cfg.api_key;
-    snprintf(b->probe_req, sizeof b->probe_req, "GET %s%s HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n", b->prefix, b->probe_path,
-             b->hostport, key ? "Authorization: Bearer " : "", key ? key : "", key ? "\r\n" : "");
+    char req[sizeof b->probe_req];
+    snprintf(req, sizeof req, "GET %s%s HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n", b->prefix, b->probe_path, b->hostport,
+             key ? "Authorization: Bearer " : "", key ? key : "", key ? "\r\n" : "");
+    memcpy(b->probe_req, req, sizeof req);
     b->probe_iov = h2o_iovec_init(b->probe_req, strlen(b->probe_req));
     b->probe_body.len = 0;
     h2o_http1client_connect_with_pool(&b->probe, b, &re->hctx, &b->pool, probe_on_connect);
@@ -1340,7 +1342,7 @@ int engine_remote_open(struct engine **out, const struct remote_config *cfg, str
     if (c->health_ms <= 0)
         c->health_ms = 2000;
     if (c->timeout_ms <= 0)
-        c->timeout_ms = 10000;
+        c->timeout_ms = 60000;
     if (c->io_timeout_ms <= 0)
         c->io_timeout_ms = 120000;
     if (c->fail_threshold <= 0)
