@@ -41,6 +41,7 @@
 #include "core/error.h"
 #include "sample/sample.h"
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -187,6 +188,10 @@ struct engine {
      * when poll has something new, so the caller need not poll on a timer. */
     void (*wake)(void *ud);
     void *wake_ud;
+    /* Request-level: how many requests it takes at once now, at most
+     * info.max_seqs (a remote pool's healthy upstreams' limits added up);
+     * the caller admits no more. 0 = info.max_seqs. Any thread. */
+    _Atomic int seats;
 };
 
 /* Open the native CPU engine on a GGUF model. */
@@ -256,6 +261,11 @@ struct remote_config {
  * thread of its own holds their sockets (HTTP/1.1 keep-alive). Parses the
  * URLs (LMD_EINVAL with a message); reaching them is not required to open. */
 int engine_remote_open(struct engine **out, const struct remote_config *cfg, struct lmd_err *err);
+/* Replace the pool's list of upstreams (a reload): kept ones keep their
+ * state, new ones are probed and take traffic, dropped ones finish what
+ * they serve and go. Any thread; applied on the engine's loop shortly
+ * after. LMD_EINVAL for a bad or repeated URL (nothing changes). */
+int engine_remote_set_upstreams(struct engine *e, const struct remote_backend_config *list, int n, struct lmd_err *err);
 /* Parse "[KIND+]http://HOST:PORT[/PREFIX]" (for configuration checks). */
 int remote_url_parse(const char *url, enum remote_kind *kind, char *host, size_t host_cap, int *port, char *prefix,
                      size_t prefix_cap, struct lmd_err *err);

@@ -35,6 +35,11 @@ static bool sched_fits(struct sched *s, struct sched_req *r)
 {
     if (s->n_running >= s->cfg.max_running)
         return false;
+    /* An engine whose capacity changes (a remote pool losing and regaining
+     * upstreams) takes no more than it has seats for. */
+    int seats = atomic_load_explicit(&s->eng->seats, memory_order_relaxed);
+    if (seats > 0 && s->n_running >= seats)
+        return false;
     if (r->run.kv.n_blocks == 0) {
         int n_fill = r->n_prompt + atomic_load_explicit(&r->n_out, memory_order_relaxed);
         int full = (n_fill - 1) / s->kv.cfg.block_tokens;

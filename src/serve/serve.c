@@ -295,6 +295,7 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -456,15 +457,73 @@ fail:
 
 int serve_port(const struct serve *s) { return http_server_port(s->http); }
 
+/* SIGHUP: the config file again, for what can change without a restart:
+ * the upstream lists of remote models (requests in flight carry on). */
+static void serve_reload(struct serve *s)
+{
+    if (!s->cfg.file[0]) {
+        LMD_WARN("lmd serve: SIGHUP: no --config file to reload; nothing changes");
+        return;
+    }
+    struct serve_config *nc = malloc(sizeof *nc);
+    struct lmd_err err = {0};
+    if (!nc) {
+        LMD_ERROR("lmd serve: SIGHUP: out of memory; nothing changes");
+        return;
+    }
+    serve_config_init(nc);
+    if (serve_config_load(nc, s->cfg.file, &err) != 0) {
+        LMD_ERROR("lmd serve: SIGHUP: %s; nothing changes", err.msg);
+        free(nc);
+        return;
+    }
+    int changed = 0;
+    for (int k = 0; k < nc->n_models; k++) {
+        const struct serve_model *m = &nc->models[k];
+        if (m->engine != SERVE_ENGINE_REMOTE)
+            continue;
+        struct serve__model *sm = NULL;
+        for (int i = 0; i < s->n_models; i++)
+            if (strcmp(s->models[i].id, m->name) == 0)
+                sm = &s->models[i];
+        if (!sm || !sm->eng->info.takes_api) {
+            LMD_WARN("lmd serve: SIGHUP: remote model '%s' is not served as one; a new model needs a restart", m->name);
+            continue;
+        }
+        struct remote_backend_config list[SERVE_MAX_UPSTREAMS];
+        for (int i = 0; i < m->n_upstreams; i++) {
+            snprintf(list[i].url, sizeof list[i].url, "%s", m->upstreams[i]);
+            list[i].max_inflight = m->upstream_inflight[i] > 0  ? m->upstream_inflight[i]
+                                   : m->inflight != SERVE_UNSET ? m->inflight
+                                                                : nc->defaults.inflight;
+        }
+        if (engine_remote_set_upstreams(sm->eng, list, m->n_upstreams, &err) != 0) {
+            LMD_ERROR("lmd serve: SIGHUP: model '%s': %s; its upstreams stay as they were", m->name, err.msg);
+            continue;
+        }
+        changed++;
+    }
+    LMD_INFO("lmd serve: SIGHUP: %s reloaded: upstreams of %d remote model%s replaced (other settings need a restart)",
+             s->cfg.file, changed, changed == 1 ? "" : "s");
+    free(nc);
+}
+
 void serve_run(struct serve *s)
 {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
     int sig = 0;
-    while (sigwait(&set, &sig) != 0)
-        ;
+    for (;;) {
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig != SIGHUP)
+            break;
+        serve_reload(s);
+    }
+    sigdelset(&set, SIGHUP);
     LMD_INFO("lmd serve: %s: draining (%d requests in flight, up to %ld s)", strsignal(sig), api_active(s->api),
              s->cfg.drain_s);
     api_set_draining(s->api);

@@ -380,3 +380,59 @@ def _ok(url):
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_prefix_affinity(lmd_bin, ups):
+    """Requests that share a long prefix go to the upstream that was sent it
+    (its prefix cache then serves it), while unrelated prompts spread."""
+    d, a, b = ups
+    g = Serve(lmd_bin, d, "--upstream", "gemma=%s,%s" % (a.url, b.url), "--route", "ttft")
+    try:
+        c = client(g)
+        system = "You are a careful assistant. " * 12  # about 350 bytes: five whole 64-byte blocks and more
+        hits_before = [u.metrics().sum("lmd_prefix_cache_hits_total") for u in (a, b)]
+        served_before = [upstreams_served(u.metrics()) for u in (a, b)]
+        for i in range(5):
+            r = c.completions.create(model="gemma", prompt=system + "Question %d:" % i, max_tokens=2)
+            assert r.usage.completion_tokens == 2
+        served = [upstreams_served(u.metrics()) - s0 for u, s0 in zip((a, b), served_before)]
+        assert sorted(served) == [0, 5], served
+        m = g.metrics()
+        assert m.sum("lmd_upstream_routed_total", reason="prefix") == 4
+        # The chosen upstream computed the shared prefix once.
+        hits = [u.metrics().sum("lmd_prefix_cache_hits_total") - h0 for u, h0 in zip((a, b), hits_before)]
+        assert max(hits) > 0, hits
+    finally:
+        assert g.stop() == 0, g.log()
+
+
+def test_sighup_replaces_upstreams(lmd_bin, ups):
+    d, a, b = ups
+    cfg = d / "gw.yaml"
+
+    def write(url):
+        cfg.write_text("models:\n  - name: gemma\n    engine: remote\n    upstreams:\n      - url: %s\n"
+                       "        max_inflight: 3\n" % url)
+
+    write(a.url)
+    g = Serve(lmd_bin, d, "--config", str(cfg))
+    try:
+        c = client(g)
+        assert c.completions.create(model="gemma", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
+        assert g.metrics().value("lmd_upstream_max_inflight", backend=a.url) == 3
+        write(b.url)
+        before_b = upstreams_served(b.metrics())
+        g.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: not g.metrics().series("lmd_upstream_inflight", backend=a.url), timeout=30)
+        assert g.metrics().value("lmd_upstream_max_inflight", backend=b.url) == 3
+        for _ in range(2):
+            assert c.completions.create(model="gemma", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
+        assert upstreams_served(b.metrics()) == before_b + 2
+        assert "SIGHUP" in g.log() and "backend %s added" % b.url in g.log()
+        # A broken file changes nothing.
+        cfg.write_text("models: [\n")
+        g.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "nothing changes" in g.log(), timeout=30)
+        assert c.completions.create(model="gemma", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
+    finally:
+        assert g.stop() == 0, g.log()

@@ -63,7 +63,18 @@
 #include <strings.h>
 
 #define REMOTE_ERR_BODY_MAX (64 * 1024) /* bytes of an upstream's error answer kept */
-#define REMOTE_SSE_LINE_MAX (8 << 20)   /* one SSE event; more is a broken upstream */
+/* Prefix affinity: a prompt is cut into blocks of this many bytes (about
+ * 16 tokens) whose hashes chain; each backend keeps an approximate index
+ * of the chains it was sent. */
+#define REMOTE_BLOCK_BYTES 64
+#define REMOTE_BLOCK_TOKENS 16
+#define REMOTE_INDEX_WAYS 8
+#define REMOTE_INDEX_SETS 8192 /* x ways: 65536 block hashes per backend, 768 KiB */
+
+/* Why a request went where it went (lmd_upstream_routed_total's reason). */
+enum route_reason { RR_TTFT, RR_PREFIX, RR_RENDEZVOUS, RR_LEAST, RR_ROUND_ROBIN, RR_RETRY, RR__N };
+static const char *const route_reason_names[RR__N] = {"ttft", "prefix", "rendezvous", "least", "rr", "retry"};
+#define REMOTE_SSE_LINE_MAX (8 << 20) /* one SSE event; more is a broken upstream */
 
 struct remote;
 struct rcall;
@@ -71,6 +82,8 @@ struct rcall;
 struct rbackend {
     struct remote *re;
     int index;
+    _Atomic bool active; /* the slot holds a backend (set last when it is filled, under g_reg_mu) */
+    bool removed;        /* loop: dropped by a reconfiguration; serves what it has, then its slot frees */
     char url[256];
     char host[128];
     int port;
@@ -81,8 +94,11 @@ struct rbackend {
     bool kind_given;
     char model[128]; /* sent as `model` */
     int max_inflight;
+    uint64_t url_hash; /* its rendezvous identity */
     h2o_socketpool_t pool;
     /* Loop thread only. */
+    uint64_t *idx_hash; /* [REMOTE_INDEX_SETS * WAYS] block hashes sent to it (0 = empty) */
+    uint32_t *idx_tick; /* when each was last sent or matched */
     int inflight;
     long pending_prefill; /* estimated prompt tokens sent and not yet answered with a first byte */
     double prefill_rate;  /* tokens/s, moving average of prompt / time to first byte; 0 = not measured */
@@ -95,7 +111,8 @@ struct rbackend {
     char probe_req[512];
     h2o_iovec_t probe_iov;
     /* For /metrics (any thread, relaxed). */
-    _Atomic uint64_t n_ok, n_error, n_cancelled, n_refused, n_retried, n_ejected, n_routed;
+    _Atomic uint64_t n_ok, n_error, n_cancelled, n_refused, n_retried, n_ejected;
+    _Atomic uint64_t n_routed[RR__N];
     _Atomic int g_inflight, g_healthy;
     _Atomic uint64_t fb_ns_sum, fb_count; /* time to the response head */
 };
@@ -116,6 +133,9 @@ struct rcall {
     struct rcall *live_prev, *live_next; /* loop: calls not yet finished */
     json_t *body;                        /* the request to send (model set per backend) */
     bool chat;
+    uint64_t *chain; /* [n_chain] hash chain of the prompt's blocks */
+    int n_chain;
+    int uncached; /* loop: prompt tokens the chosen backend is expected to compute */
     /* Loop thread only. */
     struct rbackend *b;
     h2o_http1client_t *client;
@@ -154,6 +174,7 @@ struct remote {
     struct rbackend b[REMOTE_MAX_BACKENDS];
     int n_b;
     unsigned rr;
+    uint32_t tick; /* loop: the prefix indexes' clock */
     /* Loop. */
     pthread_t thread;
     h2o_evloop_t *loop;
@@ -175,6 +196,8 @@ struct remote {
     struct rlink *in_head, *in_tail;
     bool in_wake_pending;
     bool stop;
+    struct remote_backend_config *reconf; /* a new list of upstreams for the loop to apply */
+    int n_reconf;
     /* Outbox: loop → scheduler. */
     pthread_mutex_t out_mu;
     struct revents out, cur;
@@ -280,6 +303,7 @@ static void call_unref(struct rcall *c)
     if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
         return;
     json_decref(c->body);
+    free(c->chain);
     free(c->head);
     free(c->payload);
     lmd_buf_free(&c->sse);
@@ -371,12 +395,27 @@ static void post_finish(struct rcall *c, enum engine_finish fin, int status, con
 
 /* ---- backends ------------------------------------------------------------------ */
 
+/* The seats the scheduler may fill: the healthy backends' limits, at least
+ * one (a request admitted while none is healthy ends at once with a 503,
+ * rather than waiting for a backend that may not come back). */
+static void seats_update(struct remote *re)
+{
+    int n = 0;
+    for (int i = 0; i < re->n_b; i++)
+        if (re->b[i].active && !re->b[i].removed && re->b[i].healthy)
+            n += re->b[i].max_inflight;
+    int before = atomic_exchange_explicit(&re->eng.seats, n > 0 ? n : 1, memory_order_relaxed);
+    if (n > before && re->eng.wake)
+        re->eng.wake(re->eng.wake_ud);
+}
+
 static void backend_ok(struct rbackend *b)
 {
     b->fails = 0;
     if (!b->healthy) {
         b->healthy = true;
         atomic_store_explicit(&b->g_healthy, 1, memory_order_relaxed);
+        seats_update(b->re);
         LMD_INFO("remote %s: backend %s is healthy again", b->re->name, b->url);
     }
 }
@@ -389,6 +428,7 @@ static void backend_failed(struct rbackend *b, const char *why)
         b->healthy = false;
         atomic_store_explicit(&b->g_healthy, 0, memory_order_relaxed);
         atomic_fetch_add_explicit(&b->n_ejected, 1, memory_order_relaxed);
+        seats_update(b->re);
         LMD_WARN("remote %s: backend %s ejected after %d failures in a row (last: %s); probing it every %d ms",
                  b->re->name, b->url, b->fails, why, b->re->cfg.health_ms);
     }
@@ -400,18 +440,154 @@ static void backend_release(struct rcall *c)
     if (!b)
         return;
     if (!c->got_head)
-        b->pending_prefill -= c->rq->n_prompt;
+        b->pending_prefill -= c->uncached;
     b->inflight--;
     atomic_store_explicit(&b->g_inflight, b->inflight, memory_order_relaxed);
     c->b = NULL;
 }
 
+/* ---- prefix affinity --------------------------------------------------------------- */
+
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static uint64_t hash_bytes(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    h ^= 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 0x100000001b3ull;
+    return mix64(h);
+}
+
+/* The prompt as the upstream will see its start: the completion prompt
+ * (text or token ids), or the chat messages' roles and text in order. */
+static void prompt_bytes(json_t *body, bool chat, struct lmd_buf *out)
+{
+    if (!chat) {
+        json_t *p = json_object_get(body, "prompt");
+        if (json_is_string(p)) {
+            lmd_buf_append(out, json_string_value(p), json_string_length(p));
+        } else if (json_is_array(p)) {
+            size_t i;
+            json_t *v;
+            json_array_foreach(p, i, v)
+            {
+                int32_t id = (int32_t)json_integer_value(v);
+                lmd_buf_append(out, &id, sizeof id);
+            }
+        }
+        return;
+    }
+    size_t i;
+    json_t *m;
+    json_array_foreach(json_object_get(body, "messages"), i, m)
+    {
+        json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
+        if (json_is_string(role))
+            lmd_buf_append(out, json_string_value(role), json_string_length(role));
+        lmd_buf_append(out, "\n", 1);
+        if (json_is_string(content)) {
+            lmd_buf_append(out, json_string_value(content), json_string_length(content));
+        } else if (json_is_array(content)) {
+            size_t k;
+            json_t *part;
+            json_array_foreach(content, k, part)
+            {
+                json_t *t = json_object_get(part, "text");
+                if (json_is_string(t))
+                    lmd_buf_append(out, json_string_value(t), json_string_length(t));
+            }
+        }
+        lmd_buf_append(out, "\n", 1);
+    }
+}
+
+/* The hash chain of the prompt's whole blocks (a partial last block is
+ * not one: it cannot be a shared prefix of a longer prompt yet). */
+static void prompt_chain(struct rcall *c)
+{
+    struct lmd_buf b = {0};
+    prompt_bytes(c->body, c->chat, &b);
+    size_t n = b.len / REMOTE_BLOCK_BYTES;
+    c->chain = n ? malloc(n * sizeof *c->chain) : NULL;
+    uint64_t h = 0;
+    for (size_t i = 0; c->chain && i < n; i++)
+        c->chain[i] = h = hash_bytes(h, b.ptr + i * REMOTE_BLOCK_BYTES, REMOTE_BLOCK_BYTES) | 1; /* never 0 */
+    c->n_chain = c->chain ? (int)n : 0;
+    lmd_buf_free(&b);
+}
+
+static uint64_t *idx_slot(struct rbackend *b, uint64_t h, bool insert)
+{
+    size_t set = (size_t)(h % REMOTE_INDEX_SETS) * REMOTE_INDEX_WAYS;
+    uint64_t *hs = b->idx_hash + set;
+    uint32_t *ts = b->idx_tick + set;
+    for (int w = 0; w < REMOTE_INDEX_WAYS; w++)
+        if (hs[w] == h)
+            return &hs[w];
+    if (!insert)
+        return NULL;
+    /* An empty way, else the least recently used of the set. */
+    int victim = 0;
+    for (int w = 0; w < REMOTE_INDEX_WAYS; w++) {
+        if (hs[w] == 0) {
+            victim = w;
+            break;
+        }
+        if (ts[w] < ts[victim])
+            victim = w;
+    }
+    hs[victim] = h;
+    return &hs[victim];
+}
+
+/* Blocks of c's chain that b was sent before, from the start. */
+static int idx_match(struct rbackend *b, const struct rcall *c)
+{
+    if (!b->idx_hash)
+        return 0;
+    int m = 0;
+    while (m < c->n_chain && idx_slot(b, c->chain[m], false))
+        m++;
+    return m;
+}
+
+static void idx_insert(struct remote *re, struct rbackend *b, const struct rcall *c)
+{
+    if (!b->idx_hash)
+        return;
+    re->tick++;
+    for (int i = 0; i < c->n_chain; i++) {
+        uint64_t *slot = idx_slot(b, c->chain[i], true);
+        b->idx_tick[slot - b->idx_hash] = re->tick;
+    }
+}
+
+/* ---- routing ------------------------------------------------------------------------- */
+
 /* The backend for c: healthy, with room, not tried yet if another is
- * available; by the pool's routing rule. NULL if none has room. */
-static struct rbackend *pick(struct remote *re, struct rcall *c, bool *none_healthy)
+ * available; by the pool's routing rule. NULL if none has room.
+ *
+ * ttft: each backend's predicted time to first token is the prompt tokens
+ * it has been sent and not yet answered (pending prefill), plus the part of
+ * this prompt it does not hold (the blocks its index has from the start
+ * are taken as cached), over its measured prefill rate. Backends within a
+ * quarter (and 20 ms) of the best are equally good, and among those the
+ * prompt's first block picks by rendezvous hashing, so that gateways that
+ * share no state send a prefix to the same backend. */
+static struct rbackend *pick(struct remote *re, struct rcall *c, bool *none_healthy, enum route_reason *why)
 {
     struct rbackend *best = NULL;
-    double best_score = 0;
+    double best_score = 0, score[REMOTE_MAX_BACKENDS];
+    int matched[REMOTE_MAX_BACKENDS] = {0};
+    bool ok[REMOTE_MAX_BACKENDS] = {false};
     int n_healthy = 0;
     double rate_sum = 0;
     int n_rate = 0;
@@ -423,34 +599,63 @@ static struct rbackend *pick(struct remote *re, struct rcall *c, bool *none_heal
         for (int k = 0; k < re->n_b; k++) {
             int i = (int)((re->rr + (unsigned)k) % (unsigned)re->n_b);
             struct rbackend *b = &re->b[i];
-            if (!b->healthy)
+            if (!b->active || b->removed || !b->healthy)
                 continue;
             n_healthy += pass == 0;
             if (b->inflight >= b->max_inflight)
                 continue;
             if (pass == 0 && (c->tried & (1u << i)))
                 continue; /* first try the ones not tried yet */
-            double score;
             switch (re->cfg.route) {
             case REMOTE_ROUTE_RR:
-                score = k;
+                score[i] = k;
                 break;
             case REMOTE_ROUTE_LEAST:
-                score = b->inflight;
+                score[i] = b->inflight;
                 break;
             default: {
                 double rate = b->prefill_rate > 0 ? b->prefill_rate : rate_default;
-                score = (double)(b->pending_prefill + c->rq->n_prompt) / rate + 1e-6 * b->inflight;
+                matched[i] = idx_match(b, c);
+                long todo = c->rq->n_prompt - (long)matched[i] * REMOTE_BLOCK_TOKENS;
+                score[i] = (double)(b->pending_prefill + (todo > 0 ? todo : 1)) / rate + 1e-6 * b->inflight;
                 break;
             }
             }
-            if (!best || score < best_score)
-                best = b, best_score = score;
+            ok[i] = true;
+            if (!best || score[i] < best_score)
+                best = b, best_score = score[i];
         }
     }
     *none_healthy = n_healthy == 0;
-    if (best)
-        re->rr = (unsigned)(best->index + 1);
+    if (!best)
+        return NULL;
+    *why = c->attempts                           ? RR_RETRY
+           : re->cfg.route == REMOTE_ROUTE_RR    ? RR_ROUND_ROBIN
+           : re->cfg.route == REMOTE_ROUTE_LEAST ? RR_LEAST
+           : matched[best->index] > 0            ? RR_PREFIX
+                                                 : RR_TTFT;
+    if (re->cfg.route == REMOTE_ROUTE_TTFT && c->n_chain > 0) {
+        double tol = best_score * 1.25 + 0.02;
+        uint64_t top = 0;
+        struct rbackend *hrw = NULL;
+        int n_near = 0;
+        for (int i = 0; i < re->n_b; i++) {
+            if (!ok[i] || score[i] > tol)
+                continue;
+            n_near++;
+            uint64_t w = mix64(c->chain[0] ^ re->b[i].url_hash);
+            if (!hrw || w > top)
+                hrw = &re->b[i], top = w;
+        }
+        if (n_near > 1 && hrw != best) {
+            best = hrw;
+            if (!c->attempts)
+                *why = RR_RENDEZVOUS;
+        }
+    }
+    re->rr = (unsigned)(best->index + 1);
+    long todo = c->rq->n_prompt - (long)matched[best->index] * REMOTE_BLOCK_TOKENS;
+    c->uncached = todo > 0 ? (int)todo : 1;
     return best;
 }
 
@@ -521,7 +726,8 @@ static void dispatch(struct rcall *c)
 {
     struct remote *re = c->re;
     bool none_healthy = false;
-    struct rbackend *b = pick(re, c, &none_healthy);
+    enum route_reason why = RR_TTFT;
+    struct rbackend *b = pick(re, c, &none_healthy, &why);
     if (!b) {
         if (none_healthy) {
             post_finish(c, ENGINE_FINISH_ERROR, 503, "no healthy upstream for model '%s' (%d backends, all ejected)",
@@ -541,9 +747,10 @@ static void dispatch(struct rcall *c)
     c->attempts++;
     c->tried |= 1u << b->index;
     b->inflight++;
-    b->pending_prefill += c->rq->n_prompt;
+    b->pending_prefill += c->uncached;
     atomic_store_explicit(&b->g_inflight, b->inflight, memory_order_relaxed);
-    atomic_fetch_add_explicit(&b->n_routed, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&b->n_routed[why], 1, memory_order_relaxed);
+    idx_insert(re, b, c);
     json_object_set_new(c->body, "model", json_string(b->model));
     free(c->payload);
     c->payload = json_dumps(c->body, JSON_COMPACT);
@@ -580,8 +787,9 @@ static void drain_waiting(struct remote *re)
     while (re->wait_head) {
         struct rcall *c = re->wait_head;
         bool none_healthy = false;
+        enum route_reason why;
         /* Only move it when a backend has room now. */
-        struct rbackend *b = pick(re, c, &none_healthy);
+        struct rbackend *b = pick(re, c, &none_healthy, &why);
         if (!b && !none_healthy)
             break;
         re->wait_head = c->next;
@@ -779,7 +987,7 @@ static h2o_http1client_body_cb on_head_(struct rcall *c, const char *errstr, int
     c->got_head = true;
     c->status = status;
     struct rbackend *b = c->b;
-    b->pending_prefill -= c->rq->n_prompt;
+    b->pending_prefill -= c->uncached;
     uint64_t dt = lmd_time_mono_ns() - c->t_sent_ns;
     atomic_fetch_add_explicit(&b->fb_ns_sum, dt, memory_order_relaxed);
     atomic_fetch_add_explicit(&b->fb_count, 1, memory_order_relaxed);
@@ -794,7 +1002,7 @@ static h2o_http1client_body_cb on_head_(struct rcall *c, const char *errstr, int
         return NULL;
     }
     if (status == 200 && dt > 0) {
-        double rate = (double)c->rq->n_prompt / ((double)dt / 1e9);
+        double rate = (double)c->uncached / ((double)dt / 1e9);
         b->prefill_rate = b->prefill_rate > 0 ? 0.8 * b->prefill_rate + 0.2 * rate : rate;
     }
     return on_body;
@@ -940,11 +1148,16 @@ static void probe_start(struct rbackend *b)
     h2o_http1client_connect_with_pool(&b->probe, b, &re->hctx, &b->pool, probe_on_connect);
 }
 
+static void backends_reap(struct remote *re);
+static void backends_apply(struct remote *re, const struct remote_backend_config *list, int n);
+
 static void on_health_timer(h2o_timeout_entry_t *e)
 {
     struct remote *re = H2O_STRUCT_FROM_MEMBER(struct remote, health_entry, e);
+    backends_reap(re);
     for (int i = 0; i < re->n_b; i++)
-        probe_start(&re->b[i]);
+        if (re->b[i].active && !re->b[i].removed)
+            probe_start(&re->b[i]);
     if (!re->exiting)
         h2o_timeout_link(re->loop, &re->health_timer, &re->health_entry);
 }
@@ -988,7 +1201,15 @@ static void on_inbox(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messa
     re->in_head = re->in_tail = NULL;
     re->in_wake_pending = false;
     bool stop = re->stop;
+    struct remote_backend_config *reconf = re->reconf;
+    int n_reconf = re->n_reconf;
+    re->reconf = NULL;
     pthread_mutex_unlock(&re->in_mu);
+    if (reconf) {
+        if (!stop)
+            backends_apply(re, reconf, n_reconf);
+        free(reconf);
+    }
     while (l) {
         struct rlink *next = l->next; /* l may be freed below */
         struct rcall *c = l->c;
@@ -1031,7 +1252,8 @@ static void *loop_main(void *arg)
      * upstreams' own idle timeouts (5 s for llama-server and uvicorn) can
      * close them under a request about to reuse them. */
     for (int i = 0; i < re->n_b; i++)
-        h2o_socketpool_set_timeout(&re->b[i].pool, re->loop, 2000);
+        if (re->b[i].active)
+            h2o_socketpool_set_timeout(&re->b[i].pool, re->loop, 2000);
     re->health_entry.cb = on_health_timer;
     pthread_mutex_lock(&re->start_mu);
     re->started = true;
@@ -1105,6 +1327,8 @@ static int remote_submit(struct engine *e, struct engine_req *rq, struct lmd_err
     c->usage_prompt = c->usage_completion = -1;
     c->head_timer.cb = on_head_timeout;
     atomic_init(&c->refs, 2); /* the loop's and the scheduler's */
+    if (re->cfg.route == REMOTE_ROUTE_TTFT)
+        prompt_chain(c);
     json_object_set_new(body, "stream", json_true());
     json_object_set_new(body, "stream_options", json_pack("{s:b}", "include_usage", 1));
     rq->engine_data = c;
@@ -1159,6 +1383,7 @@ static void revents_free(struct revents *r)
 
 static int remote_collect(struct lmd_buf *out, void *ud);
 static void reg_remove(struct remote *re);
+static void backend_fini(struct rbackend *b);
 
 static void remote_close(struct engine *e)
 {
@@ -1184,12 +1409,11 @@ static void remote_close(struct engine *e)
                 lists[l]->ev[i].req->engine_data = NULL;
                 call_unref(c);
             }
-    for (int i = 0; i < re->n_b; i++) {
-        h2o_socketpool_dispose(&re->b[i].pool);
-        lmd_buf_free(&re->b[i].probe_body);
-    }
+    for (int i = 0; i < re->n_b; i++)
+        backend_fini(&re->b[i]);
     revents_free(&re->cur);
     revents_free(&re->out);
+    free(re->reconf);
     if (re->ssl_ctx)
         SSL_CTX_free(re->ssl_ctx);
     pthread_mutex_destroy(&re->in_mu);
@@ -1231,7 +1455,10 @@ static int remote_collect(struct lmd_buf *out, void *ud)
          "Requests sent to an upstream backend, by how they ended (ok, error, refused = its 4xx, cancelled)."},
         {"lmd_upstream_retries_total", "counter", "Requests retried on another backend after this one failed."},
         {"lmd_upstream_ejections_total", "counter", "Times the backend was ejected after consecutive failures."},
-        {"lmd_upstream_routed_total", "counter", "Requests routed to the backend (retries included)."},
+        {"lmd_upstream_routed_total", "counter",
+         "Requests routed to the backend, by reason: ttft (smallest predicted time to first token), prefix (the "
+         "same, thanks to a cached prefix), rendezvous (the prompt's hash among equally good backends), least, rr, "
+         "retry."},
         {"lmd_upstream_inflight", "gauge", "Requests in flight on the backend."},
         {"lmd_upstream_max_inflight", "gauge", "The backend's concurrency limit."},
         {"lmd_upstream_healthy", "gauge", "1 when the backend takes traffic, 0 while ejected."},
@@ -1249,6 +1476,8 @@ static int remote_collect(struct lmd_buf *out, void *ud)
             struct remote *re = g_reg[r];
             for (int i = 0; i < re->n_b; i++) {
                 struct rbackend *b = &re->b[i];
+                if (!atomic_load(&b->active))
+                    continue;
 #define LBL(suffix)                                                                                                    \
     do {                                                                                                               \
         lmd_buf_printf(out, "%s%s{model=\"", fam[f].name, suffix);                                                     \
@@ -1277,8 +1506,10 @@ static int remote_collect(struct lmd_buf *out, void *ud)
                     lmd_buf_printf(out, "} %llu\n", LD(b->n_ejected));
                     break;
                 case 3:
-                    LBL("");
-                    lmd_buf_printf(out, "} %llu\n", LD(b->n_routed));
+                    for (int k = 0; k < RR__N; k++) {
+                        LBL("");
+                        lmd_buf_printf(out, ",reason=\"%s\"} %llu\n", route_reason_names[k], LD(b->n_routed[k]));
+                    }
                     break;
                 case 4:
                     LBL("");
@@ -1320,6 +1551,193 @@ static void reg_remove(struct remote *re)
     pthread_mutex_unlock(&g_reg_mu);
 }
 
+/* ---- the list of backends -------------------------------------------------------- */
+
+/* Fill slot i (which is free) with an upstream. On the loop thread after
+ * start (a reconfiguration), before it at open. */
+static int backend_init(struct remote *re, int i, const struct remote_backend_config *bc, struct lmd_err *err)
+{
+    struct rbackend *b = &re->b[i];
+    struct rbackend fresh = {.re = re, .index = i};
+    enum remote_kind kind;
+    char host[sizeof fresh.host], prefix[sizeof fresh.prefix];
+    int port;
+    int rc = remote_url_parse(bc->url, &kind, host, sizeof host, &port, prefix, sizeof prefix, err);
+    if (rc)
+        return rc;
+    uint64_t *ih = NULL;
+    uint32_t *it = NULL;
+    if (re->cfg.route == REMOTE_ROUTE_TTFT) {
+        ih = calloc((size_t)REMOTE_INDEX_SETS * REMOTE_INDEX_WAYS, sizeof *ih);
+        it = calloc((size_t)REMOTE_INDEX_SETS * REMOTE_INDEX_WAYS, sizeof *it);
+        if (!ih || !it) {
+            free(ih);
+            free(it);
+            return lmd_err_set(err, LMD_ENOMEM, "out of memory");
+        }
+    }
+    pthread_mutex_lock(&g_reg_mu); /* the metrics read the slot's strings */
+    memset(b, 0, sizeof *b);
+    *b = fresh;
+    snprintf(b->url, sizeof b->url, "%s", bc->url);
+    memcpy(b->host, host, sizeof host);
+    memcpy(b->prefix, prefix, sizeof prefix);
+    b->kind = kind;
+    b->tls = port < 0;
+    b->port = port < 0 ? -port : port;
+    b->kind_given = kind != REMOTE_AUTO;
+    bool v6 = strchr(b->host, ':') != NULL;
+    snprintf(b->hostport, sizeof b->hostport, v6 ? "[%s]:%d" : "%s:%d", b->host, b->port);
+    snprintf(b->model, sizeof b->model, "%s", re->cfg.upstream_model ? re->cfg.upstream_model : re->name);
+    b->max_inflight = bc->max_inflight > 0 ? bc->max_inflight : re->cfg.max_inflight;
+    b->healthy = true;
+    atomic_init(&b->g_healthy, 1);
+    b->url_hash = hash_bytes(0, b->url, strlen(b->url));
+    b->idx_hash = ih;
+    b->idx_tick = it;
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)b->port)};
+    struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)b->port)};
+    size_t cap = (size_t)b->max_inflight + 2;
+    if (inet_pton(AF_INET, b->host, &sin.sin_addr) == 1)
+        h2o_socketpool_init_by_address(&b->pool, (struct sockaddr *)&sin, sizeof sin, b->tls, cap);
+    else if (inet_pton(AF_INET6, b->host, &sin6.sin6_addr) == 1)
+        h2o_socketpool_init_by_address(&b->pool, (struct sockaddr *)&sin6, sizeof sin6, b->tls, cap);
+    else
+        h2o_socketpool_init_by_hostport(&b->pool, h2o_iovec_init(b->host, strlen(b->host)), (uint16_t)b->port, b->tls,
+                                        cap);
+    if (re->loop)
+        h2o_socketpool_set_timeout(&b->pool, re->loop, 2000);
+    atomic_store(&b->active, true);
+    if (i >= re->n_b)
+        re->n_b = i + 1;
+    pthread_mutex_unlock(&g_reg_mu);
+    return 0;
+}
+
+static void backend_fini(struct rbackend *b)
+{
+    if (!atomic_load(&b->active))
+        return;
+    pthread_mutex_lock(&g_reg_mu);
+    atomic_store(&b->active, false);
+    pthread_mutex_unlock(&g_reg_mu);
+    h2o_socketpool_dispose(&b->pool);
+    lmd_buf_free(&b->probe_body);
+    free(b->idx_hash);
+    free(b->idx_tick);
+    b->idx_hash = NULL;
+    b->idx_tick = NULL;
+}
+
+/* Removed backends whose last request ended give their slots back. */
+static void backends_reap(struct remote *re)
+{
+    for (int i = 0; i < re->n_b; i++) {
+        struct rbackend *b = &re->b[i];
+        if (b->active && b->removed && b->inflight == 0 && !b->probe) {
+            LMD_INFO("remote %s: backend %s removed", re->name, b->url);
+            backend_fini(b);
+        }
+    }
+}
+
+/* Loop thread: the new list of upstreams. Kept ones keep their state (a
+ * new max_inflight applies); new ones start healthy and are probed now;
+ * dropped ones take no new request and go when their last one ends. */
+static void backends_apply(struct remote *re, const struct remote_backend_config *list, int n)
+{
+    bool keep[REMOTE_MAX_BACKENDS] = {false};
+    for (int k = 0; k < n; k++) {
+        int found = -1;
+        for (int i = 0; i < re->n_b; i++)
+            if (re->b[i].active && strcmp(re->b[i].url, list[k].url) == 0)
+                found = i;
+        if (found >= 0) {
+            struct rbackend *b = &re->b[found];
+            keep[found] = true;
+            if (b->removed)
+                LMD_INFO("remote %s: backend %s is back in the list", re->name, b->url);
+            b->removed = false;
+            b->max_inflight = list[k].max_inflight > 0 ? list[k].max_inflight : re->cfg.max_inflight;
+            continue;
+        }
+        int slot = -1;
+        for (int i = 0; i < REMOTE_MAX_BACKENDS && slot < 0; i++)
+            if (!atomic_load(&re->b[i].active))
+                slot = i;
+        struct lmd_err err = {0};
+        if (slot < 0) {
+            LMD_WARN("remote %s: no room for upstream %s (%d at most, draining ones included)", re->name, list[k].url,
+                     REMOTE_MAX_BACKENDS);
+            continue;
+        }
+        if (backend_init(re, slot, &list[k], &err) != 0) {
+            LMD_WARN("remote %s: upstream %s not added: %s", re->name, list[k].url, err.msg);
+            continue;
+        }
+        keep[slot] = true;
+        LMD_INFO("remote %s: backend %s added", re->name, list[k].url);
+        probe_start(&re->b[slot]);
+    }
+    for (int i = 0; i < re->n_b; i++) {
+        struct rbackend *b = &re->b[i];
+        if (b->active && !keep[i] && !b->removed) {
+            b->removed = true;
+            atomic_store_explicit(&b->g_healthy, 0, memory_order_relaxed);
+            LMD_INFO("remote %s: backend %s leaves the list; %d requests in flight on it finish first", re->name,
+                     b->url, b->inflight);
+        }
+    }
+    backends_reap(re);
+    seats_update(re);
+    drain_waiting(re);
+}
+
+/* The most requests the pool could ever take at once: every slot filled
+ * at the largest limit configured (a reconfiguration may add upstreams;
+ * engine.seats says how many it takes now). */
+static int seats_max(const struct remote *re)
+{
+    int most = re->cfg.max_inflight;
+    for (int i = 0; i < re->n_b; i++)
+        if (re->b[i].max_inflight > most)
+            most = re->b[i].max_inflight;
+    long n = (long)most * REMOTE_MAX_BACKENDS;
+    return n > 4096 ? 4096 : (int)n;
+}
+
+int engine_remote_set_upstreams(struct engine *e, const struct remote_backend_config *list, int n, struct lmd_err *err)
+{
+    struct remote *re = (struct remote *)e;
+    if (n < 1 || n > REMOTE_MAX_BACKENDS)
+        return lmd_err_set(err, LMD_EINVAL, "remote %s: %d upstreams (1 to %d)", re->name, n, REMOTE_MAX_BACKENDS);
+    for (int i = 0; i < n; i++) {
+        enum remote_kind kind;
+        char host[128], prefix[128];
+        int port;
+        if (remote_url_parse(list[i].url, &kind, host, sizeof host, &port, prefix, sizeof prefix, err) != 0)
+            return LMD_EINVAL;
+        for (int j = 0; j < i; j++)
+            if (strcmp(list[j].url, list[i].url) == 0)
+                return lmd_err_set(err, LMD_EINVAL, "remote %s: upstream '%s' is listed twice", re->name, list[i].url);
+    }
+    struct remote_backend_config *copy = malloc((size_t)n * sizeof *copy);
+    if (!copy)
+        return lmd_err_set(err, LMD_ENOMEM, "out of memory");
+    memcpy(copy, list, (size_t)n * sizeof *copy);
+    bool wake = false;
+    pthread_mutex_lock(&re->in_mu);
+    free(re->reconf); /* a newer list replaces one not applied yet */
+    re->reconf = copy;
+    re->n_reconf = n;
+    if (!re->in_wake_pending)
+        wake = re->in_wake_pending = true;
+    pthread_mutex_unlock(&re->in_mu);
+    if (wake)
+        h2o_multithread_send_message(&re->receiver, &re->wake_msg);
+    return 0;
+}
+
 /* ---- open --------------------------------------------------------------------------- */
 
 int engine_remote_open(struct engine **out, const struct remote_config *cfg, struct lmd_err *err)
@@ -1356,49 +1774,18 @@ int engine_remote_open(struct engine **out, const struct remote_config *cfg, str
     pthread_mutex_init(&re->start_mu, NULL);
     pthread_cond_init(&re->start_cv, NULL);
     int total = 0, rc = 0;
-    bool any_tls = false;
+    re->ssl_ctx = SSL_CTX_new(TLS_client_method());
+    if (!re->ssl_ctx || SSL_CTX_set_default_verify_paths(re->ssl_ctx) != 1)
+        rc = lmd_err_set(err, LMD_EINVAL, "remote %s: cannot set up TLS to the upstreams", re->name);
+    else
+        SSL_CTX_set_verify(re->ssl_ctx, SSL_VERIFY_PEER, NULL);
     for (int i = 0; i < cfg->n_backends && rc == 0; i++) {
-        struct rbackend *b = &re->b[i];
-        b->re = re;
-        b->index = i;
-        snprintf(b->url, sizeof b->url, "%s", cfg->backends[i].url);
-        rc = remote_url_parse(b->url, &b->kind, b->host, sizeof b->host, &b->port, b->prefix, sizeof b->prefix, err);
-        if (rc)
-            break;
-        b->tls = b->port < 0;
-        if (b->tls)
-            b->port = -b->port;
-        any_tls |= b->tls;
         for (int j = 0; j < i; j++)
-            if (strcmp(re->b[j].url, b->url) == 0)
-                rc = lmd_err_set(err, LMD_EINVAL, "remote %s: upstream '%s' is listed twice", re->name, b->url);
-        b->kind_given = b->kind != REMOTE_AUTO;
-        bool v6 = strchr(b->host, ':') != NULL;
-        snprintf(b->hostport, sizeof b->hostport, v6 ? "[%s]:%d" : "%s:%d", b->host, b->port);
-        snprintf(b->model, sizeof b->model, "%s", c->upstream_model ? c->upstream_model : re->name);
-        b->max_inflight = cfg->backends[i].max_inflight > 0 ? cfg->backends[i].max_inflight : c->max_inflight;
-        total += b->max_inflight;
-        b->healthy = true;
-        atomic_init(&b->g_healthy, 1);
-        struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)b->port)};
-        struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)b->port)};
-        if (inet_pton(AF_INET, b->host, &sin.sin_addr) == 1)
-            h2o_socketpool_init_by_address(&b->pool, (struct sockaddr *)&sin, sizeof sin, b->tls,
-                                           (size_t)b->max_inflight + 2);
-        else if (inet_pton(AF_INET6, b->host, &sin6.sin6_addr) == 1)
-            h2o_socketpool_init_by_address(&b->pool, (struct sockaddr *)&sin6, sizeof sin6, b->tls,
-                                           (size_t)b->max_inflight + 2);
-        else
-            h2o_socketpool_init_by_hostport(&b->pool, h2o_iovec_init(b->host, strlen(b->host)), (uint16_t)b->port,
-                                            b->tls, (size_t)b->max_inflight + 2);
-        re->n_b = i + 1;
-    }
-    if (rc == 0 && any_tls) {
-        re->ssl_ctx = SSL_CTX_new(TLS_client_method());
-        if (!re->ssl_ctx || SSL_CTX_set_default_verify_paths(re->ssl_ctx) != 1)
-            rc = lmd_err_set(err, LMD_EINVAL, "remote %s: cannot set up TLS to the upstreams", re->name);
-        else
-            SSL_CTX_set_verify(re->ssl_ctx, SSL_VERIFY_PEER, NULL);
+            if (strcmp(cfg->backends[j].url, cfg->backends[i].url) == 0)
+                rc = lmd_err_set(err, LMD_EINVAL, "remote %s: upstream '%s' is listed twice", re->name,
+                                 cfg->backends[i].url);
+        if (rc == 0 && (rc = backend_init(re, i, &cfg->backends[i], err)) == 0)
+            total += re->b[i].max_inflight;
     }
     if (rc) {
         re->started = false;
@@ -1413,13 +1800,14 @@ int engine_remote_open(struct engine **out, const struct remote_config *cfg, str
         .n_vocab = 0,
         .n_ctx = c->n_ctx,
         .max_batch_tokens = c->n_ctx,
-        .max_seqs = total,
+        .max_seqs = seats_max(re),
         .n_threads = 1,
         .token_budget = 0,
         .request_level = true,
         .takes_api = true,
         .wakes = true,
     };
+    atomic_init(&re->eng.seats, total);
     if (pthread_create(&re->thread, NULL, loop_main, re) != 0) {
         remote_close(&re->eng);
         return lmd_err_set(err, LMD_ENOMEM, "remote %s: cannot start its event loop", re->name);
