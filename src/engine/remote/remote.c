@@ -42,6 +42,7 @@
  * load gauges scraped from the upstreams' /metrics.
  */
 #include "engine/engine.h"
+#include "engine/remote/sse_json.h"
 
 #include "core/buf.h"
 #include "core/log.h"
@@ -151,7 +152,8 @@ struct rcall {
     int status;
     uint64_t t_sent_ns;
     h2o_timeout_entry_t head_timer;
-    struct lmd_buf sse; /* an event not yet complete */
+    struct lmd_buf sse;  /* an event not yet complete */
+    struct lmd_buf tbuf; /* one event's text, unescaped */
     struct lmd_buf errbody;
     int usage_prompt, usage_completion;
     enum engine_finish fin;
@@ -307,6 +309,7 @@ static void call_unref(struct rcall *c)
     free(c->head);
     free(c->payload);
     lmd_buf_free(&c->sse);
+    lmd_buf_free(&c->tbuf);
     lmd_buf_free(&c->errbody);
     free(c);
 }
@@ -809,49 +812,28 @@ static void on_sse_data(struct rcall *c, const char *d, size_t n)
         c->saw_finish = true;
         return;
     }
-    json_error_t je;
-    json_t *o = json_loadb(d, n, 0, &je);
-    if (!json_is_object(o)) {
-        json_decref(o);
+    struct sse_chunk k;
+    c->tbuf.len = 0;
+    if (sse_chunk_parse(d, n, c->chat, &c->tbuf, &k) != 0)
         return; /* a comment or keep-alive in a form we do not know: skipped */
-    }
-    json_t *err = json_object_get(o, "error");
-    if (err) {
-        json_t *m = json_is_object(err) ? json_object_get(err, "message") : err;
-        char msg[256];
-        snprintf(msg, sizeof msg, "%s", json_is_string(m) ? json_string_value(m) : "an error event");
-        json_decref(o);
+    if (k.is_error) {
         head_timer_stop(c);
-        post_finish(c, ENGINE_FINISH_ERROR, 502, "upstream %s failed mid-stream: %s", c->b ? c->b->url : "?", msg);
+        post_finish(c, ENGINE_FINISH_ERROR, 502, "upstream %s failed mid-stream: %s", c->b ? c->b->url : "?",
+                    k.error[0] ? k.error : "an error event");
         return;
     }
-    json_t *usage = json_object_get(o, "usage");
-    if (json_is_object(usage)) {
-        json_t *pt = json_object_get(usage, "prompt_tokens"), *ct = json_object_get(usage, "completion_tokens");
-        if (json_is_integer(pt))
-            c->usage_prompt = (int)json_integer_value(pt);
-        if (json_is_integer(ct))
-            c->usage_completion = (int)json_integer_value(ct);
+    if (k.has_usage) {
+        if (k.prompt_tokens >= 0 && k.prompt_tokens <= INT32_MAX)
+            c->usage_prompt = (int)k.prompt_tokens;
+        if (k.completion_tokens >= 0 && k.completion_tokens <= INT32_MAX)
+            c->usage_completion = (int)k.completion_tokens;
     }
-    json_t *choices = json_object_get(o, "choices");
-    json_t *ch = json_is_array(choices) ? json_array_get(choices, 0) : NULL;
-    if (json_is_object(ch)) {
-        json_t *t;
-        if (c->chat) {
-            json_t *delta = json_object_get(ch, "delta");
-            t = json_is_object(delta) ? json_object_get(delta, "content") : NULL;
-        } else {
-            t = json_object_get(ch, "text");
-        }
-        if (json_is_string(t))
-            post_text(c, json_string_value(t), json_string_length(t));
-        json_t *fr = json_object_get(ch, "finish_reason");
-        if (json_is_string(fr)) {
-            c->fin = strcmp(json_string_value(fr), "length") == 0 ? ENGINE_FINISH_LENGTH : ENGINE_FINISH_STOP;
-            c->saw_finish = true;
-        }
+    if (k.has_text)
+        post_text(c, c->tbuf.ptr, c->tbuf.len);
+    if (k.has_finish) {
+        c->fin = strcmp(k.finish, "length") == 0 ? ENGINE_FINISH_LENGTH : ENGINE_FINISH_STOP;
+        c->saw_finish = true;
     }
-    json_decref(o);
 }
 
 /* Split what arrived into SSE events and their data lines. */
