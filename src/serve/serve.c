@@ -426,9 +426,9 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
         for (int k = 0; k < sm->n_names && o < sizeof aliases; k++)
             o += (size_t)snprintf(aliases + o, sizeof aliases - o, "%s'%s'", k ? ", " : "", sm->names[k]);
         if (sm->eng->info.takes_api) {
-            LMD_INFO("lmd serve: model '%s' (remote: %d upstreams, up to %d running, route %s, token budget %d per "
+            LMD_INFO("lmd serve: model '%s' (remote: %d upstreams, %d requests at once, route %s, token budget %d per "
                      "request); also answers to %s",
-                     sm->id, sm->cfg.n_upstreams, sm->eng->info.max_seqs,
+                     sm->id, sm->cfg.n_upstreams, atomic_load(&sm->eng->seats),
                      sm->cfg.route == 1   ? "least"
                      : sm->cfg.route == 2 ? "rr"
                                           : "ttft",

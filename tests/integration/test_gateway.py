@@ -160,6 +160,29 @@ def test_both_upstreams_get_traffic(gw, ups):
     assert m.sum("lmd_upstream_inflight", model="gemma") == 0
 
 
+def test_others_load_steers_routing(lmd_bin, ups):
+    """An upstream busy with requests the gateway did not send (its own
+    gauges, scraped) gets no new request while another is idle."""
+    d, a, b = ups
+    g = Serve(lmd_bin, d, "--upstream", "gemma=%s,%s" % (a.url, b.url), "--route", "ttft")
+    try:
+        assert wait_until(lambda: g.metrics().series("lmd_upstream_load", backend=a.url, state="running"),
+                          timeout=30)
+        with httpx.Client(timeout=60) as h:
+            with h.stream("POST", a.base + "/v1/completions",
+                          json={"prompt": PROMPT, "max_tokens": 400, "ignore_eos": True, "stream": True}) as direct:
+                assert direct.status_code == 200
+                assert wait_until(
+                    lambda: g.metrics().value("lmd_upstream_load", backend=a.url, state="running") >= 1, timeout=30)
+                c = client(g)
+                for i in range(3):
+                    c.completions.create(model="gemma", prompt="Hello %d" % i, max_tokens=2)
+                routed = [g.metrics().sum("lmd_upstream_routed_total", backend=u.url) for u in (a, b)]
+                assert routed == [0, 3], routed
+    finally:
+        assert g.stop() == 0, g.log()
+
+
 def test_client_disconnect_cancels_upstream(gw, ups):
     _, a, b = ups
     before = sum(upstreams_served(u.metrics(), "499") for u in (a, b))

@@ -76,6 +76,9 @@
 enum route_reason { RR_TTFT, RR_PREFIX, RR_RENDEZVOUS, RR_LEAST, RR_ROUND_ROBIN, RR_RETRY, RR__N };
 static const char *const route_reason_names[RR__N] = {"ttft", "prefix", "rendezvous", "least", "rr", "retry"};
 #define REMOTE_SSE_LINE_MAX (8 << 20) /* one SSE event; more is a broken upstream */
+#define REMOTE_SCRAPE_MAX (4 << 20)   /* bytes of an upstream's /metrics read */
+#define REMOTE_EXT_PROMPT 256 /* prompt tokens a request of others weighs before any of ours went there */
+#define REMOTE_PROBE_MS 5000          /* a health probe or scrape without an answer by then failed */
 
 struct remote;
 struct rcall;
@@ -106,11 +109,17 @@ struct rbackend {
     int fails;            /* consecutive failures */
     bool healthy;
     bool probed_models; /* /v1/models asked (kind or model learned) */
+    bool scraping;      /* the probe out is a /metrics scrape */
+    bool metrics_off;   /* its /metrics answered other than 200: not asked again */
+    double avg_prompt;  /* prompt tokens of the requests sent to it, a moving average */
+    int ext_load;       /* requests its gauges counted beyond those in flight from here, when last scraped */
+    _Atomic int g_up_running, g_up_waiting; /* its own gauges, as last scraped; -1 = not known */
     h2o_http1client_t *probe;
     struct lmd_buf probe_body;
     const char *probe_path;
     char probe_req[512];
     h2o_iovec_t probe_iov;
+    h2o_timeout_entry_t probe_timer;
     /* For /metrics (any thread, relaxed). */
     _Atomic uint64_t n_ok, n_error, n_cancelled, n_refused, n_retried, n_ejected;
     _Atomic uint64_t n_routed[RR__N];
@@ -620,7 +629,12 @@ static struct rbackend *pick(struct remote *re, struct rcall *c, bool *none_heal
                 double rate = b->prefill_rate > 0 ? b->prefill_rate : rate_default;
                 matched[i] = idx_match(b, c);
                 long todo = c->rq->n_prompt - (long)matched[i] * REMOTE_BLOCK_TOKENS;
-                score[i] = (double)(b->pending_prefill + (todo > 0 ? todo : 1)) / rate + 1e-6 * b->inflight;
+                /* Requests its gauges count beyond the ones sent from here
+                 * (another gateway's, or clients calling it directly)
+                 * weigh as prompts of the usual size. */
+                double pending = (double)b->pending_prefill +
+                                 b->ext_load * (b->avg_prompt > 0 ? b->avg_prompt : REMOTE_EXT_PROMPT);
+                score[i] = (pending + (double)(todo > 0 ? todo : 1)) / rate + 1e-6 * b->inflight;
                 break;
             }
             }
@@ -751,6 +765,7 @@ static void dispatch(struct rcall *c)
     c->tried |= 1u << b->index;
     b->inflight++;
     b->pending_prefill += c->uncached;
+    b->avg_prompt = b->avg_prompt > 0 ? 0.9 * b->avg_prompt + 0.1 * c->rq->n_prompt : c->rq->n_prompt;
     atomic_store_explicit(&b->g_inflight, b->inflight, memory_order_relaxed);
     atomic_fetch_add_explicit(&b->n_routed[why], 1, memory_order_relaxed);
     idx_insert(re, b, c);
@@ -1012,6 +1027,83 @@ static h2o_http1client_head_cb on_connect(h2o_http1client_t *client, const char 
 /* ---- health ----------------------------------------------------------------------- */
 
 static void probe_start(struct rbackend *b);
+static void probe_send(struct rbackend *b, const char *path);
+
+static void probe_timer_stop(struct rbackend *b)
+{
+    if (h2o_timeout_is_linked(&b->probe_timer))
+        h2o_timeout_unlink(&b->probe_timer);
+}
+
+/* The load gauges each kind exposes on /metrics (summed over their label
+ * sets): requests running and waiting in the upstream, whoever sent them. */
+static bool load_gauges(enum remote_kind k, const char **running, const char **waiting)
+{
+    switch (k) {
+    case REMOTE_VLLM:
+        *running = "vllm:num_requests_running";
+        *waiting = "vllm:num_requests_waiting";
+        return true;
+    case REMOTE_SGLANG:
+        *running = "sglang:num_running_reqs";
+        *waiting = "sglang:num_queue_reqs";
+        return true;
+    case REMOTE_LLAMACPP:
+        *running = "llamacpp:requests_processing";
+        *waiting = "llamacpp:requests_deferred";
+        return true;
+    case REMOTE_LMD:
+        *running = "lmd_requests_running";
+        *waiting = "lmd_requests_waiting";
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Sum the samples of two gauges in a Prometheus text exposition. */
+static void scrape_parse(struct rbackend *b)
+{
+    const char *gr, *gw;
+    if (!load_gauges(b->kind, &gr, &gw))
+        return;
+    size_t lr = strlen(gr), lw = strlen(gw);
+    double run = 0, wait = 0;
+    bool seen_r = false, seen_w = false;
+    const char *p = b->probe_body.ptr, *end = p + b->probe_body.len;
+    while (p && p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        if (*p != '#') {
+            bool is_r = (size_t)(le - p) > lr && memcmp(p, gr, lr) == 0 && (p[lr] == '{' || p[lr] == ' ');
+            bool is_w = (size_t)(le - p) > lw && memcmp(p, gw, lw) == 0 && (p[lw] == '{' || p[lw] == ' ');
+            if (is_r || is_w) {
+                const char *sp = le;
+                while (sp > p && sp[-1] != ' ')
+                    sp--;
+                char num[48];
+                size_t nn = (size_t)(le - sp) < sizeof num - 1 ? (size_t)(le - sp) : sizeof num - 1;
+                memcpy(num, sp, nn);
+                num[nn] = 0;
+                char *e;
+                double v = strtod(num, &e);
+                if (e != num && v >= 0 && v < 1e9) {
+                    if (is_r)
+                        run += v, seen_r = true;
+                    else
+                        wait += v, seen_w = true;
+                }
+            }
+        }
+        p = nl ? nl + 1 : end;
+    }
+    /* Others' requests: what it counts beyond ours in flight as it answered. */
+    int ext = (int)(run + wait) - b->inflight;
+    b->ext_load = seen_r || seen_w ? (ext > 0 ? ext : 0) : 0;
+
+    atomic_store_explicit(&b->g_up_running, seen_r ? (int)run : -1, memory_order_relaxed);
+    atomic_store_explicit(&b->g_up_waiting, seen_w ? (int)wait : -1, memory_order_relaxed);
+}
 
 /* What /v1/models says about a backend whose kind or model is not given. */
 static void probe_learn(struct rbackend *b)
@@ -1060,12 +1152,20 @@ static int probe_on_body(h2o_http1client_t *client, const char *errstr)
 {
     struct rbackend *b = client->data;
     h2o_buffer_t *in = client->sock->input;
-    if (in->size && b->probe_body.len < REMOTE_ERR_BODY_MAX)
+    size_t cap = b->scraping ? REMOTE_SCRAPE_MAX : REMOTE_ERR_BODY_MAX;
+    if (in->size && b->probe_body.len < cap)
         lmd_buf_append(&b->probe_body, in->bytes, in->size);
     h2o_buffer_consume(&client->sock->input, in->size);
     if (!errstr)
         return 0;
     b->probe = NULL;
+    probe_timer_stop(b);
+    if (b->scraping) {
+        b->scraping = false;
+        if (errstr == h2o_http1client_error_is_eos)
+            scrape_parse(b);
+        return 0;
+    }
     if (errstr == h2o_http1client_error_is_eos) {
         if (!b->probed_models && strcmp(b->probe_path, "/v1/models") == 0) {
             b->probed_models = true;
@@ -1073,6 +1173,9 @@ static int probe_on_body(h2o_http1client_t *client, const char *errstr)
         }
         backend_ok(b);
         drain_waiting(b->re);
+        const char *gr, *gw;
+        if (!b->metrics_off && !b->removed && load_gauges(b->kind, &gr, &gw))
+            probe_send(b, "/metrics");
     } else {
         backend_failed(b, errstr);
     }
@@ -1084,12 +1187,25 @@ static h2o_http1client_body_cb probe_on_head(h2o_http1client_t *client, const ch
                                              int rlen)
 {
     struct rbackend *b = client->data;
+    if (b->scraping && (errstr || status != 200)) {
+        /* No load gauges there: not a failure of the backend. */
+        b->probe = NULL;
+        b->scraping = false;
+        probe_timer_stop(b);
+        if (!errstr) {
+            b->metrics_off = true;
+            LMD_INFO("remote %s: backend %s answers /metrics with HTTP %d: routing without its load gauges",
+                     b->re->name, b->url, status);
+        }
+        return NULL;
+    }
     if (errstr || status != 200) {
         char why[64];
         snprintf(why, sizeof why, "health check: %s", errstr ? errstr : "not 200");
         if (!errstr)
             snprintf(why, sizeof why, "health check: HTTP %d", status);
         b->probe = NULL;
+        probe_timer_stop(b);
         backend_failed(b, why);
         return NULL;
     }
@@ -1104,7 +1220,11 @@ static h2o_http1client_head_cb probe_on_connect(h2o_http1client_t *client, const
         char why[96];
         snprintf(why, sizeof why, "health check: %s", errstr);
         b->probe = NULL;
-        backend_failed(b, why);
+        probe_timer_stop(b);
+        if (b->scraping)
+            b->scraping = false;
+        else
+            backend_failed(b, why);
         return NULL;
     }
     *reqbufs = &b->probe_iov;
@@ -1116,10 +1236,31 @@ static h2o_http1client_head_cb probe_on_connect(h2o_http1client_t *client, const
 static void probe_start(struct rbackend *b)
 {
     if (b->probe)
-        return; /* the last one is still out: the io timeout ends it */
+        return; /* the last one is still out: its timer ends it */
     struct remote *re = b->re;
     bool learn = !b->probed_models && (!b->kind_given || !re->cfg.upstream_model);
-    b->probe_path = learn ? "/v1/models" : health_path(b->kind);
+    probe_send(b, learn ? "/v1/models" : health_path(b->kind));
+}
+
+static void on_probe_timeout(h2o_timeout_entry_t *e)
+{
+    struct rbackend *b = H2O_STRUCT_FROM_MEMBER(struct rbackend, probe_timer, e);
+    if (b->probe) {
+        h2o_http1client_cancel(b->probe);
+        b->probe = NULL;
+    }
+    if (b->scraping) {
+        b->scraping = false;
+        return;
+    }
+    backend_failed(b, "health check: no answer in time");
+}
+
+static void probe_send(struct rbackend *b, const char *path)
+{
+    struct remote *re = b->re;
+    b->probe_path = path;
+    b->scraping = strcmp(path, "/metrics") == 0;
     const char *key = re->cfg.api_key;
     char req[sizeof b->probe_req];
     snprintf(req, sizeof req, "GET %s%s HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n", b->prefix, b->probe_path, b->hostport,
@@ -1127,6 +1268,8 @@ static void probe_start(struct rbackend *b)
     memcpy(b->probe_req, req, sizeof req);
     b->probe_iov = h2o_iovec_init(b->probe_req, strlen(b->probe_req));
     b->probe_body.len = 0;
+    b->probe_timer.cb = on_probe_timeout;
+    h2o_timeout_link(re->loop, &re->probe_timeout, &b->probe_timer);
     h2o_http1client_connect_with_pool(&b->probe, b, &re->hctx, &b->pool, probe_on_connect);
 }
 
@@ -1226,6 +1369,7 @@ static void *loop_main(void *arg)
     h2o_timeout_init(re->loop, &re->io_timeout, (uint64_t)re->cfg.io_timeout_ms);
     h2o_timeout_init(re->loop, &re->head_timeout, (uint64_t)re->cfg.timeout_ms);
     h2o_timeout_init(re->loop, &re->health_timer, (uint64_t)re->cfg.health_ms);
+    h2o_timeout_init(re->loop, &re->probe_timeout, REMOTE_PROBE_MS);
     re->hctx = (h2o_http1client_ctx_t){.loop = re->loop,
                                        .getaddr_receiver = &re->getaddr_receiver,
                                        .io_timeout = &re->io_timeout,
@@ -1253,11 +1397,13 @@ static void *loop_main(void *arg)
     }
     if (h2o_timeout_is_linked(&re->health_entry))
         h2o_timeout_unlink(&re->health_entry);
-    for (int i = 0; i < re->n_b; i++)
+    for (int i = 0; i < re->n_b; i++) {
         if (re->b[i].probe) {
             h2o_http1client_cancel(re->b[i].probe);
             re->b[i].probe = NULL;
         }
+        probe_timer_stop(&re->b[i]);
+    }
     h2o_multithread_unregister_receiver(re->queue, &re->receiver);
     h2o_multithread_unregister_receiver(re->queue, &re->getaddr_receiver);
     return NULL;
@@ -1444,6 +1590,9 @@ static int remote_collect(struct lmd_buf *out, void *ud)
         {"lmd_upstream_inflight", "gauge", "Requests in flight on the backend."},
         {"lmd_upstream_max_inflight", "gauge", "The backend's concurrency limit."},
         {"lmd_upstream_healthy", "gauge", "1 when the backend takes traffic, 0 while ejected."},
+        {"lmd_upstream_load", "gauge",
+         "Requests running and waiting in the upstream by its own gauges (vllm:num_requests_*, "
+         "llamacpp:requests_*, sglang's, lmd's), as last scraped; whoever sent them."},
         {"lmd_upstream_response_head_seconds", "summary",
          "Time from sending a request to the backend's response head."},
     };
@@ -1505,6 +1654,16 @@ static int remote_collect(struct lmd_buf *out, void *ud)
                     LBL("");
                     lmd_buf_printf(out, "} %d\n", atomic_load_explicit(&b->g_healthy, memory_order_relaxed));
                     break;
+                case 7: {
+                    int v[2] = {atomic_load_explicit(&b->g_up_running, memory_order_relaxed),
+                                atomic_load_explicit(&b->g_up_waiting, memory_order_relaxed)};
+                    for (int k = 0; k < 2; k++)
+                        if (v[k] >= 0) {
+                            LBL("");
+                            lmd_buf_printf(out, ",state=\"%s\"} %d\n", k ? "waiting" : "running", v[k]);
+                        }
+                    break;
+                }
                 default:
                     LBL("_sum");
                     lmd_buf_printf(out, "} %.6f\n", (double)LD(b->fb_ns_sum) / 1e9);
@@ -1574,6 +1733,8 @@ static int backend_init(struct remote *re, int i, const struct remote_backend_co
     b->max_inflight = bc->max_inflight > 0 ? bc->max_inflight : re->cfg.max_inflight;
     b->healthy = true;
     atomic_init(&b->g_healthy, 1);
+    atomic_init(&b->g_up_running, -1);
+    atomic_init(&b->g_up_waiting, -1);
     b->url_hash = hash_bytes(0, b->url, strlen(b->url));
     b->idx_hash = ih;
     b->idx_tick = it;
