@@ -125,16 +125,14 @@ static void test_chunks(void **state)
     assert_int_equal(k.prompt_tokens, 12);
     assert_int_equal(k.completion_tokens, 34);
     /* Escapes: \n, \u00e9, a surrogate pair, a lone surrogate. */
-    assert_int_equal(parse("{\"choices\":[{\"delta\":{\"content\":\"a\\nb\\u00e9\\ud83d\\ude00\\udc00/\\/\"}}]}",
-                           true, &t, &k),
-                     0);
+    assert_int_equal(
+        parse("{\"choices\":[{\"delta\":{\"content\":\"a\\nb\\u00e9\\ud83d\\ude00\\udc00/\\/\"}}]}", true, &t, &k), 0);
     const char want[] = "a\nb\xc3\xa9\xf0\x9f\x98\x80\xef\xbf\xbd//";
     assert_int_equal(t.len, sizeof want - 1);
     assert_memory_equal(t.ptr, want, sizeof want - 1);
     /* Errors: an object with a message (llama-server, vLLM), or a string. */
-    assert_int_equal(parse("{\"error\":{\"code\":500,\"message\":\"slot died\",\"type\":\"server_error\"}}", true,
-                           &t, &k),
-                     0);
+    assert_int_equal(
+        parse("{\"error\":{\"code\":500,\"message\":\"slot died\",\"type\":\"server_error\"}}", true, &t, &k), 0);
     assert_true(k.is_error);
     assert_string_equal(k.error, "slot died");
     assert_int_equal(parse("{\"error\":\"boom\"}", true, &t, &k), 0);

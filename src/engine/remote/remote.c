@@ -77,7 +77,7 @@ enum route_reason { RR_TTFT, RR_PREFIX, RR_RENDEZVOUS, RR_LEAST, RR_ROUND_ROBIN,
 static const char *const route_reason_names[RR__N] = {"ttft", "prefix", "rendezvous", "least", "rr", "retry"};
 #define REMOTE_SSE_LINE_MAX (8 << 20) /* one SSE event; more is a broken upstream */
 #define REMOTE_SCRAPE_MAX (4 << 20)   /* bytes of an upstream's /metrics read */
-#define REMOTE_EXT_PROMPT 256 /* prompt tokens a request of others weighs before any of ours went there */
+#define REMOTE_EXT_PROMPT 256         /* prompt tokens a request of others weighs before any of ours went there */
 #define REMOTE_PROBE_MS 5000          /* a health probe or scrape without an answer by then failed */
 
 struct remote;
@@ -632,8 +632,8 @@ static struct rbackend *pick(struct remote *re, struct rcall *c, bool *none_heal
                 /* Requests its gauges count beyond the ones sent from here
                  * (another gateway's, or clients calling it directly)
                  * weigh as prompts of the usual size. */
-                double pending = (double)b->pending_prefill +
-                                 b->ext_load * (b->avg_prompt > 0 ? b->avg_prompt : REMOTE_EXT_PROMPT);
+                double pending =
+                    (double)b->pending_prefill + b->ext_load * (b->avg_prompt > 0 ? b->avg_prompt : REMOTE_EXT_PROMPT);
                 score[i] = (pending + (double)(todo > 0 ? todo : 1)) / rate + 1e-6 * b->inflight;
                 break;
             }

@@ -19,10 +19,10 @@
 #include <stddef.h>
 
 struct sse_chunk {
-    bool has_text;    /* the text field is a string (its bytes were appended to the caller's buffer) */
-    bool has_finish;  /* finish_reason is a string */
-    char finish[24];  /* its value, cut to fit */
-    bool has_usage;   /* usage is an object */
+    bool has_text;   /* the text field is a string (its bytes were appended to the caller's buffer) */
+    bool has_finish; /* finish_reason is a string */
+    char finish[24]; /* its value, cut to fit */
+    bool has_usage;  /* usage is an object */
     long prompt_tokens, completion_tokens; /* -1 when absent */
     bool is_error;
     char error[256]; /* the error's message, cut to fit */
