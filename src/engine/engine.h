@@ -245,6 +245,8 @@ struct remote_config {
     const char *name;           /* the pool's model id, for messages and metrics */
     const char *upstream_model; /* the `model` sent upstream; NULL = name (or what /v1/models lists) */
     const char *api_key;        /* Authorization: Bearer for every upstream; NULL = none */
+    const char *ca_file;        /* PEM CAs that https upstreams' certificates are checked against; NULL = the
+                                   system's */
     struct remote_backend_config backends[REMOTE_MAX_BACKENDS];
     int n_backends;
     int max_inflight; /* per backend when it sets none; 0 = 8 */

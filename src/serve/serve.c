@@ -106,6 +106,7 @@ static int remote_open(struct serve__model *sm, bool ctx_given, struct lmd_err *
         .name = sm->id,
         .upstream_model = m->upstream_model[0] ? m->upstream_model : NULL,
         .api_key = getenv("LMD_UPSTREAM_API_KEY"),
+        .ca_file = getenv("LMD_UPSTREAM_CA"),
         .n_backends = m->n_upstreams,
         .max_inflight = m->inflight,
         .n_ctx = ctx_given ? m->ctx : 32768,
@@ -113,6 +114,8 @@ static int remote_open(struct serve__model *sm, bool ctx_given, struct lmd_err *
     };
     if (rc.api_key && !*rc.api_key)
         rc.api_key = NULL;
+    if (rc.ca_file && !*rc.ca_file)
+        rc.ca_file = NULL;
     for (int i = 0; i < m->n_upstreams; i++) {
         snprintf(rc.backends[i].url, sizeof rc.backends[i].url, "%s", m->upstreams[i]);
         rc.backends[i].max_inflight = m->upstream_inflight[i];

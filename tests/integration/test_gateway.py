@@ -17,8 +17,11 @@ estimate; bad --upstream values stop the server with a message.
 
 Generations are short and contexts small: the file runs in well under a
 minute on two cores."""
+import json
 import os
+import shutil
 import signal
+import ssl
 import subprocess
 import sysconfig
 import threading
@@ -398,9 +401,9 @@ def test_llama_server_upstream(lmd_bin, default_model, tmp_path):
             proc.kill()
 
 
-def _ok(url):
+def _ok(url, verify=True):
     try:
-        return httpx.get(url, timeout=1).status_code == 200
+        return httpx.get(url, timeout=1, verify=verify).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -459,3 +462,61 @@ def test_sighup_replaces_upstreams(lmd_bin, ups):
         assert c.completions.create(model="gemma", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
     finally:
         assert g.stop() == 0, g.log()
+
+
+def test_tls_upstream(lmd_bin, default_model, tmp_path):
+    """An https upstream, its certificate checked against LMD_UPSTREAM_CA,
+    reached by host name (resolved off the loop); a gateway without that CA
+    refuses it."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command line")
+    cert, key = str(tmp_path / "up.crt"), str(tmp_path / "up.key")
+    subprocess.check_call(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                           "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    log = tmp_path / "up-tls.log"
+    with open(log, "wb") as f:
+        up = subprocess.Popen([os.environ.get("LMD_UPSTREAM_BIN", lmd_bin), "serve", "-m", default_model, "--port",
+                               str(port), "-t", "1", "-c", "256", "--tls-cert", cert, "--tls-key", key], stdout=f,
+                              stderr=subprocess.STDOUT)
+    try:
+        url = "https://localhost:%d" % port
+        assert wait_until(lambda: _ok(url + "/ready", verify=ssl.create_default_context(cafile=cert)), timeout=60), \
+            log.read_text()
+        os.environ["LMD_UPSTREAM_CA"] = cert
+        try:
+            g = Serve(lmd_bin, tmp_path, "--upstream", "gemma=lmd+%s" % url)
+        finally:
+            del os.environ["LMD_UPSTREAM_CA"]
+        try:
+            r = client(g).completions.create(model="gemma", prompt=PROMPT, max_tokens=3)
+            assert r.usage.completion_tokens == 3
+        finally:
+            assert g.stop() == 0, g.log()
+        # The system's CAs do not vouch for a self-signed certificate.
+        g = Serve(lmd_bin, tmp_path, "--upstream", "gemma=lmd+%s" % url)
+        try:
+            r = httpx.post(g.base + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}, timeout=60)
+            assert r.status_code in (502, 503), r.text
+        finally:
+            assert g.stop() == 0, g.log()
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=30)
+
+
+def test_sigterm_drains_forwarded_streams(lmd_bin, ups):
+    d, a, _ = ups
+    g = Serve(lmd_bin, d, "--upstream", "gemma=%s" % a.url)
+    with httpx.Client(timeout=60) as h:
+        with h.stream("POST", g.base + "/v1/chat/completions",
+                      json={"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 40, "ignore_eos": True,
+                            "stream": True, "stream_options": {"include_usage": True}}) as s:
+            assert s.status_code == 200
+            g.proc.send_signal(signal.SIGTERM)
+            lines = [ln for ln in s.iter_lines() if ln.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    usage = json.loads(lines[-2][6:])["usage"]
+    assert usage["completion_tokens"] == 40
+    assert g.proc.wait(timeout=30) == 0, g.log()

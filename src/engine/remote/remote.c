@@ -1918,8 +1918,12 @@ int engine_remote_open(struct engine **out, const struct remote_config *cfg, str
     pthread_cond_init(&re->start_cv, NULL);
     int total = 0, rc = 0;
     re->ssl_ctx = SSL_CTX_new(TLS_client_method());
-    if (!re->ssl_ctx || SSL_CTX_set_default_verify_paths(re->ssl_ctx) != 1)
-        rc = lmd_err_set(err, LMD_EINVAL, "remote %s: cannot set up TLS to the upstreams", re->name);
+    if (!re->ssl_ctx)
+        rc = lmd_err_set(err, LMD_ENOMEM, "remote %s: cannot set up TLS to the upstreams", re->name);
+    else if (c->ca_file && SSL_CTX_load_verify_locations(re->ssl_ctx, c->ca_file, NULL) != 1)
+        rc = lmd_err_set(err, LMD_EINVAL, "remote %s: cannot read the upstreams' CA file %s", re->name, c->ca_file);
+    else if (!c->ca_file && SSL_CTX_set_default_verify_paths(re->ssl_ctx) != 1)
+        rc = lmd_err_set(err, LMD_EINVAL, "remote %s: cannot read the system's CA certificates", re->name);
     else
         SSL_CTX_set_verify(re->ssl_ctx, SSL_VERIFY_PEER, NULL);
     for (int i = 0; i < cfg->n_backends && rc == 0; i++) {
