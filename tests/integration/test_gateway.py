@@ -279,30 +279,52 @@ tenants:
         assert g.stop() == 0, g.log()
 
 
-def test_upstream_killed_mid_stream(lmd_bin, default_model, ups):
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+def test_upstream_killed_mid_stream(lmd_bin, default_model, ups, kind):
+    """A chat stream whose upstream dies ends with an error event; a
+    completion goes on, once, on another upstream from the text it had."""
     d, a, _ = ups
     victim = UpServe(lmd_bin, d, "127.0.0.4", "-m", default_model, "-t", "1", "-c", "512", "--max-running", "2")
     # Round robin from the first: the held stream goes to `a`, the next to
     # the victim.
-    g = Serve(lmd_bin, d, "--upstream", "gemma=%s,%s" % (a.url, victim.url), "--upstream-inflight", "1",
+    g = Serve(lmd_bin, d, "--upstream", "gemma=%s,%s" % (a.url, victim.url), "--upstream-inflight", "2",
               "--route", "rr")
     try:
         c = client(g)
         with httpx.Client(timeout=60) as h:
             with h.stream("POST", g.base + "/v1/completions",
-                          json={"prompt": PROMPT, "max_tokens": 200, "ignore_eos": True, "stream": True}) as s1:
+                          json={"prompt": PROMPT, "max_tokens": 100, "ignore_eos": True, "stream": True}) as s1:
                 assert s1.status_code == 200
                 assert wait_until(lambda: g.metrics().sum("lmd_upstream_inflight", backend=a.url) == 1, timeout=30)
-                stream = c.completions.create(model="gemma", prompt=PROMPT, max_tokens=300, stream=True,
-                                              extra_body={"ignore_eos": True})
-                got = []
-                with pytest.raises(openai.APIError) as ei:
+                if kind == "chat":
+                    stream = c.chat.completions.create(model="gemma", messages=[{"role": "user", "content": PROMPT}],
+                                                       max_tokens=300, stream=True, extra_body={"ignore_eos": True})
+                else:
+                    stream = c.completions.create(model="gemma", prompt=PROMPT, max_tokens=60, stream=True,
+                                                  extra_body={"ignore_eos": True},
+                                                  stream_options={"include_usage": True})
+                got, last = [], None
+
+                def consume():
+                    nonlocal last
                     for ch in stream:
-                        got.append(ch.choices[0].text if ch.choices else "")
-                        if len(got) == 3:
+                        last = ch
+                        if ch.choices:
+                            got.append(ch.choices[0].delta.content if kind == "chat" else ch.choices[0].text)
+                        if len(got) == 3 and victim.proc.poll() is None:
                             victim.kill()  # output has begun: the upstream dies
-                assert "mid-stream" in str(ei.value), str(ei.value)
-                assert len(got) >= 3
+
+                if kind == "chat":
+                    with pytest.raises(openai.APIError) as ei:
+                        consume()
+                    assert "mid-stream" in str(ei.value), str(ei.value)
+                    assert len(got) >= 3
+                else:
+                    consume()
+                    assert victim.proc.poll() is not None
+                    # Seamless for the client: all 60 tokens, the usage of both.
+                    assert last.usage.completion_tokens == 60, last.usage
+                    assert "going on from there on another backend" in g.log()
         # The survivor keeps serving; the dead one is ejected after the
         # failures (the in-flight error and the probes).
         for _ in range(3):

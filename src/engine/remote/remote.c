@@ -152,11 +152,15 @@ struct rcall {
     char *head, *payload;
     h2o_iovec_t iov[2];
     int attempts;
-    unsigned tried;  /* bit per backend */
-    bool waiting;    /* in the waiting list (no backend free) */
-    bool got_head;   /* the upstream answered with a status line */
-    bool any_output; /* a text event was posted: no retry from here on */
-    bool finished;   /* the finish event was posted */
+    unsigned tried;      /* bit per backend */
+    bool waiting;        /* in the waiting list (no backend free) */
+    bool got_head;       /* the upstream answered with a status line */
+    bool any_output;     /* a text event was posted: no retry from here on */
+    bool reissued;       /* handed to another backend once after output had begun */
+    int n_pieces;        /* text events posted */
+    int pieces_before;   /* of those, posted before the re-issue */
+    struct lmd_buf sent; /* completions: the text posted so far (for a re-issue) */
+    bool finished;       /* the finish event was posted */
     bool cancelled;
     int status;
     uint64_t t_sent_ns;
@@ -319,6 +323,7 @@ static void call_unref(struct rcall *c)
     free(c->payload);
     lmd_buf_free(&c->sse);
     lmd_buf_free(&c->tbuf);
+    lmd_buf_free(&c->sent);
     lmd_buf_free(&c->errbody);
     free(c);
 }
@@ -361,6 +366,9 @@ static void post_text(struct rcall *c, const char *s, size_t n)
     if (n == 0 || c->finished)
         return;
     c->any_output = true;
+    c->n_pieces++;
+    if (!c->chat && c->re->n_b > 1)
+        lmd_buf_append(&c->sent, s, n);
     struct engine_event ev = {.req = c->rq, .kind = ENGINE_EV_TEXT};
     post_event(c->re, &ev, s, n);
 }
@@ -378,6 +386,12 @@ static void post_finish(struct rcall *c, enum engine_finish fin, int status, con
         return;
     c->finished = true;
     backend_release(c);
+    if (c->reissued && c->usage_completion >= 0) {
+        /* The second upstream counted the first one's text as prompt. */
+        c->usage_completion += c->pieces_before;
+        if (c->usage_prompt >= 0)
+            c->usage_prompt = c->usage_prompt > c->pieces_before ? c->usage_prompt - c->pieces_before : 0;
+    }
     struct engine_event ev = {.req = c->rq,
                               .kind = ENGINE_EV_FINISH,
                               .finish = fin,
@@ -820,6 +834,47 @@ static void drain_waiting(struct remote *re)
     re->draining_wait = false;
 }
 
+/* A completion whose upstream died after output had begun goes on, once,
+ * on another backend: the prompt plus the text so far, with what is left
+ * of max_tokens. (A chat's assistant turn cannot be continued portably:
+ * those end with the error.) */
+static bool reissue(struct rcall *c, const char *why)
+{
+    struct remote *re = c->re;
+    if (c->chat || c->reissued || c->cancelled || re->n_b < 2)
+        return false;
+    json_t *prompt = json_object_get(c->body, "prompt"), *mt = json_object_get(c->body, "max_tokens");
+    if (!json_is_string(prompt) || !json_is_integer(mt))
+        return false;
+    long left = (long)json_integer_value(mt) - c->n_pieces;
+    if (left < 1)
+        return false;
+    struct lmd_buf np = {0};
+    lmd_buf_append(&np, json_string_value(prompt), json_string_length(prompt));
+    lmd_buf_append(&np, c->sent.ptr, c->sent.len);
+    json_t *js = np.ptr ? json_stringn(np.ptr, np.len) : NULL;
+    lmd_buf_free(&np);
+    if (!js)
+        return false;
+    json_object_set_new(c->body, "prompt", js);
+    json_object_set_new(c->body, "max_tokens", json_integer(left));
+    struct rbackend *b = c->b;
+    if (b)
+        atomic_fetch_add_explicit(&b->n_retried, 1, memory_order_relaxed);
+    LMD_INFO("remote %s: request %llu: %s from %s after %d pieces of output; going on from there on another backend",
+             re->name, (unsigned long long)c->rq->id, why, b ? b->url : "?", c->n_pieces);
+    backend_release(c);
+    c->reissued = true;
+    c->pieces_before = c->n_pieces;
+    c->usage_prompt = c->usage_completion = -1;
+    c->got_head = c->saw_finish = false;
+    c->fin = 0;
+    c->status = 0;
+    c->sse.len = 0;
+    dispatch(c);
+    return true;
+}
+
 /* One SSE event's data: text, finish reason, usage, or an error. */
 static void on_sse_data(struct rcall *c, const char *d, size_t n)
 {
@@ -955,6 +1010,8 @@ static int on_body_(struct rcall *c, h2o_http1client_t *client, const char *errs
     }
     atomic_fetch_add_explicit(&c->b->n_error, 1, memory_order_relaxed);
     backend_failed(c->b, why);
+    if (reissue(c, why))
+        return -1;
     post_finish(c, ENGINE_FINISH_ERROR, 502, "upstream %s failed mid-stream: %s", c->b->url, why);
     return -1;
 }
