@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static _Atomic int g_level = LMD_LOG_INFO;
@@ -230,11 +231,18 @@ static void line_start(struct line *l, enum lmd_log_format fmt, enum lmd_log_lev
 {
     l->len = 0;
     l->full = false;
-    double t = (double)lmd_time_wall_ns() / 1e9;
-    if (fmt == LMD_LOG_FORMAT_JSON)
-        line_printf(l, "{\"ts\":%.6f,\"level\":\"%s\",\"msg\":", t, level_names[level]);
-    else
-        line_printf(l, "%.3f %s ", t, level_names[level]);
+    uint64_t ns = lmd_time_wall_ns();
+    if (fmt == LMD_LOG_FORMAT_JSON) {
+        /* Machines read it: seconds since the epoch. */
+        line_printf(l, "{\"ts\":%.6f,\"level\":\"%s\",\"msg\":", (double)ns / 1e9, level_names[level]);
+    } else {
+        /* People read it: UTC, ISO 8601, milliseconds. */
+        time_t sec = (time_t)(ns / 1000000000ull);
+        struct tm tm;
+        gmtime_r(&sec, &tm);
+        line_printf(l, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ %s ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                    tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)(ns % 1000000000ull / 1000000ull), level_names[level]);
+    }
 }
 
 static void line_emit(struct line *l, enum lmd_log_format fmt)

@@ -755,6 +755,13 @@ static void test_access_text(void **state)
                                 "queue_s=0.0015 ttft_s=0.25 e2e_s=1.5 finish=stop\n"));
     assert_non_null(strchr(out, '\n'));
     assert_int_equal(strchr(out, '\n')[1], '\0'); /* one line */
+    /* A readable UTC time first: 2026-12-02T02:35:01.123Z. */
+    int y, mo, d, h, mi, sec, ms;
+    char z;
+    assert_int_equal(sscanf(out, "%4d-%2d-%2dT%2d:%2d:%2d.%3d%c ", &y, &mo, &d, &h, &mi, &sec, &ms, &z), 8);
+    assert_true(y >= 2024 && mo >= 1 && mo <= 12 && d >= 1 && d <= 31 && h <= 23 && mi <= 59 && sec <= 60);
+    assert_int_equal(z, 'Z');
+    assert_int_equal(strncmp(out + 24, " info access ", 13), 0);
     free(out);
 
     /* Not applicable fields read "-"; a value with a space is quoted. */

@@ -200,7 +200,9 @@ struct remote {
     h2o_timeout_t io_timeout, head_timeout, probe_timeout;
     h2o_timeout_t health_timer;
     h2o_timeout_entry_t health_entry;
-    SSL_CTX *ssl_ctx;
+    SSL_CTX *ssl_ctx;     /* loop (after start): the one the upstreams' connections use; NULL = none yet */
+    SSL_CTX *new_ssl_ctx; /* made by a reconfiguration for its https upstreams, for the loop to take */
+    _Atomic bool has_tls; /* ssl_ctx is set */
     bool exiting;
     struct rcall *wait_head, *wait_tail; /* loop: no backend had room */
     struct rcall *live;                  /* loop: calls not yet finished */
@@ -1386,6 +1388,11 @@ static void on_inbox(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messa
     struct remote_backend_config *reconf = re->reconf;
     int n_reconf = re->n_reconf;
     re->reconf = NULL;
+    if (re->new_ssl_ctx && !re->ssl_ctx) {
+        re->ssl_ctx = re->hctx.ssl_ctx = re->new_ssl_ctx;
+        re->new_ssl_ctx = NULL;
+        atomic_store(&re->has_tls, true);
+    }
     pthread_mutex_unlock(&re->in_mu);
     if (reconf) {
         if (!stop)
@@ -1601,6 +1608,8 @@ static void remote_close(struct engine *e)
     free(re->reconf);
     if (re->ssl_ctx)
         SSL_CTX_free(re->ssl_ctx);
+    if (re->new_ssl_ctx)
+        SSL_CTX_free(re->new_ssl_ctx);
     pthread_mutex_destroy(&re->in_mu);
     pthread_mutex_destroy(&re->out_mu);
     pthread_mutex_destroy(&re->start_mu);
@@ -1750,6 +1759,24 @@ static void reg_remove(struct remote *re)
 }
 
 /* ---- the list of backends -------------------------------------------------------- */
+
+/* A client TLS context that checks upstreams' certificates and names. */
+static int tls_ctx(struct remote *re, SSL_CTX **out, struct lmd_err *err)
+{
+    const char *ca = re->cfg.ca_file;
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    *out = NULL;
+    if (!ctx)
+        return lmd_err_set(err, LMD_ENOMEM, "remote %s: cannot set up TLS to the upstreams", re->name);
+    if (ca ? SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1 : SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        SSL_CTX_free(ctx);
+        return ca ? lmd_err_set(err, LMD_EINVAL, "remote %s: cannot read the upstreams' CA file %s", re->name, ca)
+                  : lmd_err_set(err, LMD_EINVAL, "remote %s: cannot read the system's CA certificates", re->name);
+    }
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    *out = ctx;
+    return 0;
+}
 
 /* Fill slot i (which is free) with an upstream. On the loop thread after
  * start (a reconfiguration), before it at open. */
@@ -1921,12 +1948,26 @@ int engine_remote_set_upstreams(struct engine *e, const struct remote_backend_co
             if (strcmp(list[j].url, list[i].url) == 0)
                 return lmd_err_set(err, LMD_EINVAL, "remote %s: upstream '%s' is listed twice", re->name, list[i].url);
     }
+    bool tls = false;
+    for (int i = 0; i < n; i++)
+        tls |= strstr(list[i].url, "https://") != NULL;
+    SSL_CTX *ctx = NULL;
+    if (tls && !atomic_load(&re->has_tls) && tls_ctx(re, &ctx, err) != 0)
+        return LMD_EINVAL;
     struct remote_backend_config *copy = malloc((size_t)n * sizeof *copy);
-    if (!copy)
+    if (!copy) {
+        if (ctx)
+            SSL_CTX_free(ctx);
         return lmd_err_set(err, LMD_ENOMEM, "out of memory");
+    }
     memcpy(copy, list, (size_t)n * sizeof *copy);
     bool wake = false;
     pthread_mutex_lock(&re->in_mu);
+    if (ctx) {
+        if (re->new_ssl_ctx)
+            SSL_CTX_free(re->new_ssl_ctx);
+        re->new_ssl_ctx = ctx;
+    }
     free(re->reconf); /* a newer list replaces one not applied yet */
     re->reconf = copy;
     re->n_reconf = n;
@@ -1974,15 +2015,13 @@ int engine_remote_open(struct engine **out, const struct remote_config *cfg, str
     pthread_mutex_init(&re->start_mu, NULL);
     pthread_cond_init(&re->start_cv, NULL);
     int total = 0, rc = 0;
-    re->ssl_ctx = SSL_CTX_new(TLS_client_method());
-    if (!re->ssl_ctx)
-        rc = lmd_err_set(err, LMD_ENOMEM, "remote %s: cannot set up TLS to the upstreams", re->name);
-    else if (c->ca_file && SSL_CTX_load_verify_locations(re->ssl_ctx, c->ca_file, NULL) != 1)
-        rc = lmd_err_set(err, LMD_EINVAL, "remote %s: cannot read the upstreams' CA file %s", re->name, c->ca_file);
-    else if (!c->ca_file && SSL_CTX_set_default_verify_paths(re->ssl_ctx) != 1)
-        rc = lmd_err_set(err, LMD_EINVAL, "remote %s: cannot read the system's CA certificates", re->name);
-    else
-        SSL_CTX_set_verify(re->ssl_ctx, SSL_VERIFY_PEER, NULL);
+    /* TLS only when an upstream needs it: reading the system's CAs takes
+     * a few hundred milliseconds. */
+    bool tls = false;
+    for (int i = 0; i < cfg->n_backends; i++)
+        tls |= strstr(cfg->backends[i].url, "https://") != NULL;
+    if (tls && (rc = tls_ctx(re, &re->ssl_ctx, err)) == 0)
+        atomic_store(&re->has_tls, true);
     for (int i = 0; i < cfg->n_backends && rc == 0; i++) {
         for (int j = 0; j < i; j++)
             if (strcmp(cfg->backends[j].url, cfg->backends[i].url) == 0)
