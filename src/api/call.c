@@ -845,8 +845,15 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
     const uint64_t sched_id = atomic_fetch_add(&a->seq, 1) * API_MAX_N;
     uint64_t salt = 0;
     if (!a->cfg.prefix_cache_shared) {
+        /* The tenant's own namespace, or its group's ("group:" keeps a
+         * group's name apart from a tenant's of the same spelling). */
         const struct qos_tenant *t = qos_tenant(a->cfg.qos, c->who.tenant);
-        salt = kv_salt(0, t->name, strlen(t->name));
+        if (t->cache_group[0]) {
+            salt = kv_salt(0, "group:", 6);
+            salt = kv_salt(salt, t->cache_group, strlen(t->cache_group));
+        } else {
+            salt = kv_salt(0, t->name, strlen(t->name));
+        }
     }
     if (p->cache_salt)
         salt = kv_salt(salt, p->cache_salt, p->cache_salt_len);

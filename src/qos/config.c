@@ -497,6 +497,7 @@ enum {
     F_MODELS,
     F_CLASSES,
     F_DEFCLASS,
+    F_CACHE,
     F__N,
 };
 
@@ -642,6 +643,7 @@ static int parse_tenant(struct cfg *c, yaml_node_t *map, int idx)
         {.name = "models"},
         {.name = "classes"},
         {.name = "default_class"},
+        {.name = "prefix_cache_group"},
     };
     char tpath[32], p[160];
     snprintf(tpath, sizeof tpath, "tenants[%d]", idx);
@@ -673,6 +675,11 @@ static int parse_tenant(struct cfg *c, yaml_node_t *map, int idx)
     if (f[F_TIER].val) {
         snprintf(p, sizeof p, "%s.tier", tpath);
         if ((rc = get_str(c, f[F_TIER].val, p, STR_NAME, t->tier, sizeof t->tier)) < 0)
+            return rc;
+    }
+    if (f[F_CACHE].val) {
+        snprintf(p, sizeof p, "%s.prefix_cache_group", tpath);
+        if ((rc = get_str(c, f[F_CACHE].val, p, STR_NAME, t->cache_group, sizeof t->cache_group)) < 0)
             return rc;
     }
     if (f[F_WEIGHT].val) {

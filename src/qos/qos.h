@@ -76,15 +76,16 @@ struct qos_rate {
 
 struct qos_tenant {
     char name[QOS_NAME_MAX];
-    char tier[QOS_NAME_MAX];  /* "" when not configured; a free label for dashboards */
-    uint32_t weight;          /* >= 1, fair share between tenants (sched/) */
-    uint32_t classes;         /* bitmask over class indices: bit i = class i allowed */
-    int default_class;        /* class index used when a request names none; always allowed */
-    struct qos_rate requests; /* requests/s bucket, units = requests */
-    struct qos_rate tokens;   /* tokens/min bucket, units = tokens */
-    int32_t max_in_flight;    /* admitted and not finished (queued + running); 0 = unlimited */
-    int32_t max_queued;       /* admitted and not yet started; 0 = unlimited */
-    bool all_models;          /* models: ["*"] (the default) */
+    char tier[QOS_NAME_MAX];        /* "" when not configured; a free label for dashboards */
+    char cache_group[QOS_NAME_MAX]; /* prefix_cache_group: tenants of one group share cached prefixes; "" = its own */
+    uint32_t weight;                /* >= 1, fair share between tenants (sched/) */
+    uint32_t classes;               /* bitmask over class indices: bit i = class i allowed */
+    int default_class;              /* class index used when a request names none; always allowed */
+    struct qos_rate requests;       /* requests/s bucket, units = requests */
+    struct qos_rate tokens;         /* tokens/min bucket, units = tokens */
+    int32_t max_in_flight;          /* admitted and not finished (queued + running); 0 = unlimited */
+    int32_t max_queued;             /* admitted and not yet started; 0 = unlimited */
+    bool all_models;                /* models: ["*"] (the default) */
     int n_models;
     char **models; /* [n_models] allowed model ids (exact match) when !all_models */
     int n_keys;    /* how many keys lead to this tenant (the keys themselves are not kept) */

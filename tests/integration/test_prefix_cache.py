@@ -3,7 +3,7 @@
 takes the first's full KV blocks, as lmd_prefix_cache_hits_total shows)
 and its greedy tokens and log-probabilities are exactly those of the first
 and of a server with --no-prefix-cache; tenants do not share cached
-prefixes unless --prefix-cache-shared; a request's cache_salt narrows its
+prefixes unless --prefix-cache-shared or they are of one prefix_cache_group; a request's cache_salt narrows its
 namespace and is validated; /metrics exposes the block size.
 
 Generations are short; the file runs in well under a minute on two cores."""
@@ -14,14 +14,22 @@ import pytest
 from test_observability import Server, model_id, write_tenants
 
 BLOCK = 16
-A, B = "sk-pc-a", "sk-pc-b"
+A, B, C, D = "sk-pc-a", "sk-pc-b", "sk-pc-c", "sk-pc-d"
 TENANTS = """\
 tenants:
   - name: a
     keys: ["%s"]
   - name: b
     keys: ["%s"]
-""" % (A, B)
+  - name: c
+    keys: ["%s"]
+    prefix_cache_group: team
+  - name: d
+    keys: ["%s"]
+    prefix_cache_group: team
+  - name: team
+    keys: ["sk-pc-team"]
+""" % (A, B, C, D)
 
 PROMPT = ("The old lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a lantern, a "
           "notebook and a flask of tea. At the top he lit the great lamp, checked the clockwork that turned it, "
@@ -81,6 +89,16 @@ def test_tenants_are_isolated(srv):
     hit(srv, A, False, p)
     hit(srv, B, False, p)  # a's blocks are not b's
     hit(srv, B, True, p)
+
+
+def test_cache_group(srv):
+    """Tenants of one prefix_cache_group share cached prefixes; a tenant
+    outside it (even one named like the group) does not."""
+    p = "Grouped: " + PROMPT
+    hit(srv, C, False, p)
+    hit(srv, D, True, p)
+    hit(srv, A, False, p)
+    hit(srv, "sk-pc-team", False, p)
 
 
 def test_cache_salt(srv):

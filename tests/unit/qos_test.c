@@ -133,6 +133,7 @@ static const char *full_yaml =
     "tenants:\n"
     "  - name: gold\n"
     "    tier: gold\n"
+    "    prefix_cache_group: research\n"
     "    keys: [\"sk-gold-1\", \"sk-gold-2\"]\n"
     "    weight: 3\n"
     "    requests_per_second: 20\n"
@@ -181,6 +182,7 @@ static void test_full_file(void **state)
     assert_int_equal(a->default_class, 1);
     assert_string_equal(g->name, "gold");
     assert_string_equal(g->tier, "gold");
+    assert_string_equal(g->cache_group, "research");
     assert_int_equal(g->weight, 3);
     assert_int_equal(g->requests.count * (int64_t)S, 20 * g->requests.period_ns);
     assert_int_equal(g->requests.burst, 40);
@@ -197,6 +199,7 @@ static void test_full_file(void **state)
      * rounded up, at least 1. 1000.25/min is 4001 tokens per 4 minutes. */
     assert_string_equal(f->name, "free");
     assert_string_equal(f->tier, "");
+    assert_string_equal(f->cache_group, "");
     assert_int_equal(f->weight, 1);
     assert_int_equal(f->requests.count, 1);
     assert_int_equal(f->requests.period_ns, 2 * S);
@@ -718,6 +721,8 @@ static const struct bad_case bad_cases[] = {
     {"tenants: [{name: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa, keys: [k]}]\n",
      LMD_ERANGE, "tenants[0].name: longer than 63 bytes"},
     {"tenants: [{name: a, keys: [k], tier: 'x y'}]\n", LMD_EFORMAT, "tenants[0].tier: 'x y' has a character"},
+    {"tenants: [{name: a, keys: [k], prefix_cache_group: [g]}]\n", LMD_EFORMAT,
+     "tenants[0].prefix_cache_group: expected a string, got a list"},
     {"tenants: [{name: a, keys: [k], weight: -1}]\n", LMD_ERANGE,
      ":1:40: tenants[0].weight: must not be negative (got -1)"},
     {"tenants: [{name: a, keys: [k], weight: 1e3}]\n", LMD_EFORMAT,
