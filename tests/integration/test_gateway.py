@@ -161,6 +161,12 @@ def test_both_upstreams_get_traffic(gw, ups):
     assert m.sum("lmd_upstream_routed_total", model="gemma") >= 6
     assert m.value("lmd_upstream_max_inflight", model="gemma", backend=a.url) == 2
     assert m.sum("lmd_upstream_inflight", model="gemma") == 0
+    assert m.types["lmd_upstream_response_head_seconds"] == "histogram"
+    assert m.value("lmd_upstream_response_head_seconds_bucket", backend=a.url, le="+Inf") == \
+        m.value("lmd_upstream_response_head_seconds_count", backend=a.url)
+    if shutil.which("promtool"):
+        p = subprocess.run(["promtool", "check", "metrics"], input=m.text, capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
 
 
 def test_others_load_steers_routing(lmd_bin, ups):

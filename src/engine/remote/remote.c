@@ -72,6 +72,11 @@
 #define REMOTE_INDEX_WAYS 8
 #define REMOTE_INDEX_SETS 8192 /* x ways: 65536 block hashes per backend, 768 KiB */
 
+/* lmd_upstream_response_head_seconds' buckets (s): loopback to long prefills. */
+#define REMOTE_N_BUCKETS 14
+static const double remote_buckets[REMOTE_N_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                        0.25,  0.5,    1,     2.5,  5,     10,   30};
+
 /* Why a request went where it went (lmd_upstream_routed_total's reason). */
 enum route_reason { RR_TTFT, RR_PREFIX, RR_RENDEZVOUS, RR_LEAST, RR_ROUND_ROBIN, RR_RETRY, RR__N };
 static const char *const route_reason_names[RR__N] = {"ttft", "prefix", "rendezvous", "least", "rr", "retry"};
@@ -124,7 +129,8 @@ struct rbackend {
     _Atomic uint64_t n_ok, n_error, n_cancelled, n_refused, n_retried, n_ejected;
     _Atomic uint64_t n_routed[RR__N];
     _Atomic int g_inflight, g_healthy;
-    _Atomic uint64_t fb_ns_sum, fb_count; /* time to the response head */
+    _Atomic uint64_t fb_ns_sum, fb_count;         /* time to the response head */
+    _Atomic uint64_t fb_bucket[REMOTE_N_BUCKETS]; /* of those, at most remote_buckets[i] seconds (not cumulative) */
 };
 
 /* An inbox entry: a submission or a cancellation of one call. */
@@ -1047,6 +1053,11 @@ static h2o_http1client_body_cb on_head_(struct rcall *c, const char *errstr, int
     uint64_t dt = lmd_time_mono_ns() - c->t_sent_ns;
     atomic_fetch_add_explicit(&b->fb_ns_sum, dt, memory_order_relaxed);
     atomic_fetch_add_explicit(&b->fb_count, 1, memory_order_relaxed);
+    for (int k = 0; k < REMOTE_N_BUCKETS; k++)
+        if ((double)dt / 1e9 <= remote_buckets[k]) {
+            atomic_fetch_add_explicit(&b->fb_bucket[k], 1, memory_order_relaxed);
+            break;
+        }
     if (status >= 500) {
         /* The upstream failed: counts against it, and may go elsewhere;
          * its body is not needed. */
@@ -1659,7 +1670,7 @@ static int remote_collect(struct lmd_buf *out, void *ud)
         {"lmd_upstream_load", "gauge",
          "Requests running and waiting in the upstream by its own gauges (vllm:num_requests_*, "
          "llamacpp:requests_*, sglang's, lmd's), as last scraped; whoever sent them."},
-        {"lmd_upstream_response_head_seconds", "summary",
+        {"lmd_upstream_response_head_seconds", "histogram",
          "Time from sending a request to the backend's response head."},
     };
     pthread_mutex_lock(&g_reg_mu);
@@ -1730,7 +1741,16 @@ static int remote_collect(struct lmd_buf *out, void *ud)
                         }
                     break;
                 }
-                default:
+                default: {
+                    unsigned long long cum = 0;
+                    for (int k = 0; k < REMOTE_N_BUCKETS; k++) {
+                        cum += LD(b->fb_bucket[k]);
+                        LBL("_bucket");
+                        lmd_buf_printf(out, ",le=\"%g\"} %llu\n", remote_buckets[k], cum);
+                    }
+                    LBL("_bucket");
+                    lmd_buf_printf(out, ",le=\"+Inf\"} %llu\n", LD(b->fb_count));
+                }
                     LBL("_sum");
                     lmd_buf_printf(out, "} %.6f\n", (double)LD(b->fb_ns_sum) / 1e9);
                     LBL("_count");
