@@ -76,6 +76,9 @@ static void serve_usage(FILE *out)
             "                           --tenants is given) and record scheduler trace events\n"
             "      --no-prefix-cache    compute every prompt in full (no reuse of cached prefixes)\n"
             "      --prefix-cache-shared  one prefix-cache namespace for all tenants (default: one each)\n"
+            "      --metrics-compat vllm  also expose vLLM's load gauges (vllm:num_requests_running,\n"
+            "                           _waiting, kv_cache_usage_perc, cache_config_info) for schedulers\n"
+            "                           built for vLLM\n"
             "      --no-metrics         record no metrics (/metrics answers 404); for measuring\n"
             "                           what recording costs\n"
             "      --log-level L        debug, info, warn, error (default info)\n"
@@ -109,6 +112,7 @@ enum {
     OPT_UPSTREAM,
     OPT_UPSTREAM_INFLIGHT,
     OPT_ROUTE,
+    OPT_METRICS_COMPAT,
 };
 
 static const struct option opts[] = {
@@ -140,6 +144,7 @@ static const struct option opts[] = {
     {"upstream", required_argument, NULL, OPT_UPSTREAM},
     {"upstream-inflight", required_argument, NULL, OPT_UPSTREAM_INFLIGHT},
     {"route", required_argument, NULL, OPT_ROUTE},
+    {"metrics-compat", required_argument, NULL, OPT_METRICS_COMPAT},
     {"help", no_argument, NULL, 'h'},
     {0, 0, 0, 0},
 };
@@ -242,6 +247,13 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
     case OPT_DEBUG:
         c->debug = true;
         return 0;
+    case OPT_METRICS_COMPAT:
+        if (strcmp(v, "vllm") == 0 || strcmp(v, "none") == 0) {
+            c->metrics_compat = v[0] == 'v' ? SERVE_COMPAT_VLLM : SERVE_COMPAT_NONE;
+            return 0;
+        }
+        fprintf(stderr, "lmd serve: --metrics-compat wants vllm or none, got '%s'\n", v);
+        return -1;
     case OPT_NO_METRICS:
         c->metrics = false;
         return 0;

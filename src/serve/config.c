@@ -629,8 +629,9 @@ static int parse_root(struct cfg *c)
                         {.name = "scheduler"},       {.name = "metrics"},
                         {.name = "debug_endpoints"}, {.name = "drain_timeout_s"},
                         {.name = "defaults"},        {.name = "models"},
-                        {.name = "prefix_cache"},    {.name = "prefix_cache_shared"}};
-    int rc = collect(c, root, "", f, 10);
+                        {.name = "prefix_cache"},    {.name = "prefix_cache_shared"},
+                        {.name = "metrics_compat"}};
+    int rc = collect(c, root, "", f, 11);
     if (rc < 0)
         return rc;
     struct serve_config *sc = c->sc;
@@ -652,6 +653,11 @@ static int parse_root(struct cfg *c)
                 return BAD(c, s[0].val, LMD_EFORMAT, "scheduler.policy", "expected sla or fcfs, got '%s'",
                            s[0].val->type == YAML_SCALAR_NODE ? shown(s[0].val, b) : type_name(s[0].val));
         }
+    }
+    if (f[10].val) {
+        if (!scalar_eq(f[10].val, "vllm") && !scalar_eq(f[10].val, "none"))
+            return BAD(c, f[10].val, LMD_EFORMAT, "metrics_compat", "expected vllm or none");
+        sc->metrics_compat = scalar_eq(f[10].val, "vllm") ? SERVE_COMPAT_VLLM : SERVE_COMPAT_NONE;
     }
     if (f[3].val && (rc = get_bool(c, f[3].val, "metrics", &sc->metrics)) < 0)
         return rc;

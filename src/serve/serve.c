@@ -60,6 +60,7 @@ struct serve {
     struct serve__model models[SERVE_MAX_MODELS];
     int n_models;
     bool obs_on;
+    bool compat_on; /* vllm_collect is registered */
     struct api *api;
     struct http_server *http;
 };
@@ -282,6 +283,56 @@ static void tenants_check(struct serve *s)
     }
 }
 
+/* ---- vLLM's load gauges --------------------------------------------------------- */
+
+/* --metrics-compat vllm: the gauges that schedulers built for vLLM (the
+ * Gateway API Inference Extension's endpoint picker, llm-d, lmd's own
+ * gateway) read, under vLLM's names and its model_name label, from the
+ * same published atomics as lmd's own series: cheap, and never a wait on
+ * an engine thread. KV usage counts blocks held by requests (cached blocks
+ * no request holds are free, as vLLM's prefix cache counts them). */
+static int vllm_collect(struct lmd_buf *out, void *ud)
+{
+    struct serve *s = ud;
+    static const char *const fam[][3] = {
+        {"vllm:num_requests_running", "gauge", "Number of requests in model execution batches."},
+        {"vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed."},
+        {"vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage."},
+        {"vllm:cache_config_info", "gauge", "Information of the KV cache configuration."},
+    };
+    struct sched_stats st[SERVE_MAX_MODELS];
+    for (int i = 0; i < s->n_models; i++)
+        sched_stats(s->models[i].sched, &st[i]);
+    for (int f = 0; f < 4; f++) {
+        lmd_buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", fam[f][0], fam[f][2], fam[f][0], fam[f][1]);
+        for (int i = 0; i < s->n_models; i++) {
+            const struct sched_stats *t = &st[i];
+            bool blocks = !s->models[i].eng->info.request_level;
+            switch (f) {
+            case 0:
+                lmd_buf_printf(out, "%s{model_name=\"%s\"} %d\n", fam[f][0], s->models[i].id, t->running);
+                break;
+            case 1:
+                lmd_buf_printf(out, "%s{model_name=\"%s\"} %d\n", fam[f][0], s->models[i].id, t->waiting);
+                break;
+            case 2:
+                if (blocks && t->kv_blocks_total > 0)
+                    lmd_buf_printf(out, "%s{model_name=\"%s\"} %.6f\n", fam[f][0], s->models[i].id,
+                                   (double)(t->kv_blocks_total - t->kv_blocks_free) / t->kv_blocks_total);
+                break;
+            default:
+                if (blocks)
+                    lmd_buf_printf(out,
+                                   "%s{model_name=\"%s\",block_size=\"%d\",num_gpu_blocks=\"%d\","
+                                   "num_cpu_blocks=\"0\",cache_dtype=\"f16\"} 1\n",
+                                   fam[f][0], s->models[i].id, t->kv_block_tokens, t->kv_blocks_total);
+                break;
+            }
+        }
+    }
+    return out->ptr ? 0 : LMD_ENOMEM;
+}
+
 /* ---- the server -------------------------------------------------------------- */
 
 int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err *err)
@@ -418,6 +469,11 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
         .handler = api_handle,
         .ud = s->api,
     };
+    if (c->metrics_compat == SERVE_COMPAT_VLLM && s->obs_on && (rc = obs_collector_add(vllm_collect, s)) != 0) {
+        lmd_err_set(err, rc, "too many metric collectors");
+        goto fail;
+    }
+    s->compat_on = c->metrics_compat == SERVE_COMPAT_VLLM && s->obs_on;
     if ((rc = http_server_start(&s->http, &hcfg, err)) != 0)
         goto fail;
 
@@ -557,6 +613,8 @@ void serve_close(struct serve *s)
         struct timespec tick = {0, 10 * 1000 * 1000};
         nanosleep(&tick, NULL);
     }
+    if (s->compat_on)
+        obs_collector_remove(vllm_collect, s);
     http_server_free(s->http);
     api_free(s->api);
     for (int i = 0; i < s->n_models; i++) {

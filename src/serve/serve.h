@@ -90,6 +90,12 @@ struct serve_config {
     int n_models;
     char file[SERVE_PATH_MAX]; /* the config file loaded, for messages; "" = none */
     bool ctx_given;            /* defaults.ctx was set (flag or file), not the built-in default */
+    int metrics_compat;        /* enum serve_compat: other servers' metric names, as well as lmd's */
+};
+
+enum serve_compat {
+    SERVE_COMPAT_NONE = 0,
+    SERVE_COMPAT_VLLM = 1, /* vllm:num_requests_running, _waiting, kv_cache_usage_perc, cache_config_info */
 };
 
 /* Every setting at its default, no models. */

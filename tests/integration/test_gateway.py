@@ -548,3 +548,40 @@ def test_sigterm_drains_forwarded_streams(lmd_bin, ups):
     usage = json.loads(lines[-2][6:])["usage"]
     assert usage["completion_tokens"] == 40
     assert g.proc.wait(timeout=30) == 0, g.log()
+
+
+def test_vllm_compatible_gauges(lmd_bin, default_model, tmp_path):
+    """--metrics-compat vllm: vLLM's load gauges on an lmd replica, read by
+    the gateway as it reads a vLLM upstream's."""
+    up = UpServe(lmd_bin, tmp_path, "127.0.0.8", "-m", default_model, "-t", "1", "-c", "256", "--kv-blocks", "64",
+                 "--metrics-compat", "vllm")
+    g = None
+    try:
+        m = up.metrics()
+        assert m.types["vllm:num_requests_running"] == "gauge"
+        assert m.value("vllm:num_requests_waiting", model_name="default") == 0
+        assert m.value("vllm:kv_cache_usage_perc", model_name="default") == 0
+        assert m.value("vllm:cache_config_info", model_name="default", block_size="16", num_gpu_blocks="64") == 1
+        if shutil.which("promtool"):
+            # vLLM's names break one lint rule (':' is meant for recording
+            # rules); they are the names its schedulers read. Nothing else.
+            p = subprocess.run(["promtool", "check", "metrics"], input=m.text, capture_output=True, text=True)
+            other = [ln for ln in (p.stdout + p.stderr).splitlines()
+                     if ln.strip() and "should not contain ':'" not in ln]
+            assert not other, other
+        g = Serve(lmd_bin, tmp_path, "--upstream", "gemma=vllm+%s" % up.url)
+        with httpx.Client(timeout=60) as h:
+            with h.stream("POST", up.base + "/v1/completions",
+                          json={"prompt": PROMPT, "max_tokens": 200, "ignore_eos": True, "stream": True}) as s:
+                assert s.status_code == 200
+                assert wait_until(lambda: up.metrics().value("vllm:num_requests_running", model_name="default") == 1,
+                                  timeout=30)
+                assert 0 < up.metrics().value("vllm:kv_cache_usage_perc", model_name="default") <= 1
+                assert wait_until(lambda: g.metrics().value("lmd_upstream_load", backend="vllm+" + up.url,
+                                                            state="running") == 1, timeout=30)
+        r = client(g).completions.create(model="gemma", prompt=PROMPT, max_tokens=2)
+        assert r.usage.completion_tokens == 2
+    finally:
+        if g:
+            assert g.stop() == 0, g.log()
+        up.stop()

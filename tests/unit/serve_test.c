@@ -176,7 +176,7 @@ static void test_malformed(void **state)
         {"models: [a, b\n", LMD_EFORMAT, "2:1: YAML syntax error: did not find expected ',' or ']'"},
         {"modles: []\n", LMD_EFORMAT,
          "1:1: unknown key 'modles' (expected one of: listen, tenants, scheduler, metrics, debug_endpoints, "
-         "drain_timeout_s, defaults, models, prefix_cache, prefix_cache_shared)"},
+         "drain_timeout_s, defaults, models, prefix_cache, prefix_cache_shared, metrics_compat)"},
         {"metrics: true\nmetrics: false\n", LMD_EFORMAT, "2:1: duplicate key 'metrics' (first at line 1)"},
         {"- a\n- b\n", LMD_EFORMAT, "1:1: expected a mapping, got a list"},
         {"models: x.gguf\n", LMD_EFORMAT, "1:9: models: expected a list, got a scalar"},
