@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 APT_PKGS=(build-essential cmake pkg-config git python3 python3-venv
           libjansson-dev libpcre2-dev libcmocka-dev libh2o-evloop-dev libssl-dev libnghttp2-dev zlib1g-dev libyaml-dev
-          libsimde-dev clang clang-format openssl prometheus)
+          libsimde-dev clang clang-format openssl prometheus libc-ares-dev dnsmasq-base)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do

@@ -58,6 +58,10 @@ static void serve_usage(FILE *out)
             "                           (default 8)\n"
             "      --route R            ttft (predicted time to first token; default), least (fewest\n"
             "                           in flight) or rr (round robin)\n"
+            "      --upstream NAME=[KIND+]dns://HOST:PORT  the upstreams are every address HOST resolves to\n"
+            "                           (a Kubernetes headless Service), resolved again every\n"
+            "      --dns-interval MS    milliseconds (default 5000), with c-ares, from\n"
+            "      --dns-servers H:P,.. these DNS servers (default: /etc/resolv.conf)\n"
             "Server settings:\n"
             "      --host ADDR          address to listen on (default 127.0.0.1)\n"
             "      --port N             TCP port (default 8080; 0 = any free port)\n"
@@ -113,6 +117,8 @@ enum {
     OPT_UPSTREAM_INFLIGHT,
     OPT_ROUTE,
     OPT_METRICS_COMPAT,
+    OPT_DNS_SERVERS,
+    OPT_DNS_INTERVAL,
 };
 
 static const struct option opts[] = {
@@ -145,6 +151,8 @@ static const struct option opts[] = {
     {"upstream-inflight", required_argument, NULL, OPT_UPSTREAM_INFLIGHT},
     {"route", required_argument, NULL, OPT_ROUTE},
     {"metrics-compat", required_argument, NULL, OPT_METRICS_COMPAT},
+    {"dns-servers", required_argument, NULL, OPT_DNS_SERVERS},
+    {"dns-interval", required_argument, NULL, OPT_DNS_INTERVAL},
     {"help", no_argument, NULL, 'h'},
     {0, 0, 0, 0},
 };
@@ -247,6 +255,15 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
     case OPT_DEBUG:
         c->debug = true;
         return 0;
+    case OPT_DNS_SERVERS:
+        return set_str("--dns-servers", v, c->dns_servers, sizeof c->dns_servers);
+    case OPT_DNS_INTERVAL: {
+        long ms;
+        if (cli_parse_long("lmd serve", "--dns-interval", v, 100, 3600000, &ms))
+            return -1;
+        c->dns_interval_ms = (int)ms;
+        return 0;
+    }
     case OPT_METRICS_COMPAT:
         if (strcmp(v, "vllm") == 0 || strcmp(v, "none") == 0) {
             c->metrics_compat = v[0] == 'v' ? SERVE_COMPAT_VLLM : SERVE_COMPAT_NONE;

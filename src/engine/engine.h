@@ -257,6 +257,7 @@ struct remote_config {
     int io_timeout_ms;  /* longest silence of a streaming upstream; 0 = 120000 */
     int fail_threshold; /* consecutive failures that eject a backend; 0 = 2 */
     int max_retries;    /* other backends tried before the first byte; 0 = 2, -1 = none */
+    bool discovered;    /* the list comes from discovery (engine_remote_set_upstreams): it may start empty */
 };
 
 /* Open a remote engine over a pool of upstream servers: one event-loop

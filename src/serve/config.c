@@ -17,6 +17,7 @@
 #include "serve/serve.h"
 
 #include "api/chat_template.h"
+#include "discovery/discovery.h"
 #include "sched/sched.h"
 
 #include <yaml.h>
@@ -51,6 +52,7 @@ void serve_config_init(struct serve_config *c)
     d->max_running = 8;
     d->max_batch_tokens = 512;
     d->max_queue = 64;
+    c->dns_interval_ms = 5000;
     d->inflight = 8;
     d->route = REMOTE_ROUTE_TTFT;
 }
@@ -152,9 +154,10 @@ int serve_config_add_upstream(struct serve_config *c, const char *arg, struct lm
         memcpy(u, p, len);
         u[len] = 0;
         enum remote_kind kind;
-        char host[128], prefix[128];
+        char host[256], prefix[128];
         int port;
-        if (remote_url_parse(u, &kind, host, sizeof host, &port, prefix, sizeof prefix, err) != 0)
+        if (discovery_is_dns(u) ? discovery_dns_parse(u, host, sizeof host, &port, err) != 0
+                                : remote_url_parse(u, &kind, host, sizeof host, &port, prefix, sizeof prefix, err) != 0)
             return LMD_EINVAL;
         if (!comma)
             break;
@@ -512,10 +515,13 @@ static int parse_model(struct cfg *c, yaml_node_t *map, int idx, struct seen *se
             if ((rc = get_str(c, url, up, m->upstreams[i], sizeof m->upstreams[i])) < 0)
                 return rc;
             enum remote_kind kind;
-            char host[128], prefix[128];
+            char host[256], prefix[128];
             int port;
             struct lmd_err uerr = {0};
-            if (remote_url_parse(m->upstreams[i], &kind, host, sizeof host, &port, prefix, sizeof prefix, &uerr) != 0)
+            const char *uu = m->upstreams[i];
+            if (discovery_is_dns(uu)
+                    ? discovery_dns_parse(uu, host, sizeof host, &port, &uerr) != 0
+                    : remote_url_parse(uu, &kind, host, sizeof host, &port, prefix, sizeof prefix, &uerr) != 0)
                 return BAD(c, url, LMD_EFORMAT, up, "%s", uerr.msg);
         }
         m->n_upstreams = nu;

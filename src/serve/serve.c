@@ -20,6 +20,7 @@
 #include "api/chat_template.h"
 #include "core/log.h"
 #include "core/time.h"
+#include "discovery/discovery.h"
 #include "engine/engine.h"
 #include "gguf/gguf.h"
 #include "http/http.h"
@@ -52,6 +53,7 @@ struct serve__model {
     struct engine *eng;
     struct tok_vocab *vocab;
     struct sched *sched;
+    bool dns; /* its upstreams come from discovery */
 };
 
 struct serve {
@@ -61,6 +63,7 @@ struct serve {
     int n_models;
     bool obs_on;
     bool compat_on; /* vllm_collect is registered */
+    struct discovery *disc;
     struct api *api;
     struct http_server *http;
 };
@@ -103,12 +106,22 @@ static int remote_open(struct serve__model *sm, bool ctx_given, struct lmd_err *
     const struct serve_model *m = &sm->cfg;
     if (m->n_upstreams < 1)
         return lmd_err_set(err, LMD_EINVAL, "%s: a remote model needs at least one upstream", sm->where);
+    /* Either a fixed list, or one name that discovery resolves. */
+    int n_dns = 0;
+    for (int i = 0; i < m->n_upstreams; i++)
+        n_dns += discovery_is_dns(m->upstreams[i]) != 0;
+    if (n_dns && m->n_upstreams > 1)
+        return lmd_err_set(err, LMD_EINVAL,
+                           "%s: a dns:// upstream is the whole list (the addresses it resolves to); it takes no "
+                           "other upstreams beside it",
+                           sm->where);
     struct remote_config rc = {
+        .discovered = n_dns > 0,
         .name = sm->id,
         .upstream_model = m->upstream_model[0] ? m->upstream_model : NULL,
         .api_key = getenv("LMD_UPSTREAM_API_KEY"),
         .ca_file = getenv("LMD_UPSTREAM_CA"),
-        .n_backends = m->n_upstreams,
+        .n_backends = n_dns ? 0 : m->n_upstreams,
         .max_inflight = m->inflight,
         .n_ctx = ctx_given ? m->ctx : 32768,
         .route = (enum remote_route)m->route,
@@ -117,7 +130,7 @@ static int remote_open(struct serve__model *sm, bool ctx_given, struct lmd_err *
         rc.api_key = NULL;
     if (rc.ca_file && !*rc.ca_file)
         rc.ca_file = NULL;
-    for (int i = 0; i < m->n_upstreams; i++) {
+    for (int i = 0; i < rc.n_backends; i++) {
         snprintf(rc.backends[i].url, sizeof rc.backends[i].url, "%s", m->upstreams[i]);
         rc.backends[i].max_inflight = m->upstream_inflight[i];
     }
@@ -126,6 +139,7 @@ static int remote_open(struct serve__model *sm, bool ctx_given, struct lmd_err *
         lmd_err_prefix(err, "%s", sm->where);
         return r;
     }
+    sm->dns = n_dns > 0;
     sm->fam = CHAT_GENERIC;
     for (int i = 0; i < m->n_aliases; i++)
         add_name(sm, m->aliases[i], false);
@@ -469,6 +483,25 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
         .handler = api_handle,
         .ud = s->api,
     };
+    /* Discovery resolves its names once now: the pools start with their
+     * upstreams, then follow the names on the discovery thread. */
+    struct dns_watch watches[DISCOVERY_MAX_WATCHES];
+    int n_watches = 0;
+    for (int i = 0; i < s->n_models; i++) {
+        if (!s->models[i].dns)
+            continue;
+        if (n_watches == DISCOVERY_MAX_WATCHES) {
+            rc = lmd_err_set(err, LMD_ERANGE, "more than %d dns:// upstreams", DISCOVERY_MAX_WATCHES);
+            goto fail;
+        }
+        watches[n_watches] =
+            (struct dns_watch){.eng = s->models[i].eng, .max_inflight = s->models[i].cfg.upstream_inflight[0]};
+        snprintf(watches[n_watches].url, sizeof watches[n_watches].url, "%s", s->models[i].cfg.upstreams[0]);
+        n_watches++;
+    }
+    if (n_watches && (rc = discovery_start(&s->disc, watches, n_watches, c->dns_interval_ms,
+                                           c->dns_servers[0] ? c->dns_servers : NULL, err)) != 0)
+        goto fail;
     if (c->metrics_compat == SERVE_COMPAT_VLLM && s->obs_on && (rc = obs_collector_add(vllm_collect, s)) != 0) {
         lmd_err_set(err, rc, "too many metric collectors");
         goto fail;
@@ -545,6 +578,11 @@ static void serve_reload(struct serve *s)
         for (int i = 0; i < s->n_models; i++)
             if (strcmp(s->models[i].id, m->name) == 0)
                 sm = &s->models[i];
+        if (sm && sm->dns) {
+            LMD_WARN("lmd serve: SIGHUP: model '%s' follows a DNS name; its upstreams change with it, not here",
+                     m->name);
+            continue;
+        }
         if (!sm || !sm->eng->info.takes_api) {
             LMD_WARN("lmd serve: SIGHUP: remote model '%s' is not served as one; a new model needs a restart", m->name);
             continue;
@@ -603,6 +641,8 @@ void serve_close(struct serve *s)
 {
     if (!s)
         return;
+    /* Discovery first: it hands lists to the engines closed below. */
+    discovery_stop(s->disc);
     /* The schedulers first: they finish what is left as cancelled, and the
      * I/O loops must still be running to receive those last wakeups. */
     for (int i = 0; i < s->n_models; i++)

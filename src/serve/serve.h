@@ -91,6 +91,8 @@ struct serve_config {
     char file[SERVE_PATH_MAX]; /* the config file loaded, for messages; "" = none */
     bool ctx_given;            /* defaults.ctx was set (flag or file), not the built-in default */
     int metrics_compat;        /* enum serve_compat: other servers' metric names, as well as lmd's */
+    char dns_servers[256];     /* c-ares servers for dns:// upstreams, "HOST:PORT[,...]"; "" = the system's */
+    int dns_interval_ms;       /* how often dns:// names are resolved again */
 };
 
 enum serve_compat {

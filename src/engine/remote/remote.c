@@ -769,8 +769,15 @@ static void dispatch(struct rcall *c)
     struct rbackend *b = pick(re, c, &none_healthy, &why);
     if (!b) {
         if (none_healthy) {
-            post_finish(c, ENGINE_FINISH_ERROR, 503, "no healthy upstream for model '%s' (%d backends, all ejected)",
-                        re->name, re->n_b);
+            int n = 0;
+            for (int i = 0; i < re->n_b; i++)
+                n += re->b[i].active && !re->b[i].removed;
+            if (n)
+                post_finish(c, ENGINE_FINISH_ERROR, 503,
+                            "no healthy upstream for model '%s' (%d upstreams, all ejected)", re->name, n);
+            else
+                post_finish(c, ENGINE_FINISH_ERROR, 503, "no healthy upstream for model '%s' (it has no upstreams: %s)",
+                            re->name, re->cfg.discovered ? "discovery finds none" : "none configured");
             return;
         }
         c->waiting = true;
@@ -1956,8 +1963,9 @@ static int seats_max(const struct remote *re)
 int engine_remote_set_upstreams(struct engine *e, const struct remote_backend_config *list, int n, struct lmd_err *err)
 {
     struct remote *re = (struct remote *)e;
-    if (n < 1 || n > REMOTE_MAX_BACKENDS)
-        return lmd_err_set(err, LMD_EINVAL, "remote %s: %d upstreams (1 to %d)", re->name, n, REMOTE_MAX_BACKENDS);
+    if (n < (re->cfg.discovered ? 0 : 1) || n > REMOTE_MAX_BACKENDS)
+        return lmd_err_set(err, LMD_EINVAL, "remote %s: %d upstreams (%d to %d)", re->name, n,
+                           re->cfg.discovered ? 0 : 1, REMOTE_MAX_BACKENDS);
     for (int i = 0; i < n; i++) {
         enum remote_kind kind;
         char host[128], prefix[128];
@@ -1974,7 +1982,7 @@ int engine_remote_set_upstreams(struct engine *e, const struct remote_backend_co
     SSL_CTX *ctx = NULL;
     if (tls && !atomic_load(&re->has_tls) && tls_ctx(re, &ctx, err) != 0)
         return LMD_EINVAL;
-    struct remote_backend_config *copy = malloc((size_t)n * sizeof *copy);
+    struct remote_backend_config *copy = malloc((size_t)(n ? n : 1) * sizeof *copy);
     if (!copy) {
         if (ctx)
             SSL_CTX_free(ctx);
@@ -2004,7 +2012,7 @@ int engine_remote_set_upstreams(struct engine *e, const struct remote_backend_co
 int engine_remote_open(struct engine **out, const struct remote_config *cfg, struct lmd_err *err)
 {
     *out = NULL;
-    if (cfg->n_backends < 1 || cfg->n_backends > REMOTE_MAX_BACKENDS)
+    if (cfg->n_backends < (cfg->discovered ? 0 : 1) || cfg->n_backends > REMOTE_MAX_BACKENDS)
         return lmd_err_set(err, LMD_EINVAL, "remote %s: %d upstreams (1 to %d)", cfg->name ? cfg->name : "?",
                            cfg->n_backends, REMOTE_MAX_BACKENDS);
     struct remote *re = calloc(1, sizeof *re);
@@ -2070,7 +2078,7 @@ int engine_remote_open(struct engine **out, const struct remote_config *cfg, str
         .takes_api = true,
         .wakes = true,
     };
-    atomic_init(&re->eng.seats, total);
+    atomic_init(&re->eng.seats, total > 0 ? total : 1);
     if (pthread_create(&re->thread, NULL, loop_main, re) != 0) {
         remote_close(&re->eng);
         return lmd_err_set(err, LMD_ENOMEM, "remote %s: cannot start its event loop", re->name);

@@ -1,0 +1,169 @@
+"""DNS discovery: `lmd serve --upstream NAME=KIND+dns://HOST:PORT` follows
+the addresses a name resolves to, as a Kubernetes headless Service gives
+them. A real DNS server (dnsmasq, from Debian) answers on a loopback port
+from a hosts file the test rewrites (and signals dnsmasq to reread); real
+`lmd serve` upstreams listen on 127.0.0.2 and 127.0.0.3 on one port.
+
+Checked: the pool starts with what the name resolves to; an address added
+to the name becomes an upstream that takes traffic; a removed one leaves
+the pool (its requests in flight finish) and gets no more; a name that no
+longer resolves empties the pool (503, said plainly) and traffic returns
+with the name; a DNS server that stops answering keeps the last list."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import httpx
+import openai
+import pytest
+
+from test_gateway import UpServe, upstreams_served
+from test_multimodel import Serve
+from test_observability import wait_until
+
+NAME = "pool.lmd.test"
+PROMPT = "The capital of France is"
+
+
+def port_free_on(hosts):
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ok = True
+        for h in hosts:
+            with socket.socket() as t:
+                try:
+                    t.bind((h, port))
+                except OSError:
+                    ok = False
+        if ok:
+            return port
+    raise RuntimeError("no port free on " + ", ".join(hosts))
+
+
+class Dnsmasq:
+    def __init__(self, d):
+        if not shutil.which("dnsmasq"):
+            pytest.fail("dnsmasq is not installed (scripts/install-deps.sh installs dnsmasq-base)")
+        self.hosts = d / "hosts"
+        self.set([])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.log = d / "dnsmasq.log"
+        self.proc = subprocess.Popen(["dnsmasq", "-k", "--port=%d" % self.port, "--listen-address=127.0.0.1",
+                                      "--bind-interfaces", "--no-resolv", "--no-hosts", "--addn-hosts=%s" % self.hosts,
+                                      "--conf-file=/dev/null", "--user=root", "--pid-file=", "--local-ttl=0", "--local=/lmd.test/",
+                                      "--log-facility=%s" % self.log], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
+        time.sleep(0.3)
+        assert self.proc.poll() is None, self.log.read_text() if self.log.exists() else "dnsmasq exited"
+
+    def set(self, addrs):
+        self.hosts.write_text("".join("%s %s\n" % (a, NAME) for a in addrs))
+        if getattr(self, "proc", None):
+            self.proc.send_signal(signal.SIGHUP)  # reread the hosts file
+
+    def pause(self):
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self):
+        self.resume()
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def backends(g):
+    return sorted(lab["backend"] for lab, _ in g.metrics().series("lmd_upstream_healthy"))
+
+
+def test_dns_discovery(lmd_bin, default_model, tmp_path):
+    dns = Dnsmasq(tmp_path)
+    port = port_free_on(["127.0.0.2", "127.0.0.3"])
+    a = b = g = None
+    try:
+        a = _up(lmd_bin, default_model, tmp_path, "127.0.0.2", port)
+        b = _up(lmd_bin, default_model, tmp_path, "127.0.0.3", port)
+        url_a, url_b = "lmd+http://127.0.0.2:%d" % port, "lmd+http://127.0.0.3:%d" % port
+        dns.set(["127.0.0.2"])
+        g = Serve(lmd_bin, tmp_path, "--upstream", "gemma=lmd+dns://%s:%d" % (NAME, port), "--dns-servers",
+                  "127.0.0.1:%d" % dns.port, "--dns-interval", "200", "--route", "least")
+        c = openai.OpenAI(base_url=g.base + "/v1", api_key="none", max_retries=0, timeout=60)
+        assert backends(g) == [url_a]
+        assert c.completions.create(model="gemma", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
+
+        # A second address: a second upstream, which takes traffic.
+        dns.set(["127.0.0.2", "127.0.0.3"])
+        assert wait_until(lambda: backends(g) == [url_a, url_b], timeout=20), backends(g)
+        before = upstreams_served(b.metrics())
+        for _ in range(4):
+            c.completions.create(model="gemma", prompt=PROMPT, max_tokens=2)
+        assert upstreams_served(b.metrics()) > before
+
+        # The first address goes: its upstream leaves the pool.
+        dns.set(["127.0.0.3"])
+        assert wait_until(lambda: backends(g) == [url_b], timeout=20), backends(g)
+        before = [upstreams_served(u.metrics()) for u in (a, b)]
+        for _ in range(3):
+            c.completions.create(model="gemma", prompt=PROMPT, max_tokens=2)
+        after = [upstreams_served(u.metrics()) for u in (a, b)]
+        assert after[0] == before[0] and after[1] == before[1] + 3
+
+        # A DNS server that stops answering keeps the last list.
+        dns.pause()
+        time.sleep(1.5)
+        assert backends(g) == [url_b]
+        assert c.completions.create(model="gemma", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
+        dns.resume()
+
+        # The name goes: the pool is empty, and says so.
+        dns.set([])
+        assert wait_until(lambda: backends(g) == [], timeout=20), backends(g)
+        r = httpx.post(g.base + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 2}, timeout=30)
+        assert r.status_code == 503, r.text
+        assert "discovery finds none" in r.json()["error"]["message"]
+        dns.set(["127.0.0.2"])
+        assert wait_until(lambda: backends(g) == [url_a], timeout=20), backends(g)
+        assert c.completions.create(model="gemma", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
+        assert "discovery: lmd+dns://%s:%d now gives 1 upstream" % (NAME, port) in g.log()
+    finally:
+        if g:
+            assert g.stop() == 0, g.log()
+        for u in (a, b):
+            if u:
+                u.stop()
+        dns.stop()
+
+
+def _up(lmd_bin, default_model, d, host, port):
+    """An lmd upstream on host:port (UpServe picks its own port)."""
+    u = UpServe.__new__(UpServe)
+    u.port = port
+    u.base = u.url = "http://%s:%d" % (host, port)
+    u.log_path = d / ("up-%s.log" % host)
+    with open(u.log_path, "wb") as log:
+        u.proc = subprocess.Popen([os.environ.get("LMD_UPSTREAM_BIN", lmd_bin), "serve", "-m", default_model, "--host",
+                                   host, "--port", str(port), "-t", "1", "-c", "256"], stdout=log,
+                                  stderr=subprocess.STDOUT)
+    from test_gateway import wait_ready
+    wait_ready(u.base, u.proc, u.log)
+    return u
+
+
+@pytest.mark.parametrize("arg,msg", [
+    ("gemma=dns://pool", "a name and a port"),
+    ("gemma=dns://pool:0", "port must be a number"),
+    ("gemma=lmd+dns://pool:80,http://127.0.0.2:1", "a dns:// upstream is the whole list"),
+])
+def test_bad_dns_upstreams(lmd_bin, arg, msg):
+    p = subprocess.run([lmd_bin, "serve", "--port", "0", "--upstream", arg], capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode != 0, p.stderr
+    assert msg in p.stderr, p.stderr
