@@ -2,7 +2,8 @@
 # Installs everything lmd needs to build and test, by package name:
 # Debian packages with apt-get, Python packages into the project venv (.venv).
 # `prometheus` brings promtool (the obs_promtool lint) and the server that
-# tests/integration/test_prometheus.py scrapes lmd with.
+# tests/integration/test_prometheus.py scrapes lmd with; `dnsmasq-base` and
+# `etcd-server` are the DNS server and etcd that the discovery tests run.
 # Idempotent and quick when all is present. `--peer` also installs the
 # performance/reference peer (llama-cpp-python, built from source by pip),
 # which only `make golden` and `make bench` need.
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 APT_PKGS=(build-essential cmake pkg-config git python3 python3-venv
           libjansson-dev libpcre2-dev libcmocka-dev libh2o-evloop-dev libssl-dev libnghttp2-dev zlib1g-dev libyaml-dev
-          libsimde-dev clang clang-format openssl prometheus libc-ares-dev dnsmasq-base)
+          libsimde-dev clang clang-format openssl prometheus libc-ares-dev dnsmasq-base etcd-server)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do

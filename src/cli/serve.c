@@ -14,6 +14,7 @@
 #include "api/chat_template.h"
 #include "cli/cli.h"
 #include "core/log.h"
+#include "discovery/discovery.h"
 #include "sched/sched.h"
 
 #include <getopt.h>
@@ -62,6 +63,11 @@ static void serve_usage(FILE *out)
             "                           (a Kubernetes headless Service), resolved again every\n"
             "      --dns-interval MS    milliseconds (default 5000), with c-ares, from\n"
             "      --dns-servers H:P,.. these DNS servers (default: /etc/resolv.conf)\n"
+            "      --upstream NAME=[KIND+]etcd://HOST:PORT/PREFIX  the upstreams are the URLs stored under\n"
+            "                           PREFIX in etcd, watched\n"
+            "      --register etcd://HOST:PORT/PREFIX  put this server's URL under PREFIX while it serves\n"
+            "                           (a 10 s lease, kept alive; revoked when it drains)\n"
+            "      --advertise URL      the URL registered (default http://HOST:PORT of the listener)\n"
             "Server settings:\n"
             "      --host ADDR          address to listen on (default 127.0.0.1)\n"
             "      --port N             TCP port (default 8080; 0 = any free port)\n"
@@ -119,6 +125,8 @@ enum {
     OPT_METRICS_COMPAT,
     OPT_DNS_SERVERS,
     OPT_DNS_INTERVAL,
+    OPT_REGISTER,
+    OPT_ADVERTISE,
 };
 
 static const struct option opts[] = {
@@ -153,6 +161,8 @@ static const struct option opts[] = {
     {"metrics-compat", required_argument, NULL, OPT_METRICS_COMPAT},
     {"dns-servers", required_argument, NULL, OPT_DNS_SERVERS},
     {"dns-interval", required_argument, NULL, OPT_DNS_INTERVAL},
+    {"register", required_argument, NULL, OPT_REGISTER},
+    {"advertise", required_argument, NULL, OPT_ADVERTISE},
     {"help", no_argument, NULL, 'h'},
     {0, 0, 0, 0},
 };
@@ -255,6 +265,18 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
     case OPT_DEBUG:
         c->debug = true;
         return 0;
+    case OPT_REGISTER:
+        if (discovery_etcd_parse(v, &err) != 0) {
+            fprintf(stderr, "lmd serve: --register %s\n", err.msg);
+            return -1;
+        }
+        return set_str("--register", v, c->register_url, sizeof c->register_url);
+    case OPT_ADVERTISE:
+        if (strncmp(v, "http://", 7) != 0 && strncmp(v, "https://", 8) != 0 && !strstr(v, "+http")) {
+            fprintf(stderr, "lmd serve: --advertise wants the URL others reach this server at ([KIND+]http://...)\n");
+            return -1;
+        }
+        return set_str("--advertise", v, c->advertise, sizeof c->advertise);
     case OPT_DNS_SERVERS:
         return set_str("--dns-servers", v, c->dns_servers, sizeof c->dns_servers);
     case OPT_DNS_INTERVAL: {

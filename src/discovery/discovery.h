@@ -46,3 +46,23 @@ int discovery_dns_parse(const char *url, char *host, size_t host_cap, int *port,
 int discovery_start(struct discovery **out, const struct dns_watch *w, int n, int interval_ms, const char *servers,
                     struct lmd_err *err);
 void discovery_stop(struct discovery *d); /* NULL is fine */
+
+/* etcd (etcd.c): "[KIND+]etcd://HOST:PORT/PREFIX" — every key under PREFIX
+ * is an upstream (its value a URL, or a JSON object with "url"); the
+ * prefix is watched and every change replaces the pool's list. Values
+ * without a KIND+ take the watch's. */
+struct etcd_watch;
+int discovery_is_etcd(const char *url);
+int discovery_etcd_parse(const char *url, struct lmd_err *err);
+/* Read the prefix once (bounded wait), then watch it on a thread. */
+int discovery_etcd_start(struct etcd_watch **out, const struct dns_watch *w, struct lmd_err *err);
+void discovery_etcd_stop(struct etcd_watch *x); /* NULL is fine */
+
+/* Registration: put self_url under the prefix of etcd_url
+ * ("etcd://HOST:PORT/PREFIX", key PREFIX/HOST:PORT) with a lease of ttl_s
+ * seconds kept alive on a thread; deregistering revokes it, so the key
+ * goes at once (a process that dies loses it when the lease expires). */
+struct etcd_reg;
+int discovery_register(struct etcd_reg **out, const char *etcd_url, const char *self_url, int ttl_s,
+                       struct lmd_err *err);
+void discovery_deregister(struct etcd_reg *r); /* NULL is fine */

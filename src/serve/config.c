@@ -156,8 +156,10 @@ int serve_config_add_upstream(struct serve_config *c, const char *arg, struct lm
         enum remote_kind kind;
         char host[256], prefix[128];
         int port;
-        if (discovery_is_dns(u) ? discovery_dns_parse(u, host, sizeof host, &port, err) != 0
-                                : remote_url_parse(u, &kind, host, sizeof host, &port, prefix, sizeof prefix, err) != 0)
+        if (discovery_is_etcd(u) ? discovery_etcd_parse(u, err) != 0
+            : discovery_is_dns(u)
+                ? discovery_dns_parse(u, host, sizeof host, &port, err) != 0
+                : remote_url_parse(u, &kind, host, sizeof host, &port, prefix, sizeof prefix, err) != 0)
             return LMD_EINVAL;
         if (!comma)
             break;
@@ -519,7 +521,8 @@ static int parse_model(struct cfg *c, yaml_node_t *map, int idx, struct seen *se
             int port;
             struct lmd_err uerr = {0};
             const char *uu = m->upstreams[i];
-            if (discovery_is_dns(uu)
+            if (discovery_is_etcd(uu) ? discovery_etcd_parse(uu, &uerr) != 0
+                : discovery_is_dns(uu)
                     ? discovery_dns_parse(uu, host, sizeof host, &port, &uerr) != 0
                     : remote_url_parse(uu, &kind, host, sizeof host, &port, prefix, sizeof prefix, &uerr) != 0)
                 return BAD(c, url, LMD_EFORMAT, up, "%s", uerr.msg);

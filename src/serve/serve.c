@@ -64,6 +64,9 @@ struct serve {
     bool obs_on;
     bool compat_on; /* vllm_collect is registered */
     struct discovery *disc;
+    struct etcd_watch *etcd[SERVE_MAX_MODELS];
+    int n_etcd;
+    struct etcd_reg *reg;
     struct api *api;
     struct http_server *http;
 };
@@ -109,10 +112,10 @@ static int remote_open(struct serve__model *sm, bool ctx_given, struct lmd_err *
     /* Either a fixed list, or one name that discovery resolves. */
     int n_dns = 0;
     for (int i = 0; i < m->n_upstreams; i++)
-        n_dns += discovery_is_dns(m->upstreams[i]) != 0;
+        n_dns += discovery_is_dns(m->upstreams[i]) || discovery_is_etcd(m->upstreams[i]);
     if (n_dns && m->n_upstreams > 1)
         return lmd_err_set(err, LMD_EINVAL,
-                           "%s: a dns:// upstream is the whole list (the addresses it resolves to); it takes no "
+                           "%s: a dns:// or etcd:// upstream is the whole list (what it discovers); it takes no "
                            "other upstreams beside it",
                            sm->where);
     struct remote_config rc = {
@@ -490,6 +493,14 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
     for (int i = 0; i < s->n_models; i++) {
         if (!s->models[i].dns)
             continue;
+        if (discovery_is_etcd(s->models[i].cfg.upstreams[0])) {
+            struct dns_watch w = {.eng = s->models[i].eng, .max_inflight = s->models[i].cfg.upstream_inflight[0]};
+            snprintf(w.url, sizeof w.url, "%s", s->models[i].cfg.upstreams[0]);
+            if ((rc = discovery_etcd_start(&s->etcd[s->n_etcd], &w, err)) != 0)
+                goto fail;
+            s->n_etcd++;
+            continue;
+        }
         if (n_watches == DISCOVERY_MAX_WATCHES) {
             rc = lmd_err_set(err, LMD_ERANGE, "more than %d dns:// upstreams", DISCOVERY_MAX_WATCHES);
             goto fail;
@@ -537,6 +548,16 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
              s->n_models == 1 ? "" : "s", (double)(lmd_time_mono_ns() - t0) / 1e6, kern_isa(),
              c->policy == SCHED_POLICY_SLA ? "sla" : "fcfs", n_classes,
              qos_has_file(s->qos) ? "tenants from " : "open (no tenants file)", qos_has_file(s->qos) ? c->tenants : "");
+    if (c->register_url[0]) {
+        char self[300];
+        if (c->advertise[0])
+            snprintf(self, sizeof self, "%s", c->advertise);
+        else
+            snprintf(self, sizeof self, "%s://%s:%d", c->tls_cert[0] ? "https" : "http", c->host,
+                     http_server_port(s->http));
+        if ((rc = discovery_register(&s->reg, c->register_url, self, 10, err)) != 0)
+            goto fail;
+    }
     LMD_INFO("lmd serve: listening on %s://%s:%d (%s), %d I/O threads", c->tls_cert[0] ? "https" : "http", c->host,
              http_server_port(s->http), c->tls_cert[0] ? "TLS, ALPN h2 and http/1.1" : "HTTP/1.1 and h2c",
              c->io_threads);
@@ -623,6 +644,9 @@ void serve_run(struct serve *s)
     sigdelset(&set, SIGHUP);
     LMD_INFO("lmd serve: %s: draining (%d requests in flight, up to %ld s)", strsignal(sig), api_active(s->api),
              s->cfg.drain_s);
+    /* Out of the routers' lists first, so that no new request comes. */
+    discovery_deregister(s->reg);
+    s->reg = NULL;
     api_set_draining(s->api);
     http_server_stop_accepting(s->http);
     uint64_t deadline = lmd_time_mono_ns() + (uint64_t)s->cfg.drain_s * 1000000000ull;
@@ -642,7 +666,10 @@ void serve_close(struct serve *s)
     if (!s)
         return;
     /* Discovery first: it hands lists to the engines closed below. */
+    discovery_deregister(s->reg);
     discovery_stop(s->disc);
+    for (int i = 0; i < s->n_etcd; i++)
+        discovery_etcd_stop(s->etcd[i]);
     /* The schedulers first: they finish what is left as cancelled, and the
      * I/O loops must still be running to receive those last wakeups. */
     for (int i = 0; i < s->n_models; i++)

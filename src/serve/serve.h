@@ -93,6 +93,8 @@ struct serve_config {
     int metrics_compat;        /* enum serve_compat: other servers' metric names, as well as lmd's */
     char dns_servers[256];     /* c-ares servers for dns:// upstreams, "HOST:PORT[,...]"; "" = the system's */
     int dns_interval_ms;       /* how often dns:// names are resolved again */
+    char register_url[256];    /* etcd://HOST:PORT/PREFIX to register this server under; "" = none */
+    char advertise[256];       /* the URL registered; "" = http(s)://HOST:PORT of the listener */
 };
 
 enum serve_compat {

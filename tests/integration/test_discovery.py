@@ -4,6 +4,10 @@ them. A real DNS server (dnsmasq, from Debian) answers on a loopback port
 from a hosts file the test rewrites (and signals dnsmasq to reread); real
 `lmd serve` upstreams listen on 127.0.0.2 and 127.0.0.3 on one port.
 
+etcd: replicas register themselves under a key prefix with a lease
+(--register) and a gateway watching the prefix follows them; against a real
+etcd (Debian's etcd-server) on loopback ports.
+
 Checked: the pool starts with what the name resolves to; an address added
 to the name becomes an upstream that takes traffic; a removed one leaves
 the pool (its requests in flight finish) and gets no more; a name that no
@@ -160,10 +164,110 @@ def _up(lmd_bin, default_model, d, host, port):
 @pytest.mark.parametrize("arg,msg", [
     ("gemma=dns://pool", "a name and a port"),
     ("gemma=dns://pool:0", "port must be a number"),
-    ("gemma=lmd+dns://pool:80,http://127.0.0.2:1", "a dns:// upstream is the whole list"),
+    ("gemma=lmd+dns://pool:80,http://127.0.0.2:1", "upstream is the whole list"),
+    ("gemma=etcd://127.0.0.1:2379", "a host, a port and a key prefix"),
+    ("gemma=etcd://127.0.0.1:x/p", "port must be a number"),
 ])
 def test_bad_dns_upstreams(lmd_bin, arg, msg):
     p = subprocess.run([lmd_bin, "serve", "--port", "0", "--upstream", arg], capture_output=True, text=True,
                        timeout=30)
     assert p.returncode != 0, p.stderr
     assert msg in p.stderr, p.stderr
+
+
+class Etcd:
+    """A real etcd (Debian's etcd-server) on loopback ports, its data in d."""
+
+    def __init__(self, d):
+        if not shutil.which("etcd"):
+            pytest.fail("etcd is not installed (scripts/install-deps.sh installs etcd-server)")
+        self.port, peer = port_free_on(["127.0.0.1"]), port_free_on(["127.0.0.1"])
+        self.base = "http://127.0.0.1:%d" % self.port
+        self.log = d / "etcd.log"
+        with open(self.log, "wb") as f:
+            self.proc = subprocess.Popen(["etcd", "--data-dir", str(d / "etcd"), "--listen-client-urls", self.base,
+                                          "--advertise-client-urls", self.base, "--listen-peer-urls",
+                                          "http://127.0.0.1:%d" % peer, "--initial-advertise-peer-urls",
+                                          "http://127.0.0.1:%d" % peer, "--initial-cluster",
+                                          "default=http://127.0.0.1:%d" % peer], stdout=f, stderr=subprocess.STDOUT)
+        assert wait_until(lambda: self._ok(), timeout=30), self.log.read_text()
+
+    def _ok(self):
+        try:
+            return httpx.get(self.base + "/health", timeout=1).json().get("health") == "true"
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    def put(self, key, value):
+        httpx.post(self.base + "/v3/kv/put", json={"key": _b64(key), "value": _b64(value)}, timeout=10)
+
+    def delete(self, key):
+        httpx.post(self.base + "/v3/kv/deleterange", json={"key": _b64(key)}, timeout=10)
+
+    def keys(self, prefix):
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        r = httpx.post(self.base + "/v3/kv/range", json={"key": _b64(prefix), "range_end": _b64(end)}, timeout=10)
+        import base64
+        return sorted(base64.b64decode(kv["key"]).decode() for kv in r.json().get("kvs", []))
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def _b64(s):
+    import base64
+    return base64.b64encode(s.encode()).decode()
+
+
+def test_etcd_discovery_and_registration(lmd_bin, default_model, tmp_path):
+    """Replicas register themselves (--register) with a lease; a gateway
+    watching the prefix routes to them as they come, deregister (drain) or
+    are removed, within about a second; a value put by hand counts too."""
+    etcd = Etcd(tmp_path)
+    prefix = "/lmd/upstreams/gemma"
+    reg = ["--register", "etcd://127.0.0.1:%d%s" % (etcd.port, prefix)]
+    a = b = g = None
+    try:
+        a = UpServe(lmd_bin, tmp_path, "127.0.0.2", "-m", default_model, "-t", "1", "-c", "256", *reg)
+        assert wait_until(lambda: etcd.keys(prefix) == ["%s/127.0.0.2:%d" % (prefix, a.port)], timeout=10), \
+            etcd.keys(prefix)
+        g = Serve(lmd_bin, tmp_path, "--upstream", "gemma=lmd+etcd://127.0.0.1:%d%s" % (etcd.port, prefix),
+                  "--route", "least")
+        c = openai.OpenAI(base_url=g.base + "/v1", api_key="none", max_retries=0, timeout=60)
+        url_a = "lmd+" + a.url
+        assert backends(g) == [url_a]
+        assert c.completions.create(model="gemma", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
+
+        # A second replica registers: traffic reaches it.
+        b = UpServe(lmd_bin, tmp_path, "127.0.0.3", "-m", default_model, "-t", "1", "-c", "256", *reg)
+        url_b = "lmd+" + b.url
+        t0 = time.monotonic()
+        assert wait_until(lambda: backends(g) == sorted([url_a, url_b]), timeout=10), backends(g)
+        moved = time.monotonic() - t0
+        before = upstreams_served(b.metrics())
+        for _ in range(4):
+            c.completions.create(model="gemma", prompt=PROMPT, max_tokens=2)
+        assert upstreams_served(b.metrics()) > before
+
+        # The first drains (SIGTERM): it deregisters, and gets no more.
+        a.stop()
+        assert wait_until(lambda: backends(g) == [url_b], timeout=10), backends(g)
+        assert etcd.keys(prefix) == ["%s/127.0.0.3:%d" % (prefix, b.port)]
+        for _ in range(2):
+            assert c.completions.create(model="gemma", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
+
+        # A key put by hand (JSON with a url) is an upstream too; deleting it removes it.
+        etcd.put(prefix + "/manual", '{"url": "http://127.0.0.9:1"}')
+        assert wait_until(lambda: "lmd+http://127.0.0.9:1" in backends(g), timeout=10), backends(g)
+        etcd.delete(prefix + "/manual")
+        assert wait_until(lambda: backends(g) == [url_b], timeout=10), backends(g)
+        assert moved < 5, moved
+        assert "discovery: registered" in b.log()
+    finally:
+        if g:
+            assert g.stop() == 0, g.log()
+        for u in (a, b):
+            if u and u.proc.poll() is None:
+                u.stop()
+        etcd.stop()
