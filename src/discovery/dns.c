@@ -121,9 +121,12 @@ static void resolve(struct discovery *d, const char *host, struct answer *a)
         int bits = ares_getsock(d->ch, socks, ARES_GETSOCK_MAXNUM);
         struct pollfd pf[ARES_GETSOCK_MAXNUM];
         int n = 0;
+        /* The bit tests of ARES_GETSOCK_READABLE/WRITABLE, on unsigned
+         * (the macros shift a signed 1 into the sign bit). */
         for (int i = 0; i < ARES_GETSOCK_MAXNUM; i++) {
+            unsigned ub = (unsigned)bits;
             short ev =
-                (short)((ARES_GETSOCK_READABLE(bits, i) ? POLLIN : 0) | (ARES_GETSOCK_WRITABLE(bits, i) ? POLLOUT : 0));
+                (short)(((ub & (1u << i)) ? POLLIN : 0) | ((ub & (1u << (i + ARES_GETSOCK_MAXNUM))) ? POLLOUT : 0));
             if (ev)
                 pf[n++] = (struct pollfd){.fd = socks[i], .events = ev};
         }
