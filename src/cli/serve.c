@@ -68,6 +68,8 @@ static void serve_usage(FILE *out)
             "      --register etcd://HOST:PORT/PREFIX  put this server's URL under PREFIX while it serves\n"
             "                           (a 10 s lease, kept alive; revoked when it drains)\n"
             "      --advertise URL      the URL registered (default http://HOST:PORT of the listener)\n"
+            "      --watch-config       read --config again when the file changes (as on SIGHUP: the\n"
+            "                           upstream lists of remote models)\n"
             "Server settings:\n"
             "      --host ADDR          address to listen on (default 127.0.0.1)\n"
             "      --port N             TCP port (default 8080; 0 = any free port)\n"
@@ -127,6 +129,7 @@ enum {
     OPT_DNS_INTERVAL,
     OPT_REGISTER,
     OPT_ADVERTISE,
+    OPT_WATCH_CONFIG,
 };
 
 static const struct option opts[] = {
@@ -163,6 +166,7 @@ static const struct option opts[] = {
     {"dns-interval", required_argument, NULL, OPT_DNS_INTERVAL},
     {"register", required_argument, NULL, OPT_REGISTER},
     {"advertise", required_argument, NULL, OPT_ADVERTISE},
+    {"watch-config", no_argument, NULL, OPT_WATCH_CONFIG},
     {"help", no_argument, NULL, 'h'},
     {0, 0, 0, 0},
 };
@@ -271,6 +275,9 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
             return -1;
         }
         return set_str("--register", v, c->register_url, sizeof c->register_url);
+    case OPT_WATCH_CONFIG:
+        c->watch_config = true;
+        return 0;
     case OPT_ADVERTISE:
         if (strncmp(v, "http://", 7) != 0 && strncmp(v, "https://", 8) != 0 && !strstr(v, "+http")) {
             fprintf(stderr, "lmd serve: --advertise wants the URL others reach this server at ([KIND+]http://...)\n");

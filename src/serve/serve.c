@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 _Static_assert(SERVE_MAX_MODELS <= API_MAX_MODELS && SERVE_MAX_MODELS <= OBS_MAX_MODELS,
@@ -575,18 +576,18 @@ int serve_port(const struct serve *s) { return http_server_port(s->http); }
 static void serve_reload(struct serve *s)
 {
     if (!s->cfg.file[0]) {
-        LMD_WARN("lmd serve: SIGHUP: no --config file to reload; nothing changes");
+        LMD_WARN("lmd serve: reload: no --config file to read again; nothing changes");
         return;
     }
     struct serve_config *nc = malloc(sizeof *nc);
     struct lmd_err err = {0};
     if (!nc) {
-        LMD_ERROR("lmd serve: SIGHUP: out of memory; nothing changes");
+        LMD_ERROR("lmd serve: reload: out of memory; nothing changes");
         return;
     }
     serve_config_init(nc);
     if (serve_config_load(nc, s->cfg.file, &err) != 0) {
-        LMD_ERROR("lmd serve: SIGHUP: %s; nothing changes", err.msg);
+        LMD_ERROR("lmd serve: reload: %s; nothing changes", err.msg);
         free(nc);
         return;
     }
@@ -600,12 +601,12 @@ static void serve_reload(struct serve *s)
             if (strcmp(s->models[i].id, m->name) == 0)
                 sm = &s->models[i];
         if (sm && sm->dns) {
-            LMD_WARN("lmd serve: SIGHUP: model '%s' follows a DNS name; its upstreams change with it, not here",
+            LMD_WARN("lmd serve: reload: model '%s' follows a DNS name; its upstreams change with it, not here",
                      m->name);
             continue;
         }
         if (!sm || !sm->eng->info.takes_api) {
-            LMD_WARN("lmd serve: SIGHUP: remote model '%s' is not served as one; a new model needs a restart", m->name);
+            LMD_WARN("lmd serve: reload: remote model '%s' is not served as one; a new model needs a restart", m->name);
             continue;
         }
         struct remote_backend_config list[SERVE_MAX_UPSTREAMS];
@@ -616,12 +617,12 @@ static void serve_reload(struct serve *s)
                                                                 : nc->defaults.inflight;
         }
         if (engine_remote_set_upstreams(sm->eng, list, m->n_upstreams, &err) != 0) {
-            LMD_ERROR("lmd serve: SIGHUP: model '%s': %s; its upstreams stay as they were", m->name, err.msg);
+            LMD_ERROR("lmd serve: reload: model '%s': %s; its upstreams stay as they were", m->name, err.msg);
             continue;
         }
         changed++;
     }
-    LMD_INFO("lmd serve: SIGHUP: %s reloaded: upstreams of %d remote model%s replaced (other settings need a restart)",
+    LMD_INFO("lmd serve: %s reloaded: upstreams of %d remote model%s replaced (other settings need a restart)",
              s->cfg.file, changed, changed == 1 ? "" : "s");
     free(nc);
 }
@@ -634,11 +635,27 @@ void serve_run(struct serve *s)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     int sig = 0;
+    /* --watch-config: the file is looked at every 2 s, and read again when
+     * it changed (a Kubernetes ConfigMap update swaps the mounted file). */
+    struct stat st0 = {0};
+    bool watch = s->cfg.watch_config && s->cfg.file[0] && stat(s->cfg.file, &st0) == 0;
     for (;;) {
-        if (sigwait(&set, &sig) != 0)
+        struct timespec poll_every = {2, 0};
+        sig = watch ? sigtimedwait(&set, NULL, &poll_every) : (sigwait(&set, &sig) == 0 ? sig : -1);
+        if (sig < 0) {
+            struct stat st;
+            if (watch && stat(s->cfg.file, &st) == 0 &&
+                (st.st_ino != st0.st_ino || st.st_size != st0.st_size || st.st_mtim.tv_sec != st0.st_mtim.tv_sec ||
+                 st.st_mtim.tv_nsec != st0.st_mtim.tv_nsec)) {
+                st0 = st;
+                LMD_INFO("lmd serve: %s changed", s->cfg.file);
+                serve_reload(s);
+            }
             continue;
+        }
         if (sig != SIGHUP)
             break;
+        LMD_INFO("lmd serve: SIGHUP: reading %s again", s->cfg.file[0] ? s->cfg.file : "the config (none given)");
         serve_reload(s);
     }
     sigdelset(&set, SIGHUP);

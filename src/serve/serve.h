@@ -95,6 +95,7 @@ struct serve_config {
     int dns_interval_ms;       /* how often dns:// names are resolved again */
     char register_url[256];    /* etcd://HOST:PORT/PREFIX to register this server under; "" = none */
     char advertise[256];       /* the URL registered; "" = http(s)://HOST:PORT of the listener */
+    bool watch_config;         /* read the config file again when it changes, as on SIGHUP */
 };
 
 enum serve_compat {
