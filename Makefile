@@ -58,7 +58,7 @@ test-unit: build
 # The whole unit suite again under AddressSanitizer + UndefinedBehaviorSanitizer.
 test-asan: build-asan
 	cd $(BUILD_ASAN) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-		ctest --output-on-failure -j $(JOBS)
+		LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan-unit.supp:print_suppressions=0 ctest --output-on-failure -j $(JOBS)
 
 test-integration: build
 	@if ls tests/integration/test_*.py >/dev/null 2>&1; then \

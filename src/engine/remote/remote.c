@@ -1441,6 +1441,8 @@ static void on_inbox(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messa
     drain_waiting(re);
 }
 
+static void backend_fini(struct rbackend *b);
+
 static void *loop_main(void *arg)
 {
     struct remote *re = arg;
@@ -1486,8 +1488,24 @@ static void *loop_main(void *arg)
         }
         probe_timer_stop(&re->b[i]);
     }
+    /* Give the sockets just closed a turn to go, then take the loop down
+     * with everything on it: the pools (their idle connections and
+     * timers), the timeouts, the queue. */
+    h2o_evloop_run(re->loop, 0);
+    for (int i = 0; i < re->n_b; i++)
+        backend_fini(&re->b[i]);
+    h2o_evloop_run(re->loop, 0);
     h2o_multithread_unregister_receiver(re->queue, &re->receiver);
     h2o_multithread_unregister_receiver(re->queue, &re->getaddr_receiver);
+    h2o_timeout_t *t[] = {&re->io_timeout, &re->head_timeout, &re->probe_timeout, &re->health_timer};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        h2o_timeout_dispose(re->loop, t[i]);
+    h2o_multithread_destroy_queue(re->queue);
+#if H2O_VERSION_MAJOR == 2 && H2O_VERSION_MINOR < 3
+    free(re->queue); /* h2o 2.2's destroy leaves the queue's own memory (later versions free it) */
+#endif
+    h2o_evloop_destroy(re->loop);
+    re->loop = NULL;
     return NULL;
 }
 
