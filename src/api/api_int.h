@@ -163,11 +163,12 @@ void api_send_error(struct http_req *r, const struct api_error *e, const char *h
 int api_call_submit(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
                     int32_t *ids, int n_prompt, int max_tokens, const char *id, struct api_who *who,
                     struct api_error *e);
-/* The same for a model whose engine forwards API requests: `body` (malloc'd
- * JSON, the call's from now on, freed on failure too) goes to the engine
- * as it is; n_prompt is an estimate until the engine's usage. */
+/* The same for a model whose engine forwards API requests: `body` (a
+ * json_t * reference, the call's from now on, released on failure too)
+ * goes to the engine as it is; n_prompt is an estimate until the engine's
+ * usage. */
 int api_call_forward(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
-                     char *body, int n_prompt, int max_tokens, const char *id, struct api_who *who,
+                     void *body, int n_prompt, int max_tokens, const char *id, struct api_who *who,
                      struct api_error *e);
 /* GET /debug/requests: the live calls as JSON into b. */
 int api_calls_render(struct api *a, struct lmd_buf *b);

@@ -38,6 +38,8 @@
 #include "sched/sched.h"
 #include "tokenizer/tokenizer.h"
 
+#include <jansson.h>
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,7 +111,7 @@ struct api_call {
     const char *finish;                     /* the first choice's finish reason, for the log */
     struct api_call *live_prev, *live_next; /* the api's live list (live_mu) */
     bool forwards;                          /* its engine takes the request whole: text out, usage from it */
-    char *body;                             /* forwards: the JSON request handed on (malloc'd) */
+    void *body;                             /* forwards: the JSON request handed on (json_t *, a reference) */
     int n_choices;
     struct api_choice choice[]; /* [n_choices] */
 };
@@ -164,7 +166,7 @@ static void call_free(struct api_call *c)
             pthread_mutex_destroy(&c->choice[i].tmu);
             lmd_buf_free(&c->choice[i].tin);
         }
-    free(c->body);
+    json_decref(c->body);
     lmd_arena_destroy(c->arena); /* c too */
 }
 
@@ -686,8 +688,7 @@ static int choice_init(struct api_call *c, struct api_choice *ch, int i, const s
         ch->sr.n_prompt = c->n_prompt;
         ch->sr.max_tokens = max_tokens;
         ch->sr.api_path = c->kind == API_CHAT ? "/v1/chat/completions" : "/v1/completions";
-        ch->sr.api_body = c->body;
-        ch->sr.api_body_len = strlen(c->body);
+        ch->sr.api_json = c->body;
         ch->sr.on_text = choice_text;
         ch->sr.notify = choice_notify;
         ch->sr.release = choice_release;
@@ -756,7 +757,7 @@ static void call_begin_stream(struct api_call *c, struct http_req *r)
 }
 
 static int call_submit(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
-                       int32_t *ids, char *body, int n_prompt, int max_tokens, const char *id, struct api_who *who,
+                       int32_t *ids, void *body, int n_prompt, int max_tokens, const char *id, struct api_who *who,
                        struct api_error *e);
 
 int api_call_submit(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
@@ -767,7 +768,7 @@ int api_call_submit(struct api *a, const struct api__model *m, struct http_req *
 }
 
 int api_call_forward(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
-                     char *body, int n_prompt, int max_tokens, const char *id, struct api_who *who, struct api_error *e)
+                     void *body, int n_prompt, int max_tokens, const char *id, struct api_who *who, struct api_error *e)
 {
     return call_submit(a, m, r, p, NULL, body, n_prompt, max_tokens, id, who, e);
 }
@@ -775,7 +776,7 @@ int api_call_forward(struct api *a, const struct api__model *m, struct http_req 
 /* Either ids (token ids, for engines that take them) or body (the JSON
  * request, for engines that forward it); takes ownership of both. */
 static int call_submit(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
-                       int32_t *ids, char *body, int n_prompt, int max_tokens, const char *id, struct api_who *who,
+                       int32_t *ids, void *body, int n_prompt, int max_tokens, const char *id, struct api_who *who,
                        struct api_error *e)
 {
     const int n = p->n;
@@ -801,7 +802,7 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
     if (!c || (!fwd && !prompt)) {
         lmd_arena_destroy(arena);
         free(ids);
-        free(body);
+        json_decref(body);
         return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
     }
     if (!fwd)

@@ -421,7 +421,7 @@ static void forward_generate(struct api *a, struct http_req *r, struct api_param
     struct api_error e = {0};
     const char *hname = NULL, *hvalue = NULL;
     char retry[16];
-    char *body = NULL;
+    json_t *body = NULL;
     if (p->logprobs >= 0 || p->echo) {
         api_error_set(&e, 400, "invalid_request_error", p->echo ? "echo" : "logprobs", "unsupported_parameter",
                       "'%s' is not available for model '%s': its engine forwards requests to upstream servers, "
@@ -429,24 +429,16 @@ static void forward_generate(struct api *a, struct http_req *r, struct api_param
                       p->echo ? "echo" : "logprobs", m->m.id, p->echo ? "echoed prompts" : "log-probabilities");
         goto fail;
     }
-    json_t *o = json_deep_copy(p->doc);
-    if (!o) {
-        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
-        goto fail;
-    }
+    /* The parsed body itself goes on (no copy: the strings p points at are
+     * untouched; only top-level keys lmd acts on are taken out). */
+    body = json_incref((json_t *)p->doc);
     static const char *const drop[] = {"model", "stream", "stream_options", "n", "priority"};
     for (size_t i = 0; i < sizeof drop / sizeof drop[0]; i++)
-        json_object_del(o, drop[i]);
+        json_object_del(body, drop[i]);
     /* OpenAI's default length for completions, which some servers do not
      * share (llama-server's is unbounded). */
     if (p->kind == API_COMPLETION && p->max_tokens <= 0)
-        json_object_set_new(o, "max_tokens", json_integer(16));
-    body = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    if (!body) {
-        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
-        goto fail;
-    }
+        json_object_set_new(body, "max_tokens", json_integer(16));
     size_t bytes = 0;
     if (p->prompt_ids)
         bytes = (size_t)p->n_prompt_ids * 4;
@@ -479,7 +471,7 @@ static void forward_generate(struct api *a, struct http_req *r, struct api_param
     }
     return;
 fail:
-    free(body);
+    json_decref(body);
     api_log_refusal(a, r, rid, e.status, m, who->cls, who->tenant);
     api_send_error(r, &e, hname, hvalue);
 }

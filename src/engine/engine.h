@@ -76,7 +76,7 @@ struct engine_info {
     /* Contract. */
     bool samples;                 /* step results are sampled tokens, not logits */
     bool request_level;           /* submit/poll/cancel instead of launch/wait */
-    bool takes_api;               /* request-level: forwards API requests (engine_req.api_body) */
+    bool takes_api;               /* request-level: forwards API requests (engine_req.api_json) */
     bool wakes;                   /* request-level: calls engine.wake when events are ready */
     const struct gguf_file *gguf; /* for the tokenizer and chat template; NULL for remote engines */
 };
@@ -109,20 +109,21 @@ struct engine_result {
  * stays valid and unchanged until the request's finish event.
  *
  * An engine that forwards API requests (info.takes_api: a remote engine)
- * takes the OpenAI request as lmd validated it — api_path and api_body,
+ * takes the OpenAI request as lmd validated it — api_path and api_json,
  * whose sampling fields, stop strings and limits it forwards — rather
  * than token ids: prompt may be NULL and n_prompt is then an estimate. */
 struct engine_req {
     uint64_t id;
-    const int32_t *prompt; /* [n_prompt], or NULL with an api_body */
+    const int32_t *prompt; /* [n_prompt], or NULL with an api_json */
     int n_prompt;
     int max_tokens;
     const struct sample_params *sp;
     bool ignore_eos;
     int n_logprobs;       /* -1 = none */
     const char *api_path; /* "/v1/completions" or "/v1/chat/completions"; NULL = token ids only */
-    const char *api_body; /* [api_body_len] a JSON object: the request's fields, without model and stream */
-    size_t api_body_len;
+    void *api_json;       /* json_t *, a JSON object: the request's fields, without model and stream. The engine
+                             takes references of its own; several requests (choices) may share it, and only the
+                             engine's thread changes it after submission (jansson counts references atomically) */
     uint64_t deadline_ns; /* monotonic: an engine may retry elsewhere until then; 0 = no deadline */
     void *engine_data;    /* the engine's, from submit to the finish event */
 };

@@ -55,8 +55,8 @@ void sched_req_init(struct sched_req *r)
     r->out_lp = NULL;
     r->out_top_id = NULL;
     r->out_top_lp = NULL;
-    r->api_path = r->api_body = NULL;
-    r->api_body_len = 0;
+    r->api_path = NULL;
+    r->api_json = NULL;
     r->on_text = NULL;
     r->err_status = 0;
     r->usage_prompt = r->usage_completion = -1;
@@ -613,7 +613,14 @@ int sched_start(struct sched **out, struct engine *eng, const struct sched_confi
         .n_blocks = ei->kv_blocks, .block_tokens = ei->kv_block_tokens, .prefix_cache = !cfg->no_prefix_cache};
     if (ei->request_level) {
         long tb = ei->token_budget > 0 ? ei->token_budget : (long)ei->n_ctx * ei->max_seqs;
-        kc = (struct kv_config){.n_blocks = tb > (1 << 30) ? (1 << 30) : (int)tb, .block_tokens = 1};
+        /* Blocks of one token count exactly; a budget of millions of tokens
+         * (a remote pool: seats x context) is counted in coarser blocks, so
+         * that its bookkeeping stays at most 65,536 blocks. */
+        int bt = 1;
+        while (tb / bt > 65536 && bt < 4096)
+            bt *= 2;
+        long nb = tb / bt;
+        kc = (struct kv_config){.n_blocks = nb > (1 << 30) ? (1 << 30) : (int)nb, .block_tokens = bt};
     }
     s->blk_tok = calloc((size_t)kc.block_tokens, sizeof *s->blk_tok);
     s->events = calloc(2 * n, sizeof *s->events);
@@ -670,8 +677,8 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
         return lmd_err_set(err, LMD_ERANGE, "%d prompt tokens + %d max_tokens exceed the context of %d tokens",
                            r->n_prompt, r->max_tokens, ctx);
     if (s->eng->info.request_level && sched__blocks_needed(s, r) > s->kv.cfg.n_blocks)
-        return lmd_err_set(err, LMD_ERANGE, "%d tokens exceed the engine's token budget of %d",
-                           r->n_prompt + r->max_tokens, s->kv.cfg.n_blocks);
+        return lmd_err_set(err, LMD_ERANGE, "%d tokens exceed the engine's token budget of %ld",
+                           r->n_prompt + r->max_tokens, (long)s->kv.cfg.n_blocks * s->kv.cfg.block_tokens);
     if (sched__blocks_needed(s, r) > s->kv.cfg.n_blocks)
         return lmd_err_set(err, LMD_ERANGE, "%d tokens need %d KV blocks; the cache has %d",
                            r->n_prompt + r->max_tokens, sched__blocks_needed(s, r), s->kv.cfg.n_blocks);

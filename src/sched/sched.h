@@ -150,11 +150,10 @@ struct sched_req {
     int32_t *out_top_id;
     float *out_top_lp;
     /* Engines that forward API requests (engine_info.takes_api): the
-     * validated OpenAI request (engine_req's api_path/api_body; owner's
+     * validated OpenAI request (engine_req's api_path/api_json; owner's
      * memory). prompt may then be NULL, n_prompt an estimate for admission. */
     const char *api_path;
-    const char *api_body;
-    size_t api_body_len;
+    void *api_json; /* json_t * */
     /* Text output, for engines that stream text rather than token ids:
      * called on the engine thread with each piece in order (n_out counts
      * the pieces; out[] is not written); it must copy and return at once.

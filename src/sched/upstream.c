@@ -44,7 +44,7 @@ static void sched_submit_admitted(struct sched *s)
         struct sched_req *r = s->running[i];
         if (!r || r->run.submitted)
             continue;
-        if (s->eng->info.takes_api && !r->api_body) {
+        if (s->eng->info.takes_api && !r->api_json) {
             sched__fail(s, r, "this engine forwards API requests; the request carries none");
             continue;
         }
@@ -62,9 +62,11 @@ static void sched_submit_admitted(struct sched *s)
                                           .ignore_eos = r->ignore_eos,
                                           .n_logprobs = r->n_logprobs,
                                           .api_path = r->api_path,
-                                          .api_body = r->api_body,
-                                          .api_body_len = r->api_body_len,
-                                          .deadline_ns = r->t_deadline_ns};
+                                          .api_json = r->api_json,
+                                          /* Retries stop at the deadline only where
+                                           * the class refuses late work; elsewhere
+                                           * a late answer beats an error. */
+                                          .deadline_ns = s->pol.cls[r->cls].refuse_late ? r->t_deadline_ns : 0};
         struct lmd_err err = {0};
         if (engine_submit(s->eng, &r->run.ereq, &err) != 0) {
             sched__fail(s, r, err.msg);

@@ -163,6 +163,9 @@ struct rcall {
     bool got_head;       /* the upstream answered with a status line */
     bool any_output;     /* a text event was posted: no retry from here on */
     bool reissued;       /* handed to another backend once after output had begun */
+    bool connecting;     /* inside h2o_http1client_connect_with_pool: a callback now means a pooled socket */
+    bool reused;         /* this attempt went out on a kept-alive connection */
+    bool stale_retried;  /* sent again once on a new connection after a kept-alive one broke */
     int n_pieces;        /* text events posted */
     int pieces_before;   /* of those, posted before the re-issue */
     struct lmd_buf sent; /* completions: the text posted so far (for a re-issue) */
@@ -799,6 +802,8 @@ static void dispatch(struct rcall *c)
     atomic_fetch_add_explicit(&b->n_routed[why], 1, memory_order_relaxed);
     idx_insert(re, b, c);
     json_object_set_new(c->body, "model", json_string(b->model));
+    json_object_set_new(c->body, "stream", json_true());
+    json_object_set_new(c->body, "stream_options", json_pack("{s:b}", "include_usage", 1));
     free(c->payload);
     c->payload = json_dumps(c->body, JSON_COMPACT);
     free(c->head);
@@ -822,7 +827,10 @@ static void dispatch(struct rcall *c)
     c->iov[0] = h2o_iovec_init(c->head, strlen(c->head));
     c->t_sent_ns = lmd_time_mono_ns();
     h2o_timeout_link(re->loop, &re->head_timeout, &c->head_timer);
+    c->reused = false;
+    c->connecting = true;
     h2o_http1client_connect_with_pool(&c->client, c, &re->hctx, &b->pool, on_connect);
+    c->connecting = false;
 }
 
 /* A backend freed a slot: start what waits. */
@@ -871,6 +879,14 @@ static bool reissue(struct rcall *c, const char *why)
     lmd_buf_free(&np);
     if (!js)
         return false;
+    /* Its own copy: other choices share the body. */
+    json_t *own = json_deep_copy(c->body);
+    if (!own) {
+        json_decref(js);
+        return false;
+    }
+    json_decref(c->body);
+    c->body = own;
     json_object_set_new(c->body, "prompt", js);
     json_object_set_new(c->body, "max_tokens", json_integer(left));
     struct rbackend *b = c->b;
@@ -1047,6 +1063,22 @@ static h2o_http1client_body_cb on_head_(struct rcall *c, const char *errstr, int
 {
     if (errstr) {
         c->client = NULL;
+        if (c->reused && !c->stale_retried && !c->cancelled && c->b) {
+            /* A kept-alive connection the upstream closed as the request
+             * went out (llama-server closes after every stream): not the
+             * upstream's failure; the request goes again, on a new
+             * connection, without counting as an attempt. */
+            struct rbackend *b = c->b;
+            LMD_DEBUG("remote %s: request %llu: %s on a kept-alive connection to %s; sending it again", c->re->name,
+                      (unsigned long long)c->rq->id, errstr, b->url);
+            head_timer_stop(c);
+            backend_release(c);
+            c->stale_retried = true;
+            c->attempts--;
+            c->tried &= ~(1u << b->index);
+            dispatch(c);
+            return NULL;
+        }
         if (c->b)
             backend_failed(c->b, errstr);
         retry_or_fail(c, 502, errstr);
@@ -1095,6 +1127,9 @@ static h2o_http1client_head_cb on_connect(h2o_http1client_t *client, const char 
         call_unref(c);
         return NULL;
     }
+    /* h2o's pool hands a kept-alive socket over within the connect call
+     * (after checking that it is still open); a new one comes later. */
+    c->reused = c->connecting;
     *reqbufs = c->iov;
     *reqbufcnt = 2;
     *method_is_head = 0;
@@ -1429,10 +1464,13 @@ static void on_inbox(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messa
             if (re->live)
                 re->live->live_prev = c;
             re->live = c;
-            if (stop)
+            if (stop) {
                 post_finish(c, ENGINE_FINISH_CANCELLED, 0, NULL);
-            else
+            } else {
+                if (re->cfg.route == REMOTE_ROUTE_TTFT)
+                    prompt_chain(c); /* here: the body is the loop thread's to read */
                 dispatch(c);
+            }
         }
         l = next;
     }
@@ -1535,19 +1573,13 @@ static void inbox_push(struct remote *re, struct rcall *c, bool cancel)
 static int remote_submit(struct engine *e, struct engine_req *rq, struct lmd_err *err)
 {
     struct remote *re = (struct remote *)e;
-    if (!rq->api_body || !rq->api_path)
+    if (!rq->api_json || !rq->api_path || !json_is_object((json_t *)rq->api_json))
         return lmd_err_set(err, LMD_EINVAL, "remote engine: the request carries no API body");
-    json_error_t je;
-    json_t *body = json_loadb(rq->api_body, rq->api_body_len, 0, &je);
-    if (!json_is_object(body)) {
-        json_decref(body);
-        return lmd_err_set(err, LMD_EINVAL, "remote engine: the API body is not a JSON object");
-    }
     struct rcall *c = calloc(1, sizeof *c);
-    if (!c) {
-        json_decref(body);
+    if (!c)
         return lmd_err_set(err, LMD_ENOMEM, "out of memory");
-    }
+    /* A reference of its own, read and changed on the loop thread only. */
+    json_t *body = json_incref((json_t *)rq->api_json);
     c->re = re;
     c->rq = rq;
     c->body = body;
@@ -1555,10 +1587,6 @@ static int remote_submit(struct engine *e, struct engine_req *rq, struct lmd_err
     c->usage_prompt = c->usage_completion = -1;
     c->head_timer.cb = on_head_timeout;
     atomic_init(&c->refs, 2); /* the loop's and the scheduler's */
-    if (re->cfg.route == REMOTE_ROUTE_TTFT)
-        prompt_chain(c);
-    json_object_set_new(body, "stream", json_true());
-    json_object_set_new(body, "stream_options", json_pack("{s:b}", "include_usage", 1));
     rq->engine_data = c;
     inbox_push(re, c, false);
     return 0;
