@@ -207,8 +207,12 @@ _NGINX_PROXY = """\
 }}
 """
 
-# An OpenAI server with no model: one constant non-streamed completion for
-# every POST, so that a proxy in front of it is the only work on the path.
+# An OpenAI server with no model: every POST gets one constant streamed
+# completion (one token, its usage, [DONE]), so that a proxy in front of it
+# is the only work on the path. Always SSE: lmd's gateway asks its upstreams
+# for a stream whatever the client asked, and nginx cannot read a body
+# before answering with `return`; wrk counts statuses and bytes, not
+# content, so the direct and nginx paths measure the same exchange.
 _NGINX_STUB = """\
     server {{
         listen {host}:{port} backlog=16384;
@@ -218,7 +222,8 @@ _NGINX_STUB = """\
         location = /metrics {{ default_type text/plain; return 200 "# stub\\n"; }}
         location = /v1/models {{ return 200 '{{"object":"list","data":[{{"id":"default","object":"model","owned_by":"stub"}}]}}'; }}
         location / {{
-            return 200 '{{"id":"cmpl-stub","object":"text_completion","created":0,"model":"default","choices":[{{"index":0,"text":"x","logprobs":null,"finish_reason":"length"}}],"usage":{{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}}}';
+            default_type text/event-stream;
+            return 200 'data: {{"id":"cmpl-stub","object":"text_completion","created":0,"model":"default","choices":[{{"index":0,"text":"x","logprobs":null,"finish_reason":"length"}}]}}\\n\\ndata: {{"id":"cmpl-stub","object":"text_completion","created":0,"model":"default","choices":[],"usage":{{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}}}\\n\\ndata: [DONE]\\n\\n';
         }}
     }}
 }}
