@@ -12,7 +12,6 @@ import atexit
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sysconfig
 import tempfile
@@ -93,12 +92,6 @@ def stop(p, timeout=30):
             p.popen.kill()
             p.popen.wait()
     shutil.rmtree(p.tmp, ignore_errors=True)
-
-
-def free_port(host):
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 # ---- llama.cpp's llama-server ---------------------------------------------------
