@@ -61,25 +61,31 @@ if want_stamp test scripts/requirements-test.txt; then
     mv .venv/.stamp-test.new .venv/.stamp-test
 fi
 
-if [ "$PEER" = 1 ] && want_stamp peer scripts/requirements-peer.txt; then
-    echo "install-deps: pip install -r scripts/requirements-peer.txt (builds llama.cpp; takes minutes)"
-    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/pip install -q --disable-pip-version-check \
+peer_install() { # extra pip arguments
+    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/pip install -q --disable-pip-version-check "$@" \
         -r scripts/requirements-peer.txt
-    mv .venv/.stamp-peer.new .venv/.stamp-peer
-fi
+}
 
-# llama-server is built only when llama.cpp's tools are asked for
-# (shared/bench/PEERS.md). pip keeps the wheel it built for --peer, which
-# lacks them, so the build with the tools bypasses its cache.
-if [ "$BENCH" = 1 ]; then
-    SP=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-    if [ ! -x "$SP/bin/llama-server" ]; then
-        echo "install-deps: pip install llama-cpp-python with llama.cpp's tools (llama-server; takes minutes)"
-        CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-        CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_TOOLS_INSTALL=ON \
-                    -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
-                    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
-            .venv/bin/pip install -q --disable-pip-version-check --no-cache-dir --force-reinstall --no-deps \
-            --no-binary llama-cpp-python -r scripts/requirements-peer.txt
-    fi
+# --bench needs llama-server, which llama-cpp-python builds only when asked
+# for llama.cpp's tools (shared/bench/PEERS.md). pip keeps the wheel it built
+# without them, so that build bypasses pip's cache, and replaces a peer
+# installed without the tools. A llama-server already there is kept unless
+# this script installed it for an older scripts/requirements-peer.txt.
+peer_stale() {
+    [ -f .venv/.stamp-peer ] && [ "$(cat .venv/.stamp-peer)" != "$(sha256sum scripts/requirements-peer.txt | cut -d' ' -f1)" ]
+}
+SP=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [ "$BENCH" = 1 ] && { ! [ -x "$SP/bin/llama-server" ] || peer_stale; }; then
+    echo "install-deps: pip install llama-cpp-python with llama.cpp's tools (llama-server; takes minutes)"
+    args=(--no-cache-dir --no-binary llama-cpp-python)
+    .venv/bin/pip show -q llama-cpp-python >/dev/null 2>&1 && args+=(--force-reinstall --no-deps)
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_TOOLS_INSTALL=ON \
+                -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+                -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" peer_install "${args[@]}"
+    sha256sum scripts/requirements-peer.txt | cut -d' ' -f1 > .venv/.stamp-peer
+    rm -f .venv/.stamp-peer.new
+elif [ "$PEER" = 1 ] && want_stamp peer scripts/requirements-peer.txt; then
+    echo "install-deps: pip install -r scripts/requirements-peer.txt (builds llama.cpp; takes minutes)"
+    peer_install
+    mv .venv/.stamp-peer.new .venv/.stamp-peer
 fi
