@@ -123,12 +123,17 @@ def llama_server(host, port, model, threads=1, parallel=4, ctx=8192, extra=(), c
 # ---- lmd ------------------------------------------------------------------------
 
 
-def lmd_has_gateway(lmd):
+def lmd_gateway_missing(lmd):
+    """Why `lmd` cannot be the gateway path, or None when it can."""
+    if not os.access(lmd, os.X_OK):
+        return "no lmd binary at %s (make build, or --lmd PATH)" % lmd
     try:
         out = subprocess.run([lmd, "serve", "--help"], capture_output=True, text=True, timeout=10)
-    except OSError:
-        return False
-    return "--upstream" in out.stdout + out.stderr
+    except OSError as e:
+        return "%s does not run: %s" % (lmd, e)
+    if "--upstream" not in out.stdout + out.stderr:
+        return "%s serve has no --upstream (a build without gateway mode)" % lmd
+    return None
 
 
 def lmd_native(lmd, host, port, model, threads=1, extra=(), cpus=None):
