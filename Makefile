@@ -17,7 +17,7 @@ ifeq ($(CI),true)
 CMAKE_FLAGS += -DLMD_WERROR=ON
 endif
 
-.PHONY: all deps deps-peer model build build-asan run test test-unit test-asan test-integration \
+.PHONY: all deps deps-peer deps-bench model build build-asan run test test-unit test-asan test-integration \
         bench bench-engine golden clean format format-check fuzz fuzz-build fuzz-gguf test-fuzz test-tsan test-integration-asan parity
 
 all: build
@@ -27,6 +27,9 @@ deps:
 
 deps-peer:
 	@scripts/install-deps.sh --peer
+
+deps-bench:
+	@scripts/install-deps.sh --peer --bench
 
 model: deps
 	@scripts/fetch-model.sh

@@ -6,13 +6,28 @@
 # `etcd-server` are the DNS server and etcd that the discovery tests run.
 # Idempotent and quick when all is present. `--peer` also installs the
 # performance/reference peer (llama-cpp-python, built from source by pip),
-# which only `make golden` and `make bench` need.
+# which only `make golden` and `make bench` need. `--bench` installs what the
+# gateway benchmarks (bench/gateway/) run besides lmd: nginx (the plain
+# reverse proxy they compare with), wrk (the load generator), curl, and the
+# peer built with llama.cpp's own tools, among them `llama-server`, the
+# upstream replicas. Neither option is needed to build or test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+PEER=0
+BENCH=0
+for arg in "$@"; do
+    case "$arg" in
+        --peer) PEER=1 ;;
+        --bench) BENCH=1 ;;
+        *) echo "usage: scripts/install-deps.sh [--peer] [--bench]" >&2; exit 2 ;;
+    esac
+done
 
 APT_PKGS=(build-essential cmake pkg-config git python3 python3-venv
           libjansson-dev libpcre2-dev libcmocka-dev libh2o-evloop-dev libssl-dev libnghttp2-dev zlib1g-dev libyaml-dev
           libsimde-dev clang clang-format openssl prometheus libc-ares-dev dnsmasq-base etcd-server)
+[ "$BENCH" = 1 ] && APT_PKGS+=(nginx wrk curl util-linux)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do
@@ -47,9 +62,31 @@ if want_stamp test scripts/requirements-test.txt; then
     mv .venv/.stamp-test.new .venv/.stamp-test
 fi
 
-if [ "${1:-}" = "--peer" ] && want_stamp peer scripts/requirements-peer.txt; then
-    echo "install-deps: pip install -r scripts/requirements-peer.txt (builds llama.cpp; takes minutes)"
-    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/pip install -q --disable-pip-version-check \
+peer_install() { # extra pip arguments
+    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) .venv/bin/pip install -q --disable-pip-version-check "$@" \
         -r scripts/requirements-peer.txt
+}
+
+# --bench needs llama-server, which llama-cpp-python builds only when asked
+# for llama.cpp's tools (shared/bench/PEERS.md). pip keeps the wheel it built
+# without them, so that build bypasses pip's cache, and replaces a peer
+# installed without the tools. A llama-server already there is kept unless
+# this script installed it for an older scripts/requirements-peer.txt.
+peer_stale() {
+    [ -f .venv/.stamp-peer ] && [ "$(cat .venv/.stamp-peer)" != "$(sha256sum scripts/requirements-peer.txt | cut -d' ' -f1)" ]
+}
+SP=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+if [ "$BENCH" = 1 ] && { ! [ -x "$SP/bin/llama-server" ] || peer_stale; }; then
+    echo "install-deps: pip install llama-cpp-python with llama.cpp's tools (llama-server; takes minutes)"
+    args=(--no-cache-dir --no-binary llama-cpp-python)
+    .venv/bin/pip show -q llama-cpp-python >/dev/null 2>&1 && args+=(--force-reinstall --no-deps)
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_TOOLS_INSTALL=ON \
+                -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF \
+                -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" peer_install "${args[@]}"
+    sha256sum scripts/requirements-peer.txt | cut -d' ' -f1 > .venv/.stamp-peer
+    rm -f .venv/.stamp-peer.new
+elif [ "$PEER" = 1 ] && want_stamp peer scripts/requirements-peer.txt; then
+    echo "install-deps: pip install -r scripts/requirements-peer.txt (builds llama.cpp; takes minutes)"
+    peer_install
     mv .venv/.stamp-peer.new .venv/.stamp-peer
 fi
