@@ -709,6 +709,18 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
     int limit = s->cfg.max_queue;
     if (s->pol.kind == SCHED_POLICY_SLA && r->cls > 0 && s->pol.n_classes > 1)
         limit -= (s->cfg.max_queue + 3) / 4;
+    /* A request-level engine (a remote pool) takes a request as soon as a
+     * seat is free, and a burst arrives faster than this thread admits it:
+     * requests that free seats will take at once are not waiting, and are
+     * not refused as if they were. */
+    if (s->eng->info.request_level) {
+        int cap = s->cfg.max_running, seats = atomic_load_explicit(&s->eng->seats, memory_order_relaxed);
+        if (seats > 0 && seats < cap)
+            cap = seats;
+        int free_slots = cap - atomic_load_explicit(&s->running_now, memory_order_relaxed);
+        if (free_slots > 0)
+            limit += free_slots;
+    }
     int q = atomic_fetch_add_explicit(&s->n_queued, 1, memory_order_relaxed);
     if (q >= limit) {
         atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
