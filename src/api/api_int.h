@@ -28,6 +28,12 @@ struct http_req;
 
 /* Append s as the inside of a JSON string (no quotes). */
 int api_buf_json_escape(struct lmd_buf *b, const char *s, size_t n);
+/* Copy a JSON object that jansson has validated, without its top-level
+ * members named in drop, and without its closing brace (the caller adds
+ * members and closes it): "{a,b" from "{a,x,b}". Keys are compared as
+ * written (a key spelled with escapes is kept). No allocation per member;
+ * LMD_EINVAL when s is not an object. */
+int api_json_splice(struct lmd_buf *out, const char *s, size_t n, const char *const *drop, int n_drop);
 /* Whether s[0, n) is valid UTF-8. */
 bool api_utf8_valid(const char *s, size_t n);
 /* Replace every byte of s (NUL-terminated) that is not part of a valid UTF-8
@@ -164,12 +170,12 @@ int api_call_submit(struct api *a, const struct api__model *m, struct http_req *
                     int32_t *ids, int n_prompt, int max_tokens, const char *id, struct api_who *who,
                     struct api_error *e);
 /* The same for a model whose engine forwards API requests: `body` (a
- * json_t * reference, the call's from now on, released on failure too)
- * goes to the engine as it is; n_prompt is an estimate until the engine's
- * usage. */
+ * json_t * reference) and `raw` (malloc'd, api_json_splice's bytes), the
+ * call's from now on and released on failure too, go to the engine as
+ * they are; n_prompt is an estimate until the engine's usage. */
 int api_call_forward(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
-                     void *body, int n_prompt, int max_tokens, const char *id, struct api_who *who,
-                     struct api_error *e);
+                     void *body, char *raw, size_t raw_len, int n_prompt, int max_tokens, const char *id,
+                     struct api_who *who, struct api_error *e);
 /* GET /debug/requests: the live calls as JSON into b. */
 int api_calls_render(struct api *a, struct lmd_buf *b);
 

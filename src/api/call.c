@@ -112,6 +112,8 @@ struct api_call {
     struct api_call *live_prev, *live_next; /* the api's live list (live_mu) */
     bool forwards;                          /* its engine takes the request whole: text out, usage from it */
     void *body;                             /* forwards: the JSON request handed on (json_t *, a reference) */
+    char *raw;                              /* forwards: its bytes, spliced (malloc'd) */
+    size_t raw_len;
     int n_choices;
     struct api_choice choice[]; /* [n_choices] */
 };
@@ -167,6 +169,7 @@ static void call_free(struct api_call *c)
             lmd_buf_free(&c->choice[i].tin);
         }
     json_decref(c->body);
+    free(c->raw);
     lmd_arena_destroy(c->arena); /* c too */
 }
 
@@ -689,6 +692,8 @@ static int choice_init(struct api_call *c, struct api_choice *ch, int i, const s
         ch->sr.max_tokens = max_tokens;
         ch->sr.api_path = c->kind == API_CHAT ? "/v1/chat/completions" : "/v1/completions";
         ch->sr.api_json = c->body;
+        ch->sr.api_body = c->raw;
+        ch->sr.api_body_len = c->raw_len;
         ch->sr.on_text = choice_text;
         ch->sr.notify = choice_notify;
         ch->sr.release = choice_release;
@@ -757,27 +762,28 @@ static void call_begin_stream(struct api_call *c, struct http_req *r)
 }
 
 static int call_submit(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
-                       int32_t *ids, void *body, int n_prompt, int max_tokens, const char *id, struct api_who *who,
-                       struct api_error *e);
+                       int32_t *ids, void *body, char *raw, size_t raw_len, int n_prompt, int max_tokens,
+                       const char *id, struct api_who *who, struct api_error *e);
 
 int api_call_submit(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
                     int32_t *ids, int n_prompt, int max_tokens, const char *id, struct api_who *who,
                     struct api_error *e)
 {
-    return call_submit(a, m, r, p, ids, NULL, n_prompt, max_tokens, id, who, e);
+    return call_submit(a, m, r, p, ids, NULL, NULL, 0, n_prompt, max_tokens, id, who, e);
 }
 
 int api_call_forward(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
-                     void *body, int n_prompt, int max_tokens, const char *id, struct api_who *who, struct api_error *e)
+                     void *body, char *raw, size_t raw_len, int n_prompt, int max_tokens, const char *id,
+                     struct api_who *who, struct api_error *e)
 {
-    return call_submit(a, m, r, p, NULL, body, n_prompt, max_tokens, id, who, e);
+    return call_submit(a, m, r, p, NULL, body, raw, raw_len, n_prompt, max_tokens, id, who, e);
 }
 
 /* Either ids (token ids, for engines that take them) or body (the JSON
  * request, for engines that forward it); takes ownership of both. */
 static int call_submit(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
-                       int32_t *ids, void *body, int n_prompt, int max_tokens, const char *id, struct api_who *who,
-                       struct api_error *e)
+                       int32_t *ids, void *body, char *raw, size_t raw_len, int n_prompt, int max_tokens,
+                       const char *id, struct api_who *who, struct api_error *e)
 {
     const int n = p->n;
     const bool fwd = body != NULL;
@@ -803,6 +809,7 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
         lmd_arena_destroy(arena);
         free(ids);
         json_decref(body);
+        free(raw);
         return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
     }
     if (!fwd)
@@ -810,6 +817,8 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
     free(ids);
     c->forwards = fwd;
     c->body = body;
+    c->raw = raw;
+    c->raw_len = raw_len;
     c->arena = arena;
     c->chunk.arena = arena;
     atomic_fetch_add(&a->active, 1);

@@ -435,10 +435,25 @@ static void forward_generate(struct api *a, struct http_req *r, struct api_param
     static const char *const drop[] = {"model", "stream", "stream_options", "n", "priority"};
     for (size_t i = 0; i < sizeof drop / sizeof drop[0]; i++)
         json_object_del(body, drop[i]);
+    /* What goes upstream is the client's own bytes, less those members: a
+     * prompt of megabytes is copied, not serialized again. */
+    struct http_str raw = http_req_body(r);
+    struct lmd_buf sp = {0};
+    if (api_json_splice(&sp, raw.ptr, raw.len, drop, (int)(sizeof drop / sizeof drop[0])) != 0) {
+        lmd_buf_free(&sp);
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        goto fail;
+    }
     /* OpenAI's default length for completions, which some servers do not
      * share (llama-server's is unbounded). */
-    if (p->kind == API_COMPLETION && p->max_tokens <= 0)
+    if (p->kind == API_COMPLETION && p->max_tokens <= 0) {
         json_object_set_new(body, "max_tokens", json_integer(16));
+        lmd_buf_printf(&sp, "%s\"max_tokens\":16", sp.len > 1 ? "," : "");
+    }
+    if (!sp.ptr) {
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        goto fail;
+    }
     size_t bytes = 0;
     if (p->prompt_ids)
         bytes = (size_t)p->n_prompt_ids * 4;
@@ -463,8 +478,8 @@ static void forward_generate(struct api *a, struct http_req *r, struct api_param
         admit_error(&e, &why, retry, sizeof retry, &hname, &hvalue);
         goto fail;
     }
-    int rc = api_call_forward(a, m, r, p, body, (int)est, max_tokens, id, who, &e);
-    body = NULL; /* the call's now */
+    int rc = api_call_forward(a, m, r, p, body, sp.ptr, sp.len, (int)est, max_tokens, id, who, &e);
+    body = NULL; /* the call's now, and so is sp */
     if (rc != 0) {
         api_log_refusal(a, r, rid, e.status, m, who->cls, who->tenant);
         api_send_error(r, &e, e.status == 503 ? "retry-after" : NULL, e.status == 503 ? "1" : NULL);

@@ -166,3 +166,83 @@ size_t api_stop_holdback(const char *text, size_t len, const char *const *stop, 
     }
     return hold;
 }
+
+/* ---- splicing a validated JSON object ---------------------------------------- */
+
+/* The end of the JSON value that starts at p (already validated). */
+static const char *skip_value(const char *p, const char *end)
+{
+    int depth = 0;
+    bool in_str = false;
+    for (; p < end; p++) {
+        char ch = *p;
+        if (in_str) {
+            if (ch == '\\')
+                p++;
+            else if (ch == '"') {
+                in_str = false;
+                if (depth == 0)
+                    return p + 1;
+            }
+            continue;
+        }
+        if (ch == '"')
+            in_str = true;
+        else if (ch == '{' || ch == '[')
+            depth++;
+        else if (ch == '}' || ch == ']') {
+            if (depth == 0)
+                return p; /* the end of the enclosing object */
+            if (--depth == 0)
+                return p + 1;
+        } else if (depth == 0 && (ch == ',' || ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r'))
+            return p;
+    }
+    return end;
+}
+
+static const char *skip_ws(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+int api_json_splice(struct lmd_buf *out, const char *s, size_t n, const char *const *drop, int n_drop)
+{
+    const char *p = skip_ws(s, s + n), *end = s + n;
+    if (p == end || *p != '{')
+        return LMD_EINVAL;
+    p++;
+    lmd_buf_append(out, "{", 1);
+    bool first = true;
+    for (;;) {
+        p = skip_ws(p, end);
+        if (p < end && *p == ',')
+            p = skip_ws(p + 1, end);
+        if (p >= end || *p == '}')
+            break;
+        const char *k0 = p;
+        const char *k1 = skip_value(p, end); /* the key: a string */
+        const char *v = skip_ws(k1, end);
+        if (v >= end || *v != ':')
+            return LMD_EINVAL;
+        v = skip_ws(v + 1, end);
+        const char *v1 = skip_value(v, end);
+        bool dropped = false;
+        for (int i = 0; i < n_drop && !dropped; i++) {
+            size_t dl = strlen(drop[i]);
+            dropped = (size_t)(k1 - k0) == dl + 2 && memcmp(k0 + 1, drop[i], dl) == 0;
+        }
+        if (!dropped) {
+            if (!first)
+                lmd_buf_append(out, ",", 1);
+            lmd_buf_append(out, k0, (size_t)(k1 - k0));
+            lmd_buf_append(out, ":", 1);
+            lmd_buf_append(out, v, (size_t)(v1 - v));
+            first = false;
+        }
+        p = v1;
+    }
+    return out->ptr ? 0 : LMD_ENOMEM;
+}

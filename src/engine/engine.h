@@ -121,9 +121,12 @@ struct engine_req {
     bool ignore_eos;
     int n_logprobs;       /* -1 = none */
     const char *api_path; /* "/v1/completions" or "/v1/chat/completions"; NULL = token ids only */
-    void *api_json;       /* json_t *, a JSON object: the request's fields, without model and stream. The engine
-                             takes references of its own; several requests (choices) may share it, and only the
-                             engine's thread changes it after submission (jansson counts references atomically) */
+    void *api_json;       /* json_t *, a JSON object: the request's fields, without model and stream, to read. The
+                             engine takes references of its own (jansson counts them atomically); several requests
+                             (choices) share it, and nobody changes it after submission */
+    const char *api_body; /* [api_body_len] the same object as the client wrote it, less the members lmd acts on,
+                             without its closing brace: what an engine sends, with its own members appended */
+    size_t api_body_len;
     uint64_t deadline_ns; /* monotonic: an engine may retry elsewhere until then; 0 = no deadline */
     void *engine_data;    /* the engine's, from submit to the finish event */
 };

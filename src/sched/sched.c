@@ -57,6 +57,8 @@ void sched_req_init(struct sched_req *r)
     r->out_top_lp = NULL;
     r->api_path = NULL;
     r->api_json = NULL;
+    r->api_body = NULL;
+    r->api_body_len = 0;
     r->on_text = NULL;
     r->err_status = 0;
     r->usage_prompt = r->usage_completion = -1;

@@ -153,7 +153,9 @@ struct sched_req {
      * validated OpenAI request (engine_req's api_path/api_json; owner's
      * memory). prompt may then be NULL, n_prompt an estimate for admission. */
     const char *api_path;
-    void *api_json; /* json_t * */
+    void *api_json;       /* json_t * */
+    const char *api_body; /* engine_req's: the request's bytes, spliced */
+    size_t api_body_len;
     /* Text output, for engines that stream text rather than token ids:
      * called on the engine thread with each piece in order (n_out counts
      * the pieces; out[] is not written); it must copy and return at once.

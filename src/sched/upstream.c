@@ -63,6 +63,8 @@ static void sched_submit_admitted(struct sched *s)
                                           .n_logprobs = r->n_logprobs,
                                           .api_path = r->api_path,
                                           .api_json = r->api_json,
+                                          .api_body = r->api_body,
+                                          .api_body_len = r->api_body_len,
                                           /* Retries stop at the deadline only where
                                            * the class refuses late work; elsewhere
                                            * a late answer beats an error. */

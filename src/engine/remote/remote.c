@@ -703,6 +703,22 @@ static struct rbackend *pick(struct remote *re, struct rcall *c, bool *none_heal
 
 /* ---- one request on the wire ---------------------------------------------------- */
 
+/* s as a JSON string, quotes included. */
+static void put_json_string(struct lmd_buf *b, const char *s)
+{
+    lmd_buf_append(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            lmd_buf_printf(b, "\\%c", ch);
+        else if (ch < 0x20)
+            lmd_buf_printf(b, "\\u%04x", ch);
+        else
+            lmd_buf_append(b, s, 1);
+    }
+    lmd_buf_append(b, "\"", 1);
+}
+
 static h2o_http1client_head_cb on_connect(h2o_http1client_t *client, const char *errstr, h2o_iovec_t **reqbufs,
                                           size_t *reqbufcnt, int *method_is_head);
 static void dispatch(struct rcall *c);
@@ -801,11 +817,24 @@ static void dispatch(struct rcall *c)
     atomic_store_explicit(&b->g_inflight, b->inflight, memory_order_relaxed);
     atomic_fetch_add_explicit(&b->n_routed[why], 1, memory_order_relaxed);
     idx_insert(re, b, c);
-    json_object_set_new(c->body, "model", json_string(b->model));
-    json_object_set_new(c->body, "stream", json_true());
-    json_object_set_new(c->body, "stream_options", json_pack("{s:b}", "include_usage", 1));
     free(c->payload);
-    c->payload = json_dumps(c->body, JSON_COMPACT);
+    c->payload = NULL;
+    if (c->rq->api_body && !c->reissued) {
+        /* The client's bytes, spliced, and this backend's members. */
+        struct lmd_buf pb = {0};
+        lmd_buf_append(&pb, c->rq->api_body, c->rq->api_body_len);
+        lmd_buf_printf(&pb, "%s\"model\":", c->rq->api_body_len > 1 ? "," : "");
+        put_json_string(&pb, b->model);
+        lmd_buf_append(&pb, ",\"stream\":true,\"stream_options\":{\"include_usage\":true}}", 55);
+        lmd_buf_append(&pb, "", 1);
+        c->payload = pb.ptr;
+    } else {
+        /* c->body is this request's own (a re-issue's copy). */
+        json_object_set_new(c->body, "model", json_string(b->model));
+        json_object_set_new(c->body, "stream", json_true());
+        json_object_set_new(c->body, "stream_options", json_pack("{s:b}", "include_usage", 1));
+        c->payload = json_dumps(c->body, JSON_COMPACT);
+    }
     free(c->head);
     c->head = NULL;
     if (c->payload) {
