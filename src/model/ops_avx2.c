@@ -91,7 +91,25 @@ void ops__attend_avx2(float *out, const uint16_t *q16, const uint16_t *const *ke
     const float inv = (float)(1.0 / sum);
     for (int j = 0; j < n; j++)
         p16[j] = (uint16_t)_cvtss_sh(scores[j] * inv, 0);
-    for (int d = 0; d < dv; d += 8) {
+    /* out = sum_j p_j * v_j, each lane summed over j in order. Eight
+     * 8-lane column groups at a time: one accumulator alone is a chain of n
+     * dependent FMAs (latency-bound, about 8x below the FMA throughput);
+     * eight independent ones change nothing in any lane's sum. */
+    int d = 0;
+    for (; d + 64 <= dv; d += 64) {
+        __m256 acc[8];
+        for (int c = 0; c < 8; c++)
+            acc[c] = _mm256_setzero_ps();
+        for (int j = 0; j < n; j++) {
+            const __m256 p = _mm256_set1_ps(_cvtsh_ss(p16[j]));
+            const uint16_t *v = vals[j] + d;
+            for (int c = 0; c < 8; c++)
+                acc[c] = _mm256_fmadd_ps(p, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + 8 * c))), acc[c]);
+        }
+        for (int c = 0; c < 8; c++)
+            _mm256_storeu_ps(out + d + 8 * c, acc[c]);
+    }
+    for (; d < dv; d += 8) {
         __m256 acc = _mm256_setzero_ps();
         for (int j = 0; j < n; j++) {
             const __m256 p = _mm256_set1_ps(_cvtsh_ss(p16[j]));
