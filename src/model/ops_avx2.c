@@ -118,3 +118,39 @@ void ops__attend_avx2(float *out, const uint16_t *q16, const uint16_t *const *ke
         _mm256_storeu_ps(out + d, acc);
     }
 }
+
+void ops__swiglu_avx2(float *g, const float *u, int n);
+void ops__geglu_avx2(float *g, const float *u, int n, const float *table);
+
+/* ops_swiglu's vector part, 8 lanes at a time: x / (1 + e^-x) * u with
+ * expf_v8 (ops__expf_v's operations lane for lane), the same divide and
+ * multiply. n is a multiple of 8. */
+void ops__swiglu_avx2(float *g, const float *u, int n)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 e = expf_v8(_mm256_sub_ps(zero, x));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+    }
+}
+
+/* ops_geglu's vector part: the f16 bits of 8 inputs at once (F16C rounds to
+ * nearest even, as kern_f32_to_f16 does), the table looked up per lane, and
+ * the same clamps. n is a multiple of 8. */
+void ops__geglu_avx2(float *g, const float *u, int n, const float *table)
+{
+    for (int i = 0; i < n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        uint16_t h[8];
+        _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        float t[8];
+        for (int l = 0; l < 8; l++)
+            t[l] = table[h[l]];
+        const __m256 uu = _mm256_loadu_ps(u + i);
+        __m256 y = _mm256_mul_ps(_mm256_loadu_ps(t), uu);
+        y = _mm256_blendv_ps(y, _mm256_mul_ps(x, uu), _mm256_cmp_ps(x, _mm256_set1_ps(10.0f), _CMP_GE_OQ));
+        y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(-10.0f), _CMP_LE_OQ));
+        _mm256_storeu_ps(g + i, y);
+    }
+}
