@@ -386,7 +386,8 @@ static inline void prof_mark(struct model_scratch *s, enum prof_op op, uint64_t 
 static void matmul(struct lmd_pool *pool, struct model_scratch *s, const struct model_tensor *w, const float *x, int m,
                    float *y)
 {
-    kern_matmul(pool, w->type, w->data, w->row_bytes, w->n_rows, w->n_cols, x, m, y, w->n_rows, s->mm);
+    kern_matmul_packed(pool, w->type, w->data, w->row_bytes, w->packed, w->n_rows, w->n_cols, x, m, y, w->n_rows,
+                       s->mm);
 }
 
 int model_forward(const struct model *m, struct model_scratch *s, struct lmd_pool *pool, const struct model_kv *kv,
