@@ -20,6 +20,11 @@
  * as kern_vec_dot (struct kern__tile's contract), so the results are
  * bit-identical to per-row dots on the same ISA, whatever the tiling or
  * thread count.
+ *
+ * With a repacked copy of W (kern_repack, Q4_K today) and m >= 2, phase 2
+ * runs the ISA's repacked tile over groups of 8 rows instead (the same
+ * bits: cpu/repack_avx2.c), items being a few groups by an X block; rows
+ * past the last full group take the path above.
  */
 #include "kernels/quants.h"
 
