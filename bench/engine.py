@@ -5,7 +5,15 @@ run. Prints pp (prefill tokens/s), tg (decode tokens/s) and batched decode
 aggregate tokens/s for both, with the ratio lmd/llama.cpp; min/median/max
 over repeats. Token ids are synthetic (the same for both engines).
 
-usage: bench/engine.py [--model M] [--threads N] [--pp 512] [--tg 128] [--batch 1,4,16] [--reps 3]
+--threads takes a list (1,2,4,8,16): one table row per thread count, both
+engines at each. --model tinyllama[-q4_k_m|-q8_0|-q4_0] is WORKLOADS.md's
+"tiny-llama-1.1b-shape" model: written as F16 by tests/golden/make_synth.py
+and quantized with llama.cpp's llama_model_quantize, once, into build/
+(about 2.2 GB for the F16 file, which is deleted after quantizing).
+--no-peer measures lmd alone (on a machine without llama-cpp-python).
+
+usage: bench/engine.py [--model M|tinyllama-q4_k_m] [--threads 1,2,4,8,16] [--pp 512] [--tg 128]
+                       [--batch 1,4,16] [--reps 3] [--no-peer] [--json OUT]
 """
 import argparse
 import ctypes
@@ -19,6 +27,37 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+SYNTH_FTYPES = {"q4_k_m": 15, "q8_0": 7, "q4_0": 2}  # llama_ftype values
+
+
+def synth_model(name):
+    """build/bench-<name>.gguf for name tinyllama[-TYPE], made on first use."""
+    kind = name.split("-", 1)[1] if "-" in name else "q4_k_m"
+    if kind not in SYNTH_FTYPES:
+        sys.exit("unknown synthetic model type %r (have %s)" % (kind, ", ".join(SYNTH_FTYPES)))
+    out = os.path.join(ROOT, "build", "bench-tinyllama-%s.gguf" % kind)
+    if os.path.exists(out):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    f16 = os.path.join(ROOT, "build", "bench-tinyllama-f16.gguf")
+    if not os.path.exists(f16):
+        print("writing %s" % f16, file=sys.stderr)
+        subprocess.run([sys.executable, os.path.join(ROOT, "tests", "golden", "make_synth.py"), f16 + ".tmp",
+                        "--shape", "tinyllama"], check=True, stdout=subprocess.DEVNULL)
+        os.rename(f16 + ".tmp", f16)
+    import llama_cpp
+
+    print("quantizing to %s" % out, file=sys.stderr)
+    qp = llama_cpp.llama_model_quantize_default_params()
+    qp.ftype = SYNTH_FTYPES[kind]
+    qp.nthread = os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(f16.encode(), (out + ".tmp").encode(), ctypes.byref(qp)) != 0:
+        sys.exit("llama_model_quantize failed")
+    os.rename(out + ".tmp", out)
+    os.unlink(f16)
+    return out
 
 
 def lmd_bench(a):
@@ -132,35 +171,51 @@ def fmt(v):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "default.gguf"))
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--threads", default=str(os.cpu_count()), help="a thread count or a list: 1,2,4,8,16")
     ap.add_argument("--pp", type=int, default=512)
     ap.add_argument("--tg", type=int, default=128)
     ap.add_argument("--batch", default="1,4,16")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-peer", action="store_true", help="measure lmd alone")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
+    if os.path.basename(a.model).startswith("tinyllama") and not os.path.exists(a.model):
+        a.model = synth_model(os.path.basename(a.model))
+    out = []
+    for t in [int(x) for x in a.threads.split(",")]:
+        a.threads = t
+        out += run_one(a)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+def run_one(a):
     lmd = lmd_bench(a)
-    peer = llama_bench(a)
+    peer = None if a.no_peer else llama_bench(a)
     print("model %s, %d threads, lmd isa %s" % (os.path.basename(a.model), a.threads, lmd["isa"]))
     print("%-10s %-34s %-34s %s" % ("workload", "lmd tok/s", "llama.cpp tok/s", "ratio"))
     rows = []
     if a.pp:
         l = [lmd["pp"]["tps_min"], lmd["pp"]["tps_med"], lmd["pp"]["tps_max"]]
-        rows.append(("pp%d" % a.pp, l, peer["pp"]))
+        rows.append(("pp%d" % a.pp, l, peer["pp"] if peer else None))
     if a.tg:
         l = [lmd["tg"]["tps_min"], lmd["tg"]["tps_med"], lmd["tg"]["tps_max"]]
-        rows.append(("tg%d" % a.tg, l, peer["tg"]))
+        rows.append(("tg%d" % a.tg, l, peer["tg"] if peer else None))
     for b in lmd.get("batched", []):
         l = [b["tps_min"], b["tps_med"], b["tps_max"]]
-        rows.append(("B=%d" % b["b"], l, peer["batched"][b["b"]]))
+        rows.append(("B=%d" % b["b"], l, peer["batched"][b["b"]] if peer else None))
     out = []
     for name, l, p in rows:
+        if p is None:
+            print("%-10s %-34s %-34s %s" % (name, fmt(l), "-", "-"))
+            out.append({"threads": a.threads, "workload": name, "lmd": l})
+            continue
         r = statistics.median(l) / statistics.median(p)
         print("%-10s %-34s %-34s %.2fx" % (name, fmt(l), fmt(p), r))
-        out.append({"workload": name, "lmd": l, "llama_cpp": p, "ratio": r})
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+        out.append({"threads": a.threads, "workload": name, "lmd": l, "llama_cpp": p, "ratio": r})
+    sys.stdout.flush()
+    return out
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@
  */
 #include "cli/cli.h"
 #include "gguf/gguf.h"
+#include "kernels/kernels.h"
 
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -200,6 +202,13 @@ int cli_info(int argc, char **argv)
     uint64_t per_type_bytes[GGUF_DTYPE_COUNT] = {0};
     uint64_t per_type_count[GGUF_DTYPE_COUNT] = {0};
     uint64_t params = 0, bytes = 0;
+    /* What the native engine will add at load by repacking weight matrices
+     * (kern_repack_bytes on the kernel path in use): the layers' 2-D
+     * weights and the output matrix, which is the embedding table when tied. */
+    uint64_t packed = 0;
+    bool has_output = false;
+    for (uint64_t i = 0; i < gguf_n_tensors(f); i++)
+        has_output |= strcmp(gguf_tensor_at(f, i)->name, "output.weight") == 0;
     if (show_tensors)
         printf("\ntensors:\n  %-4s %-36s %-7s %-28s %12s %12s\n", "#", "name", "type", "shape", "offset", "bytes");
     for (uint64_t i = 0; i < gguf_n_tensors(f); i++) {
@@ -208,6 +217,10 @@ int cli_info(int argc, char **argv)
         bytes += t->n_bytes;
         per_type_bytes[t->type] += t->n_bytes;
         per_type_count[t->type]++;
+        bool matrix = t->n_dims == 2 && (strncmp(t->name, "blk.", 4) == 0 || strcmp(t->name, "output.weight") == 0 ||
+                                         (!has_output && strcmp(t->name, "token_embd.weight") == 0));
+        if (matrix && kern_dtype_supported(t->type))
+            packed += kern_repack_bytes(t->type, (int64_t)t->ne[1], (int64_t)t->ne[0]);
         if (!show_tensors)
             continue;
         char shape[64];
@@ -228,6 +241,9 @@ int cli_info(int argc, char **argv)
         printf("  %-7s %5" PRIu64 " tensors %14" PRIu64 " bytes (%s)\n", gguf_dtype_name((enum gguf_dtype)t),
                per_type_count[t], per_type_bytes[t], hb);
     }
+    human_bytes(packed, hb, sizeof hb);
+    printf("repacked:    %" PRIu64 " bytes (%s) allocated at load for prefill and batched decode (kernels: %s)\n",
+           packed, hb, kern_isa());
     gguf_close(f);
     return 0;
 }

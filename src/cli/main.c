@@ -61,6 +61,10 @@ int main(int argc, char **argv)
          * avx512 and avx2 give the same bits, scalar rounds differently. */
         printf("lmd %s (commit %s)\ncpu: %d cores; features: %s\nkernels: %s\n", LMD_VERSION, LMD_GIT_COMMIT,
                lmd_cpu_count(), feat, kern_isa());
+        /* Weights repacked at load on this path (lmd info MODEL says how
+         * many bytes that adds for a model). */
+        printf("repacked at load: %s\n",
+               kern_repack_bytes(GGUF_DTYPE_Q4_K, 8, 256) ? "q4_K (8-row groups, prefill and batched decode)" : "none");
         return 0;
     }
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {

@@ -71,6 +71,7 @@ struct engine_info {
     int kv_blocks;         /* blocks of K/V storage; 0 for engines without block storage */
     int kv_block_tokens;   /* positions per block */
     size_t kv_block_bytes; /* bytes of one block */
+    size_t packed_bytes;   /* weights repacked at load for prefill (native engine), on top of the file */
     int token_budget;      /* engines without blocks: prompt + output tokens of all sequences held at once; 0 = n_ctx x
                               max_seqs */
     /* Contract. */

@@ -70,3 +70,22 @@ float kern_vec_dot(enum gguf_dtype t, int64_t n, const void *w, const void *x);
 size_t kern_matmul_scratch_bytes(enum gguf_dtype wt, int64_t k, int64_t m);
 void kern_matmul(struct lmd_pool *pool, enum gguf_dtype wt, const void *w, size_t w_stride, int64_t n, int64_t k,
                  const float *x, int64_t m, float *y, int64_t ldy, void *scratch);
+
+/*
+ * Repacked weights for prefill and batched decode. Types with a repacked
+ * layout (Q4_K today) are copied at load into groups of 8 interleaved rows
+ * whose tiles finish 8 dot products per vector step; decode (m = 1) keeps
+ * streaming the original rows. Results are bit for bit those of the
+ * original layout on every ISA, so using them or not changes nothing but
+ * speed.
+ *
+ * kern_repack_bytes: bytes of the repacked copy of an n x k matrix of type
+ * t, 0 if t has none. kern_repack writes it (pool may be NULL); dst is
+ * 64-byte aligned, owned by the caller for the process lifetime.
+ * kern_matmul_packed is kern_matmul with that copy (packed may be NULL).
+ */
+size_t kern_repack_bytes(enum gguf_dtype t, int64_t n, int64_t k);
+void kern_repack(struct lmd_pool *pool, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n, int64_t k,
+                 void *dst);
+void kern_matmul_packed(struct lmd_pool *pool, enum gguf_dtype wt, const void *w, size_t w_stride, const void *packed,
+                        int64_t n, int64_t k, const float *x, int64_t m, float *y, int64_t ldy, void *scratch);

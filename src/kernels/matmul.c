@@ -20,6 +20,11 @@
  * as kern_vec_dot (struct kern__tile's contract), so the results are
  * bit-identical to per-row dots on the same ISA, whatever the tiling or
  * thread count.
+ *
+ * With a repacked copy of W (kern_repack, Q4_K today) and m >= 2, phase 2
+ * runs the ISA's repacked tile over groups of 8 rows instead (the same
+ * bits: cpu/repack_avx2.c), items being a few groups by an X block; rows
+ * past the last full group take the path above.
  */
 #include "kernels/quants.h"
 
@@ -132,8 +137,92 @@ static void mm_items(void *vctx, int64_t begin, int64_t end, int tid)
     }
 }
 
+/* ---- repacked weights (struct kern__q4_Kx8) ---- */
+
+size_t kern_repack_bytes(enum gguf_dtype t, int64_t n, int64_t k)
+{
+    if (t != GGUF_DTYPE_Q4_K || k % KERN_QK_K != 0 || n < KERN__RP_ROWS || !kern__ops()->type[t].rp)
+        return 0; /* no layout, or no tile for it on this kernel path */
+    return (size_t)(n / KERN__RP_ROWS) * (size_t)(k / KERN_QK_K) * sizeof(struct kern__q4_Kx8);
+}
+
+struct repack_ctx {
+    const char *w;
+    size_t ws;
+    int64_t nb;
+    struct kern__q4_Kx8 *dst;
+};
+
+static void repack_groups(void *vctx, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    const struct repack_ctx *c = vctx;
+    for (int64_t grp = begin; grp < end; grp++)
+        for (int64_t b = 0; b < c->nb; b++) {
+            struct kern__q4_Kx8 *o = c->dst + grp * c->nb + b;
+            for (int r = 0; r < KERN__RP_ROWS; r++) {
+                const struct kern__q4_K *q =
+                    (const struct kern__q4_K *)(c->w + (size_t)(grp * KERN__RP_ROWS + r) * c->ws) + b;
+                o->d[r] = kern__h2f(q->d);
+                o->dmin[r] = kern__h2f(q->dmin);
+                for (int sb = 0; sb < 8; sb++)
+                    kern__scale_min_k4(sb, q->scales, &o->sc[sb][r], &o->mn[sb][r]);
+                for (int g = 0; g < 4; g++)
+                    for (int l = 0; l < 8; l++)
+                        memcpy(&o->qs[g][l][4 * r], q->qs + 32 * g + 4 * l, 4);
+            }
+        }
+}
+
+void kern_repack(struct lmd_pool *pool, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n, int64_t k,
+                 void *dst)
+{
+    LMD_ASSERT(kern_repack_bytes(t, n, k) > 0, "kern_repack: no repacked layout for this matrix");
+    struct repack_ctx c = {w, w_stride, k / KERN_QK_K, dst};
+    lmd_pool_for(pool, n / KERN__RP_ROWS, 0, repack_groups, &c);
+}
+
+struct rp_ctx {
+    kern__rp_fn rp;
+    const struct kern__q4_Kx8 *packed;
+    int64_t nb;     /* blocks per row */
+    const char *xq; /* [m][xs bytes] */
+    size_t xs;
+    float *y;
+    int64_t ldy;
+    int64_t groups, m;
+    int64_t ggroups; /* groups per item */
+    int64_t xrows;   /* X rows per item */
+    int64_t n_gblocks;
+};
+
+static void rp_items(void *vctx, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    const struct rp_ctx *c = vctx;
+    for (int64_t it = begin; it < end; it++) {
+        int64_t xb = it / c->n_gblocks, gb = it % c->n_gblocks;
+        int64_t g0 = gb * c->ggroups, g1 = g0 + c->ggroups < c->groups ? g0 + c->ggroups : c->groups;
+        int64_t j0 = xb * c->xrows, j1 = j0 + c->xrows < c->m ? j0 + c->xrows : c->m;
+        for (int64_t j = j0; j < j1; j += KERN__RP_TX) {
+            int nx = (int)(j1 - j < KERN__RP_TX ? j1 - j : KERN__RP_TX);
+            for (int64_t g = g0; g < g1; g += 2) {
+                int ng = g + 1 < g1 ? 2 : 1;
+                c->rp(c->nb, c->packed + g * c->nb, ng, c->xq + (size_t)j * c->xs, c->xs, nx,
+                      c->y + j * c->ldy + g * KERN__RP_ROWS, c->ldy);
+            }
+        }
+    }
+}
+
 void kern_matmul(struct lmd_pool *pool, enum gguf_dtype wt, const void *w, size_t w_stride, int64_t n, int64_t k,
                  const float *x, int64_t m, float *y, int64_t ldy, void *scratch)
+{
+    kern_matmul_packed(pool, wt, w, w_stride, NULL, n, k, x, m, y, ldy, scratch);
+}
+
+void kern_matmul_packed(struct lmd_pool *pool, enum gguf_dtype wt, const void *w, size_t w_stride, const void *packed,
+                        int64_t n, int64_t k, const float *x, int64_t m, float *y, int64_t ldy, void *scratch)
 {
     const struct kern__traits *tr = kern__traits(wt);
     LMD_ASSERT(tr->weight && k % tr->block == 0, "kern_matmul: bad type or k");
@@ -170,7 +259,42 @@ void kern_matmul(struct lmd_pool *pool, enum gguf_dtype wt, const void *w, size_
         xq = base;
     }
 
-    /* Phase 2: the products. */
+    /* Phase 2: the products. Repacked rows first, where there are any. */
+    if (packed && m >= 2 && e->rp) {
+        struct rp_ctx rc = {
+            .rp = e->rp,
+            .packed = packed,
+            .nb = k / KERN_QK_K,
+            .xq = xq,
+            .xs = xs,
+            .y = y,
+            .ldy = ldy,
+            .groups = n / KERN__RP_ROWS,
+            .m = m,
+        };
+        /* A group's blocks are decoded once per KERN__RP_TX X rows, so an
+         * item is a few groups (their weights stay in L2) by an X block
+         * that stays in L2; enough items for every thread. */
+        size_t gbytes = (size_t)rc.nb * sizeof(struct kern__q4_Kx8);
+        int64_t gg = (int64_t)(2 * WBLOCK_BYTES / gbytes) / 2 * 2; /* pairs: the AVX-512 tile takes two */
+        if (gg < 2)
+            gg = 2;
+        int64_t xr = (int64_t)(XBLOCK_BYTES / xs) / KERN__RP_TX * KERN__RP_TX;
+        rc.xrows = xr < KERN__RP_TX ? KERN__RP_TX : xr;
+        int64_t n_xblocks = (m + rc.xrows - 1) / rc.xrows;
+        while (gg > 2 && (rc.groups + gg - 1) / gg * n_xblocks < 4 * (int64_t)threads)
+            gg -= 2;
+        rc.ggroups = gg;
+        rc.n_gblocks = (rc.groups + gg - 1) / gg;
+        lmd_pool_for(pool, rc.n_gblocks * n_xblocks, 1, rp_items, &rc);
+        int64_t done = rc.groups * KERN__RP_ROWS;
+        if (done == n)
+            return;
+        /* The last n % 8 rows: the original layout. */
+        w = (const char *)w + (size_t)done * w_stride;
+        y += done;
+        n -= done;
+    }
     struct mm_ctx c = {
         .dot = e->dot,
         .tile_w = e->tile_w,

@@ -142,6 +142,29 @@ struct kern__tile {
 };
 #define KERN__XD_LANES 8
 
+/*
+ * Q4_K repacked 8 rows at a time for the m >= 2 tiles (cpu/repack_avx2.c
+ * explains the "lane = row" layout): super-block b of rows r0..r0+7.
+ */
+struct kern__q4_Kx8 {
+    uint8_t qs[4][8][32]; /* [g][l][4 * r + i] = row r's qs[32 g + 4 l + i] */
+    uint8_t sc[8][8];     /* [sub-block][r] six-bit scale */
+    uint8_t mn[8][8];     /* [sub-block][r] six-bit min */
+    float d[8], dmin[8];  /* [r] the fp16 super-block scales, widened (exact) */
+};
+_Static_assert(sizeof(struct kern__q4_Kx8) == 1216, "q4_Kx8 layout");
+#define KERN__RP_ROWS 8 /* weight rows per repacked group */
+#define KERN__RP_TX 16  /* activation rows per call of a repacked tile */
+
+/* ng <= 2 consecutive repacked groups of KERN__RP_ROWS weight rows (nb
+ * blocks each, from wp) against nx <= KERN__RP_TX activation rows xs bytes
+ * apart: y[j * ldy + r] for r < ng * KERN__RP_ROWS. The same bits as the
+ * type's dot tile on the original rows. */
+typedef void (*kern__rp_fn)(int64_t nb, const void *wp, int ng, const void *xq, size_t xs, int nx, float *y,
+                            int64_t ldy);
+void kern__rp_q4_K_avx2(int64_t nb, const void *wp, int ng, const void *xq, size_t xs, int nx, float *y, int64_t ldy);
+void kern__rp_q4_K_avx512(int64_t nb, const void *wp, int ng, const void *xq, size_t xs, int nx, float *y, int64_t ldy);
+
 typedef void (*kern__dequant_fn)(const void *src, float *dst, int64_t n);
 typedef void (*kern__quant_fn)(const float *src, void *dst, int64_t n);
 typedef void (*kern__dot_fn)(int64_t n, const struct kern__tile *t);
@@ -151,6 +174,7 @@ struct kern__type_ops {
     kern__quant_fn quant;     /* activation types */
     kern__dot_fn dot;         /* weight types */
     int tile_w, tile_x;       /* largest nw, nx the dot takes */
+    kern__rp_fn rp;           /* tile over repacked rows, or NULL */
 };
 
 struct kern__ops {

@@ -10,12 +10,33 @@
  */
 #include "model/model.h"
 
+#include "core/time.h"
 #include "kernels/kernels.h"
 #include "model/ops.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* The kinds of work a step is made of, for the stage timers. */
+enum prof_op {
+    PROF_EMBED,   /* embeddings and RoPE tables */
+    PROF_NORM,    /* RMS norms of the residual stream */
+    PROF_MM_QKV,  /* Q, K, V projections (with biases) */
+    PROF_ROPE_KV, /* per-head norms, RoPE, K/V into the cache */
+    PROF_ATTN,    /* attention proper */
+    PROF_MM_O,    /* output projection */
+    PROF_RESID,   /* post-norms and residual adds */
+    PROF_MM_FFN,  /* gate and up projections */
+    PROF_ACT,     /* GEGLU / SwiGLU */
+    PROF_MM_DOWN, /* down projection */
+    PROF_LOGITS,  /* final norm, vocabulary projection, softcap */
+    PROF_COUNT
+};
+static const char *const prof_names[PROF_COUNT] = {
+    "embed+rope tables", "rmsnorm",        "matmul q/k/v", "qk-norm+rope+kv", "attention", "matmul o",
+    "residual",          "matmul gate/up", "geglu/swiglu", "matmul down",     "logits"};
 
 struct model_scratch {
     int max_tokens; /* tokens per step */
@@ -42,12 +63,37 @@ struct model_scratch {
     uint16_t *att_q16;      /* [n_threads][head_dim_k] */
     const uint16_t **att_k; /* [n_threads][max_ctx] */
     const uint16_t **att_v; /* [n_threads][max_ctx] */
+    /* Stage timers (LMD_PROFILE=1): wall time per kind of op, summed over
+     * steps, and the tokens those steps carried. Printed by
+     * model_scratch_free. */
+    bool profile;
+    uint64_t prof_ns[PROF_COUNT]; /* ns */
+    uint64_t prof_calls[PROF_COUNT];
+    uint64_t prof_tokens; /* tokens over all profiled steps */
+    uint64_t prof_steps;
 };
+
+static void prof_report(const struct model_scratch *s)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < PROF_COUNT; i++)
+        total += s->prof_ns[i];
+    if (total == 0)
+        return;
+    fprintf(stderr, "profile: %llu steps, %llu tokens, %d threads, %.3f s in the forward pass\n",
+            (unsigned long long)s->prof_steps, (unsigned long long)s->prof_tokens, s->n_threads, (double)total / 1e9);
+    for (int i = 0; i < PROF_COUNT; i++)
+        fprintf(stderr, "profile: %-18s %6.1f %%  %9.3f ms  %8.2f us/token\n", prof_names[i],
+                100.0 * (double)s->prof_ns[i] / (double)total, (double)s->prof_ns[i] / 1e6,
+                s->prof_tokens ? (double)s->prof_ns[i] / 1e3 / (double)s->prof_tokens : 0.0);
+}
 
 void model_scratch_free(struct model_scratch *s)
 {
     if (!s)
         return;
+    if (s->profile)
+        prof_report(s);
     free(s->x);
     free(s->xb);
     free(s->q);
@@ -90,6 +136,8 @@ int model_scratch_create(struct model_scratch **out, const struct model *m, int 
     s->max_logits = max_logits;
     s->n_threads = n_threads;
     s->max_ctx = hp->n_ctx_train;
+    const char *pe = getenv("LMD_PROFILE");
+    s->profile = pe && *pe && strcmp(pe, "0") != 0;
     size_t T = (size_t)max_tokens;
     size_t qd = (size_t)hp->n_head * (size_t)hp->head_dim_k, kd = (size_t)hp->n_head_kv * (size_t)hp->head_dim_k;
     size_t vd = (size_t)hp->n_head_kv * (size_t)hp->head_dim_v, od = (size_t)hp->n_head * (size_t)hp->head_dim_v;
@@ -183,28 +231,170 @@ static void attn_task(void *ctx, int64_t begin, int64_t end, int tid)
     }
 }
 
+/* ---- per-token pieces ---------------------------------------------------
+ *
+ * Everything between the matmuls works on each token's row alone, so it is
+ * split over the pool by tokens. In prefill these loops would otherwise run
+ * on one thread while the others wait: at 16 threads a serial 3 % of the
+ * work costs a third of the step.
+ */
+
+enum tok_stage {
+    TOK_EMBED,     /* embedding rows and RoPE tables */
+    TOK_ATTN_NORM, /* xb = rmsnorm(x) * attn_norm */
+    TOK_ROPE_KV,   /* biases, per-head norms, RoPE, Q scaling, K/V into the cache */
+    TOK_ATTN_OUT,  /* x += post_norm(xb) */
+    TOK_FFN_NORM,  /* xb = rmsnorm(x) * ffn_norm */
+    TOK_ACT,       /* ffg = act(ffg) * ffu */
+    TOK_FFN_OUT,   /* x += post_norm(xb) */
+};
+
+struct tok_job {
+    enum tok_stage stage;
+    const struct model *m;
+    struct model_scratch *s;
+    const struct model_kv *kv;
+    const struct model_seq *seqs;
+    int layer;
+};
+
+static void tok_task(void *ctx, int64_t begin, int64_t end, int tid)
+{
+    (void)tid;
+    const struct tok_job *J = ctx;
+    const struct model *m = J->m;
+    const struct model_hparams *hp = &m->hp;
+    struct model_scratch *s = J->s;
+    const struct model_layer *L = J->layer >= 0 ? &m->layers[J->layer] : NULL;
+    const int E = hp->n_embd, H = hp->n_head, HKV = hp->n_head_kv, DK = hp->head_dim_k, DV = hp->head_dim_v;
+    for (int64_t ti = begin; ti < end; ti++) {
+        const int t = (int)ti;
+        float *x = s->x + (size_t)t * (size_t)E, *xb = s->xb + (size_t)t * (size_t)E;
+        switch (J->stage) {
+        case TOK_EMBED: {
+            const struct model_seq *sq = &J->seqs[s->tok_seq[t]];
+            const int32_t id = sq->tokens[s->tok_pos[t] - sq->pos];
+            kern_dequant_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + (size_t)id * m->tok_embd.row_bytes,
+                             x, E);
+            if (hp->arch->embd_scale) {
+                const float escale = sqrtf((float)E);
+                for (int i = 0; i < E; i++)
+                    x[i] *= escale;
+            }
+            ops_rope_cache(s->rope + (size_t)t * (size_t)hp->n_rot, s->tok_pos[t], hp->n_rot, hp->rope_base,
+                           hp->rope_freq_scale, m->rope_freqs);
+            if (hp->n_swa > 0)
+                ops_rope_cache(s->rope_swa + (size_t)t * (size_t)hp->n_rot, s->tok_pos[t], hp->n_rot, hp->rope_base_swa,
+                               1.0f, NULL);
+            break;
+        }
+        case TOK_ATTN_NORM:
+            ops_rmsnorm(xb, x, L->attn_norm, E, hp->rms_eps);
+            break;
+        case TOK_FFN_NORM:
+            ops_rmsnorm(xb, x, L->ffn_norm, E, hp->rms_eps);
+            break;
+        case TOK_ROPE_KV: {
+            const float *cs = (hp->layer_swa[J->layer] ? s->rope_swa : s->rope) + (size_t)t * (size_t)hp->n_rot;
+            const int bt = J->kv->block_tokens;
+            float *qt = s->q + (size_t)t * (size_t)H * (size_t)DK;
+            float *kt = s->k + (size_t)t * (size_t)HKV * (size_t)DK;
+            float *vt = s->v + (size_t)t * (size_t)HKV * (size_t)DV;
+            if (L->bq)
+                for (int i = 0; i < H * DK; i++)
+                    qt[i] += L->bq[i];
+            if (L->bk)
+                for (int i = 0; i < HKV * DK; i++)
+                    kt[i] += L->bk[i];
+            if (L->bv)
+                for (int i = 0; i < HKV * DV; i++)
+                    vt[i] += L->bv[i];
+            for (int h = 0; h < H; h++) {
+                float *q = qt + (size_t)h * (size_t)DK;
+                if (L->q_norm)
+                    ops_rmsnorm(q, q, L->q_norm, DK, hp->rms_eps);
+                ops_rope_apply(q, cs, hp->n_rot, hp->arch->rope == MODEL_ROPE_NEOX);
+                if (hp->arch->q_prescale)
+                    for (int d = 0; d < DK; d++)
+                        q[d] *= hp->attn_scale;
+            }
+            const struct model_seq *sq = &J->seqs[s->tok_seq[t]];
+            const int pos = s->tok_pos[t];
+            const int32_t blk = sq->blocks[pos / bt];
+            for (int h = 0; h < HKV; h++) {
+                float *k = kt + (size_t)h * (size_t)DK;
+                if (L->k_norm)
+                    ops_rmsnorm(k, k, L->k_norm, DK, hp->rms_eps);
+                ops_rope_apply(k, cs, hp->n_rot, hp->arch->rope == MODEL_ROPE_NEOX);
+                uint16_t *kc = model_kv_k_at(J->kv, blk, J->layer, h, pos % bt);
+                for (int d = 0; d < DK; d++)
+                    kc[d] = kern_f32_to_f16(k[d]);
+                const float *v = vt + (size_t)h * (size_t)DV;
+                uint16_t *vc = model_kv_v_at(J->kv, blk, J->layer, h, pos % bt);
+                for (int d = 0; d < DV; d++)
+                    vc[d] = kern_f32_to_f16(v[d]);
+            }
+            break;
+        }
+        case TOK_ATTN_OUT:
+        case TOK_FFN_OUT: {
+            const float *pn = J->stage == TOK_ATTN_OUT ? L->attn_post_norm : L->ffn_post_norm;
+            if (pn)
+                ops_rmsnorm(xb, xb, pn, E, hp->rms_eps);
+            for (int i = 0; i < E; i++)
+                x[i] += xb[i];
+            break;
+        }
+        case TOK_ACT: {
+            float *g = s->ffg + (size_t)t * (size_t)hp->n_ff;
+            const float *u = s->ffu + (size_t)t * (size_t)hp->n_ff;
+            if (hp->arch->act == MODEL_ACT_GELU)
+                ops_geglu(g, u, hp->n_ff);
+            else
+                ops_swiglu(g, u, hp->n_ff);
+            break;
+        }
+        }
+    }
+}
+
+/* Run one per-token stage over the step's T tokens: on the pool when there
+ * is enough work to pay for the hand-off (a few microseconds), inline for a
+ * decode step of a few tokens. */
+static void run_tokens(struct lmd_pool *pool, struct tok_job *job, enum tok_stage stage, int T)
+{
+    job->stage = stage;
+    if (T >= 4)
+        lmd_pool_for(pool, T, 1, tok_task, job);
+    else
+        tok_task(job, 0, T, 0);
+}
+
+/* Stage timer: charge the time since *t0 to op, restart the clock. */
+static inline void prof_mark(struct model_scratch *s, enum prof_op op, uint64_t *t0)
+{
+    if (!s->profile)
+        return;
+    uint64_t now = lmd_time_mono_ns();
+    s->prof_ns[op] += now - *t0;
+    s->prof_calls[op]++;
+    *t0 = now;
+}
+
 /* ---- the forward pass --------------------------------------------------- */
 
 static void matmul(struct lmd_pool *pool, struct model_scratch *s, const struct model_tensor *w, const float *x, int m,
                    float *y)
 {
-    kern_matmul(pool, w->type, w->data, w->row_bytes, w->n_rows, w->n_cols, x, m, y, w->n_rows, s->mm);
-}
-
-static void add_bias(float *y, const float *b, int rows, int dim)
-{
-    if (!b)
-        return;
-    for (int t = 0; t < rows; t++)
-        for (int i = 0; i < dim; i++)
-            y[(size_t)t * (size_t)dim + (size_t)i] += b[i];
+    kern_matmul_packed(pool, w->type, w->data, w->row_bytes, w->packed, w->n_rows, w->n_cols, x, m, y, w->n_rows,
+                       s->mm);
 }
 
 int model_forward(const struct model *m, struct model_scratch *s, struct lmd_pool *pool, const struct model_kv *kv,
                   const struct model_seq *seqs, int n_seqs, float *logits, struct lmd_err *err)
 {
     const struct model_hparams *hp = &m->hp;
-    const int E = hp->n_embd, H = hp->n_head, HKV = hp->n_head_kv, DK = hp->head_dim_k, DV = hp->head_dim_v;
+    const int E = hp->n_embd, H = hp->n_head;
     const int bt = kv->block_tokens;
 
     /* Flatten the batch and check it against the scratch and the cache. */
@@ -235,101 +425,55 @@ int model_forward(const struct model *m, struct model_scratch *s, struct lmd_poo
     if (T == 0)
         return 0;
 
-    /* Embeddings, then RoPE tables for each token's position. */
-    const float escale = hp->arch->embd_scale ? sqrtf((float)E) : 1.0f;
-    for (int t = 0; t < T; t++) {
-        const int32_t id = seqs[s->tok_seq[t]].tokens[s->tok_pos[t] - seqs[s->tok_seq[t]].pos];
-        float *x = s->x + (size_t)t * (size_t)E;
-        kern_dequant_row(m->tok_embd.type, (const uint8_t *)m->tok_embd.data + (size_t)id * m->tok_embd.row_bytes, x,
-                         E);
-        if (escale != 1.0f)
-            for (int i = 0; i < E; i++)
-                x[i] *= escale;
-        ops_rope_cache(s->rope + (size_t)t * (size_t)hp->n_rot, s->tok_pos[t], hp->n_rot, hp->rope_base,
-                       hp->rope_freq_scale, m->rope_freqs);
-        if (hp->n_swa > 0)
-            ops_rope_cache(s->rope_swa + (size_t)t * (size_t)hp->n_rot, s->tok_pos[t], hp->n_rot, hp->rope_base_swa,
-                           1.0f, NULL);
+    uint64_t t0 = s->profile ? lmd_time_mono_ns() : 0;
+    if (s->profile) {
+        s->prof_steps++;
+        s->prof_tokens += (uint64_t)T;
     }
+    struct tok_job tj = {.m = m, .s = s, .kv = kv, .seqs = seqs, .layer = -1};
+
+    /* Embeddings, then RoPE tables for each token's position. */
+    run_tokens(pool, &tj, TOK_EMBED, T);
+    prof_mark(s, PROF_EMBED, &t0);
 
     for (int il = 0; il < hp->n_layer; il++) {
         const struct model_layer *L = &m->layers[il];
-        const float *rope = hp->layer_swa[il] ? s->rope_swa : s->rope;
+        tj.layer = il;
 
         /* Attention: norm, Q/K/V projections. */
-        for (int t = 0; t < T; t++)
-            ops_rmsnorm(s->xb + (size_t)t * E, s->x + (size_t)t * E, L->attn_norm, E, hp->rms_eps);
+        run_tokens(pool, &tj, TOK_ATTN_NORM, T);
+        prof_mark(s, PROF_NORM, &t0);
         matmul(pool, s, &L->wq, s->xb, T, s->q);
         matmul(pool, s, &L->wk, s->xb, T, s->k);
         matmul(pool, s, &L->wv, s->xb, T, s->v);
-        add_bias(s->q, L->bq, T, H * DK);
-        add_bias(s->k, L->bk, T, HKV * DK);
-        add_bias(s->v, L->bv, T, HKV * DV);
+        prof_mark(s, PROF_MM_QKV, &t0);
 
-        /* Per-head norms and RoPE, Q scaling; K and V into the cache. */
-        for (int t = 0; t < T; t++) {
-            const float *cs = rope + (size_t)t * (size_t)hp->n_rot;
-            for (int h = 0; h < H; h++) {
-                float *q = s->q + ((size_t)t * H + (size_t)h) * (size_t)DK;
-                if (L->q_norm)
-                    ops_rmsnorm(q, q, L->q_norm, DK, hp->rms_eps);
-                ops_rope_apply(q, cs, hp->n_rot, hp->arch->rope == MODEL_ROPE_NEOX);
-                if (hp->arch->q_prescale)
-                    for (int d = 0; d < DK; d++)
-                        q[d] *= hp->attn_scale;
-            }
-            const struct model_seq *sq = &seqs[s->tok_seq[t]];
-            const int pos = s->tok_pos[t];
-            const int32_t blk = sq->blocks[pos / bt];
-            for (int h = 0; h < HKV; h++) {
-                float *k = s->k + ((size_t)t * HKV + (size_t)h) * (size_t)DK;
-                if (L->k_norm)
-                    ops_rmsnorm(k, k, L->k_norm, DK, hp->rms_eps);
-                ops_rope_apply(k, cs, hp->n_rot, hp->arch->rope == MODEL_ROPE_NEOX);
-                uint16_t *kc = model_kv_k_at(kv, blk, il, h, pos % bt);
-                for (int d = 0; d < DK; d++)
-                    kc[d] = kern_f32_to_f16(k[d]);
-                const float *v = s->v + ((size_t)t * HKV + (size_t)h) * (size_t)DV;
-                uint16_t *vc = model_kv_v_at(kv, blk, il, h, pos % bt);
-                for (int d = 0; d < DV; d++)
-                    vc[d] = kern_f32_to_f16(v[d]);
-            }
-        }
+        /* Biases, per-head norms and RoPE, Q scaling; K and V into the cache. */
+        run_tokens(pool, &tj, TOK_ROPE_KV, T);
+        prof_mark(s, PROF_ROPE_KV, &t0);
 
         struct attn_job job = {.m = m, .s = s, .kv = kv, .seqs = seqs, .layer = il};
         lmd_pool_for(pool, (int64_t)T * H, 1, attn_task, &job);
+        prof_mark(s, PROF_ATTN, &t0);
 
         /* Output projection, optional post-norm, residual. */
         matmul(pool, s, &L->wo, s->att, T, s->xb);
-        for (int t = 0; t < T; t++) {
-            float *o = s->xb + (size_t)t * E, *x = s->x + (size_t)t * E;
-            if (L->attn_post_norm)
-                ops_rmsnorm(o, o, L->attn_post_norm, E, hp->rms_eps);
-            for (int i = 0; i < E; i++)
-                x[i] += o[i];
-        }
+        prof_mark(s, PROF_MM_O, &t0);
+        run_tokens(pool, &tj, TOK_ATTN_OUT, T);
+        prof_mark(s, PROF_RESID, &t0);
 
         /* Gated feed-forward. */
-        for (int t = 0; t < T; t++)
-            ops_rmsnorm(s->xb + (size_t)t * E, s->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
+        run_tokens(pool, &tj, TOK_FFN_NORM, T);
+        prof_mark(s, PROF_NORM, &t0);
         matmul(pool, s, &L->ffn_gate, s->xb, T, s->ffg);
         matmul(pool, s, &L->ffn_up, s->xb, T, s->ffu);
-        for (int t = 0; t < T; t++) {
-            float *g = s->ffg + (size_t)t * (size_t)hp->n_ff;
-            const float *u = s->ffu + (size_t)t * (size_t)hp->n_ff;
-            if (hp->arch->act == MODEL_ACT_GELU)
-                ops_geglu(g, u, hp->n_ff);
-            else
-                ops_swiglu(g, u, hp->n_ff);
-        }
+        prof_mark(s, PROF_MM_FFN, &t0);
+        run_tokens(pool, &tj, TOK_ACT, T);
+        prof_mark(s, PROF_ACT, &t0);
         matmul(pool, s, &L->ffn_down, s->ffg, T, s->xb);
-        for (int t = 0; t < T; t++) {
-            float *o = s->xb + (size_t)t * E, *x = s->x + (size_t)t * E;
-            if (L->ffn_post_norm)
-                ops_rmsnorm(o, o, L->ffn_post_norm, E, hp->rms_eps);
-            for (int i = 0; i < E; i++)
-                x[i] += o[i];
-        }
+        prof_mark(s, PROF_MM_DOWN, &t0);
+        run_tokens(pool, &tj, TOK_FFN_OUT, T);
+        prof_mark(s, PROF_RESID, &t0);
     }
 
     /* Final norm and the vocabulary projection, only for rows that want
@@ -350,5 +494,6 @@ int model_forward(const struct model *m, struct model_scratch *s, struct lmd_poo
         for (size_t i = 0; i < (size_t)n_want * (size_t)hp->n_vocab; i++)
             logits[i] = c * tanhf(logits[i] / c);
     }
+    prof_mark(s, PROF_LOGITS, &t0);
     return 0;
 }

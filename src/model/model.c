@@ -294,10 +294,64 @@ int model_load(struct model **out, const char *path, struct lmd_err *err)
     return 0;
 }
 
+/* The matrices a forward pass multiplies by (the output may be the
+ * embeddings). */
+static int model_matrices(struct model *m, struct model_tensor **out, int cap)
+{
+    int n = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        struct model_layer *L = &m->layers[il];
+        struct model_tensor *ts[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate, &L->ffn_up, &L->ffn_down};
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0] && n < cap; i++)
+            out[n++] = ts[i];
+    }
+    if (n < cap)
+        out[n++] = &m->output;
+    return n;
+}
+
+int model_repack(struct model *m, struct lmd_pool *pool, struct lmd_err *err)
+{
+    int cap = 7 * m->hp.n_layer + 1;
+    struct model_tensor **ts = malloc((size_t)cap * sizeof *ts);
+    if (!ts)
+        return lmd_err_set(err, LMD_ENOMEM, "out of memory");
+    int n = model_matrices(m, ts, cap);
+    for (int i = 0; i < n; i++) {
+        struct model_tensor *t = ts[i];
+        if (!t->data || t->packed)
+            continue; /* absent, or the same tensor seen before (tied output) */
+        size_t bytes = kern_repack_bytes(t->type, t->n_rows, t->n_cols);
+        if (!bytes)
+            continue;
+        t->packed = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!t->packed) {
+            free(ts);
+            return lmd_err_set(err, LMD_ENOMEM, "out of memory for %zu MiB of repacked weights", bytes >> 20);
+        }
+        kern_repack(pool, t->type, t->data, t->row_bytes, t->n_rows, t->n_cols, t->packed);
+        m->packed_bytes += bytes;
+    }
+    free(ts);
+    return 0;
+}
+
 void model_free(struct model *m)
 {
     if (!m)
         return;
+    if (m->layers)
+        for (int il = 0; il < m->hp.n_layer; il++) {
+            struct model_layer *L = &m->layers[il];
+            free(L->wq.packed);
+            free(L->wk.packed);
+            free(L->wv.packed);
+            free(L->wo.packed);
+            free(L->ffn_gate.packed);
+            free(L->ffn_up.packed);
+            free(L->ffn_down.packed);
+        }
+    free(m->output.packed);
     free(m->layers);
     free(m->hp.layer_swa);
     gguf_close(m->gguf);

@@ -81,6 +81,7 @@ struct model_tensor {
     int64_t n_cols; /* ne[0]: elements per row */
     int64_t n_rows; /* ne[1] */
     size_t row_bytes;
+    void *packed; /* kern_repack copy for m >= 2 rows, or NULL; owned by the model */
 };
 
 struct model_layer {
@@ -103,11 +104,18 @@ struct model {
     struct model_tensor output;   /* [n_vocab][n_embd], tok_embd when tied */
     const float *rope_freqs;      /* [n_rot/2] optional frequency factors (llama 3) */
     struct model_layer *layers;   /* [n_layer] */
+    size_t packed_bytes;          /* bytes of all repacked copies (model_repack) */
 };
 
 /* Open `path`, read its hyper-parameters and bind its tensors. */
 int model_load(struct model **out, const char *path, struct lmd_err *err);
 void model_free(struct model *m);
+
+/* Repack the weight matrices whose type has a repacked layout on the kernel
+ * path in use (kern_repack_bytes), for prefill and batched decode; sets
+ * m->packed_bytes. Call once, before any forward pass. Costs that much
+ * memory on top of the mapped file; decode still reads the file's rows. */
+int model_repack(struct model *m, struct lmd_pool *pool, struct lmd_err *err);
 
 /* Supported architecture names, comma-separated, for messages. */
 const char *model_supported_archs(void);

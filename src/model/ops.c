@@ -69,10 +69,24 @@ static void gelu_init(void)
     }
 }
 
+void ops__geglu_avx2(float *g, const float *u, int n, const float *table);
+void ops__swiglu_avx2(float *g, const float *u, int n);
+
+static bool have_avx2(void)
+{
+    const struct lmd_cpu_features *f = lmd_cpu_features();
+    return f->avx2 && f->fma && f->f16c;
+}
+
 void ops_geglu(float *g, const float *u, int n)
 {
     pthread_once(&gelu_once, gelu_init);
-    for (int i = 0; i < n; i++) {
+    int i = 0;
+    if (have_avx2()) {
+        i = n - n % 8;
+        ops__geglu_avx2(g, u, i, gelu_table);
+    }
+    for (; i < n; i++) {
         const float x = g[i];
         if (x <= -10.0f)
             g[i] = 0.0f;
@@ -128,6 +142,10 @@ float ops__expf_v(float x)
 void ops_swiglu(float *g, const float *u, int n)
 {
     int i = 0;
+    if (have_avx2()) {
+        i = n - n % 8;
+        ops__swiglu_avx2(g, u, i);
+    }
     for (const int nv = n - n % 8; i < nv; i++) {
         const float x = g[i];
         g[i] = x / (1.0f + ops__expf_v(0.0f - x)) * u[i];

@@ -68,8 +68,23 @@ static simde__m512 emu_cvtph_ps(simde__m256i a)
 #define _mm512_cvtepi32_ps(a) emu_cvtepi32_ps(a)
 #undef _mm512_cvtph_ps
 #define _mm512_cvtph_ps(a) emu_cvtph_ps(a)
+static simde__m512i emu_cvtepu8_epi32(simde__m128i a)
+{
+    simde__m128i_private ap = simde__m128i_to_private(a);
+    simde__m512i_private r;
+    for (int i = 0; i < 16; i++)
+        r.i32[i] = ap.u8[i];
+    return simde__m512i_from_private(r);
+}
+#undef _mm512_cvtepu8_epi32
+#define _mm512_cvtepu8_epi32(a) emu_cvtepu8_epi32(a)
 #define kern__ops_avx512 kern__ops_avx512_emu
+#define kern__rp_q4_K_avx512 kern__rp_q4_K_avx512_emu
+void kern__rp_q4_K_avx512_emu(int64_t nb, const void *wp, int ng, const void *xq, size_t xs, int nx, float *y,
+                              int64_t ldy);
 #include "kernels/cpu/quant_avx512.c"
+#include "kernels/cpu/repack_avx512.c"
+#undef kern__rp_q4_K_avx512
 #undef kern__ops_avx512
 #pragma GCC pop_options
 #endif
@@ -711,7 +726,11 @@ static void test_dot_extremes(void **state)
 
 /* ---- matmul ---- */
 
-static void check_matmul(enum gguf_dtype t, int64_t n, int64_t k, int64_t m, struct lmd_pool *pool, const char *isa)
+/* Y = X . W^T by kern_matmul (or, with packed, kern_matmul_packed over a
+ * kern_repack copy where the type has one) against per-row vec_dots, bit
+ * for bit. */
+static void check_matmul2(enum gguf_dtype t, int64_t n, int64_t k, int64_t m, struct lmd_pool *pool, const char *isa,
+                          bool packed)
 {
     size_t rb = kern_row_bytes(t, k);
     size_t ws = rb + (k % 512 == 0 ? 32 : 0); /* some cases with padded rows */
@@ -727,7 +746,12 @@ static void check_matmul(enum gguf_dtype t, int64_t n, int64_t k, int64_t m, str
         y[i] = -12345.0f;
     size_t sb = kern_matmul_scratch_bytes(t, k, m);
     void *scratch = malloc(sb ? sb : 1);
-    kern_matmul(pool, t, w, ws, n, k, x, m, y, ldy, scratch);
+    size_t pb = packed ? kern_repack_bytes(t, n, k) : 0;
+    void *pw = pb ? aligned_alloc(64, (pb + 63) / 64 * 64) : NULL;
+    if (pw)
+        kern_repack(pool, t, w, ws, n, k, pw);
+    kern_matmul_packed(pool, t, w, ws, pw, n, k, x, m, y, ldy, scratch);
+    free(pw);
 
     enum gguf_dtype at = kern_dot_type(t);
     void *xq = malloc(kern_row_bytes(at, k));
@@ -736,9 +760,9 @@ static void check_matmul(enum gguf_dtype t, int64_t n, int64_t k, int64_t m, str
         for (int64_t r = 0; r < n; r++) {
             float v = kern_vec_dot(t, k, w + r * ws, xq);
             if (f_bits(v) != f_bits(y[i * ldy + r]))
-                fail_msg("%s %s n=%lld k=%lld m=%lld threads=%d: y[%lld][%lld] = %.9g, vec_dot %.9g",
-                         kern__traits(t)->name, isa, (long long)n, (long long)k, (long long)m, lmd_pool_threads(pool),
-                         (long long)i, (long long)r, (double)y[i * ldy + r], (double)v);
+                fail_msg("%s %s%s n=%lld k=%lld m=%lld threads=%d: y[%lld][%lld] = %.9g, vec_dot %.9g",
+                         kern__traits(t)->name, isa, pb ? " repacked" : "", (long long)n, (long long)k, (long long)m,
+                         lmd_pool_threads(pool), (long long)i, (long long)r, (double)y[i * ldy + r], (double)v);
         }
         for (int64_t r = n; r < ldy; r++)
             assert_true(y[i * ldy + r] == -12345.0f); /* padding untouched */
@@ -748,6 +772,12 @@ static void check_matmul(enum gguf_dtype t, int64_t n, int64_t k, int64_t m, str
     free(y);
     free(x);
     free(w);
+}
+
+static void check_matmul(enum gguf_dtype t, int64_t n, int64_t k, int64_t m, struct lmd_pool *pool, const char *isa)
+{
+    check_matmul2(t, n, k, m, pool, isa, false);
+    check_matmul2(t, n, k, m, pool, isa, true);
 }
 
 static void test_matmul_matches_vec_dot(void **state)
@@ -913,7 +943,63 @@ static void test_avx512_emulated(void **state)
     }
     kern_init();
 }
+
+/* The emulated AVX-512 repacked Q4_K tiles (one group: 256-bit VNNI; two
+ * groups: 512-bit) against the AVX2 vec_dot, bit for bit. */
+static void test_avx512_repacked_emulated(void **state)
+{
+    (void)state;
+    const struct lmd_cpu_features *f = lmd_cpu_features();
+    if (!f->avx2 || !f->fma || !f->f16c)
+        skip();
+    assert_int_equal(kern_set_isa("avx2"), 0);
+    enum { N = 16, M = 5 };
+    const enum gguf_dtype t = GGUF_DTYPE_Q4_K;
+    for (int64_t k = 256; k <= 1024; k += 768) {
+        size_t rb = kern_row_bytes(t, k), xb = kern_row_bytes(GGUF_DTYPE_Q8_K, k);
+        uint8_t *w = malloc(rb * N), *xq = malloc(xb * M);
+        float *x = malloc((size_t)k * sizeof(float));
+        for (int r = 0; r < N; r++)
+            random_row(t, w + r * rb, k);
+        for (int j = 0; j < M; j++) {
+            for (int64_t i = 0; i < k; i++)
+                x[i] = rnd_normal();
+            kern_quantize_row(GGUF_DTYPE_Q8_K, x, xq + j * xb, k);
+        }
+        size_t pb = kern_repack_bytes(t, N, k);
+        assert_true(pb > 0);
+        void *pw = aligned_alloc(64, (pb + 63) / 64 * 64);
+        kern_repack(NULL, t, w, rb, N, k, pw);
+        for (int ng = 1; ng <= 2; ng++)
+            for (int nx = 1; nx <= M; nx++) {
+                float y[M][N + 1];
+                for (int j = 0; j < M; j++)
+                    for (int r = 0; r <= N; r++)
+                        y[j][r] = -1.0f;
+                kern__ops_avx512_emu.type[t].rp(k / KERN_QK_K, pw, ng, xq, xb, nx, &y[0][0], N + 1);
+                for (int j = 0; j < M; j++)
+                    for (int r = 0; r <= N; r++) {
+                        float want =
+                            j < nx && r < ng * KERN__RP_ROWS ? kern_vec_dot(t, k, w + r * rb, xq + j * xb) : -1.0f;
+                        if (f_bits(y[j][r]) != f_bits(want))
+                            fail_msg("avx512(emu) repacked q4_K k=%lld ng=%d nx=%d y[%d][%d] = %.9g, avx2 %.9g",
+                                     (long long)k, ng, nx, j, r, (double)y[j][r], (double)want);
+                    }
+            }
+        free(pw);
+        free(x);
+        free(xq);
+        free(w);
+    }
+    kern_init();
+}
 #else
+static void test_avx512_repacked_emulated(void **state)
+{
+    (void)state;
+    skip(); /* needs SIMDe (libsimde-dev) */
+}
+
 static void test_avx512_emulated(void **state)
 {
     (void)state;
@@ -966,6 +1052,7 @@ int main(void)
         cmocka_unit_test(test_dot_extremes),
         cmocka_unit_test(test_matmul_matches_vec_dot),
         cmocka_unit_test(test_avx512_emulated),
+        cmocka_unit_test(test_avx512_repacked_emulated),
         cmocka_unit_test(test_avx512_equals_avx2),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -117,7 +117,7 @@ int engine_native_open(struct engine **out, const struct engine_config *cfg, str
             n_blocks = 1;
     }
     if ((rc = model_kv_init(&ne->kv, ne->model, n_blocks, block_tokens, err)) ||
-        (rc = lmd_pool_init(&ne->pool, in->n_threads, err)) ||
+        (rc = lmd_pool_init(&ne->pool, in->n_threads, err)) || (rc = model_repack(ne->model, ne->pool, err)) ||
         (rc = model_scratch_create(&ne->scratch, ne->model, in->max_batch_tokens, in->max_seqs, in->n_threads, err))) {
         native_close(&ne->base);
         return rc;
@@ -125,15 +125,17 @@ int engine_native_open(struct engine **out, const struct engine_config *cfg, str
     in->kv_blocks = n_blocks;
     in->kv_block_tokens = block_tokens;
     in->kv_block_bytes = block_bytes;
+    in->packed_bytes = ne->model->packed_bytes;
     ne->logits = malloc((size_t)in->max_seqs * (size_t)hp->n_vocab * sizeof(float));
     ne->mseqs = calloc((size_t)in->max_seqs, sizeof *ne->mseqs);
     if (!ne->logits || !ne->mseqs) {
         native_close(&ne->base);
         return lmd_err_set(err, LMD_ENOMEM, "out of memory for %d logit rows", in->max_seqs);
     }
-    LMD_DEBUG("native engine: %s (%s), %d layers, ctx %d, kv %d blocks x %d tokens (%zu MiB), %d threads, isa %s",
+    LMD_DEBUG("native engine: %s (%s), %d layers, ctx %d, kv %d blocks x %d tokens (%zu MiB), %d threads, isa %s, "
+              "repacked weights %zu MiB",
               in->model_name, in->arch, hp->n_layer, in->n_ctx, n_blocks, block_tokens,
-              (block_bytes * (size_t)n_blocks) >> 20, in->n_threads, kern_isa());
+              (block_bytes * (size_t)n_blocks) >> 20, in->n_threads, kern_isa(), ne->model->packed_bytes >> 20);
     *out = &ne->base;
     return 0;
 }

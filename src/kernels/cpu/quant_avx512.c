@@ -13,9 +13,11 @@
  *    replaces maddubs + madd (same int32 lanes: each is the sum of four
  *    byte products), and the signs move with a mask instead of vpsignb,
  *    which has no 512-bit form. The two blocks' f32 steps stay separate.
- *  - Q4_K / Q6_K do two 32-element runs per maddubs/madd and fold the
- *    512-bit integer sums back to 256 bits (exact) before the same f32
- *    steps as AVX2.
+ *  - Q4_K / Q6_K do two 32-element runs per maddubs and fold the 512-bit
+ *    integer sums back to 256 bits (exact) before the same f32 steps as
+ *    AVX2. VNNI's vpdpwssd does AVX2's madd (times the group scales) and
+ *    the add into the int32 sums in one instruction: the same int32 lanes,
+ *    since integer sums do not depend on their order.
  *  - F32 / F16 hold AVX2's two 8-lane accumulators in one register.
  */
 #include "kernels/cpu/avx2_util.h"
@@ -161,7 +163,7 @@ KERN_INLINE void tile_q4_K(int NX, int64_t nb, const char *w, const char *x, siz
             for (int j = 0; j < NX; j++) {
                 const struct kern__q8_K *xb = (const struct kern__q8_K *)(x + (size_t)j * xs) + b;
                 __m512i yv = _mm512_loadu_si512((const void *)(xb->qs + 64 * g));
-                sumi[j] = _mm512_add_epi32(sumi[j], _mm512_madd_epi16(s, _mm512_maddubs_epi16(q, yv)));
+                sumi[j] = _mm512_dpwssd_epi32(sumi[j], s, _mm512_maddubs_epi16(q, yv));
             }
         }
         for (int j = 0; j < NX; j++) {
@@ -219,9 +221,8 @@ KERN_INLINE void tile_q6_K(int NX, int64_t nb, const char *w, const char *x, siz
                 const struct kern__q8_K *xb = (const struct kern__q8_K *)(x + (size_t)j * xs) + b;
                 __m512i y01 = _mm512_loadu_si512((const void *)(xb->qs + 128 * h));
                 __m512i y23 = _mm512_loadu_si512((const void *)(xb->qs + 128 * h + 64));
-                __m512i t = _mm512_add_epi32(_mm512_madd_epi16(s01, _mm512_maddubs_epi16(q01, y01)),
-                                             _mm512_madd_epi16(s23, _mm512_maddubs_epi16(q23, y23)));
-                sumi[j] = _mm512_add_epi32(sumi[j], t);
+                sumi[j] = _mm512_dpwssd_epi32(sumi[j], s01, _mm512_maddubs_epi16(q01, y01));
+                sumi[j] = _mm512_dpwssd_epi32(sumi[j], s23, _mm512_maddubs_epi16(q23, y23));
             }
         }
         for (int j = 0; j < NX; j++) {
@@ -356,7 +357,7 @@ const struct kern__ops kern__ops_avx512 = {
             [GGUF_DTYPE_Q8_1] = {kern__dequant_q8_1_scalar, kern__quant_q8_1_avx2, NULL, 0, 0},
             E2(q2_K, Q2_K),
             E2(q3_K, Q3_K),
-            E512(q4_K, Q4_K, 8),
+            [GGUF_DTYPE_Q4_K] = {kern__dequant_q4_K_scalar, NULL, dot512_q4_K, 4, 8, kern__rp_q4_K_avx512},
             E2(q5_K, Q5_K),
             E512(q6_K, Q6_K, 8),
             [GGUF_DTYPE_Q8_K] = {kern__dequant_q8_K_scalar, kern__quant_q8_K_avx2, NULL, 0, 0},
