@@ -65,9 +65,10 @@ static int etcd_parse(const char *url, struct etcd_addr *a, struct lmd_err *err)
     if (end != slash || v < 1 || v > 65535)
         return lmd_err_set(err, LMD_EINVAL, "'%s': the port must be a number in 1..65535", url);
     a->port = (int)v;
-    if (strlen(slash) < 2 || strlen(slash) >= sizeof a->prefix)
-        return lmd_err_set(err, LMD_EINVAL, "'%s': the key prefix must be 1 to %zu bytes", url, sizeof a->prefix - 2);
-    snprintf(a->prefix, sizeof a->prefix, "%s", slash);
+    if (strlen(slash) < 2 || strlen(slash) >= sizeof a->prefix - 1)
+        return lmd_err_set(err, LMD_EINVAL, "'%s': the key prefix must be 1 to %zu bytes", url, sizeof a->prefix - 3);
+    /* A folder of keys: /lmd/gemma means /lmd/gemma/..., never /lmd/gemma2/... */
+    snprintf(a->prefix, sizeof a->prefix, "%s%s", slash, slash[strlen(slash) - 1] == '/' ? "" : "/");
     return 0;
 }
 
@@ -555,8 +556,7 @@ int discovery_register(struct etcd_reg **out, const char *etcd_url, const char *
     }
     snprintf(r->url, sizeof r->url, "%s", self_url);
     const char *host = strstr(self_url, "://");
-    snprintf(r->key, sizeof r->key, "%s%s%s", r->a.prefix, r->a.prefix[strlen(r->a.prefix) - 1] == '/' ? "" : "/",
-             host ? host + 3 : self_url);
+    snprintf(r->key, sizeof r->key, "%s%s", r->a.prefix, host ? host + 3 : self_url);
     r->ttl_s = ttl_s > 0 ? ttl_s : 10;
     if (pthread_create(&r->thread, NULL, etcd_reg_main, r) != 0) {
         free(r);
