@@ -473,7 +473,12 @@ static void choice_pump(struct api_call *c, struct api_choice *ch, size_t budget
             sched_req_cancel(c->m->m.sched, &ch->sr);
         }
     }
-    bool finished = ch->stop_matched || (fin != SCHED_RUNNING && ch->cursor == n);
+    /* Only an answer that ended well finishes here: an error, a deadline or
+     * a shutdown that lands between call_pump's look at every choice and
+     * this one is its to report, at the wakeup the finish sends (else this
+     * choice would end as a 200 "stop" with what it had). */
+    bool ended_ok = fin == SCHED_FINISH_STOP || fin == SCHED_FINISH_LENGTH || fin == SCHED_FINISH_CANCELLED;
+    bool finished = ch->stop_matched || (ended_ok && ch->cursor == n);
     if (finished && c->forwards && !ch->stop_matched) {
         pthread_mutex_lock(&ch->tmu);
         finished = ch->tin.len == 0; /* what came after the budget ran out is still to go */
