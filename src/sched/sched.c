@@ -264,6 +264,18 @@ static void sched_update_cost(struct sched *s, uint64_t ns, int n_decode, int n_
  * the engine's sample, whose log-probabilities the engine wrote in place.
  * Finishes r when it is done — except for a request-level engine, whose
  * finish event ends it. */
+void sched__output_stamps(struct sched_req *r, uint64_t now)
+{
+    if (!r->t_first_ns)
+        r->t_first_ns = now;
+    if (r->run.t_last_tok_ns)
+        obs_observe(OBS_H_ITL, r->cls, sched__secs(r->run.t_last_tok_ns, now));
+    r->run.t_last_tok_ns = now;
+    /* Counted as produced, so a rate over this counter is the live output
+     * rate, not one that jumps when long requests end. */
+    obs_count(OBS_C_GENERATION_TOKENS, 1);
+}
+
 void sched__emit(struct sched *s, struct sched_req *r, int32_t tok, float *row, uint64_t now)
 {
     const int n_vocab = s->eng->info.n_vocab;
@@ -284,14 +296,7 @@ void sched__emit(struct sched *s, struct sched_req *r, int32_t tok, float *row, 
             r->out_lp[n] = sample_logprobs(row, n_vocab, tok, nt, nt ? r->out_top_id + (size_t)n * nt : NULL,
                                            nt ? r->out_top_lp + (size_t)n * nt : NULL);
         }
-        if (!r->t_first_ns)
-            r->t_first_ns = now;
-        if (r->run.t_last_tok_ns)
-            obs_observe(OBS_H_ITL, r->cls, sched__secs(r->run.t_last_tok_ns, now));
-        r->run.t_last_tok_ns = now;
-        /* Counted as sampled, so a rate over this counter is the live
-         * output rate, not one that jumps when long requests end. */
-        obs_count(OBS_C_GENERATION_TOKENS, 1);
+        sched__output_stamps(r, now);
         atomic_store_explicit(&r->n_out, n + 1, memory_order_release);
         r->run.last_tok = tok;
         if (n + 1 == r->max_tokens && !whole)

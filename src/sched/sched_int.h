@@ -139,6 +139,9 @@ struct sched {
 };
 
 double sched__secs(uint64_t from_ns, uint64_t to_ns);
+/* One more output token (or text piece) of r at now: the first-token and
+ * inter-token stamps and the generation counter. Engine thread. */
+void sched__output_stamps(struct sched_req *r, uint64_t now);
 /* End r wherever it is (inbox excepted): return its blocks, publish the
  * reason, wake its owner and drop the scheduler's reference. */
 void sched__finish(struct sched *s, struct sched_req *r, enum sched_finish why);

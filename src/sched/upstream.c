@@ -94,12 +94,7 @@ static void sched_emit_text(struct sched *s, struct sched_req *r, const char *te
     atomic_fetch_add_explicit(&s->tenant_tokens[r->tenant], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&s->generated_tokens, 1, memory_order_relaxed);
     atomic_store_explicit(&r->state, SCHED_ST_DECODE, memory_order_relaxed);
-    if (!r->t_first_ns)
-        r->t_first_ns = now;
-    if (r->run.t_last_tok_ns)
-        obs_observe(OBS_H_ITL, r->cls, sched__secs(r->run.t_last_tok_ns, now));
-    r->run.t_last_tok_ns = now;
-    obs_count(OBS_C_GENERATION_TOKENS, 1);
+    sched__output_stamps(r, now);
     atomic_store_explicit(&r->n_out, n + 1, memory_order_release);
     r->notify(r);
 }
