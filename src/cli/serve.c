@@ -46,7 +46,10 @@ static void serve_usage(FILE *out)
             "      --max-running N      sequences batched together (default 8)\n"
             "      --max-queue N        requests waiting before 503 + Retry-After (default 64)\n"
             "      --max-batch-tokens N tokens per engine step, the prefill chunk budget (default 512)\n"
-            "      --kv-blocks N        KV-cache blocks of 16 tokens (default: max-running full contexts)\n"
+            "      --kv-blocks N        KV-cache blocks of 16 tokens (default: max-running full contexts;\n"
+            "                           on a GPU, what its free memory holds)\n"
+            "      --device DEV         cpu (default), cuda, cuda:N (the CUDA engine on GPU N), or auto\n"
+            "                           (the GPU if this build has CUDA and one answers, else the CPU)\n"
             "      --chat-template F    force the chat template: gemma, llama3, chatml, mistral, generic\n"
             "Gateway (models served by upstream servers):\n"
             "      --upstream NAME=URL[,URL...]  serve NAME from these OpenAI-compatible servers; a URL is\n"
@@ -106,6 +109,7 @@ enum {
     OPT_MAX_QUEUE,
     OPT_MAX_BATCH,
     OPT_KV_BLOCKS,
+    OPT_DEVICE,
     OPT_MAX_BODY,
     OPT_DRAIN,
     OPT_CHAT_TEMPLATE,
@@ -144,6 +148,7 @@ static const struct option opts[] = {
     {"max-queue", required_argument, NULL, OPT_MAX_QUEUE},
     {"max-batch-tokens", required_argument, NULL, OPT_MAX_BATCH},
     {"kv-blocks", required_argument, NULL, OPT_KV_BLOCKS},
+    {"device", required_argument, NULL, OPT_DEVICE},
     {"max-body", required_argument, NULL, OPT_MAX_BODY},
     {"drain-timeout", required_argument, NULL, OPT_DRAIN},
     {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
@@ -240,6 +245,14 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
         return set_int("--max-batch-tokens", v, 1, 1 << 16, &d->max_batch_tokens);
     case OPT_KV_BLOCKS:
         return set_int("--kv-blocks", v, 1, 1 << 24, &d->kv_blocks);
+    case OPT_DEVICE: {
+        enum engine_device dev;
+        int gpu;
+        if (engine_device_parse(v, &dev, &gpu) == 0)
+            return set_str("--device", v, d->device, sizeof d->device);
+        fprintf(stderr, "lmd serve: --device wants cpu, cuda, cuda:N or auto, got '%s'\n", v);
+        return -1;
+    }
     case OPT_MAX_BODY:
         return cli_parse_long("lmd serve", "--max-body", v, 1024, 1L << 30, &c->max_body) ? -1 : 0;
     case OPT_DRAIN:

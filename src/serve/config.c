@@ -18,6 +18,7 @@
 
 #include "api/chat_template.h"
 #include "discovery/discovery.h"
+#include "engine/engine.h"
 #include "sched/sched.h"
 
 #include <yaml.h>
@@ -46,6 +47,7 @@ void serve_config_init(struct serve_config *c)
     c->policy = SCHED_POLICY_SLA;
     struct serve_model *d = &c->defaults;
     d->engine = SERVE_ENGINE_NATIVE;
+    snprintf(d->device, sizeof d->device, "cpu");
     d->threads = 0;
     d->ctx = 4096;
     d->kv_blocks = 0;
@@ -401,9 +403,9 @@ static int get_id(struct cfg *c, const yaml_node_t *n, const char *path, char *o
 /* ---- sections ---------------------------------------------------------------------- */
 
 /* The settings a model entry and `defaults` share. */
-static const char *const model_keys[] = {"threads",          "ctx",       "kv_blocks",    "max_running",
-                                         "max_batch_tokens", "max_queue", "chat_template"};
-#define N_MODEL_KEYS 7
+static const char *const model_keys[] = {"threads",          "ctx",       "kv_blocks",     "max_running",
+                                         "max_batch_tokens", "max_queue", "chat_template", "device"};
+#define N_MODEL_KEYS 8
 
 static int parse_settings(struct cfg *c, const struct field *f, int nf, const char *path, struct serve_model *m)
 {
@@ -427,7 +429,24 @@ static int parse_settings(struct cfg *c, const struct field *f, int nf, const ch
         if (v && (rc = get_int(c, v, p, nums[i].lo, nums[i].hi, nums[i].dst)) < 0)
             return rc;
     }
-    yaml_node_t *v = field(f, nf, "chat_template");
+    yaml_node_t *v = field(f, nf, "device");
+    if (v) {
+        sub(p, sizeof p, path, "device");
+        char b[48], name[sizeof m->device];
+        enum engine_device dev;
+        int gpu;
+        bool ok = v->type == YAML_SCALAR_NODE && !is_null(v) && v->data.scalar.length < sizeof name;
+        if (ok) {
+            memcpy(name, v->data.scalar.value, v->data.scalar.length);
+            name[v->data.scalar.length] = 0;
+            ok = strlen(name) == v->data.scalar.length && engine_device_parse(name, &dev, &gpu) == 0;
+        }
+        if (!ok)
+            return BAD(c, v, LMD_EFORMAT, p, "expected cpu, cuda, cuda:N or auto, got '%s'",
+                       v->type == YAML_SCALAR_NODE ? shown(v, b) : type_name(v));
+        memcpy(m->device, name, sizeof name);
+    }
+    v = field(f, nf, "chat_template");
     if (v) {
         sub(p, sizeof p, path, "chat_template");
         char b[48], name[sizeof m->chat_template];

@@ -87,6 +87,8 @@ static void resolve(struct serve_model *m, const struct serve_model *d)
         m->route = d->route;
     if (!m->chat_template[0])
         memcpy(m->chat_template, d->chat_template, sizeof m->chat_template);
+    if (!m->device[0])
+        memcpy(m->device, d->device, sizeof m->device);
 }
 
 static void add_name(struct serve__model *sm, const char *name, bool implied)
@@ -185,15 +187,22 @@ static int model_open(struct serve *s, struct serve__model *sm, const struct ser
         return lmd_err_set(err, LMD_EINVAL, "%s: unknown chat template '%s' (gemma, llama3, chatml, mistral, generic)",
                            sm->where, m->chat_template);
 
+    enum engine_device dev = ENGINE_DEVICE_CPU;
+    int gpu = 0;
+    if (m->device[0] && engine_device_parse(m->device, &dev, &gpu) != 0)
+        return lmd_err_set(err, LMD_EINVAL, "%s: device '%s': expected cpu, cuda, cuda:N or auto", sm->where,
+                           m->device);
     struct engine_config ecfg = {
         .model_path = m->path,
+        .device = dev,
+        .gpu = gpu,
         .n_threads = m->threads,
         .n_ctx = m->ctx,
         .max_batch_tokens = m->max_batch_tokens,
         .max_seqs = m->max_running,
         .kv_blocks = m->kv_blocks,
     };
-    int rc = engine_native_open(&sm->eng, &ecfg, err);
+    int rc = engine_local_open(&sm->eng, &ecfg, err);
     if (rc == 0)
         rc = tok_load(&sm->vocab, sm->eng->info.gguf, err);
     if (rc != 0) {

@@ -52,6 +52,7 @@ struct serve_model {
     int n_aliases;
     char owned_by[SERVE_NAME_MAX]; /* /v1/models owned_by; "" = "lmd" */
     char chat_template[16];        /* gemma, llama3, chatml, mistral, generic; "" = from the GGUF */
+    char device[16];               /* cpu, cuda, cuda:N, auto (engine_device_parse); "" = the default's */
     int threads;                   /* compute threads of its engine; 0 = one per core */
     int ctx;                       /* tokens per sequence */
     int kv_blocks;                 /* KV-cache blocks of 16 tokens; 0 = max_running full contexts */
