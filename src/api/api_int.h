@@ -99,7 +99,8 @@ struct api_params {
     bool ignore_eos;      /* generate through end-of-generation tokens */
     const char *priority; /* service class by name, or NULL */
     size_t priority_len;
-    int priority_index;     /* service class by index; -1 = not given */
+    int64_t priority_num;   /* vLLM's integer priority (lower = more urgent), mapped by the priority map */
+    bool priority_num_set;  /* priority_num was given */
     const char *cache_salt; /* vLLM's cache_salt: a prefix-cache namespace within the tenant's, or NULL */
     size_t cache_salt_len;
 };

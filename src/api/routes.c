@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,40 +317,59 @@ static void log_route(struct http_req *r, const char *rid, struct http_str metho
     obs_access_log(&acc);
 }
 
-/* The class a request asked for: the body's `priority` (a name or an
- * index), else X-Priority, else X-SLA, else the tenant's default. */
+/* Whether s is an optionally signed decimal integer that fits int64. */
+static bool parse_int64(struct http_str s, int64_t *out)
+{
+    char tmp[24];
+    if (s.len == 0 || s.len >= sizeof tmp)
+        return false;
+    memcpy(tmp, s.ptr, s.len);
+    tmp[s.len] = 0;
+    if (!((tmp[0] >= '0' && tmp[0] <= '9') || ((tmp[0] == '-' || tmp[0] == '+') && s.len > 1)))
+        return false;
+    char *end = NULL;
+    errno = 0;
+    long long x = strtoll(tmp, &end, 10);
+    if (*end || errno)
+        return false;
+    *out = x;
+    return true;
+}
+
+/* The class a request asked for: the body's `priority` (a class name, or
+ * an integer mapped by the priority map), else X-Priority (either form),
+ * else X-SLA (a name), else the tenant's default. */
 static int pick_class(struct api *a, struct http_req *r, const struct api_params *p, int tenant, struct api_error *e,
                       enum obs_reject *reason)
 {
     const struct qos *q = a->cfg.qos;
     struct qos_refusal why = {0};
-    if (p->priority_index >= 0) {
-        if (p->priority_index >= qos_n_classes(q)) {
-            *reason = OBS_R_CLASS;
-            return api_error_set(e, 400, "invalid_request_error", "priority", "unknown_priority",
-                                 "'priority' %d is not a service class: classes are 0 to %d (most urgent first)",
-                                 p->priority_index, qos_n_classes(q) - 1);
-        }
-        if (!qos_class_allowed(q, tenant, p->priority_index)) {
-            *reason = OBS_R_CLASS;
-            return api_error_set(e, 403, "permission_error", "priority", "class_not_allowed",
-                                 "the service class '%s' is not allowed for this API key",
-                                 qos_class(q, p->priority_index)->name);
-        }
-        return p->priority_index;
-    }
     const char *name = p->priority;
     size_t len = p->priority_len;
     const char *from = "priority";
-    if (!name) {
+    bool num_set = p->priority_num_set;
+    int64_t num = p->priority_num;
+    if (!name && !num_set) {
         struct http_str h = http_req_header(r, "x-priority");
         from = "X-Priority";
-        if (!h.len) {
+        /* A class name wins over the number it might also spell. */
+        if (h.len && qos_class_find(q, h.ptr, h.len) < 0 && parse_int64(h, &num)) {
+            num_set = true;
+        } else if (!h.len) {
             h = http_req_header(r, "x-sla");
             from = "X-SLA";
         }
-        name = h.len ? h.ptr : NULL;
-        len = h.len;
+        name = h.len && !num_set ? h.ptr : NULL;
+        len = num_set ? 0 : h.len;
+    }
+    if (num_set) {
+        int cls = api_priority_map_class(&a->cfg.priority_map, num, qos_tenant(q, tenant)->default_class);
+        if (qos_class_allowed(q, tenant, cls))
+            return cls;
+        *reason = OBS_R_CLASS;
+        return api_error_set(e, 403, "permission_error", from, "class_not_allowed",
+                             "%s %lld maps to the service class '%s', which is not allowed for this API key", from,
+                             (long long)num, qos_class(q, cls)->name);
     }
     int cls = qos_class_pick(q, tenant, name, len, &why);
     if (cls >= 0)
@@ -504,7 +524,6 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     const char *hname = NULL, *hvalue = NULL;
     char retry[16];
     memset(&p, 0, sizeof p);
-    p.priority_index = -1;
 
     /* Who is asking comes first: an unknown caller learns nothing else. */
     int tenant = authenticate(a, r, &e);
@@ -780,6 +799,8 @@ int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err
         api_free(a);
         return lmd_err_set(err, LMD_ENOMEM, "out of memory");
     }
+    if (a->cfg.priority_map.n == 0 && cfg->qos)
+        api_priority_map_default(&a->cfg.priority_map, cfg->qos);
     a->created = (long)(lmd_time_wall_ns() / 1000000000ull);
     *out = a;
     return 0;

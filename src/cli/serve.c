@@ -84,6 +84,9 @@ static void serve_usage(FILE *out)
             "                           or fcfs (one queue in arrival order)\n"
             "      --tenants FILE       YAML file of tenants, API keys, limits and service classes\n"
             "                           (docs/configuration.md); without it the server is open\n"
+            "      --priority-map MAP   integer `priority` (vLLM's: lower = more urgent) onto classes,\n"
+            "                           CLASS<=N,...,CLASS; `default` = the tenant's default class\n"
+            "                           (default: FIRST<=-1,default<=0,LAST)\n"
             "      --debug-endpoints    serve /debug/requests and /debug/trace (admin keys only when\n"
             "                           --tenants is given) and record scheduler trace events\n"
             "      --no-prefix-cache    compute every prompt in full (no reuse of cached prefixes)\n"
@@ -130,6 +133,7 @@ enum {
     OPT_REGISTER,
     OPT_ADVERTISE,
     OPT_WATCH_CONFIG,
+    OPT_PRIORITY_MAP,
 };
 
 static const struct option opts[] = {
@@ -167,6 +171,7 @@ static const struct option opts[] = {
     {"register", required_argument, NULL, OPT_REGISTER},
     {"advertise", required_argument, NULL, OPT_ADVERTISE},
     {"watch-config", no_argument, NULL, OPT_WATCH_CONFIG},
+    {"priority-map", required_argument, NULL, OPT_PRIORITY_MAP},
     {"help", no_argument, NULL, 'h'},
     {0, 0, 0, 0},
 };
@@ -278,6 +283,8 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
     case OPT_WATCH_CONFIG:
         c->watch_config = true;
         return 0;
+    case OPT_PRIORITY_MAP:
+        return set_str("--priority-map", v, c->priority_map, sizeof c->priority_map);
     case OPT_ADVERTISE:
         if (strncmp(v, "http://", 7) != 0 && strncmp(v, "https://", 8) != 0 && !strstr(v, "+http")) {
             fprintf(stderr, "lmd serve: --advertise wants the URL others reach this server at ([KIND+]http://...)\n");

@@ -639,8 +639,8 @@ static int parse_root(struct cfg *c)
                         {.name = "debug_endpoints"}, {.name = "drain_timeout_s"},
                         {.name = "defaults"},        {.name = "models"},
                         {.name = "prefix_cache"},    {.name = "prefix_cache_shared"},
-                        {.name = "metrics_compat"}};
-    int rc = collect(c, root, "", f, 11);
+                        {.name = "metrics_compat"},  {.name = "priority_map"}};
+    int rc = collect(c, root, "", f, 12);
     if (rc < 0)
         return rc;
     struct serve_config *sc = c->sc;
@@ -668,6 +668,8 @@ static int parse_root(struct cfg *c)
             return BAD(c, f[10].val, LMD_EFORMAT, "metrics_compat", "expected vllm or none");
         sc->metrics_compat = scalar_eq(f[10].val, "vllm") ? SERVE_COMPAT_VLLM : SERVE_COMPAT_NONE;
     }
+    if (f[11].val && (rc = get_str(c, f[11].val, "priority_map", sc->priority_map, sizeof sc->priority_map)) < 0)
+        return rc;
     if (f[3].val && (rc = get_bool(c, f[3].val, "metrics", &sc->metrics)) < 0)
         return rc;
     if (f[4].val && (rc = get_bool(c, f[4].val, "debug_endpoints", &sc->debug)) < 0)

@@ -96,6 +96,7 @@ struct serve_config {
     char register_url[256];    /* etcd://HOST:PORT/PREFIX to register this server under; "" = none */
     char advertise[256];       /* the URL registered; "" = http(s)://HOST:PORT of the listener */
     bool watch_config;         /* read the config file again when it changes, as on SIGHUP */
+    char priority_map[512];    /* integer `priority` onto classes, "CLASS<=N,...,CLASS"; "" = the built-in map */
 };
 
 enum serve_compat {

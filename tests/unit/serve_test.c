@@ -92,7 +92,8 @@ static void test_full_file(void **state)
                                "    max_batch_tokens: 256\n"
                                "    kv_blocks: 100\n"
                                "  - path: llama.gguf\n"
-                               "    ctx: 512\n";
+                               "    ctx: 512\n"
+                               "priority_map: \"urgent<=-1,default<=0,best_effort\"\n";
     struct serve_config *c = malloc(sizeof *c);
     struct lmd_err err = {0};
     char path[320];
@@ -114,6 +115,7 @@ static void test_full_file(void **state)
     assert_false(c->metrics);
     assert_true(c->debug);
     assert_int_equal(c->drain_s, 3);
+    assert_string_equal(c->priority_map, "urgent<=-1,default<=0,best_effort"); /* checked against the classes later */
     assert_int_equal(c->defaults.threads, 2);
     assert_int_equal(c->defaults.ctx, 1024);
     assert_int_equal(c->defaults.max_queue, 0);
@@ -176,7 +178,7 @@ static void test_malformed(void **state)
         {"models: [a, b\n", LMD_EFORMAT, "2:1: YAML syntax error: did not find expected ',' or ']'"},
         {"modles: []\n", LMD_EFORMAT,
          "1:1: unknown key 'modles' (expected one of: listen, tenants, scheduler, metrics, debug_endpoints, "
-         "drain_timeout_s, defaults, models, prefix_cache, prefix_cache_shared, metrics_compat)"},
+         "drain_timeout_s, defaults, models, prefix_cache, prefix_cache_shared, metrics_compat, priority_map)"},
         {"metrics: true\nmetrics: false\n", LMD_EFORMAT, "2:1: duplicate key 'metrics' (first at line 1)"},
         {"- a\n- b\n", LMD_EFORMAT, "1:1: expected a mapping, got a list"},
         {"models: x.gguf\n", LMD_EFORMAT, "1:9: models: expected a list, got a scalar"},

@@ -1,0 +1,127 @@
+"""What clients written for vLLM and llama-server expect of lmd serve, on
+the real default model: vLLM's integer `priority` mapped onto lmd's service
+classes by thresholds (--priority-map and the config file's priority_map),
+sent by the official openai client through extra_body.
+
+Every wait is bounded; generations are one or two tokens."""
+import subprocess
+
+import httpx
+import openai
+import pytest
+
+from test_observability import Server, model_id, wait_until, write_tenants
+
+# Three classes, most urgent first; the file's default class is the middle one.
+TENANTS = """\
+classes:
+  urgent:   {ttft_ms: 500}
+  standard: {ttft_ms: 2000}
+  batch:    {}
+default_class: standard
+tenants:
+  - name: all
+    keys: ["sk-all"]
+  - name: lowly
+    keys: ["sk-lowly"]
+    classes: [standard, batch]
+    default_class: batch
+"""
+
+
+@pytest.fixture(scope="module")
+def classes_srv(lmd_bin, default_model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("compat-prio")
+    s = Server(lmd_bin, default_model, d, "--tenants", write_tenants(d / "tenants.yaml", TENANTS),
+               "--priority-map", "urgent<=-10, default<=0, standard<=5, batch")
+    s.model = model_id(s.base, "sk-all")
+    yield s
+    s.stop()
+
+
+def served(s, tenant, cls):
+    return s.metrics().sum("lmd_requests_total", status="200", tenant=tenant, **{"class": cls})
+
+
+def client(s, key):
+    return openai.OpenAI(base_url=s.base + "/v1", api_key=key, timeout=120, max_retries=0)
+
+
+def test_priority_map_from_flag(classes_srv):
+    s = classes_srv
+    assert "integer priorities map onto classes as urgent<=-10,default<=0,standard<=5,batch" in s.output()
+    cases = [  # (key, tenant, priority, expected class)
+        ("sk-all", "all", -100, "urgent"),
+        ("sk-all", "all", -10, "urgent"),
+        ("sk-all", "all", -9, "standard"),   # default<=0: the tenant's default class
+        ("sk-all", "all", 0, "standard"),
+        ("sk-lowly", "lowly", 0, "batch"),   # vLLM's default 0 is the tenant's own default, never promoted
+        ("sk-all", "all", 3, "standard"),
+        ("sk-all", "all", 6, "batch"),
+        ("sk-all", "all", 10**12, "batch"),
+        ("sk-all", "all", "urgent", "urgent"),  # lmd's class names keep working
+    ]
+    for key, tenant, prio, cls in cases:
+        before = served(s, tenant, cls)
+        r = client(s, key).completions.create(model=s.model, prompt="Hi", max_tokens=1,
+                                              extra_body={"priority": prio})
+        assert r.usage.completion_tokens == 1
+        assert wait_until(lambda: served(s, tenant, cls) == before + 1, timeout=5), (prio, cls)
+    # Chat takes the same field.
+    before = served(s, "all", "urgent")
+    client(s, "sk-all").chat.completions.create(model=s.model, messages=[{"role": "user", "content": "Hi"}],
+                                                max_tokens=1, extra_body={"priority": -50})
+    assert wait_until(lambda: served(s, "all", "urgent") == before + 1, timeout=5)
+
+
+def test_priority_refusals(classes_srv):
+    s = classes_srv
+    # A priority mapped onto a class the key may not use: 403 naming the class.
+    with pytest.raises(openai.PermissionDeniedError) as ei:
+        client(s, "sk-lowly").completions.create(model=s.model, prompt="Hi", max_tokens=1,
+                                                 extra_body={"priority": -20})
+    assert ei.value.code == "class_not_allowed"
+    assert "'urgent'" in ei.value.body["message"] and "-20" in ei.value.body["message"]
+    # Not an integer nor a class name: 400 naming the field.
+    for bad in (1.5, True, [1], {"a": 1}):
+        r = httpx.post(s.base + "/v1/completions", headers={"Authorization": "Bearer sk-all"}, timeout=30,
+                       json={"model": s.model, "prompt": "Hi", "max_tokens": 1, "priority": bad})
+        assert r.status_code == 400, (bad, r.text)
+        assert r.json()["error"]["param"] == "priority"
+    r = httpx.post(s.base + "/v1/completions", headers={"Authorization": "Bearer sk-all"}, timeout=30,
+                   json={"model": s.model, "prompt": "Hi", "max_tokens": 1, "priority": "platinum"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_priority"
+
+
+def test_priority_map_from_config_file(lmd_bin, default_model, tmp_path):
+    cfg = tmp_path / "lmd.yaml"
+    cfg.write_text('priority_map: "urgent<=0,best_effort"\n')
+    s = Server(lmd_bin, default_model, tmp_path, "--config", str(cfg))
+    try:
+        s.model = model_id(s.base)
+        assert "integer priorities map onto classes as urgent<=0,best_effort" in s.output()
+        for prio, cls in ((0, "urgent"), (1, "best_effort")):
+            before = served(s, "anonymous", cls)
+            client(s, "none").completions.create(model=s.model, prompt="Hi", max_tokens=1,
+                                                 extra_body={"priority": prio})
+            assert wait_until(lambda: served(s, "anonymous", cls) == before + 1, timeout=5)
+    finally:
+        s.stop()
+    # The flag wins over the file.
+    s = Server(lmd_bin, default_model, tmp_path, "--config", str(cfg), "--priority-map", "best_effort")
+    try:
+        assert "integer priorities map onto classes as best_effort" in s.output()
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("platinum<=0,best_effort", "unknown service class 'platinum'"),
+    ("urgent<=0,best_effort<=5", "must have no bound"),
+    ("urgent<=5,best_effort<=1,urgent", "must increase"),
+])
+def test_bad_priority_map_fails_start(lmd_bin, default_model, spec, needle):
+    p = subprocess.run([lmd_bin, "serve", "-m", default_model, "--port", "0", "--priority-map", spec],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    assert "priority map" in p.stderr and needle in p.stderr, p.stderr
