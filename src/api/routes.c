@@ -659,11 +659,34 @@ static bool request_id_sane(struct http_str s)
     return true;
 }
 
+/* Paths as long as the router looks at; longer ones are no route of ours
+ * with or without the prefix. */
+#define API_ROUTE_MAX 320
+
+/* /completions, /chat/completions, /models and /models/ID. */
+static bool is_unprefixed_openai(struct http_str p)
+{
+    static const char models[] = "/models/";
+    return str_is(p, "/completions") || str_is(p, "/chat/completions") || str_is(p, "/models") ||
+           (p.len > sizeof models - 1 && memcmp(p.ptr, models, sizeof models - 1) == 0);
+}
+
 void api_handle(void *ud, struct http_req *r)
 {
     struct api *a = ud;
     obs_count(OBS_C_HTTP_REQUESTS, 1);
-    struct http_str m = http_req_method(r), path = http_req_path(r);
+    struct http_str m = http_req_method(r), real_path = http_req_path(r);
+    /* The OpenAI routes answer without their /v1 prefix too, as vLLM's and
+     * llama-server's do, for clients configured with a bare base URL. From
+     * here on they are one route (keys, errors, metrics); the access log
+     * keeps the path as asked. */
+    char v1[API_ROUTE_MAX];
+    struct http_str path = real_path;
+    if (is_unprefixed_openai(real_path) && real_path.len + 3 < sizeof v1) {
+        memcpy(v1, "/v1", 3);
+        memcpy(v1 + 3, real_path.ptr, real_path.len);
+        path = (struct http_str){v1, real_path.len + 3};
+    }
     bool get = str_is(m, "GET"), post = str_is(m, "POST");
     static const char models_prefix[] = "/v1/models/";
     bool generate = str_is(path, "/v1/completions") || str_is(path, "/v1/chat/completions");
@@ -690,7 +713,7 @@ void api_handle(void *ud, struct http_req *r)
     if (generate) {
         if (!post) {
             send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use POST for this route");
-            log_route(r, rid, m, path);
+            log_route(r, rid, m, real_path);
             return;
         }
         route_generate(a, r, kind, id, rid);
@@ -744,7 +767,7 @@ void api_handle(void *ud, struct http_req *r)
 log:
     /* Every request gets its access line, these routes too (generation
      * requests log theirs when they end). */
-    log_route(r, rid, m, path);
+    log_route(r, rid, m, real_path);
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */

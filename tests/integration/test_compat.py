@@ -125,3 +125,49 @@ def test_bad_priority_map_fails_start(lmd_bin, default_model, spec, needle):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0
     assert "priority map" in p.stderr and needle in p.stderr, p.stderr
+
+
+# ---- the OpenAI routes without /v1 --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def srv(lmd_bin, default_model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("compat")
+    s = Server(lmd_bin, default_model, d)
+    s.model = model_id(s.base)
+    yield s
+    s.stop()
+
+
+def test_routes_without_v1(srv):
+    bare = openai.OpenAI(base_url=srv.base, api_key="none", timeout=120, max_retries=0)
+    assert [m.id for m in bare.models.list()] == [srv.model]
+    assert bare.models.retrieve(srv.model).id == srv.model
+    r = bare.completions.create(model=srv.model, prompt="The capital of France is", max_tokens=2, temperature=0)
+    want = openai.OpenAI(base_url=srv.base + "/v1", api_key="none", timeout=120, max_retries=0).completions.create(
+        model=srv.model, prompt="The capital of France is", max_tokens=2, temperature=0)
+    assert r.choices[0].text == want.choices[0].text and r.id.startswith("cmpl-")
+    r = bare.chat.completions.create(model=srv.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    assert r.id.startswith("chatcmpl-") and r.usage.completion_tokens >= 1
+    chunks = list(bare.completions.create(model=srv.model, prompt="Hi", max_tokens=2, stream=True))
+    assert chunks and chunks[0].id.startswith("cmpl-")
+    # Their errors are the /v1 routes' errors.
+    r = httpx.get(srv.base + "/models/nope", timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    r = httpx.get(srv.base + "/completions", timeout=10)
+    assert r.status_code == 405
+    r = httpx.post(srv.base + "/chat/completions", json={"model": srv.model}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    # Other unprefixed paths are still no route.
+    assert httpx.post(srv.base + "/embeddingz", json={}, timeout=10).status_code == 404
+
+
+def test_routes_without_v1_need_keys(classes_srv):
+    s = classes_srv
+    for path in ("/models", "/models/" + s.model):
+        r = httpx.get(s.base + path, timeout=10)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", path
+    r = httpx.post(s.base + "/completions", json={"model": s.model, "prompt": "Hi", "max_tokens": 1}, timeout=10)
+    assert r.status_code == 401
+    r = httpx.get(s.base + "/models", headers={"Authorization": "Bearer sk-all"}, timeout=10)
+    assert r.status_code == 200 and r.json()["data"][0]["id"] == s.model
