@@ -129,6 +129,7 @@ struct api__model {
 
 /* The process-wide API state (api.h's opaque struct api). */
 struct api_call;
+struct api_tok_job;
 struct api {
     struct api_config cfg;     /* cfg.models points at nothing: use models */
     struct api__model *models; /* [n_models] */
@@ -142,6 +143,15 @@ struct api {
      * one rendering, never across model work. */
     pthread_mutex_t live_mu;
     struct api_call *live;
+    /* /tokenize and /detokenize run on one worker thread (tokenize.c): a
+     * FIFO of jobs, the mutex held only to link and unlink them. */
+    pthread_t tok_thread;
+    bool tok_started;
+    pthread_mutex_t tok_mu;
+    pthread_cond_t tok_cv;
+    struct api_tok_job *tok_head, *tok_tail; /* guarded by tok_mu */
+    int tok_queued;                          /* jobs in the FIFO; guarded by tok_mu */
+    bool tok_stop;                           /* guarded by tok_mu */
 };
 
 /* Completion ids and X-Request-Id values: at most this long, NUL included. */
@@ -183,5 +193,16 @@ int api_calls_render(struct api *a, struct lmd_buf *b);
 /* The access-log line and lmd_requests_total for a generation request
  * answered without reaching the scheduler (an error or refusal); m is the
  * model it was routed to, NULL when none was chosen yet. */
+/* Whether tenant may use model m (by its id or any alias). */
+bool api_model_allowed(const struct qos *q, int tenant, const struct api_model *m);
+
+/* POST /tokenize or /detokenize (tokenize.c) for an authenticated tenant:
+ * answered later, from the worker's result, on r's I/O thread. */
+void api_tok_route(struct api *a, struct http_req *r, bool detokenize, int tenant, const char *rid);
+/* Start and stop the worker (api_init, api_free). Stopping drops jobs the
+ * worker never took: call it after the HTTP server is gone. */
+int api_tok_start(struct api *a, struct lmd_err *err);
+void api_tok_stop(struct api *a);
+
 void api_log_refusal(struct api *a, struct http_req *r, const char *id, int status, const struct api__model *m, int cls,
                      int tenant);

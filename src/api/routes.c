@@ -174,7 +174,7 @@ int api_model_find(const struct api *a, const char *name, size_t len)
 }
 
 /* A tenant's model list may name a model by its id or any alias. */
-static bool model_allowed(const struct qos *q, int tenant, const struct api_model *m)
+bool api_model_allowed(const struct qos *q, int tenant, const struct api_model *m)
 {
     if (qos_model_allowed(q, tenant, m->id, strlen(m->id)))
         return true;
@@ -567,7 +567,7 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     } else {
         m = &a->models[0];
     }
-    if (!model_allowed(q, tenant, &m->m)) {
+    if (!api_model_allowed(q, tenant, &m->m)) {
         obs_reject(OBS_R_MODEL, tenant);
         api_error_set(&e, 403, "permission_error", "model", "model_not_allowed",
                       "the model '%s' is not allowed for this API key", m->m.id);
@@ -719,6 +719,20 @@ void api_handle(void *ud, struct http_req *r)
         route_generate(a, r, kind, id, rid);
         return;
     }
+    if (str_is(path, "/tokenize") || str_is(path, "/detokenize")) {
+        struct api_error e;
+        int tenant = post ? authenticate(a, r, &e) : -1;
+        if (!post)
+            send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use POST for this route");
+        else if (tenant < 0)
+            api_send_error(r, &e, "www-authenticate", "Bearer");
+        if (!post || tenant < 0) {
+            log_route(r, rid, m, real_path);
+            return;
+        }
+        api_tok_route(a, r, path.ptr[1] == 'd', tenant, rid); /* it logs its access line */
+        return;
+    }
     bool debug = a->cfg.debug_endpoints && (str_is(path, "/debug/requests") || str_is(path, "/debug/trace"));
     bool known =
         str_is(path, "/health") || str_is(path, "/ready") || str_is(path, "/v1/models") || str_is(path, "/metrics") ||
@@ -825,6 +839,11 @@ int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err
     if (a->cfg.priority_map.n == 0 && cfg->qos)
         api_priority_map_default(&a->cfg.priority_map, cfg->qos);
     a->created = (long)(lmd_time_wall_ns() / 1000000000ull);
+    int rc = api_tok_start(a, err);
+    if (rc != 0) {
+        api_free(a);
+        return rc;
+    }
     *out = a;
     return 0;
 }
@@ -833,6 +852,7 @@ void api_free(struct api *a)
 {
     if (!a)
         return;
+    api_tok_stop(a);
     for (int i = 0; i < a->n_models; i++) {
         struct api__model *am = &a->models[i];
         for (int k = 0; am->names && k <= am->m.n_aliases; k++)

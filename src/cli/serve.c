@@ -27,8 +27,9 @@ static void serve_usage(FILE *out)
     fprintf(out,
             "usage: lmd serve [-m [NAME=]MODEL]... [--config FILE] [options]\n"
             "\n"
-            "Serves the OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models,\n"
-            "/health, /ready, /metrics) over HTTP/1.1 and cleartext HTTP/2 on one port, or over\n"
+            "Serves the OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models, the\n"
+            "same without /v1, /tokenize, /detokenize, /health, /ready, /metrics) over HTTP/1.1 and\n"
+            "cleartext HTTP/2 on one port, or over\n"
             "HTTPS (ALPN: h2, http/1.1) with --tls-cert and --tls-key. Each model has its own\n"
             "engine and scheduler; requests choose one by their `model` field.\n"
             "SIGTERM or SIGINT drains: new connections are refused, /ready answers 503,\n"

@@ -171,3 +171,132 @@ def test_routes_without_v1_need_keys(classes_srv):
     assert r.status_code == 401
     r = httpx.get(s.base + "/models", headers={"Authorization": "Bearer sk-all"}, timeout=10)
     assert r.status_code == 200 and r.json()["data"][0]["id"] == s.model
+
+
+# ---- /tokenize and /detokenize ------------------------------------------------------------
+
+
+def test_tokenize_llama_server_shapes(srv):
+    r = httpx.post(srv.base + "/tokenize", json={"content": "Hello world"}, timeout=30)
+    assert r.status_code == 200, r.text
+    ids = r.json()["tokens"]
+    assert ids and all(isinstance(i, int) for i in ids)
+    # add_special puts the BOS first, as llama-server does.
+    with_bos = httpx.post(srv.base + "/tokenize", json={"content": "Hello world", "add_special": True},
+                          timeout=30).json()["tokens"]
+    assert with_bos[1:] == ids and with_bos[0] != ids[0]
+    pieces = httpx.post(srv.base + "/tokenize", json={"content": "Hello world", "with_pieces": True},
+                        timeout=30).json()["tokens"]
+    assert [p["id"] for p in pieces] == ids and "".join(p["piece"] for p in pieces) == "Hello world"
+    # A character split over byte tokens: its pieces are byte lists.
+    odd = httpx.post(srv.base + "/tokenize", json={"content": "\U0001F9EC\U0001FAE0", "with_pieces": True},
+                     timeout=30).json()["tokens"]
+    assert all(isinstance(p["piece"], (str, list)) for p in odd)
+    # The ids come back as the same text, and agree with what a completion counts.
+    r = httpx.post(srv.base + "/detokenize", json={"tokens": ids}, timeout=30)
+    assert r.status_code == 200 and r.json()["content"] == "Hello world"
+    c = openai.OpenAI(base_url=srv.base + "/v1", api_key="none", max_retries=0).completions.create(
+        model=srv.model, prompt="Hello world", max_tokens=1)
+    assert c.usage.prompt_tokens == len(with_bos)
+
+
+def test_tokenize_vllm_shapes(srv):
+    r = httpx.post(srv.base + "/tokenize", json={"model": srv.model, "prompt": "Hello world"}, timeout=30)
+    assert r.status_code == 200, r.text
+    j = r.json()
+    assert j["count"] == len(j["tokens"]) and j["max_model_len"] > 0 and j["token_strs"] is None
+    llama = httpx.post(srv.base + "/tokenize", json={"content": "Hello world", "add_special": True},
+                       timeout=30).json()["tokens"]
+    assert j["tokens"] == llama  # vLLM adds the special tokens by default
+    j2 = httpx.post(srv.base + "/tokenize", timeout=30, json={"prompt": "Hello world", "add_special_tokens": False,
+                                                             "return_token_strs": True}).json()
+    assert j2["count"] == j["count"] - 1 and len(j2["token_strs"]) == j2["count"]
+    r = httpx.post(srv.base + "/detokenize", json={"model": srv.model, "tokens": j2["tokens"]}, timeout=30)
+    assert r.json()["prompt"] == "Hello world"
+    models = httpx.get(srv.base + "/v1/models", timeout=10).json()["data"]
+    assert j["max_model_len"] == models[0]["max_model_len"]
+
+
+@pytest.mark.parametrize("path,body,status,param", [
+    ("/tokenize", {}, 400, "content"),
+    ("/tokenize", {"content": None}, 400, "content"),
+    ("/tokenize", {"content": ["a"]}, 400, "content"),
+    ("/tokenize", {"content": "a", "prompt": "a"}, 400, "prompt"),
+    ("/tokenize", {"content": "a", "with_pieces": 1}, 400, "with_pieces"),
+    ("/tokenize", {"messages": [{"role": "user", "content": "hi"}]}, 400, "messages"),
+    ("/tokenize", {"content": "a", "model": "gpt-4o"}, 404, "model"),
+    ("/detokenize", {"tokens": [1, "2"]}, 400, "tokens"),
+    ("/detokenize", {"tokens": [10**9]}, 400, "tokens"),
+    ("/detokenize", {"tokens": {"a": 1}}, 400, "tokens"),
+    ("/detokenize", {}, 400, "tokens"),
+])
+def test_tokenize_refusals(srv, path, body, status, param):
+    r = httpx.post(srv.base + path, json=body, timeout=30)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == param
+    r = httpx.post(srv.base + path, content=b"{not json", timeout=30)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    assert httpx.get(srv.base + path, timeout=30).status_code == 405
+
+
+def test_tokenize_needs_a_key(classes_srv):
+    s = classes_srv
+    r = httpx.post(s.base + "/tokenize", json={"content": "Hi"}, timeout=30)
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    r = httpx.post(s.base + "/tokenize", json={"content": "Hi"}, headers={"Authorization": "Bearer sk-all"},
+                   timeout=30)
+    assert r.status_code == 200 and r.json()["tokens"]
+
+
+def test_huge_tokenize_leaves_the_io_thread_free(lmd_bin, default_model, tmp_path):
+    """Megabytes of text are tokenized off the I/O thread: with one I/O
+    thread, other requests are answered while the big one is still being
+    tokenized (its answer has not arrived when theirs have). The order is
+    the verdict, not a clock: tokenizing 3 MB takes seconds on any CPU,
+    fifty /health round trips a small fraction of that."""
+    import json
+    import select
+    import socket
+    s = Server(lmd_bin, default_model, tmp_path, "--io-threads", "1", "--max-body", str(8 << 20))
+    s.model = model_id(s.base)
+    try:
+        text = "The quick brown fox jumps over the lazy dog. " * 70000
+        body = json.dumps({"content": text}).encode()
+        big = socket.create_connection(("127.0.0.1", s.port))
+        big.sendall(b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        with httpx.Client(base_url=s.base, timeout=60) as c:
+            for _ in range(50):
+                assert c.get("/health").status_code == 200
+                assert c.get("/v1/models").json()["data"][0]["id"] == s.model
+        ready, _, _ = select.select([big], [], [], 0)
+        assert not ready, "the big /tokenize was answered before the small requests: it held the I/O thread"
+        big.settimeout(120)
+        resp = b""
+        while True:
+            chunk = big.recv(1 << 20)
+            if not chunk:
+                break
+            resp += chunk
+        big.close()
+        head, _, payload = resp.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert len(json.loads(payload)["tokens"]) >= 10 * 70000  # ten tokens a sentence, and the last space
+    finally:
+        s.stop()
+
+
+def test_tokenize_picks_the_model(lmd_bin, default_model, tmp_path):
+    s = Server(lmd_bin, default_model, tmp_path, "-m", "b=" + default_model, "-c", "1024")
+    try:
+        ids = [m["id"] for m in httpx.get(s.base + "/v1/models", timeout=10).json()["data"]]
+        assert len(ids) == 2 and "b" in ids
+        r = httpx.post(s.base + "/tokenize", json={"content": "Hi"}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "model_required"
+        r = httpx.post(s.base + "/tokenize", json={"model": "b", "prompt": "Hi"}, timeout=30)
+        assert r.status_code == 200 and r.json()["count"] >= 1
+        # The alias works too (the file's GGUF general.name is one of the default model's names).
+        r = httpx.post(s.base + "/detokenize", json={"model": ids[0], "tokens": [9259]}, timeout=30)
+        assert r.status_code == 200 and r.json()["content"] == "Hello"
+    finally:
+        s.stop()
