@@ -300,3 +300,23 @@ def test_tokenize_picks_the_model(lmd_bin, default_model, tmp_path):
         assert r.status_code == 200 and r.json()["content"] == "Hello"
     finally:
         s.stop()
+
+
+# ---- /v1/models ---------------------------------------------------------------------------
+
+
+def test_models_context_length_and_names(srv):
+    data = httpx.get(srv.base + "/v1/models", timeout=10).json()["data"]
+    assert len(data) == 1
+    m = data[0]
+    # The id is the file's stem as a slug, never general.name with its spaces.
+    assert m["id"] == "default" and " " not in m["id"]
+    assert m["max_model_len"] == m["context_length"] == m["meta"]["n_ctx"] == 1024  # the suite's -c
+    assert m["meta"]["n_vocab"] == 262144
+    assert "Gemma 3 270m" in m["aliases"] and "default.gguf" in m["aliases"]
+    assert m["metadata"]["general_name"] == "Gemma 3 270m"
+    # Every name answers, in the model route and in requests; responses carry the id.
+    c = openai.OpenAI(base_url=srv.base + "/v1", api_key="none", max_retries=0, timeout=60)
+    for name in ["default", "default.gguf", "Gemma 3 270m"]:
+        assert c.models.retrieve(name).id == "default"
+        assert c.completions.create(model=name, prompt="Hi", max_tokens=1).model == "default"
