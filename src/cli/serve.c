@@ -79,6 +79,8 @@ static void serve_usage(FILE *out)
             "      --drain-timeout S    seconds to let requests finish at shutdown (default 30)\n"
             "      --tls-cert FILE      PEM certificate chain: serve HTTPS (needs --tls-key)\n"
             "      --tls-key FILE       PEM private key of --tls-cert\n"
+            "      --cors-origin O      let browser pages from origin O (scheme://host[:port], or *\n"
+            "                           for any) call the server; repeat for several (default: CORS off)\n"
             "      --stall-timeout S    drop a streamed request whose client takes no bytes for S\n"
             "                           seconds (default 60; 0 = never)\n"
             "      --sched POLICY       sla (service classes, deadlines, fair share, preemption; default)\n"
@@ -135,6 +137,7 @@ enum {
     OPT_ADVERTISE,
     OPT_WATCH_CONFIG,
     OPT_PRIORITY_MAP,
+    OPT_CORS_ORIGIN,
 };
 
 static const struct option opts[] = {
@@ -173,6 +176,7 @@ static const struct option opts[] = {
     {"advertise", required_argument, NULL, OPT_ADVERTISE},
     {"watch-config", no_argument, NULL, OPT_WATCH_CONFIG},
     {"priority-map", required_argument, NULL, OPT_PRIORITY_MAP},
+    {"cors-origin", required_argument, NULL, OPT_CORS_ORIGIN},
     {"help", no_argument, NULL, 'h'},
     {0, 0, 0, 0},
 };
@@ -196,6 +200,10 @@ static int set_int(const char *opt, const char *v, long lo, long hi, int *dst)
     *dst = (int)x;
     return 0;
 }
+
+/* Whether a --cors-origin was applied yet (the first one clears the
+ * config file's list). One `lmd serve` per process. */
+static bool cors_from_flags;
 
 /* One flag onto the config. Returns 0, 1 (--help shown: exit 0) or -1
  * (message printed: exit 2). */
@@ -286,6 +294,17 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
         return 0;
     case OPT_PRIORITY_MAP:
         return set_str("--priority-map", v, c->priority_map, sizeof c->priority_map);
+    case OPT_CORS_ORIGIN:
+        /* The flags' list replaces the config file's, as every flag does. */
+        if (!cors_from_flags) {
+            c->n_cors_origins = 0;
+            cors_from_flags = true;
+        }
+        if (serve_config_add_cors(c, v, &err) != 0) {
+            fprintf(stderr, "lmd serve: %s\n", err.msg);
+            return -1;
+        }
+        return 0;
     case OPT_ADVERTISE:
         if (strncmp(v, "http://", 7) != 0 && strncmp(v, "https://", 8) != 0 && !strstr(v, "+http")) {
             fprintf(stderr, "lmd serve: --advertise wants the URL others reach this server at ([KIND+]http://...)\n");

@@ -28,6 +28,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -80,6 +81,9 @@ struct http_server {
     pthread_mutex_t start_mu;
     pthread_cond_t start_cv;
     int n_started;
+    char cors[HTTP_MAX_CORS_ORIGINS][HTTP_ORIGIN_MAX]; /* [n_cors] allowed origins, "*" excluded */
+    int n_cors;
+    bool cors_any; /* "*" was given: every origin */
 };
 
 struct http_req {
@@ -108,6 +112,8 @@ static const char *http_reason(int status)
     switch (status) {
     case 200:
         return "OK";
+    case 204:
+        return "No Content";
     case 400:
         return "Bad Request";
     case 401:
@@ -247,6 +253,112 @@ static void http_on_watch(h2o_timeout_entry_t *entry)
     h2o_timeout_link(r->loop->loop, &r->loop->ctx.one_sec_timeout, &r->watch_entry);
 }
 
+/* ---- CORS ---------------------------------------------------------------- */
+
+static void http_set_head(struct http_req *r, int status, const char *ctype);
+
+bool http_cors_origin_valid(const char *s)
+{
+    if (strcmp(s, "*") == 0)
+        return true;
+    size_t n = strlen(s);
+    const char *h = strncmp(s, "http://", 7) == 0 ? s + 7 : strncmp(s, "https://", 8) == 0 ? s + 8 : NULL;
+    if (!h || n >= HTTP_ORIGIN_MAX || !*h)
+        return false;
+    const char *p = h;
+    if (*p == '[') { /* an IPv6 literal */
+        p++;
+        while (isxdigit((unsigned char)*p) || *p == ':' || *p == '.')
+            p++;
+        if (*p != ']' || p == h + 1)
+            return false;
+        p++;
+    } else {
+        while (isalnum((unsigned char)*p) || *p == '.' || *p == '-')
+            p++;
+        if (p == h)
+            return false;
+    }
+    if (*p == ':') {
+        const char *d = ++p;
+        while (isdigit((unsigned char)*p))
+            p++;
+        if (p == d || p - d > 5 || atoi(d) < 1 || atoi(d) > 65535)
+            return false;
+    }
+    return *p == '\0';
+}
+
+/* The Access-Control-Allow-Origin value for this request's Origin, or
+ * NULL when CORS is off or the origin is not allowed. */
+static const char *http_cors_allow(const struct http_server *srv, struct http_str origin)
+{
+    if (origin.len == 0)
+        return NULL;
+    if (srv->cors_any)
+        return "*";
+    for (int i = 0; i < srv->n_cors; i++)
+        if (strlen(srv->cors[i]) == origin.len && memcmp(srv->cors[i], origin.ptr, origin.len) == 0)
+            return srv->cors[i];
+    return NULL;
+}
+
+/* Whether a preflight's Access-Control-Request-Headers can be echoed: a
+ * short list of header names (token characters, commas, spaces). */
+static bool http_header_list_sane(struct http_str s)
+{
+    if (s.len == 0 || s.len > 512)
+        return false;
+    for (size_t i = 0; i < s.len; i++) {
+        char c = s.ptr[i];
+        if (!(isalnum((unsigned char)c) || c == '-' || c == '_' || c == ',' || c == ' '))
+            return false;
+    }
+    return true;
+}
+
+/* A request from an allowed origin: every answer to it, errors and event
+ * streams included, carries the CORS headers, which are set now, before
+ * the handler answers. A preflight (OPTIONS with
+ * Access-Control-Request-Method) is answered here, 204, without reaching
+ * the handler: it carries no key and asks for nothing but permission.
+ * Returns true when the request was answered. */
+static bool http_cors(const struct http_server *srv, struct http_req *r)
+{
+    struct http_str origin = http_req_header(r, "origin");
+    const char *allow = http_cors_allow(srv, origin);
+    /* With a list of origins the answer depends on Origin, allowed or
+     * not: caches must keep them apart. */
+    if (origin.len && !srv->cors_any)
+        http_req_add_header(r, "vary", "Origin");
+    if (!allow)
+        return false;
+    http_req_add_header(r, "access-control-allow-origin", allow);
+    h2o_req_t *req = r->req;
+    bool preflight = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("OPTIONS")) &&
+                     http_req_header(r, "access-control-request-method").len > 0;
+    if (!preflight) {
+        /* Scripts may read these; the others they see anyway. */
+        http_req_add_header(r, "access-control-expose-headers", "X-Request-Id, Retry-After");
+        return false;
+    }
+    http_req_add_header(r, "access-control-allow-methods", "GET, POST, OPTIONS");
+    /* Echo the headers the page asked for when they look like header
+     * names: "*" would not cover Authorization, which API keys need. */
+    struct http_str want = http_req_header(r, "access-control-request-headers");
+    char hdrs[520];
+    if (http_header_list_sane(want))
+        snprintf(hdrs, sizeof hdrs, "%.*s", (int)want.len, want.ptr);
+    else
+        snprintf(hdrs, sizeof hdrs, "Authorization, Content-Type, X-Request-Id, X-Priority, X-SLA");
+    http_req_add_header(r, "access-control-allow-headers", hdrs);
+    http_req_add_header(r, "access-control-max-age", "86400");
+    http_set_head(r, 204, "text/plain");
+    req->res.content_length = 0;
+    h2o_send_inline(req, "", 0);
+    return true;
+}
+
 static int http_on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     struct http_server *srv = ((struct http_handler *)self)->srv;
@@ -256,6 +368,8 @@ static int http_on_req(h2o_handler_t *self, h2o_req_t *req)
     r->loop = H2O_STRUCT_FROM_MEMBER(struct http_loop, ctx, req->conn->ctx);
     r->stall_entry.cb = http_on_stall;
     r->watch_entry.cb = http_on_watch;
+    if ((srv->n_cors || srv->cors_any) && http_cors(srv, r))
+        return 0;
     srv->cfg.handler(srv->cfg.ud, r);
     return 0;
 }
@@ -669,6 +783,23 @@ int http_server_start(struct http_server **out, const struct http_config *cfg, s
     s->cfg = *cfg;
     if (cfg->stall_timeout_ms < 0)
         s->cfg.stall_timeout_ms = 0;
+    if (cfg->n_cors_origins < 0 || cfg->n_cors_origins > HTTP_MAX_CORS_ORIGINS) {
+        free(s);
+        return lmd_err_set(err, LMD_EINVAL, "%d CORS origins; at most %d", cfg->n_cors_origins, HTTP_MAX_CORS_ORIGINS);
+    }
+    for (int i = 0; i < cfg->n_cors_origins; i++) {
+        const char *o = cfg->cors_origins[i];
+        if (!http_cors_origin_valid(o)) {
+            free(s);
+            return lmd_err_set(err, LMD_EINVAL,
+                               "CORS origin '%.80s' is not * or scheme://host[:port] (no path, no trailing slash)", o);
+        }
+        if (strcmp(o, "*") == 0)
+            s->cors_any = true;
+        else
+            snprintf(s->cors[s->n_cors++], HTTP_ORIGIN_MAX, "%s", o);
+    }
+    s->cfg.cors_origins = NULL; /* copied above */
     int fd = -1;
     int rc = http_tls_init(s, cfg, err);
     if (rc == 0)

@@ -18,6 +18,7 @@
 
 #include "api/chat_template.h"
 #include "discovery/discovery.h"
+#include "http/http.h"
 #include "sched/sched.h"
 
 #include <yaml.h>
@@ -605,11 +606,49 @@ static int parse_model(struct cfg *c, yaml_node_t *map, int idx, struct seen *se
     return 0;
 }
 
+/* listen.cors_origins: one origin or a list of them; replaces what the
+ * config had. */
+static int parse_cors(struct cfg *c, yaml_node_t *n)
+{
+    struct serve_config *sc = c->sc;
+    char one[SERVE_ORIGIN_MAX], p[48], b[48];
+    bool list = n->type == YAML_SEQUENCE_NODE;
+    int count = list ? seq_len(n) : 1;
+    if (count > SERVE_MAX_CORS)
+        return BAD(c, n, LMD_ERANGE, "listen.cors_origins", "more than %d origins", SERVE_MAX_CORS);
+    sc->n_cors_origins = 0;
+    for (int i = 0; i < count; i++) {
+        yaml_node_t *v = list ? node(c, n->data.sequence.items.start[i]) : n;
+        snprintf(p, sizeof p, list ? "listen.cors_origins[%d]" : "listen.cors_origins", i);
+        int rc = get_str(c, v, p, one, sizeof one);
+        if (rc < 0)
+            return rc;
+        if (!http_cors_origin_valid(one))
+            return BAD(c, v, LMD_EFORMAT, p, "'%s' is not * or scheme://host[:port] (no path, no trailing slash)",
+                       shown(v, b));
+        snprintf(sc->cors_origins[sc->n_cors_origins++], SERVE_ORIGIN_MAX, "%s", one);
+    }
+    return 0;
+}
+
+int serve_config_add_cors(struct serve_config *c, const char *origin, struct lmd_err *err)
+{
+    if (strlen(origin) >= SERVE_ORIGIN_MAX || !http_cors_origin_valid(origin))
+        return lmd_err_set(err, LMD_EINVAL,
+                           "--cors-origin '%.80s' is not * or scheme://host[:port] (no path, no trailing slash)",
+                           origin);
+    if (c->n_cors_origins == SERVE_MAX_CORS)
+        return lmd_err_set(err, LMD_ERANGE, "more than %d --cors-origin values", SERVE_MAX_CORS);
+    snprintf(c->cors_origins[c->n_cors_origins++], SERVE_ORIGIN_MAX, "%s", origin);
+    return 0;
+}
+
 static int parse_listen(struct cfg *c, yaml_node_t *map)
 {
-    struct field f[] = {{.name = "host"},    {.name = "port"},     {.name = "io_threads"},     {.name = "tls_cert"},
-                        {.name = "tls_key"}, {.name = "max_body"}, {.name = "stall_timeout_s"}};
-    int rc = collect(c, map, "listen", f, 7);
+    struct field f[] = {
+        {.name = "host"},    {.name = "port"},     {.name = "io_threads"},      {.name = "tls_cert"},
+        {.name = "tls_key"}, {.name = "max_body"}, {.name = "stall_timeout_s"}, {.name = "cors_origins"}};
+    int rc = collect(c, map, "listen", f, 8);
     struct serve_config *sc = c->sc;
     if (rc == 0 && f[0].val)
         rc = get_str(c, f[0].val, "listen.host", sc->host, sizeof sc->host);
@@ -625,6 +664,8 @@ static int parse_listen(struct cfg *c, yaml_node_t *map)
         rc = get_long(c, f[5].val, "listen.max_body", 1024, 1L << 30, &sc->max_body);
     if (rc == 0 && f[6].val)
         rc = get_long(c, f[6].val, "listen.stall_timeout_s", 0, 86400, &sc->stall_s);
+    if (rc == 0 && f[7].val)
+        rc = parse_cors(c, f[7].val);
     return rc;
 }
 

@@ -489,6 +489,9 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
     acfg.priority_map = s->priority_map;
     if ((rc = api_init(&s->api, &acfg, err)) != 0)
         goto fail;
+    const char *cors[SERVE_MAX_CORS];
+    for (int i = 0; i < c->n_cors_origins; i++)
+        cors[i] = c->cors_origins[i];
     struct http_config hcfg = {
         .host = c->host,
         .port = c->port,
@@ -497,6 +500,8 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
         .tls_cert = c->tls_cert[0] ? c->tls_cert : NULL,
         .tls_key = c->tls_key[0] ? c->tls_key : NULL,
         .stall_timeout_ms = (int)(c->stall_s * 1000),
+        .cors_origins = cors,
+        .n_cors_origins = c->n_cors_origins,
         .handler = api_handle,
         .ud = s->api,
     };

@@ -32,6 +32,8 @@
 
 #define SERVE_MAX_UPSTREAMS 16 /* = REMOTE_MAX_BACKENDS */
 #define SERVE_URL_MAX 256      /* upstream URLs: 1..255 bytes */
+#define SERVE_MAX_CORS 16      /* = HTTP_MAX_CORS_ORIGINS */
+#define SERVE_ORIGIN_MAX 256   /* = HTTP_ORIGIN_MAX */
 
 /* On-disk names: "native", "remote". Append-only. */
 enum serve_engine {
@@ -97,6 +99,10 @@ struct serve_config {
     char advertise[256];       /* the URL registered; "" = http(s)://HOST:PORT of the listener */
     bool watch_config;         /* read the config file again when it changes, as on SIGHUP */
     char priority_map[512];    /* integer `priority` onto classes, "CLASS<=N,...,CLASS"; "" = the built-in map */
+    /* Origins whose browser pages may call the server (CORS): "*" or
+     * scheme://host[:port]; none = CORS off. */
+    char cors_origins[SERVE_MAX_CORS][SERVE_ORIGIN_MAX]; /* [n_cors_origins] */
+    int n_cors_origins;
 };
 
 enum serve_compat {
@@ -122,6 +128,10 @@ int serve_config_add_model(struct serve_config *c, const char *arg, struct lmd_e
 /* Append a remote model given as "NAME=URL[,URL...]" (lmd serve
  * --upstream). LMD_EINVAL for a bad NAME or URL, LMD_ERANGE for too many. */
 int serve_config_add_upstream(struct serve_config *c, const char *arg, struct lmd_err *err);
+
+/* Add a CORS origin (lmd serve --cors-origin): "*" or scheme://host[:port].
+ * LMD_EINVAL for a malformed one, LMD_ERANGE for too many. */
+int serve_config_add_cors(struct serve_config *c, const char *origin, struct lmd_err *err);
 
 /* The id a model is served under when it has no name: the file name
  * without ".gguf", each byte outside [A-Za-z0-9._-] replaced by '-'. */

@@ -320,3 +320,124 @@ def test_models_context_length_and_names(srv):
     for name in ["default", "default.gguf", "Gemma 3 270m"]:
         assert c.models.retrieve(name).id == "default"
         assert c.completions.create(model=name, prompt="Hi", max_tokens=1).model == "default"
+
+
+# ---- CORS ---------------------------------------------------------------------------------
+
+APP, OTHER = "http://app.example:3000", "https://evil.example"
+
+
+@pytest.fixture(scope="module")
+def cors_srv(lmd_bin, default_model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("compat-cors")
+    s = Server(lmd_bin, default_model, d, "--cors-origin", APP, "--cors-origin", "https://b.example",
+               "--tenants", write_tenants(d / "tenants.yaml", TENANTS))
+    s.model = model_id(s.base, "sk-all")
+    yield s
+    s.stop()
+
+
+def test_cors_off_by_default(srv):
+    r = httpx.options(srv.base + "/v1/completions", timeout=10,
+                      headers={"Origin": APP, "Access-Control-Request-Method": "POST"})
+    assert r.status_code in (404, 405) and not any(k.startswith("access-control-") for k in r.headers)
+    r = httpx.post(srv.base + "/v1/completions", headers={"Origin": APP}, timeout=60,
+                   json={"model": srv.model, "prompt": "Hi", "max_tokens": 1})
+    assert r.status_code == 200 and not any(k.startswith("access-control-") for k in r.headers)
+
+
+def test_cors_preflight(cors_srv):
+    s = cors_srv
+    for path in ("/v1/chat/completions", "/v1/models", "/completions", "/tokenize"):
+        r = httpx.options(s.base + path, timeout=10, headers={
+            "Origin": APP, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        assert r.status_code == 204, (path, r.text)
+        assert r.headers["access-control-allow-origin"] == APP
+        assert "POST" in r.headers["access-control-allow-methods"]
+        assert "GET" in r.headers["access-control-allow-methods"]
+        assert r.headers["access-control-allow-headers"] == "authorization, content-type"
+        assert int(r.headers["access-control-max-age"]) > 0
+        assert "Origin" in r.headers["vary"]
+    # Headers asked for in an odd spelling are not echoed; the usual list is sent.
+    r = httpx.options(s.base + "/v1/completions", timeout=10, headers={
+        "Origin": APP, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x\"y"})
+    assert r.status_code == 204 and "Authorization" in r.headers["access-control-allow-headers"]
+    # Another origin gets no permission (and no 204).
+    r = httpx.options(s.base + "/v1/completions", timeout=10,
+                      headers={"Origin": OTHER, "Access-Control-Request-Method": "POST"})
+    assert r.status_code != 204 and "access-control-allow-origin" not in r.headers
+    # An origin differing only by port or scheme is another origin.
+    for o in ("http://app.example:3001", "https://app.example:3000", "http://app.example:3000/"):
+        r = httpx.options(s.base + "/v1/models", timeout=10,
+                          headers={"Origin": o, "Access-Control-Request-Method": "GET"})
+        assert "access-control-allow-origin" not in r.headers, o
+
+
+def test_cors_headers_on_answers(cors_srv):
+    s = cors_srv
+    key = {"Authorization": "Bearer sk-all"}
+
+    def allowed(r):
+        return r.headers.get("access-control-allow-origin") == APP and \
+            "x-request-id" in r.headers.get("access-control-expose-headers", "").lower()
+
+    r = httpx.post(s.base + "/v1/completions", headers={"Origin": APP, **key}, timeout=60,
+                   json={"model": s.model, "prompt": "Hi", "max_tokens": 1})
+    assert r.status_code == 200 and allowed(r)
+    # An event stream.
+    with httpx.stream("POST", s.base + "/v1/chat/completions", headers={"Origin": APP, **key}, timeout=60,
+                      json={"model": s.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+                            "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream") and allowed(r)
+        assert any(line == "data: [DONE]" for line in r.iter_lines())
+    # Errors: a bad body, a missing key, an unknown route.
+    r = httpx.post(s.base + "/v1/completions", headers={"Origin": APP, **key}, json={"prompt": 5}, timeout=10)
+    assert r.status_code == 400 and allowed(r)
+    r = httpx.get(s.base + "/v1/models", headers={"Origin": APP}, timeout=10)
+    assert r.status_code == 401 and allowed(r)
+    r = httpx.get(s.base + "/nope", headers={"Origin": APP}, timeout=10)
+    assert r.status_code == 404 and allowed(r)
+    r = httpx.post(s.base + "/tokenize", headers={"Origin": APP, **key}, json={"content": "Hi"}, timeout=10)
+    assert r.status_code == 200 and allowed(r)
+    # The other configured origin; a foreign one gets its answer without any permission.
+    r = httpx.get(s.base + "/health", headers={"Origin": "https://b.example"}, timeout=10)
+    assert r.headers["access-control-allow-origin"] == "https://b.example"
+    r = httpx.post(s.base + "/v1/completions", headers={"Origin": OTHER, **key}, timeout=60,
+                   json={"model": s.model, "prompt": "Hi", "max_tokens": 1})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    assert "Origin" in r.headers["vary"]
+    # No Origin (not a browser): nothing CORS.
+    r = httpx.get(s.base + "/health", timeout=10)
+    assert not any(k.startswith("access-control-") for k in r.headers)
+
+
+def test_cors_any_origin_from_config_file(lmd_bin, default_model, tmp_path):
+    cfg = tmp_path / "lmd.yaml"
+    cfg.write_text('listen:\n  cors_origins: ["*"]\n')
+    s = Server(lmd_bin, default_model, tmp_path, "--config", str(cfg))
+    try:
+        r = httpx.options(s.base + "/v1/completions", timeout=10,
+                          headers={"Origin": OTHER, "Access-Control-Request-Method": "POST"})
+        assert r.status_code == 204 and r.headers["access-control-allow-origin"] == "*"
+        r = httpx.get(s.base + "/v1/models", headers={"Origin": "http://localhost:5173"}, timeout=10)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+    finally:
+        s.stop()
+    # The flags replace the file's list.
+    s = Server(lmd_bin, default_model, tmp_path, "--config", str(cfg), "--cors-origin", APP)
+    try:
+        r = httpx.get(s.base + "/v1/models", headers={"Origin": OTHER}, timeout=10)
+        assert "access-control-allow-origin" not in r.headers
+        r = httpx.get(s.base + "/v1/models", headers={"Origin": APP}, timeout=10)
+        assert r.headers["access-control-allow-origin"] == APP
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("origin", ["app.example", "http://app.example/", "http://app.example/x", "ftp://a.example",
+                                    "http://", "http://a b", "http://a:99999", "*.example.com"])
+def test_bad_cors_origin_fails_start(lmd_bin, default_model, origin):
+    p = subprocess.run([lmd_bin, "serve", "-m", default_model, "--port", "0", "--cors-origin", origin],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--cors-origin" in p.stderr, p.stderr

@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "http/http.h"
 #include "sched/sched.h"
 #include "serve/serve.h"
 
@@ -164,6 +165,50 @@ static void test_example_file(void **state)
     free(c);
 }
 
+/* CORS origins: a list or one string, replacing what was there; the flag's
+ * form checked the same way. */
+static void test_cors_origins(void **state)
+{
+    (void)state;
+    struct serve_config *c = malloc(sizeof *c);
+    struct lmd_err err = {0};
+    char path[320];
+    if (load("listen:\n  cors_origins: [\"*\", \"https://app.example:8443\", \"http://[::1]:3000\"]\n", c, &err, path))
+        fail_msg("%s", err.msg);
+    assert_int_equal(c->n_cors_origins, 3);
+    assert_string_equal(c->cors_origins[0], "*");
+    assert_string_equal(c->cors_origins[2], "http://[::1]:3000");
+    if (load("listen:\n  cors_origins: http://localhost:5173\n", c, &err, path))
+        fail_msg("%s", err.msg);
+    assert_int_equal(c->n_cors_origins, 1);
+    assert_string_equal(c->cors_origins[0], "http://localhost:5173");
+
+    static const char *const good[] = {"*",
+                                       "http://a",
+                                       "https://a.example",
+                                       "http://a-b.c:1",
+                                       "http://[::1]",
+                                       "https://[fe80::1]:65535",
+                                       "http://127.0.0.1:8080"};
+    static const char *const bad[] = {"",           "**",           "a.example",   "http://",        "http://a/",
+                                      "http://a/x", "http://a:",    "http://a:0",  "http://a:65536", "http://a:1x",
+                                      "http://a b", "http://[]",    "http://[::1", "http://a?b",     "ftp://a",
+                                      "HTTP//a",    "http://user@a"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        if (!http_cors_origin_valid(good[i]))
+            fail_msg("refused '%s'", good[i]);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (http_cors_origin_valid(bad[i]))
+            fail_msg("accepted '%s'", bad[i]);
+    serve_config_init(c);
+    for (int i = 0; i < SERVE_MAX_CORS; i++)
+        assert_int_equal(serve_config_add_cors(c, "http://a", &err), 0);
+    assert_int_equal(serve_config_add_cors(c, "http://a", &err), LMD_ERANGE);
+    assert_int_equal(serve_config_add_cors(c, "http://a/", &err), LMD_EINVAL);
+    assert_non_null(strstr(err.msg, "--cors-origin 'http://a/'"));
+    free(c);
+}
+
 /* Malformed files: each gets its code and a message with the position
  * and the key path. */
 static void test_malformed(void **state)
@@ -180,6 +225,11 @@ static void test_malformed(void **state)
          "1:1: unknown key 'modles' (expected one of: listen, tenants, scheduler, metrics, debug_endpoints, "
          "drain_timeout_s, defaults, models, prefix_cache, prefix_cache_shared, metrics_compat, priority_map)"},
         {"metrics: true\nmetrics: false\n", LMD_EFORMAT, "2:1: duplicate key 'metrics' (first at line 1)"},
+        {"listen:\n  cors_origins: [\"http://a.example/\"]\n", LMD_EFORMAT,
+         "2:18: listen.cors_origins[0]: 'http://a.example/' is not * or scheme://host[:port]"},
+        {"listen:\n  cors_origins: example.com\n", LMD_EFORMAT,
+         "2:17: listen.cors_origins: 'example.com' is not * or scheme://host[:port]"},
+        {"listen:\n  cors_origins: [[\"*\"]]\n", LMD_EFORMAT, "listen.cors_origins[0]: expected a string"},
         {"- a\n- b\n", LMD_EFORMAT, "1:1: expected a mapping, got a list"},
         {"models: x.gguf\n", LMD_EFORMAT, "1:9: models: expected a list, got a scalar"},
         {"models: []\n", LMD_EFORMAT, "1:9: models: needs at least one model"},
@@ -379,7 +429,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_file),    cmocka_unit_test(test_example_file), cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_missing_file), cmocka_unit_test(test_add_model),    cmocka_unit_test(test_ids),
-        cmocka_unit_test(test_open_refuses),
+        cmocka_unit_test(test_open_refuses), cmocka_unit_test(test_cors_origins),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
