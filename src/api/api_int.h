@@ -110,6 +110,12 @@ struct api_params {
  * way. */
 int api_params_parse(struct api_params *p, enum api_kind kind, const char *body, size_t len, struct api_error *e);
 void api_params_free(struct api_params *p);
+/* Fields the native engine does not implement whose absence would change
+ * the answer (fields.c): LMD_EINVAL and a 400 naming the first one given
+ * with a non-neutral value; 0 otherwise. doc is the parsed body (json_t *).
+ * Not applied to models that forward requests: their upstreams may
+ * implement these. */
+int api_fields_refuse(void *doc, enum api_kind kind, struct api_error *e);
 
 /* Stop strings: the offset of the earliest match of any of them in
  * text[0, len), or -1. */

@@ -589,6 +589,10 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
         api_params_free(&p);
         return;
     }
+    /* Extensions an upstream may implement pass through to it (above);
+     * this engine refuses those it does not. */
+    if (api_fields_refuse(p.doc, kind, &e) != 0)
+        goto fail;
     const int n_vocab = tok_n_vocab(m->m.vocab);
     for (int i = 0; i < p.n_bias; i++)
         if (p.bias[i].token >= n_vocab) {

@@ -441,3 +441,87 @@ def test_bad_cors_origin_fails_start(lmd_bin, default_model, origin):
     p = subprocess.run([lmd_bin, "serve", "-m", default_model, "--port", "0", "--cors-origin", origin],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--cors-origin" in p.stderr, p.stderr
+
+
+# ---- docs/compatibility.md, row by row ----------------------------------------------------
+
+# A value for each field of the table that asks for something: accepted and
+# ignored fields must be served with it, refused ones answered 400 naming
+# the field. An entry may be a dict of several fields sent together.
+SAMPLES = {
+    "model": None,  # filled in with the served id
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+    "prompt": [9259],
+    "max_tokens": 1, "max_completion_tokens": 1, "n": 2, "temperature": 0.5, "top_p": 0.9,
+    "presence_penalty": 0.5, "frequency_penalty": 0.5, "seed": 7, "stop": ["\n"], "logit_bias": {"9259": 1},
+    "logprobs": {"chat": True, "completions": 2},
+    "top_logprobs": {"logprobs": True, "top_logprobs": 2},
+    "stream": True, "stream_options": {"stream": True, "stream_options": {"include_usage": True}},
+    "echo": True, "user": "u", "store": True, "metadata": {"a": "b"}, "service_tier": "auto",
+    "prediction": {"type": "content", "content": "x"}, "reasoning_effort": "low", "safety_identifier": "s",
+    "prompt_cache_key": "k", "parallel_tool_calls": True, "verbosity": "low",
+    "audio": {"voice": "alloy", "format": "wav"}, "modalities": ["text", "audio"],
+    "web_search_options": {"search_context_size": "low"}, "suffix": "end", "best_of": 2,
+    "response_format": {"type": "json_object"},
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    "tool_choice": "auto", "functions": [{"name": "f", "parameters": {"type": "object"}}], "function_call": "auto",
+    "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.1, "ignore_eos": True, "priority": 5, "cache_salt": "s",
+    "spaces_between_special_tokens": False, "length_penalty": 2.0, "n_keep": 4, "cache_prompt": False,
+    "id_slot": 0, "skip_special_tokens": False, "stop_token_ids": [1], "include_stop_str_in_output": True,
+    "min_tokens": 2, "use_beam_search": True, "prompt_logprobs": 1, "allowed_token_ids": [1, 2],
+    "bad_words": ["x"], "truncate_prompt_tokens": 5, "logits_processors": ["x"], "return_tokens_as_token_ids": True,
+    "guided_json": {"type": "object"}, "guided_regex": "a+", "guided_choice": ["a"], "guided_grammar": "root ::= \"a\"",
+    "add_generation_prompt": False, "continue_final_message": True, "chat_template": "{{ messages }}",
+    "chat_template_kwargs": {"enable_thinking": False}, "documents": [{"text": "d"}],
+    "grammar": "root ::= \"a\"", "json_schema": {"type": "object"}, "repeat_penalty": 1.1, "n_predict": 4,
+    "n_probs": 2, "typical_p": 0.9, "mirostat": 2, "tfs_z": 0.5, "top_n_sigma": 1.0, "xtc_probability": 0.5,
+    "dry_multiplier": 0.8, "dynatemp_range": 0.5, "samplers": ["top_k"],
+}
+
+
+def compat_rows():
+    import os
+    import re
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "compatibility.md")
+    rows = []
+    for line in open(path, encoding="utf-8"):
+        m = re.match(r"^\| `([a-z_]+)` \| (both|chat|completions) \| (accepted|ignored|refused) \|", line)
+        if m:
+            rows.append(m.groups())
+    return rows
+
+
+def test_compat_table_is_complete():
+    rows = compat_rows()
+    assert len(rows) > 70
+    fields = {f for f, _, _ in rows}
+    assert fields == set(SAMPLES), (fields ^ set(SAMPLES))
+
+
+def test_compat_table_matches_the_server(srv):
+    failures = []
+    for field, where, verdict in compat_rows():
+        for kind in (("chat", "completions") if where == "both" else (where,)):
+            body = {"model": srv.model, "max_tokens": 1}
+            if kind == "chat":
+                body["messages"] = [{"role": "user", "content": "Hi"}]
+            else:
+                body["prompt"] = "Hi"
+            v = SAMPLES[field]
+            if field == "model":
+                v = srv.model
+            if isinstance(v, dict) and set(v) <= {"chat", "completions"}:
+                v = v[kind]
+            if isinstance(v, dict) and field in v:
+                body.update(v)
+            else:
+                body[field] = v
+            path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
+            r = httpx.post(srv.base + path, json=body, timeout=60)
+            if verdict == "refused":
+                ok = r.status_code == 400 and r.json()["error"]["param"] == field
+            else:
+                ok = r.status_code == 200
+            if not ok:
+                failures.append((field, kind, verdict, r.status_code, r.text[:200]))
+    assert not failures, "\n".join(map(repr, failures))
