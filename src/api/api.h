@@ -9,7 +9,9 @@
  * strings before writing. It never runs model code and never blocks.
  *
  * Lifetimes: `struct api` lives for the process (created before the HTTP
- * server starts, freed after it stops). Each generation request is one
+ * server starts, freed after it stops), and so does the one worker thread
+ * it owns for /tokenize and /detokenize, so that tokenizing megabytes of
+ * text never holds an I/O thread. Each generation request is one
  * heap object shared by the I/O thread and the engine thread through the
  * scheduler's reference count.
  */

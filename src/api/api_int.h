@@ -196,9 +196,6 @@ int api_call_forward(struct api *a, const struct api__model *m, struct http_req 
 /* GET /debug/requests: the live calls as JSON into b. */
 int api_calls_render(struct api *a, struct lmd_buf *b);
 
-/* The access-log line and lmd_requests_total for a generation request
- * answered without reaching the scheduler (an error or refusal); m is the
- * model it was routed to, NULL when none was chosen yet. */
 /* Whether tenant may use model m (by its id or any alias). */
 bool api_model_allowed(const struct qos *q, int tenant, const struct api_model *m);
 
@@ -210,5 +207,8 @@ void api_tok_route(struct api *a, struct http_req *r, bool detokenize, int tenan
 int api_tok_start(struct api *a, struct lmd_err *err);
 void api_tok_stop(struct api *a);
 
+/* The access-log line and lmd_requests_total for a generation request
+ * answered without reaching the scheduler (an error or refusal); m is the
+ * model it was routed to, NULL when none was chosen yet. */
 void api_log_refusal(struct api *a, struct http_req *r, const char *id, int status, const struct api__model *m, int cls,
                      int tenant);
