@@ -38,6 +38,8 @@ static void serve_usage(FILE *out)
             "Models:\n"
             "  -m, --model [NAME=]FILE  a GGUF model, served as NAME (default: the file name without\n"
             "                           .gguf); repeat for several (default %s)\n"
+            "      --alias NAME         another name the model of the -m before it answers to\n"
+            "                           (repeatable; before any -m: the default model's)\n"
             "      --config FILE        YAML config: listeners, tenants, scheduler, defaults and models\n"
             "                           with their engine settings (docs/configuration.md); flags given\n"
             "                           as well take precedence, -m models come after the file's\n"
@@ -138,6 +140,7 @@ enum {
     OPT_WATCH_CONFIG,
     OPT_PRIORITY_MAP,
     OPT_CORS_ORIGIN,
+    OPT_ALIAS,
 };
 
 static const struct option opts[] = {
@@ -177,6 +180,7 @@ static const struct option opts[] = {
     {"watch-config", no_argument, NULL, OPT_WATCH_CONFIG},
     {"priority-map", required_argument, NULL, OPT_PRIORITY_MAP},
     {"cors-origin", required_argument, NULL, OPT_CORS_ORIGIN},
+    {"alias", required_argument, NULL, OPT_ALIAS},
     {"help", no_argument, NULL, 'h'},
     {0, 0, 0, 0},
 };
@@ -205,6 +209,12 @@ static int set_int(const char *opt, const char *v, long lo, long hi, int *dst)
  * config file's list). One `lmd serve` per process. */
 static bool cors_from_flags;
 
+/* --alias names the model of the -m before it; before any -m, the default
+ * model, which is added only once every flag is read. */
+static int last_m = -1;
+static char pending_alias[SERVE_MAX_ALIASES][SERVE_NAME_MAX];
+static int n_pending_alias;
+
 /* One flag onto the config. Returns 0, 1 (--help shown: exit 0) or -1
  * (message printed: exit 2). */
 static int apply_flag(struct serve_config *c, int opt, const char *v)
@@ -214,6 +224,22 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
     switch (opt) {
     case 'm':
         if (serve_config_add_model(c, v, &err) != 0) {
+            fprintf(stderr, "lmd serve: %s\n", err.msg);
+            return -1;
+        }
+        last_m = c->n_models - 1;
+        return 0;
+    case OPT_ALIAS:
+        if (last_m < 0) {
+            if (n_pending_alias == SERVE_MAX_ALIASES || strlen(v) >= SERVE_NAME_MAX || !serve_id_valid(v)) {
+                fprintf(stderr, "lmd serve: --alias '%.64s': not a model id, or more than %d aliases\n", v,
+                        SERVE_MAX_ALIASES);
+                return -1;
+            }
+            snprintf(pending_alias[n_pending_alias++], SERVE_NAME_MAX, "%s", v);
+            return 0;
+        }
+        if (serve_config_add_alias(c, last_m, v, &err) != 0) {
             fprintf(stderr, "lmd serve: %s\n", err.msg);
             return -1;
         }
@@ -407,11 +433,18 @@ int cli_serve(int argc, char **argv)
         fprintf(stderr, "lmd serve: --tls-cert and --tls-key go together\n");
         goto out;
     }
+    if (n_pending_alias && cfg->n_models > 0) {
+        fprintf(stderr, "lmd serve: --alias names the model of the -m before it (or the default model when no "
+                        "model is given)\n");
+        goto out;
+    }
     status = 1;
     if (cfg->n_models == 0) {
         if (cli_check_model(cli_default_model()))
             goto out;
         serve_config_add_model(cfg, cli_default_model(), &err);
+        for (int i = 0; i < n_pending_alias; i++)
+            serve_config_add_alias(cfg, 0, pending_alias[i], &err); /* checked when given */
     }
 
     struct serve *s = NULL;

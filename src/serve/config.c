@@ -124,6 +124,22 @@ int serve_config_add_model(struct serve_config *c, const char *arg, struct lmd_e
     return 0;
 }
 
+int serve_config_add_alias(struct serve_config *c, int model, const char *name, struct lmd_err *err)
+{
+    if (model < 0 || model >= c->n_models)
+        return lmd_err_set(err, LMD_EINVAL, "--alias %s: no model to name", name);
+    struct serve_model *m = &c->models[model];
+    if (strlen(name) >= SERVE_NAME_MAX || !serve_id_valid(name))
+        return lmd_err_set(err, LMD_EINVAL,
+                           "--alias '%.64s' is not a model id (1 to %d of letters, digits and ._:/-, starting with a "
+                           "letter or digit)",
+                           name, SERVE_NAME_MAX - 1);
+    if (m->n_aliases == SERVE_MAX_ALIASES)
+        return lmd_err_set(err, LMD_ERANGE, "--alias %s: more than %d aliases for one model", name, SERVE_MAX_ALIASES);
+    snprintf(m->aliases[m->n_aliases++], SERVE_NAME_MAX, "%s", name);
+    return 0;
+}
+
 int serve_config_add_upstream(struct serve_config *c, const char *arg, struct lmd_err *err)
 {
     if (c->n_models == SERVE_MAX_MODELS)

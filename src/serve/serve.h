@@ -125,6 +125,12 @@ int serve_config_load(struct serve_config *c, const char *path, struct lmd_err *
  * LMD_ERANGE when there are too many models or the path is too long. */
 int serve_config_add_model(struct serve_config *c, const char *arg, struct lmd_err *err);
 
+/* Give models[model] one more name requests may use (lmd serve --alias,
+ * as llama-server spells it). LMD_EINVAL for a bad name or model index,
+ * LMD_ERANGE past SERVE_MAX_ALIASES. Clashes with other models' names are
+ * found by serve_open. */
+int serve_config_add_alias(struct serve_config *c, int model, const char *name, struct lmd_err *err);
+
 /* Append a remote model given as "NAME=URL[,URL...]" (lmd serve
  * --upstream). LMD_EINVAL for a bad NAME or URL, LMD_ERANGE for too many. */
 int serve_config_add_upstream(struct serve_config *c, const char *arg, struct lmd_err *err);

@@ -525,3 +525,22 @@ def test_compat_table_matches_the_server(srv):
             if not ok:
                 failures.append((field, kind, verdict, r.status_code, r.text[:200]))
     assert not failures, "\n".join(map(repr, failures))
+
+
+def test_alias_flag(lmd_bin, default_model, tmp_path):
+    """--alias, as llama-server spells it: more names for the model of the
+    -m before it (or the default model's when no -m is given)."""
+    s = Server(lmd_bin, default_model, tmp_path, "--alias", "gemma-3-270m", "--alias", "google/gemma-3-270m")
+    try:
+        m = httpx.get(s.base + "/v1/models", timeout=10).json()["data"][0]
+        assert m["id"] == "default" and {"gemma-3-270m", "google/gemma-3-270m"} <= set(m["aliases"])
+        c = openai.OpenAI(base_url=s.base + "/v1", api_key="none", max_retries=0, timeout=60)
+        assert c.completions.create(model="google/gemma-3-270m", prompt="Hi", max_tokens=1).model == "default"
+    finally:
+        s.stop()
+    for args, needle in ((["--alias", "a b"], "not a model id"),
+                         (["--alias", "early", "-m", default_model], "the -m before it"),
+                         (["-m", "x=" + default_model, "-m", "y=" + default_model, "--alias", "x"], "x")):
+        p = subprocess.run([lmd_bin, "serve", "--port", "0", "-c", "256", *args], capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode != 0 and needle in p.stderr, p.stderr

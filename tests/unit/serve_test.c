@@ -209,6 +209,28 @@ static void test_cors_origins(void **state)
     free(c);
 }
 
+/* --alias: more names for a model given with -m; bad names and too many
+ * refused. */
+static void test_add_alias(void **state)
+{
+    (void)state;
+    struct serve_config *c = malloc(sizeof *c);
+    serve_config_init(c);
+    struct lmd_err err = {0};
+    assert_int_equal(serve_config_add_alias(c, 0, "a", &err), LMD_EINVAL); /* no model yet */
+    assert_int_equal(serve_config_add_model(c, "m.gguf", &err), 0);
+    assert_int_equal(serve_config_add_alias(c, 0, "google/gemma-3-270m", &err), 0);
+    assert_string_equal(c->models[0].aliases[0], "google/gemma-3-270m");
+    assert_int_equal(serve_config_add_alias(c, 0, "a b", &err), LMD_EINVAL);
+    assert_non_null(strstr(err.msg, "not a model id"));
+    assert_int_equal(serve_config_add_alias(c, 0, "-x", &err), LMD_EINVAL);
+    for (int i = 1; i < SERVE_MAX_ALIASES; i++)
+        assert_int_equal(serve_config_add_alias(c, 0, "b", &err), 0);
+    assert_int_equal(serve_config_add_alias(c, 0, "c", &err), LMD_ERANGE);
+    assert_int_equal(c->models[0].n_aliases, SERVE_MAX_ALIASES);
+    free(c);
+}
+
 /* Malformed files: each gets its code and a message with the position
  * and the key path. */
 static void test_malformed(void **state)
@@ -429,7 +451,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_file),    cmocka_unit_test(test_example_file), cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_missing_file), cmocka_unit_test(test_add_model),    cmocka_unit_test(test_ids),
-        cmocka_unit_test(test_open_refuses), cmocka_unit_test(test_cors_origins),
+        cmocka_unit_test(test_open_refuses), cmocka_unit_test(test_cors_origins), cmocka_unit_test(test_add_alias),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
