@@ -196,6 +196,14 @@ int api_call_forward(struct api *a, const struct api__model *m, struct http_req 
 /* GET /debug/requests: the live calls as JSON into b. */
 int api_calls_render(struct api *a, struct lmd_buf *b);
 
+/* The service class of a generation request (priority.c): the body's
+ * `priority` (a class name, or an integer through the priority map), else
+ * X-Priority (either form), else X-SLA (a name), else the tenant's
+ * default. A class that does not exist or that the tenant may not use
+ * fills e (400 or 403) and *reason, and returns a negative LMD_E*. */
+int api_pick_class(struct api *a, struct http_req *r, const struct api_params *p, int tenant, struct api_error *e,
+                   enum obs_reject *reason);
+
 /* Whether tenant may use model m (by its id or any alias). */
 bool api_model_allowed(const struct qos *q, int tenant, const struct api_model *m);
 

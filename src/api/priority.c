@@ -6,11 +6,16 @@
  * 0 lands in the class it would get without the field, and only values the
  * operator chose reach the urgent classes.
  *
- * Not here: class names in requests (qos_class_pick), whether a tenant may
- * use a class (routes.c asks qos).
+ * The class a generation request runs in is chosen here too, from the
+ * body's `priority`, the X-Priority and X-SLA headers, or the tenant's
+ * default.
+ *
+ * Not here: what a class name means and which tenant may use it (qos/).
  */
 #include "api/api.h"
+#include "api/api_int.h"
 
+#include "http/http.h"
 #include "qos/qos.h"
 
 #include <errno.h>
@@ -143,4 +148,68 @@ void api_priority_map_format(const struct api_priority_map *m, const struct qos 
         else
             o += (size_t)snprintf(out + o, cap - o, "%s%s<=%lld", i ? "," : "", name, (long long)r->max);
     }
+}
+
+/* ---- the class of a request ------------------------------------------------- */
+
+/* Whether s is an optionally signed decimal integer that fits int64. */
+static bool parse_int64(struct http_str s, int64_t *out)
+{
+    char tmp[24];
+    if (s.len == 0 || s.len >= sizeof tmp)
+        return false;
+    memcpy(tmp, s.ptr, s.len);
+    tmp[s.len] = 0;
+    if (!((tmp[0] >= '0' && tmp[0] <= '9') || ((tmp[0] == '-' || tmp[0] == '+') && s.len > 1)))
+        return false;
+    char *end = NULL;
+    errno = 0;
+    long long x = strtoll(tmp, &end, 10);
+    if (*end || errno)
+        return false;
+    *out = x;
+    return true;
+}
+
+/* The class a request asked for: the body's `priority` (a class name, or
+ * an integer mapped by the priority map), else X-Priority (either form),
+ * else X-SLA (a name), else the tenant's default. */
+int api_pick_class(struct api *a, struct http_req *r, const struct api_params *p, int tenant, struct api_error *e,
+                   enum obs_reject *reason)
+{
+    const struct qos *q = a->cfg.qos;
+    struct qos_refusal why = {0};
+    const char *name = p->priority;
+    size_t len = p->priority_len;
+    const char *from = "priority";
+    bool num_set = p->priority_num_set;
+    int64_t num = p->priority_num;
+    if (!name && !num_set) {
+        struct http_str h = http_req_header(r, "x-priority");
+        from = "X-Priority";
+        /* A class name wins over the number it might also spell. */
+        if (h.len && qos_class_find(q, h.ptr, h.len) < 0 && parse_int64(h, &num)) {
+            num_set = true;
+        } else if (!h.len) {
+            h = http_req_header(r, "x-sla");
+            from = "X-SLA";
+        }
+        name = h.len && !num_set ? h.ptr : NULL;
+        len = num_set ? 0 : h.len;
+    }
+    if (num_set) {
+        int cls = api_priority_map_class(&a->cfg.priority_map, num, qos_tenant(q, tenant)->default_class);
+        if (qos_class_allowed(q, tenant, cls))
+            return cls;
+        *reason = OBS_R_CLASS;
+        return api_error_set(e, 403, "permission_error", from, "class_not_allowed",
+                             "%s %lld maps to the service class '%s', which is not allowed for this API key", from,
+                             (long long)num, qos_class(q, cls)->name);
+    }
+    int cls = qos_class_pick(q, tenant, name, len, &why);
+    if (cls >= 0)
+        return cls;
+    *reason = why.reason;
+    return api_error_set(e, why.http_status, why.http_status == 403 ? "permission_error" : "invalid_request_error",
+                         from, why.http_status == 403 ? "class_not_allowed" : "unknown_priority", "%s", why.message);
 }

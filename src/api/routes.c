@@ -21,7 +21,6 @@
 
 #include <jansson.h>
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -321,68 +320,6 @@ static void log_route(struct http_req *r, const char *rid, struct http_str metho
     obs_access_log(&acc);
 }
 
-/* Whether s is an optionally signed decimal integer that fits int64. */
-static bool parse_int64(struct http_str s, int64_t *out)
-{
-    char tmp[24];
-    if (s.len == 0 || s.len >= sizeof tmp)
-        return false;
-    memcpy(tmp, s.ptr, s.len);
-    tmp[s.len] = 0;
-    if (!((tmp[0] >= '0' && tmp[0] <= '9') || ((tmp[0] == '-' || tmp[0] == '+') && s.len > 1)))
-        return false;
-    char *end = NULL;
-    errno = 0;
-    long long x = strtoll(tmp, &end, 10);
-    if (*end || errno)
-        return false;
-    *out = x;
-    return true;
-}
-
-/* The class a request asked for: the body's `priority` (a class name, or
- * an integer mapped by the priority map), else X-Priority (either form),
- * else X-SLA (a name), else the tenant's default. */
-static int pick_class(struct api *a, struct http_req *r, const struct api_params *p, int tenant, struct api_error *e,
-                      enum obs_reject *reason)
-{
-    const struct qos *q = a->cfg.qos;
-    struct qos_refusal why = {0};
-    const char *name = p->priority;
-    size_t len = p->priority_len;
-    const char *from = "priority";
-    bool num_set = p->priority_num_set;
-    int64_t num = p->priority_num;
-    if (!name && !num_set) {
-        struct http_str h = http_req_header(r, "x-priority");
-        from = "X-Priority";
-        /* A class name wins over the number it might also spell. */
-        if (h.len && qos_class_find(q, h.ptr, h.len) < 0 && parse_int64(h, &num)) {
-            num_set = true;
-        } else if (!h.len) {
-            h = http_req_header(r, "x-sla");
-            from = "X-SLA";
-        }
-        name = h.len && !num_set ? h.ptr : NULL;
-        len = num_set ? 0 : h.len;
-    }
-    if (num_set) {
-        int cls = api_priority_map_class(&a->cfg.priority_map, num, qos_tenant(q, tenant)->default_class);
-        if (qos_class_allowed(q, tenant, cls))
-            return cls;
-        *reason = OBS_R_CLASS;
-        return api_error_set(e, 403, "permission_error", from, "class_not_allowed",
-                             "%s %lld maps to the service class '%s', which is not allowed for this API key", from,
-                             (long long)num, qos_class(q, cls)->name);
-    }
-    int cls = qos_class_pick(q, tenant, name, len, &why);
-    if (cls >= 0)
-        return cls;
-    *reason = why.reason;
-    return api_error_set(e, why.http_status, why.http_status == 403 ? "permission_error" : "invalid_request_error",
-                         from, why.http_status == 403 ? "class_not_allowed" : "unknown_priority", "%s", why.message);
-}
-
 static const char *refusal_code(enum obs_reject why)
 {
     switch (why) {
@@ -578,7 +515,7 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
         goto fail;
     }
     enum obs_reject reason = OBS_R__N;
-    int cls = pick_class(a, r, &p, tenant, &e, &reason);
+    int cls = api_pick_class(a, r, &p, tenant, &e, &reason);
     if (cls < 0) {
         obs_reject(reason, tenant);
         goto fail;

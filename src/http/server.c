@@ -17,6 +17,7 @@
  * It is not a router and holds no per-request state beyond the write
  * buffers and timers of a response.
  */
+#include "http/cors.h"
 #include "http/http.h"
 
 #include "core/buf.h"
@@ -28,7 +29,6 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -81,9 +81,7 @@ struct http_server {
     pthread_mutex_t start_mu;
     pthread_cond_t start_cv;
     int n_started;
-    char cors[HTTP_MAX_CORS_ORIGINS][HTTP_ORIGIN_MAX]; /* [n_cors] allowed origins, "*" excluded */
-    int n_cors;
-    bool cors_any; /* "*" was given: every origin */
+    struct http__cors cors; /* the allowed origins; none = CORS off */
 };
 
 struct http_req {
@@ -257,66 +255,6 @@ static void http_on_watch(h2o_timeout_entry_t *entry)
 
 static void http_set_head(struct http_req *r, int status, const char *ctype);
 
-bool http_cors_origin_valid(const char *s)
-{
-    if (strcmp(s, "*") == 0)
-        return true;
-    size_t n = strlen(s);
-    const char *h = strncmp(s, "http://", 7) == 0 ? s + 7 : strncmp(s, "https://", 8) == 0 ? s + 8 : NULL;
-    if (!h || n >= HTTP_ORIGIN_MAX || !*h)
-        return false;
-    const char *p = h;
-    if (*p == '[') { /* an IPv6 literal */
-        p++;
-        while (isxdigit((unsigned char)*p) || *p == ':' || *p == '.')
-            p++;
-        if (*p != ']' || p == h + 1)
-            return false;
-        p++;
-    } else {
-        while (isalnum((unsigned char)*p) || *p == '.' || *p == '-')
-            p++;
-        if (p == h)
-            return false;
-    }
-    if (*p == ':') {
-        const char *d = ++p;
-        while (isdigit((unsigned char)*p))
-            p++;
-        if (p == d || p - d > 5 || atoi(d) < 1 || atoi(d) > 65535)
-            return false;
-    }
-    return *p == '\0';
-}
-
-/* The Access-Control-Allow-Origin value for this request's Origin, or
- * NULL when CORS is off or the origin is not allowed. */
-static const char *http_cors_allow(const struct http_server *srv, struct http_str origin)
-{
-    if (origin.len == 0)
-        return NULL;
-    if (srv->cors_any)
-        return "*";
-    for (int i = 0; i < srv->n_cors; i++)
-        if (strlen(srv->cors[i]) == origin.len && memcmp(srv->cors[i], origin.ptr, origin.len) == 0)
-            return srv->cors[i];
-    return NULL;
-}
-
-/* Whether a preflight's Access-Control-Request-Headers can be echoed: a
- * short list of header names (token characters, commas, spaces). */
-static bool http_header_list_sane(struct http_str s)
-{
-    if (s.len == 0 || s.len > 512)
-        return false;
-    for (size_t i = 0; i < s.len; i++) {
-        char c = s.ptr[i];
-        if (!(isalnum((unsigned char)c) || c == '-' || c == '_' || c == ',' || c == ' '))
-            return false;
-    }
-    return true;
-}
-
 /* A request from an allowed origin: every answer to it, errors and event
  * streams included, carries the CORS headers, which are set now, before
  * the handler answers. A preflight (OPTIONS with
@@ -326,10 +264,10 @@ static bool http_header_list_sane(struct http_str s)
 static bool http_cors(const struct http_server *srv, struct http_req *r)
 {
     struct http_str origin = http_req_header(r, "origin");
-    const char *allow = http_cors_allow(srv, origin);
+    const char *allow = http__cors_allow(&srv->cors, origin.ptr, origin.len);
     /* With a list of origins the answer depends on Origin, allowed or
      * not: caches must keep them apart. */
-    if (origin.len && !srv->cors_any)
+    if (origin.len && !srv->cors.any)
         http_req_add_header(r, "vary", "Origin");
     if (!allow)
         return false;
@@ -347,7 +285,7 @@ static bool http_cors(const struct http_server *srv, struct http_req *r)
      * names: "*" would not cover Authorization, which API keys need. */
     struct http_str want = http_req_header(r, "access-control-request-headers");
     char hdrs[520];
-    if (http_header_list_sane(want))
+    if (http__cors_header_list_sane(want.ptr, want.len))
         snprintf(hdrs, sizeof hdrs, "%.*s", (int)want.len, want.ptr);
     else
         snprintf(hdrs, sizeof hdrs, "Authorization, Content-Type, X-Request-Id, X-Priority, X-SLA");
@@ -368,7 +306,7 @@ static int http_on_req(h2o_handler_t *self, h2o_req_t *req)
     r->loop = H2O_STRUCT_FROM_MEMBER(struct http_loop, ctx, req->conn->ctx);
     r->stall_entry.cb = http_on_stall;
     r->watch_entry.cb = http_on_watch;
-    if ((srv->n_cors || srv->cors_any) && http_cors(srv, r))
+    if (http__cors_on(&srv->cors) && http_cors(srv, r))
         return 0;
     srv->cfg.handler(srv->cfg.ud, r);
     return 0;
@@ -783,21 +721,10 @@ int http_server_start(struct http_server **out, const struct http_config *cfg, s
     s->cfg = *cfg;
     if (cfg->stall_timeout_ms < 0)
         s->cfg.stall_timeout_ms = 0;
-    if (cfg->n_cors_origins < 0 || cfg->n_cors_origins > HTTP_MAX_CORS_ORIGINS) {
+    int crc = http__cors_init(&s->cors, cfg->cors_origins, cfg->n_cors_origins, err);
+    if (crc != 0) {
         free(s);
-        return lmd_err_set(err, LMD_EINVAL, "%d CORS origins; at most %d", cfg->n_cors_origins, HTTP_MAX_CORS_ORIGINS);
-    }
-    for (int i = 0; i < cfg->n_cors_origins; i++) {
-        const char *o = cfg->cors_origins[i];
-        if (!http_cors_origin_valid(o)) {
-            free(s);
-            return lmd_err_set(err, LMD_EINVAL,
-                               "CORS origin '%.80s' is not * or scheme://host[:port] (no path, no trailing slash)", o);
-        }
-        if (strcmp(o, "*") == 0)
-            s->cors_any = true;
-        else
-            snprintf(s->cors[s->n_cors++], HTTP_ORIGIN_MAX, "%s", o);
+        return crc;
     }
     s->cfg.cors_origins = NULL; /* copied above */
     int fd = -1;
