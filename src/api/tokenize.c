@@ -24,6 +24,7 @@
 
 #include <jansson.h>
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +44,8 @@ struct api_tok_job {
     struct http_task task;    /* the answer, run on the request's I/O thread */
     struct api_tok_job *next; /* the worker's queue */
     struct api *a;
-    struct http_req *r; /* NULL once the request is disposed */
+    struct http_req *r; /* NULL once the request is disposed (I/O thread only) */
+    _Atomic bool gone;  /* the request is disposed: the worker may skip the work */
     struct http_loop *loop;
     enum tok_kind kind;
     int tenant;
@@ -327,7 +329,9 @@ static void *tok_worker(void *arg)
         a->tok_queued--;
         /* The lock guards the queue only, never the work. */
         pthread_mutex_unlock(&a->tok_mu);
-        tok_run(a, j);
+        /* A client that left before its turn costs no tokenizing. */
+        if (!atomic_load(&j->gone))
+            tok_run(a, j);
         /* The job's task is never queued twice: the I/O thread queued
          * nothing on it, so this post always queues. */
         http_post(j->loop, &j->task);
@@ -354,6 +358,7 @@ static void job_closed(void *ctx)
 {
     struct api_tok_job *j = ctx;
     j->r = NULL;
+    atomic_store(&j->gone, true);
     job_unref(j);
 }
 
