@@ -17,7 +17,6 @@
 #include "api/api.h"
 #include "api/api_int.h"
 
-#include "core/log.h"
 #include "http/http.h"
 #include "obs/obs.h"
 #include "tokenizer/tokenizer.h"
