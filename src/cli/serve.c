@@ -28,15 +28,18 @@ static void serve_usage(FILE *out)
             "usage: lmd serve [-m [NAME=]MODEL]... [--config FILE] [options]\n"
             "\n"
             "Serves the OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models,\n"
-            "/health, /ready, /metrics) over HTTP/1.1 and cleartext HTTP/2 on one port, or over\n"
-            "HTTPS (ALPN: h2, http/1.1) with --tls-cert and --tls-key. Each model has its own\n"
-            "engine and scheduler; requests choose one by their `model` field.\n"
+            "the same without /v1, /tokenize, /detokenize, /health, /ready, /metrics) over HTTP/1.1\n"
+            "and cleartext HTTP/2 on one port, or over HTTPS (ALPN: h2, http/1.1) with --tls-cert\n"
+            "and --tls-key. Each model has its own engine and scheduler; requests choose one by\n"
+            "their `model` field.\n"
             "SIGTERM or SIGINT drains: new connections are refused, /ready answers 503,\n"
             "requests in flight finish, then the process exits 0.\n"
             "\n"
             "Models:\n"
             "  -m, --model [NAME=]FILE  a GGUF model, served as NAME (default: the file name without\n"
             "                           .gguf); repeat for several (default %s)\n"
+            "      --alias NAME         another name the model of the -m before it answers to\n"
+            "                           (repeatable; before any -m: the default model's)\n"
             "      --config FILE        YAML config: listeners, tenants, scheduler, defaults and models\n"
             "                           with their engine settings (docs/configuration.md); flags given\n"
             "                           as well take precedence, -m models come after the file's\n"
@@ -81,12 +84,17 @@ static void serve_usage(FILE *out)
             "      --drain-timeout S    seconds to let requests finish at shutdown (default 30)\n"
             "      --tls-cert FILE      PEM certificate chain: serve HTTPS (needs --tls-key)\n"
             "      --tls-key FILE       PEM private key of --tls-cert\n"
+            "      --cors-origin O      let browser pages from origin O (scheme://host[:port], or *\n"
+            "                           for any) call the server; repeat for several (default: CORS off)\n"
             "      --stall-timeout S    drop a streamed request whose client takes no bytes for S\n"
             "                           seconds (default 60; 0 = never)\n"
             "      --sched POLICY       sla (service classes, deadlines, fair share, preemption; default)\n"
             "                           or fcfs (one queue in arrival order)\n"
             "      --tenants FILE       YAML file of tenants, API keys, limits and service classes\n"
             "                           (docs/configuration.md); without it the server is open\n"
+            "      --priority-map MAP   integer `priority` (vLLM's: lower = more urgent) onto classes,\n"
+            "                           CLASS<=N,...,CLASS; `default` = the tenant's default class\n"
+            "                           (default: FIRST<=-1,default<=0,LAST)\n"
             "      --debug-endpoints    serve /debug/requests and /debug/trace (admin keys only when\n"
             "                           --tenants is given) and record scheduler trace events\n"
             "      --no-prefix-cache    compute every prompt in full (no reuse of cached prefixes)\n"
@@ -134,6 +142,9 @@ enum {
     OPT_REGISTER,
     OPT_ADVERTISE,
     OPT_WATCH_CONFIG,
+    OPT_PRIORITY_MAP,
+    OPT_CORS_ORIGIN,
+    OPT_ALIAS,
 };
 
 static const struct option opts[] = {
@@ -172,6 +183,9 @@ static const struct option opts[] = {
     {"register", required_argument, NULL, OPT_REGISTER},
     {"advertise", required_argument, NULL, OPT_ADVERTISE},
     {"watch-config", no_argument, NULL, OPT_WATCH_CONFIG},
+    {"priority-map", required_argument, NULL, OPT_PRIORITY_MAP},
+    {"cors-origin", required_argument, NULL, OPT_CORS_ORIGIN},
+    {"alias", required_argument, NULL, OPT_ALIAS},
     {"help", no_argument, NULL, 'h'},
     {0, 0, 0, 0},
 };
@@ -196,6 +210,16 @@ static int set_int(const char *opt, const char *v, long lo, long hi, int *dst)
     return 0;
 }
 
+/* Whether a --cors-origin was applied yet (the first one clears the
+ * config file's list). One `lmd serve` per process. */
+static bool cors_from_flags;
+
+/* --alias names the model of the -m before it; before any -m, the default
+ * model, which is added only once every flag is read. */
+static int last_m = -1;
+static char pending_alias[SERVE_MAX_ALIASES][SERVE_NAME_MAX];
+static int n_pending_alias;
+
 /* One flag onto the config. Returns 0, 1 (--help shown: exit 0) or -1
  * (message printed: exit 2). */
 static int apply_flag(struct serve_config *c, int opt, const char *v)
@@ -205,6 +229,22 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
     switch (opt) {
     case 'm':
         if (serve_config_add_model(c, v, &err) != 0) {
+            fprintf(stderr, "lmd serve: %s\n", err.msg);
+            return -1;
+        }
+        last_m = c->n_models - 1;
+        return 0;
+    case OPT_ALIAS:
+        if (last_m < 0) {
+            if (n_pending_alias == SERVE_MAX_ALIASES || strlen(v) >= SERVE_NAME_MAX || !serve_id_valid(v)) {
+                fprintf(stderr, "lmd serve: --alias '%.64s': not a model id, or more than %d aliases\n", v,
+                        SERVE_MAX_ALIASES);
+                return -1;
+            }
+            snprintf(pending_alias[n_pending_alias++], SERVE_NAME_MAX, "%s", v);
+            return 0;
+        }
+        if (serve_config_add_alias(c, last_m, v, &err) != 0) {
             fprintf(stderr, "lmd serve: %s\n", err.msg);
             return -1;
         }
@@ -290,6 +330,19 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
         return set_str("--register", v, c->register_url, sizeof c->register_url);
     case OPT_WATCH_CONFIG:
         c->watch_config = true;
+        return 0;
+    case OPT_PRIORITY_MAP:
+        return set_str("--priority-map", v, c->priority_map, sizeof c->priority_map);
+    case OPT_CORS_ORIGIN:
+        /* The flags' list replaces the config file's, as every flag does. */
+        if (!cors_from_flags) {
+            c->n_cors_origins = 0;
+            cors_from_flags = true;
+        }
+        if (serve_config_add_cors(c, v, &err) != 0) {
+            fprintf(stderr, "lmd serve: %s\n", err.msg);
+            return -1;
+        }
         return 0;
     case OPT_ADVERTISE:
         if (strncmp(v, "http://", 7) != 0 && strncmp(v, "https://", 8) != 0 && !strstr(v, "+http")) {
@@ -393,11 +446,18 @@ int cli_serve(int argc, char **argv)
         fprintf(stderr, "lmd serve: --tls-cert and --tls-key go together\n");
         goto out;
     }
+    if (n_pending_alias && cfg->n_models > 0) {
+        fprintf(stderr, "lmd serve: --alias names the model of the -m before it (or the default model when no "
+                        "model is given)\n");
+        goto out;
+    }
     status = 1;
     if (cfg->n_models == 0) {
         if (cli_check_model(cli_default_model()))
             goto out;
         serve_config_add_model(cfg, cli_default_model(), &err);
+        for (int i = 0; i < n_pending_alias; i++)
+            serve_config_add_alias(cfg, 0, pending_alias[i], &err); /* checked when given */
     }
 
     struct serve *s = NULL;

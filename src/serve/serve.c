@@ -70,6 +70,7 @@ struct serve {
     struct etcd_reg *reg;
     struct api *api;
     struct http_server *http;
+    struct api_priority_map priority_map; /* integer priorities onto the qos classes */
 };
 
 /* ---- models ------------------------------------------------------------------ */
@@ -387,6 +388,17 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
     int rc = qos_open(&s->qos, c->tenants[0] ? c->tenants : NULL, err);
     if (rc != 0)
         goto fail;
+    /* The map names classes, so it is read once the tenants file is, and
+     * before any model loads: a typo costs no start-up time. */
+    if (c->priority_map[0] && (rc = api_priority_map_parse(&s->priority_map, c->priority_map, s->qos, err)) != 0) {
+        lmd_err_prefix(err, "priority map '%.200s'", c->priority_map);
+        goto fail;
+    }
+    if (s->priority_map.n == 0)
+        api_priority_map_default(&s->priority_map, s->qos);
+    char pm[256];
+    api_priority_map_format(&s->priority_map, s->qos, pm, sizeof pm);
+    LMD_INFO("lmd serve: integer priorities map onto classes as %s", pm);
 
     uint64_t t0 = lmd_time_mono_ns();
     for (int i = 0; i < c->n_models; i++) {
@@ -483,8 +495,12 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
         .debug_endpoints = c->debug,
         .prefix_cache_shared = c->prefix_cache_shared,
     };
+    acfg.priority_map = s->priority_map;
     if ((rc = api_init(&s->api, &acfg, err)) != 0)
         goto fail;
+    const char *cors[SERVE_MAX_CORS];
+    for (int i = 0; i < c->n_cors_origins; i++)
+        cors[i] = c->cors_origins[i];
     struct http_config hcfg = {
         .host = c->host,
         .port = c->port,
@@ -493,6 +509,8 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
         .tls_cert = c->tls_cert[0] ? c->tls_cert : NULL,
         .tls_key = c->tls_key[0] ? c->tls_key : NULL,
         .stall_timeout_ms = (int)(c->stall_s * 1000),
+        .cors_origins = cors,
+        .n_cors_origins = c->n_cors_origins,
         .handler = api_handle,
         .ud = s->api,
     };
