@@ -56,6 +56,10 @@ if [ ${#goldens[@]} -gt 0 ]; then
         --device cuda --golden "${goldens[@]}" || fail=1
 fi
 
+step "golden tests on the CUDA engine (their bounds)"
+[ -f "$MODEL" ] && LMD_TEST_DEVICE=cuda LMD_BIN="$BUILD/lmd" LMD_MODEL="$MODEL" $PY -m pytest -q -p no:cacheprovider \
+    tests/integration/test_engine_golden.py || fail=1
+
 if [ "$QUICK" = 0 ]; then
     if command -v compute-sanitizer >/dev/null; then
         for tool in memcheck racecheck; do

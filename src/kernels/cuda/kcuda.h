@@ -45,13 +45,17 @@ bool kcu_type_supported(enum gguf_dtype t);
 cudaError_t kcu_gemv(cudaStream_t st, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n, int64_t k,
                      const float *x, int m, float *y, int64_t ldy);
 
-/* Types whose GEMV has an integer path over 8-bit activations (Q4_K,
- * Q6_K, Q8_0): kcu_quantize_q8 turns count f32 (a multiple of 32) into
- * int8 q [count] and per-32 scales [count / 32] of (d, d * sum(q)) as
- * float pairs; kcu_gemv_q8 is kcu_gemv over them. kcu_matmul takes this
+/* Types whose GEMV has an integer path over 8-bit activations (Q4_0,
+ * Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K): kcu_quantize_q8 turns count f32 (a
+ * multiple of the block) into int8 q [count] and per-32 scales
+ * [count / 32] of (d, d * sum(q)) as float pairs; kcu_gemv_q8 is kcu_gemv over them. kcu_matmul takes this
  * path by itself for these types. */
 bool kcu_type_q8(enum gguf_dtype t);
-cudaError_t kcu_quantize_q8(cudaStream_t st, const float *x, int64_t count, int8_t *q, void *scales);
+/* Whether t's activations are quantized per 256 (as the CPU's Q8_K, for
+ * the K-quants) rather than per 32 (Q8_0 / Q8_1); kcu_quantize_q8 does
+ * either, rounding as the CPU engine does (quant.cu says how). */
+bool kcu_q8_per_256(enum gguf_dtype t);
+cudaError_t kcu_quantize_q8(cudaStream_t st, const float *x, int64_t count, bool per_256, int8_t *q, void *scales);
 cudaError_t kcu_gemv_q8(cudaStream_t st, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n, int64_t k,
                         const int8_t *xq, const void *xs, int m, float *y, int64_t ldy);
 

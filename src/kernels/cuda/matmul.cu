@@ -182,7 +182,7 @@ extern "C" cudaError_t kcu_matmul(struct kcu_ctx *c, enum gguf_dtype t, const vo
     if (m <= KCU_GEMV_MAX_M || (!flt && m <= c->passes_max_m)) {
         const bool q8 = kcu_type_q8(t) && m <= c->max_m && k <= c->max_k;
         if (q8) {
-            cudaError_t rc = kcu_quantize_q8(c->st, x, m * k, c->xq, c->xs);
+            cudaError_t rc = kcu_quantize_q8(c->st, x, m * k, kcu_q8_per_256(t), c->xq, c->xs);
             if (rc != cudaSuccess)
                 return rc;
         }

@@ -330,7 +330,75 @@ template <> struct q8dot<GGUF_DTYPE_Q8_0> {
     }
 };
 
-template <int T> constexpr bool has_q8dot = T == GGUF_DTYPE_Q4_K || T == GGUF_DTYPE_Q6_K || T == GGUF_DTYPE_Q8_0;
+/* The 32-element types, as llama.cpp and the CPU engine compute them: the
+ * block's integer sum over (q - offset) x exactly, then scaled once. The
+ * four nibble words hold elements 0-15 in their low halves and 16-31 in
+ * their high halves, which is how the activation words are ordered too.
+ * Fifth bits (Q5_0, Q5_1) are spread to bit 4 of each byte. */
+__device__ __forceinline__ uint32_t spread4(uint32_t t)
+{
+    return ((t & 1u) << 4) | ((t & 2u) << 11) | ((t & 4u) << 18) | ((t & 8u) << 25);
+}
+
+template <int M, int OFF, bool MIN, bool FIFTH>
+__device__ __forceinline__ void dot_legacy(const uint8_t *b, int64_t u, const q8x &x, int64_t k, float acc[M])
+{
+    const float d = kcu_h2f(kcu_ld16(b));
+    const float m = MIN ? kcu_h2f(kcu_ld16(b + 2)) : 0.0f;
+    const int qs_off = (MIN ? 4 : 2) + (FIFTH ? 4 : 0);
+    const uint32_t qh = FIFTH ? kcu_ld32u(b + (MIN ? 4 : 2)) : 0u;
+    uint32_t w[8];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const uint32_t q = kcu_ld32u(b + qs_off + 4 * i);
+        w[i] = q & 0x0F0F0F0Fu;
+        w[i + 4] = (q >> 4) & 0x0F0F0F0Fu;
+        if (FIFTH) {
+            w[i] |= spread4((qh >> (4 * i)) & 0xF);
+            w[i + 4] |= spread4((qh >> (16 + 4 * i)) & 0xF);
+        }
+    }
+    const uint32_t ones[8] = {0x01010101u, 0x01010101u, 0x01010101u, 0x01010101u,
+                              0x01010101u, 0x01010101u, 0x01010101u, 0x01010101u};
+#pragma unroll
+    for (int i = 0; i < M; i++) {
+        const float2 s = __ldg(x.s + (size_t)i * (size_t)(k / 32) + u);
+        const uint4 *xq = (const uint4 *)(x.q + (size_t)i * (size_t)k + (size_t)u * 32);
+        int si = dot8(w, xq, 0, 8);
+        if (OFF)
+            si -= OFF * dot8(ones, xq, 0, 8);
+        acc[i] += MIN ? d * s.x * (float)si + m * s.y : d * s.x * (float)si;
+    }
+}
+
+template <> struct q8dot<GGUF_DTYPE_Q4_0> {
+    template <int M> __device__ static void dot(const uint8_t *row, int64_t u, const q8x &x, int64_t k, float acc[M])
+    {
+        dot_legacy<M, 8, false, false>(row + u * 18, u, x, k, acc);
+    }
+};
+template <> struct q8dot<GGUF_DTYPE_Q4_1> {
+    template <int M> __device__ static void dot(const uint8_t *row, int64_t u, const q8x &x, int64_t k, float acc[M])
+    {
+        dot_legacy<M, 0, true, false>(row + u * 20, u, x, k, acc);
+    }
+};
+template <> struct q8dot<GGUF_DTYPE_Q5_0> {
+    template <int M> __device__ static void dot(const uint8_t *row, int64_t u, const q8x &x, int64_t k, float acc[M])
+    {
+        dot_legacy<M, 16, false, true>(row + u * 22, u, x, k, acc);
+    }
+};
+template <> struct q8dot<GGUF_DTYPE_Q5_1> {
+    template <int M> __device__ static void dot(const uint8_t *row, int64_t u, const q8x &x, int64_t k, float acc[M])
+    {
+        dot_legacy<M, 0, true, true>(row + u * 24, u, x, k, acc);
+    }
+};
+
+template <int T>
+constexpr bool has_q8dot = T == GGUF_DTYPE_Q4_K || T == GGUF_DTYPE_Q6_K || T == GGUF_DTYPE_Q8_0 ||
+                           T == GGUF_DTYPE_Q4_0 || T == GGUF_DTYPE_Q4_1 || T == GGUF_DTYPE_Q5_0 || T == GGUF_DTYPE_Q5_1;
 
 template <int T, int M>
 __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_q8_kernel(const uint8_t *__restrict__ w, size_t ws, int64_t n,
@@ -355,9 +423,18 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_q8_kernel(const uint8_t 
     }
 }
 
-/* One warp per block of 32 activations: d = max |x| / 127, q = round(x / d). */
-__global__ void quantize_q8_kernel(const float *__restrict__ x, int64_t blocks, int8_t *__restrict__ q,
-                                   float2 *__restrict__ s)
+/* Activations quantized as the CPU engine (and llama.cpp's CPU code)
+ * quantizes them for the same weight types, so that the integer sums of a
+ * block are the CPU's:
+ *  - per 32 (Q8_0 / Q8_1, for the 32-element types): d = max |x| / 127
+ *    kept as fp16, q = x * (127 / max |x|) rounded to nearest even, and
+ *    s = fp16(d * sum(q));
+ *  - per 256 (Q8_K, for the K-quants): from the signed element of largest
+ *    magnitude (the first on ties), iscale = -127 / max, q = round(iscale
+ *    x) capped at 127, d = 1 / iscale in f32; each 32 gets (d, d sum(q)).
+ * One warp per 32 (lane = element) or per 256 (lane = 8 elements). */
+__global__ void quantize_q8_0_kernel(const float *__restrict__ x, int64_t blocks, int8_t *__restrict__ q,
+                                     float2 *__restrict__ s)
 {
     const int64_t b = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (b >= blocks)
@@ -368,15 +445,68 @@ __global__ void quantize_q8_kernel(const float *__restrict__ x, int64_t blocks, 
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
         amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float d = amax / 127.0f;
-    const int qi = amax == 0.0f ? 0 : __float2int_rn(v / d);
+    const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    const int qi = __float2int_rn(v * id);
     q[b * 32 + lane] = (int8_t)qi;
     int sum = qi;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
         sum += __shfl_xor_sync(0xffffffffu, sum, o);
     if (lane == 0)
-        s[b] = make_float2(d, d * (float)sum);
+        s[b] = make_float2(__half2float(__float2half_rn(d)), __half2float(__float2half_rn((float)sum * d)));
+}
+
+__global__ void quantize_q8_K_kernel(const float *__restrict__ x, int64_t blocks, int8_t *__restrict__ q,
+                                     float2 *__restrict__ s)
+{
+    const int64_t b = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (b >= blocks)
+        return;
+    const int lane = threadIdx.x % 32;
+    const float *xb = x + b * 256 + lane * 8;
+    float v[8], amax = 0.0f, max = 0.0f;
+    int at = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        v[i] = xb[i];
+        if (fabsf(v[i]) > amax) {
+            amax = fabsf(v[i]);
+            max = v[i];
+            at = lane * 8 + i;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float a2 = __shfl_xor_sync(0xffffffffu, amax, o), m2 = __shfl_xor_sync(0xffffffffu, max, o);
+        const int at2 = __shfl_xor_sync(0xffffffffu, at, o);
+        if (a2 > amax || (a2 == amax && at2 < at)) {
+            amax = a2;
+            max = m2;
+            at = at2;
+        }
+    }
+    int8_t *qb = q + b * 256 + lane * 8;
+    int sum = 0;
+    float d = 0.0f;
+    if (amax != 0.0f) {
+        const float iscale = -127.0f / max;
+        d = 1.0f / iscale;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int qi = min(__float2int_rn(iscale * v[i]), 127);
+            qb[i] = (int8_t)qi;
+            sum += qi;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            qb[i] = 0;
+    }
+    /* Four lanes make a 32. */
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    if (lane % 4 == 0)
+        s[b * 8 + lane / 4] = make_float2(d, d * (float)sum);
 }
 
 template <int T, int M>
@@ -472,12 +602,23 @@ extern "C" bool kcu_type_q8(enum gguf_dtype t)
     return q8;
 }
 
-extern "C" cudaError_t kcu_quantize_q8(cudaStream_t st, const float *x, int64_t count, int8_t *q, void *scales)
+extern "C" bool kcu_q8_per_256(enum gguf_dtype t)
 {
-    if (count % 32 != 0 || count <= 0)
+    return t == GGUF_DTYPE_Q4_K || t == GGUF_DTYPE_Q5_K || t == GGUF_DTYPE_Q6_K || t == GGUF_DTYPE_Q2_K ||
+           t == GGUF_DTYPE_Q3_K;
+}
+
+extern "C" cudaError_t kcu_quantize_q8(cudaStream_t st, const float *x, int64_t count, bool per_256, int8_t *q,
+                                       void *scales)
+{
+    const int bs = per_256 ? 256 : 32;
+    if (count % bs != 0 || count <= 0)
         return cudaErrorInvalidValue;
-    const int64_t blocks = count / 32;
-    quantize_q8_kernel<<<(unsigned)((blocks + 7) / 8), 256, 0, st>>>(x, blocks, q, (float2 *)scales);
+    const int64_t blocks = count / bs;
+    if (per_256)
+        quantize_q8_K_kernel<<<(unsigned)((blocks + 7) / 8), 256, 0, st>>>(x, blocks, q, (float2 *)scales);
+    else
+        quantize_q8_0_kernel<<<(unsigned)((blocks + 7) / 8), 256, 0, st>>>(x, blocks, q, (float2 *)scales);
     return cudaGetLastError();
 }
 
