@@ -812,9 +812,9 @@ static struct jnode *parse_body(struct parser *p, const char *const *ends, int n
         const struct jinja_token *t = cur(p);
         if (t->type == JT_EOF) {
             if (n_ends) {
-                char buf[80];
-                jinja__fail(p->x, opener->line, opener->col, "%s is never closed: expected '%s' before the end",
-                            describe(opener, buf, sizeof buf), ends[n_ends - 1]);
+                jinja__fail(p->x, opener->line, opener->col,
+                            "the '%.*s' tag is never closed: expected '{%% %s %%}' before the end of the template",
+                            (int)(opener->n > 40 ? 40 : opener->n), opener->s, ends[n_ends - 1]);
             }
             break;
         }
