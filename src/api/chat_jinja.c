@@ -10,9 +10,10 @@
  *
  * The template decides where BOS goes; the tokenizer adds one too, so a
  * leading BOS the template wrote is dropped (as llama.cpp does) and the
- * prompt starts with exactly one.
+ * prompt starts with exactly one (chat_jinja_render, shared with lmd run).
  */
 #include "api/api_int.h"
+#include "api/chat_template.h"
 #include "api/jinja.h"
 #include "tokenizer/tokenizer.h"
 
@@ -57,6 +58,25 @@ static json_t *messages_for_template(json_t *msgs)
     return copy;
 }
 
+int chat_jinja_render(const struct jinja_tmpl *t, const struct json_t *vars, const char *bos, bool add_bos,
+                      struct lmd_buf *out, struct jinja_err *err)
+{
+    /* Real templates take a few thousand steps per message; the bound
+     * keeps a pathological one from holding the thread it runs on. */
+    struct jinja_opts opts = {.max_steps = 2000000, .max_output = 16u << 20};
+    size_t start = out->len;
+    int rc = jinja_render(t, vars, &opts, out, err);
+    if (rc != 0)
+        return rc;
+    size_t bl = bos ? strlen(bos) : 0;
+    if (add_bos && bl && out->len - start >= bl && memcmp(out->ptr + start, bos, bl) == 0) {
+        memmove(out->ptr + start, out->ptr + start + bl, out->len - start - bl);
+        out->len -= bl;
+        out->ptr[out->len] = 0;
+    }
+    return 0;
+}
+
 int api__chat_jinja(const struct api_model *m, const struct api_params *p, struct lmd_buf *out, struct api_error *e)
 {
     json_t *root = p->doc;
@@ -71,21 +91,16 @@ int api__chat_jinja(const struct api_model *m, const struct api_params *p, struc
     json_object_foreach(kw, key, val) { json_object_set(vars, key, val); }
     json_t *msgs = messages_for_template(json_object_get(root, "messages"));
     json_t *tools = json_object_get(root, "tools");
-    json_t *agp = json_object_get(root, "add_generation_prompt");
     if (!msgs || json_object_set_new(vars, "messages", msgs) != 0 ||
-        json_object_set_new(vars, "add_generation_prompt", json_boolean(!agp || json_is_true(agp))) != 0 ||
+        json_object_set_new(vars, "add_generation_prompt", json_boolean(p->add_generation_prompt)) != 0 ||
         json_object_set_new(vars, "bos_token", json_string(m->bos_token ? m->bos_token : "")) != 0 ||
         json_object_set_new(vars, "eos_token", json_string(m->eos_token ? m->eos_token : "")) != 0 ||
         (json_array_size(tools) > 0 && json_object_set(vars, "tools", tools) != 0)) {
         json_decref(vars);
         return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
     }
-    /* Real templates take a few thousand steps per message; the bound
-     * keeps a pathological one from holding this I/O thread. */
-    struct jinja_opts opts = {.max_steps = 2000000, .max_output = 16u << 20};
     struct jinja_err err;
-    size_t start = out->len;
-    rc = jinja_render(m->chat_jinja, vars, &opts, out, &err);
+    rc = chat_jinja_render(m->chat_jinja, vars, m->bos_token, m->vocab && tok_add_bos(m->vocab), out, &err);
     json_decref(vars);
     if (rc == LMD_ENOMEM)
         return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory rendering the chat template");
@@ -96,12 +111,5 @@ int api__chat_jinja(const struct api_model *m, const struct api_params *p, struc
                              "the model's chat template cannot render these messages (template line %d, column %d): "
                              "%s",
                              err.line, err.col, err.msg);
-    size_t bl = m->bos_token ? strlen(m->bos_token) : 0;
-    if (bl && m->vocab && tok_add_bos(m->vocab) && out->len - start >= bl &&
-        memcmp(out->ptr + start, m->bos_token, bl) == 0) {
-        memmove(out->ptr + start, out->ptr + start + bl, out->len - start - bl);
-        out->len -= bl;
-        out->ptr[out->len] = 0;
-    }
     return 0;
 }

@@ -56,6 +56,7 @@ def gemma_synth(lmd_bin, tmp_path_factory):
     d = tmp_path_factory.mktemp("chat-gguf")
     path = synth(d / "synth-gemma-tmpl.gguf", os.path.join(TEMPLATES, "gemma-3-it.jinja"))
     s = Serve(lmd_bin, d, "-m", "synth=" + path, "-t", "1", "-c", "256")
+    s.path = path
     s.client = openai.OpenAI(base_url=s.base + "/v1", api_key="unused", timeout=60, max_retries=0)
     yield s
     assert s.stop() == 0, s.log()
@@ -74,6 +75,18 @@ def test_gguf_template_renders_the_chat(gemma_synth):
     # Content parts reach the template joined into text, as the parser joins them.
     joined = CONVERSATION[:3] + [{"role": "user", "content": "what is new"}]
     same_as_completion(gemma_synth.client, "synth", CONVERSATION, expected_prompt(template("gemma-3-it.jinja"), joined))
+
+
+def test_lmd_run_chat_uses_the_same_template(gemma_synth, lmd_bin):
+    # Gemma's template trims the content where the built-in gemma family would not.
+    msgs = [{"role": "user", "content": "  hello there  "}]
+    r = gemma_synth.client.chat.completions.create(model="synth", messages=msgs, max_tokens=N, temperature=0,
+                                                   extra_body={"ignore_eos": True})
+    out = subprocess.run([lmd_bin, "run", "-m", gemma_synth.path, "--chat", "-p", "  hello there  ", "-n", str(N),
+                          "--temp", "0", "-t", "1", "-c", "256", "--ignore-eos"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout[:-1] == r.choices[0].message.content
 
 
 def test_add_generation_prompt_false(gemma_synth):
