@@ -101,6 +101,37 @@ int jinja__method_lookup(const struct jv *self, const char *name, size_t n)
 #undef FIND
 }
 
+/* Names the parser accepts, so that a template naming a filter or test
+ * lmd lacks is refused when it is loaded (as Jinja2 refuses unknown ones
+ * when it compiles), not on the request that first reaches it. */
+static const char *const filter_names[] = {
+    "abs",  "capitalize", "count",      "d",      "default", "first", "float",  "indent",     "int",     "items",
+    "join", "last",       "length",     "list",   "lower",   "map",   "reject", "rejectattr", "replace", "reverse",
+    "safe", "select",     "selectattr", "string", "sum",     "title", "tojson", "trim",       "upper",
+};
+static const char *const test_names[] = {
+    "!=",       "==",    "boolean",  "callable", "defined",     "divisibleby", "eq",        "equalto",
+    "even",     "false", "float",    "ge",       "greaterthan", "gt",          "in",        "integer",
+    "iterable", "le",    "lessthan", "lower",    "lt",          "mapping",     "ne",        "none",
+    "number",   "odd",   "sameas",   "sequence", "string",      "true",        "undefined", "upper",
+};
+
+bool jinja__filter_known(const char *name, size_t n)
+{
+    for (size_t i = 0; i < sizeof filter_names / sizeof filter_names[0]; i++)
+        if (name_is(name, n, filter_names[i]))
+            return true;
+    return false;
+}
+
+bool jinja__test_known(const char *name, size_t n)
+{
+    for (size_t i = 0; i < sizeof test_names / sizeof test_names[0]; i++)
+        if (name_is(name, n, test_names[i]))
+            return true;
+    return false;
+}
+
 /* ---- argument helpers ------------------------------------------------------------ */
 
 /* Argument i by position, else by keyword name, else NULL. */

@@ -305,6 +305,8 @@ struct jinja_args {
 };
 
 /* Built-in functions, methods, filters and tests, by name. */
+bool jinja__filter_known(const char *name, size_t n);
+bool jinja__test_known(const char *name, size_t n);
 int jinja__func_lookup(const char *name, size_t n);                          /* global functions: -1 when unknown */
 int jinja__method_lookup(const struct jv *self, const char *name, size_t n); /* -1 when none */
 struct jv jinja__call_builtin(struct jctx *x, const struct jnode *at, int fn, const struct jv *self,

@@ -284,6 +284,9 @@ static struct jnode *parse_filter_expr(struct parser *p, struct jnode *e)
             advance(p);
             if (cur(p)->type != JT_NAME)
                 fail_at(p, cur(p), "expected a filter name after '|'");
+            if (!jinja__filter_known(cur(p)->s, cur(p)->n))
+                jinja__fail(p->x, cur(p)->line, cur(p)->col, "no filter named '%.*s'",
+                            (int)(cur(p)->n > 60 ? 60 : cur(p)->n), cur(p)->s);
             struct jnode *f = node(p, JN_FILTER, cur(p));
             f->a = e;
             f->s = cur(p)->s;
@@ -305,6 +308,9 @@ static struct jnode *parse_filter_expr(struct parser *p, struct jnode *e)
             /* Tests named like keywords (none, true, false) come as names. */
             if (cur(p)->type != JT_NAME)
                 fail_at(p, cur(p), "expected a test name after 'is'");
+            if (!jinja__test_known(cur(p)->s, cur(p)->n))
+                jinja__fail(p->x, cur(p)->line, cur(p)->col, "no test named '%.*s'",
+                            (int)(cur(p)->n > 60 ? 60 : cur(p)->n), cur(p)->s);
             t->a = e;
             t->s = cur(p)->s;
             t->n = cur(p)->n;
