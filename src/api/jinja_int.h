@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* ---- tokens ------------------------------------------------------------- */
 
@@ -250,6 +251,16 @@ static inline struct jv jv_str(const char *s, size_t n)
     return v;
 }
 
+static inline bool jv_is_num(const struct jv *v)
+{
+    return v->type == JV_INT || v->type == JV_FLOAT || v->type == JV_BOOL;
+}
+static inline double jv_num(const struct jv *v)
+{
+    return v->type == JV_FLOAT ? v->u.f : v->type == JV_INT ? (double)v->u.i : (double)v->u.b;
+}
+static inline int64_t jv_inum(const struct jv *v) { return v->type == JV_INT ? v->u.i : (int64_t)v->u.b; }
+
 const char *jv_type_name(const struct jv *v);
 bool jv_truthy(const struct jv *v);
 bool jv_equal(const struct jv *a, const struct jv *b);
@@ -282,6 +293,11 @@ void jinja__append(struct jctx *x, struct lmd_buf *b, const char *s, size_t n);
 /* ---- evaluation (jinja_eval.c) and built-ins (jinja_builtins.c) ----------- */
 
 struct jv jinja__eval(struct jctx *x, const struct jnode *e);
+/* e (JN_BINOP) and e (JN_SLICE), evaluated (jinja_ops.c). */
+struct jv jinja__binop(struct jctx *x, const struct jnode *e);
+struct jv jinja__slice(struct jctx *x, const struct jnode *e);
+/* Fails with "'name' is undefined" for the undefined value u. */
+_Noreturn void jinja__undefined_error(struct jctx *x, const struct jnode *at, const struct jv *u);
 /* a op b for the arithmetic operators (+ - * / // % **), Python's rules. */
 struct jv jinja__arith(struct jctx *x, const struct jnode *at, enum jinja_op op, const struct jv *a,
                        const struct jv *b);
@@ -304,6 +320,11 @@ struct jinja_args {
     int n_kw;
 };
 
+static inline bool jinja__name_is(const char *s, size_t n, const char *lit)
+{
+    return n == strlen(lit) && memcmp(s, lit, n) == 0;
+}
+
 /* Built-in functions, methods, filters and tests, by name. */
 bool jinja__filter_known(const char *name, size_t n);
 bool jinja__test_known(const char *name, size_t n);
@@ -315,3 +336,32 @@ struct jv jinja__filter(struct jctx *x, const struct jnode *at, const char *name
                         const struct jinja_args *a);
 bool jinja__test(struct jctx *x, const struct jnode *at, const char *name, size_t n, const struct jv *v,
                  const struct jinja_args *a);
+
+/* Argument i by position, else by keyword name (NULL = none), else NULL. */
+const struct jv *jinja__arg(const struct jinja_args *a, int i, const char *name);
+void jinja__max_args(struct jctx *x, const struct jnode *at, const struct jinja_args *a, int n, const char *what);
+/* v, which must be a string (fails naming `what` otherwise). */
+const struct jv *jinja__need_str(struct jctx *x, const struct jnode *at, const struct jv *v, const char *what);
+int64_t jinja__need_int(struct jctx *x, const struct jnode *at, const struct jv *v, const char *what);
+struct jv jinja__copy_str(struct jctx *x, const char *s, size_t n);
+struct jv jinja__list_copy(struct jctx *x, const struct jv_list *l);
+/* d.items(): a list of (key, value) tuples. */
+struct jv jinja__dict_items(struct jctx *x, const struct jv_dict *d);
+
+/* ---- Python's str operations (jinja_str.c) ------------------------------------ */
+
+/* str.strip / lstrip / rstrip; chars NULL = whitespace. */
+struct jv jinja__strip(const struct jv *s, const struct jv *chars, bool left, bool right);
+const char *jinja__find_sub(const char *s, size_t n, const char *sub, size_t m);
+/* mode: 0 lower, 1 upper, 2 title, 3 capitalize. */
+struct jv jinja__case_map(struct jctx *x, const struct jv *s, int mode);
+/* count < 0 = all. */
+struct jv jinja__replace(struct jctx *x, const struct jnode *at, const struct jv *s, const struct jv *old,
+                         const struct jv *new_, int64_t count);
+/* sep NULL or none = runs of whitespace; maxsplit < 0 = all. */
+struct jv jinja__split(struct jctx *x, const struct jnode *at, const struct jv *s, const struct jv *sep,
+                       int64_t maxsplit);
+bool jinja__affix(struct jctx *x, const struct jnode *at, const struct jv *s, const struct jv *a, bool start);
+/* str(item) for each item (its attribute attr when given), sep between. */
+struct jv jinja__join(struct jctx *x, const struct jnode *at, const struct jv *seq, const struct jv *sep,
+                      const struct jv *attr);

@@ -84,19 +84,12 @@ bool jv_truthy(const struct jv *v)
     }
 }
 
-static bool is_num(const struct jv *v) { return v->type == JV_INT || v->type == JV_FLOAT || v->type == JV_BOOL; }
-static double num(const struct jv *v)
-{
-    return v->type == JV_FLOAT ? v->u.f : v->type == JV_INT ? (double)v->u.i : (double)v->u.b;
-}
-static int64_t inum(const struct jv *v) { return v->type == JV_INT ? v->u.i : (int64_t)v->u.b; }
-
 bool jv_equal(const struct jv *a, const struct jv *b)
 {
-    if (is_num(a) && is_num(b)) {
+    if (jv_is_num(a) && jv_is_num(b)) {
         if (a->type != JV_FLOAT && b->type != JV_FLOAT)
-            return inum(a) == inum(b);
-        return num(a) == num(b);
+            return jv_inum(a) == jv_inum(b);
+        return jv_num(a) == jv_num(b);
     }
     if (a->type != b->type)
         return false;
@@ -139,10 +132,10 @@ bool jv_equal(const struct jv *a, const struct jv *b)
 
 int jv_compare(struct jctx *x, const struct jnode *at, const struct jv *a, const struct jv *b)
 {
-    if (is_num(a) && is_num(b)) {
+    if (jv_is_num(a) && jv_is_num(b)) {
         if (a->type != JV_FLOAT && b->type != JV_FLOAT)
-            return inum(a) < inum(b) ? -1 : inum(a) > inum(b);
-        double p = num(a), q = num(b);
+            return jv_inum(a) < jv_inum(b) ? -1 : jv_inum(a) > jv_inum(b);
+        double p = jv_num(a), q = jv_num(b);
         return p < q ? -1 : p > q;
     }
     if (a->type == JV_STR && b->type == JV_STR) {
