@@ -1,8 +1,10 @@
 /*
  * Internals shared by the files of the Jinja engine (jinja.h): tokens
  * (jinja_lex.c), the syntax tree (jinja_parse.c), values with their Python
- * semantics (jinja_value.c), the evaluator (jinja_eval.c) and the built-in
- * filters, tests, methods and functions (jinja_builtins.c).
+ * semantics (jinja_value.c), operators and member access (jinja_ops.c),
+ * the evaluator and entry points (jinja_eval.c), global functions and
+ * methods (jinja_builtins.c), Python's str operations (jinja_str.c), and
+ * filters and tests (jinja_filters.c).
  *
  * Errors inside the engine unwind with longjmp to the entry point
  * (jinja_parse or jinja_render), like Lua's: every allocation comes from
