@@ -44,6 +44,10 @@ _Noreturn void jinja__fail_code(struct jctx *x, int code, int line, int col, con
     va_start(ap, fmt);
     vsnprintf(x->err->msg, sizeof x->err->msg, fmt, ap);
     va_end(ap);
+    if (!line && x->cur) {
+        line = x->cur->line;
+        col = x->cur->col;
+    }
     x->err->line = line;
     x->err->col = col;
     x->code = code;
@@ -56,6 +60,10 @@ _Noreturn void jinja__fail(struct jctx *x, int line, int col, const char *fmt, .
     va_start(ap, fmt);
     vsnprintf(x->err->msg, sizeof x->err->msg, fmt, ap);
     va_end(ap);
+    if (!line && x->cur) {
+        line = x->cur->line;
+        col = x->cur->col;
+    }
     x->err->line = line;
     x->err->col = col;
     x->code = LMD_EINVAL;
@@ -74,6 +82,7 @@ void *jinja__alloc(struct jctx *x, size_t n)
 
 static void step(struct jctx *x, const struct jnode *at)
 {
+    x->cur = at;
     if (++x->steps > x->max_steps)
         jinja__fail_code(x, LMD_ERANGE, at->line, at->col, "the template ran more than %ld steps", x->max_steps);
 }

@@ -217,6 +217,7 @@ struct jctx {
     struct jinja_frame *frame; /* innermost scope */
     struct jinja_frame *root;  /* the template's top-level scope (macros see it) */
     int loop_ctl;              /* 0, JN_BREAK or JN_CONTINUE while unwinding a loop body */
+    const struct jnode *cur;   /* the node being evaluated: where a limit error points */
 };
 
 /* Fail at a position: fills ctx->err and longjmps (never returns). */
