@@ -8,6 +8,7 @@ What the server prompted with is checked from the outside: a greedy chat
 answer must equal the greedy completion of the text jinja2 renders for the
 same conversation, with the same prompt token count.
 """
+import json
 import os
 import subprocess
 import sys
@@ -87,6 +88,21 @@ def test_lmd_run_chat_uses_the_same_template(gemma_synth, lmd_bin):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout[:-1] == r.choices[0].message.content
+
+
+def test_lmd_template_renders_a_gguf_template(gemma_synth, lmd_bin, tmp_path):
+    v = tmp_path / "v.json"
+    v.write_text(json.dumps({"messages": CONVERSATION[:3], "add_generation_prompt": True}))
+    out = subprocess.run([lmd_bin, "template", "-m", gemma_synth.path, str(v)], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    want, exc = py_render(template("gemma-3-it.jinja"), {"messages": CONVERSATION[:3], "add_generation_prompt": True,
+                                                          "bos_token": "<s>", "eos_token": "</s>"})
+    assert exc is None and out.stdout.decode() == want
+    # A GGUF without a template says so.
+    v.write_text("{}")
+    out = subprocess.run([lmd_bin, "template", "-m", synth(tmp_path / "plain.gguf"), str(v)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 1 and "has no tokenizer.chat_template" in out.stderr
 
 
 def test_add_generation_prompt_false(gemma_synth):
