@@ -17,9 +17,10 @@
  * lmd lacks is refused when it is loaded (as Jinja2 refuses unknown ones
  * when it compiles), not on the request that first reaches it. */
 static const char *const filter_names[] = {
-    "abs",  "capitalize", "count",      "d",      "default", "first", "float",  "indent",     "int",     "items",
-    "join", "last",       "length",     "list",   "lower",   "map",   "reject", "rejectattr", "replace", "reverse",
-    "safe", "select",     "selectattr", "string", "sum",     "title", "tojson", "trim",       "upper",
+    "abs",    "dictsort",   "round",  "sort",   "capitalize", "count",   "d",       "default",
+    "first",  "float",      "indent", "int",    "items",      "join",    "last",    "length",
+    "list",   "lower",      "map",    "reject", "rejectattr", "replace", "reverse", "safe",
+    "select", "selectattr", "string", "sum",    "title",      "tojson",  "trim",    "upper",
 };
 static const char *const test_names[] = {
     "!=",       "==",    "boolean",  "callable", "defined",     "divisibleby", "eq",        "equalto",
@@ -121,6 +122,87 @@ static struct jv filter_map(struct jctx *x, const struct jnode *at, const struct
             r.u.list->items[i] = jinja__filter(x, at, a->pos[0].u.str.s, a->pos[0].u.str.n, &items.items[i], &rest);
         }
     }
+    return r;
+}
+
+/* The key a sort compares: the value, lower-cased when it is a string and
+ * the sort ignores case (Jinja2's default). */
+static struct jv sort_key(struct jctx *x, const struct jv *v, bool case_sensitive)
+{
+    return v->type == JV_STR && !case_sensitive ? jinja__case_map(x, v, 0) : *v;
+}
+
+/* Stable merge sort of items[n] by keys[n] (both reordered); comparisons
+ * that Python refuses (str with int) fail the render, which is why this is
+ * not qsort: the failure unwinds with longjmp. */
+static void merge_sort(struct jctx *x, const struct jnode *at, struct jv *items, struct jv *keys, size_t n,
+                       bool reverse)
+{
+    if (n < 2)
+        return;
+    struct jv *ti = jinja__alloc(x, n * sizeof *ti), *tk = jinja__alloc(x, n * sizeof *tk);
+    for (size_t w = 1; w < n; w *= 2) {
+        for (size_t lo = 0; lo < n; lo += 2 * w) {
+            size_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
+            size_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi) {
+                int c = jv_compare(x, at, &keys[j], &keys[i]);
+                bool take_right = reverse ? c > 0 : c < 0;
+                size_t from = take_right ? j++ : i++;
+                ti[k] = items[from];
+                tk[k++] = keys[from];
+            }
+            for (; i < mid; i++, k++) {
+                ti[k] = items[i];
+                tk[k] = keys[i];
+            }
+            for (; j < hi; j++, k++) {
+                ti[k] = items[j];
+                tk[k] = keys[j];
+            }
+        }
+        memcpy(items, ti, n * sizeof *ti);
+        memcpy(keys, tk, n * sizeof *tk);
+    }
+}
+
+/* sort(reverse=false, case_sensitive=false, attribute=none) and
+ * dictsort(case_sensitive=false, by='key', reverse=false). */
+static struct jv filter_sort(struct jctx *x, const struct jnode *at, const struct jv *v, const struct jinja_args *a,
+                             bool dict)
+{
+    const struct jv *rev = jinja__arg(a, dict ? 2 : 0, "reverse");
+    const struct jv *cs = jinja__arg(a, dict ? 0 : 1, "case_sensitive");
+    const struct jv *attr = dict ? NULL : jinja__arg(a, 2, "attribute");
+    const struct jv *by = dict ? jinja__arg(a, 1, "by") : NULL;
+    bool by_value = false;
+    if (by) {
+        jinja__need_str(x, at, by, "dictsort by");
+        by_value = jinja__name_is(by->u.str.s, by->u.str.n, "value");
+        if (!by_value && !jinja__name_is(by->u.str.s, by->u.str.n, "key"))
+            jinja__fail(x, at->line, at->col, "You can only sort by either 'key' or 'value'");
+    }
+    struct jv r;
+    if (dict) {
+        if (v->type != JV_DICT)
+            jinja__fail(x, at->line, at->col, "dictsort needs a mapping, not %s", jv_type_name(v));
+        r = jinja__dict_items(x, v->u.dict);
+    } else {
+        struct jv_list items = jinja__iterate(x, at, v);
+        r = jinja__list_copy(x, &items);
+    }
+    size_t n = r.u.list->n;
+    struct jv *keys = jinja__alloc(x, (n ? n : 1) * sizeof *keys);
+    for (size_t i = 0; i < n; i++) {
+        const struct jv *it = &r.u.list->items[i];
+        struct jv k = dict ? it->u.list->items[by_value ? 1 : 0] : *it;
+        if (attr) {
+            struct jv key = jinja__need_str(x, at, attr, "sort attribute")[0];
+            k = jinja__getitem(x, at, &k, &key);
+        }
+        keys[i] = sort_key(x, &k, cs && jv_truthy(cs));
+    }
+    merge_sort(x, at, r.u.list->items, keys, n, rev && jv_truthy(rev));
     return r;
 }
 
@@ -316,6 +398,36 @@ struct jv jinja__filter(struct jctx *x, const struct jnode *at, const char *name
     }
     if (IS("indent"))
         return filter_indent(x, at, v, a);
+    if (IS("sort") || IS("dictsort"))
+        return filter_sort(x, at, v, a, IS("dictsort"));
+    if (IS("round")) {
+        const struct jv *prec = jinja__arg(a, 0, "precision"), *method = jinja__arg(a, 1, "method");
+        if (!jv_is_num(v))
+            jinja__fail(x, at->line, at->col, "round needs a number, not %s", jv_type_name(v));
+        int64_t p = prec ? jinja__need_int(x, at, prec, "round precision") : 0;
+        if (p < -15 || p > 15)
+            jinja__fail(x, at->line, at->col, "round precision must be in [-15, 15]");
+        const char *how = method ? jinja__need_str(x, at, method, "round method")->u.str.s : "common";
+        size_t hn = method ? method->u.str.n : 6;
+        double f = jv_num(v), m = pow(10.0, (double)p);
+        if (jinja__name_is(how, hn, "common")) {
+            /* Python's round(): ties to even on the exact binary value, which
+             * is what printf's correctly rounded conversion does. */
+            if (v->type != JV_FLOAT && p >= 0)
+                return jv_int(jv_inum(v));
+            if (p < 0)
+                return v->type == JV_FLOAT ? jv_float(nearbyint(f / (1.0 / m)) * (1.0 / m))
+                                           : jv_int((int64_t)(nearbyint(f / (1.0 / m)) * (1.0 / m)));
+            char buf[400];
+            snprintf(buf, sizeof buf, "%.*f", (int)p, f);
+            return jv_float(strtod(buf, NULL));
+        }
+        if (jinja__name_is(how, hn, "floor"))
+            return jv_float(floor(f * m) / m);
+        if (jinja__name_is(how, hn, "ceil"))
+            return jv_float(ceil(f * m) / m);
+        jinja__fail(x, at->line, at->col, "method must be common, ceil or floor");
+    }
     if (IS("sum")) {
         const struct jv *attr = jinja__arg(a, -1, "attribute"), *start = jinja__arg(a, 1, "start");
         struct jv_list items = jinja__iterate(x, at, v);
