@@ -94,7 +94,7 @@ bench-engine: deps-peer model build
 golden: deps-peer model build
 	$(PY) tests/golden/make_golden.py
 
-FORMAT_FILES = $$(git ls-files 'src/*.c' 'src/*.h' 'tests/*.c' 'bench/*.c')
+FORMAT_FILES = $$(git ls-files 'src/*.c' 'src/*.h' 'src/*.cu' 'src/*.cuh' 'tests/*.c' 'bench/*.c')
 
 format:
 	clang-format -i $(FORMAT_FILES)

@@ -9,7 +9,9 @@
  * strings before writing. It never runs model code and never blocks.
  *
  * Lifetimes: `struct api` lives for the process (created before the HTTP
- * server starts, freed after it stops). Each generation request is one
+ * server starts, freed after it stops), and so does the one worker thread
+ * it owns for /tokenize and /detokenize, so that tokenizing megabytes of
+ * text never holds an I/O thread. Each generation request is one
  * heap object shared by the I/O thread and the engine thread through the
  * scheduler's reference count.
  */
@@ -53,6 +55,42 @@ struct api_model {
     int n_ctx; /* tokens per sequence */
 };
 
+/*
+ * vLLM's integer `priority` (any integer, lower = more urgent, 0 what a
+ * client sends when it means nothing in particular) mapped onto service
+ * classes. Rule i takes the integers in (rules[i-1].max, rules[i].max];
+ * the last rule's max is INT64_MAX, so every integer has a class. Written
+ * as "CLASS<=N,...,CLASS" (lmd serve --priority-map, `priority_map:` in
+ * the config file), where CLASS may be `default`: the class the tenant
+ * would get had it named none.
+ */
+#define API_MAX_PRIORITY_RULES 16
+#define API_PRIORITY_TENANT_DEFAULT (-1) /* a rule's cls: the tenant's default class */
+
+struct api_priority_rule {
+    int64_t max; /* the highest priority value the rule takes */
+    int cls;     /* service class index, or API_PRIORITY_TENANT_DEFAULT */
+};
+
+struct api_priority_map {
+    struct api_priority_rule rules[API_MAX_PRIORITY_RULES]; /* [n], max strictly increasing, last INT64_MAX */
+    int n;                                                  /* 0 = the built-in map (api_priority_map_default) */
+};
+
+/* The built-in map: below 0 the first (most urgent) class, 0 the tenant's
+ * default class (as if no priority was given), above 0 the last class. */
+void api_priority_map_default(struct api_priority_map *m, const struct qos *q);
+/* Parse "CLASS<=N,...,CLASS" against q's classes. Every entry but the last
+ * has a bound, bounds strictly increase, the last entry has none (it takes
+ * the rest). LMD_EINVAL with a message naming the entry otherwise. */
+int api_priority_map_parse(struct api_priority_map *m, const char *spec, const struct qos *q, struct lmd_err *err);
+/* The class index for `priority` (m->n >= 1), tenant_default standing in
+ * for API_PRIORITY_TENANT_DEFAULT. */
+int api_priority_map_class(const struct api_priority_map *m, int64_t priority, int tenant_default);
+/* The map as the flag spells it ("urgent<=-1,default<=0,best_effort"),
+ * for the start-up log; cut short to fit cap. */
+void api_priority_map_format(const struct api_priority_map *m, const struct qos *q, char *out, size_t cap);
+
 struct api_config {
     /* [n_models], 1..API_MAX_MODELS; index i is the model index of
      * obs_config.models. api_init copies the array and its strings; the
@@ -68,6 +106,8 @@ struct api_config {
      * every tenant's requests reuse each other's cached prefixes. A
      * request's cache_salt narrows its namespace further either way. */
     bool prefix_cache_shared;
+    /* Integer `priority` values onto classes; n == 0 = the built-in map. */
+    struct api_priority_map priority_map;
 };
 
 int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err);

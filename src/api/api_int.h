@@ -99,7 +99,8 @@ struct api_params {
     bool ignore_eos;      /* generate through end-of-generation tokens */
     const char *priority; /* service class by name, or NULL */
     size_t priority_len;
-    int priority_index;         /* service class by index; -1 = not given */
+    int64_t priority_num;       /* vLLM's integer priority (lower = more urgent), mapped by the priority map */
+    bool priority_num_set;      /* priority_num was given */
     const char *cache_salt;     /* vLLM's cache_salt: a prefix-cache namespace within the tenant's, or NULL */
     bool add_generation_prompt; /* chat: open the assistant's turn (default true) */
     bool has_template_kwargs;   /* chat: a non-empty chat_template_kwargs object was given */
@@ -116,6 +117,12 @@ int api__chat_jinja(const struct api_model *m, const struct api_params *p, struc
  * way. */
 int api_params_parse(struct api_params *p, enum api_kind kind, const char *body, size_t len, struct api_error *e);
 void api_params_free(struct api_params *p);
+/* Fields the native engine does not implement whose absence would change
+ * the answer (fields.c): LMD_EINVAL and a 400 naming the first one given
+ * with a non-neutral value; 0 otherwise. doc is the parsed body (json_t *).
+ * Not applied to models that forward requests: their upstreams may
+ * implement these. */
+int api_fields_refuse(void *doc, enum api_kind kind, struct api_error *e);
 
 /* Stop strings: the offset of the earliest match of any of them in
  * text[0, len), or -1. */
@@ -135,6 +142,7 @@ struct api__model {
 
 /* The process-wide API state (api.h's opaque struct api). */
 struct api_call;
+struct api_tok_job;
 struct api {
     struct api_config cfg;     /* cfg.models points at nothing: use models */
     struct api__model *models; /* [n_models] */
@@ -148,6 +156,15 @@ struct api {
      * one rendering, never across model work. */
     pthread_mutex_t live_mu;
     struct api_call *live;
+    /* /tokenize and /detokenize run on one worker thread (tokenize.c): a
+     * FIFO of jobs, the mutex held only to link and unlink them. */
+    pthread_t tok_thread;
+    bool tok_started;
+    pthread_mutex_t tok_mu;
+    pthread_cond_t tok_cv;
+    struct api_tok_job *tok_head, *tok_tail; /* guarded by tok_mu */
+    int tok_queued;                          /* jobs in the FIFO; guarded by tok_mu */
+    bool tok_stop;                           /* guarded by tok_mu */
 };
 
 /* Completion ids and X-Request-Id values: at most this long, NUL included. */
@@ -185,6 +202,25 @@ int api_call_forward(struct api *a, const struct api__model *m, struct http_req 
                      struct api_who *who, struct api_error *e);
 /* GET /debug/requests: the live calls as JSON into b. */
 int api_calls_render(struct api *a, struct lmd_buf *b);
+
+/* The service class of a generation request (priority.c): the body's
+ * `priority` (a class name, or an integer through the priority map), else
+ * X-Priority (either form), else X-SLA (a name), else the tenant's
+ * default. A class that does not exist or that the tenant may not use
+ * fills e (400 or 403) and *reason, and returns a negative LMD_E*. */
+int api_pick_class(struct api *a, struct http_req *r, const struct api_params *p, int tenant, struct api_error *e,
+                   enum obs_reject *reason);
+
+/* Whether tenant may use model m (by its id or any alias). */
+bool api_model_allowed(const struct qos *q, int tenant, const struct api_model *m);
+
+/* POST /tokenize or /detokenize (tokenize.c) for an authenticated tenant:
+ * answered later, from the worker's result, on r's I/O thread. */
+void api_tok_route(struct api *a, struct http_req *r, bool detokenize, int tenant, const char *rid);
+/* Start and stop the worker (api_init, api_free). Stopping drops jobs the
+ * worker never took: call it after the HTTP server is gone. */
+int api_tok_start(struct api *a, struct lmd_err *err);
+void api_tok_stop(struct api *a);
 
 /* The access-log line and lmd_requests_total for a generation request
  * answered without reaching the scheduler (an error or refusal); m is the

@@ -363,7 +363,6 @@ int api_params_parse(struct api_params *p, enum api_kind kind, const char *body,
     p->kind = kind;
     p->max_tokens = -1;
     p->n = 1;
-    p->priority_index = -1;
     p->logprobs = -1;
     sample_params_default(&p->sp);
     p->sp.temperature = 1.0f;
@@ -416,19 +415,20 @@ int api_params_parse(struct api_params *p, enum api_kind kind, const char *body,
     if (parse_logprobs(p, root, e) || parse_bias(p, root, e) || get_bool(root, "ignore_eos", &p->ignore_eos, e) ||
         refuse_unsupported(root, e))
         return LMD_EINVAL;
-    /* The service class: a class name, or (as vLLM spells it) an integer
-     * where 0 is the most urgent class. Checked against the configured
-     * classes by the caller. */
+    /* The service class: a class name, or vLLM's integer (any value, lower
+     * = more urgent, 0 = the default), which the caller maps onto classes
+     * by the configured thresholds. */
     json_t *prio = json_object_get(root, "priority");
-    p->priority_index = -1;
     if (prio && !json_is_null(prio)) {
         if (json_is_string(prio)) {
             p->priority = json_string_value(prio);
             p->priority_len = json_string_length(prio);
-        } else if (json_is_integer(prio) && json_integer_value(prio) >= 0 && json_integer_value(prio) < 1000) {
-            p->priority_index = (int)json_integer_value(prio);
+        } else if (json_is_integer(prio)) {
+            p->priority_num = json_integer_value(prio);
+            p->priority_num_set = true;
         } else {
-            return BAD("priority", "'priority' must be a service class name or a class index (0 = most urgent)");
+            return BAD("priority", "'priority' must be a service class name or an integer (lower = more urgent, "
+                                   "0 = the default)");
         }
     }
     json_t *salt = json_object_get(root, "cache_salt");

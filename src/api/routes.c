@@ -138,7 +138,9 @@ static void route_debug(struct api *a, struct http_req *r, struct http_str path)
     lmd_buf_free(&b);
 }
 
-/* A model as /v1/models shows it: OpenAI's fields, vLLM's max_model_len,
+/* A model as /v1/models shows it: OpenAI's fields, the context length
+ * under the names clients look for (vLLM's max_model_len, the
+ * context_length of LM Studio and OpenRouter, and llama-server's meta),
  * the other names it answers to, and what the GGUF says about it. */
 static json_t *model_object(const struct api *a, const struct api__model *am)
 {
@@ -153,9 +155,11 @@ static json_t *model_object(const struct api *a, const struct api__model *am)
             json_object_set_new(meta, "architecture", json_string(m->arch));
         json_object_set_new(meta, "engine", json_string(m->engine ? m->engine : "native"));
     }
-    return json_pack("{s:s, s:s, s:I, s:s, s:i, s:o*, s:o*}", "id", m->id, "object", "model", "created",
+    json_t *lmeta = m->vocab ? json_pack("{s:i, s:i}", "n_ctx", m->n_ctx, "n_vocab", tok_n_vocab(m->vocab))
+                             : json_pack("{s:i}", "n_ctx", m->n_ctx);
+    return json_pack("{s:s, s:s, s:I, s:s, s:i, s:i, s:o*, s:o*, s:o*}", "id", m->id, "object", "model", "created",
                      (json_int_t)a->created, "owned_by", m->owned_by ? m->owned_by : "lmd", "max_model_len", m->n_ctx,
-                     "aliases", aliases, "metadata", meta);
+                     "context_length", m->n_ctx, "aliases", aliases, "metadata", meta, "meta", lmeta);
 }
 
 static bool name_is(const char *s, const char *name, size_t len) { return strlen(s) == len && !memcmp(s, name, len); }
@@ -173,7 +177,7 @@ int api_model_find(const struct api *a, const char *name, size_t len)
 }
 
 /* A tenant's model list may name a model by its id or any alias. */
-static bool model_allowed(const struct qos *q, int tenant, const struct api_model *m)
+bool api_model_allowed(const struct qos *q, int tenant, const struct api_model *m)
 {
     if (qos_model_allowed(q, tenant, m->id, strlen(m->id)))
         return true;
@@ -340,49 +344,6 @@ static void log_route(struct http_req *r, const char *rid, struct http_str metho
     obs_access_log(&acc);
 }
 
-/* The class a request asked for: the body's `priority` (a name or an
- * index), else X-Priority, else X-SLA, else the tenant's default. */
-static int pick_class(struct api *a, struct http_req *r, const struct api_params *p, int tenant, struct api_error *e,
-                      enum obs_reject *reason)
-{
-    const struct qos *q = a->cfg.qos;
-    struct qos_refusal why = {0};
-    if (p->priority_index >= 0) {
-        if (p->priority_index >= qos_n_classes(q)) {
-            *reason = OBS_R_CLASS;
-            return api_error_set(e, 400, "invalid_request_error", "priority", "unknown_priority",
-                                 "'priority' %d is not a service class: classes are 0 to %d (most urgent first)",
-                                 p->priority_index, qos_n_classes(q) - 1);
-        }
-        if (!qos_class_allowed(q, tenant, p->priority_index)) {
-            *reason = OBS_R_CLASS;
-            return api_error_set(e, 403, "permission_error", "priority", "class_not_allowed",
-                                 "the service class '%s' is not allowed for this API key",
-                                 qos_class(q, p->priority_index)->name);
-        }
-        return p->priority_index;
-    }
-    const char *name = p->priority;
-    size_t len = p->priority_len;
-    const char *from = "priority";
-    if (!name) {
-        struct http_str h = http_req_header(r, "x-priority");
-        from = "X-Priority";
-        if (!h.len) {
-            h = http_req_header(r, "x-sla");
-            from = "X-SLA";
-        }
-        name = h.len ? h.ptr : NULL;
-        len = h.len;
-    }
-    int cls = qos_class_pick(q, tenant, name, len, &why);
-    if (cls >= 0)
-        return cls;
-    *reason = why.reason;
-    return api_error_set(e, why.http_status, why.http_status == 403 ? "permission_error" : "invalid_request_error",
-                         from, why.http_status == 403 ? "class_not_allowed" : "unknown_priority", "%s", why.message);
-}
-
 static const char *refusal_code(enum obs_reject why)
 {
     switch (why) {
@@ -528,7 +489,6 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     const char *hname = NULL, *hvalue = NULL;
     char retry[16];
     memset(&p, 0, sizeof p);
-    p.priority_index = -1;
 
     /* Who is asking comes first: an unknown caller learns nothing else. */
     int tenant = authenticate(a, r, &e);
@@ -572,14 +532,14 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     } else {
         m = &a->models[0];
     }
-    if (!model_allowed(q, tenant, &m->m)) {
+    if (!api_model_allowed(q, tenant, &m->m)) {
         obs_reject(OBS_R_MODEL, tenant);
         api_error_set(&e, 403, "permission_error", "model", "model_not_allowed",
                       "the model '%s' is not allowed for this API key", m->m.id);
         goto fail;
     }
     enum obs_reject reason = OBS_R__N;
-    int cls = pick_class(a, r, &p, tenant, &e, &reason);
+    int cls = api_pick_class(a, r, &p, tenant, &e, &reason);
     if (cls < 0) {
         obs_reject(reason, tenant);
         goto fail;
@@ -590,6 +550,10 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
         api_params_free(&p);
         return;
     }
+    /* Extensions an upstream may implement pass through to it (above);
+     * this engine refuses those it does not. */
+    if (api_fields_refuse(p.doc, kind, &e) != 0)
+        goto fail;
     const int n_vocab = tok_n_vocab(m->m.vocab);
     for (int i = 0; i < p.n_bias; i++)
         if (p.bias[i].token >= n_vocab) {
@@ -664,11 +628,34 @@ static bool request_id_sane(struct http_str s)
     return true;
 }
 
+/* Paths as long as the router looks at; longer ones are no route of ours
+ * with or without the prefix. */
+#define API_ROUTE_MAX 320
+
+/* /completions, /chat/completions, /models and /models/ID. */
+static bool is_unprefixed_openai(struct http_str p)
+{
+    static const char models[] = "/models/";
+    return str_is(p, "/completions") || str_is(p, "/chat/completions") || str_is(p, "/models") ||
+           (p.len > sizeof models - 1 && memcmp(p.ptr, models, sizeof models - 1) == 0);
+}
+
 void api_handle(void *ud, struct http_req *r)
 {
     struct api *a = ud;
     obs_count(OBS_C_HTTP_REQUESTS, 1);
-    struct http_str m = http_req_method(r), path = http_req_path(r);
+    struct http_str m = http_req_method(r), real_path = http_req_path(r);
+    /* The OpenAI routes answer without their /v1 prefix too, as vLLM's and
+     * llama-server's do, for clients configured with a bare base URL. From
+     * here on they are one route (keys, errors, metrics); the access log
+     * keeps the path as asked. */
+    char v1[API_ROUTE_MAX];
+    struct http_str path = real_path;
+    if (is_unprefixed_openai(real_path) && real_path.len + 3 < sizeof v1) {
+        memcpy(v1, "/v1", 3);
+        memcpy(v1 + 3, real_path.ptr, real_path.len);
+        path = (struct http_str){v1, real_path.len + 3};
+    }
     bool get = str_is(m, "GET"), post = str_is(m, "POST");
     static const char models_prefix[] = "/v1/models/";
     bool generate = str_is(path, "/v1/completions") || str_is(path, "/v1/chat/completions");
@@ -695,10 +682,24 @@ void api_handle(void *ud, struct http_req *r)
     if (generate) {
         if (!post) {
             send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use POST for this route");
-            log_route(r, rid, m, path);
+            log_route(r, rid, m, real_path);
             return;
         }
         route_generate(a, r, kind, id, rid);
+        return;
+    }
+    if (str_is(path, "/tokenize") || str_is(path, "/detokenize")) {
+        struct api_error e;
+        int tenant = post ? authenticate(a, r, &e) : -1;
+        if (!post)
+            send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use POST for this route");
+        else if (tenant < 0)
+            api_send_error(r, &e, "www-authenticate", "Bearer");
+        if (!post || tenant < 0) {
+            log_route(r, rid, m, real_path);
+            return;
+        }
+        api_tok_route(a, r, path.ptr[1] == 'd', tenant, rid); /* it logs its access line */
         return;
     }
     bool debug = a->cfg.debug_endpoints && (str_is(path, "/debug/requests") || str_is(path, "/debug/trace"));
@@ -749,7 +750,7 @@ void api_handle(void *ud, struct http_req *r)
 log:
     /* Every request gets its access line, these routes too (generation
      * requests log theirs when they end). */
-    log_route(r, rid, m, path);
+    log_route(r, rid, m, real_path);
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */
@@ -804,7 +805,14 @@ int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err
         api_free(a);
         return lmd_err_set(err, LMD_ENOMEM, "out of memory");
     }
+    if (a->cfg.priority_map.n == 0 && cfg->qos)
+        api_priority_map_default(&a->cfg.priority_map, cfg->qos);
     a->created = (long)(lmd_time_wall_ns() / 1000000000ull);
+    int rc = api_tok_start(a, err);
+    if (rc != 0) {
+        api_free(a);
+        return rc;
+    }
     *out = a;
     return 0;
 }
@@ -813,6 +821,7 @@ void api_free(struct api *a)
 {
     if (!a)
         return;
+    api_tok_stop(a);
     for (int i = 0; i < a->n_models; i++) {
         struct api__model *am = &a->models[i];
         for (int k = 0; am->names && k <= am->m.n_aliases; k++)

@@ -28,6 +28,7 @@ static void bench_usage(FILE *out)
             "  -b, --batch LIST   batched decode sizes, e.g. 1,4,16 (default none)\n"
             "  -r, --reps N       repetitions; min/median/max are reported (default 3)\n"
             "  -t, --threads N    compute threads (default: one per core)\n"
+            "  -d, --device DEV   cpu, cuda, cuda:N or auto (default cpu)\n"
             "      --json         one JSON object on stdout\n",
             CLI_DEFAULT_MODEL);
 }
@@ -83,21 +84,18 @@ static int run_prefill(struct engine *e, struct bench_seq *bs, int32_t *tok, int
 int cli_bench(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"model", required_argument, NULL, 'm'},
-        {"pp", required_argument, NULL, 'p'},
-        {"tg", required_argument, NULL, 'g'},
-        {"batch", required_argument, NULL, 'b'},
-        {"reps", required_argument, NULL, 'r'},
-        {"threads", required_argument, NULL, 't'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {0, 0, 0, 0},
+        {"model", required_argument, NULL, 'm'},  {"pp", required_argument, NULL, 'p'},
+        {"tg", required_argument, NULL, 'g'},     {"batch", required_argument, NULL, 'b'},
+        {"reps", required_argument, NULL, 'r'},   {"threads", required_argument, NULL, 't'},
+        {"device", required_argument, NULL, 'd'}, {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},         {0, 0, 0, 0},
     };
     const char *model_path = NULL, *batch_list = NULL;
     long pp = 512, tg = 128, reps = 3, threads = 0;
-    int json = 0, c;
+    int json = 0, c, gpu = 0;
+    enum engine_device device = ENGINE_DEVICE_CPU;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:p:g:b:r:t:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:p:g:b:r:t:d:h", opts, NULL)) != -1) {
         char *end = NULL;
         long *dst = NULL;
         switch (c) {
@@ -109,6 +107,12 @@ int cli_bench(int argc, char **argv)
             continue;
         case 'j':
             json = 1;
+            continue;
+        case 'd':
+            if (engine_device_parse(optarg, &device, &gpu) != 0) {
+                fprintf(stderr, "lmd bench: --device wants cpu, cuda, cuda:N or auto, got '%s'\n", optarg);
+                return 2;
+            }
             continue;
         case 'h':
             bench_usage(stdout);
@@ -160,9 +164,14 @@ int cli_bench(int argc, char **argv)
     struct lmd_err err = {0};
     struct engine *e = NULL;
     int ctx = (int)(pp > tg + 64 ? pp : tg + 64) + 16;
-    struct engine_config cfg = {
-        .model_path = model_path, .n_threads = (int)threads, .n_ctx = ctx, .max_batch_tokens = 512, .max_seqs = max_b};
-    if (engine_native_open(&e, &cfg, &err) != 0) {
+    struct engine_config cfg = {.model_path = model_path,
+                                .device = device,
+                                .gpu = gpu,
+                                .n_threads = (int)threads,
+                                .n_ctx = ctx,
+                                .max_batch_tokens = 512,
+                                .max_seqs = max_b};
+    if (engine_local_open(&e, &cfg, &err) != 0) {
         fprintf(stderr, "lmd bench: %s\n", err.msg);
         return 1;
     }
@@ -190,10 +199,15 @@ int cli_bench(int argc, char **argv)
     }
     fill_tokens(tok, ctx + max_b, e->info.n_vocab, 42);
 
+    /* On a GPU the CPU's kernel path is beside the point: name the engine. */
+    const bool cpu = strcmp(e->info.kind, "native") == 0;
+    const char *isa = cpu ? kern_isa() : e->info.kind;
     if (!json)
-        printf("model %s (%s), %d threads, isa %s\n", e->info.model_name, e->info.arch, e->info.n_threads, kern_isa());
+        printf("model %s (%s), %s%d threads, isa %s\n", e->info.model_name, e->info.arch, cpu ? "" : "engine cuda, ",
+               e->info.n_threads, isa);
     if (json)
-        printf("{\"model\":\"%s\",\"threads\":%d,\"isa\":\"%s\"", e->info.model_name, e->info.n_threads, kern_isa());
+        printf("{\"model\":\"%s\",\"engine\":\"%s\",\"threads\":%d,\"isa\":\"%s\"", e->info.model_name, e->info.kind,
+               e->info.n_threads, isa);
 
     if (pp > 0) {
         if (kv_seq_reserve(kv, &bs[0].kv, (int)pp) != 0) {

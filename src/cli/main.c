@@ -4,6 +4,7 @@
  */
 #include "cli/cli.h"
 #include "core/cpu.h"
+#include "engine/engine.h"
 #include "kernels/kernels.h"
 #include "lmd_version.h"
 
@@ -66,6 +67,9 @@ int main(int argc, char **argv)
          * many bytes that adds for a model). */
         printf("repacked at load: %s\n",
                kern_repack_bytes(GGUF_DTYPE_Q4_K, 8, 256) ? "q4_K (8-row groups, prefill and batched decode)" : "none");
+        char gpus[512];
+        engine_cuda_devices(gpus, sizeof gpus);
+        printf("gpus: %s\n", gpus);
         return 0;
     }
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {

@@ -45,6 +45,7 @@ static void run_usage(FILE *out)
             "      --repeat-penalty R  (default 1.0 = off)\n"
             "      --seed S            RNG seed (default: from the clock)\n"
             "  -t, --threads N         compute threads (default: one per core)\n"
+            "  -d, --device DEV        cpu, cuda, cuda:N or auto (default cpu)\n"
             "  -c, --ctx N             context length (default: the model's, capped at 4096)\n"
             "      --ignore-eos        keep generating past end-of-generation tokens\n"
             "      --print-ids         print generated token ids instead of text\n"
@@ -157,6 +158,7 @@ int cli_run(int argc, char **argv)
         {"repeat-penalty", required_argument, NULL, OPT_REPEAT},
         {"seed", required_argument, NULL, OPT_SEED},
         {"threads", required_argument, NULL, 't'},
+        {"device", required_argument, NULL, 'd'},
         {"ctx", required_argument, NULL, 'c'},
         {"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS},
         {"print-ids", no_argument, NULL, OPT_PRINT_IDS},
@@ -170,9 +172,11 @@ int cli_run(int argc, char **argv)
     bool chat = false, ignore_eos = false, print_ids = false, seed_set = false;
     float temp = 0.8f, top_p = 0.95f, min_p = 0.05f, repeat = 1.0f;
     unsigned long long seed = 0;
+    enum engine_device device = ENGINE_DEVICE_CPU;
+    int gpu = 0;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:p:n:t:c:vh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:p:n:t:d:c:vh", opts, NULL)) != -1) {
         switch (c) {
         case 'm':
             model_path = optarg;
@@ -228,6 +232,12 @@ int cli_run(int argc, char **argv)
         case 't':
             if (cli_parse_long("lmd run", "--threads", optarg, 1, 1024, &threads))
                 return 2;
+            break;
+        case 'd':
+            if (engine_device_parse(optarg, &device, &gpu) != 0) {
+                fprintf(stderr, "lmd run: --device wants cpu, cuda, cuda:N or auto, got '%s'\n", optarg);
+                return 2;
+            }
             break;
         case 'c':
             if (cli_parse_long("lmd run", "--ctx", optarg, 1, 1 << 24, &n_ctx))
@@ -291,12 +301,14 @@ int cli_run(int argc, char **argv)
     uint64_t t_load = lmd_time_mono_ns();
     struct engine_config cfg = {
         .model_path = model_path,
+        .device = device,
+        .gpu = gpu,
         .n_threads = (int)threads,
         .n_ctx = n_ctx > 0 ? (int)n_ctx : 4096,
         .max_batch_tokens = 512,
         .max_seqs = 1,
     };
-    if (engine_native_open(&eng, &cfg, &err) != 0) {
+    if (engine_local_open(&eng, &cfg, &err) != 0) {
         fprintf(stderr, "lmd run: %s\n", err.msg);
         goto out;
     }

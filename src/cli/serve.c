@@ -28,15 +28,18 @@ static void serve_usage(FILE *out)
             "usage: lmd serve [-m [NAME=]MODEL]... [--config FILE] [options]\n"
             "\n"
             "Serves the OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models,\n"
-            "/health, /ready, /metrics) over HTTP/1.1 and cleartext HTTP/2 on one port, or over\n"
-            "HTTPS (ALPN: h2, http/1.1) with --tls-cert and --tls-key. Each model has its own\n"
-            "engine and scheduler; requests choose one by their `model` field.\n"
+            "the same without /v1, /tokenize, /detokenize, /health, /ready, /metrics) over HTTP/1.1\n"
+            "and cleartext HTTP/2 on one port, or over HTTPS (ALPN: h2, http/1.1) with --tls-cert\n"
+            "and --tls-key. Each model has its own engine and scheduler; requests choose one by\n"
+            "their `model` field.\n"
             "SIGTERM or SIGINT drains: new connections are refused, /ready answers 503,\n"
             "requests in flight finish, then the process exits 0.\n"
             "\n"
             "Models:\n"
             "  -m, --model [NAME=]FILE  a GGUF model, served as NAME (default: the file name without\n"
             "                           .gguf); repeat for several (default %s)\n"
+            "      --alias NAME         another name the model of the -m before it answers to\n"
+            "                           (repeatable; before any -m: the default model's)\n"
             "      --config FILE        YAML config: listeners, tenants, scheduler, defaults and models\n"
             "                           with their engine settings (docs/configuration.md); flags given\n"
             "                           as well take precedence, -m models come after the file's\n"
@@ -46,7 +49,10 @@ static void serve_usage(FILE *out)
             "      --max-running N      sequences batched together (default 8)\n"
             "      --max-queue N        requests waiting before 503 + Retry-After (default 64)\n"
             "      --max-batch-tokens N tokens per engine step, the prefill chunk budget (default 512)\n"
-            "      --kv-blocks N        KV-cache blocks of 16 tokens (default: max-running full contexts)\n"
+            "      --kv-blocks N        KV-cache blocks of 16 tokens (default: max-running full contexts;\n"
+            "                           on a GPU, what its free memory holds)\n"
+            "      --device DEV         cpu (default), cuda, cuda:N (the CUDA engine on GPU N), or auto\n"
+            "                           (the GPU if this build has CUDA and one answers, else the CPU)\n"
             "      --chat-template F    force the chat template: gemma, llama3, chatml, mistral, generic\n"
             "      --chat-template-file PATH  a Jinja chat template used instead of the GGUF's own\n"
             "Gateway (models served by upstream servers):\n"
@@ -79,12 +85,17 @@ static void serve_usage(FILE *out)
             "      --drain-timeout S    seconds to let requests finish at shutdown (default 30)\n"
             "      --tls-cert FILE      PEM certificate chain: serve HTTPS (needs --tls-key)\n"
             "      --tls-key FILE       PEM private key of --tls-cert\n"
+            "      --cors-origin O      let browser pages from origin O (scheme://host[:port], or *\n"
+            "                           for any) call the server; repeat for several (default: CORS off)\n"
             "      --stall-timeout S    drop a streamed request whose client takes no bytes for S\n"
             "                           seconds (default 60; 0 = never)\n"
             "      --sched POLICY       sla (service classes, deadlines, fair share, preemption; default)\n"
             "                           or fcfs (one queue in arrival order)\n"
             "      --tenants FILE       YAML file of tenants, API keys, limits and service classes\n"
             "                           (docs/configuration.md); without it the server is open\n"
+            "      --priority-map MAP   integer `priority` (vLLM's: lower = more urgent) onto classes,\n"
+            "                           CLASS<=N,...,CLASS; `default` = the tenant's default class\n"
+            "                           (default: FIRST<=-1,default<=0,LAST)\n"
             "      --debug-endpoints    serve /debug/requests and /debug/trace (admin keys only when\n"
             "                           --tenants is given) and record scheduler trace events\n"
             "      --no-prefix-cache    compute every prompt in full (no reuse of cached prefixes)\n"
@@ -107,6 +118,7 @@ enum {
     OPT_MAX_QUEUE,
     OPT_MAX_BATCH,
     OPT_KV_BLOCKS,
+    OPT_DEVICE,
     OPT_MAX_BODY,
     OPT_DRAIN,
     OPT_CHAT_TEMPLATE,
@@ -132,6 +144,9 @@ enum {
     OPT_REGISTER,
     OPT_ADVERTISE,
     OPT_WATCH_CONFIG,
+    OPT_PRIORITY_MAP,
+    OPT_CORS_ORIGIN,
+    OPT_ALIAS,
 };
 
 static const struct option opts[] = {
@@ -146,6 +161,7 @@ static const struct option opts[] = {
     {"max-queue", required_argument, NULL, OPT_MAX_QUEUE},
     {"max-batch-tokens", required_argument, NULL, OPT_MAX_BATCH},
     {"kv-blocks", required_argument, NULL, OPT_KV_BLOCKS},
+    {"device", required_argument, NULL, OPT_DEVICE},
     {"max-body", required_argument, NULL, OPT_MAX_BODY},
     {"drain-timeout", required_argument, NULL, OPT_DRAIN},
     {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
@@ -170,6 +186,9 @@ static const struct option opts[] = {
     {"register", required_argument, NULL, OPT_REGISTER},
     {"advertise", required_argument, NULL, OPT_ADVERTISE},
     {"watch-config", no_argument, NULL, OPT_WATCH_CONFIG},
+    {"priority-map", required_argument, NULL, OPT_PRIORITY_MAP},
+    {"cors-origin", required_argument, NULL, OPT_CORS_ORIGIN},
+    {"alias", required_argument, NULL, OPT_ALIAS},
     {"help", no_argument, NULL, 'h'},
     {0, 0, 0, 0},
 };
@@ -194,6 +213,16 @@ static int set_int(const char *opt, const char *v, long lo, long hi, int *dst)
     return 0;
 }
 
+/* Whether a --cors-origin was applied yet (the first one clears the
+ * config file's list). One `lmd serve` per process. */
+static bool cors_from_flags;
+
+/* --alias names the model of the -m before it; before any -m, the default
+ * model, which is added only once every flag is read. */
+static int last_m = -1;
+static char pending_alias[SERVE_MAX_ALIASES][SERVE_NAME_MAX];
+static int n_pending_alias;
+
 /* One flag onto the config. Returns 0, 1 (--help shown: exit 0) or -1
  * (message printed: exit 2). */
 static int apply_flag(struct serve_config *c, int opt, const char *v)
@@ -203,6 +232,22 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
     switch (opt) {
     case 'm':
         if (serve_config_add_model(c, v, &err) != 0) {
+            fprintf(stderr, "lmd serve: %s\n", err.msg);
+            return -1;
+        }
+        last_m = c->n_models - 1;
+        return 0;
+    case OPT_ALIAS:
+        if (last_m < 0) {
+            if (n_pending_alias == SERVE_MAX_ALIASES || strlen(v) >= SERVE_NAME_MAX || !serve_id_valid(v)) {
+                fprintf(stderr, "lmd serve: --alias '%.64s': not a model id, or more than %d aliases\n", v,
+                        SERVE_MAX_ALIASES);
+                return -1;
+            }
+            snprintf(pending_alias[n_pending_alias++], SERVE_NAME_MAX, "%s", v);
+            return 0;
+        }
+        if (serve_config_add_alias(c, last_m, v, &err) != 0) {
             fprintf(stderr, "lmd serve: %s\n", err.msg);
             return -1;
         }
@@ -243,6 +288,14 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
         return set_int("--max-batch-tokens", v, 1, 1 << 16, &d->max_batch_tokens);
     case OPT_KV_BLOCKS:
         return set_int("--kv-blocks", v, 1, 1 << 24, &d->kv_blocks);
+    case OPT_DEVICE: {
+        enum engine_device dev;
+        int gpu;
+        if (engine_device_parse(v, &dev, &gpu) == 0)
+            return set_str("--device", v, d->device, sizeof d->device);
+        fprintf(stderr, "lmd serve: --device wants cpu, cuda, cuda:N or auto, got '%s'\n", v);
+        return -1;
+    }
     case OPT_MAX_BODY:
         return cli_parse_long("lmd serve", "--max-body", v, 1024, 1L << 30, &c->max_body) ? -1 : 0;
     case OPT_DRAIN:
@@ -282,6 +335,19 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
         return set_str("--register", v, c->register_url, sizeof c->register_url);
     case OPT_WATCH_CONFIG:
         c->watch_config = true;
+        return 0;
+    case OPT_PRIORITY_MAP:
+        return set_str("--priority-map", v, c->priority_map, sizeof c->priority_map);
+    case OPT_CORS_ORIGIN:
+        /* The flags' list replaces the config file's, as every flag does. */
+        if (!cors_from_flags) {
+            c->n_cors_origins = 0;
+            cors_from_flags = true;
+        }
+        if (serve_config_add_cors(c, v, &err) != 0) {
+            fprintf(stderr, "lmd serve: %s\n", err.msg);
+            return -1;
+        }
         return 0;
     case OPT_ADVERTISE:
         if (strncmp(v, "http://", 7) != 0 && strncmp(v, "https://", 8) != 0 && !strstr(v, "+http")) {
@@ -385,11 +451,18 @@ int cli_serve(int argc, char **argv)
         fprintf(stderr, "lmd serve: --tls-cert and --tls-key go together\n");
         goto out;
     }
+    if (n_pending_alias && cfg->n_models > 0) {
+        fprintf(stderr, "lmd serve: --alias names the model of the -m before it (or the default model when no "
+                        "model is given)\n");
+        goto out;
+    }
     status = 1;
     if (cfg->n_models == 0) {
         if (cli_check_model(cli_default_model()))
             goto out;
         serve_config_add_model(cfg, cli_default_model(), &err);
+        for (int i = 0; i < n_pending_alias; i++)
+            serve_config_add_alias(cfg, 0, pending_alias[i], &err); /* checked when given */
     }
 
     struct serve *s = NULL;

@@ -54,4 +54,10 @@ void lmd_err_prefix(struct lmd_err *err, const char *fmt, ...) __attribute__((fo
             lmd__assert_fail(__FILE__, __LINE__, #cond, (msg));                                                        \
     } while (0)
 
-_Noreturn void lmd__assert_fail(const char *file, int line, const char *cond, const char *msg);
+/* The CUDA kernels' C++ sees these headers too. */
+#ifdef __cplusplus
+[[noreturn]]
+#else
+_Noreturn
+#endif
+void lmd__assert_fail(const char *file, int line, const char *cond, const char *msg);

@@ -4,7 +4,70 @@
  */
 #include "engine/engine.h"
 
+#include "core/log.h"
 #include "core/time.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef LMD_HAVE_CUDA
+/* A build without the CUDA toolkit: the engine is not there, and says so. */
+int engine_cuda_open(struct engine **out, const struct engine_config *cfg, struct lmd_err *err)
+{
+    (void)cfg;
+    *out = NULL;
+    return lmd_err_set(err, LMD_ENOTSUP, "cuda: this lmd was built without CUDA (no nvcc at build time)");
+}
+
+int engine_cuda_devices(char *buf, size_t cap)
+{
+    snprintf(buf, cap, "not built");
+    return 0;
+}
+#endif
+
+int engine_device_parse(const char *s, enum engine_device *dev, int *gpu)
+{
+    *gpu = 0;
+    if (strcmp(s, "cpu") == 0) {
+        *dev = ENGINE_DEVICE_CPU;
+        return 0;
+    }
+    if (strcmp(s, "auto") == 0) {
+        *dev = ENGINE_DEVICE_AUTO;
+        return 0;
+    }
+    if (strncmp(s, "cuda", 4) != 0)
+        return -1;
+    *dev = ENGINE_DEVICE_CUDA;
+    if (s[4] == 0)
+        return 0;
+    if (s[4] != ':' || s[5] < '0' || s[5] > '9')
+        return -1;
+    char *end;
+    long v = strtol(s + 5, &end, 10);
+    if (*end || v > 64)
+        return -1;
+    *gpu = (int)v;
+    return 0;
+}
+
+int engine_local_open(struct engine **out, const struct engine_config *cfg, struct lmd_err *err)
+{
+    if (cfg->device == ENGINE_DEVICE_CPU)
+        return engine_native_open(out, cfg, err);
+    if (cfg->device == ENGINE_DEVICE_CUDA)
+        return engine_cuda_open(out, cfg, err);
+    char gpus[256];
+    if (engine_cuda_devices(gpus, sizeof gpus) > 0) {
+        int rc = engine_cuda_open(out, cfg, err);
+        if (rc != LMD_ENOTSUP)
+            return rc;
+    }
+    LMD_INFO("device auto: no usable GPU (%s), the CPU engine serves", gpus);
+    return engine_native_open(out, cfg, err);
+}
 
 int engine_launch(struct engine *e, const struct engine_seq *seqs, int n_seqs, struct lmd_err *err)
 {

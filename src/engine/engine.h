@@ -47,8 +47,17 @@
 
 struct gguf_file;
 
+/* Where a local engine computes. */
+enum engine_device {
+    ENGINE_DEVICE_CPU = 0,  /* the native engine */
+    ENGINE_DEVICE_CUDA = 1, /* the CUDA engine, on GPU engine_config.gpu */
+    ENGINE_DEVICE_AUTO = 2, /* CUDA when this build has it and a GPU answers, else the CPU */
+};
+
 struct engine_config {
     const char *model_path;
+    enum engine_device device;
+    int gpu;              /* CUDA device index */
     int n_threads;        /* compute threads, including the engine thread; 0 = one per core */
     int n_ctx;            /* max positions per sequence; 0 = the model's training context */
     int max_batch_tokens; /* tokens per step (prefill chunk budget) */
@@ -201,6 +210,22 @@ struct engine {
 
 /* Open the native CPU engine on a GGUF model. */
 int engine_native_open(struct engine **out, const struct engine_config *cfg, struct lmd_err *err);
+
+/* Open the CUDA engine (engine/cuda) on GPU cfg->gpu. LMD_ENOTSUP, with a
+ * message that says so, in a build without CUDA or on a machine where no
+ * GPU answers (no driver, no device). */
+int engine_cuda_open(struct engine **out, const struct engine_config *cfg, struct lmd_err *err);
+
+/* The GPUs the CUDA runtime sees, described in buf ("cuda:0 NVIDIA H200
+ * (sm_90, 140 GiB)"; "none (why)"; "not built"); returns their number. */
+int engine_cuda_devices(char *buf, size_t cap);
+
+/* Open a local engine where cfg->device says: engine_native_open or
+ * engine_cuda_open; ENGINE_DEVICE_AUTO takes the GPU if one answers. */
+int engine_local_open(struct engine **out, const struct engine_config *cfg, struct lmd_err *err);
+
+/* "cpu", "cuda", "cuda:N" or "auto" -> device and GPU index; -1 if not one of those. */
+int engine_device_parse(const char *s, enum engine_device *dev, int *gpu);
 
 /* A deterministic stand-in for tests: no model, a vocabulary of n_vocab
  * ids, real block storage (it stores each position's token and derives

@@ -38,6 +38,9 @@ struct http_str {
 
 typedef void (*http_handler_fn)(void *ud, struct http_req *r);
 
+#define HTTP_MAX_CORS_ORIGINS 16 /* --cors-origin values */
+#define HTTP_ORIGIN_MAX 256      /* bytes of one origin, NUL included */
+
 struct http_config {
     const char *host;     /* address to bind: numeric or a name; "0.0.0.0" for all */
     int port;             /* 0 = any free port (see http_server_port) */
@@ -46,6 +49,11 @@ struct http_config {
     const char *tls_cert; /* PEM certificate chain file; NULL (with tls_key NULL) = cleartext */
     const char *tls_key;  /* PEM private key file */
     int stall_timeout_ms; /* ms a streamed send may wait for the client before the request is dropped; 0 = never */
+    /* CORS: browser pages from these origins may call the server; none =
+     * off (no CORS header is ever sent). An origin is "*" (any) or
+     * scheme://host[:port] as browsers send it. Copied at start. */
+    const char *const *cors_origins; /* [n_cors_origins] */
+    int n_cors_origins;              /* 0 .. HTTP_MAX_CORS_ORIGINS */
     http_handler_fn handler;
     void *ud;
 };
@@ -55,6 +63,11 @@ struct http_config {
  * certificate, fails here (the message names the file) before anything
  * listens. */
 int http_server_start(struct http_server **out, const struct http_config *cfg, struct lmd_err *err);
+/* Whether s is an origin --cors-origin takes: "*", or http:// or https://
+ * followed by a host (letters, digits, '.', '-', or a [bracketed] IPv6
+ * address) and an optional :port, nothing after (no path, no trailing
+ * slash: browsers never send one). */
+bool http_cors_origin_valid(const char *s);
 int http_server_port(const struct http_server *s);
 bool http_server_tls(const struct http_server *s);
 /* Close the listening socket on every loop (new connections are refused);

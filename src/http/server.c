@@ -17,6 +17,7 @@
  * It is not a router and holds no per-request state beyond the write
  * buffers and timers of a response.
  */
+#include "http/cors.h"
 #include "http/http.h"
 
 #include "core/buf.h"
@@ -80,6 +81,7 @@ struct http_server {
     pthread_mutex_t start_mu;
     pthread_cond_t start_cv;
     int n_started;
+    struct http__cors cors; /* the allowed origins; none = CORS off */
 };
 
 struct http_req {
@@ -108,6 +110,8 @@ static const char *http_reason(int status)
     switch (status) {
     case 200:
         return "OK";
+    case 204:
+        return "No Content";
     case 400:
         return "Bad Request";
     case 401:
@@ -247,6 +251,52 @@ static void http_on_watch(h2o_timeout_entry_t *entry)
     h2o_timeout_link(r->loop->loop, &r->loop->ctx.one_sec_timeout, &r->watch_entry);
 }
 
+/* ---- CORS ---------------------------------------------------------------- */
+
+static void http_set_head(struct http_req *r, int status, const char *ctype);
+
+/* A request from an allowed origin: every answer to it, errors and event
+ * streams included, carries the CORS headers, which are set now, before
+ * the handler answers. A preflight (OPTIONS with
+ * Access-Control-Request-Method) is answered here, 204, without reaching
+ * the handler: it carries no key and asks for nothing but permission.
+ * Returns true when the request was answered. */
+static bool http_cors(const struct http_server *srv, struct http_req *r)
+{
+    struct http_str origin = http_req_header(r, "origin");
+    const char *allow = http__cors_allow(&srv->cors, origin.ptr, origin.len);
+    /* With a list of origins the answer depends on Origin, allowed or
+     * not: caches must keep them apart. */
+    if (origin.len && !srv->cors.any)
+        http_req_add_header(r, "vary", "Origin");
+    if (!allow)
+        return false;
+    http_req_add_header(r, "access-control-allow-origin", allow);
+    h2o_req_t *req = r->req;
+    bool preflight = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("OPTIONS")) &&
+                     http_req_header(r, "access-control-request-method").len > 0;
+    if (!preflight) {
+        /* Scripts may read these; the others they see anyway. */
+        http_req_add_header(r, "access-control-expose-headers", "X-Request-Id, Retry-After");
+        return false;
+    }
+    http_req_add_header(r, "access-control-allow-methods", "GET, POST, OPTIONS");
+    /* Echo the headers the page asked for when they look like header
+     * names: "*" would not cover Authorization, which API keys need. */
+    struct http_str want = http_req_header(r, "access-control-request-headers");
+    char hdrs[520];
+    if (http__cors_header_list_sane(want.ptr, want.len))
+        snprintf(hdrs, sizeof hdrs, "%.*s", (int)want.len, want.ptr);
+    else
+        snprintf(hdrs, sizeof hdrs, "Authorization, Content-Type, X-Request-Id, X-Priority, X-SLA");
+    http_req_add_header(r, "access-control-allow-headers", hdrs);
+    http_req_add_header(r, "access-control-max-age", "86400");
+    http_set_head(r, 204, "text/plain");
+    req->res.content_length = 0;
+    h2o_send_inline(req, "", 0);
+    return true;
+}
+
 static int http_on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     struct http_server *srv = ((struct http_handler *)self)->srv;
@@ -256,6 +306,8 @@ static int http_on_req(h2o_handler_t *self, h2o_req_t *req)
     r->loop = H2O_STRUCT_FROM_MEMBER(struct http_loop, ctx, req->conn->ctx);
     r->stall_entry.cb = http_on_stall;
     r->watch_entry.cb = http_on_watch;
+    if (http__cors_on(&srv->cors) && http_cors(srv, r))
+        return 0;
     srv->cfg.handler(srv->cfg.ud, r);
     return 0;
 }
@@ -669,6 +721,12 @@ int http_server_start(struct http_server **out, const struct http_config *cfg, s
     s->cfg = *cfg;
     if (cfg->stall_timeout_ms < 0)
         s->cfg.stall_timeout_ms = 0;
+    int crc = http__cors_init(&s->cors, cfg->cors_origins, cfg->n_cors_origins, err);
+    if (crc != 0) {
+        free(s);
+        return crc;
+    }
+    s->cfg.cors_origins = NULL; /* copied above */
     int fd = -1;
     int rc = http_tls_init(s, cfg, err);
     if (rc == 0)

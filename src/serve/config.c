@@ -18,6 +18,8 @@
 
 #include "api/chat_template.h"
 #include "discovery/discovery.h"
+#include "engine/engine.h"
+#include "http/http.h"
 #include "sched/sched.h"
 
 #include <yaml.h>
@@ -46,6 +48,7 @@ void serve_config_init(struct serve_config *c)
     c->policy = SCHED_POLICY_SLA;
     struct serve_model *d = &c->defaults;
     d->engine = SERVE_ENGINE_NATIVE;
+    snprintf(d->device, sizeof d->device, "cpu");
     d->threads = 0;
     d->ctx = 4096;
     d->kv_blocks = 0;
@@ -120,6 +123,22 @@ int serve_config_add_model(struct serve_config *c, const char *arg, struct lmd_e
         return lmd_err_set(err, LMD_ERANGE, "-m: the path is longer than %d bytes", SERVE_PATH_MAX - 1);
     snprintf(m->path, sizeof m->path, "%s", path);
     c->n_models++;
+    return 0;
+}
+
+int serve_config_add_alias(struct serve_config *c, int model, const char *name, struct lmd_err *err)
+{
+    if (model < 0 || model >= c->n_models)
+        return lmd_err_set(err, LMD_EINVAL, "--alias %s: no model to name", name);
+    struct serve_model *m = &c->models[model];
+    if (strlen(name) >= SERVE_NAME_MAX || !serve_id_valid(name))
+        return lmd_err_set(err, LMD_EINVAL,
+                           "--alias '%.64s' is not a model id (1 to %d of letters, digits and ._:/-, starting with a "
+                           "letter or digit)",
+                           name, SERVE_NAME_MAX - 1);
+    if (m->n_aliases == SERVE_MAX_ALIASES)
+        return lmd_err_set(err, LMD_ERANGE, "--alias %s: more than %d aliases for one model", name, SERVE_MAX_ALIASES);
+    snprintf(m->aliases[m->n_aliases++], SERVE_NAME_MAX, "%s", name);
     return 0;
 }
 
@@ -401,9 +420,10 @@ static int get_id(struct cfg *c, const yaml_node_t *n, const char *path, char *o
 /* ---- sections ---------------------------------------------------------------------- */
 
 /* The settings a model entry and `defaults` share. */
-static const char *const model_keys[] = {"threads",          "ctx",       "kv_blocks",     "max_running",
-                                         "max_batch_tokens", "max_queue", "chat_template", "chat_template_file"};
-#define N_MODEL_KEYS 8
+static const char *const model_keys[] = {"threads",           "ctx",       "kv_blocks",     "max_running",
+                                         "max_batch_tokens",  "max_queue", "chat_template", "device",
+                                         "chat_template_file"};
+#define N_MODEL_KEYS 9
 
 static int parse_settings(struct cfg *c, const struct field *f, int nf, const char *path, struct serve_model *m)
 {
@@ -427,7 +447,24 @@ static int parse_settings(struct cfg *c, const struct field *f, int nf, const ch
         if (v && (rc = get_int(c, v, p, nums[i].lo, nums[i].hi, nums[i].dst)) < 0)
             return rc;
     }
-    yaml_node_t *v = field(f, nf, "chat_template");
+    yaml_node_t *v = field(f, nf, "device");
+    if (v) {
+        sub(p, sizeof p, path, "device");
+        char b[48], name[sizeof m->device];
+        enum engine_device dev;
+        int gpu;
+        bool ok = v->type == YAML_SCALAR_NODE && !is_null(v) && v->data.scalar.length < sizeof name;
+        if (ok) {
+            memcpy(name, v->data.scalar.value, v->data.scalar.length);
+            name[v->data.scalar.length] = 0;
+            ok = strlen(name) == v->data.scalar.length && engine_device_parse(name, &dev, &gpu) == 0;
+        }
+        if (!ok)
+            return BAD(c, v, LMD_EFORMAT, p, "expected cpu, cuda, cuda:N or auto, got '%s'",
+                       v->type == YAML_SCALAR_NODE ? shown(v, b) : type_name(v));
+        memcpy(m->device, name, sizeof name);
+    }
+    v = field(f, nf, "chat_template");
     if (v) {
         sub(p, sizeof p, path, "chat_template");
         char b[48], name[sizeof m->chat_template];
@@ -611,11 +648,49 @@ static int parse_model(struct cfg *c, yaml_node_t *map, int idx, struct seen *se
     return 0;
 }
 
+/* listen.cors_origins: one origin or a list of them; replaces what the
+ * config had. */
+static int parse_cors(struct cfg *c, yaml_node_t *n)
+{
+    struct serve_config *sc = c->sc;
+    char one[SERVE_ORIGIN_MAX], p[48], b[48];
+    bool list = n->type == YAML_SEQUENCE_NODE;
+    int count = list ? seq_len(n) : 1;
+    if (count > SERVE_MAX_CORS)
+        return BAD(c, n, LMD_ERANGE, "listen.cors_origins", "more than %d origins", SERVE_MAX_CORS);
+    sc->n_cors_origins = 0;
+    for (int i = 0; i < count; i++) {
+        yaml_node_t *v = list ? node(c, n->data.sequence.items.start[i]) : n;
+        snprintf(p, sizeof p, list ? "listen.cors_origins[%d]" : "listen.cors_origins", i);
+        int rc = get_str(c, v, p, one, sizeof one);
+        if (rc < 0)
+            return rc;
+        if (!http_cors_origin_valid(one))
+            return BAD(c, v, LMD_EFORMAT, p, "'%s' is not * or scheme://host[:port] (no path, no trailing slash)",
+                       shown(v, b));
+        snprintf(sc->cors_origins[sc->n_cors_origins++], SERVE_ORIGIN_MAX, "%s", one);
+    }
+    return 0;
+}
+
+int serve_config_add_cors(struct serve_config *c, const char *origin, struct lmd_err *err)
+{
+    if (strlen(origin) >= SERVE_ORIGIN_MAX || !http_cors_origin_valid(origin))
+        return lmd_err_set(err, LMD_EINVAL,
+                           "--cors-origin '%.80s' is not * or scheme://host[:port] (no path, no trailing slash)",
+                           origin);
+    if (c->n_cors_origins == SERVE_MAX_CORS)
+        return lmd_err_set(err, LMD_ERANGE, "more than %d --cors-origin values", SERVE_MAX_CORS);
+    snprintf(c->cors_origins[c->n_cors_origins++], SERVE_ORIGIN_MAX, "%s", origin);
+    return 0;
+}
+
 static int parse_listen(struct cfg *c, yaml_node_t *map)
 {
-    struct field f[] = {{.name = "host"},    {.name = "port"},     {.name = "io_threads"},     {.name = "tls_cert"},
-                        {.name = "tls_key"}, {.name = "max_body"}, {.name = "stall_timeout_s"}};
-    int rc = collect(c, map, "listen", f, 7);
+    struct field f[] = {
+        {.name = "host"},    {.name = "port"},     {.name = "io_threads"},      {.name = "tls_cert"},
+        {.name = "tls_key"}, {.name = "max_body"}, {.name = "stall_timeout_s"}, {.name = "cors_origins"}};
+    int rc = collect(c, map, "listen", f, 8);
     struct serve_config *sc = c->sc;
     if (rc == 0 && f[0].val)
         rc = get_str(c, f[0].val, "listen.host", sc->host, sizeof sc->host);
@@ -631,6 +706,8 @@ static int parse_listen(struct cfg *c, yaml_node_t *map)
         rc = get_long(c, f[5].val, "listen.max_body", 1024, 1L << 30, &sc->max_body);
     if (rc == 0 && f[6].val)
         rc = get_long(c, f[6].val, "listen.stall_timeout_s", 0, 86400, &sc->stall_s);
+    if (rc == 0 && f[7].val)
+        rc = parse_cors(c, f[7].val);
     return rc;
 }
 
@@ -645,8 +722,8 @@ static int parse_root(struct cfg *c)
                         {.name = "debug_endpoints"}, {.name = "drain_timeout_s"},
                         {.name = "defaults"},        {.name = "models"},
                         {.name = "prefix_cache"},    {.name = "prefix_cache_shared"},
-                        {.name = "metrics_compat"}};
-    int rc = collect(c, root, "", f, 11);
+                        {.name = "metrics_compat"},  {.name = "priority_map"}};
+    int rc = collect(c, root, "", f, 12);
     if (rc < 0)
         return rc;
     struct serve_config *sc = c->sc;
@@ -674,6 +751,8 @@ static int parse_root(struct cfg *c)
             return BAD(c, f[10].val, LMD_EFORMAT, "metrics_compat", "expected vllm or none");
         sc->metrics_compat = scalar_eq(f[10].val, "vllm") ? SERVE_COMPAT_VLLM : SERVE_COMPAT_NONE;
     }
+    if (f[11].val && (rc = get_str(c, f[11].val, "priority_map", sc->priority_map, sizeof sc->priority_map)) < 0)
+        return rc;
     if (f[3].val && (rc = get_bool(c, f[3].val, "metrics", &sc->metrics)) < 0)
         return rc;
     if (f[4].val && (rc = get_bool(c, f[4].val, "debug_endpoints", &sc->debug)) < 0)

@@ -73,6 +73,7 @@ struct serve {
     struct etcd_reg *reg;
     struct api *api;
     struct http_server *http;
+    struct api_priority_map priority_map; /* integer priorities onto the qos classes */
 };
 
 /* ---- models ------------------------------------------------------------------ */
@@ -92,6 +93,8 @@ static void resolve(struct serve_model *m, const struct serve_model *d)
         memcpy(m->chat_template, d->chat_template, sizeof m->chat_template);
     if (!m->chat_template_file[0])
         memcpy(m->chat_template_file, d->chat_template_file, sizeof m->chat_template_file);
+    if (!m->device[0])
+        memcpy(m->device, d->device, sizeof m->device);
 }
 
 /* The Jinja chat template of a native model: the file configured, else
@@ -238,15 +241,22 @@ static int model_open(struct serve *s, struct serve__model *sm, const struct ser
         return lmd_err_set(err, LMD_EINVAL, "%s: unknown chat template '%s' (gemma, llama3, chatml, mistral, generic)",
                            sm->where, m->chat_template);
 
+    enum engine_device dev = ENGINE_DEVICE_CPU;
+    int gpu = 0;
+    if (m->device[0] && engine_device_parse(m->device, &dev, &gpu) != 0)
+        return lmd_err_set(err, LMD_EINVAL, "%s: device '%s': expected cpu, cuda, cuda:N or auto", sm->where,
+                           m->device);
     struct engine_config ecfg = {
         .model_path = m->path,
+        .device = dev,
+        .gpu = gpu,
         .n_threads = m->threads,
         .n_ctx = m->ctx,
         .max_batch_tokens = m->max_batch_tokens,
         .max_seqs = m->max_running,
         .kv_blocks = m->kv_blocks,
     };
-    int rc = engine_native_open(&sm->eng, &ecfg, err);
+    int rc = engine_local_open(&sm->eng, &ecfg, err);
     if (rc == 0)
         rc = tok_load(&sm->vocab, sm->eng->info.gguf, err);
     if (rc != 0) {
@@ -433,6 +443,17 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
     int rc = qos_open(&s->qos, c->tenants[0] ? c->tenants : NULL, err);
     if (rc != 0)
         goto fail;
+    /* The map names classes, so it is read once the tenants file is, and
+     * before any model loads: a typo costs no start-up time. */
+    if (c->priority_map[0] && (rc = api_priority_map_parse(&s->priority_map, c->priority_map, s->qos, err)) != 0) {
+        lmd_err_prefix(err, "priority map '%.200s'", c->priority_map);
+        goto fail;
+    }
+    if (s->priority_map.n == 0)
+        api_priority_map_default(&s->priority_map, s->qos);
+    char pm[256];
+    api_priority_map_format(&s->priority_map, s->qos, pm, sizeof pm);
+    LMD_INFO("lmd serve: integer priorities map onto classes as %s", pm);
 
     uint64_t t0 = lmd_time_mono_ns();
     for (int i = 0; i < c->n_models; i++) {
@@ -532,8 +553,12 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
         .debug_endpoints = c->debug,
         .prefix_cache_shared = c->prefix_cache_shared,
     };
+    acfg.priority_map = s->priority_map;
     if ((rc = api_init(&s->api, &acfg, err)) != 0)
         goto fail;
+    const char *cors[SERVE_MAX_CORS];
+    for (int i = 0; i < c->n_cors_origins; i++)
+        cors[i] = c->cors_origins[i];
     struct http_config hcfg = {
         .host = c->host,
         .port = c->port,
@@ -542,6 +567,8 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
         .tls_cert = c->tls_cert[0] ? c->tls_cert : NULL,
         .tls_key = c->tls_key[0] ? c->tls_key : NULL,
         .stall_timeout_ms = (int)(c->stall_s * 1000),
+        .cors_origins = cors,
+        .n_cors_origins = c->n_cors_origins,
         .handler = api_handle,
         .ud = s->api,
     };

@@ -32,6 +32,8 @@
 
 #define SERVE_MAX_UPSTREAMS 16 /* = REMOTE_MAX_BACKENDS */
 #define SERVE_URL_MAX 256      /* upstream URLs: 1..255 bytes */
+#define SERVE_MAX_CORS 16      /* = HTTP_MAX_CORS_ORIGINS */
+#define SERVE_ORIGIN_MAX 256   /* = HTTP_ORIGIN_MAX */
 
 /* On-disk names: "native", "remote". Append-only. */
 enum serve_engine {
@@ -52,6 +54,7 @@ struct serve_model {
     int n_aliases;
     char owned_by[SERVE_NAME_MAX]; /* /v1/models owned_by; "" = "lmd" */
     char chat_template[16];        /* gemma, llama3, chatml, mistral, generic; "" = from the GGUF */
+    char device[16];               /* cpu, cuda, cuda:N, auto (engine_device_parse); "" = the default's */
     /* A Jinja chat template file used instead of the GGUF's own template
      * (and of a chat_template family); "" = none. Native engines only. */
     char chat_template_file[SERVE_PATH_MAX];
@@ -99,6 +102,11 @@ struct serve_config {
     char register_url[256];    /* etcd://HOST:PORT/PREFIX to register this server under; "" = none */
     char advertise[256];       /* the URL registered; "" = http(s)://HOST:PORT of the listener */
     bool watch_config;         /* read the config file again when it changes, as on SIGHUP */
+    char priority_map[512];    /* integer `priority` onto classes, "CLASS<=N,...,CLASS"; "" = the built-in map */
+    /* Origins whose browser pages may call the server (CORS): "*" or
+     * scheme://host[:port]; none = CORS off. */
+    char cors_origins[SERVE_MAX_CORS][SERVE_ORIGIN_MAX]; /* [n_cors_origins] */
+    int n_cors_origins;
 };
 
 enum serve_compat {
@@ -121,9 +129,19 @@ int serve_config_load(struct serve_config *c, const char *path, struct lmd_err *
  * LMD_ERANGE when there are too many models or the path is too long. */
 int serve_config_add_model(struct serve_config *c, const char *arg, struct lmd_err *err);
 
+/* Give models[model] one more name requests may use (lmd serve --alias,
+ * as llama-server spells it). LMD_EINVAL for a bad name or model index,
+ * LMD_ERANGE past SERVE_MAX_ALIASES. Clashes with other models' names are
+ * found by serve_open. */
+int serve_config_add_alias(struct serve_config *c, int model, const char *name, struct lmd_err *err);
+
 /* Append a remote model given as "NAME=URL[,URL...]" (lmd serve
  * --upstream). LMD_EINVAL for a bad NAME or URL, LMD_ERANGE for too many. */
 int serve_config_add_upstream(struct serve_config *c, const char *arg, struct lmd_err *err);
+
+/* Add a CORS origin (lmd serve --cors-origin): "*" or scheme://host[:port].
+ * LMD_EINVAL for a malformed one, LMD_ERANGE for too many. */
+int serve_config_add_cors(struct serve_config *c, const char *origin, struct lmd_err *err);
 
 /* The id a model is served under when it has no name: the file name
  * without ".gguf", each byte outside [A-Za-z0-9._-] replaced by '-'. */

@@ -9,7 +9,7 @@ difference of the logits after the prompt at the recorded token ids. The
 golden tests' bounds per path come from this table (docs/testing.md).
 
 usage: compare.py --lmd build/lmd --model models/default.gguf [--golden default default.default]
-                  [--isa avx512,avx2,scalar] [--synth DIR] [--threads 2]
+                  [--isa avx512,avx2,scalar] [--synth DIR] [--threads 2] [--device cuda]
 The synthetic models' goldens need --synth DIR holding synth-ARCH.gguf
 (tests/golden/make_synth.py writes them).
 """
@@ -25,12 +25,12 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run_case(lmd, model, case, isa, threads, ctx=1024):
+def run_case(lmd, model, case, isa, threads, ctx=1024, device="cpu"):
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "logits.bin")
         cmd = [lmd, "run", "-m", model, "--prompt-ids", ",".join(map(str, case["prompt_ids"])), "-n",
                str(len(case["tokens"])), "--temp", "0", "--ignore-eos", "--print-ids", "--dump-logits", path,
-               "-t", str(threads), "-c", str(ctx)]
+               "-t", str(threads), "-c", str(ctx), "-d", device]
         env = dict(os.environ, LMD_CPU=isa)
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
         if out.returncode != 0:
@@ -61,6 +61,7 @@ def main():
     ap.add_argument("--golden", nargs="+", default=["default", "default.default"])
     ap.add_argument("--isa", default="avx2,scalar")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda to measure the CUDA engine (the isa is then moot)")
     ap.add_argument("--json", help="also write the rows here")
     a = ap.parse_args()
     rows = []
@@ -75,7 +76,7 @@ def main():
             model = a.model
         for isa in a.isa.split(","):
             for i, case in enumerate(g["cases"]):
-                tokens, logits = run_case(a.lmd, model, case, isa, a.threads)
+                tokens, logits = run_case(a.lmd, model, case, isa, a.threads, device=a.device)
                 n, gap, diff, exact = compare(case, tokens, logits)
                 rows.append({"golden": name, "case": i, "isa": isa, "tokens": n, "gap": gap, "diff": diff,
                              "exact": exact})

@@ -173,7 +173,8 @@ def test_model_not_allowed(srv):
 def test_class_not_allowed(srv):
     before = rejections(srv, "class_not_allowed", "bronze")
     error_of(post(srv, BRONZE, prompt="Hello", max_tokens=2, priority="urgent"), 403, "class_not_allowed")
-    error_of(post(srv, BRONZE, prompt="Hello", max_tokens=2, priority=0), 403, "class_not_allowed")
+    # vLLM's integer priority: below 0 maps to urgent under the built-in map.
+    error_of(post(srv, BRONZE, prompt="Hello", max_tokens=2, priority=-1), 403, "class_not_allowed")
     error_of(post(srv, BRONZE, prompt="Hello", max_tokens=2, headers={"X-Priority": "urgent"}), 403,
              "class_not_allowed")
     error_of(post(srv, BRONZE, prompt="Hello", max_tokens=2, headers={"X-SLA": "urgent"}), 403, "class_not_allowed")
@@ -201,8 +202,14 @@ def test_class_selection(srv):
     cases = [  # (key, tenant, body extras, headers, expected class)
         (GOLD, "gold", {}, {}, "urgent"),                            # the tenant's default_class
         (GOLD, "gold", {"priority": "best_effort"}, {}, "best_effort"),
-        (GOLD, "gold", {"priority": 1}, {}, "best_effort"),          # class index
+        # vLLM's integers under the built-in map: below 0 urgent, 0 the
+        # tenant's default class, above 0 the last class.
+        (GOLD, "gold", {"priority": 1}, {}, "best_effort"),
         (GOLD, "gold", {"priority": 0}, {}, "urgent"),
+        (GOLD, "gold", {"priority": -3}, {}, "urgent"),
+        (BRONZE, "bronze", {"priority": 0}, {}, "best_effort"),      # not promoted to urgent
+        (BRONZE, "bronze", {"priority": 10}, {}, "best_effort"),
+        (GOLD, "gold", {}, {"X-Priority": "5"}, "best_effort"),
         (GOLD, "gold", {}, {"X-Priority": "best_effort"}, "best_effort"),
         (GOLD, "gold", {}, {"X-SLA": "best_effort"}, "best_effort"),
         (BRONZE, "bronze", {}, {}, "best_effort"),                   # the file's default_class

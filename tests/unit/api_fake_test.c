@@ -4,8 +4,8 @@
  * vocabulary (tests/golden/tokenizer/bpe_gpt2.gguf). Completions whole and
  * streamed, n choices, log-probabilities, cache_salt validation, a cached
  * prefix giving the same answer, and the same answer from a request-level
- * engine (submit/poll) as from the step-level one. Plain HTTP/1.1 over a
- * loopback socket.
+ * engine (submit/poll) as from the step-level one; /tokenize and
+ * /detokenize through their worker. Plain HTTP/1.1 over a loopback socket.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -254,11 +254,114 @@ static void test_request_level_same_text(void **state)
     stack_stop(&rt);
 }
 
+/* /tokenize and /detokenize through the worker thread: llama-server's and
+ * vLLM's shapes, a round trip, every refusal naming its field, and a
+ * client that leaves before its answer (the job outlives the request). */
+static void test_tokenize(void **state)
+{
+    (void)state;
+    struct stack st;
+    stack_start(&st, false);
+    char *out = NULL;
+    assert_int_equal(post(&st, "/tokenize", "{\"content\":\"Hello world\"}", &out), 200);
+    json_t *j = json_loads(out, 0, NULL);
+    free(out);
+    json_t *toks = json_object_get(j, "tokens");
+    assert_true(json_array_size(toks) >= 2);
+    /* The ids back to text: the same words. */
+    char *ids = json_dumps(toks, JSON_COMPACT), body[512];
+    snprintf(body, sizeof body, "{\"tokens\":%s}", ids);
+    free(ids);
+    assert_int_equal(post(&st, "/detokenize", body, &out), 200);
+    json_t *d = json_loads(out, 0, NULL);
+    free(out);
+    assert_string_equal(json_string_value(json_object_get(d, "content")), "Hello world");
+    assert_string_equal(json_string_value(json_object_get(d, "prompt")), "Hello world");
+    json_decref(d);
+    /* With pieces: one {id, piece} per token, the pieces spelling the text. */
+    assert_int_equal(post(&st, "/tokenize", "{\"content\":\"Hello world\",\"with_pieces\":true}", &out), 200);
+    d = json_loads(out, 0, NULL);
+    free(out);
+    json_t *ps = json_object_get(d, "tokens");
+    assert_int_equal(json_array_size(ps), json_array_size(toks));
+    char joined[64] = "";
+    for (size_t i = 0; i < json_array_size(ps); i++) {
+        json_t *p = json_array_get(ps, i);
+        assert_int_equal(json_integer_value(json_object_get(p, "id")), json_integer_value(json_array_get(toks, i)));
+        strncat(joined, json_string_value(json_object_get(p, "piece")), sizeof joined - strlen(joined) - 1);
+    }
+    assert_string_equal(joined, "Hello world");
+    json_decref(d);
+    /* vLLM's shape. */
+    assert_int_equal(post(&st, "/tokenize", "{\"model\":\"fake\",\"prompt\":\"Hello world\"}", &out), 200);
+    d = json_loads(out, 0, NULL);
+    free(out);
+    assert_int_equal(json_integer_value(json_object_get(d, "count")), json_array_size(json_object_get(d, "tokens")));
+    assert_int_equal(json_integer_value(json_object_get(d, "max_model_len")), 512);
+    assert_true(json_is_null(json_object_get(d, "token_strs")));
+    json_decref(d);
+    json_decref(j);
+
+    static const struct {
+        const char *path, *body;
+        int status;
+        const char *param;
+    } bad[] = {
+        {"/tokenize", "not json", 400, NULL},
+        {"/tokenize", "[1]", 400, NULL},
+        {"/tokenize", "{}", 400, "content"},
+        {"/tokenize", "{\"content\":1}", 400, "content"},
+        {"/tokenize", "{\"prompt\":[1,2]}", 400, "prompt"},
+        {"/tokenize", "{\"content\":\"a\",\"prompt\":\"a\"}", 400, "prompt"},
+        {"/tokenize", "{\"content\":\"a\",\"add_special\":1}", 400, "add_special"},
+        {"/tokenize", "{\"content\":\"a\",\"with_pieces\":\"yes\"}", 400, "with_pieces"},
+        {"/tokenize", "{\"messages\":[]}", 400, "messages"},
+        {"/tokenize", "{\"content\":\"a\",\"model\":\"nope\"}", 404, "model"},
+        {"/tokenize", "{\"content\":\"a\",\"model\":7}", 400, "model"},
+        {"/detokenize", "{}", 400, "tokens"},
+        {"/detokenize", "{\"tokens\":\"1 2\"}", 400, "tokens"},
+        {"/detokenize", "{\"tokens\":[1,-1]}", 400, "tokens"},
+        {"/detokenize", "{\"tokens\":[1,1.5]}", 400, "tokens"},
+        {"/detokenize", "{\"tokens\":[99999999]}", 400, "tokens"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int status = post(&st, bad[i].path, bad[i].body, &out);
+        json_t *root = json_loads(out, 0, NULL), *e = json_object_get(root, "error");
+        if (status != bad[i].status || !e)
+            fail_msg("%s %s: status %d: %s", bad[i].path, bad[i].body, status, out);
+        json_t *param = json_object_get(e, "param");
+        if (bad[i].param ? !json_is_string(param) || strcmp(json_string_value(param), bad[i].param) != 0
+                         : !json_is_null(param))
+            fail_msg("%s %s: %s", bad[i].path, bad[i].body, out);
+        json_decref(root);
+        free(out);
+    }
+    /* An empty list is the empty text. */
+    assert_int_equal(post(&st, "/detokenize", "{\"tokens\":[]}", &out), 200);
+    assert_string_equal(out, "{\"content\":\"\",\"prompt\":\"\"}");
+    free(out);
+
+    /* Clients that send a request and leave at once: the worker's answers
+     * find no request, and the jobs are freed all the same (ASan checks). */
+    for (int k = 0; k < 8; k++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)st.port)};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+        static const char req[] = "POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n\r\n"
+                                  "{\"content\":\"Hello world again\"}";
+        assert_int_equal(write(fd, req, sizeof req - 1), (ssize_t)(sizeof req - 1));
+        close(fd);
+    }
+    stack_stop(&st); /* waits for every job to be freed (api_active) */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_completions),
         cmocka_unit_test(test_request_level_same_text),
+        cmocka_unit_test(test_tokenize),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -24,6 +24,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "http/cors.h"
 #include "http/http.h"
 
 /* h2o keeps per-thread recycle bins of socket buffers that it never
@@ -313,6 +314,43 @@ static void test_bad_config(void **state)
     assert_non_null(strstr(err.msg, "no.such.host.invalid"));
 }
 
+/* CORS origins: the list kept, the match byte for byte, "*" for any, and
+ * the preflight header lists that may be echoed. */
+static void test_cors_origins(void **state)
+{
+    (void)state;
+    struct http__cors c;
+    struct lmd_err err = {0};
+    const char *list[] = {"http://a.example:3000", "https://b.example"};
+    assert_int_equal(http__cors_init(&c, list, 2, &err), 0);
+    assert_true(http__cors_on(&c));
+    assert_string_equal(http__cors_allow(&c, "https://b.example", 17), "https://b.example");
+    assert_string_equal(http__cors_allow(&c, "http://a.example:3000", 21), "http://a.example:3000");
+    assert_null(http__cors_allow(&c, "http://a.example:300", 20)); /* a prefix is another origin */
+    assert_null(http__cors_allow(&c, "http://a.example:30001", 22));
+    assert_null(http__cors_allow(&c, "HTTPS://B.EXAMPLE", 17));
+    assert_null(http__cors_allow(&c, "", 0));
+    const char *any[] = {"http://a.example", "*"};
+    assert_int_equal(http__cors_init(&c, any, 2, &err), 0);
+    assert_string_equal(http__cors_allow(&c, "null", 4), "*");
+    assert_int_equal(http__cors_init(&c, NULL, 0, &err), 0);
+    assert_false(http__cors_on(&c));
+    assert_null(http__cors_allow(&c, "http://a.example", 16));
+    const char *bad[] = {"http://a.example/"};
+    assert_int_equal(http__cors_init(&c, bad, 1, &err), LMD_EINVAL);
+    assert_non_null(strstr(err.msg, "'http://a.example/'"));
+    assert_int_equal(http__cors_init(&c, list, HTTP_MAX_CORS_ORIGINS + 1, &err), LMD_EINVAL);
+
+    assert_true(http__cors_header_list_sane("authorization, content-type", 27));
+    assert_true(http__cors_header_list_sane("X-Request-Id", 12));
+    assert_false(http__cors_header_list_sane("", 0));
+    assert_false(http__cors_header_list_sane("a\r\nx-evil: 1", 13));
+    assert_false(http__cors_header_list_sane("a\"b", 3));
+    char longer[600];
+    memset(longer, 'a', sizeof longer);
+    assert_false(http__cors_header_list_sane(longer, sizeof longer));
+}
+
 int main(void)
 {
     /* As lmd serve does: a write to a connection the server itself shut
@@ -321,6 +359,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_server),
         cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_cors_origins),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "http/http.h"
 #include "sched/sched.h"
 #include "serve/serve.h"
 
@@ -93,7 +94,8 @@ static void test_full_file(void **state)
                                "    kv_blocks: 100\n"
                                "  - path: llama.gguf\n"
                                "    ctx: 512\n"
-                               "    chat_template_file: tmpl/chat.jinja\n";
+                               "    chat_template_file: tmpl/chat.jinja\n"
+                               "priority_map: \"urgent<=-1,default<=0,best_effort\"\n";
     struct serve_config *c = malloc(sizeof *c);
     struct lmd_err err = {0};
     char path[320];
@@ -115,6 +117,7 @@ static void test_full_file(void **state)
     assert_false(c->metrics);
     assert_true(c->debug);
     assert_int_equal(c->drain_s, 3);
+    assert_string_equal(c->priority_map, "urgent<=-1,default<=0,best_effort"); /* checked against the classes later */
     assert_int_equal(c->defaults.threads, 2);
     assert_int_equal(c->defaults.ctx, 1024);
     assert_int_equal(c->defaults.max_queue, 0);
@@ -166,6 +169,72 @@ static void test_example_file(void **state)
     free(c);
 }
 
+/* CORS origins: a list or one string, replacing what was there; the flag's
+ * form checked the same way. */
+static void test_cors_origins(void **state)
+{
+    (void)state;
+    struct serve_config *c = malloc(sizeof *c);
+    struct lmd_err err = {0};
+    char path[320];
+    if (load("listen:\n  cors_origins: [\"*\", \"https://app.example:8443\", \"http://[::1]:3000\"]\n", c, &err, path))
+        fail_msg("%s", err.msg);
+    assert_int_equal(c->n_cors_origins, 3);
+    assert_string_equal(c->cors_origins[0], "*");
+    assert_string_equal(c->cors_origins[2], "http://[::1]:3000");
+    if (load("listen:\n  cors_origins: http://localhost:5173\n", c, &err, path))
+        fail_msg("%s", err.msg);
+    assert_int_equal(c->n_cors_origins, 1);
+    assert_string_equal(c->cors_origins[0], "http://localhost:5173");
+
+    static const char *const good[] = {"*",
+                                       "http://a",
+                                       "https://a.example",
+                                       "http://a-b.c:1",
+                                       "http://[::1]",
+                                       "https://[fe80::1]:65535",
+                                       "http://127.0.0.1:8080"};
+    static const char *const bad[] = {"",           "**",           "a.example",   "http://",        "http://a/",
+                                      "http://a/x", "http://a:",    "http://a:0",  "http://a:65536", "http://a:1x",
+                                      "http://a b", "http://[]",    "http://[::1", "http://a?b",     "ftp://a",
+                                      "HTTP//a",    "http://user@a"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        if (!http_cors_origin_valid(good[i]))
+            fail_msg("refused '%s'", good[i]);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (http_cors_origin_valid(bad[i]))
+            fail_msg("accepted '%s'", bad[i]);
+    serve_config_init(c);
+    for (int i = 0; i < SERVE_MAX_CORS; i++)
+        assert_int_equal(serve_config_add_cors(c, "http://a", &err), 0);
+    assert_int_equal(serve_config_add_cors(c, "http://a", &err), LMD_ERANGE);
+    assert_int_equal(serve_config_add_cors(c, "http://a/", &err), LMD_EINVAL);
+    assert_non_null(strstr(err.msg, "--cors-origin 'http://a/'"));
+    free(c);
+}
+
+/* --alias: more names for a model given with -m; bad names and too many
+ * refused. */
+static void test_add_alias(void **state)
+{
+    (void)state;
+    struct serve_config *c = malloc(sizeof *c);
+    serve_config_init(c);
+    struct lmd_err err = {0};
+    assert_int_equal(serve_config_add_alias(c, 0, "a", &err), LMD_EINVAL); /* no model yet */
+    assert_int_equal(serve_config_add_model(c, "m.gguf", &err), 0);
+    assert_int_equal(serve_config_add_alias(c, 0, "google/gemma-3-270m", &err), 0);
+    assert_string_equal(c->models[0].aliases[0], "google/gemma-3-270m");
+    assert_int_equal(serve_config_add_alias(c, 0, "a b", &err), LMD_EINVAL);
+    assert_non_null(strstr(err.msg, "not a model id"));
+    assert_int_equal(serve_config_add_alias(c, 0, "-x", &err), LMD_EINVAL);
+    for (int i = 1; i < SERVE_MAX_ALIASES; i++)
+        assert_int_equal(serve_config_add_alias(c, 0, "b", &err), 0);
+    assert_int_equal(serve_config_add_alias(c, 0, "c", &err), LMD_ERANGE);
+    assert_int_equal(c->models[0].n_aliases, SERVE_MAX_ALIASES);
+    free(c);
+}
+
 /* Malformed files: each gets its code and a message with the position
  * and the key path. */
 static void test_malformed(void **state)
@@ -180,8 +249,13 @@ static void test_malformed(void **state)
         {"models: [a, b\n", LMD_EFORMAT, "2:1: YAML syntax error: did not find expected ',' or ']'"},
         {"modles: []\n", LMD_EFORMAT,
          "1:1: unknown key 'modles' (expected one of: listen, tenants, scheduler, metrics, debug_endpoints, "
-         "drain_timeout_s, defaults, models, prefix_cache, prefix_cache_shared, metrics_compat)"},
+         "drain_timeout_s, defaults, models, prefix_cache, prefix_cache_shared, metrics_compat, priority_map)"},
         {"metrics: true\nmetrics: false\n", LMD_EFORMAT, "2:1: duplicate key 'metrics' (first at line 1)"},
+        {"listen:\n  cors_origins: [\"http://a.example/\"]\n", LMD_EFORMAT,
+         "2:18: listen.cors_origins[0]: 'http://a.example/' is not * or scheme://host[:port]"},
+        {"listen:\n  cors_origins: example.com\n", LMD_EFORMAT,
+         "2:17: listen.cors_origins: 'example.com' is not * or scheme://host[:port]"},
+        {"listen:\n  cors_origins: [[\"*\"]]\n", LMD_EFORMAT, "listen.cors_origins[0]: expected a string"},
         {"- a\n- b\n", LMD_EFORMAT, "1:1: expected a mapping, got a list"},
         {"models: x.gguf\n", LMD_EFORMAT, "1:9: models: expected a list, got a scalar"},
         {"models: []\n", LMD_EFORMAT, "1:9: models: needs at least one model"},
@@ -383,7 +457,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_file),    cmocka_unit_test(test_example_file), cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_missing_file), cmocka_unit_test(test_add_model),    cmocka_unit_test(test_ids),
-        cmocka_unit_test(test_open_refuses),
+        cmocka_unit_test(test_open_refuses), cmocka_unit_test(test_cors_origins), cmocka_unit_test(test_add_alias),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The GPU half of the test suite, for a machine with an NVIDIA GPU (CI has
+# none: it builds the CUDA code and skips these). Runs, against a build with
+# the CUDA engine:
+#   1. cuda_test: every weight type's kernels against the CPU reference, the
+#      engine against the native engine on the default model, batched =
+#      alone, bad batches refused;
+#   2. the golden comparison (tests/golden/compare.py) on the CUDA engine:
+#      greedy tokens and logits against llama.cpp's, default and synthetic
+#      models;
+#   3. compute-sanitizer memcheck and racecheck over cuda_test, where the
+#      tool is installed;
+#   4. `lmd bench --device cuda` on each model given.
+#
+# usage: scripts/gpu-test.sh [--build DIR] [--model FILE] [--synth DIR] [--bench FILE]... [--quick]
+#   --build  the build folder holding lmd and cuda_test (default build)
+#   --model  the default model (default models/default.gguf; skipped if absent)
+#   --synth  folder with synth-ARCH.gguf (tests/golden/make_synth.py)
+#   --bench  a model to benchmark (repeatable; default: the default model)
+#   --quick  skip the sanitizers and the benchmarks
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUILD=build MODEL=models/default.gguf SYNTH= QUICK=0
+BENCH=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --build) BUILD=$2; shift 2 ;;
+    --model) MODEL=$2; shift 2 ;;
+    --synth) SYNTH=$2; shift 2 ;;
+    --bench) BENCH+=("$2"); shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    *) echo "gpu-test: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+fail=0
+step() { echo; echo "== $*"; }
+
+step "lmd --version"
+"$BUILD/lmd" --version || fail=1
+
+step "cuda_test"
+LMD_MODEL=$MODEL "$BUILD/cuda_test" || fail=1
+
+step "golden comparison on the CUDA engine"
+goldens=()
+[ -f "$MODEL" ] && goldens+=(default default.default)
+if [ -n "$SYNTH" ]; then
+    for a in gemma3 llama qwen2 qwen3; do
+        [ -f "$SYNTH/synth-$a.gguf" ] && goldens+=("synth_$a" "synth_$a.default")
+    done
+fi
+if [ ${#goldens[@]} -gt 0 ]; then
+    $PY tests/golden/compare.py --lmd "$BUILD/lmd" --model "$MODEL" ${SYNTH:+--synth "$SYNTH"} --isa avx2 \
+        --device cuda --golden "${goldens[@]}" || fail=1
+fi
+
+if [ "$QUICK" = 0 ]; then
+    if command -v compute-sanitizer >/dev/null; then
+        for tool in memcheck racecheck; do
+            step "compute-sanitizer --tool $tool cuda_test"
+            LMD_MODEL=$MODEL compute-sanitizer --tool "$tool" --error-exitcode 99 "$BUILD/cuda_test" >/tmp/gpu-test-$tool.log 2>&1
+            rc=$?
+            tail -n 15 /tmp/gpu-test-$tool.log
+            [ $rc = 0 ] || { echo "compute-sanitizer $tool: exit $rc"; fail=1; }
+        done
+    else
+        echo "compute-sanitizer not found: sanitizer runs skipped"
+    fi
+    [ ${#BENCH[@]} -eq 0 ] && [ -f "$MODEL" ] && BENCH=("$MODEL")
+    for m in "${BENCH[@]}"; do
+        step "lmd bench --device cuda $m"
+        "$BUILD/lmd" bench -m "$m" --device cuda -p 512 -g 128 -b 1,16,64 -r 3 || fail=1
+    done
+fi
+echo
+[ $fail = 0 ] && echo "gpu-test: all passed" || echo "gpu-test: FAILED"
+exit $fail

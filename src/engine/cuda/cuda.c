@@ -1,0 +1,734 @@
+/*
+ * The CUDA engine: model/ (hyper-parameters, tensor views of the mapped
+ * GGUF) + kernels/cuda on one GPU behind engine.h, step-level, returning
+ * logits as the native engine does.
+ *
+ * At open, every weight the forward pass reads is copied to the device
+ * once, in its GGUF block layout, into one allocation; the K/V blocks, the
+ * activations of a full step and the step's index arrays are allocated
+ * there too, so a step allocates nothing. A step is queued on the engine's
+ * one stream by launch (which returns at once) and collected by wait: the
+ * caller prepares its next batch while the GPU runs this one.
+ *
+ * The forward pass below is model/forward.c's, step for step, with each
+ * loop a kernel: read the two side by side.
+ */
+#include "engine/engine.h"
+
+#include "core/log.h"
+#include "core/time.h"
+#include "kernels/cuda/kcuda.h"
+#include "model/model.h"
+
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A weight matrix on the device. */
+struct cu_tensor {
+    const void *d; /* device copy of the rows */
+    enum gguf_dtype type;
+    int64_t n_rows, n_cols;
+    size_t row_bytes;
+};
+
+struct cu_layer {
+    const float *attn_norm, *attn_post_norm, *ffn_norm, *ffn_post_norm; /* [n_embd] or NULL */
+    const float *bq, *bk, *bv, *q_norm, *k_norm;
+    struct cu_tensor wq, wk, wv, wo, ffn_gate, ffn_up, ffn_down;
+};
+
+/* Stage timers (LMD_PROFILE=1): as model/forward.c's, but each stage is
+ * waited for, so the figures are the GPU's time per stage plus a launch;
+ * CUDA graphs are off while profiling. */
+enum cu_prof {
+    CP_EMBED,
+    CP_NORM,
+    CP_MM_QKV,
+    CP_ROPE_KV,
+    CP_ATTN,
+    CP_MM_O,
+    CP_RESID,
+    CP_MM_FFN,
+    CP_ACT,
+    CP_MM_DOWN,
+    CP_LOGITS,
+    CP_COUNT
+};
+static const char *const cp_names[CP_COUNT] = {"embed",        "rmsnorm",     "matmul q/k/v", "qk-norm+rope+kv",
+                                               "attention",    "matmul o",    "residual",     "matmul gate/up",
+                                               "geglu/swiglu", "matmul down", "logits"};
+
+struct cuda_engine {
+    struct engine base; /* first: the engine is cast to this */
+    struct model *model;
+    int device;
+    char device_name[256];
+    cudaStream_t st;
+    cudaEvent_t done;
+    struct kcu_ctx *mm;
+    /* Weights: one allocation, tensors at 256-byte aligned offsets. */
+    uint8_t *wbuf;
+    size_t wbytes, wused;
+    struct cu_tensor tok_embd, output;
+    const float *output_norm, *rope_freqs;
+    struct cu_layer *layers; /* [n_layer] */
+    /* K/V: [n_blocks][n_layer][n_head_kv][bt][head_dim] f16 each. */
+    uint16_t *kc, *vc;
+    size_t block_k_elems, block_v_elems;
+    /* Activations for max_batch_tokens tokens (model/forward.c's scratch). */
+    float *x, *xb, *q, *k, *v, *att, *ffg, *ffu; /* [T][…] */
+    float *logits_d;                             /* [max_seqs][n_vocab] */
+    float *logits_h;                             /* pinned copy handed to the caller */
+    /* The step's indices, staged in pinned memory and copied in one go:
+     * tokens [T] | positions [T] | sequence of each token [T] | token of
+     * each logit row [n_want] | block tables [n_seqs][stride]. */
+    int32_t *meta_h, *meta_d;
+    size_t meta_cap; /* int32 elements */
+    int max_blocks;  /* blocks of one full-context sequence */
+    float theta_scale, theta_scale_swa;
+    /* Decode steps (one token a sequence) replayed as CUDA graphs, one per
+     * (sequences, block-table stride class): a step's hundreds of kernel
+     * launches cost one. The step's indices are copied in before the
+     * replay, so a graph serves any tokens, positions and blocks of its
+     * shape. NULL where not captured yet; LMD_CUDA_GRAPHS=0 turns them off. */
+    cudaGraphExec_t *graphs; /* [max_seqs][GRAPH_STRIDES] */
+    bool use_graphs;
+    uint64_t graph_launches, graph_captures;
+    bool profile;
+    uint64_t prof_ns[CP_COUNT], prof_tokens, prof_steps, prof_t0;
+    /* The step in flight. */
+    int n_rows;
+    int rc;
+    struct lmd_err err;
+};
+
+/* The status of a CUDA call as an lmd error; every call is checked. */
+static int cu_fail(struct lmd_err *err, cudaError_t e, const char *what)
+{
+    return lmd_err_set(err, e == cudaErrorMemoryAllocation ? LMD_ENOMEM : LMD_EIO, "cuda: %s: %s", what,
+                       cudaGetErrorString(e));
+}
+#define CU_TRY(call, what)                                                                                             \
+    do {                                                                                                               \
+        cudaError_t e_ = (call);                                                                                       \
+        if (e_ != cudaSuccess)                                                                                         \
+            return cu_fail(err, e_, (what));                                                                           \
+    } while (0)
+
+/* ---- weights -------------------------------------------------------------- */
+
+static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+static size_t tensor_bytes(const struct model_tensor *t)
+{
+    return t->data ? align256((size_t)t->n_rows * t->row_bytes) : 0;
+}
+
+static size_t vec_bytes(const float *v, int64_t n) { return v ? align256((size_t)n * sizeof(float)) : 0; }
+
+static const void *upload(struct cuda_engine *ce, const void *src, size_t bytes, struct lmd_err *err, int *rc)
+{
+    if (!src || *rc)
+        return NULL;
+    uint8_t *dst = ce->wbuf + ce->wused;
+    cudaError_t e = cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+        *rc = cu_fail(err, e, "copying weights to the device");
+        return NULL;
+    }
+    ce->wused += align256(bytes);
+    return dst;
+}
+
+static int upload_tensor(struct cuda_engine *ce, struct cu_tensor *dt, const struct model_tensor *t, const char *name,
+                         struct lmd_err *err, int *rc)
+{
+    if (!t->data || *rc)
+        return *rc;
+    if (!kcu_type_supported(t->type) || t->n_cols % 32 != 0 ||
+        (t->type >= GGUF_DTYPE_Q2_K && t->type <= GGUF_DTYPE_Q8_K && t->n_cols % 256 != 0))
+        return *rc = lmd_err_set(err, LMD_ENOTSUP, "cuda: tensor %s: type %s with %lld columns has no CUDA kernel",
+                                 name, gguf_dtype_name(t->type), (long long)t->n_cols);
+    *dt = (struct cu_tensor){.type = t->type, .n_rows = t->n_rows, .n_cols = t->n_cols, .row_bytes = t->row_bytes};
+    dt->d = upload(ce, t->data, (size_t)t->n_rows * t->row_bytes, err, rc);
+    return *rc;
+}
+
+static int weights_upload(struct cuda_engine *ce, struct lmd_err *err)
+{
+    const struct model *m = ce->model;
+    const struct model_hparams *hp = &m->hp;
+    const int64_t E = hp->n_embd, DK = hp->head_dim_k;
+    size_t total = tensor_bytes(&m->tok_embd) + vec_bytes(m->output_norm, E) + vec_bytes(m->rope_freqs, hp->n_rot / 2);
+    if (m->output.data != m->tok_embd.data)
+        total += tensor_bytes(&m->output);
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct model_layer *L = &m->layers[il];
+        total += tensor_bytes(&L->wq) + tensor_bytes(&L->wk) + tensor_bytes(&L->wv) + tensor_bytes(&L->wo) +
+                 tensor_bytes(&L->ffn_gate) + tensor_bytes(&L->ffn_up) + tensor_bytes(&L->ffn_down);
+        total += vec_bytes(L->attn_norm, E) + vec_bytes(L->attn_post_norm, E) + vec_bytes(L->ffn_norm, E) +
+                 vec_bytes(L->ffn_post_norm, E) + vec_bytes(L->q_norm, DK) + vec_bytes(L->k_norm, DK);
+        total += vec_bytes(L->bq, (int64_t)hp->n_head * DK) + vec_bytes(L->bk, (int64_t)hp->n_head_kv * DK) +
+                 vec_bytes(L->bv, (int64_t)hp->n_head_kv * hp->head_dim_v);
+    }
+    CU_TRY(cudaMalloc((void **)&ce->wbuf, total), "allocating the weights");
+    ce->wbytes = total;
+    int rc = 0;
+    char name[64];
+    upload_tensor(ce, &ce->tok_embd, &m->tok_embd, "token_embd", err, &rc);
+    if (m->output.data == m->tok_embd.data)
+        ce->output = ce->tok_embd;
+    else
+        upload_tensor(ce, &ce->output, &m->output, "output", err, &rc);
+    ce->output_norm = upload(ce, m->output_norm, (size_t)E * sizeof(float), err, &rc);
+    ce->rope_freqs = upload(ce, m->rope_freqs, (size_t)(hp->n_rot / 2) * sizeof(float), err, &rc);
+    for (int il = 0; il < hp->n_layer && !rc; il++) {
+        const struct model_layer *L = &m->layers[il];
+        struct cu_layer *D = &ce->layers[il];
+        const struct {
+            struct cu_tensor *d;
+            const struct model_tensor *t;
+            const char *n;
+        } mats[] = {{&D->wq, &L->wq, "attn_q"},
+                    {&D->wk, &L->wk, "attn_k"},
+                    {&D->wv, &L->wv, "attn_v"},
+                    {&D->wo, &L->wo, "attn_output"},
+                    {&D->ffn_gate, &L->ffn_gate, "ffn_gate"},
+                    {&D->ffn_up, &L->ffn_up, "ffn_up"},
+                    {&D->ffn_down, &L->ffn_down, "ffn_down"}};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) {
+            snprintf(name, sizeof name, "blk.%d.%s", il, mats[i].n);
+            upload_tensor(ce, mats[i].d, mats[i].t, name, err, &rc);
+        }
+        D->attn_norm = upload(ce, L->attn_norm, (size_t)E * sizeof(float), err, &rc);
+        D->attn_post_norm = upload(ce, L->attn_post_norm, (size_t)E * sizeof(float), err, &rc);
+        D->ffn_norm = upload(ce, L->ffn_norm, (size_t)E * sizeof(float), err, &rc);
+        D->ffn_post_norm = upload(ce, L->ffn_post_norm, (size_t)E * sizeof(float), err, &rc);
+        D->q_norm = upload(ce, L->q_norm, (size_t)DK * sizeof(float), err, &rc);
+        D->k_norm = upload(ce, L->k_norm, (size_t)DK * sizeof(float), err, &rc);
+        D->bq = upload(ce, L->bq, (size_t)hp->n_head * (size_t)DK * sizeof(float), err, &rc);
+        D->bk = upload(ce, L->bk, (size_t)hp->n_head_kv * (size_t)DK * sizeof(float), err, &rc);
+        D->bv = upload(ce, L->bv, (size_t)hp->n_head_kv * (size_t)hp->head_dim_v * sizeof(float), err, &rc);
+    }
+    return rc;
+}
+
+/* ---- the forward pass ----------------------------------------------------- */
+
+/* Each kernel's launch status; the first failure ends the step. */
+#define K_TRY(call, what)                                                                                              \
+    do {                                                                                                               \
+        cudaError_t e_ = (call);                                                                                       \
+        if (e_ != cudaSuccess)                                                                                         \
+            return e_ == cudaErrorUnknown && kcu_ctx_error(ce->mm)[0]                                                  \
+                       ? lmd_err_set(err, LMD_EIO, "cuda: %s: %s", (what), kcu_ctx_error(ce->mm))                      \
+                       : cu_fail(err, e_, (what));                                                                     \
+    } while (0)
+
+static void prof_mark(struct cuda_engine *ce, enum cu_prof op)
+{
+    if (!ce->profile)
+        return;
+    cudaStreamSynchronize(ce->st);
+    const uint64_t now = lmd_time_mono_ns();
+    ce->prof_ns[op] += now - ce->prof_t0;
+    ce->prof_t0 = now;
+}
+
+static void prof_report(const struct cuda_engine *ce)
+{
+    uint64_t total = 0;
+    for (int i = 0; i < CP_COUNT; i++)
+        total += ce->prof_ns[i];
+    if (!total)
+        return;
+    fprintf(stderr, "profile: %llu steps, %llu tokens, %.3f s in the forward pass (cuda, each stage waited for)\n",
+            (unsigned long long)ce->prof_steps, (unsigned long long)ce->prof_tokens, (double)total / 1e9);
+    for (int i = 0; i < CP_COUNT; i++)
+        fprintf(stderr, "profile: %-18s %6.1f %%  %9.3f ms  %8.2f us/token\n", cp_names[i],
+                100.0 * (double)ce->prof_ns[i] / (double)total, (double)ce->prof_ns[i] / 1e6,
+                (double)ce->prof_ns[i] / 1e3 / (double)ce->prof_tokens);
+}
+
+static cudaError_t mm(struct cuda_engine *ce, const struct cu_tensor *w, const float *x, int m, float *y)
+{
+    return kcu_matmul(ce->mm, w->type, w->d, w->row_bytes, w->n_rows, w->n_cols, x, m, y, w->n_rows);
+}
+
+static int forward(struct cuda_engine *ce, int T, int n_seqs, int n_want, int stride, struct lmd_err *err)
+{
+    const struct model_hparams *hp = &ce->model->hp;
+    const int E = hp->n_embd, H = hp->n_head, HKV = hp->n_head_kv, DK = hp->head_dim_k, DV = hp->head_dim_v;
+    const struct engine_info *in = &ce->base.info;
+    const int32_t *tokens = ce->meta_d, *tok_pos = tokens + T, *tok_seq = tok_pos + T, *want_idx = tok_seq + T;
+    const int32_t *blocks = want_idx + n_want;
+    (void)n_seqs;
+
+    K_TRY(kcu_embed(ce->st, ce->tok_embd.type, ce->tok_embd.d, ce->tok_embd.row_bytes, tokens, T, E,
+                    hp->arch->embd_scale, ce->x),
+          "embedding");
+    prof_mark(ce, CP_EMBED);
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct cu_layer *L = &ce->layers[il];
+        const bool swa = hp->layer_swa[il];
+
+        /* Attention: norm, Q/K/V projections. */
+        K_TRY(kcu_rmsnorm(ce->st, ce->xb, ce->x, NULL, L->attn_norm, T, E, hp->rms_eps), "rmsnorm");
+        prof_mark(ce, CP_NORM);
+        K_TRY(mm(ce, &L->wq, ce->xb, T, ce->q), "matmul q");
+        K_TRY(mm(ce, &L->wk, ce->xb, T, ce->k), "matmul k");
+        K_TRY(mm(ce, &L->wv, ce->xb, T, ce->v), "matmul v");
+        prof_mark(ce, CP_MM_QKV);
+
+        /* Biases, per-head norms and RoPE, Q scaling; K and V into the cache. */
+        const struct kcu_rope_args ra = {.q = ce->q,
+                                         .k = ce->k,
+                                         .v = ce->v,
+                                         .bq = L->bq,
+                                         .bk = L->bk,
+                                         .bv = L->bv,
+                                         .q_norm = L->q_norm,
+                                         .k_norm = L->k_norm,
+                                         .tok_pos = tok_pos,
+                                         .tok_seq = tok_seq,
+                                         .blocks = blocks,
+                                         .blocks_stride = stride,
+                                         .kc = ce->kc,
+                                         .vc = ce->vc,
+                                         .block_k_elems = ce->block_k_elems,
+                                         .block_v_elems = ce->block_v_elems,
+                                         .layer = il,
+                                         .n_layer = hp->n_layer,
+                                         .bt = in->kv_block_tokens,
+                                         .T = T,
+                                         .n_head = H,
+                                         .n_head_kv = HKV,
+                                         .dk = DK,
+                                         .dv = DV,
+                                         .n_rot = hp->n_rot,
+                                         .neox = hp->arch->rope == MODEL_ROPE_NEOX,
+                                         .theta_scale = swa ? ce->theta_scale_swa : ce->theta_scale,
+                                         .freq_scale = swa ? 1.0f : hp->rope_freq_scale,
+                                         .freq_factors = swa ? NULL : ce->rope_freqs,
+                                         .eps = hp->rms_eps,
+                                         .q_scale = hp->arch->q_prescale ? hp->attn_scale : 1.0f};
+        K_TRY(kcu_rope_kv(ce->st, &ra), "rope");
+        prof_mark(ce, CP_ROPE_KV);
+
+        const struct kcu_attn_args aa = {.out = ce->att,
+                                         .q = ce->q,
+                                         .kc = ce->kc,
+                                         .vc = ce->vc,
+                                         .block_k_elems = ce->block_k_elems,
+                                         .block_v_elems = ce->block_v_elems,
+                                         .tok_pos = tok_pos,
+                                         .tok_seq = tok_seq,
+                                         .blocks = blocks,
+                                         .blocks_stride = stride,
+                                         .layer = il,
+                                         .n_head_kv = HKV,
+                                         .bt = in->kv_block_tokens,
+                                         .T = T,
+                                         .n_head = H,
+                                         .dk = DK,
+                                         .dv = DV,
+                                         .n_swa = swa ? hp->n_swa : 0,
+                                         .scale = hp->arch->q_prescale ? 1.0f : hp->attn_scale};
+        K_TRY(kcu_attention(ce->st, &aa), "attention");
+        prof_mark(ce, CP_ATTN);
+
+        /* Output projection, optional post-norm, residual. */
+        K_TRY(mm(ce, &L->wo, ce->att, T, ce->xb), "matmul o");
+        prof_mark(ce, CP_MM_O);
+        K_TRY(kcu_add_norm(ce->st, ce->x, ce->xb, L->attn_post_norm, T, E, hp->rms_eps), "residual");
+        prof_mark(ce, CP_RESID);
+
+        /* Gated feed-forward. */
+        K_TRY(kcu_rmsnorm(ce->st, ce->xb, ce->x, NULL, L->ffn_norm, T, E, hp->rms_eps), "rmsnorm");
+        prof_mark(ce, CP_NORM);
+        K_TRY(mm(ce, &L->ffn_gate, ce->xb, T, ce->ffg), "matmul gate");
+        K_TRY(mm(ce, &L->ffn_up, ce->xb, T, ce->ffu), "matmul up");
+        prof_mark(ce, CP_MM_FFN);
+        K_TRY(kcu_glu(ce->st, ce->ffg, ce->ffu, (int64_t)T * hp->n_ff, hp->arch->act == MODEL_ACT_GELU), "glu");
+        prof_mark(ce, CP_ACT);
+        K_TRY(mm(ce, &L->ffn_down, ce->ffg, T, ce->xb), "matmul down");
+        prof_mark(ce, CP_MM_DOWN);
+        K_TRY(kcu_add_norm(ce->st, ce->x, ce->xb, L->ffn_post_norm, T, E, hp->rms_eps), "residual");
+        prof_mark(ce, CP_RESID);
+    }
+    if (n_want == 0)
+        return 0;
+    /* Final norm of the rows that want logits, the vocabulary projection. */
+    K_TRY(kcu_rmsnorm(ce->st, ce->xb, ce->x, want_idx, ce->output_norm, n_want, E, hp->rms_eps), "rmsnorm");
+    K_TRY(kcu_matmul(ce->mm, ce->output.type, ce->output.d, ce->output.row_bytes, ce->output.n_rows, ce->output.n_cols,
+                     ce->xb, n_want, ce->logits_d, hp->n_vocab),
+          "matmul logits");
+    if (hp->final_softcap > 0)
+        K_TRY(kcu_softcap(ce->st, ce->logits_d, (int64_t)n_want * hp->n_vocab, hp->final_softcap), "softcap");
+    prof_mark(ce, CP_LOGITS);
+    return 0;
+}
+
+/* Why no GPU answers, in words a user can act on. */
+static const char *no_gpu_reason(cudaError_t e)
+{
+    if (e == cudaErrorInsufficientDriver)
+        return "no NVIDIA driver, or one older than this build's CUDA runtime";
+    if (e == cudaErrorNoDevice || e == cudaSuccess)
+        return "no CUDA device found";
+    return cudaGetErrorString(e);
+}
+
+/* Replay the decode step's graph, capturing it first if need be. */
+static int graph_run(struct cuda_engine *ce, cudaGraphExec_t *gx, int T, int n_seqs, int n_want, int stride,
+                     struct lmd_err *err)
+{
+    if (!*gx) {
+        cudaGraph_t g = NULL;
+        CU_TRY(cudaStreamBeginCapture(ce->st, cudaStreamCaptureModeThreadLocal), "capturing a decode step");
+        int rc = forward(ce, T, n_seqs, n_want, stride, err);
+        cudaError_t e = cudaStreamEndCapture(ce->st, &g);
+        if (rc) {
+            if (g)
+                cudaGraphDestroy(g);
+            return rc;
+        }
+        if (e != cudaSuccess)
+            return cu_fail(err, e, "capturing a decode step");
+        e = cudaGraphInstantiate(gx, g, 0);
+        cudaGraphDestroy(g);
+        if (e != cudaSuccess) {
+            *gx = NULL;
+            return cu_fail(err, e, "instantiating a decode step's graph");
+        }
+        ce->graph_captures++;
+    }
+    CU_TRY(cudaGraphLaunch(*gx, ce->st), "replaying a decode step");
+    ce->graph_launches++;
+    return 0;
+}
+
+/* Block-table strides of captured graphs: powers of two from 16 blocks. */
+#define GRAPH_STRIDES 20
+static int stride_class(int stride, int *rounded)
+{
+    int c = 0, r = 16;
+    while (r < stride) {
+        r *= 2;
+        c++;
+    }
+    *rounded = r;
+    return c;
+}
+
+/* ---- engine ops ----------------------------------------------------------- */
+
+static int cuda_launch(struct engine *e, const struct engine_seq *seqs, int n_seqs, struct lmd_err *err)
+{
+    struct cuda_engine *ce = (struct cuda_engine *)e;
+    const struct engine_info *in = &e->info;
+    const int bt = in->kv_block_tokens;
+    ce->rc = 0;
+    ce->n_rows = 0;
+    if (n_seqs > in->max_seqs)
+        return lmd_err_set(err, LMD_EINVAL, "step: %d sequences exceed the engine's %d", n_seqs, in->max_seqs);
+    int T = 0, n_want = 0, stride = 1;
+    bool decode = ce->use_graphs;
+    for (int i = 0; i < n_seqs; i++) {
+        const struct engine_seq *s = &seqs[i];
+        if (s->pos < 0 || s->n_tokens <= 0 || s->pos > in->n_ctx - s->n_tokens)
+            return lmd_err_set(err, LMD_EINVAL, "step: sequence %d: positions %d..%d outside the context of %d", i,
+                               s->pos, s->pos + s->n_tokens - 1, in->n_ctx);
+        if (s->n_tokens > in->max_batch_tokens - T)
+            return lmd_err_set(err, LMD_EINVAL, "step: batch exceeds %d tokens per step", in->max_batch_tokens);
+        T += s->n_tokens;
+        n_want += s->want_logits;
+        decode = decode && s->n_tokens == 1 && s->want_logits;
+        const int nb = (s->pos + s->n_tokens + bt - 1) / bt;
+        if (nb > stride)
+            stride = nb;
+    }
+    if (T == 0)
+        return 0;
+    cudaGraphExec_t *gx = NULL;
+    if (decode) {
+        int rounded;
+        const int cls = stride_class(stride, &rounded);
+        if (cls < GRAPH_STRIDES && (size_t)n_seqs * (1 + (size_t)rounded) + 3 * (size_t)T <= ce->meta_cap) {
+            gx = &ce->graphs[(size_t)(n_seqs - 1) * GRAPH_STRIDES + (size_t)cls];
+            stride = rounded;
+        }
+    }
+    /* Stage the indices (see meta_h). */
+    int32_t *tok = ce->meta_h, *pos = tok + T, *seq = pos + T, *want = seq + T, *blk = want + n_want;
+    int t = 0, r = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        const struct engine_seq *s = &seqs[i];
+        for (int j = 0; j < s->n_tokens; j++, t++) {
+            if (s->tokens[j] < 0 || s->tokens[j] >= in->n_vocab)
+                return lmd_err_set(err, LMD_EINVAL, "step: token id %d out of range (vocabulary %d)", s->tokens[j],
+                                   in->n_vocab);
+            tok[t] = s->tokens[j];
+            pos[t] = s->pos + j;
+            seq[t] = i;
+        }
+        if (s->want_logits)
+            want[r++] = t - 1;
+        const int nb = (s->pos + s->n_tokens + bt - 1) / bt;
+        for (int b = 0; b < nb; b++) {
+            if (s->blocks[b] < 0 || s->blocks[b] >= in->kv_blocks)
+                return lmd_err_set(err, LMD_EINVAL, "step: sequence %d: block %d of its table is %d (store of %d)", i,
+                                   b, s->blocks[b], in->kv_blocks);
+            blk[(size_t)i * (size_t)stride + (size_t)b] = s->blocks[b];
+        }
+    }
+    const size_t n_meta = (size_t)3 * (size_t)T + (size_t)n_want + (size_t)n_seqs * (size_t)stride;
+    CU_TRY(cudaMemcpyAsync(ce->meta_d, ce->meta_h, n_meta * sizeof(int32_t), cudaMemcpyHostToDevice, ce->st),
+           "copying the step's indices");
+    if (ce->profile) {
+        cudaStreamSynchronize(ce->st);
+        ce->prof_t0 = lmd_time_mono_ns();
+        ce->prof_steps++;
+        ce->prof_tokens += (uint64_t)T;
+    }
+    if (gx)
+        ce->rc = graph_run(ce, gx, T, n_seqs, n_want, stride, &ce->err);
+    else
+        ce->rc = forward(ce, T, n_seqs, n_want, stride, &ce->err);
+    if (ce->rc == 0 && n_want > 0) {
+        cudaError_t rc = cudaMemcpyAsync(ce->logits_h, ce->logits_d, (size_t)n_want * in->n_vocab * sizeof(float),
+                                         cudaMemcpyDeviceToHost, ce->st);
+        if (rc != cudaSuccess)
+            ce->rc = cu_fail(&ce->err, rc, "copying logits");
+    }
+    if (ce->rc == 0) {
+        cudaError_t rc = cudaEventRecord(ce->done, ce->st);
+        if (rc != cudaSuccess)
+            ce->rc = cu_fail(&ce->err, rc, "recording the step's end");
+    }
+    ce->n_rows = n_want;
+    return 0;
+}
+
+static int cuda_wait(struct engine *e, struct engine_result *res, struct lmd_err *err)
+{
+    struct cuda_engine *ce = (struct cuda_engine *)e;
+    int rc = ce->rc;
+    if (rc == 0) {
+        cudaError_t s = cudaEventSynchronize(ce->done);
+        if (s == cudaSuccess)
+            s = cudaGetLastError();
+        if (s != cudaSuccess)
+            rc = cu_fail(&ce->err, s, "running the step");
+    }
+    *res = (struct engine_result){.n_rows = rc ? 0 : ce->n_rows, .logits = ce->logits_h};
+    if (rc && err)
+        *err = ce->err;
+    return rc;
+}
+
+static void cuda_close(struct engine *e)
+{
+    struct cuda_engine *ce = (struct cuda_engine *)e;
+    if (ce->st)
+        cudaStreamSynchronize(ce->st);
+    if (ce->profile)
+        prof_report(ce);
+    if (ce->graphs) {
+        for (size_t i = 0; i < (size_t)ce->base.info.max_seqs * GRAPH_STRIDES; i++)
+            if (ce->graphs[i])
+                cudaGraphExecDestroy(ce->graphs[i]);
+        LMD_DEBUG("cuda engine: %llu decode steps replayed from %llu graphs", (unsigned long long)ce->graph_launches,
+                  (unsigned long long)ce->graph_captures);
+        free(ce->graphs);
+    }
+    kcu_ctx_free(ce->mm);
+    cudaFree(ce->wbuf);
+    cudaFree(ce->kc);
+    cudaFree(ce->vc);
+    float *acts[] = {ce->x, ce->xb, ce->q, ce->k, ce->v, ce->att, ce->ffg, ce->ffu, ce->logits_d};
+    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++)
+        cudaFree(acts[i]);
+    cudaFree(ce->meta_d);
+    cudaFreeHost(ce->meta_h);
+    cudaFreeHost(ce->logits_h);
+    if (ce->done)
+        cudaEventDestroy(ce->done);
+    if (ce->st)
+        cudaStreamDestroy(ce->st);
+    free(ce->layers);
+    model_free(ce->model);
+    free(ce);
+}
+
+static const struct engine_ops cuda_ops = {.launch = cuda_launch, .wait = cuda_wait, .close = cuda_close};
+
+int engine_cuda_devices(char *buf, size_t cap)
+{
+    int n = 0;
+    buf[0] = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        snprintf(buf, cap, "none (%s)", no_gpu_reason(e));
+        return 0;
+    }
+    size_t used = 0;
+    for (int i = 0; i < n && used < cap; i++) {
+        struct cudaDeviceProp p;
+        if (cudaGetDeviceProperties(&p, i) != cudaSuccess)
+            continue;
+        used += (size_t)snprintf(buf + used, cap - used, "%scuda:%d %s (sm_%d%d, %.0f GiB)", i ? ", " : "", i, p.name,
+                                 p.major, p.minor, (double)p.totalGlobalMem / (double)(1u << 30));
+    }
+    if (n == 0)
+        snprintf(buf, cap, "none");
+    return n;
+}
+
+static int alloc_acts(struct cuda_engine *ce, struct lmd_err *err)
+{
+    const struct model_hparams *hp = &ce->model->hp;
+    const struct engine_info *in = &ce->base.info;
+    const size_t T = (size_t)in->max_batch_tokens, f = sizeof(float);
+    const size_t qd = (size_t)hp->n_head * hp->head_dim_k, kd = (size_t)hp->n_head_kv * hp->head_dim_k;
+    const size_t vd = (size_t)hp->n_head_kv * hp->head_dim_v, od = (size_t)hp->n_head * hp->head_dim_v;
+    const size_t xb_rows = T > (size_t)in->max_seqs ? T : (size_t)in->max_seqs;
+    CU_TRY(cudaMalloc((void **)&ce->x, T * hp->n_embd * f), "allocating activations");
+    CU_TRY(cudaMalloc((void **)&ce->xb, xb_rows * hp->n_embd * f), "allocating activations");
+    CU_TRY(cudaMalloc((void **)&ce->q, T * qd * f), "allocating activations");
+    CU_TRY(cudaMalloc((void **)&ce->k, T * kd * f), "allocating activations");
+    CU_TRY(cudaMalloc((void **)&ce->v, T * vd * f), "allocating activations");
+    CU_TRY(cudaMalloc((void **)&ce->att, T * od * f), "allocating activations");
+    CU_TRY(cudaMalloc((void **)&ce->ffg, T * hp->n_ff * f), "allocating activations");
+    CU_TRY(cudaMalloc((void **)&ce->ffu, T * hp->n_ff * f), "allocating activations");
+    CU_TRY(cudaMalloc((void **)&ce->logits_d, (size_t)in->max_seqs * hp->n_vocab * f), "allocating logits");
+    CU_TRY(cudaMallocHost((void **)&ce->logits_h, (size_t)in->max_seqs * hp->n_vocab * f), "allocating logits");
+    /* Block tables of decode graphs are padded to a power of two (graph_run). */
+    ce->meta_cap = 3 * T + (size_t)in->max_seqs * (1 + 2 * (size_t)ce->max_blocks);
+    CU_TRY(cudaMalloc((void **)&ce->meta_d, ce->meta_cap * sizeof(int32_t)), "allocating step indices");
+    CU_TRY(cudaMallocHost((void **)&ce->meta_h, ce->meta_cap * sizeof(int32_t)), "allocating step indices");
+    int64_t max_k = hp->n_embd;
+    if (hp->n_ff > max_k)
+        max_k = hp->n_ff;
+    if ((int64_t)od > max_k)
+        max_k = (int64_t)od;
+    const int64_t max_m = (int64_t)xb_rows;
+    CU_TRY(kcu_ctx_create(&ce->mm, ce->st, max_k, max_m, 0), "creating the matmul context");
+    return 0;
+}
+
+int engine_cuda_open(struct engine **out, const struct engine_config *cfg, struct lmd_err *err)
+{
+    *out = NULL;
+    int n_dev = 0;
+    cudaError_t e = cudaGetDeviceCount(&n_dev);
+    if (e != cudaSuccess || n_dev == 0)
+        return lmd_err_set(err, LMD_ENOTSUP, "cuda: no usable GPU (%s); run on the CPU with --device cpu",
+                           no_gpu_reason(e));
+    if (cfg->gpu < 0 || cfg->gpu >= n_dev)
+        return lmd_err_set(err, LMD_EINVAL, "cuda: there is no GPU %d (this machine has %d)", cfg->gpu, n_dev);
+    struct cuda_engine *ce = calloc(1, sizeof *ce);
+    if (!ce)
+        return lmd_err_set(err, LMD_ENOMEM, "out of memory");
+    ce->base.ops = &cuda_ops;
+    ce->device = cfg->gpu;
+    int rc = model_load(&ce->model, cfg->model_path, err);
+    if (rc) {
+        free(ce);
+        return rc;
+    }
+    const struct model_hparams *hp = &ce->model->hp;
+    struct engine_info *in = &ce->base.info;
+    in->kind = "cuda";
+    in->model_name = ce->model->name;
+    in->arch = hp->arch->name;
+    in->n_vocab = hp->n_vocab;
+    in->n_ctx = cfg->n_ctx > 0 && cfg->n_ctx < hp->n_ctx_train ? cfg->n_ctx : hp->n_ctx_train;
+    in->max_batch_tokens = cfg->max_batch_tokens > 0 ? cfg->max_batch_tokens : 512;
+    in->max_seqs = cfg->max_seqs > 0 ? cfg->max_seqs : 64;
+    in->n_threads = 1;
+    in->gguf = ce->model->gguf;
+    const int bt = cfg->kv_block_tokens > 0 ? cfg->kv_block_tokens : 16;
+    in->kv_block_tokens = bt;
+    ce->max_blocks = (in->n_ctx + bt - 1) / bt;
+    /* The RoPE angle ratios, computed here as the CPU engine computes them
+     * (ops_rope_cache), so both advance the same angles. */
+    ce->theta_scale = powf(hp->rope_base, -2.0f / (float)hp->n_rot);
+    ce->theta_scale_swa = powf(hp->rope_base_swa, -2.0f / (float)hp->n_rot);
+
+    if (hp->head_dim_k != hp->head_dim_v || (hp->head_dim_k != 64 && hp->head_dim_k != 128 && hp->head_dim_k != 256)) {
+        rc = lmd_err_set(err, LMD_ENOTSUP, "cuda: head dimensions %d/%d: the attention kernel takes 64, 128 or 256",
+                         hp->head_dim_k, hp->head_dim_v);
+        goto fail;
+    }
+    struct cudaDeviceProp prop;
+    if ((e = cudaSetDevice(cfg->gpu)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, cfg->gpu)) != cudaSuccess ||
+        (e = cudaStreamCreateWithFlags(&ce->st, cudaStreamNonBlocking)) != cudaSuccess ||
+        (e = cudaEventCreateWithFlags(&ce->done, cudaEventBlockingSync | cudaEventDisableTiming)) != cudaSuccess) {
+        rc = cu_fail(err, e, "opening the GPU");
+        goto fail;
+    }
+    snprintf(ce->device_name, sizeof ce->device_name, "%s", prop.name);
+    ce->layers = calloc((size_t)hp->n_layer, sizeof *ce->layers);
+    ce->graphs = calloc((size_t)in->max_seqs * GRAPH_STRIDES, sizeof *ce->graphs);
+    const char *ge = getenv("LMD_CUDA_GRAPHS");
+    const char *pe = getenv("LMD_PROFILE");
+    ce->profile = pe && *pe && strcmp(pe, "0") != 0;
+    ce->use_graphs = !(ge && strcmp(ge, "0") == 0) && !ce->profile;
+    if (!ce->layers || !ce->graphs) {
+        rc = lmd_err_set(err, LMD_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if ((rc = weights_upload(ce, err)) || (rc = alloc_acts(ce, err)))
+        goto fail;
+
+    /* K/V blocks: as many as asked, else enough for every sequence at full
+     * context, within what the GPU has free (less a margin for cuBLAS's
+     * workspace and the driver). */
+    const size_t block_bytes = model_kv_block_bytes(ce->model, bt);
+    ce->block_k_elems = (size_t)hp->n_layer * hp->n_head_kv * (size_t)bt * hp->head_dim_k;
+    ce->block_v_elems = (size_t)hp->n_layer * hp->n_head_kv * (size_t)bt * hp->head_dim_v;
+    int n_blocks;
+    if (cfg->kv_blocks > 0) {
+        n_blocks = cfg->kv_blocks;
+    } else {
+        size_t free_b = 0, total_b = 0;
+        if ((e = cudaMemGetInfo(&free_b, &total_b)) != cudaSuccess) {
+            rc = cu_fail(err, e, "reading free memory");
+            goto fail;
+        }
+        const size_t margin = ((size_t)1 << 30) + total_b / 20;
+        size_t cap = free_b > margin ? free_b - margin : 0;
+        if (cfg->kv_max_bytes && cfg->kv_max_bytes < cap)
+            cap = cfg->kv_max_bytes;
+        const size_t want = (size_t)ce->max_blocks * (size_t)in->max_seqs, fit = cap / block_bytes;
+        n_blocks = (int)(want < fit ? want : fit);
+        if (n_blocks < ce->max_blocks) {
+            rc = lmd_err_set(err, LMD_ENOMEM,
+                             "cuda: %zu MiB free after the weights: not enough K/V for one sequence of %d tokens "
+                             "(%d blocks of %zu KiB); lower --ctx",
+                             free_b >> 20, in->n_ctx, ce->max_blocks, block_bytes >> 10);
+            goto fail;
+        }
+    }
+    const size_t kbytes = (size_t)n_blocks * ce->block_k_elems * 2, vbytes = (size_t)n_blocks * ce->block_v_elems * 2;
+    if ((e = cudaMalloc((void **)&ce->kc, kbytes)) != cudaSuccess ||
+        (e = cudaMalloc((void **)&ce->vc, vbytes)) != cudaSuccess) {
+        rc = cu_fail(err, e, "allocating the K/V blocks");
+        goto fail;
+    }
+    in->kv_blocks = n_blocks;
+    in->kv_block_bytes = block_bytes;
+    LMD_INFO("cuda engine: %s (%s) on GPU %d (%s): %d layers, ctx %d, weights %zu MiB, kv %d blocks x %d tokens "
+             "(%zu MiB), scratch %zu MiB",
+             in->model_name, in->arch, cfg->gpu, ce->device_name, hp->n_layer, in->n_ctx, ce->wbytes >> 20, n_blocks,
+             bt, (kbytes + vbytes) >> 20, kcu_ctx_bytes(ce->mm) >> 20);
+    *out = &ce->base;
+    return 0;
+fail:
+    cuda_close(&ce->base);
+    return rc;
+}

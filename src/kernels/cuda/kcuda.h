@@ -1,0 +1,144 @@
+/*
+ * CUDA kernels: the device half of the CUDA engine (engine/cuda), callable
+ * from C. Built only when CMake finds nvcc (LMD_HAVE_CUDA).
+ *
+ * Weights stay in their GGUF block layouts on the device: they are copied
+ * from the mapping once, byte for byte, and every kernel that reads them
+ * dequantizes on the fly. The block formats are those of kernels/quants.h;
+ * kcuda_types.cuh reads them on the device, 32 elements ("a unit") at a
+ * time, and is the one table of data types: adding a type there gives it
+ * the matrix-vector product, the dequantizer and the embedding lookup.
+ *
+ * Activations are f32 rows, K/V blocks f16 in the layout of model.h's
+ * struct model_kv. Every function queues work on the stream it is given and
+ * returns the launch's status (cudaSuccess or the error); nothing here
+ * synchronizes or allocates, except kcu_ctx_create.
+ */
+#pragma once
+
+#include "gguf/gguf.h"
+
+#include <cuda_runtime.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Weight types the CUDA kernels compute with. */
+bool kcu_type_supported(enum gguf_dtype t);
+
+/* The largest activation row count kcu_gemv takes; kcu_matmul goes through
+ * dequantized f16 tiles and cuBLAS above it. */
+#define KCU_GEMV_MAX_M 8
+/* Up to this many rows, kcu_matmul runs quantized weights through the
+ * GEMV in passes of KCU_GEMV_MAX_M rows rather than through cuBLAS. */
+#define KCU_GEMV_PASSES_MAX_M 32
+
+/* y[i * ldy + r] = W[r] . x[i] for r < n, i < m <= KCU_GEMV_MAX_M.
+ *   w: n rows of type t, w_stride bytes apart     [n][k]
+ *   x: m rows of k f32, contiguous, 16-byte aligned [m][k]
+ * k is a multiple of 32 (every supported type's block divides it or is
+ * divided by it: K-quants need k % 256 == 0). */
+cudaError_t kcu_gemv(cudaStream_t st, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n, int64_t k,
+                     const float *x, int m, float *y, int64_t ldy);
+
+/* Types whose GEMV has an integer path over 8-bit activations (Q4_K,
+ * Q6_K, Q8_0): kcu_quantize_q8 turns count f32 (a multiple of 32) into
+ * int8 q [count] and per-32 scales [count / 32] of (d, d * sum(q)) as
+ * float pairs; kcu_gemv_q8 is kcu_gemv over them. kcu_matmul takes this
+ * path by itself for these types. */
+bool kcu_type_q8(enum gguf_dtype t);
+cudaError_t kcu_quantize_q8(cudaStream_t st, const float *x, int64_t count, int8_t *q, void *scales);
+cudaError_t kcu_gemv_q8(cudaStream_t st, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n, int64_t k,
+                        const int8_t *xq, const void *xs, int m, float *y, int64_t ldy);
+
+/* Rows [r0, r0 + n) of W -> f16 (dst: [n][k], as uint16_t bits). */
+cudaError_t kcu_dequant_f16(cudaStream_t st, enum gguf_dtype t, const void *w, size_t w_stride, int64_t r0, int64_t n,
+                            int64_t k, uint16_t *dst);
+
+/* Matrix products of any row count: kcu_gemv for m <= KCU_GEMV_MAX_M (and
+ * in passes up to KCU_GEMV_PASSES_MAX_M for quantized weights), else W
+ * dequantized to f16 (in slices that fit the context's scratch; F16
+ * and BF16 weights are used in place) and multiplied by cuBLAS with f32
+ * accumulation. One context per stream. */
+struct kcu_ctx;
+/* max_k: the widest row; max_m: the most activation rows; wscratch_elems:
+ * f16 elements of dequantized weight slice (0 = a default). */
+cudaError_t kcu_ctx_create(struct kcu_ctx **out, cudaStream_t st, int64_t max_k, int64_t max_m, size_t wscratch_elems);
+void kcu_ctx_free(struct kcu_ctx *c);
+/* Bytes of device memory the context holds. */
+size_t kcu_ctx_bytes(const struct kcu_ctx *c);
+/* A message for the last cuBLAS failure of this context ("" if none). */
+const char *kcu_ctx_error(const struct kcu_ctx *c);
+cudaError_t kcu_matmul(struct kcu_ctx *c, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n, int64_t k,
+                       const float *x, int64_t m, float *y, int64_t ldy);
+
+/* ---- the other operations of the forward pass ---------------------------- */
+
+/* x[t] = dequant(emb[tokens[t]]) * (scale ? sqrt(e) : 1) for t < T. */
+cudaError_t kcu_embed(cudaStream_t st, enum gguf_dtype t, const void *emb, size_t emb_stride, const int32_t *tokens,
+                      int T, int64_t e, bool scale, float *x);
+
+/* out[r] = rmsnorm(in[idx ? idx[r] : r]) * w  (w may be NULL) for r < rows. */
+cudaError_t kcu_rmsnorm(cudaStream_t st, float *out, const float *in, const int32_t *idx, const float *w, int rows,
+                        int n, float eps);
+
+/* x[r] += (w ? rmsnorm(y[r]) * w : y[r]) for r < rows. */
+cudaError_t kcu_add_norm(cudaStream_t st, float *x, const float *y, const float *w, int rows, int n, float eps);
+
+/* Gated activations over rows of n: g = act(g) * u. gelu: GeGLU (tanh
+ * GELU, rounded through f16 as llama.cpp's table), else SwiGLU. */
+cudaError_t kcu_glu(cudaStream_t st, float *g, const float *u, int64_t count, bool gelu);
+
+/* logits = c * tanh(logits / c). */
+cudaError_t kcu_softcap(cudaStream_t st, float *v, int64_t count, float c);
+
+/* The attention block's per-token preparation, for T tokens: biases,
+ * per-head RMS norms, RoPE (neox or adjacent pairs), Q pre-scaling; K and
+ * V written to the cache as f16 at each token's position. */
+struct kcu_rope_args {
+    float *q;                     /* [T][n_head][dk] */
+    float *k;                     /* [T][n_head_kv][dk] */
+    const float *v;               /* [T][n_head_kv][dv] */
+    const float *bq, *bk, *bv;    /* biases or NULL */
+    const float *q_norm, *k_norm; /* [dk] or NULL */
+    const int32_t *tok_pos;       /* [T] */
+    const int32_t *tok_seq;       /* [T] */
+    const int32_t *blocks;        /* [n_seqs][blocks_stride] */
+    int blocks_stride;
+    uint16_t *kc, *vc; /* the cache: [n_blocks][n_layer][n_head_kv][bt][dk|dv] */
+    size_t block_k_elems, block_v_elems;
+    int layer, n_layer, bt;
+    int T, n_head, n_head_kv, dk, dv, n_rot;
+    bool neox;
+    float theta_scale; /* base^(-2 / n_rot), computed on the host as the CPU engine does */
+    float freq_scale;
+    const float *freq_factors; /* [n_rot / 2] or NULL */
+    float eps;
+    float q_scale; /* 1 = none */
+};
+cudaError_t kcu_rope_kv(cudaStream_t st, const struct kcu_rope_args *a);
+
+/* Causal attention of T tokens over the paged cache: out[t][h] =
+ * softmax(scale * q[t][h] . K) V over positions [first, pos] of the
+ * token's sequence, first = pos - n_swa + 1 when n_swa > 0. */
+struct kcu_attn_args {
+    float *out;              /* [T][n_head][dv] */
+    const float *q;          /* [T][n_head][dk] */
+    const uint16_t *kc, *vc; /* the cache */
+    size_t block_k_elems, block_v_elems;
+    const int32_t *tok_pos, *tok_seq, *blocks;
+    int blocks_stride;
+    int layer, n_head_kv, bt;
+    int T, n_head, dk, dv;
+    int n_swa; /* 0 = full attention */
+    float scale;
+};
+cudaError_t kcu_attention(cudaStream_t st, const struct kcu_attn_args *a);
+
+#ifdef __cplusplus
+}
+#endif

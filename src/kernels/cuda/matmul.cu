@@ -1,0 +1,243 @@
+/*
+ * Matrix products of any row count on one stream. Up to KCU_GEMV_MAX_M
+ * activation rows (decode) the dequantizing GEMV streams the weights once;
+ * above it (prefill, large batches) the work is arithmetic-bound, so the
+ * weights are turned into f16 (in slices of at most wscratch elements, to
+ * bound the scratch whatever the vocabulary) and multiplied on the tensor
+ * cores by cuBLAS with f32 accumulation. F16 and BF16 weights go to cuBLAS
+ * as they are, with the activations converted to their type.
+ */
+#include "kernels/cuda/kcuda.h"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+struct kcu_ctx {
+    cudaStream_t st;
+    cublasHandle_t blas;
+    int64_t max_k, max_m;
+    size_t wscratch_elems;
+    __half *wscratch; /* [wscratch_elems] dequantized weight slice */
+    void *xscratch;   /* [max_m][max_k] activations as f16 or bf16 */
+    void *workspace;  /* cuBLAS's */
+    int8_t *xq;       /* [max_m][max_k] activations quantized for kcu_gemv_q8 */
+    float *rowscale;  /* [max_m] the powers of two of to_f16_rows_kernel */
+    void *xs;         /* [max_m][max_k / 32] their scales */
+    size_t bytes;
+    int passes_max_m; /* KCU_GEMV_PASSES_MAX_M, or LMD_CUDA_GEMV_PASSES for measurements */
+    char err[128];
+};
+
+namespace
+{
+
+/* f16 tops out at 65504, and some models' activations go past it (Gemma's
+ * do). Each row is converted divided by a power of two that brings its
+ * largest magnitude under 2^14 (1 for nearly every row: nothing changes),
+ * and the product's row is multiplied back (scale_rows_kernel); powers of
+ * two keep both steps exact. */
+constexpr float F16_ROW_MAX = 16384.0f;
+
+__global__ void __launch_bounds__(256) to_f16_rows_kernel(const float *x, __half *y, float *scale, int64_t k)
+{
+    __shared__ float part[8];
+    const int64_t r = blockIdx.x;
+    const float *xr = x + r * k;
+    float amax = 0.0f;
+    for (int64_t i = threadIdx.x; i < k; i += 256)
+        amax = fmaxf(amax, fabsf(xr[i]));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    if (threadIdx.x % 32 == 0)
+        part[threadIdx.x / 32] = amax;
+    __syncthreads();
+    amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        amax = fmaxf(amax, part[i]);
+    float s = 1.0f;
+    while (amax / s > F16_ROW_MAX && s < 0x1p100f)
+        s *= 2.0f;
+    const float inv = 1.0f / s;
+    for (int64_t i = threadIdx.x; i < k; i += 256)
+        y[r * k + i] = __float2half_rn(xr[i] * inv);
+    if (threadIdx.x == 0)
+        scale[r] = s;
+}
+
+__global__ void __launch_bounds__(256) scale_rows_kernel(float *y, const float *scale, int64_t n, int64_t ldy)
+{
+    const float s = scale[blockIdx.x];
+    if (s == 1.0f)
+        return;
+    float *yr = y + (int64_t)blockIdx.x * ldy;
+    for (int64_t i = threadIdx.x; i < n; i += 256)
+        yr[i] *= s;
+}
+
+__global__ void to_bf16_kernel(const float *x, __nv_bfloat16 *y, int64_t count)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count)
+        y[i] = __float2bfloat16_rn(x[i]);
+}
+
+cudaError_t blas_fail(kcu_ctx *c, const char *what, cublasStatus_t s)
+{
+    snprintf(c->err, sizeof c->err, "cuBLAS %s: %s", what, cublasGetStatusString(s));
+    return cudaErrorUnknown;
+}
+
+} // namespace
+
+extern "C" cudaError_t kcu_ctx_create(struct kcu_ctx **out, cudaStream_t st, int64_t max_k, int64_t max_m,
+                                      size_t wscratch_elems)
+{
+    *out = nullptr;
+    kcu_ctx *c = (kcu_ctx *)calloc(1, sizeof *c);
+    if (!c)
+        return cudaErrorMemoryAllocation;
+    c->st = st;
+    c->passes_max_m = KCU_GEMV_PASSES_MAX_M;
+    const char *pe = getenv("LMD_CUDA_GEMV_PASSES");
+    if (pe && *pe)
+        c->passes_max_m = atoi(pe);
+    c->max_k = max_k;
+    c->max_m = max_m;
+    /* 64 Mi elements (128 MiB) by default: big enough that a slice keeps
+     * the tensor cores busy, small enough next to the weights. */
+    c->wscratch_elems = wscratch_elems ? wscratch_elems : ((size_t)64 << 20);
+    if (c->wscratch_elems < (size_t)max_k)
+        c->wscratch_elems = (size_t)max_k;
+    cudaError_t rc = cudaMalloc((void **)&c->wscratch, c->wscratch_elems * sizeof(__half));
+    if (rc == cudaSuccess)
+        rc = cudaMalloc(&c->xscratch, (size_t)max_m * (size_t)max_k * sizeof(__half));
+    if (rc == cudaSuccess)
+        rc = cudaMalloc((void **)&c->xq, (size_t)max_m * (size_t)max_k);
+    if (rc == cudaSuccess)
+        rc = cudaMalloc(&c->xs, (size_t)max_m * (size_t)(max_k / 32) * 8);
+    if (rc == cudaSuccess)
+        rc = cudaMalloc((void **)&c->rowscale, (size_t)max_m * sizeof(float));
+    if (rc != cudaSuccess) {
+        kcu_ctx_free(c);
+        return rc;
+    }
+    c->bytes = (size_t)max_m * (size_t)max_k * 5 / 4 + c->wscratch_elems * sizeof(__half) +
+               (size_t)max_m * (size_t)max_k * sizeof(__half);
+    cublasStatus_t s = cublasCreate(&c->blas);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        c->blas = nullptr;
+        kcu_ctx_free(c);
+        return cudaErrorInitializationError;
+    }
+    /* cuBLAS's workspace, given rather than left to cuBLAS: it would
+     * otherwise allocate inside a CUDA graph capture. */
+    const size_t ws = (size_t)32 << 20;
+    if ((rc = cudaMalloc(&c->workspace, ws)) != cudaSuccess) {
+        kcu_ctx_free(c);
+        return rc;
+    }
+    c->bytes += ws;
+    if ((s = cublasSetWorkspace(c->blas, c->workspace, ws)) != CUBLAS_STATUS_SUCCESS ||
+        (s = cublasSetStream(c->blas, st)) != CUBLAS_STATUS_SUCCESS ||
+        (s = cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH)) != CUBLAS_STATUS_SUCCESS) {
+        kcu_ctx_free(c);
+        return cudaErrorInitializationError;
+    }
+    *out = c;
+    return cudaSuccess;
+}
+
+extern "C" void kcu_ctx_free(struct kcu_ctx *c)
+{
+    if (!c)
+        return;
+    if (c->blas)
+        cublasDestroy(c->blas);
+    cudaFree(c->wscratch);
+    cudaFree(c->xscratch);
+    cudaFree(c->workspace);
+    cudaFree(c->xq);
+    cudaFree(c->xs);
+    cudaFree(c->rowscale);
+    free(c);
+}
+
+extern "C" size_t kcu_ctx_bytes(const struct kcu_ctx *c) { return c ? c->bytes : 0; }
+
+extern "C" const char *kcu_ctx_error(const struct kcu_ctx *c) { return c ? c->err : ""; }
+
+extern "C" cudaError_t kcu_matmul(struct kcu_ctx *c, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n,
+                                  int64_t k, const float *x, int64_t m, float *y, int64_t ldy)
+{
+    /* Quantized weights and a few dozen rows (batched decode): reading the
+     * weights once per 8 rows costs less than writing and reading them as
+     * f16 (0.56 bytes an element for Q4_K, 4 passes for 32 rows, against
+     * 0.56 + 2 + 2). F16 and BF16 weights go to cuBLAS as they are. */
+    const bool flt = t == GGUF_DTYPE_F16 || t == GGUF_DTYPE_BF16;
+    if (m <= KCU_GEMV_MAX_M || (!flt && m <= c->passes_max_m)) {
+        const bool q8 = kcu_type_q8(t) && m <= c->max_m && k <= c->max_k;
+        if (q8) {
+            cudaError_t rc = kcu_quantize_q8(c->st, x, m * k, c->xq, c->xs);
+            if (rc != cudaSuccess)
+                return rc;
+        }
+        for (int64_t i = 0; i < m; i += KCU_GEMV_MAX_M) {
+            const int mi = (int)(m - i < KCU_GEMV_MAX_M ? m - i : KCU_GEMV_MAX_M);
+            cudaError_t rc = q8 ? kcu_gemv_q8(c->st, t, w, w_stride, n, k, c->xq + i * k,
+                                              (const char *)c->xs + i * (k / 32) * 8, mi, y + i * ldy, ldy)
+                                : kcu_gemv(c->st, t, w, w_stride, n, k, x + i * k, mi, y + i * ldy, ldy);
+            if (rc != cudaSuccess)
+                return rc;
+        }
+        return cudaSuccess;
+    }
+    if (m > c->max_m || k > c->max_k)
+        return cudaErrorInvalidValue;
+    const int64_t count = m * k;
+    const unsigned grid = (unsigned)((count + 255) / 256);
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t s;
+    if (t == GGUF_DTYPE_F16 || t == GGUF_DTYPE_BF16) {
+        /* Y^T (n x m, column-major = Y row-major) = W (k x n column-major, transposed) . X^T. */
+        const bool bf = t == GGUF_DTYPE_BF16;
+        if (bf)
+            to_bf16_kernel<<<grid, 256, 0, c->st>>>(x, (__nv_bfloat16 *)c->xscratch, count);
+        else
+            to_f16_rows_kernel<<<(unsigned)m, 256, 0, c->st>>>(x, (__half *)c->xscratch, c->rowscale, k);
+        cudaError_t rc = cudaGetLastError();
+        if (rc != cudaSuccess)
+            return rc;
+        const cudaDataType dt = bf ? CUDA_R_16BF : CUDA_R_16F;
+        s = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &one, w, dt, (int)(w_stride / 2),
+                         c->xscratch, dt, (int)k, &zero, y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT);
+        if (s != CUBLAS_STATUS_SUCCESS)
+            return blas_fail(c, "gemm", s);
+        if (!bf)
+            scale_rows_kernel<<<(unsigned)m, 256, 0, c->st>>>(y, c->rowscale, n, ldy);
+        return cudaGetLastError();
+    }
+    (void)grid;
+    to_f16_rows_kernel<<<(unsigned)m, 256, 0, c->st>>>(x, (__half *)c->xscratch, c->rowscale, k);
+    cudaError_t rc = cudaGetLastError();
+    if (rc != cudaSuccess)
+        return rc;
+    const int64_t slice = (int64_t)(c->wscratch_elems / (size_t)k);
+    for (int64_t r0 = 0; r0 < n; r0 += slice) {
+        const int64_t nr = n - r0 < slice ? n - r0 : slice;
+        if ((rc = kcu_dequant_f16(c->st, t, w, w_stride, r0, nr, k, (uint16_t *)c->wscratch)) != cudaSuccess)
+            return rc;
+        s = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, (int)m, (int)k, &one, c->wscratch, CUDA_R_16F,
+                         (int)k, c->xscratch, CUDA_R_16F, (int)k, &zero, y + r0, CUDA_R_32F, (int)ldy,
+                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (s != CUBLAS_STATUS_SUCCESS)
+            return blas_fail(c, "gemm", s);
+    }
+    scale_rows_kernel<<<(unsigned)m, 256, 0, c->st>>>(y, c->rowscale, n, ldy);
+    return cudaGetLastError();
+}

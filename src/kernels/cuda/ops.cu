@@ -1,0 +1,309 @@
+/*
+ * The forward pass's operations other than matrix products: norms,
+ * gated activations, RoPE with the K/V cache writes, and attention over
+ * the paged cache. Numerics follow the CPU engine's (model/ops.c) where it
+ * matters for greedy parity: Q is rounded through f16 before Q.K as the
+ * CPU rounds it, GeGLU goes through f16 as llama.cpp's table does, and the
+ * RoPE angles are advanced by repeated multiplication from a host-computed
+ * ratio.
+ */
+#include "kernels/cuda/kcuda.h"
+
+#include <cuda_fp16.h>
+#include <math.h>
+
+namespace
+{
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* Sum over a block of NT threads (a multiple of 32); every thread gets it. */
+template <int NT> __device__ float block_sum(float v)
+{
+    __shared__ float part[NT / 32];
+    v = warp_sum(v);
+    if (threadIdx.x % 32 == 0)
+        part[threadIdx.x / 32] = v;
+    __syncthreads();
+    float s = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NT / 32; i++)
+        s += part[i];
+    __syncthreads();
+    return s;
+}
+
+constexpr int NORM_THREADS = 256;
+
+__global__ void __launch_bounds__(NORM_THREADS)
+    rmsnorm_kernel(float *out, const float *in, const int32_t *idx, const float *w, int n, float eps)
+{
+    const int r = blockIdx.x;
+    const float *x = in + (size_t)(idx ? idx[r] : r) * (size_t)n;
+    float *o = out + (size_t)r * (size_t)n;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += NORM_THREADS)
+        ss = fmaf(x[i], x[i], ss);
+    const float scale = 1.0f / sqrtf(block_sum<NORM_THREADS>(ss) / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += NORM_THREADS)
+        o[i] = w ? (x[i] * scale) * w[i] : x[i] * scale;
+}
+
+__global__ void __launch_bounds__(NORM_THREADS)
+    add_norm_kernel(float *x, const float *y, const float *w, int n, float eps)
+{
+    const int r = blockIdx.x;
+    float *xr = x + (size_t)r * (size_t)n;
+    const float *yr = y + (size_t)r * (size_t)n;
+    float scale = 1.0f;
+    if (w) {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < n; i += NORM_THREADS)
+            ss = fmaf(yr[i], yr[i], ss);
+        scale = 1.0f / sqrtf(block_sum<NORM_THREADS>(ss) / (float)n + eps);
+    }
+    for (int i = threadIdx.x; i < n; i += NORM_THREADS)
+        xr[i] += w ? (yr[i] * scale) * w[i] : yr[i];
+}
+
+__global__ void glu_kernel(float *g, const float *u, int64_t count, bool gelu)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count)
+        return;
+    const float x = g[i];
+    float a;
+    if (gelu) {
+        /* The CPU engine looks GELU up by the f16 bits of x and stores the
+         * result rounded to f16; so does this, without the table. */
+        if (x <= -10.0f) {
+            a = 0.0f;
+        } else if (x >= 10.0f) {
+            a = x;
+        } else {
+            const float xh = __half2float(__float2half_rn(x));
+            const float y =
+                0.5f * xh * (1.0f + tanhf(0.79788456080286535587989211986876f * xh * (1.0f + 0.044715f * xh * xh)));
+            a = __half2float(__float2half_rn(y));
+        }
+    } else {
+        a = x / (1.0f + expf(-x));
+    }
+    g[i] = a * u[i];
+}
+
+__global__ void softcap_kernel(float *v, int64_t count, float c)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < count)
+        v[i] = c * tanhf(v[i] / c);
+}
+
+constexpr int ROPE_MAX_D = 512;
+
+/* One warp per (token, head): heads [0, n_head) are Q, then n_head_kv K
+ * heads, then n_head_kv V heads. The head vector sits in shared memory so
+ * that a lane can rotate any pair. */
+__global__ void __launch_bounds__(32) rope_kv_kernel(const kcu_rope_args a)
+{
+    __shared__ float buf[ROPE_MAX_D];
+    const int t = blockIdx.x, w = blockIdx.y, lane = threadIdx.x;
+    const int pos = a.tok_pos[t];
+    const bool is_q = w < a.n_head, is_k = !is_q && w < a.n_head + a.n_head_kv, is_v = !is_q && !is_k;
+    const int h = is_q ? w : is_k ? w - a.n_head : w - a.n_head - a.n_head_kv;
+    const int D = is_v ? a.dv : a.dk;
+    const float *src = is_q   ? a.q + ((size_t)t * a.n_head + h) * a.dk
+                       : is_k ? a.k + ((size_t)t * a.n_head_kv + h) * a.dk
+                              : a.v + ((size_t)t * a.n_head_kv + h) * a.dv;
+    const float *bias = is_q ? a.bq : is_k ? a.bk : a.bv;
+    const size_t boff = (size_t)h * D;
+    for (int i = lane; i < D; i += 32)
+        buf[i] = src[i] + (bias ? bias[boff + i] : 0.0f);
+    __syncwarp();
+    if (!is_v) {
+        const float *nw = is_q ? a.q_norm : a.k_norm;
+        if (nw) {
+            float ss = 0.0f;
+            for (int i = lane; i < D; i += 32)
+                ss = fmaf(buf[i], buf[i], ss);
+            const float scale = 1.0f / sqrtf(warp_sum(ss) / (float)D + a.eps);
+            __syncwarp();
+            for (int i = lane; i < D; i += 32)
+                buf[i] = (buf[i] * scale) * nw[i];
+            __syncwarp();
+        }
+        const int half = a.n_rot / 2;
+        for (int i = lane; i < half; i += 32) {
+            float theta = (float)pos;
+            for (int j = 0; j < i; j++)
+                theta *= a.theta_scale;
+            const float ff = a.freq_factors ? a.freq_factors[i] : 1.0f;
+            const float ang = a.freq_scale * (theta / ff);
+            const float c = cosf(ang), s = sinf(ang);
+            const int ia = a.neox ? i : 2 * i, ib = a.neox ? i + half : 2 * i + 1;
+            const float x0 = buf[ia], x1 = buf[ib];
+            buf[ia] = x0 * c - x1 * s;
+            buf[ib] = x0 * s + x1 * c;
+        }
+        __syncwarp();
+    }
+    if (is_q) {
+        float *dst = a.q + ((size_t)t * a.n_head + h) * a.dk;
+        for (int i = lane; i < D; i += 32)
+            dst[i] = a.q_scale != 1.0f ? buf[i] * a.q_scale : buf[i];
+        return;
+    }
+    const int32_t blk = a.blocks[(size_t)a.tok_seq[t] * a.blocks_stride + pos / a.bt];
+    const int slot = pos % a.bt;
+    uint16_t *base = is_k ? a.kc + (size_t)blk * a.block_k_elems : a.vc + (size_t)blk * a.block_v_elems;
+    uint16_t *dst = base + (((size_t)a.layer * a.n_head_kv + h) * a.bt + slot) * D;
+    for (int i = lane; i < D; i += 32)
+        dst[i] = __half_as_ushort(__float2half_rn(buf[i]));
+}
+
+constexpr int ATTN_WARPS = 4;
+
+/* One block of ATTN_WARPS warps per (head, token). Each warp walks every
+ * ATTN_WARPS-th position with an online softmax (running max m, sum l, and
+ * the weighted sum of V in registers, D / 32 elements a lane); the warps
+ * are merged at the end. A lane holds elements [lane * DPL, lane * DPL +
+ * DPL) of Q, K and V, so each K or V row is one coalesced read. */
+template <int D> __global__ void __launch_bounds__(32 * ATTN_WARPS) attn_kernel(const kcu_attn_args a)
+{
+    constexpr int DPL = D / 32;
+    const int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x % 32, wid = threadIdx.x / 32;
+    const int kvh = h / (a.n_head / a.n_head_kv);
+    const int pos = a.tok_pos[t];
+    const int first = a.n_swa > 0 && pos - a.n_swa + 1 > 0 ? pos - a.n_swa + 1 : 0;
+    const int32_t *bt = a.blocks + (size_t)a.tok_seq[t] * a.blocks_stride;
+    const float *qp = a.q + ((size_t)t * a.n_head + h) * D + lane * DPL;
+    float q[DPL], acc[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; i++) {
+        q[i] = __half2float(__float2half_rn(qp[i]));
+        acc[i] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    const size_t head_off = ((size_t)a.layer * a.n_head_kv + kvh) * a.bt;
+    for (int p = first + wid; p <= pos; p += ATTN_WARPS) {
+        const int32_t blk = bt[p / a.bt];
+        const size_t off = (head_off + p % a.bt) * D + lane * DPL;
+        const __half *kp = (const __half *)(a.kc + (size_t)blk * a.block_k_elems + off);
+        const __half *vp = (const __half *)(a.vc + (size_t)blk * a.block_v_elems + off);
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < DPL; i++)
+            s = fmaf(q[i], __half2float(kp[i]), s);
+        s = warp_sum(s) * a.scale;
+        const float mn = fmaxf(m, s);
+        const float c = expf(m - mn), e = expf(s - mn);
+        l = l * c + e;
+#pragma unroll
+        for (int i = 0; i < DPL; i++)
+            acc[i] = fmaf(acc[i], c, e * __half2float(vp[i]));
+        m = mn;
+    }
+    __shared__ float sm[ATTN_WARPS], sl[ATTN_WARPS], sacc[ATTN_WARPS][D];
+    if (lane == 0) {
+        sm[wid] = m;
+        sl[wid] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < DPL; i++)
+        sacc[wid][lane * DPL + i] = acc[i];
+    __syncthreads();
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < ATTN_WARPS; w++)
+        M = fmaxf(M, sm[w]);
+    float L = 0.0f, f[ATTN_WARPS];
+#pragma unroll
+    for (int w = 0; w < ATTN_WARPS; w++) {
+        f[w] = sm[w] == -INFINITY ? 0.0f : expf(sm[w] - M);
+        L += sl[w] * f[w];
+    }
+    float *out = a.out + ((size_t)t * a.n_head + h) * D;
+    for (int i = threadIdx.x; i < D; i += 32 * ATTN_WARPS) {
+        float o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATTN_WARPS; w++)
+            o = fmaf(sacc[w][i], f[w], o);
+        out[i] = o / L;
+    }
+}
+
+} // namespace
+
+extern "C" cudaError_t kcu_rmsnorm(cudaStream_t st, float *out, const float *in, const int32_t *idx, const float *w,
+                                   int rows, int n, float eps)
+{
+    if (rows <= 0)
+        return cudaSuccess;
+    rmsnorm_kernel<<<rows, NORM_THREADS, 0, st>>>(out, in, idx, w, n, eps);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t kcu_add_norm(cudaStream_t st, float *x, const float *y, const float *w, int rows, int n,
+                                    float eps)
+{
+    if (rows <= 0)
+        return cudaSuccess;
+    add_norm_kernel<<<rows, NORM_THREADS, 0, st>>>(x, y, w, n, eps);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t kcu_glu(cudaStream_t st, float *g, const float *u, int64_t count, bool gelu)
+{
+    if (count <= 0)
+        return cudaSuccess;
+    glu_kernel<<<(unsigned)((count + 255) / 256), 256, 0, st>>>(g, u, count, gelu);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t kcu_softcap(cudaStream_t st, float *v, int64_t count, float c)
+{
+    if (count <= 0)
+        return cudaSuccess;
+    softcap_kernel<<<(unsigned)((count + 255) / 256), 256, 0, st>>>(v, count, c);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t kcu_rope_kv(cudaStream_t st, const struct kcu_rope_args *a)
+{
+    if (a->T <= 0)
+        return cudaSuccess;
+    if (a->dk > ROPE_MAX_D || a->dv > ROPE_MAX_D || a->n_rot > a->dk || a->n_rot % 2)
+        return cudaErrorInvalidValue;
+    const dim3 grid((unsigned)a->T, (unsigned)(a->n_head + 2 * a->n_head_kv));
+    rope_kv_kernel<<<grid, 32, 0, st>>>(*a);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t kcu_attention(cudaStream_t st, const struct kcu_attn_args *a)
+{
+    if (a->T <= 0)
+        return cudaSuccess;
+    if (a->dk != a->dv || a->n_head % a->n_head_kv)
+        return cudaErrorInvalidValue;
+    const dim3 grid((unsigned)a->n_head, (unsigned)a->T);
+    switch (a->dk) {
+    case 64:
+        attn_kernel<64><<<grid, 32 * ATTN_WARPS, 0, st>>>(*a);
+        break;
+    case 128:
+        attn_kernel<128><<<grid, 32 * ATTN_WARPS, 0, st>>>(*a);
+        break;
+    case 256:
+        attn_kernel<256><<<grid, 32 * ATTN_WARPS, 0, st>>>(*a);
+        break;
+    default:
+        return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+}

@@ -1,0 +1,543 @@
+/*
+ * Kernels that read weights: the dequantizing matrix-vector product for
+ * decode, the f16 dequantizer that feeds cuBLAS for prefill, and the
+ * embedding lookup. All go through kcu_type<T>::unit (kcuda_types.cuh).
+ */
+#include "kernels/cuda/kcuda.h"
+#include "kernels/cuda/kcuda_types.cuh"
+
+#include <cuda_fp16.h>
+
+namespace
+{
+
+constexpr int GEMV_WARPS = 4; /* rows per block: one warp per row */
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* One warp per weight row. Lane l takes units l, l + 32, … of the row, so
+ * the warp's lanes read neighbouring 32-element pieces at each step; the
+ * activations (a few rows of at most tens of kilobytes) come through L1.
+ * M is the number of activation rows, a template argument so that the
+ * accumulators stay in registers. */
+template <int T, int M>
+__global__ void __launch_bounds__(32 * GEMV_WARPS)
+    gemv_kernel(const uint8_t *__restrict__ w, size_t ws, int64_t n, int64_t k, const float *__restrict__ x,
+                float *__restrict__ y, int64_t ldy)
+{
+    const int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + threadIdx.y;
+    if (r >= n)
+        return;
+    const int lane = threadIdx.x;
+    const uint8_t *row = w + (size_t)r * ws;
+    const int64_t units = k / 32;
+    float acc[M];
+#pragma unroll
+    for (int i = 0; i < M; i++)
+        acc[i] = 0.0f;
+    for (int64_t u = lane; u < units; u += 32) {
+        float v[32];
+        kcu_type<T>::unit(row, u, v);
+#pragma unroll
+        for (int i = 0; i < M; i++) {
+            const float4 *xp = (const float4 *)(x + (size_t)i * (size_t)k + (size_t)u * 32);
+            float s = 0.0f;
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                const float4 f = __ldg(xp + q);
+                s = fmaf(v[4 * q], f.x, s);
+                s = fmaf(v[4 * q + 1], f.y, s);
+                s = fmaf(v[4 * q + 2], f.z, s);
+                s = fmaf(v[4 * q + 3], f.w, s);
+            }
+            acc[i] += s;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < M; i++) {
+        const float s = warp_sum(acc[i]);
+        if (lane == 0)
+            y[(size_t)i * (size_t)ldy + (size_t)r] = s;
+    }
+}
+
+/* Float rows (F16, BF16, F32): the warp reads a row 16 bytes a lane at
+ * consecutive addresses, 512 bytes an instruction, so every load is fully
+ * coalesced (the 32-element units above would have each lane read its own
+ * 64 or 128 contiguous bytes, a strided pattern). */
+template <int T> struct float_row;
+template <> struct float_row<GGUF_DTYPE_F16> {
+    static constexpr int per = 8; /* elements per 16-byte chunk */
+    __device__ static void get(const uint4 q, float v[8])
+    {
+        const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float2 f = __half22float2(*(const __half2 *)&w[j]);
+            v[2 * j] = f.x, v[2 * j + 1] = f.y;
+        }
+    }
+};
+template <> struct float_row<GGUF_DTYPE_BF16> {
+    static constexpr int per = 8;
+    __device__ static void get(const uint4 q, float v[8])
+    {
+        const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            v[2 * j] = __uint_as_float(w[j] << 16);
+            v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+        }
+    }
+};
+template <> struct float_row<GGUF_DTYPE_F32> {
+    static constexpr int per = 4;
+    __device__ static void get(const uint4 q, float v[4])
+    {
+        v[0] = __uint_as_float(q.x), v[1] = __uint_as_float(q.y), v[2] = __uint_as_float(q.z),
+        v[3] = __uint_as_float(q.w);
+    }
+};
+
+template <int T, int M>
+__global__ void __launch_bounds__(32 * GEMV_WARPS)
+    gemv_float_kernel(const uint8_t *__restrict__ w, size_t ws, int64_t n, int64_t k, const float *__restrict__ x,
+                      float *__restrict__ y, int64_t ldy)
+{
+    constexpr int P = float_row<T>::per;
+    const int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + threadIdx.y;
+    if (r >= n)
+        return;
+    const int lane = threadIdx.x;
+    const uint4 *row = (const uint4 *)(w + (size_t)r * ws);
+    const int64_t chunks = k / P;
+    float acc[M];
+#pragma unroll
+    for (int i = 0; i < M; i++)
+        acc[i] = 0.0f;
+    /* Two chunks in flight a lane: the loads of both are issued before
+     * either is used. */
+    int64_t c = lane;
+    for (; c + 32 < chunks; c += 64) {
+        const uint4 q0 = __ldg(row + c), q1 = __ldg(row + c + 32);
+        float v0[P], v1[P];
+        float_row<T>::get(q0, v0);
+        float_row<T>::get(q1, v1);
+#pragma unroll
+        for (int i = 0; i < M; i++) {
+            const float4 *x0 = (const float4 *)(x + (size_t)i * (size_t)k + (size_t)c * P);
+            const float4 *x1 = (const float4 *)(x + (size_t)i * (size_t)k + (size_t)(c + 32) * P);
+            float s = acc[i];
+#pragma unroll
+            for (int q = 0; q < P / 4; q++) {
+                const float4 a = __ldg(x0 + q), b = __ldg(x1 + q);
+                s = fmaf(v0[4 * q], a.x, s);
+                s = fmaf(v0[4 * q + 1], a.y, s);
+                s = fmaf(v0[4 * q + 2], a.z, s);
+                s = fmaf(v0[4 * q + 3], a.w, s);
+                s = fmaf(v1[4 * q], b.x, s);
+                s = fmaf(v1[4 * q + 1], b.y, s);
+                s = fmaf(v1[4 * q + 2], b.z, s);
+                s = fmaf(v1[4 * q + 3], b.w, s);
+            }
+            acc[i] = s;
+        }
+    }
+    for (; c < chunks; c += 32) {
+        float v0[P];
+        float_row<T>::get(__ldg(row + c), v0);
+#pragma unroll
+        for (int i = 0; i < M; i++) {
+            const float4 *x0 = (const float4 *)(x + (size_t)i * (size_t)k + (size_t)c * P);
+            float s = acc[i];
+#pragma unroll
+            for (int q = 0; q < P / 4; q++) {
+                const float4 a = __ldg(x0 + q);
+                s = fmaf(v0[4 * q], a.x, s);
+                s = fmaf(v0[4 * q + 1], a.y, s);
+                s = fmaf(v0[4 * q + 2], a.z, s);
+                s = fmaf(v0[4 * q + 3], a.w, s);
+            }
+            acc[i] = s;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < M; i++) {
+        const float s = warp_sum(acc[i]);
+        if (lane == 0)
+            y[(size_t)i * (size_t)ldy + (size_t)r] = s;
+    }
+}
+
+constexpr int DQ_THREADS = 256;
+
+/* One thread per unit of 32 elements, DQ_THREADS consecutive units a
+ * block: each thread dequantizes its unit into shared memory, then the
+ * block writes the 16 KB out 16 bytes a lane at consecutive addresses
+ * (units are consecutive in the [n][k] output). */
+template <int T>
+__global__ void __launch_bounds__(DQ_THREADS) dequant_f16_kernel(const uint8_t *__restrict__ w, size_t ws, int64_t r0,
+                                                                 int64_t n, int64_t k, __half *__restrict__ dst)
+{
+    __shared__ uint4 tile[DQ_THREADS * 4]; /* [unit][32 halves] */
+    const int64_t units = k / 32, total = n * units;
+    const int64_t base = (int64_t)blockIdx.x * DQ_THREADS;
+    const int64_t i = base + threadIdx.x;
+    if (i < total) {
+        const int64_t r = i / units, u = i % units;
+        float v[32];
+        kcu_type<T>::unit(w + (size_t)(r0 + r) * ws, u, v);
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            uint32_t h[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const __half2 p = __floats2half2_rn(v[8 * q + 2 * j], v[8 * q + 2 * j + 1]);
+                h[j] = *(const uint32_t *)&p;
+            }
+            tile[threadIdx.x * 4 + q] = make_uint4(h[0], h[1], h[2], h[3]);
+        }
+    }
+    __syncthreads();
+    const int64_t n_here = total - base < DQ_THREADS ? total - base : DQ_THREADS;
+    uint4 *out = (uint4 *)(dst + (size_t)base * 32);
+    for (int c = threadIdx.x; c < n_here * 4; c += DQ_THREADS)
+        out[c] = tile[c];
+}
+
+template <int T>
+__global__ void embed_kernel(const uint8_t *__restrict__ emb, size_t es, const int32_t *__restrict__ tokens, int64_t e,
+                             float scale, float *__restrict__ x)
+{
+    const int t = blockIdx.x;
+    const uint8_t *row = emb + (size_t)tokens[t] * es;
+    for (int64_t u = threadIdx.x; u < e / 32; u += blockDim.x) {
+        float v[32];
+        kcu_type<T>::unit(row, u, v);
+        float *o = x + (size_t)t * (size_t)e + (size_t)u * 32;
+#pragma unroll
+        for (int j = 0; j < 32; j++)
+            o[j] = v[j] * scale;
+    }
+}
+
+/* ---- integer dot products for the K-quants and Q8_0 ------------------------
+ *
+ * For these types the float path spends ten instructions a weight byte
+ * unpacking, converting and multiplying; with the activations quantized
+ * to 8 bits per 32 (kcu_quantize_q8: d and d * sum(q) per block, as
+ * llama.cpp's q8_1 and close to the CPU engine's q8_K), four products take
+ * one dp4a. A lane handles unit u of 32 elements; the scales fold in once
+ * per unit. */
+
+struct q8x {
+    const int8_t *q; /* [m][k] */
+    const float2 *s; /* [m][k / 32]: d, d * sum(q) */
+};
+
+__device__ __forceinline__ int dot8(const uint32_t a[8], const uint4 *xq, int lo, int hi)
+{
+    const uint4 x0 = __ldg(xq), x1 = __ldg(xq + 1);
+    const uint32_t b[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+    int s = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        if (i >= lo && i < hi)
+            s = __dp4a((int)a[i], (int)b[i], s);
+    return s;
+}
+
+template <int T> struct q8dot;
+
+template <> struct q8dot<GGUF_DTYPE_Q4_K> {
+    template <int M> __device__ static void dot(const uint8_t *row, int64_t u, const q8x &x, int64_t k, float acc[M])
+    {
+        const uint8_t *b = row + (u >> 3) * 144;
+        const int j = (int)(u & 7);
+        const uint32_t dd = *(const uint32_t *)b;
+        const float d = kcu_h2f((uint16_t)dd), dmin = kcu_h2f((uint16_t)(dd >> 16));
+        float sc, m;
+        kcu_scale_min_k4(j, *(const uint32_t *)(b + 4), *(const uint32_t *)(b + 8), *(const uint32_t *)(b + 12), &sc,
+                         &m);
+        const float d1 = d * sc, m1 = dmin * m;
+        const uint4 *qp = (const uint4 *)(b + 16 + 32 * (j >> 1));
+        const uint4 q0 = __ldg(qp), q1 = __ldg(qp + 1);
+        const int shift = (j & 1) * 4;
+        const uint32_t w[8] = {(q0.x >> shift) & 0x0F0F0F0Fu, (q0.y >> shift) & 0x0F0F0F0Fu,
+                               (q0.z >> shift) & 0x0F0F0F0Fu, (q0.w >> shift) & 0x0F0F0F0Fu,
+                               (q1.x >> shift) & 0x0F0F0F0Fu, (q1.y >> shift) & 0x0F0F0F0Fu,
+                               (q1.z >> shift) & 0x0F0F0F0Fu, (q1.w >> shift) & 0x0F0F0F0Fu};
+#pragma unroll
+        for (int i = 0; i < M; i++) {
+            const float2 s = __ldg(x.s + (size_t)i * (size_t)(k / 32) + u);
+            const int si = dot8(w, (const uint4 *)(x.q + (size_t)i * (size_t)k + (size_t)u * 32), 0, 8);
+            acc[i] += d1 * s.x * (float)si - m1 * s.y;
+        }
+    }
+};
+
+template <> struct q8dot<GGUF_DTYPE_Q6_K> {
+    template <int M> __device__ static void dot(const uint8_t *row, int64_t u, const q8x &x, int64_t k, float acc[M])
+    {
+        const uint8_t *b = row + (u >> 3) * 210;
+        const int j = (int)(u & 7), half = j >> 2, r = j & 3;
+        const float d = kcu_h2f(kcu_ld16(b + 208));
+        const uint16_t s2 = kcu_ld16(b + 192 + 8 * half + 2 * r);
+        const float d0 = d * (float)(int8_t)(s2 & 0xFF), d1 = d * (float)(int8_t)(s2 >> 8);
+        const uint8_t *ql = b + 64 * half + 32 * (r & 1), *qh = b + 128 + 32 * half;
+        const int lshift = (r >> 1) * 4, hshift = 2 * r;
+        uint32_t w[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const uint32_t lo = kcu_ld32u(ql + 4 * i), hi = kcu_ld32u(qh + 4 * i);
+            w[i] = ((lo >> lshift) & 0x0F0F0F0Fu) | (((hi >> hshift) & 0x03030303u) << 4);
+        }
+        const uint32_t ones[8] = {0x01010101u, 0x01010101u, 0x01010101u, 0x01010101u,
+                                  0x01010101u, 0x01010101u, 0x01010101u, 0x01010101u};
+#pragma unroll
+        for (int i = 0; i < M; i++) {
+            const float2 s = __ldg(x.s + (size_t)i * (size_t)(k / 32) + u);
+            const uint4 *xq = (const uint4 *)(x.q + (size_t)i * (size_t)k + (size_t)u * 32);
+            /* Quants are stored +32: q . x = (q' . x) - 32 sum(x), per 16. */
+            const int a0 = dot8(w, xq, 0, 4) - 32 * dot8(ones, xq, 0, 4);
+            const int a1 = dot8(w, xq, 4, 8) - 32 * dot8(ones, xq, 4, 8);
+            acc[i] += s.x * (d0 * (float)a0 + d1 * (float)a1);
+        }
+    }
+};
+
+template <> struct q8dot<GGUF_DTYPE_Q8_0> {
+    template <int M> __device__ static void dot(const uint8_t *row, int64_t u, const q8x &x, int64_t k, float acc[M])
+    {
+        const uint8_t *b = row + u * 34;
+        const float d = kcu_h2f(kcu_ld16(b));
+        uint32_t w[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            w[i] = kcu_ld32u(b + 2 + 4 * i);
+#pragma unroll
+        for (int i = 0; i < M; i++) {
+            const float2 s = __ldg(x.s + (size_t)i * (size_t)(k / 32) + u);
+            const int si = dot8(w, (const uint4 *)(x.q + (size_t)i * (size_t)k + (size_t)u * 32), 0, 8);
+            acc[i] += d * s.x * (float)si;
+        }
+    }
+};
+
+template <int T> constexpr bool has_q8dot = T == GGUF_DTYPE_Q4_K || T == GGUF_DTYPE_Q6_K || T == GGUF_DTYPE_Q8_0;
+
+template <int T, int M>
+__global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_q8_kernel(const uint8_t *__restrict__ w, size_t ws, int64_t n,
+                                                                  int64_t k, q8x x, float *__restrict__ y, int64_t ldy)
+{
+    const int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + threadIdx.y;
+    if (r >= n)
+        return;
+    const int lane = threadIdx.x;
+    const uint8_t *row = w + (size_t)r * ws;
+    float acc[M];
+#pragma unroll
+    for (int i = 0; i < M; i++)
+        acc[i] = 0.0f;
+    for (int64_t u = lane; u < k / 32; u += 32)
+        q8dot<T>::template dot<M>(row, u, x, k, acc);
+#pragma unroll
+    for (int i = 0; i < M; i++) {
+        const float s = warp_sum(acc[i]);
+        if (lane == 0)
+            y[(size_t)i * (size_t)ldy + (size_t)r] = s;
+    }
+}
+
+/* One warp per block of 32 activations: d = max |x| / 127, q = round(x / d). */
+__global__ void quantize_q8_kernel(const float *__restrict__ x, int64_t blocks, int8_t *__restrict__ q,
+                                   float2 *__restrict__ s)
+{
+    const int64_t b = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (b >= blocks)
+        return;
+    const int lane = threadIdx.x % 32;
+    const float v = x[b * 32 + lane];
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f;
+    const int qi = amax == 0.0f ? 0 : __float2int_rn(v / d);
+    q[b * 32 + lane] = (int8_t)qi;
+    int sum = qi;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0)
+        s[b] = make_float2(d, d * (float)sum);
+}
+
+template <int T, int M>
+void gemv_launch(dim3 grid, dim3 block, cudaStream_t st, const uint8_t *wp, size_t ws, int64_t n, int64_t k,
+                 const float *x, float *y, int64_t ldy)
+{
+    if constexpr (T == GGUF_DTYPE_F16 || T == GGUF_DTYPE_BF16 || T == GGUF_DTYPE_F32)
+        gemv_float_kernel<T, M><<<grid, block, 0, st>>>(wp, ws, n, k, x, y, ldy);
+    else
+        gemv_kernel<T, M><<<grid, block, 0, st>>>(wp, ws, n, k, x, y, ldy);
+}
+
+template <int T>
+cudaError_t gemv_m(cudaStream_t st, const void *w, size_t ws, int64_t n, int64_t k, const float *x, int m, float *y,
+                   int64_t ldy)
+{
+    const dim3 block(32, GEMV_WARPS), grid((unsigned)((n + GEMV_WARPS - 1) / GEMV_WARPS));
+    const uint8_t *wp = (const uint8_t *)w;
+    switch (m) {
+    case 1:
+        gemv_launch<T, 1>(grid, block, st, wp, ws, n, k, x, y, ldy);
+        break;
+    case 2:
+        gemv_launch<T, 2>(grid, block, st, wp, ws, n, k, x, y, ldy);
+        break;
+    case 3:
+        gemv_launch<T, 3>(grid, block, st, wp, ws, n, k, x, y, ldy);
+        break;
+    case 4:
+        gemv_launch<T, 4>(grid, block, st, wp, ws, n, k, x, y, ldy);
+        break;
+    case 5:
+        gemv_launch<T, 5>(grid, block, st, wp, ws, n, k, x, y, ldy);
+        break;
+    case 6:
+        gemv_launch<T, 6>(grid, block, st, wp, ws, n, k, x, y, ldy);
+        break;
+    case 7:
+        gemv_launch<T, 7>(grid, block, st, wp, ws, n, k, x, y, ldy);
+        break;
+    case 8:
+        gemv_launch<T, 8>(grid, block, st, wp, ws, n, k, x, y, ldy);
+        break;
+    default:
+        return cudaErrorInvalidValue;
+    }
+    return cudaGetLastError();
+}
+
+} // namespace
+
+extern "C" bool kcu_type_supported(enum gguf_dtype t)
+{
+    bool ok = false;
+    kcu_dispatch(t, [&]<int T>() { ok = kcu_type<T>::block > 0; });
+    return ok;
+}
+
+extern "C" cudaError_t kcu_gemv(cudaStream_t st, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n,
+                                int64_t k, const float *x, int m, float *y, int64_t ldy)
+{
+    if (m < 1 || m > KCU_GEMV_MAX_M || k % 32 != 0 || n <= 0)
+        return cudaErrorInvalidValue;
+    cudaError_t rc = cudaErrorInvalidValue;
+    kcu_dispatch(t, [&]<int T>() {
+        if (k % kcu_type<T>::block == 0)
+            rc = gemv_m<T>(st, w, w_stride, n, k, x, m, y, ldy);
+    });
+    return rc;
+}
+
+extern "C" cudaError_t kcu_dequant_f16(cudaStream_t st, enum gguf_dtype t, const void *w, size_t w_stride, int64_t r0,
+                                       int64_t n, int64_t k, uint16_t *dst)
+{
+    if (k % 32 != 0 || n <= 0)
+        return cudaErrorInvalidValue;
+    cudaError_t rc = cudaErrorInvalidValue;
+    const int64_t work = n * (k / 32);
+    kcu_dispatch(t, [&]<int T>() {
+        if (k % kcu_type<T>::block != 0)
+            return;
+        dequant_f16_kernel<T><<<(unsigned)((work + DQ_THREADS - 1) / DQ_THREADS), DQ_THREADS, 0, st>>>(
+            (const uint8_t *)w, w_stride, r0, n, k, (__half *)dst);
+        rc = cudaGetLastError();
+    });
+    return rc;
+}
+
+extern "C" bool kcu_type_q8(enum gguf_dtype t)
+{
+    bool q8 = false;
+    kcu_dispatch(t, [&]<int T>() { q8 = has_q8dot<T>; });
+    return q8;
+}
+
+extern "C" cudaError_t kcu_quantize_q8(cudaStream_t st, const float *x, int64_t count, int8_t *q, void *scales)
+{
+    if (count % 32 != 0 || count <= 0)
+        return cudaErrorInvalidValue;
+    const int64_t blocks = count / 32;
+    quantize_q8_kernel<<<(unsigned)((blocks + 7) / 8), 256, 0, st>>>(x, blocks, q, (float2 *)scales);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t kcu_gemv_q8(cudaStream_t st, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n,
+                                   int64_t k, const int8_t *xq, const void *xs, int m, float *y, int64_t ldy)
+{
+    if (m < 1 || m > KCU_GEMV_MAX_M || k % 32 != 0 || n <= 0)
+        return cudaErrorInvalidValue;
+    cudaError_t rc = cudaErrorInvalidValue;
+    const dim3 block(32, GEMV_WARPS), grid((unsigned)((n + GEMV_WARPS - 1) / GEMV_WARPS));
+    const q8x x = {xq, (const float2 *)xs};
+    const uint8_t *wp = (const uint8_t *)w;
+    kcu_dispatch(t, [&]<int T>() {
+        if constexpr (has_q8dot<T>) {
+            if (k % kcu_type<T>::block != 0)
+                return;
+            switch (m) {
+            case 1:
+                gemv_q8_kernel<T, 1><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
+                break;
+            case 2:
+                gemv_q8_kernel<T, 2><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
+                break;
+            case 3:
+                gemv_q8_kernel<T, 3><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
+                break;
+            case 4:
+                gemv_q8_kernel<T, 4><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
+                break;
+            case 5:
+                gemv_q8_kernel<T, 5><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
+                break;
+            case 6:
+                gemv_q8_kernel<T, 6><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
+                break;
+            case 7:
+                gemv_q8_kernel<T, 7><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
+                break;
+            case 8:
+                gemv_q8_kernel<T, 8><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
+                break;
+            }
+            rc = cudaGetLastError();
+        }
+    });
+    return rc;
+}
+
+extern "C" cudaError_t kcu_embed(cudaStream_t st, enum gguf_dtype t, const void *emb, size_t emb_stride,
+                                 const int32_t *tokens, int T, int64_t e, bool scale, float *x)
+{
+    if (e % 32 != 0 || T <= 0)
+        return cudaErrorInvalidValue;
+    cudaError_t rc = cudaErrorInvalidValue;
+    const float s = scale ? sqrtf((float)e) : 1.0f;
+    kcu_dispatch(t, [&]<int TT>() {
+        if (e % kcu_type<TT>::block != 0)
+            return;
+        embed_kernel<TT><<<T, 128, 0, st>>>((const uint8_t *)emb, emb_stride, tokens, e, s, x);
+        rc = cudaGetLastError();
+    });
+    return rc;
+}

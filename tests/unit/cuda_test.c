@@ -1,0 +1,412 @@
+/*
+ * CUDA kernels and engine against the CPU reference. Built when the CUDA
+ * toolkit is found; on a machine without a GPU every test is skipped
+ * (scripts/gpu-test.sh runs them on one).
+ *
+ *  - every weight type's matrix product, for decode row counts (the GEMV)
+ *    and prefill ones (f16 tiles and cuBLAS), with row counts that are not
+ *    multiples of the kernels' tiles, against a double-precision product of
+ *    the CPU dequantizer's values; the f16 dequantizer and the embedding
+ *    lookup against the CPU dequantizer;
+ *  - the engine on the default model against the native engine: the
+ *    logits after a prompt agree closely, and greedy decoding picks the
+ *    same tokens except where the CPU's two best are a near-tie;
+ *  - decode steps batched together give each sequence the bits it gets
+ *    alone; bad batches are refused and the engine goes on.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "engine/engine.h"
+#include "kernels/cuda/kcuda.h"
+#include "kernels/kernels.h"
+
+#define CU(call) assert_int_equal((int)(call), (int)cudaSuccess)
+
+static bool have_gpu;
+
+static int setup(void **state)
+{
+    (void)state;
+    char buf[256];
+    have_gpu = engine_cuda_devices(buf, sizeof buf) > 0;
+    print_message("gpus: %s\n", buf);
+    return 0;
+}
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static uint32_t rnd(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (uint32_t)(rng >> 16);
+}
+static float rndf(void) { return (float)(rnd() % 20001) / 10000.0f - 1.0f; } /* [-1, 1] */
+
+/* A row of n elements of type t with random quants and sane scales: the
+ * kernels must read any bits a file can hold, but scales of ±inf or NaN
+ * would make the comparison meaningless. */
+static void random_row(enum gguf_dtype t, uint8_t *row, int64_t n)
+{
+    const size_t bytes = kern_row_bytes(t, n);
+    for (size_t i = 0; i < bytes; i++)
+        row[i] = (uint8_t)rnd();
+    const int64_t bs = kern_block_size(t);
+    const size_t bb = bytes / (size_t)(n / bs);
+    for (int64_t b = 0; b < n / bs; b++) {
+        uint8_t *p = row + (size_t)b * bb;
+        uint16_t h1 = kern_f32_to_f16(0.002f + 0.01f * (float)(rnd() % 100) / 100.0f);
+        uint16_t h2 = kern_f32_to_f16(0.001f * (float)(rnd() % 100) / 100.0f);
+        switch (t) {
+        case GGUF_DTYPE_F32:
+            ((float *)row)[b] = rndf();
+            break;
+        case GGUF_DTYPE_F16:
+            ((uint16_t *)row)[b] = kern_f32_to_f16(rndf());
+            break;
+        case GGUF_DTYPE_BF16:
+            ((uint16_t *)row)[b] = kern_f32_to_bf16(rndf());
+            break;
+        case GGUF_DTYPE_Q6_K:
+            memcpy(p + 208, &h1, 2);
+            break;
+        case GGUF_DTYPE_Q4_1:
+        case GGUF_DTYPE_Q5_1:
+        case GGUF_DTYPE_Q4_K:
+        case GGUF_DTYPE_Q5_K:
+            memcpy(p, &h1, 2);
+            memcpy(p + 2, &h2, 2);
+            break;
+        default: /* Q4_0, Q5_0, Q8_0: d first */
+            memcpy(p, &h1, 2);
+            break;
+        }
+    }
+}
+
+static const enum gguf_dtype types[] = {GGUF_DTYPE_F32,  GGUF_DTYPE_F16,  GGUF_DTYPE_BF16, GGUF_DTYPE_Q4_0,
+                                        GGUF_DTYPE_Q4_1, GGUF_DTYPE_Q5_0, GGUF_DTYPE_Q5_1, GGUF_DTYPE_Q8_0,
+                                        GGUF_DTYPE_Q4_K, GGUF_DTYPE_Q5_K, GGUF_DTYPE_Q6_K};
+#define N_TYPES (sizeof types / sizeof types[0])
+
+static void test_matmul_every_type(void **state)
+{
+    (void)state;
+    if (!have_gpu)
+        skip();
+    cudaStream_t st;
+    CU(cudaStreamCreate(&st));
+    struct kcu_ctx *ctx;
+    /* A small weight scratch, so that the prefill path works in slices. */
+    CU(kcu_ctx_create(&ctx, st, 768, 40, 768 * 24));
+    const int64_t ns[] = {1, 5, 67}, ks[] = {256, 768};
+    const int ms[] = {1, 2, 3, 8, 9, 33};
+    for (size_t ti = 0; ti < N_TYPES; ti++) {
+        const enum gguf_dtype t = types[ti];
+        assert_true(kcu_type_supported(t));
+        for (size_t ki = 0; ki < 2; ki++)
+            for (size_t ni = 0; ni < 3; ni++) {
+                const int64_t n = ns[ni], k = ks[ki];
+                const size_t rb = kern_row_bytes(t, k);
+                uint8_t *w = malloc(rb * (size_t)n);
+                float *wf = malloc(sizeof(float) * (size_t)(n * k)), *x = malloc(sizeof(float) * 40 * (size_t)k);
+                const size_t ny = (size_t)(40 * n > 3 * k ? 40 * n : 3 * k); /* products, or 3 embedding rows */
+                float *y = malloc(sizeof(float) * ny);
+                uint16_t *h = malloc(2 * (size_t)(n * k));
+                for (int64_t r = 0; r < n; r++) {
+                    random_row(t, w + (size_t)r * rb, k);
+                    kern_dequant_row(t, w + (size_t)r * rb, wf + r * k, k);
+                }
+                for (int64_t i = 0; i < 40 * k; i++)
+                    x[i] = rndf();
+                /* A row past f16's range (65504), as some models' activations
+                 * are: the f16 path must scale it, not overflow. */
+                for (int64_t i = 20 * k; i < 21 * k; i++)
+                    x[i] *= 3e5f;
+                /* x as kcu_quantize_q8 leaves it: per 32, d = max |x| / 127,
+                 * q = x / d rounded to nearest even. */
+                float *q8x = malloc(sizeof(float) * 40 * (size_t)k);
+                for (int64_t b = 0; b < 40 * k / 32; b++) {
+                    float amax = 0;
+                    for (int j = 0; j < 32; j++)
+                        amax = fmaxf(amax, fabsf(x[b * 32 + j]));
+                    const float d = amax / 127.0f;
+                    for (int j = 0; j < 32; j++)
+                        q8x[b * 32 + j] = amax == 0.0f ? 0.0f : d * nearbyintf(x[b * 32 + j] / d);
+                }
+                void *dw, *dx, *dy, *dh;
+                CU(cudaMalloc(&dw, rb * (size_t)n));
+                CU(cudaMalloc(&dx, sizeof(float) * 40 * (size_t)k));
+                CU(cudaMalloc(&dy, sizeof(float) * ny));
+                CU(cudaMalloc(&dh, 2 * (size_t)(n * k)));
+                CU(cudaMemcpy(dw, w, rb * (size_t)n, cudaMemcpyHostToDevice));
+                CU(cudaMemcpy(dx, x, sizeof(float) * 40 * (size_t)k, cudaMemcpyHostToDevice));
+
+                /* f16 dequantizer: the CPU's value rounded to f16. */
+                CU(kcu_dequant_f16(st, t, dw, rb, 0, n, k, dh));
+                CU(cudaMemcpyAsync(h, dh, 2 * (size_t)(n * k), cudaMemcpyDeviceToHost, st));
+                CU(cudaStreamSynchronize(st));
+                for (int64_t i = 0; i < n * k; i++) {
+                    const float want = kern_f16_to_f32(kern_f32_to_f16(wf[i])), got = kern_f16_to_f32(h[i]);
+                    if (fabsf(got - want) > 1e-3f * fabsf(want) + 1e-6f)
+                        fail_msg("%s dequant n=%lld k=%lld: element %lld is %g, want %g", gguf_dtype_name(t),
+                                 (long long)n, (long long)k, (long long)i, got, want);
+                }
+                for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+                    const int m = ms[mi];
+                    CU(cudaMemsetAsync(dy, 0xff, sizeof(float) * ny, st));
+                    cudaError_t e = kcu_matmul(ctx, t, dw, rb, n, k, dx, m, dy, n);
+                    if (e != cudaSuccess)
+                        fail_msg("%s m=%d: %s %s", gguf_dtype_name(t), m, cudaGetErrorString(e), kcu_ctx_error(ctx));
+                    CU(cudaMemcpyAsync(y, dy, sizeof(float) * (size_t)m * (size_t)n, cudaMemcpyDeviceToHost, st));
+                    CU(cudaStreamSynchronize(st));
+                    /* The GEMV accumulates in f32 (error ~1e-6 of the sum
+                     * of magnitudes); the cuBLAS path rounds weights and
+                     * activations to f16 first (~1e-3). */
+                    const bool flt = t == GGUF_DTYPE_F16 || t == GGUF_DTYPE_BF16;
+                    const bool gemv = m <= KCU_GEMV_MAX_M || (!flt && m <= KCU_GEMV_PASSES_MAX_M);
+                    const double tol = gemv ? 2e-5 : 3e-3;
+                    /* The integer path quantizes the activations to 8 bits
+                     * per 32 first: compare with the product of those. */
+                    const float *xr = gemv && kcu_type_q8(t) ? q8x : x;
+                    for (int i = 0; i < m; i++)
+                        for (int64_t r = 0; r < n; r++) {
+                            double ref = 0, mag = 0;
+                            for (int64_t j = 0; j < k; j++) {
+                                ref += (double)wf[r * k + j] * (double)xr[(int64_t)i * k + j];
+                                mag += fabs((double)wf[r * k + j] * (double)xr[(int64_t)i * k + j]);
+                            }
+                            const double got = y[(size_t)i * (size_t)n + (size_t)r];
+                            if (!(fabs(got - ref) <= tol * mag + 1e-6))
+                                fail_msg("%s n=%lld k=%lld m=%d: y[%d][%lld] = %.6g, want %.6g (sum |wx| %.3g)",
+                                         gguf_dtype_name(t), (long long)n, (long long)k, m, i, (long long)r, got, ref,
+                                         mag);
+                        }
+                }
+                /* The embedding lookup: rows picked by id, scaled. */
+                int32_t ids[3] = {(int32_t)(n - 1), 0, (int32_t)(n / 2)};
+                int32_t *did;
+                CU(cudaMalloc((void **)&did, sizeof ids));
+                CU(cudaMemcpy(did, ids, sizeof ids, cudaMemcpyHostToDevice));
+                CU(kcu_embed(st, t, dw, rb, did, 3, k, true, dy));
+                CU(cudaMemcpyAsync(y, dy, sizeof(float) * 3 * (size_t)k, cudaMemcpyDeviceToHost, st));
+                CU(cudaStreamSynchronize(st));
+                for (int i = 0; i < 3; i++)
+                    for (int64_t j = 0; j < k; j++) {
+                        const float want = wf[(int64_t)ids[i] * k + j] * sqrtf((float)k);
+                        if (!(fabsf(y[(int64_t)i * k + j] - want) <= 1e-6f * fabsf(want) + 1e-7f))
+                            fail_msg("%s embed k=%lld: row %d element %lld is %g, want %g", gguf_dtype_name(t),
+                                     (long long)k, ids[i], (long long)j, y[(int64_t)i * k + j], want);
+                    }
+                cudaFree(did);
+                cudaFree(dw);
+                cudaFree(dx);
+                cudaFree(dy);
+                cudaFree(dh);
+                free(w);
+                free(wf);
+                free(x);
+                free(q8x);
+                free(y);
+                free(h);
+            }
+    }
+    /* What the kernels cannot do is refused, not miscomputed. */
+    assert_false(kcu_type_supported(GGUF_DTYPE_IQ2_XXS));
+    assert_int_equal((int)kcu_gemv(st, GGUF_DTYPE_Q4_K, NULL, 0, 4, 96, NULL, 1, NULL, 4), (int)cudaErrorInvalidValue);
+    kcu_ctx_free(ctx);
+    cudaStreamDestroy(st);
+}
+
+/* ---- the engine on a real model ------------------------------------------- */
+
+static const char *model_path(void)
+{
+    static char p[1024];
+    const char *env = getenv("LMD_MODEL");
+    if (env && *env)
+        return env;
+    snprintf(p, sizeof p, "%s/models/default.gguf", LMD_SOURCE_DIR);
+    return p;
+}
+
+static struct engine *open_on(enum engine_device dev, int max_seqs)
+{
+    struct engine *e = NULL;
+    struct lmd_err err = {0};
+    struct engine_config cfg = {.model_path = model_path(),
+                                .device = dev,
+                                .n_threads = 2,
+                                .n_ctx = 256,
+                                .max_batch_tokens = 64,
+                                .max_seqs = max_seqs,
+                                .kv_blocks = 64};
+    if (dev == ENGINE_DEVICE_CPU)
+        cfg.n_threads = 0;
+    if (engine_local_open(&e, &cfg, &err) != 0)
+        fail_msg("%s", err.msg);
+    return e;
+}
+
+static int argmax(const float *v, int n, float *gap)
+{
+    int a = 0, b = -1;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[a]) {
+            b = a;
+            a = i;
+        } else if (b < 0 || v[i] > v[b]) {
+            b = i;
+        }
+    if (gap)
+        *gap = v[a] - v[b];
+    return a;
+}
+
+static const int32_t prompt[] = {2, 12375, 3324, 496, 1972, 236764, 528, 496, 1944, 12304, 684, 506};
+#define PROMPT_LEN ((int)(sizeof prompt / sizeof prompt[0]))
+#define GEN 24
+
+/* Greedy decoding of GEN tokens; logits of the prompt's last position in
+ * first, each step's top-2 gap in gaps. */
+static void greedy(struct engine *e, const int32_t *blocks, int32_t *out, float *first, float *gaps)
+{
+    struct lmd_err err = {0};
+    const float *lg;
+    struct engine_seq s = {.tokens = prompt, .n_tokens = PROMPT_LEN, .pos = 0, .blocks = blocks, .want_logits = true};
+    if (engine_step(e, &s, 1, &lg, &err))
+        fail_msg("%s", err.msg);
+    memcpy(first, lg, sizeof(float) * (size_t)e->info.n_vocab);
+    for (int i = 0; i < GEN; i++) {
+        out[i] = argmax(lg, e->info.n_vocab, &gaps[i]);
+        s = (struct engine_seq){
+            .tokens = &out[i], .n_tokens = 1, .pos = PROMPT_LEN + i, .blocks = blocks, .want_logits = true};
+        if (engine_step(e, &s, 1, &lg, &err))
+            fail_msg("%s", err.msg);
+    }
+}
+
+static void test_engine_matches_cpu(void **state)
+{
+    (void)state;
+    if (!have_gpu || access(model_path(), R_OK) != 0)
+        skip();
+    int32_t blocks[16];
+    for (int i = 0; i < 16; i++)
+        blocks[i] = 3 + i;
+    struct engine *cpu = open_on(ENGINE_DEVICE_CPU, 1);
+    const int nv = cpu->info.n_vocab;
+    float *lc = malloc(sizeof(float) * (size_t)nv), *lg = malloc(sizeof(float) * (size_t)nv);
+    int32_t tc[GEN], tg[GEN];
+    float gc[GEN], gg[GEN];
+    greedy(cpu, blocks, tc, lc, gc);
+    engine_close(cpu);
+    struct engine *gpu = open_on(ENGINE_DEVICE_CUDA, 1);
+    assert_string_equal(gpu->info.kind, "cuda");
+    assert_int_equal(gpu->info.n_vocab, nv);
+    greedy(gpu, blocks, tg, lg, gg);
+    engine_close(gpu);
+    double md = 0, range = 0;
+    for (int v = 0; v < nv; v++) {
+        md = fmax(md, fabs((double)lg[v] - (double)lc[v]));
+        range = fmax(range, fabs((double)lc[v]));
+    }
+    int same = 0;
+    while (same < GEN && tc[same] == tg[same])
+        same++;
+    print_message("cuda vs cpu: max |logit diff| after the prompt %.4f (largest |logit| %.2f); %d of %d greedy tokens "
+                  "agree%s\n",
+                  md, range, same, GEN, same < GEN ? "" : " (all)");
+    /* The two engines quantize activations differently (Q8 on the CPU, f32
+     * or f16 here), so logits differ in the last digits, not more. */
+    assert_true(md < 0.02 * range + 0.05);
+    assert_int_equal(argmax(lg, nv, NULL), argmax(lc, nv, NULL));
+    if (same < GEN) {
+        print_message("first divergence at token %d: cpu %d, cuda %d; cpu's top-2 gap %.4f\n", same, tc[same], tg[same],
+                      gc[same]);
+        /* A near-tie is a legitimate divergence, nothing else is. */
+        assert_true(gc[same] < 0.1f);
+    }
+    free(lc);
+    free(lg);
+}
+
+static void test_engine_batch_equals_alone(void **state)
+{
+    (void)state;
+    if (!have_gpu || access(model_path(), R_OK) != 0)
+        skip();
+    struct engine *e = open_on(ENGINE_DEVICE_CUDA, 4);
+    const int nv = e->info.n_vocab;
+    struct lmd_err err = {0};
+    const float *lg;
+    int32_t blocks[3][4];
+    for (int i = 0; i < 3; i++)
+        for (int b = 0; b < 4; b++)
+            blocks[i][b] = 10 * i + b;
+    const int lens[3] = {5, 12, 9};
+    const int32_t dec[4] = {236761, 107, 506, 529};
+    float *alone = malloc(sizeof(float) * 3 * (size_t)nv);
+    for (int round = 0; round < 2; round++) {
+        /* Each sequence's prompt alone (the same steps in both rounds). */
+        for (int i = 0; i < 3; i++) {
+            struct engine_seq s = {
+                .tokens = prompt, .n_tokens = lens[i], .pos = 0, .blocks = blocks[i], .want_logits = true};
+            assert_int_equal(engine_step(e, &s, 1, &lg, &err), 0);
+        }
+        /* Round 0: four decode steps of each sequence alone; round 1: the
+         * three together. */
+        for (int k = 0; k < 4; k++) {
+            struct engine_seq b[3];
+            for (int i = 0; i < 3; i++)
+                b[i] = (struct engine_seq){
+                    .tokens = &dec[k], .n_tokens = 1, .pos = lens[i] + k, .blocks = blocks[i], .want_logits = true};
+            if (round == 0) {
+                for (int i = 0; i < 3; i++) {
+                    assert_int_equal(engine_step(e, &b[i], 1, &lg, &err), 0);
+                    if (k == 3)
+                        memcpy(alone + (size_t)i * nv, lg, sizeof(float) * (size_t)nv);
+                }
+            } else {
+                assert_int_equal(engine_step(e, b, 3, &lg, &err), 0);
+                if (k == 3)
+                    for (int i = 0; i < 3; i++)
+                        assert_memory_equal(lg + (size_t)i * nv, alone + (size_t)i * nv, sizeof(float) * (size_t)nv);
+            }
+        }
+    }
+    free(alone);
+
+    /* Bad batches: refused with a message, and the engine goes on. */
+    int32_t bad = nv + 5;
+    struct engine_seq s = {.tokens = &bad, .n_tokens = 1, .pos = 0, .blocks = blocks[0], .want_logits = true};
+    assert_int_equal(engine_step(e, &s, 1, &lg, &err), LMD_EINVAL);
+    assert_non_null(strstr(err.msg, "out of range"));
+    int32_t far[1] = {e->info.kv_blocks};
+    s = (struct engine_seq){.tokens = dec, .n_tokens = 1, .pos = 0, .blocks = far, .want_logits = true};
+    assert_int_equal(engine_step(e, &s, 1, &lg, &err), LMD_EINVAL);
+    assert_non_null(strstr(err.msg, "block"));
+    s = (struct engine_seq){.tokens = dec, .n_tokens = 1, .pos = 0, .blocks = blocks[0], .want_logits = true};
+    assert_int_equal(engine_step(e, &s, 1, &lg, &err), 0);
+    engine_close(e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matmul_every_type),
+        cmocka_unit_test(test_engine_matches_cpu),
+        cmocka_unit_test(test_engine_batch_equals_alone),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
