@@ -28,6 +28,7 @@ struct http_req;
 struct qos;
 struct sched;
 struct tok_vocab;
+struct jinja_tmpl;
 
 #define API_MAX_MODELS 8 /* = OBS_MAX_MODELS: a model's index is its metrics label index */
 
@@ -45,8 +46,13 @@ struct api_model {
     const struct tok_vocab *vocab; /* NULL for a model behind an engine that forwards API requests */
     bool forwards;                 /* its engine takes the validated request whole (a remote pool): no
                                       tokenizer or template here; usage comes from the engine */
-    int chat_family;               /* enum chat_family */
-    int n_ctx;                     /* tokens per sequence */
+    int chat_family;               /* enum chat_family: chats render with it when chat_jinja is NULL */
+    /* The model's Jinja chat template (the caller's, alive as long as the
+     * api), and the text of its BOS and EOS tokens that templates see as
+     * bos_token / eos_token (the vocabulary's; NULL = none). */
+    const struct jinja_tmpl *chat_jinja;
+    const char *bos_token, *eos_token;
+    int n_ctx; /* tokens per sequence */
 };
 
 /*

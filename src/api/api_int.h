@@ -99,11 +99,18 @@ struct api_params {
     bool ignore_eos;      /* generate through end-of-generation tokens */
     const char *priority; /* service class by name, or NULL */
     size_t priority_len;
-    int64_t priority_num;   /* vLLM's integer priority (lower = more urgent), mapped by the priority map */
-    bool priority_num_set;  /* priority_num was given */
-    const char *cache_salt; /* vLLM's cache_salt: a prefix-cache namespace within the tenant's, or NULL */
+    int64_t priority_num;       /* vLLM's integer priority (lower = more urgent), mapped by the priority map */
+    bool priority_num_set;      /* priority_num was given */
+    const char *cache_salt;     /* vLLM's cache_salt: a prefix-cache namespace within the tenant's, or NULL */
+    bool add_generation_prompt; /* chat: open the assistant's turn (default true) */
+    bool has_template_kwargs;   /* chat: a non-empty chat_template_kwargs object was given */
     size_t cache_salt_len;
 };
+
+/* Render a chat request (p->doc) with m's Jinja template (m->chat_jinja),
+ * appending the prompt text to out. A template's raise_exception and any
+ * failure the conversation causes are 400 naming the message. */
+int api__chat_jinja(const struct api_model *m, const struct api_params *p, struct lmd_buf *out, struct api_error *e);
 
 /* Parse and validate a request body. On failure fills e (status 400 with
  * the field named) and returns LMD_EINVAL; api_params_free is safe either

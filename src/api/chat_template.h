@@ -9,8 +9,10 @@
  */
 #pragma once
 
+#include "core/buf.h"
 #include "core/error.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 
 enum chat_family {
@@ -39,3 +41,15 @@ const char *chat_family_name(enum chat_family f);
  * the output was truncated and the caller retries with a bigger buffer),
  * or LMD_EINVAL for an unknown role. */
 long chat_render(enum chat_family f, const struct chat_msg *msgs, int n, char *buf, size_t cap, struct lmd_err *err);
+
+struct jinja_tmpl;
+struct jinja_err;
+struct json_t;
+
+/* Render with a model's own Jinja template (jinja.h): vars holds messages,
+ * add_generation_prompt, bos_token … (the caller's). When add_bos says the
+ * tokenizer adds a BOS, a BOS text the template wrote first is dropped, so
+ * the prompt starts with exactly one. Appends to out; returns jinja_render's
+ * result, err filled on failure. */
+int chat_jinja_render(const struct jinja_tmpl *t, const struct json_t *vars, const char *bos, bool add_bos,
+                      struct lmd_buf *out, struct jinja_err *err);

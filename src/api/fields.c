@@ -7,7 +7,9 @@
  * with it, including the ones ignored because they cannot change the text.
  *
  * Not here: the fields lmd implements (params.c), structured output and
- * tools (params.c, their own parsers).
+ * tools (params.c, their own parsers), and the chat template's inputs
+ * (add_generation_prompt, chat_template_kwargs: refused by routes.c only
+ * where the model has no template of its own).
  */
 #include "api/api_int.h"
 
@@ -74,7 +76,6 @@ static const struct {
      * a request that relies on them would get another prompt. */
     {"continue_final_message", "continuing the last assistant message"},
     {"chat_template", "a chat template given in the request"},
-    {"chat_template_kwargs", "chat template arguments"},
     {"documents", "documents passed to the chat template"},
 };
 
@@ -118,11 +119,10 @@ int api_fields_refuse(void *doc, enum api_kind kind, struct api_error *e)
      * echo is (params.c). */
     if (kind == API_CHAT && given(json_object_get(root, "echo"), 0))
         return REFUSE("echo", "'echo' is not supported for chat completions");
-    /* The generation prompt is always added: a chat ends with the
-     * assistant's turn opened. */
-    if (json_is_false(json_object_get(root, "add_generation_prompt")))
-        return REFUSE("add_generation_prompt",
-                      "'add_generation_prompt': false is not supported: the assistant's turn is always opened");
+    /* add_generation_prompt and chat_template_kwargs are inputs of the
+     * model's own chat template: params.c checks their types, and a model
+     * on a built-in template family refuses them (routes.c), since only a
+     * template can honour them. */
     json_t *so = json_object_get(root, "stream_options");
     if (json_is_object(so) && given(json_object_get(so, "continuous_usage_stats"), 0))
         return REFUSE("stream_options", "'stream_options.continuous_usage_stats' (usage in every chunk) is not "

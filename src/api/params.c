@@ -441,6 +441,17 @@ int api_params_parse(struct api_params *p, enum api_kind kind, const char *body,
     json_t *user = json_object_get(root, "user");
     if (user && !json_is_null(user) && !json_is_string(user))
         return BAD("user", "'user' must be a string");
+    if (kind == API_CHAT) {
+        /* Inputs of the model's chat template (vLLM's spelling); whether
+         * the model has one to take them is the caller's check. */
+        p->add_generation_prompt = true;
+        if (get_bool(root, "add_generation_prompt", &p->add_generation_prompt, e))
+            return LMD_EINVAL;
+        json_t *kw = json_object_get(root, "chat_template_kwargs");
+        if (kw && !json_is_null(kw) && !json_is_object(kw))
+            return BAD("chat_template_kwargs", "'chat_template_kwargs' must be an object");
+        p->has_template_kwargs = json_object_size(kw) > 0;
+    }
     if (kind == API_COMPLETION) {
         if (get_bool(root, "echo", &p->echo, e))
             return LMD_EINVAL;

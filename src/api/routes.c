@@ -225,7 +225,31 @@ static int build_prompt(const struct api_model *m, const struct api_params *p, i
     const char *src = p->prompt;
     size_t len = p->prompt_len;
     char *rendered = NULL;
-    if (p->kind == API_CHAT) {
+    struct lmd_buf jinja_text = {0};
+    if (p->kind == API_CHAT && m->chat_jinja) {
+        if (api__chat_jinja(m, p, &jinja_text, e) != 0) {
+            lmd_buf_free(&jinja_text);
+            return -1;
+        }
+        /* Ownership moves to `rendered`, freed below like the family's text. */
+        rendered = jinja_text.ptr ? jinja_text.ptr : strdup("");
+        if (!rendered)
+            return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+        src = rendered;
+        len = jinja_text.len;
+    } else if (p->kind == API_CHAT) {
+        /* The built-in families always open the assistant's turn and take
+         * no template variables: refuse what they would silently drop. */
+        if (!p->add_generation_prompt)
+            return api_error_set(e, 400, "invalid_request_error", "add_generation_prompt", "unsupported_parameter",
+                                 "'add_generation_prompt': false needs a model with its own chat template (this one "
+                                 "uses the built-in %s template); start lmd serve with --chat-template-file",
+                                 chat_family_name((enum chat_family)m->chat_family));
+        if (p->has_template_kwargs)
+            return api_error_set(e, 400, "invalid_request_error", "chat_template_kwargs", "unsupported_parameter",
+                                 "'chat_template_kwargs' needs a model with its own chat template (this one uses the "
+                                 "built-in %s template); start lmd serve with --chat-template-file",
+                                 chat_family_name((enum chat_family)m->chat_family));
         long need = chat_render((enum chat_family)m->chat_family, p->msgs, p->n_msgs, NULL, 0, &err);
         if (need < 0)
             return api_error_set(e, 400, "invalid_request_error", "messages", NULL, "%s", err.msg);

@@ -8,6 +8,7 @@ int cli_info(int argc, char **argv);
 int cli_run(int argc, char **argv);
 int cli_serve(int argc, char **argv);
 int cli_bench(int argc, char **argv);
+int cli_template(int argc, char **argv);
 
 /* The model path used when -m is not given, and the hint printed when it is
  * missing. */

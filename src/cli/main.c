@@ -1,6 +1,6 @@
 /*
  * The `lmd` binary: dispatches to one subcommand per file (info, run,
- * serve, bench) and answers --version and --help.
+ * serve, bench, template) and answers --version and --help.
  */
 #include "cli/cli.h"
 #include "core/cpu.h"
@@ -18,10 +18,11 @@ static void usage(FILE *out)
     fprintf(out, "usage: lmd <command> [options]\n"
                  "\n"
                  "commands:\n"
-                 "  serve   serve the OpenAI-compatible HTTP API\n"
-                 "  run     generate a completion for one prompt on the terminal\n"
-                 "  bench   measure prefill and decode speed of a model\n"
-                 "  info    print a GGUF model's header, metadata and tensors\n"
+                 "  serve      serve the OpenAI-compatible HTTP API\n"
+                 "  run        generate a completion for one prompt on the terminal\n"
+                 "  bench      measure prefill and decode speed of a model\n"
+                 "  info       print a GGUF model's header, metadata and tensors\n"
+                 "  template   render a chat template (a file or a GGUF's) over a JSON conversation\n"
                  "\n"
                  "  lmd --version     version, commit, CPU features and kernel path\n"
                  "  lmd <command> --help\n");
@@ -83,6 +84,8 @@ int main(int argc, char **argv)
         return cli_serve(argc - 1, argv + 1);
     if (strcmp(cmd, "bench") == 0)
         return cli_bench(argc - 1, argv + 1);
+    if (strcmp(cmd, "template") == 0)
+        return cli_template(argc - 1, argv + 1);
     fprintf(stderr, "lmd: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;

@@ -6,6 +6,7 @@
  * logits after the prompt as raw little-endian f32.
  */
 #include "api/chat_template.h"
+#include "api/jinja.h"
 #include "cli/cli.h"
 #include "core/log.h"
 #include "core/time.h"
@@ -18,6 +19,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +52,42 @@ static void run_usage(FILE *out)
             "      --dump-logits FILE  write the logits after the prompt (f32, n_vocab values)\n"
             "  -v, --verbose           debug logging\n",
             CLI_DEFAULT_MODEL);
+}
+
+/* The prompt as one user turn rendered with the GGUF's own chat template,
+ * as `lmd serve` renders a chat request (*text malloc'd). Nonzero when the
+ * file has no template, or one lmd cannot parse or render: the caller uses
+ * the family renderer then, as the server does. */
+static int run_jinja(const struct engine *eng, const struct tok_vocab *vocab, const char *prompt, char **text,
+                     size_t *len)
+{
+    struct gguf_str t = {0};
+    if (gguf_get_str(eng->info.gguf, "tokenizer.chat_template", &t, NULL) != 0 || !t.len)
+        return -1;
+    struct jinja_tmpl *tmpl;
+    struct jinja_err jerr;
+    if (jinja_parse(t.ptr, t.len, &tmpl, &jerr) != 0) {
+        fprintf(stderr, "lmd run: the GGUF's chat template cannot be used (line %d, column %d: %s)\n", jerr.line,
+                jerr.col, jerr.msg);
+        return -1;
+    }
+    const char *bos = tok_bos(vocab) >= 0 ? tok_token_text(vocab, tok_bos(vocab)) : "";
+    const char *eos = tok_eos(vocab) >= 0 ? tok_token_text(vocab, tok_eos(vocab)) : "";
+    json_t *vars = json_pack("{s:[{s:s,s:s}],s:b,s:s,s:s}", "messages", "role", "user", "content", prompt,
+                             "add_generation_prompt", 1, "bos_token", bos ? bos : "", "eos_token", eos ? eos : "");
+    struct lmd_buf out = {0};
+    int rc = vars ? chat_jinja_render(tmpl, vars, bos, tok_add_bos(vocab), &out, &jerr) : LMD_ENOMEM;
+    json_decref(vars);
+    jinja_free(tmpl);
+    if (rc != 0) {
+        fprintf(stderr, "lmd run: the GGUF's chat template failed (line %d, column %d: %s)\n", jerr.line, jerr.col,
+                jerr.msg);
+        lmd_buf_free(&out);
+        return -1;
+    }
+    *text = out.ptr ? out.ptr : strdup("");
+    *len = out.len;
+    return *text ? 0 : -1;
 }
 
 static int parse_ids(const char *s, int32_t **ids, int *n)
@@ -298,7 +336,9 @@ int cli_run(int argc, char **argv)
     } else {
         const char *src = prompt;
         size_t src_len = strlen(prompt);
-        if (chat) {
+        if (chat && !tmpl_name && run_jinja(eng, vocab, prompt, &text, &src_len) == 0) {
+            src = text;
+        } else if (chat) {
             if (!tmpl_name) {
                 struct gguf_str t = {0};
                 gguf_get_str(eng->info.gguf, "tokenizer.chat_template", &t, NULL);

@@ -54,6 +54,7 @@ static void serve_usage(FILE *out)
             "      --device DEV         cpu (default), cuda, cuda:N (the CUDA engine on GPU N), or auto\n"
             "                           (the GPU if this build has CUDA and one answers, else the CPU)\n"
             "      --chat-template F    force the chat template: gemma, llama3, chatml, mistral, generic\n"
+            "      --chat-template-file PATH  a Jinja chat template used instead of the GGUF's own\n"
             "Gateway (models served by upstream servers):\n"
             "      --upstream NAME=URL[,URL...]  serve NAME from these OpenAI-compatible servers; a URL is\n"
             "                           [KIND+]http://HOST:PORT[/PREFIX], KIND one of lmd, llamacpp, vllm,\n"
@@ -121,6 +122,7 @@ enum {
     OPT_MAX_BODY,
     OPT_DRAIN,
     OPT_CHAT_TEMPLATE,
+    OPT_CHAT_TEMPLATE_FILE,
     OPT_LOG_LEVEL,
     OPT_TLS_CERT,
     OPT_TLS_KEY,
@@ -163,6 +165,7 @@ static const struct option opts[] = {
     {"max-body", required_argument, NULL, OPT_MAX_BODY},
     {"drain-timeout", required_argument, NULL, OPT_DRAIN},
     {"chat-template", required_argument, NULL, OPT_CHAT_TEMPLATE},
+    {"chat-template-file", required_argument, NULL, OPT_CHAT_TEMPLATE_FILE},
     {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
     {"tls-cert", required_argument, NULL, OPT_TLS_CERT},
     {"tls-key", required_argument, NULL, OPT_TLS_KEY},
@@ -306,6 +309,8 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
         fprintf(stderr, "lmd serve: unknown --chat-template '%s' (gemma, llama3, chatml, mistral, generic)\n", v);
         return -1;
     }
+    case OPT_CHAT_TEMPLATE_FILE:
+        return set_str("--chat-template-file", v, d->chat_template_file, sizeof d->chat_template_file);
     case OPT_TLS_CERT:
         return set_str("--tls-cert", v, c->tls_cert, sizeof c->tls_cert);
     case OPT_TLS_KEY:

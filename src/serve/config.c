@@ -420,9 +420,10 @@ static int get_id(struct cfg *c, const yaml_node_t *n, const char *path, char *o
 /* ---- sections ---------------------------------------------------------------------- */
 
 /* The settings a model entry and `defaults` share. */
-static const char *const model_keys[] = {"threads",          "ctx",       "kv_blocks",     "max_running",
-                                         "max_batch_tokens", "max_queue", "chat_template", "device"};
-#define N_MODEL_KEYS 8
+static const char *const model_keys[] = {"threads",           "ctx",       "kv_blocks",     "max_running",
+                                         "max_batch_tokens",  "max_queue", "chat_template", "device",
+                                         "chat_template_file"};
+#define N_MODEL_KEYS 9
 
 static int parse_settings(struct cfg *c, const struct field *f, int nf, const char *path, struct serve_model *m)
 {
@@ -478,6 +479,12 @@ static int parse_settings(struct cfg *c, const struct field *f, int nf, const ch
             return BAD(c, v, LMD_EFORMAT, p, "expected gemma, llama3, chatml, mistral or generic, got '%s'",
                        v->type == YAML_SCALAR_NODE ? shown(v, b) : type_name(v));
         memcpy(m->chat_template, name, sizeof name);
+    }
+    v = field(f, nf, "chat_template_file");
+    if (v) {
+        sub(p, sizeof p, path, "chat_template_file");
+        if ((rc = get_path(c, v, p, m->chat_template_file, sizeof m->chat_template_file)) < 0)
+            return rc;
     }
     return 0;
 }

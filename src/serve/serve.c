@@ -18,6 +18,7 @@
 
 #include "api/api.h"
 #include "api/chat_template.h"
+#include "api/jinja.h"
 #include "core/log.h"
 #include "core/time.h"
 #include "discovery/discovery.h"
@@ -51,6 +52,8 @@ struct serve__model {
     bool implied[SERVE__NAMES];                /* taken from the file or GGUF, not configured */
     int n_names;
     enum chat_family fam;
+    struct jinja_tmpl *tmpl; /* the Jinja chat template chats render with; NULL = the family renderer */
+    const char *tmpl_from;   /* where tmpl came from, for the start-up line: "gguf" or the file */
     struct engine *eng;
     struct tok_vocab *vocab;
     struct sched *sched;
@@ -88,8 +91,58 @@ static void resolve(struct serve_model *m, const struct serve_model *d)
         m->route = d->route;
     if (!m->chat_template[0])
         memcpy(m->chat_template, d->chat_template, sizeof m->chat_template);
+    if (!m->chat_template_file[0])
+        memcpy(m->chat_template_file, d->chat_template_file, sizeof m->chat_template_file);
     if (!m->device[0])
         memcpy(m->device, d->device, sizeof m->device);
+}
+
+/* The Jinja chat template of a native model: the file configured, else
+ * the GGUF's own tokenizer.chat_template unless a family is forced. A file
+ * that does not parse stops the start (the operator asked for it); a GGUF
+ * template that does not parse leaves the family renderer in place, with a
+ * warning, so that a model whose template uses what lmd's Jinja lacks
+ * still serves. */
+static int chat_template_open(struct serve__model *sm, struct lmd_err *err)
+{
+    const struct serve_model *m = &sm->cfg;
+    struct jinja_err jerr;
+    if (m->chat_template_file[0]) {
+        FILE *f = fopen(m->chat_template_file, "rb");
+        char *src = NULL;
+        long len = -1;
+        if (f && fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) >= 0 && len <= (8L << 20) &&
+            fseek(f, 0, SEEK_SET) == 0 && (src = malloc((size_t)len + 1)) &&
+            fread(src, 1, (size_t)len, f) != (size_t)len) {
+            free(src);
+            src = NULL;
+        }
+        if (f)
+            fclose(f);
+        if (!src)
+            return lmd_err_set(err, LMD_EIO, "%s: cannot read chat template file %s%s", sm->where,
+                               m->chat_template_file, len > (8L << 20) ? " (larger than 8 MiB)" : "");
+        int rc = jinja_parse(src, (size_t)len, &sm->tmpl, &jerr);
+        free(src);
+        if (rc != 0)
+            return lmd_err_set(err, rc, "%s: chat template %s:%d:%d: %s", sm->where, m->chat_template_file, jerr.line,
+                               jerr.col, jerr.msg);
+        sm->tmpl_from = m->chat_template_file;
+        return 0;
+    }
+    if (m->chat_template[0])
+        return 0;
+    struct gguf_str t = {0};
+    if (gguf_get_str(sm->eng->info.gguf, "tokenizer.chat_template", &t, NULL) != 0 || !t.len)
+        return 0;
+    if (jinja_parse(t.ptr, t.len, &sm->tmpl, &jerr) != 0) {
+        LMD_WARN("lmd serve: %s: the GGUF's chat template cannot be used (line %d, column %d: %s); chats use the "
+                 "built-in %s template",
+                 sm->where, jerr.line, jerr.col, jerr.msg, chat_family_name(sm->fam));
+        return 0;
+    }
+    sm->tmpl_from = "gguf";
+    return 0;
 }
 
 static void add_name(struct serve__model *sm, const char *name, bool implied)
@@ -218,6 +271,8 @@ static int model_open(struct serve *s, struct serve__model *sm, const struct ser
         gguf_get_str(sm->eng->info.gguf, "tokenizer.chat_template", &t, NULL);
         sm->fam = chat_detect(t.ptr, t.len, sm->eng->info.arch);
     }
+    if ((rc = chat_template_open(sm, err)) != 0)
+        return rc;
 
     for (int i = 0; i < m->n_aliases; i++)
         add_name(sm, m->aliases[i], false);
@@ -484,6 +539,9 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
             .vocab = sm->vocab,
             .forwards = fwd,
             .chat_family = (int)sm->fam,
+            .chat_jinja = sm->tmpl,
+            .bos_token = tok_bos(sm->vocab) >= 0 ? tok_token_text(sm->vocab, tok_bos(sm->vocab)) : NULL,
+            .eos_token = tok_eos(sm->vocab) >= 0 ? tok_token_text(sm->vocab, tok_eos(sm->vocab)) : NULL,
             .n_ctx = sm->eng->info.n_ctx,
         };
     }
@@ -566,11 +624,13 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
                      sm->eng->info.n_ctx, sm->n_names ? aliases : "no other name");
             continue;
         }
+        char tmpl[SERVE_PATH_MAX + 16];
+        snprintf(tmpl, sizeof tmpl, "%s%s", sm->tmpl ? "jinja from " : "",
+                 sm->tmpl ? sm->tmpl_from : chat_family_name(sm->fam));
         LMD_INFO("lmd serve: model '%s' (%s, %s engine, ctx %d, chat template %s, %d threads, kv %d blocks, "
                  "up to %d running); also answers to %s",
-                 sm->id, sm->eng->info.arch, sm->eng->info.kind, sm->eng->info.n_ctx, chat_family_name(sm->fam),
-                 sm->eng->info.n_threads, sm->eng->info.kv_blocks, sm->cfg.max_running,
-                 sm->n_names ? aliases : "no other name");
+                 sm->id, sm->eng->info.arch, sm->eng->info.kind, sm->eng->info.n_ctx, tmpl, sm->eng->info.n_threads,
+                 sm->eng->info.kv_blocks, sm->cfg.max_running, sm->n_names ? aliases : "no other name");
     }
     LMD_INFO("lmd serve: %d model%s loaded in %.0f ms, isa %s; scheduler %s, %d service classes, %s%s", s->n_models,
              s->n_models == 1 ? "" : "s", (double)(lmd_time_mono_ns() - t0) / 1e6, kern_isa(),
@@ -730,6 +790,7 @@ void serve_close(struct serve *s)
     api_free(s->api);
     for (int i = 0; i < s->n_models; i++) {
         tok_free(s->models[i].vocab);
+        jinja_free(s->models[i].tmpl);
         engine_close(s->models[i].eng);
     }
     if (s->obs_on)

@@ -55,13 +55,16 @@ struct serve_model {
     char owned_by[SERVE_NAME_MAX]; /* /v1/models owned_by; "" = "lmd" */
     char chat_template[16];        /* gemma, llama3, chatml, mistral, generic; "" = from the GGUF */
     char device[16];               /* cpu, cuda, cuda:N, auto (engine_device_parse); "" = the default's */
-    int threads;                   /* compute threads of its engine; 0 = one per core */
-    int ctx;                       /* tokens per sequence */
-    int kv_blocks;                 /* KV-cache blocks of 16 tokens; 0 = max_running full contexts */
-    int max_running;               /* sequences batched together */
-    int max_batch_tokens;          /* tokens per engine step */
-    int max_queue;                 /* requests waiting before 503 */
-    int line;                      /* 1-based line of its entry in the config file; 0 = from -m */
+    /* A Jinja chat template file used instead of the GGUF's own template
+     * (and of a chat_template family); "" = none. Native engines only. */
+    char chat_template_file[SERVE_PATH_MAX];
+    int threads;          /* compute threads of its engine; 0 = one per core */
+    int ctx;              /* tokens per sequence */
+    int kv_blocks;        /* KV-cache blocks of 16 tokens; 0 = max_running full contexts */
+    int max_running;      /* sequences batched together */
+    int max_batch_tokens; /* tokens per engine step */
+    int max_queue;        /* requests waiting before 503 */
+    int line;             /* 1-based line of its entry in the config file; 0 = from -m */
     /* engine remote: the upstreams ("[KIND+]http://HOST:PORT[/PREFIX]") and
      * how many requests each takes at once (0 = `inflight`). */
     char upstreams[SERVE_MAX_UPSTREAMS][SERVE_URL_MAX];

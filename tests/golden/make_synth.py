@@ -72,6 +72,7 @@ def main():
     ap.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--arch", default="llama", choices=["llama", "qwen2", "qwen3", "gemma3"])
+    ap.add_argument("--chat-template", metavar="FILE", help="store FILE's text as tokenizer.chat_template")
     a = ap.parse_args()
     s = SHAPES[a.shape]
     rng = np.random.default_rng(a.seed)
@@ -106,6 +107,9 @@ def main():
     w.add_unk_token_id(0)
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
+    if a.chat_template:
+        with open(a.chat_template, encoding="utf-8") as f:
+            w.add_chat_template(f.read())
 
     def put(name, shape, qtype, std=s["std"], ones=False, shift=0.0):
         if ones:

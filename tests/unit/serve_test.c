@@ -94,6 +94,7 @@ static void test_full_file(void **state)
                                "    kv_blocks: 100\n"
                                "  - path: llama.gguf\n"
                                "    ctx: 512\n"
+                               "    chat_template_file: tmpl/chat.jinja\n"
                                "priority_map: \"urgent<=-1,default<=0,best_effort\"\n";
     struct serve_config *c = malloc(sizeof *c);
     struct lmd_err err = {0};
@@ -135,7 +136,10 @@ static void test_full_file(void **state)
     assert_int_equal(m->kv_blocks, 100);
     assert_int_equal(m->ctx, SERVE_UNSET); /* from defaults at serve_open */
     assert_int_equal(m->line, 21);
+    assert_string_equal(m->chat_template_file, "");
     m = &c->models[1];
+    snprintf(want, sizeof want, "%s/tmpl/chat.jinja", tmpdir);
+    assert_string_equal(m->chat_template_file, want); /* relative to the file's folder */
     assert_string_equal(m->name, "");
     snprintf(want, sizeof want, "%s/llama.gguf", tmpdir);
     assert_string_equal(m->path, want);
@@ -296,6 +300,8 @@ static void test_malformed(void **state)
         {"models:\n  - path: a.gguf\n    chat_template: jinja\n", LMD_EFORMAT,
          "3:20: models[0].chat_template: expected gemma, llama3, chatml, mistral or generic, got 'jinja'"},
         {"models:\n  - path: a.gguf\n    thread: 2\n", LMD_EFORMAT, "3:5: models[0]: unknown key 'thread'"},
+        {"models:\n  - path: a.gguf\n    chat_template_file: [a]\n", LMD_EFORMAT,
+         "models[0].chat_template_file: expected a string, got a list"},
         {"models:\n  - path: \n", LMD_EFORMAT, "models[0].path: expected a string, got nothing"},
         {"models:\n  - path: [a]\n", LMD_EFORMAT, "models[0].path: expected a string, got a list"},
         {"defaults:\n  max_running: 0\n", LMD_ERANGE, "2:16: defaults.max_running: must be between 1 and 1024"},
