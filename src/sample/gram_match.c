@@ -883,13 +883,14 @@ int gram_vocab_build(struct gram_vocab **out, const struct tok_vocab *v, int n_l
 {
     *out = NULL;
     int nv = tok_n_vocab(v), n = n_logits > nv ? n_logits : nv;
-    size_t cap = tok_piece_max(v) + 1;
-    char **pieces = calloc((size_t)n, sizeof *pieces);
-    size_t *len = calloc((size_t)n, sizeof *len);
+    const char **pieces = calloc((size_t)n, sizeof *pieces);
+    size_t *len = calloc((size_t)n, sizeof *len), *at = calloc((size_t)n, sizeof *at);
     int32_t *eog = malloc((size_t)n * sizeof *eog);
-    char *buf = malloc(cap);
+    /* Every piece's bytes back to back in one buffer (at[i] = offset). */
+    size_t cap = (size_t)nv * 8 + GRAM_MAX_PIECE, used = 0;
+    char *all = malloc(cap);
     int n_eog = 0, rc = 0;
-    if (!pieces || !len || !eog || !buf) {
+    if (!pieces || !len || !at || !eog || !all) {
         rc = lmd_err_set(err, LMD_ENOMEM, "out of memory for the vocabulary trie");
         goto out;
     }
@@ -898,32 +899,36 @@ int gram_vocab_build(struct gram_vocab **out, const struct tok_vocab *v, int n_l
             eog[n_eog++] = i;
             continue;
         }
-        unsigned attr = tok_token_attr(v, i);
-        if (attr & (TOK_ATTR_CONTROL | TOK_ATTR_UNKNOWN | TOK_ATTR_UNUSED))
+        if (tok_token_attr(v, i) & (TOK_ATTR_CONTROL | TOK_ATTR_UNKNOWN | TOK_ATTR_UNUSED))
             continue;
-        size_t l = tok_piece(v, i, false, buf, cap);
-        if (l == 0 || l > GRAM_MAX_PIECE || l >= cap)
-            continue;
-        pieces[i] = malloc(l);
-        if (!pieces[i]) {
-            rc = lmd_err_set(err, LMD_ENOMEM, "out of memory for the vocabulary trie");
-            goto out;
+        if (cap - used < GRAM_MAX_PIECE + 1) {
+            char *na = realloc(all, cap * 2);
+            if (!na) {
+                rc = lmd_err_set(err, LMD_ENOMEM, "out of memory for the vocabulary trie");
+                goto out;
+            }
+            all = na;
+            cap *= 2;
         }
-        memcpy(pieces[i], buf, l);
+        size_t l = tok_piece(v, i, false, all + used, GRAM_MAX_PIECE + 1);
+        if (l == 0 || l > GRAM_MAX_PIECE)
+            continue; /* nothing to match, or longer than the trie goes: never allowed */
+        at[i] = used;
         len[i] = l;
+        used += l;
     }
+    for (int i = 0; i < n; i++)
+        pieces[i] = all + at[i];
     if (n_eog == 0) {
         rc = lmd_err_set(err, LMD_ENOTSUP, "the vocabulary has no end-of-generation token");
         goto out;
     }
-    rc = gram_vocab_build_raw(out, n, (const char *const *)pieces, len, eog, n_eog, err);
+    rc = gram_vocab_build_raw(out, n, pieces, len, eog, n_eog, err);
 out:
-    if (pieces)
-        for (int i = 0; i < n; i++)
-            free(pieces[i]);
     free(pieces);
     free(len);
+    free(at);
     free(eog);
-    free(buf);
+    free(all);
     return rc;
 }
