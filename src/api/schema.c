@@ -668,16 +668,39 @@ out:
     return c->failed ? -1 : r;
 }
 
-int api_schema_grammar(const void *schema, const char *path, struct lmd_buf *out, char *msg, size_t msg_cap)
+int api_schema_common(struct lmd_buf *out)
 {
-    struct conv c = {.b = out, .root = schema, .refs = json_object(), .msg = msg, .cap = msg_cap};
+    lmd_buf_append(out, common_rules, sizeof common_rules - 1);
+    return out->ptr ? 0 : -1;
+}
+
+int api_schema_rules(const void *schema, const char *path, int *next_rule, struct lmd_buf *out, char *msg,
+                     size_t msg_cap)
+{
+    struct conv c = {
+        .b = out, .root = schema, .refs = json_object(), .n_rules = *next_rule, .msg = msg, .cap = msg_cap};
     if (!c.refs) {
         snprintf(msg, msg_cap, "out of memory");
         return -1;
     }
-    lmd_buf_append(out, common_rules, sizeof common_rules - 1);
     int r = gen(&c, schema, path);
     json_decref(c.refs);
+    if (r >= 0 && !out->ptr) {
+        snprintf(msg, msg_cap, "out of memory");
+        r = -1;
+    }
+    *next_rule = c.n_rules;
+    return r;
+}
+
+int api_schema_grammar(const void *schema, const char *path, struct lmd_buf *out, char *msg, size_t msg_cap)
+{
+    int next = 0;
+    if (api_schema_common(out) != 0) {
+        snprintf(msg, msg_cap, "out of memory");
+        return -1;
+    }
+    int r = api_schema_rules(schema, path, &next, out, msg, msg_cap);
     if (r < 0)
         return -1;
     lmd_buf_printf(out, "root ::= s%d\n", r);

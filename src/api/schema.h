@@ -34,5 +34,15 @@ struct lmd_buf;
  * (under `path`, e.g. "response_format.json_schema.schema") to msg and
  * returns non-zero. */
 int api_schema_grammar(const void *schema, const char *path, struct lmd_buf *out, char *msg, size_t msg_cap);
+
+/* The parts, for grammars that embed several schemas (a tool call's
+ * arguments inside the call's syntax): the shared rules (json-value,
+ * json-string, ws, …; once per grammar), then the rules of one schema,
+ * numbered from *next_rule on ("s<N>"; *next_rule is advanced past them,
+ * so the next schema's rules do not clash). Returns the number of the
+ * schema's own rule (refer to it as "s<N>"), or -1 with msg set. */
+int api_schema_common(struct lmd_buf *out);
+int api_schema_rules(const void *schema, const char *path, int *next_rule, struct lmd_buf *out, char *msg,
+                     size_t msg_cap);
 /* The grammar of any JSON object (response_format json_object). */
 int api_schema_any_object(struct lmd_buf *out);
