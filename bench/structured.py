@@ -100,7 +100,7 @@ def main():
     ap.add_argument("--model", default=os.path.join(ROOT, "models", "default.gguf"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--max-tokens", type=int, default=200)
+    ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()

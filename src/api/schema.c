@@ -26,7 +26,7 @@
 #define SCHEMA_INT_MAX 9999999999999999LL /* 16 digits: the bound of an unbounded integer */
 
 static const char common_rules[] =
-    "ws ::= [ \\t\\n]{0,20}\n"
+    "ws ::= ([ \\t] | \"\\n\" [ \\t]{0,20})?\n"
     "json-char ::= [^\"\\\\\\x00-\\x1f] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4})\n"
     "json-string ::= \"\\\"\" json-char* \"\\\"\"\n"
     "json-int ::= \"-\"? (\"0\" | [1-9] [0-9]{0,15})\n"

@@ -19,8 +19,9 @@
  *     without bounds up to 16 integer and 6 fraction digits and an exponent.
  * Annotations (title, description, default, examples, $schema, $id,
  * $comment, deprecated, readOnly, writeOnly) change nothing and pass.
- * Whitespace between tokens is bounded (at most 20 blanks), so output
- * never runs away on whitespace alone.
+ * Whitespace between tokens is bounded (one blank, or one line break and
+ * an indentation of at most 20 blanks), so output never runs away on
+ * whitespace alone.
  */
 #pragma once
 

@@ -41,6 +41,9 @@
 #define GRAM_MEMO_STATES 512   /* distinct states the transition memo holds */
 #define GRAM_MEMO_WORDS 131072 /* their words */
 #define GRAM_MASK_CACHE 8      /* masks kept by state */
+#define GRAM_EXPAND_BUDGET                                                                                             \
+    20000 /* expansion steps for one byte: an ambiguous grammar can ask for exponentially                              \
+             many, and the engine thread must not stall on it */
 
 struct gram_node {
     uint32_t skip;   /* index of the next node outside this one's subtree */
@@ -97,6 +100,7 @@ struct gram_match {
     uint32_t *walk;        /* [GRAM_WALK_WORDS] the mask walk's states, one per trie depth */
     uint32_t *xs;          /* [GRAM_XS_WORDS] expansion scratch, used as a stack */
     uint32_t xs_top;
+    int budget;          /* expansion steps left for the byte being fed */
     uint8_t *bits;       /* [(n_vocab + 7) / 8] tokens allowed at this step */
     uint64_t nodes;      /* trie nodes visited, for stats */
     const uint8_t *last; /* the bits of the last gram_match_fill (a cache slot or bits) */
@@ -144,6 +148,10 @@ static void sb_add(struct sbuild *b, const uint32_t *stk, uint32_t n)
 static void expand(struct gram_match *m, struct sbuild *b, const uint32_t *stk, uint32_t n, int nest)
 {
     const struct gram *g = m->g;
+    if (--m->budget < 0) {
+        b->overflow = true;
+        return;
+    }
     if (n == 0) {
         sb_add(b, stk, 0);
         return;
@@ -217,6 +225,7 @@ static bool advance_byte(struct gram_match *m, const uint32_t *in, uint8_t byte,
 {
     static const uint32_t min_cp[5] = {0, 0, 0x80, 0x800, 0x10000};
     struct sbuild b;
+    m->budget = GRAM_EXPAND_BUDGET;
     uint32_t need = in[2] & 0xff, len = in[2] >> 8, cp;
     if (need > 0) {
         if ((byte & 0xC0) != 0x80)
@@ -358,6 +367,7 @@ int gram_match_init(struct gram_match **out, const struct gram *g, const struct 
     }
     if (gv)
         memo_clear(mo);
+    m->budget = GRAM_EXPAND_BUDGET;
     struct sbuild b;
     sb_start(&b, m->cur, GRAM_STATE_WORDS, 0, 0);
     for (uint32_t a = g->rule[g->root];; a++) {

@@ -116,6 +116,29 @@ static void test_escapes_and_unicode(void **state)
     gram_free(g);
 }
 
+/* A grammar whose expansion doubles at every level stops at the matcher's
+ * budget (the byte is refused) instead of stalling the engine thread. */
+static void test_ambiguity_is_bounded(void **state)
+{
+    char text[4096];
+    size_t n = (size_t)snprintf(text, sizeof text, "root ::= r0 \"x\"\n");
+    for (int i = 0; i < 40; i++)
+        n += (size_t)snprintf(text + n, sizeof text - n, "r%d ::= r%d r%d | \"\"\n", i, i + 1, i + 1);
+    snprintf(text + n, sizeof text - n, "r40 ::= \"a\" | \"\"\n");
+    struct gram *g = NULL;
+    struct lmd_err err = {0};
+    assert_int_equal(gram_compile(&g, text, strlen(text), &err), 0);
+    struct gram_match *m = NULL;
+    int rc = gram_match_init(&m, g, NULL, &err);
+    if (rc == 0) {
+        (void)gram_match_feed(m, "aax", 3);
+        gram_match_free(m);
+    } else {
+        assert_int_equal(rc, LMD_ERANGE);
+    }
+    gram_free(g);
+}
+
 static void test_recursion(void **state)
 {
     struct gram *g = compile_ok("root ::= v\nv ::= \"[\" (v (\",\" v)*)? \"]\" | \"0\"\n");
@@ -372,6 +395,7 @@ int main(void)
         cmocka_unit_test(test_repetition),
         cmocka_unit_test(test_escapes_and_unicode),
         cmocka_unit_test(test_recursion),
+        cmocka_unit_test(test_ambiguity_is_bounded),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_mask_tiny),
         cmocka_unit_test(test_sampler_tiny),
