@@ -25,7 +25,8 @@ int sample_scratch_init(struct sample_scratch *s, int n_vocab, struct lmd_err *e
     s->n_cand = 0;
     s->val = malloc((size_t)n_vocab * sizeof *s->val);
     s->idx = malloc((size_t)n_vocab * sizeof *s->idx);
-    if (!s->val || !s->idx) {
+    s->cum = malloc((size_t)n_vocab * sizeof *s->cum);
+    if (!s->val || !s->idx || !s->cum) {
         sample_scratch_free(s);
         return lmd_err_set(err, LMD_ENOMEM, "out of memory for sampling scratch");
     }
@@ -36,8 +37,10 @@ void sample_scratch_free(struct sample_scratch *s)
 {
     free(s->val);
     free(s->idx);
+    free(s->cum);
     s->val = NULL;
     s->idx = NULL;
+    s->cum = NULL;
 }
 
 static uint64_t splitmix64(uint64_t *x)
@@ -250,6 +253,8 @@ static int top_k_select(const float *v, int n, int k, int32_t *idx)
 
 static int32_t sample_draw(struct sampler *s, struct sample_scratch *sc, float *logits, int n_vocab);
 
+#define SAMPLE_GRAMMAR_TRIES 16 /* redraws before a grammar's full mask is computed */
+
 int32_t sample_next(struct sampler *s, struct sample_scratch *sc, float *logits, int n_vocab)
 {
     apply_penalties(s, logits, n_vocab);
@@ -264,8 +269,37 @@ int32_t sample_next(struct sampler *s, struct sample_scratch *sc, float *logits,
         obs_count(OBS_C_GRAMMAR_NS, lmd_time_mono_ns() - t0);
         return tok;
     }
-    obs_count(OBS_C_GRAMMAR_MASKS, 1);
     tok = -1;
+    if (s->p.temperature > 0.0f && sc->n_cand > 0) {
+        /* Rejection sampling: draw again from the first draw's weights
+         * (prefix sums and a binary search, no second softmax) and keep the
+         * first token the grammar allows — exactly the masked distribution.
+         * Bounded: when the allowed tokens carry little weight, the mask is
+         * cheaper than the tries. */
+        double acc = 0.0;
+        for (int i = 0; i < sc->n_cand; i++) {
+            acc += sc->val[i];
+            sc->cum[i] = acc;
+        }
+        for (int k = 0; k < SAMPLE_GRAMMAR_TRIES && tok < 0 && acc > 0.0; k++) {
+            double r = rng_uniform(s->rng) * acc;
+            int lo = 0, hi = sc->n_cand - 1;
+            while (lo < hi) {
+                int mid = (lo + hi) / 2;
+                if (sc->cum[mid] > r)
+                    hi = mid;
+                else
+                    lo = mid + 1;
+            }
+            if (sc->val[lo] > 0.0f && gram_match_allows(s->gm, sc->idx[lo]))
+                tok = sc->idx[lo];
+        }
+        if (tok >= 0) {
+            obs_count(OBS_C_GRAMMAR_NS, lmd_time_mono_ns() - t0);
+            return tok;
+        }
+    }
+    obs_count(OBS_C_GRAMMAR_MASKS, 1);
     if (gram_match_fill(s->gm) == 0) {
         tok = gram_vocab_eog(s->p.gvocab); /* a dead end the grammar's checks could not rule out */
     } else if (s->p.temperature > 0.0f && sc->n_cand > 0) {

@@ -71,6 +71,7 @@ struct sample_scratch {
      * (idx[0..n_cand), weights val[0..n_cand)); a grammar redraws from
      * these without a second softmax. */
     int n_cand;
+    double *cum; /* [n_vocab] prefix sums of val, for a grammar's redraws */
 };
 
 int sample_scratch_init(struct sample_scratch *s, int n_vocab, struct lmd_err *err);
@@ -88,12 +89,13 @@ void sample_accept(struct sampler *s, int32_t token);
 /* Pick the next token. logits [n_vocab] is modified in place (bias and
  * penalties applied). Does not call sample_accept.
  * With a grammar, the token is drawn as usual and kept when the grammar
- * allows it; otherwise every token the grammar refuses is masked out of
- * logits (-infinity) and the draw is repeated on what is left. Over the
- * full distribution this is exactly a draw from the masked one, and the
- * full mask is only computed when the first draw misses. When the output
- * is complete and cannot go on, the end-of-generation token is returned
- * without drawing. */
+ * allows it; otherwise it is drawn again from the same weights until the
+ * grammar allows one (a bounded number of tries), and failing that from
+ * those weights less every token the grammar refuses (its full mask) — or,
+ * greedy, the logits are masked (-infinity) and the argmax taken. Each way
+ * is exactly a draw from the masked distribution (top-k/top-p/min-p taken
+ * over the unconstrained one). When the output is complete and cannot go
+ * on, the end-of-generation token is returned without drawing. */
 int32_t sample_next(struct sampler *s, struct sample_scratch *sc, float *logits, int n_vocab);
 
 /* Log-probabilities under `logits` (as modified by sample_next): of `token`,

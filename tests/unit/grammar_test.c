@@ -313,6 +313,47 @@ static void test_sampler_tiny(void **state)
     gram_vocab_free(gv);
 }
 
+/* Drawing under a grammar is drawing from the masked distribution: the
+ * allowed tokens keep their relative odds however much weight the refused
+ * ones carried (fixed seeds, so the counts are the same on every run). */
+static void test_sampler_masked_distribution(void **state)
+{
+    struct gram_vocab *gv = tiny_vocab();
+    struct gram *g = compile_ok("root ::= (\"a\" | \"1\" | \"x\") \":\"\n");
+    struct sample_scratch sc;
+    assert_int_equal(sample_scratch_init(&sc, N_TINY, NULL), 0);
+    const int a = find_tiny("a"), one = find_tiny("1"), x = find_tiny("x");
+    int count[N_TINY] = {0};
+    const int n = 20000;
+    for (int k = 0; k < n; k++) {
+        struct sample_params p;
+        sample_params_default(&p);
+        p.seed = (uint64_t)k + 1;
+        p.grammar = g;
+        p.gvocab = gv;
+        struct sampler s;
+        assert_int_equal(sample_init(&s, &p, 8, NULL), 0);
+        float logits[N_TINY];
+        for (int i = 0; i < N_TINY; i++)
+            logits[i] = 0.0f;
+        logits[a] = 1.0f;
+        logits[one] = 2.0f;
+        logits[x] = 0.5f;
+        logits[find_tiny("{")] = 4.0f; /* refused, and most of the unconstrained weight */
+        logits[find_tiny("}")] = 4.0f;
+        count[sample_next(&s, &sc, logits, N_TINY)]++;
+        sample_free(&s);
+    }
+    double z = exp(1.0) + exp(2.0) + exp(0.5);
+    assert_int_equal(count[a] + count[one] + count[x], n);
+    assert_true(fabs((double)count[a] / n - exp(1.0) / z) < 0.015);
+    assert_true(fabs((double)count[one] / n - exp(2.0) / z) < 0.015);
+    assert_true(fabs((double)count[x] / n - exp(0.5) / z) < 0.015);
+    sample_scratch_free(&sc);
+    gram_free(g);
+    gram_vocab_free(gv);
+}
+
 /* The default model's vocabulary: the trie holds every ordinary token, and
  * the mask of a narrow state admits exactly the tokens that fit. */
 static void test_mask_real_vocab(void **state)
@@ -399,6 +440,7 @@ int main(void)
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_mask_tiny),
         cmocka_unit_test(test_sampler_tiny),
+        cmocka_unit_test(test_sampler_masked_distribution),
         cmocka_unit_test(test_mask_real_vocab),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
