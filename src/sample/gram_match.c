@@ -132,14 +132,15 @@ static void sb_add(struct sbuild *b, const uint32_t *stk, uint32_t n)
         return;
     uint32_t *w = b->w;
     for (uint32_t q = 3; q < w[0]; q += 1 + w[q])
-        if (w[q] == n && memcmp(w + q + 1, stk, n * sizeof *stk) == 0)
+        if (w[q] == n && (n == 0 || memcmp(w + q + 1, stk, n * sizeof *stk) == 0))
             return;
     if (w[0] + 1 + n > b->cap) {
         b->overflow = true;
         return;
     }
     w[w[0]] = n;
-    memcpy(w + w[0] + 1, stk, n * sizeof *stk);
+    if (n > 0)
+        memcpy(w + w[0] + 1, stk, n * sizeof *stk);
     w[0] += 1 + n;
 }
 
