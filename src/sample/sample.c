@@ -325,10 +325,13 @@ int32_t sample_next(struct sampler *s, struct sample_scratch *sc, float *logits,
         }
     }
     if (tok < 0) {
-        /* Greedy, or every candidate the filters kept was refused: mask the
-         * logits and draw again from what is left. */
-        gram_match_apply(s->gm, logits);
-        tok = sample_draw(s, sc, logits, n_vocab);
+        /* Greedy, or every candidate the filters kept was refused: draw
+         * again from masked logits — a copy (in cum's memory, free by now),
+         * so the row keeps the model's values for the log-probabilities. */
+        float *masked = (float *)sc->cum;
+        memcpy(masked, logits, (size_t)n_vocab * sizeof *masked);
+        gram_match_apply(s->gm, masked);
+        tok = sample_draw(s, sc, masked, n_vocab);
     }
     obs_count(OBS_C_GRAMMAR_NS, lmd_time_mono_ns() - t0);
     return tok;

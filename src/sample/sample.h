@@ -94,8 +94,9 @@ void sample_accept(struct sampler *s, int32_t token);
  * those weights less every token the grammar refuses (its full mask) — or,
  * greedy, the logits are masked (-infinity) and the argmax taken. Each way
  * is exactly a draw from the masked distribution (top-k/top-p/min-p taken
- * over the unconstrained one). When the output is complete and cannot go
- * on, the end-of-generation token is returned without drawing. */
+ * over the unconstrained one). The grammar never edits logits, so
+ * log-probabilities stay the model's. When the output is complete and
+ * cannot go on, the end-of-generation token is returned without drawing. */
 int32_t sample_next(struct sampler *s, struct sample_scratch *sc, float *logits, int n_vocab);
 
 /* Log-probabilities under `logits` (as modified by sample_next): of `token`,
