@@ -640,7 +640,7 @@ int sched_start(struct sched **out, struct engine *eng, const struct sched_confi
         rc = sample_scratch_init(&s->scratch, eng->info.n_vocab, err);
     /* Constrained decoding walks the vocabulary as a byte trie, built once
      * here rather than on the first request that needs it. */
-    if (rc == 0 && cfg->vocab && !ei->request_level) {
+    if (rc == 0 && cfg->vocab && !ei->request_level && tok_n_vocab(cfg->vocab) <= ei->n_vocab) {
         struct lmd_err gerr = {0};
         if (gram_vocab_build(&s->gvocab, cfg->vocab, ei->n_vocab, &gerr) != 0)
             LMD_WARN("sched: constrained decoding is off for this model: %s", gerr.msg);
