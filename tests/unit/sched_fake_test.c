@@ -428,6 +428,7 @@ static void test_grammar_on_every_sampling_path(void **state)
     const char *text = "root ::= \"[\" [0-9]{1,3} (\", \" [0-9]{1,3}){0,4} \"]\"\n";
     struct gram *g = NULL;
     assert_int_equal(gram_compile(&g, text, strlen(text), &err), 0);
+    static struct treq ts[4]; /* the scheduler holds a reference until sched_stop */
     for (int samples = 0; samples <= 1; samples++) {
         struct engine *e = NULL;
         struct engine_fake_config c = {.n_vocab = tok_n_vocab(v),
@@ -442,19 +443,19 @@ static void test_grammar_on_every_sampling_path(void **state)
         struct sched_config sc = {.vocab = v, .max_running = 2, .max_queue = 8};
         struct sched *s = start(e, &sc);
         for (int seed = 1; seed <= 4; seed++) {
-            struct treq t;
-            t_init(&t, seed, 6, 40);
-            t.r.ignore_eos = false;
-            t.r.sp.temperature = seed == 4 ? 0.0f : 1.0f;
-            t.r.sp.seed = (uint64_t)seed;
-            t.r.sp.grammar = g;
-            run_alone(s, &t);
-            int fin = atomic_load(&t.r.finish), n = atomic_load(&t.r.n_out);
+            struct treq *tp = &ts[seed - 1];
+            t_init(tp, seed, 6, 40);
+            tp->r.ignore_eos = false;
+            tp->r.sp.temperature = seed == 4 ? 0.0f : 1.0f;
+            tp->r.sp.seed = (uint64_t)seed;
+            tp->r.sp.grammar = g;
+            run_alone(s, tp);
+            int fin = atomic_load(&tp->r.finish), n = atomic_load(&tp->r.n_out);
             assert_true(fin == SCHED_FINISH_STOP || fin == SCHED_FINISH_LENGTH);
             char out[2048];
             size_t len = 0;
             for (int i = 0; i < n; i++)
-                len += tok_piece(v, t.out[i], false, out + len, sizeof out - len);
+                len += tok_piece(v, tp->out[i], false, out + len, sizeof out - len);
             struct gram_match *m = NULL;
             assert_int_equal(gram_match_init(&m, g, NULL, &err), 0);
             bool fits = gram_match_feed(m, out, len);
