@@ -80,3 +80,30 @@ static inline bool gram__match_range(const struct gram *g, uint32_t pos, uint32_
     }
     return c->neg;
 }
+
+/* The vocabulary trie (gram_vocab.c), walked by the mask (gram_match.c). */
+#define GRAM_MAX_PIECE 128 /* longest token (bytes) the trie holds; longer ones are never allowed */
+
+struct gram_node {
+    uint32_t skip;   /* index of the next node outside this one's subtree */
+    uint32_t tok;    /* first of this node's tokens in gram_vocab.tok_ids */
+    uint32_t sub_lo; /* the subtree's tokens are tok_ids[sub_lo, sub_hi) */
+    uint32_t sub_hi;
+    uint16_t n_tok; /* tokens whose text ends here */
+    uint8_t byte;
+    uint8_t depth; /* 1 = first byte of a token */
+    uint8_t plain; /* every token below, from this byte on, is plain text (see mask_walk) of at most
+                      this many characters; 0 = not so */
+};
+
+struct gram_vocab {
+    int n_vocab;
+    struct gram_node *node; /* [n_node] in depth-first order */
+    uint32_t n_node;
+    int32_t *tok_ids; /* [tokens in the trie] grouped by node */
+    uint32_t *off;    /* [n_vocab + 1] token i's bytes are bytes[off[i], off[i + 1]) (empty = never allowed) */
+    uint8_t *bytes;
+    int32_t *eog; /* [n_eog] tokens that end generation */
+    int n_eog;
+    uint8_t *is_eog; /* [n_vocab] */
+};
