@@ -69,6 +69,16 @@ enum api_kind {
 #define API_MAX_TOP_CHAT 20      /* chat top_logprobs */
 #define API_MAX_TOP_COMPLETION 5 /* completions logprobs */
 
+/* response_format's type. */
+enum api_rf_kind {
+    API_RF_NONE = 0,
+    API_RF_TEXT = 1,
+    API_RF_JSON_OBJECT = 2,
+    API_RF_JSON_SCHEMA = 3,
+};
+
+struct gram;
+
 /* One parsed request. Strings point into the parsed JSON document, which
  * the caller keeps (`doc`) until it has copied what it needs. */
 struct api_params {
@@ -105,12 +115,23 @@ struct api_params {
     bool add_generation_prompt; /* chat: open the assistant's turn (default true) */
     bool has_template_kwargs;   /* chat: a non-empty chat_template_kwargs object was given */
     size_t cache_salt_len;
+    /* Structured output. */
+    enum api_rf_kind rf_kind;
+    const void *rf_schema;    /* json_t *: response_format.json_schema.schema, or NULL (any JSON value) */
+    const char *grammar_text; /* the `grammar` field (GBNF), or NULL */
+    size_t grammar_len;
+    struct gram *grammar; /* compiled by api_structured_compile; owned here until a call takes it */
 };
 
 /* Render a chat request (p->doc) with m's Jinja template (m->chat_jinja),
  * appending the prompt text to out. A template's raise_exception and any
  * failure the conversation causes are 400 naming the message. */
 int api__chat_jinja(const struct api_model *m, const struct api_params *p, struct lmd_buf *out, struct api_error *e);
+
+/* Compile p's response_format or grammar into p->grammar (left NULL when
+ * the output is free text). A schema or grammar lmd cannot enforce is a
+ * 400 naming the field and the keyword (schema.c). */
+int api_structured_compile(struct api_params *p, struct api_error *e);
 
 /* Parse and validate a request body. On failure fills e (status 400 with
  * the field named) and returns LMD_EINVAL; api_params_free is safe either
@@ -186,7 +207,8 @@ void api_send_error(struct http_req *r, const struct api_error *e, const char *h
 
 /* A generation call (call.c): build the call for a validated request,
  * submit its n choices to model m's scheduler and answer from then on. Takes
- * ownership of ids ([n_prompt] malloc'd; freed on failure too). On failure
+ * ownership of ids ([n_prompt] malloc'd; freed on failure too) and of
+ * p->grammar (the caller clears its pointer after the call, either way). On failure
  * fills e and returns non-zero, having answered nothing: the caller sends e.
  * `id` is the completion id (also the X-Request-Id unless the client sent
  * its own). */

@@ -28,6 +28,7 @@
  * request is disposed) and one for the scheduler.
  */
 #include "api/api_int.h"
+#include "sample/grammar.h"
 
 #include "core/log.h"
 #include "core/time.h"
@@ -102,6 +103,7 @@ struct api_call {
      * which may be long after submission: the array lives here until the
      * call is freed. */
     struct sample_bias *bias; /* [n_bias] */
+    struct gram *grammar;     /* the output's grammar (owned; the samplers point at it), or NULL */
     char *piece;              /* [piece_cap] one detokenized push, or one token's text */
     size_t piece_cap;
     struct lmd_buf chunk;                   /* streamed: the SSE bytes of this wakeup, reused */
@@ -170,6 +172,7 @@ static void call_free(struct api_call *c)
         }
     json_decref(c->body);
     free(c->raw);
+    gram_free(c->grammar);
     lmd_arena_destroy(c->arena); /* c too */
 }
 
@@ -726,6 +729,7 @@ static int choice_init(struct api_call *c, struct api_choice *ch, int i, const s
     ch->sr.sp = p->sp;
     ch->sr.sp.bias = c->bias;
     ch->sr.sp.n_bias = p->n_bias;
+    ch->sr.sp.grammar = c->grammar;
     /* With a seed, choice i draws from seed + i, so a request reproduces
      * choice for choice; without one every choice gets its own stream. */
     if (p->seed_set)
@@ -812,6 +816,7 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
     int32_t *prompt = c && !fwd ? lmd_arena_alloc(arena, (size_t)n_prompt * sizeof *prompt) : NULL;
     if (!c || (!fwd && !prompt)) {
         lmd_arena_destroy(arena);
+        gram_free(p->grammar);
         free(ids);
         json_decref(body);
         free(raw);
@@ -821,6 +826,7 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
         memcpy(prompt, ids, (size_t)n_prompt * sizeof *prompt);
     free(ids);
     c->forwards = fwd;
+    c->grammar = p->grammar;
     c->body = body;
     c->raw = raw;
     c->raw_len = raw_len;

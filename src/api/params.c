@@ -8,6 +8,7 @@
  * Not here: tokenization, the chat template, model lookup (routes.c).
  */
 #include "api/api_int.h"
+#include "sample/grammar.h"
 
 #include <jansson.h>
 
@@ -273,22 +274,6 @@ static int parse_bias(struct api_params *p, json_t *root, struct api_error *e)
  */
 static int refuse_unsupported(json_t *root, struct api_error *e)
 {
-    json_t *rf = json_object_get(root, "response_format");
-    if (rf && !json_is_null(rf)) {
-        json_t *t = json_is_object(rf) ? json_object_get(rf, "type") : NULL;
-        if (!json_is_string(t))
-            return api_error_set(e, 400, "invalid_request_error", "response_format", NULL,
-                                 "'response_format' must be an object with a string 'type'");
-        const char *ty = json_string_value(t);
-        if (strcmp(ty, "json_object") == 0 || strcmp(ty, "json_schema") == 0)
-            return api_error_set(e, 400, "invalid_request_error", "response_format", "unsupported_parameter",
-                                 "response_format type '%s' is not supported by this server yet: the output "
-                                 "would not be constrained to JSON",
-                                 ty);
-        if (strcmp(ty, "text") != 0)
-            return api_error_set(e, 400, "invalid_request_error", "response_format", NULL,
-                                 "unknown response_format type '%.64s' (text, json_object or json_schema)", ty);
-    }
     static const char *const lists[] = {"tools", "functions"};
     for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
         json_t *v = json_object_get(root, lists[i]);
@@ -300,8 +285,8 @@ static int refuse_unsupported(json_t *root, struct api_error *e)
     }
     /* Constrained decoding as vLLM and llama.cpp spell it, and completion
      * features that change the text: refused whenever given. */
-    static const char *const constrained[] = {"guided_json",    "guided_regex", "guided_choice",
-                                              "guided_grammar", "grammar",      "json_schema"};
+    static const char *const constrained[] = {"guided_json", "guided_regex", "guided_choice", "guided_grammar",
+                                              "json_schema"};
     for (size_t i = 0; i < sizeof constrained / sizeof constrained[0]; i++) {
         json_t *v = json_object_get(root, constrained[i]);
         if (v && !json_is_null(v))
@@ -323,6 +308,80 @@ static int refuse_unsupported(json_t *root, struct api_error *e)
         if (v && !json_is_null(v) && !(json_is_string(v) && strcmp(json_string_value(v), "none") == 0))
             return api_error_set(e, 400, "invalid_request_error", choices[i], "unsupported_parameter",
                                  "'%s' other than \"none\" is not supported by this server yet", choices[i]);
+    }
+    return 0;
+}
+
+/*
+ * Structured output: response_format (OpenAI's text, json_object and
+ * json_schema) and llama.cpp's `grammar` (GBNF text). Only the shape is
+ * checked here; the schema or grammar is compiled once the model is known
+ * (api_structured_compile), since a model that forwards requests passes
+ * response_format on to its upstream instead.
+ */
+static int parse_structured(struct api_params *p, json_t *root, struct api_error *e)
+{
+    json_t *rf = json_object_get(root, "response_format");
+    if (rf && !json_is_null(rf)) {
+        json_t *t = json_is_object(rf) ? json_object_get(rf, "type") : NULL;
+        if (!json_is_string(t))
+            return BAD("response_format", "'response_format' must be an object with a string 'type'");
+        const char *ty = json_string_value(t);
+        const char *key;
+        json_t *v;
+        if (strcmp(ty, "text") == 0) {
+            p->rf_kind = API_RF_TEXT;
+        } else if (strcmp(ty, "json_object") == 0) {
+            p->rf_kind = API_RF_JSON_OBJECT;
+        } else if (strcmp(ty, "json_schema") == 0) {
+            p->rf_kind = API_RF_JSON_SCHEMA;
+            json_t *js = json_object_get(rf, "json_schema");
+            if (!json_is_object(js))
+                return BAD("response_format", "response_format type 'json_schema' needs a 'json_schema' object");
+            json_object_foreach(js, key, v)
+            {
+                if (strcmp(key, "name") == 0) {
+                    if (!json_is_string(v) || json_string_length(v) == 0 || json_string_length(v) > 64)
+                        return BAD("response_format", "'response_format.json_schema.name' must be a string of 1 to "
+                                                      "64 characters");
+                } else if (strcmp(key, "description") == 0) {
+                    if (!json_is_string(v))
+                        return BAD("response_format", "'response_format.json_schema.description' must be a string");
+                } else if (strcmp(key, "strict") == 0) {
+                    if (!json_is_boolean(v) && !json_is_null(v))
+                        return BAD("response_format", "'response_format.json_schema.strict' must be a boolean");
+                } else if (strcmp(key, "schema") == 0) {
+                    if (!json_is_object(v) && !json_is_boolean(v))
+                        return BAD("response_format", "'response_format.json_schema.schema' must be a JSON Schema "
+                                                      "object");
+                    p->rf_schema = v;
+                } else {
+                    return BAD("response_format",
+                               "unknown field 'response_format.json_schema.%.64s' (name, "
+                               "description, schema, strict)",
+                               key);
+                }
+            }
+            if (!json_object_get(js, "name"))
+                return BAD("response_format", "'response_format.json_schema.name' is required");
+        } else {
+            return BAD("response_format", "unknown response_format type '%.64s' (text, json_object or json_schema)",
+                       ty);
+        }
+        json_object_foreach(rf, key, v)
+        {
+            if (strcmp(key, "type") != 0 && !(p->rf_kind == API_RF_JSON_SCHEMA && strcmp(key, "json_schema") == 0))
+                return BAD("response_format", "unknown field 'response_format.%.64s' for type '%s'", key, ty);
+        }
+    }
+    json_t *g = json_object_get(root, "grammar");
+    if (g && !json_is_null(g)) {
+        if (!json_is_string(g) || json_string_length(g) == 0)
+            return BAD("grammar", "'grammar' must be a non-empty string (GBNF)");
+        if (p->rf_kind == API_RF_JSON_OBJECT || p->rf_kind == API_RF_JSON_SCHEMA)
+            return BAD("grammar", "'grammar' and a JSON 'response_format' cannot be used together");
+        p->grammar_text = json_string_value(g);
+        p->grammar_len = json_string_length(g);
     }
     return 0;
 }
@@ -413,8 +472,11 @@ int api_params_parse(struct api_params *p, enum api_kind kind, const char *body,
             return LMD_EINVAL;
     }
     if (parse_logprobs(p, root, e) || parse_bias(p, root, e) || get_bool(root, "ignore_eos", &p->ignore_eos, e) ||
-        refuse_unsupported(root, e))
+        refuse_unsupported(root, e) || parse_structured(p, root, e))
         return LMD_EINVAL;
+    if (p->ignore_eos && (p->grammar_text || p->rf_kind == API_RF_JSON_OBJECT || p->rf_kind == API_RF_JSON_SCHEMA))
+        return BAD("ignore_eos", "'ignore_eos' cannot be used with constrained output ('response_format' or "
+                                 "'grammar'): the output must end where the grammar does");
     /* The service class: a class name, or vLLM's integer (any value, lower
      * = more urgent, 0 = the default), which the caller maps onto classes
      * by the configured thresholds. */
@@ -481,6 +543,7 @@ void api_params_free(struct api_params *p)
     free(p->prompt_ids);
     free(p->msgs);
     free(p->bias);
+    gram_free(p->grammar);
     json_decref((json_t *)p->doc);
     memset(p, 0, sizeof *p);
 }

@@ -546,6 +546,15 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     }
     who.cls = cls;
     if (m->m.forwards) {
+        /* response_format goes upstream in the body, where the upstream
+         * enforces it; a llama.cpp grammar only some upstreams know. */
+        if (p.grammar_text) {
+            api_error_set(&e, 400, "invalid_request_error", "grammar", "unsupported_parameter",
+                          "'grammar' is not available for model '%s': its engine forwards requests to upstream "
+                          "servers, which do not all honour it; use 'response_format'",
+                          m->m.id);
+            goto fail;
+        }
         forward_generate(a, r, &p, m, id, rid, &who);
         api_params_free(&p);
         return;
@@ -562,6 +571,8 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
                           n_vocab - 1);
             goto fail;
         }
+    if (api_structured_compile(&p, &e) != 0)
+        goto fail;
     if (build_prompt(&m->m, &p, &ids, &n_prompt, &e) != 0)
         goto fail;
     if (n_prompt == 0) {
@@ -594,7 +605,8 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
         goto fail;
     }
     int rc = api_call_submit(a, m, r, &p, ids, n_prompt, max_tokens, id, &who, &e);
-    ids = NULL; /* the call's now, even on failure; so is the ticket */
+    ids = NULL; /* the call's now, even on failure; so are the ticket and the grammar */
+    p.grammar = NULL;
     api_params_free(&p);
     if (rc != 0) {
         api_log_refusal(a, r, rid, e.status, m, who.cls, who.tenant);

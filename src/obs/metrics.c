@@ -76,6 +76,11 @@ static const struct {
     [OBS_C_HTTP_REQUESTS] = {"lmd_http_requests_total", "HTTP requests received, on every route."},
     [OBS_C_ACCEPT_PAUSES] = {"lmd_http_accept_pauses_total",
                              "Times accepting paused for 100 ms because the process was out of file descriptors."},
+    [OBS_C_GRAMMAR_TOKENS] = {"lmd_grammar_tokens_total", "Tokens drawn under a grammar (structured output)."},
+    [OBS_C_GRAMMAR_MASKS] = {"lmd_grammar_masks_total",
+                             "Grammar tokens whose first draw the grammar refused, drawn again under the full mask."},
+    [OBS_C_GRAMMAR_NS] = {"lmd_grammar_nanoseconds_total",
+                          "Engine-thread time spent in grammars: checking draws, computing masks, advancing."},
 };
 
 /* Counters and gauges without a model label: they describe the HTTP side,

@@ -2,6 +2,10 @@
  * Samplers (see sample.h).
  */
 #include "sample/sample.h"
+#include "sample/grammar.h"
+
+#include "core/time.h"
+#include "obs/obs.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -18,9 +22,11 @@ void sample_params_default(struct sample_params *p)
 int sample_scratch_init(struct sample_scratch *s, int n_vocab, struct lmd_err *err)
 {
     s->n_vocab = n_vocab;
+    s->n_cand = 0;
     s->val = malloc((size_t)n_vocab * sizeof *s->val);
     s->idx = malloc((size_t)n_vocab * sizeof *s->idx);
-    if (!s->val || !s->idx) {
+    s->cum = malloc((size_t)n_vocab * sizeof *s->cum);
+    if (!s->val || !s->idx || !s->cum) {
         sample_scratch_free(s);
         return lmd_err_set(err, LMD_ENOMEM, "out of memory for sampling scratch");
     }
@@ -31,8 +37,10 @@ void sample_scratch_free(struct sample_scratch *s)
 {
     free(s->val);
     free(s->idx);
+    free(s->cum);
     s->val = NULL;
     s->idx = NULL;
+    s->cum = NULL;
 }
 
 static uint64_t splitmix64(uint64_t *x)
@@ -86,6 +94,15 @@ int sample_init(struct sampler *s, const struct sample_params *p, int max_tokens
         memcpy(s->bias, p->bias, (size_t)p->n_bias * sizeof *s->bias);
     }
     s->p.bias = s->bias;
+    if (p->grammar) {
+        if (!p->gvocab)
+            return lmd_err_set(err, LMD_ENOTSUP, "constrained decoding needs the model's vocabulary");
+        int rc = gram_match_init(&s->gm, p->grammar, p->gvocab, err);
+        if (rc != 0) {
+            sample_free(s);
+            return rc;
+        }
+    }
     uint64_t x = p->seed;
     for (int i = 0; i < 4; i++)
         s->rng[i] = splitmix64(&x);
@@ -113,6 +130,7 @@ void sample_free(struct sampler *s)
     free(s->keys);
     free(s->counts);
     free(s->prompt);
+    gram_match_free(s->gm);
     memset(s, 0, sizeof *s);
 }
 
@@ -143,6 +161,11 @@ void sample_accept_prompt(struct sampler *s, const int32_t *tokens, int n)
 
 void sample_accept(struct sampler *s, int32_t token)
 {
+    if (s->gm) {
+        uint64_t t0 = lmd_time_mono_ns();
+        gram_match_accept(s->gm, token);
+        obs_count(OBS_C_GRAMMAR_NS, lmd_time_mono_ns() - t0);
+    }
     if (!s->cap)
         return;
     int32_t h = table_slot(s, token);
@@ -228,9 +251,96 @@ static int top_k_select(const float *v, int n, int k, int32_t *idx)
     return k;
 }
 
+static int32_t sample_draw(struct sampler *s, struct sample_scratch *sc, float *logits, int n_vocab);
+
+#define SAMPLE_GRAMMAR_TRIES 16 /* redraws before a grammar's full mask is computed */
+
 int32_t sample_next(struct sampler *s, struct sample_scratch *sc, float *logits, int n_vocab)
 {
     apply_penalties(s, logits, n_vocab);
+    if (!s->gm)
+        return sample_draw(s, sc, logits, n_vocab);
+    obs_count(OBS_C_GRAMMAR_TOKENS, 1);
+    if (!gram_match_can_continue(s->gm))
+        return gram_vocab_eog(s->p.gvocab);
+    int32_t tok = sample_draw(s, sc, logits, n_vocab);
+    uint64_t t0 = lmd_time_mono_ns();
+    if (gram_match_allows(s->gm, tok)) {
+        obs_count(OBS_C_GRAMMAR_NS, lmd_time_mono_ns() - t0);
+        return tok;
+    }
+    tok = -1;
+    if (s->p.temperature > 0.0f && sc->n_cand > 0) {
+        /* Rejection sampling: draw again from the first draw's weights
+         * (prefix sums and a binary search, no second softmax) and keep the
+         * first token the grammar allows — exactly the masked distribution.
+         * Bounded: when the allowed tokens carry little weight, the mask is
+         * cheaper than the tries. */
+        double acc = 0.0;
+        for (int i = 0; i < sc->n_cand; i++) {
+            acc += sc->val[i];
+            sc->cum[i] = acc;
+        }
+        for (int k = 0; k < SAMPLE_GRAMMAR_TRIES && tok < 0 && acc > 0.0; k++) {
+            double r = rng_uniform(s->rng) * acc;
+            int lo = 0, hi = sc->n_cand - 1;
+            while (lo < hi) {
+                int mid = (lo + hi) / 2;
+                if (sc->cum[mid] > r)
+                    hi = mid;
+                else
+                    lo = mid + 1;
+            }
+            if (sc->val[lo] > 0.0f && gram_match_allows(s->gm, sc->idx[lo]))
+                tok = sc->idx[lo];
+        }
+        if (tok >= 0) {
+            obs_count(OBS_C_GRAMMAR_NS, lmd_time_mono_ns() - t0);
+            return tok;
+        }
+    }
+    obs_count(OBS_C_GRAMMAR_MASKS, 1);
+    if (gram_match_fill(s->gm) == 0) {
+        tok = gram_vocab_eog(s->p.gvocab); /* a dead end the grammar's checks could not rule out */
+    } else if (s->p.temperature > 0.0f && sc->n_cand > 0) {
+        /* The first draw's candidates and weights, less what the grammar
+         * refuses: the same distribution as masking first, without a
+         * second softmax over the vocabulary. */
+        double sum = 0.0;
+        for (int i = 0; i < sc->n_cand; i++) {
+            if (!gram_match_bit(s->gm, sc->idx[i]))
+                sc->val[i] = 0.0f;
+            sum += sc->val[i];
+        }
+        if (sum > 0.0) {
+            double r = rng_uniform(s->rng) * sum;
+            for (int i = 0; i < sc->n_cand && tok < 0; i++) {
+                r -= sc->val[i];
+                if (r < 0 && sc->val[i] > 0.0f)
+                    tok = sc->idx[i];
+            }
+            for (int i = sc->n_cand - 1; i >= 0 && tok < 0; i--)
+                if (sc->val[i] > 0.0f)
+                    tok = sc->idx[i];
+        }
+    }
+    if (tok < 0) {
+        /* Greedy, or every candidate the filters kept was refused: draw
+         * again from masked logits — a copy (in cum's memory, free by now),
+         * so the row keeps the model's values for the log-probabilities. */
+        float *masked = (float *)sc->cum;
+        memcpy(masked, logits, (size_t)n_vocab * sizeof *masked);
+        gram_match_apply(s->gm, masked);
+        tok = sample_draw(s, sc, masked, n_vocab);
+    }
+    obs_count(OBS_C_GRAMMAR_NS, lmd_time_mono_ns() - t0);
+    return tok;
+}
+
+/* A draw under the sampling parameters, grammar aside. */
+static int32_t sample_draw(struct sampler *s, struct sample_scratch *sc, float *logits, int n_vocab)
+{
+    sc->n_cand = 0;
     if (s->p.temperature <= 0.0f)
         return argmax(logits, n_vocab);
 
@@ -304,6 +414,7 @@ int32_t sample_next(struct sampler *s, struct sample_scratch *sc, float *logits,
         }
         n = w;
     }
+    sc->n_cand = n;
     double r = rng_uniform(s->rng) * sum;
     for (int i = 0; i < n; i++) {
         r -= p[i];

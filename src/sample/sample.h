@@ -18,6 +18,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+struct gram;
+struct gram_vocab;
+struct gram_match;
+
 struct sample_bias {
     int32_t token;
     float bias;
@@ -34,6 +38,13 @@ struct sample_params {
     const struct sample_bias *bias; /* [n_bias], copied at init */
     int n_bias;
     uint64_t seed;
+    /* Constrained decoding (sample/grammar.h): when grammar is set, only
+     * tokens that keep the output inside it are drawn, and an
+     * end-of-generation token only once the output is complete. Both are
+     * the caller's and must outlive the sampler; gvocab is required with a
+     * grammar. */
+    const struct gram *grammar;
+    const struct gram_vocab *gvocab;
 };
 
 /* Defaults: greedy off (temperature 1), every filter off. */
@@ -49,12 +60,18 @@ struct sampler {
     uint8_t *prompt; /* [cap] 1 if seen in the prompt */
     uint32_t cap;    /* power of two */
     uint32_t used;
+    struct gram_match *gm; /* the grammar's matcher, or NULL */
 };
 
 struct sample_scratch {
     int n_vocab;
     float *val;   /* [n_vocab] */
     int32_t *idx; /* [n_vocab] */
+    /* After a draw at temperature > 0: the candidates it drew from
+     * (idx[0..n_cand), weights val[0..n_cand)); a grammar redraws from
+     * these without a second softmax. */
+    int n_cand;
+    double *cum; /* [n_vocab] prefix sums of val, for a grammar's redraws */
 };
 
 int sample_scratch_init(struct sample_scratch *s, int n_vocab, struct lmd_err *err);
@@ -70,7 +87,16 @@ void sample_accept_prompt(struct sampler *s, const int32_t *tokens, int n);
 void sample_accept(struct sampler *s, int32_t token);
 
 /* Pick the next token. logits [n_vocab] is modified in place (bias and
- * penalties applied). Does not call sample_accept. */
+ * penalties applied). Does not call sample_accept.
+ * With a grammar, the token is drawn as usual and kept when the grammar
+ * allows it; otherwise it is drawn again from the same weights until the
+ * grammar allows one (a bounded number of tries), and failing that from
+ * those weights less every token the grammar refuses (its full mask) — or,
+ * greedy, the logits are masked (-infinity) and the argmax taken. Each way
+ * is exactly a draw from the masked distribution (top-k/top-p/min-p taken
+ * over the unconstrained one). The grammar never edits logits, so
+ * log-probabilities stay the model's. When the output is complete and
+ * cannot go on, the end-of-generation token is returned without drawing. */
 int32_t sample_next(struct sampler *s, struct sample_scratch *sc, float *logits, int n_vocab);
 
 /* Log-probabilities under `logits` (as modified by sample_next): of `token`,

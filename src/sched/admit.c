@@ -76,7 +76,9 @@ static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
     /* A request-level engine samples with the request's parameters itself. */
     if (!r->run.smp_ready && !s->eng->info.request_level) {
         struct lmd_err err = {0};
-        if (sample_init(&r->run.smp, &r->sp, r->n_prompt + r->max_tokens, &err) != 0) {
+        struct sample_params sp = r->sp;
+        sp.gvocab = s->gvocab;
+        if (sample_init(&r->run.smp, &sp, r->n_prompt + r->max_tokens, &err) != 0) {
             sched__fail(s, r, err.msg);
             return false;
         }

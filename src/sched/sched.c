@@ -18,6 +18,7 @@
  * reject event for a deadline refusal (at submit or at admission). Counting
  * rejections is the API layer's job, not this file's.
  */
+#include "sample/grammar.h"
 #include "sched/sched_int.h"
 
 #include "core/log.h"
@@ -559,6 +560,7 @@ static void *sched_main(void *arg)
 static void sched_free_mem(struct sched *s)
 {
     sample_scratch_free(&s->scratch);
+    gram_vocab_free(s->gvocab);
     free(s->events);
     kv_free(&s->kv);
     free(s->blk_tok);
@@ -636,6 +638,13 @@ int sched_start(struct sched **out, struct engine *eng, const struct sched_confi
         rc = lmd_err_set(err, LMD_ENOMEM, "out of memory");
     else if ((rc = kv_init(&s->kv, &kc, err)) == 0)
         rc = sample_scratch_init(&s->scratch, eng->info.n_vocab, err);
+    /* Constrained decoding walks the vocabulary as a byte trie, built once
+     * here rather than on the first request that needs it. */
+    if (rc == 0 && cfg->vocab && !ei->request_level && tok_n_vocab(cfg->vocab) <= ei->n_vocab) {
+        struct lmd_err gerr = {0};
+        if (gram_vocab_build(&s->gvocab, cfg->vocab, ei->n_vocab, &gerr) != 0)
+            LMD_WARN("sched: constrained decoding is off for this model: %s", gerr.msg);
+    }
     if (rc) {
         sched_free_mem(s);
         return rc;

@@ -120,6 +120,7 @@ struct sched {
     struct engine_seq *batch;  /* [max_running] */
     int *brow;                 /* [max_running] logits row of batch[i], -1 = none */
     struct sample_scratch scratch;
+    struct gram_vocab *gvocab;   /* the vocabulary as bytes, for constrained decoding; NULL without a vocabulary */
     struct engine_event *events; /* [2 * max_running] request-level engines: one poll's events */
     int32_t *blk_tok;            /* [block_tokens] one block's tokens when they straddle prompt and output */
     uint64_t next_seq;

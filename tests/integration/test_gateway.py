@@ -231,6 +231,25 @@ def test_refused_fields(gw):
     assert "echo" in str(ei.value)
 
 
+def test_structured_output_forwarded(gw):
+    """response_format goes upstream in the body and the upstream (lmd here)
+    enforces it; `grammar`, which not every upstream honours, is refused."""
+    import jsonschema
+    c = client(gw)
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 1,
+                                                                               "maximum": 9}},
+              "required": ["ok", "n"], "additionalProperties": False}
+    for seed in (1, 2):
+        r = c.completions.create(model="gemma", prompt=PROMPT, max_tokens=40, temperature=1.0, seed=seed,
+                                 extra_body={"response_format": {"type": "json_schema",
+                                                                 "json_schema": {"name": "t", "schema": schema}}})
+        assert r.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(r.choices[0].text), schema)
+    with pytest.raises(openai.BadRequestError) as ei:
+        c.completions.create(model="gemma", prompt=PROMPT, max_tokens=4, extra_body={"grammar": 'root ::= "a"'})
+    assert "grammar" in str(ei.value)
+
+
 def test_full_pool_is_503_with_retry_after(lmd_bin, ups):
     d, a, _ = ups
     g = Serve(lmd_bin, d, "--upstream", "gemma=%s" % a.url, "--upstream-inflight", "1", "--max-queue", "2")

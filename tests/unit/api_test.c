@@ -16,6 +16,8 @@
 #include <jansson.h>
 
 #include "api/api_int.h"
+#include "api/schema.h"
+#include "sample/grammar.h"
 
 static int parse(enum api_kind k, const char *body, struct api_params *p, struct api_error *e)
 {
@@ -460,7 +462,6 @@ static void test_unsupported_fields_refused(void **state)
     static const struct {
         const char *field, *param;
     } bad[] = {
-        {"\"response_format\":{\"type\":\"json_object\"}", "response_format"},
         {"\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{}}", "response_format"},
         {"\"response_format\":{\"type\":\"yaml\"}", "response_format"},
         {"\"response_format\":\"json\"", "response_format"},
@@ -470,7 +471,11 @@ static void test_unsupported_fields_refused(void **state)
         {"\"functions\":[{\"name\":\"f\"}]", "functions"},
         {"\"function_call\":\"auto\"", "function_call"},
         {"\"guided_json\":{}", "guided_json"},
-        {"\"grammar\":\"root ::= x\"", "grammar"},
+        {"\"grammar\":\"\"", "grammar"},
+        {"\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"extra\":1}}",
+         "response_format"},
+        {"\"response_format\":{\"type\":\"json_object\",\"schema\":{}}", "response_format"},
+        {"\"response_format\":{\"type\":\"json_object\"},\"ignore_eos\":true", "ignore_eos"},
         {"\"suffix\":\"end\"", "suffix"},
         {"\"best_of\":3", "best_of"},
     };
@@ -478,8 +483,15 @@ static void test_unsupported_fields_refused(void **state)
         snprintf(body, sizeof body, "{%s,%s}", m, bad[i].field);
         expect_bad(API_CHAT, body, bad[i].param);
     }
-    static const char *const ok[] = {"\"response_format\":{\"type\":\"text\"}", "\"tools\":[]",
-                                     "\"tool_choice\":\"none\"", "\"response_format\":null"};
+    static const char *const ok[] = {
+        "\"response_format\":{\"type\":\"text\"}",
+        "\"tools\":[]",
+        "\"tool_choice\":\"none\"",
+        "\"response_format\":null",
+        "\"response_format\":{\"type\":\"json_object\"}",
+        "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"schema\":{},\"strict\":true}}",
+        "\"grammar\":\"root ::= x\"",
+    };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         snprintf(body, sizeof body, "{%s,%s}", m, ok[i]);
         struct api_params p;
@@ -490,6 +502,120 @@ static void test_unsupported_fields_refused(void **state)
     }
 }
 
+/* JSON Schema -> grammar: documents the schema allows match in full,
+ * documents it refuses do not (not even as a prefix where the mistake is
+ * visible early), and what cannot be enforced is refused by keyword. */
+static bool schema_matches(const char *schema, const char *doc)
+{
+    json_error_t je;
+    json_t *s = json_loads(schema, JSON_DECODE_ANY, &je);
+    assert_non_null(s);
+    struct lmd_buf b = {0};
+    char msg[300];
+    if (api_schema_grammar(s, "schema", &b, msg, sizeof msg) != 0)
+        fail_msg("schema %s: %s", schema, msg);
+    struct gram *g = NULL;
+    struct lmd_err err = {0};
+    if (gram_compile(&g, b.ptr, b.len, &err) != 0)
+        fail_msg("grammar of %s: %s\n%s", schema, err.msg, b.ptr);
+    struct gram_match *m = NULL;
+    assert_int_equal(gram_match_init(&m, g, NULL, NULL), 0);
+    bool ok = gram_match_feed(m, doc, strlen(doc)) && gram_match_accepting(m);
+    gram_match_free(m);
+    gram_free(g);
+    lmd_buf_free(&b);
+    json_decref(s);
+    return ok;
+}
+
+static void schema_refused(const char *schema, const char *needle)
+{
+    json_error_t je;
+    json_t *s = json_loads(schema, JSON_DECODE_ANY, &je);
+    assert_non_null(s);
+    struct lmd_buf b = {0};
+    char msg[300] = "";
+    int rc = api_schema_grammar(s, "schema", &b, msg, sizeof msg);
+    if (rc == 0 || !strstr(msg, needle))
+        fail_msg("schema %s: rc %d, '%s'; expected '%s'", schema, rc, msg, needle);
+    lmd_buf_free(&b);
+    json_decref(s);
+}
+
+static void test_schema_grammar(void **state)
+{
+    (void)state;
+    const char *person = "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":5},"
+                         "\"age\":{\"type\":\"integer\",\"minimum\":18,\"maximum\":130},\"nick\":{\"type\":"
+                         "[\"string\",\"null\"]}},\"required\":[\"name\",\"age\"],\"additionalProperties\":false}";
+    assert_true(schema_matches(person, "{\"name\":\"Ann\",\"age\":18}"));
+    assert_true(schema_matches(person, "{ \"name\" : \"\\u00e9t\\\"\" ,\n  \"age\": 130, \"nick\": null }"));
+    assert_true(schema_matches(person, "{\"name\":\"\",\"age\":99,\"nick\":\"x\"}"));
+    assert_false(schema_matches(person, "{\"name\":\"Ann\"}"));                    /* age required */
+    assert_false(schema_matches(person, "{\"name\":\"Annabel\",\"age\":20}"));     /* maxLength */
+    assert_false(schema_matches(person, "{\"name\":\"Ann\",\"age\":17}"));         /* minimum */
+    assert_false(schema_matches(person, "{\"name\":\"Ann\",\"age\":131}"));        /* maximum */
+    assert_false(schema_matches(person, "{\"name\":\"Ann\",\"age\":018}"));        /* leading zero */
+    assert_false(schema_matches(person, "{\"name\":\"Ann\",\"age\":20,\"x\":1}")); /* additional */
+    assert_false(schema_matches(person, "{\"name\":\"A\nn\",\"age\":20}"));        /* raw control character */
+    assert_false(schema_matches(person, "{\"name\":\"Ann\",\"age\":20}      "));   /* trailing text */
+
+    /* Integer ranges by digits, across signs and lengths. */
+    const char *rng = "{\"type\":\"integer\",\"minimum\":-105,\"maximum\":2047}";
+    char num[16];
+    for (int v = -130; v <= 2100; v++) {
+        snprintf(num, sizeof num, "%d", v);
+        if (schema_matches(rng, num) != (v >= -105 && v <= 2047))
+            fail_msg("%d", v);
+    }
+    assert_false(schema_matches(rng, "-0"));
+    assert_true(schema_matches("{\"type\":\"integer\",\"exclusiveMinimum\":0,\"exclusiveMaximum\":10}", "9"));
+    assert_false(schema_matches("{\"type\":\"integer\",\"exclusiveMinimum\":0,\"exclusiveMaximum\":10}", "0"));
+    /* Numbers in [0, 1] and [2, 5]. */
+    const char *unit = "{\"type\":\"number\",\"minimum\":0,\"maximum\":1}";
+    assert_true(schema_matches(unit, "0.25"));
+    assert_true(schema_matches(unit, "1"));
+    assert_true(schema_matches(unit, "1.000"));
+    assert_false(schema_matches(unit, "1.5"));
+    assert_false(schema_matches(unit, "-0.5"));
+    assert_true(schema_matches("{\"type\":\"number\",\"minimum\":2,\"maximum\":5}", "4.99"));
+    assert_false(schema_matches("{\"type\":\"number\",\"minimum\":2,\"maximum\":5}", "5.01"));
+    assert_true(schema_matches("{\"type\":\"number\"}", "-12.5e+3"));
+
+    /* Arrays, enums, const, anyOf, nesting, $ref recursion. */
+    const char *arr = "{\"type\":\"array\",\"items\":{\"enum\":[\"a\",1,null]},\"minItems\":1,\"maxItems\":3}";
+    assert_true(schema_matches(arr, "[\"a\", 1, null]"));
+    assert_false(schema_matches(arr, "[]"));
+    assert_false(schema_matches(arr, "[1,1,1,1]"));
+    assert_false(schema_matches(arr, "[\"b\"]"));
+    assert_true(schema_matches("{\"const\":{\"k\":[1,\"x\"]}}", "{\"k\":[1,\"x\"]}"));
+    assert_true(schema_matches("{\"anyOf\":[{\"type\":\"boolean\"},{\"type\":\"null\"}]}", "null"));
+    const char *tree = "{\"$defs\":{\"n\":{\"type\":\"object\",\"properties\":{\"kids\":{\"type\":\"array\","
+                       "\"items\":{\"$ref\":\"#/$defs/n\"}}},\"required\":[\"kids\"]}},\"$ref\":\"#/$defs/n\"}";
+    assert_true(schema_matches(tree, "{\"kids\":[{\"kids\":[]},{\"kids\":[{\"kids\":[]}]}]}"));
+    assert_false(schema_matches(tree, "{\"kids\":[{}]}"));
+    assert_true(schema_matches("{\"type\":\"object\"}", "{\"any\": [1, {\"x\": \"y\"}]}"));
+    assert_true(schema_matches("{\"type\":\"object\",\"additionalProperties\":{\"type\":\"integer\"}}",
+                               "{\"a\": 1, \"b\": 2}"));
+    assert_false(
+        schema_matches("{\"type\":\"object\",\"additionalProperties\":{\"type\":\"integer\"}}", "{\"a\": \"1\"}"));
+
+    schema_refused("{\"type\":\"string\",\"pattern\":\"a\"}", "schema: the keyword 'pattern' is not supported");
+    schema_refused("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\",\"format\":\"date\"}}}",
+                   "schema.properties.a: the keyword 'format'");
+    schema_refused("{\"type\":\"array\",\"items\":{\"type\":\"integer\",\"multipleOf\":2}}",
+                   "schema.items: the keyword 'multipleOf'");
+    schema_refused("{\"type\":\"number\",\"minimum\":-1}", "number bounds are supported when");
+    schema_refused("{\"type\":\"number\",\"minimum\":0.5}", "number bounds are supported when");
+    schema_refused("{\"type\":\"array\",\"maxItems\":5000}", "'maxItems' above 1000");
+    schema_refused("{\"type\":\"array\",\"uniqueItems\":true}", "'uniqueItems' true");
+    schema_refused("{\"$ref\":\"http://x/y\"}", "only '#'");
+    schema_refused("{\"allOf\":[{},{}]}", "'allOf' is supported with exactly one schema");
+    schema_refused("{\"type\":\"integer\",\"minimum\":1e20}", "16 digits");
+    schema_refused("{\"type\":7}", "'type' must be");
+    schema_refused("false", "a false schema allows nothing");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -497,6 +623,7 @@ int main(void)
         cmocka_unit_test(test_chat_ok),
         cmocka_unit_test(test_float_zero_bounds),
         cmocka_unit_test(test_unsupported_fields_refused),
+        cmocka_unit_test(test_schema_grammar),
         cmocka_unit_test(test_error_body_with_bad_utf8),
         cmocka_unit_test(test_model_find),
         cmocka_unit_test(test_malformed),

@@ -22,7 +22,10 @@
 #include <cmocka.h>
 #include <pthread.h>
 
+#include "gguf/gguf.h"
+#include "sample/grammar.h"
 #include "sched/sched.h"
+#include "tokenizer/tokenizer.h"
 
 #define NV 97
 
@@ -411,9 +414,67 @@ static void test_engine_contract(void **state)
     engine_close(le);
 }
 
+/* A grammar holds on both engine flavours that produce tokens: the
+ * scheduler sampling from the engine's logits, and the engine sampling
+ * with the request's sampler. The fake engine's logits are arbitrary, so
+ * only the grammar makes the output a list of numbers. */
+static void test_grammar_on_every_sampling_path(void **state)
+{
+    struct gguf_file *f = NULL;
+    struct tok_vocab *v = NULL;
+    struct lmd_err err = {0};
+    if (gguf_open(&f, LMD_SOURCE_DIR "/tests/golden/tokenizer/bpe_gpt2.gguf", &err) != 0 || tok_load(&v, f, &err) != 0)
+        fail_msg("%s", err.msg);
+    const char *text = "root ::= \"[\" [0-9]{1,3} (\", \" [0-9]{1,3}){0,4} \"]\"\n";
+    struct gram *g = NULL;
+    assert_int_equal(gram_compile(&g, text, strlen(text), &err), 0);
+    static struct treq ts[4]; /* the scheduler holds a reference until sched_stop */
+    for (int samples = 0; samples <= 1; samples++) {
+        struct engine *e = NULL;
+        struct engine_fake_config c = {.n_vocab = tok_n_vocab(v),
+                                       .n_ctx = 256,
+                                       .max_batch_tokens = 8,
+                                       .max_seqs = 2,
+                                       .kv_blocks = 64,
+                                       .kv_block_tokens = 4,
+                                       .samples = samples};
+        if (engine_fake_open(&e, &c, &err) != 0)
+            fail_msg("%s", err.msg);
+        struct sched_config sc = {.vocab = v, .max_running = 2, .max_queue = 8};
+        struct sched *s = start(e, &sc);
+        for (int seed = 1; seed <= 4; seed++) {
+            struct treq *tp = &ts[seed - 1];
+            t_init(tp, seed, 6, 40);
+            tp->r.ignore_eos = false;
+            tp->r.sp.temperature = seed == 4 ? 0.0f : 1.0f;
+            tp->r.sp.seed = (uint64_t)seed;
+            tp->r.sp.grammar = g;
+            run_alone(s, tp);
+            int fin = atomic_load(&tp->r.finish), n = atomic_load(&tp->r.n_out);
+            assert_true(fin == SCHED_FINISH_STOP || fin == SCHED_FINISH_LENGTH);
+            char out[2048];
+            size_t len = 0;
+            for (int i = 0; i < n; i++)
+                len += tok_piece(v, tp->out[i], false, out + len, sizeof out - len);
+            struct gram_match *m = NULL;
+            assert_int_equal(gram_match_init(&m, g, NULL, &err), 0);
+            bool fits = gram_match_feed(m, out, len);
+            if (!fits || (fin == SCHED_FINISH_STOP && !gram_match_accepting(m)))
+                fail_msg("samples %d seed %d: '%.*s' (finish %d)", samples, seed, (int)len, out, fin);
+            gram_match_free(m);
+        }
+        sched_stop(s);
+        engine_close(e);
+    }
+    gram_free(g);
+    tok_free(v);
+    gguf_close(f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_grammar_on_every_sampling_path),
         cmocka_unit_test(test_batched_equals_alone),
         cmocka_unit_test(test_engine_samples_same_as_scheduler),
         cmocka_unit_test(test_prefix_cache_shares_correctly),
