@@ -5,7 +5,7 @@ at temperature 1.0 against `lmd serve`, with the official `openai` client.
 Reports how many outputs parse as JSON and validate against their schema
 (Python `jsonschema`), how many ended by length (max_tokens cut the JSON),
 and what the grammar costs per token, read from lmd's own counters
-(lmd_grammar_nanoseconds_total / lmd_grammar_tokens_total) against the mean
+(lmd_grammar_seconds_total / lmd_grammar_tokens_total) against the mean
 engine step (lmd_engine_step_seconds) over the same run. Requests go one at a
 time, so a step is one sequence's decode (or a prompt's prefill).
 
@@ -153,11 +153,11 @@ def main():
             proc.wait()
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     gtok = d.get("lmd_grammar_tokens_total", 0.0)
-    gns = d.get("lmd_grammar_nanoseconds_total", 0.0)
+    gs = d.get("lmd_grammar_seconds_total", 0.0)
     masks = d.get("lmd_grammar_masks_total", 0.0)
     steps = d.get("lmd_engine_step_seconds_count", 0.0)
     step_s = d.get("lmd_engine_step_seconds_sum", 0.0) / steps if steps else 0.0
-    per_tok_us = gns / gtok / 1e3 if gtok else 0.0
+    per_tok_us = gs / gtok * 1e6 if gtok else 0.0
     print("requests %d over %d schemas, temperature %.1f, max_tokens %d, %d threads" %
           (args.requests, len(SCHEMAS), args.temperature, args.max_tokens, args.threads))
     print("parsed %d/%d (%.1f %%), valid %d/%d (%.1f %%), cut by length %d" %

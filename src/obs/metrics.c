@@ -67,6 +67,7 @@ static const struct {
 static const struct {
     const char *name;
     const char *help;
+    bool ns; /* counted in nanoseconds, exposed in seconds (Prometheus' base unit) */
 } counter_info[OBS_C__N] = {
     [OBS_C_PROMPT_TOKENS] = {"lmd_prompt_tokens_total", "Prompt tokens prefilled."},
     [OBS_C_GENERATION_TOKENS] = {"lmd_generation_tokens_total", "Tokens generated."},
@@ -79,8 +80,8 @@ static const struct {
     [OBS_C_GRAMMAR_TOKENS] = {"lmd_grammar_tokens_total", "Tokens drawn under a grammar (structured output)."},
     [OBS_C_GRAMMAR_MASKS] = {"lmd_grammar_masks_total",
                              "Grammar tokens whose first draw the grammar refused, drawn again under the full mask."},
-    [OBS_C_GRAMMAR_NS] = {"lmd_grammar_nanoseconds_total",
-                          "Engine-thread time spent in grammars: checking draws, computing masks, advancing."},
+    [OBS_C_GRAMMAR_NS] = {"lmd_grammar_seconds_total",
+                          "Engine-thread time spent in grammars: checking draws, computing masks, advancing.", true},
 };
 
 /* Counters and gauges without a model label: they describe the HTTP side,
@@ -414,8 +415,11 @@ static int render_lmd(struct lmd_buf *out)
         for (int m = 0; m < g_obs.n_models; m++) {
             rc |= lmd_buf_printf(out, "%s{", counter_info[c].name);
             rc |= put_label(out, "model", g_obs.models[m], true);
-            rc |= lmd_buf_printf(out, "} %llu\n",
-                                 (unsigned long long)atomic_load_explicit(&g_obs.counter[m][c].v, RELAXED));
+            const unsigned long long v = atomic_load_explicit(&g_obs.counter[m][c].v, RELAXED);
+            if (counter_info[c].ns)
+                rc |= lmd_buf_printf(out, "} %llu.%09llu\n", v / 1000000000ull, v % 1000000000ull);
+            else
+                rc |= lmd_buf_printf(out, "} %llu\n", v);
         }
     }
 

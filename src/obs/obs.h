@@ -91,7 +91,7 @@ enum obs_counter {
     OBS_C_ACCEPT_PAUSES,     /* lmd_http_accept_pauses_total (no model label) */
     OBS_C_GRAMMAR_TOKENS,    /* lmd_grammar_tokens_total: tokens drawn under a grammar */
     OBS_C_GRAMMAR_MASKS,     /* lmd_grammar_masks_total: of those, drawn again under the full mask */
-    OBS_C_GRAMMAR_NS,        /* lmd_grammar_nanoseconds_total: time spent in the grammar (check, mask, advance) */
+    OBS_C_GRAMMAR_NS, /* lmd_grammar_seconds_total: time spent in the grammar (check, mask, advance), counted in ns */
     OBS_C__N,
 };
 
