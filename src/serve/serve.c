@@ -540,8 +540,9 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
             .forwards = fwd,
             .chat_family = (int)sm->fam,
             .chat_jinja = sm->tmpl,
-            .bos_token = tok_bos(sm->vocab) >= 0 ? tok_token_text(sm->vocab, tok_bos(sm->vocab)) : NULL,
-            .eos_token = tok_eos(sm->vocab) >= 0 ? tok_token_text(sm->vocab, tok_eos(sm->vocab)) : NULL,
+            /* A gateway model has no vocabulary here: its upstream renders. */
+            .bos_token = sm->vocab && tok_bos(sm->vocab) >= 0 ? tok_token_text(sm->vocab, tok_bos(sm->vocab)) : NULL,
+            .eos_token = sm->vocab && tok_eos(sm->vocab) >= 0 ? tok_token_text(sm->vocab, tok_eos(sm->vocab)) : NULL,
             .n_ctx = sm->eng->info.n_ctx,
         };
     }
