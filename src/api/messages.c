@@ -27,8 +27,9 @@
 #define PUTS(b, lit) lmd_buf_append((b), (lit), strlen(lit))
 
 /* lmd's own fields, which mean the same here and go on as they are. */
-static const char *const passthrough[] = {"seed",     "min_p",      "repetition_penalty", "presence_penalty",
-                                          "frequency_penalty", "priority", "cache_salt", "ignore_eos", "grammar"};
+static const char *const passthrough[] = {
+    "seed",     "min_p",      "repetition_penalty", "presence_penalty", "frequency_penalty",
+    "priority", "cache_salt", "ignore_eos",         "grammar"};
 
 static bool given(json_t *v) { return v && !json_is_null(v); }
 
@@ -187,8 +188,8 @@ static int translate(json_t *root, json_t *chat, struct api_error *e)
         if (!json_is_array(v))
             return BAD("stop_sequences", "'stop_sequences' must be a list of strings");
         if (json_array_size(v) > API_MAX_STOP)
-            return BAD("stop_sequences", "'stop_sequences' holds %zu strings; lmd takes at most %d",
-                       json_array_size(v), API_MAX_STOP);
+            return BAD("stop_sequences", "'stop_sequences' holds %zu strings; lmd takes at most %d", json_array_size(v),
+                       API_MAX_STOP);
         json_t *s;
         json_array_foreach(v, i, s)
         {
@@ -197,6 +198,32 @@ static int translate(json_t *root, json_t *chat, struct api_error *e)
         }
         if (json_array_size(v))
             json_object_set(chat, "stop", v);
+    }
+    /* Structured output: output_config.format's JSON Schema is enforced
+     * the way response_format's is. */
+    json_t *oc = json_object_get(root, "output_config");
+    if (given(oc)) {
+        if (!json_is_object(oc))
+            return BAD("output_config", "'output_config' must be an object");
+        const char *key;
+        json_object_foreach(oc, key, v)
+        {
+            if (!strcmp(key, "format") || json_is_null(v))
+                continue;
+            return UNSUP("output_config", "'output_config.%.40s' is not supported (only 'output_config.format')", key);
+        }
+        json_t *f = json_object_get(oc, "format");
+        if (given(f)) {
+            json_t *ty = json_object_get(f, "type"), *schema = json_object_get(f, "schema");
+            if (!json_is_string(ty) || strcmp(json_string_value(ty), "json_schema"))
+                return BAD("output_config", "'output_config.format.type' must be \"json_schema\"");
+            if (!json_is_object(schema))
+                return BAD("output_config", "'output_config.format.schema' must be a JSON Schema object");
+            json_t *rf = json_pack("{s:s, s:{s:s, s:O}}", "type", "json_schema", "json_schema", "name", "output",
+                                   "schema", schema);
+            if (!rf || json_object_set_new(chat, "response_format", rf))
+                return OOM();
+        }
     }
     for (i = 0; i < sizeof passthrough / sizeof passthrough[0]; i++)
         if (given(json_object_get(root, passthrough[i])))

@@ -29,9 +29,9 @@
 
 /* lmd's own sampling and scheduling fields, which mean the same in every
  * dialect and go to the chat request as they are. */
-static const char *const passthrough[] = {"seed",     "top_k",      "min_p",      "repetition_penalty",
-                                          "presence_penalty", "frequency_penalty", "priority", "cache_salt",
-                                          "stop",     "ignore_eos", "grammar"};
+static const char *const passthrough[] = {
+    "seed",     "top_k",      "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
+    "priority", "cache_salt", "stop",  "ignore_eos",         "grammar"};
 
 static bool given(json_t *v) { return v && !json_is_null(v); }
 
@@ -113,9 +113,8 @@ static int translate_input(json_t *root, json_t *msgs, struct api_error *e)
             return BAD("input", "input[%zu] must be an object", i);
         json_t *ty = json_object_get(item, "type");
         if (given(ty) && (!json_is_string(ty) || strcmp(json_string_value(ty), "message") != 0))
-            return UNSUP("input",
-                         "input[%zu] has type '%.40s': only message items (role and content) are supported",
-                         i, json_is_string(ty) ? json_string_value(ty) : "?");
+            return UNSUP("input", "input[%zu] has type '%.40s': only message items (role and content) are supported", i,
+                         json_is_string(ty) ? json_string_value(ty) : "?");
         json_t *role = json_object_get(item, "role");
         const char *r = json_is_string(role) ? json_string_value(role) : "";
         if (strcmp(r, "user") && strcmp(r, "assistant") && strcmp(r, "system") && strcmp(r, "developer"))
@@ -140,8 +139,9 @@ static int translate_format(json_t *root, json_t **rf, struct api_error *e)
     json_t *v;
     json_object_foreach(text, key, v)
     {
-        if (strcmp(key, "format") && !(strcmp(key, "verbosity") == 0 &&
-                                       (json_is_null(v) || (json_is_string(v) && !strcmp(json_string_value(v), "medium")))))
+        if (strcmp(key, "format") &&
+            !(strcmp(key, "verbosity") == 0 &&
+              (json_is_null(v) || (json_is_string(v) && !strcmp(json_string_value(v), "medium")))))
             return UNSUP("text", "'text.%.40s' is not supported (only 'text.format')", key);
     }
     json_t *f = json_object_get(text, "format");
@@ -195,8 +195,8 @@ static int refuse(json_t *root, struct api_error *e)
         return UNSUP("tools", "'tools' is not supported on /v1/responses yet: the model's output would not be "
                               "parsed into tool calls");
     v = json_object_get(root, "tool_choice");
-    if (given(v) && !(json_is_string(v) && (!strcmp(json_string_value(v), "none") ||
-                                            !strcmp(json_string_value(v), "auto"))))
+    if (given(v) &&
+        !(json_is_string(v) && (!strcmp(json_string_value(v), "none") || !strcmp(json_string_value(v), "auto"))))
         return UNSUP("tool_choice", "'tool_choice' other than \"none\" or \"auto\" is not supported (no tools)");
     v = json_object_get(root, "background");
     if (given(v) && !json_is_false(v))
@@ -272,10 +272,10 @@ static int translate(json_t *root, json_t *chat, struct lmd_buf *echo, struct ap
                            key);
         }
     }
-    json_t *o = json_pack("{s:O?, s:O?, s:O?, s:O?, s:O?}", "instructions", json_object_get(root, "instructions"),
-                          "max_output_tokens", json_object_get(root, "max_output_tokens"), "temperature",
-                          json_object_get(root, "temperature"), "top_p", json_object_get(root, "top_p"), "metadata",
-                          md);
+    json_t *o =
+        json_pack("{s:O?, s:O?, s:O?, s:O?, s:O?}", "instructions", json_object_get(root, "instructions"),
+                  "max_output_tokens", json_object_get(root, "max_output_tokens"), "temperature",
+                  json_object_get(root, "temperature"), "top_p", json_object_get(root, "top_p"), "metadata", md);
     if (!o)
         return OOM();
     if (!given(json_object_get(o, "metadata")))
