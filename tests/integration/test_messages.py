@@ -218,3 +218,54 @@ def test_x_api_key(lmd_bin, default_model, tmp_path):
         assert r.status_code == 200
     finally:
         stop_server(proc)
+
+
+def test_cut_streams_end_with_error_events(lmd_bin, default_model):
+    """A drain that runs out cuts running streams: /v1/messages ends with
+    Anthropic's error event, /v1/responses with error and response.failed,
+    never with a finished message."""
+    import signal
+    import threading
+
+    proc, base = start_server(lmd_bin, default_model, "--drain-timeout", "1")
+    try:
+        bodies = {
+            "/v1/messages": {"max_tokens": 600, "stream": True, "ignore_eos": True,
+                             "messages": [{"role": "user", "content": "Write a long essay."}]},
+            "/v1/responses": {"max_output_tokens": 600, "stream": True, "ignore_eos": True,
+                              "input": "Write a long essay."},
+        }
+        started = {p: threading.Event() for p in bodies}
+        events = {}
+
+        def run(path):
+            with httpx.stream("POST", base + path, json=bodies[path], timeout=60) as r:
+                out, name = [], None
+                for line in r.iter_lines():
+                    if line.startswith("event: "):
+                        name = line[7:]
+                    elif line.startswith("data: "):
+                        out.append((name, json.loads(line[6:])))
+                        if name in ("content_block_delta", "response.output_text.delta"):
+                            started[path].set()
+                events[path] = out
+
+        threads = [threading.Thread(target=run, args=(p,)) for p in bodies]
+        for t in threads:
+            t.start()
+        for p in bodies:
+            assert started[p].wait(60)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=60)
+        m = [n for n, _ in events["/v1/messages"]]
+        assert m[-1] == "error" and "message_stop" not in m and "message_delta" not in m
+        err = events["/v1/messages"][-1][1]
+        assert err["type"] == "error" and err["error"]["type"] == "overloaded_error"
+        r = [n for n, _ in events["/v1/responses"]]
+        assert r[-2:] == ["error", "response.failed"] and "response.completed" not in r
+        failed = events["/v1/responses"][-1][1]["response"]
+        assert failed["status"] == "failed" and failed["error"]["code"] == "server_shutdown"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        stop_server(proc)
