@@ -58,13 +58,14 @@ static void test_responses_translation(void **state)
 {
     (void)state;
     char *echo = NULL;
-    json_t *c = chat_of(api_responses_translate,
-                        "{\"model\":\"m\",\"instructions\":\"Be brief.\",\"input\":[{\"role\":\"developer\",\"content\":"
-                        "\"d\"},{\"type\":\"message\",\"role\":\"user\",\"content\":[{\"type\":\"input_text\",\"text\":"
-                        "\"a\"},{\"type\":\"input_text\",\"text\":\"b\"}]}],\"max_output_tokens\":7,\"top_k\":3,"
-                        "\"metadata\":{\"k\":\"v\"},\"text\":{\"format\":{\"type\":\"json_schema\",\"name\":\"n\","
-                        "\"schema\":{\"type\":\"object\"},\"strict\":true}},\"store\":true}",
-                        &echo);
+    json_t *c =
+        chat_of(api_responses_translate,
+                "{\"model\":\"m\",\"instructions\":\"Be brief.\",\"input\":[{\"role\":\"developer\",\"content\":"
+                "\"d\"},{\"type\":\"message\",\"role\":\"user\",\"content\":[{\"type\":\"input_text\",\"text\":"
+                "\"a\"},{\"type\":\"input_text\",\"text\":\"b\"}]}],\"max_output_tokens\":7,\"top_k\":3,"
+                "\"metadata\":{\"k\":\"v\"},\"text\":{\"format\":{\"type\":\"json_schema\",\"name\":\"n\","
+                "\"schema\":{\"type\":\"object\"},\"strict\":true}},\"store\":true}",
+                &echo);
     json_t *msgs = json_object_get(c, "messages");
     assert_int_equal(json_array_size(msgs), 3);
     assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 0), "role")), "system");
@@ -116,8 +117,9 @@ static void test_responses_refusals(void **state)
     expect_400(f, "{\"input\":\"x\",\"max_output_tokens\":1.5}", "max_output_tokens", "integer");
     expect_400(f, "{\"input\":\"x\",\"metadata\":[]}", "metadata", "object");
     expect_400(f, "{\"input\":\"x\",\"text\":{\"format\":{\"type\":\"json_object\",\"x\":1}}}", "text", "no other");
-    expect_400(f, "{\"input\":\"x\",\"text\":{\"format\":{\"type\":\"json_schema\",\"name\":\"n\",\"schema\":{},"
-                  "\"bogus\":1}}}",
+    expect_400(f,
+               "{\"input\":\"x\",\"text\":{\"format\":{\"type\":\"json_schema\",\"name\":\"n\",\"schema\":{},"
+               "\"bogus\":1}}}",
                "text", "bogus");
     expect_400(f, "{\"input\":\"x\",\"text\":{\"verbosity\":\"high\"}}", "text", "verbosity");
 }
@@ -125,13 +127,14 @@ static void test_responses_refusals(void **state)
 static void test_messages_translation(void **state)
 {
     (void)state;
-    json_t *c = chat_of(api_messages_translate,
-                        "{\"max_tokens\":9,\"system\":[{\"type\":\"text\",\"text\":\"S\"}],\"messages\":[{\"role\":"
-                        "\"user\",\"content\":[{\"type\":\"text\",\"text\":\"u\"}]},{\"role\":\"assistant\",\"content\":"
-                        "\"a\"},{\"role\":\"user\",\"content\":\"v\"}],\"stop_sequences\":[\"X\"],\"top_k\":4,"
-                        "\"temperature\":0.5,\"metadata\":{\"user_id\":\"q\"},\"output_config\":{\"format\":{\"type\":"
-                        "\"json_schema\",\"schema\":{\"type\":\"object\"}}}}",
-                        NULL);
+    json_t *c =
+        chat_of(api_messages_translate,
+                "{\"max_tokens\":9,\"system\":[{\"type\":\"text\",\"text\":\"S\"}],\"messages\":[{\"role\":"
+                "\"user\",\"content\":[{\"type\":\"text\",\"text\":\"u\"}]},{\"role\":\"assistant\",\"content\":"
+                "\"a\"},{\"role\":\"user\",\"content\":\"v\"}],\"stop_sequences\":[\"X\"],\"top_k\":4,"
+                "\"temperature\":0.5,\"metadata\":{\"user_id\":\"q\"},\"output_config\":{\"format\":{\"type\":"
+                "\"json_schema\",\"schema\":{\"type\":\"object\"}}}}",
+                NULL);
     json_t *msgs = json_object_get(c, "messages");
     assert_int_equal(json_array_size(msgs), 4);
     assert_string_equal(json_string_value(json_object_get(json_array_get(msgs, 0), "content")), "S");
@@ -182,8 +185,9 @@ static void test_messages_error_shape(void **state)
     static const struct {
         int status;
         const char *type;
-    } cases[] = {{400, "invalid_request_error"}, {401, "authentication_error"}, {403, "permission_error"},
-                 {404, "not_found_error"},       {413, "request_too_large"},    {429, "rate_limit_error"},
+    } cases[] = {{400, "invalid_request_error"}, {401, "authentication_error"},
+                 {403, "permission_error"},      {404, "not_found_error"},
+                 {413, "request_too_large"},     {429, "rate_limit_error"},
                  {503, "overloaded_error"},      {500, "api_error"}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct api_error e = {0};
@@ -237,16 +241,11 @@ static void test_render(void **state)
     api_responses_ops.stream_text(&b, &d, "b", 1);
     api_responses_ops.stream_end(&b, &d, &end);
     assert_non_null(b.ptr);
-    static const char *const rs[] = {"response.created",
-                                     "response.in_progress",
-                                     "response.output_item.added",
-                                     "response.content_part.added",
-                                     "response.output_text.delta",
-                                     "response.output_text.delta",
-                                     "response.output_text.done",
-                                     "response.content_part.done",
-                                     "response.output_item.done",
-                                     "response.incomplete"};
+    static const char *const rs[] = {"response.created",           "response.in_progress",
+                                     "response.output_item.added", "response.content_part.added",
+                                     "response.output_text.delta", "response.output_text.delta",
+                                     "response.output_text.done",  "response.content_part.done",
+                                     "response.output_item.done",  "response.incomplete"};
     assert_int_equal(check_events(b.ptr, rs, 10), 10);
     assert_int_equal(d.seq, 10);
     b.len = 0;
