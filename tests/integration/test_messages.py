@@ -269,3 +269,25 @@ def test_cut_streams_end_with_error_events(lmd_bin, default_model):
         assert proc.wait(timeout=30) == 0
     finally:
         stop_server(proc)
+
+
+def test_model_template_path(lmd_bin, default_model):
+    """With a Jinja chat template (--chat-template-file), both routes render
+    through it exactly as chat completions do: same prompt, same greedy text."""
+    import os
+    tpl = os.path.join(os.path.dirname(__file__), "..", "data", "templates", "gemma-3-it.jinja")
+    proc, base = start_server(lmd_bin, default_model, "--chat-template-file", tpl)
+    try:
+        oc = openai.OpenAI(base_url=base + "/v1", api_key="unused", timeout=120, max_retries=0)
+        c = oc.chat.completions.create(model="default", temperature=0, max_tokens=8,
+                                       messages=[{"role": "system", "content": "Be terse."},
+                                                 {"role": "user", "content": "What is 2+2?"}])
+        r = oc.responses.create(model="default", instructions="Be terse.", input="What is 2+2?", temperature=0,
+                                max_output_tokens=8)
+        m = anthropic.Anthropic(base_url=base, api_key="unused", timeout=120, max_retries=0).messages.create(
+            model="default", system="Be terse.", max_tokens=8, extra_body={"temperature": 0},
+            messages=[{"role": "user", "content": "What is 2+2?"}])
+        assert r.output_text == m.content[0].text == c.choices[0].message.content
+        assert r.usage.input_tokens == m.usage.input_tokens == c.usage.prompt_tokens
+    finally:
+        stop_server(proc)
