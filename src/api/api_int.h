@@ -79,6 +79,15 @@ enum api_rf_kind {
 
 struct gram;
 
+/* The API a generation request came through. Responses and Messages
+ * requests are translated into a chat request (responses.c, messages.c),
+ * run exactly as one, and only rendered in their own shapes. */
+enum api_dialect {
+    API_DIALECT_OPENAI = 0,    /* /v1/completions, /v1/chat/completions */
+    API_DIALECT_RESPONSES = 1, /* OpenAI's /v1/responses */
+    API_DIALECT_MESSAGES = 2,  /* Anthropic's /v1/messages */
+};
+
 /* One parsed request. Strings point into the parsed JSON document, which
  * the caller keeps (`doc`) until it has copied what it needs. */
 struct api_params {
@@ -121,7 +130,54 @@ struct api_params {
     const char *grammar_text; /* the `grammar` field (GBNF), or NULL */
     size_t grammar_len;
     struct gram *grammar; /* compiled by api_structured_compile; owned here until a call takes it */
+    /* Responses and Messages: the dialect and what its response echoes. */
+    enum api_dialect dialect;
+    char *echo_json; /* JSON members (",\"metadata\":{…}…") for the response object; malloc'd, or NULL */
 };
+
+/* How a Responses or Messages call renders what it produced. */
+struct api_dialect_end {
+    const char *text; /* the whole output text */
+    size_t text_len;
+    bool length;          /* cut by the token budget */
+    const char *stop_seq; /* the stop string that ended it, or NULL */
+    size_t stop_seq_len;
+    int n_prompt, n_gen; /* tokens */
+};
+
+/* The rendering state of one Responses or Messages call. */
+struct api_dialect_out {
+    const char *id;         /* resp_… or msg_… */
+    const char *model_json; /* the model id, escaped for JSON */
+    long created;           /* s */
+    const char *echo;       /* api_params.echo_json's copy, or NULL */
+    int seq;                /* Responses: the next event's sequence_number */
+};
+
+/* One dialect's renderer: the opening events of a stream, one text delta,
+ * the closing events, the whole non-streamed body, and a failure (as the
+ * stream's last events, or as the error body). Each appends to b. */
+struct api_dialect_ops {
+    const char *path; /* for the access log */
+    void (*stream_begin)(struct lmd_buf *b, struct api_dialect_out *d, int n_prompt);
+    void (*stream_text)(struct lmd_buf *b, struct api_dialect_out *d, const char *s, size_t n);
+    void (*stream_end)(struct lmd_buf *b, struct api_dialect_out *d, const struct api_dialect_end *end);
+    void (*body)(struct lmd_buf *b, struct api_dialect_out *d, const struct api_dialect_end *end);
+    void (*stream_error)(struct lmd_buf *b, struct api_dialect_out *d, const struct api_error *e);
+};
+extern const struct api_dialect_ops api_responses_ops;
+extern const struct api_dialect_ops api_messages_ops;
+
+/* Translate a Responses (responses.c) or Messages (messages.c) body into
+ * the chat completions body that runs it: *chat (malloc'd JSON text) and
+ * *echo (malloc'd, the members its answer echoes, or NULL). A field lmd
+ * cannot honour, or a malformed one, is a 400 naming it in the dialect's
+ * own spelling. */
+int api_responses_translate(const char *body, size_t len, char **chat, char **echo, struct api_error *e);
+int api_messages_translate(const char *body, size_t len, char **chat, char **echo, struct api_error *e);
+/* An error in Anthropic's shape: {"type":"error","error":{"type","message"}},
+ * the type from the HTTP status (malloc'd, NUL-terminated; NULL on OOM). */
+char *api_messages_error_json(const struct api_error *e, size_t *len);
 
 /* Render a chat request (p->doc) with m's Jinja template (m->chat_jinja),
  * appending the prompt text to out. A template's raise_exception and any
