@@ -7,6 +7,7 @@
 #include "core/log.h"
 #include "core/time.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,10 +70,34 @@ int engine_local_open(struct engine **out, const struct engine_config *cfg, stru
     return engine_native_open(out, cfg, err);
 }
 
+void engine_embd_finish(float *v, int n, enum engine_pool pool, int n_tokens)
+{
+    if (pool == ENGINE_POOL_MEAN && n_tokens > 0)
+        for (int i = 0; i < n; i++)
+            v[i] /= (float)n_tokens;
+    /* The norm in double: a 4096-wide sum of squares in float loses the
+     * last bits that make equal inputs give equal unit vectors anyway,
+     * but double keeps |v| = 1 to float precision for any width. */
+    double ss = 0;
+    for (int i = 0; i < n; i++)
+        ss += (double)v[i] * (double)v[i];
+    if (ss > 0) {
+        float inv = (float)(1.0 / sqrt(ss));
+        for (int i = 0; i < n; i++)
+            v[i] *= inv;
+    }
+}
+
 int engine_launch(struct engine *e, const struct engine_seq *seqs, int n_seqs, struct lmd_err *err)
 {
     if (e->info.request_level)
         return lmd_err_set(err, LMD_ENOTSUP, "engine %s takes whole requests, not steps", e->info.kind);
+    /* Engines that give no hidden states (the CUDA engine, the fake one)
+     * say so here, once for all of them. */
+    if (e->info.n_embd == 0)
+        for (int i = 0; i < n_seqs; i++)
+            if (seqs[i].pool != ENGINE_POOL_NONE)
+                return lmd_err_set(err, LMD_ENOTSUP, "the %s engine does not compute embeddings", e->info.kind);
     e->t_launch_ns = lmd_time_mono_ns();
     int rc = e->ops->launch(e, seqs, n_seqs, err);
     if (rc == 0) {

@@ -54,6 +54,15 @@ enum engine_device {
     ENGINE_DEVICE_AUTO = 2, /* CUDA when this build has it and a GPU answers, else the CPU */
 };
 
+/* How the final hidden states (after the output norm) of a sequence's
+ * positions become one embedding. Values as GGUF's `<arch>.pooling_type`. */
+enum engine_pool {
+    ENGINE_POOL_NONE = 0, /* no embedding */
+    ENGINE_POOL_MEAN = 1, /* the mean over every position */
+    ENGINE_POOL_CLS = 2,  /* the first position's */
+    ENGINE_POOL_LAST = 3, /* the last position's: a causal decoder's summary of the whole input */
+};
+
 struct engine_config {
     const char *model_path;
     enum engine_device device;
@@ -77,12 +86,14 @@ struct engine_info {
     int max_batch_tokens; /* tokens per step */
     int max_seqs;         /* sequences per step; concurrent requests for a request-level engine */
     int n_threads;
-    int kv_blocks;         /* blocks of K/V storage; 0 for engines without block storage */
-    int kv_block_tokens;   /* positions per block */
-    size_t kv_block_bytes; /* bytes of one block */
-    size_t packed_bytes;   /* weights repacked at load for prefill (native engine), on top of the file */
-    int token_budget;      /* engines without blocks: prompt + output tokens of all sequences held at once; 0 = n_ctx x
-                              max_seqs */
+    int kv_blocks;            /* blocks of K/V storage; 0 for engines without block storage */
+    int kv_block_tokens;      /* positions per block */
+    size_t kv_block_bytes;    /* bytes of one block */
+    size_t packed_bytes;      /* weights repacked at load for prefill (native engine), on top of the file */
+    int n_embd;               /* width of a pooled embedding; 0 = the engine gives none (engine_seq.pool refused) */
+    enum engine_pool pooling; /* the model's pooling for embeddings (GGUF metadata, else ENGINE_POOL_LAST) */
+    int token_budget; /* engines without blocks: prompt + output tokens of all sequences held at once; 0 = n_ctx x
+                         max_seqs */
     /* Contract. */
     bool samples;                 /* step results are sampled tokens, not logits */
     bool request_level;           /* submit/poll/cancel instead of launch/wait */
@@ -103,6 +114,15 @@ struct engine_seq {
     float *out_lp;       /* [1] */
     int32_t *out_top_id; /* [n_logprobs] */
     float *out_top_lp;   /* [n_logprobs] */
+    /* Embeddings (info.n_embd > 0): with pool set, the final hidden states
+     * of this chunk's positions, after the output norm, go into embd, the
+     * caller's accumulator, which lives across the chunks of a prefill:
+     * ENGINE_POOL_MEAN adds each position's (a chunk at position 0 clears
+     * it first; the caller divides), ENGINE_POOL_CLS writes position 0's,
+     * ENGINE_POOL_LAST writes the chunk's last. No logits are needed for
+     * that: want_logits may be false. */
+    enum engine_pool pool;
+    float *embd; /* [info.n_embd] */
 };
 
 /* A step's result: one row per sequence with want_logits, in batch order.
@@ -303,6 +323,11 @@ int engine_remote_set_upstreams(struct engine *e, const struct remote_backend_co
 int remote_url_parse(const char *url, enum remote_kind *kind, char *host, size_t host_cap, int *port, char *prefix,
                      size_t prefix_cap, struct lmd_err *err);
 const char *remote_kind_name(enum remote_kind k);
+
+/* Turn a pooled accumulator (engine_seq.embd after the last chunk of
+ * n_tokens positions) into the embedding: the mean's division, then L2
+ * normalization (a zero vector stays zero). */
+void engine_embd_finish(float *v, int n, enum engine_pool pool, int n_tokens);
 
 int engine_launch(struct engine *e, const struct engine_seq *seqs, int n_seqs, struct lmd_err *err);
 int engine_wait(struct engine *e, struct engine_result *res, struct lmd_err *err);

@@ -398,7 +398,7 @@ int model_forward(const struct model *m, struct model_scratch *s, struct lmd_poo
     const int bt = kv->block_tokens;
 
     /* Flatten the batch and check it against the scratch and the cache. */
-    int T = 0, n_want = 0;
+    int T = 0, n_want = 0, n_pool = 0;
     for (int i = 0; i < n_seqs; i++) {
         const struct model_seq *sq = &seqs[i];
         if (sq->n_tokens <= 0 || sq->pos < 0 || sq->pos > s->max_ctx - sq->n_tokens)
@@ -419,6 +419,10 @@ int model_forward(const struct model *m, struct model_scratch *s, struct lmd_poo
             T++;
         }
         n_want += sq->want_logits;
+        if (sq->pool < 0 || sq->pool > 3 || (sq->pool && !sq->embd))
+            return lmd_err_set(err, LMD_EINVAL, "forward: sequence %d: pooling %d without a valid accumulator", i,
+                               sq->pool);
+        n_pool += sq->pool != 0;
     }
     if (n_want > s->max_logits)
         return lmd_err_set(err, LMD_EINVAL, "forward: %d logit rows exceed %d", n_want, s->max_logits);
@@ -474,6 +478,36 @@ int model_forward(const struct model *m, struct model_scratch *s, struct lmd_poo
         prof_mark(s, PROF_MM_DOWN, &t0);
         run_tokens(pool, &tj, TOK_FFN_OUT, T);
         prof_mark(s, PROF_RESID, &t0);
+    }
+
+    /* Embeddings: the final norm of the positions each pooling sequence
+     * needs, into its caller's accumulator. Only rows that pool are
+     * normed, so a step without embeddings pays nothing here. */
+    if (n_pool > 0) {
+        int t0s = 0;
+        for (int i = 0; i < n_seqs; i++) {
+            const struct model_seq *sq = &seqs[i];
+            const int t_first = t0s;
+            t0s += sq->n_tokens;
+            if (sq->pool == 0 || !sq->embd)
+                continue;
+            float *row = s->xb;  /* [E] one row of scratch, free again until the logits below */
+            if (sq->pool == 1) { /* mean: add every position's state */
+                if (sq->pos == 0)
+                    memset(sq->embd, 0, (size_t)E * sizeof(float));
+                for (int t = t_first; t < t0s; t++) {
+                    ops_rmsnorm(row, s->x + (size_t)t * E, m->output_norm, E, hp->rms_eps);
+                    for (int d = 0; d < E; d++)
+                        sq->embd[d] += row[d];
+                }
+            } else if (sq->pool == 2) { /* cls: the first position's */
+                if (sq->pos == 0)
+                    ops_rmsnorm(sq->embd, s->x + (size_t)t_first * E, m->output_norm, E, hp->rms_eps);
+            } else { /* last: this chunk's last position's */
+                ops_rmsnorm(sq->embd, s->x + (size_t)(t0s - 1) * E, m->output_norm, E, hp->rms_eps);
+            }
+        }
+        prof_mark(s, PROF_LOGITS, &t0);
     }
 
     /* Final norm and the vocabulary projection, only for rows that want

@@ -146,6 +146,17 @@ static int read_hparams(struct model *m, struct lmd_err *err)
         return rc;
     if ((rc = hp_u32(&r, "attention.head_count_kv", false, (uint32_t)hp->n_head, &hp->n_head_kv)))
         return rc;
+    /* How embeddings are pooled, where the file says (embedding models
+     * do). An unreadable or unknown value (rank pooling, a later kind) is
+     * treated as not given: it only selects a default above. */
+    {
+        char key[160];
+        uint32_t pt = 0;
+        struct lmd_err ignored = {0};
+        snprintf(key, sizeof key, "%s.pooling_type", hp->arch->name);
+        if (gguf_get_u32(f, key, &pt, &ignored) == 0 && pt <= 3)
+            hp->pooling = (int)pt;
+    }
     if (hp->n_embd <= 0 || hp->n_layer <= 0 || hp->n_head <= 0 || hp->n_head_kv <= 0 || hp->n_ff <= 0 ||
         hp->n_head % hp->n_head_kv != 0 || hp->n_layer > 4096 || hp->n_head > 4096)
         return lmd_err_set(

@@ -72,6 +72,7 @@ struct model_hparams {
     float final_softcap;   /* 0 = none */
     int n_swa;             /* sliding window in tokens; 0 = none */
     bool *layer_swa;       /* [n_layer] true if layer uses the sliding window */
+    int pooling;           /* enum engine_pool from <arch>.pooling_type; 0 = not given */
 };
 
 /* Views into the mapping; NULL where a model lacks the tensor. */
@@ -166,6 +167,8 @@ struct model_seq {
     int pos;               /* position of tokens[0] */
     const int32_t *blocks; /* block table covering positions [0, pos + n_tokens) */
     bool want_logits;      /* logits of the last token */
+    int pool;              /* enum engine_pool: pool the final hidden states into embd (see engine_seq) */
+    float *embd;           /* [n_embd] the caller's accumulator */
 };
 
 /* Step scratch, sized at creation for at most max_tokens tokens and

@@ -40,7 +40,9 @@ static bool sched_fits(struct sched *s, struct sched_req *r)
     int seats = atomic_load_explicit(&s->eng->seats, memory_order_relaxed);
     if (seats > 0 && s->n_running >= seats)
         return false;
-    if (r->run.kv.n_blocks == 0) {
+    /* An embedding pools every position of its prompt, so it computes
+     * them all: no cached prefix. */
+    if (r->run.kv.n_blocks == 0 && !r->embd) {
         int n_fill = r->n_prompt + atomic_load_explicit(&r->n_out, memory_order_relaxed);
         int full = (n_fill - 1) / s->kv.cfg.block_tokens;
         for (int b = 0; b < full; b++)
@@ -74,7 +76,7 @@ static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
         atomic_fetch_sub_explicit(&s->n_queued, 1, memory_order_relaxed);
     }
     /* A request-level engine samples with the request's parameters itself. */
-    if (!r->run.smp_ready && !s->eng->info.request_level) {
+    if (!r->run.smp_ready && !s->eng->info.request_level && !r->embd) {
         struct lmd_err err = {0};
         struct sample_params sp = r->sp;
         sp.gvocab = s->gvocab;

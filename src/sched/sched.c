@@ -56,6 +56,7 @@ void sched_req_init(struct sched_req *r)
     r->out_lp = NULL;
     r->out_top_id = NULL;
     r->out_top_lp = NULL;
+    r->embd = NULL;
     r->api_path = NULL;
     r->api_json = NULL;
     r->api_body = NULL;
@@ -352,7 +353,13 @@ static void sched_step(struct sched *s)
                                               .n_tokens = it->n,
                                               .pos = r->run.n_fed,
                                               .blocks = r->run.kv.blocks,
-                                              .want_logits = last};
+                                              .want_logits = last && !r->embd};
+            if (r->embd) {
+                /* An embedding pools every chunk and wants no logits. */
+                s->batch[k].pool = s->eng->info.pooling;
+                s->batch[k].embd = r->embd;
+                last = false;
+            }
             if (last)
                 sched_batch_sampling(&s->batch[k], r, samples);
             s->brow[k] = last ? nrow++ : -1;
@@ -394,6 +401,14 @@ static void sched_step(struct sched *s)
             obs_trace(OBS_EV_PREFILL, r->id, t0, t1, n, r->run.n_fed, 0);
             r->run.n_fed += n;
             atomic_fetch_add_explicit(&s->prompt_tokens, (uint64_t)n, memory_order_relaxed);
+            if (r->embd && r->run.n_fed == r->run.n_fill) {
+                /* The whole prompt is pooled: the embedding is done. */
+                obs_count(OBS_C_PROMPT_TOKENS, (uint64_t)r->n_prompt);
+                engine_embd_finish(r->embd, s->eng->info.n_embd, s->eng->info.pooling, r->n_prompt);
+                r->t_first_ns = t1;
+                sched__finish(s, r, SCHED_FINISH_STOP);
+                continue;
+            }
             if (s->brow[k] < 0) {
                 sched__commit_blocks(s, r, r->run.n_fed);
                 continue;
@@ -685,8 +700,10 @@ void sched_stop(struct sched *s)
 int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
 {
     const int ctx = s->eng->info.n_ctx;
-    if (r->n_prompt < 1 || r->max_tokens < 1)
+    if (r->n_prompt < 1 || r->max_tokens < (r->embd ? 0 : 1))
         return lmd_err_set(err, LMD_EINVAL, "a request needs at least one prompt token and max_tokens >= 1");
+    if (r->embd && s->eng->info.n_embd == 0)
+        return lmd_err_set(err, LMD_ENOTSUP, "the %s engine does not compute embeddings", s->eng->info.kind);
     if (r->cls < 0 || r->cls >= s->pol.n_classes || r->tenant < 0 || r->tenant >= s->pol.n_tenants)
         return lmd_err_set(err, LMD_EINVAL, "class %d or tenant %d is not configured", r->cls, r->tenant);
     if (r->n_prompt + r->max_tokens > ctx)

@@ -149,6 +149,13 @@ struct sched_req {
     float *out_lp;
     int32_t *out_top_id;
     float *out_top_lp;
+    /* Embeddings (engine_info.n_embd > 0): embd set makes r an embedding
+     * request. Its prompt is prefilled whole with the engine's pooling
+     * into embd [n_embd] (owner's memory), never from the prefix cache,
+     * and it finishes (SCHED_FINISH_STOP) after its prefill with embd
+     * finished by engine_embd_finish: unit length. max_tokens may be 0;
+     * out is not written. */
+    float *embd;
     /* Engines that forward API requests (engine_info.takes_api): the
      * validated OpenAI request (engine_req's api_path/api_json; owner's
      * memory). prompt may then be NULL, n_prompt an estimate for admission. */
@@ -255,7 +262,8 @@ void sched_req_unref(struct sched_req *r);
 
 /* Queue r. The scheduler takes its own reference on success. Returns
  * LMD_EBUSY when the waiting queue is full, LMD_ERANGE (err says why) when
- * r could never fit the KV cache or the context, LMD_EINVAL for a bad
+ * r could never fit the KV cache or the context, LMD_ENOTSUP for an
+ * embedding request to an engine without embeddings, LMD_EINVAL for a bad
  * class or tenant, LMD_ETIMEDOUT when its class refuses late work and the
  * current estimate of its wait already passes its deadline, LMD_ECANCELED
  * when the scheduler is stopping. Never blocks. */

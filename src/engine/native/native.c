@@ -46,7 +46,9 @@ static int native_launch(struct engine *e, const struct engine_seq *seqs, int n_
                                           .n_tokens = s->n_tokens,
                                           .pos = s->pos,
                                           .blocks = s->blocks,
-                                          .want_logits = s->want_logits};
+                                          .want_logits = s->want_logits,
+                                          .pool = (int)s->pool,
+                                          .embd = s->embd};
         ne->n_rows += s->want_logits;
     }
     ne->rc = model_forward(ne->model, ne->scratch, ne->pool, &ne->kv, ne->mseqs, n_seqs, ne->logits, &ne->err);
@@ -99,6 +101,11 @@ int engine_native_open(struct engine **out, const struct engine_config *cfg, str
     in->max_seqs = cfg->max_seqs > 0 ? cfg->max_seqs : 16;
     in->n_threads = cfg->n_threads > 0 ? cfg->n_threads : lmd_cpu_count();
     in->gguf = ne->model->gguf;
+    /* Embeddings are the hidden state after the output norm. A model whose
+     * file names no pooling is a causal decoder: its last position is the
+     * only one that has seen the whole input. */
+    in->n_embd = hp->n_embd;
+    in->pooling = hp->pooling ? (enum engine_pool)hp->pooling : ENGINE_POOL_LAST;
 
     int block_tokens = cfg->kv_block_tokens > 0 ? cfg->kv_block_tokens : 16, n_blocks;
     size_t block_bytes = model_kv_block_bytes(ne->model, block_tokens);
