@@ -52,7 +52,8 @@ struct api_model {
      * bos_token / eos_token (the vocabulary's; NULL = none). */
     const struct jinja_tmpl *chat_jinja;
     const char *bos_token, *eos_token;
-    int n_ctx; /* tokens per sequence */
+    int n_ctx;  /* tokens per sequence */
+    int n_embd; /* width of its embeddings (/v1/embeddings); 0 = its engine computes none */
 };
 
 /*

@@ -295,6 +295,15 @@ bool api_model_allowed(const struct qos *q, int tenant, const struct api_model *
 /* POST /tokenize or /detokenize (tokenize.c) for an authenticated tenant:
  * answered later, from the worker's result, on r's I/O thread. */
 void api_tok_route(struct api *a, struct http_req *r, bool detokenize, int tenant, const char *rid);
+/* POST /v1/embeddings (embed.c) for an authenticated tenant: validates,
+ * tokenizes, admits and queues every input; answers when all are pooled.
+ * It logs its access line. */
+void api_embd_route(struct api *a, struct http_req *r, int tenant, const char *rid);
+/* The admission refusal of qos_admit as an API error, with its Retry-After
+ * header in hname/hvalue (retry is the value's storage). */
+struct qos_refusal;
+void api_admit_error(struct api_error *e, const struct qos_refusal *why, char *retry, size_t retry_cap,
+                     const char **hname, const char **hvalue);
 /* Start and stop the worker (api_init, api_free). Stopping drops jobs the
  * worker never took: call it after the HTTP server is gone. */
 int api_tok_start(struct api *a, struct lmd_err *err);

@@ -404,6 +404,12 @@ static void admit_error(struct api_error *e, const struct qos_refusal *why, char
     }
 }
 
+void api_admit_error(struct api_error *e, const struct qos_refusal *why, char *retry, size_t retry_cap,
+                     const char **hname, const char **hvalue)
+{
+    admit_error(e, why, retry, retry_cap, hname, hvalue);
+}
+
 /* A request for a model whose engine forwards API requests (a remote
  * pool): no template or tokenizer here. The body goes on as lmd validated
  * it, less what lmd itself acts on (model, stream and its options, n —
@@ -677,12 +683,13 @@ static bool request_id_sane(struct http_str s)
  * with or without the prefix. */
 #define API_ROUTE_MAX 320
 
-/* /completions, /chat/completions, /models and /models/ID. */
+/* /completions, /chat/completions, /responses, /embeddings, /models and /models/ID. */
 static bool is_unprefixed_openai(struct http_str p)
 {
     static const char models[] = "/models/";
     return str_is(p, "/completions") || str_is(p, "/chat/completions") || str_is(p, "/responses") ||
-           str_is(p, "/models") || (p.len > sizeof models - 1 && memcmp(p.ptr, models, sizeof models - 1) == 0);
+           str_is(p, "/embeddings") || str_is(p, "/models") ||
+           (p.len > sizeof models - 1 && memcmp(p.ptr, models, sizeof models - 1) == 0);
 }
 
 void api_handle(void *ud, struct http_req *r)
@@ -737,6 +744,20 @@ void api_handle(void *ud, struct http_req *r)
             return;
         }
         route_generate(a, r, kind, dialect, id, rid);
+        return;
+    }
+    if (str_is(path, "/v1/embeddings")) {
+        struct api_error e;
+        int tenant = post ? authenticate(a, r, &e) : -1;
+        if (!post)
+            send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use POST for this route");
+        else if (tenant < 0)
+            api_send_error(r, &e, "www-authenticate", "Bearer");
+        if (!post || tenant < 0) {
+            log_route(r, rid, m, real_path);
+            return;
+        }
+        api_embd_route(a, r, tenant, rid); /* it logs its access line */
         return;
     }
     if (str_is(path, "/tokenize") || str_is(path, "/detokenize")) {

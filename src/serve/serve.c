@@ -544,6 +544,7 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
             .bos_token = sm->vocab && tok_bos(sm->vocab) >= 0 ? tok_token_text(sm->vocab, tok_bos(sm->vocab)) : NULL,
             .eos_token = sm->vocab && tok_eos(sm->vocab) >= 0 ? tok_token_text(sm->vocab, tok_eos(sm->vocab)) : NULL,
             .n_ctx = sm->eng->info.n_ctx,
+            .n_embd = sm->eng->info.n_embd,
         };
     }
     struct api_config acfg = {

@@ -1,0 +1,184 @@
+"""`/v1/embeddings` end to end: a real `lmd serve` on the default model
+(a causal decoder: last-token pooling, L2-normalized), the official
+`openai` client's `client.embeddings.create`, and httpx for the shapes the
+client does not send."""
+import base64
+import concurrent.futures
+import math
+import os
+import struct
+
+import httpx
+import openai
+import pytest
+
+from test_server import CTX, error_of, metric, start_server, stop_server
+
+N_EMBD = 640  # the default model's hidden width (Gemma 3 270M)
+
+
+@pytest.fixture(scope="module")
+def server(lmd_bin, default_model):
+    global MODEL
+    MODEL = os.path.basename(default_model)[:-len(".gguf")]
+    # A small step budget, so that long inputs are prefilled in several
+    # chunks and batched with others.
+    proc, base = start_server(lmd_bin, default_model, "--max-batch-tokens", "64")
+    yield base
+    stop_server(proc)
+
+
+MODEL = "default"
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", timeout=120, max_retries=0)
+
+
+def norm(v):
+    return math.sqrt(sum(x * x for x in v))
+
+
+def f32(v):
+    """The float32 values a JSON list of floats spells (9 digits: exact)."""
+    return list(struct.unpack("<%df" % len(v), struct.pack("<%df" % len(v), *v)))
+
+
+def cos(a, b):
+    return sum(x * y for x, y in zip(a, b)) / (norm(a) * norm(b))
+
+
+LONG = " ".join("word%d" % i for i in range(120))  # a few hundred tokens: several prefill chunks
+
+
+def test_string_input(client, server):
+    r = client.embeddings.create(model=MODEL, input="The capital of France is Paris.")
+    assert r.object == "list" and r.model == MODEL
+    assert len(r.data) == 1 and r.data[0].object == "embedding" and r.data[0].index == 0
+    v = r.data[0].embedding
+    assert len(v) == N_EMBD
+    assert abs(norm(v) - 1.0) < 1e-5
+    # Counted with the BOS token the tokenizer adds.
+    tok = httpx.post(server + "/tokenize", json={"content": "The capital of France is Paris.", "add_special": True})
+    assert r.usage.prompt_tokens == len(tok.json()["tokens"])
+    assert r.usage.total_tokens == r.usage.prompt_tokens
+
+
+def test_list_input_identical_and_different(client):
+    texts = ["a cat sat on the mat", "quarterly revenue grew by nine percent", "a cat sat on the mat", LONG]
+    r = client.embeddings.create(model=MODEL, input=texts)
+    assert [d.index for d in r.data] == [0, 1, 2, 3]
+    v = [d.embedding for d in r.data]
+    assert all(abs(norm(x) - 1.0) < 1e-5 for x in v)
+    assert v[0] == v[2]  # identical inputs, identical vectors
+    assert v[0] != v[1] and cos(v[0], v[1]) < 0.9999
+    # Each input alone gives the same vector as in the list (bit for bit:
+    # every position's hidden state is computed alike in any batch).
+    for i, t in enumerate(texts):
+        alone = client.embeddings.create(model=MODEL, input=t).data[0].embedding
+        assert alone == v[i], i
+    # Usage: the sum of the inputs' tokens.
+    total = sum(client.embeddings.create(model=MODEL, input=t).usage.prompt_tokens for t in texts)
+    assert r.usage.prompt_tokens == total
+
+
+def test_base64_equals_float(client, server):
+    text = ["base64 is the same vector", "twice"]
+    f = client.embeddings.create(model=MODEL, input=text, encoding_format="float")
+    raw = httpx.post(server + "/v1/embeddings",
+                     json={"model": MODEL, "input": text, "encoding_format": "base64"}).json()
+    for d, fd in zip(raw["data"], f.data):
+        b = base64.b64decode(d["embedding"])
+        assert len(b) == 4 * N_EMBD
+        assert list(struct.unpack("<%df" % N_EMBD, b)) == f32(fd.embedding)
+    # The client's own default asks for base64 and decodes it (numpy or not).
+    c = client.embeddings.create(model=MODEL, input=text)
+    assert [f32(d.embedding) for d in c.data] == [f32(d.embedding) for d in f.data]
+
+
+def test_token_id_inputs(client, server):
+    tok = httpx.post(server + "/tokenize", json={"content": "hello world", "add_special": True}).json()["tokens"]
+    by_text = client.embeddings.create(model=MODEL, input="hello world").data[0].embedding
+    by_ids = client.embeddings.create(model=MODEL, input=tok).data[0].embedding
+    assert by_ids == by_text
+    two = client.embeddings.create(model=MODEL, input=[tok, tok[:2]])
+    assert two.data[0].embedding == by_text and two.data[1].embedding != by_text
+    assert two.usage.prompt_tokens == len(tok) + 2
+
+
+def test_concurrent_equals_alone(client):
+    texts = ["request %d about topic %d" % (i, i * 7) for i in range(8)] + [LONG]
+    alone = [client.embeddings.create(model=MODEL, input=t).data[0].embedding for t in texts]
+    with concurrent.futures.ThreadPoolExecutor(len(texts)) as ex:
+        futs = [ex.submit(client.embeddings.create, model=MODEL, input=t) for t in texts]
+        together = [f.result().data[0].embedding for f in futs]
+    assert together == alone
+    assert len({tuple(v) for v in alone}) == len(texts)
+
+
+def test_with_generation_in_the_same_batches(client):
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        gen = ex.submit(client.completions.create, model=MODEL, prompt="Once upon a time", max_tokens=24,
+                        temperature=0)
+        embs = [ex.submit(client.embeddings.create, model=MODEL, input="shared batch %d" % i) for i in range(3)]
+        assert gen.result().choices[0].text
+        for i, f in enumerate(embs):
+            assert f.result().data[0].embedding == client.embeddings.create(
+                model=MODEL, input="shared batch %d" % i).data[0].embedding
+
+
+def test_dimensions(client):
+    full = client.embeddings.create(model=MODEL, input="x y z", dimensions=N_EMBD)
+    assert len(full.data[0].embedding) == N_EMBD
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.embeddings.create(model=MODEL, input="x y z", dimensions=64)
+    assert "Matryoshka" in str(ei.value) and str(N_EMBD) in str(ei.value)
+
+
+def test_bad_inputs(server):
+    url = server + "/v1/embeddings"
+    cases = [
+        ({"model": MODEL, "input": ""}, "input", "input[0]"),
+        ({"model": MODEL, "input": ["ok", ""]}, "input", "input[1]"),
+        ({"model": MODEL, "input": []}, "input", "empty"),
+        ({"model": MODEL, "input": [[1, 2], []]}, "input", "input[1]"),
+        ({"model": MODEL, "input": ["ok", [1, 2]]}, "input", "input[1]"),
+        ({"model": MODEL, "input": 5}, "input", "input"),
+        ({"model": MODEL, "input": [1, 99999999]}, "input", "vocabulary"),
+        ({"model": MODEL, "input": [-1]}, "input", "vocabulary"),
+        ({"model": MODEL}, "input", "required"),
+        ({"model": MODEL, "input": "x", "encoding_format": "int8"}, "encoding_format", "base64"),
+        ({"model": MODEL, "input": "x", "dimensions": 0}, "dimensions", "positive"),
+        ({"model": MODEL, "input": "x", "dimensions": "640"}, "dimensions", "positive"),
+        ({"model": MODEL, "input": "x", "truncate_prompt_tokens": 5}, "truncate_prompt_tokens", "not a field"),
+        ({"model": MODEL, "input": "x", "priority": [1]}, "priority", "priority"),
+    ]
+    for body, param, words in cases:
+        e = error_of(httpx.post(url, json=body, timeout=30), 400)
+        assert e["param"] == param and words in e["message"], (body, e)
+    error_of(httpx.post(url, content=b"{not json", timeout=30), 400)
+    error_of(httpx.post(url, content=b"[1]", timeout=30), 400)
+    e = error_of(httpx.post(url, json={"model": "nope", "input": "x"}, timeout=30), 404)
+    assert e["param"] == "model"
+    assert httpx.get(url, timeout=30).status_code == 405
+    # Longer than the context: 400 naming the input.
+    e = error_of(httpx.post(url, json={"model": MODEL, "input": [[5, 6], [5] * (CTX + 1)]}, timeout=30), 400)
+    assert e["code"] == "context_length_exceeded" and "input[1]" in e["message"]
+    e = error_of(httpx.post(url, json={"model": MODEL, "input": ["short", "word " * (CTX + 10)]}, timeout=30), 400)
+    assert e["code"] == "context_length_exceeded" and "input[1]" in e["message"]
+    # A whole context is fine (no room for output is needed).
+    ok = httpx.post(url, json={"model": MODEL, "input": [[5] * CTX]}, timeout=120)
+    assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == CTX
+
+
+def test_without_v1_and_user_field(server):
+    r = httpx.post(server + "/embeddings", json={"model": MODEL, "input": "plain", "user": "someone"}, timeout=30)
+    assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == N_EMBD
+
+
+def test_metrics_count_prompt_tokens(client, server):
+    before = metric(server, "lmd_prompt_tokens_total")
+    r = client.embeddings.create(model=MODEL, input=["metrics one", "metrics two, a little longer"])
+    after = metric(server, "lmd_prompt_tokens_total")
+    assert after - before == r.usage.prompt_tokens
