@@ -189,6 +189,132 @@ static void test_bad_batches(void **state)
     close_engine(e);
 }
 
+/* The hidden state of prompt 1's position k after the output norm, by
+ * the plainest route: the prefix [0, k] alone, one chunk, last pooling. */
+static void hidden_at(struct engine *e, int k, float *out)
+{
+    struct seq s = {.kv = {.cap = 64}};
+    s.kv.blocks = s.blocks;
+    struct lmd_err err = {0};
+    assert_int_equal(kv_seq_reserve(&kvm, &s.kv, k + 1), 0);
+    struct engine_seq es = {
+        .tokens = prompts[1], .n_tokens = k + 1, .pos = 0, .blocks = s.blocks, .pool = ENGINE_POOL_LAST, .embd = out};
+    struct engine_result res;
+    assert_int_equal(engine_launch(e, &es, 1, &err), 0);
+    assert_int_equal(engine_wait(e, &res, &err), 0);
+    assert_int_equal(res.n_rows, 0); /* pooling asks for no logits */
+    kv_seq_release(&kvm, &s.kv);
+}
+
+/* Pooling over a prefill in two chunks, batched with another sequence,
+ * equals the pooling computed from each position's hidden state directly. */
+static void test_pooling(void **state)
+{
+    (void)state;
+    struct engine *e = open_engine(4);
+    const int E = e->info.n_embd, n = prompt_len[1];
+    assert_int_equal(e->info.pooling, ENGINE_POOL_LAST); /* a causal decoder whose file names no pooling */
+    assert_true(E == 640);
+    float *h = malloc((size_t)n * (size_t)E * sizeof(float)); /* [n][E] */
+    float *want = malloc((size_t)E * sizeof(float)), *got[3];
+    for (int k = 0; k < n; k++)
+        hidden_at(e, k, h + (size_t)k * (size_t)E);
+
+    /* Mean, cls and last at once, each over chunks 0..4 and 5..11, next to
+     * a decoding sequence. The accumulators start as garbage: a chunk at
+     * position 0 must reset them. */
+    const enum engine_pool kinds[3] = {ENGINE_POOL_MEAN, ENGINE_POOL_CLS, ENGINE_POOL_LAST};
+    struct seq s[4];
+    struct lmd_err err = {0};
+    for (int i = 0; i < 4; i++) {
+        s[i].kv = (struct kv_seq){.blocks = s[i].blocks, .cap = 64};
+        assert_int_equal(kv_seq_reserve(&kvm, &s[i].kv, n + 1), 0);
+    }
+    for (int i = 0; i < 3; i++) {
+        got[i] = malloc((size_t)E * sizeof(float));
+        for (int d = 0; d < E; d++)
+            got[i][d] = 1e30f;
+    }
+    const float *lg;
+    struct engine_seq other = {
+        .tokens = prompts[0], .n_tokens = 6, .pos = 0, .blocks = s[3].blocks, .want_logits = true};
+    assert_int_equal(engine_step(e, &other, 1, &lg, &err), 0);
+    int32_t tok = 236761;
+    for (int c = 0; c < 2; c++) {
+        struct engine_seq b[4];
+        for (int i = 0; i < 3; i++)
+            b[i] = (struct engine_seq){.tokens = prompts[1] + (c ? 5 : 0),
+                                       .n_tokens = c ? n - 5 : 5,
+                                       .pos = c ? 5 : 0,
+                                       .blocks = s[i].blocks,
+                                       .pool = kinds[i],
+                                       .embd = got[i]};
+        b[3] = (struct engine_seq){
+            .tokens = &tok, .n_tokens = 1, .pos = 6 + c, .blocks = s[3].blocks, .want_logits = true};
+        assert_int_equal(engine_step(e, b, 4, &lg, &err), 0);
+    }
+    for (int i = 0; i < 3; i++)
+        engine_embd_finish(got[i], E, kinds[i], n);
+
+    /* The same from the direct hidden states, in position order. */
+    for (int i = 0; i < 3; i++) {
+        if (kinds[i] == ENGINE_POOL_MEAN) {
+            memset(want, 0, (size_t)E * sizeof(float));
+            for (int k = 0; k < n; k++)
+                for (int d = 0; d < E; d++)
+                    want[d] += h[(size_t)k * (size_t)E + (size_t)d];
+        } else {
+            memcpy(want, h + (size_t)(kinds[i] == ENGINE_POOL_CLS ? 0 : n - 1) * (size_t)E, (size_t)E * sizeof(float));
+        }
+        engine_embd_finish(want, E, kinds[i], n);
+        double md = 0, ss = 0;
+        for (int d = 0; d < E; d++) {
+            md = fmax(md, fabs(got[i][d] - want[d]));
+            ss += (double)got[i][d] * got[i][d];
+        }
+        print_message("pooling %d: max |chunked - direct| = %g, |v| = %.9f\n", kinds[i], md, sqrt(ss));
+        assert_true(md == 0); /* batch composition and chunking change no bit */
+        assert_true(fabs(sqrt(ss) - 1.0) < 1e-6);
+    }
+    /* The three poolings give three different vectors. */
+    assert_true(memcmp(got[0], got[1], (size_t)E * sizeof(float)) != 0);
+    assert_true(memcmp(got[0], got[2], (size_t)E * sizeof(float)) != 0);
+    assert_true(memcmp(got[1], got[2], (size_t)E * sizeof(float)) != 0);
+
+    /* Finishing: the mean divides by the count, the norm is 1, zero stays zero. */
+    float v[4] = {3, 0, 4, 0}, z[3] = {0, 0, 0};
+    engine_embd_finish(v, 4, ENGINE_POOL_MEAN, 5);
+    assert_true(fabsf(v[0] - 0.6f) < 1e-7f && fabsf(v[2] - 0.8f) < 1e-7f && v[1] == 0);
+    engine_embd_finish(z, 3, ENGINE_POOL_LAST, 1);
+    assert_true(z[0] == 0 && z[1] == 0 && z[2] == 0);
+
+    for (int i = 0; i < 4; i++)
+        kv_seq_release(&kvm, &s[i].kv);
+    for (int i = 0; i < 3; i++)
+        free(got[i]);
+    free(h);
+    free(want);
+    close_engine(e);
+}
+
+/* An engine without hidden states refuses pooling, precisely. */
+static void test_pooling_refused(void **state)
+{
+    (void)state;
+    struct engine *e = NULL;
+    struct lmd_err err = {0};
+    struct engine_fake_config fc = {.n_vocab = 16, .n_ctx = 64, .max_batch_tokens = 64, .max_seqs = 2, .kv_blocks = 8};
+    assert_int_equal(engine_fake_open(&e, &fc, &err), 0);
+    assert_int_equal(e->info.n_embd, 0);
+    int32_t blocks[4] = {0, 1, 2, 3}, t[2] = {1, 2};
+    float acc[4];
+    struct engine_seq es = {
+        .tokens = t, .n_tokens = 2, .pos = 0, .blocks = blocks, .pool = ENGINE_POOL_MEAN, .embd = acc};
+    assert_int_equal(engine_launch(e, &es, 1, &err), LMD_ENOTSUP);
+    assert_non_null(strstr(err.msg, "does not compute embeddings"));
+    engine_close(e);
+}
+
 static void test_bad_models(void **state)
 {
     (void)state;
@@ -221,6 +347,8 @@ int main(void)
         cmocka_unit_test(test_ragged_batch_equals_alone),
         cmocka_unit_test(test_bad_batches),
         cmocka_unit_test(test_bad_models),
+        cmocka_unit_test(test_pooling),
+        cmocka_unit_test(test_pooling_refused),
     };
     return cmocka_run_group_tests_name("engine", tests, setup, NULL);
 }
