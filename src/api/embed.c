@@ -3,8 +3,9 @@
  * native engine.
  *
  * The body is checked and every input tokenized on the I/O thread, as a
- * completion's prompt is (a body is bounded by max_body, and each input by
- * the context, refused by its size before the tokenizer runs). Each input
+ * completion's prompt is; the text of one request is bounded
+ * (EMBD_MAX_TEXT_BYTES) and each input by the context, refused by its size
+ * before the tokenizer runs, so that thread is never held for long. Each input
  * becomes a scheduler request of its own with an embedding accumulator
  * (sched_req.embd): the same admission (the tenant's buckets are charged
  * the prompt tokens), service classes, deadlines and batching as
@@ -46,6 +47,10 @@
 #include <string.h>
 
 #define EMBD_MAX_INPUTS 2048 /* OpenAI's limit on inputs per request */
+/* Text tokenized on the I/O thread per request: a few tens of milliseconds
+ * of tokenizer work at most, so the thread's other connections wait no
+ * longer than that. */
+#define EMBD_MAX_TEXT_BYTES ((size_t)1 << 20)
 
 struct embd_call;
 
@@ -78,10 +83,10 @@ struct embd_call {
 
 /* One input as the request gives it: text, or token ids. */
 struct embd_input {
-    const char *text;    /* NULL for ids */
-    size_t len;          /* bytes of text */
-    const json_t *ids;   /* array of integers, or NULL */
-    int32_t *tok;        /* [n_tok] malloc'd */
+    const char *text;  /* NULL for ids */
+    size_t len;        /* bytes of text */
+    const json_t *ids; /* array of integers, or NULL */
+    int32_t *tok;      /* [n_tok] malloc'd */
     int n_tok;
 };
 
@@ -108,8 +113,9 @@ static int parse_inputs(const json_t *in, struct embd_input **out, int *n, struc
     if (json_is_array(in) && json_array_size(in) == 0)
         return BAD(e, "input", "'input' is an empty list; give at least one string or token list");
     if (!json_is_string(in) && !json_is_array(in))
-        return BAD(e, "input", "'input' must be a string, a list of strings, a list of token ids or a list of such "
-                               "lists");
+        return BAD(e, "input",
+                   "'input' must be a string, a list of strings, a list of token ids or a list of such "
+                   "lists");
     if (cnt > EMBD_MAX_INPUTS)
         return BAD(e, "input", "'input' has %zu items; at most %d are taken per request", cnt, EMBD_MAX_INPUTS);
     struct embd_input *v = calloc(cnt, sizeof *v);
@@ -117,6 +123,7 @@ static int parse_inputs(const json_t *in, struct embd_input **out, int *n, struc
         return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
     *out = v;
     *n = (int)cnt;
+    size_t bytes = 0;
     const bool one = json_is_string(in) || is_id_array(in);
     const bool texts = json_is_string(one ? in : json_array_get(in, 0));
     for (size_t i = 0; i < cnt; i++) {
@@ -126,6 +133,11 @@ static int parse_inputs(const json_t *in, struct embd_input **out, int *n, struc
             v[i].len = json_string_length(x);
             if (v[i].len == 0)
                 return BAD(e, "input", "input[%zu] is an empty string; every input needs at least one token", i);
+            if ((bytes += v[i].len) > EMBD_MAX_TEXT_BYTES)
+                return BAD(e, "input",
+                           "the inputs hold more than %zu bytes of text (at input[%zu]); send them in several "
+                           "requests",
+                           EMBD_MAX_TEXT_BYTES, i);
         } else if (is_id_array(x) && !texts) {
             v[i].ids = x;
         } else if (json_is_array(x) && json_array_size(x) == 0 && !texts) {
@@ -150,8 +162,8 @@ static int tokenize_inputs(const struct api_model *m, struct embd_input *v, int 
             size_t k = json_array_size(x->ids);
             if (k > (size_t)m->n_ctx)
                 return api_error_set(e, 400, "invalid_request_error", "input", "context_length_exceeded",
-                                     "input[%d] has %zu tokens; this model's maximum context length is %d tokens", i,
-                                     k, m->n_ctx);
+                                     "input[%d] has %zu tokens; this model's maximum context length is %d tokens", i, k,
+                                     m->n_ctx);
             x->tok = malloc(k * sizeof *x->tok);
             if (!x->tok)
                 return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
@@ -253,7 +265,9 @@ static void call_account(struct embd_call *c, int status)
         .queue_s = admit >= c->t_start ? (double)(admit - c->t_start) / 1e9 : -1,
         .ttft_s = -1,
         .e2e_s = e2e,
-        .finish = status == 200 ? "stop" : status == 499 ? "cancelled" : "error",
+        .finish = status == 200   ? "stop"
+                  : status == 499 ? "cancelled"
+                                  : "error",
     };
     obs_access_log(&acc);
 }

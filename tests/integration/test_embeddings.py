@@ -167,6 +167,9 @@ def test_bad_inputs(server):
     assert e["code"] == "context_length_exceeded" and "input[1]" in e["message"]
     e = error_of(httpx.post(url, json={"model": MODEL, "input": ["short", "word " * (CTX + 10)]}, timeout=30), 400)
     assert e["code"] == "context_length_exceeded" and "input[1]" in e["message"]
+    # More than 1 MiB of text in one request: refused before tokenizing.
+    e = error_of(httpx.post(url, json={"model": MODEL, "input": ["w " * 300000, "w " * 300000]}, timeout=30), 400)
+    assert "input[1]" in e["message"] and "bytes of text" in e["message"]
     # A whole context is fine (no room for output is needed).
     ok = httpx.post(url, json={"model": MODEL, "input": [[5] * CTX]}, timeout=120)
     assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == CTX
@@ -182,3 +185,51 @@ def test_metrics_count_prompt_tokens(client, server):
     r = client.embeddings.create(model=MODEL, input=["metrics one", "metrics two, a little longer"])
     after = metric(server, "lmd_prompt_tokens_total")
     assert after - before == r.usage.prompt_tokens
+
+
+# ---- docs/compatibility.md's embeddings table, row by row ------------------------------------
+
+SAMPLES = {
+    "input": ["a", [5, 6]],
+    "model": None,
+    "encoding_format": "base64",
+    "dimensions": N_EMBD,
+    "user": "u",
+    "priority": 0,
+    "truncate_prompt_tokens": 5,
+    "normalize": False,
+    "add_special_tokens": False,
+}
+
+
+def embeddings_rows():
+    import re
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "compatibility.md")
+    rows = []
+    for line in open(path, encoding="utf-8"):
+        m = re.match(r"^\| `([a-z_]+)` \| embeddings \| (accepted|ignored|refused) \|", line)
+        if m:
+            rows.append(m.groups())
+    return rows
+
+
+def test_compat_table_matches_the_server(server):
+    rows = embeddings_rows()
+    assert {f for f, _ in rows} == set(SAMPLES)
+    failures = []
+    for field, verdict in rows:
+        body = {"model": MODEL, "input": "Hi"}
+        v = SAMPLES[field]
+        if field == "input":
+            for one in v:
+                r = httpx.post(server + "/v1/embeddings", json=dict(body, input=one), timeout=60)
+                if r.status_code != 200:
+                    failures.append((field, one, r.status_code, r.text[:200]))
+            continue
+        body[field] = MODEL if field == "model" else v
+        r = httpx.post(server + "/v1/embeddings", json=body, timeout=60)
+        ok = (r.status_code == 400 and r.json()["error"]["param"] == field) if verdict == "refused" \
+            else r.status_code == 200
+        if not ok:
+            failures.append((field, verdict, r.status_code, r.text[:200]))
+    assert not failures, "\n".join(map(repr, failures))
