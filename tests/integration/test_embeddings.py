@@ -233,3 +233,15 @@ def test_compat_table_matches_the_server(server):
         if not ok:
             failures.append((field, verdict, r.status_code, r.text[:200]))
     assert not failures, "\n".join(map(repr, failures))
+
+
+def test_gateway_model_is_501(lmd_bin, tmp_path):
+    from test_multimodel import Serve, free_port
+    g = Serve(lmd_bin, tmp_path, "--upstream", "gemma=http://127.0.0.5:%d" % free_port())
+    try:
+        r = httpx.post(g.base + "/v1/embeddings", json={"model": "gemma", "input": "x"}, timeout=30)
+        e = error_of(r, 501)
+        assert e["param"] == "model" and e["code"] == "unsupported_model"
+        assert "upstream servers" in e["message"] and "/v1/embeddings" in e["message"]
+    finally:
+        assert g.stop() == 0, g.log()
