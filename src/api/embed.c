@@ -357,6 +357,21 @@ static void call_pump(struct embd_call *c)
     if (!c->http || c->done)
         return;
     bool all = true;
+    /* A client gone while it waited: once every input has stopped, the
+     * request is answered into the void (so that it is disposed) and
+     * counted as cancelled. */
+    if (c->gone) {
+        for (int i = 0; i < c->n; i++)
+            all &= atomic_load_explicit(&c->item[i].sr.finish, memory_order_acquire) != SCHED_RUNNING;
+        if (!all)
+            return;
+        c->done = true;
+        call_account(c, 499);
+        struct api_error e;
+        api_error_set(&e, 499, "invalid_request_error", NULL, "client_closed", "the client closed its connection");
+        api_send_error(c->http, &e, NULL, NULL);
+        return;
+    }
     for (int i = 0; i < c->n; i++) {
         int fin = atomic_load_explicit(&c->item[i].sr.finish, memory_order_acquire);
         if (fin == SCHED_FINISH_ERROR) {
@@ -386,10 +401,7 @@ static void call_pump(struct embd_call *c)
     if (!all)
         return;
     c->done = true;
-    if (c->gone)
-        call_account(c, 499);
-    else
-        send_answer(c);
+    send_answer(c);
 }
 
 static void call_task(struct http_task *t)
@@ -426,8 +438,10 @@ static void call_closed(void *ctx)
 static void call_gone(void *ctx)
 {
     struct embd_call *c = ctx;
+    LMD_INFO("api: %s: the client closed its connection; cancelling", c->who.rid);
     c->gone = true;
     call_cancel_all(c);
+    call_pump(c); /* every input may have finished already */
 }
 
 /* Build the call and queue every input; on failure nothing is queued and
@@ -670,6 +684,16 @@ void api_embd_route(struct api *a, struct http_req *r, int tenant, const char *r
     who.cls = cls;
     if (parse_inputs(json_object_get(doc, "input"), &in, &n, &e) != 0 || tokenize_inputs(&m->m, in, n, &e) != 0)
         goto fail;
+    /* Each input waits as a request of its own: more than the queue can
+     * ever hold would be refused as busy on every retry. */
+    const int qcap = sched_queue_limit(m->m.sched, cls);
+    if (n > qcap) {
+        BAD(&e, "input",
+            "'input' has %d items; this server queues at most %d requests of this class per model (--max-queue), "
+            "one per input: send at most %d inputs per request",
+            n, qcap, qcap);
+        goto fail;
+    }
     int64_t n_prompt = 0;
     for (int i = 0; i < n; i++)
         n_prompt += in[i].n_tok;

@@ -739,9 +739,7 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
      * class: a burst of lower-class work fills the queue to three
      * quarters and is refused from there, so an urgent request arriving
      * in the middle of it still finds room. */
-    int limit = s->cfg.max_queue;
-    if (s->pol.kind == SCHED_POLICY_SLA && r->cls > 0 && s->pol.n_classes > 1)
-        limit -= (s->cfg.max_queue + 3) / 4;
+    int limit = sched_queue_limit(s, r->cls);
     /* A request-level engine (a remote pool) takes a request as soon as a
      * seat is free, and a burst arrives faster than this thread admits it:
      * requests that free seats will take at once are not waiting, and are
@@ -812,6 +810,13 @@ void sched_stats(struct sched *s, struct sched_stats *out)
 }
 
 int sched_blocks_for(const struct sched *s, int n_tokens) { return kv_blocks_for(&s->kv, n_tokens); }
+
+int sched_queue_limit(const struct sched *s, int cls)
+{
+    if (s->pol.kind == SCHED_POLICY_SLA && cls > 0 && s->pol.n_classes > 1)
+        return s->cfg.max_queue - (s->cfg.max_queue + 3) / 4;
+    return s->cfg.max_queue;
+}
 
 uint64_t sched_estimate_wait_ns(struct sched *s, int cls)
 {

@@ -167,6 +167,9 @@ def test_bad_inputs(server):
     assert e["code"] == "context_length_exceeded" and "input[1]" in e["message"]
     e = error_of(httpx.post(url, json={"model": MODEL, "input": ["short", "word " * (CTX + 10)]}, timeout=30), 400)
     assert e["code"] == "context_length_exceeded" and "input[1]" in e["message"]
+    # More inputs than the queue holds: a 400 saying the limit, not a 503 no retry could pass.
+    e = error_of(httpx.post(url, json={"model": MODEL, "input": ["x"] * 49}, timeout=30), 400)
+    assert "at most 48 inputs" in e["message"] and "--max-queue" in e["message"]
     # More than 1 MiB of text in one request: refused before tokenizing.
     e = error_of(httpx.post(url, json={"model": MODEL, "input": ["w " * 300000, "w " * 300000]}, timeout=30), 400)
     assert "input[1]" in e["message"] and "bytes of text" in e["message"]
@@ -245,3 +248,26 @@ def test_gateway_model_is_501(lmd_bin, tmp_path):
         assert "upstream servers" in e["message"] and "/v1/embeddings" in e["message"]
     finally:
         assert g.stop() == 0, g.log()
+
+
+def test_disconnect_cancels(server):
+    """A client that hangs up while its inputs wait or prefill: they are
+    dropped, their KV blocks come back, and the server goes on."""
+    import time
+    from test_server_api import raw_post
+    port = int(server.rsplit(":", 1)[1])
+    idle = metric(server, "lmd_kv_blocks_free")
+    p0 = metric(server, "lmd_prompt_tokens_total")
+    n = 40  # within the queue (--max-queue 64, three quarters for the default class)
+    s = raw_post(port, "/v1/embeddings", {"model": MODEL, "input": [[5 + i] * 1000 for i in range(n)]})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and metric(server, "lmd_kv_blocks_free") == idle:
+        time.sleep(0.02)
+    s.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and metric(server, "lmd_kv_blocks_free") != idle:
+        time.sleep(0.05)
+    assert metric(server, "lmd_kv_blocks_free") == idle
+    assert metric(server, "lmd_prompt_tokens_total") - p0 < n * 1000  # cancelled before every input was pooled
+    r = httpx.post(server + "/v1/embeddings", json={"model": MODEL, "input": "still serving"}, timeout=60)
+    assert r.status_code == 200
