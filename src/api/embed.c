@@ -722,10 +722,10 @@ void api_embd_route(struct api *a, struct http_req *r, int tenant, const char *r
     json_decref(doc);
     return;
 fail:
-    inputs_free(in, n);
-    json_decref(doc);
     if (!m && a->n_models == 1)
         m = &a->models[0];
     api_log_refusal(a, r, rid, e.status, m, who.cls, who.tenant);
-    api_send_error(r, &e, hname, hvalue);
+    api_send_error(r, &e, hname, hvalue); /* before the document goes: e.param may be one of its keys */
+    inputs_free(in, n);
+    json_decref(doc);
 }
