@@ -271,3 +271,52 @@ def test_disconnect_cancels(server):
     assert metric(server, "lmd_prompt_tokens_total") - p0 < n * 1000  # cancelled before every input was pooled
     r = httpx.post(server + "/v1/embeddings", json={"model": MODEL, "input": "still serving"}, timeout=60)
     assert r.status_code == 200
+
+
+TENANTS = """\
+classes:
+  urgent: {}
+  batch: {}
+default_class: batch
+tenants:
+  - name: small
+    keys: ["sk-small"]
+    tokens_per_minute: 0.001
+    tokens_burst: 30
+  - name: big
+    keys: ["sk-big"]
+"""
+
+
+def test_tenant_buckets_and_classes(lmd_bin, default_model, tmp_path):
+    """Admission as for generation: a key is required, the tenant's token
+    bucket is charged the inputs' tokens, and the class is counted."""
+    from test_observability import Server, write_tenants
+    s = Server(lmd_bin, default_model, tmp_path, "--tenants", write_tenants(tmp_path / "t.yaml", TENANTS))
+    try:
+        url = s.base + "/v1/embeddings"
+        r = httpx.post(url, json={"input": "no key"}, timeout=30)
+        assert r.status_code == 401
+        small = openai.OpenAI(base_url=s.base + "/v1", api_key="sk-small", timeout=60, max_retries=0)
+        ok = small.embeddings.create(input=["one two three", "four five"], model=model_of(s.base, "sk-small"))
+        used = ok.usage.prompt_tokens
+        assert 0 < used < 30
+        # What is left of the burst cannot pay for a request larger than it.
+        with pytest.raises(openai.RateLimitError):
+            small.embeddings.create(input=["word " * (31 - used)], model=model_of(s.base, "sk-small"))
+        # Larger than the whole bucket: never admissible (413, as for generation).
+        r = httpx.post(url, json={"input": "word " * 40}, headers={"Authorization": "Bearer sk-small"}, timeout=30)
+        assert r.status_code == 413 and "tokens_burst" in r.json()["error"]["message"], r.text
+        # The class by name: served and counted under it.
+        big = {"Authorization": "Bearer sk-big"}
+        before = s.metrics().sum("lmd_requests_total", status="200", tenant="big", **{"class": "urgent"})
+        r = httpx.post(url, json={"input": "urgent text", "priority": "urgent"}, headers=big, timeout=60)
+        assert r.status_code == 200, r.text
+        after = s.metrics().sum("lmd_requests_total", status="200", tenant="big", **{"class": "urgent"})
+        assert after == before + 1
+    finally:
+        s.stop()
+
+
+def model_of(base, key):
+    return httpx.get(base + "/v1/models", headers={"Authorization": "Bearer " + key}, timeout=10).json()["data"][0]["id"]
