@@ -11,7 +11,9 @@
  * for every sequence that asks, either the logits of its last position
  * (info.samples false: the caller samples with sample/) or the token the
  * engine sampled with the sequence's sampler, plus the log-probabilities
- * asked for (info.samples true: no [n_vocab] rows leave the device). A step
+ * asked for (info.samples true: no [n_vocab] rows leave the device); and,
+ * for sequences that ask (engine_seq.pool, engines with info.n_embd), their
+ * final hidden states pooled into an embedding. A step
  * is two calls: engine_launch hands the batch over and returns; engine_wait
  * returns its result. An engine may finish the work inside launch (the
  * native engine does); the caller must not touch the batch's arrays, nor

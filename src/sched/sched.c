@@ -106,7 +106,8 @@ static void sched_observe_finish(const struct sched_req *r, enum sched_finish wh
         obs_observe(OBS_H_QUEUE, r->cls, sched__secs(r->t_arrival_ns, r->t_admit_ns));
         if (r->t_first_ns) {
             obs_observe(OBS_H_PREFILL, r->cls, sched__secs(r->t_admit_ns, r->t_first_ns));
-            obs_observe(OBS_H_DECODE, r->cls, sched__secs(r->t_first_ns, r->t_done_ns));
+            if (!r->embd) /* an embedding has no decode phase to time */
+                obs_observe(OBS_H_DECODE, r->cls, sched__secs(r->t_first_ns, r->t_done_ns));
         }
     }
     if (why == SCHED_FINISH_DEADLINE)
