@@ -10,6 +10,7 @@
  */
 #include "api/api.h"
 #include "api/api_int.h"
+#include "api/jinja.h"
 
 #include "core/log.h"
 #include "core/time.h"
@@ -555,6 +556,15 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
                           m->m.id);
             goto fail;
         }
+        /* The upstream would answer with tool_calls, which the remote
+         * engine's text stream does not carry back yet. */
+        if (p.tools && p.tool_choice != API_TC_NONE) {
+            api_error_set(&e, 400, "invalid_request_error", "tools", "unsupported_parameter",
+                          "'tools' is not available for model '%s' yet: its engine forwards requests to upstream "
+                          "servers, and lmd does not relay their tool calls; send \"tool_choice\": \"none\"",
+                          m->m.id);
+            goto fail;
+        }
         forward_generate(a, r, &p, m, id, rid, &who);
         api_params_free(&p);
         return;
@@ -571,7 +581,10 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
                           n_vocab - 1);
             goto fail;
         }
-    if (api_structured_compile(&p, &e) != 0)
+    if (api_structured_compile(&p, &e) != 0 ||
+        (kind == API_CHAT &&
+         api_tools_check(&p, m->tool_syntax,
+                         m->m.chat_jinja ? NULL : chat_family_name((enum chat_family)m->m.chat_family), &e) != 0))
         goto fail;
     if (build_prompt(&m->m, &p, &ids, &n_prompt, &e) != 0)
         goto fail;
@@ -812,6 +825,8 @@ int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err
             api_buf_json_escape(&b, am->m.id, strlen(am->m.id));
         am->id_json = b.ptr;
         oom |= !am->id_json;
+        size_t tl = 0;
+        am->tool_syntax = src->chat_jinja ? api_tools_detect(jinja_source(src->chat_jinja, &tl), tl) : API_TOOLS_NONE;
     }
     if (oom) {
         api_free(a);
