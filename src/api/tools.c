@@ -108,8 +108,9 @@ int api__tools_parse(struct api_params *p, void *doc, struct api_error *e)
             json_t *ty = json_object_get(t, "type");
             json_t *fn = json_object_get(t, "function");
             if (!json_is_object(t) || !json_is_string(ty) || strcmp(json_string_value(ty), "function") != 0)
-                return BAD("tools", "tools[%zu] must be an object with \"type\": \"function\" (the only tool type "
-                                    "lmd serves)",
+                return BAD("tools",
+                           "tools[%zu] must be an object with \"type\": \"function\" (the only tool type "
+                           "lmd serves)",
                            i);
             if (!json_is_object(fn))
                 return BAD("tools", "tools[%zu].function must be an object", i);
@@ -127,8 +128,7 @@ int api__tools_parse(struct api_params *p, void *doc, struct api_error *e)
                 return BAD("tools", "tools[%zu].function.strict must be a boolean", i);
             for (size_t j = 0; j < i; j++)
                 if (json_equal(name, json_object_get(json_object_get(json_array_get(tools, j), "function"), "name")))
-                    return BAD("tools", "tools[%zu] and tools[%zu] are both named '%s'", j, i,
-                               json_string_value(name));
+                    return BAD("tools", "tools[%zu] and tools[%zu] are both named '%s'", j, i, json_string_value(name));
         }
         if (json_array_size(tools) > 0) {
             p->tools = tools;
@@ -147,8 +147,9 @@ int api__tools_parse(struct api_params *p, void *doc, struct api_error *e)
             else if (strcmp(s, "required") == 0)
                 p->tool_choice = API_TC_REQUIRED;
             else
-                return BAD("tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": "
-                                          "\"function\", \"function\": {\"name\": …}}; got \"%.64s\"",
+                return BAD("tool_choice",
+                           "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": "
+                           "\"function\", \"function\": {\"name\": …}}; got \"%.64s\"",
                            s);
         } else {
             json_t *ty = json_object_get(tc, "type");
@@ -232,8 +233,10 @@ static int forced_grammar(struct api_params *p, enum api_tool_syntax s, struct l
         }
         /* The model's own spelling of a call, as its template shows it. */
         if (s == API_TOOLS_HERMES)
-            lmd_buf_printf(g, "call%d ::= \"<tool_call>\\n{\\\"name\\\": \\\"%s\\\", \\\"arguments\\\": \" %s \"}\\n</tool_call>\"\n",
-                           n_calls, name, ref);
+            lmd_buf_printf(
+                g,
+                "call%d ::= \"<tool_call>\\n{\\\"name\\\": \\\"%s\\\", \\\"arguments\\\": \" %s \"}\\n</tool_call>\"\n",
+                n_calls, name, ref);
         else
             lmd_buf_printf(g, "call%d ::= \"{\\\"name\\\": \\\"%s\\\", \\\"%s\\\": \" %s \"}\"\n", n_calls, name,
                            s == API_TOOLS_LLAMA3 ? "parameters" : "arguments", ref);
