@@ -206,3 +206,39 @@ def test_builtin_family_refuses_tools(lmd_bin, default_model, tmp_path):
         assert "built-in gemma template" in r.json()["error"]["message"]
     finally:
         assert s.stop() == 0
+
+
+def test_agent_framework_round_trip(servers):
+    """OpenAI's Agents SDK, as an application would use it: the first turn
+    must call the tool (forced), the SDK runs it and sends the result
+    back, the second turn answers freely."""
+    import asyncio
+
+    import agents
+
+    agents.set_tracing_disabled(True)
+    ran = []
+
+    @agents.function_tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        ran.append((a, b))
+        return a + b
+
+    client = openai.AsyncOpenAI(base_url=servers.base + "/v1", api_key="unused", timeout=120, max_retries=0)
+    agent = agents.Agent(name="adder", instructions="Use the add tool.", tools=[add],
+                         model=agents.OpenAIChatCompletionsModel(model="qwen2.5", openai_client=client),
+                         model_settings=agents.ModelSettings(tool_choice="add", max_tokens=300, seed=5))
+
+    async def run():
+        try:
+            return await agents.Runner.run(agent, "What is 2 + 3?", max_turns=3)
+        finally:
+            await client.close()
+
+    result = asyncio.run(run())
+    assert len(ran) == 1, ran
+    kinds = [item.type for item in result.new_items]
+    assert kinds[:2] == ["tool_call_item", "tool_call_output_item"], kinds
+    assert result.new_items[1].output == sum(ran[0])
+    assert isinstance(result.final_output, str)
