@@ -95,6 +95,7 @@ enum api_tool_syntax {
     API_TOOLS_LLAMA3,   /* a bare {"name":…,"parameters":…} (Llama 3.1/3.2/3.3) */
     API_TOOLS_MISTRAL,  /* [TOOL_CALLS][{"name":…,"arguments":…}, …] (Mistral) */
     API_TOOLS_UNKNOWN,  /* renders tools, in a call syntax lmd does not parse */
+    API_TOOLS_RELAY,    /* an upstream's tool_calls as the remote engine writes them into the text */
 };
 
 /* One parsed request. Strings point into the parsed JSON document, which

@@ -941,7 +941,9 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
  * gone once the call is submitted). */
 static int call_set_tools(struct api_call *c, const struct api_params *p)
 {
-    c->tools = c->m->tool_syntax;
+    /* A forwarded call's tool calls come back as the remote engine's
+     * records; a native one's in the syntax of the model's template. */
+    c->tools = c->forwards ? API_TOOLS_RELAY : c->m->tool_syntax;
     c->parallel_tools = p->parallel_tool_calls;
     c->tool_names = lmd_arena_alloc(c->arena, (size_t)p->n_tools * sizeof *c->tool_names);
     if (!c->tool_names)
@@ -1050,7 +1052,7 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
             memcpy(c->bias, p->bias, (size_t)p->n_bias * sizeof *c->bias);
     }
     int rc = (!c->piece || !c->stop_mem || (p->n_bias && !c->bias)) ? LMD_ENOMEM : 0;
-    if (rc == 0 && !fwd && p->kind == API_CHAT && p->tools && p->tool_choice != API_TC_NONE)
+    if (rc == 0 && p->kind == API_CHAT && p->tools && p->tool_choice != API_TC_NONE)
         rc = call_set_tools(c, p);
     if (rc == 0 && p->echo)
         rc = call_set_echo(c, p);

@@ -556,15 +556,6 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
                           m->m.id);
             goto fail;
         }
-        /* The upstream would answer with tool_calls, which the remote
-         * engine's text stream does not carry back yet. */
-        if (p.tools && p.tool_choice != API_TC_NONE) {
-            api_error_set(&e, 400, "invalid_request_error", "tools", "unsupported_parameter",
-                          "'tools' is not available for model '%s' yet: its engine forwards requests to upstream "
-                          "servers, and lmd does not relay their tool calls; send \"tool_choice\": \"none\"",
-                          m->m.id);
-            goto fail;
-        }
         forward_generate(a, r, &p, m, id, rid, &who);
         api_params_free(&p);
         return;

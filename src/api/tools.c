@@ -19,6 +19,11 @@
  *   - anything else renders tools in a syntax lmd does not parse (UNKNOWN):
  *     refused with a 400 rather than answered with unparsed text.
  *
+ * Models behind upstream servers get the tools in the forwarded body; the
+ * upstream's streamed tool_calls come back inside the text as records
+ * (RELAY: "\x1e" name "\x1f" arguments, as engine/remote/sse_json.h
+ * writes them) and are parsed here like any other syntax.
+ *
  * tool_choice "none" hides the tools from the template (as if none were
  * given), so the model is not invited to call, and nothing is parsed.
  *
@@ -39,6 +44,10 @@
 /* At most this many calls in one answer when the grammar forces them and
  * parallel calls are allowed: a bound, so a forced answer always ends. */
 #define TOOLS_MAX_FORCED_CALLS 4
+
+/* The remote engine's record separators (engine/remote/sse_json.h). */
+#define RELAY_START '\x1e'
+#define RELAY_ARGS '\x1f'
 
 /* OpenAI's rule for function names: letters, digits, '_' and '-', 1 to 64.
  * It also keeps names safe inside grammar literals and JSON text. */
@@ -202,6 +211,8 @@ const char *api_tools_syntax_name(enum api_tool_syntax s)
         return "mistral";
     case API_TOOLS_UNKNOWN:
         return "unknown";
+    case API_TOOLS_RELAY:
+        return "relay";
     default:
         return "none";
     }
@@ -443,6 +454,34 @@ void *api_tools_extract(enum api_tool_syntax s, const char *text, size_t n, cons
         json_decref(list);
         if (!ok || skip_ws(text, i, n) != n)
             goto bad;
+    } else if (s == API_TOOLS_RELAY) {
+        const char *at = memchr(text, RELAY_START, n);
+        if (!at)
+            goto bad;
+        *content_len = (size_t)(at - text);
+        i = *content_len;
+        while (i < n) {
+            /* text[i] is RELAY_START: the name, RELAY_ARGS, the arguments
+             * up to the next call or the end. */
+            const char *sep = memchr(text + i + 1, RELAY_ARGS, n - i - 1);
+            if (!sep)
+                goto bad;
+            const char *name = text + i + 1, *args = sep + 1;
+            const char *next = memchr(args, RELAY_START, (size_t)(text + n - args));
+            const char *end = next ? next : text + n;
+            bool known = false;
+            for (int k = 0; k < n_names && !known; k++)
+                known = strlen(names[k]) == (size_t)(sep - name) && memcmp(names[k], name, (size_t)(sep - name)) == 0;
+            json_t *call = json_object();
+            size_t al = (size_t)(end - args);
+            if (!known || !call || json_object_set_new(call, "name", json_stringn(name, (size_t)(sep - name))) ||
+                json_object_set_new(call, "arguments", al ? json_stringn(args, al) : json_string("{}")) ||
+                json_array_append_new(calls, call)) {
+                json_decref(call);
+                goto bad;
+            }
+            i = (size_t)(end - text);
+        }
     } else {
         goto bad;
     }
@@ -472,7 +511,10 @@ static size_t partial_at(const char *text, size_t n, const char *lit)
 size_t api_tools_scan(enum api_tool_syntax s, const char *text, size_t n, bool at_start, bool *sure)
 {
     *sure = false;
-    const char *marker = s == API_TOOLS_HERMES ? "<tool_call>" : s == API_TOOLS_MISTRAL ? "[TOOL_CALLS]" : NULL;
+    const char *marker = s == API_TOOLS_HERMES    ? "<tool_call>"
+                         : s == API_TOOLS_MISTRAL ? "[TOOL_CALLS]"
+                         : s == API_TOOLS_RELAY   ? "\x1e"
+                                                  : NULL;
     if ((s == API_TOOLS_LLAMA3 || s == API_TOOLS_MISTRAL) && at_start) {
         /* An answer that opens with a call: hold leading blanks until the
          * first other character says which it is. */

@@ -242,3 +242,42 @@ def test_agent_framework_round_trip(servers):
     assert kinds[:2] == ["tool_call_item", "tool_call_output_item"], kinds
     assert result.new_items[1].output == sum(ran[0])
     assert isinstance(result.final_output, str)
+
+
+def test_gateway_relays_upstream_tool_calls(lmd_bin, tmp_path):
+    """A gateway model forwards tools upstream (here: an lmd serving a
+    Qwen-template model) and relays the upstream's tool_calls, streamed
+    and not; free text stays content."""
+    up = Serve(lmd_bin, tmp_path, "-m", "qwen2.5=" + synth(tmp_path / "q.gguf",
+                                                            os.path.join(TEMPLATES, FAMILIES["qwen2.5"])),
+               "-t", "1", "-c", "4096")
+    g = Serve(lmd_bin, tmp_path, "--upstream", "qwen=" + up.base)
+    try:
+        c = openai.OpenAI(base_url=g.base + "/v1", api_key="unused", timeout=120, max_retries=0)
+        choice = {"type": "function", "function": {"name": "add"}}
+        upc = openai.OpenAI(base_url=up.base + "/v1", api_key="unused", timeout=120, max_retries=0)
+        direct = upc.chat.completions.create(model="qwen2.5", messages=ASK, tools=TOOLS, tool_choice=choice,
+                                             max_tokens=400, seed=4)
+        want = [(t.function.name, json.loads(t.function.arguments)) for t in direct.choices[0].message.tool_calls]
+        r = c.chat.completions.create(model="qwen", messages=ASK, tools=TOOLS, tool_choice=choice, max_tokens=400,
+                                      seed=4)
+        assert r.choices[0].finish_reason == "tool_calls" and r.choices[0].message.content is None
+        assert [(t.function.name, json.loads(t.function.arguments)) for t in r.choices[0].message.tool_calls] == want
+        calls, finish = {}, None
+        for chunk in c.chat.completions.create(model="qwen", messages=ASK, tools=TOOLS, tool_choice=choice,
+                                               max_tokens=400, seed=4, stream=True):
+            if not chunk.choices:
+                continue
+            d = chunk.choices[0].delta
+            assert not d.content, d
+            for tc in d.tool_calls or []:
+                calls.setdefault(tc.index, {"name": tc.function.name, "arguments": ""})
+                calls[tc.index]["arguments"] += tc.function.arguments or ""
+            finish = chunk.choices[0].finish_reason or finish
+        assert finish == "tool_calls"
+        assert [(v["name"], json.loads(v["arguments"])) for _, v in sorted(calls.items())] == want
+        free = c.chat.completions.create(model="qwen", messages=ASK, tools=TOOLS, max_tokens=8, temperature=0)
+        assert free.choices[0].message.content and free.choices[0].message.tool_calls is None
+    finally:
+        assert g.stop() == 0, g.log()
+        assert up.stop() == 0, up.log()
