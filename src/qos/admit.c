@@ -51,10 +51,12 @@ static __int128 bucket_cap(const struct qos_rate *r) { return (__int128)r->burst
 
 void qos__state_init(struct qos *q)
 {
+    const struct qos__conf *c = qos__conf(q);
     for (int i = 0; i < QOS_MAX_TENANTS; i++) {
         struct qos__state *s = &q->state[i];
-        const struct qos_tenant *t = &q->tenants[i];
+        const struct qos_tenant *t = &c->tenants[i];
         atomic_flag_clear(&s->lock);
+        s->rates_of = c;
         s->req.level = t->requests.count ? bucket_cap(&t->requests) : 0;
         s->tok.level = t->tokens.count ? bucket_cap(&t->tokens) : 0;
         s->req.last_ns = s->tok.last_ns = 0;
@@ -77,6 +79,32 @@ static void bucket_refill(struct qos__bucket *b, const struct qos_rate *r, uint6
     /* elapsed < 2^64 and count <= 10^18, so the product fits in 127 bits. */
     __int128 add = (__int128)elapsed * r->count;
     b->level = (add >= cap - b->level) ? cap : b->level + add;
+}
+
+/* After a reload, a bucket's level moves to the new rate keeping the
+ * fraction of it that was full (a tenant at half its burst stays at half),
+ * a bucket that had no limit starts full, and one whose limit is gone
+ * holds nothing. Done by the first user of tenant i's state to see the
+ * new snapshot c, under the state's lock. */
+static void bucket_rerate(struct qos__bucket *b, const struct qos_rate *ro, const struct qos_rate *rn)
+{
+    if (!rn->count) {
+        b->level = 0;
+    } else if (!ro->count) {
+        b->level = bucket_cap(rn);
+    } else if (ro->count != rn->count || ro->period_ns != rn->period_ns || ro->burst != rn->burst) {
+        const long double frac = (long double)b->level / (long double)bucket_cap(ro);
+        b->level = (__int128)(frac * (long double)bucket_cap(rn));
+    }
+}
+
+static void state_sync(struct qos__state *s, int i, const struct qos__conf *c)
+{
+    if (s->rates_of == c)
+        return;
+    bucket_rerate(&s->req, &s->rates_of->tenants[i].requests, &c->tenants[i].requests);
+    bucket_rerate(&s->tok, &s->rates_of->tenants[i].tokens, &c->tenants[i].tokens);
+    s->rates_of = c;
 }
 
 /* Time until the bucket holds `need` units: ns (saturated) and whole
@@ -116,9 +144,10 @@ enum verdict { V_OK, V_REQUESTS, V_TOKENS, V_IN_FLIGHT, V_QUEUED };
 int qos_admit(struct qos *q, int tenant, int cls, int64_t charge_tokens, uint64_t now_ns, struct qos_ticket *t,
               struct qos_refusal *why)
 {
-    if (tenant < 0 || tenant >= q->n_tenants || cls < 0 || cls >= q->n_classes || charge_tokens < 0 || !t)
+    const struct qos__conf *c = qos__conf(q);
+    if (tenant < 0 || tenant >= c->n_tenants || cls < 0 || cls >= c->n_classes || charge_tokens < 0 || !t)
         return refuse(why, OBS_R_RATE_REQUESTS, 400, 0, 0, LMD_EINVAL, "invalid admission request");
-    const struct qos_tenant *tc = &q->tenants[tenant];
+    const struct qos_tenant *tc = &c->tenants[tenant];
     struct qos__state *s = &q->state[tenant];
 
     /* A charge the bucket can never hold would be refused forever with an
@@ -134,6 +163,7 @@ int qos_admit(struct qos *q, int tenant, int cls, int64_t charge_tokens, uint64_
     uint64_t wait_ns = 0;
     uint32_t wait_s = 0;
     state_lock(s);
+    state_sync(s, tenant, c);
     if (tc->requests.count)
         bucket_refill(&s->req, &tc->requests, now_ns);
     if (tc->tokens.count)
@@ -199,11 +229,13 @@ void qos_finished(struct qos *q, struct qos_ticket *t, int64_t used_tokens, uint
 {
     if (t->state == QOS_TICKET_NONE)
         return;
-    const struct qos_tenant *tc = &q->tenants[t->tenant];
+    const struct qos__conf *c = qos__conf(q);
+    const struct qos_tenant *tc = &c->tenants[t->tenant];
     struct qos__state *s = &q->state[t->tenant];
     if (used_tokens < 0)
         used_tokens = 0;
     state_lock(s);
+    state_sync(s, t->tenant, c);
     if (t->state == QOS_TICKET_QUEUED) {
         LMD_ASSERT(s->queued > 0, "qos_finished: queued count would go negative");
         s->queued--;
@@ -235,10 +267,12 @@ static int64_t floor_div(__int128 a, int64_t b)
 
 void qos_usage(struct qos *q, int tenant, uint64_t now_ns, struct qos_usage *out)
 {
-    LMD_ASSERT(tenant >= 0 && tenant < q->n_tenants, "tenant index out of range");
-    const struct qos_tenant *tc = &q->tenants[tenant];
+    const struct qos__conf *c = qos__conf(q);
+    LMD_ASSERT(tenant >= 0 && tenant < c->n_tenants, "tenant index out of range");
+    const struct qos_tenant *tc = &c->tenants[tenant];
     struct qos__state *s = &q->state[tenant];
     state_lock(s);
+    state_sync(s, tenant, c);
     if (tc->requests.count)
         bucket_refill(&s->req, &tc->requests, now_ns);
     if (tc->tokens.count)

@@ -55,7 +55,7 @@ static bool bearer_key(const char *v, size_t len, const char **key, size_t *klen
 
 /* Index of the tenant whose key has this digest (want_admin: any admin key
  * matches → 0), or -1; constant time over all keys. */
-static int scan(const struct qos *q, const uint8_t d[QOS__DIGEST], bool want_admin)
+static int scan(const struct qos__conf *q, const uint8_t d[QOS__DIGEST], bool want_admin)
 {
     int found = -1;
     for (int i = 0; i < q->n_keys; i++) {
@@ -71,7 +71,7 @@ static int scan(const struct qos *q, const uint8_t d[QOS__DIGEST], bool want_adm
 
 /* The scan for the key in an Authorization value, or -1 when the value
  * carries no well-formed bearer key. The digest is wiped after use. */
-static int lookup(const struct qos *q, const char *value, size_t len, bool want_admin)
+static int lookup(const struct qos__conf *q, const char *value, size_t len, bool want_admin)
 {
     const char *key;
     size_t klen;
@@ -86,15 +86,17 @@ static int lookup(const struct qos *q, const char *value, size_t len, bool want_
 
 int qos_authenticate(const struct qos *q, const char *value, size_t len)
 {
-    if (!q->has_file)
+    const struct qos__conf *c = qos__conf(q);
+    if (!c->has_file)
         return 0;
-    int t = lookup(q, value, len, false);
+    int t = lookup(c, value, len, false);
     return t >= 0 ? t : LMD_ENOENT;
 }
 
 bool qos_is_admin(const struct qos *q, const char *value, size_t len)
 {
-    if (!q->has_file)
+    const struct qos__conf *c = qos__conf(q);
+    if (!c->has_file)
         return true;
-    return lookup(q, value, len, true) == 0;
+    return lookup(c, value, len, true) == 0;
 }

@@ -46,7 +46,7 @@ struct key_at {
 };
 
 struct cfg {
-    struct qos *q;
+    struct qos__conf *q;
     const char *file;
     const unsigned char *text; /* [len] the file */
     size_t len;
@@ -440,7 +440,7 @@ static int parse_classes(struct cfg *c, yaml_node_t *map)
     int rc = expect(c, map, YAML_MAPPING_NODE, "classes");
     if (rc < 0)
         return rc;
-    struct qos *q = c->q;
+    struct qos__conf *q = c->q;
     q->n_classes = 0;
     for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
         yaml_node_t *k = node(c, p->key);
@@ -471,7 +471,7 @@ static int class_ref(struct cfg *c, const yaml_node_t *n, const char *path)
     int rc = get_str(c, n, path, STR_NAME, name, sizeof name);
     if (rc < 0)
         return rc;
-    int i = qos_class_find(c->q, name, strlen(name));
+    int i = qos__class_find(c->q, name, strlen(name));
     if (i >= 0)
         return i;
     char list[QOS_MAX_CLASSES * (QOS_NAME_MAX + 2)];
@@ -584,7 +584,7 @@ static int parse_tenant_classes(struct cfg *c, struct field *f, const char *tpat
 {
     char p[160];
     int rc, first = -1;
-    struct qos *q = c->q;
+    struct qos__conf *q = c->q;
     t->classes = (q->n_classes >= 32) ? 0xffffffffu : ((1u << q->n_classes) - 1);
     if (f[F_CLASSES].val) {
         yaml_node_t *seq = f[F_CLASSES].val;
@@ -650,7 +650,7 @@ static int parse_tenant(struct cfg *c, yaml_node_t *map, int idx)
     int rc = collect(c, map, tpath, f, F__N);
     if (rc < 0)
         return rc;
-    struct qos *q = c->q;
+    struct qos__conf *q = c->q;
     int ti = q->n_tenants; /* index 0 is "anonymous" */
     struct qos_tenant *t = &q->tenants[ti];
     memset(t, 0, sizeof *t);
@@ -788,7 +788,7 @@ static int prescan(struct cfg *c)
 
 static int parse_root(struct cfg *c)
 {
-    struct qos *q = c->q;
+    struct qos__conf *q = c->q;
     yaml_node_t *root = yaml_document_get_root_node(&c->doc);
     if (!root)
         return lmd_err_set(c->err, LMD_EFORMAT, "%s:1:1: the file is empty (expected a mapping with 'tenants')",
@@ -804,7 +804,7 @@ static int parse_root(struct cfg *c)
             return rc;
         q->default_class = rc;
     } else if (f[0].val) {
-        int be = qos_class_find(q, "best_effort", strlen("best_effort"));
+        int be = qos__class_find(q, "best_effort", strlen("best_effort"));
         q->default_class = be >= 0 ? be : 0;
     }
     if (f[2].val) {
@@ -865,7 +865,7 @@ static int read_file(const char *path, unsigned char **out, size_t *len, struct 
     return 0;
 }
 
-int qos__config_load(struct qos *q, const char *path, struct lmd_err *err)
+int qos__config_load(struct qos__conf *q, const char *path, struct lmd_err *err)
 {
     struct cfg c = {.q = q, .file = path, .err = err};
     unsigned char *text = NULL;

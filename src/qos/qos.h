@@ -100,6 +100,28 @@ struct qos;
 int qos_open(struct qos **out, const char *path, struct lmd_err *err);
 void qos_close(struct qos *q); /* NULL is fine. No thread may use q after. */
 
+/* Read the tenants file again (SIGHUP, --watch-config: a Kubernetes Secret
+ * update) and put it in force for requests from now on: keys (added,
+ * rotated, revoked), rates and quotas, allowed models and classes, default
+ * classes, tiers, prefix-cache groups. Requests in flight keep their
+ * tickets. Bucket levels carry over as the fraction that was full.
+ * Tenant indices index metrics and the scheduler's fair-share state, so:
+ * a tenant missing from the new file keeps its index with no keys (it
+ * takes no new requests); a tenant new in the file, a changed class list,
+ * or a file where there was none (or none where there was one) is refused
+ * with LMD_ENOTSUP and a message (a restart applies them). A tenant's
+ * weight is the scheduler's, read at start: a new weight is kept for the
+ * next start and reported in rep->weights_pending. On any failure nothing
+ * changes. Any thread; concurrent with admission, never blocking it;
+ * reloads themselves must not run concurrently. */
+struct qos_reload_report {
+    int n_tenants;       /* tenants, anonymous included */
+    int n_keys;          /* keys now in force */
+    int n_disabled;      /* tenants of the old file missing from the new one */
+    int weights_pending; /* tenants whose new weight waits for a restart */
+};
+int qos_reload(struct qos *q, const char *path, struct qos_reload_report *rep, struct lmd_err *err);
+
 /* Whether a tenants file was loaded (false = open anonymous mode). */
 bool qos_has_file(const struct qos *q);
 

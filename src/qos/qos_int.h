@@ -37,13 +37,19 @@ struct qos__bucket {
  * lock held. */
 struct qos__state {
     alignas(64) atomic_flag lock;
-    struct qos__bucket req; /* requests/s */
-    struct qos__bucket tok; /* tokens/min */
-    int32_t in_flight;      /* admitted, not finished */
-    int32_t queued;         /* admitted, not started */
+    struct qos__bucket req;           /* requests/s */
+    struct qos__bucket tok;           /* tokens/min */
+    const struct qos__conf *rates_of; /* the snapshot whose rates the levels are in (qos_reload) */
+    int32_t in_flight;                /* admitted, not finished */
+    int32_t queued;                   /* admitted, not started */
 };
 
-struct qos {
+/* What the tenants file says: classes, tenants, keys. Immutable once
+ * published: qos_reload builds a new one and swaps the pointer, so a
+ * reader takes one snapshot (qos__conf) per question and never sees half
+ * of a reload. Replaced snapshots are kept until qos_close (a reader may
+ * still hold one, and each is a few hundred kilobytes at most). */
+struct qos__conf {
     bool has_file;
     int n_classes;
     struct qos_class classes[QOS_MAX_CLASSES];
@@ -51,24 +57,45 @@ struct qos {
     int n_tenants;
     struct qos_tenant tenants[QOS_MAX_TENANTS];
     int n_keys;
-    struct qos__key *keys; /* [n_keys] tenant and admin keys, file order */
+    struct qos__key *keys;  /* [n_keys] tenant and admin keys, file order */
+    struct qos__conf *prev; /* the snapshot this one replaced, kept until qos_close */
+};
+
+struct qos {
+    _Atomic(struct qos__conf *) conf;
+    uint64_t reloads; /* snapshots published after the first */
     struct qos__state state[QOS_MAX_TENANTS];
 };
 
-/* Load and validate the YAML file into q, which qos_open has set up with
+/* The configuration in force now. */
+static inline struct qos__conf *qos__conf(const struct qos *q)
+{
+    return atomic_load_explicit(&((struct qos *)q)->conf, memory_order_acquire);
+}
+
+/* Load and validate the YAML file into q, which the caller has set up with
  * the defaults (classes, tenant 0). On failure q may hold partial state
  * that qos__free_parts releases. */
-int qos__config_load(struct qos *q, const char *path, struct lmd_err *err);
+int qos__config_load(struct qos__conf *q, const char *path, struct lmd_err *err);
+
+/* qos_class_find on one snapshot. */
+int qos__class_find(const struct qos__conf *c, const char *name, size_t len);
 
 /* The built-in classes (urgent, best_effort) and the open tenant 0. */
-void qos__default_classes(struct qos *q);
-void qos__anonymous_tenant(struct qos *q, struct qos_tenant *t);
+void qos__default_classes(struct qos__conf *q);
+void qos__anonymous_tenant(struct qos__conf *q, struct qos_tenant *t);
 
 /* Free what qos__config_load allocated inside q (model lists, keys). */
-void qos__free_parts(struct qos *q);
+void qos__free_parts(struct qos__conf *q);
 
 /* Reset the admission state of every tenant: buckets full, no requests. */
 void qos__state_init(struct qos *q);
+
+/* Parse the tenants file at path into a new snapshot (defaults first,
+ * tenant 0 last); NULL with err set on failure. qos__conf_free frees it
+ * and the snapshots it replaced. */
+struct qos__conf *qos__conf_load(const char *path, struct lmd_err *err);
+void qos__conf_free(struct qos__conf *c);
 
 /* SHA-256 of a key. */
 void qos__digest(const char *key, size_t len, uint8_t out[QOS__DIGEST]);

@@ -540,8 +540,9 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
             .forwards = fwd,
             .chat_family = (int)sm->fam,
             .chat_jinja = sm->tmpl,
-            .bos_token = tok_bos(sm->vocab) >= 0 ? tok_token_text(sm->vocab, tok_bos(sm->vocab)) : NULL,
-            .eos_token = tok_eos(sm->vocab) >= 0 ? tok_token_text(sm->vocab, tok_eos(sm->vocab)) : NULL,
+            /* A gateway model has no vocabulary here: its upstream renders. */
+            .bos_token = sm->vocab && tok_bos(sm->vocab) >= 0 ? tok_token_text(sm->vocab, tok_bos(sm->vocab)) : NULL,
+            .eos_token = sm->vocab && tok_eos(sm->vocab) >= 0 ? tok_token_text(sm->vocab, tok_eos(sm->vocab)) : NULL,
             .n_ctx = sm->eng->info.n_ctx,
         };
     }
@@ -658,12 +659,33 @@ fail:
 
 int serve_port(const struct serve *s) { return http_server_port(s->http); }
 
-/* SIGHUP: the config file again, for what can change without a restart:
+/* The tenants file again (qos_reload says what may change). */
+static void tenants_reload(struct serve *s)
+{
+    struct qos_reload_report r;
+    struct lmd_err err = {0};
+    if (qos_reload(s->qos, s->cfg.tenants, &r, &err) != 0) {
+        LMD_ERROR("lmd serve: reload: %s; the tenants stay as they were", err.msg);
+        return;
+    }
+    LMD_INFO("lmd serve: %s reloaded: %d tenants, %d keys in force%s%s", s->cfg.tenants, r.n_tenants - 1, r.n_keys,
+             r.n_disabled ? "; tenants gone from the file take no new requests" : "",
+             r.weights_pending ? "; changed weights apply at the next start" : "");
+    if (r.n_disabled || r.weights_pending)
+        LMD_WARN("lmd serve: tenants reload: %d tenant%s disabled, %d weight change%s waiting for a restart",
+                 r.n_disabled, r.n_disabled == 1 ? "" : "s", r.weights_pending, r.weights_pending == 1 ? "" : "s");
+}
+
+/* SIGHUP: the tenants file and the config file again, for what can change
+ * without a restart: tenants' keys, limits and permissions (qos_reload),
  * the upstream lists of remote models (requests in flight carry on). */
 static void serve_reload(struct serve *s)
 {
+    if (s->cfg.tenants[0])
+        tenants_reload(s);
     if (!s->cfg.file[0]) {
-        LMD_WARN("lmd serve: reload: no --config file to read again; nothing changes");
+        if (!s->cfg.tenants[0])
+            LMD_WARN("lmd serve: reload: no --config or --tenants file to read again; nothing changes");
         return;
     }
     struct serve_config *nc = malloc(sizeof *nc);
@@ -722,22 +744,32 @@ void serve_run(struct serve *s)
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
     int sig = 0;
-    /* --watch-config: the file is looked at every 2 s, and read again when
-     * it changed (a Kubernetes ConfigMap update swaps the mounted file). */
-    struct stat st0 = {0};
-    bool watch = s->cfg.watch_config && s->cfg.file[0] && stat(s->cfg.file, &st0) == 0;
+    /* --watch-config: the config and tenants files are looked at every
+     * 2 s, and read again when one changed (a Kubernetes ConfigMap or
+     * Secret update swaps the mounted file). */
+    const char *files[2] = {s->cfg.file, s->cfg.tenants};
+    struct stat st0[2] = {{0}, {0}};
+    bool watch = false;
+    for (int i = 0; i < 2; i++)
+        if (s->cfg.watch_config && files[i][0] && stat(files[i], &st0[i]) == 0)
+            watch = true;
     for (;;) {
         struct timespec poll_every = {2, 0};
         sig = watch ? sigtimedwait(&set, NULL, &poll_every) : (sigwait(&set, &sig) == 0 ? sig : -1);
         if (sig < 0) {
-            struct stat st;
-            if (watch && stat(s->cfg.file, &st) == 0 &&
-                (st.st_ino != st0.st_ino || st.st_size != st0.st_size || st.st_mtim.tv_sec != st0.st_mtim.tv_sec ||
-                 st.st_mtim.tv_nsec != st0.st_mtim.tv_nsec)) {
-                st0 = st;
-                LMD_INFO("lmd serve: %s changed", s->cfg.file);
-                serve_reload(s);
+            bool changed = false;
+            for (int i = 0; i < 2; i++) {
+                struct stat st;
+                if (files[i][0] && stat(files[i], &st) == 0 &&
+                    (st.st_ino != st0[i].st_ino || st.st_size != st0[i].st_size ||
+                     st.st_mtim.tv_sec != st0[i].st_mtim.tv_sec || st.st_mtim.tv_nsec != st0[i].st_mtim.tv_nsec)) {
+                    st0[i] = st;
+                    LMD_INFO("lmd serve: %s changed", files[i]);
+                    changed = true;
+                }
             }
+            if (changed)
+                serve_reload(s);
             continue;
         }
         if (sig != SIGHUP)

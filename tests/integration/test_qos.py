@@ -8,6 +8,8 @@ best-effort requests of a bronze tenant.
 
 Every wait is bounded and every request is answered; generations are
 short, so the file runs in about a minute on two cores."""
+import os
+import signal
 import threading
 import time
 
@@ -449,3 +451,78 @@ def test_tenant_queue_full_503(small):
     assert len(queued) == 1 and queued[0].status_code == 200, queued
     assert rejections(small, "tenant_queue_full", "q1") - before == 1
     assert small.metrics().sum("lmd_rejections_total", reason="queue_full", tenant="q1") == 0
+
+
+# ---- reloading the tenants file ----------------------------------------------------------
+
+RELOAD_BEFORE = """\
+tenants:
+  - name: acme
+    keys: ["sk-acme-old"]
+    max_concurrent: 4
+  - name: gone
+    keys: ["sk-gone"]
+"""
+
+RELOAD_AFTER = """\
+tenants:
+  - name: acme
+    keys: ["sk-acme-new"]
+    models: ["no-such-model"]
+"""
+
+
+def status_of(s, key, model):
+    return httpx.post(s.base + "/v1/completions", headers=auth(key), timeout=60,
+                      json={"model": model, "prompt": "Hi", "max_tokens": 2}).status_code
+
+
+def test_tenants_reload_on_sighup(lmd_bin, default_model, tmp_path):
+    """A rotated key works and the old one stops working without a restart;
+    a tenant dropped from the file takes no new requests; its metrics label
+    stays; a file that would need a restart (a new tenant) is refused and
+    the tenants in force stay."""
+    path = tmp_path / "tenants.yaml"
+    write_tenants(path, RELOAD_BEFORE)
+    s = Server(lmd_bin, default_model, tmp_path, "--tenants", str(path))
+    try:
+        model = model_id(s.base, "sk-acme-old")
+        assert status_of(s, "sk-acme-old", model) == 200
+        assert status_of(s, "sk-gone", model) == 200
+        assert status_of(s, "sk-acme-new", model) == 401
+        write_tenants(path, RELOAD_AFTER)
+        s.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: status_of(s, "sk-acme-new", model) != 401), s.output()
+        # The model list of acme changed too: its key now reaches no model.
+        assert status_of(s, "sk-acme-new", model) == 403
+        assert status_of(s, "sk-acme-old", model) == 401
+        assert status_of(s, "sk-gone", model) == 401
+        assert "tenants gone from the file take no new requests" in s.output()
+        assert s.metrics().sum("lmd_requests_total", tenant="gone") >= 1
+
+        # Needs a restart: refused, with the reason in the log; nothing changes.
+        write_tenants(path, RELOAD_AFTER + "  - name: newcomer\n    keys: [\"sk-new\"]\n")
+        s.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "tenant 'newcomer' is new" in s.output()), s.output()
+        assert status_of(s, "sk-new", model) == 401
+        assert status_of(s, "sk-acme-new", model) == 403
+    finally:
+        s.stop()
+
+
+def test_tenants_reload_on_watch(lmd_bin, default_model, tmp_path):
+    """--watch-config notices a replaced tenants file (as a Kubernetes
+    Secret update swaps it) and applies it."""
+    path = tmp_path / "tenants.yaml"
+    write_tenants(path, RELOAD_BEFORE)
+    s = Server(lmd_bin, default_model, tmp_path, "--tenants", str(path), "--watch-config")
+    try:
+        model = model_id(s.base, "sk-acme-old")
+        assert status_of(s, "sk-acme-old", model) == 200
+        tmp = tmp_path / "tenants.yaml.new"
+        write_tenants(tmp, RELOAD_BEFORE.replace("sk-acme-old", "sk-acme-rotated"))
+        os.replace(tmp, path)
+        assert wait_until(lambda: status_of(s, "sk-acme-rotated", model) == 200, timeout=30), s.output()
+        assert status_of(s, "sk-acme-old", model) == 401
+    finally:
+        s.stop()

@@ -960,6 +960,107 @@ static void test_alloc_failures(void **state)
     assert_true(n > 3 && n < 1000);
 }
 
+/* ---- reload ------------------------------------------------------------------- */
+
+static void reload_ok(struct qos *q, const char *text, struct qos_reload_report *r)
+{
+    struct lmd_err err = {0};
+    if (qos_reload(q, write_yaml(text), r, &err) != 0)
+        fail_msg("qos_reload: %s", err.msg);
+}
+
+static void reload_refused(struct qos *q, const char *text, int code, const char *what)
+{
+    struct lmd_err err = {0};
+    struct qos_reload_report r = {.n_tenants = -7};
+    assert_int_equal(qos_reload(q, write_yaml(text), &r, &err), code);
+    if (!strstr(err.msg, what))
+        fail_msg("reload refused with '%s', want it to mention '%s'", err.msg, what);
+    assert_int_equal(r.n_tenants, -7); /* untouched */
+}
+
+/* Keys rotate and limits change without a restart; tenants keep their
+ * indices; what a restart must do is refused and changes nothing; a
+ * ticket taken before a reload is finished after it. */
+static void test_reload(void **state)
+{
+    (void)state;
+    struct qos *q = open_text("tenants:\n"
+                              "  - {name: a, keys: [ka1], max_concurrent: 1, tokens_per_minute: 600, "
+                              "tokens_burst: 100}\n"
+                              "  - {name: b, keys: [kb], weight: 2, models: [m1]}\n"
+                              "  - {name: c, keys: [kc]}\n");
+    assert_int_equal(auth(q, "Bearer ka1"), 1);
+    assert_int_equal(auth(q, "Bearer kb"), 2);
+    const struct qos_tenant *a0 = qos_tenant(q, 1);
+    struct qos_ticket t;
+    struct qos_refusal why;
+    assert_int_equal(qos_admit(q, 1, 0, 50, 0, &t, &why), 0);
+    expect_refused(q, 1, 1, 0, LMD_EBUSY, OBS_R_TENANT_CONCURRENCY, 429, QOS_RETRY_QUOTA_S, 0);
+
+    /* The new file lists b first, rotates a's key, raises a's quota and
+     * burst, lets b use m2, drops c and changes b's weight. */
+    struct qos_reload_report r;
+    reload_ok(q,
+              "tenants:\n"
+              "  - {name: b, keys: [kb], weight: 5, models: [m1, m2]}\n"
+              "  - {name: a, keys: [ka2], max_concurrent: 3, tokens_per_minute: 600, tokens_burst: 200}\n",
+              &r);
+    assert_int_equal(r.n_tenants, 4);
+    assert_int_equal(r.n_keys, 2);
+    assert_int_equal(r.n_disabled, 1);
+    assert_int_equal(r.weights_pending, 1);
+    assert_int_equal(qos_n_tenants(q), 4);
+    assert_int_equal(auth(q, "Bearer ka1"), LMD_ENOENT);
+    assert_int_equal(auth(q, "Bearer ka2"), 1);
+    assert_int_equal(auth(q, "Bearer kb"), 2);
+    assert_int_equal(auth(q, "Bearer kc"), LMD_ENOENT);
+    assert_string_equal(qos_tenant(q, 1)->name, "a");
+    assert_string_equal(qos_tenant(q, 3)->name, "c");
+    assert_int_equal(qos_tenant(q, 2)->weight, 2); /* the scheduler's, until a restart */
+    assert_true(qos_model_allowed(q, 2, "m2", 2));
+    assert_false(qos_model_allowed(q, 3, "anything", 8));
+    /* The old snapshot stays readable for whoever held it. */
+    assert_string_equal(a0->name, "a");
+    assert_int_equal(a0->max_in_flight, 1);
+
+    /* a's quota is 3 now; its bucket (100 - 50 of 100) moved to the same
+     * fraction of the new burst: 100 of 200. */
+    struct qos_usage u;
+    qos_usage(q, 1, 0, &u);
+    assert_int_equal(u.in_flight, 1);
+    assert_int_equal(u.tokens, 100);
+    struct qos_ticket t2;
+    assert_int_equal(qos_admit(q, 1, 0, 10, 0, &t2, &why), 0);
+    qos_started(q, &t);
+    qos_finished(q, &t, 50, 0);
+    qos_started(q, &t2);
+    qos_finished(q, &t2, 10, 0);
+    qos_usage(q, 1, 0, &u);
+    assert_int_equal(u.in_flight, 0);
+    assert_int_equal(u.queued, 0);
+
+    /* What needs a restart is refused, and nothing changes. */
+    reload_refused(q, "tenants:\n  - {name: a, keys: [ka3]}\n  - {name: d, keys: [kd]}\n", LMD_ENOTSUP,
+                   "tenant 'd' is new");
+    reload_refused(q,
+                   "classes:\n  urgent: {ttft_ms: 500}\n  best_effort: {ttft_ms: 15000}\n"
+                   "tenants:\n  - {name: a, keys: [ka3]}\n",
+                   LMD_ENOTSUP, "service classes changed");
+    reload_refused(q, "tenants:\n  - {name: a, keys: [ka3], max_concurrent: -1}\n", LMD_ERANGE, "max_concurrent");
+    reload_refused(q, "tenants: [\n", LMD_EFORMAT, "yaml");
+    assert_int_equal(auth(q, "Bearer ka2"), 1);
+    assert_int_equal(auth(q, "Bearer ka3"), LMD_ENOENT);
+    qos_close(q);
+
+    /* A server without a tenants file cannot gain one by a reload. */
+    struct qos *open = NULL;
+    struct lmd_err err = {0};
+    assert_int_equal(qos_open(&open, NULL, &err), 0);
+    assert_int_equal(qos_reload(open, write_yaml("tenants:\n  - {name: a, keys: [k]}\n"), NULL, &err), LMD_ENOTSUP);
+    qos_close(open);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -976,6 +1077,7 @@ int main(void)
         cmocka_unit_test(test_malformed_generated),
         cmocka_unit_test(test_mutations),
         cmocka_unit_test(test_alloc_failures),
+        cmocka_unit_test(test_reload),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1576,10 +1576,22 @@ static void *loop_main(void *arg)
     return NULL;
 }
 
+/* Release in_mu after leaving something for the loop (a call, a stop, a
+ * new upstream list) and wake the loop: one message is enough however
+ * much is left until on_inbox takes it all, so only the first since the
+ * last wake sends one. */
+static void inbox_release(struct remote *re)
+{
+    const bool wake = !re->in_wake_pending;
+    re->in_wake_pending = true;
+    pthread_mutex_unlock(&re->in_mu);
+    if (wake)
+        h2o_multithread_send_message(&re->receiver, &re->wake_msg);
+}
+
 /* Scheduler thread: hand c (a submission or a cancellation) to the loop. */
 static void inbox_push(struct remote *re, struct rcall *c, bool cancel)
 {
-    bool wake = false;
     struct rlink *l = cancel ? &c->can : &c->sub;
     l->c = c;
     l->cancel = cancel;
@@ -1590,11 +1602,7 @@ static void inbox_push(struct remote *re, struct rcall *c, bool cancel)
     else
         re->in_head = l;
     re->in_tail = l;
-    if (!re->in_wake_pending)
-        wake = re->in_wake_pending = true;
-    pthread_mutex_unlock(&re->in_mu);
-    if (wake)
-        h2o_multithread_send_message(&re->receiver, &re->wake_msg);
+    inbox_release(re);
 }
 
 /* ---- engine ops ------------------------------------------------------------------- */
@@ -1678,11 +1686,7 @@ static void remote_close(struct engine *e)
     if (re->started) {
         pthread_mutex_lock(&re->in_mu);
         re->stop = true;
-        bool wake = !re->in_wake_pending;
-        re->in_wake_pending = true;
-        pthread_mutex_unlock(&re->in_mu);
-        if (wake)
-            h2o_multithread_send_message(&re->receiver, &re->wake_msg);
+        inbox_release(re);
         pthread_join(re->thread, NULL);
     }
     /* Events never polled: their calls' last references. */
@@ -2064,7 +2068,6 @@ int engine_remote_set_upstreams(struct engine *e, const struct remote_backend_co
         return lmd_err_set(err, LMD_ENOMEM, "out of memory");
     }
     memcpy(copy, list, (size_t)n * sizeof *copy);
-    bool wake = false;
     pthread_mutex_lock(&re->in_mu);
     if (ctx) {
         if (re->new_ssl_ctx)
@@ -2074,11 +2077,7 @@ int engine_remote_set_upstreams(struct engine *e, const struct remote_backend_co
     free(re->reconf); /* a newer list replaces one not applied yet */
     re->reconf = copy;
     re->n_reconf = n;
-    if (!re->in_wake_pending)
-        wake = re->in_wake_pending = true;
-    pthread_mutex_unlock(&re->in_mu);
-    if (wake)
-        h2o_multithread_send_message(&re->receiver, &re->wake_msg);
+    inbox_release(re);
     return 0;
 }
 
