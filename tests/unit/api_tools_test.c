@@ -43,7 +43,8 @@ static void test_request_fields(void **state)
     assert_int_equal(p.tool_choice, API_TC_AUTO);
     assert_true(p.parallel_tool_calls);
     api_params_free(&p);
-    assert_int_equal(parse("{" MSGS "," TOOLS ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"add\"}},"
+    assert_int_equal(parse("{" MSGS "," TOOLS
+                           ",\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"add\"}},"
                            "\"parallel_tool_calls\":false}",
                            &p, &e),
                      0);
@@ -177,9 +178,12 @@ static void test_extract_hermes(void **state)
     const enum api_tool_syntax H = API_TOOLS_HERMES;
     expect_calls(H, "<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 2}}\n</tool_call>",
                  "add|{\"a\":1,\"b\":2}", 0);
-    expect_calls(H, "Let me look.\n\n<tool_call>{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Oslo\\\"}\"}</tool_call>"
-                    "\n<tool_call>\n{\"name\": \"add\"}\n</tool_call>\n",
-                 "get_weather|{\"city\":\"Oslo\"};add|{}", 12);
+    expect_calls(
+        H,
+        "Let me "
+        "look.\n\n<tool_call>{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Oslo\\\"}\"}</tool_call>"
+        "\n<tool_call>\n{\"name\": \"add\"}\n</tool_call>\n",
+        "get_weather|{\"city\":\"Oslo\"};add|{}", 12);
     /* The closing tag may be missing where the text ends (an end token). */
     expect_calls(H, "<tool_call>\n{\"name\": \"add\", \"arguments\": {}}", "add|{}", 0);
     /* Malformed: all content, never a crash. */
@@ -205,21 +209,35 @@ static void test_extract_llama3_mistral(void **state)
     (void)state;
     const enum api_tool_syntax L = API_TOOLS_LLAMA3, M = API_TOOLS_MISTRAL;
     expect_calls(L, "{\"name\": \"add\", \"parameters\": {\"a\": 1}}", "add|{\"a\":1}", 0);
-    expect_calls(L, " <|python_tag|>{\"name\": \"add\", \"parameters\": {}}; {\"name\": \"get_weather\", "
-                    "\"parameters\": {\"city\": \"Rome\"}}\n",
+    expect_calls(L,
+                 " <|python_tag|>{\"name\": \"add\", \"parameters\": {}}; {\"name\": \"get_weather\", "
+                 "\"parameters\": {\"city\": \"Rome\"}}\n",
                  "add|{};get_weather|{\"city\":\"Rome\"}", 0);
     expect_calls(L, "The answer is {\"name\": \"add\"}", NULL, 0);
     expect_calls(L, "{\"name\": \"add\", \"parameters\": {}} trailing", NULL, 0);
     expect_calls(L, "{\"name\": \"add\", \"parameters\": {}};", NULL, 0);
     expect_calls(L, "{\"name\": \"add\", \"parameters\"", NULL, 0);
-    expect_calls(M, "Sure.[TOOL_CALLS][{\"name\": \"add\", \"arguments\": {\"a\": 2}}, {\"name\": \"get_weather\", "
-                    "\"arguments\": {}}]",
+    expect_calls(M,
+                 "Sure.[TOOL_CALLS][{\"name\": \"add\", \"arguments\": {\"a\": 2}}, {\"name\": \"get_weather\", "
+                 "\"arguments\": {}}]",
                  "add|{\"a\":2};get_weather|{}", 5);
     expect_calls(M, "[{\"name\": \"add\", \"arguments\": {}}]", "add|{}", 0);
     expect_calls(M, "[TOOL_CALLS][]", NULL, 0);
     expect_calls(M, "[TOOL_CALLS][{\"name\": \"add\"}, 3]", NULL, 0);
     expect_calls(M, "[TOOL_CALLS]{\"name\": \"add\"}", NULL, 0);
     expect_calls(M, "[1, 2, 3]", NULL, 0);
+    /* An upstream's calls relayed by the remote engine. */
+    const enum api_tool_syntax R = API_TOOLS_RELAY;
+    expect_calls(R,
+                 "Hi \x1e"
+                 "add\x1f{\"a\": 1}\x1eget_weather\x1f",
+                 "add|{\"a\": 1};get_weather|{}", 2);
+    expect_calls(R,
+                 "\x1e"
+                 "add",
+                 NULL, 0);
+    expect_calls(R, "\x1erm\x1f{}", NULL, 0);
+    expect_calls(R, "plain", NULL, 0);
     expect_calls(API_TOOLS_UNKNOWN, "<tool_call>{\"name\": \"add\"}</tool_call>", NULL, 0);
 }
 
@@ -308,7 +326,8 @@ static void test_forced_grammars(void **state)
         H, req, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Llanfairpwll\"}}\n</tool_call>"));
     assert_false(forced_accepts(H, req, "I would rather not."));
     assert_false(forced_accepts(H, req, ""));
-    assert_true(forced_accepts(API_TOOLS_LLAMA3, named, "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}"));
+    assert_true(
+        forced_accepts(API_TOOLS_LLAMA3, named, "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}"));
     assert_true(forced_accepts(API_TOOLS_MISTRAL, req,
                                "[TOOL_CALLS][{\"name\": \"add\", \"arguments\": {}}, {\"name\": \"get_weather\", "
                                "\"arguments\": {\"city\": \"x\"}}]"));
@@ -347,9 +366,9 @@ static void test_check_refusals(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_request_fields),     cmocka_unit_test(test_detect_real_templates),
-        cmocka_unit_test(test_extract_hermes),     cmocka_unit_test(test_extract_llama3_mistral),
-        cmocka_unit_test(test_scan),               cmocka_unit_test(test_forced_grammars),
+        cmocka_unit_test(test_request_fields), cmocka_unit_test(test_detect_real_templates),
+        cmocka_unit_test(test_extract_hermes), cmocka_unit_test(test_extract_llama3_mistral),
+        cmocka_unit_test(test_scan),           cmocka_unit_test(test_forced_grammars),
         cmocka_unit_test(test_check_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
