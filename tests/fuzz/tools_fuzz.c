@@ -14,10 +14,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size == 0)
         return 0;
-    static const enum api_tool_syntax syn[] = {API_TOOLS_HERMES, API_TOOLS_LLAMA3, API_TOOLS_MISTRAL,
+    static const enum api_tool_syntax syn[] = {API_TOOLS_HERMES, API_TOOLS_LLAMA3, API_TOOLS_MISTRAL, API_TOOLS_RELAY,
                                                API_TOOLS_UNKNOWN};
-    enum api_tool_syntax s = syn[data[0] % 4];
-    bool at_start = data[0] & 4;
+    enum api_tool_syntax s = syn[data[0] % 5];
+    bool at_start = data[0] & 8;
     /* NUL-terminated as the output buffer is, but only size - 1 bytes long. */
     char *text = fuzz_copy(data + 1, size - 1, 1);
     static const char *const names[] = {"f", "get_weather"};
