@@ -4,9 +4,10 @@
  * vLLM pass — messages (content parts already joined into text by the
  * parser; tool-call arguments given as JSON text turned into objects, as
  * vLLM does, since templates write them with tojson), tools when the
- * request has a non-empty list and tool_choice is not "none" (tools.c), add_generation_prompt (the request's
- * field, true by default), bos_token and eos_token, and the members of
- * vLLM's chat_template_kwargs (enable_thinking …).
+ * request has a non-empty list and tool_choice is not "none" (tools.c),
+ * add_generation_prompt (the request's field, true by default),
+ * bos_token and eos_token, and the members of vLLM's
+ * chat_template_kwargs (enable_thinking …).
  *
  * The template decides where BOS goes; the tokenizer adds one too, so a
  * leading BOS the template wrote is dropped (as llama.cpp does) and the
