@@ -98,6 +98,15 @@ enum api_tool_syntax {
     API_TOOLS_RELAY,    /* an upstream's tool_calls as the remote engine writes them into the text */
 };
 
+/* The API a generation request came through. Responses and Messages
+ * requests are translated into a chat request (responses.c, messages.c),
+ * run exactly as one, and only rendered in their own shapes. */
+enum api_dialect {
+    API_DIALECT_OPENAI = 0,    /* /v1/completions, /v1/chat/completions */
+    API_DIALECT_RESPONSES = 1, /* OpenAI's /v1/responses */
+    API_DIALECT_MESSAGES = 2,  /* Anthropic's /v1/messages */
+};
+
 /* One parsed request. Strings point into the parsed JSON document, which
  * the caller keeps (`doc`) until it has copied what it needs. */
 struct api_params {
@@ -146,6 +155,9 @@ struct api_params {
     enum api_tool_choice tool_choice;
     const char *tool_name;    /* API_TC_NAMED: the function to call */
     bool parallel_tool_calls; /* default true */
+    /* Responses and Messages: the dialect and what its response echoes. */
+    enum api_dialect dialect;
+    char *echo_json; /* JSON members (",\"metadata\":{…}…") for the response object; malloc'd, or NULL */
 };
 
 /* Read `tools`, `tool_choice` and `parallel_tool_calls` into p (tools.c):
@@ -172,6 +184,50 @@ void *api_tools_extract(enum api_tool_syntax s, const char *text, size_t len, co
  * byte that could begin one (so text before it is plain content), len
  * when none can. *sure is set when a whole opening marker is there. */
 size_t api_tools_scan(enum api_tool_syntax s, const char *text, size_t len, bool at_start, bool *sure);
+
+/* How a Responses or Messages call renders what it produced. */
+struct api_dialect_end {
+    const char *text; /* the whole output text */
+    size_t text_len;
+    bool length;          /* cut by the token budget */
+    const char *stop_seq; /* the stop string that ended it, or NULL */
+    size_t stop_seq_len;
+    int n_prompt, n_gen; /* tokens */
+};
+
+/* The rendering state of one Responses or Messages call. */
+struct api_dialect_out {
+    const char *id;         /* resp_… or msg_… */
+    const char *model_json; /* the model id, escaped for JSON */
+    long created;           /* s */
+    const char *echo;       /* api_params.echo_json's copy, or NULL */
+    int seq;                /* Responses: the next event's sequence_number */
+};
+
+/* One dialect's renderer: the opening events of a stream, one text delta,
+ * the closing events, the whole non-streamed body, and a failure (as the
+ * stream's last events, or as the error body). Each appends to b. */
+struct api_dialect_ops {
+    const char *path; /* for the access log */
+    void (*stream_begin)(struct lmd_buf *b, struct api_dialect_out *d, int n_prompt);
+    void (*stream_text)(struct lmd_buf *b, struct api_dialect_out *d, const char *s, size_t n);
+    void (*stream_end)(struct lmd_buf *b, struct api_dialect_out *d, const struct api_dialect_end *end);
+    void (*body)(struct lmd_buf *b, struct api_dialect_out *d, const struct api_dialect_end *end);
+    void (*stream_error)(struct lmd_buf *b, struct api_dialect_out *d, const struct api_error *e);
+};
+extern const struct api_dialect_ops api_responses_ops;
+extern const struct api_dialect_ops api_messages_ops;
+
+/* Translate a Responses (responses.c) or Messages (messages.c) body into
+ * the chat completions body that runs it: *chat (malloc'd JSON text) and
+ * *echo (malloc'd, the members its answer echoes, or NULL). A field lmd
+ * cannot honour, or a malformed one, is a 400 naming it in the dialect's
+ * own spelling. */
+int api_responses_translate(const char *body, size_t len, char **chat, char **echo, struct api_error *e);
+int api_messages_translate(const char *body, size_t len, char **chat, char **echo, struct api_error *e);
+/* An error in Anthropic's shape: {"type":"error","error":{"type","message"}},
+ * the type from the HTTP status (malloc'd, NUL-terminated; NULL on OOM). */
+char *api_messages_error_json(const struct api_error *e, size_t *len);
 
 /* Render a chat request (p->doc) with m's Jinja template (m->chat_jinja),
  * appending the prompt text to out. A template's raise_exception and any

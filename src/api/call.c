@@ -67,6 +67,7 @@ struct api_choice {
     bool said;
     void *calls;        /* json_t * array of {"name","arguments"}, or NULL */
     size_t content_len; /* non-streamed: bytes of text before the calls */
+    int stop_which;     /* which one (Messages' stop_sequence) */
     struct tok_detok dt;
     struct lmd_buf pending; /* text not yet emitted (may start a stop string) */
     struct lmd_buf text;    /* non-streamed: all emitted text */
@@ -129,6 +130,9 @@ struct api_call {
     bool parallel_tools;
     const char **tool_names; /* [n_tool_names] in the arena */
     int n_tool_names;
+    /* Responses and Messages: their renderer (NULL = OpenAI's chunks). */
+    const struct api_dialect_ops *ops;
+    struct api_dialect_out d;
     int n_choices;
     struct api_choice choice[]; /* [n_choices] */
 };
@@ -241,7 +245,9 @@ static void call_account(struct api_call *c, int status, const char *finish)
     struct obs_access acc = {
         .id = c->who.rid,
         .method = "POST",
-        .path = c->kind == API_CHAT ? "/v1/chat/completions" : "/v1/completions",
+        .path = c->ops                ? c->ops->path
+                : c->kind == API_CHAT ? "/v1/chat/completions"
+                                      : "/v1/completions",
         .status = status,
         .cls = cls,
         .tenant = tenant,
@@ -388,6 +394,13 @@ static void put_text_chunk(struct api_call *c, struct api_choice *ch, const char
  * SSE chunk, or into the choice's whole-response buffer. */
 static void emit(struct api_call *c, struct api_choice *ch, const char *s, size_t n, int from, int to)
 {
+    if (c->ops) {
+        /* The closing events repeat the whole text. */
+        lmd_buf_append(&ch->text, s, n);
+        if (c->stream && n > 0)
+            c->ops->stream_text(&c->chunk, &c->d, s, n);
+        return;
+    }
     if (!c->stream) {
         lmd_buf_append(&ch->text, s, n);
         return;
@@ -533,9 +546,42 @@ static void put_usage(struct api_call *c, struct lmd_buf *b)
                    n_prompt + n_gen);
 }
 
+/* A Responses or Messages call is done (it has one choice). */
+static void send_final_dialect(struct api_call *c)
+{
+    struct api_choice *ch = &c->choice[0];
+    struct api_dialect_end end = {
+        .text = ch->text.ptr ? ch->text.ptr : "",
+        .text_len = ch->text.len,
+        .length = !ch->stop_matched && atomic_load(&ch->sr.finish) == SCHED_FINISH_LENGTH,
+        .stop_seq = ch->stop_matched ? c->stop[ch->stop_which] : NULL,
+        .stop_seq_len = ch->stop_matched ? c->stop_len[ch->stop_which] : 0,
+        .n_prompt = call_prompt(c),
+        .n_gen = ch->cursor,
+    };
+    if (c->stream) {
+        c->ops->stream_end(&c->chunk, &c->d, &end);
+        return;
+    }
+    struct lmd_buf b = {0};
+    c->ops->body(&b, &c->d, &end);
+    if (!b.ptr) {
+        struct api_error e;
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        api_send_error(c->http, &e, NULL, NULL);
+    } else {
+        http_respond(c->http, 200, "application/json", b.ptr, b.len, NULL, NULL);
+    }
+    lmd_buf_free(&b);
+}
+
 /* Every choice is done: the last chunks, or the whole response. */
 static void send_final(struct api_call *c)
 {
+    if (c->ops) {
+        send_final_dialect(c);
+        return;
+    }
     if (c->stream) {
         if (c->include_usage) {
             chunk_head(c, &c->chunk);
@@ -594,6 +640,15 @@ static void send_final(struct api_call *c)
 
 /* ---- the I/O side ---------------------------------------------------------- */
 
+/* Which stop string starts s (one does: api_stop_find found it there). */
+static int stop_which(const struct api_call *c, const char *s, size_t n)
+{
+    for (int i = 0; i < c->n_stop; i++)
+        if (c->stop_len[i] <= n && memcmp(s, c->stop[i], c->stop_len[i]) == 0)
+            return i;
+    return 0;
+}
+
 /* Consume a choice's new tokens, as many as `budget` bytes of chunk allow. */
 static void choice_pump(struct api_call *c, struct api_choice *ch, size_t budget)
 {
@@ -617,6 +672,7 @@ static void choice_pump(struct api_call *c, struct api_choice *ch, size_t budget
         ch->cursor = n;
         long at = api_stop_find(ch->pending.ptr, ch->pending.len, c->stop, c->stop_len, c->n_stop);
         if (at >= 0) {
+            ch->stop_which = stop_which(c, ch->pending.ptr + at, ch->pending.len - (size_t)at);
             ch->pending.len = (size_t)at;
             ch->stop_matched = true;
             sched_req_cancel(c->m->m.sched, &ch->sr);
@@ -629,6 +685,7 @@ static void choice_pump(struct api_call *c, struct api_choice *ch, size_t budget
         spent += per_token + 6 * k;
         long at = api_stop_find(ch->pending.ptr, ch->pending.len, c->stop, c->stop_len, c->n_stop);
         if (at >= 0) {
+            ch->stop_which = stop_which(c, ch->pending.ptr + at, ch->pending.len - (size_t)at);
             ch->pending.len = (size_t)at;
             ch->stop_matched = true;
             sched_req_cancel(c->m->m.sched, &ch->sr);
@@ -665,7 +722,7 @@ static void choice_pump(struct api_call *c, struct api_choice *ch, size_t budget
     ch->done = true;
     if (c->tools)
         tools_finish(c, ch);
-    if (c->stream) {
+    if (c->stream && !c->ops) {
         chunk_head(c, &c->chunk);
         lmd_buf_printf(&c->chunk, "[{\"index\":%d,%s,\"logprobs\":null,\"finish_reason\":\"%s\"}]", ch->index,
                        c->kind == API_CHAT ? "\"delta\":{}" : "\"text\":\"\"", finish_name(ch));
@@ -685,6 +742,10 @@ static void call_fail(struct api_call *c, int status, const char *code, const ch
     call_account(c, status, finish);
     if (!c->stream) {
         api_send_error(c->http, &e, status == 503 ? "retry-after" : NULL, status == 503 ? "1" : NULL);
+    } else if (c->ops) {
+        c->chunk.len = 0;
+        c->ops->stream_error(&c->chunk, &c->d, &e);
+        http_stream_write(c->http, c->chunk.ptr, c->chunk.len, true);
     } else {
         size_t len;
         char *s = api_error_json(&e, &len);
@@ -917,7 +978,9 @@ static void call_begin_stream(struct api_call *c, struct http_req *r)
 {
     http_stream_begin(r, 200, "text/event-stream");
     c->chunk.len = 0;
-    for (int i = 0; i < c->n_choices; i++) {
+    if (c->ops)
+        c->ops->stream_begin(&c->chunk, &c->d, c->n_prompt);
+    for (int i = 0; !c->ops && i < c->n_choices; i++) {
         if (c->kind == API_CHAT) {
             chunk_head(c, &c->chunk);
             lmd_buf_printf(&c->chunk,
@@ -1051,8 +1114,21 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
         if (c->bias)
             memcpy(c->bias, p->bias, (size_t)p->n_bias * sizeof *c->bias);
     }
-    int rc = (!c->piece || !c->stop_mem || (p->n_bias && !c->bias)) ? LMD_ENOMEM : 0;
-    if (rc == 0 && p->kind == API_CHAT && p->tools && p->tool_choice != API_TC_NONE)
+    if (p->dialect != API_DIALECT_OPENAI) {
+        c->ops = p->dialect == API_DIALECT_RESPONSES ? &api_responses_ops : &api_messages_ops;
+        c->d.id = c->id;
+        c->d.model_json = m->id_json;
+        c->d.created = c->created;
+        if (p->echo_json) {
+            size_t k = strlen(p->echo_json) + 1;
+            char *echo = lmd_arena_alloc(arena, k);
+            if (echo)
+                memcpy(echo, p->echo_json, k);
+            c->d.echo = echo;
+        }
+    }
+    int rc = (!c->piece || !c->stop_mem || (p->n_bias && !c->bias) || (p->echo_json && !c->d.echo)) ? LMD_ENOMEM : 0;
+    if (rc == 0 && p->kind == API_CHAT && p->dialect == API_DIALECT_OPENAI && p->tools && p->tool_choice != API_TC_NONE)
         rc = call_set_tools(c, p);
     if (rc == 0 && p->echo)
         rc = call_set_echo(c, p);

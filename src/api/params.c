@@ -562,6 +562,7 @@ void api_params_free(struct api_params *p)
     free(p->msgs);
     free(p->bias);
     gram_free(p->grammar);
+    free(p->echo_json);
     json_decref((json_t *)p->doc);
     memset(p, 0, sizeof *p);
 }

@@ -28,6 +28,11 @@
 
 /* ---- small responses ---------------------------------------------------- */
 
+static bool str_is(struct http_str s, const char *lit)
+{
+    return s.len == strlen(lit) && memcmp(s.ptr, lit, s.len) == 0;
+}
+
 static void send_json(struct http_req *r, int status, json_t *o, const char *hname, const char *hvalue)
 {
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
@@ -45,7 +50,8 @@ static void send_json(struct http_req *r, int status, json_t *o, const char *hna
 void api_send_error(struct http_req *r, const struct api_error *e, const char *hname, const char *hvalue)
 {
     size_t len = 0;
-    char *s = api_error_json(e, &len);
+    /* Anthropic's clients read errors in Anthropic's shape. */
+    char *s = str_is(http_req_path(r), "/v1/messages") ? api_messages_error_json(e, &len) : api_error_json(e, &len);
     if (!s) {
         http_respond(r, 500, "text/plain", "out of memory\n", 14, NULL, NULL);
         return;
@@ -63,11 +69,6 @@ static void send_err(struct http_req *r, int status, const char *type, const cha
 }
 
 #define PUTS(b, lit) lmd_buf_append((b), (lit), strlen(lit))
-
-static bool str_is(struct http_str s, const char *lit)
-{
-    return s.len == strlen(lit) && memcmp(s.ptr, lit, s.len) == 0;
-}
 
 /* ---- metrics and models -------------------------------------------------- */
 
@@ -370,6 +371,15 @@ static const char *refusal_code(enum obs_reject why)
 static int authenticate(struct api *a, struct http_req *r, struct api_error *e)
 {
     struct http_str auth = http_req_header(r, "authorization");
+    /* Anthropic's clients send the key as X-Api-Key: the same key, asked
+     * as a bearer key. One longer than any sane key is left unmatched. */
+    char bearer[512];
+    struct http_str xkey = http_req_header(r, "x-api-key");
+    if (!auth.len && xkey.len && xkey.len < sizeof bearer - 7) {
+        memcpy(bearer, "Bearer ", 7);
+        memcpy(bearer + 7, xkey.ptr, xkey.len);
+        auth = (struct http_str){bearer, xkey.len + 7};
+    }
     int tenant = qos_authenticate(a->cfg.qos, auth.len ? auth.ptr : NULL, auth.len);
     if (tenant >= 0)
         return tenant;
@@ -477,7 +487,8 @@ fail:
     api_send_error(r, &e, hname, hvalue);
 }
 
-static void route_generate(struct api *a, struct http_req *r, enum api_kind kind, const char *id, const char *rid)
+static void route_generate(struct api *a, struct http_req *r, enum api_kind kind, enum api_dialect dialect,
+                           const char *id, const char *rid)
 {
     struct api_error e = {0};
     struct api_params p;
@@ -513,8 +524,23 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
         hvalue = "1";
         goto fail;
     }
-    if (api_params_parse(&p, kind, body.ptr, body.len, &e) != 0)
+    if (dialect != API_DIALECT_OPENAI) {
+        /* Responses and Messages run as the chat request they mean. */
+        char *chat = NULL, *echo = NULL;
+        int trc = dialect == API_DIALECT_RESPONSES ? api_responses_translate(body.ptr, body.len, &chat, &echo, &e)
+                                                   : api_messages_translate(body.ptr, body.len, &chat, &echo, &e);
+        if (trc == 0 && api_params_parse(&p, API_CHAT, chat, strlen(chat), &e) != 0)
+            trc = LMD_EINVAL;
+        free(chat);
+        if (trc != 0) {
+            free(echo);
+            goto fail;
+        }
+        p.dialect = dialect;
+        p.echo_json = echo;
+    } else if (api_params_parse(&p, kind, body.ptr, body.len, &e) != 0) {
         goto fail;
+    }
     /* Route by `model`: with one model it may be left out. */
     if (p.model || a->n_models > 1) {
         int mi = p.model ? api_model_find(a, p.model, strlen(p.model)) : -1;
@@ -546,6 +572,13 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
         goto fail;
     }
     who.cls = cls;
+    if (m->m.forwards && dialect != API_DIALECT_OPENAI) {
+        api_error_set(&e, 400, "invalid_request_error", "model", "unsupported_parameter",
+                      "'%s' is not available for model '%s': its engine forwards chat completions to upstream "
+                      "servers; use /v1/chat/completions",
+                      dialect == API_DIALECT_RESPONSES ? "/v1/responses" : "/v1/messages", m->m.id);
+        goto fail;
+    }
     if (m->m.forwards) {
         /* response_format goes upstream in the body, where the upstream
          * enforces it; a llama.cpp grammar only some upstreams know. */
@@ -652,8 +685,8 @@ static bool request_id_sane(struct http_str s)
 static bool is_unprefixed_openai(struct http_str p)
 {
     static const char models[] = "/models/";
-    return str_is(p, "/completions") || str_is(p, "/chat/completions") || str_is(p, "/models") ||
-           (p.len > sizeof models - 1 && memcmp(p.ptr, models, sizeof models - 1) == 0);
+    return str_is(p, "/completions") || str_is(p, "/chat/completions") || str_is(p, "/responses") ||
+           str_is(p, "/models") || (p.len > sizeof models - 1 && memcmp(p.ptr, models, sizeof models - 1) == 0);
 }
 
 void api_handle(void *ud, struct http_req *r)
@@ -674,7 +707,11 @@ void api_handle(void *ud, struct http_req *r)
     }
     bool get = str_is(m, "GET"), post = str_is(m, "POST");
     static const char models_prefix[] = "/v1/models/";
-    bool generate = str_is(path, "/v1/completions") || str_is(path, "/v1/chat/completions");
+    enum api_dialect dialect = str_is(path, "/v1/responses")  ? API_DIALECT_RESPONSES
+                               : str_is(path, "/v1/messages") ? API_DIALECT_MESSAGES
+                                                              : API_DIALECT_OPENAI;
+    bool generate =
+        str_is(path, "/v1/completions") || str_is(path, "/v1/chat/completions") || dialect != API_DIALECT_OPENAI;
     enum api_kind kind = str_is(path, "/v1/completions") ? API_COMPLETION : API_CHAT;
 
     /* Every answer, errors included, carries X-Request-Id: the client's own
@@ -682,10 +719,12 @@ void api_handle(void *ud, struct http_req *r)
      * the completion id itself, so one string finds the request in the
      * client's logs, the response body and the server's log. */
     char id[API_ID_MAX];
-    snprintf(id, sizeof id, "%s-%llx%04llx",
-             !generate          ? "req"
-             : kind == API_CHAT ? "chatcmpl"
-                                : "cmpl",
+    snprintf(id, sizeof id, "%s%llx%04llx",
+             !generate                          ? "req-"
+             : dialect == API_DIALECT_RESPONSES ? "resp_"
+             : dialect == API_DIALECT_MESSAGES  ? "msg_"
+             : kind == API_CHAT                 ? "chatcmpl-"
+                                                : "cmpl-",
              (unsigned long long)lmd_time_wall_ns(), (unsigned long long)(atomic_fetch_add(&a->seq, 1) & 0xffff));
     struct http_str cid = http_req_header(r, "x-request-id");
     char rid[API_ID_MAX];
@@ -701,7 +740,7 @@ void api_handle(void *ud, struct http_req *r)
             log_route(r, rid, m, real_path);
             return;
         }
-        route_generate(a, r, kind, id, rid);
+        route_generate(a, r, kind, dialect, id, rid);
         return;
     }
     if (str_is(path, "/tokenize") || str_is(path, "/detokenize")) {

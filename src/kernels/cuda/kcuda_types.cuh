@@ -189,6 +189,17 @@ __device__ __forceinline__ void kcu_scale_min_k4(int j, uint32_t s0, uint32_t s1
     }
 }
 
+/* Unit j's scale and min in a Q4_K / Q5_K super-block b, times the
+ * block's fp16 d and dmin (the first four bytes). */
+__device__ __forceinline__ void kcu_k4_unit_scales(const uint8_t *b, int j, float *d1, float *m1)
+{
+    const uint32_t dd = *(const uint32_t *)b;
+    float sc, m;
+    kcu_scale_min_k4(j, *(const uint32_t *)(b + 4), *(const uint32_t *)(b + 8), *(const uint32_t *)(b + 12), &sc, &m);
+    *d1 = kcu_h2f((uint16_t)dd) * sc;
+    *m1 = kcu_h2f((uint16_t)(dd >> 16)) * m;
+}
+
 /* A small unsigned integer q (< 2^23) as a float without a conversion
  * instruction (those run at a quarter of the FMA rate): the bits of
  * 2^23 + q, less 2^23, exactly. */
@@ -202,12 +213,8 @@ template <> struct kcu_type<GGUF_DTYPE_Q4_K> {
     {
         const uint8_t *b = row + (u >> 3) * 144;
         const int j = (int)(u & 7);
-        const uint32_t dd = *(const uint32_t *)b;
-        const float d = kcu_h2f((uint16_t)dd), dmin = kcu_h2f((uint16_t)(dd >> 16));
-        float sc, m;
-        kcu_scale_min_k4(j, *(const uint32_t *)(b + 4), *(const uint32_t *)(b + 8), *(const uint32_t *)(b + 12), &sc,
-                         &m);
-        const float d1 = d * sc, m1 = dmin * m;
+        float d1, m1;
+        kcu_k4_unit_scales(b, j, &d1, &m1);
         const uint4 *qp = (const uint4 *)(b + 16 + 32 * (j >> 1));
         const int shift = (j & 1) * 4;
 #pragma unroll
@@ -231,12 +238,8 @@ template <> struct kcu_type<GGUF_DTYPE_Q5_K> {
     {
         const uint8_t *b = row + (u >> 3) * 176;
         const int j = (int)(u & 7);
-        const uint32_t dd = *(const uint32_t *)b;
-        const float d = kcu_h2f((uint16_t)dd), dmin = kcu_h2f((uint16_t)(dd >> 16));
-        float sc, m;
-        kcu_scale_min_k4(j, *(const uint32_t *)(b + 4), *(const uint32_t *)(b + 8), *(const uint32_t *)(b + 12), &sc,
-                         &m);
-        const float d1 = d * sc, m1 = dmin * m;
+        float d1, m1;
+        kcu_k4_unit_scales(b, j, &d1, &m1);
         const uint4 *hp = (const uint4 *)(b + 16);
         const uint4 *qp = (const uint4 *)(b + 48 + 32 * (j >> 1));
         const int shift = (j & 1) * 4;

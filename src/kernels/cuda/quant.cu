@@ -260,12 +260,8 @@ template <> struct q8dot<GGUF_DTYPE_Q4_K> {
     {
         const uint8_t *b = row + (u >> 3) * 144;
         const int j = (int)(u & 7);
-        const uint32_t dd = *(const uint32_t *)b;
-        const float d = kcu_h2f((uint16_t)dd), dmin = kcu_h2f((uint16_t)(dd >> 16));
-        float sc, m;
-        kcu_scale_min_k4(j, *(const uint32_t *)(b + 4), *(const uint32_t *)(b + 8), *(const uint32_t *)(b + 12), &sc,
-                         &m);
-        const float d1 = d * sc, m1 = dmin * m;
+        float d1, m1;
+        kcu_k4_unit_scales(b, j, &d1, &m1);
         const uint4 *qp = (const uint4 *)(b + 16 + 32 * (j >> 1));
         const uint4 q0 = __ldg(qp), q1 = __ldg(qp + 1);
         const int shift = (j & 1) * 4;
@@ -519,40 +515,49 @@ void gemv_launch(dim3 grid, dim3 block, cudaStream_t st, const uint8_t *wp, size
         gemv_kernel<T, M><<<grid, block, 0, st>>>(wp, ws, n, k, x, y, ldy);
 }
 
+/* Call f.template operator()<M>() for the activation row count m in
+ * 1..KCU_GEMV_MAX_M (a template argument, so accumulators stay in
+ * registers); false for any other m. */
+template <class F> bool with_m(int m, F &&f)
+{
+    switch (m) {
+    case 1:
+        f.template operator()<1>();
+        return true;
+    case 2:
+        f.template operator()<2>();
+        return true;
+    case 3:
+        f.template operator()<3>();
+        return true;
+    case 4:
+        f.template operator()<4>();
+        return true;
+    case 5:
+        f.template operator()<5>();
+        return true;
+    case 6:
+        f.template operator()<6>();
+        return true;
+    case 7:
+        f.template operator()<7>();
+        return true;
+    case 8:
+        f.template operator()<8>();
+        return true;
+    default:
+        return false;
+    }
+}
+
 template <int T>
 cudaError_t gemv_m(cudaStream_t st, const void *w, size_t ws, int64_t n, int64_t k, const float *x, int m, float *y,
                    int64_t ldy)
 {
     const dim3 block(32, GEMV_WARPS), grid((unsigned)((n + GEMV_WARPS - 1) / GEMV_WARPS));
     const uint8_t *wp = (const uint8_t *)w;
-    switch (m) {
-    case 1:
-        gemv_launch<T, 1>(grid, block, st, wp, ws, n, k, x, y, ldy);
-        break;
-    case 2:
-        gemv_launch<T, 2>(grid, block, st, wp, ws, n, k, x, y, ldy);
-        break;
-    case 3:
-        gemv_launch<T, 3>(grid, block, st, wp, ws, n, k, x, y, ldy);
-        break;
-    case 4:
-        gemv_launch<T, 4>(grid, block, st, wp, ws, n, k, x, y, ldy);
-        break;
-    case 5:
-        gemv_launch<T, 5>(grid, block, st, wp, ws, n, k, x, y, ldy);
-        break;
-    case 6:
-        gemv_launch<T, 6>(grid, block, st, wp, ws, n, k, x, y, ldy);
-        break;
-    case 7:
-        gemv_launch<T, 7>(grid, block, st, wp, ws, n, k, x, y, ldy);
-        break;
-    case 8:
-        gemv_launch<T, 8>(grid, block, st, wp, ws, n, k, x, y, ldy);
-        break;
-    default:
+    if (!with_m(m, [&]<int M>() { gemv_launch<T, M>(grid, block, st, wp, ws, n, k, x, y, ldy); }))
         return cudaErrorInvalidValue;
-    }
     return cudaGetLastError();
 }
 
@@ -635,33 +640,9 @@ extern "C" cudaError_t kcu_gemv_q8(cudaStream_t st, enum gguf_dtype t, const voi
         if constexpr (has_q8dot<T>) {
             if (k % kcu_type<T>::block != 0)
                 return;
-            switch (m) {
-            case 1:
-                gemv_q8_kernel<T, 1><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
-                break;
-            case 2:
-                gemv_q8_kernel<T, 2><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
-                break;
-            case 3:
-                gemv_q8_kernel<T, 3><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
-                break;
-            case 4:
-                gemv_q8_kernel<T, 4><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
-                break;
-            case 5:
-                gemv_q8_kernel<T, 5><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
-                break;
-            case 6:
-                gemv_q8_kernel<T, 6><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
-                break;
-            case 7:
-                gemv_q8_kernel<T, 7><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
-                break;
-            case 8:
-                gemv_q8_kernel<T, 8><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy);
-                break;
-            }
-            rc = cudaGetLastError();
+            if (with_m(m,
+                       [&]<int M>() { gemv_q8_kernel<T, M><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy); }))
+                rc = cudaGetLastError();
         }
     });
     return rc;

@@ -1,0 +1,352 @@
+/*
+ * Anthropic's Messages API (POST /v1/messages) on top of the chat path: the
+ * request is translated into the chat completions body that means the same
+ * thing (system and text blocks become chat messages, stop_sequences the
+ * stop strings), which routes.c then runs exactly as a chat request — same
+ * template, admission, classes, deadlines, metrics and cancellation. The
+ * answer is a "message" object, or Anthropic's SSE events (message_start …
+ * message_stop), and errors take Anthropic's shape
+ * {"type":"error","error":{"type","message"}}.
+ *
+ * Refused with a 400 that names the field, rather than dropped: tools,
+ * non-text content blocks, extended thinking, and a final assistant turn
+ * (prefill), which the chat template would close instead of continuing.
+ *
+ * Not here: generation (call.c), the chat template (routes.c).
+ */
+#include "api/api_int.h"
+
+#include <jansson.h>
+
+#include <stdlib.h>
+#include <string.h>
+
+#define BAD(field, ...) api_error_set(e, 400, "invalid_request_error", field, NULL, __VA_ARGS__)
+#define UNSUP(field, ...) api_error_set(e, 400, "invalid_request_error", field, "unsupported_parameter", __VA_ARGS__)
+#define OOM() api_error_set(e, 500, "server_error", NULL, NULL, "out of memory")
+#define PUTS(b, lit) lmd_buf_append((b), (lit), strlen(lit))
+
+/* lmd's own fields, which mean the same here and go on as they are. */
+static const char *const passthrough[] = {
+    "seed",     "min_p",      "repetition_penalty", "presence_penalty", "frequency_penalty",
+    "priority", "cache_salt", "ignore_eos",         "grammar"};
+
+static bool given(json_t *v) { return v && !json_is_null(v); }
+
+/* A string, or a list of text blocks joined (a new reference). `what`
+ * names the field in messages ("system", "messages[2].content"). */
+static json_t *blocks_text(json_t *c, const char *field, const char *what, struct api_error *e)
+{
+    if (json_is_string(c))
+        return json_incref(c);
+    if (!json_is_array(c)) {
+        BAD(field, "'%s' must be a string or a list of text blocks", what);
+        return NULL;
+    }
+    struct lmd_buf b = {0};
+    size_t k;
+    json_t *blk;
+    json_array_foreach(c, k, blk)
+    {
+        json_t *ty = json_object_get(blk, "type"), *t = json_object_get(blk, "text");
+        const char *tys = json_is_string(ty) ? json_string_value(ty) : NULL;
+        if (!tys || strcmp(tys, "text")) {
+            lmd_buf_free(&b);
+            if (tys)
+                UNSUP(field, "%s[%zu] is a '%.40s' block: only text blocks are supported", what, k, tys);
+            else
+                BAD(field, "%s[%zu] must be an object with a string 'type'", what, k);
+            return NULL;
+        }
+        if (!json_is_string(t)) {
+            lmd_buf_free(&b);
+            BAD(field, "%s[%zu].text must be a string", what, k);
+            return NULL;
+        }
+        if (lmd_buf_append(&b, json_string_value(t), json_string_length(t))) {
+            lmd_buf_free(&b);
+            OOM();
+            return NULL;
+        }
+    }
+    json_t *s = json_stringn(b.ptr ? b.ptr : "", b.len);
+    lmd_buf_free(&b);
+    if (!s)
+        OOM();
+    return s;
+}
+
+static int add_msg(json_t *msgs, const char *role, json_t *content /* stolen */, struct api_error *e)
+{
+    json_t *m = content ? json_pack("{s:s, s:o}", "role", role, "content", content) : NULL;
+    if (!m || json_array_append_new(msgs, m))
+        return OOM();
+    return 0;
+}
+
+static int refuse(json_t *root, struct api_error *e)
+{
+    json_t *v = json_object_get(root, "tools");
+    if (given(v) && !(json_is_array(v) && json_array_size(v) == 0))
+        return UNSUP("tools", "'tools' is not supported on /v1/messages yet: the model's output would not be "
+                              "parsed into tool_use blocks");
+    v = json_object_get(root, "tool_choice");
+    if (given(v)) {
+        json_t *ty = json_object_get(v, "type");
+        if (!json_is_string(ty) || (strcmp(json_string_value(ty), "none") && strcmp(json_string_value(ty), "auto")))
+            return UNSUP("tool_choice", "'tool_choice' other than {\"type\":\"none\"} or {\"type\":\"auto\"} is not "
+                                        "supported (no tools)");
+    }
+    v = json_object_get(root, "thinking");
+    if (given(v)) {
+        json_t *ty = json_object_get(v, "type");
+        if (!json_is_string(ty) || strcmp(json_string_value(ty), "disabled"))
+            return UNSUP("thinking", "'thinking' is not supported: the model's output has no separate thinking");
+    }
+    static const char *const never[] = {"mcp_servers", "container"};
+    for (size_t i = 0; i < sizeof never / sizeof never[0]; i++)
+        if (given(json_object_get(root, never[i])))
+            return UNSUP(never[i], "'%s' is not supported by this server", never[i]);
+    v = json_object_get(root, "metadata");
+    if (given(v) && !json_is_object(v))
+        return BAD("metadata", "'metadata' must be an object");
+    return 0;
+}
+
+static int translate(json_t *root, json_t *chat, struct api_error *e)
+{
+    if (refuse(root, e))
+        return LMD_EINVAL;
+    json_t *msgs = json_array();
+    if (!msgs || json_object_set_new(chat, "messages", msgs))
+        return OOM();
+    json_t *sys = json_object_get(root, "system");
+    if (given(sys)) {
+        json_t *t = blocks_text(sys, "system", "system", e);
+        if (!t || add_msg(msgs, "system", t, e))
+            return LMD_EINVAL;
+    }
+    json_t *in = json_object_get(root, "messages");
+    if (!given(in))
+        return BAD("messages", "'messages' is required");
+    if (!json_is_array(in) || json_array_size(in) == 0)
+        return BAD("messages", "'messages' must be a non-empty list");
+    size_t i;
+    json_t *m;
+    json_array_foreach(in, i, m)
+    {
+        if (!json_is_object(m))
+            return BAD("messages", "messages[%zu] must be an object", i);
+        json_t *role = json_object_get(m, "role");
+        const char *r = json_is_string(role) ? json_string_value(role) : "";
+        if (strcmp(r, "user") && strcmp(r, "assistant"))
+            return BAD("messages", "messages[%zu].role must be \"user\" or \"assistant\"", i);
+        char what[48];
+        snprintf(what, sizeof what, "messages[%zu].content", i);
+        json_t *c = json_object_get(m, "content");
+        if (!given(c))
+            return BAD("messages", "'%s' is required", what);
+        json_t *t = blocks_text(c, "messages", what, e);
+        if (!t || add_msg(msgs, r, t, e))
+            return LMD_EINVAL;
+        if (i + 1 == json_array_size(in) && !strcmp(r, "assistant"))
+            return UNSUP("messages", "the last message is the assistant's: continuing a prefilled assistant turn is "
+                                     "not supported; end with a user message");
+    }
+    json_t *v = json_object_get(root, "model");
+    if (given(v))
+        json_object_set(chat, "model", v);
+    v = json_object_get(root, "max_tokens");
+    if (!given(v))
+        return BAD("max_tokens", "'max_tokens' is required");
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > (1 << 24))
+        return BAD("max_tokens", "'max_tokens' must be an integer in [1, %d]", 1 << 24);
+    json_object_set(chat, "max_tokens", v);
+    v = json_object_get(root, "stream");
+    if (given(v)) {
+        if (!json_is_boolean(v))
+            return BAD("stream", "'stream' must be true or false");
+        json_object_set(chat, "stream", v);
+    }
+    v = json_object_get(root, "temperature");
+    if (given(v)) {
+        if (!json_is_number(v) || json_number_value(v) < 0 || json_number_value(v) > 1)
+            return BAD("temperature", "'temperature' must be a number in [0, 1]");
+        json_object_set(chat, "temperature", v);
+    }
+    v = json_object_get(root, "top_p");
+    if (given(v))
+        json_object_set(chat, "top_p", v);
+    v = json_object_get(root, "top_k");
+    if (given(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0)
+            return BAD("top_k", "'top_k' must be a non-negative integer");
+        json_object_set(chat, "top_k", v);
+    }
+    v = json_object_get(root, "stop_sequences");
+    if (given(v)) {
+        if (!json_is_array(v))
+            return BAD("stop_sequences", "'stop_sequences' must be a list of strings");
+        if (json_array_size(v) > API_MAX_STOP)
+            return BAD("stop_sequences", "'stop_sequences' holds %zu strings; lmd takes at most %d", json_array_size(v),
+                       API_MAX_STOP);
+        json_t *s;
+        json_array_foreach(v, i, s)
+        {
+            if (!json_is_string(s) || json_string_length(s) == 0)
+                return BAD("stop_sequences", "stop_sequences[%zu] must be a non-empty string", i);
+        }
+        if (json_array_size(v))
+            json_object_set(chat, "stop", v);
+    }
+    /* Structured output: output_config.format's JSON Schema is enforced
+     * the way response_format's is. */
+    json_t *oc = json_object_get(root, "output_config");
+    if (given(oc)) {
+        if (!json_is_object(oc))
+            return BAD("output_config", "'output_config' must be an object");
+        const char *key;
+        json_object_foreach(oc, key, v)
+        {
+            if (!strcmp(key, "format") || json_is_null(v))
+                continue;
+            return UNSUP("output_config", "'output_config.%.40s' is not supported (only 'output_config.format')", key);
+        }
+        json_t *f = json_object_get(oc, "format");
+        if (given(f)) {
+            json_t *ty = json_object_get(f, "type"), *schema = json_object_get(f, "schema");
+            if (!json_is_string(ty) || strcmp(json_string_value(ty), "json_schema"))
+                return BAD("output_config", "'output_config.format.type' must be \"json_schema\"");
+            if (!json_is_object(schema))
+                return BAD("output_config", "'output_config.format.schema' must be a JSON Schema object");
+            json_t *rf = json_pack("{s:s, s:{s:s, s:O}}", "type", "json_schema", "json_schema", "name", "output",
+                                   "schema", schema);
+            if (!rf || json_object_set_new(chat, "response_format", rf))
+                return OOM();
+        }
+    }
+    for (i = 0; i < sizeof passthrough / sizeof passthrough[0]; i++)
+        if (given(json_object_get(root, passthrough[i])))
+            json_object_set(chat, passthrough[i], json_object_get(root, passthrough[i]));
+    return 0;
+}
+
+int api_messages_translate(const char *body, size_t len, char **chat, char **echo, struct api_error *e)
+{
+    *chat = *echo = NULL;
+    json_error_t je;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
+    if (!root)
+        return BAD(NULL, "the body is not valid JSON: %s (line %d, column %d)", je.text, je.line, je.column);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return BAD(NULL, "the body must be a JSON object");
+    }
+    json_t *c = json_object();
+    int rc = c ? translate(root, c, e) : OOM();
+    if (rc == 0 && !(*chat = json_dumps(c, JSON_COMPACT)))
+        rc = OOM();
+    json_decref(c);
+    json_decref(root);
+    return rc;
+}
+
+char *api_messages_error_json(const struct api_error *e, size_t *len)
+{
+    const char *type = e->status == 401   ? "authentication_error"
+                       : e->status == 403 ? "permission_error"
+                       : e->status == 404 ? "not_found_error"
+                       : e->status == 413 ? "request_too_large"
+                       : e->status == 429 ? "rate_limit_error"
+                       : e->status == 503 ? "overloaded_error"
+                       : e->status >= 500 ? "api_error"
+                                          : "invalid_request_error";
+    json_t *o = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", type, "message", e->msg);
+    char *s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(o);
+    if (s)
+        *len = strlen(s);
+    return s;
+}
+
+/* ---- rendering ----------------------------------------------------------- */
+
+static const char *stop_reason(const struct api_dialect_end *end)
+{
+    return end->stop_seq ? "stop_sequence" : end->length ? "max_tokens" : "end_turn";
+}
+
+static void put_stop(struct lmd_buf *b, const struct api_dialect_end *end)
+{
+    lmd_buf_printf(b, "\"stop_reason\":\"%s\",\"stop_sequence\":", stop_reason(end));
+    if (end->stop_seq) {
+        PUTS(b, "\"");
+        api_buf_json_escape(b, end->stop_seq, end->stop_seq_len);
+        PUTS(b, "\"");
+    } else {
+        PUTS(b, "null");
+    }
+}
+
+static void m_stream_begin(struct lmd_buf *b, struct api_dialect_out *d, int n_prompt)
+{
+    lmd_buf_printf(b,
+                   "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"%s\",\"type\":"
+                   "\"message\",\"role\":\"assistant\",\"model\":\"%s\",\"content\":[],\"stop_reason\":null,"
+                   "\"stop_sequence\":null,\"usage\":{\"input_tokens\":%d,\"output_tokens\":0}}}\n\n",
+                   d->id, d->model_json, n_prompt);
+    PUTS(b, "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":"
+            "{\"type\":\"text\",\"text\":\"\"}}\n\n"
+            "event: ping\ndata: {\"type\":\"ping\"}\n\n");
+}
+
+static void m_stream_text(struct lmd_buf *b, struct api_dialect_out *d, const char *s, size_t n)
+{
+    (void)d;
+    PUTS(b, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":"
+            "\"text_delta\",\"text\":\"");
+    api_buf_json_escape(b, s, n);
+    PUTS(b, "\"}}\n\n");
+}
+
+static void m_stream_end(struct lmd_buf *b, struct api_dialect_out *d, const struct api_dialect_end *end)
+{
+    (void)d;
+    PUTS(b, "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
+            "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{");
+    put_stop(b, end);
+    lmd_buf_printf(b, "},\"usage\":{\"output_tokens\":%d}}\n\n", end->n_gen);
+    PUTS(b, "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+}
+
+static void m_body(struct lmd_buf *b, struct api_dialect_out *d, const struct api_dialect_end *end)
+{
+    lmd_buf_printf(b,
+                   "{\"id\":\"%s\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"%s\",\"content\":"
+                   "[{\"type\":\"text\",\"text\":\"",
+                   d->id, d->model_json);
+    api_buf_json_escape(b, end->text, end->text_len);
+    PUTS(b, "\"}],");
+    put_stop(b, end);
+    lmd_buf_printf(b, ",\"usage\":{\"input_tokens\":%d,\"output_tokens\":%d}}", end->n_prompt, end->n_gen);
+}
+
+static void m_stream_error(struct lmd_buf *b, struct api_dialect_out *d, const struct api_error *e)
+{
+    (void)d;
+    size_t len = 0;
+    char *s = api_messages_error_json(e, &len);
+    PUTS(b, "event: error\ndata: ");
+    lmd_buf_append(b, s ? s : "{\"type\":\"error\"}", s ? len : 16);
+    PUTS(b, "\n\n");
+    free(s);
+}
+
+const struct api_dialect_ops api_messages_ops = {
+    .path = "/v1/messages",
+    .stream_begin = m_stream_begin,
+    .stream_text = m_stream_text,
+    .stream_end = m_stream_end,
+    .body = m_body,
+    .stream_error = m_stream_error,
+};
