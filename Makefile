@@ -76,7 +76,7 @@ test-integration: build
 # ASan + UBSan build: any sanitizer report, or a leak at exit beyond h2o's
 # loop state (tests/lsan.supp), fails the test that stopped that server.
 ASAN_ITESTS ?= tests/integration/test_server.py tests/integration/test_hardening.py tests/integration/test_gateway.py \
-	tests/integration/test_discovery.py tests/integration/test_structured.py
+	tests/integration/test_discovery.py tests/integration/test_structured.py tests/integration/test_tools.py
 
 test-integration-asan: build build-asan
 	LMD_SANITIZED=1 LMD_BIN=$(CURDIR)/$(BUILD_ASAN)/lmd LMD_UPSTREAM_BIN=$(CURDIR)/$(BUILD)/lmd LMD_MODEL=$(CURDIR)/$(MODEL) \

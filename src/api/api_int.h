@@ -79,6 +79,25 @@ enum api_rf_kind {
 
 struct gram;
 
+/* tool_choice (tools.c). */
+enum api_tool_choice {
+    API_TC_AUTO = 0, /* the model may call a tool: calls in the output are parsed */
+    API_TC_NONE,     /* no tool is called: tools are not shown to the template, nothing is parsed */
+    API_TC_REQUIRED, /* at least one call, enforced by a grammar */
+    API_TC_NAMED,    /* exactly one call of tool_name, enforced by a grammar */
+};
+
+/* How a model's chat template asks for tool calls, read from the
+ * template's source (api_tools_detect). */
+enum api_tool_syntax {
+    API_TOOLS_NONE = 0, /* the template does not render tools */
+    API_TOOLS_HERMES,   /* <tool_call>{"name":…,"arguments":…}</tool_call> (Hermes, Qwen 2.5/3) */
+    API_TOOLS_LLAMA3,   /* a bare {"name":…,"parameters":…} (Llama 3.1/3.2/3.3) */
+    API_TOOLS_MISTRAL,  /* [TOOL_CALLS][{"name":…,"arguments":…}, …] (Mistral) */
+    API_TOOLS_UNKNOWN,  /* renders tools, in a call syntax lmd does not parse */
+    API_TOOLS_RELAY,    /* an upstream's tool_calls as the remote engine writes them into the text */
+};
+
 /* The API a generation request came through. Responses and Messages
  * requests are translated into a chat request (responses.c, messages.c),
  * run exactly as one, and only rendered in their own shapes. */
@@ -130,10 +149,41 @@ struct api_params {
     const char *grammar_text; /* the `grammar` field (GBNF), or NULL */
     size_t grammar_len;
     struct gram *grammar; /* compiled by api_structured_compile; owned here until a call takes it */
+    /* Tools (chat). */
+    const void *tools; /* json_t *: the validated `tools` list, or NULL when absent or empty */
+    int n_tools;
+    enum api_tool_choice tool_choice;
+    const char *tool_name;    /* API_TC_NAMED: the function to call */
+    bool parallel_tool_calls; /* default true */
     /* Responses and Messages: the dialect and what its response echoes. */
     enum api_dialect dialect;
     char *echo_json; /* JSON members (",\"metadata\":{…}…") for the response object; malloc'd, or NULL */
 };
+
+/* Read `tools`, `tool_choice` and `parallel_tool_calls` into p (tools.c):
+ * shape, names and the choice's target are checked here; whether the
+ * model can render and parse them is api_tools_check's. */
+int api__tools_parse(struct api_params *p, void *root, struct api_error *e);
+/* The tool-call syntax a template's source asks for. */
+enum api_tool_syntax api_tools_detect(const char *src, size_t len);
+const char *api_tools_syntax_name(enum api_tool_syntax s);
+/* Whether p's tools can be served on a model with syntax s (family: the
+ * built-in template family's name when the model has no template of its
+ * own, else NULL); for required or named choice, compiles the grammar
+ * that forces a call into p->grammar. 400 naming the field otherwise. */
+int api_tools_check(struct api_params *p, enum api_tool_syntax s, const char *family, struct api_error *e);
+/* Parse a model's output text[0, len) for tool calls in syntax s, keeping
+ * only calls of the functions in names[n_names]. On success returns a
+ * json_t * array of {"name": string, "arguments": JSON text string} (the
+ * caller's) and sets *content_len to the length of the text before the
+ * first call; NULL when the text holds no well-formed call (it is all
+ * content then). Never fails on malformed text. */
+void *api_tools_extract(enum api_tool_syntax s, const char *text, size_t len, const char *const *names, int n_names,
+                        size_t *content_len);
+/* Where a tool call may start in text[0, len): the offset of the first
+ * byte that could begin one (so text before it is plain content), len
+ * when none can. *sure is set when a whole opening marker is there. */
+size_t api_tools_scan(enum api_tool_syntax s, const char *text, size_t len, bool at_start, bool *sure);
 
 /* How a Responses or Messages call renders what it produced. */
 struct api_dialect_end {
@@ -210,11 +260,12 @@ size_t api_stop_holdback(const char *text, size_t len, const char *const *stop, 
 
 /* One served model, its strings owned by the api (copies of api_model's). */
 struct api__model {
-    struct api_model m; /* every string points at a copy owned here; sched and vocab are the caller's */
-    int index;          /* in api.models and in obs's model labels */
-    char *id_json;      /* the id escaped for JSON strings */
-    char **names;       /* [1 + m.n_aliases] the id, then the aliases: what m's pointers point at */
-    char *strs[4];      /* copies of display_name, arch, engine, owned_by (or NULL) */
+    struct api_model m;               /* every string points at a copy owned here; sched and vocab are the caller's */
+    int index;                        /* in api.models and in obs's model labels */
+    char *id_json;                    /* the id escaped for JSON strings */
+    char **names;                     /* [1 + m.n_aliases] the id, then the aliases: what m's pointers point at */
+    char *strs[4];                    /* copies of display_name, arch, engine, owned_by (or NULL) */
+    enum api_tool_syntax tool_syntax; /* from its chat template's source */
 };
 
 /* The process-wide API state (api.h's opaque struct api). */

@@ -60,7 +60,14 @@ struct api_choice {
     int cursor;        /* output tokens consumed */
     bool done;         /* its text (and, streamed, its last chunk) is complete */
     bool stop_matched; /* a stop string ended the text */
-    int stop_which;    /* which one (Messages' stop_sequence) */
+    /* Tool calls (c->tools): streamed text from the start of a call on is
+     * held in `text` until the choice ends; `said` is set once content
+     * other than blanks went out; `calls` is the parsed result. */
+    bool tool_hold;
+    bool said;
+    void *calls;        /* json_t * array of {"name","arguments"}, or NULL */
+    size_t content_len; /* non-streamed: bytes of text before the calls */
+    int stop_which;     /* which one (Messages' stop_sequence) */
     struct tok_detok dt;
     struct lmd_buf pending; /* text not yet emitted (may start a stop string) */
     struct lmd_buf text;    /* non-streamed: all emitted text */
@@ -117,6 +124,12 @@ struct api_call {
     void *body;                             /* forwards: the JSON request handed on (json_t *, a reference) */
     char *raw;                              /* forwards: its bytes, spliced (malloc'd) */
     size_t raw_len;
+    /* Tool calls are parsed from the output (tools requested, not "none"):
+     * the model's syntax and the names a call may use. */
+    enum api_tool_syntax tools; /* API_TOOLS_NONE = plain text */
+    bool parallel_tools;
+    const char **tool_names; /* [n_tool_names] in the arena */
+    int n_tool_names;
     /* Responses and Messages: their renderer (NULL = OpenAI's chunks). */
     const struct api_dialect_ops *ops;
     struct api_dialect_out d;
@@ -174,6 +187,8 @@ static void call_free(struct api_call *c)
             pthread_mutex_destroy(&c->choice[i].tmu);
             lmd_buf_free(&c->choice[i].tin);
         }
+    for (int i = 0; i < c->n_choices; i++)
+        json_decref(c->choice[i].calls);
     json_decref(c->body);
     free(c->raw);
     gram_free(c->grammar);
@@ -197,6 +212,8 @@ static void call_cancel_all(struct api_call *c)
 
 static const char *finish_name(const struct api_choice *ch)
 {
+    if (ch->calls)
+        return "tool_calls";
     if (ch->stop_matched)
         return "stop";
     return atomic_load(&ch->sr.finish) == SCHED_FINISH_LENGTH ? "length" : "stop";
@@ -392,6 +409,132 @@ static void emit(struct api_call *c, struct api_choice *ch, const char *s, size_
         put_text_chunk(c, ch, s, n, from, to);
 }
 
+/* ---- tool calls ------------------------------------------------------------- */
+
+/* A tool call's id: "call_" and 24 hex digits drawn from the completion id
+ * (unique per response), the choice and the call's place in it. */
+static void put_call_id(struct api_call *c, const struct api_choice *ch, int k, struct lmd_buf *b)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *s = c->id; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    h ^= ((uint64_t)ch->index << 32 | (uint64_t)k) * 0x9E3779B97F4A7C15ull;
+    uint64_t z = h;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    lmd_buf_printf(b, "call_%016llx%08x", (unsigned long long)z, (unsigned)(h >> 32));
+}
+
+static void put_json_str(struct lmd_buf *b, json_t *s)
+{
+    PUTS(b, "\"");
+    api_buf_json_escape(b, json_string_value(s), json_string_length(s));
+    PUTS(b, "\"");
+}
+
+/* The message's "tool_calls" list (non-streamed). */
+static void put_tool_calls(struct api_call *c, const struct api_choice *ch, struct lmd_buf *b)
+{
+    size_t k;
+    json_t *call;
+    PUTS(b, ",\"tool_calls\":[");
+    json_array_foreach((json_t *)ch->calls, k, call)
+    {
+        PUTS(b, k ? ",{\"id\":\"" : "{\"id\":\"");
+        put_call_id(c, ch, (int)k, b);
+        PUTS(b, "\",\"type\":\"function\",\"function\":{\"name\":");
+        put_json_str(b, json_object_get(call, "name"));
+        PUTS(b, ",\"arguments\":");
+        put_json_str(b, json_object_get(call, "arguments"));
+        PUTS(b, "}}");
+    }
+    PUTS(b, "]");
+}
+
+/* Streamed: each call as OpenAI streams one, its id, type and name first
+ * (with empty arguments), then its arguments. */
+static void put_tool_call_chunks(struct api_call *c, const struct api_choice *ch)
+{
+    size_t k;
+    json_t *call;
+    json_array_foreach((json_t *)ch->calls, k, call)
+    {
+        chunk_head(c, &c->chunk);
+        lmd_buf_printf(&c->chunk, "[{\"index\":%d,\"delta\":{\"tool_calls\":[{\"index\":%zu,\"id\":\"", ch->index, k);
+        put_call_id(c, ch, (int)k, &c->chunk);
+        PUTS(&c->chunk, "\",\"type\":\"function\",\"function\":{\"name\":");
+        put_json_str(&c->chunk, json_object_get(call, "name"));
+        PUTS(&c->chunk, ",\"arguments\":\"\"}}]},\"logprobs\":null,\"finish_reason\":null}]");
+        chunk_tail(c, &c->chunk);
+        chunk_head(c, &c->chunk);
+        lmd_buf_printf(
+            &c->chunk,
+            "[{\"index\":%d,\"delta\":{\"tool_calls\":[{\"index\":%zu,\"function\":{\"arguments\":", ch->index, k);
+        put_json_str(&c->chunk, json_object_get(call, "arguments"));
+        PUTS(&c->chunk, "}}]},\"logprobs\":null,\"finish_reason\":null}]");
+        chunk_tail(c, &c->chunk);
+    }
+}
+
+/* Streamed content while tools may be called (logprobs are refused with
+ * streamed tools, so none ride along). */
+static void tools_content(struct api_call *c, struct api_choice *ch, const char *s, size_t n)
+{
+    if (n == 0)
+        return;
+    put_text_chunk(c, ch, s, n, 0, 0);
+    for (size_t i = 0; i < n && !ch->said; i++)
+        ch->said = !(s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t');
+}
+
+/* Streamed, with tools: of pending[0, safe), what is surely content goes
+ * out; from where a call begins, the text is held (in ch->text) until the
+ * choice ends. Returns the bytes of pending consumed; text that may be the
+ * start of a call's marker stays pending. */
+static size_t tools_route(struct api_call *c, struct api_choice *ch, size_t safe, bool finished)
+{
+    const char *s = ch->pending.ptr;
+    if (ch->tool_hold) {
+        lmd_buf_append(&ch->text, s, safe);
+        return safe;
+    }
+    bool sure = false;
+    size_t at = api_tools_scan(c->tools, s, safe, !ch->said, &sure);
+    if (!sure) {
+        size_t out = finished ? safe : at;
+        tools_content(c, ch, s, out);
+        return out;
+    }
+    tools_content(c, ch, s, at);
+    ch->tool_hold = true;
+    lmd_buf_append(&ch->text, s + at, safe - at);
+    return safe;
+}
+
+/* The choice has ended: parse its calls (the whole text, or the held part
+ * of a stream). A stream whose held text holds no well-formed call gets
+ * it as content after all. */
+static void tools_finish(struct api_call *c, struct api_choice *ch)
+{
+    if (c->stream && !ch->tool_hold)
+        return;
+    const char *t = ch->text.ptr ? ch->text.ptr : "";
+    size_t cl = 0;
+    json_t *calls =
+        api_tools_extract(c->tools, t, ch->text.len, (const char *const *)c->tool_names, c->n_tool_names, &cl);
+    /* One call only when the client asked for no parallel calls. */
+    while (calls && !c->parallel_tools && json_array_size(calls) > 1)
+        json_array_remove(calls, json_array_size(calls) - 1);
+    ch->calls = calls;
+    ch->content_len = cl;
+    if (!c->stream)
+        return;
+    tools_content(c, ch, t, cl);
+    if (calls)
+        put_tool_call_chunks(c, ch);
+}
+
 static void put_usage(struct api_call *c, struct lmd_buf *b)
 {
     int n_gen = 0;
@@ -455,6 +598,21 @@ static void send_final(struct api_call *c)
     for (int i = 0; i < c->n_choices; i++) {
         struct api_choice *ch = &c->choice[i];
         lmd_buf_printf(&b, "%s{\"index\":%d,", i ? "," : "", i);
+        if (c->kind == API_CHAT && ch->calls) {
+            PUTS(&b, "\"message\":{\"role\":\"assistant\",\"content\":");
+            if (ch->content_len) {
+                PUTS(&b, "\"");
+                api_buf_json_escape(&b, ch->text.ptr, ch->content_len);
+                PUTS(&b, "\"");
+            } else {
+                PUTS(&b, "null");
+            }
+            put_tool_calls(c, ch, &b);
+            PUTS(&b, "},\"logprobs\":");
+            put_logprobs(c, ch, &b, 0, ch->cursor);
+            lmd_buf_printf(&b, ",\"finish_reason\":\"%s\"}", finish_name(ch));
+            continue;
+        }
         if (c->kind == API_CHAT) {
             PUTS(&b, "\"message\":{\"role\":\"assistant\",\"content\":\"");
         } else {
@@ -551,7 +709,10 @@ static void choice_pump(struct api_call *c, struct api_choice *ch, size_t budget
     size_t safe = ch->pending.len;
     if (!finished)
         safe -= api_stop_holdback(ch->pending.ptr, ch->pending.len, c->stop, c->stop_len, c->n_stop);
-    emit(c, ch, ch->pending.ptr, safe, from, ch->cursor);
+    if (c->tools && c->stream)
+        safe = tools_route(c, ch, safe, finished);
+    else
+        emit(c, ch, ch->pending.ptr, safe, from, ch->cursor);
     if (ch->pending.ptr) {
         memmove(ch->pending.ptr, ch->pending.ptr + safe, ch->pending.len - safe);
         ch->pending.len -= safe;
@@ -559,6 +720,8 @@ static void choice_pump(struct api_call *c, struct api_choice *ch, size_t budget
     if (!finished)
         return;
     ch->done = true;
+    if (c->tools)
+        tools_finish(c, ch);
     if (c->stream && !c->ops) {
         chunk_head(c, &c->chunk);
         lmd_buf_printf(&c->chunk, "[{\"index\":%d,%s,\"logprobs\":null,\"finish_reason\":\"%s\"}]", ch->index,
@@ -837,6 +1000,34 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
                        int32_t *ids, void *body, char *raw, size_t raw_len, int n_prompt, int max_tokens,
                        const char *id, struct api_who *who, struct api_error *e);
 
+/* The tools' names, copied into the arena (the request's document is
+ * gone once the call is submitted). */
+static int call_set_tools(struct api_call *c, const struct api_params *p)
+{
+    /* A forwarded call's tool calls come back as the remote engine's
+     * records; a native one's in the syntax of the model's template. */
+    c->tools = c->forwards ? API_TOOLS_RELAY : c->m->tool_syntax;
+    c->parallel_tools = p->parallel_tool_calls;
+    c->tool_names = lmd_arena_alloc(c->arena, (size_t)p->n_tools * sizeof *c->tool_names);
+    if (!c->tool_names)
+        return LMD_ENOMEM;
+    size_t i;
+    json_t *t;
+    json_array_foreach((json_t *)p->tools, i, t)
+    {
+        json_t *name = json_object_get(json_object_get(t, "function"), "name");
+        /* Named choice: a call of another function is not this answer's. */
+        if (p->tool_choice == API_TC_NAMED && strcmp(json_string_value(name), p->tool_name) != 0)
+            continue;
+        char *s = lmd_arena_alloc(c->arena, json_string_length(name) + 1);
+        if (!s)
+            return LMD_ENOMEM;
+        memcpy(s, json_string_value(name), json_string_length(name) + 1);
+        c->tool_names[c->n_tool_names++] = s;
+    }
+    return 0;
+}
+
 int api_call_submit(struct api *a, const struct api__model *m, struct http_req *r, const struct api_params *p,
                     int32_t *ids, int n_prompt, int max_tokens, const char *id, struct api_who *who,
                     struct api_error *e)
@@ -937,6 +1128,8 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
         }
     }
     int rc = (!c->piece || !c->stop_mem || (p->n_bias && !c->bias) || (p->echo_json && !c->d.echo)) ? LMD_ENOMEM : 0;
+    if (rc == 0 && p->kind == API_CHAT && p->dialect == API_DIALECT_OPENAI && p->tools && p->tool_choice != API_TC_NONE)
+        rc = call_set_tools(c, p);
     if (rc == 0 && p->echo)
         rc = call_set_echo(c, p);
     const uint64_t sched_id = atomic_fetch_add(&a->seq, 1) * API_MAX_N;

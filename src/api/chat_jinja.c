@@ -4,9 +4,10 @@
  * vLLM pass — messages (content parts already joined into text by the
  * parser; tool-call arguments given as JSON text turned into objects, as
  * vLLM does, since templates write them with tojson), tools when the
- * request has a non-empty list, add_generation_prompt (the request's
- * field, true by default), bos_token and eos_token, and the members of
- * vLLM's chat_template_kwargs (enable_thinking …).
+ * request has a non-empty list and tool_choice is not "none" (tools.c),
+ * add_generation_prompt (the request's field, true by default),
+ * bos_token and eos_token, and the members of vLLM's
+ * chat_template_kwargs (enable_thinking …).
  *
  * The template decides where BOS goes; the tokenizer adds one too, so a
  * leading BOS the template wrote is dropped (as llama.cpp does) and the
@@ -90,7 +91,7 @@ int api__chat_jinja(const struct api_model *m, const struct api_params *p, struc
     json_t *val;
     json_object_foreach(kw, key, val) { json_object_set(vars, key, val); }
     json_t *msgs = messages_for_template(json_object_get(root, "messages"));
-    json_t *tools = json_object_get(root, "tools");
+    json_t *tools = p->tool_choice != API_TC_NONE ? (json_t *)p->tools : NULL;
     if (!msgs || json_object_set_new(vars, "messages", msgs) != 0 ||
         json_object_set_new(vars, "add_generation_prompt", json_boolean(p->add_generation_prompt)) != 0 ||
         json_object_set_new(vars, "bos_token", json_string(m->bos_token ? m->bos_token : "")) != 0 ||

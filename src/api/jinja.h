@@ -46,6 +46,9 @@ struct jinja_opts {
  * err with the position and the reason. The source is copied. */
 int jinja_parse(const char *src, size_t len, struct jinja_tmpl **out, struct jinja_err *err);
 void jinja_free(struct jinja_tmpl *t);
+/* The text t was parsed from (NUL-terminated, t's), for callers that read
+ * what a template can do from its source (the tool-call syntax). */
+const char *jinja_source(const struct jinja_tmpl *t, size_t *len);
 
 /* Render with the members of the JSON object `vars` as the template's
  * variables (messages, tools, add_generation_prompt, bos_token …), plus

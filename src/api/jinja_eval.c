@@ -482,6 +482,11 @@ int jinja_parse(const char *src, size_t len, struct jinja_tmpl **out, struct jin
     struct jinja_tmpl *t = jinja__alloc(x, sizeof *t);
     t->arena = arena;
     t->root = jinja__parse_tokens(x, toks, n);
+    char *copy = jinja__alloc(x, len + 1);
+    memcpy(copy, src, len);
+    copy[len] = 0;
+    t->src = copy;
+    t->src_len = len;
     free(x);
     *out = t;
     return 0;
@@ -491,6 +496,12 @@ void jinja_free(struct jinja_tmpl *t)
 {
     if (t)
         lmd_arena_destroy(t->arena);
+}
+
+const char *jinja_source(const struct jinja_tmpl *t, size_t *len)
+{
+    *len = t->src_len;
+    return t->src;
 }
 
 int jinja_render(const struct jinja_tmpl *t, const struct json_t *vars, const struct jinja_opts *opts,

@@ -196,6 +196,8 @@ struct jnode {
 struct jinja_tmpl {
     struct lmd_arena *arena; /* owns every node and string below */
     struct jnode *root;      /* JN_BODY */
+    const char *src;         /* [src_len] the template's text, NUL-terminated (jinja_source) */
+    size_t src_len;
 };
 
 /* ---- shared state of a parse or a render ----------------------------------- */

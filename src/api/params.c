@@ -269,20 +269,18 @@ static int parse_bias(struct api_params *p, json_t *root, struct api_error *e)
  * Fields that change what the answer must be, which lmd cannot honour yet:
  * refused with a 400 that names the field, never accepted and dropped (the
  * client would take unconstrained text for JSON, or plain text for a
- * declined tool call). Their harmless spellings pass: response_format of
- * type "text", an empty tool list, tool_choice "none".
+ * declined tool call). Their harmless spellings pass: an empty
+ * `functions` list, function_call "none".
  */
 static int refuse_unsupported(json_t *root, struct api_error *e)
 {
-    static const char *const lists[] = {"tools", "functions"};
-    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
-        json_t *v = json_object_get(root, lists[i]);
-        if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0))
-            return api_error_set(e, 400, "invalid_request_error", lists[i], "unsupported_parameter",
-                                 "'%s' is not supported by this server yet: the model's output would not be "
-                                 "parsed into tool calls",
-                                 lists[i]);
-    }
+    /* The deprecated spelling of tools: clients have moved to `tools`,
+     * which is served (tools.c). */
+    json_t *fns = json_object_get(root, "functions");
+    if (fns && !json_is_null(fns) && !(json_is_array(fns) && json_array_size(fns) == 0))
+        return api_error_set(e, 400, "invalid_request_error", "functions", "unsupported_parameter",
+                             "'functions' (deprecated by OpenAI) is not supported by this server; send the same "
+                             "definitions as 'tools'");
     /* Constrained decoding as vLLM and llama.cpp spell it, and completion
      * features that change the text: refused whenever given. */
     static const char *const constrained[] = {"guided_json", "guided_regex", "guided_choice", "guided_grammar",
@@ -302,13 +300,11 @@ static int refuse_unsupported(json_t *root, struct api_error *e)
     if (best_of && !json_is_null(best_of) && !(json_is_integer(best_of) && json_integer_value(best_of) == 1))
         return api_error_set(e, 400, "invalid_request_error", "best_of", "unsupported_parameter",
                              "'best_of' other than 1 is not supported by this server; use 'n'");
-    static const char *const choices[] = {"tool_choice", "function_call"};
-    for (size_t i = 0; i < sizeof choices / sizeof choices[0]; i++) {
-        json_t *v = json_object_get(root, choices[i]);
-        if (v && !json_is_null(v) && !(json_is_string(v) && strcmp(json_string_value(v), "none") == 0))
-            return api_error_set(e, 400, "invalid_request_error", choices[i], "unsupported_parameter",
-                                 "'%s' other than \"none\" is not supported by this server yet", choices[i]);
-    }
+    json_t *fc = json_object_get(root, "function_call");
+    if (fc && !json_is_null(fc) && !(json_is_string(fc) && strcmp(json_string_value(fc), "none") == 0))
+        return api_error_set(e, 400, "invalid_request_error", "function_call", "unsupported_parameter",
+                             "'function_call' (deprecated by OpenAI) other than \"none\" is not supported by this "
+                             "server; use 'tool_choice'");
     return 0;
 }
 
@@ -474,6 +470,28 @@ int api_params_parse(struct api_params *p, enum api_kind kind, const char *body,
     if (parse_logprobs(p, root, e) || parse_bias(p, root, e) || get_bool(root, "ignore_eos", &p->ignore_eos, e) ||
         refuse_unsupported(root, e) || parse_structured(p, root, e))
         return LMD_EINVAL;
+    if (kind == API_CHAT && api__tools_parse(p, root, e) != 0)
+        return LMD_EINVAL;
+    if (kind == API_COMPLETION) {
+        /* Chat fields: a completion has no template to show tools to. */
+        json_t *t = json_object_get(root, "tools"), *tc = json_object_get(root, "tool_choice");
+        if (t && !json_is_null(t) && !(json_is_array(t) && json_array_size(t) == 0))
+            return BAD("tools", "'tools' is a chat completions field; /v1/completions takes none");
+        if (tc && !json_is_null(tc) && !(json_is_string(tc) && strcmp(json_string_value(tc), "none") == 0))
+            return BAD("tool_choice", "'tool_choice' is a chat completions field; /v1/completions takes none");
+    }
+    const bool calling = p->tools && p->tool_choice != API_TC_NONE;
+    if (calling && (p->grammar_text || p->rf_kind == API_RF_JSON_OBJECT || p->rf_kind == API_RF_JSON_SCHEMA))
+        return BAD("tools", "'tools' cannot be combined with constrained output ('response_format' or 'grammar') "
+                            "unless 'tool_choice' is \"none\"");
+    /* A streamed call is held back until it is whole, so its tokens'
+     * log-probabilities would have no chunk to travel in. */
+    if (calling && p->stream && p->logprobs >= 0)
+        return BAD("logprobs", "'logprobs' cannot be used with 'tools' in a streamed response; leave out one of "
+                               "them or send \"stream\": false");
+    if (p->ignore_eos && (p->tool_choice == API_TC_REQUIRED || p->tool_choice == API_TC_NAMED))
+        return BAD("ignore_eos", "'ignore_eos' cannot be used with a forced 'tool_choice': the output must end "
+                                 "where the call does");
     if (p->ignore_eos && (p->grammar_text || p->rf_kind == API_RF_JSON_OBJECT || p->rf_kind == API_RF_JSON_SCHEMA))
         return BAD("ignore_eos", "'ignore_eos' cannot be used with constrained output ('response_format' or "
                                  "'grammar'): the output must end where the grammar does");

@@ -10,6 +10,7 @@
  */
 #include "api/api.h"
 #include "api/api_int.h"
+#include "api/jinja.h"
 
 #include "core/log.h"
 #include "core/time.h"
@@ -610,7 +611,10 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
                           n_vocab - 1);
             goto fail;
         }
-    if (api_structured_compile(&p, &e) != 0)
+    if (api_structured_compile(&p, &e) != 0 ||
+        (kind == API_CHAT &&
+         api_tools_check(&p, m->tool_syntax,
+                         m->m.chat_jinja ? NULL : chat_family_name((enum chat_family)m->m.chat_family), &e) != 0))
         goto fail;
     if (build_prompt(&m->m, &p, &ids, &n_prompt, &e) != 0)
         goto fail;
@@ -872,6 +876,8 @@ int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err
             api_buf_json_escape(&b, am->m.id, strlen(am->m.id));
         am->id_json = b.ptr;
         oom |= !am->id_json;
+        size_t tl = 0;
+        am->tool_syntax = src->chat_jinja ? api_tools_detect(jinja_source(src->chat_jinja, &tl), tl) : API_TOOLS_NONE;
     }
     if (oom) {
         api_free(a);

@@ -73,6 +73,7 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--arch", default="llama", choices=["llama", "qwen2", "qwen3", "gemma3"])
     ap.add_argument("--chat-template", metavar="FILE", help="store FILE's text as tokenizer.chat_template")
+    ap.add_argument("--ctx", type=int, help="context length to record (default: the shape's)")
     a = ap.parse_args()
     s = SHAPES[a.shape]
     rng = np.random.default_rng(a.seed)
@@ -82,7 +83,7 @@ def main():
     arch = a.arch
     w = gguf.GGUFWriter(a.out, arch)
     w.add_name("lmd synthetic %s %s" % (arch, a.shape))
-    w.add_context_length(s["n_ctx"])
+    w.add_context_length(a.ctx or s["n_ctx"])
     w.add_embedding_length(E)
     w.add_block_count(L)
     w.add_feed_forward_length(FF)

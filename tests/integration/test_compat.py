@@ -463,7 +463,11 @@ SAMPLES = {
     "audio": {"voice": "alloy", "format": "wav"}, "modalities": ["text", "audio"],
     "web_search_options": {"search_context_size": "low"}, "suffix": "end", "best_of": 2,
     "response_format": {"type": "json_object"},
-    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    # The default model has no chat template of its own, so it takes tools
+    # only hidden from the prompt (tool_choice "none"); test_tools.py
+    # serves them for real on a model with a tool-capable template.
+    "tools": {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+              "tool_choice": "none"},
     "tool_choice": "auto", "functions": [{"name": "f", "parameters": {"type": "object"}}], "function_call": "auto",
     "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.1, "ignore_eos": True, "priority": 5, "cache_salt": "s",
     "spaces_between_special_tokens": False, "length_penalty": 2.0, "n_keep": 4, "cache_prompt": False,

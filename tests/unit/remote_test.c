@@ -169,6 +169,43 @@ static void test_chunks(void **state)
     lmd_buf_free(&t);
 }
 
+/* Streamed tool calls come through the text as records: a call begins
+ * where its name comes, its argument fragments follow. */
+static void test_tool_call_chunks(void **state)
+{
+    (void)state;
+    struct lmd_buf t = {0};
+    struct sse_chunk k;
+    assert_int_equal(parse("{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c1\",\"type\":"
+                           "\"function\",\"function\":{\"name\":\"add\",\"arguments\":\"\"}}]}}]}",
+                           true, &t, &k),
+                     0);
+    assert_true(k.has_text);
+    assert_int_equal(t.len, 5);
+    assert_memory_equal(t.ptr,
+                        "\x1e"
+                        "add"
+                        "\x1f",
+                        5);
+    assert_int_equal(parse("{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":"
+                           "\"{\\\"a\\\": 1}\"}}]},\"finish_reason\":\"tool_calls\"}]}",
+                           true, &t, &k),
+                     0);
+    assert_true(k.has_text && k.has_finish);
+    assert_int_equal(t.len, 8);
+    assert_memory_equal(t.ptr, "{\"a\": 1}", 8);
+    /* Malformed lists are malformed chunks; an empty one is nothing. */
+    assert_int_equal(parse("{\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"name\":1}}]}}]}", true, &t, &k),
+                     0);
+    assert_false(k.has_text);
+    assert_int_equal(parse("{\"choices\":[{\"delta\":{\"tool_calls\":[]}}]}", true, &t, &k), 0);
+    assert_false(k.has_text);
+    assert_int_not_equal(parse("{\"choices\":[{\"delta\":{\"tool_calls\":[{}\"}}]}", true, &t, &k), 0);
+    assert_int_not_equal(
+        parse("{\"choices\":[{\"delta\":{\"tool_calls\":[{\"function\":{\"name\":\"a\"}}", true, &t, &k), 0);
+    lmd_buf_free(&t);
+}
+
 static void test_open_unreachable(void **state)
 {
     (void)state;
@@ -198,6 +235,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_urls),
         cmocka_unit_test(test_chunks),
+        cmocka_unit_test(test_tool_call_chunks),
         cmocka_unit_test(test_open_unreachable),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

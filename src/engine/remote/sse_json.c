@@ -299,11 +299,51 @@ static int text_field(struct cur *c, struct ctx *x)
     return str(c, x->text, NULL, 0);
 }
 
+/* A streamed tool call's function: a call begins where its name comes
+ * (SSE_TOOL_START, the name, SSE_TOOL_ARGS), and its argument fragments
+ * follow as they arrive (sse_json.h). */
+static int function_member(struct cur *c, const char *key, void *ud)
+{
+    struct ctx *x = ud;
+    if (strcmp(key, "name") == 0 && at(c, '"')) {
+        x->out->has_text = true;
+        lmd_buf_append(x->text, SSE_TOOL_START, 1);
+        int rc = str(c, x->text, NULL, 0);
+        lmd_buf_append(x->text, SSE_TOOL_ARGS, 1);
+        return rc;
+    }
+    if (strcmp(key, "arguments") == 0)
+        return text_field(c, x);
+    return skip(c);
+}
+
+static int tool_call_member(struct cur *c, const char *key, void *ud)
+{
+    if (strcmp(key, "function") == 0 && at(c, '{'))
+        return object(c, function_member, ud);
+    return skip(c);
+}
+
 static int delta_member(struct cur *c, const char *key, void *ud)
 {
     struct ctx *x = ud;
     if (strcmp(key, "content") == 0)
         return text_field(c, x);
+    if (strcmp(key, "tool_calls") == 0 && at(c, '[')) {
+        c->p++;
+        if (++c->depth > SSE_JSON_DEPTH)
+            return -1;
+        if (!eat(c, ']')) {
+            do {
+                if ((at(c, '{') ? object(c, tool_call_member, x) : skip(c)) != 0)
+                    return -1;
+            } while (eat(c, ','));
+            if (!eat(c, ']'))
+                return -1;
+        }
+        c->depth--;
+        return 0;
+    }
     return skip(c);
 }
 

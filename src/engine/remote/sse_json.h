@@ -3,8 +3,8 @@
  * tree: the remote engine's per-token path allocates nothing (the text
  * goes into a buffer that grows once to the largest piece and stays).
  *
- * Read from a chunk object: choices[0].delta.content (chat) or
- * choices[0].text (completions), choices[0].finish_reason, usage's
+ * Read from a chunk object: choices[0].delta.content and
+ * choices[0].delta.tool_calls (chat) or choices[0].text (completions), choices[0].finish_reason, usage's
  * prompt_tokens and completion_tokens, and an `error` (a string or an
  * object with a message). Everything else is skipped, validated as JSON
  * (nesting at most 64 deep).
@@ -27,6 +27,14 @@ struct sse_chunk {
     bool is_error;
     char error[256]; /* the error's message, cut to fit */
 };
+
+/* Tool calls in chat deltas travel in the text, as records the API side
+ * parses back (api/tools.c): SSE_TOOL_START, the function's name,
+ * SSE_TOOL_ARGS, then its arguments' JSON text, fragment by fragment.
+ * The separators are ASCII control characters that model text does not
+ * hold. */
+#define SSE_TOOL_START "\x1e"
+#define SSE_TOOL_ARGS "\x1f"
 
 /* Parse one event's data (a JSON object). Returns 0, or -1 when it is not
  * a well-formed JSON object (nothing is then to be trusted). `text` gets
