@@ -175,12 +175,19 @@ def test_not_json(server):
 
 
 def test_disconnect_cancels(server):
+    # Earlier tests' streams may still be winding down: measure idle once
+    # nothing runs, or their blocks coming back would hide this one's.
+    assert wait_until(lambda: metric(server, "lmd_requests_running") == 0 and
+                      metric(server, "lmd_requests_waiting") == 0)
     idle = metric(server, "lmd_kv_blocks_free")
     with httpx.stream("POST", server + "/v1/messages", timeout=60,
                       json={"max_tokens": 600, "stream": True, "ignore_eos": True,
                             "messages": [{"role": "user", "content": "Write a long essay."}]}) as r:
+        # Hold the iterator: a dropped one closes the response (and so the
+        # connection) at the break, before the blocks could be seen held.
+        lines = r.iter_lines()
         got = 0
-        for line in r.iter_lines():
+        for line in lines:
             if line.startswith("event: content_block_delta"):
                 got += 1
                 if got == 3:
