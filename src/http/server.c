@@ -613,6 +613,18 @@ static void *http_loop_main(void *arg)
 
     while (!l->exiting)
         h2o_evloop_run(l->loop, INT32_MAX);
+    /* A task posted after the batch that held the stop took the wake flag
+     * and sent a wake message of its own; h2o requires the receiver's queue
+     * empty when it is unregistered (it asserts), and the task must run.
+     * Turn the loop until no wake is in flight. */
+    for (;;) {
+        pthread_mutex_lock(&l->mu);
+        const bool pending = l->wake_pending;
+        pthread_mutex_unlock(&l->mu);
+        if (!pending)
+            break;
+        h2o_evloop_run(l->loop, 10);
+    }
 
     http_close_listener(&l->stop_task);
     h2o_multithread_unregister_receiver(l->ctx.queue, &l->receiver);
