@@ -187,11 +187,41 @@ static void test_matmul_every_type(void **state)
                         fail_msg("%s m=%d: %s %s", gguf_dtype_name(t), m, cudaGetErrorString(e), kcu_ctx_error(ctx));
                     CU(cudaMemcpyAsync(y, dy, sizeof(float) * (size_t)m * (size_t)n, cudaMemcpyDeviceToHost, st));
                     CU(cudaStreamSynchronize(st));
+                    const bool flt = t == GGUF_DTYPE_F16 || t == GGUF_DTYPE_BF16;
+                    const bool gemv = m <= KCU_GEMV_MAX_M || (!flt && m <= KCU_GEMV_PASSES_MAX_M);
+                    /* The same product as three parts (row ranges of W
+                     * written to their columns of y) in one call, then
+                     * again with x declared unchanged: on the GEMV paths
+                     * the same kernel per row, so the same bits (cuBLAS
+                     * picks its algorithm by shape: those are checked
+                     * against the reference below). */
+                    if (n >= 3) {
+                        float *y2 = malloc(sizeof(float) * (size_t)m * (size_t)n);
+                        const int64_t a = n / 3, b = 2 * n / 3;
+                        const struct kcu_mm_part parts[3] = {
+                            {dw, a, (float *)dy, n},
+                            {(const uint8_t *)dw + (size_t)a * rb, b - a, (float *)dy + a, n},
+                            {(const uint8_t *)dw + (size_t)b * rb, n - b, (float *)dy + b, n},
+                        };
+                        CU(cudaMemcpyAsync(y2, dy, sizeof(float) * (size_t)m * (size_t)n, cudaMemcpyDeviceToHost, st));
+                        for (int again = 0; again < 2; again++) {
+                            CU(cudaMemsetAsync(dy, 0xff, sizeof(float) * ny, st));
+                            e = kcu_matmul_parts(ctx, t, rb, k, dx, m, parts, 3, again);
+                            if (e != cudaSuccess)
+                                fail_msg("%s m=%d parts: %s %s", gguf_dtype_name(t), m, cudaGetErrorString(e),
+                                         kcu_ctx_error(ctx));
+                            CU(cudaMemcpyAsync(y, dy, sizeof(float) * (size_t)m * (size_t)n, cudaMemcpyDeviceToHost,
+                                               st));
+                            CU(cudaStreamSynchronize(st));
+                            if (gemv && memcmp(y, y2, sizeof(float) * (size_t)m * (size_t)n) != 0)
+                                fail_msg("%s n=%lld k=%lld m=%d: parts (x unchanged: %d) differ from one matrix",
+                                         gguf_dtype_name(t), (long long)n, (long long)k, m, again);
+                        }
+                        free(y2);
+                    }
                     /* The GEMV accumulates in f32 (error ~1e-6 of the sum
                      * of magnitudes); the cuBLAS path rounds weights and
                      * activations to f16 first (~1e-3). */
-                    const bool flt = t == GGUF_DTYPE_F16 || t == GGUF_DTYPE_BF16;
-                    const bool gemv = m <= KCU_GEMV_MAX_M || (!flt && m <= KCU_GEMV_PASSES_MAX_M);
                     /* Q4_1 and Q5_1 take the activations' sums as fp16, as
                      * the CPU's Q8_1 keeps them. */
                     const bool q8_1 = t == GGUF_DTYPE_Q4_1 || t == GGUF_DTYPE_Q5_1;
@@ -243,7 +273,104 @@ static void test_matmul_every_type(void **state)
     }
     /* What the kernels cannot do is refused, not miscomputed. */
     assert_false(kcu_type_supported(GGUF_DTYPE_IQ2_XXS));
-    assert_int_equal((int)kcu_gemv(st, GGUF_DTYPE_Q4_K, NULL, 0, 4, 96, NULL, 1, NULL, 4), (int)cudaErrorInvalidValue);
+    const struct kcu_mm_part bad = {NULL, 4, NULL, 4};
+    assert_int_equal((int)kcu_gemv(st, GGUF_DTYPE_Q4_K, 0, 96, NULL, 1, &bad, 1), (int)cudaErrorInvalidValue);
+    assert_int_equal((int)kcu_gemv(st, GGUF_DTYPE_F16, 0, 96, NULL, 1, &bad, 0), (int)cudaErrorInvalidValue);
+    assert_int_equal((int)kcu_gemv(st, GGUF_DTYPE_F16, 0, 96, NULL, 1, &bad, KCU_MM_PARTS_MAX + 1),
+                     (int)cudaErrorInvalidValue);
+    kcu_ctx_free(ctx);
+    cudaStreamDestroy(st);
+}
+
+/* The fused residual: add, norm and quantize in one launch give the bits
+ * of the separate kernels, and the product that follows (told its input
+ * is unchanged) gives the bits of a product that quantizes for itself. */
+static void test_fused_residual(void **state)
+{
+    (void)state;
+    if (!have_gpu)
+        skip();
+    cudaStream_t st;
+    CU(cudaStreamCreate(&st));
+    struct kcu_ctx *ctx;
+    const int rows = 3, n = 768, nw = 37;
+    CU(kcu_ctx_create(&ctx, st, n, 40, 0));
+    const enum gguf_dtype ts[] = {GGUF_DTYPE_Q4_K, GGUF_DTYPE_Q8_0, GGUF_DTYPE_F16};
+    const size_t vb = sizeof(float) * (size_t)(rows * n);
+    float *h = malloc(vb), *w = malloc(sizeof(float) * (size_t)n), *w2 = malloc(sizeof(float) * (size_t)n);
+    float *got = malloc(vb), *want = malloc(vb), *gy = malloc(sizeof(float) * (size_t)(rows * nw)),
+          *wy = malloc(sizeof(float) * (size_t)(rows * nw));
+    for (int i = 0; i < n; i++) {
+        w[i] = rndf();
+        w2[i] = rndf();
+    }
+    float *dx0, *dy, *dx1, *dx2, *do1, *do2, *dw, *dw2, *dp1, *dp2;
+    CU(cudaMalloc((void **)&dx0, vb));
+    CU(cudaMalloc((void **)&dy, vb));
+    CU(cudaMalloc((void **)&dx1, vb));
+    CU(cudaMalloc((void **)&dx2, vb));
+    CU(cudaMalloc((void **)&do1, vb));
+    CU(cudaMalloc((void **)&do2, vb));
+    CU(cudaMalloc((void **)&dw, sizeof(float) * (size_t)n));
+    CU(cudaMalloc((void **)&dw2, sizeof(float) * (size_t)n));
+    CU(cudaMalloc((void **)&dp1, sizeof(float) * (size_t)(rows * nw)));
+    CU(cudaMalloc((void **)&dp2, sizeof(float) * (size_t)(rows * nw)));
+    for (int i = 0; i < rows * n; i++)
+        h[i] = 50.0f * rndf();
+    CU(cudaMemcpy(dx0, h, vb, cudaMemcpyHostToDevice));
+    for (int i = 0; i < rows * n; i++)
+        h[i] = rndf();
+    CU(cudaMemcpy(dy, h, vb, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(dw, w, sizeof(float) * (size_t)n, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(dw2, w2, sizeof(float) * (size_t)n, cudaMemcpyHostToDevice));
+    for (size_t ti = 0; ti < sizeof ts / sizeof ts[0]; ti++) {
+        const enum gguf_dtype t = ts[ti];
+        const size_t rb = kern_row_bytes(t, n);
+        uint8_t *wt = malloc(rb * (size_t)nw);
+        for (int r = 0; r < nw; r++)
+            random_row(t, wt + (size_t)r * rb, n);
+        void *dwt;
+        CU(cudaMalloc(&dwt, rb * (size_t)nw));
+        CU(cudaMemcpy(dwt, wt, rb * (size_t)nw, cudaMemcpyHostToDevice));
+        for (int post = 0; post < 2; post++) {
+            /* Separate: residual, norm, product. */
+            CU(cudaMemcpyAsync(dx1, dx0, vb, cudaMemcpyDeviceToDevice, st));
+            CU(kcu_add_norm(st, dx1, dy, post ? dw : NULL, NULL, NULL, rows, n, 1e-6f));
+            CU(kcu_rmsnorm(st, do1, dx1, NULL, dw2, rows, n, 1e-6f));
+            CU(kcu_matmul(ctx, t, dwt, rb, nw, n, do1, rows, dp1, nw));
+            /* Fused, then the product told its input is unchanged. */
+            CU(cudaMemcpyAsync(dx2, dx0, vb, cudaMemcpyDeviceToDevice, st));
+            CU(kcu_matmul_add_norm(ctx, t, dx2, dy, post ? dw : NULL, do2, dw2, rows, n, 1e-6f));
+            const struct kcu_mm_part part = {dwt, nw, dp2, nw};
+            CU(kcu_matmul_parts(ctx, t, rb, n, do2, rows, &part, 1, true));
+            CU(cudaStreamSynchronize(st));
+            CU(cudaMemcpy(want, dx1, vb, cudaMemcpyDeviceToHost));
+            CU(cudaMemcpy(got, dx2, vb, cudaMemcpyDeviceToHost));
+            assert_memory_equal(got, want, vb);
+            CU(cudaMemcpy(want, do1, vb, cudaMemcpyDeviceToHost));
+            CU(cudaMemcpy(got, do2, vb, cudaMemcpyDeviceToHost));
+            assert_memory_equal(got, want, vb);
+            CU(cudaMemcpy(wy, dp1, sizeof(float) * (size_t)(rows * nw), cudaMemcpyDeviceToHost));
+            CU(cudaMemcpy(gy, dp2, sizeof(float) * (size_t)(rows * nw), cudaMemcpyDeviceToHost));
+            if (memcmp(gy, wy, sizeof(float) * (size_t)(rows * nw)) != 0)
+                fail_msg("%s post=%d: the product after the fused residual differs", gguf_dtype_name(t), post);
+        }
+        cudaFree(dwt);
+        free(wt);
+    }
+    /* The fused quantization needs whole blocks. */
+    assert_int_equal((int)kcu_add_norm_q8(st, dx1, dy, NULL, do1, NULL, 1, 96, 1e-6f, true, NULL, NULL),
+                     (int)cudaErrorInvalidValue);
+    void *bufs[] = {dx0, dy, dx1, dx2, do1, do2, dw, dw2, dp1, dp2};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        cudaFree(bufs[i]);
+    free(h);
+    free(w);
+    free(w2);
+    free(got);
+    free(want);
+    free(gy);
+    free(wy);
     kcu_ctx_free(ctx);
     cudaStreamDestroy(st);
 }
@@ -445,6 +572,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_every_type),
+        cmocka_unit_test(test_fused_residual),
         cmocka_unit_test(test_engine_matches_cpu),
         cmocka_unit_test(test_engine_batch_equals_alone),
     };

@@ -258,6 +258,31 @@ static cudaError_t mm(struct cuda_engine *ce, const struct cu_tensor *w, const f
     return kcu_matmul(ce->mm, w->type, w->d, w->row_bytes, w->n_rows, w->n_cols, x, m, y, w->n_rows);
 }
 
+/* Products of several matrices over the same x (Q, K, V; gate, up):
+ * neighbours of one type and width go through one launch, and x is
+ * quantized once where the types agree on how. y[i] is [m][w[i]->n_rows].
+ * x_unchanged: x was written by kcu_matmul_add_norm just before (which
+ * may have quantized it for the first matrix). */
+static cudaError_t mm_same_x(struct cuda_engine *ce, const struct cu_tensor *const *w, float *const *y, int count,
+                             const float *x, int m, bool x_unchanged)
+{
+    for (int i = 0; i < count;) {
+        struct kcu_mm_part parts[KCU_MM_PARTS_MAX];
+        int n = 0;
+        do {
+            parts[n] = (struct kcu_mm_part){w[i + n]->d, w[i + n]->n_rows, y[i + n], w[i + n]->n_rows};
+            n++;
+        } while (i + n < count && n < KCU_MM_PARTS_MAX && w[i + n]->type == w[i]->type &&
+                 w[i + n]->row_bytes == w[i]->row_bytes && w[i + n]->n_cols == w[i]->n_cols);
+        cudaError_t rc =
+            kcu_matmul_parts(ce->mm, w[i]->type, w[i]->row_bytes, w[i]->n_cols, x, m, parts, n, x_unchanged || i > 0);
+        if (rc != cudaSuccess)
+            return rc;
+        i += n;
+    }
+    return cudaSuccess;
+}
+
 static int forward(struct cuda_engine *ce, int T, int n_seqs, int n_want, int stride, struct lmd_err *err)
 {
     const struct model_hparams *hp = &ce->model->hp;
@@ -275,12 +300,17 @@ static int forward(struct cuda_engine *ce, int T, int n_seqs, int n_want, int st
         const struct cu_layer *L = &ce->layers[il];
         const bool swa = hp->layer_swa[il];
 
-        /* Attention: norm, Q/K/V projections. */
-        K_TRY(kcu_rmsnorm(ce->st, ce->xb, ce->x, NULL, L->attn_norm, T, E, hp->rms_eps), "rmsnorm");
-        prof_mark(ce, CP_NORM);
-        K_TRY(mm(ce, &L->wq, ce->xb, T, ce->q), "matmul q");
-        K_TRY(mm(ce, &L->wk, ce->xb, T, ce->k), "matmul k");
-        K_TRY(mm(ce, &L->wv, ce->xb, T, ce->v), "matmul v");
+        /* Attention: norm (the previous layer's residual did it), Q/K/V
+         * projections. */
+        if (il == 0) {
+            K_TRY(kcu_rmsnorm(ce->st, ce->xb, ce->x, NULL, L->attn_norm, T, E, hp->rms_eps), "rmsnorm");
+            prof_mark(ce, CP_NORM);
+        }
+        {
+            const struct cu_tensor *w[3] = {&L->wq, &L->wk, &L->wv};
+            float *y[3] = {ce->q, ce->k, ce->v};
+            K_TRY(mm_same_x(ce, w, y, 3, ce->xb, T, il > 0), "matmul q/k/v");
+        }
         prof_mark(ce, CP_MM_QKV);
 
         /* Biases, per-head norms and RoPE, Q scaling; K and V into the cache. */
@@ -343,20 +373,30 @@ static int forward(struct cuda_engine *ce, int T, int n_seqs, int n_want, int st
         /* Output projection, optional post-norm, residual. */
         K_TRY(mm(ce, &L->wo, ce->att, T, ce->xb), "matmul o");
         prof_mark(ce, CP_MM_O);
-        K_TRY(kcu_add_norm(ce->st, ce->x, ce->xb, L->attn_post_norm, T, E, hp->rms_eps), "residual");
+        /* The residual and the feed-forward's norm in one launch. */
+        K_TRY(kcu_matmul_add_norm(ce->mm, L->ffn_gate.type, ce->x, ce->xb, L->attn_post_norm, ce->xb, L->ffn_norm, T, E,
+                                  hp->rms_eps),
+              "residual");
         prof_mark(ce, CP_RESID);
 
         /* Gated feed-forward. */
-        K_TRY(kcu_rmsnorm(ce->st, ce->xb, ce->x, NULL, L->ffn_norm, T, E, hp->rms_eps), "rmsnorm");
-        prof_mark(ce, CP_NORM);
-        K_TRY(mm(ce, &L->ffn_gate, ce->xb, T, ce->ffg), "matmul gate");
-        K_TRY(mm(ce, &L->ffn_up, ce->xb, T, ce->ffu), "matmul up");
+        {
+            const struct cu_tensor *w[2] = {&L->ffn_gate, &L->ffn_up};
+            float *y[2] = {ce->ffg, ce->ffu};
+            K_TRY(mm_same_x(ce, w, y, 2, ce->xb, T, true), "matmul gate/up");
+        }
         prof_mark(ce, CP_MM_FFN);
         K_TRY(kcu_glu(ce->st, ce->ffg, ce->ffu, (int64_t)T * hp->n_ff, hp->arch->act == MODEL_ACT_GELU), "glu");
         prof_mark(ce, CP_ACT);
         K_TRY(mm(ce, &L->ffn_down, ce->ffg, T, ce->xb), "matmul down");
         prof_mark(ce, CP_MM_DOWN);
-        K_TRY(kcu_add_norm(ce->st, ce->x, ce->xb, L->ffn_post_norm, T, E, hp->rms_eps), "residual");
+        /* The residual and the next layer's attention norm in one launch. */
+        if (il + 1 < hp->n_layer)
+            K_TRY(kcu_matmul_add_norm(ce->mm, ce->layers[il + 1].wq.type, ce->x, ce->xb, L->ffn_post_norm, ce->xb,
+                                      ce->layers[il + 1].attn_norm, T, E, hp->rms_eps),
+                  "residual");
+        else
+            K_TRY(kcu_add_norm(ce->st, ce->x, ce->xb, L->ffn_post_norm, NULL, NULL, T, E, hp->rms_eps), "residual");
         prof_mark(ce, CP_RESID);
     }
     if (n_want == 0)

@@ -37,27 +37,40 @@ bool kcu_type_supported(enum gguf_dtype t);
  * GEMV in passes of KCU_GEMV_MAX_M rows rather than through cuBLAS. */
 #define KCU_GEMV_PASSES_MAX_M 32
 
-/* y[i * ldy + r] = W[r] . x[i] for r < n, i < m <= KCU_GEMV_MAX_M.
- *   w: n rows of type t, w_stride bytes apart     [n][k]
+/* One matrix of a product: n rows at w (of the call's type and row
+ * stride), written to y[i * ldy + r]. */
+struct kcu_mm_part {
+    const void *w;
+    int64_t n;
+    float *y;
+    int64_t ldy;
+};
+/* Matrices of one type and row width that multiply the same activations
+ * (a layer's Q, K and V; gate and up) go through one launch. */
+#define KCU_MM_PARTS_MAX 3
+
+/* y_p[i * ldy_p + r] = W_p[r] . x[i] for each part p, r < n_p,
+ * i < m <= KCU_GEMV_MAX_M.
+ *   W_p: n_p rows of type t, w_stride bytes apart  [n_p][k]
  *   x: m rows of k f32, contiguous, 16-byte aligned [m][k]
  * k is a multiple of 32 (every supported type's block divides it or is
  * divided by it: K-quants need k % 256 == 0). */
-cudaError_t kcu_gemv(cudaStream_t st, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n, int64_t k,
-                     const float *x, int m, float *y, int64_t ldy);
+cudaError_t kcu_gemv(cudaStream_t st, enum gguf_dtype t, size_t w_stride, int64_t k, const float *x, int m,
+                     const struct kcu_mm_part *parts, int n_parts);
 
 /* Types whose GEMV has an integer path over 8-bit activations (Q4_0,
  * Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K): kcu_quantize_q8 turns count f32 (a
  * multiple of the block) into int8 q [count] and per-32 scales
- * [count / 32] of (d, d * sum(q)) as float pairs; kcu_gemv_q8 is kcu_gemv over them. kcu_matmul takes this
- * path by itself for these types. */
+ * [count / 32] of (d, d * sum(q)) as float pairs; kcu_gemv_q8 is kcu_gemv
+ * over them. kcu_matmul takes this path by itself for these types. */
 bool kcu_type_q8(enum gguf_dtype t);
 /* Whether t's activations are quantized per 256 (as the CPU's Q8_K, for
  * the K-quants) rather than per 32 (Q8_0 / Q8_1); kcu_quantize_q8 does
  * either, rounding as the CPU engine does (quant.cu says how). */
 bool kcu_q8_per_256(enum gguf_dtype t);
 cudaError_t kcu_quantize_q8(cudaStream_t st, const float *x, int64_t count, bool per_256, int8_t *q, void *scales);
-cudaError_t kcu_gemv_q8(cudaStream_t st, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n, int64_t k,
-                        const int8_t *xq, const void *xs, int m, float *y, int64_t ldy);
+cudaError_t kcu_gemv_q8(cudaStream_t st, enum gguf_dtype t, size_t w_stride, int64_t k, const int8_t *xq,
+                        const void *xs, int m, const struct kcu_mm_part *parts, int n_parts);
 
 /* Rows [r0, r0 + n) of W -> f16 (dst: [n][k], as uint16_t bits). */
 cudaError_t kcu_dequant_f16(cudaStream_t st, enum gguf_dtype t, const void *w, size_t w_stride, int64_t r0, int64_t n,
@@ -79,6 +92,22 @@ size_t kcu_ctx_bytes(const struct kcu_ctx *c);
 const char *kcu_ctx_error(const struct kcu_ctx *c);
 cudaError_t kcu_matmul(struct kcu_ctx *c, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n, int64_t k,
                        const float *x, int64_t m, float *y, int64_t ldy);
+/* kcu_matmul of up to KCU_MM_PARTS_MAX matrices of type t and row width k
+ * over the same x: the activations are converted once and, on the GEMV
+ * paths, all parts go through one launch. x_unchanged: the caller
+ * promises that x (same pointer, m and k) has not been written since the
+ * previous product on this context, so activations that product quantized
+ * the way t needs are used again (a layer's V after Q and K of another
+ * type, for example). */
+cudaError_t kcu_matmul_parts(struct kcu_ctx *c, enum gguf_dtype t, size_t w_stride, int64_t k, const float *x,
+                             int64_t m, const struct kcu_mm_part *parts, int n_parts, bool x_unchanged);
+/* kcu_add_norm with out, and out also quantized into the context for a
+ * product of type t over it, when that product (rows activation rows, n
+ * wide) takes the integer path: the next kcu_matmul_parts on out with
+ * x_unchanged then skips its own quantization. One launch for what
+ * would be three. */
+cudaError_t kcu_matmul_add_norm(struct kcu_ctx *c, enum gguf_dtype t, float *x, const float *y, const float *w,
+                                float *out, const float *w_out, int rows, int n, float eps);
 
 /* ---- the other operations of the forward pass ---------------------------- */
 
@@ -90,8 +119,16 @@ cudaError_t kcu_embed(cudaStream_t st, enum gguf_dtype t, const void *emb, size_
 cudaError_t kcu_rmsnorm(cudaStream_t st, float *out, const float *in, const int32_t *idx, const float *w, int rows,
                         int n, float eps);
 
-/* x[r] += (w ? rmsnorm(y[r]) * w : y[r]) for r < rows. */
-cudaError_t kcu_add_norm(cudaStream_t st, float *x, const float *y, const float *w, int rows, int n, float eps);
+/* x[r] += (w ? rmsnorm(y[r]) * w : y[r]) for r < rows; then, if out is
+ * not NULL, out[r] = rmsnorm(x[r]) * w_out (w_out may be NULL) exactly as
+ * kcu_rmsnorm computes it. out may be y. */
+cudaError_t kcu_add_norm(cudaStream_t st, float *x, const float *y, const float *w, float *out, const float *w_out,
+                         int rows, int n, float eps);
+
+/* kcu_add_norm with out, and out quantized as kcu_quantize_q8 would
+ * (per 256 or per 32) into q [rows][n] and scales [rows][n / 32]. */
+cudaError_t kcu_add_norm_q8(cudaStream_t st, float *x, const float *y, const float *w, float *out, const float *w_out,
+                            int rows, int n, float eps, bool per_256, int8_t *q, void *scales);
 
 /* Gated activations over rows of n: g = act(g) * u. gelu: GeGLU (tanh
  * GELU, rounded through f16 as llama.cpp's table), else SwiGLU. */

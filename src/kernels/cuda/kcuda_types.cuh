@@ -30,6 +30,29 @@ __device__ __forceinline__ uint32_t kcu_ld32u(const uint8_t *p)
     return (uint32_t)kcu_ld16(p) | ((uint32_t)kcu_ld16(p + 2) << 16);
 }
 
+/* W little-endian words from p, which is 2-byte aligned: W aligned 32-bit
+ * loads (and one 16-bit load when p is not 4-byte aligned) and a byte
+ * permute each, in place of 2 W 16-bit loads: the integer GEMV is bound by
+ * load instructions on these blocks, not by bytes. Nothing outside
+ * [p, p + 4 W) is read but the 2 bytes before p in p's aligned word, so
+ * never anything before the (aligned) start of the tensor or past its end. */
+template <int W> __device__ __forceinline__ void kcu_ldw(const uint8_t *p, uint32_t out[W])
+{
+    const uintptr_t a = (uintptr_t)p;
+    const uint32_t *base = (const uint32_t *)(a & ~(uintptr_t)3);
+    /* Bytes 2, 3 of word i and 0, 1 of word i + 1; or word i as it is. */
+    const bool odd = (a & 2) != 0;
+    const uint32_t sel = odd ? 0x5432u : 0x3210u;
+    uint32_t w[W + 1];
+#pragma unroll
+    for (int i = 0; i < W; i++)
+        w[i] = base[i];
+    w[W] = odd ? (uint32_t)kcu_ld16(p + 4 * W - 2) : 0u;
+#pragma unroll
+    for (int i = 0; i < W; i++)
+        out[i] = __byte_perm(w[i], w[i + 1], sel);
+}
+
 template <int T> struct kcu_type;
 
 template <> struct kcu_type<GGUF_DTYPE_F32> {

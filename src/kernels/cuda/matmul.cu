@@ -28,6 +28,11 @@ struct kcu_ctx {
     void *xs;         /* [max_m][max_k / 32] their scales */
     size_t bytes;
     int passes_max_m; /* KCU_GEMV_PASSES_MAX_M, or LMD_CUDA_GEMV_PASSES for measurements */
+    /* What xq/xs hold: the activations at q8_x (q8_m rows of q8_k),
+     * quantized per 256 or per 32; q8_x NULL when nothing is known. */
+    const float *q8_x;
+    int64_t q8_m, q8_k;
+    bool q8_per_256;
     char err[128];
 };
 
@@ -174,23 +179,78 @@ extern "C" const char *kcu_ctx_error(const struct kcu_ctx *c) { return c ? c->er
 extern "C" cudaError_t kcu_matmul(struct kcu_ctx *c, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n,
                                   int64_t k, const float *x, int64_t m, float *y, int64_t ldy)
 {
+    const struct kcu_mm_part part = {w, n, y, ldy};
+    return kcu_matmul_parts(c, t, w_stride, k, x, m, &part, 1, false);
+}
+
+/* Whether a product of type t over m rows of k takes the integer GEMV,
+ * which quantizes its activations into xq/xs first. */
+static bool takes_q8(const kcu_ctx *c, enum gguf_dtype t, int64_t m, int64_t k)
+{
+    const bool flt = t == GGUF_DTYPE_F16 || t == GGUF_DTYPE_BF16;
+    return (m <= KCU_GEMV_MAX_M || (!flt && m <= c->passes_max_m)) && kcu_type_q8(t) && m <= c->max_m && k <= c->max_k;
+}
+
+extern "C" cudaError_t kcu_matmul_add_norm(struct kcu_ctx *c, enum gguf_dtype t, float *x, const float *y,
+                                           const float *w, float *out, const float *w_out, int rows, int n, float eps)
+{
+    c->q8_x = nullptr;
+    if (!out)
+        return cudaErrorInvalidValue;
+    if (!takes_q8(c, t, rows, n))
+        return kcu_add_norm(c->st, x, y, w, out, w_out, rows, n, eps);
+    const bool per_256 = kcu_q8_per_256(t);
+    cudaError_t rc = kcu_add_norm_q8(c->st, x, y, w, out, w_out, rows, n, eps, per_256, c->xq, c->xs);
+    if (rc != cudaSuccess)
+        return rc;
+    c->q8_x = out;
+    c->q8_m = rows;
+    c->q8_k = n;
+    c->q8_per_256 = per_256;
+    return cudaSuccess;
+}
+
+extern "C" cudaError_t kcu_matmul_parts(struct kcu_ctx *c, enum gguf_dtype t, size_t w_stride, int64_t k,
+                                        const float *x, int64_t m, const struct kcu_mm_part *parts, int n_parts,
+                                        bool x_unchanged)
+{
+    if (n_parts < 1 || n_parts > KCU_MM_PARTS_MAX || m < 1)
+        return cudaErrorInvalidValue;
     /* Quantized weights and a few dozen rows (batched decode): reading the
      * weights once per 8 rows costs less than writing and reading them as
      * f16 (0.56 bytes an element for Q4_K, 4 passes for 32 rows, against
      * 0.56 + 2 + 2). F16 and BF16 weights go to cuBLAS as they are. */
     const bool flt = t == GGUF_DTYPE_F16 || t == GGUF_DTYPE_BF16;
+    /* xq/xs are reused only straight after the product that filled them:
+     * a product in between that took another path did not refresh them. */
+    const bool known = x_unchanged && c->q8_x == x && c->q8_m == m && c->q8_k == k;
+    c->q8_x = nullptr;
     if (m <= KCU_GEMV_MAX_M || (!flt && m <= c->passes_max_m)) {
-        const bool q8 = kcu_type_q8(t) && m <= c->max_m && k <= c->max_k;
+        const bool q8 = takes_q8(c, t, m, k);
         if (q8) {
-            cudaError_t rc = kcu_quantize_q8(c->st, x, m * k, kcu_q8_per_256(t), c->xq, c->xs);
-            if (rc != cudaSuccess)
-                return rc;
+            const bool per_256 = kcu_q8_per_256(t);
+            if (known && c->q8_per_256 == per_256) {
+                c->q8_x = x;
+            } else {
+                cudaError_t rc = kcu_quantize_q8(c->st, x, m * k, per_256, c->xq, c->xs);
+                if (rc != cudaSuccess)
+                    return rc;
+                c->q8_x = x;
+                c->q8_m = m;
+                c->q8_k = k;
+                c->q8_per_256 = per_256;
+            }
         }
         for (int64_t i = 0; i < m; i += KCU_GEMV_MAX_M) {
             const int mi = (int)(m - i < KCU_GEMV_MAX_M ? m - i : KCU_GEMV_MAX_M);
-            cudaError_t rc = q8 ? kcu_gemv_q8(c->st, t, w, w_stride, n, k, c->xq + i * k,
-                                              (const char *)c->xs + i * (k / 32) * 8, mi, y + i * ldy, ldy)
-                                : kcu_gemv(c->st, t, w, w_stride, n, k, x + i * k, mi, y + i * ldy, ldy);
+            struct kcu_mm_part pass[KCU_MM_PARTS_MAX];
+            for (int p = 0; p < n_parts; p++) {
+                pass[p] = parts[p];
+                pass[p].y += i * parts[p].ldy;
+            }
+            cudaError_t rc = q8 ? kcu_gemv_q8(c->st, t, w_stride, k, c->xq + i * k,
+                                              (const char *)c->xs + i * (k / 32) * 8, mi, pass, n_parts)
+                                : kcu_gemv(c->st, t, w_stride, k, x + i * k, mi, pass, n_parts);
             if (rc != cudaSuccess)
                 return rc;
         }
@@ -198,46 +258,50 @@ extern "C" cudaError_t kcu_matmul(struct kcu_ctx *c, enum gguf_dtype t, const vo
     }
     if (m > c->max_m || k > c->max_k)
         return cudaErrorInvalidValue;
+    /* cuBLAS: the f16 (or bf16) activations are made once for every part;
+     * xq/xs are not touched, so what they hold stays known. */
     const int64_t count = m * k;
     const unsigned grid = (unsigned)((count + 255) / 256);
     const float one = 1.0f, zero = 0.0f;
-    cublasStatus_t s;
-    if (t == GGUF_DTYPE_F16 || t == GGUF_DTYPE_BF16) {
-        /* Y^T (n x m, column-major = Y row-major) = W (k x n column-major, transposed) . X^T. */
-        const bool bf = t == GGUF_DTYPE_BF16;
-        if (bf)
-            to_bf16_kernel<<<grid, 256, 0, c->st>>>(x, (__nv_bfloat16 *)c->xscratch, count);
-        else
-            to_f16_rows_kernel<<<(unsigned)m, 256, 0, c->st>>>(x, (__half *)c->xscratch, c->rowscale, k);
-        cudaError_t rc = cudaGetLastError();
-        if (rc != cudaSuccess)
-            return rc;
-        const cudaDataType dt = bf ? CUDA_R_16BF : CUDA_R_16F;
-        s = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &one, w, dt, (int)(w_stride / 2),
-                         c->xscratch, dt, (int)k, &zero, y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F,
-                         CUBLAS_GEMM_DEFAULT);
-        if (s != CUBLAS_STATUS_SUCCESS)
-            return blas_fail(c, "gemm", s);
-        if (!bf)
-            scale_rows_kernel<<<(unsigned)m, 256, 0, c->st>>>(y, c->rowscale, n, ldy);
-        return cudaGetLastError();
-    }
-    (void)grid;
-    to_f16_rows_kernel<<<(unsigned)m, 256, 0, c->st>>>(x, (__half *)c->xscratch, c->rowscale, k);
+    const bool bf = t == GGUF_DTYPE_BF16;
+    if (bf)
+        to_bf16_kernel<<<grid, 256, 0, c->st>>>(x, (__nv_bfloat16 *)c->xscratch, count);
+    else
+        to_f16_rows_kernel<<<(unsigned)m, 256, 0, c->st>>>(x, (__half *)c->xscratch, c->rowscale, k);
     cudaError_t rc = cudaGetLastError();
     if (rc != cudaSuccess)
         return rc;
-    const int64_t slice = (int64_t)(c->wscratch_elems / (size_t)k);
-    for (int64_t r0 = 0; r0 < n; r0 += slice) {
-        const int64_t nr = n - r0 < slice ? n - r0 : slice;
-        if ((rc = kcu_dequant_f16(c->st, t, w, w_stride, r0, nr, k, (uint16_t *)c->wscratch)) != cudaSuccess)
-            return rc;
-        s = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, (int)m, (int)k, &one, c->wscratch, CUDA_R_16F,
-                         (int)k, c->xscratch, CUDA_R_16F, (int)k, &zero, y + r0, CUDA_R_32F, (int)ldy,
-                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-        if (s != CUBLAS_STATUS_SUCCESS)
-            return blas_fail(c, "gemm", s);
+    for (int p = 0; p < n_parts; p++) {
+        const int64_t n = parts[p].n, ldy = parts[p].ldy;
+        float *y = parts[p].y;
+        cublasStatus_t s;
+        if (flt) {
+            /* Y^T (n x m, column-major = Y row-major) = W (k x n column-major, transposed) . X^T. */
+            const cudaDataType dt = bf ? CUDA_R_16BF : CUDA_R_16F;
+            s = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &one, parts[p].w, dt,
+                             (int)(w_stride / 2), c->xscratch, dt, (int)k, &zero, y, CUDA_R_32F, (int)ldy,
+                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            if (s != CUBLAS_STATUS_SUCCESS)
+                return blas_fail(c, "gemm", s);
+        } else {
+            const int64_t slice = (int64_t)(c->wscratch_elems / (size_t)k);
+            for (int64_t r0 = 0; r0 < n; r0 += slice) {
+                const int64_t nr = n - r0 < slice ? n - r0 : slice;
+                if ((rc = kcu_dequant_f16(c->st, t, parts[p].w, w_stride, r0, nr, k, (uint16_t *)c->wscratch)) !=
+                    cudaSuccess)
+                    return rc;
+                s = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, (int)m, (int)k, &one, c->wscratch,
+                                 CUDA_R_16F, (int)k, c->xscratch, CUDA_R_16F, (int)k, &zero, y + r0, CUDA_R_32F,
+                                 (int)ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+                if (s != CUBLAS_STATUS_SUCCESS)
+                    return blas_fail(c, "gemm", s);
+            }
+        }
+        if (!bf) {
+            scale_rows_kernel<<<(unsigned)m, 256, 0, c->st>>>(y, c->rowscale, n, ldy);
+            if ((rc = cudaGetLastError()) != cudaSuccess)
+                return rc;
+        }
     }
-    scale_rows_kernel<<<(unsigned)m, 256, 0, c->st>>>(y, c->rowscale, n, ldy);
-    return cudaGetLastError();
+    return cudaSuccess;
 }

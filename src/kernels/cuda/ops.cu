@@ -8,6 +8,7 @@
  * ratio.
  */
 #include "kernels/cuda/kcuda.h"
+#include "kernels/cuda/kcuda_rows.cuh"
 
 #include <cuda_fp16.h>
 #include <math.h>
@@ -15,61 +16,151 @@
 namespace
 {
 
-__device__ __forceinline__ float warp_sum(float v)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-/* Sum over a block of NT threads (a multiple of 32); every thread gets it. */
-template <int NT> __device__ float block_sum(float v)
-{
-    __shared__ float part[NT / 32];
-    v = warp_sum(v);
-    if (threadIdx.x % 32 == 0)
-        part[threadIdx.x / 32] = v;
-    __syncthreads();
-    float s = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NT / 32; i++)
-        s += part[i];
-    __syncthreads();
-    return s;
-}
-
 constexpr int NORM_THREADS = 256;
 
+/*
+ * The row kernels: one block of NORM_THREADS a row; thread t owns elements
+ * t, t + NORM_THREADS, … (R of them at most, R a template argument, or any
+ * number when R is 0). With R > 0 a thread loads all its elements into
+ * registers before it computes or stores anything: the rows may alias
+ * (out may be y), so a loop that loads, computes and stores one element at
+ * a time cannot start the next load before the store, and one block
+ * walking a 4096-wide row one DRAM round trip at a time took 17 us. The
+ * arithmetic is the same either way (kcu_rms_row's, element for element
+ * and in the same order), so the R = 0 fallback for very wide rows gives
+ * the same bits.
+ */
+
+/* o = rmsnorm(v) * w over this thread's R elements of a row of n. */
+template <int R> __device__ __forceinline__ void rms_regs(const float v[R], float *o, const float *w, int n, float eps)
+{
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < R; j++) {
+        const int i = threadIdx.x + j * NORM_THREADS;
+        if (i < n)
+            ss = fmaf(v[j], v[j], ss);
+    }
+    const float scale = 1.0f / sqrtf(kcu_block_sum<NORM_THREADS>(ss) / (float)n + eps);
+#pragma unroll
+    for (int j = 0; j < R; j++) {
+        const int i = threadIdx.x + j * NORM_THREADS;
+        if (i < n)
+            o[i] = w ? (v[j] * scale) * w[i] : v[j] * scale;
+    }
+}
+
+template <int R>
 __global__ void __launch_bounds__(NORM_THREADS)
     rmsnorm_kernel(float *out, const float *in, const int32_t *idx, const float *w, int n, float eps)
 {
     const int r = blockIdx.x;
     const float *x = in + (size_t)(idx ? idx[r] : r) * (size_t)n;
     float *o = out + (size_t)r * (size_t)n;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < n; i += NORM_THREADS)
-        ss = fmaf(x[i], x[i], ss);
-    const float scale = 1.0f / sqrtf(block_sum<NORM_THREADS>(ss) / (float)n + eps);
-    for (int i = threadIdx.x; i < n; i += NORM_THREADS)
-        o[i] = w ? (x[i] * scale) * w[i] : x[i] * scale;
+    if constexpr (R == 0) {
+        kcu_rms_row<NORM_THREADS>(x, o, w, n, eps);
+    } else {
+        float v[R];
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            const int i = threadIdx.x + j * NORM_THREADS;
+            v[j] = i < n ? x[i] : 0.0f;
+        }
+        rms_regs<R>(v, o, w, n, eps);
+    }
 }
 
+/* x += (w ? rmsnorm(y) * w : y); then, when out is given, out =
+ * rmsnorm(x) * w_out with rmsnorm_kernel's arithmetic, and, when q is
+ * given, out quantized as the product that follows needs it (qbs: 32 or
+ * 256 elements a block) with quantize_q8's arithmetic: one launch a
+ * residual instead of three. out may be y: every read of y is done before
+ * the sum that precedes the first write to out. */
+template <int R>
 __global__ void __launch_bounds__(NORM_THREADS)
-    add_norm_kernel(float *x, const float *y, const float *w, int n, float eps)
+    add_norm_kernel(float *x, const float *y, const float *w, float *out, const float *w_out, int n, float eps,
+                    int8_t *q, float2 *qs, int qbs)
 {
     const int r = blockIdx.x;
     float *xr = x + (size_t)r * (size_t)n;
     const float *yr = y + (size_t)r * (size_t)n;
-    float scale = 1.0f;
-    if (w) {
-        float ss = 0.0f;
+    float *o = out ? out + (size_t)r * (size_t)n : nullptr;
+    if constexpr (R == 0) {
+        float scale = 1.0f;
+        if (w) {
+            float ss = 0.0f;
+            for (int i = threadIdx.x; i < n; i += NORM_THREADS)
+                ss = fmaf(yr[i], yr[i], ss);
+            scale = 1.0f / sqrtf(kcu_block_sum<NORM_THREADS>(ss) / (float)n + eps);
+        }
         for (int i = threadIdx.x; i < n; i += NORM_THREADS)
-            ss = fmaf(yr[i], yr[i], ss);
-        scale = 1.0f / sqrtf(block_sum<NORM_THREADS>(ss) / (float)n + eps);
+            xr[i] += w ? (yr[i] * scale) * w[i] : yr[i];
+        if (!o)
+            return;
+        kcu_rms_row<NORM_THREADS>(xr, o, w_out, n, eps);
+    } else {
+        float xv[R], yv[R];
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            const int i = threadIdx.x + j * NORM_THREADS;
+            xv[j] = i < n ? xr[i] : 0.0f;
+            yv[j] = i < n ? yr[i] : 0.0f;
+        }
+        float scale = 1.0f;
+        if (w) {
+            float ss = 0.0f;
+#pragma unroll
+            for (int j = 0; j < R; j++)
+                if (threadIdx.x + j * NORM_THREADS < n)
+                    ss = fmaf(yv[j], yv[j], ss);
+            scale = 1.0f / sqrtf(kcu_block_sum<NORM_THREADS>(ss) / (float)n + eps);
+        }
+#pragma unroll
+        for (int j = 0; j < R; j++) {
+            const int i = threadIdx.x + j * NORM_THREADS;
+            if (i < n) {
+                xv[j] += w ? (yv[j] * scale) * w[i] : yv[j];
+                xr[i] = xv[j];
+            }
+        }
+        if (!o)
+            return;
+        rms_regs<R>(xv, o, w_out, n, eps);
     }
-    for (int i = threadIdx.x; i < n; i += NORM_THREADS)
-        xr[i] += w ? (yr[i] * scale) * w[i] : yr[i];
+    if (!q)
+        return;
+    /* The row's writes to out, by every thread, seen by every thread. */
+    __syncthreads();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int8_t *qr = q + (size_t)r * (size_t)n;
+    float2 *sr = qs + (size_t)r * (size_t)(n / 32);
+    for (int b = warp; b < n / qbs; b += NORM_THREADS / 32) {
+        if (qbs == 256)
+            kcu_quant_q8_K_block(o, b, qr, sr, lane);
+        else
+            kcu_quant_q8_0_block(o, b, qr, sr, lane);
+    }
+}
+
+/* Call f.template operator()<R>() with the R for rows of n (0: wider than
+ * the register versions go). */
+template <class F> void with_r(int n, F &&f)
+{
+    const int per = (n + NORM_THREADS - 1) / NORM_THREADS;
+    if (per <= 1)
+        f.template operator()<1>();
+    else if (per <= 2)
+        f.template operator()<2>();
+    else if (per <= 4)
+        f.template operator()<4>();
+    else if (per <= 8)
+        f.template operator()<8>();
+    else if (per <= 16)
+        f.template operator()<16>();
+    else if (per <= 32)
+        f.template operator()<32>();
+    else
+        f.template operator()<0>();
 }
 
 __global__ void glu_kernel(float *g, const float *u, int64_t count, bool gelu)
@@ -132,7 +223,7 @@ __global__ void __launch_bounds__(32) rope_kv_kernel(const kcu_rope_args a)
             float ss = 0.0f;
             for (int i = lane; i < D; i += 32)
                 ss = fmaf(buf[i], buf[i], ss);
-            const float scale = 1.0f / sqrtf(warp_sum(ss) / (float)D + a.eps);
+            const float scale = 1.0f / sqrtf(kcu_warp_sum(ss) / (float)D + a.eps);
             __syncwarp();
             for (int i = lane; i < D; i += 32)
                 buf[i] = (buf[i] * scale) * nw[i];
@@ -200,7 +291,7 @@ template <int D> __global__ void __launch_bounds__(32 * ATTN_WARPS) attn_kernel(
 #pragma unroll
         for (int i = 0; i < DPL; i++)
             s = fmaf(q[i], __half2float(kp[i]), s);
-        s = warp_sum(s) * a.scale;
+        s = kcu_warp_sum(s) * a.scale;
         const float mn = fmaxf(m, s);
         const float c = expf(m - mn), e = expf(s - mn);
         l = l * c + e;
@@ -245,16 +336,18 @@ extern "C" cudaError_t kcu_rmsnorm(cudaStream_t st, float *out, const float *in,
 {
     if (rows <= 0)
         return cudaSuccess;
-    rmsnorm_kernel<<<rows, NORM_THREADS, 0, st>>>(out, in, idx, w, n, eps);
+    with_r(n, [&]<int R>() { rmsnorm_kernel<R><<<rows, NORM_THREADS, 0, st>>>(out, in, idx, w, n, eps); });
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t kcu_add_norm(cudaStream_t st, float *x, const float *y, const float *w, int rows, int n,
-                                    float eps)
+extern "C" cudaError_t kcu_add_norm(cudaStream_t st, float *x, const float *y, const float *w, float *out,
+                                    const float *w_out, int rows, int n, float eps)
 {
     if (rows <= 0)
         return cudaSuccess;
-    add_norm_kernel<<<rows, NORM_THREADS, 0, st>>>(x, y, w, n, eps);
+    with_r(n, [&]<int R>() {
+        add_norm_kernel<R><<<rows, NORM_THREADS, 0, st>>>(x, y, w, out, w_out, n, eps, nullptr, nullptr, 0);
+    });
     return cudaGetLastError();
 }
 
@@ -305,5 +398,18 @@ extern "C" cudaError_t kcu_attention(cudaStream_t st, const struct kcu_attn_args
     default:
         return cudaErrorInvalidValue;
     }
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t kcu_add_norm_q8(cudaStream_t st, float *x, const float *y, const float *w, float *out,
+                                       const float *w_out, int rows, int n, float eps, bool per_256, int8_t *q,
+                                       void *scales)
+{
+    const int qbs = per_256 ? 256 : 32;
+    if (rows <= 0 || n % qbs != 0 || !out)
+        return cudaErrorInvalidValue;
+    with_r(n, [&]<int R>() {
+        add_norm_kernel<R><<<rows, NORM_THREADS, 0, st>>>(x, y, w, out, w_out, n, eps, q, (float2 *)scales, qbs);
+    });
     return cudaGetLastError();
 }

@@ -4,8 +4,10 @@
  * embedding lookup. All go through kcu_type<T>::unit (kcuda_types.cuh).
  */
 #include "kernels/cuda/kcuda.h"
+#include "kernels/cuda/kcuda_rows.cuh"
 #include "kernels/cuda/kcuda_types.cuh"
 
+#include <climits>
 #include <cuda_fp16.h>
 
 namespace
@@ -13,12 +15,36 @@ namespace
 
 constexpr int GEMV_WARPS = 4; /* rows per block: one warp per row */
 
-__device__ __forceinline__ float warp_sum(float v)
+/* The matrices one GEMV launch covers (struct kcu_mm_part, up to
+ * KCU_MM_PARTS_MAX of one type and row width that multiply the same
+ * activations): blocks [end[p - 1], end[p]) take matrix p's rows. One
+ * launch for a layer's Q, K and V (or gate and up) instead of three keeps
+ * the small K and V products from running alone on a mostly idle GPU, and
+ * saves the launches. Fields are picked by constant index below, so they
+ * stay in the kernel's parameter bank. */
+struct gemv_parts {
+    const uint8_t *w[KCU_MM_PARTS_MAX];
+    float *y[KCU_MM_PARTS_MAX];
+    int64_t n[KCU_MM_PARTS_MAX];
+    int64_t ldy[KCU_MM_PARTS_MAX];
+    unsigned end[KCU_MM_PARTS_MAX]; /* cumulative block counts; unused parts: UINT_MAX */
+};
+
+/* This warp's weight row and output column; false past the part's rows. */
+__device__ __forceinline__ bool gemv_row(const gemv_parts &p, size_t ws, const uint8_t **row, float **y, int64_t *ldy)
 {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
+    static_assert(KCU_MM_PARTS_MAX == 3, "gemv_row picks among three parts");
+    const unsigned b = blockIdx.x;
+    const int i = (b >= p.end[0]) + (b >= p.end[1]);
+    const unsigned start = i == 0 ? 0u : i == 1 ? p.end[0] : p.end[1];
+    const int64_t r = (int64_t)(b - start) * GEMV_WARPS + threadIdx.y;
+    const int64_t n = i == 0 ? p.n[0] : i == 1 ? p.n[1] : p.n[2];
+    if (r >= n)
+        return false;
+    *row = (i == 0 ? p.w[0] : i == 1 ? p.w[1] : p.w[2]) + (size_t)r * ws;
+    *y = (i == 0 ? p.y[0] : i == 1 ? p.y[1] : p.y[2]) + r;
+    *ldy = i == 0 ? p.ldy[0] : i == 1 ? p.ldy[1] : p.ldy[2];
+    return true;
 }
 
 /* One warp per weight row. Lane l takes units l, l + 32, … of the row, so
@@ -28,14 +54,14 @@ __device__ __forceinline__ float warp_sum(float v)
  * accumulators stay in registers. */
 template <int T, int M>
 __global__ void __launch_bounds__(32 * GEMV_WARPS)
-    gemv_kernel(const uint8_t *__restrict__ w, size_t ws, int64_t n, int64_t k, const float *__restrict__ x,
-                float *__restrict__ y, int64_t ldy)
+    gemv_kernel(const gemv_parts p, size_t ws, int64_t k, const float *__restrict__ x)
 {
-    const int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + threadIdx.y;
-    if (r >= n)
+    const uint8_t *row;
+    float *y;
+    int64_t ldy;
+    if (!gemv_row(p, ws, &row, &y, &ldy))
         return;
     const int lane = threadIdx.x;
-    const uint8_t *row = w + (size_t)r * ws;
     const int64_t units = k / 32;
     float acc[M];
 #pragma unroll
@@ -61,9 +87,9 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS)
     }
 #pragma unroll
     for (int i = 0; i < M; i++) {
-        const float s = warp_sum(acc[i]);
+        const float s = kcu_warp_sum(acc[i]);
         if (lane == 0)
-            y[(size_t)i * (size_t)ldy + (size_t)r] = s;
+            y[(size_t)i * (size_t)ldy] = s;
     }
 }
 
@@ -107,71 +133,76 @@ template <> struct float_row<GGUF_DTYPE_F32> {
 
 template <int T, int M>
 __global__ void __launch_bounds__(32 * GEMV_WARPS)
-    gemv_float_kernel(const uint8_t *__restrict__ w, size_t ws, int64_t n, int64_t k, const float *__restrict__ x,
-                      float *__restrict__ y, int64_t ldy)
+    gemv_float_kernel(const gemv_parts p, size_t ws, int64_t k, const float *__restrict__ x)
 {
     constexpr int P = float_row<T>::per;
-    const int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + threadIdx.y;
-    if (r >= n)
+    /* Chunks in flight a lane: every load of a step is issued before any
+     * is used, so a warp keeps D * 512 bytes of the row in flight. With
+     * one warp a row and a few rows an SM, that (not the instruction
+     * count) is what sets the bandwidth reached; more activation rows
+     * need more registers, so fewer chunks. */
+    constexpr int D = M <= 2 ? 8 : M <= 4 ? 4 : 2;
+    const uint8_t *wrow;
+    float *y;
+    int64_t ldy;
+    if (!gemv_row(p, ws, &wrow, &y, &ldy))
         return;
     const int lane = threadIdx.x;
-    const uint4 *row = (const uint4 *)(w + (size_t)r * ws);
+    const uint4 *row = (const uint4 *)wrow;
     const int64_t chunks = k / P;
     float acc[M];
 #pragma unroll
     for (int i = 0; i < M; i++)
         acc[i] = 0.0f;
-    /* Two chunks in flight a lane: the loads of both are issued before
-     * either is used. */
     int64_t c = lane;
-    for (; c + 32 < chunks; c += 64) {
-        const uint4 q0 = __ldg(row + c), q1 = __ldg(row + c + 32);
-        float v0[P], v1[P];
-        float_row<T>::get(q0, v0);
-        float_row<T>::get(q1, v1);
+    for (; c + 32 * (D - 1) < chunks; c += 32 * D) {
+        uint4 q[D];
 #pragma unroll
-        for (int i = 0; i < M; i++) {
-            const float4 *x0 = (const float4 *)(x + (size_t)i * (size_t)k + (size_t)c * P);
-            const float4 *x1 = (const float4 *)(x + (size_t)i * (size_t)k + (size_t)(c + 32) * P);
-            float s = acc[i];
+        for (int d = 0; d < D; d++)
+            q[d] = __ldg(row + c + 32 * d);
 #pragma unroll
-            for (int q = 0; q < P / 4; q++) {
-                const float4 a = __ldg(x0 + q), b = __ldg(x1 + q);
-                s = fmaf(v0[4 * q], a.x, s);
-                s = fmaf(v0[4 * q + 1], a.y, s);
-                s = fmaf(v0[4 * q + 2], a.z, s);
-                s = fmaf(v0[4 * q + 3], a.w, s);
-                s = fmaf(v1[4 * q], b.x, s);
-                s = fmaf(v1[4 * q + 1], b.y, s);
-                s = fmaf(v1[4 * q + 2], b.z, s);
-                s = fmaf(v1[4 * q + 3], b.w, s);
+        for (int d = 0; d < D; d++) {
+            float v[P];
+            float_row<T>::get(q[d], v);
+#pragma unroll
+            for (int i = 0; i < M; i++) {
+                const float4 *x0 = (const float4 *)(x + (size_t)i * (size_t)k + (size_t)(c + 32 * d) * P);
+                float s = acc[i];
+#pragma unroll
+                for (int e = 0; e < P / 4; e++) {
+                    const float4 a = __ldg(x0 + e);
+                    s = fmaf(v[4 * e], a.x, s);
+                    s = fmaf(v[4 * e + 1], a.y, s);
+                    s = fmaf(v[4 * e + 2], a.z, s);
+                    s = fmaf(v[4 * e + 3], a.w, s);
+                }
+                acc[i] = s;
             }
-            acc[i] = s;
         }
     }
     for (; c < chunks; c += 32) {
-        float v0[P];
-        float_row<T>::get(__ldg(row + c), v0);
+        float v[P];
+        float_row<T>::get(__ldg(row + c), v);
 #pragma unroll
         for (int i = 0; i < M; i++) {
             const float4 *x0 = (const float4 *)(x + (size_t)i * (size_t)k + (size_t)c * P);
             float s = acc[i];
 #pragma unroll
-            for (int q = 0; q < P / 4; q++) {
-                const float4 a = __ldg(x0 + q);
-                s = fmaf(v0[4 * q], a.x, s);
-                s = fmaf(v0[4 * q + 1], a.y, s);
-                s = fmaf(v0[4 * q + 2], a.z, s);
-                s = fmaf(v0[4 * q + 3], a.w, s);
+            for (int e = 0; e < P / 4; e++) {
+                const float4 a = __ldg(x0 + e);
+                s = fmaf(v[4 * e], a.x, s);
+                s = fmaf(v[4 * e + 1], a.y, s);
+                s = fmaf(v[4 * e + 2], a.z, s);
+                s = fmaf(v[4 * e + 3], a.w, s);
             }
             acc[i] = s;
         }
     }
 #pragma unroll
     for (int i = 0; i < M; i++) {
-        const float s = warp_sum(acc[i]);
+        const float s = kcu_warp_sum(acc[i]);
         if (lane == 0)
-            y[(size_t)i * (size_t)ldy + (size_t)r] = s;
+            y[(size_t)i * (size_t)ldy] = s;
     }
 }
 
@@ -288,12 +319,12 @@ template <> struct q8dot<GGUF_DTYPE_Q6_K> {
         const float d0 = d * (float)(int8_t)(s2 & 0xFF), d1 = d * (float)(int8_t)(s2 >> 8);
         const uint8_t *ql = b + 64 * half + 32 * (r & 1), *qh = b + 128 + 32 * half;
         const int lshift = (r >> 1) * 4, hshift = 2 * r;
-        uint32_t w[8];
+        uint32_t w[8], lo[8], hi[8];
+        kcu_ldw<8>(ql, lo);
+        kcu_ldw<8>(qh, hi);
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const uint32_t lo = kcu_ld32u(ql + 4 * i), hi = kcu_ld32u(qh + 4 * i);
-            w[i] = ((lo >> lshift) & 0x0F0F0F0Fu) | (((hi >> hshift) & 0x03030303u) << 4);
-        }
+        for (int i = 0; i < 8; i++)
+            w[i] = ((lo[i] >> lshift) & 0x0F0F0F0Fu) | (((hi[i] >> hshift) & 0x03030303u) << 4);
         const uint32_t ones[8] = {0x01010101u, 0x01010101u, 0x01010101u, 0x01010101u,
                                   0x01010101u, 0x01010101u, 0x01010101u, 0x01010101u};
 #pragma unroll
@@ -314,9 +345,7 @@ template <> struct q8dot<GGUF_DTYPE_Q8_0> {
         const uint8_t *b = row + u * 34;
         const float d = kcu_h2f(kcu_ld16(b));
         uint32_t w[8];
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            w[i] = kcu_ld32u(b + 2 + 4 * i);
+        kcu_ldw<8>(b + 2, w);
 #pragma unroll
         for (int i = 0; i < M; i++) {
             const float2 s = __ldg(x.s + (size_t)i * (size_t)(k / 32) + u);
@@ -343,10 +372,11 @@ __device__ __forceinline__ void dot_legacy(const uint8_t *b, int64_t u, const q8
     const float m = MIN ? kcu_h2f(kcu_ld16(b + 2)) : 0.0f;
     const int qs_off = (MIN ? 4 : 2) + (FIFTH ? 4 : 0);
     const uint32_t qh = FIFTH ? kcu_ld32u(b + (MIN ? 4 : 2)) : 0u;
-    uint32_t w[8];
+    uint32_t w[8], qw[4];
+    kcu_ldw<4>(b + qs_off, qw);
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        const uint32_t q = kcu_ld32u(b + qs_off + 4 * i);
+        const uint32_t q = qw[i];
         w[i] = q & 0x0F0F0F0Fu;
         w[i + 4] = (q >> 4) & 0x0F0F0F0Fu;
         if (FIFTH) {
@@ -397,25 +427,35 @@ constexpr bool has_q8dot = T == GGUF_DTYPE_Q4_K || T == GGUF_DTYPE_Q6_K || T == 
                            T == GGUF_DTYPE_Q4_0 || T == GGUF_DTYPE_Q4_1 || T == GGUF_DTYPE_Q5_0 || T == GGUF_DTYPE_Q5_1;
 
 template <int T, int M>
-__global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_q8_kernel(const uint8_t *__restrict__ w, size_t ws, int64_t n,
-                                                                  int64_t k, q8x x, float *__restrict__ y, int64_t ldy)
+__global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_q8_kernel(const gemv_parts p, size_t ws, int64_t k, q8x x)
 {
-    const int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + threadIdx.y;
-    if (r >= n)
+    const uint8_t *row;
+    float *y;
+    int64_t ldy;
+    if (!gemv_row(p, ws, &row, &y, &ldy))
         return;
     const int lane = threadIdx.x;
-    const uint8_t *row = w + (size_t)r * ws;
     float acc[M];
 #pragma unroll
     for (int i = 0; i < M; i++)
         acc[i] = 0.0f;
-    for (int64_t u = lane; u < k / 32; u += 32)
+    /* Four units a lane a step, unrolled so that the weight loads of all
+     * four are issued before the first is used (a row of 4096 Q4_K
+     * elements is four units a lane: one round trip to memory, not four). */
+    const int64_t units = k / 32;
+    int64_t u = lane;
+    for (; u + 96 < units; u += 128) {
+#pragma unroll
+        for (int d = 0; d < 4; d++)
+            q8dot<T>::template dot<M>(row, u + 32 * d, x, k, acc);
+    }
+    for (; u < units; u += 32)
         q8dot<T>::template dot<M>(row, u, x, k, acc);
 #pragma unroll
     for (int i = 0; i < M; i++) {
-        const float s = warp_sum(acc[i]);
+        const float s = kcu_warp_sum(acc[i]);
         if (lane == 0)
-            y[(size_t)i * (size_t)ldy + (size_t)r] = s;
+            y[(size_t)i * (size_t)ldy] = s;
     }
 }
 
@@ -433,86 +473,55 @@ __global__ void quantize_q8_0_kernel(const float *__restrict__ x, int64_t blocks
                                      float2 *__restrict__ s)
 {
     const int64_t b = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (b >= blocks)
-        return;
-    const int lane = threadIdx.x % 32;
-    const float v = x[b * 32 + lane];
-    float amax = fabsf(v);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float d = amax / 127.0f, id = amax != 0.0f ? 127.0f / amax : 0.0f;
-    const int qi = __float2int_rn(v * id);
-    q[b * 32 + lane] = (int8_t)qi;
-    int sum = qi;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if (lane == 0)
-        s[b] = make_float2(__half2float(__float2half_rn(d)), __half2float(__float2half_rn((float)sum * d)));
+    if (b < blocks)
+        kcu_quant_q8_0_block(x, b, q, s, threadIdx.x % 32);
 }
 
 __global__ void quantize_q8_K_kernel(const float *__restrict__ x, int64_t blocks, int8_t *__restrict__ q,
                                      float2 *__restrict__ s)
 {
     const int64_t b = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (b >= blocks)
-        return;
-    const int lane = threadIdx.x % 32;
-    const float *xb = x + b * 256 + lane * 8;
-    float v[8], amax = 0.0f, max = 0.0f;
-    int at = 0;
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        v[i] = xb[i];
-        if (fabsf(v[i]) > amax) {
-            amax = fabsf(v[i]);
-            max = v[i];
-            at = lane * 8 + i;
-        }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float a2 = __shfl_xor_sync(0xffffffffu, amax, o), m2 = __shfl_xor_sync(0xffffffffu, max, o);
-        const int at2 = __shfl_xor_sync(0xffffffffu, at, o);
-        if (a2 > amax || (a2 == amax && at2 < at)) {
-            amax = a2;
-            max = m2;
-            at = at2;
-        }
-    }
-    int8_t *qb = q + b * 256 + lane * 8;
-    int sum = 0;
-    float d = 0.0f;
-    if (amax != 0.0f) {
-        const float iscale = -127.0f / max;
-        d = 1.0f / iscale;
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const int qi = min(__float2int_rn(iscale * v[i]), 127);
-            qb[i] = (int8_t)qi;
-            sum += qi;
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            qb[i] = 0;
-    }
-    /* Four lanes make a 32. */
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    if (lane % 4 == 0)
-        s[b * 8 + lane / 4] = make_float2(d, d * (float)sum);
+    if (b < blocks)
+        kcu_quant_q8_K_block(x, b, q, s, threadIdx.x % 32);
 }
 
 template <int T, int M>
-void gemv_launch(dim3 grid, dim3 block, cudaStream_t st, const uint8_t *wp, size_t ws, int64_t n, int64_t k,
-                 const float *x, float *y, int64_t ldy)
+void gemv_launch(dim3 grid, dim3 block, cudaStream_t st, const gemv_parts &p, size_t ws, int64_t k, const float *x)
 {
     if constexpr (T == GGUF_DTYPE_F16 || T == GGUF_DTYPE_BF16 || T == GGUF_DTYPE_F32)
-        gemv_float_kernel<T, M><<<grid, block, 0, st>>>(wp, ws, n, k, x, y, ldy);
+        gemv_float_kernel<T, M><<<grid, block, 0, st>>>(p, ws, k, x);
     else
-        gemv_kernel<T, M><<<grid, block, 0, st>>>(wp, ws, n, k, x, y, ldy);
+        gemv_kernel<T, M><<<grid, block, 0, st>>>(p, ws, k, x);
+}
+
+/* The launch's parts and its block count; false if they are not valid. */
+bool make_parts(const struct kcu_mm_part *parts, int n_parts, gemv_parts *p, unsigned *blocks)
+{
+    if (n_parts < 1 || n_parts > KCU_MM_PARTS_MAX)
+        return false;
+    uint64_t end = 0;
+    for (int i = 0; i < KCU_MM_PARTS_MAX; i++) {
+        if (i < n_parts) {
+            if (parts[i].n <= 0)
+                return false;
+            end += (uint64_t)((parts[i].n + GEMV_WARPS - 1) / GEMV_WARPS);
+            if (end >= UINT_MAX)
+                return false;
+            p->w[i] = (const uint8_t *)parts[i].w;
+            p->y[i] = parts[i].y;
+            p->n[i] = parts[i].n;
+            p->ldy[i] = parts[i].ldy;
+            p->end[i] = (unsigned)end;
+        } else {
+            p->w[i] = nullptr;
+            p->y[i] = nullptr;
+            p->n[i] = 0;
+            p->ldy[i] = 0;
+            p->end[i] = UINT_MAX;
+        }
+    }
+    *blocks = (unsigned)end;
+    return true;
 }
 
 /* Call f.template operator()<M>() for the activation row count m in
@@ -551,12 +560,10 @@ template <class F> bool with_m(int m, F &&f)
 }
 
 template <int T>
-cudaError_t gemv_m(cudaStream_t st, const void *w, size_t ws, int64_t n, int64_t k, const float *x, int m, float *y,
-                   int64_t ldy)
+cudaError_t gemv_m(cudaStream_t st, const gemv_parts &p, unsigned blocks, size_t ws, int64_t k, const float *x, int m)
 {
-    const dim3 block(32, GEMV_WARPS), grid((unsigned)((n + GEMV_WARPS - 1) / GEMV_WARPS));
-    const uint8_t *wp = (const uint8_t *)w;
-    if (!with_m(m, [&]<int M>() { gemv_launch<T, M>(grid, block, st, wp, ws, n, k, x, y, ldy); }))
+    const dim3 block(32, GEMV_WARPS), grid(blocks);
+    if (!with_m(m, [&]<int M>() { gemv_launch<T, M>(grid, block, st, p, ws, k, x); }))
         return cudaErrorInvalidValue;
     return cudaGetLastError();
 }
@@ -570,15 +577,17 @@ extern "C" bool kcu_type_supported(enum gguf_dtype t)
     return ok;
 }
 
-extern "C" cudaError_t kcu_gemv(cudaStream_t st, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n,
-                                int64_t k, const float *x, int m, float *y, int64_t ldy)
+extern "C" cudaError_t kcu_gemv(cudaStream_t st, enum gguf_dtype t, size_t w_stride, int64_t k, const float *x, int m,
+                                const struct kcu_mm_part *parts, int n_parts)
 {
-    if (m < 1 || m > KCU_GEMV_MAX_M || k % 32 != 0 || n <= 0)
+    gemv_parts p;
+    unsigned blocks;
+    if (m < 1 || m > KCU_GEMV_MAX_M || k % 32 != 0 || !make_parts(parts, n_parts, &p, &blocks))
         return cudaErrorInvalidValue;
     cudaError_t rc = cudaErrorInvalidValue;
     kcu_dispatch(t, [&]<int T>() {
         if (k % kcu_type<T>::block == 0)
-            rc = gemv_m<T>(st, w, w_stride, n, k, x, m, y, ldy);
+            rc = gemv_m<T>(st, p, blocks, w_stride, k, x, m);
     });
     return rc;
 }
@@ -627,21 +636,21 @@ extern "C" cudaError_t kcu_quantize_q8(cudaStream_t st, const float *x, int64_t 
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t kcu_gemv_q8(cudaStream_t st, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n,
-                                   int64_t k, const int8_t *xq, const void *xs, int m, float *y, int64_t ldy)
+extern "C" cudaError_t kcu_gemv_q8(cudaStream_t st, enum gguf_dtype t, size_t w_stride, int64_t k, const int8_t *xq,
+                                   const void *xs, int m, const struct kcu_mm_part *parts, int n_parts)
 {
-    if (m < 1 || m > KCU_GEMV_MAX_M || k % 32 != 0 || n <= 0)
+    gemv_parts p;
+    unsigned blocks;
+    if (m < 1 || m > KCU_GEMV_MAX_M || k % 32 != 0 || !make_parts(parts, n_parts, &p, &blocks))
         return cudaErrorInvalidValue;
     cudaError_t rc = cudaErrorInvalidValue;
-    const dim3 block(32, GEMV_WARPS), grid((unsigned)((n + GEMV_WARPS - 1) / GEMV_WARPS));
+    const dim3 block(32, GEMV_WARPS), grid(blocks);
     const q8x x = {xq, (const float2 *)xs};
-    const uint8_t *wp = (const uint8_t *)w;
     kcu_dispatch(t, [&]<int T>() {
         if constexpr (has_q8dot<T>) {
             if (k % kcu_type<T>::block != 0)
                 return;
-            if (with_m(m,
-                       [&]<int M>() { gemv_q8_kernel<T, M><<<grid, block, 0, st>>>(wp, w_stride, n, k, x, y, ldy); }))
+            if (with_m(m, [&]<int M>() { gemv_q8_kernel<T, M><<<grid, block, 0, st>>>(p, w_stride, k, x); }))
                 rc = cudaGetLastError();
         }
     });
