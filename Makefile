@@ -61,9 +61,10 @@ static: $(BUILD_STATIC)/CMakeCache.txt
 	cmake --build $(BUILD_STATIC) -j $(JOBS) --target lmd
 
 # The static binary's own checks (tests/integration/test_static.py: no
-# interpreter or DT_NEEDED, --version, a completion on the default model).
-test-static: static
-	LMD_STATIC_BIN=$(CURDIR)/$(BUILD_STATIC)/lmd LMD_MODEL=$(CURDIR)/$(MODEL) $(PY) -m pytest -q tests/integration/test_static.py
+# interpreter or DT_NEEDED, --version, the dynamic build's greedy completion
+# on the default model, served and through a gateway).
+test-static: static build
+	LMD_STATIC_BIN=$(CURDIR)/$(BUILD_STATIC)/lmd LMD_BIN=$(CURDIR)/$(BUILD)/lmd LMD_MODEL=$(CURDIR)/$(MODEL) $(PY) -m pytest -q tests/integration/test_static.py
 
 run: deps model
 	@$(MAKE) --no-print-directory build
