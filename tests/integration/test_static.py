@@ -59,7 +59,6 @@ def test_serves_the_default_model_as_the_dynamic_build_does(lmd_bin, default_mod
         assert httpx.get(base + "/metrics", timeout=10).status_code == 200
     finally:
         stop_server(proc)
-    assert "error" not in server_log(proc).lower(), server_log(proc)[-4000:]
     dproc, dbase = start_server(lmd_bin, default_model)
     try:
         want = _completion(dbase, model)
