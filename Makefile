@@ -6,6 +6,7 @@ BUILD      ?= build
 BUILD_ASAN ?= build-asan
 BUILD_FUZZ ?= build-fuzz
 BUILD_TSAN ?= build-tsan
+BUILD_STATIC ?= build-static
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 VENV       := .venv
 PY         := $(VENV)/bin/python
@@ -18,7 +19,8 @@ CMAKE_FLAGS += -DLMD_WERROR=ON
 endif
 
 .PHONY: all deps deps-peer deps-bench model build build-asan run test test-unit test-asan test-integration \
-        bench bench-engine golden clean format format-check fuzz fuzz-build fuzz-gguf test-fuzz test-tsan test-integration-asan parity
+        bench bench-engine golden clean format format-check fuzz fuzz-build fuzz-gguf test-fuzz test-tsan test-integration-asan parity \
+        static test-static
 
 all: build
 
@@ -45,6 +47,24 @@ build: $(BUILD)/CMakeCache.txt
 
 build-asan: $(BUILD_ASAN)/CMakeCache.txt
 	cmake --build $(BUILD_ASAN) -j $(JOBS)
+
+# A fully static lmd (CPU engine and gateway, no CUDA): $(BUILD_STATIC)/lmd.
+# h2o's archive is built first from Debian's source package (Debian ships
+# the other archives); docs/deploy.md says what a static binary cannot do.
+$(BUILD_STATIC)/CMakeCache.txt:
+	scripts/build-h2o-static.sh $(BUILD_STATIC)/h2o
+	cmake -S . -B $(BUILD_STATIC) -DCMAKE_BUILD_TYPE=Release -DLMD_STATIC=ON \
+		-DLMD_H2O_STATIC_DIR=$(CURDIR)/$(BUILD_STATIC)/h2o $(CMAKE_FLAGS)
+
+static: $(BUILD_STATIC)/CMakeCache.txt
+	scripts/build-h2o-static.sh $(BUILD_STATIC)/h2o
+	cmake --build $(BUILD_STATIC) -j $(JOBS) --target lmd
+
+# The static binary's own checks (tests/integration/test_static.py: no
+# interpreter or DT_NEEDED, --version, the dynamic build's greedy completion
+# on the default model, served and through a gateway).
+test-static: static build
+	LMD_STATIC_BIN=$(CURDIR)/$(BUILD_STATIC)/lmd LMD_BIN=$(CURDIR)/$(BUILD)/lmd LMD_MODEL=$(CURDIR)/$(MODEL) $(PY) -m pytest -q tests/integration/test_static.py
 
 run: deps model
 	@$(MAKE) --no-print-directory build
@@ -107,7 +127,7 @@ format-check:
 	clang-format --dry-run --Werror $(FORMAT_FILES)
 
 clean:
-	rm -rf $(BUILD) $(BUILD_ASAN)
+	rm -rf $(BUILD) $(BUILD_ASAN) $(BUILD_STATIC)
 
 # The unit tests whose subjects share memory between threads (the compute
 # pool, the metrics and trace recorders, the scheduling policy) under

@@ -4,7 +4,12 @@
 # `prometheus` brings promtool (the obs_promtool lint) and the server that
 # tests/integration/test_prometheus.py scrapes lmd with; `dnsmasq-base` and
 # `etcd-server` are the DNS server and etcd that the discovery tests run.
-# Idempotent and quick when all is present. `--peer` also installs the
+# `make static` links lmd from the static archives that these -dev packages
+# ship (libjansson-dev, libpcre2-dev, libssl-dev, libyaml-dev, libc-ares-dev,
+# zlib1g-dev; libc6-dev from build-essential); libh2o-evloop-dev has only
+# the shared library, so scripts/build-h2o-static.sh builds h2o's archive
+# from Debian's source package with dpkg-source (dpkg-dev, also from
+# build-essential). Idempotent and quick when all is present. `--peer` also installs the
 # performance/reference peer (llama-cpp-python, built from source by pip),
 # which only `make golden` and `make bench` need. `--bench` installs what the
 # gateway benchmarks (bench/gateway/) run besides lmd: nginx (the plain

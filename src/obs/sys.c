@@ -177,11 +177,19 @@ void obs__nvml_open(const char *path)
     memset(&g_nvml, 0, sizeof g_nvml);
     if (!path || !*path)
         return;
+#ifdef LMD_STATIC
+    /* A static lmd cannot load the driver's shared NVML: a second C library
+     * would come with it. It has no GPU engine either. */
+    void *lib = NULL;
+    LMD_DEBUG("obs: no GPU metrics in a static build (%s is not loaded)", path);
+    return;
+#else
     void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
         LMD_DEBUG("obs: no GPU metrics: %s", dlerror());
         return;
     }
+#endif
     struct {
         const char *name;
         void **fn;

@@ -44,23 +44,36 @@ def _strftime_now(fmt):
     return datetime.datetime.fromtimestamp(NOW, tz=datetime.timezone.utc).strftime(fmt)
 
 
+_ENV = None
+
+
 def _env():
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise
-    env.globals["strftime_now"] = _strftime_now
-    return env
+    global _ENV
+    if _ENV is None:
+        _ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                             extensions=[jinja2.ext.loopcontrols])
+        _ENV.filters["tojson"] = _tojson
+        _ENV.globals["raise_exception"] = _raise
+        _ENV.globals["strftime_now"] = _strftime_now
+    return _ENV
+
+
+_COMPILED = {}
 
 
 def py_render(source, variables):
-    """(text, None) or (None, exception)."""
+    """(text, None) or (None, exception). A template is compiled once and
+    rendered many times, as Hugging Face's tokenizers cache it."""
     try:
-        return _env().from_string(source).render(**variables), None
+        if source not in _COMPILED:
+            _COMPILED[source] = _env().from_string(source)
+        return _COMPILED[source].render(**variables), None
     except Exception as e:  # noqa: BLE001 - any failure of jinja2 is the expectation for lmd
         return None, e
 
 
 def lmd_render(lmd_bin, tmp_path, source, variables):
+    """One render in its own `lmd template` process: (exit status, stdout bytes, stderr)."""
     t = tmp_path / "t.jinja"
     v = tmp_path / "v.json"
     t.write_bytes(source.encode("utf-8"))
@@ -69,9 +82,35 @@ def lmd_render(lmd_bin, tmp_path, source, variables):
     return p.returncode, p.stdout, p.stderr.decode("utf-8", "replace")
 
 
-def check_same(lmd_bin, tmp_path, source, variables, what):
+def lmd_batch(lmd_bin, cases, template_file=None):
+    """Many renders in one `lmd template --batch` process. cases: (source or
+    None for template_file's, variables). Returns one (status, output bytes,
+    error text) per case, the error as a single render prints it."""
+    args = [lmd_bin, "template"] + ([template_file] if template_file else []) + ["--batch", "-", "--now", str(NOW)]
+    lines = []
+    for src, variables in cases:
+        case = {"vars": variables}
+        if src is not None:
+            case["template"] = src
+        lines.append(json.dumps(case))
+    p = subprocess.run(args, input="\n".join(lines).encode("utf-8"), capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode("utf-8", "replace")
+    answers = [json.loads(line) for line in p.stdout.decode("utf-8").splitlines()]
+    assert len(answers) == len(cases), (len(answers), len(cases), p.stderr)
+    out = []
+    for a in answers:
+        if a["status"] == 0:
+            out.append((0, a["output"].encode("utf-8"), ""))
+        else:
+            raised = "raise_exception: " if a["status"] == 3 else ""
+            out.append((a["status"], b"", f"{template_file or 'case'}:{a['line']}:{a['col']}: {raised}{a['error']}"))
+    return out
+
+
+def check_same(lmd, source, variables, what):
+    """lmd: the (exit status, stdout bytes, stderr) of rendering source."""
     want, exc = py_render(source, variables)
-    rc, out, err = lmd_render(lmd_bin, tmp_path, source, variables)
+    rc, out, err = lmd
     if exc is not None:
         assert rc != 0, f"{what}: jinja2 failed ({type(exc).__name__}: {exc}) but lmd rendered {out!r}"
         assert rc in (1, 3), f"{what}: lmd exit status {rc}: {err}"
@@ -93,10 +132,11 @@ def conversations():
 
 
 @pytest.mark.parametrize("name", template_files())
-def test_template_matches_jinja2(lmd_bin, tmp_path, name):
-    with open(os.path.join(TEMPLATES, name), encoding="utf-8") as f:
+def test_template_matches_jinja2(lmd_bin, name):
+    path = os.path.join(TEMPLATES, name)
+    with open(path, encoding="utf-8") as f:
         source = f.read()
-    outcomes = {"ok": 0, "error": 0}
+    cases = []
     for conv in conversations():
         for agp in (True, False):
             variables = {"messages": conv["messages"], "add_generation_prompt": agp,
@@ -104,7 +144,13 @@ def test_template_matches_jinja2(lmd_bin, tmp_path, name):
             if "tools" in conv:
                 variables["tools"] = conv["tools"]
             variables.update(conv.get("extra", {}))
-            outcomes[check_same(lmd_bin, tmp_path, source, variables, f"{name} / {conv['name']} / agp={agp}")] += 1
+            cases.append((f"{name} / {conv['name']} / agp={agp}", variables))
+    # Every conversation of this template in one process, the template
+    # parsed once as the server parses it.
+    rendered = lmd_batch(lmd_bin, [(None, v) for _, v in cases], template_file=path)
+    outcomes = {"ok": 0, "error": 0}
+    for (what, variables), lmd in zip(cases, rendered):
+        outcomes[check_same(lmd, source, variables, what)] += 1
     # Most conversations render; the ones a template refuses (alternation,
     # content parts it cannot add to a string, an empty list) fail in both.
     assert outcomes["ok"] >= 16, outcomes
@@ -193,9 +239,14 @@ FAILING = {i for i, s in enumerate(SNIPPETS) if s in (
     "{{ raise_exception('custom failure: ' ~ n) }}", "{{ [1, 'a']|sort }}")}
 
 
+@pytest.fixture(scope="module")
+def snippets_rendered(lmd_bin):
+    return lmd_batch(lmd_bin, [(s, VARS) for s in SNIPPETS])
+
+
 @pytest.mark.parametrize("i", range(len(SNIPPETS)))
-def test_feature_matches_jinja2(lmd_bin, tmp_path, i):
-    outcome = check_same(lmd_bin, tmp_path, SNIPPETS[i], VARS, f"snippet {i}: {SNIPPETS[i]!r}")
+def test_feature_matches_jinja2(snippets_rendered, i):
+    outcome = check_same(snippets_rendered[i], SNIPPETS[i], VARS, f"snippet {i}: {SNIPPETS[i]!r}")
     # Snippets that should fail are the ones named here; the rest must render.
     assert (outcome == "error") == (i in FAILING), f"snippet {i}: {outcome}"
 
@@ -225,13 +276,18 @@ MALFORMED = [
 ]
 
 
+@pytest.fixture(scope="module")
+def malformed_rendered(lmd_bin):
+    return lmd_batch(lmd_bin, [(s, VARS) for s in MALFORMED])
+
+
 @pytest.mark.parametrize("i", range(len(MALFORMED)))
-def test_malformed_templates_fail_with_a_position(lmd_bin, tmp_path, i):
+def test_malformed_templates_fail_with_a_position(malformed_rendered, i):
     src = MALFORMED[i]
-    rc, out, err = lmd_render(lmd_bin, tmp_path, src, VARS)
+    rc, out, err = malformed_rendered[i]
     assert rc == 1, f"{src!r}: exit {rc}, out {out!r}, err {err!r}"
-    # "lmd template: PATH:LINE:COL: message"
-    where = err.split("t.jinja:", 1)[1]
+    # "case:LINE:COL: message"
+    where = err.split("case:", 1)[1]
     line, col = where.split(":")[:2]
     assert int(line) >= 1 and int(col) >= 1, err
     _, exc = py_render(src, VARS)
@@ -251,3 +307,75 @@ def test_limits_stop_runaway_templates(lmd_bin, tmp_path):
                 "{{ 'x' * 100000000 }}"]:
         rc, out, err = lmd_render(lmd_bin, tmp_path, src, VARS)
         assert rc == 1 and err, (src, rc, err)
+
+
+# `lmd template --batch`: many cases in one process, each answered as a
+# single render would be.
+
+BATCH_CASES = [
+    "{{ u }}|{{ d|tojson }}|{{ strftime_now('%Y-%m-%d') }}",
+    "{{ raise_exception('stop at ' ~ n) }}",
+    "{% if %}",
+    "{{ '\\u0000' }}nul",
+    "{% for i in range(100000000) %}{% endfor %}",
+]
+
+
+def test_batch_answers_as_single_renders(lmd_bin, tmp_path):
+    batch = lmd_batch(lmd_bin, [(s, VARS) for s in BATCH_CASES])
+    statuses = []
+    for src, (status, out, err) in zip(BATCH_CASES, batch):
+        rc, sout, serr = lmd_render(lmd_bin, tmp_path, src, VARS)
+        assert (status, out) == (rc, sout), (src, status, out, rc, sout, serr)
+        if rc != 0:
+            # The same position and message: "lmd template: t.jinja:L:C: msg".
+            assert serr.strip().endswith(err.split(":", 1)[1]), (serr, err)
+        statuses.append(status)
+    assert statuses == [0, 3, 1, 0, 1]
+
+
+def test_batch_reads_objects_however_laid_out(lmd_bin, tmp_path):
+    # Pretty-printed, several on one line, blank lines between: one answer
+    # per object, in order; the template file serves cases without one.
+    t = tmp_path / "t.jinja"
+    t.write_text("[{{ x }}]")
+    stream = ('{\n  "vars": {"x": 1}\n}\n\n{"vars": {"x": "two"}} {"template": "<{{ x }}>", "vars": {"x": 3}}'
+              '{"vars": {}}')
+    p = subprocess.run([lmd_bin, "template", str(t), "--batch", "-"], input=stream.encode(), capture_output=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(x) for x in p.stdout.decode().splitlines()] == [
+        {"status": 0, "output": "[1]"}, {"status": 0, "output": "[two]"}, {"status": 0, "output": "<3>"},
+        {"status": 0, "output": "[]"}]
+
+
+@pytest.mark.parametrize("bad,why", [
+    ('[1]', "a case must be a JSON object"),
+    ('{"template": 5, "vars": {}}', '"template" must be a string'),
+    ('{"template": "x", "vars": []}', '"vars" must be a JSON object'),
+    ('{"template": "x"}', '"vars" must be a JSON object'),
+    ('{"template": "x", "vars": {}, "now": 1}', 'only "template" and "vars"'),
+    ('{"vars": {}}', "no template"),
+    ('{"template": "x", "vars": {', "case 2:"),
+    ('"just a string"', "case 2:"),
+])
+def test_batch_stops_at_a_malformed_case(lmd_bin, bad, why):
+    stream = '{"template": "ok", "vars": {}}\n' + bad + '\n{"template": "never", "vars": {}}\n'
+    p = subprocess.run([lmd_bin, "template", "--batch", "-"], input=stream.encode(), capture_output=True, timeout=60)
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "lmd template: stdin: case 2: " in err and why in err, (p.returncode, err)
+    # The case before it was answered; none after it.
+    assert p.stdout.decode().splitlines() == ['{"status":0,"output":"ok"}']
+
+
+def test_batch_usage(lmd_bin, tmp_path):
+    h = subprocess.run([lmd_bin, "template", "--help"], capture_output=True, text=True, timeout=60)
+    assert h.returncode == 0 and "--batch CASES" in h.stdout
+    t = tmp_path / "t.jinja"
+    t.write_text("x")
+    for args in (["--batch"], [str(t), "vars.json", "--batch", "-"], ["-m", "m.gguf", str(t), "--batch", "-"]):
+        p = subprocess.run([lmd_bin, "template", *args], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and "usage: lmd template" in p.stderr, (args, p.returncode, p.stderr)
+    p = subprocess.run([lmd_bin, "template", "--batch", str(tmp_path / "missing.jsonl")], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 1 and "cannot read" in p.stderr

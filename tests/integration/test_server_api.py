@@ -304,48 +304,86 @@ def raw_post(port, path, body, rcvbuf=None):
     return s
 
 
-def test_stalled_stream_is_bounded_and_dropped(lmd_bin, default_model):
-    # The stalled request is fat, so that it fills the socket buffers quickly
-    # even on a slow machine: 16 choices, 20 alternatives per token.
-    proc, base = start_server(lmd_bin, default_model, "--stall-timeout", "15", "--max-running", "20")
-    port = int(base.rsplit(":", 1)[1])
+def _until(pred, what, guard=90):
+    """Waits for an event the test causes; the guard only stops a hung
+    server from hanging the suite, no verdict depends on how long it took."""
+    deadline = time.monotonic() + guard
+    while not pred():
+        assert time.monotonic() < deadline, "never happened: " + what
+        time.sleep(0.05)
+
+
+# The stalled request is fat, so that it fills the socket buffers quickly
+# even on a slow machine: 16 choices, 20 alternatives per token, and it is
+# 16 x 900 tokens long, so that it cannot end on its own while the test
+# watches it (the other streams need 4 engine steps, it needs 900).
+STALLED = {"messages": [{"role": "user", "content": "Count from one to one thousand."}], "max_tokens": 900,
+           "temperature": 1, "ignore_eos": True, "stream": True, "logprobs": True, "top_logprobs": 20, "n": 16}
+
+
+def _stall(base):
+    """A client that sends STALLED and never reads, behind a tiny receive
+    window; returned once its choices hold KV blocks."""
+    idle = metric(base, "lmd_kv_blocks_free")
+    s = raw_post(int(base.rsplit(":", 1)[1]), "/v1/chat/completions", STALLED, rcvbuf=4096)
+    _until(lambda: metric(base, "lmd_kv_blocks_free") < idle, "the stalled request started")
+    return s, idle
+
+
+def test_stalled_stream_is_bounded(lmd_bin, default_model):
+    # No stall timeout here: what is checked cannot race a timer.
+    proc, base = start_server(lmd_bin, default_model, "--stall-timeout", "0", "--max-running", "20")
     try:
-        idle = metric(base, "lmd_kv_blocks_free")
-        gen0 = metric(base, "lmd_generation_tokens_total")
-        # A client that never reads, behind a tiny receive window.
-        stalled = raw_post(port, "/v1/chat/completions", {
-            "messages": [{"role": "user", "content": "Count from one to one thousand."}], "max_tokens": 900,
-            "temperature": 1, "ignore_eos": True, "stream": True, "logprobs": True, "top_logprobs": 20, "n": 16},
-            rcvbuf=4096)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and metric(base, "lmd_kv_blocks_free") == idle:
-            time.sleep(0.05)
+        stalled, idle = _stall(base)
+        rss0 = peak = rss_kib(proc.pid)  # every choice is in the batch by now
         # Meanwhile other streams complete normally.
         c = openai.OpenAI(base_url=base + "/v1", api_key="unused", timeout=60, max_retries=0)
         results = []
 
         def other():
-            results.append(streamed_texts(c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=16,
+            results.append(streamed_texts(c.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4,
                                                                temperature=0, stream=True), 1))
         threads = [threading.Thread(target=other) for _ in range(3)]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join(timeout=60)
+        while any(t.is_alive() for t in threads):
+            peak = max(peak, rss_kib(proc.pid))
+            time.sleep(0.05)
         assert len(results) == 3 and all(f == ["length"] and t[0] for t, f in results)
         assert metric(base, "lmd_kv_blocks_free") < idle  # the stalled one still holds its blocks
-        # It is dropped after the stall timeout, which cancels it: its KV
-        # blocks come back long before 16 x 900 tokens could be generated.
-        rss0 = rss_kib(proc.pid)  # every choice has been in the batch by now
-        peak = rss0
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and metric(base, "lmd_kv_blocks_free") != idle:
+        # The others retire (their last chunk may reach the client first);
+        # the stalled one's 16 choices stay.
+        _until(lambda: metric(base, "lmd_requests_running") == 16, "the other streams retired")
+        # Memory stayed bounded: the unsent text never piled up in the server.
+        peak = max(peak, rss_kib(proc.pid))
+        assert peak - rss0 < 8 * 1024, (rss0, peak)
+        # A stalled client that hangs up is seen and cancelled.
+        stalled.close()
+        _until(lambda: metric(base, "lmd_kv_blocks_free") == idle, "the hung-up request's blocks came back")
+        assert metric(base, "lmd_requests_running") == 0
+        assert httpx.get(base + "/health").status_code == 200
+    finally:
+        stop_server(proc)
+
+
+def test_stalled_stream_is_dropped(lmd_bin, default_model):
+    # The shortest stall timeout: the drop comes a second after the socket
+    # buffers fill, whatever the machine's speed.
+    proc, base = start_server(lmd_bin, default_model, "--stall-timeout", "1", "--max-running", "20")
+    try:
+        gen0 = metric(base, "lmd_generation_tokens_total")
+        stalled, idle = _stall(base)
+        rss0 = peak = rss_kib(proc.pid)
+
+        def back():
+            nonlocal peak
             peak = max(peak, rss_kib(proc.pid))
-            time.sleep(0.2)
-        assert metric(base, "lmd_kv_blocks_free") == idle
+            return metric(base, "lmd_kv_blocks_free") == idle
+        # Dropping it cancels it: its KV blocks come back long before
+        # 16 x 900 tokens could be generated.
+        _until(back, "the stalled request was dropped")
         assert metric(base, "lmd_requests_running") == 0
         assert metric(base, "lmd_generation_tokens_total") - gen0 < 16 * 900
-        # Memory stayed bounded: the unsent text never piled up in the server.
         assert peak - rss0 < 8 * 1024, (rss0, peak)
         stalled.close()
         assert httpx.get(base + "/health").status_code == 200
