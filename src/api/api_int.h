@@ -225,6 +225,18 @@ extern const struct api_dialect_ops api_messages_ops;
  * own spelling. */
 int api_responses_translate(const char *body, size_t len, char **chat, char **echo, struct api_error *e);
 int api_messages_translate(const char *body, size_t len, char **chat, char **echo, struct api_error *e);
+/* The two translations' common steps. api__text_parts: content that is a
+ * string (a new reference to it) or a list of parts whose "type" is one of
+ * types (NULL-terminated) and whose "text" strings are joined into one new
+ * string; anything else is a 400 on field naming what ("input[2].content")
+ * and, for a part of another type, saying only (what is supported).
+ * api__add_msg appends {"role", "content"} to msgs, taking content (which
+ * may be NULL: an earlier failure, reported as out of memory). Both return
+ * NULL or nonzero having set e. */
+struct json_t;
+struct json_t *api__text_parts(struct json_t *content, const char *field, const char *what, const char *const *types,
+                               const char *only, struct api_error *e);
+int api__add_msg(struct json_t *msgs, const char *role, struct json_t *content, struct api_error *e);
 /* An error in Anthropic's shape: {"type":"error","error":{"type","message"}},
  * the type from the HTTP status (malloc'd, NUL-terminated; NULL on OOM). */
 char *api_messages_error_json(const struct api_error *e, size_t *len);

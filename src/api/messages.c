@@ -33,55 +33,11 @@ static const char *const passthrough[] = {
 
 static bool given(json_t *v) { return v && !json_is_null(v); }
 
-/* A string, or a list of text blocks joined (a new reference). `what`
- * names the field in messages ("system", "messages[2].content"). */
+/* A system prompt or message content: a string or a list of text blocks. */
 static json_t *blocks_text(json_t *c, const char *field, const char *what, struct api_error *e)
 {
-    if (json_is_string(c))
-        return json_incref(c);
-    if (!json_is_array(c)) {
-        BAD(field, "'%s' must be a string or a list of text blocks", what);
-        return NULL;
-    }
-    struct lmd_buf b = {0};
-    size_t k;
-    json_t *blk;
-    json_array_foreach(c, k, blk)
-    {
-        json_t *ty = json_object_get(blk, "type"), *t = json_object_get(blk, "text");
-        const char *tys = json_is_string(ty) ? json_string_value(ty) : NULL;
-        if (!tys || strcmp(tys, "text")) {
-            lmd_buf_free(&b);
-            if (tys)
-                UNSUP(field, "%s[%zu] is a '%.40s' block: only text blocks are supported", what, k, tys);
-            else
-                BAD(field, "%s[%zu] must be an object with a string 'type'", what, k);
-            return NULL;
-        }
-        if (!json_is_string(t)) {
-            lmd_buf_free(&b);
-            BAD(field, "%s[%zu].text must be a string", what, k);
-            return NULL;
-        }
-        if (lmd_buf_append(&b, json_string_value(t), json_string_length(t))) {
-            lmd_buf_free(&b);
-            OOM();
-            return NULL;
-        }
-    }
-    json_t *s = json_stringn(b.ptr ? b.ptr : "", b.len);
-    lmd_buf_free(&b);
-    if (!s)
-        OOM();
-    return s;
-}
-
-static int add_msg(json_t *msgs, const char *role, json_t *content /* stolen */, struct api_error *e)
-{
-    json_t *m = content ? json_pack("{s:s, s:o}", "role", role, "content", content) : NULL;
-    if (!m || json_array_append_new(msgs, m))
-        return OOM();
-    return 0;
+    static const char *const types[] = {"text", NULL};
+    return api__text_parts(c, field, what, types, "only text blocks are supported", e);
 }
 
 static int refuse(json_t *root, struct api_error *e)
@@ -123,7 +79,7 @@ static int translate(json_t *root, json_t *chat, struct api_error *e)
     json_t *sys = json_object_get(root, "system");
     if (given(sys)) {
         json_t *t = blocks_text(sys, "system", "system", e);
-        if (!t || add_msg(msgs, "system", t, e))
+        if (!t || api__add_msg(msgs, "system", t, e))
             return LMD_EINVAL;
     }
     json_t *in = json_object_get(root, "messages");
@@ -147,7 +103,7 @@ static int translate(json_t *root, json_t *chat, struct api_error *e)
         if (!given(c))
             return BAD("messages", "'%s' is required", what);
         json_t *t = blocks_text(c, "messages", what, e);
-        if (!t || add_msg(msgs, r, t, e))
+        if (!t || api__add_msg(msgs, r, t, e))
             return LMD_EINVAL;
         if (i + 1 == json_array_size(in) && !strcmp(r, "assistant"))
             return UNSUP("messages", "the last message is the assistant's: continuing a prefilled assistant turn is "

@@ -35,58 +35,13 @@ static const char *const passthrough[] = {
 
 static bool given(json_t *v) { return v && !json_is_null(v); }
 
-/* One item's content: a string, or a list of input_text / output_text parts
- * joined into one string (a new reference). */
+/* A message item's content: a string or a list of text parts. */
 static json_t *item_text(json_t *content, size_t i, struct api_error *e)
 {
-    if (json_is_string(content))
-        return json_incref(content);
-    if (!json_is_array(content)) {
-        BAD("input", "input[%zu].content must be a string or a list of input_text parts", i);
-        return NULL;
-    }
-    struct lmd_buf b = {0};
-    size_t k;
-    json_t *part;
-    json_array_foreach(content, k, part)
-    {
-        json_t *ty = json_object_get(part, "type"), *t = json_object_get(part, "text");
-        const char *tys = json_is_string(ty) ? json_string_value(ty) : NULL;
-        if (!tys || (strcmp(tys, "input_text") && strcmp(tys, "output_text") && strcmp(tys, "text"))) {
-            lmd_buf_free(&b);
-            if (tys)
-                UNSUP("input",
-                      "input[%zu].content[%zu] has type '%.40s': only text parts (input_text, output_text) are "
-                      "supported",
-                      i, k, tys);
-            else
-                BAD("input", "input[%zu].content[%zu] must be an object with a string 'type'", i, k);
-            return NULL;
-        }
-        if (!json_is_string(t)) {
-            lmd_buf_free(&b);
-            BAD("input", "input[%zu].content[%zu].text must be a string", i, k);
-            return NULL;
-        }
-        if (lmd_buf_append(&b, json_string_value(t), json_string_length(t))) {
-            lmd_buf_free(&b);
-            OOM();
-            return NULL;
-        }
-    }
-    json_t *s = json_stringn(b.ptr ? b.ptr : "", b.len);
-    lmd_buf_free(&b);
-    if (!s)
-        OOM();
-    return s;
-}
-
-static int add_msg(json_t *msgs, const char *role, json_t *content /* stolen */, struct api_error *e)
-{
-    json_t *m = content ? json_pack("{s:s, s:o}", "role", role, "content", content) : NULL;
-    if (!m || json_array_append_new(msgs, m))
-        return OOM();
-    return 0;
+    static const char *const types[] = {"input_text", "output_text", "text", NULL};
+    char what[48];
+    snprintf(what, sizeof what, "input[%zu].content", i);
+    return api__text_parts(content, "input", what, types, "only text parts (input_text, output_text) are supported", e);
 }
 
 static int translate_input(json_t *root, json_t *msgs, struct api_error *e)
@@ -95,14 +50,14 @@ static int translate_input(json_t *root, json_t *msgs, struct api_error *e)
     if (given(ins)) {
         if (!json_is_string(ins))
             return BAD("instructions", "'instructions' must be a string");
-        if (add_msg(msgs, "system", json_incref(ins), e))
+        if (api__add_msg(msgs, "system", json_incref(ins), e))
             return LMD_EINVAL;
     }
     json_t *in = json_object_get(root, "input");
     if (!given(in))
         return BAD("input", "'input' is required (a string or a list of message items)");
     if (json_is_string(in))
-        return add_msg(msgs, "user", json_incref(in), e);
+        return api__add_msg(msgs, "user", json_incref(in), e);
     if (!json_is_array(in) || json_array_size(in) == 0)
         return BAD("input", "'input' must be a string or a non-empty list of message items");
     size_t i;
@@ -120,7 +75,7 @@ static int translate_input(json_t *root, json_t *msgs, struct api_error *e)
         if (strcmp(r, "user") && strcmp(r, "assistant") && strcmp(r, "system") && strcmp(r, "developer"))
             return BAD("input", "input[%zu].role must be one of user, assistant, system, developer", i);
         json_t *text = item_text(json_object_get(item, "content"), i, e);
-        if (!text || add_msg(msgs, strcmp(r, "developer") ? r : "system", text, e))
+        if (!text || api__add_msg(msgs, strcmp(r, "developer") ? r : "system", text, e))
             return LMD_EINVAL;
     }
     return 0;

@@ -8,6 +8,7 @@
 #include <jansson.h>
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -245,4 +246,57 @@ int api_json_splice(struct lmd_buf *out, const char *s, size_t n, const char *co
         p = v1;
     }
     return out->ptr ? 0 : LMD_ENOMEM;
+}
+
+json_t *api__text_parts(json_t *content, const char *field, const char *what, const char *const *types,
+                        const char *only, struct api_error *e)
+{
+    if (json_is_string(content))
+        return json_incref(content);
+    if (!json_is_array(content)) {
+        api_error_set(e, 400, "invalid_request_error", field, NULL, "%s must be a string or a list of text parts",
+                      what);
+        return NULL;
+    }
+    struct lmd_buf b = {0};
+    size_t k;
+    json_t *part;
+    json_array_foreach(content, k, part)
+    {
+        json_t *ty = json_object_get(part, "type"), *t = json_object_get(part, "text");
+        const char *tys = json_is_string(ty) ? json_string_value(ty) : NULL;
+        bool known = false;
+        for (const char *const *x = types; tys && *x && !known; x++)
+            known = strcmp(tys, *x) == 0;
+        if (!known || !json_is_string(t)) {
+            lmd_buf_free(&b);
+            if (!tys)
+                api_error_set(e, 400, "invalid_request_error", field, NULL,
+                              "%s[%zu] must be an object with a string 'type'", what, k);
+            else if (!known)
+                api_error_set(e, 400, "invalid_request_error", field, "unsupported_parameter",
+                              "%s[%zu] has type '%.40s': %s", what, k, tys, only);
+            else
+                api_error_set(e, 400, "invalid_request_error", field, NULL, "%s[%zu].text must be a string", what, k);
+            return NULL;
+        }
+        if (lmd_buf_append(&b, json_string_value(t), json_string_length(t))) {
+            lmd_buf_free(&b);
+            api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+            return NULL;
+        }
+    }
+    json_t *s = json_stringn(b.ptr ? b.ptr : "", b.len);
+    lmd_buf_free(&b);
+    if (!s)
+        api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    return s;
+}
+
+int api__add_msg(json_t *msgs, const char *role, json_t *content, struct api_error *e)
+{
+    json_t *m = content ? json_pack("{s:s, s:o}", "role", role, "content", content) : NULL;
+    if (!m || json_array_append_new(msgs, m))
+        return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    return 0;
 }

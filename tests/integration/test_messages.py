@@ -125,7 +125,7 @@ def test_stream_helper(client):
     ({"max_tokens": 0}, "max_tokens"),
     ({"messages": []}, "non-empty"),
     ({"messages": [{"role": "system", "content": "x"}]}, "role"),
-    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "'image' block"),
+    ({"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]}, "type 'image'"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, "prefill"),
     ({"system": 3}, "system"),
     ({"temperature": 1.5}, "temperature"),

@@ -162,7 +162,7 @@ static void test_messages_refusals(void **state)
     expect_400(f, "{\"max_tokens\":1,\"messages\":[{\"role\":\"user\"}]}", "messages", "required");
     expect_400(f, "{\"max_tokens\":1,\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", "messages", "role");
     expect_400(f, "{\"max_tokens\":1,\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\"}]}]}",
-               "messages", "'tool_result' block");
+               "messages", "type 'tool_result'");
     expect_400(f, "{\"max_tokens\":1,\"messages\":[{\"role\":\"assistant\",\"content\":\"x\"}]}", "messages",
                "prefill");
     snprintf(b, sizeof b, "{\"max_tokens\":1,%s,\"system\":{}}", u);
