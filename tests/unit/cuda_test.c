@@ -199,9 +199,9 @@ static void test_matmul_every_type(void **state)
                         float *y2 = malloc(sizeof(float) * (size_t)m * (size_t)n);
                         const int64_t a = n / 3, b = 2 * n / 3;
                         const struct kcu_mm_part parts[3] = {
-                            {dw, a, (float *)dy, n},
-                            {(const uint8_t *)dw + (size_t)a * rb, b - a, (float *)dy + a, n},
-                            {(const uint8_t *)dw + (size_t)b * rb, n - b, (float *)dy + b, n},
+                            {dw, a, (float *)dy, n, NULL},
+                            {(const uint8_t *)dw + (size_t)a * rb, b - a, (float *)dy + a, n, NULL},
+                            {(const uint8_t *)dw + (size_t)b * rb, n - b, (float *)dy + b, n, NULL},
                         };
                         CU(cudaMemcpyAsync(y2, dy, sizeof(float) * (size_t)m * (size_t)n, cudaMemcpyDeviceToHost, st));
                         for (int again = 0; again < 2; again++) {
@@ -219,29 +219,50 @@ static void test_matmul_every_type(void **state)
                         }
                         free(y2);
                     }
-                    /* The GEMV accumulates in f32 (error ~1e-6 of the sum
-                     * of magnitudes); the cuBLAS path rounds weights and
-                     * activations to f16 first (~1e-3). */
-                    /* Q4_1 and Q5_1 take the activations' sums as fp16, as
-                     * the CPU's Q8_1 keeps them. */
-                    const bool q8_1 = t == GGUF_DTYPE_Q4_1 || t == GGUF_DTYPE_Q5_1;
-                    const double tol = gemv ? (q8_1 && kcu_type_q8(t) ? 1e-3 : 2e-5) : 3e-3;
-                    /* The integer path quantizes the activations to 8 bits
-                     * per 32 first: compare with the product of those. */
-                    const float *xr = gemv && kcu_type_q8(t) ? q8x : x;
-                    for (int i = 0; i < m; i++)
-                        for (int64_t r = 0; r < n; r++) {
-                            double ref = 0, mag = 0;
-                            for (int64_t j = 0; j < k; j++) {
-                                ref += (double)wf[r * k + j] * (double)xr[(int64_t)i * k + j];
-                                mag += fabs((double)wf[r * k + j] * (double)xr[(int64_t)i * k + j]);
-                            }
-                            const double got = y[(size_t)i * (size_t)n + (size_t)r];
-                            if (!(fabs(got - ref) <= tol * mag + 1e-6))
-                                fail_msg("%s n=%lld k=%lld m=%d: y[%d][%lld] = %.6g, want %.6g (sum |wx| %.3g)",
-                                         gguf_dtype_name(t), (long long)n, (long long)k, m, i, (long long)r, got, ref,
-                                         mag);
+                    /* Checked twice for quantized weights: as computed
+                     * above, then with the f16 copy of the rows given
+                     * (w16: the dequantizer's output from above), which
+                     * sends every product over KCU_GEMV_MAX_M rows to
+                     * cuBLAS on it directly. */
+                    for (int copy = 0; copy < (flt ? 1 : 2); copy++) {
+                        bool gemv_here = gemv;
+                        if (copy) {
+                            const struct kcu_mm_part p16 = {dw, n, dy, n, dh};
+                            CU(cudaMemsetAsync(dy, 0xff, sizeof(float) * ny, st));
+                            e = kcu_matmul_parts(ctx, t, rb, k, dx, m, &p16, 1, false);
+                            if (e != cudaSuccess)
+                                fail_msg("%s m=%d f16 copy: %s %s", gguf_dtype_name(t), m, cudaGetErrorString(e),
+                                         kcu_ctx_error(ctx));
+                            CU(cudaMemcpyAsync(y, dy, sizeof(float) * (size_t)m * (size_t)n, cudaMemcpyDeviceToHost,
+                                               st));
+                            CU(cudaStreamSynchronize(st));
+                            gemv_here = m <= KCU_GEMV_MAX_M;
                         }
+                        /* The GEMV accumulates in f32 (error ~1e-6 of the sum
+                         * of magnitudes); the cuBLAS path rounds weights and
+                         * activations to f16 first (~1e-3). */
+                        /* Q4_1 and Q5_1 take the activations' sums as fp16, as
+                         * the CPU's Q8_1 keeps them. */
+                        const bool q8_1 = t == GGUF_DTYPE_Q4_1 || t == GGUF_DTYPE_Q5_1;
+                        const double tol = gemv_here ? (q8_1 && kcu_type_q8(t) ? 1e-3 : 2e-5) : 3e-3;
+                        /* The integer path quantizes the activations to 8 bits
+                         * per 32 first: compare with the product of those. */
+                        const float *xr = gemv_here && kcu_type_q8(t) ? q8x : x;
+                        for (int i = 0; i < m; i++)
+                            for (int64_t r = 0; r < n; r++) {
+                                double ref = 0, mag = 0;
+                                for (int64_t j = 0; j < k; j++) {
+                                    ref += (double)wf[r * k + j] * (double)xr[(int64_t)i * k + j];
+                                    mag += fabs((double)wf[r * k + j] * (double)xr[(int64_t)i * k + j]);
+                                }
+                                const double got = y[(size_t)i * (size_t)n + (size_t)r];
+                                if (!(fabs(got - ref) <= tol * mag + 1e-6))
+                                    fail_msg(
+                                        "%s n=%lld k=%lld m=%d copy=%d: y[%d][%lld] = %.6g, want %.6g (sum |wx| %.3g)",
+                                        gguf_dtype_name(t), (long long)n, (long long)k, m, copy, i, (long long)r, got,
+                                        ref, mag);
+                            }
+                    }
                 }
                 /* The embedding lookup: rows picked by id, scaled. */
                 int32_t ids[3] = {(int32_t)(n - 1), 0, (int32_t)(n / 2)};
@@ -273,7 +294,7 @@ static void test_matmul_every_type(void **state)
     }
     /* What the kernels cannot do is refused, not miscomputed. */
     assert_false(kcu_type_supported(GGUF_DTYPE_IQ2_XXS));
-    const struct kcu_mm_part bad = {NULL, 4, NULL, 4};
+    const struct kcu_mm_part bad = {NULL, 4, NULL, 4, NULL};
     assert_int_equal((int)kcu_gemv(st, GGUF_DTYPE_Q4_K, 0, 96, NULL, 1, &bad, 1), (int)cudaErrorInvalidValue);
     assert_int_equal((int)kcu_gemv(st, GGUF_DTYPE_F16, 0, 96, NULL, 1, &bad, 0), (int)cudaErrorInvalidValue);
     assert_int_equal((int)kcu_gemv(st, GGUF_DTYPE_F16, 0, 96, NULL, 1, &bad, KCU_MM_PARTS_MAX + 1),
@@ -340,8 +361,8 @@ static void test_fused_residual(void **state)
             CU(kcu_matmul(ctx, t, dwt, rb, nw, n, do1, rows, dp1, nw));
             /* Fused, then the product told its input is unchanged. */
             CU(cudaMemcpyAsync(dx2, dx0, vb, cudaMemcpyDeviceToDevice, st));
-            CU(kcu_matmul_add_norm(ctx, t, dx2, dy, post ? dw : NULL, do2, dw2, rows, n, 1e-6f));
-            const struct kcu_mm_part part = {dwt, nw, dp2, nw};
+            CU(kcu_matmul_add_norm(ctx, t, false, dx2, dy, post ? dw : NULL, do2, dw2, rows, n, 1e-6f));
+            const struct kcu_mm_part part = {dwt, nw, dp2, nw, NULL};
             CU(kcu_matmul_parts(ctx, t, rb, n, do2, rows, &part, 1, true));
             CU(cudaStreamSynchronize(st));
             CU(cudaMemcpy(want, dx1, vb, cudaMemcpyDeviceToHost));

@@ -28,7 +28,8 @@
 
 /* A weight matrix on the device. */
 struct cu_tensor {
-    const void *d; /* device copy of the rows */
+    const void *d;   /* device copy of the rows */
+    const void *d16; /* the rows dequantized to f16 [n_rows][n_cols], or NULL (f16_copies) */
     enum gguf_dtype type;
     int64_t n_rows, n_cols;
     size_t row_bytes;
@@ -72,6 +73,8 @@ struct cuda_engine {
     /* Weights: one allocation, tensors at 256-byte aligned offsets. */
     uint8_t *wbuf;
     size_t wbytes, wused;
+    uint8_t *w16buf; /* the f16 copies of quantized matrices, or NULL */
+    size_t w16bytes;
     struct cu_tensor tok_embd, output;
     const float *output_norm, *rope_freqs;
     struct cu_layer *layers; /* [n_layer] */
@@ -216,6 +219,87 @@ static int weights_upload(struct cuda_engine *ce, struct lmd_err *err)
     return rc;
 }
 
+/*
+ * f16 copies of the quantized matrices, made once at load in the memory the
+ * K/V blocks did not need. Products of more than KCU_GEMV_MAX_M rows
+ * (prefill, batched decode) otherwise dequantize every matrix to f16 on
+ * every step, in slices, and read it back: 2 + 2 bytes written and read an
+ * element next to the 0.56 of Q4_K; from a copy cuBLAS reads 2 bytes an
+ * element once. Decode at up to KCU_GEMV_MAX_M rows keeps reading the
+ * quantized rows (fewer bytes). Nothing is taken from the K/V blocks:
+ * without room for every copy, none is made. LMD_CUDA_F16_COPIES=0 turns
+ * them off (for measurements).
+ */
+static bool wants_copy(const struct cu_tensor *t)
+{
+    return t->d && t->type != GGUF_DTYPE_F16 && t->type != GGUF_DTYPE_BF16 && t->type != GGUF_DTYPE_F32;
+}
+
+/* The matrices a copy may be made of: the layers' seven and the output. */
+static int copy_candidates(struct cuda_engine *ce, struct cu_tensor **out)
+{
+    int n = 0;
+    for (int il = 0; il < ce->model->hp.n_layer; il++) {
+        struct cu_layer *L = &ce->layers[il];
+        struct cu_tensor *ts[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->ffn_gate, &L->ffn_up, &L->ffn_down};
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++)
+            if (out && wants_copy(ts[i]))
+                out[n++] = ts[i];
+            else if (!out)
+                n++;
+    }
+    if (out && wants_copy(&ce->output))
+        out[n++] = &ce->output;
+    else if (!out)
+        n++;
+    return n;
+}
+
+static int f16_copies(struct cuda_engine *ce, struct lmd_err *err)
+{
+    const char *env = getenv("LMD_CUDA_F16_COPIES");
+    if (env && strcmp(env, "0") == 0)
+        return 0;
+    struct cu_tensor **ts = malloc(sizeof *ts * (size_t)copy_candidates(ce, NULL));
+    if (!ts)
+        return lmd_err_set(err, LMD_ENOMEM, "out of memory");
+    const int n = copy_candidates(ce, ts);
+    size_t need = 0;
+    for (int i = 0; i < n; i++)
+        need += align256((size_t)ts[i]->n_rows * (size_t)ts[i]->n_cols * 2);
+    size_t free_b = 0, total_b = 0;
+    if (n == 0 || cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+        free(ts);
+        return 0;
+    }
+    const size_t margin = ((size_t)1 << 30) + total_b / 20;
+    if (free_b < margin || free_b - margin < need || cudaMalloc((void **)&ce->w16buf, need) != cudaSuccess) {
+        (void)cudaGetLastError();
+        ce->w16buf = NULL;
+        LMD_INFO("cuda engine: no f16 copies of the quantized matrices (%zu MiB needed, %zu MiB free after the K/V "
+                 "blocks): products over %d rows dequantize on each step",
+                 need >> 20, free_b >> 20, KCU_GEMV_MAX_M);
+        free(ts);
+        return 0;
+    }
+    ce->w16bytes = need;
+    size_t used = 0;
+    for (int i = 0; i < n; i++) {
+        struct cu_tensor *t = ts[i];
+        t->d16 = ce->w16buf + used;
+        cudaError_t e = kcu_dequant_f16(ce->st, t->type, t->d, t->row_bytes, 0, t->n_rows, t->n_cols,
+                                        (uint16_t *)(ce->w16buf + used));
+        if (e != cudaSuccess) {
+            free(ts);
+            return cu_fail(err, e, "making the f16 copies");
+        }
+        used += align256((size_t)t->n_rows * (size_t)t->n_cols * 2);
+    }
+    free(ts);
+    CU_TRY(cudaStreamSynchronize(ce->st), "making the f16 copies");
+    return 0;
+}
+
 /* ---- the forward pass ----------------------------------------------------- */
 
 /* Each kernel's launch status; the first failure ends the step. */
@@ -255,7 +339,8 @@ static void prof_report(const struct cuda_engine *ce)
 
 static cudaError_t mm(struct cuda_engine *ce, const struct cu_tensor *w, const float *x, int m, float *y)
 {
-    return kcu_matmul(ce->mm, w->type, w->d, w->row_bytes, w->n_rows, w->n_cols, x, m, y, w->n_rows);
+    const struct kcu_mm_part part = {w->d, w->n_rows, y, w->n_rows, w->d16};
+    return kcu_matmul_parts(ce->mm, w->type, w->row_bytes, w->n_cols, x, m, &part, 1, false);
 }
 
 /* Products of several matrices over the same x (Q, K, V; gate, up):
@@ -270,7 +355,7 @@ static cudaError_t mm_same_x(struct cuda_engine *ce, const struct cu_tensor *con
         struct kcu_mm_part parts[KCU_MM_PARTS_MAX];
         int n = 0;
         do {
-            parts[n] = (struct kcu_mm_part){w[i + n]->d, w[i + n]->n_rows, y[i + n], w[i + n]->n_rows};
+            parts[n] = (struct kcu_mm_part){w[i + n]->d, w[i + n]->n_rows, y[i + n], w[i + n]->n_rows, w[i + n]->d16};
             n++;
         } while (i + n < count && n < KCU_MM_PARTS_MAX && w[i + n]->type == w[i]->type &&
                  w[i + n]->row_bytes == w[i]->row_bytes && w[i + n]->n_cols == w[i]->n_cols);
@@ -374,8 +459,8 @@ static int forward(struct cuda_engine *ce, int T, int n_seqs, int n_want, int st
         K_TRY(mm(ce, &L->wo, ce->att, T, ce->xb), "matmul o");
         prof_mark(ce, CP_MM_O);
         /* The residual and the feed-forward's norm in one launch. */
-        K_TRY(kcu_matmul_add_norm(ce->mm, L->ffn_gate.type, ce->x, ce->xb, L->attn_post_norm, ce->xb, L->ffn_norm, T, E,
-                                  hp->rms_eps),
+        K_TRY(kcu_matmul_add_norm(ce->mm, L->ffn_gate.type, L->ffn_gate.d16 != NULL, ce->x, ce->xb, L->attn_post_norm,
+                                  ce->xb, L->ffn_norm, T, E, hp->rms_eps),
               "residual");
         prof_mark(ce, CP_RESID);
 
@@ -392,8 +477,9 @@ static int forward(struct cuda_engine *ce, int T, int n_seqs, int n_want, int st
         prof_mark(ce, CP_MM_DOWN);
         /* The residual and the next layer's attention norm in one launch. */
         if (il + 1 < hp->n_layer)
-            K_TRY(kcu_matmul_add_norm(ce->mm, ce->layers[il + 1].wq.type, ce->x, ce->xb, L->ffn_post_norm, ce->xb,
-                                      ce->layers[il + 1].attn_norm, T, E, hp->rms_eps),
+            K_TRY(kcu_matmul_add_norm(ce->mm, ce->layers[il + 1].wq.type, ce->layers[il + 1].wq.d16 != NULL, ce->x,
+                                      ce->xb, L->ffn_post_norm, ce->xb, ce->layers[il + 1].attn_norm, T, E,
+                                      hp->rms_eps),
                   "residual");
         else
             K_TRY(kcu_add_norm(ce->st, ce->x, ce->xb, L->ffn_post_norm, NULL, NULL, T, E, hp->rms_eps), "residual");
@@ -403,9 +489,7 @@ static int forward(struct cuda_engine *ce, int T, int n_seqs, int n_want, int st
         return 0;
     /* Final norm of the rows that want logits, the vocabulary projection. */
     K_TRY(kcu_rmsnorm(ce->st, ce->xb, ce->x, want_idx, ce->output_norm, n_want, E, hp->rms_eps), "rmsnorm");
-    K_TRY(kcu_matmul(ce->mm, ce->output.type, ce->output.d, ce->output.row_bytes, ce->output.n_rows, ce->output.n_cols,
-                     ce->xb, n_want, ce->logits_d, hp->n_vocab),
-          "matmul logits");
+    K_TRY(mm(ce, &ce->output, ce->xb, n_want, ce->logits_d), "matmul logits");
     if (hp->final_softcap > 0)
         K_TRY(kcu_softcap(ce->st, ce->logits_d, (int64_t)n_want * hp->n_vocab, hp->final_softcap), "softcap");
     prof_mark(ce, CP_LOGITS);
@@ -587,6 +671,7 @@ static void cuda_close(struct engine *e)
     }
     kcu_ctx_free(ce->mm);
     cudaFree(ce->wbuf);
+    cudaFree(ce->w16buf);
     cudaFree(ce->kc);
     cudaFree(ce->vc);
     float *acts[] = {ce->x, ce->xb, ce->q, ce->k, ce->v, ce->att, ce->ffg, ce->ffu, ce->logits_d};
@@ -762,10 +847,12 @@ int engine_cuda_open(struct engine **out, const struct engine_config *cfg, struc
     }
     in->kv_blocks = n_blocks;
     in->kv_block_bytes = block_bytes;
-    LMD_INFO("cuda engine: %s (%s) on GPU %d (%s): %d layers, ctx %d, weights %zu MiB, kv %d blocks x %d tokens "
-             "(%zu MiB), scratch %zu MiB",
-             in->model_name, in->arch, cfg->gpu, ce->device_name, hp->n_layer, in->n_ctx, ce->wbytes >> 20, n_blocks,
-             bt, (kbytes + vbytes) >> 20, kcu_ctx_bytes(ce->mm) >> 20);
+    if ((rc = f16_copies(ce, err)))
+        goto fail;
+    LMD_INFO("cuda engine: %s (%s) on GPU %d (%s): %d layers, ctx %d, weights %zu MiB (f16 copies %zu MiB), kv %d "
+             "blocks x %d tokens (%zu MiB), scratch %zu MiB",
+             in->model_name, in->arch, cfg->gpu, ce->device_name, hp->n_layer, in->n_ctx, ce->wbytes >> 20,
+             ce->w16bytes >> 20, n_blocks, bt, (kbytes + vbytes) >> 20, kcu_ctx_bytes(ce->mm) >> 20);
     *out = &ce->base;
     return 0;
 fail:

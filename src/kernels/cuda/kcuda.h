@@ -38,12 +38,17 @@ bool kcu_type_supported(enum gguf_dtype t);
 #define KCU_GEMV_PASSES_MAX_M 32
 
 /* One matrix of a product: n rows at w (of the call's type and row
- * stride), written to y[i * ldy + r]. */
+ * stride), written to y[i * ldy + r]. w16, when not NULL, is the same
+ * rows dequantized to f16 ([n][k]), kept by the caller: products of more
+ * than KCU_GEMV_MAX_M rows then go to cuBLAS on it directly, with no
+ * dequantization per call (kcu_matmul_parts uses it only when every part
+ * has one). */
 struct kcu_mm_part {
     const void *w;
     int64_t n;
     float *y;
     int64_t ldy;
+    const void *w16;
 };
 /* Matrices of one type and row width that multiply the same activations
  * (a layer's Q, K and V; gate and up) go through one launch. */
@@ -102,12 +107,12 @@ cudaError_t kcu_matmul(struct kcu_ctx *c, enum gguf_dtype t, const void *w, size
 cudaError_t kcu_matmul_parts(struct kcu_ctx *c, enum gguf_dtype t, size_t w_stride, int64_t k, const float *x,
                              int64_t m, const struct kcu_mm_part *parts, int n_parts, bool x_unchanged);
 /* kcu_add_norm with out, and out also quantized into the context for a
- * product of type t over it, when that product (rows activation rows, n
- * wide) takes the integer path: the next kcu_matmul_parts on out with
+ * product of type t over it (f16_copy: its parts have w16), when that
+ * product (rows activation rows, n wide) takes the integer path: the next kcu_matmul_parts on out with
  * x_unchanged then skips its own quantization. One launch for what
  * would be three. */
-cudaError_t kcu_matmul_add_norm(struct kcu_ctx *c, enum gguf_dtype t, float *x, const float *y, const float *w,
-                                float *out, const float *w_out, int rows, int n, float eps);
+cudaError_t kcu_matmul_add_norm(struct kcu_ctx *c, enum gguf_dtype t, bool f16_copy, float *x, const float *y,
+                                const float *w, float *out, const float *w_out, int rows, int n, float eps);
 
 /* ---- the other operations of the forward pass ---------------------------- */
 

@@ -179,25 +179,37 @@ extern "C" const char *kcu_ctx_error(const struct kcu_ctx *c) { return c ? c->er
 extern "C" cudaError_t kcu_matmul(struct kcu_ctx *c, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n,
                                   int64_t k, const float *x, int64_t m, float *y, int64_t ldy)
 {
-    const struct kcu_mm_part part = {w, n, y, ldy};
+    const struct kcu_mm_part part = {w, n, y, ldy, nullptr};
     return kcu_matmul_parts(c, t, w_stride, k, x, m, &part, 1, false);
 }
 
 /* Whether a product of type t over m rows of k takes the integer GEMV,
  * which quantizes its activations into xq/xs first. */
-static bool takes_q8(const kcu_ctx *c, enum gguf_dtype t, int64_t m, int64_t k)
+/* Whether a product of type t over m rows goes through the GEMV (else
+ * cuBLAS): always up to KCU_GEMV_MAX_M rows; for quantized weights without
+ * an f16 copy also in passes up to passes_max_m rows, since reading the
+ * weights once per 8 rows costs less than dequantizing them to f16 (0.56
+ * bytes an element for Q4_K, 4 passes for 32 rows, against 0.56 + 2 + 2).
+ * With an f16 copy cuBLAS reads 2 bytes an element once. */
+static bool takes_gemv(const kcu_ctx *c, enum gguf_dtype t, int64_t m, bool f16_copy)
 {
     const bool flt = t == GGUF_DTYPE_F16 || t == GGUF_DTYPE_BF16;
-    return (m <= KCU_GEMV_MAX_M || (!flt && m <= c->passes_max_m)) && kcu_type_q8(t) && m <= c->max_m && k <= c->max_k;
+    return m <= KCU_GEMV_MAX_M || (!flt && !f16_copy && m <= c->passes_max_m);
 }
 
-extern "C" cudaError_t kcu_matmul_add_norm(struct kcu_ctx *c, enum gguf_dtype t, float *x, const float *y,
-                                           const float *w, float *out, const float *w_out, int rows, int n, float eps)
+static bool takes_q8(const kcu_ctx *c, enum gguf_dtype t, int64_t m, int64_t k, bool f16_copy)
+{
+    return takes_gemv(c, t, m, f16_copy) && kcu_type_q8(t) && m <= c->max_m && k <= c->max_k;
+}
+
+extern "C" cudaError_t kcu_matmul_add_norm(struct kcu_ctx *c, enum gguf_dtype t, bool f16_copy, float *x,
+                                           const float *y, const float *w, float *out, const float *w_out, int rows,
+                                           int n, float eps)
 {
     c->q8_x = nullptr;
     if (!out)
         return cudaErrorInvalidValue;
-    if (!takes_q8(c, t, rows, n))
+    if (!takes_q8(c, t, rows, n, f16_copy))
         return kcu_add_norm(c->st, x, y, w, out, w_out, rows, n, eps);
     const bool per_256 = kcu_q8_per_256(t);
     cudaError_t rc = kcu_add_norm_q8(c->st, x, y, w, out, w_out, rows, n, eps, per_256, c->xq, c->xs);
@@ -216,17 +228,16 @@ extern "C" cudaError_t kcu_matmul_parts(struct kcu_ctx *c, enum gguf_dtype t, si
 {
     if (n_parts < 1 || n_parts > KCU_MM_PARTS_MAX || m < 1)
         return cudaErrorInvalidValue;
-    /* Quantized weights and a few dozen rows (batched decode): reading the
-     * weights once per 8 rows costs less than writing and reading them as
-     * f16 (0.56 bytes an element for Q4_K, 4 passes for 32 rows, against
-     * 0.56 + 2 + 2). F16 and BF16 weights go to cuBLAS as they are. */
     const bool flt = t == GGUF_DTYPE_F16 || t == GGUF_DTYPE_BF16;
+    bool f16_copy = !flt;
+    for (int p = 0; p < n_parts; p++)
+        f16_copy = f16_copy && parts[p].w16;
     /* xq/xs are reused only straight after the product that filled them:
      * a product in between that took another path did not refresh them. */
     const bool known = x_unchanged && c->q8_x == x && c->q8_m == m && c->q8_k == k;
     c->q8_x = nullptr;
-    if (m <= KCU_GEMV_MAX_M || (!flt && m <= c->passes_max_m)) {
-        const bool q8 = takes_q8(c, t, m, k);
+    if (takes_gemv(c, t, m, f16_copy)) {
+        const bool q8 = takes_q8(c, t, m, k, f16_copy);
         if (q8) {
             const bool per_256 = kcu_q8_per_256(t);
             if (known && c->q8_per_256 == per_256) {
@@ -275,12 +286,13 @@ extern "C" cudaError_t kcu_matmul_parts(struct kcu_ctx *c, enum gguf_dtype t, si
         const int64_t n = parts[p].n, ldy = parts[p].ldy;
         float *y = parts[p].y;
         cublasStatus_t s;
-        if (flt) {
+        if (flt || f16_copy) {
             /* Y^T (n x m, column-major = Y row-major) = W (k x n column-major, transposed) . X^T. */
             const cudaDataType dt = bf ? CUDA_R_16BF : CUDA_R_16F;
-            s = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &one, parts[p].w, dt,
-                             (int)(w_stride / 2), c->xscratch, dt, (int)k, &zero, y, CUDA_R_32F, (int)ldy,
-                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            s = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)m, (int)k, &one,
+                             f16_copy ? parts[p].w16 : parts[p].w, dt, f16_copy ? (int)k : (int)(w_stride / 2),
+                             c->xscratch, dt, (int)k, &zero, y, CUDA_R_32F, (int)ldy, CUBLAS_COMPUTE_32F,
+                             CUBLAS_GEMM_DEFAULT);
             if (s != CUBLAS_STATUS_SUCCESS)
                 return blas_fail(c, "gemm", s);
         } else {

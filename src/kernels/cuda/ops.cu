@@ -31,8 +31,12 @@ constexpr int NORM_THREADS = 256;
  * the same bits.
  */
 
-/* o = rmsnorm(v) * w over this thread's R elements of a row of n. */
-template <int R> __device__ __forceinline__ void rms_regs(const float v[R], float *o, const float *w, int n, float eps)
+/* o = rmsnorm(v) * w over this thread's R elements of a row of n (wv:
+ * w's elements, loaded with v's; ignored when w is NULL); also into the
+ * shared row sh when it is given. */
+template <int R>
+__device__ __forceinline__ void rms_regs(float v[R], float *o, const float *w, const float wv[R], int n, float eps,
+                                         float *sh)
 {
     float ss = 0.0f;
 #pragma unroll
@@ -45,8 +49,23 @@ template <int R> __device__ __forceinline__ void rms_regs(const float v[R], floa
 #pragma unroll
     for (int j = 0; j < R; j++) {
         const int i = threadIdx.x + j * NORM_THREADS;
-        if (i < n)
-            o[i] = w ? (v[j] * scale) * w[i] : v[j] * scale;
+        if (i < n) {
+            const float r = w ? (v[j] * scale) * wv[j] : v[j] * scale;
+            o[i] = r;
+            if (sh)
+                sh[i] = r;
+        }
+    }
+}
+
+/* Loads of this thread's R elements of a row (0 past n, and none at all
+ * when p is NULL), all issued before any is used. */
+template <int R> __device__ __forceinline__ void load_regs(const float *p, float v[R], int n)
+{
+#pragma unroll
+    for (int j = 0; j < R; j++) {
+        const int i = threadIdx.x + j * NORM_THREADS;
+        v[j] = p && i < n ? p[i] : 0.0f;
     }
 }
 
@@ -60,13 +79,10 @@ __global__ void __launch_bounds__(NORM_THREADS)
     if constexpr (R == 0) {
         kcu_rms_row<NORM_THREADS>(x, o, w, n, eps);
     } else {
-        float v[R];
-#pragma unroll
-        for (int j = 0; j < R; j++) {
-            const int i = threadIdx.x + j * NORM_THREADS;
-            v[j] = i < n ? x[i] : 0.0f;
-        }
-        rms_regs<R>(v, o, w, n, eps);
+        float v[R], wv[R];
+        load_regs<R>(x, v, n);
+        load_regs<R>(w, wv, n);
+        rms_regs<R>(v, o, w, wv, n, eps, nullptr);
     }
 }
 
@@ -85,6 +101,10 @@ __global__ void __launch_bounds__(NORM_THREADS)
     float *xr = x + (size_t)r * (size_t)n;
     const float *yr = y + (size_t)r * (size_t)n;
     float *o = out ? out + (size_t)r * (size_t)n : nullptr;
+    /* The quantization reads the normalized row from here rather than
+     * back from memory: one round trip less. */
+    __shared__ float sh[R > 0 ? R * NORM_THREADS : 1];
+    const float *qsrc = o;
     if constexpr (R == 0) {
         float scale = 1.0f;
         if (w) {
@@ -99,13 +119,11 @@ __global__ void __launch_bounds__(NORM_THREADS)
             return;
         kcu_rms_row<NORM_THREADS>(xr, o, w_out, n, eps);
     } else {
-        float xv[R], yv[R];
-#pragma unroll
-        for (int j = 0; j < R; j++) {
-            const int i = threadIdx.x + j * NORM_THREADS;
-            xv[j] = i < n ? xr[i] : 0.0f;
-            yv[j] = i < n ? yr[i] : 0.0f;
-        }
+        float xv[R], yv[R], wv[R], wov[R];
+        load_regs<R>(xr, xv, n);
+        load_regs<R>(yr, yv, n);
+        load_regs<R>(w, wv, n);
+        load_regs<R>(o ? w_out : nullptr, wov, n);
         float scale = 1.0f;
         if (w) {
             float ss = 0.0f;
@@ -119,26 +137,27 @@ __global__ void __launch_bounds__(NORM_THREADS)
         for (int j = 0; j < R; j++) {
             const int i = threadIdx.x + j * NORM_THREADS;
             if (i < n) {
-                xv[j] += w ? (yv[j] * scale) * w[i] : yv[j];
+                xv[j] += w ? (yv[j] * scale) * wv[j] : yv[j];
                 xr[i] = xv[j];
             }
         }
         if (!o)
             return;
-        rms_regs<R>(xv, o, w_out, n, eps);
+        rms_regs<R>(xv, o, w_out, wov, n, eps, q ? sh : nullptr);
+        qsrc = sh;
     }
     if (!q)
         return;
-    /* The row's writes to out, by every thread, seen by every thread. */
+    /* The row's writes (to out or sh), by every thread, seen by every thread. */
     __syncthreads();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int8_t *qr = q + (size_t)r * (size_t)n;
     float2 *sr = qs + (size_t)r * (size_t)(n / 32);
     for (int b = warp; b < n / qbs; b += NORM_THREADS / 32) {
         if (qbs == 256)
-            kcu_quant_q8_K_block(o, b, qr, sr, lane);
+            kcu_quant_q8_K_block(qsrc, b, qr, sr, lane);
         else
-            kcu_quant_q8_0_block(o, b, qr, sr, lane);
+            kcu_quant_q8_0_block(qsrc, b, qr, sr, lane);
     }
 }
 
