@@ -73,8 +73,14 @@ static void *prep_worker(void *arg)
             break;
         }
         pthread_mutex_unlock(&a->prep_mu);
-        /* The job's task is never queued twice: nothing else posts it. */
+        /* The job's task is never queued twice: nothing else posts it. The
+         * loop may run it, and the job's count in `active` may drop, before
+         * http_post returns (it wakes the loop last): this worker counts
+         * itself meanwhile, so that a shutdown waiting for api_active to
+         * reach zero never frees the loop under it. */
+        atomic_fetch_add(&a->active, 1);
         http_post(j->loop, &j->task);
+        atomic_fetch_sub(&a->active, 1);
         pthread_mutex_lock(&a->prep_mu);
     }
     pthread_mutex_unlock(&a->prep_mu);
