@@ -173,3 +173,42 @@ def test_tokenize_client_gone_during_prep(server):
     wait_for(lambda: access_lines(proc, "gone-tokenize"), "no access line for the request")
     assert access_lines(proc, "gone-tokenize")[0]["status"] == 499
     wait_for(lambda: preparing(base) == 0, "the request stayed in prep")
+
+
+def rejections(base, reason):
+    total = 0.0
+    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("lmd_rejections_total{") and 'reason="%s"' % reason in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_full_prep_queue_is_503(lmd_bin, default_model):
+    """One worker busy with a slow prompt and 64 requests waiting for it (the
+    bound): the next is refused at once with 503 and Retry-After, counted as
+    a queue_full refusal, while the waiting ones are all answered later."""
+    proc, base = start_server(lmd_bin, default_model, "--io-threads", "1", "--prep-threads", "1", "-c", str(CTX),
+                              "--kv-blocks", "64")
+    host, port = base[len("http://"):].split(":")
+    waiting = []
+    try:
+        before = rejections(base, "queue_full")
+        # About 2.5 s of tokenizing: the 65 requests below queue within a few milliseconds of it.
+        slow = h1_send(host, int(port), "/tokenize", json.dumps({"content": "a" * 3_500_000}).encode(), "slow")
+        wait_for(lambda: preparing(base) >= 1, "the slow request never showed in prep")
+        small = json.dumps({"content": "Hello world"}).encode()
+        for i in range(64):
+            waiting.append(h1_send(host, int(port), "/tokenize", small, "wait-%d" % i))
+        wait_for(lambda: preparing(base) >= 65, "the small requests never queued")
+        r = httpx.post(base + "/tokenize", json={"content": "Hello world"}, timeout=60)
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "queue_full"
+        assert rejections(base, "queue_full") == before + 1
+        for s in [slow] + waiting:
+            head = s.recv(4096)
+            assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    finally:
+        for s in waiting:
+            s.close()
+        stop_server(proc)
