@@ -349,6 +349,10 @@ struct api_who {
     int cls;                  /* service class index */
     struct qos_ticket ticket; /* QOS_TICKET_QUEUED once admitted */
     char rid[API_ID_MAX];     /* the X-Request-Id sent back, for logs */
+    /* ns, monotonic: when the request arrived, before its prep, so that
+     * the time it waited for a prep worker counts towards its deadline
+     * and its queue time, TTFT and latency; 0 = when it is submitted. */
+    uint64_t t_arrival_ns;
 };
 
 struct api_call;

@@ -115,7 +115,7 @@ struct api_call {
     char *piece;              /* [piece_cap] one detokenized push, or one token's text */
     size_t piece_cap;
     struct lmd_buf chunk;                   /* streamed: the SSE bytes of this wakeup, reused */
-    uint64_t t_start, t_first;              /* ns, monotonic: accepted, first token seen */
+    uint64_t t_start, t_first;              /* ns, monotonic: arrived (who.t_arrival_ns), first token seen */
     struct api_who who;                     /* tenant, class, admission ticket, request id */
     int status;                             /* the HTTP status answered (for metrics and the log); 0 = not yet */
     const char *finish;                     /* the first choice's finish reason, for the log */
@@ -1144,7 +1144,7 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
     c->task.fn = call_task;
     c->loop = http_req_loop(r);
     c->created = (long)(lmd_time_wall_ns() / 1000000000ull);
-    c->t_start = lmd_time_mono_ns();
+    c->t_start = who->t_arrival_ns ? who->t_arrival_ns : lmd_time_mono_ns();
     c->who = *who;
     who->ticket.state = QOS_TICKET_NONE; /* the call's now: call_free settles it */
     snprintf(c->id, sizeof c->id, "%s", id);

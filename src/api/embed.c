@@ -467,7 +467,7 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
     c->task.fn = call_task;
     c->who = *who;
     who->ticket.state = QOS_TICKET_NONE; /* the call's now: call_free settles it */
-    c->t_start = lmd_time_mono_ns();
+    c->t_start = who->t_arrival_ns ? who->t_arrival_ns : lmd_time_mono_ns();
     c->n_embd = E;
     c->n_prompt = n_prompt;
     c->base64 = base64;
@@ -628,7 +628,8 @@ void api_embd_route(struct api *a, struct http_req *r, int tenant, const char *r
 {
     struct api_error e = {0};
     struct qos *q = a->cfg.qos;
-    struct api_who who = {.tenant = tenant, .cls = qos_tenant(q, tenant)->default_class};
+    struct api_who who = {
+        .tenant = tenant, .cls = qos_tenant(q, tenant)->default_class, .t_arrival_ns = lmd_time_mono_ns()};
     snprintf(who.rid, sizeof who.rid, "%s", rid);
     const struct api__model *m = NULL;
     struct embd_input *in = NULL;

@@ -401,7 +401,7 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     struct api_error e = {0};
     struct api_params p;
     struct qos *q = a->cfg.qos;
-    struct api_who who = {.tenant = 0, .cls = qos_default_class(q)};
+    struct api_who who = {.tenant = 0, .cls = qos_default_class(q), .t_arrival_ns = lmd_time_mono_ns()};
     snprintf(who.rid, sizeof who.rid, "%s", rid);
     const struct api__model *m = NULL; /* the model it routes to, once known */
     const char *hname = NULL, *hvalue = NULL;
