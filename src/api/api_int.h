@@ -333,6 +333,9 @@ struct api_job {
  * the FIFO is full: then nothing is queued, the job is still the caller's,
  * and the caller answers 503 (api__prep_busy's error). */
 int api__prep_queue(struct api *a, struct api_job *j, struct http_req *r);
+/* The access line and count (499, "cancelled") of a request whose client
+ * left while it was in prep: nobody hears the answer, but it happened. */
+void api__log_gone(const char *rid, const char *path, const struct api__model *m, int cls, int tenant);
 /* The 503 of a full FIFO, counted as a queue_full refusal of tenant. */
 void api__prep_busy(struct api *a, struct api_error *e, int tenant);
 /* Start the workers (api_init) and stop them (api_free: after the HTTP

@@ -551,21 +551,7 @@ static void embd_done(struct api_job *jb, struct http_req *r)
          * answered into the void, so that it is disposed. */
         api_error_set(e, 499, "invalid_request_error", NULL, "client_closed", "the client closed its connection");
         if (!r) {
-            obs_request_done(obs_status_of(499), m->index, j->who.cls, j->who.tenant);
-            struct obs_access acc = {
-                .id = j->who.rid,
-                .method = "POST",
-                .path = "/v1/embeddings",
-                .status = 499,
-                .cls = j->who.cls,
-                .tenant = j->who.tenant,
-                .model = m->m.id,
-                .queue_s = -1,
-                .ttft_s = -1,
-                .e2e_s = -1,
-                .finish = "cancelled",
-            };
-            obs_access_log(&acc);
+            api__log_gone(j->who.rid, "/v1/embeddings", m, j->who.cls, j->who.tenant);
             return;
         }
         goto fail;

@@ -155,6 +155,25 @@ int api__prep_queue(struct api *a, struct api_job *j, struct http_req *r)
     return 0;
 }
 
+void api__log_gone(const char *rid, const char *path, const struct api__model *m, int cls, int tenant)
+{
+    obs_request_done(obs_status_of(499), m->index, cls, tenant);
+    struct obs_access acc = {
+        .id = rid,
+        .method = "POST",
+        .path = path,
+        .status = 499,
+        .cls = cls,
+        .tenant = tenant,
+        .model = m->m.id,
+        .queue_s = -1,
+        .ttft_s = -1,
+        .e2e_s = -1,
+        .finish = "cancelled",
+    };
+    obs_access_log(&acc);
+}
+
 void api__prep_busy(struct api *a, struct api_error *e, int tenant)
 {
     obs_reject(OBS_R_QUEUE_FULL, tenant);
@@ -368,27 +387,6 @@ static void gen_run(struct api_job *jb)
     j->rc = 0;
 }
 
-/* The access line and count of a request whose client left during its
- * prep: nobody hears the answer, but it happened. */
-static void gen_log_gone(struct gen_job *j)
-{
-    obs_request_done(obs_status_of(499), j->m->index, j->who.cls, j->who.tenant);
-    struct obs_access acc = {
-        .id = j->who.rid,
-        .method = "POST",
-        .path = j->path,
-        .status = 499,
-        .cls = j->who.cls,
-        .tenant = j->who.tenant,
-        .model = j->m->m.id,
-        .queue_s = -1,
-        .ttft_s = -1,
-        .e2e_s = -1,
-        .finish = "cancelled",
-    };
-    obs_access_log(&acc);
-}
-
 /* Back on the request's I/O thread: admission, then the scheduler. */
 static void gen_done(struct api_job *jb, struct http_req *r)
 {
@@ -399,7 +397,7 @@ static void gen_done(struct api_job *jb, struct http_req *r)
     const char *hname = NULL, *hvalue = NULL;
     char retry[16];
     if (!r) {
-        gen_log_gone(j);
+        api__log_gone(j->who.rid, j->path, m, j->who.cls, j->who.tenant);
         return;
     }
     if (atomic_load(&jb->gone)) {
