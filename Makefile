@@ -99,7 +99,7 @@ test-integration: build
 # test-fuzz) and unit-tested under ASan; of their integration tests only
 # the structured-output ones run here, to keep the suite's time bounded.
 ASAN_ITESTS ?= tests/integration/test_server.py tests/integration/test_hardening.py tests/integration/test_gateway.py \
-	tests/integration/test_discovery.py tests/integration/test_structured.py
+	tests/integration/test_discovery.py tests/integration/test_structured.py tests/integration/test_prep.py
 
 test-integration-asan: build build-asan
 	LMD_SANITIZED=1 LMD_BIN=$(CURDIR)/$(BUILD_ASAN)/lmd LMD_UPSTREAM_BIN=$(CURDIR)/$(BUILD)/lmd LMD_MODEL=$(CURDIR)/$(MODEL) \

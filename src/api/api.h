@@ -9,9 +9,9 @@
  * strings before writing. It never runs model code and never blocks.
  *
  * Lifetimes: `struct api` lives for the process (created before the HTTP
- * server starts, freed after it stops), and so does the one worker thread
- * it owns for /tokenize and /detokenize, so that tokenizing megabytes of
- * text never holds an I/O thread. Each generation request is one
+ * server starts, freed after it stops), and so do the prep worker threads
+ * it owns, where chat templates are rendered and prompts tokenized, so
+ * that megabytes of text never hold an I/O thread. Each generation request is one
  * heap object shared by the I/O thread and the engine thread through the
  * scheduler's reference count.
  */
@@ -30,7 +30,11 @@ struct sched;
 struct tok_vocab;
 struct jinja_tmpl;
 
-#define API_MAX_MODELS 8 /* = OBS_MAX_MODELS: a model's index is its metrics label index */
+#define API_MAX_MODELS 8
+#define API_PREP_THREADS_MAX 64
+/* Two: one client's megabytes of prompt never hold every other request's
+ * prep. */
+#define API_PREP_THREADS_DEFAULT 2 /* = OBS_MAX_MODELS: a model's index is its metrics label index */
 
 /* One model the API serves: its names, what /v1/models shows about it,
  * and the scheduler, vocabulary and chat template its requests use. */
@@ -109,6 +113,9 @@ struct api_config {
     bool prefix_cache_shared;
     /* Integer `priority` values onto classes; n == 0 = the built-in map. */
     struct api_priority_map priority_map;
+    /* Prep worker threads (chat templates, tokenizing); 0 = derived:
+     * API_PREP_THREADS_DEFAULT. */
+    int prep_threads;
 };
 
 int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err);

@@ -9,6 +9,7 @@
 #include "api/api.h"
 #include "api/chat_template.h"
 #include "core/error.h"
+#include "http/http.h"
 #include "qos/qos.h"
 #include "sample/sample.h"
 
@@ -19,8 +20,6 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
-
-struct http_req;
 
 /* Response text is built in core's growable buffer (core/buf.h). Per-request
  * buffers are reset, not freed, between tokens, so they grow to the largest
@@ -282,7 +281,7 @@ struct api__model {
 
 /* The process-wide API state (api.h's opaque struct api). */
 struct api_call;
-struct api_tok_job;
+struct api_job;
 struct api {
     struct api_config cfg;     /* cfg.models points at nothing: use models */
     struct api__model *models; /* [n_models] */
@@ -296,16 +295,65 @@ struct api {
      * one rendering, never across model work. */
     pthread_mutex_t live_mu;
     struct api_call *live;
-    /* /tokenize and /detokenize run on one worker thread (tokenize.c): a
-     * FIFO of jobs, the mutex held only to link and unlink them. */
-    pthread_t tok_thread;
-    bool tok_started;
-    pthread_mutex_t tok_mu;
-    pthread_cond_t tok_cv;
-    struct api_tok_job *tok_head, *tok_tail; /* guarded by tok_mu */
-    int tok_queued;                          /* jobs in the FIFO; guarded by tok_mu */
-    bool tok_stop;                           /* guarded by tok_mu */
+    /* The prep workers (prep.c): chat templates, tokenizing and /tokenize
+     * run there, never on an I/O thread. A FIFO of jobs, the mutex held
+     * only to link and unlink them. */
+    pthread_t *prep_threads; /* [n_prep] */
+    int n_prep;              /* threads started */
+    pthread_mutex_t prep_mu;
+    pthread_cond_t prep_cv;
+    struct api_job *prep_head, *prep_tail; /* guarded by prep_mu */
+    int prep_queued;                       /* jobs in the FIFO; guarded by prep_mu */
+    int prep_max_queued;                   /* the FIFO's bound: past it, 503 */
+    bool prep_stop;                        /* guarded by prep_mu */
 };
+
+/*
+ * A request's trip through a prep worker and back to its I/O thread
+ * (prep.c): the I/O thread validates the body (cheap), queues a job, and
+ * returns; a worker does the long CPU work (run); the request's I/O
+ * thread then continues with the result (done) and frees the job. A
+ * concrete job embeds this as its first member.
+ *
+ * A client that leaves meanwhile costs no use-after-free and no leak: the
+ * request's disposal (or, on HTTP/1.1, its hang-up) marks the job gone,
+ * the worker skips run if it has not started it, and done is still called
+ * on the I/O thread, with r NULL once the request is disposed.
+ */
+struct api_job;
+struct api_job_ops {
+    /* A prep worker: the work. Not called when the client left first. */
+    void (*run)(struct api_job *j);
+    /* The request's I/O thread, after run (or instead of it): r is the
+     * request, handed back (its on_close and disconnect watch are
+     * cleared), or NULL when it was disposed; j->gone says the client
+     * left. The job is freed after done returns. */
+    void (*done)(struct api_job *j, struct http_req *r);
+    /* Release the job and all it holds (also, at shutdown, a job that never ran). */
+    void (*free)(struct api_job *j);
+};
+struct api_job {
+    const struct api_job_ops *ops;
+    struct http_task task; /* done, run on the request's I/O thread */
+    struct api_job *next;  /* the workers' FIFO */
+    struct api *a;
+    struct http_req *r; /* NULL once the request is disposed (I/O thread only) */
+    struct http_loop *loop;
+    _Atomic bool gone; /* the client left: the worker may skip the work */
+};
+/* Queue j (ops set, the rest filled here) for r. 0, or LMD_EBUSY when
+ * the FIFO is full: then nothing is queued, the job is still the caller's,
+ * and the caller answers 503 (api__prep_busy's error). */
+int api__prep_queue(struct api *a, struct api_job *j, struct http_req *r);
+/* The access line and count (499, "cancelled") of a request whose client
+ * left while it was in prep: nobody hears the answer, but it happened. */
+void api__log_gone(const char *rid, const char *path, const struct api__model *m, int cls, int tenant);
+/* The 503 of a full FIFO, counted as a queue_full refusal of tenant. */
+void api__prep_busy(struct api *a, struct api_error *e, int tenant);
+/* Start the workers (api_init) and stop them (api_free: after the HTTP
+ * server is gone; jobs never taken are freed). */
+int api_prep_start(struct api *a, int n_threads, struct lmd_err *err);
+void api_prep_stop(struct api *a);
 
 /* Completion ids and X-Request-Id values: at most this long, NUL included. */
 #define API_ID_MAX 72
@@ -316,6 +364,10 @@ struct api_who {
     int cls;                  /* service class index */
     struct qos_ticket ticket; /* QOS_TICKET_QUEUED once admitted */
     char rid[API_ID_MAX];     /* the X-Request-Id sent back, for logs */
+    /* ns, monotonic: when the request arrived, before its prep, so that
+     * the time it waited for a prep worker counts towards its deadline
+     * and its queue time, TTFT and latency; 0 = when it is submitted. */
+    uint64_t t_arrival_ns;
 };
 
 struct api_call;
@@ -355,6 +407,28 @@ int api_pick_class(struct api *a, struct http_req *r, const struct api_params *p
 /* Whether tenant may use model m (by its id or any alias). */
 bool api_model_allowed(const struct qos *q, int tenant, const struct api_model *m);
 
+/* Submit n scheduler requests all or nothing (call.c): the first at base,
+ * the next each `stride` bytes on (the sched_req first in each item).
+ * On failure the ones already queued are withdrawn, every request's HTTP
+ * side reference is dropped (sched_req_unref, which may free their owner),
+ * and e says why: 503 for a full queue, a drain or a deadline that cannot
+ * be met (each counted as the tenant's refusal), 501 for an engine that
+ * cannot serve the kind, 500 for memory, else 400 naming `param` with the
+ * scheduler's message (prefixed "item[i]: " when item is not NULL). */
+struct sched;
+struct sched_req;
+int api__submit_all(struct sched *s, struct sched_req *base, size_t stride, int n, int tenant, const char *param,
+                    const char *item, struct api_error *e);
+
+/* A generation request validated on its I/O thread (routes.c), continued
+ * through a prep worker (prep.c): its structured output is compiled, its
+ * chat template rendered and its prompt tokenized there, then, back on
+ * the I/O thread, it is admitted and submitted (api_call_submit). Takes
+ * p (its document, arrays and grammar; *p is cleared either way). On
+ * failure it has answered the request and logged it. */
+void api__prep_generate(struct api *a, struct http_req *r, const struct api__model *m, struct api_params *p,
+                        const char *id, struct api_who *who);
+
 /* POST /tokenize or /detokenize (tokenize.c) for an authenticated tenant:
  * answered later, from the worker's result, on r's I/O thread. */
 void api_tok_route(struct api *a, struct http_req *r, bool detokenize, int tenant, const char *rid);
@@ -367,11 +441,6 @@ void api_embd_route(struct api *a, struct http_req *r, int tenant, const char *r
 struct qos_refusal;
 void api_admit_error(struct api_error *e, const struct qos_refusal *why, char *retry, size_t retry_cap,
                      const char **hname, const char **hvalue);
-/* Start and stop the worker (api_init, api_free). Stopping drops jobs the
- * worker never took: call it after the HTTP server is gone. */
-int api_tok_start(struct api *a, struct lmd_err *err);
-void api_tok_stop(struct api *a);
-
 /* The access-log line and lmd_requests_total for a generation request
  * answered without reaching the scheduler (an error or refusal); m is the
  * model it was routed to, NULL when none was chosen yet. */

@@ -115,7 +115,7 @@ struct api_call {
     char *piece;              /* [piece_cap] one detokenized push, or one token's text */
     size_t piece_cap;
     struct lmd_buf chunk;                   /* streamed: the SSE bytes of this wakeup, reused */
-    uint64_t t_start, t_first;              /* ns, monotonic: accepted, first token seen */
+    uint64_t t_start, t_first;              /* ns, monotonic: arrived (who.t_arrival_ns), first token seen */
     struct api_who who;                     /* tenant, class, admission ticket, request id */
     int status;                             /* the HTTP status answered (for metrics and the log); 0 = not yet */
     const char *finish;                     /* the first choice's finish reason, for the log */
@@ -884,6 +884,48 @@ static void call_gone(void *ctx)
 
 /* ---- building and submitting ---------------------------------------------- */
 
+int api__submit_all(struct sched *s, struct sched_req *base, size_t stride, int n, int tenant, const char *param,
+                    const char *item, struct api_error *e)
+{
+#define AT(i) ((struct sched_req *)((char *)base + (size_t)(i)*stride))
+    struct lmd_err err = {0};
+    int rc = 0, submitted = 0;
+    for (; submitted < n; submitted++)
+        if ((rc = sched_submit(s, AT(submitted), &err)) != 0)
+            break;
+    if (rc == 0)
+        return 0;
+    /* All or nothing: the ones already queued are withdrawn. */
+    for (int i = 0; i < submitted; i++)
+        sched_req_cancel(s, AT(i));
+    for (int i = 0; i < n; i++)
+        sched_req_unref(AT(i));
+#undef AT
+    switch (rc) {
+    case LMD_EBUSY:
+        obs_reject(OBS_R_QUEUE_FULL, tenant);
+        return api_error_set(e, 503, "server_error", NULL, "queue_full", "the server is busy: %s; retry shortly",
+                             err.msg);
+    case LMD_ECANCELED:
+        obs_reject(OBS_R_DRAINING, tenant);
+        return api_error_set(e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
+    case LMD_ETIMEDOUT:
+        obs_reject(OBS_R_DEADLINE, tenant);
+        return api_error_set(e, 503, "server_error", NULL, "deadline_unmeetable",
+                             "the request cannot start within its service class's time-to-first-token target "
+                             "(%s); retry later or use a class that runs late work",
+                             err.msg);
+    case LMD_ENOTSUP:
+        return api_error_set(e, 501, "invalid_request_error", "model", "unsupported_model", "%s", err.msg);
+    case LMD_ENOMEM:
+        return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
+    default:
+        if (item)
+            return api_error_set(e, 400, "invalid_request_error", param, NULL, "%s[%d]: %s", item, submitted, err.msg);
+        return api_error_set(e, 400, "invalid_request_error", param, NULL, "%s", err.msg);
+    }
+}
+
 /* The echoed prompt: the request's own text, or the ids detokenized. */
 static int call_set_echo(struct api_call *c, const struct api_params *p)
 {
@@ -1102,7 +1144,7 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
     c->task.fn = call_task;
     c->loop = http_req_loop(r);
     c->created = (long)(lmd_time_wall_ns() / 1000000000ull);
-    c->t_start = lmd_time_mono_ns();
+    c->t_start = who->t_arrival_ns ? who->t_arrival_ns : lmd_time_mono_ns();
     c->who = *who;
     who->ticket.state = QOS_TICKET_NONE; /* the call's now: call_free settles it */
     snprintf(c->id, sizeof c->id, "%s", id);
@@ -1170,37 +1212,8 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
     }
     c->n_stop = p->n_stop;
 
-    struct lmd_err err = {0};
-    int submitted = 0;
-    for (; submitted < n; submitted++) {
-        rc = sched_submit(m->m.sched, &c->choice[submitted].sr, &err);
-        if (rc != 0)
-            break;
-    }
-    if (rc != 0) {
-        /* All or nothing: the choices already queued are withdrawn. */
-        for (int i = 0; i < submitted; i++)
-            sched_req_cancel(m->m.sched, &c->choice[i].sr);
-        for (int i = 0; i < n; i++)
-            sched_req_unref(&c->choice[i].sr);
-        if (rc == LMD_EBUSY) {
-            obs_reject(OBS_R_QUEUE_FULL, who->tenant);
-            return api_error_set(e, 503, "server_error", NULL, "queue_full", "the server is busy: %s; retry shortly",
-                                 err.msg);
-        }
-        if (rc == LMD_ECANCELED) {
-            obs_reject(OBS_R_DRAINING, who->tenant);
-            return api_error_set(e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
-        }
-        if (rc == LMD_ETIMEDOUT) {
-            obs_reject(OBS_R_DEADLINE, who->tenant);
-            return api_error_set(e, 503, "server_error", NULL, "deadline_unmeetable",
-                                 "the request cannot start within its service class's time-to-first-token target "
-                                 "(%s); retry later or use a class that runs late work",
-                                 err.msg);
-        }
-        return api_error_set(e, 400, "invalid_request_error", "max_tokens", NULL, "%s", err.msg);
-    }
+    if (api__submit_all(m->m.sched, &c->choice[0].sr, sizeof c->choice[0], n, who->tenant, "max_tokens", NULL, e) != 0)
+        return -1; /* the choices' release has freed c */
     pthread_mutex_lock(&a->live_mu);
     c->live_next = a->live;
     if (a->live)

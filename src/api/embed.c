@@ -2,10 +2,10 @@
  * POST /v1/embeddings (and /embeddings): OpenAI's embeddings API on the
  * native engine.
  *
- * The body is checked and every input tokenized on the I/O thread, as a
- * completion's prompt is; the text of one request is bounded
- * (EMBD_MAX_TEXT_BYTES) and each input by the context, refused by its size
- * before the tokenizer runs, so that thread is never held for long. Each input
+ * The body is checked on the I/O thread and every input tokenized by a
+ * prep worker (prep.c), as a completion's prompt is; the text of one
+ * request is bounded (EMBD_MAX_TEXT_BYTES) and each input by the context,
+ * refused by its size before the tokenizer runs. Each input
  * becomes a scheduler request of its own with an embedding accumulator
  * (sched_req.embd): the same admission (the tenant's buckets are charged
  * the prompt tokens), service classes, deadlines and batching as
@@ -47,9 +47,8 @@
 #include <string.h>
 
 #define EMBD_MAX_INPUTS 2048 /* OpenAI's limit on inputs per request */
-/* Text tokenized on the I/O thread per request: a few tens of milliseconds
- * of tokenizer work at most, so the thread's other connections wait no
- * longer than that. */
+/* Text tokenized per request: a few tens of milliseconds of a prep
+ * worker's time at most, so that one request never holds it for long. */
 #define EMBD_MAX_TEXT_BYTES ((size_t)1 << 20)
 
 struct embd_call;
@@ -468,7 +467,7 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
     c->task.fn = call_task;
     c->who = *who;
     who->ticket.state = QOS_TICKET_NONE; /* the call's now: call_free settles it */
-    c->t_start = lmd_time_mono_ns();
+    c->t_start = who->t_arrival_ns ? who->t_arrival_ns : lmd_time_mono_ns();
     c->n_embd = E;
     c->n_prompt = n_prompt;
     c->base64 = base64;
@@ -505,41 +504,109 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
             sched_req_unref(&c->item[i].sr); /* the last one frees c */
         return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
     }
-    struct lmd_err err = {0};
-    int rc = 0, submitted = 0;
-    for (; submitted < n; submitted++)
-        if ((rc = sched_submit(m->m.sched, &c->item[submitted].sr, &err)) != 0)
-            break;
-    if (rc != 0) {
-        for (int i = 0; i < submitted; i++)
-            sched_req_cancel(m->m.sched, &c->item[i].sr);
-        for (int i = 0; i < n; i++)
-            sched_req_unref(&c->item[i].sr);
-        if (rc == LMD_EBUSY) {
-            obs_reject(OBS_R_QUEUE_FULL, who->tenant);
-            return api_error_set(e, 503, "server_error", NULL, "queue_full", "the server is busy: %s; retry shortly",
-                                 err.msg);
-        }
-        if (rc == LMD_ECANCELED) {
-            obs_reject(OBS_R_DRAINING, who->tenant);
-            return api_error_set(e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
-        }
-        if (rc == LMD_ETIMEDOUT) {
-            obs_reject(OBS_R_DEADLINE, who->tenant);
-            return api_error_set(e, 503, "server_error", NULL, "deadline_unmeetable",
-                                 "the request cannot start within its service class's time-to-first-token target "
-                                 "(%s); retry later or use a class that runs late work",
-                                 err.msg);
-        }
-        if (rc == LMD_ENOTSUP)
-            return api_error_set(e, 501, "invalid_request_error", "model", "unsupported_model", "%s", err.msg);
-        return api_error_set(e, 400, "invalid_request_error", "input", NULL, "input[%d]: %s", submitted, err.msg);
-    }
+    if (api__submit_all(m->m.sched, &c->item[0].sr, sizeof c->item[0], n, who->tenant, "input", "input", e) != 0)
+        return -1; /* the items' release has freed c */
     c->http = r;
     http_req_on_close(r, call_closed, c);
     http_req_watch_disconnect(r, call_gone, c);
     return 0;
 }
+
+/* ---- the trip through a prep worker ---------------------------------------------- */
+
+/* One request between validation and admission. */
+struct embd_job {
+    struct api_job job; /* first */
+    const struct api__model *m;
+    struct api_who who;
+    json_t *doc;           /* the body; the inputs' text points into it */
+    struct embd_input *in; /* [n] */
+    int n;
+    bool base64;
+    int rc; /* the worker's: 0, or e says why */
+    struct api_error e;
+};
+
+/* A prep worker: every input's tokens. */
+static void embd_run(struct api_job *jb)
+{
+    struct embd_job *j = (struct embd_job *)jb;
+    j->rc = tokenize_inputs(&j->m->m, j->in, j->n, &j->e);
+}
+
+/* Back on the request's I/O thread: the queue's bound, admission, then
+ * the scheduler. */
+static void embd_done(struct api_job *jb, struct http_req *r)
+{
+    struct embd_job *j = (struct embd_job *)jb;
+    struct api *a = jb->a;
+    struct qos *q = a->cfg.qos;
+    const struct api__model *m = j->m;
+    struct api_error *e = &j->e;
+    const char *hname = NULL, *hvalue = NULL;
+    char retry[16];
+    if (!r || atomic_load(&jb->gone)) {
+        /* The client left while its inputs were tokenized: logged and
+         * counted as cancelled; an HTTP/1.1 request still there is
+         * answered into the void, so that it is disposed. */
+        api_error_set(e, 499, "invalid_request_error", NULL, "client_closed", "the client closed its connection");
+        if (!r) {
+            api__log_gone(j->who.rid, "/v1/embeddings", m, j->who.cls, j->who.tenant);
+            return;
+        }
+        goto fail;
+    }
+    if (j->rc != 0)
+        goto fail;
+    /* Each input waits as a request of its own: more than the queue can
+     * ever hold would be refused as busy on every retry. */
+    const int n = j->n, cls = j->who.cls, tenant = j->who.tenant;
+    const int qcap = sched_queue_limit(m->m.sched, cls);
+    if (n > qcap) {
+        BAD(e, "input",
+            "'input' has %d items; this server queues at most %d requests of this class per model (--max-queue), "
+            "one per input: send at most %d inputs per request",
+            n, qcap, qcap);
+        goto fail;
+    }
+    int64_t n_prompt = 0;
+    for (int i = 0; i < n; i++)
+        n_prompt += j->in[i].n_tok;
+    if (n_prompt > INT32_MAX / 2) {
+        BAD(e, "input", "the inputs make %lld tokens, too many for one request", (long long)n_prompt);
+        goto fail;
+    }
+    /* Admission: the tenant's buckets are charged the prompt tokens. */
+    struct qos_refusal why = {0};
+    if (qos_admit(q, tenant, cls, n_prompt, lmd_time_mono_ns(), &j->who.ticket, &why) != 0) {
+        obs_reject(why.reason, tenant);
+        api_admit_error(e, &why, retry, sizeof retry, &hname, &hvalue);
+        goto fail;
+    }
+    if (call_submit(a, m, r, j->in, n, (int)n_prompt, j->base64, &j->who, e) != 0) {
+        /* The ticket is the call's when it was built; else settle it here. */
+        qos_finished(q, &j->who.ticket, 0, lmd_time_mono_ns());
+        if (e->status == 503) {
+            hname = "retry-after";
+            hvalue = "1";
+        }
+        goto fail;
+    }
+    return;
+fail:
+    api_log_refusal(a, r, j->who.rid, e->status, m, j->who.cls, j->who.tenant);
+    api_send_error(r, e, hname, hvalue); /* before the document goes: e->param may be one of its keys */
+}
+
+static void embd_free(struct api_job *jb)
+{
+    struct embd_job *j = (struct embd_job *)jb;
+    inputs_free(j->in, j->n);
+    json_decref(j->doc);
+    free(j);
+}
+
+static const struct api_job_ops embd_ops = {.run = embd_run, .done = embd_done, .free = embd_free};
 
 /* ---- the route ---------------------------------------------------------------- */
 
@@ -547,13 +614,13 @@ void api_embd_route(struct api *a, struct http_req *r, int tenant, const char *r
 {
     struct api_error e = {0};
     struct qos *q = a->cfg.qos;
-    struct api_who who = {.tenant = tenant, .cls = qos_tenant(q, tenant)->default_class};
+    struct api_who who = {
+        .tenant = tenant, .cls = qos_tenant(q, tenant)->default_class, .t_arrival_ns = lmd_time_mono_ns()};
     snprintf(who.rid, sizeof who.rid, "%s", rid);
     const struct api__model *m = NULL;
     struct embd_input *in = NULL;
     int n = 0;
     const char *hname = NULL, *hvalue = NULL;
-    char retry[16];
     json_t *doc = NULL;
     struct http_str body = http_req_body(r);
     if (body.len > a->cfg.max_body) {
@@ -682,45 +749,31 @@ void api_embd_route(struct api *a, struct http_req *r, int tenant, const char *r
         goto fail;
     }
     who.cls = cls;
-    if (parse_inputs(json_object_get(doc, "input"), &in, &n, &e) != 0 || tokenize_inputs(&m->m, in, n, &e) != 0)
+    if (parse_inputs(json_object_get(doc, "input"), &in, &n, &e) != 0)
         goto fail;
-    /* Each input waits as a request of its own: more than the queue can
-     * ever hold would be refused as busy on every retry. */
-    const int qcap = sched_queue_limit(m->m.sched, cls);
-    if (n > qcap) {
-        BAD(&e, "input",
-            "'input' has %d items; this server queues at most %d requests of this class per model (--max-queue), "
-            "one per input: send at most %d inputs per request",
-            n, qcap, qcap);
+    /* Tokenizing, admission and submission go on through a prep worker
+     * and back (embd_run, embd_done): the job takes the document and the
+     * inputs. */
+    struct embd_job *j = calloc(1, sizeof *j);
+    if (!j) {
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
         goto fail;
     }
-    int64_t n_prompt = 0;
-    for (int i = 0; i < n; i++)
-        n_prompt += in[i].n_tok;
-    if (n_prompt > INT32_MAX / 2) {
-        BAD(&e, "input", "the inputs make %lld tokens, too many for one request", (long long)n_prompt);
-        goto fail;
-    }
-    /* Admission: the tenant's buckets are charged the prompt tokens. */
-    struct qos_refusal why = {0};
-    if (qos_admit(q, tenant, cls, n_prompt, lmd_time_mono_ns(), &who.ticket, &why) != 0) {
-        obs_reject(why.reason, tenant);
-        api_admit_error(&e, &why, retry, sizeof retry, &hname, &hvalue);
-        goto fail;
-    }
-    int rc = call_submit(a, m, r, in, n, (int)n_prompt, base64, &who, &e);
-    if (rc != 0) {
-        /* The ticket is the call's when it was built; else settle it here. */
-        qos_finished(q, &who.ticket, 0, lmd_time_mono_ns());
-        if (e.status == 503) {
-            hname = "retry-after";
-            hvalue = "1";
-        }
-        goto fail;
-    }
-    inputs_free(in, n);
-    json_decref(doc);
-    return;
+    j->job.ops = &embd_ops;
+    j->m = m;
+    j->who = who;
+    j->doc = doc;
+    j->in = in;
+    j->n = n;
+    j->base64 = base64;
+    if (api__prep_queue(a, &j->job, r) == 0)
+        return;
+    j->doc = NULL;
+    j->in = NULL;
+    embd_free(&j->job);
+    api__prep_busy(a, &e, tenant);
+    hname = "retry-after";
+    hvalue = "1";
 fail:
     if (!m && a->n_models == 1)
         m = &a->models[0];

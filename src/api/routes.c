@@ -1,9 +1,9 @@
 /*
  * The routes: health, readiness, models, metrics, and the front half of a
  * generation request — size and drain checks, body validation (params.c),
- * model lookup, prompt building (chat template + tokenizer), the context
- * budget — before call.c takes it to the scheduler. Every answer carries
- * an X-Request-Id.
+ * model lookup, the service class — before a prep worker builds its
+ * prompt (prep.c: chat template + tokenizer, the context budget) and
+ * call.c takes it to the scheduler. Every answer carries an X-Request-Id.
  *
  * Not here: HTTP mechanics (http/), the life of a generation after
  * submission (call.c), batching (sched/).
@@ -204,104 +204,6 @@ static void model_list(const struct api *a, char *out, size_t cap)
 
 /* ---- generation: the front half ------------------------------------------ */
 
-/* The prompt's token ids, from text (completion), a chat (rendered by the
- * template), or ids given in the request. */
-static int build_prompt(const struct api_model *m, const struct api_params *p, int32_t **ids, int *n,
-                        struct api_error *e)
-{
-    const int n_vocab = tok_n_vocab(m->vocab);
-    if (p->prompt_ids) {
-        for (int i = 0; i < p->n_prompt_ids; i++)
-            if (p->prompt_ids[i] >= n_vocab)
-                return api_error_set(e, 400, "invalid_request_error", "prompt", NULL,
-                                     "prompt token %d is %d, outside the vocabulary of %d", i, p->prompt_ids[i],
-                                     n_vocab);
-        *ids = malloc((size_t)p->n_prompt_ids * sizeof **ids);
-        if (!*ids)
-            return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
-        memcpy(*ids, p->prompt_ids, (size_t)p->n_prompt_ids * sizeof **ids);
-        *n = p->n_prompt_ids;
-        return 0;
-    }
-    struct lmd_err err = {0};
-    const char *src = p->prompt;
-    size_t len = p->prompt_len;
-    char *rendered = NULL;
-    struct lmd_buf jinja_text = {0};
-    if (p->kind == API_CHAT && m->chat_jinja) {
-        if (api__chat_jinja(m, p, &jinja_text, e) != 0) {
-            lmd_buf_free(&jinja_text);
-            return -1;
-        }
-        /* Ownership moves to `rendered`, freed below like the family's text. */
-        rendered = jinja_text.ptr ? jinja_text.ptr : strdup("");
-        if (!rendered)
-            return api_error_set(e, 500, "server_error", NULL, NULL, "out of memory");
-        src = rendered;
-        len = jinja_text.len;
-    } else if (p->kind == API_CHAT) {
-        /* The built-in families always open the assistant's turn and take
-         * no template variables: refuse what they would silently drop. */
-        if (!p->add_generation_prompt)
-            return api_error_set(e, 400, "invalid_request_error", "add_generation_prompt", "unsupported_parameter",
-                                 "'add_generation_prompt': false needs a model with its own chat template (this one "
-                                 "uses the built-in %s template); start lmd serve with --chat-template-file",
-                                 chat_family_name((enum chat_family)m->chat_family));
-        if (p->has_template_kwargs)
-            return api_error_set(e, 400, "invalid_request_error", "chat_template_kwargs", "unsupported_parameter",
-                                 "'chat_template_kwargs' needs a model with its own chat template (this one uses the "
-                                 "built-in %s template); start lmd serve with --chat-template-file",
-                                 chat_family_name((enum chat_family)m->chat_family));
-        long need = chat_render((enum chat_family)m->chat_family, p->msgs, p->n_msgs, NULL, 0, &err);
-        if (need < 0)
-            return api_error_set(e, 400, "invalid_request_error", "messages", NULL, "%s", err.msg);
-        rendered = malloc((size_t)need + 1);
-        if (!rendered ||
-            chat_render((enum chat_family)m->chat_family, p->msgs, p->n_msgs, rendered, (size_t)need + 1, &err) < 0) {
-            free(rendered);
-            return api_error_set(e, 500, "server_error", NULL, NULL, "cannot render the chat template");
-        }
-        src = rendered;
-        len = (size_t)need;
-    }
-    /* A first gate that costs nothing: no token decodes to more than
-     * tok_piece_max bytes, so the text makes at least len / max tokens. A
-     * prompt that cannot fit the context is refused before the tokenizer
-     * runs, which for megabytes of text would hold this I/O thread (and
-     * every connection on it) for a second or more. */
-    size_t maxp = tok_piece_max(m->vocab);
-    if (maxp && len / maxp >= (size_t)m->n_ctx) {
-        free(rendered);
-        return api_error_set(e, 400, "invalid_request_error", p->kind == API_CHAT ? "messages" : "prompt",
-                             "context_length_exceeded",
-                             "this model's maximum context length is %d tokens; the prompt's %zu bytes make at least "
-                             "%zu tokens",
-                             m->n_ctx, len, len / maxp);
-    }
-    /* Usually at most one token per byte, plus BOS/EOS; a vocabulary without
-     * a token for some character spells it in byte tokens, up to 4 per
-     * character (and SPM's space is 3 bytes), so retry at the size the
-     * tokenizer asks for. */
-    size_t cap = len + 4;
-    *ids = malloc(cap * sizeof **ids);
-    int64_t k = *ids ? tok_encode(m->vocab, src, len, true, p->kind == API_CHAT, *ids, cap, &err) : LMD_ENOMEM;
-    if (k > (int64_t)cap) {
-        cap = (size_t)k;
-        int32_t *more = realloc(*ids, cap * sizeof **ids);
-        k = more ? tok_encode(m->vocab, src, len, true, p->kind == API_CHAT, more, cap, &err) : LMD_ENOMEM;
-        *ids = more ? more : *ids;
-    }
-    free(rendered);
-    if (k < 0 || (size_t)k > cap) {
-        free(*ids);
-        *ids = NULL;
-        return api_error_set(e, k == LMD_ENOMEM ? 500 : 400, "invalid_request_error", "prompt", NULL,
-                             "cannot tokenize the prompt: %s", k == LMD_ENOMEM ? "out of memory" : err.msg);
-    }
-    *n = (int)k;
-    return 0;
-}
-
 void api_log_refusal(struct api *a, struct http_req *r, const char *id, int status, const struct api__model *m, int cls,
                      int tenant)
 {
@@ -499,13 +401,10 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     struct api_error e = {0};
     struct api_params p;
     struct qos *q = a->cfg.qos;
-    struct api_who who = {.tenant = 0, .cls = qos_default_class(q)};
+    struct api_who who = {.tenant = 0, .cls = qos_default_class(q), .t_arrival_ns = lmd_time_mono_ns()};
     snprintf(who.rid, sizeof who.rid, "%s", rid);
-    int32_t *ids = NULL;
-    int n_prompt = 0;
     const struct api__model *m = NULL; /* the model it routes to, once known */
     const char *hname = NULL, *hvalue = NULL;
-    char retry[16];
     memset(&p, 0, sizeof p);
 
     /* Who is asking comes first: an unknown caller learns nothing else. */
@@ -611,53 +510,12 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
                           n_vocab - 1);
             goto fail;
         }
-    if (api_structured_compile(&p, &e) != 0 ||
-        (kind == API_CHAT &&
-         api_tools_check(&p, m->tool_syntax,
-                         m->m.chat_jinja ? NULL : chat_family_name((enum chat_family)m->m.chat_family), &e) != 0))
-        goto fail;
-    if (build_prompt(&m->m, &p, &ids, &n_prompt, &e) != 0)
-        goto fail;
-    if (n_prompt == 0) {
-        api_error_set(&e, 400, "invalid_request_error", kind == API_CHAT ? "messages" : "prompt", NULL,
-                      "the prompt is empty");
-        goto fail;
-    }
-    const int ctx = m->m.n_ctx;
-    if (n_prompt >= ctx) {
-        api_error_set(&e, 400, "invalid_request_error", kind == API_CHAT ? "messages" : "prompt",
-                      "context_length_exceeded",
-                      "this model's maximum context length is %d tokens; the prompt has %d tokens (%d too many, "
-                      "leaving no room to generate)",
-                      ctx, n_prompt, n_prompt - ctx + 1);
-        goto fail;
-    }
-    /* Default lengths as OpenAI's: 16 for completions, the rest of the
-     * context for chat. A max_tokens past the context is cut to fit. */
-    int max_tokens = p.max_tokens > 0 ? p.max_tokens : (kind == API_CHAT ? ctx - n_prompt : 16);
-    if (max_tokens > ctx - n_prompt)
-        max_tokens = ctx - n_prompt;
-
-    /* Admission: the tenant's buckets and quotas, charged for the prompt
-     * (once: the choices share it) and every choice's whole budget. */
-    struct qos_refusal why = {0};
-    int64_t charge = (int64_t)n_prompt + (int64_t)max_tokens * p.n;
-    if (qos_admit(q, tenant, cls, charge, lmd_time_mono_ns(), &who.ticket, &why) != 0) {
-        obs_reject(why.reason, tenant);
-        admit_error(&e, &why, retry, sizeof retry, &hname, &hvalue);
-        goto fail;
-    }
-    int rc = api_call_submit(a, m, r, &p, ids, n_prompt, max_tokens, id, &who, &e);
-    ids = NULL; /* the call's now, even on failure; so are the ticket and the grammar */
-    p.grammar = NULL;
-    api_params_free(&p);
-    if (rc != 0) {
-        api_log_refusal(a, r, rid, e.status, m, who.cls, who.tenant);
-        api_send_error(r, &e, e.status == 503 ? "retry-after" : NULL, e.status == 503 ? "1" : NULL);
-    }
+    /* The rest — grammar, template, tokenizer, then admission — runs
+     * through a prep worker and back (prep.c): it costs time in
+     * proportion to the request, which this thread must not spend. */
+    api__prep_generate(a, r, m, &p, id, &who);
     return;
 fail:
-    free(ids);
     api_params_free(&p);
     /* One model: every refusal is that model's, as it was before routing. */
     if (!m && a->n_models == 1)
@@ -886,7 +744,7 @@ int api_init(struct api **out, const struct api_config *cfg, struct lmd_err *err
     if (a->cfg.priority_map.n == 0 && cfg->qos)
         api_priority_map_default(&a->cfg.priority_map, cfg->qos);
     a->created = (long)(lmd_time_wall_ns() / 1000000000ull);
-    int rc = api_tok_start(a, err);
+    int rc = api_prep_start(a, cfg->prep_threads, err);
     if (rc != 0) {
         api_free(a);
         return rc;
@@ -899,7 +757,7 @@ void api_free(struct api *a)
 {
     if (!a)
         return;
-    api_tok_stop(a);
+    api_prep_stop(a);
     for (int i = 0; i < a->n_models; i++) {
         struct api__model *am = &a->models[i];
         for (int k = 0; am->names && k <= am->m.n_aliases; k++)

@@ -8,9 +8,8 @@
  * A body may hold megabytes of text, and tokenizing that takes a second
  * or more; an I/O thread must never be held that long (every connection on
  * it would stall). So the I/O thread only checks who is asking and copies
- * the body; one worker thread parses, tokenizes and writes the answer, and
- * posts it back to the request's I/O thread, which sends it if the client
- * is still there. The worker's queue is bounded: past it, 503.
+ * the body; a prep worker (prep.c) parses, tokenizes and writes the answer,
+ * which the request's I/O thread sends if the client is still there.
  *
  * Not here: generation (routes.c, call.c), the tokenizer itself.
  */
@@ -28,27 +27,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TOK_MAX_QUEUED 64 /* jobs waiting for the worker before 503 */
-
 enum tok_kind {
     TOK_TOKENIZE = 0,
     TOK_DETOKENIZE = 1,
 };
 
-/* One request's trip to the worker and back. Owned by the I/O thread
- * except while it sits in the worker's queue or runs there; `refs` (I/O
- * thread only) counts the request (until on_close) and the trip (until the
- * answer task has run), and the job is freed when both are over. */
-struct api_tok_job {
-    struct http_task task;    /* the answer, run on the request's I/O thread */
-    struct api_tok_job *next; /* the worker's queue */
-    struct api *a;
-    struct http_req *r; /* NULL once the request is disposed (I/O thread only) */
-    _Atomic bool gone;  /* the request is disposed: the worker may skip the work */
-    struct http_loop *loop;
+/* One request's trip to a prep worker and back (prep.c owns the trip). */
+struct tok_job {
+    struct api_job job; /* first */
     enum tok_kind kind;
     int tenant;
-    int refs;
     char *body; /* [body_len] the request body, copied: the request may go while the worker reads */
     size_t body_len;
     int status; /* the answer */
@@ -142,7 +130,7 @@ static int put_piece(struct lmd_buf *b, const char *s, size_t n)
     return rc ? rc : lmd_buf_append(b, "]", 1);
 }
 
-static int do_tokenize(struct api_tok_job *j, json_t *root, const struct api__model *m, struct api_error *e)
+static int do_tokenize(struct tok_job *j, json_t *root, const struct api__model *m, struct api_error *e)
 {
     json_t *content = json_object_get(root, "content"), *prompt = json_object_get(root, "prompt");
     bool llama = content && !json_is_null(content);
@@ -228,7 +216,7 @@ static int do_tokenize(struct api_tok_job *j, json_t *root, const struct api__mo
     return rc ? api_error_set(e, 500, "server_error", NULL, NULL, "out of memory") : 0;
 }
 
-static int do_detokenize(struct api_tok_job *j, json_t *root, const struct api__model *m, struct api_error *e)
+static int do_detokenize(struct tok_job *j, json_t *root, const struct api__model *m, struct api_error *e)
 {
     json_t *toks = json_object_get(root, "tokens");
     if (!toks || json_is_null(toks))
@@ -281,9 +269,11 @@ static int do_detokenize(struct api_tok_job *j, json_t *root, const struct api__
     return rc ? api_error_set(e, 500, "server_error", NULL, NULL, "out of memory") : 0;
 }
 
-/* Worker thread: the whole answer into j->status and j->out. */
-static void tok_run(struct api *a, struct api_tok_job *j)
+/* A prep worker: the whole answer into j->status and j->out. */
+static void tjob_run(struct api_job *jb)
 {
+    struct tok_job *j = (struct tok_job *)jb;
+    struct api *a = jb->a;
     struct api_error e = {0};
     json_error_t je;
     json_t *root = json_loadb(j->body, j->body_len, JSON_REJECT_DUPLICATES, &je);
@@ -312,65 +302,32 @@ static void tok_run(struct api *a, struct api_tok_job *j)
     }
 }
 
-static void *tok_worker(void *arg)
-{
-    struct api *a = arg;
-    pthread_mutex_lock(&a->tok_mu);
-    for (;;) {
-        while (!a->tok_head && !a->tok_stop)
-            pthread_cond_wait(&a->tok_cv, &a->tok_mu);
-        if (a->tok_stop)
-            break;
-        struct api_tok_job *j = a->tok_head;
-        a->tok_head = j->next;
-        if (!a->tok_head)
-            a->tok_tail = NULL;
-        a->tok_queued--;
-        /* The lock guards the queue only, never the work. */
-        pthread_mutex_unlock(&a->tok_mu);
-        /* A client that left before its turn costs no tokenizing. */
-        if (!atomic_load(&j->gone))
-            tok_run(a, j);
-        /* The job's task is never queued twice: the I/O thread queued
-         * nothing on it, so this post always queues. */
-        http_post(j->loop, &j->task);
-        pthread_mutex_lock(&a->tok_mu);
-    }
-    pthread_mutex_unlock(&a->tok_mu);
-    return NULL;
-}
-
 /* ---- the I/O thread's side ----------------------------------------------------- */
 
-static void job_unref(struct api_tok_job *j)
+/* The worker is done: answer, if anyone is still asking (a client that
+ * hung up is answered too, into the void, so that its request goes). */
+static void tjob_done(struct api_job *jb, struct http_req *r)
 {
-    if (--j->refs > 0)
+    struct tok_job *j = (struct tok_job *)jb;
+    if (!r || atomic_load(&jb->gone)) {
+        log_access(j->rid, j->path, 499, j->tenant);
+        if (r)
+            http_respond(r, 499, "application/json", "", 0, NULL, NULL);
         return;
-    atomic_fetch_sub(&j->a->active, 1);
+    }
+    log_access(j->rid, j->path, j->status, j->tenant);
+    http_respond(r, j->status, "application/json", j->out.ptr ? j->out.ptr : "", j->out.len, NULL, NULL);
+}
+
+static void tjob_free(struct api_job *jb)
+{
+    struct tok_job *j = (struct tok_job *)jb;
     lmd_buf_free(&j->out);
     free(j->body);
     free(j);
 }
 
-/* The request is disposed (answered, or the client left). */
-static void job_closed(void *ctx)
-{
-    struct api_tok_job *j = ctx;
-    j->r = NULL;
-    atomic_store(&j->gone, true);
-    job_unref(j);
-}
-
-/* The worker is done: answer, if anyone is still asking. */
-static void job_answer(struct http_task *t)
-{
-    struct api_tok_job *j = (struct api_tok_job *)((char *)t - offsetof(struct api_tok_job, task));
-    if (j->r) {
-        log_access(j->rid, j->path, j->status, j->tenant);
-        http_respond(j->r, j->status, "application/json", j->out.ptr ? j->out.ptr : "", j->out.len, NULL, NULL);
-    }
-    job_unref(j);
-}
+static const struct api_job_ops tjob_ops = {.run = tjob_run, .done = tjob_done, .free = tjob_free};
 
 void api_tok_route(struct api *a, struct http_req *r, bool detokenize, int tenant, const char *rid)
 {
@@ -385,7 +342,7 @@ void api_tok_route(struct api *a, struct http_req *r, bool detokenize, int tenan
         api_error_set(&e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
         goto refuse;
     }
-    struct api_tok_job *j = calloc(1, sizeof *j);
+    struct tok_job *j = calloc(1, sizeof *j);
     char *copy = j ? malloc(body.len + 1) : NULL;
     if (!copy) {
         free(j);
@@ -393,77 +350,20 @@ void api_tok_route(struct api *a, struct http_req *r, bool detokenize, int tenan
         goto refuse;
     }
     memcpy(copy, body.ptr, body.len);
-    *j = (struct api_tok_job){
-        .task = {.fn = job_answer},
-        .a = a,
-        .r = r,
-        .loop = http_req_loop(r),
+    *j = (struct tok_job){
+        .job = {.ops = &tjob_ops},
         .kind = detokenize ? TOK_DETOKENIZE : TOK_TOKENIZE,
         .tenant = tenant,
-        .refs = 2,
         .body = copy,
         .body_len = body.len,
     };
     snprintf(j->rid, sizeof j->rid, "%s", rid);
     snprintf(j->path, sizeof j->path, "%s", detokenize ? "/detokenize" : "/tokenize");
-    pthread_mutex_lock(&a->tok_mu);
-    bool full = a->tok_queued >= TOK_MAX_QUEUED;
-    if (!full) {
-        if (a->tok_tail)
-            a->tok_tail->next = j;
-        else
-            a->tok_head = j;
-        a->tok_tail = j;
-        a->tok_queued++;
-        pthread_cond_signal(&a->tok_cv);
-    }
-    pthread_mutex_unlock(&a->tok_mu);
-    if (full) {
-        free(copy);
-        free(j);
-        api_error_set(&e, 503, "server_error", NULL, "queue_full",
-                      "%d tokenize requests are waiting already; retry shortly", TOK_MAX_QUEUED);
-        goto refuse;
-    }
-    /* Counted as in flight, so that a drain waits for the answer. */
-    atomic_fetch_add(&a->active, 1);
-    http_req_on_close(r, job_closed, j);
-    return;
+    if (api__prep_queue(a, &j->job, r) == 0)
+        return;
+    tjob_free(&j->job);
+    api__prep_busy(a, &e, tenant);
 refuse:
     log_access(rid, detokenize ? "/detokenize" : "/tokenize", e.status, tenant);
     api_send_error(r, &e, e.status == 503 ? "retry-after" : NULL, e.status == 503 ? "1" : NULL);
-}
-
-int api_tok_start(struct api *a, struct lmd_err *err)
-{
-    pthread_mutex_init(&a->tok_mu, NULL);
-    pthread_cond_init(&a->tok_cv, NULL);
-    int rc = pthread_create(&a->tok_thread, NULL, tok_worker, a);
-    if (rc != 0)
-        return lmd_err_set(err, LMD_EIO, "api: cannot start the tokenize worker: %s", strerror(rc));
-    a->tok_started = true;
-    return 0;
-}
-
-void api_tok_stop(struct api *a)
-{
-    if (!a->tok_started)
-        return;
-    pthread_mutex_lock(&a->tok_mu);
-    a->tok_stop = true;
-    pthread_cond_signal(&a->tok_cv);
-    pthread_mutex_unlock(&a->tok_mu);
-    pthread_join(a->tok_thread, NULL);
-    /* Jobs still queued belong to requests the HTTP server has abandoned
-     * (it is stopped before the api is freed): nobody will answer them. */
-    for (struct api_tok_job *j = a->tok_head, *next; j; j = next) {
-        next = j->next;
-        lmd_buf_free(&j->out);
-        free(j->body);
-        free(j);
-    }
-    a->tok_head = a->tok_tail = NULL;
-    pthread_cond_destroy(&a->tok_cv);
-    pthread_mutex_destroy(&a->tok_mu);
-    a->tok_started = false;
 }

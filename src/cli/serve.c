@@ -11,6 +11,7 @@
  * Not here: building the server (serve/), request handling (api/).
  */
 #include "serve/serve.h"
+#include "api/api.h"
 #include "api/chat_template.h"
 #include "cli/cli.h"
 #include "core/log.h"
@@ -82,6 +83,8 @@ static void serve_usage(FILE *out)
             "      --host ADDR          address to listen on (default 127.0.0.1)\n"
             "      --port N             TCP port (default 8080; 0 = any free port)\n"
             "      --io-threads N       HTTP event-loop threads (default 1)\n"
+            "      --prep-threads N     threads that render chat templates and tokenize prompts, off the\n"
+            "                           event loops (default 2)\n"
             "      --max-body BYTES     request body limit, 413 above it (default 4194304)\n"
             "      --drain-timeout S    seconds to let requests finish at shutdown (default 30)\n"
             "      --tls-cert FILE      PEM certificate chain: serve HTTPS (needs --tls-key)\n"
@@ -148,6 +151,7 @@ enum {
     OPT_PRIORITY_MAP,
     OPT_CORS_ORIGIN,
     OPT_ALIAS,
+    OPT_PREP_THREADS,
 };
 
 static const struct option opts[] = {
@@ -156,6 +160,7 @@ static const struct option opts[] = {
     {"host", required_argument, NULL, OPT_HOST},
     {"port", required_argument, NULL, OPT_PORT},
     {"io-threads", required_argument, NULL, OPT_IO_THREADS},
+    {"prep-threads", required_argument, NULL, OPT_PREP_THREADS},
     {"threads", required_argument, NULL, 't'},
     {"ctx", required_argument, NULL, 'c'},
     {"max-running", required_argument, NULL, OPT_MAX_RUNNING},
@@ -261,6 +266,8 @@ static int apply_flag(struct serve_config *c, int opt, const char *v)
         return set_int("--port", v, 0, 65535, &c->port);
     case OPT_IO_THREADS:
         return set_int("--io-threads", v, 1, 64, &c->io_threads);
+    case OPT_PREP_THREADS:
+        return set_int("--prep-threads", v, 1, API_PREP_THREADS_MAX, &c->prep_threads);
     case 't':
         return set_int("--threads", v, 1, 1024, &d->threads);
     case 'c':

@@ -96,7 +96,8 @@ void http_req_on_close(struct http_req *r, void (*fn)(void *ctx), void *ctx);
  * (checked once a second; a client that half-closes after its request
  * counts as gone); HTTP/2 resets dispose the request, which on_close
  * already reports. The request stays valid: answer it as usual (the bytes
- * go nowhere) and on_close follows. */
+ * go nowhere) and on_close follows. One watcher per request: a later call
+ * replaces fn, and fn NULL stops watching. */
 void http_req_watch_disconnect(struct http_req *r, void (*fn)(void *ctx), void *ctx);
 
 /* Add a response header before the response starts (any number; later

@@ -374,6 +374,13 @@ void http_req_on_close(struct http_req *r, void (*fn)(void *ctx), void *ctx)
 
 void http_req_watch_disconnect(struct http_req *r, void (*fn)(void *ctx), void *ctx)
 {
+    if (!fn) {
+        /* The watcher hands the request on: nothing is called from now. */
+        r->on_gone = NULL;
+        if (h2o_timeout_is_linked(&r->watch_entry))
+            h2o_timeout_unlink(&r->watch_entry);
+        return;
+    }
     if (r->closed || r->answered || r->req->version >= 0x200)
         return; /* HTTP/2 resets dispose the request already */
     r->on_gone = fn;

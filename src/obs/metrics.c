@@ -87,7 +87,7 @@ static const struct {
 /* Counters and gauges without a model label: they describe the HTTP side,
  * which every model shares. */
 static bool counter_global(int c) { return c == OBS_C_HTTP_REQUESTS || c == OBS_C_ACCEPT_PAUSES; }
-static bool gauge_global(int g) { return g == OBS_G_CONNECTIONS; }
+static bool gauge_global(int g) { return g == OBS_G_CONNECTIONS || g == OBS_G_PREPARING; }
 
 static const struct {
     const char *name;
@@ -100,6 +100,8 @@ static const struct {
     [OBS_G_KV_BLOCK_SIZE] = {"lmd_kv_block_size_tokens",
                              "Token positions per KV-cache block (the prefix cache's unit)."},
     [OBS_G_CONNECTIONS] = {"lmd_http_connections_open", "Open client connections."},
+    [OBS_G_PREPARING] = {"lmd_requests_preparing",
+                         "Requests waiting for or in a prep worker (chat template, tokenizer)."},
 };
 
 static const int status_codes[OBS_S__N] = {

@@ -145,6 +145,7 @@ enum obs_gauge {
     OBS_G_KV_TOTAL,      /* lmd_kv_blocks_capacity (a gauge may not end in _total) */
     OBS_G_KV_BLOCK_SIZE, /* lmd_kv_block_size_tokens */
     OBS_G_CONNECTIONS,   /* lmd_http_connections_open */
+    OBS_G_PREPARING,     /* lmd_requests_preparing: waiting for or in a prep worker */
     OBS_G__N,
 };
 void obs_gauge_set(enum obs_gauge g, double v);

@@ -16,6 +16,7 @@
  */
 #include "serve/serve.h"
 
+#include "api/api.h"
 #include "api/chat_template.h"
 #include "discovery/discovery.h"
 #include "engine/engine.h"
@@ -688,9 +689,10 @@ int serve_config_add_cors(struct serve_config *c, const char *origin, struct lmd
 static int parse_listen(struct cfg *c, yaml_node_t *map)
 {
     struct field f[] = {
-        {.name = "host"},    {.name = "port"},     {.name = "io_threads"},      {.name = "tls_cert"},
-        {.name = "tls_key"}, {.name = "max_body"}, {.name = "stall_timeout_s"}, {.name = "cors_origins"}};
-    int rc = collect(c, map, "listen", f, 8);
+        {.name = "host"},        {.name = "port"},     {.name = "io_threads"},      {.name = "tls_cert"},
+        {.name = "tls_key"},     {.name = "max_body"}, {.name = "stall_timeout_s"}, {.name = "cors_origins"},
+        {.name = "prep_threads"}};
+    int rc = collect(c, map, "listen", f, 9);
     struct serve_config *sc = c->sc;
     if (rc == 0 && f[0].val)
         rc = get_str(c, f[0].val, "listen.host", sc->host, sizeof sc->host);
@@ -708,6 +710,8 @@ static int parse_listen(struct cfg *c, yaml_node_t *map)
         rc = get_long(c, f[6].val, "listen.stall_timeout_s", 0, 86400, &sc->stall_s);
     if (rc == 0 && f[7].val)
         rc = parse_cors(c, f[7].val);
+    if (rc == 0 && f[8].val)
+        rc = get_int(c, f[8].val, "listen.prep_threads", 1, API_PREP_THREADS_MAX, &sc->prep_threads);
     return rc;
 }
 

@@ -554,6 +554,7 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
         .qos = s->qos,
         .debug_endpoints = c->debug,
         .prefix_cache_shared = c->prefix_cache_shared,
+        .prep_threads = c->prep_threads,
     };
     acfg.priority_map = s->priority_map;
     if ((rc = api_init(&s->api, &acfg, err)) != 0)

@@ -80,6 +80,7 @@ struct serve_config {
     char host[256];
     int port; /* 0 = any free port */
     int io_threads;
+    int prep_threads;              /* prep workers (chat templates, tokenizing); 0 = the api's default */
     char tls_cert[SERVE_PATH_MAX]; /* "" = cleartext; with tls_key */
     char tls_key[SERVE_PATH_MAX];
     long max_body;                               /* bytes */

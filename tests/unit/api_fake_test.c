@@ -93,6 +93,9 @@ static void stack_start(struct stack *st, bool request_level)
 
 static void stack_stop(struct stack *st)
 {
+    /* As lmd serve stops: requests that arrive from now on are refused at
+     * once, so that none starts a job once the wait below has seen none. */
+    api_set_draining(st->api);
     http_server_stop_accepting(st->http);
     for (int i = 0; i < 200 && api_active(st->api) > 0; i++)
         usleep(10000);
