@@ -1,7 +1,8 @@
 /*
- * Q4_K weights repacked eight rows at a time ("lane = row"), and the tile
- * that multiplies them with Q8_K activations for prefill and batched
- * decode (m >= 2 activation rows).
+ * Q4_K and Q6_K weights repacked eight rows at a time ("lane = row"), and
+ * the tiles that multiply them with Q8_K activations for prefill and
+ * batched decode (m >= 2 activation rows). The Q4_K tile is described
+ * here; the Q6_K one (below) follows the same rule.
  *
  * Why: the row-by-row tiles (kquant_avx2.c) finish every super-block of
  * every (weight row, activation row) pair with about a dozen vector
@@ -24,7 +25,7 @@
  *
  * Layout of a repacked tensor: groups of 8 rows (n / 8 of them; rows past
  * the last full group stay in the original layout), each group nb blocks of
- * struct kern__q4_Kx8, group after group.
+ * struct kern__q4_Kx8 (struct kern__q6_Kx8), group after group.
  *
  * Compiled twice: as is for AVX2 (maddubs, madd, add), and by
  * repack_avx512.c with KERN_RP_VNNI, where vpdpwssd on 256-bit registers
@@ -136,6 +137,12 @@ static void rp_group(int64_t nb, const void *wp, const void *xq, size_t xs, int 
  * vector V_l holds lane l of the 8 rows: the same integers (the -32 is
  * folded into the int16 scales of the bsums term, which is exact), the same
  * f32 steps.
+ *
+ * The loops go lane by lane: lane l's eight weight vectors stay in
+ * registers while the activation rows pass, and the two halves of the
+ * super-block sum in separate chains (added at the end, exact). Q4_K's
+ * order (all 64 weight vectors per activation row) spilled the lane sums
+ * to the stack and was no faster than the row-by-row tile on Zen 3.
  */
 
 /* int16 pairs (v, v) per int32 lane from 8 signed bytes (one per row). */
@@ -178,36 +185,41 @@ static void rp6_group(int64_t nb, const void *wp, const void *xq, size_t xs, int
     const struct kern__q6_Kx8 *wb = wp;
     for (int64_t b = 0; b < nb; b++, wb++) {
         /* The 8 rows' quants, decoded once for all activation rows. */
-        __m256i wq[2][4][8]; /* [h][t][l] */
+        __m256i wq[8][8]; /* [l][4h + t] */
         for (int h = 0; h < 2; h++)
-            for (int l = 0; l < 8; l++) {
-                __m256i q[4];
+            for (int l = 0; l < 8; l++)
                 rp6_decode(_mm256_loadu_si256((const __m256i *)wb->ql[h][0][l]),
                            _mm256_loadu_si256((const __m256i *)wb->ql[h][1][l]),
-                           _mm256_loadu_si256((const __m256i *)wb->qh[h][l]), q);
-                for (int t = 0; t < 4; t++)
-                    wq[h][t][l] = q[t];
-            }
+                           _mm256_loadu_si256((const __m256i *)wb->qh[h][l]), &wq[l][4 * h]);
         __m256i sc[16], cs[8];
         for (int s = 0; s < 16; s++)
             sc[s] = rp_spairs(wb->sc[s]);
         for (int l = 0; l < 8; l++)
             cs[l] = rp_spairs2_m32(wb->sc[2 * l], wb->sc[2 * l + 1]);
         const __m256 dw = _mm256_loadu_ps(wb->d);
-        for (int j = 0; j < nx; j++) {
-            const struct kern__q8_K *xb = (const struct kern__q8_K *)((const char *)xq + (size_t)j * xs) + b;
-            __m256i v[8];
-            for (int l = 0; l < 8; l++) /* the bsums term: (bsums[2l], bsums[2l + 1]) is one int32 */
-                v[l] = _mm256_madd_epi16(cs[l], _mm256_set1_epi32((int)kern__load_u32(xb->bsums + 2 * l)));
-            for (int h = 0; h < 2; h++)
-                for (int t = 0; t < 4; t++)
-                    for (int l = 0; l < 8; l++) {
-                        __m256i yq = _mm256_set1_epi32((int)kern__load_u32(xb->qs + 128 * h + 32 * t + 4 * l));
-                        v[l] = rp_madd_add(v[l], sc[8 * h + 2 * t + l / 4], _mm256_maddubs_epi16(wq[h][t][l], yq));
-                    }
-            const __m256 dwy = _mm256_mul_ps(dw, _mm256_set1_ps(xb->d));
-            for (int l = 0; l < 8; l++)
-                acc[j][l] = _mm256_fmadd_ps(dwy, _mm256_cvtepi32_ps(v[l]), acc[j][l]);
+        __m256 dwy[KERN__RP_TX];
+        for (int j = 0; j < nx; j++)
+            dwy[j] = _mm256_mul_ps(
+                dw, _mm256_set1_ps(((const struct kern__q8_K *)((const char *)xq + (size_t)j * xs) + b)->d));
+        /* Lane l of all rows for every activation row, with lane l's eight
+         * weight vectors held in registers; two integer chains (h = 0, 1). */
+        for (int l = 0; l < 8; l++) {
+            __m256i wl[8];
+            for (int u = 0; u < 8; u++)
+                wl[u] = wq[l][u];
+            for (int j = 0; j < nx; j++) {
+                const struct kern__q8_K *xb = (const struct kern__q8_K *)((const char *)xq + (size_t)j * xs) + b;
+                /* the bsums term: (bsums[2l], bsums[2l + 1]) is one int32 */
+                __m256i v0 = _mm256_madd_epi16(cs[l], _mm256_set1_epi32((int)kern__load_u32(xb->bsums + 2 * l)));
+                __m256i v1 = _mm256_setzero_si256();
+                for (int t = 0; t < 4; t++) {
+                    __m256i y0 = _mm256_set1_epi32((int)kern__load_u32(xb->qs + 32 * t + 4 * l));
+                    __m256i y1 = _mm256_set1_epi32((int)kern__load_u32(xb->qs + 128 + 32 * t + 4 * l));
+                    v0 = rp_madd_add(v0, sc[2 * t + l / 4], _mm256_maddubs_epi16(wl[t], y0));
+                    v1 = rp_madd_add(v1, sc[8 + 2 * t + l / 4], _mm256_maddubs_epi16(wl[4 + t], y1));
+                }
+                acc[j][l] = _mm256_fmadd_ps(dwy[j], _mm256_cvtepi32_ps(_mm256_add_epi32(v0, v1)), acc[j][l]);
+            }
         }
     }
     for (int j = 0; j < nx; j++) {

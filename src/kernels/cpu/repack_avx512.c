@@ -133,15 +133,11 @@ static void rp6_group2(int64_t nb, const struct kern__q6_Kx8 *w0, const void *xq
     const struct kern__q6_Kx8 *w1 = w0 + nb;
     for (int64_t b = 0; b < nb; b++) {
         const struct kern__q6_Kx8 *a = w0 + b, *c = w1 + b;
-        __m512i wq[2][4][8];
+        __m512i wq[8][8]; /* [l][4h + t] */
         for (int h = 0; h < 2; h++)
-            for (int l = 0; l < 8; l++) {
-                __m512i q[4];
+            for (int l = 0; l < 8; l++)
                 rp6_decode2(cat2(a->ql[h][0][l], c->ql[h][0][l]), cat2(a->ql[h][1][l], c->ql[h][1][l]),
-                            cat2(a->qh[h][l], c->qh[h][l]), q);
-                for (int t = 0; t < 4; t++)
-                    wq[h][t][l] = q[t];
-            }
+                            cat2(a->qh[h][l], c->qh[h][l]), &wq[l][4 * h]);
         __m512i sc[16], cs[8];
         for (int s = 0; s < 16; s++) {
             __m512i v = sbytes16(a->sc[s], c->sc[s]);
@@ -152,21 +148,26 @@ static void rp6_group2(int64_t nb, const struct kern__q6_Kx8 *w0, const void *xq
             cs[l] = _mm512_sub_epi16(_mm512_setzero_si512(), _mm512_slli_epi16(ab, 5)); /* -32 sc, exact in int16 */
         }
         const __m512 dw = cat_ps(a->d, c->d);
-        for (int j = 0; j < nx; j++) {
-            const struct kern__q8_K *xb = (const struct kern__q8_K *)((const char *)xq + (size_t)j * xs) + b;
-            __m512i v[8];
-            for (int l = 0; l < 8; l++)
-                v[l] = _mm512_madd_epi16(cs[l], _mm512_set1_epi32((int)kern__load_u32(xb->bsums + 2 * l)));
-            for (int h = 0; h < 2; h++)
-                for (int t = 0; t < 4; t++)
-                    for (int l = 0; l < 8; l++) {
-                        __m512i yq = _mm512_set1_epi32((int)kern__load_u32(xb->qs + 128 * h + 32 * t + 4 * l));
-                        v[l] =
-                            _mm512_dpwssd_epi32(v[l], sc[8 * h + 2 * t + l / 4], _mm512_maddubs_epi16(wq[h][t][l], yq));
-                    }
-            const __m512 dwy = _mm512_mul_ps(dw, _mm512_set1_ps(xb->d));
-            for (int l = 0; l < 8; l++)
-                acc[j][l] = _mm512_fmadd_ps(dwy, _mm512_cvtepi32_ps(v[l]), acc[j][l]);
+        __m512 dwy[KERN__RP_TX];
+        for (int j = 0; j < nx; j++)
+            dwy[j] = _mm512_mul_ps(
+                dw, _mm512_set1_ps(((const struct kern__q8_K *)((const char *)xq + (size_t)j * xs) + b)->d));
+        for (int l = 0; l < 8; l++) {
+            __m512i wl[8];
+            for (int u = 0; u < 8; u++)
+                wl[u] = wq[l][u];
+            for (int j = 0; j < nx; j++) {
+                const struct kern__q8_K *xb = (const struct kern__q8_K *)((const char *)xq + (size_t)j * xs) + b;
+                __m512i v0 = _mm512_madd_epi16(cs[l], _mm512_set1_epi32((int)kern__load_u32(xb->bsums + 2 * l)));
+                __m512i v1 = _mm512_setzero_si512();
+                for (int t = 0; t < 4; t++) {
+                    __m512i y0 = _mm512_set1_epi32((int)kern__load_u32(xb->qs + 32 * t + 4 * l));
+                    __m512i y1 = _mm512_set1_epi32((int)kern__load_u32(xb->qs + 128 + 32 * t + 4 * l));
+                    v0 = _mm512_dpwssd_epi32(v0, sc[2 * t + l / 4], _mm512_maddubs_epi16(wl[t], y0));
+                    v1 = _mm512_dpwssd_epi32(v1, sc[8 + 2 * t + l / 4], _mm512_maddubs_epi16(wl[4 + t], y1));
+                }
+                acc[j][l] = _mm512_fmadd_ps(dwy[j], _mm512_cvtepi32_ps(_mm512_add_epi32(v0, v1)), acc[j][l]);
+            }
         }
     }
     for (int j = 0; j < nx; j++) {
