@@ -205,7 +205,7 @@ int cli_info(int argc, char **argv)
     /* What the native engine will add at load by repacking weight matrices
      * (kern_repack_bytes on the kernel path in use): the layers' 2-D
      * weights and the output matrix, which is the embedding table when tied. */
-    uint64_t packed = 0;
+    uint64_t packed = 0, packed_per_type[GGUF_DTYPE_COUNT] = {0};
     bool has_output = false;
     for (uint64_t i = 0; i < gguf_n_tensors(f); i++)
         has_output |= strcmp(gguf_tensor_at(f, i)->name, "output.weight") == 0;
@@ -219,8 +219,11 @@ int cli_info(int argc, char **argv)
         per_type_count[t->type]++;
         bool matrix = t->n_dims == 2 && (strncmp(t->name, "blk.", 4) == 0 || strcmp(t->name, "output.weight") == 0 ||
                                          (!has_output && strcmp(t->name, "token_embd.weight") == 0));
-        if (matrix && kern_dtype_supported(t->type))
-            packed += kern_repack_bytes(t->type, (int64_t)t->ne[1], (int64_t)t->ne[0]);
+        if (matrix && kern_dtype_supported(t->type)) {
+            size_t pb = kern_repack_bytes(t->type, (int64_t)t->ne[1], (int64_t)t->ne[0]);
+            packed += pb;
+            packed_per_type[t->type] += pb;
+        }
         if (!show_tensors)
             continue;
         char shape[64];
@@ -244,6 +247,12 @@ int cli_info(int argc, char **argv)
     human_bytes(packed, hb, sizeof hb);
     printf("repacked:    %" PRIu64 " bytes (%s) allocated at load for prefill and batched decode (kernels: %s)\n",
            packed, hb, kern_isa());
+    for (int t = 0; t < GGUF_DTYPE_COUNT; t++) {
+        if (!packed_per_type[t])
+            continue;
+        human_bytes(packed_per_type[t], hb, sizeof hb);
+        printf("  %-7s %28" PRIu64 " bytes (%s)\n", gguf_dtype_name((enum gguf_dtype)t), packed_per_type[t], hb);
+    }
     gguf_close(f);
     return 0;
 }

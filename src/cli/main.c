@@ -65,8 +65,12 @@ int main(int argc, char **argv)
                lmd_cpu_count(), feat, kern_isa());
         /* Weights repacked at load on this path (lmd info MODEL says how
          * many bytes that adds for a model). */
-        printf("repacked at load: %s\n",
-               kern_repack_bytes(GGUF_DTYPE_Q4_K, 8, 256) ? "q4_K (8-row groups, prefill and batched decode)" : "none");
+        printf("repacked at load:");
+        int n_rp = 0;
+        for (int t = 0; t < GGUF_DTYPE_COUNT; t++)
+            if (kern_dtype_supported((enum gguf_dtype)t) && kern_repack_bytes((enum gguf_dtype)t, 8, 256))
+                printf("%s %s", n_rp++ ? "," : "", gguf_dtype_name((enum gguf_dtype)t));
+        printf("%s\n", n_rp ? " (8-row groups, prefill and batched decode)" : " none");
         char gpus[512];
         engine_cuda_devices(gpus, sizeof gpus);
         printf("gpus: %s\n", gpus);

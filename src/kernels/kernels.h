@@ -73,7 +73,7 @@ void kern_matmul(struct lmd_pool *pool, enum gguf_dtype wt, const void *w, size_
 
 /*
  * Repacked weights for prefill and batched decode. Types with a repacked
- * layout (Q4_K today) are copied at load into groups of 8 interleaved rows
+ * layout (Q4_K, Q6_K) are copied at load into groups of 8 interleaved rows
  * whose tiles finish 8 dot products per vector step; decode (m = 1) keeps
  * streaming the original rows. Results are bit for bit those of the
  * original layout on every ISA, so using them or not changes nothing but

@@ -21,7 +21,7 @@
  * bit-identical to per-row dots on the same ISA, whatever the tiling or
  * thread count.
  *
- * With a repacked copy of W (kern_repack, Q4_K today) and m >= 2, phase 2
+ * With a repacked copy of W (kern_repack: Q4_K, Q6_K) and m >= 2, phase 2
  * runs the ISA's repacked tile over groups of 8 rows instead (the same
  * bits: cpu/repack_avx2.c), items being a few groups by an X block; rows
  * past the last full group take the path above.
@@ -137,20 +137,72 @@ static void mm_items(void *vctx, int64_t begin, int64_t end, int tid)
     }
 }
 
-/* ---- repacked weights (struct kern__q4_Kx8) ---- */
+/* ---- repacked weights (struct kern__q4_Kx8, struct kern__q6_Kx8) ---- */
+
+/* Super-block b of the KERN__RP_ROWS rows at w (ws bytes apart) into one
+ * repacked block. */
+typedef void (*pack_fn)(const char *w, size_t ws, int64_t b, void *dst);
+
+static void pack_q4_K(const char *w, size_t ws, int64_t b, void *dst)
+{
+    struct kern__q4_Kx8 *o = dst;
+    for (int r = 0; r < KERN__RP_ROWS; r++) {
+        const struct kern__q4_K *q = (const struct kern__q4_K *)(w + (size_t)r * ws) + b;
+        o->d[r] = kern__h2f(q->d);
+        o->dmin[r] = kern__h2f(q->dmin);
+        for (int sb = 0; sb < 8; sb++)
+            kern__scale_min_k4(sb, q->scales, &o->sc[sb][r], &o->mn[sb][r]);
+        for (int g = 0; g < 4; g++)
+            for (int l = 0; l < 8; l++)
+                memcpy(&o->qs[g][l][4 * r], q->qs + 32 * g + 4 * l, 4);
+    }
+}
+
+static void pack_q6_K(const char *w, size_t ws, int64_t b, void *dst)
+{
+    struct kern__q6_Kx8 *o = dst;
+    for (int r = 0; r < KERN__RP_ROWS; r++) {
+        const struct kern__q6_K *q = (const struct kern__q6_K *)(w + (size_t)r * ws) + b;
+        o->d[r] = kern__h2f(q->d);
+        for (int s = 0; s < 16; s++)
+            o->sc[s][r] = q->scales[s];
+        for (int h = 0; h < 2; h++)
+            for (int l = 0; l < 8; l++) {
+                for (int p = 0; p < 2; p++)
+                    memcpy(&o->ql[h][p][l][4 * r], q->ql + 64 * h + 32 * p + 4 * l, 4);
+                memcpy(&o->qh[h][l][4 * r], q->qh + 32 * h + 4 * l, 4);
+            }
+    }
+}
+
+/* The types with a repacked layout: the size of one repacked block (one
+ * super-block of KERN__RP_ROWS rows) and how to write it. Whether a kernel
+ * path uses the layout is its table's rp entry. */
+static const struct {
+    size_t bytes;
+    pack_fn pack;
+} g_rp_layouts[GGUF_DTYPE_COUNT] = {
+    [GGUF_DTYPE_Q4_K] = {sizeof(struct kern__q4_Kx8), pack_q4_K},
+    [GGUF_DTYPE_Q6_K] = {sizeof(struct kern__q6_Kx8), pack_q6_K},
+};
 
 size_t kern_repack_bytes(enum gguf_dtype t, int64_t n, int64_t k)
 {
-    if (t != GGUF_DTYPE_Q4_K || k % KERN_QK_K != 0 || n < KERN__RP_ROWS || !kern__ops()->type[t].rp)
+    if ((unsigned)t >= GGUF_DTYPE_COUNT || !g_rp_layouts[t].bytes || !kern__ops()->type[t].rp)
         return 0; /* no layout, or no tile for it on this kernel path */
-    return (size_t)(n / KERN__RP_ROWS) * (size_t)(k / KERN_QK_K) * sizeof(struct kern__q4_Kx8);
+    int64_t block = kern__traits(t)->block;
+    if (k % block != 0 || n < KERN__RP_ROWS)
+        return 0;
+    return (size_t)(n / KERN__RP_ROWS) * (size_t)(k / block) * g_rp_layouts[t].bytes;
 }
 
 struct repack_ctx {
+    pack_fn pack;
     const char *w;
     size_t ws;
     int64_t nb;
-    struct kern__q4_Kx8 *dst;
+    size_t bytes; /* per repacked block */
+    char *dst;    /* [n / 8][nb][bytes] */
 };
 
 static void repack_groups(void *vctx, int64_t begin, int64_t end, int tid)
@@ -158,35 +210,27 @@ static void repack_groups(void *vctx, int64_t begin, int64_t end, int tid)
     (void)tid;
     const struct repack_ctx *c = vctx;
     for (int64_t grp = begin; grp < end; grp++)
-        for (int64_t b = 0; b < c->nb; b++) {
-            struct kern__q4_Kx8 *o = c->dst + grp * c->nb + b;
-            for (int r = 0; r < KERN__RP_ROWS; r++) {
-                const struct kern__q4_K *q =
-                    (const struct kern__q4_K *)(c->w + (size_t)(grp * KERN__RP_ROWS + r) * c->ws) + b;
-                o->d[r] = kern__h2f(q->d);
-                o->dmin[r] = kern__h2f(q->dmin);
-                for (int sb = 0; sb < 8; sb++)
-                    kern__scale_min_k4(sb, q->scales, &o->sc[sb][r], &o->mn[sb][r]);
-                for (int g = 0; g < 4; g++)
-                    for (int l = 0; l < 8; l++)
-                        memcpy(&o->qs[g][l][4 * r], q->qs + 32 * g + 4 * l, 4);
-            }
-        }
+        for (int64_t b = 0; b < c->nb; b++)
+            c->pack(c->w + (size_t)(grp * KERN__RP_ROWS) * c->ws, c->ws, b,
+                    c->dst + (size_t)(grp * c->nb + b) * c->bytes);
 }
 
 void kern_repack(struct lmd_pool *pool, enum gguf_dtype t, const void *w, size_t w_stride, int64_t n, int64_t k,
                  void *dst)
 {
     LMD_ASSERT(kern_repack_bytes(t, n, k) > 0, "kern_repack: no repacked layout for this matrix");
-    struct repack_ctx c = {w, w_stride, k / KERN_QK_K, dst};
+    struct repack_ctx c = {
+        g_rp_layouts[t].pack, w, w_stride, k / kern__traits(t)->block, g_rp_layouts[t].bytes, dst,
+    };
     lmd_pool_for(pool, n / KERN__RP_ROWS, 0, repack_groups, &c);
 }
 
 struct rp_ctx {
     kern__rp_fn rp;
-    const struct kern__q4_Kx8 *packed;
-    int64_t nb;     /* blocks per row */
-    const char *xq; /* [m][xs bytes] */
+    const char *packed; /* [groups][gbytes] */
+    size_t gbytes;      /* bytes per repacked group */
+    int64_t nb;         /* blocks per row */
+    const char *xq;     /* [m][xs bytes] */
     size_t xs;
     float *y;
     int64_t ldy;
@@ -208,7 +252,7 @@ static void rp_items(void *vctx, int64_t begin, int64_t end, int tid)
             int nx = (int)(j1 - j < KERN__RP_TX ? j1 - j : KERN__RP_TX);
             for (int64_t g = g0; g < g1; g += 2) {
                 int ng = g + 1 < g1 ? 2 : 1;
-                c->rp(c->nb, c->packed + g * c->nb, ng, c->xq + (size_t)j * c->xs, c->xs, nx,
+                c->rp(c->nb, c->packed + (size_t)g * c->gbytes, ng, c->xq + (size_t)j * c->xs, c->xs, nx,
                       c->y + j * c->ldy + g * KERN__RP_ROWS, c->ldy);
             }
         }
@@ -261,10 +305,11 @@ void kern_matmul_packed(struct lmd_pool *pool, enum gguf_dtype wt, const void *w
 
     /* Phase 2: the products. Repacked rows first, where there are any. */
     if (packed && m >= 2 && e->rp) {
+        LMD_ASSERT(g_rp_layouts[wt].bytes, "kern_matmul: a repacked tile without a repacked layout");
         struct rp_ctx rc = {
             .rp = e->rp,
             .packed = packed,
-            .nb = k / KERN_QK_K,
+            .nb = k / tr->block,
             .xq = xq,
             .xs = xs,
             .y = y,
@@ -275,8 +320,8 @@ void kern_matmul_packed(struct lmd_pool *pool, enum gguf_dtype wt, const void *w
         /* A group's blocks are decoded once per KERN__RP_TX X rows, so an
          * item is a few groups (their weights stay in L2) by an X block
          * that stays in L2; enough items for every thread. */
-        size_t gbytes = (size_t)rc.nb * sizeof(struct kern__q4_Kx8);
-        int64_t gg = (int64_t)(2 * WBLOCK_BYTES / gbytes) / 2 * 2; /* pairs: the AVX-512 tile takes two */
+        rc.gbytes = (size_t)rc.nb * g_rp_layouts[wt].bytes;
+        int64_t gg = (int64_t)(2 * WBLOCK_BYTES / rc.gbytes) / 2 * 2; /* pairs: the AVX-512 tile takes two */
         if (gg < 2)
             gg = 2;
         int64_t xr = (int64_t)(XBLOCK_BYTES / xs) / KERN__RP_TX * KERN__RP_TX;

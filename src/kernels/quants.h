@@ -145,6 +145,7 @@ struct kern__tile {
 /*
  * Q4_K repacked 8 rows at a time for the m >= 2 tiles (cpu/repack_avx2.c
  * explains the "lane = row" layout): super-block b of rows r0..r0+7.
+ * matmul.c's table of repacked layouts says which types have one.
  */
 struct kern__q4_Kx8 {
     uint8_t qs[4][8][32]; /* [g][l][4 * r + i] = row r's qs[32 g + 4 l + i] */
@@ -153,6 +154,20 @@ struct kern__q4_Kx8 {
     float d[8], dmin[8];  /* [r] the fp16 super-block scales, widened (exact) */
 };
 _Static_assert(sizeof(struct kern__q4_Kx8) == 1216, "q4_Kx8 layout");
+
+/*
+ * Q6_K repacked the same way (cpu/repack_avx2.c): super-block b of rows
+ * r0..r0+7, the 6-bit quants still split into low nibbles and high bit
+ * pairs as in struct kern__q6_K, so the copy is barely larger than the
+ * rows. Every 32-byte run is 8 rows times 4 consecutive bytes.
+ */
+struct kern__q6_Kx8 {
+    uint8_t ql[2][2][8][32]; /* [h][p][l][4 * r + i] = row r's ql[64 h + 32 p + 4 l + i] */
+    uint8_t qh[2][8][32];    /* [h][l][4 * r + i] = row r's qh[32 h + 4 l + i] */
+    int8_t sc[16][8];        /* [sub-block][r] eight-bit scale */
+    float d[8];              /* [r] the fp16 super-block scale, widened (exact) */
+};
+_Static_assert(sizeof(struct kern__q6_Kx8) == 1696, "q6_Kx8 layout");
 #define KERN__RP_ROWS 8 /* weight rows per repacked group */
 #define KERN__RP_TX 16  /* activation rows per call of a repacked tile */
 
@@ -164,6 +179,8 @@ typedef void (*kern__rp_fn)(int64_t nb, const void *wp, int ng, const void *xq, 
                             int64_t ldy);
 void kern__rp_q4_K_avx2(int64_t nb, const void *wp, int ng, const void *xq, size_t xs, int nx, float *y, int64_t ldy);
 void kern__rp_q4_K_avx512(int64_t nb, const void *wp, int ng, const void *xq, size_t xs, int nx, float *y, int64_t ldy);
+void kern__rp_q6_K_avx2(int64_t nb, const void *wp, int ng, const void *xq, size_t xs, int nx, float *y, int64_t ldy);
+void kern__rp_q6_K_avx512(int64_t nb, const void *wp, int ng, const void *xq, size_t xs, int nx, float *y, int64_t ldy);
 
 typedef void (*kern__dequant_fn)(const void *src, float *dst, int64_t n);
 typedef void (*kern__quant_fn)(const float *src, void *dst, int64_t n);

@@ -78,13 +78,27 @@ static simde__m512i emu_cvtepu8_epi32(simde__m128i a)
 }
 #undef _mm512_cvtepu8_epi32
 #define _mm512_cvtepu8_epi32(a) emu_cvtepu8_epi32(a)
+static simde__m512i emu_cvtepi8_epi32(simde__m128i a)
+{
+    simde__m128i_private ap = simde__m128i_to_private(a);
+    simde__m512i_private r;
+    for (int i = 0; i < 16; i++)
+        r.i32[i] = ap.i8[i];
+    return simde__m512i_from_private(r);
+}
+#undef _mm512_cvtepi8_epi32
+#define _mm512_cvtepi8_epi32(a) emu_cvtepi8_epi32(a)
 #define kern__ops_avx512 kern__ops_avx512_emu
 #define kern__rp_q4_K_avx512 kern__rp_q4_K_avx512_emu
+#define kern__rp_q6_K_avx512 kern__rp_q6_K_avx512_emu
 void kern__rp_q4_K_avx512_emu(int64_t nb, const void *wp, int ng, const void *xq, size_t xs, int nx, float *y,
+                              int64_t ldy);
+void kern__rp_q6_K_avx512_emu(int64_t nb, const void *wp, int ng, const void *xq, size_t xs, int nx, float *y,
                               int64_t ldy);
 #include "kernels/cpu/quant_avx512.c"
 #include "kernels/cpu/repack_avx512.c"
 #undef kern__rp_q4_K_avx512
+#undef kern__rp_q6_K_avx512
 #undef kern__ops_avx512
 #pragma GCC pop_options
 #endif
@@ -806,6 +820,48 @@ static void test_matmul_matches_vec_dot(void **state)
         lmd_pool_free(pools[i]);
 }
 
+/* The types with a repacked layout (kern_repack). */
+static const enum gguf_dtype g_repacked_types[] = {GGUF_DTYPE_Q4_K, GGUF_DTYPE_Q6_K};
+#define N_REPACKED_TYPES (sizeof g_repacked_types / sizeof g_repacked_types[0])
+
+/*
+ * The repacked tiles over many shapes, bit for bit against per-row
+ * vec_dots: n with a tail of rows past the last 8-row group (which take
+ * the original layout) and odd group counts (the AVX-512 tile pairs
+ * groups), every m from 2 to 20 (partial tiles of KERN__RP_TX rows), and
+ * several k. Both SIMD paths have the layouts; the scalar path has none
+ * and runs the original rows.
+ */
+static void test_matmul_repacked_shapes(void **state)
+{
+    (void)state;
+    struct lmd_pool *pool;
+    assert_int_equal(lmd_pool_init(&pool, 2, NULL), 0);
+    static const int64_t ns[] = {8, 13, 16, 29, 40};
+    static const int64_t ks[] = {256, 768, 1536};
+    for (size_t s = 0; s < sizeof g_isas / sizeof g_isas[0]; s++) {
+        if (!isa_ok(g_isas[s]))
+            continue;
+        bool simd = strcmp(g_isas[s], "scalar") != 0;
+        for (size_t ti = 0; ti < N_REPACKED_TYPES; ti++) {
+            enum gguf_dtype t = g_repacked_types[ti];
+            assert_int_equal(kern_repack_bytes(t, 7, 256), 0); /* no full group */
+            if (!simd) {
+                assert_int_equal(kern_repack_bytes(t, 8, 256), 0);
+                continue;
+            }
+            assert_true(kern_repack_bytes(t, 8, 256) > 0);
+            assert_int_equal(kern_repack_bytes(t, 29, 768), 3 * kern_repack_bytes(t, 8, 768));
+            for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++)
+                for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
+                    for (int64_t m = 2; m <= 20; m++)
+                        check_matmul2(t, ns[ni], ks[ki], m, pool, g_isas[s], true);
+        }
+    }
+    lmd_pool_free(pool);
+    kern_init();
+}
+
 /*
  * On a CPU with AVX-512, the real AVX-512 table gives the AVX2 table's
  * bits for every weight type, length (tails included) and batch shape: a
@@ -944,8 +1000,9 @@ static void test_avx512_emulated(void **state)
     kern_init();
 }
 
-/* The emulated AVX-512 repacked Q4_K tiles (one group: 256-bit VNNI; two
- * groups: 512-bit) against the AVX2 vec_dot, bit for bit. */
+/* The emulated AVX-512 repacked tiles (one group: 256-bit VNNI; two
+ * groups: 512-bit) against the AVX2 vec_dot, bit for bit, for every
+ * activation row count a call takes. */
 static void test_avx512_repacked_emulated(void **state)
 {
     (void)state;
@@ -953,9 +1010,10 @@ static void test_avx512_repacked_emulated(void **state)
     if (!f->avx2 || !f->fma || !f->f16c)
         skip();
     assert_int_equal(kern_set_isa("avx2"), 0);
-    enum { N = 16, M = 5 };
-    const enum gguf_dtype t = GGUF_DTYPE_Q4_K;
-    for (int64_t k = 256; k <= 1024; k += 768) {
+    enum { N = 16, M = KERN__RP_TX };
+    for (size_t ti = 0; ti < N_REPACKED_TYPES * 2; ti++) {
+        const enum gguf_dtype t = g_repacked_types[ti % N_REPACKED_TYPES];
+        int64_t k = ti < N_REPACKED_TYPES ? 256 : 1024;
         size_t rb = kern_row_bytes(t, k), xb = kern_row_bytes(GGUF_DTYPE_Q8_K, k);
         uint8_t *w = malloc(rb * N), *xq = malloc(xb * M);
         float *x = malloc((size_t)k * sizeof(float));
@@ -982,8 +1040,8 @@ static void test_avx512_repacked_emulated(void **state)
                         float want =
                             j < nx && r < ng * KERN__RP_ROWS ? kern_vec_dot(t, k, w + r * rb, xq + j * xb) : -1.0f;
                         if (f_bits(y[j][r]) != f_bits(want))
-                            fail_msg("avx512(emu) repacked q4_K k=%lld ng=%d nx=%d y[%d][%d] = %.9g, avx2 %.9g",
-                                     (long long)k, ng, nx, j, r, (double)y[j][r], (double)want);
+                            fail_msg("avx512(emu) repacked %s k=%lld ng=%d nx=%d y[%d][%d] = %.9g, avx2 %.9g",
+                                     kern__traits(t)->name, (long long)k, ng, nx, j, r, (double)y[j][r], (double)want);
                     }
             }
         free(pw);
@@ -1051,6 +1109,7 @@ int main(void)
         cmocka_unit_test(test_dot_vs_reference),
         cmocka_unit_test(test_dot_extremes),
         cmocka_unit_test(test_matmul_matches_vec_dot),
+        cmocka_unit_test(test_matmul_repacked_shapes),
         cmocka_unit_test(test_avx512_emulated),
         cmocka_unit_test(test_avx512_repacked_emulated),
         cmocka_unit_test(test_avx512_equals_avx2),

@@ -28,7 +28,7 @@ const struct kern__ops kern__ops_avx2 = {
             W(q3_K, Q3_K),
             [GGUF_DTYPE_Q4_K] = {kern__dequant_q4_K_scalar, NULL, kern__dot_q4_K_avx2, 4, 8, kern__rp_q4_K_avx2},
             W(q5_K, Q5_K),
-            W(q6_K, Q6_K),
+            [GGUF_DTYPE_Q6_K] = {kern__dequant_q6_K_scalar, NULL, kern__dot_q6_K_avx2, 4, 8, kern__rp_q6_K_avx2},
             [GGUF_DTYPE_Q8_K] = {kern__dequant_q8_K_scalar, kern__quant_q8_K_avx2, NULL, 0, 0},
         },
 };

@@ -359,7 +359,7 @@ const struct kern__ops kern__ops_avx512 = {
             E2(q3_K, Q3_K),
             [GGUF_DTYPE_Q4_K] = {kern__dequant_q4_K_scalar, NULL, dot512_q4_K, 4, 8, kern__rp_q4_K_avx512},
             E2(q5_K, Q5_K),
-            E512(q6_K, Q6_K, 8),
+            [GGUF_DTYPE_Q6_K] = {kern__dequant_q6_K_scalar, NULL, dot512_q6_K, 4, 8, kern__rp_q6_K_avx512},
             [GGUF_DTYPE_Q8_K] = {kern__dequant_q8_K_scalar, kern__quant_q8_K_avx2, NULL, 0, 0},
         },
 };
