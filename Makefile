@@ -97,9 +97,12 @@ test-integration: build
 # loop state (tests/lsan.supp), fails the test that stopped that server.
 # The grammar, schema, tool-call and template parsers are fuzzed (make
 # test-fuzz) and unit-tested under ASan; of their integration tests only
-# the structured-output ones run here, to keep the suite's time bounded.
+# the structured-output ones run here, and of the prep workers' only those
+# that free a request whose client left, to keep the suite's time bounded.
 ASAN_ITESTS ?= tests/integration/test_server.py tests/integration/test_hardening.py tests/integration/test_gateway.py \
-	tests/integration/test_discovery.py tests/integration/test_structured.py tests/integration/test_prep.py
+	tests/integration/test_discovery.py tests/integration/test_structured.py \
+	tests/integration/test_prep.py::test_client_gone_during_prep_is_freed \
+	tests/integration/test_prep.py::test_tokenize_client_gone_during_prep
 
 test-integration-asan: build build-asan
 	LMD_SANITIZED=1 LMD_BIN=$(CURDIR)/$(BUILD_ASAN)/lmd LMD_UPSTREAM_BIN=$(CURDIR)/$(BUILD)/lmd LMD_MODEL=$(CURDIR)/$(MODEL) \
