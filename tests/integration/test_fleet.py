@@ -216,6 +216,12 @@ def test_kill_a_replica_and_a_gateway_under_load(lmd_bin, default_model, tmp_pat
         reroute = min(o.end for o in load.ok_started_after(t_dead)) - t_kill
         after = [served(r) for r in rest]
         assert all(a > b for a, b in zip(after, before)), (before, after)
+        # How the gateways saw it (read before the lease expires: then they forget it).
+        vurl = "lmd+" + victim.url
+        on_victim = {k: sum(g.metrics().sum("lmd_upstream_" + k + "_total", backend=vurl) for g in gws)
+                     for k in ("retries", "ejections")}
+        on_victim["errors"] = sum(g.metrics().sum("lmd_upstream_requests_total", backend=vurl, outcome="error")
+                                  for g in gws)
         # The dead replica's lease expires (10 s): its key goes, and the gateways forget it.
         assert wait_until(lambda: len(etcd.keys(PREFIX)) == 2, timeout=30), etcd.keys(PREFIX)
         t_gone = time.monotonic() - t_kill
@@ -258,9 +264,9 @@ def test_kill_a_replica_and_a_gateway_under_load(lmd_bin, default_model, tmp_pat
         print("\nfleet: %d requests, %d ok, %d refused connections retried on the other gateway" %
               (len(done), len(done) - len(bad), load.refused))
         print("fleet: engine kill: %d in flight, %d failed (%s); first success of a request sent after it %.3f s; "
-              "lease gone after %.1f s" % (len(at_kill), sum(o.result != "ok" for o in at_kill),
+              "lease gone after %.1f s; the gateways counted on it %r" % (len(at_kill), sum(o.result != "ok" for o in at_kill),
                                            ", ".join(sorted(o.kind + ":" + o.result for o in at_kill)), reroute,
-                                           t_gone))
+                                           t_gone, on_victim))
         print("fleet: gateway kill: %d in flight on it, %d failed (%s); first success of a request sent after it "
               "%.3f s" % (len(at_gkill), sum(o.result != "ok" for o in at_gkill),
                           ", ".join(sorted(o.kind + ":" + o.result for o in at_gkill)), greroute))
