@@ -24,14 +24,12 @@ Checked:
 The time from each kill to the first success of a request sent after it
 (the reroute time) is printed, not asserted: it depends on the machine.
 The file runs in about half a minute on two cores."""
-import os
 import subprocess
 import threading
 import time
 
 import httpx
 import openai
-import pytest
 
 from test_discovery import Etcd
 from test_gateway import UpServe, upstreams_served, wait_ready
@@ -103,7 +101,7 @@ class Load:
     def _run(self, i):
         clients = [openai.OpenAI(base_url=g.base + "/v1", api_key="none", max_retries=0, timeout=30)
                    for g in self.gws]
-        kind = "chat" if i % 2 == 0 else "completion"
+        kind = "chat" if (i // 2) % 2 == 0 else "completion"  # both kinds on both gateways
         at = i % len(self.gws)
         while not self.stopping.is_set():
             with self.mu:
@@ -232,16 +230,17 @@ def test_kill_a_replica_and_a_gateway_under_load(lmd_bin, default_model, tmp_pat
         gvictim, gsurvivor = gws[0], gws[1]
         assert wait_until(lambda: gvictim.metrics().sum("lmd_upstream_inflight") >= 1, timeout=30, step=0.01)
         before = [served(r) for r in rest]
-        g_before = upstreams_served(gsurvivor.metrics(), status="200")
         t_gkill = time.monotonic()
         gvictim.kill()
         t_gdead = time.monotonic()
         assert wait_until(lambda: len(load.ok_started_after(t_gdead)) >= 6, timeout=60), load.snapshot()[-4:]
         greroute = min(o.end for o in load.ok_started_after(t_gdead)) - t_gkill
         load.stop()
+        # The survivor stops cleanly (under the sanitizers: no report, no leak).
+        assert gsurvivor.stop() == 0, gsurvivor.log()[-6000:]
+        assert "Sanitizer" not in gsurvivor.log() and "runtime error" not in gsurvivor.log()
         after = [served(r) for r in rest]
         assert all(a > b for a, b in zip(after, before)), (before, after)
-        assert upstreams_served(gsurvivor.metrics(), status="200") > g_before
 
         done = load.snapshot()
         bad = [o for o in done if o.result != "ok"]
@@ -264,9 +263,9 @@ def test_kill_a_replica_and_a_gateway_under_load(lmd_bin, default_model, tmp_pat
         print("\nfleet: %d requests, %d ok, %d refused connections retried on the other gateway" %
               (len(done), len(done) - len(bad), load.refused))
         print("fleet: engine kill: %d in flight, %d failed (%s); first success of a request sent after it %.3f s; "
-              "lease gone after %.1f s; the gateways counted on it %r" % (len(at_kill), sum(o.result != "ok" for o in at_kill),
-                                           ", ".join(sorted(o.kind + ":" + o.result for o in at_kill)), reroute,
-                                           t_gone, on_victim))
+              "lease gone after %.1f s; the gateways counted on it %r" %
+              (len(at_kill), sum(o.result != "ok" for o in at_kill),
+               ", ".join(sorted(o.kind + ":" + o.result for o in at_kill)), reroute, t_gone, on_victim))
         print("fleet: gateway kill: %d in flight on it, %d failed (%s); first success of a request sent after it "
               "%.3f s" % (len(at_gkill), sum(o.result != "ok" for o in at_gkill),
                           ", ".join(sorted(o.kind + ":" + o.result for o in at_gkill)), greroute))
