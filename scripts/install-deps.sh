@@ -4,6 +4,8 @@
 # `prometheus` brings promtool (the obs_promtool lint) and the server that
 # tests/integration/test_prometheus.py scrapes lmd with; `dnsmasq-base` and
 # `etcd-server` are the DNS server and etcd that the discovery tests run.
+# `ca-certificates` is the CA bundle that deploy/Containerfile copies into the
+# image (test_static.py builds that root filesystem from this host's files).
 # `make static` links lmd from the static archives that these -dev packages
 # ship (libjansson-dev, libpcre2-dev, libssl-dev, libyaml-dev, libc-ares-dev,
 # zlib1g-dev; libc6-dev from build-essential); libh2o-evloop-dev has only
@@ -31,7 +33,8 @@ done
 
 APT_PKGS=(build-essential cmake pkg-config git python3 python3-venv
           libjansson-dev libpcre2-dev libcmocka-dev libh2o-evloop-dev libssl-dev libnghttp2-dev zlib1g-dev libyaml-dev
-          libsimde-dev clang clang-format openssl prometheus libc-ares-dev dnsmasq-base etcd-server)
+          libsimde-dev clang clang-format openssl prometheus libc-ares-dev dnsmasq-base etcd-server
+          ca-certificates)
 [ "$BENCH" = 1 ] && APT_PKGS+=(nginx wrk curl util-linux)
 
 missing=()
