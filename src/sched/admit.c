@@ -79,7 +79,7 @@ static bool sched_start_req(struct sched *s, struct sched_req *r, uint64_t now)
     if (!r->run.smp_ready && !s->eng->info.request_level && !r->embd) {
         struct lmd_err err = {0};
         struct sample_params sp = r->sp;
-        sp.gvocab = s->gvocab;
+        sp.gvocab = sched__gvocab(s, sp.grammar != NULL);
         if (sample_init(&r->run.smp, &sp, r->n_prompt + r->max_tokens, &err) != 0) {
             sched__fail(s, r, err.msg);
             return false;

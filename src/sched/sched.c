@@ -573,8 +573,34 @@ static void *sched_main(void *arg)
 
 /* ---- lifecycle and the other threads' side -------------------------------- */
 
+/* Builds the vocabulary trie off the start path (struct sched's gvocab). */
+static void *sched_gv_main(void *arg)
+{
+    struct sched *s = arg;
+    struct lmd_err gerr = {0};
+    if (gram_vocab_build(&s->gvocab, s->gv_src, s->gv_n_logits, &gerr) != 0)
+        LMD_WARN("sched: constrained decoding is off for this model: %s", gerr.msg);
+    atomic_store_explicit(&s->gv_done, true, memory_order_release);
+    return NULL;
+}
+
+const struct gram_vocab *sched__gvocab(struct sched *s, bool need)
+{
+    if (s->gv_pending && (need || atomic_load_explicit(&s->gv_done, memory_order_acquire))) {
+        /* A grammar's first request in the first fraction of a second
+         * waits for the rest of the build; nothing else does. */
+        pthread_join(s->gv_thread, NULL);
+        s->gv_pending = false;
+    }
+    return s->gv_pending ? NULL : s->gvocab;
+}
+
 static void sched_free_mem(struct sched *s)
 {
+    if (s->gv_pending) {
+        pthread_join(s->gv_thread, NULL);
+        s->gv_pending = false;
+    }
     sample_scratch_free(&s->scratch);
     gram_vocab_free(s->gvocab);
     free(s->events);
@@ -655,11 +681,16 @@ int sched_start(struct sched **out, struct engine *eng, const struct sched_confi
     else if ((rc = kv_init(&s->kv, &kc, err)) == 0)
         rc = sample_scratch_init(&s->scratch, eng->info.n_vocab, err);
     /* Constrained decoding walks the vocabulary as a byte trie, built once
-     * here rather than on the first request that needs it. */
+     * beside the start (sched_gv_main) rather than on the first request
+     * that needs it; built here when no thread can be started. */
+    atomic_init(&s->gv_done, false);
     if (rc == 0 && cfg->vocab && !ei->request_level && tok_n_vocab(cfg->vocab) <= ei->n_vocab) {
-        struct lmd_err gerr = {0};
-        if (gram_vocab_build(&s->gvocab, cfg->vocab, ei->n_vocab, &gerr) != 0)
-            LMD_WARN("sched: constrained decoding is off for this model: %s", gerr.msg);
+        s->gv_src = cfg->vocab;
+        s->gv_n_logits = ei->n_vocab;
+        if (pthread_create(&s->gv_thread, NULL, sched_gv_main, s) == 0)
+            s->gv_pending = true;
+        else
+            sched_gv_main(s);
     }
     if (rc) {
         sched_free_mem(s);
