@@ -70,9 +70,8 @@ struct model_scratch {
     void *mm;         /* matmul scratch (quantized activations) */
     size_t mm_bytes;
     /* Attention work items of the current step: [max_tokens * n_head] at
-     * most (one token and one head each), att_n of them in use. */
+     * most (one token and one head each). */
     struct attn_item *att_items;
-    int att_n;
     int att_qmax; /* queries per item at most */
     /* per-thread attention scratch */
     float *att_work;        /* [n_threads][ops_attend_group_work(att_qmax, max_ctx, head_dim_k)] */
@@ -253,7 +252,6 @@ static int attn_plan(struct model_scratch *s, const struct model_hparams *hp, co
         }
         t = t_end;
     }
-    s->att_n = n;
     return n;
 }
 
@@ -290,6 +288,7 @@ static void attn_task(void *ctx, int64_t begin, int64_t end, int tid)
             kp[j] = model_kv_k_at(J->kv, blk, J->layer, it->kvh, p % bt);
             vp[j] = model_kv_v_at(J->kv, blk, J->layer, it->kvh, p % bt);
         }
+        LMD_ASSERT((it->t1 - it->t0) * (it->g1 - it->g0) <= s->att_qmax, "attention item larger than its scratch");
         int nq = 0;
         for (int t = it->t0; t < it->t1; t++) {
             const int pos = s->tok_pos[t];

@@ -25,7 +25,8 @@ void ops_geglu(float *g, const float *u, int n);
 void ops_swiglu(float *g, const float *u, int n);
 
 /* Attention of one query head over n positions given as pointers to f16
- * key/value vectors. q16 is the query already rounded to f16. scores and
+ * key/value vectors: the reference that ops_attend_group, which the forward
+ * pass uses, must equal bit for bit. q16 is the query already rounded to f16. scores and
  * p16 are scratch of n entries. scale multiplies the scores before softmax.
  * out[dv] receives the weighted sum of values. */
 void ops_attend(float *out, const uint16_t *q16, const uint16_t *const *keys, const uint16_t *const *vals, int n,
