@@ -1,8 +1,10 @@
 /*
  * f32 operations of the forward pass (see ops.h). The attention inner loops
- * have an AVX2/F16C version in ops_avx2.c, chosen at run time.
+ * have an AVX2/F16C version in ops_avx2.c (grouped attention also AVX-512
+ * loops in ops_avx512.c), chosen at run time.
  */
 #include "model/ops.h"
+#include "model/ops_x86.h"
 
 #include "core/cpu.h"
 #include "kernels/kernels.h"
@@ -158,9 +160,6 @@ void ops_swiglu(float *g, const float *u, int n)
 
 void ops__attend_avx2(float *out, const uint16_t *q16, const uint16_t *const *keys, const uint16_t *const *vals, int n,
                       int dk, int dv, float scale, float *scores, uint16_t *p16);
-void ops__attend_group_avx2(float *const *out, const uint16_t *q16, int nq, const int *lo, const int *hi,
-                            const uint16_t *const *keys, const uint16_t *const *vals, int span, int dk, int dv,
-                            float scale, float *work);
 
 /* attend_scalar's softmax as a function: exp(score - max) in place over n
  * scores, returning the reciprocal of their sum. */
@@ -280,8 +279,11 @@ void ops_attend_group(float *const *out, const uint16_t *q16, int nq, const int 
                       const uint16_t *const *keys, const uint16_t *const *vals, int span, int dk, int dv, float scale,
                       float *work)
 {
+    /* The AVX-512 loops give the AVX2 ones' bits (ops_avx512.c), so the
+     * one-query AVX2 path stays the reference on both. */
     if (attend_avx2_fits(dk, dv))
-        ops__attend_group_avx2(out, q16, nq, lo, hi, keys, vals, span, dk, dv, scale, work);
+        ops__attend_group_avx2(out, q16, nq, lo, hi, keys, vals, span, dk, dv, scale, work,
+                               lmd_cpu_features()->avx512f ? &ops__group_kern_avx512 : &ops__group_kern_avx2);
     else
         attend_group_scalar(out, q16, nq, lo, hi, keys, vals, span, dk, dv, scale, work);
 }

@@ -4,19 +4,11 @@
  * in f32 lanes, softmax sums in double.
  */
 #include "model/ops.h"
+#include "model/ops_x86.h"
 
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
-
-static inline float hsum256(__m256 v)
-{
-    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-    lo = _mm_add_ps(lo, hi);
-    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-    return _mm_cvtss_f32(lo);
-}
 
 /* ops__expf_v (ops.c), 8 lanes at a time: the same fused operations. */
 static inline __m256 expf_v8(__m256 x)
@@ -181,29 +173,12 @@ static void softmax_p(float *s, int n)
  * accumulator is carried from tile to tile through memory. */
 #define GROUP_TILE 64
 
-static inline __m256 ld16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
-
-/* hsum256 of four vectors at once: [hsum256(x0), .., hsum256(x3)] with the
- * same additions, operands in the same order, for each: lo + hi, then
- * (l0 + l2) and (l1 + l3), then their sum. */
-static inline __m128 hsum256x4(__m256 x0, __m256 x1, __m256 x2, __m256 x3)
-{
-    /* [lo+hi of x0 | lo+hi of x1], [.. x2 | .. x3] */
-    const __m256 l01 = _mm256_add_ps(_mm256_permute2f128_ps(x0, x1, 0x20), _mm256_permute2f128_ps(x0, x1, 0x31));
-    const __m256 l23 = _mm256_add_ps(_mm256_permute2f128_ps(x2, x3, 0x20), _mm256_permute2f128_ps(x2, x3, 0x31));
-    /* per 128-bit half: [l0+l2, l1+l3] of x0 (x1), then of x2 (x3) */
-    const __m256 c = _mm256_add_ps(_mm256_shuffle_ps(l01, l23, 0x44), _mm256_shuffle_ps(l01, l23, 0xee));
-    /* per half: [x0 (x1), x2 (x3), x0 (x1), x2 (x3)] */
-    const __m256 f = _mm256_add_ps(_mm256_shuffle_ps(c, c, 0x88), _mm256_shuffle_ps(c, c, 0xdd));
-    return _mm_unpacklo_ps(_mm256_castps256_ps128(f), _mm256_extractf128_ps(f, 1));
-}
-
 /* Scores of four queries (qf rows, f32) against rows [j0, j1): each key
  * chunk is widened once for the four. Per score exactly ops__attend_avx2's
  * operations: two accumulators over alternate 8-lane chunks, an 8-lane
  * tail into the first, the horizontal sum of their sum, times scale. */
-static void scores4(float *const *s, const float *const *q, const uint16_t *const *keys, int j0, int j1, int dk,
-                    float scale)
+static void scores4_avx2(float *const *s, const float *const *q, const uint16_t *const *keys, int j0, int j1, int dk,
+                         float scale)
 {
     const float *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
     for (int j = j0; j < j1; j++) {
@@ -240,7 +215,7 @@ static void scores4(float *const *s, const float *const *q, const uint16_t *cons
     }
 }
 
-static void scores1(float *s, const float *q, const uint16_t *const *keys, int j0, int j1, int dk, float scale)
+static void scores1_avx2(float *s, const float *q, const uint16_t *const *keys, int j0, int j1, int dk, float scale)
 {
     for (int j = j0; j < j1; j++) {
         const uint16_t *k = keys[j];
@@ -260,7 +235,7 @@ static void scores1(float *s, const float *q, const uint16_t *const *keys, int j
  * time: each value chunk is widened once for the four. Per lane the FMA
  * chain of ops__attend_avx2, in the same order of j, started from what o
  * holds (zero before the first row). */
-static void pv4(float *const *o, const float *const *p, const uint16_t *const *vals, int j0, int j1, int dv)
+static void pv4_avx2(float *const *o, const float *const *p, const uint16_t *const *vals, int j0, int j1, int dv)
 {
     float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3];
     const float *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
@@ -313,7 +288,7 @@ static void pv4(float *const *o, const float *const *p, const uint16_t *const *v
 }
 
 /* pv4 for one query, 64 lanes at a time (eight independent chains). */
-static void pv1(float *o, const float *p, const uint16_t *const *vals, int j0, int j1, int dv)
+static void pv1_avx2(float *o, const float *p, const uint16_t *const *vals, int j0, int j1, int dv)
 {
     if (j0 >= j1)
         return;
@@ -342,13 +317,11 @@ static void pv1(float *o, const float *p, const uint16_t *const *vals, int j0, i
 static inline int imin(int a, int b) { return a < b ? a : b; }
 static inline int imax(int a, int b) { return a > b ? a : b; }
 
-void ops__attend_group_avx2(float *const *out, const uint16_t *q16, int nq, const int *lo, const int *hi,
-                            const uint16_t *const *keys, const uint16_t *const *vals, int span, int dk, int dv,
-                            float scale, float *work);
+const struct ops__group_kern ops__group_kern_avx2 = {scores4_avx2, scores1_avx2, pv4_avx2, pv1_avx2};
 
 void ops__attend_group_avx2(float *const *out, const uint16_t *q16, int nq, const int *lo, const int *hi,
                             const uint16_t *const *keys, const uint16_t *const *vals, int span, int dk, int dv,
-                            float scale, float *work)
+                            float scale, float *work, const struct ops__group_kern *kern)
 {
     float *qf = work;                           /* [nq][dk] the queries widened (exact) */
     float *sc = work + (size_t)nq * (size_t)dk; /* [nq][span] scores, then probabilities */
@@ -379,12 +352,12 @@ void ops__attend_group_avx2(float *const *out, const uint16_t *q16, int nq, cons
                 s[i] = sc + (size_t)(q + i) * span;
                 qq[i] = qf + (size_t)(q + i) * dk;
             }
-            scores4(s, qq, keys, u0, u1, dk, scale);
+            kern->scores4(s, qq, keys, u0, u1, dk, scale);
         }
         for (; q < nq; q++) {
             const int u0 = imax(a, lo[q]), u1 = imin(b, hi[q]);
             if (u0 < u1)
-                scores1(sc + (size_t)q * span, qf + (size_t)q * dk, keys, u0, u1, dk, scale);
+                kern->scores1(sc + (size_t)q * span, qf + (size_t)q * dk, keys, u0, u1, dk, scale);
         }
     }
     /* Softmax per query over its own range; the probabilities kept as the
@@ -410,20 +383,20 @@ void ops__attend_group_avx2(float *const *out, const uint16_t *q16, int nq, cons
             }
             if (c0 >= c1) {
                 for (int i = 0; i < 4; i++)
-                    pv1(out[q + i], sc + (size_t)(q + i) * span, vals, r0[i], r1[i], dv);
+                    kern->pv1(out[q + i], sc + (size_t)(q + i) * span, vals, r0[i], r1[i], dv);
                 continue;
             }
             const float *p[4];
             for (int i = 0; i < 4; i++) {
                 p[i] = sc + (size_t)(q + i) * span;
-                pv1(out[q + i], p[i], vals, r0[i], c0, dv);
+                kern->pv1(out[q + i], p[i], vals, r0[i], c0, dv);
             }
-            pv4(out + q, p, vals, c0, c1, dv);
+            kern->pv4(out + q, p, vals, c0, c1, dv);
             for (int i = 0; i < 4; i++)
-                pv1(out[q + i], p[i], vals, c1, r1[i], dv);
+                kern->pv1(out[q + i], p[i], vals, c1, r1[i], dv);
         }
         for (; q < nq; q++)
-            pv1(out[q], sc + (size_t)q * span, vals, imax(a, lo[q]), imin(b, hi[q]), dv);
+            kern->pv1(out[q], sc + (size_t)q * span, vals, imax(a, lo[q]), imin(b, hi[q]), dv);
     }
 }
 

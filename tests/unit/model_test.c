@@ -25,6 +25,42 @@
 #include "kernels/kernels.h"
 #include "model/ops.h"
 
+/*
+ * The AVX-512 loops, compiled a second time against SIMDe's portable
+ * AVX-512 (when libsimde-dev is installed), so that machines without
+ * AVX-512 check them too: test_group_avx512_emulated runs them through AVX2.
+ */
+#if defined(__x86_64__) && defined(__has_include)
+#if __has_include(<simde/x86/avx512.h>)
+#define MODEL_TEST_AVX512_EMU 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/x86/avx512.h>
+/* SIMDe 0.7 mis-declares this one. */
+static simde__m512 emu_cvtph_ps(simde__m256i a)
+{
+    simde__m256i_private ap = simde__m256i_to_private(a);
+    simde__m512_private r;
+    for (int i = 0; i < 16; i++)
+        r.f32[i] = kern_f16_to_f32(ap.u16[i]);
+    return simde__m512_from_private(r);
+}
+#undef _mm512_cvtph_ps
+#define _mm512_cvtph_ps(a) emu_cvtph_ps(a)
+#define ops__group_kern_avx512 ops__group_kern_avx512_emu
+extern const struct ops__group_kern ops__group_kern_avx512_emu;
+#include "model/ops_avx512.c"
+#undef ops__group_kern_avx512
+#pragma GCC pop_options
+#endif
+#endif
+#include "model/ops_x86.h"
+
+/* When set, check_shape runs the x86 driver with these loops instead of
+ * ops_attend_group's own choice. */
+static const struct ops__group_kern *forced_kern;
+
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 
 static uint32_t rnd(void)
@@ -65,6 +101,8 @@ struct shape {
 static int check_shape(const struct shape *sh)
 {
     const int nq = sh->group * sh->tokens, dk = sh->dk, dv = sh->dv;
+    if (forced_kern && (dk % 8 != 0 || dv % 8 != 0))
+        return 0; /* the x86 loops take multiples of 8 only */
     const int pos1 = sh->pos0 + sh->tokens - 1;
     const int base = sh->window && sh->pos0 - sh->window + 1 > 0 ? sh->pos0 - sh->window + 1 : 0;
     const int span = pos1 + 1 - base;
@@ -121,7 +159,10 @@ static int check_shape(const struct shape *sh)
     /* Earlier contents of the output must not matter. */
     for (size_t i = 0; i < (size_t)nq * (size_t)dv; i++)
         got[i] = NAN;
-    ops_attend_group(out, q16, nq, lo, hi, kp, vp, span, dk, dv, 0.125f, work);
+    if (forced_kern)
+        ops__attend_group_avx2(out, q16, nq, lo, hi, kp, vp, span, dk, dv, 0.125f, work, forced_kern);
+    else
+        ops_attend_group(out, q16, nq, lo, hi, kp, vp, span, dk, dv, 0.125f, work);
     int checked = 0;
     for (int q = 0; q < nq; q++) {
         if (hi[q] > ph || lo[q] < pl)
@@ -160,7 +201,9 @@ static int check_shape(const struct shape *sh)
 static const char *isa(void)
 {
     const struct lmd_cpu_features *f = lmd_cpu_features();
-    return f->avx2 && f->fma && f->f16c ? "avx2" : "scalar";
+    if (forced_kern)
+        return "avx512 loops, emulated";
+    return !(f->avx2 && f->fma && f->f16c) ? "scalar" : f->avx512f ? "avx512" : "avx2";
 }
 
 /* The heads of real models: GQA ratios 1, 2, 4 and 8 at head counts up to
@@ -245,7 +288,26 @@ static void test_group_reads_only_own_rows(void **state)
         {.group = 3, .tokens = 5, .pos0 = 10, .window = 2, .dk = 24, .dv = 40, .sigma_q = 1.0f, .poison = true},
     };
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
-        assert_true(check_shape(&shapes[i]) >= shapes[i].group);
+        assert_true(check_shape(&shapes[i]) >= (forced_kern && shapes[i].dk % 8 ? 0 : shapes[i].group));
+}
+
+/* The AVX-512 loops (through SIMDe where the CPU lacks AVX-512) against
+ * the one-query AVX2 path: the same shapes as the two tests above. */
+static void test_group_avx512_emulated(void **state)
+{
+    (void)state;
+#ifdef MODEL_TEST_AVX512_EMU
+    const struct lmd_cpu_features *f = lmd_cpu_features();
+    if (!(f->avx2 && f->fma && f->f16c))
+        skip();
+    forced_kern = &ops__group_kern_avx512_emu;
+    test_group_equals_alone_model_shapes(state);
+    test_group_equals_alone_edges(state);
+    test_group_reads_only_own_rows(state);
+    forced_kern = NULL;
+#else
+    skip();
+#endif
 }
 
 int main(void)
@@ -254,6 +316,7 @@ int main(void)
         cmocka_unit_test(test_group_equals_alone_model_shapes),
         cmocka_unit_test(test_group_equals_alone_edges),
         cmocka_unit_test(test_group_reads_only_own_rows),
+        cmocka_unit_test(test_group_avx512_emulated),
     };
     return cmocka_run_group_tests_name("model", tests, NULL, NULL);
 }
