@@ -280,10 +280,13 @@ void ops_attend_group(float *const *out, const uint16_t *q16, int nq, const int 
                       float *work)
 {
     /* The AVX-512 loops give the AVX2 ones' bits (ops_avx512.c), so the
-     * one-query AVX2 path stays the reference on both. */
+     * one-query AVX2 path stays the reference on both. Their file is built
+     * for F, BW, VL and DQ, so all four are required. */
+    const struct lmd_cpu_features *f = lmd_cpu_features();
+    const bool avx512 = f->avx512f && f->avx512bw && f->avx512vl && f->avx512dq;
     if (attend_avx2_fits(dk, dv))
         ops__attend_group_avx2(out, q16, nq, lo, hi, keys, vals, span, dk, dv, scale, work,
-                               lmd_cpu_features()->avx512f ? &ops__group_kern_avx512 : &ops__group_kern_avx2);
+                               avx512 ? &ops__group_kern_avx512 : &ops__group_kern_avx2);
     else
         attend_group_scalar(out, q16, nq, lo, hi, keys, vals, span, dk, dv, scale, work);
 }

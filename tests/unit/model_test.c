@@ -203,7 +203,9 @@ static const char *isa(void)
     const struct lmd_cpu_features *f = lmd_cpu_features();
     if (forced_kern)
         return "avx512 loops, emulated";
-    return !(f->avx2 && f->fma && f->f16c) ? "scalar" : f->avx512f ? "avx512" : "avx2";
+    return !(f->avx2 && f->fma && f->f16c)                           ? "scalar"
+           : f->avx512f && f->avx512bw && f->avx512vl && f->avx512dq ? "avx512"
+                                                                     : "avx2";
 }
 
 /* The heads of real models: GQA ratios 1, 2, 4 and 8 at head counts up to
