@@ -38,6 +38,18 @@ static const char *const prof_names[PROF_COUNT] = {
     "embed+rope tables", "rmsnorm",        "matmul q/k/v", "qk-norm+rope+kv", "attention", "matmul o",
     "residual",          "matmul gate/up", "geglu/swiglu", "matmul down",     "logits"};
 
+/* Queries an attention work item aims at: the query heads of one KV head
+ * times consecutive tokens of one sequence, so that each key/value row is
+ * loaded once for all of them (GQA heads see the same rows; neighbouring
+ * tokens see nearly the same). 16 queries of 256 f32 are 16 KiB. */
+#define ATTN_QUERIES 16
+
+/* One attention work item: tokens [t0, t1) of sequence seq (consecutive
+ * positions), query heads [g0, g1) of the group of KV head kvh. */
+struct attn_item {
+    int32_t seq, t0, t1, kvh, g0, g1;
+};
+
 struct model_scratch {
     int max_tokens; /* tokens per step */
     int max_logits; /* logit rows per step */
@@ -57,10 +69,16 @@ struct model_scratch {
     int32_t *tok_pos; /* [max_tokens] position of each token */
     void *mm;         /* matmul scratch (quantized activations) */
     size_t mm_bytes;
+    /* Attention work items of the current step: [max_tokens * n_head] at
+     * most (one token and one head each). */
+    struct attn_item *att_items;
+    int att_qmax; /* queries per item at most */
     /* per-thread attention scratch */
-    float *att_scores;      /* [n_threads][max_ctx] */
-    uint16_t *att_p16;      /* [n_threads][max_ctx] */
-    uint16_t *att_q16;      /* [n_threads][head_dim_k] */
+    float *att_work;        /* [n_threads][ops_attend_group_work(att_qmax, max_ctx, head_dim_k)] */
+    size_t att_work_floats; /* per thread */
+    uint16_t *att_q16;      /* [n_threads][att_qmax][head_dim_k] */
+    float **att_out;        /* [n_threads][att_qmax] output rows */
+    int *att_lohi;          /* [n_threads][2][att_qmax] key ranges */
     const uint16_t **att_k; /* [n_threads][max_ctx] */
     const uint16_t **att_v; /* [n_threads][max_ctx] */
     /* Stage timers (LMD_PROFILE=1): wall time per kind of op, summed over
@@ -107,9 +125,11 @@ void model_scratch_free(struct model_scratch *s)
     free(s->tok_seq);
     free(s->tok_pos);
     free(s->mm);
-    free(s->att_scores);
-    free(s->att_p16);
+    free(s->att_items);
+    free(s->att_work);
     free(s->att_q16);
+    free(s->att_out);
+    free(s->att_lohi);
     free(s->att_k);
     free(s->att_v);
     free(s);
@@ -168,14 +188,20 @@ int model_scratch_create(struct model_scratch **out, const struct model *m, int 
     s->mm_bytes = mm;
     s->mm = aligned_alloc(64, (mm + 63) & ~(size_t)63);
     size_t nt = (size_t)n_threads, ctx = (size_t)s->max_ctx;
-    s->att_scores = malloc(nt * ctx * sizeof(float));
-    s->att_p16 = malloc(nt * ctx * sizeof(uint16_t));
-    s->att_q16 = malloc(nt * (size_t)hp->head_dim_k * sizeof(uint16_t));
+    const int group = hp->n_head / hp->n_head_kv;
+    s->att_qmax = group > ATTN_QUERIES ? group : ATTN_QUERIES;
+    const size_t qmax = (size_t)s->att_qmax;
+    s->att_items = malloc(T * (size_t)hp->n_head * sizeof *s->att_items);
+    s->att_work_floats = ops_attend_group_work(s->att_qmax, s->max_ctx, hp->head_dim_k);
+    s->att_work = malloc(nt * s->att_work_floats * sizeof(float));
+    s->att_q16 = malloc(nt * qmax * (size_t)hp->head_dim_k * sizeof(uint16_t));
+    s->att_out = malloc(nt * qmax * sizeof(*s->att_out));
+    s->att_lohi = malloc(nt * 2 * qmax * sizeof(int));
     s->att_k = malloc(nt * ctx * sizeof(*s->att_k));
     s->att_v = malloc(nt * ctx * sizeof(*s->att_v));
     if (!s->x || !s->xb || !s->q || !s->k || !s->v || !s->att || !s->ffg || !s->ffu || !s->rope || !s->rope_swa ||
-        !s->tok_seq || !s->tok_pos || !s->mm || !s->att_scores || !s->att_p16 || !s->att_q16 || !s->att_k ||
-        !s->att_v) {
+        !s->tok_seq || !s->tok_pos || !s->mm || !s->att_items || !s->att_work || !s->att_q16 || !s->att_out ||
+        !s->att_lohi || !s->att_k || !s->att_v) {
         model_scratch_free(s);
         return lmd_err_set(err, LMD_ENOMEM, "model scratch: out of memory for %d tokens per step", max_tokens);
     }
@@ -193,6 +219,42 @@ struct attn_job {
     int layer;
 };
 
+/* Split the step's attention into work items (struct attn_item): as many
+ * queries per item as ATTN_QUERIES asks, but at least one item per thread,
+ * halving the tokens per item, then the heads per item, until there are
+ * enough. Returns the item count. How the queries are grouped changes no
+ * bit of any result (ops_attend_group), only the speed. */
+static int attn_plan(struct model_scratch *s, const struct model_hparams *hp, const struct model_seq *seqs, int n_seqs,
+                     int n_threads)
+{
+    const int group = hp->n_head / hp->n_head_kv;
+    int tq = group >= ATTN_QUERIES ? 1 : ATTN_QUERIES / group, hg = group;
+    for (;;) {
+        int64_t count = 0;
+        for (int i = 0; i < n_seqs; i++)
+            count += (int64_t)((seqs[i].n_tokens + tq - 1) / tq) * hp->n_head_kv * (group / hg);
+        if (count >= n_threads || (tq == 1 && hg == 1))
+            break;
+        if (tq > 1)
+            tq /= 2;
+        else
+            hg = hg % 2 == 0 ? hg / 2 : 1;
+    }
+    int n = 0, t = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        const int t_end = t + seqs[i].n_tokens;
+        for (int t0 = t; t0 < t_end; t0 += tq) {
+            const int t1 = t0 + tq < t_end ? t0 + tq : t_end;
+            for (int kvh = 0; kvh < hp->n_head_kv; kvh++)
+                for (int g0 = 0; g0 < group; g0 += hg)
+                    s->att_items[n++] =
+                        (struct attn_item){.seq = i, .t0 = t0, .t1 = t1, .kvh = kvh, .g0 = g0, .g1 = g0 + hg};
+        }
+        t = t_end;
+    }
+    return n;
+}
+
 static void attn_task(void *ctx, int64_t begin, int64_t end, int tid)
 {
     const struct attn_job *J = ctx;
@@ -203,31 +265,45 @@ static void attn_task(void *ctx, int64_t begin, int64_t end, int tid)
     const int bt = J->kv->block_tokens;
     const bool swa = hp->layer_swa[J->layer];
     const float scale = hp->arch->q_prescale ? 1.0f : hp->attn_scale;
-    float *scores = s->att_scores + (size_t)tid * (size_t)s->max_ctx;
-    uint16_t *p16 = s->att_p16 + (size_t)tid * (size_t)s->max_ctx;
-    uint16_t *q16 = s->att_q16 + (size_t)tid * (size_t)dk;
+    const size_t qmax = (size_t)s->att_qmax;
+    float *work = s->att_work + (size_t)tid * s->att_work_floats;
+    uint16_t *q16 = s->att_q16 + (size_t)tid * qmax * (size_t)dk;
+    float **out = s->att_out + (size_t)tid * qmax;
+    int *lo = s->att_lohi + (size_t)tid * 2 * qmax, *hi = lo + qmax;
     const uint16_t **kp = s->att_k + (size_t)tid * (size_t)s->max_ctx;
     const uint16_t **vp = s->att_v + (size_t)tid * (size_t)s->max_ctx;
     for (int64_t task = begin; task < end; task++) {
-        const int t = (int)(task / n_head), h = (int)(task % n_head), kvh = h / group;
-        const struct model_seq *sq = &J->seqs[s->tok_seq[t]];
-        const int pos = s->tok_pos[t];
-        /* Causal: positions [0, pos]; sliding layers see the last n_swa. */
-        int first = 0;
-        if (swa && pos - hp->n_swa + 1 > 0)
-            first = pos - hp->n_swa + 1;
-        const int n = pos + 1 - first;
-        for (int j = 0; j < n; j++) {
-            const int p = first + j;
+        const struct attn_item *it = &s->att_items[task];
+        const struct model_seq *sq = &J->seqs[it->seq];
+        /* Causal: a token at pos sees positions [0, pos]; sliding layers
+         * the last n_swa of them. The item's tokens have consecutive
+         * positions, so their ranges together are [first of the first,
+         * pos of the last]: one list of rows for all. */
+        const int pos0 = s->tok_pos[it->t0], pos1 = s->tok_pos[it->t1 - 1];
+        const int base = swa && pos0 - hp->n_swa + 1 > 0 ? pos0 - hp->n_swa + 1 : 0;
+        const int span = pos1 + 1 - base;
+        for (int j = 0; j < span; j++) {
+            const int p = base + j;
             const int32_t blk = sq->blocks[p / bt];
-            kp[j] = model_kv_k_at(J->kv, blk, J->layer, kvh, p % bt);
-            vp[j] = model_kv_v_at(J->kv, blk, J->layer, kvh, p % bt);
+            kp[j] = model_kv_k_at(J->kv, blk, J->layer, it->kvh, p % bt);
+            vp[j] = model_kv_v_at(J->kv, blk, J->layer, it->kvh, p % bt);
         }
-        const float *q = s->q + ((size_t)t * (size_t)n_head + (size_t)h) * (size_t)dk;
-        for (int d = 0; d < dk; d++)
-            q16[d] = kern_f32_to_f16(q[d]);
-        float *o = s->att + ((size_t)t * (size_t)n_head + (size_t)h) * (size_t)dv;
-        ops_attend(o, q16, kp, vp, n, dk, dv, scale, scores, p16);
+        LMD_ASSERT((it->t1 - it->t0) * (it->g1 - it->g0) <= s->att_qmax, "attention item larger than its scratch");
+        int nq = 0;
+        for (int t = it->t0; t < it->t1; t++) {
+            const int pos = s->tok_pos[t];
+            const int first = swa && pos - hp->n_swa + 1 > 0 ? pos - hp->n_swa + 1 : 0;
+            for (int g = it->g0; g < it->g1; g++, nq++) {
+                const size_t row = (size_t)t * (size_t)n_head + (size_t)(it->kvh * group + g);
+                const float *q = s->q + row * (size_t)dk;
+                for (int d = 0; d < dk; d++)
+                    q16[(size_t)nq * dk + d] = kern_f32_to_f16(q[d]);
+                out[nq] = s->att + row * (size_t)dv;
+                lo[nq] = first - base;
+                hi[nq] = pos + 1 - base;
+            }
+        }
+        ops_attend_group(out, q16, nq, lo, hi, kp, vp, span, dk, dv, scale, work);
     }
 }
 
@@ -394,7 +470,7 @@ int model_forward(const struct model *m, struct model_scratch *s, struct lmd_poo
                   const struct model_seq *seqs, int n_seqs, float *logits, struct lmd_err *err)
 {
     const struct model_hparams *hp = &m->hp;
-    const int E = hp->n_embd, H = hp->n_head;
+    const int E = hp->n_embd;
     const int bt = kv->block_tokens;
 
     /* Flatten the batch and check it against the scratch and the cache. */
@@ -438,6 +514,7 @@ int model_forward(const struct model *m, struct model_scratch *s, struct lmd_poo
 
     /* Embeddings, then RoPE tables for each token's position. */
     run_tokens(pool, &tj, TOK_EMBED, T);
+    const int n_attn = attn_plan(s, hp, seqs, n_seqs, pool ? lmd_pool_threads(pool) : 1);
     prof_mark(s, PROF_EMBED, &t0);
 
     for (int il = 0; il < hp->n_layer; il++) {
@@ -457,7 +534,7 @@ int model_forward(const struct model *m, struct model_scratch *s, struct lmd_poo
         prof_mark(s, PROF_ROPE_KV, &t0);
 
         struct attn_job job = {.m = m, .s = s, .kv = kv, .seqs = seqs, .layer = il};
-        lmd_pool_for(pool, (int64_t)T * H, 1, attn_task, &job);
+        lmd_pool_for(pool, n_attn, 1, attn_task, &job);
         prof_mark(s, PROF_ATTN, &t0);
 
         /* Output projection, optional post-norm, residual. */

@@ -1,8 +1,10 @@
 /*
  * f32 operations of the forward pass (see ops.h). The attention inner loops
- * have an AVX2/F16C version in ops_avx2.c, chosen at run time.
+ * have an AVX2/F16C version in ops_avx2.c (grouped attention also AVX-512
+ * loops in ops_avx512.c), chosen at run time.
  */
 #include "model/ops.h"
+#include "model/ops_x86.h"
 
 #include "core/cpu.h"
 #include "kernels/kernels.h"
@@ -159,6 +161,21 @@ void ops_swiglu(float *g, const float *u, int n)
 void ops__attend_avx2(float *out, const uint16_t *q16, const uint16_t *const *keys, const uint16_t *const *vals, int n,
                       int dk, int dv, float scale, float *scores, uint16_t *p16);
 
+/* attend_scalar's softmax as a function: exp(score - max) in place over n
+ * scores, returning the reciprocal of their sum. */
+static float softmax_exp_scalar(float *scores, int n, float max)
+{
+    double sum = 0.0;
+    for (int j0 = 0; j0 < n; j0 += 8) {
+        float v[8] = {0};
+        for (int l = 0; l < 8 && j0 + l < n; l++)
+            v[l] = scores[j0 + l] = ops__expf_v(scores[j0 + l] - max);
+        const float a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
+        sum += (double)((a0 + a2) + (a1 + a3));
+    }
+    return (float)(1.0 / sum);
+}
+
 static void attend_scalar(float *out, const uint16_t *q16, const uint16_t *const *keys, const uint16_t *const *vals,
                           int n, int dk, int dv, float scale, float *scores, uint16_t *p16)
 {
@@ -194,12 +211,82 @@ static void attend_scalar(float *out, const uint16_t *q16, const uint16_t *const
     }
 }
 
+static bool attend_avx2_fits(int dk, int dv) { return have_avx2() && dk % 8 == 0 && dv % 8 == 0; }
+
 void ops_attend(float *out, const uint16_t *q16, const uint16_t *const *keys, const uint16_t *const *vals, int n,
                 int dk, int dv, float scale, float *scores, uint16_t *p16)
 {
-    const struct lmd_cpu_features *f = lmd_cpu_features();
-    if (f->avx2 && f->fma && f->f16c && dk % 8 == 0 && dv % 8 == 0)
+    if (attend_avx2_fits(dk, dv))
         ops__attend_avx2(out, q16, keys, vals, n, dk, dv, scale, scores, p16);
     else
         attend_scalar(out, q16, keys, vals, n, dk, dv, scale, scores, p16);
+}
+
+size_t ops_attend_group_work(int nq, int span, int dk) { return (size_t)nq * ((size_t)dk + (size_t)span); }
+
+/* attend_scalar for several queries: each key and value row is widened once
+ * per element for all the queries that see it (rows outer, queries inner);
+ * per query the same operations in the same order. The probabilities are
+ * kept as the f32 values of their f16 rounding, which is what attend_scalar
+ * multiplies by. */
+static void attend_group_scalar(float *const *out, const uint16_t *q16, int nq, const int *lo, const int *hi,
+                                const uint16_t *const *keys, const uint16_t *const *vals, int span, int dk, int dv,
+                                float scale, float *work)
+{
+    float *qf = work;                   /* [nq][dk] the queries widened */
+    float *sc = work + (size_t)nq * dk; /* [nq][span] scores, then probabilities */
+    for (int q = 0; q < nq; q++)
+        for (int d = 0; d < dk; d++)
+            qf[(size_t)q * dk + d] = kern_f16_to_f32(q16[(size_t)q * dk + d]);
+    for (int j = 0; j < span; j++) {
+        const uint16_t *k = keys[j];
+        for (int q = 0; q < nq; q++) {
+            if (j < lo[q] || j >= hi[q])
+                continue;
+            const float *qq = qf + (size_t)q * dk;
+            double s = 0.0;
+            for (int d = 0; d < dk; d++)
+                s += (double)(qq[d] * kern_f16_to_f32(k[d]));
+            sc[(size_t)q * span + j] = (float)s * scale;
+        }
+    }
+    for (int q = 0; q < nq; q++) {
+        float *s = sc + (size_t)q * span + lo[q];
+        const int n = hi[q] - lo[q];
+        float max = -INFINITY;
+        for (int j = 0; j < n; j++)
+            if (s[j] > max)
+                max = s[j];
+        const float inv = softmax_exp_scalar(s, n, max);
+        for (int j = 0; j < n; j++)
+            s[j] = kern_f16_to_f32(kern_f32_to_f16(s[j] * inv));
+        memset(out[q], 0, (size_t)dv * sizeof *out[q]);
+    }
+    for (int j = 0; j < span; j++) {
+        const uint16_t *v = vals[j];
+        for (int q = 0; q < nq; q++) {
+            if (j < lo[q] || j >= hi[q])
+                continue;
+            const float p = sc[(size_t)q * span + j];
+            float *o = out[q];
+            for (int d = 0; d < dv; d++)
+                o[d] += p * kern_f16_to_f32(v[d]);
+        }
+    }
+}
+
+void ops_attend_group(float *const *out, const uint16_t *q16, int nq, const int *lo, const int *hi,
+                      const uint16_t *const *keys, const uint16_t *const *vals, int span, int dk, int dv, float scale,
+                      float *work)
+{
+    /* The AVX-512 loops give the AVX2 ones' bits (ops_avx512.c), so the
+     * one-query AVX2 path stays the reference on both. Their file is built
+     * for F, BW, VL and DQ, so all four are required. */
+    const struct lmd_cpu_features *f = lmd_cpu_features();
+    const bool avx512 = f->avx512f && f->avx512bw && f->avx512vl && f->avx512dq;
+    if (attend_avx2_fits(dk, dv))
+        ops__attend_group_avx2(out, q16, nq, lo, hi, keys, vals, span, dk, dv, scale, work,
+                               avx512 ? &ops__group_kern_avx512 : &ops__group_kern_avx2);
+    else
+        attend_group_scalar(out, q16, nq, lo, hi, keys, vals, span, dk, dv, scale, work);
 }
