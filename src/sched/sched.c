@@ -120,6 +120,7 @@ static void sched_observe_finish(const struct sched_req *r, enum sched_finish wh
  * reason, wake its owner and drop the scheduler's reference. */
 void sched__finish(struct sched *s, struct sched_req *r, enum sched_finish why)
 {
+    const bool ran = r->run.running;
     if (r->run.running)
         sched__running_remove(s, r);
     else if (r->run.queued)
@@ -137,6 +138,11 @@ void sched__finish(struct sched *s, struct sched_req *r, enum sched_finish why)
         sample_free(&r->run.smp);
     r->run.smp_ready = false;
     r->t_done_ns = lmd_time_mono_ns();
+    if (ran && r->t_admit_ns && r->t_done_ns > r->t_admit_ns &&
+        atomic_load_explicit(&r->n_preempted, memory_order_relaxed) == 0) {
+        const double a = 0.2, turn = (double)(r->t_done_ns - r->t_admit_ns);
+        s->ema_turn_ns = s->ema_turn_ns > 0 ? (1 - a) * s->ema_turn_ns + a * turn : turn;
+    }
     sched_observe_finish(r, why);
     atomic_store_explicit(&r->kv_blocks, 0, memory_order_relaxed);
     atomic_store_explicit(&r->state, SCHED_ST_DONE, memory_order_relaxed);
@@ -441,8 +447,14 @@ static void sched_step(struct sched *s)
 /* ---- publishing ------------------------------------------------------------ */
 
 /* Waiting counts and, per class, the estimated wait of a new arrival: the
- * prefill work queued at its class or above, plus — when no slot is free —
- * the time until a running sequence finishes. */
+ * prefill work queued at its class or above, plus — when the requests
+ * queued ahead of it take every free slot — the time until slots free for
+ * them and for it: the first when the soonest running sequence finishes,
+ * the others at the measured turnover of a full running set (max_running
+ * slots, each held ema_turn_ns). Choices set aside because their request
+ * holds its share are overtaken, so they are not ahead. With free slots
+ * for everyone queued (an idle or lightly loaded server) the estimate is
+ * the prefill work alone. */
 static void sched_publish(struct sched *s)
 {
     int kv_free = kv_free_blocks(&s->kv), kv_total = s->kv.cfg.n_blocks;
@@ -456,18 +468,27 @@ static void sched_publish(struct sched *s)
     atomic_store_explicit(&s->kv_cached, s->kv.n_cached, memory_order_relaxed);
     obs_gauge_set(OBS_G_KV_USAGE, kv_total > 0 ? 1.0 - (double)kv_free / kv_total : 0);
     double ahead = 0;
-    double to_free = s->n_running >= s->cfg.max_running ? sched__time_to_free_ns(s) : 0;
+    int n_ahead = 0;
+    const int free_slots = s->cfg.max_running - s->n_running;
+    const double to_free = free_slots <= 0 || s->pol.n_waiting > 0 ? sched__time_to_free_ns(s) : 0;
     for (int c = 0; c < s->pol.n_classes; c++) {
         atomic_store_explicit(&s->waiting_class[c], s->pol.n_waiting_cls[c], memory_order_relaxed);
         obs_waiting_set(c, s->pol.n_waiting_cls[c]);
         for (int t = 0; t < s->pol.n_tenants; t++)
             for (const struct sched_req *r = s->pol.q[s->pol.kind == SCHED_POLICY_FCFS ? 0 : c][t].head; r;
-                 r = r->run.next)
+                 r = r->run.next) {
                 ahead += r->n_prompt + atomic_load_explicit(&r->n_out, memory_order_relaxed);
-        double est = ahead * s->ema_token_ns + to_free;
+                n_ahead += !sched__group_full(s, r);
+            }
+        double est = ahead * s->ema_token_ns;
+        if (n_ahead >= free_slots) {
+            /* It starts when the (n_ahead - free_slots + 1)th slot frees. */
+            int need = n_ahead - (free_slots > 0 ? free_slots : 0) + 1;
+            est += to_free + (double)(need - 1) * s->ema_turn_ns / s->cfg.max_running;
+        }
         atomic_store_explicit(&s->est_wait[c], (uint64_t)est, memory_order_relaxed);
         if (s->pol.kind == SCHED_POLICY_FCFS)
-            ahead = 0; /* one queue: counted once */
+            ahead = 0, n_ahead = 0; /* one queue: counted once */
     }
 }
 

@@ -138,6 +138,10 @@ struct sched {
     /* Cost model from measured steps: a decode-only step, and the extra
      * time per prefill token. */
     double ema_decode_ns, ema_token_ns;
+    /* How long a request holds its running slot, admission to finish
+     * (requests never preempted; 0 until one finished): the rate at which
+     * a full running set frees slots for the queue. */
+    double ema_turn_ns;
 
     /* Published counters. */
     _Atomic uint64_t requests_total, prompt_tokens, generated_tokens, steps, preemptions, deadline_refusals;
@@ -168,6 +172,11 @@ void sched__emit(struct sched *s, struct sched_req *r, int32_t tok, float *row, 
 
 /* Admission (admit.c). Blocks r needs for prompt + max_tokens. */
 int sched__blocks_needed(const struct sched *s, const struct sched_req *r);
+/* Running sequences one group may hold at once in class cls (the class's
+ * max_request_running, or half of max_running). */
+int sched__group_cap(const struct sched *s, int cls);
+/* Whether r's group already holds that many running sequences. */
+bool sched__group_full(const struct sched *s, const struct sched_req *r);
 /* Admit waiting work while it fits; *next_ns gets the earliest time a
  * request held by a batching window becomes eligible. */
 void sched__admit(struct sched *s, uint64_t now, uint64_t *next_ns);
