@@ -42,7 +42,7 @@ void sched_req_init(struct sched_req *r)
     atomic_init(&r->cancelled, false);
     r->err[0] = '\0';
     r->cls = r->tenant = 0;
-    r->id = 0;
+    r->id = r->group = 0;
     r->t_arrival_ns = r->t_deadline_ns = 0;
     atomic_init(&r->t_admit_ns, 0);
     atomic_init(&r->t_first_ns, 0);
