@@ -149,7 +149,14 @@ struct sched {
     _Atomic int kv_cached;
     _Atomic int running_now, waiting_now, kv_free;
     _Atomic int waiting_class[SCHED_MAX_CLASSES];
-    _Atomic uint64_t est_wait[SCHED_MAX_CLASSES];
+    /* The wait estimate's inputs as of the last step, per class: the
+     * prefill work queued at the class or above (ns) and how many
+     * requests there take a slot before a new arrival; and the time until
+     * the first running sequence finishes, and ema_turn_ns (ns). A
+     * submitter adds what arrived since (sched__wait_estimate). */
+    _Atomic uint64_t est_prefill[SCHED_MAX_CLASSES];
+    _Atomic int est_ahead[SCHED_MAX_CLASSES];
+    _Atomic uint64_t est_to_free, est_turn;
     _Atomic uint64_t tenant_tokens[SCHED_MAX_TENANTS];
 };
 
@@ -182,6 +189,9 @@ bool sched__group_full(const struct sched *s, const struct sched_req *r);
 void sched__admit(struct sched *s, uint64_t now, uint64_t *next_ns);
 /* Register r's blocks that became full: written positions [0, written). */
 void sched__commit_blocks(struct sched *s, struct sched_req *r, int written);
+/* The estimated wait (ns) before a request of class cls submitted now
+ * would start. Any thread. */
+uint64_t sched__wait_estimate(struct sched *s, int cls);
 /* Time until the first running sequence would finish on its own (ns). */
 double sched__time_to_free_ns(const struct sched *s);
 
