@@ -1195,6 +1195,7 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
         c->choice[i].sr.cls = c->who.cls;
         c->choice[i].sr.tenant = c->who.tenant;
         c->choice[i].sr.id = sched_id + (uint64_t)i;
+        c->choice[i].sr.group = sched_id + 1; /* nonzero: the choices share their class's per-request slot limit */
         c->choice[i].sr.t_arrival_ns = c->t_start;
         c->choice[i].sr.cache_salt = salt;
     }

@@ -381,6 +381,9 @@ static void gen_run(struct api_job *jb)
     /* Default lengths as OpenAI's: 16 for completions, the rest of the
      * context for chat. A max_tokens past the context is cut to fit. */
     int max_tokens = p->max_tokens > 0 ? p->max_tokens : (kind == API_CHAT ? ctx - n_prompt : 16);
+    const int class_max = qos_class(jb->a->cfg.qos, j->who.cls)->default_max_tokens;
+    if (p->max_tokens <= 0 && class_max > 0 && max_tokens > class_max)
+        max_tokens = class_max; /* the class bounds a request that names no length */
     if (max_tokens > ctx - n_prompt)
         max_tokens = ctx - n_prompt;
     j->max_tokens = max_tokens;

@@ -35,7 +35,9 @@
 #define RATE_FRAC_DIGITS 6        /* 0.000001 requests/s is the finest rate */
 #define MAX_MS 86400000LL         /* a day */
 #define MAX_WEIGHT 1000000
-#define MAX_QUOTA 1000000 /* requests */
+#define MAX_REQUEST_SLOTS 1024       /* the most running sequences a model may have (--max-running) */
+#define MAX_DEFAULT_TOKENS (1 << 24) /* the largest max_tokens a request may give */
+#define MAX_QUOTA 1000000            /* requests */
 
 /* A configured key while parsing: its digest and where it was, for the
  * duplicate message. */
@@ -400,8 +402,9 @@ static int keys_finish(struct cfg *c)
 static int parse_class(struct cfg *c, yaml_node_t *map, const char *path, struct qos_class *cl)
 {
     struct field f[] = {
-        {.name = "ttft_ms"}, {.name = "tpot_ms"}, {.name = "window_ms"}, {.name = "weight"}, {.name = "on_late"}};
-    int rc = collect(c, map, path, f, 5);
+        {.name = "ttft_ms"}, {.name = "tpot_ms"},           {.name = "window_ms"},         {.name = "weight"},
+        {.name = "on_late"}, {.name = "max_request_slots"}, {.name = "default_max_tokens"}};
+    int rc = collect(c, map, path, f, 7);
     if (rc < 0)
         return rc;
     char p[160];
@@ -431,6 +434,17 @@ static int parse_class(struct cfg *c, yaml_node_t *map, const char *path, struct
             cl->on_late = QOS_LATE_REFUSE;
         else if (!scalar_eq(f[4].val, "run"))
             return bad(c, f[4].val, LMD_EFORMAT, p, "expected 'run' or 'refuse', got '%s'", shown(f[4].val, b));
+    }
+    int32_t *lim[] = {&cl->max_request_slots, &cl->default_max_tokens};
+    const int64_t lim_max[] = {MAX_REQUEST_SLOTS, MAX_DEFAULT_TOKENS};
+    for (int i = 0; i < 2; i++) {
+        *lim[i] = 0;
+        if (f[5 + i].val) {
+            snprintf(p, sizeof p, "%s.%s", path, f[5 + i].name);
+            if ((rc = get_int(c, f[5 + i].val, p, 0, lim_max[i], &v)) < 0)
+                return rc;
+            *lim[i] = (int32_t)v;
+        }
     }
     return 0;
 }

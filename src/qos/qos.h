@@ -63,6 +63,13 @@ struct qos_class {
     uint64_t window_ns; /* ns, grace past the TTFT target before a request counts as late */
     uint32_t weight;    /* >= 1, the class's share when classes compete */
     enum qos_on_late on_late;
+    /* One request's share: running sequences its choices (n) may hold at
+     * once, the others waiting their turn (0 = half of the model's running
+     * slots, rounded up); and the output length of a request that gives no
+     * max_tokens, when shorter than the API's default (0 = the API's
+     * default: 16 for completions, the rest of the context for chat). */
+    int32_t max_request_slots;
+    int32_t default_max_tokens;
 };
 
 /* A rate as an exact fraction, `count` units every `period_ns`, plus the

@@ -193,17 +193,51 @@ static bool sched_try_preempt(struct sched *s, struct sched_req *r, uint64_t now
     return true;
 }
 
+int sched__group_cap(const struct sched *s, int cls)
+{
+    int cap = s->pol.cls[cls].max_request_running;
+    if (cap <= 0)
+        cap = (s->cfg.max_running + 1) / 2;
+    return cap < 1 ? 1 : cap;
+}
+
+/* Whether r's group (the other choices of its API request) already holds
+ * its share of the running set. The running set is small (tens), so a
+ * scan costs nothing next to a step. */
+bool sched__group_full(const struct sched *s, const struct sched_req *r)
+{
+    if (!r->group)
+        return false;
+    int n = 0;
+    for (int i = 0; i < s->n_running; i++)
+        n += s->running[i] && s->running[i]->group == r->group;
+    return n >= sched__group_cap(s, r->cls);
+}
+
 /* Admit waiting work while it fits; *next_ns gets the earliest time a
  * request held by a batching window becomes eligible. */
 void sched__admit(struct sched *s, uint64_t now, uint64_t *next_ns)
 {
+    /* Choices whose request holds its share of the running set are set
+     * aside for this pass, so that the work behind them overtakes them
+     * (unlike a request that does not fit, which nobody overtakes: that
+     * one waits for room that will come, these for their own siblings).
+     * They go back to their places in the queue at the end. Linked
+     * through run.next; held is newest first. */
+    struct sched_req *held = NULL;
     for (;;) {
         struct sched_req *r = sched__pick(&s->pol, now, next_ns);
         if (!r)
-            return;
+            break;
         if (s->pol.kind == SCHED_POLICY_SLA && s->pol.cls[r->cls].refuse_late && r->t_deadline_ns &&
             now > r->t_deadline_ns && !r->t_admit_ns) {
             sched__finish(s, r, SCHED_FINISH_DEADLINE);
+            continue;
+        }
+        if (sched__group_full(s, r)) {
+            sched__dequeue(&s->pol, r);
+            r->run.next = held;
+            held = r;
             continue;
         }
         if (sched_fits(s, r)) {
@@ -212,6 +246,12 @@ void sched__admit(struct sched *s, uint64_t now, uint64_t *next_ns)
         }
         if (s->pol.kind == SCHED_POLICY_SLA && sched_try_preempt(s, r, now))
             continue;
-        return; /* the best candidate waits; nobody overtakes it */
+        break; /* the best candidate waits; nobody overtakes it */
+    }
+    while (held) {
+        struct sched_req *nx = held->run.next;
+        held->run.next = NULL;
+        sched__enqueue(&s->pol, held, false);
+        held = nx;
     }
 }

@@ -42,7 +42,7 @@ void sched_req_init(struct sched_req *r)
     atomic_init(&r->cancelled, false);
     r->err[0] = '\0';
     r->cls = r->tenant = 0;
-    r->id = 0;
+    r->id = r->group = 0;
     r->t_arrival_ns = r->t_deadline_ns = 0;
     atomic_init(&r->t_admit_ns, 0);
     atomic_init(&r->t_first_ns, 0);
@@ -120,6 +120,7 @@ static void sched_observe_finish(const struct sched_req *r, enum sched_finish wh
  * reason, wake its owner and drop the scheduler's reference. */
 void sched__finish(struct sched *s, struct sched_req *r, enum sched_finish why)
 {
+    const bool ran = r->run.running;
     if (r->run.running)
         sched__running_remove(s, r);
     else if (r->run.queued)
@@ -137,6 +138,11 @@ void sched__finish(struct sched *s, struct sched_req *r, enum sched_finish why)
         sample_free(&r->run.smp);
     r->run.smp_ready = false;
     r->t_done_ns = lmd_time_mono_ns();
+    if (ran && r->t_admit_ns && r->t_done_ns > r->t_admit_ns &&
+        atomic_load_explicit(&r->n_preempted, memory_order_relaxed) == 0) {
+        const double a = 0.2, turn = (double)(r->t_done_ns - r->t_admit_ns);
+        s->ema_turn_ns = s->ema_turn_ns > 0 ? (1 - a) * s->ema_turn_ns + a * turn : turn;
+    }
     sched_observe_finish(r, why);
     atomic_store_explicit(&r->kv_blocks, 0, memory_order_relaxed);
     atomic_store_explicit(&r->state, SCHED_ST_DONE, memory_order_relaxed);
@@ -440,9 +446,11 @@ static void sched_step(struct sched *s)
 
 /* ---- publishing ------------------------------------------------------------ */
 
-/* Waiting counts and, per class, the estimated wait of a new arrival: the
- * prefill work queued at its class or above, plus — when no slot is free —
- * the time until a running sequence finishes. */
+/* Waiting counts and, per class, the inputs of the wait estimate of a new
+ * arrival (sched__wait_estimate): the prefill work queued at its class or
+ * above and how many of those requests take a slot before it. Choices set
+ * aside because their request holds its share are overtaken, so they are
+ * not ahead. */
 static void sched_publish(struct sched *s)
 {
     int kv_free = kv_free_blocks(&s->kv), kv_total = s->kv.cfg.n_blocks;
@@ -456,19 +464,54 @@ static void sched_publish(struct sched *s)
     atomic_store_explicit(&s->kv_cached, s->kv.n_cached, memory_order_relaxed);
     obs_gauge_set(OBS_G_KV_USAGE, kv_total > 0 ? 1.0 - (double)kv_free / kv_total : 0);
     double ahead = 0;
-    double to_free = s->n_running >= s->cfg.max_running ? sched__time_to_free_ns(s) : 0;
+    int n_ahead = 0;
     for (int c = 0; c < s->pol.n_classes; c++) {
         atomic_store_explicit(&s->waiting_class[c], s->pol.n_waiting_cls[c], memory_order_relaxed);
         obs_waiting_set(c, s->pol.n_waiting_cls[c]);
         for (int t = 0; t < s->pol.n_tenants; t++)
             for (const struct sched_req *r = s->pol.q[s->pol.kind == SCHED_POLICY_FCFS ? 0 : c][t].head; r;
-                 r = r->run.next)
+                 r = r->run.next) {
                 ahead += r->n_prompt + atomic_load_explicit(&r->n_out, memory_order_relaxed);
-        double est = ahead * s->ema_token_ns + to_free;
-        atomic_store_explicit(&s->est_wait[c], (uint64_t)est, memory_order_relaxed);
+                n_ahead += !sched__group_full(s, r);
+            }
+        atomic_store_explicit(&s->est_prefill[c], (uint64_t)(ahead * s->ema_token_ns), memory_order_relaxed);
+        atomic_store_explicit(&s->est_ahead[c], n_ahead, memory_order_relaxed);
         if (s->pol.kind == SCHED_POLICY_FCFS)
-            ahead = 0; /* one queue: counted once */
+            ahead = 0, n_ahead = 0; /* one queue: counted once */
     }
+    atomic_store_explicit(&s->est_to_free, (uint64_t)sched__time_to_free_ns(s), memory_order_relaxed);
+    atomic_store_explicit(&s->est_turn, (uint64_t)s->ema_turn_ns, memory_order_relaxed);
+}
+
+/* The prefill work queued ahead, plus — when the requests ahead take every
+ * free slot — the time until slots free for them and for the new one: the
+ * first when a sequence finishes (the soonest running one, or a whole
+ * request's time when none runs), the others at the measured turnover of
+ * a full running set (max_running slots, each held ema_turn_ns). Requests
+ * submitted since the last step count as ahead, so that a burst arriving
+ * at once sees itself. With a free slot for everyone ahead (an idle or
+ * lightly loaded server), or before any request has finished (no
+ * turnover measured), it is the prefill work alone: it never refuses what
+ * it has no evidence against. */
+uint64_t sched__wait_estimate(struct sched *s, int cls)
+{
+    double est = (double)atomic_load_explicit(&s->est_prefill[cls], memory_order_relaxed);
+    int running = atomic_load_explicit(&s->running_now, memory_order_relaxed);
+    int pending = atomic_load_explicit(&s->n_queued, memory_order_relaxed) -
+                  atomic_load_explicit(&s->waiting_now, memory_order_relaxed);
+    int ahead = atomic_load_explicit(&s->est_ahead[cls], memory_order_relaxed) + (pending > 0 ? pending : 0);
+    int free_slots = s->cfg.max_running - running;
+    if (free_slots < 0)
+        free_slots = 0;
+    double turn = (double)atomic_load_explicit(&s->est_turn, memory_order_relaxed);
+    double to_free = (double)atomic_load_explicit(&s->est_to_free, memory_order_relaxed);
+    if (ahead >= free_slots && (running > 0 || turn > 0)) {
+        /* It starts when the (ahead - free_slots + 1)th slot frees. */
+        int releases = ahead - free_slots + 1;
+        double first = running == 0 ? turn : running < s->cfg.max_running && turn < to_free ? turn : to_free;
+        est += first + (double)(releases - 1) * turn / s->cfg.max_running;
+    }
+    return (uint64_t)est;
 }
 
 /* Sleep until something arrives, is cancelled, or a held request becomes
@@ -755,7 +798,7 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
     r->t_deadline_ns = c->ttft_ns ? r->t_arrival_ns + c->ttft_ns : 0;
     r->run.t_eligible_ns = r->t_arrival_ns + c->window_ns;
     if (s->pol.kind == SCHED_POLICY_SLA && c->refuse_late && c->ttft_ns) {
-        uint64_t est = atomic_load_explicit(&s->est_wait[r->cls], memory_order_relaxed);
+        uint64_t est = sched__wait_estimate(s, r->cls);
         if (est > c->ttft_ns) {
             atomic_fetch_add_explicit(&s->deadline_refusals, 1, memory_order_relaxed);
             if (obs_tracing()) {
@@ -852,7 +895,7 @@ int sched_queue_limit(const struct sched *s, int cls)
 
 uint64_t sched_estimate_wait_ns(struct sched *s, int cls)
 {
-    if (cls < 0 || cls >= SCHED_MAX_CLASSES)
+    if (cls < 0 || cls >= s->pol.n_classes)
         return 0;
-    return atomic_load_explicit(&s->est_wait[cls], memory_order_relaxed);
+    return sched__wait_estimate(s, cls);
 }

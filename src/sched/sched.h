@@ -136,6 +136,8 @@ struct sched_req {
     uint64_t id;           /* for traces and logs */
     uint64_t t_arrival_ns; /* monotonic; 0 = stamped by sched_submit */
     uint64_t cache_salt;   /* prefix-cache namespace (kv_salt of a tenant name …); 0 = the shared one */
+    uint64_t group;        /* the choices of one API request (n > 1) share a nonzero group, so that together
+                              they hold at most their class's max_request_running slots; 0 = on its own */
     int32_t *block_table;  /* [sched_blocks_for(n_prompt + max_tokens)] owner's memory (its request arena)
                               for the block table; NULL = the scheduler allocates it */
     int32_t *out;          /* [max_tokens] output token ids, owner's memory, written by the engine thread */
@@ -211,6 +213,12 @@ struct sched_class {
     uint64_t tpot_ns;   /* time-per-output-token target; bounds the step while decoding (0 = none) */
     uint64_t window_ns; /* batching window: held this long after arrival before it may start (0 = none) */
     bool refuse_late;   /* refuse (SCHED_FINISH_DEADLINE / LMD_ETIMEDOUT) rather than run late */
+    /* Running sequences the requests of one group (one API request's
+     * choices) may hold at once; its other choices wait, overtaken by
+     * other requests, until one of its own finishes. 0 = half of
+     * max_running, rounded up, so that one request never holds the whole
+     * running set. */
+    int max_request_running;
 };
 
 struct sched_config {

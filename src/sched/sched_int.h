@@ -138,6 +138,10 @@ struct sched {
     /* Cost model from measured steps: a decode-only step, and the extra
      * time per prefill token. */
     double ema_decode_ns, ema_token_ns;
+    /* How long a request holds its running slot, admission to finish
+     * (requests never preempted; 0 until one finished): the rate at which
+     * a full running set frees slots for the queue. */
+    double ema_turn_ns;
 
     /* Published counters. */
     _Atomic uint64_t requests_total, prompt_tokens, generated_tokens, steps, preemptions, deadline_refusals;
@@ -145,7 +149,14 @@ struct sched {
     _Atomic int kv_cached;
     _Atomic int running_now, waiting_now, kv_free;
     _Atomic int waiting_class[SCHED_MAX_CLASSES];
-    _Atomic uint64_t est_wait[SCHED_MAX_CLASSES];
+    /* The wait estimate's inputs as of the last step, per class: the
+     * prefill work queued at the class or above (ns) and how many
+     * requests there take a slot before a new arrival; and the time until
+     * the first running sequence finishes, and ema_turn_ns (ns). A
+     * submitter adds what arrived since (sched__wait_estimate). */
+    _Atomic uint64_t est_prefill[SCHED_MAX_CLASSES];
+    _Atomic int est_ahead[SCHED_MAX_CLASSES];
+    _Atomic uint64_t est_to_free, est_turn;
     _Atomic uint64_t tenant_tokens[SCHED_MAX_TENANTS];
 };
 
@@ -168,11 +179,19 @@ void sched__emit(struct sched *s, struct sched_req *r, int32_t tok, float *row, 
 
 /* Admission (admit.c). Blocks r needs for prompt + max_tokens. */
 int sched__blocks_needed(const struct sched *s, const struct sched_req *r);
+/* Running sequences one group may hold at once in class cls (the class's
+ * max_request_running, or half of max_running). */
+int sched__group_cap(const struct sched *s, int cls);
+/* Whether r's group already holds that many running sequences. */
+bool sched__group_full(const struct sched *s, const struct sched_req *r);
 /* Admit waiting work while it fits; *next_ns gets the earliest time a
  * request held by a batching window becomes eligible. */
 void sched__admit(struct sched *s, uint64_t now, uint64_t *next_ns);
 /* Register r's blocks that became full: written positions [0, written). */
 void sched__commit_blocks(struct sched *s, struct sched_req *r, int written);
+/* The estimated wait (ns) before a request of class cls submitted now
+ * would start. Any thread. */
+uint64_t sched__wait_estimate(struct sched *s, int cls);
 /* Time until the first running sequence would finish on its own (ns). */
 double sched__time_to_free_ns(const struct sched *s);
 

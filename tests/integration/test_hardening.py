@@ -313,3 +313,151 @@ def test_overload_answers_complete_or_refuses(lmd_bin, default_model):
         assert rss_kib(proc.pid) < rss0 + 64 * 1024, (rss0, rss_kib(proc.pid))
     finally:
         stop_server(proc)
+
+
+def test_one_request_cannot_hold_every_slot(lmd_bin, default_model):
+    """A chat request for four choices with no max_tokens (each runs to the
+    end of the context) against two running slots holds one of them — half,
+    the default share of one request — so a second client's short request
+    is served while the first still streams, before any of its choices
+    has finished. It used to take both slots, its other choices queued
+    ahead of the second client, which waited behind all four."""
+    proc, base = start_server(lmd_bin, default_model, "--max-running", "2")
+    try:
+        big = {"messages": [{"role": "user", "content": "Count to a thousand."}], "n": 4, "ignore_eos": True,
+               "stream": True}
+        seen = {"finishes": 0, "ended": False}
+        first = threading.Event()
+        stop = threading.Event()
+
+        def stream():
+            with httpx.stream("POST", base + "/v1/chat/completions", json=big, timeout=600) as r:
+                assert r.status_code == 200
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        obj = json.loads(line[6:])
+                        seen["finishes"] += sum(1 for c in obj.get("choices", []) if c.get("finish_reason"))
+                        if any(c.get("delta", {}).get("content") for c in obj.get("choices", [])):
+                            first.set()
+                    if stop.is_set():
+                        return  # closing the stream cancels the request
+            seen["ended"] = True
+
+        t = threading.Thread(target=stream)
+        t.start()
+        assert first.wait(timeout=120), "the big request produced nothing"
+        r = httpx.post(base + "/v1/completions", json={"prompt": "Hello", "max_tokens": 4}, timeout=600)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 4
+        # Served while the big request was still streaming, none of its choices finished.
+        assert not seen["ended"] and seen["finishes"] == 0, seen
+        stop.set()
+        t.join(timeout=120)
+        assert not t.is_alive()
+    finally:
+        stop_server(proc)
+
+
+SHARE_TENANTS = """\
+classes:
+  short:  {default_max_tokens: 5, max_request_slots: 1}
+  strict: {ttft_ms: %d, on_late: refuse}
+default_class: short
+tenants:
+  - name: t
+    keys: ["sk-t"]
+"""
+
+
+def write_tenants_file(tmp_path, ttft_ms):
+    path = tmp_path / "tenants.yaml"
+    path.write_text(SHARE_TENANTS % ttft_ms)
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def test_class_default_max_tokens(lmd_bin, default_model, tmp_path):
+    """A class's default_max_tokens bounds a request that gives no
+    max_tokens (chat's default is otherwise the rest of the context); one
+    that gives max_tokens keeps it."""
+    proc, base = start_server(lmd_bin, default_model, "--tenants", write_tenants_file(tmp_path, 10000))
+    try:
+        h = {"Authorization": "Bearer sk-t"}
+        msg = [{"role": "user", "content": "Tell me a long story."}]
+        r = httpx.post(base + "/v1/chat/completions", headers=h, timeout=120,
+                       json={"messages": msg, "ignore_eos": True})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 5
+        assert r.json()["choices"][0]["finish_reason"] == "length"
+        r = httpx.post(base + "/v1/chat/completions", headers=h, timeout=120,
+                       json={"messages": msg, "ignore_eos": True, "max_tokens": 9})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 9
+    finally:
+        stop_server(proc)
+
+
+def test_unmeetable_deadline_refused_at_once(lmd_bin, default_model, tmp_path):
+    """A burst in a class that refuses late work, against one running slot:
+    the requests that could only start past the class's TTFT target are
+    refused when they arrive (503, Retry-After, deadline_unmeetable, the
+    estimate in the message) rather than queued to be refused — or served —
+    late. The target is three times one request's measured length, so the
+    verdict does not depend on the machine's speed."""
+    body = {"prompt": "Count: 1, 2, 3,", "max_tokens": 24, "ignore_eos": True, "temperature": 0}
+    # One request's length on this machine, from a server without the class.
+    proc, base = start_server(lmd_bin, default_model, "--max-running", "1")
+    try:
+        lengths = []
+        for _ in range(3):
+            t0 = time.monotonic()
+            assert httpx.post(base + "/v1/completions", json=body, timeout=120).status_code == 200
+            lengths.append(time.monotonic() - t0)
+    finally:
+        stop_server(proc)
+    ttft_ms = int(3 * 1000 * max(lengths)) + 1
+    proc, base = start_server(lmd_bin, default_model, "--max-running", "1", "--max-queue", "32",
+                              "--tenants", write_tenants_file(tmp_path, ttft_ms))
+    try:
+        h = {"Authorization": "Bearer sk-t", "X-SLA": "strict"}
+        # The server learns how long a request holds its slot.
+        for _ in range(2):
+            r = httpx.post(base + "/v1/completions", headers=h, json=body, timeout=120)
+            assert r.status_code == 200, r.text
+        n = 16
+        out = [None] * n
+
+        def one(i):
+            try:
+                r = httpx.post(base + "/v1/completions", headers=h, json=body, timeout=300)
+                out[i] = (r.status_code, r.headers.get("retry-after"), r.json())
+            except httpx.HTTPError as e:
+                out[i] = ("error", str(e), None)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert all(not t.is_alive() for t in threads), "a request hung"
+        served = at_once = late = 0
+        for status, retry, payload in out:
+            if status == 200:
+                served += 1
+                assert payload["usage"]["completion_tokens"] == 24
+                continue
+            assert status == 503, (status, retry, payload)
+            assert retry and int(retry) >= 1
+            assert payload["error"]["code"] == "deadline_unmeetable", payload
+            if "would wait about" in payload["error"]["message"]:
+                at_once += 1
+            else:
+                late += 1
+        assert served >= 1 and at_once >= 1, (served, at_once, late)
+        assert at_once > late, (served, at_once, late)
+        text = httpx.get(base + "/metrics", timeout=5).text
+        counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith("lmd_rejections_total{") and 'reason="deadline"' in line)
+        assert counted >= at_once + late, text
+    finally:
+        stop_server(proc)

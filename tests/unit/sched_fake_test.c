@@ -471,6 +471,190 @@ static void test_grammar_on_every_sampling_path(void **state)
     gguf_close(f);
 }
 
+/* One request's choices (a group) hold at most their class's share of the
+ * running set: by default half of it, so with 4 slots a request of n = 4
+ * runs two choices at once and a later request overtakes its other two;
+ * a class's max_request_running of 1 runs them one after another. Each
+ * held choice starts only once a sibling has finished, whatever the
+ * timing. */
+static void test_request_share_of_slots(void **state)
+{
+    (void)state;
+    static struct treq g[4], other;
+    fake_delay_ns = 2000000; /* so that the first choices still decode when the other request arrives */
+    struct engine *e = fake(false, false, 4, 256);
+    fake_delay_ns = 0;
+    struct sched_config sc = {.max_running = 4, .max_queue = 8};
+    struct sched *s = start(e, &sc);
+    for (int i = 0; i < 4; i++) {
+        t_init(&g[i], 3, 9, 64);
+        g[i].r.group = 77;
+        submit(s, &g[i]);
+    }
+    t_wait_tokens(&g[0], 1);
+    t_init(&other, 4, 9, 4);
+    submit(s, &other);
+    for (int i = 0; i < 4; i++)
+        t_wait_finish(&g[i]);
+    t_wait_finish(&other);
+    /* The other request never waited behind the held choices. */
+    assert_true(other.r.t_admit_ns < g[2].r.t_admit_ns && other.r.t_admit_ns < g[3].r.t_admit_ns);
+    /* Choices 2 and 3 each started after one of 0 and 1 had finished. */
+    uint64_t first_done = g[0].r.t_done_ns < g[1].r.t_done_ns ? g[0].r.t_done_ns : g[1].r.t_done_ns;
+    assert_true(g[2].r.t_admit_ns >= first_done && g[3].r.t_admit_ns >= first_done);
+    uint64_t second_done = g[0].r.t_done_ns < g[1].r.t_done_ns ? g[1].r.t_done_ns : g[0].r.t_done_ns;
+    assert_true(g[2].r.t_admit_ns >= second_done || g[3].r.t_admit_ns >= second_done);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(g[i].r.finish, SCHED_FINISH_LENGTH);
+        assert_int_equal(g[i].r.n_out, 64);
+    }
+    check_counts(s);
+    sched_stop(s);
+    for (int i = 0; i < 4; i++)
+        sched_req_unref(&g[i].r);
+    sched_req_unref(&other.r);
+    engine_close(e);
+
+    /* A class that lets one choice run at a time. */
+    const struct sched_class one[1] = {{.name = "serial", .max_request_running = 1}};
+    struct sched_config sc1 = {.max_running = 4, .max_queue = 8, .classes = one, .n_classes = 1};
+    e = fake(false, false, 4, 256);
+    s = start(e, &sc1);
+    for (int i = 0; i < 3; i++) {
+        t_init(&g[i], 5, 9, 8);
+        g[i].r.group = 78;
+        submit(s, &g[i]);
+    }
+    for (int i = 0; i < 3; i++)
+        t_wait_finish(&g[i]);
+    assert_true(g[1].r.t_admit_ns >= g[0].r.t_done_ns || g[0].r.t_admit_ns >= g[1].r.t_done_ns);
+    assert_true(g[2].r.t_admit_ns >= g[1].r.t_done_ns || g[1].r.t_admit_ns >= g[2].r.t_done_ns);
+    assert_true(g[2].r.t_admit_ns >= g[0].r.t_done_ns || g[0].r.t_admit_ns >= g[2].r.t_done_ns);
+    check_counts(s);
+    sched_stop(s);
+    for (int i = 0; i < 3; i++)
+        sched_req_unref(&g[i].r);
+    engine_close(e);
+}
+
+/* Under a full running set the wait estimate counts the slots every
+ * queued request needs, at the measured turnover: with one slot, one
+ * request running and three queued ahead (in a more urgent class that
+ * runs late work), a new request starts after about four request lengths,
+ * so a class refusing late work with a target of two lengths refuses it at
+ * submission (LMD_ETIMEDOUT), counted as a deadline refusal. (Counting
+ * only the running request's remaining time, the estimate stayed under one
+ * length and the request was queued to start late.) On the idle scheduler
+ * the same class refuses nothing. */
+static void test_refuse_unmeetable_at_submit(void **state)
+{
+    (void)state;
+    enum { LEN = 40 };
+    static struct treq warm, run, q[3], late;
+    const uint64_t delay = 2000000;
+    fake_delay_ns = delay;
+    struct engine *e = fake(false, false, 1, 256);
+    fake_delay_ns = 0;
+    /* Two request lengths: each takes at least LEN steps of `delay`. */
+    const struct sched_class cls[2] = {{.name = "lenient"},
+                                       {.name = "strict", .ttft_ns = 2 * LEN * delay, .refuse_late = true}};
+    struct sched_config sc = {
+        .max_running = 1, .max_queue = 8, .policy = SCHED_POLICY_SLA, .classes = cls, .n_classes = 2};
+    struct sched *s = start(e, &sc);
+    t_init(&warm, 1, 9, LEN);
+    warm.r.cls = 1;
+    run_alone(s, &warm); /* idle: admitted, and the turnover is measured */
+    assert_int_equal(warm.r.finish, SCHED_FINISH_LENGTH);
+    t_init(&run, 2, 9, LEN);
+    submit(s, &run);
+    t_wait_tokens(&run, 1);
+    for (int i = 0; i < 3; i++) {
+        t_init(&q[i], 10 + i, 9, LEN);
+        submit(s, &q[i]);
+    }
+    /* Wait until the engine thread has published the queue (three waiting). */
+    struct sched_stats st;
+    for (;;) {
+        sched_stats(s, &st);
+        if (st.waiting >= 3 || atomic_load(&run.r.finish) != SCHED_RUNNING)
+            break;
+        t_wait_tokens(&run, atomic_load(&run.r.n_out) + 1);
+    }
+    assert_int_equal(st.waiting, 3);
+    assert_true(sched_estimate_wait_ns(s, 1) > 2 * LEN * delay);
+    t_init(&late, 20, 9, 4);
+    late.r.cls = 1;
+    struct lmd_err err = {0};
+    assert_int_equal(sched_submit(s, &late.r, &err), LMD_ETIMEDOUT);
+    sched_stats(s, &st);
+    assert_int_equal(st.deadline_refusals, 1);
+    t_wait_finish(&run);
+    for (int i = 0; i < 3; i++)
+        t_wait_finish(&q[i]);
+    check_counts(s);
+    sched_stop(s);
+    sched_req_unref(&warm.r);
+    sched_req_unref(&run.r);
+    for (int i = 0; i < 3; i++)
+        sched_req_unref(&q[i].r);
+    sched_req_unref(&late.r);
+    engine_close(e);
+}
+
+/* A burst arriving at once at an idle scheduler sees itself: requests
+ * submitted since the engine thread last looked count as ahead, so once
+ * the turnover is known the burst's tail, which could only start after
+ * several request lengths, is refused at submission rather than queued.
+ * The head of the burst, which has slots or nearly, is not. */
+static void test_burst_sees_itself(void **state)
+{
+    (void)state;
+    enum { LEN = 40, N = 8 };
+    static struct treq warm, b[N];
+    const uint64_t delay = 2000000;
+    fake_delay_ns = delay;
+    struct engine *e = fake(false, false, 1, 256);
+    fake_delay_ns = 0;
+    /* Three request lengths: each holds the slot at least LEN + 1 steps. */
+    const struct sched_class cls[1] = {{.name = "strict", .ttft_ns = 3 * LEN * delay, .refuse_late = true}};
+    struct sched_config sc = {
+        .max_running = 1, .max_queue = 16, .policy = SCHED_POLICY_SLA, .classes = cls, .n_classes = 1};
+    struct sched *s = start(e, &sc);
+    /* Two in turn: the engine thread publishes the turnover of the first
+     * after telling its owner it finished, so by the end of the second it
+     * has. */
+    t_init(&warm, 1, 9, LEN);
+    run_alone(s, &warm);
+    sched_req_unref(&warm.r);
+    t_init(&warm, 2, 9, 4);
+    run_alone(s, &warm);
+    int rc[N], refused = 0;
+    for (int i = 0; i < N; i++) {
+        t_init(&b[i], 30 + i, 9, LEN);
+        struct lmd_err err = {0};
+        rc[i] = sched_submit(s, &b[i].r, &err);
+        assert_true(rc[i] == 0 || rc[i] == LMD_ETIMEDOUT);
+        refused += rc[i] != 0;
+    }
+    /* The first finds the slot free. Each takes at least one length (the
+     * measured turnover is never below it, however slow the machine), so
+     * the fifth and later are estimated to start after more than three,
+     * whether or not the engine thread has taken the first ones yet. */
+    assert_int_equal(rc[0], 0);
+    for (int i = 4; i < N; i++)
+        assert_int_equal(rc[i], LMD_ETIMEDOUT);
+    assert_true(refused >= N - 4);
+    for (int i = 0; i < N; i++)
+        if (rc[i] == 0)
+            t_wait_finish(&b[i]);
+    check_counts(s);
+    sched_stop(s);
+    sched_req_unref(&warm.r);
+    for (int i = 0; i < N; i++)
+        sched_req_unref(&b[i].r);
+    engine_close(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -481,6 +665,9 @@ int main(void)
         cmocka_unit_test(test_preempt_resume),
         cmocka_unit_test(test_request_level),
         cmocka_unit_test(test_engine_contract),
+        cmocka_unit_test(test_request_share_of_slots),
+        cmocka_unit_test(test_refuse_unmeetable_at_submit),
+        cmocka_unit_test(test_burst_sees_itself),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
