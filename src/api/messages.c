@@ -105,9 +105,12 @@ static int translate_tools(json_t *root, json_t *chat, struct api_error *e)
                                "cache_control)",
                                i, key);
             }
-            json_t *fn = json_pack("{s:O, s:O}", "name", name, "parameters", schema);
+            /* In chat's order: the template may render the tools as JSON. */
+            json_t *fn = json_pack("{s:O}", "name", name);
             if (fn && given(json_object_get(t, "description")))
                 json_object_set(fn, "description", json_object_get(t, "description"));
+            if (fn)
+                json_object_set(fn, "parameters", schema);
             if (fn && given(json_object_get(t, "strict")))
                 json_object_set(fn, "strict", json_object_get(t, "strict"));
             if (!fn || json_array_append_new(tools, json_pack("{s:s, s:o}", "type", "function", "function", fn)))
@@ -129,6 +132,8 @@ static int translate_tools(json_t *root, json_t *chat, struct api_error *e)
             return BAD("tool_choice", "unknown field 'tool_choice.%.40s' (type, name, disable_parallel_tool_use)", key);
     }
     json_t *name = json_object_get(v, "name");
+    if ((!strcmp(t, "any") || !strcmp(t, "tool")) && !json_array_size(json_object_get(chat, "tools")))
+        return BAD("tool_choice", "'tool_choice' of type \"%s\" needs a non-empty 'tools' list", t);
     if (!strcmp(t, "auto") || !strcmp(t, "any") || !strcmp(t, "none")) {
         if (given(name))
             return BAD("tool_choice", "'tool_choice.name' goes only with type \"tool\"");
@@ -508,11 +513,15 @@ static void m_stream_end(struct lmd_buf *b, struct api_dialect_out *d, const str
     json_array_foreach((json_t *)end->calls, k, call)
     {
         char *input = tool_input(call);
-        lmd_buf_printf(b, "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":%d,"
-                          "\"content_block\":", index);
+        lmd_buf_printf(b,
+                       "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":%d,"
+                       "\"content_block\":",
+                       index);
         put_tool_use(b, call, NULL);
-        lmd_buf_printf(b, "}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":%d,"
-                          "\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":", index);
+        lmd_buf_printf(b,
+                       "}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":%d,"
+                       "\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":",
+                       index);
         put_str(b, input ? input : "{}");
         lmd_buf_printf(b, "}}\n\nevent: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":%d}\n\n",
                        index);
@@ -527,8 +536,7 @@ static void m_stream_end(struct lmd_buf *b, struct api_dialect_out *d, const str
 
 static void m_body(struct lmd_buf *b, struct api_dialect_out *d, const struct api_dialect_end *end)
 {
-    lmd_buf_printf(b,
-                   "{\"id\":\"%s\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"%s\",\"content\":[",
+    lmd_buf_printf(b, "{\"id\":\"%s\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"%s\",\"content\":[",
                    d->id, d->model_json);
     bool text = has_text(d, end);
     if (text) {

@@ -75,7 +75,8 @@ static int translate_call_item(json_t *item, const char *type, size_t i, json_t 
         if (!given(out))
             return BAD("input", "input[%zu].output is required", i);
         json_t *text = item_text(out, i, e);
-        json_t *m = text ? json_pack("{s:s, s:s, s:o}", "role", "tool", "tool_call_id", call_id, "content", text) : NULL;
+        json_t *m =
+            text ? json_pack("{s:s, s:s, s:o}", "role", "tool", "tool_call_id", call_id, "content", text) : NULL;
         if (!text)
             return LMD_EINVAL;
         if (!m || json_array_append_new(msgs, m))
@@ -306,16 +307,23 @@ static int translate_tools(json_t *root, json_t *chat, struct api_error *e)
                              json_string_value(ty));
             if (!json_is_string(name))
                 return BAD("tool_choice", "'tool_choice.name' must be a string");
-            json_object_set_new(chat, "tool_choice", json_pack("{s:s, s:{s:O}}", "type", "function", "function",
-                                                               "name", name));
+            json_object_set_new(chat, "tool_choice",
+                                json_pack("{s:s, s:{s:O}}", "type", "function", "function", "name", name));
         }
     }
     v = json_object_get(root, "parallel_tool_calls");
     if (given(v))
         json_object_set(chat, "parallel_tool_calls", v);
+    /* One call per answer is what lmd can bound: parallel_tool_calls false. */
     v = json_object_get(root, "max_tool_calls");
-    if (given(v))
-        return UNSUP("max_tool_calls", "'max_tool_calls' is not supported (use 'parallel_tool_calls': false for one)");
+    if (given(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1)
+            return BAD("max_tool_calls", "'max_tool_calls' must be a positive integer");
+        if (json_integer_value(v) > 1)
+            return UNSUP("max_tool_calls", "'max_tool_calls' above 1 is not supported: lmd bounds the calls of an "
+                                           "answer only to one (send 1, or 'parallel_tool_calls': false)");
+        json_object_set_new(chat, "parallel_tool_calls", json_false());
+    }
     return 0;
 }
 
