@@ -273,3 +273,48 @@ def test_messages_bad_tools_400(srv, extra, needle):
     b = r.json()
     assert b["type"] == "error" and b["error"]["type"] == "invalid_request_error"
     assert needle in b["error"]["message"], b
+
+
+STOPS = ["f", "h", "k", "p"]
+
+
+def test_agents_sdk_over_responses(srv):
+    """OpenAI's Agents SDK on its default model class, which speaks the
+    Responses API: the forced first turn calls the tool, the SDK sends the
+    function_call and its output back as input items, and the second turn
+    (tool_choice reset to auto) answers. The SDK takes an answer cut by
+    max_output_tokens as a failure, and the random model never ends on its
+    own, so the free turn is ended by stop strings: letters that the
+    forced call's text (`<tool_call>`, `name`, `arguments`, `add`, digits)
+    cannot contain."""
+    import asyncio
+
+    import agents
+
+    agents.set_tracing_disabled(True)
+    ran = []
+
+    @agents.function_tool
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        ran.append((a, b))
+        return a + b
+
+    client = openai.AsyncOpenAI(base_url=srv.base + "/v1", api_key="unused", timeout=120, max_retries=0)
+    agent = agents.Agent(name="adder", instructions="Use the add tool.", tools=[add],
+                         model=agents.OpenAIResponsesModel(model="qwen", openai_client=client),
+                         model_settings=agents.ModelSettings(tool_choice="add", max_tokens=300,
+                                                             extra_body={"seed": 5, "stop": STOPS}))
+
+    async def run():
+        try:
+            return await agents.Runner.run(agent, "What is 2 + 3?", max_turns=3)
+        finally:
+            await client.close()
+
+    result = asyncio.run(run())
+    assert len(ran) == 1, ran
+    kinds = [item.type for item in result.new_items]
+    assert kinds[:2] == ["tool_call_item", "tool_call_output_item"], kinds
+    assert result.new_items[1].output == sum(ran[0])
+    assert isinstance(result.final_output, str)
