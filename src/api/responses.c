@@ -41,11 +41,11 @@ static bool given(json_t *v) { return v && !json_is_null(v); }
 
 /* A message item's content (or a function_call_output's output): a string
  * or a list of text parts. */
-static json_t *item_text(json_t *content, size_t i, struct api_error *e)
+static json_t *item_text(json_t *content, size_t i, const char *member, struct api_error *e)
 {
     static const char *const types[] = {"input_text", "output_text", "text", NULL};
     char what[48];
-    snprintf(what, sizeof what, "input[%zu].content", i);
+    snprintf(what, sizeof what, "input[%zu].%s", i, member);
     return api__text_parts(content, "input", what, types, "only text parts (input_text, output_text) are supported", e);
 }
 
@@ -69,12 +69,10 @@ static int translate_call_item(json_t *item, const char *type, size_t i, json_t 
     if (!call_id)
         return LMD_EINVAL;
     if (!strcmp(type, "function_call_output")) {
-        char what[48];
-        snprintf(what, sizeof what, "input[%zu].output", i);
         json_t *out = json_object_get(item, "output");
         if (!given(out))
             return BAD("input", "input[%zu].output is required", i);
-        json_t *text = item_text(out, i, e);
+        json_t *text = item_text(out, i, "output", e);
         json_t *m =
             text ? json_pack("{s:s, s:s, s:o}", "role", "tool", "tool_call_id", call_id, "content", text) : NULL;
         if (!text)
@@ -153,7 +151,7 @@ static int translate_input(json_t *root, json_t *msgs, struct api_error *e)
         const char *r = json_is_string(role) ? json_string_value(role) : "";
         if (strcmp(r, "user") && strcmp(r, "assistant") && strcmp(r, "system") && strcmp(r, "developer"))
             return BAD("input", "input[%zu].role must be one of user, assistant, system, developer", i);
-        json_t *text = item_text(json_object_get(item, "content"), i, e);
+        json_t *text = item_text(json_object_get(item, "content"), i, "content", e);
         if (!text || api__add_msg(msgs, strcmp(r, "developer") ? r : "system", text, e))
             return LMD_EINVAL;
     }

@@ -378,7 +378,7 @@ static void test_responses_tools(void **state)
     expect_400(f,
                "{\"input\":[{\"type\":\"function_call_output\",\"call_id\":\"c\",\"output\":[{\"type\":"
                "\"input_image\"}]}]}",
-               "input", "input_image");
+               "input", "input[0].output[0] has type 'input_image'");
     expect_400(f, "{\"input\":[{\"type\":3}]}", "input", "type must be a string");
 }
 
