@@ -318,3 +318,23 @@ def test_agents_sdk_over_responses(srv):
     assert kinds[:2] == ["tool_call_item", "tool_call_output_item"], kinds
     assert result.new_items[1].output == sum(ran[0])
     assert isinstance(result.final_output, str)
+
+
+def test_auto_free_text_streams_as_text(srv):
+    """With tools offered and the model free, its text is the answer in
+    both dialects, streamed the same as unstreamed (held back only where it
+    could begin a call)."""
+    body = dict(model="qwen", input=ASK, tools=R_TOOLS, max_output_tokens=24, temperature=0)
+    whole = srv.oai.responses.create(**body)
+    events = list(srv.oai.responses.create(**body, stream=True))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert whole.output_text and text == whole.output_text
+    assert [o.type for o in events[-1].response.output] == ["message"]
+    m = srv.ant.messages.create(model="qwen", messages=ASK, tools=M_TOOLS, max_tokens=24,
+                                extra_body={"temperature": 0})
+    with srv.ant.messages.stream(model="qwen", messages=ASK, tools=M_TOOLS, max_tokens=24,
+                                 extra_body={"temperature": 0}) as s:
+        streamed = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert m.content[0].text and streamed == m.content[0].text and final.stop_reason == "max_tokens"
+    assert [b.type for b in final.content] == ["text"]
