@@ -192,6 +192,9 @@ struct api_dialect_end {
     const char *stop_seq; /* the stop string that ended it, or NULL */
     size_t stop_seq_len;
     int n_prompt, n_gen; /* tokens */
+    /* json_t * array of the tool calls that followed text (each
+     * {"name", "arguments": JSON text, "id": "call_…"}), or NULL. */
+    const void *calls;
 };
 
 /* The rendering state of one Responses or Messages call. */
@@ -201,6 +204,7 @@ struct api_dialect_out {
     long created;           /* s */
     const char *echo;       /* api_params.echo_json's copy, or NULL */
     int seq;                /* Responses: the next event's sequence_number */
+    bool opened;            /* streamed: the text item (block) was opened, on its first text */
 };
 
 /* One dialect's renderer: the opening events of a stream, one text delta,

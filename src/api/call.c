@@ -66,7 +66,8 @@ struct api_choice {
     bool tool_hold;
     bool said;
     void *calls;        /* json_t * array of {"name","arguments"}, or NULL */
-    size_t content_len; /* non-streamed: bytes of text before the calls */
+    size_t content_len; /* non-streamed, and every dialect: bytes of text before the calls */
+    size_t hold_at;     /* bytes of text before the held part (dialects keep their streamed content there too) */
     int stop_which;     /* which one (Messages' stop_sequence) */
     struct tok_detok dt;
     struct lmd_buf pending; /* text not yet emitted (may start a stop string) */
@@ -483,7 +484,13 @@ static void tools_content(struct api_call *c, struct api_choice *ch, const char 
 {
     if (n == 0)
         return;
-    put_text_chunk(c, ch, s, n, 0, 0);
+    if (c->ops) {
+        /* A dialect's closing events repeat the whole content. */
+        lmd_buf_append(&ch->text, s, n);
+        c->ops->stream_text(&c->chunk, &c->d, s, n);
+    } else {
+        put_text_chunk(c, ch, s, n, 0, 0);
+    }
     for (size_t i = 0; i < n && !ch->said; i++)
         ch->said = !(s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t');
 }
@@ -508,6 +515,7 @@ static size_t tools_route(struct api_call *c, struct api_choice *ch, size_t safe
     }
     tools_content(c, ch, s, at);
     ch->tool_hold = true;
+    ch->hold_at = ch->text.len;
     lmd_buf_append(&ch->text, s + at, safe - at);
     return safe;
 }
@@ -519,17 +527,24 @@ static void tools_finish(struct api_call *c, struct api_choice *ch)
 {
     if (c->stream && !ch->tool_hold)
         return;
-    const char *t = ch->text.ptr ? ch->text.ptr : "";
+    const char *t = ch->text.ptr ? ch->text.ptr + ch->hold_at : "";
     size_t cl = 0;
-    json_t *calls =
-        api_tools_extract(c->tools, t, ch->text.len, (const char *const *)c->tool_names, c->n_tool_names, &cl);
+    json_t *calls = api_tools_extract(c->tools, t, ch->text.len - ch->hold_at, (const char *const *)c->tool_names,
+                                      c->n_tool_names, &cl);
     /* One call only when the client asked for no parallel calls. */
     while (calls && !c->parallel_tools && json_array_size(calls) > 1)
         json_array_remove(calls, json_array_size(calls) - 1);
     ch->calls = calls;
-    ch->content_len = cl;
+    ch->content_len = ch->hold_at + cl;
     if (!c->stream)
         return;
+    if (c->ops) {
+        /* The held text's content part is already in text (it is its
+         * prefix): it only has to go out. */
+        if (cl)
+            c->ops->stream_text(&c->chunk, &c->d, t, cl);
+        return;
+    }
     tools_content(c, ch, t, cl);
     if (calls)
         put_tool_call_chunks(c, ch);
@@ -550,9 +565,21 @@ static void put_usage(struct api_call *c, struct lmd_buf *b)
 static void send_final_dialect(struct api_call *c)
 {
     struct api_choice *ch = &c->choice[0];
+    /* Each call gets its id here, once: the renderers spell it in their
+     * dialect's form. */
+    size_t k;
+    json_t *call;
+    json_array_foreach((json_t *)ch->calls, k, call)
+    {
+        struct lmd_buf idb = {0};
+        put_call_id(c, ch, (int)k, &idb);
+        json_object_set_new(call, "id", json_string(idb.ptr ? idb.ptr : "call_0"));
+        lmd_buf_free(&idb);
+    }
     struct api_dialect_end end = {
         .text = ch->text.ptr ? ch->text.ptr : "",
-        .text_len = ch->text.len,
+        .text_len = ch->calls ? ch->content_len : ch->text.len,
+        .calls = ch->calls,
         .length = !ch->stop_matched && atomic_load(&ch->sr.finish) == SCHED_FINISH_LENGTH,
         .stop_seq = ch->stop_matched ? c->stop[ch->stop_which] : NULL,
         .stop_seq_len = ch->stop_matched ? c->stop_len[ch->stop_which] : 0,
@@ -1170,7 +1197,7 @@ static int call_submit(struct api *a, const struct api__model *m, struct http_re
         }
     }
     int rc = (!c->piece || !c->stop_mem || (p->n_bias && !c->bias) || (p->echo_json && !c->d.echo)) ? LMD_ENOMEM : 0;
-    if (rc == 0 && p->kind == API_CHAT && p->dialect == API_DIALECT_OPENAI && p->tools && p->tool_choice != API_TC_NONE)
+    if (rc == 0 && p->kind == API_CHAT && p->tools && p->tool_choice != API_TC_NONE)
         rc = call_set_tools(c, p);
     if (rc == 0 && p->echo)
         rc = call_set_echo(c, p);

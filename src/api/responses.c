@@ -10,8 +10,12 @@
  *
  * lmd stores nothing: `store` is accepted and answered as false, and
  * previous_response_id or conversation (which would need a stored
- * conversation) are refused. Tools, images, files and reasoning are refused
- * with a 400 that names the field until the engine can honour them.
+ * conversation) are refused. Function tools become the chat request's
+ * tools, function_call and function_call_output items its assistant
+ * tool_calls and tool messages, and the calls the chat path parses out of
+ * the model's text come back as function_call items. Hosted tools (web
+ * search, file search, computer use, MCP…), images, files and reasoning are
+ * refused with a 400 that names the field.
  *
  * Not here: generation (call.c), the chat template (routes.c).
  */
@@ -35,13 +39,76 @@ static const char *const passthrough[] = {
 
 static bool given(json_t *v) { return v && !json_is_null(v); }
 
-/* A message item's content: a string or a list of text parts. */
-static json_t *item_text(json_t *content, size_t i, struct api_error *e)
+/* A message item's content (or a function_call_output's output): a string
+ * or a list of text parts. */
+static json_t *item_text(json_t *content, size_t i, const char *member, struct api_error *e)
 {
     static const char *const types[] = {"input_text", "output_text", "text", NULL};
     char what[48];
-    snprintf(what, sizeof what, "input[%zu].content", i);
+    snprintf(what, sizeof what, "input[%zu].%s", i, member);
     return api__text_parts(content, "input", what, types, "only text parts (input_text, output_text) are supported", e);
+}
+
+/* A string member of an input item, or NULL having set e. */
+static const char *item_str(json_t *item, const char *key, size_t i, struct api_error *e)
+{
+    json_t *v = json_object_get(item, key);
+    if (!json_is_string(v) || json_string_length(v) == 0) {
+        BAD("input", "input[%zu].%s must be a non-empty string", i, key);
+        return NULL;
+    }
+    return json_string_value(v);
+}
+
+/* A function_call item becomes an assistant tool call (joining the
+ * assistant message just before it, as the chat history spells several
+ * calls of one turn); a function_call_output item a tool message. */
+static int translate_call_item(json_t *item, const char *type, size_t i, json_t *msgs, struct api_error *e)
+{
+    const char *call_id = item_str(item, "call_id", i, e);
+    if (!call_id)
+        return LMD_EINVAL;
+    if (!strcmp(type, "function_call_output")) {
+        json_t *out = json_object_get(item, "output");
+        if (!given(out))
+            return BAD("input", "input[%zu].output is required", i);
+        json_t *text = item_text(out, i, "output", e);
+        json_t *m =
+            text ? json_pack("{s:s, s:s, s:o}", "role", "tool", "tool_call_id", call_id, "content", text) : NULL;
+        if (!text)
+            return LMD_EINVAL;
+        if (!m || json_array_append_new(msgs, m))
+            return OOM();
+        return 0;
+    }
+    const char *name = item_str(item, "name", i, e);
+    if (!name)
+        return LMD_EINVAL;
+    json_t *args = json_object_get(item, "arguments");
+    if (!json_is_string(args))
+        return BAD("input", "input[%zu].arguments must be a string (the arguments as JSON text)", i);
+    json_t *call = json_pack("{s:s, s:s, s:{s:s, s:O}}", "id", call_id, "type", "function", "function", "name", name,
+                             "arguments", args);
+    if (!call)
+        return OOM();
+    json_t *last = json_array_get(msgs, json_array_size(msgs) - 1);
+    json_t *role = json_object_get(last, "role");
+    if (!(json_is_string(role) && !strcmp(json_string_value(role), "assistant"))) {
+        last = json_pack("{s:s, s:n}", "role", "assistant", "content");
+        if (!last || json_array_append_new(msgs, last)) {
+            json_decref(call);
+            return OOM();
+        }
+    }
+    json_t *calls = json_object_get(last, "tool_calls");
+    if (!calls) {
+        calls = json_array();
+        if (!calls || json_object_set_new(last, "tool_calls", calls)) {
+            json_decref(call);
+            return OOM();
+        }
+    }
+    return json_array_append_new(calls, call) ? OOM() : 0;
 }
 
 static int translate_input(json_t *root, json_t *msgs, struct api_error *e)
@@ -67,14 +134,24 @@ static int translate_input(json_t *root, json_t *msgs, struct api_error *e)
         if (!json_is_object(item))
             return BAD("input", "input[%zu] must be an object", i);
         json_t *ty = json_object_get(item, "type");
-        if (given(ty) && (!json_is_string(ty) || strcmp(json_string_value(ty), "message") != 0))
-            return UNSUP("input", "input[%zu] has type '%.40s': only message items (role and content) are supported", i,
-                         json_is_string(ty) ? json_string_value(ty) : "?");
+        if (given(ty) && !json_is_string(ty))
+            return BAD("input", "input[%zu].type must be a string", i);
+        const char *tys = given(ty) ? json_string_value(ty) : "message";
+        if (!strcmp(tys, "function_call") || !strcmp(tys, "function_call_output")) {
+            if (translate_call_item(item, tys, i, msgs, e))
+                return LMD_EINVAL;
+            continue;
+        }
+        if (strcmp(tys, "message") != 0)
+            return UNSUP("input",
+                         "input[%zu] has type '%.40s': only message, function_call and function_call_output items "
+                         "are supported",
+                         i, tys);
         json_t *role = json_object_get(item, "role");
         const char *r = json_is_string(role) ? json_string_value(role) : "";
         if (strcmp(r, "user") && strcmp(r, "assistant") && strcmp(r, "system") && strcmp(r, "developer"))
             return BAD("input", "input[%zu].role must be one of user, assistant, system, developer", i);
-        json_t *text = item_text(json_object_get(item, "content"), i, e);
+        json_t *text = item_text(json_object_get(item, "content"), i, "content", e);
         if (!text || api__add_msg(msgs, strcmp(r, "developer") ? r : "system", text, e))
             return LMD_EINVAL;
     }
@@ -145,14 +222,6 @@ static int refuse(json_t *root, struct api_error *e)
     if (given(json_object_get(root, "conversation")))
         return UNSUP("conversation", "'conversation' cannot be served: lmd does not store conversations; send the "
                                      "whole conversation in 'input'");
-    v = json_object_get(root, "tools");
-    if (given(v) && !(json_is_array(v) && json_array_size(v) == 0))
-        return UNSUP("tools", "'tools' is not supported on /v1/responses yet: the model's output would not be "
-                              "parsed into tool calls");
-    v = json_object_get(root, "tool_choice");
-    if (given(v) &&
-        !(json_is_string(v) && (!strcmp(json_string_value(v), "none") || !strcmp(json_string_value(v), "auto"))))
-        return UNSUP("tool_choice", "'tool_choice' other than \"none\" or \"auto\" is not supported (no tools)");
     v = json_object_get(root, "background");
     if (given(v) && !json_is_false(v))
         return UNSUP("background", "'background': true is not supported: lmd does not store responses to poll");
@@ -177,9 +246,88 @@ static int refuse(json_t *root, struct api_error *e)
     return 0;
 }
 
+/* Responses' flat function tools -> chat's {"type":"function","function":{…}};
+ * tool_choice's named form likewise; parallel_tool_calls as it is. Shapes
+ * the chat path checks too (names, schemas, a choice naming an absent
+ * tool) are left to it, whose messages name the same fields. */
+static int translate_tools(json_t *root, json_t *chat, struct api_error *e)
+{
+    json_t *v = json_object_get(root, "tools");
+    if (given(v)) {
+        if (!json_is_array(v))
+            return BAD("tools", "'tools' must be a list of function tools");
+        json_t *tools = json_array();
+        if (!tools || json_object_set_new(chat, "tools", tools))
+            return OOM();
+        size_t i;
+        json_t *t;
+        json_array_foreach(v, i, t)
+        {
+            json_t *ty = json_object_get(t, "type");
+            if (!json_is_object(t) || !json_is_string(ty))
+                return BAD("tools", "tools[%zu] must be an object with a string 'type'", i);
+            if (strcmp(json_string_value(ty), "function"))
+                return UNSUP("tools",
+                             "tools[%zu] has type '%.40s', which is not supported: lmd runs no hosted tools (web "
+                             "search, file search, computer use, code interpreter, MCP…); only 'function' tools",
+                             i, json_string_value(ty));
+            json_t *fn = json_object();
+            if (!fn || json_array_append_new(tools, json_pack("{s:s, s:o}", "type", "function", "function", fn)))
+                return OOM();
+            const char *key;
+            json_t *x;
+            json_object_foreach(t, key, x)
+            {
+                if (!strcmp(key, "type"))
+                    continue;
+                if (strcmp(key, "name") && strcmp(key, "description") && strcmp(key, "parameters") &&
+                    strcmp(key, "strict"))
+                    return BAD("tools", "unknown field 'tools[%zu].%.40s' (name, description, parameters, strict)", i,
+                               key);
+                json_object_set(fn, key, x);
+            }
+            if (!json_is_string(json_object_get(fn, "name")))
+                return BAD("tools", "tools[%zu].name must be a string", i);
+        }
+    }
+    v = json_object_get(root, "tool_choice");
+    if (given(v)) {
+        if (json_is_string(v)) {
+            json_object_set(chat, "tool_choice", v);
+        } else {
+            json_t *ty = json_object_get(v, "type"), *name = json_object_get(v, "name");
+            if (!json_is_object(v) || !json_is_string(ty))
+                return BAD("tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": "
+                                          "\"function\", \"name\": …}");
+            if (strcmp(json_string_value(ty), "function"))
+                return UNSUP("tool_choice",
+                             "'tool_choice' of type '%.40s' is not supported (only function tools are served)",
+                             json_string_value(ty));
+            if (!json_is_string(name))
+                return BAD("tool_choice", "'tool_choice.name' must be a string");
+            json_object_set_new(chat, "tool_choice",
+                                json_pack("{s:s, s:{s:O}}", "type", "function", "function", "name", name));
+        }
+    }
+    v = json_object_get(root, "parallel_tool_calls");
+    if (given(v))
+        json_object_set(chat, "parallel_tool_calls", v);
+    /* One call per answer is what lmd can bound: parallel_tool_calls false. */
+    v = json_object_get(root, "max_tool_calls");
+    if (given(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1)
+            return BAD("max_tool_calls", "'max_tool_calls' must be a positive integer");
+        if (json_integer_value(v) > 1)
+            return UNSUP("max_tool_calls", "'max_tool_calls' above 1 is not supported: lmd bounds the calls of an "
+                                           "answer only to one (send 1, or 'parallel_tool_calls': false)");
+        json_object_set_new(chat, "parallel_tool_calls", json_false());
+    }
+    return 0;
+}
+
 static int translate(json_t *root, json_t *chat, struct lmd_buf *echo, struct api_error *e)
 {
-    if (refuse(root, e))
+    if (refuse(root, e) || translate_tools(root, chat, e))
         return LMD_EINVAL;
     json_t *msgs = json_array();
     if (!msgs || json_object_set_new(chat, "messages", msgs))
@@ -239,6 +387,13 @@ static int translate(json_t *root, json_t *chat, struct lmd_buf *echo, struct ap
         json_object_set_new(o, "temperature", json_real(1.0));
     if (!given(json_object_get(o, "top_p")))
         json_object_set_new(o, "top_p", json_real(1.0));
+    /* The tools as the client sent them, and the choices in force. */
+    v = json_object_get(root, "tools");
+    json_object_set_new(o, "tools", given(v) ? json_incref(v) : json_array());
+    v = json_object_get(root, "tool_choice");
+    json_object_set_new(o, "tool_choice", given(v) ? json_incref(v) : json_string("auto"));
+    v = json_object_get(root, "parallel_tool_calls");
+    json_object_set_new(o, "parallel_tool_calls", given(v) ? json_incref(v) : json_true());
     json_t *fmt = rf ? json_incref(rf) : json_pack("{s:s}", "type", "text");
     json_object_set_new(o, "text", json_pack("{s:o*}", "format", fmt));
     char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -310,6 +465,45 @@ static void put_item(struct lmd_buf *b, const struct api_dialect_out *d, const c
     PUTS(b, "]}");
 }
 
+/* Whether the output holds a message item: unless the answer is only tool
+ * calls (a streamed one whose text item was opened keeps it). */
+static bool has_message(const struct api_dialect_out *d, const struct api_dialect_end *end)
+{
+    return !end->calls || end->text_len || d->opened;
+}
+
+static void put_str(struct lmd_buf *b, json_t *s)
+{
+    PUTS(b, "\"");
+    api_buf_json_escape(b, json_string_value(s), json_string_length(s));
+    PUTS(b, "\"");
+}
+
+/* A function_call item's id: "fc_" and the call id's digits. */
+static void fcall_id(struct lmd_buf *b, json_t *call)
+{
+    const char *id = json_string_value(json_object_get(call, "id"));
+    const char *u = id ? strchr(id, '_') : NULL;
+    lmd_buf_printf(b, "fc_%s", u ? u + 1 : "0");
+}
+
+/* A function_call item; with_args false = arguments "" (not yet sent). */
+static void put_fcall(struct lmd_buf *b, json_t *call, const char *status, bool with_args)
+{
+    PUTS(b, "{\"type\":\"function_call\",\"id\":\"");
+    fcall_id(b, call);
+    PUTS(b, "\",\"call_id\":");
+    put_str(b, json_object_get(call, "id"));
+    PUTS(b, ",\"name\":");
+    put_str(b, json_object_get(call, "name"));
+    PUTS(b, ",\"arguments\":");
+    if (with_args)
+        put_str(b, json_object_get(call, "arguments"));
+    else
+        PUTS(b, "\"\"");
+    lmd_buf_printf(b, ",\"status\":\"%s\"}", status);
+}
+
 /* The response object; end NULL = still in progress (no output, no usage). */
 static void put_response(struct lmd_buf *b, const struct api_dialect_out *d, const char *status,
                          const struct api_dialect_end *end, const struct api_error *err)
@@ -330,12 +524,24 @@ static void put_response(struct lmd_buf *b, const struct api_dialect_out *d, con
     else
         PUTS(b, ",\"incomplete_details\":null");
     PUTS(b, ",\"output\":[");
-    if (end)
-        put_item(b, d, end->length ? "incomplete" : "completed", true, end->text, end->text_len);
-    PUTS(b, "],\"parallel_tool_calls\":false,\"tool_choice\":\"none\",\"tools\":[],\"store\":false,"
-            "\"truncation\":\"disabled\",\"previous_response_id\":null,\"reasoning\":null");
+    if (end) {
+        bool msg = has_message(d, end);
+        if (msg)
+            put_item(b, d, end->length ? "incomplete" : "completed", true, end->text, end->text_len);
+        size_t k;
+        json_t *call;
+        json_array_foreach((json_t *)end->calls, k, call)
+        {
+            if (msg || k)
+                PUTS(b, ",");
+            put_fcall(b, call, "completed", true);
+        }
+    }
+    PUTS(b, "],\"store\":false,\"truncation\":\"disabled\",\"previous_response_id\":null,\"reasoning\":null");
     if (d->echo)
         lmd_buf_append(b, d->echo, strlen(d->echo));
+    else
+        PUTS(b, ",\"parallel_tool_calls\":true,\"tool_choice\":\"auto\",\"tools\":[]");
     if (end)
         lmd_buf_printf(b,
                        ",\"usage\":{\"input_tokens\":%d,\"input_tokens_details\":{\"cached_tokens\":0},"
@@ -373,6 +579,15 @@ static void r_stream_begin(struct lmd_buf *b, struct api_dialect_out *d, int n_p
         put_response(b, d, "in_progress", NULL, NULL);
         event_close(b);
     }
+}
+
+/* The message item and its text part open on the first text, so that an
+ * answer that is only tool calls has no empty message item. */
+static void open_text(struct lmd_buf *b, struct api_dialect_out *d)
+{
+    if (d->opened)
+        return;
+    d->opened = true;
     event_open(b, d, "response.output_item.added");
     PUTS(b, ",\"output_index\":0,\"item\":");
     put_item(b, d, "in_progress", false, NULL, 0);
@@ -386,6 +601,7 @@ static void r_stream_begin(struct lmd_buf *b, struct api_dialect_out *d, int n_p
 
 static void r_stream_text(struct lmd_buf *b, struct api_dialect_out *d, const char *s, size_t n)
 {
+    open_text(b, d);
     event_open(b, d, "response.output_text.delta");
     put_loc(b, d);
     PUTS(b, ",\"delta\":\"");
@@ -394,8 +610,54 @@ static void r_stream_text(struct lmd_buf *b, struct api_dialect_out *d, const ch
     event_close(b);
 }
 
+static void end_text(struct lmd_buf *b, struct api_dialect_out *d, const struct api_dialect_end *end);
+
+/* A function_call item's events: added, its arguments in one delta, done. */
+static void stream_fcall(struct lmd_buf *b, struct api_dialect_out *d, json_t *call, int index)
+{
+    event_open(b, d, "response.output_item.added");
+    lmd_buf_printf(b, ",\"output_index\":%d,\"item\":", index);
+    put_fcall(b, call, "in_progress", false);
+    event_close(b);
+    static const char *const args[] = {"response.function_call_arguments.delta",
+                                       "response.function_call_arguments.done"};
+    for (int i = 0; i < 2; i++) {
+        event_open(b, d, args[i]);
+        PUTS(b, ",\"item_id\":\"");
+        fcall_id(b, call);
+        lmd_buf_printf(b, "\",\"output_index\":%d,\"%s\":", index, i ? "arguments" : "delta");
+        put_str(b, json_object_get(call, "arguments"));
+        if (i) {
+            PUTS(b, ",\"name\":");
+            put_str(b, json_object_get(call, "name"));
+        }
+        event_close(b);
+    }
+    event_open(b, d, "response.output_item.done");
+    lmd_buf_printf(b, ",\"output_index\":%d,\"item\":", index);
+    put_fcall(b, call, "completed", true);
+    event_close(b);
+}
+
 static void r_stream_end(struct lmd_buf *b, struct api_dialect_out *d, const struct api_dialect_end *end)
 {
+    bool msg = has_message(d, end);
+    if (msg)
+        end_text(b, d, end);
+    size_t k;
+    json_t *call;
+    json_array_foreach((json_t *)end->calls, k, call) stream_fcall(b, d, call, (int)k + (msg ? 1 : 0));
+    const char *last = end->length ? "response.incomplete" : "response.completed";
+    event_open(b, d, last);
+    PUTS(b, ",\"response\":");
+    put_response(b, d, end->length ? "incomplete" : "completed", end, NULL);
+    event_close(b);
+}
+
+/* The message item's closing events (opening it first when no text came). */
+static void end_text(struct lmd_buf *b, struct api_dialect_out *d, const struct api_dialect_end *end)
+{
+    open_text(b, d);
     event_open(b, d, "response.output_text.done");
     put_loc(b, d);
     PUTS(b, ",\"text\":\"");
@@ -410,11 +672,6 @@ static void r_stream_end(struct lmd_buf *b, struct api_dialect_out *d, const str
     event_open(b, d, "response.output_item.done");
     PUTS(b, ",\"output_index\":0,\"item\":");
     put_item(b, d, end->length ? "incomplete" : "completed", true, end->text, end->text_len);
-    event_close(b);
-    const char *last = end->length ? "response.incomplete" : "response.completed";
-    event_open(b, d, last);
-    PUTS(b, ",\"response\":");
-    put_response(b, d, end->length ? "incomplete" : "completed", end, NULL);
     event_close(b);
 }
 

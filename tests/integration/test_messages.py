@@ -100,7 +100,7 @@ def test_stream_events_in_order(server):
         assert d["type"] == e
     n = names.count("content_block_delta")
     assert n >= 1
-    assert names == (["message_start", "content_block_start", "ping"] + ["content_block_delta"] * n +
+    assert names == (["message_start", "ping", "content_block_start"] + ["content_block_delta"] * n +
                      ["content_block_stop", "message_delta", "message_stop"])
     text = "".join(d["delta"]["text"] for e, d in events if e == "content_block_delta")
     start = events[0][1]["message"]
@@ -133,7 +133,8 @@ def test_stream_helper(client):
     ({"stop_sequences": ["a", "b", "c", "d", "e"]}, "at most 4"),
     ({"stop_sequences": [""]}, "non-empty"),
     ({"tools": [{"name": "f", "input_schema": {"type": "object"}}]}, "tools"),
-    ({"tool_choice": {"type": "any"}}, "tool_choice"),
+    ({"tool_choice": {"type": "any"}}, "needs a non-empty 'tools' list"),
+    ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "not supported"),
     ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
     ({"stream": 1}, "stream"),
     ({"output_config": {"effort": "high"}}, "output_config.effort"),
