@@ -599,6 +599,14 @@ void api_handle(void *ud, struct http_req *r)
         snprintf(rid, sizeof rid, "%s", id);
     http_req_add_header(r, "x-request-id", rid);
 
+    const char *framing = http_req_framing_error(r);
+    if (framing) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "the request's framing is ambiguous: %s", framing);
+        send_err(r, 400, "invalid_request_error", NULL, "bad_framing", msg);
+        log_route(r, rid, m, real_path);
+        return;
+    }
     if (generate) {
         if (!post) {
             send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use POST for this route");

@@ -82,6 +82,11 @@ struct http_str http_req_method(const struct http_req *r);
 struct http_str http_req_path(const struct http_req *r); /* normalized, without the query */
 /* The status answered (http_respond or http_stream_begin), 0 before that. */
 int http_req_status(const struct http_req *r);
+/* Why an HTTP/1 request's framing is ambiguous (two different
+ * Content-Length values, or Content-Length with Transfer-Encoding), or
+ * NULL. Such a request must be refused with a 400: its connection is
+ * already marked to close after the answer. */
+const char *http_req_framing_error(const struct http_req *r);
 struct http_str http_req_body(const struct http_req *r);  /* empty if none */
 struct http_str http_req_query(const struct http_req *r); /* after '?', undecoded; empty if none */
 /* A request header's value, the name matched case-insensitively; the

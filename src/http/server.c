@@ -103,6 +103,7 @@ struct http_req {
     void *gone_ctx;
     h2o_timeout_entry_t stall_entry; /* linked while a send is in flight */
     h2o_timeout_entry_t watch_entry; /* linked while watching for a disconnect */
+    const char *framing;             /* why this HTTP/1 request's framing is ambiguous, or NULL */
 };
 
 static const char *http_reason(int status)
@@ -297,6 +298,75 @@ static bool http_cors(const struct http_server *srv, struct http_req *r)
     return true;
 }
 
+/* The value of a header line "name: value" with its blanks trimmed. */
+static h2o_iovec_t http1_line_value(const char *p, const char *end)
+{
+    const char *v = memchr(p, ':', (size_t)(end - p));
+    if (!v)
+        return h2o_iovec_init(NULL, 0);
+    v++;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    while (end > v && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
+        end--;
+    return h2o_iovec_init(v, (size_t)(end - v));
+}
+
+/*
+ * HTTP/1 framing that two parsers could read two ways (RFC 9112 6.3): more
+ * than one Content-Length with different values, or Content-Length beside
+ * Transfer-Encoding. A proxy in front that takes the other reading would
+ * see another request where lmd sees a body (request smuggling); RFC 9112
+ * wants a 400 and the connection closed. h2o 2.2 frames such a request by
+ * its first Content-Length (or by Transfer-Encoding) and keeps neither
+ * header in req->headers, so the check reads the request head itself:
+ * until the answer is sent, h2o keeps it at the start of the connection's
+ * input buffer (parsed in place, names in lower case). Where that buffer
+ * does not start with this request's method, the head is not there to
+ * read and nothing is said.
+ */
+static const char *http1_framing_error(h2o_req_t *req)
+{
+    if (req->version >= 0x200 || !req->conn->callbacks->get_socket)
+        return NULL;
+    h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
+    if (!sock || !sock->input || sock->input->size < req->method.len ||
+        memcmp(sock->input->bytes, req->method.base, req->method.len) != 0)
+        return NULL;
+    const char *p = sock->input->bytes, *end = p + sock->input->size;
+    /* Past the request line. */
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    if (!nl)
+        return NULL;
+    p = nl + 1;
+    h2o_iovec_t cl = {NULL, 0};
+    bool te = false;
+    while (p < end) {
+        nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        if (le == p || (le == p + 1 && *p == '\r'))
+            break; /* the blank line: end of the head */
+        static const char kcl[] = "content-length:", kte[] = "transfer-encoding:";
+        size_t n = (size_t)(le - p);
+        if (n >= sizeof kcl - 1 && strncasecmp(p, kcl, sizeof kcl - 1) == 0) {
+            h2o_iovec_t v = http1_line_value(p, le);
+            if (cl.base && !h2o_memis(cl.base, cl.len, v.base, v.len))
+                return "more than one Content-Length header, with different values";
+            cl = v;
+        } else if (n >= sizeof kte - 1 && strncasecmp(p, kte, sizeof kte - 1) == 0) {
+            te = true;
+        }
+        if (!nl)
+            break;
+        p = nl + 1;
+    }
+    if (cl.base && te)
+        return "both Content-Length and Transfer-Encoding headers";
+    return NULL;
+}
+
+const char *http_req_framing_error(const struct http_req *r) { return r->framing; }
+
 static int http_on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     struct http_server *srv = ((struct http_handler *)self)->srv;
@@ -306,6 +376,8 @@ static int http_on_req(h2o_handler_t *self, h2o_req_t *req)
     r->loop = H2O_STRUCT_FROM_MEMBER(struct http_loop, ctx, req->conn->ctx);
     r->stall_entry.cb = http_on_stall;
     r->watch_entry.cb = http_on_watch;
+    if ((r->framing = http1_framing_error(req)) != NULL)
+        req->http1_is_persistent = 0; /* what follows the body is not read as a request */
     if (http__cors_on(&srv->cors) && http_cors(srv, r))
         return 0;
     srv->cfg.handler(srv->cfg.ud, r);

@@ -59,6 +59,55 @@ def test_non_utf8_path_is_404_json(server, path, http2):
     assert r.json()["error"]["code"] == "not_found"
 
 
+def raw_exchange(server, request, timeout=20):
+    """Send request bytes on one HTTP/1.1 connection; everything the server
+    sends until it closes the connection (or the timeout)."""
+    host, port = server[len("http://"):].split(":")
+    data = b""
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(request)
+        try:
+            while chunk := s.recv(65536):
+                data += chunk
+        except socket.timeout:
+            pass
+    return data
+
+
+SMUGGLED = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize("headers", [
+    b"Content-Length: 2\r\nContent-Length: 40\r\n",
+    b"Content-Length: 40\r\ncontent-length: 2\r\n",
+    b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n",
+], ids=["two-lengths", "two-lengths-reversed", "length-and-chunked"])
+def test_ambiguous_framing_is_400_and_closes(server, headers):
+    """RFC 9112 6.3: a request whose length two parsers could read two ways
+    is a 400 and the connection closes, so nothing after it is read as a
+    request (a smuggled request behind a proxy)."""
+    body = b"{}"
+    req = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + headers + b"\r\n"
+    if b"chunked" in headers:
+        req += b"2\r\n{}\r\n0\r\n\r\n"
+    else:
+        req += body + b" " * 38
+    data = raw_exchange(server, req + SMUGGLED)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), data[:300]
+    assert b"framing" in rest and b"bad_framing" in rest, rest[:300]
+    # One answer only: the request after the body was never read.
+    assert data.count(b"HTTP/1.1 ") == 1, data
+
+
+def test_repeated_equal_content_length_is_accepted(server):
+    """The same length twice frames the body one way only: served."""
+    req = (b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"Content-Length: 17\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{\"content\": \"hi\"}")
+    data = raw_exchange(server, req)
+    assert data.startswith(b"HTTP/1.1 200"), data[:300]
+
+
 def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
