@@ -409,8 +409,13 @@ static void gen_done(struct api_job *jb, struct http_req *r)
         api_error_set(e, 499, "invalid_request_error", NULL, "client_closed", "the client closed its connection");
         goto fail;
     }
-    if (j->rc != 0)
+    if (j->rc != 0) {
+        /* Refused for what it carries: it still counts against the
+         * tenant's request rate (qos_gate let it in). */
+        if (e->status >= 400 && e->status < 500)
+            qos_charge_refused(a->cfg.qos, j->who.tenant, lmd_time_mono_ns());
         goto fail;
+    }
     /* Admission: the tenant's buckets and quotas, charged for the prompt
      * (once: the choices share it) and every choice's whole budget. */
     struct qos_refusal why = {0};
@@ -447,6 +452,17 @@ void api__prep_generate(struct api *a, struct http_req *r, const struct api__mod
                         const char *id, struct api_who *who)
 {
     struct api_error e = {0};
+    const char *hname = NULL, *hvalue = NULL;
+    char retry[16];
+    /* A tenant out of requests is refused before its prompt is read:
+     * refused requests take from the same bucket (qos_charge_refused). */
+    struct qos_refusal why = {0};
+    if (qos_gate(a->cfg.qos, who->tenant, lmd_time_mono_ns(), &why) != 0) {
+        api_params_free(p);
+        obs_reject(why.reason, who->tenant);
+        api_admit_error(&e, &why, retry, sizeof retry, &hname, &hvalue);
+        goto refuse;
+    }
     struct gen_job *j = calloc(1, sizeof *j);
     if (!j) {
         api_params_free(p);
@@ -470,5 +486,5 @@ void api__prep_generate(struct api *a, struct http_req *r, const struct api__mod
     return;
 refuse:
     api_log_refusal(a, r, who->rid, e.status, m, who->cls, who->tenant);
-    api_send_error(r, &e, NULL, NULL);
+    api_send_error(r, &e, hname, hvalue);
 }

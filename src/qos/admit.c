@@ -213,6 +213,46 @@ int qos_admit(struct qos *q, int tenant, int cls, int64_t charge_tokens, uint64_
     return LMD_EINVAL; /* not reached */
 }
 
+int qos_gate(struct qos *q, int tenant, uint64_t now_ns, struct qos_refusal *why)
+{
+    const struct qos__conf *c = qos__conf(q);
+    if (tenant < 0 || tenant >= c->n_tenants)
+        return refuse(why, OBS_R_RATE_REQUESTS, 400, 0, 0, LMD_EINVAL, "invalid admission request");
+    const struct qos_tenant *tc = &c->tenants[tenant];
+    if (!tc->requests.count)
+        return 0;
+    struct qos__state *s = &q->state[tenant];
+    uint64_t wait_ns = 0;
+    uint32_t wait_s = 0;
+    state_lock(s);
+    state_sync(s, tenant, c);
+    bucket_refill(&s->req, &tc->requests, now_ns);
+    bool short_of_one = s->req.level < (__int128)tc->requests.period_ns;
+    if (short_of_one)
+        bucket_wait(&s->req, &tc->requests, 1, &wait_ns, &wait_s);
+    state_unlock(s);
+    if (!short_of_one)
+        return 0;
+    return refuse(why, OBS_R_RATE_REQUESTS, 429, wait_s, wait_ns, LMD_EBUSY,
+                  "tenant '%s' is over its request rate; retry in %u s", tc->name, wait_s);
+}
+
+void qos_charge_refused(struct qos *q, int tenant, uint64_t now_ns)
+{
+    const struct qos__conf *c = qos__conf(q);
+    if (tenant < 0 || tenant >= c->n_tenants || !c->tenants[tenant].requests.count)
+        return;
+    const struct qos_tenant *tc = &c->tenants[tenant];
+    struct qos__state *s = &q->state[tenant];
+    state_lock(s);
+    state_sync(s, tenant, c);
+    bucket_refill(&s->req, &tc->requests, now_ns);
+    s->req.level -= tc->requests.period_ns;
+    if (s->req.level < 0)
+        s->req.level = 0;
+    state_unlock(s);
+}
+
 void qos_started(struct qos *q, struct qos_ticket *t)
 {
     if (t->state != QOS_TICKET_QUEUED)

@@ -214,6 +214,17 @@ struct qos_ticket {
 int qos_admit(struct qos *q, int tenant, int cls, int64_t charge_tokens, uint64_t now_ns, struct qos_ticket *t,
               struct qos_refusal *why);
 
+/* Requests refused for what they carry (a prompt past the context, a
+ * template error) before they reach qos_admit still count against the
+ * tenant's request rate, so that a client looping them is held to it like
+ * any other: qos_gate, before the work of reading such a request, refuses
+ * it as qos_admit would when the requests/s bucket holds less than one
+ * request (LMD_EBUSY, why filled; it takes nothing); qos_charge_refused
+ * takes one request from the bucket (down to empty) once the request was
+ * refused. Never block; any thread. */
+int qos_gate(struct qos *q, int tenant, uint64_t now_ns, struct qos_refusal *why);
+void qos_charge_refused(struct qos *q, int tenant, uint64_t now_ns);
+
 /* The request left the queue and runs: frees its queued slot (it keeps the
  * in-flight one). A no-op unless the ticket is QUEUED, so a preempted
  * request that starts again does not count twice. Any thread. */

@@ -24,7 +24,8 @@ REASONS = {"unauthorized", "rate_requests", "rate_tokens", "tenant_concurrency",
 
 GOLD, BRONZE, TRICKLE, TOKENS, SINGLE, NARROW = ("sk-qos-gold", "sk-qos-bronze", "sk-qos-trickle", "sk-qos-tokens",
                                                  "sk-qos-single", "sk-qos-narrow")
-TENANT_NAMES = {"anonymous", "gold", "bronze", "trickle", "tokens", "single", "narrow"}
+LOOPER = "sk-qos-looper"
+TENANT_NAMES = {"anonymous", "gold", "bronze", "trickle", "tokens", "single", "narrow", "looper"}
 
 TENANTS = """\
 # The default classes: urgent (index 0) and best_effort (index 1).
@@ -55,7 +56,11 @@ tenants:
   - name: narrow
     keys: ["%s"]
     models: ["some-other-model"]
-""" % (GOLD, BRONZE, TRICKLE, TOKENS, SINGLE, NARROW)
+  - name: looper
+    keys: ["%s"]
+    requests_per_second: 0.01   # one request every 100 s
+    requests_burst: 2
+""" % (GOLD, BRONZE, TRICKLE, TOKENS, SINGLE, NARROW, LOOPER)
 
 
 @pytest.fixture(scope="module")
@@ -526,3 +531,19 @@ def test_tenants_reload_on_watch(lmd_bin, default_model, tmp_path):
         assert status_of(s, "sk-acme-old", model) == 401
     finally:
         s.stop()
+
+
+def test_refused_requests_count_against_the_request_rate(srv):
+    """A prompt past the context is refused after it is read (400), and
+    still takes a request from the tenant's requests/s bucket: a client
+    looping such requests is held to its rate (429 before its prompt is
+    read) like any other (issue: refused requests went uncounted)."""
+    long_prompt = "hello " * 40000  # past any context this server has
+    for _ in range(2):
+        r = post(srv, LOOPER, prompt=long_prompt, max_tokens=1)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "context_length_exceeded"
+    r = post(srv, LOOPER, prompt=long_prompt, max_tokens=1)
+    assert r.status_code == 429, r.text
+    assert int(r.headers["retry-after"]) >= 1
+    assert "request rate" in r.json()["error"]["message"]
