@@ -348,11 +348,17 @@ static void forward_generate(struct api *a, struct http_req *r, struct api_param
         api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
         goto fail;
     }
-    /* OpenAI's default length for completions, which some servers do not
-     * share (llama-server's is unbounded). */
-    if (p->kind == API_COMPLETION && p->max_tokens <= 0) {
-        json_object_set_new(body, "max_tokens", json_integer(16));
-        lmd_buf_printf(&sp, "%s\"max_tokens\":16", sp.len > 1 ? "," : "");
+    /* A request that names no length: OpenAI's default for completions
+     * (16), which some servers do not share (llama-server's is unbounded),
+     * and for chat the upstream's own; the class's default_max_tokens
+     * bounds either, as it does for local models. */
+    int dflt = p->kind == API_COMPLETION ? 16 : 0;
+    const int class_max = qos_class(a->cfg.qos, who->cls)->default_max_tokens;
+    if (class_max > 0 && (dflt == 0 || dflt > class_max))
+        dflt = class_max;
+    if (p->max_tokens <= 0 && dflt > 0) {
+        json_object_set_new(body, "max_tokens", json_integer(dflt));
+        lmd_buf_printf(&sp, "%s\"max_tokens\":%d", sp.len > 1 ? "," : "", dflt);
     }
     if (!sp.ptr) {
         api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
@@ -372,7 +378,7 @@ static void forward_generate(struct api *a, struct http_req *r, struct api_param
         est = 1;
     if (est >= ctx)
         est = ctx - 1;
-    int max_tokens = p->max_tokens > 0 ? p->max_tokens : (p->kind == API_CHAT ? ctx - (int)est : 16);
+    int max_tokens = p->max_tokens > 0 ? p->max_tokens : dflt > 0 ? dflt : ctx - (int)est;
     if (max_tokens > ctx - est)
         max_tokens = ctx - (int)est; /* the budget only: the upstream enforces its own context */
     struct qos_refusal why = {0};

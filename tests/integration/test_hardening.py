@@ -446,6 +446,33 @@ def test_class_default_max_tokens(lmd_bin, default_model, tmp_path):
         stop_server(proc)
 
 
+def test_class_default_max_tokens_through_a_gateway(lmd_bin, default_model, tmp_path):
+    """The same bound for a model the gateway forwards: the request goes
+    upstream with the class's max_tokens (chat has no default length of
+    its own there: the upstream's would apply)."""
+    from test_gateway import UpServe
+    from test_multimodel import Serve
+    up = UpServe(lmd_bin, tmp_path, "127.0.0.2", "-m", default_model, "-t", "1", "-c", "256")
+    g = None
+    try:
+        g = Serve(lmd_bin, tmp_path, "--upstream", "gemma=lmd+" + up.url, "--tenants",
+                  write_tenants_file(tmp_path, 10000))
+        h = {"Authorization": "Bearer sk-t"}
+        msg = [{"role": "user", "content": "Tell me a long story."}]
+        r = httpx.post(g.base + "/v1/chat/completions", headers=h, timeout=120,
+                       json={"model": "gemma", "messages": msg, "ignore_eos": True})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 5
+        r = httpx.post(g.base + "/v1/chat/completions", headers=h, timeout=120,
+                       json={"model": "gemma", "messages": msg, "ignore_eos": True, "max_tokens": 9})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 9
+    finally:
+        if g:
+            g.stop()
+        up.stop()
+
+
 def test_unmeetable_deadline_refused_at_once(lmd_bin, default_model, tmp_path):
     """A burst in a class that refuses late work, against one running slot:
     the requests that could only start past the class's TTFT target are
