@@ -73,7 +73,7 @@ run: deps model
 
 test: deps model
 	@$(MAKE) --no-print-directory format-check test-unit test-asan test-tsan test-fuzz test-integration \
-		test-integration-asan
+		test-integration-asan test-static
 
 test-unit: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
