@@ -264,6 +264,16 @@ def test_etcd_discovery_and_registration(lmd_bin, default_model, tmp_path):
         assert wait_until(lambda: backends(g) == [url_b], timeout=10), backends(g)
         print("etcd: a registered replica joined the gateway's pool in %.2f s" % moved)
         assert "discovery: registered" in b.log()
+
+        # A gateway keeps no state it needs: a new one, started with the
+        # same arguments after this one stops, finds the pool in etcd and
+        # serves from it.
+        assert g.stop() == 0, g.log()
+        g = Serve(lmd_bin, tmp_path, "--upstream", "gemma=lmd+etcd://127.0.0.1:%d%s" % (etcd.port, prefix),
+                  "--route", "least")
+        assert wait_until(lambda: backends(g) == [url_b], timeout=10), backends(g)
+        c = openai.OpenAI(base_url=g.base + "/v1", api_key="none", max_retries=0, timeout=60)
+        assert c.completions.create(model="gemma", prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
     finally:
         if g:
             assert g.stop() == 0, g.log()
