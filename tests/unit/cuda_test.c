@@ -376,12 +376,35 @@ static void test_fused_residual(void **state)
             if (memcmp(gy, wy, sizeof(float) * (size_t)(rows * nw)) != 0)
                 fail_msg("%s post=%d: the product after the fused residual differs", gguf_dtype_name(t), post);
         }
+        /* The gated activation fused with the quantization for the down
+         * projection: the same bits as kcu_glu and a product that
+         * quantizes for itself (GELU's clamps at +-10 are inside the
+         * inputs' range of +-50). */
+        for (int gelu = 0; gelu < 2; gelu++) {
+            CU(cudaMemcpyAsync(dx1, dx0, vb, cudaMemcpyDeviceToDevice, st));
+            CU(kcu_glu(st, dx1, dy, (int64_t)rows * n, gelu));
+            CU(kcu_matmul(ctx, t, dwt, rb, nw, n, dx1, rows, dp1, nw));
+            CU(cudaMemcpyAsync(dx2, dx0, vb, cudaMemcpyDeviceToDevice, st));
+            CU(kcu_matmul_glu(ctx, t, false, dx2, dy, rows, n, gelu));
+            const struct kcu_mm_part part = {dwt, nw, dp2, nw, NULL};
+            CU(kcu_matmul_parts(ctx, t, rb, n, dx2, rows, &part, 1, true));
+            CU(cudaStreamSynchronize(st));
+            CU(cudaMemcpy(want, dx1, vb, cudaMemcpyDeviceToHost));
+            CU(cudaMemcpy(got, dx2, vb, cudaMemcpyDeviceToHost));
+            if (memcmp(got, want, vb) != 0)
+                fail_msg("%s gelu=%d: the fused activation differs from kcu_glu", gguf_dtype_name(t), gelu);
+            CU(cudaMemcpy(wy, dp1, sizeof(float) * (size_t)(rows * nw), cudaMemcpyDeviceToHost));
+            CU(cudaMemcpy(gy, dp2, sizeof(float) * (size_t)(rows * nw), cudaMemcpyDeviceToHost));
+            if (memcmp(gy, wy, sizeof(float) * (size_t)(rows * nw)) != 0)
+                fail_msg("%s gelu=%d: the product after the fused activation differs", gguf_dtype_name(t), gelu);
+        }
         cudaFree(dwt);
         free(wt);
     }
-    /* The fused quantization needs whole blocks. */
+    /* The fused quantizations need whole blocks. */
     assert_int_equal((int)kcu_add_norm_q8(st, dx1, dy, NULL, do1, NULL, 1, 96, 1e-6f, true, NULL, NULL),
                      (int)cudaErrorInvalidValue);
+    assert_int_equal((int)kcu_glu_q8(st, dx1, dy, 96, false, true, NULL, NULL), (int)cudaErrorInvalidValue);
     void *bufs[] = {dx0, dy, dx1, dx2, do1, do2, dw, dw2, dp1, dp2};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         cudaFree(bufs[i]);
@@ -394,6 +417,176 @@ static void test_fused_residual(void **state)
     free(wy);
     kcu_ctx_free(ctx);
     cudaStreamDestroy(st);
+}
+
+/* ---- attention over the paged cache ---------------------------------------- */
+
+/* One launch of kcu_attention over T queries of one sequence. */
+static void attn_run(const struct kcu_attn_args *base, float *d_out, const float *d_q, const int32_t *pos, int T,
+                     int32_t *d_meta, float *out)
+{
+    int32_t meta[2 * 80];
+    for (int t = 0; t < T; t++) {
+        meta[t] = pos[t];
+        meta[T + t] = 0;
+    }
+    CU(cudaMemcpy(d_meta, meta, sizeof(int32_t) * (size_t)(2 * T), cudaMemcpyHostToDevice));
+    struct kcu_attn_args a = *base;
+    a.out = d_out;
+    a.q = d_q;
+    a.tok_pos = d_meta;
+    a.tok_seq = d_meta + T;
+    a.T = T;
+    CU(kcu_attention(0, &a));
+    CU(cudaDeviceSynchronize());
+    CU(cudaMemcpy(out, d_out, sizeof(float) * (size_t)(T * a.n_head * a.dk), cudaMemcpyDeviceToHost));
+}
+
+/* The test's cache geometry. */
+enum { ATT_H = 4, ATT_HKV = 2, ATT_D = 128, ATT_BT = 16, ATT_NB = 80 };
+
+/* The largest difference between got [ATT_H][ATT_D] and a double-precision
+ * softmax(scale q.K) V of query q over [first, pos]. */
+static double attn_ref_diff(const float *q, const float *kf, const float *vf, const int32_t *table, int pos, int n_swa,
+                            float scale, const float *got)
+{
+    const size_t bke = (size_t)ATT_HKV * ATT_BT * ATT_D;
+    const int first = n_swa > 0 && pos - n_swa + 1 > 0 ? pos - n_swa + 1 : 0;
+    double worst = 0;
+    double *sc = malloc(sizeof(double) * (size_t)(pos + 1));
+    for (int h = 0; h < ATT_H; h++) {
+        const int kvh = h / (ATT_H / ATT_HKV);
+        double mx = -1e300, sum = 0, o[ATT_D] = {0};
+        for (int p = first; p <= pos; p++) {
+            const size_t off = (size_t)table[p / ATT_BT] * bke + ((size_t)kvh * ATT_BT + (size_t)(p % ATT_BT)) * ATT_D;
+            double d = 0;
+            for (int i = 0; i < ATT_D; i++)
+                d += (double)q[h * ATT_D + i] * kf[off + i];
+            sc[p] = d * scale;
+            mx = fmax(mx, sc[p]);
+        }
+        for (int p = first; p <= pos; p++) {
+            const size_t off = (size_t)table[p / ATT_BT] * bke + ((size_t)kvh * ATT_BT + (size_t)(p % ATT_BT)) * ATT_D;
+            const double e = exp(sc[p] - mx);
+            sum += e;
+            for (int i = 0; i < ATT_D; i++)
+                o[i] += e * vf[off + i];
+        }
+        for (int i = 0; i < ATT_D; i++)
+            worst = fmax(worst, fabs(o[i] / sum - (double)got[h * ATT_D + i]));
+    }
+    free(sc);
+    return worst;
+}
+
+/* Queries long enough to be split over several blocks (up to the most
+ * splits and past it), against a double-precision softmax; a query's
+ * result alone equals its result among other queries bit for bit (splits
+ * depend on its own position only); a sliding window; steps of more than
+ * KCU_ATTN_TILE_T queries (not split) against the reference too. */
+static void test_attention_splits(void **state)
+{
+    (void)state;
+    if (!have_gpu)
+        skip();
+    enum { H = ATT_H, HKV = ATT_HKV, D = ATT_D, BT = ATT_BT, NB = ATT_NB, TB = 70 };
+    const size_t bke = (size_t)HKV * BT * D, celems = (size_t)NB * bke;
+    uint16_t *kc = malloc(celems * 2), *vc = malloc(celems * 2);
+    float *kf = malloc(celems * sizeof(float)), *vf = malloc(celems * sizeof(float));
+    /* Multiples of 1/1024 in [-1, 1]: exact in f16, so the reference
+     * sees the values the kernel reads. */
+    for (size_t i = 0; i < celems; i++) {
+        kf[i] = (float)((int)(rnd() % 2049) - 1024) / 1024.0f;
+        vf[i] = (float)((int)(rnd() % 2049) - 1024) / 1024.0f;
+        kc[i] = kern_f32_to_f16(kf[i]);
+        vc[i] = kern_f32_to_f16(vf[i]);
+    }
+    int32_t table[NB];
+    for (int i = 0; i < NB; i++)
+        table[i] = NB - 1 - i; /* not the identity: the table is followed */
+    const size_t qn = (size_t)TB * H * D;
+    float *q = malloc(qn * sizeof(float)), *out = malloc(qn * sizeof(float)), *one = malloc(H * D * sizeof(float));
+    for (size_t i = 0; i < qn; i++)
+        q[i] = (float)((int)(rnd() % 2049) - 1024) / 1024.0f;
+    uint16_t *d_kc, *d_vc;
+    float *d_q, *d_out, *d_part;
+    int32_t *d_tab, *d_meta;
+    int *d_count;
+    CU(cudaMalloc((void **)&d_kc, celems * 2));
+    CU(cudaMalloc((void **)&d_vc, celems * 2));
+    CU(cudaMalloc((void **)&d_q, qn * sizeof(float)));
+    CU(cudaMalloc((void **)&d_out, qn * sizeof(float)));
+    CU(cudaMalloc((void **)&d_tab, sizeof table));
+    CU(cudaMalloc((void **)&d_meta, sizeof(int32_t) * 2 * TB));
+    CU(cudaMalloc((void **)&d_part, kcu_attn_scratch_bytes(H, D)));
+    CU(cudaMalloc((void **)&d_count, sizeof(int) * KCU_ATTN_TILE_T * H));
+    CU(cudaMemset(d_count, 0, sizeof(int) * KCU_ATTN_TILE_T * H));
+    CU(cudaMemcpy(d_kc, kc, celems * 2, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(d_vc, vc, celems * 2, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(d_q, q, qn * sizeof(float), cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(d_tab, table, sizeof table, cudaMemcpyHostToDevice));
+    const float scale = 0.0883883f;
+    struct kcu_attn_args base = {.kc = d_kc,
+                                 .vc = d_vc,
+                                 .block_k_elems = bke,
+                                 .block_v_elems = bke,
+                                 .blocks = d_tab,
+                                 .blocks_stride = NB,
+                                 .layer = 0,
+                                 .n_head_kv = HKV,
+                                 .bt = BT,
+                                 .n_head = H,
+                                 .dk = D,
+                                 .dv = D,
+                                 .scale = scale,
+                                 .part = d_part,
+                                 .count = d_count};
+    /* n = 1, one split exactly full, one position over, several splits,
+     * the most splits, past it (longer splits). */
+    const int32_t ps[] = {0, 63, 64, 65, 200, 1023, 1024, 1100, NB * BT - 1};
+    for (int w = 0; w < 2; w++) {
+        base.n_swa = w ? 100 : 0;
+        for (size_t pi = 0; pi < sizeof ps / sizeof ps[0]; pi++) {
+            const int32_t pos = ps[pi];
+            attn_run(&base, d_out, d_q, &pos, 1, d_meta, one);
+            const double worst = attn_ref_diff(q, kf, vf, table, pos, w ? 100 : 0, scale, one);
+            if (worst > 1e-4)
+                fail_msg("position %d window %d: %.3g from the reference", pos, base.n_swa, worst);
+            /* The same query between two others (the same q row) gives the same bits. */
+            CU(cudaMemcpy(d_q + H * D, q, H * D * sizeof(float), cudaMemcpyHostToDevice));
+            const int32_t three[3] = {17, pos, NB * BT - 1};
+            attn_run(&base, d_out, d_q, three, 3, d_meta, out);
+            if (memcmp(out + H * D, one, H * D * sizeof(float)) != 0)
+                fail_msg("position %d: batched differs from alone", pos);
+            CU(cudaMemcpy(d_q, q, qn * sizeof(float), cudaMemcpyHostToDevice));
+        }
+    }
+    /* More queries than a split step takes: each against the reference. */
+    base.n_swa = 0;
+    int32_t pos[TB];
+    for (int t = 0; t < TB; t++)
+        pos[t] = (t * 37) % (NB * BT);
+    attn_run(&base, d_out, d_q, pos, TB, d_meta, out);
+    for (int t = 0; t < TB; t++) {
+        const double worst =
+            attn_ref_diff(q + (size_t)t * H * D, kf, vf, table, pos[t], 0, scale, out + (size_t)t * H * D);
+        if (worst > 1e-4)
+            fail_msg("query %d of %d (position %d): %.3g from the reference", t, TB, pos[t], worst);
+    }
+    struct kcu_attn_args bad = base;
+    bad.part = NULL;
+    bad.T = 1;
+    assert_int_equal((int)kcu_attention(0, &bad), (int)cudaErrorInvalidValue);
+    void *bufs[] = {d_kc, d_vc, d_q, d_out, d_tab, d_meta, d_part, d_count};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        cudaFree(bufs[i]);
+    free(kc);
+    free(vc);
+    free(kf);
+    free(vf);
+    free(q);
+    free(out);
+    free(one);
 }
 
 /* ---- the engine on a real model ------------------------------------------- */
@@ -614,9 +807,8 @@ static void test_engine_batch_equals_alone(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_matmul_every_type),
-        cmocka_unit_test(test_fused_residual),
-        cmocka_unit_test(test_engine_matches_cpu),
+        cmocka_unit_test(test_matmul_every_type),         cmocka_unit_test(test_fused_residual),
+        cmocka_unit_test(test_attention_splits),          cmocka_unit_test(test_engine_matches_cpu),
         cmocka_unit_test(test_engine_batch_equals_alone),
     };
     return cmocka_run_group_tests(tests, setup, NULL);

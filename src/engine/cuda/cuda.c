@@ -83,6 +83,8 @@ struct cuda_engine {
     size_t block_k_elems, block_v_elems;
     /* Activations for max_batch_tokens tokens (model/forward.c's scratch). */
     float *x, *xb, *q, *k, *v, *att, *ffg, *ffu; /* [T][…] */
+    float *attn_part;                            /* kcu_attn_args.part */
+    int *attn_count;                             /* kcu_attn_args.count */
     float *logits_d;                             /* [max_seqs][n_vocab] */
     float *logits_h;                             /* pinned copy handed to the caller */
     /* The step's indices, staged in pinned memory and copied in one go:
@@ -451,7 +453,9 @@ static int forward(struct cuda_engine *ce, int T, int n_seqs, int n_want, int st
                                          .dk = DK,
                                          .dv = DV,
                                          .n_swa = swa ? hp->n_swa : 0,
-                                         .scale = hp->arch->q_prescale ? 1.0f : hp->attn_scale};
+                                         .scale = hp->arch->q_prescale ? 1.0f : hp->attn_scale,
+                                         .part = ce->attn_part,
+                                         .count = ce->attn_count};
         K_TRY(kcu_attention(ce->st, &aa), "attention");
         prof_mark(ce, CP_ATTN);
 
@@ -471,9 +475,16 @@ static int forward(struct cuda_engine *ce, int T, int n_seqs, int n_want, int st
             K_TRY(mm_same_x(ce, w, y, 2, ce->xb, T, true), "matmul gate/up");
         }
         prof_mark(ce, CP_MM_FFN);
-        K_TRY(kcu_glu(ce->st, ce->ffg, ce->ffu, (int64_t)T * hp->n_ff, hp->arch->act == MODEL_ACT_GELU), "glu");
+        /* The activation, quantized for the down projection in the same launch. */
+        K_TRY(kcu_matmul_glu(ce->mm, L->ffn_down.type, L->ffn_down.d16 != NULL, ce->ffg, ce->ffu, T, hp->n_ff,
+                             hp->arch->act == MODEL_ACT_GELU),
+              "glu");
         prof_mark(ce, CP_ACT);
-        K_TRY(mm(ce, &L->ffn_down, ce->ffg, T, ce->xb), "matmul down");
+        {
+            const struct cu_tensor *w[1] = {&L->ffn_down};
+            float *y[1] = {ce->xb};
+            K_TRY(mm_same_x(ce, w, y, 1, ce->ffg, T, true), "matmul down");
+        }
         prof_mark(ce, CP_MM_DOWN);
         /* The residual and the next layer's attention norm in one launch. */
         if (il + 1 < hp->n_layer)
@@ -674,9 +685,10 @@ static void cuda_close(struct engine *e)
     cudaFree(ce->w16buf);
     cudaFree(ce->kc);
     cudaFree(ce->vc);
-    float *acts[] = {ce->x, ce->xb, ce->q, ce->k, ce->v, ce->att, ce->ffg, ce->ffu, ce->logits_d};
+    float *acts[] = {ce->x, ce->xb, ce->q, ce->k, ce->v, ce->att, ce->ffg, ce->ffu, ce->logits_d, ce->attn_part};
     for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++)
         cudaFree(acts[i]);
+    cudaFree(ce->attn_count);
     cudaFree(ce->meta_d);
     cudaFreeHost(ce->meta_h);
     cudaFreeHost(ce->logits_h);
@@ -729,6 +741,12 @@ static int alloc_acts(struct cuda_engine *ce, struct lmd_err *err)
     CU_TRY(cudaMalloc((void **)&ce->att, T * od * f), "allocating activations");
     CU_TRY(cudaMalloc((void **)&ce->ffg, T * hp->n_ff * f), "allocating activations");
     CU_TRY(cudaMalloc((void **)&ce->ffu, T * hp->n_ff * f), "allocating activations");
+    CU_TRY(cudaMalloc((void **)&ce->attn_part, kcu_attn_scratch_bytes(hp->n_head, hp->head_dim_v)),
+           "allocating attention scratch");
+    CU_TRY(cudaMalloc((void **)&ce->attn_count, (size_t)KCU_ATTN_TILE_T * hp->n_head * sizeof(int)),
+           "allocating attention scratch");
+    CU_TRY(cudaMemset(ce->attn_count, 0, (size_t)KCU_ATTN_TILE_T * hp->n_head * sizeof(int)),
+           "allocating attention scratch");
     CU_TRY(cudaMalloc((void **)&ce->logits_d, (size_t)in->max_seqs * hp->n_vocab * f), "allocating logits");
     CU_TRY(cudaMallocHost((void **)&ce->logits_h, (size_t)in->max_seqs * hp->n_vocab * f), "allocating logits");
     /* Block tables of decode graphs are padded to a power of two (graph_run). */

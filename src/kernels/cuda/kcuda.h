@@ -27,6 +27,12 @@
 extern "C" {
 #endif
 
+/* Decide once whether kernels are launched with programmatic dependent
+ * launch (kcuda_launch.cuh): when the device runs code built for sm_90 or
+ * later and LMD_CUDA_PDL is not 0. Runs a probe kernel and waits for it;
+ * kcu_ctx_create calls it. *on (may be NULL) tells the outcome. */
+cudaError_t kcu_pdl_init(cudaStream_t st, bool *on);
+
 /* Weight types the CUDA kernels compute with. */
 bool kcu_type_supported(enum gguf_dtype t);
 
@@ -113,6 +119,12 @@ cudaError_t kcu_matmul_parts(struct kcu_ctx *c, enum gguf_dtype t, size_t w_stri
  * would be three. */
 cudaError_t kcu_matmul_add_norm(struct kcu_ctx *c, enum gguf_dtype t, bool f16_copy, float *x, const float *y,
                                 const float *w, float *out, const float *w_out, int rows, int n, float eps);
+/* kcu_glu over rows of n, g also quantized into the context for a product
+ * of type t that takes the integer path (as kcu_matmul_add_norm does for
+ * its out): the down projection that follows, called with x_unchanged,
+ * skips its own quantization. */
+cudaError_t kcu_matmul_glu(struct kcu_ctx *c, enum gguf_dtype t, bool f16_copy, float *g, const float *u, int rows,
+                           int n, bool gelu);
 
 /* ---- the other operations of the forward pass ---------------------------- */
 
@@ -138,6 +150,9 @@ cudaError_t kcu_add_norm_q8(cudaStream_t st, float *x, const float *y, const flo
 /* Gated activations over rows of n: g = act(g) * u. gelu: GeGLU (tanh
  * GELU, rounded through f16 as llama.cpp's table), else SwiGLU. */
 cudaError_t kcu_glu(cudaStream_t st, float *g, const float *u, int64_t count, bool gelu);
+/* kcu_glu, and g quantized as kcu_quantize_q8 would (per 256 or per 32). */
+cudaError_t kcu_glu_q8(cudaStream_t st, float *g, const float *u, int64_t count, bool gelu, bool per_256, int8_t *q,
+                       void *scales);
 
 /* logits = c * tanh(logits / c). */
 cudaError_t kcu_softcap(cudaStream_t st, float *v, int64_t count, float c);
@@ -182,7 +197,20 @@ struct kcu_attn_args {
     int T, n_head, dk, dv;
     int n_swa; /* 0 = full attention */
     float scale;
+    /* Scratch for queries split over several blocks (kcu_attention):
+     * part [KCU_ATTN_TILE_T][n_head][KCU_ATTN_SPLITS][dv + 2] floats
+     * (kcu_attn_scratch_bytes), count [KCU_ATTN_TILE_T][n_head] ints, zero
+     * when allocated and left zero by every launch. */
+    float *part;
+    int *count;
 };
+/* Positions a split of one query's attention covers at least, the most
+ * splits a query gets, and the most queries a step may have for their
+ * attention to be split (the scratch's size; larger steps are not split). */
+#define KCU_ATTN_CHUNK 64
+#define KCU_ATTN_SPLITS 16
+#define KCU_ATTN_TILE_T 64
+size_t kcu_attn_scratch_bytes(int n_head, int dv);
 cudaError_t kcu_attention(cudaStream_t st, const struct kcu_attn_args *a);
 
 #ifdef __cplusplus

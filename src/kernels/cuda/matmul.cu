@@ -8,6 +8,7 @@
  * as they are, with the activations converted to their type.
  */
 #include "kernels/cuda/kcuda.h"
+#include "kernels/cuda/kcuda_launch.cuh"
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -48,6 +49,8 @@ constexpr float F16_ROW_MAX = 16384.0f;
 
 __global__ void __launch_bounds__(256) to_f16_rows_kernel(const float *x, __half *y, float *scale, int64_t k)
 {
+    kcu_dep_launch();
+    kcu_dep_wait();
     __shared__ float part[8];
     const int64_t r = blockIdx.x;
     const float *xr = x + r * k;
@@ -76,6 +79,8 @@ __global__ void __launch_bounds__(256) to_f16_rows_kernel(const float *x, __half
 
 __global__ void __launch_bounds__(256) scale_rows_kernel(float *y, const float *scale, int64_t n, int64_t ldy)
 {
+    kcu_dep_launch();
+    kcu_dep_wait();
     const float s = scale[blockIdx.x];
     if (s == 1.0f)
         return;
@@ -86,6 +91,8 @@ __global__ void __launch_bounds__(256) scale_rows_kernel(float *y, const float *
 
 __global__ void to_bf16_kernel(const float *x, __nv_bfloat16 *y, int64_t count)
 {
+    kcu_dep_launch();
+    kcu_dep_wait();
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < count)
         y[i] = __float2bfloat16_rn(x[i]);
@@ -107,6 +114,11 @@ extern "C" cudaError_t kcu_ctx_create(struct kcu_ctx **out, cudaStream_t st, int
     if (!c)
         return cudaErrorMemoryAllocation;
     c->st = st;
+    cudaError_t prc = kcu_pdl_init(st, nullptr);
+    if (prc != cudaSuccess) {
+        free(c);
+        return prc;
+    }
     c->passes_max_m = KCU_GEMV_PASSES_MAX_M;
     const char *pe = getenv("LMD_CUDA_GEMV_PASSES");
     if (pe && *pe)
@@ -222,6 +234,23 @@ extern "C" cudaError_t kcu_matmul_add_norm(struct kcu_ctx *c, enum gguf_dtype t,
     return cudaSuccess;
 }
 
+extern "C" cudaError_t kcu_matmul_glu(struct kcu_ctx *c, enum gguf_dtype t, bool f16_copy, float *g, const float *u,
+                                      int rows, int n, bool gelu)
+{
+    c->q8_x = nullptr;
+    if (!takes_q8(c, t, rows, n, f16_copy))
+        return kcu_glu(c->st, g, u, (int64_t)rows * n, gelu);
+    const bool per_256 = kcu_q8_per_256(t);
+    cudaError_t rc = kcu_glu_q8(c->st, g, u, (int64_t)rows * n, gelu, per_256, c->xq, c->xs);
+    if (rc != cudaSuccess)
+        return rc;
+    c->q8_x = g;
+    c->q8_m = rows;
+    c->q8_k = n;
+    c->q8_per_256 = per_256;
+    return cudaSuccess;
+}
+
 extern "C" cudaError_t kcu_matmul_parts(struct kcu_ctx *c, enum gguf_dtype t, size_t w_stride, int64_t k,
                                         const float *x, int64_t m, const struct kcu_mm_part *parts, int n_parts,
                                         bool x_unchanged)
@@ -275,11 +304,9 @@ extern "C" cudaError_t kcu_matmul_parts(struct kcu_ctx *c, enum gguf_dtype t, si
     const unsigned grid = (unsigned)((count + 255) / 256);
     const float one = 1.0f, zero = 0.0f;
     const bool bf = t == GGUF_DTYPE_BF16;
-    if (bf)
-        to_bf16_kernel<<<grid, 256, 0, c->st>>>(x, (__nv_bfloat16 *)c->xscratch, count);
-    else
-        to_f16_rows_kernel<<<(unsigned)m, 256, 0, c->st>>>(x, (__half *)c->xscratch, c->rowscale, k);
-    cudaError_t rc = cudaGetLastError();
+    cudaError_t rc =
+        bf ? kcu_launch(to_bf16_kernel, grid, 256, 0, c->st, x, (__nv_bfloat16 *)c->xscratch, count)
+           : kcu_launch(to_f16_rows_kernel, (unsigned)m, 256, 0, c->st, x, (__half *)c->xscratch, c->rowscale, k);
     if (rc != cudaSuccess)
         return rc;
     for (int p = 0; p < n_parts; p++) {
@@ -310,8 +337,7 @@ extern "C" cudaError_t kcu_matmul_parts(struct kcu_ctx *c, enum gguf_dtype t, si
             }
         }
         if (!bf) {
-            scale_rows_kernel<<<(unsigned)m, 256, 0, c->st>>>(y, c->rowscale, n, ldy);
-            if ((rc = cudaGetLastError()) != cudaSuccess)
+            if ((rc = kcu_launch(scale_rows_kernel, (unsigned)m, 256, 0, c->st, y, c->rowscale, n, ldy)) != cudaSuccess)
                 return rc;
         }
     }

@@ -8,8 +8,10 @@
  * ratio.
  */
 #include "kernels/cuda/kcuda.h"
+#include "kernels/cuda/kcuda_launch.cuh"
 #include "kernels/cuda/kcuda_rows.cuh"
 
+#include <algorithm>
 #include <cuda_fp16.h>
 #include <math.h>
 
@@ -73,6 +75,8 @@ template <int R>
 __global__ void __launch_bounds__(NORM_THREADS)
     rmsnorm_kernel(float *out, const float *in, const int32_t *idx, const float *w, int n, float eps)
 {
+    kcu_dep_launch();
+    kcu_dep_wait();
     const int r = blockIdx.x;
     const float *x = in + (size_t)(idx ? idx[r] : r) * (size_t)n;
     float *o = out + (size_t)r * (size_t)n;
@@ -97,6 +101,8 @@ __global__ void __launch_bounds__(NORM_THREADS)
     add_norm_kernel(float *x, const float *y, const float *w, float *out, const float *w_out, int n, float eps,
                     int8_t *q, float2 *qs, int qbs)
 {
+    kcu_dep_launch();
+    kcu_dep_wait();
     const int r = blockIdx.x;
     float *xr = x + (size_t)r * (size_t)n;
     const float *yr = y + (size_t)r * (size_t)n;
@@ -182,12 +188,9 @@ template <class F> void with_r(int n, F &&f)
         f.template operator()<0>();
 }
 
-__global__ void glu_kernel(float *g, const float *u, int64_t count, bool gelu)
+/* The gated activation of one element: act(g) * u. */
+__device__ __forceinline__ float glu_one(float x, float u, bool gelu)
 {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= count)
-        return;
-    const float x = g[i];
     float a;
     if (gelu) {
         /* The CPU engine looks GELU up by the f16 bits of x and stores the
@@ -205,11 +208,47 @@ __global__ void glu_kernel(float *g, const float *u, int64_t count, bool gelu)
     } else {
         a = x / (1.0f + expf(-x));
     }
-    g[i] = a * u[i];
+    return a * u;
+}
+
+__global__ void glu_kernel(float *g, const float *u, int64_t count, bool gelu)
+{
+    kcu_dep_launch();
+    kcu_dep_wait();
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count)
+        return;
+    g[i] = glu_one(g[i], u[i], gelu);
+}
+
+/* glu_kernel, and its output quantized for the product that follows (qbs
+ * 32 or 256 elements a block; one warp a block): the quantization reads
+ * back only what the same thread just wrote (kcu_quant_q8_*_block take
+ * elements lane * (qbs / 32) …), so no synchronization is needed, and the
+ * bits are those of glu_kernel followed by quantize_q8. */
+__global__ void __launch_bounds__(256)
+    glu_q8_kernel(float *g, const float *u, int64_t blocks, bool gelu, int qbs, int8_t *q, float2 *qs)
+{
+    kcu_dep_launch();
+    kcu_dep_wait();
+    const int lane = threadIdx.x % 32;
+    const int64_t b = (int64_t)blockIdx.x * 8 + threadIdx.x / 32;
+    if (b >= blocks)
+        return;
+    const int per = qbs / 32;
+    const int64_t e0 = b * qbs + (int64_t)lane * per;
+    for (int j = 0; j < per; j++)
+        g[e0 + j] = glu_one(g[e0 + j], u[e0 + j], gelu);
+    if (qbs == 256)
+        kcu_quant_q8_K_block(g, b, q, qs, lane);
+    else
+        kcu_quant_q8_0_block(g, b, q, qs, lane);
 }
 
 __global__ void softcap_kernel(float *v, int64_t count, float c)
 {
+    kcu_dep_launch();
+    kcu_dep_wait();
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < count)
         v[i] = c * tanhf(v[i] / c);
@@ -222,6 +261,8 @@ constexpr int ROPE_MAX_D = 512;
  * that a lane can rotate any pair. */
 __global__ void __launch_bounds__(32) rope_kv_kernel(const kcu_rope_args a)
 {
+    kcu_dep_launch();
+    kcu_dep_wait();
     __shared__ float buf[ROPE_MAX_D];
     const int t = blockIdx.x, w = blockIdx.y, lane = threadIdx.x;
     const int pos = a.tok_pos[t];
@@ -278,19 +319,49 @@ __global__ void __launch_bounds__(32) rope_kv_kernel(const kcu_rope_args a)
 }
 
 constexpr int ATTN_WARPS = 4;
+constexpr int ATTN_U = 4;
 
-/* One block of ATTN_WARPS warps per (head, token). Each warp walks every
- * ATTN_WARPS-th position with an online softmax (running max m, sum l, and
- * the weighted sum of V in registers, D / 32 elements a lane); the warps
- * are merged at the end. A lane holds elements [lane * DPL, lane * DPL +
- * DPL) of Q, K and V, so each K or V row is one coalesced read. */
-template <int D> __global__ void __launch_bounds__(32 * ATTN_WARPS) attn_kernel(const kcu_attn_args a)
+/*
+ * Attention over the paged cache. A query (token t, head h) covers the n
+ * positions [first, pos]; they are split into S runs of C consecutive
+ * positions, S = min(KCU_ATTN_SPLITS, ceil(n / KCU_ATTN_CHUNK)), one block
+ * of ATTN_WARPS warps a run (grid: heads x tokens x splits; blocks past a
+ * query's S leave at once). Without the split a decode step at a context
+ * of 500 had 32 blocks on 132 SMs, each warp walking 125 positions one
+ * memory round trip after another: 51 us a layer. S and C depend on the
+ * query's own position only, so in steps of up to KCU_ATTN_TILE_T queries
+ * (decode) a sequence's result is the same bits whatever else is in the
+ * batch. Larger steps (prefill) have blocks enough without splitting, and
+ * the partials' round trip made them slower: there every query is one
+ * block (max_splits 1), as the products of large steps take another path
+ * too.
+ *
+ * In a block, each warp walks every ATTN_WARPS-th position of the run with
+ * an online softmax (running max m, sum l, the weighted sum of V in
+ * registers, D / 32 elements a lane), loading the K and V rows of ATTN_U
+ * of its positions before it uses any, then folding them in position
+ * order. A lane holds elements [lane * DPL, lane * DPL + DPL) of Q, K and
+ * V, so each K or V row is one coalesced read. The warps are merged at the
+ * end; with S = 1 (n <= KCU_ATTN_CHUNK) that is the answer. Otherwise the
+ * block writes its (max, sum, weighted V) to part and the last block of
+ * the query to finish (a counter per query, reset by that block) merges
+ * the S partials in split order, so the order of arrival changes nothing.
+ */
+template <int D> __global__ void __launch_bounds__(32 * ATTN_WARPS) attn_kernel(const kcu_attn_args a, int max_splits)
 {
+    kcu_dep_launch();
+    kcu_dep_wait();
     constexpr int DPL = D / 32;
-    const int h = blockIdx.x, t = blockIdx.y, lane = threadIdx.x % 32, wid = threadIdx.x / 32;
+    const int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z;
+    const int lane = threadIdx.x % 32, wid = threadIdx.x / 32;
     const int kvh = h / (a.n_head / a.n_head_kv);
     const int pos = a.tok_pos[t];
     const int first = a.n_swa > 0 && pos - a.n_swa + 1 > 0 ? pos - a.n_swa + 1 : 0;
+    const int n = pos + 1 - first;
+    const int S = min(max_splits, (n + KCU_ATTN_CHUNK - 1) / KCU_ATTN_CHUNK);
+    if (sp >= S)
+        return;
+    const int C = (n + S - 1) / S, lo = first + sp * C, hi = min(pos, lo + C - 1);
     const int32_t *bt = a.blocks + (size_t)a.tok_seq[t] * a.blocks_stride;
     const float *qp = a.q + ((size_t)t * a.n_head + h) * D + lane * DPL;
     float q[DPL], acc[DPL];
@@ -301,25 +372,51 @@ template <int D> __global__ void __launch_bounds__(32 * ATTN_WARPS) attn_kernel(
     }
     float m = -INFINITY, l = 0.0f;
     const size_t head_off = ((size_t)a.layer * a.n_head_kv + kvh) * a.bt;
-    for (int p = first + wid; p <= pos; p += ATTN_WARPS) {
-        const int32_t blk = bt[p / a.bt];
-        const size_t off = (head_off + p % a.bt) * D + lane * DPL;
-        const __half *kp = (const __half *)(a.kc + (size_t)blk * a.block_k_elems + off);
-        const __half *vp = (const __half *)(a.vc + (size_t)blk * a.block_v_elems + off);
-        float s = 0.0f;
+    for (int p0 = lo + wid; p0 <= hi; p0 += ATTN_WARPS * ATTN_U) {
+        __half kh[ATTN_U][DPL], vh[ATTN_U][DPL];
 #pragma unroll
-        for (int i = 0; i < DPL; i++)
-            s = fmaf(q[i], __half2float(kp[i]), s);
-        s = kcu_warp_sum(s) * a.scale;
-        const float mn = fmaxf(m, s);
-        const float c = expf(m - mn), e = expf(s - mn);
-        l = l * c + e;
+        for (int u = 0; u < ATTN_U; u++) {
+            const int p = p0 + u * ATTN_WARPS;
+            if (p > hi)
+                break;
+            const int32_t blk = bt[p / a.bt];
+            const size_t off = (head_off + p % a.bt) * D + lane * DPL;
+            const __half *kp = (const __half *)(a.kc + (size_t)blk * a.block_k_elems + off);
+            const __half *vp = (const __half *)(a.vc + (size_t)blk * a.block_v_elems + off);
 #pragma unroll
-        for (int i = 0; i < DPL; i++)
-            acc[i] = fmaf(acc[i], c, e * __half2float(vp[i]));
-        m = mn;
+            for (int i = 0; i < DPL; i++) {
+                kh[u][i] = kp[i];
+                vh[u][i] = vp[i];
+            }
+        }
+        float s[ATTN_U];
+#pragma unroll
+        for (int u = 0; u < ATTN_U; u++) {
+            s[u] = 0.0f;
+            if (p0 + u * ATTN_WARPS > hi)
+                continue;
+#pragma unroll
+            for (int i = 0; i < DPL; i++)
+                s[u] = fmaf(q[i], __half2float(kh[u][i]), s[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < ATTN_U; u++)
+            s[u] = kcu_warp_sum(s[u]) * a.scale;
+#pragma unroll
+        for (int u = 0; u < ATTN_U; u++) {
+            if (p0 + u * ATTN_WARPS > hi)
+                break;
+            const float mn = fmaxf(m, s[u]);
+            const float c = expf(m - mn), e = expf(s[u] - mn);
+            l = l * c + e;
+#pragma unroll
+            for (int i = 0; i < DPL; i++)
+                acc[i] = fmaf(acc[i], c, e * __half2float(vh[u][i]));
+            m = mn;
+        }
     }
     __shared__ float sm[ATTN_WARPS], sl[ATTN_WARPS], sacc[ATTN_WARPS][D];
+    __shared__ bool last;
     if (lane == 0) {
         sm[wid] = m;
         sl[wid] = l;
@@ -339,12 +436,62 @@ template <int D> __global__ void __launch_bounds__(32 * ATTN_WARPS) attn_kernel(
         L += sl[w] * f[w];
     }
     float *out = a.out + ((size_t)t * a.n_head + h) * D;
+    if (S == 1) {
+        for (int i = threadIdx.x; i < D; i += 32 * ATTN_WARPS) {
+            float o = 0.0f;
+#pragma unroll
+            for (int w = 0; w < ATTN_WARPS; w++)
+                o = fmaf(sacc[w][i], f[w], o);
+            out[i] = o / L;
+        }
+        return;
+    }
+    /* This run's (M, L, sum of V weighted by exp(s - M)). */
+    const size_t q_idx = (size_t)t * a.n_head + h; /* t < KCU_ATTN_TILE_T when split */
+    float *pp = a.part + (q_idx * KCU_ATTN_SPLITS + sp) * (D + 2);
     for (int i = threadIdx.x; i < D; i += 32 * ATTN_WARPS) {
         float o = 0.0f;
 #pragma unroll
         for (int w = 0; w < ATTN_WARPS; w++)
             o = fmaf(sacc[w][i], f[w], o);
-        out[i] = o / L;
+        pp[2 + i] = o;
+    }
+    if (threadIdx.x == 0) {
+        pp[0] = M;
+        pp[1] = L;
+    }
+    /* Publish the partial, then count it; the block that counts last sees
+     * every other block's partial. */
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(a.count + q_idx, 1) == S - 1;
+        if (last)
+            a.count[q_idx] = 0;
+    }
+    __syncthreads();
+    if (!last)
+        return;
+    __threadfence();
+    /* Read through L2 (__ldcg): other blocks wrote these. */
+    const float *parts = a.part + q_idx * KCU_ATTN_SPLITS * (D + 2);
+    float MM = -INFINITY;
+    for (int j = 0; j < S; j++)
+        MM = fmaxf(MM, __ldcg(parts + (size_t)j * (D + 2)));
+    float LL = 0.0f;
+    for (int j = 0; j < S; j++) {
+        const float mj = __ldcg(parts + (size_t)j * (D + 2));
+        if (mj != -INFINITY)
+            LL = fmaf(__ldcg(parts + (size_t)j * (D + 2) + 1), expf(mj - MM), LL);
+    }
+    for (int i = threadIdx.x; i < D; i += 32 * ATTN_WARPS) {
+        float o = 0.0f;
+        for (int j = 0; j < S; j++) {
+            const float mj = __ldcg(parts + (size_t)j * (D + 2));
+            if (mj != -INFINITY)
+                o = fmaf(__ldcg(parts + (size_t)j * (D + 2) + 2 + i), expf(mj - MM), o);
+        }
+        out[i] = o / LL;
     }
 }
 
@@ -355,8 +502,9 @@ extern "C" cudaError_t kcu_rmsnorm(cudaStream_t st, float *out, const float *in,
 {
     if (rows <= 0)
         return cudaSuccess;
-    with_r(n, [&]<int R>() { rmsnorm_kernel<R><<<rows, NORM_THREADS, 0, st>>>(out, in, idx, w, n, eps); });
-    return cudaGetLastError();
+    cudaError_t rc = cudaSuccess;
+    with_r(n, [&]<int R>() { rc = kcu_launch(rmsnorm_kernel<R>, rows, NORM_THREADS, 0, st, out, in, idx, w, n, eps); });
+    return rc;
 }
 
 extern "C" cudaError_t kcu_add_norm(cudaStream_t st, float *x, const float *y, const float *w, float *out,
@@ -364,26 +512,37 @@ extern "C" cudaError_t kcu_add_norm(cudaStream_t st, float *x, const float *y, c
 {
     if (rows <= 0)
         return cudaSuccess;
+    cudaError_t rc = cudaSuccess;
     with_r(n, [&]<int R>() {
-        add_norm_kernel<R><<<rows, NORM_THREADS, 0, st>>>(x, y, w, out, w_out, n, eps, nullptr, nullptr, 0);
+        rc =
+            kcu_launch(add_norm_kernel<R>, rows, NORM_THREADS, 0, st, x, y, w, out, w_out, n, eps, nullptr, nullptr, 0);
     });
-    return cudaGetLastError();
+    return rc;
 }
 
 extern "C" cudaError_t kcu_glu(cudaStream_t st, float *g, const float *u, int64_t count, bool gelu)
 {
     if (count <= 0)
         return cudaSuccess;
-    glu_kernel<<<(unsigned)((count + 255) / 256), 256, 0, st>>>(g, u, count, gelu);
-    return cudaGetLastError();
+    return kcu_launch(glu_kernel, (unsigned)((count + 255) / 256), 256, 0, st, g, u, count, gelu);
+}
+
+extern "C" cudaError_t kcu_glu_q8(cudaStream_t st, float *g, const float *u, int64_t count, bool gelu, bool per_256,
+                                  int8_t *q, void *scales)
+{
+    const int qbs = per_256 ? 256 : 32;
+    if (count <= 0 || count % qbs != 0)
+        return cudaErrorInvalidValue;
+    const int64_t blocks = count / qbs;
+    return kcu_launch(glu_q8_kernel, (unsigned)((blocks + 7) / 8), 256, 0, st, g, u, blocks, gelu, qbs, q,
+                      (float2 *)scales);
 }
 
 extern "C" cudaError_t kcu_softcap(cudaStream_t st, float *v, int64_t count, float c)
 {
     if (count <= 0)
         return cudaSuccess;
-    softcap_kernel<<<(unsigned)((count + 255) / 256), 256, 0, st>>>(v, count, c);
-    return cudaGetLastError();
+    return kcu_launch(softcap_kernel, (unsigned)((count + 255) / 256), 256, 0, st, v, count, c);
 }
 
 extern "C" cudaError_t kcu_rope_kv(cudaStream_t st, const struct kcu_rope_args *a)
@@ -393,31 +552,38 @@ extern "C" cudaError_t kcu_rope_kv(cudaStream_t st, const struct kcu_rope_args *
     if (a->dk > ROPE_MAX_D || a->dv > ROPE_MAX_D || a->n_rot > a->dk || a->n_rot % 2)
         return cudaErrorInvalidValue;
     const dim3 grid((unsigned)a->T, (unsigned)(a->n_head + 2 * a->n_head_kv));
-    rope_kv_kernel<<<grid, 32, 0, st>>>(*a);
-    return cudaGetLastError();
+    return kcu_launch(rope_kv_kernel, grid, 32, 0, st, *a);
+}
+
+extern "C" size_t kcu_attn_scratch_bytes(int n_head, int dv)
+{
+    return (size_t)KCU_ATTN_TILE_T * (size_t)n_head * KCU_ATTN_SPLITS * (size_t)(dv + 2) * sizeof(float);
 }
 
 extern "C" cudaError_t kcu_attention(cudaStream_t st, const struct kcu_attn_args *a)
 {
     if (a->T <= 0)
         return cudaSuccess;
-    if (a->dk != a->dv || a->n_head % a->n_head_kv)
+    if (a->dk != a->dv || a->n_head % a->n_head_kv || !a->part || !a->count)
         return cudaErrorInvalidValue;
-    const dim3 grid((unsigned)a->n_head, (unsigned)a->T);
+    /* Splits for the longest context the block tables can hold; each
+     * query uses as many as its own position needs. */
+    const int64_t max_n = (int64_t)a->blocks_stride * a->bt;
+    const bool split = a->T <= KCU_ATTN_TILE_T;
+    const int max_splits = split ? KCU_ATTN_SPLITS : 1;
+    const int grid_z =
+        split ? (int)std::min<int64_t>(KCU_ATTN_SPLITS, (max_n + KCU_ATTN_CHUNK - 1) / KCU_ATTN_CHUNK) : 1;
+    const dim3 grid((unsigned)a->n_head, (unsigned)a->T, (unsigned)std::max(grid_z, 1));
     switch (a->dk) {
     case 64:
-        attn_kernel<64><<<grid, 32 * ATTN_WARPS, 0, st>>>(*a);
-        break;
+        return kcu_launch(attn_kernel<64>, grid, 32 * ATTN_WARPS, 0, st, *a, max_splits);
     case 128:
-        attn_kernel<128><<<grid, 32 * ATTN_WARPS, 0, st>>>(*a);
-        break;
+        return kcu_launch(attn_kernel<128>, grid, 32 * ATTN_WARPS, 0, st, *a, max_splits);
     case 256:
-        attn_kernel<256><<<grid, 32 * ATTN_WARPS, 0, st>>>(*a);
-        break;
+        return kcu_launch(attn_kernel<256>, grid, 32 * ATTN_WARPS, 0, st, *a, max_splits);
     default:
         return cudaErrorInvalidValue;
     }
-    return cudaGetLastError();
 }
 
 extern "C" cudaError_t kcu_add_norm_q8(cudaStream_t st, float *x, const float *y, const float *w, float *out,
@@ -427,8 +593,10 @@ extern "C" cudaError_t kcu_add_norm_q8(cudaStream_t st, float *x, const float *y
     const int qbs = per_256 ? 256 : 32;
     if (rows <= 0 || n % qbs != 0 || !out)
         return cudaErrorInvalidValue;
+    cudaError_t rc = cudaSuccess;
     with_r(n, [&]<int R>() {
-        add_norm_kernel<R><<<rows, NORM_THREADS, 0, st>>>(x, y, w, out, w_out, n, eps, q, (float2 *)scales, qbs);
+        rc = kcu_launch(add_norm_kernel<R>, rows, NORM_THREADS, 0, st, x, y, w, out, w_out, n, eps, q, (float2 *)scales,
+                        qbs);
     });
-    return cudaGetLastError();
+    return rc;
 }

@@ -4,11 +4,13 @@
  * embedding lookup. All go through kcu_type<T>::unit (kcuda_types.cuh).
  */
 #include "kernels/cuda/kcuda.h"
+#include "kernels/cuda/kcuda_launch.cuh"
 #include "kernels/cuda/kcuda_rows.cuh"
 #include "kernels/cuda/kcuda_types.cuh"
 
 #include <climits>
 #include <cuda_fp16.h>
+#include <stdlib.h>
 
 namespace
 {
@@ -28,7 +30,24 @@ struct gemv_parts {
     int64_t n[KCU_MM_PARTS_MAX];
     int64_t ldy[KCU_MM_PARTS_MAX];
     unsigned end[KCU_MM_PARTS_MAX]; /* cumulative block counts; unused parts: UINT_MAX */
+    unsigned prefetch;              /* bytes of its row a warp asks into L2 before it waits (kcuda_launch.cuh) */
 };
+
+/* How much of its row a GEMV warp prefetches while the kernel before it
+ * finishes: LMD_CUDA_PREFETCH bytes (0 = none), else the default. A whole
+ * row from every warp of the first wave overflows L2 on wide float rows
+ * (8,448 warps x 8 KB of F16), so it is bounded. */
+unsigned gemv_prefetch_bytes()
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("LMD_CUDA_PREFETCH");
+        v = e && *e ? atoi(e) : 1024;
+        if (v < 0)
+            v = 0;
+    }
+    return (unsigned)v;
+}
 
 /* This warp's weight row and output column; false past the part's rows. */
 __device__ __forceinline__ bool gemv_row(const gemv_parts &p, size_t ws, const uint8_t **row, float **y, int64_t *ldy)
@@ -59,9 +78,12 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS)
     const uint8_t *row;
     float *y;
     int64_t ldy;
+    kcu_dep_launch();
     if (!gemv_row(p, ws, &row, &y, &ldy))
         return;
     const int lane = threadIdx.x;
+    kcu_prefetch_l2(row, ws < p.prefetch ? ws : p.prefetch, lane);
+    kcu_dep_wait();
     const int64_t units = k / 32;
     float acc[M];
 #pragma unroll
@@ -145,9 +167,12 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS)
     const uint8_t *wrow;
     float *y;
     int64_t ldy;
+    kcu_dep_launch();
     if (!gemv_row(p, ws, &wrow, &y, &ldy))
         return;
     const int lane = threadIdx.x;
+    kcu_prefetch_l2(wrow, ws < p.prefetch ? ws : p.prefetch, lane);
+    kcu_dep_wait();
     const uint4 *row = (const uint4 *)wrow;
     const int64_t chunks = k / P;
     float acc[M];
@@ -216,6 +241,8 @@ template <int T>
 __global__ void __launch_bounds__(DQ_THREADS) dequant_f16_kernel(const uint8_t *__restrict__ w, size_t ws, int64_t r0,
                                                                  int64_t n, int64_t k, __half *__restrict__ dst)
 {
+    kcu_dep_launch();
+    kcu_dep_wait();
     __shared__ uint4 tile[DQ_THREADS * 4]; /* [unit][32 halves] */
     const int64_t units = k / 32, total = n * units;
     const int64_t base = (int64_t)blockIdx.x * DQ_THREADS;
@@ -246,6 +273,8 @@ template <int T>
 __global__ void embed_kernel(const uint8_t *__restrict__ emb, size_t es, const int32_t *__restrict__ tokens, int64_t e,
                              float scale, float *__restrict__ x)
 {
+    kcu_dep_launch();
+    kcu_dep_wait();
     const int t = blockIdx.x;
     const uint8_t *row = emb + (size_t)tokens[t] * es;
     for (int64_t u = threadIdx.x; u < e / 32; u += blockDim.x) {
@@ -432,9 +461,12 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_q8_kernel(const gemv_par
     const uint8_t *row;
     float *y;
     int64_t ldy;
+    kcu_dep_launch();
     if (!gemv_row(p, ws, &row, &y, &ldy))
         return;
     const int lane = threadIdx.x;
+    kcu_prefetch_l2(row, ws < p.prefetch ? ws : p.prefetch, lane);
+    kcu_dep_wait();
     float acc[M];
 #pragma unroll
     for (int i = 0; i < M; i++)
@@ -472,6 +504,8 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS) gemv_q8_kernel(const gemv_par
 __global__ void quantize_q8_0_kernel(const float *__restrict__ x, int64_t blocks, int8_t *__restrict__ q,
                                      float2 *__restrict__ s)
 {
+    kcu_dep_launch();
+    kcu_dep_wait();
     const int64_t b = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (b < blocks)
         kcu_quant_q8_0_block(x, b, q, s, threadIdx.x % 32);
@@ -480,18 +514,21 @@ __global__ void quantize_q8_0_kernel(const float *__restrict__ x, int64_t blocks
 __global__ void quantize_q8_K_kernel(const float *__restrict__ x, int64_t blocks, int8_t *__restrict__ q,
                                      float2 *__restrict__ s)
 {
+    kcu_dep_launch();
+    kcu_dep_wait();
     const int64_t b = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (b < blocks)
         kcu_quant_q8_K_block(x, b, q, s, threadIdx.x % 32);
 }
 
 template <int T, int M>
-void gemv_launch(dim3 grid, dim3 block, cudaStream_t st, const gemv_parts &p, size_t ws, int64_t k, const float *x)
+cudaError_t gemv_launch(dim3 grid, dim3 block, cudaStream_t st, const gemv_parts &p, size_t ws, int64_t k,
+                        const float *x)
 {
     if constexpr (T == GGUF_DTYPE_F16 || T == GGUF_DTYPE_BF16 || T == GGUF_DTYPE_F32)
-        gemv_float_kernel<T, M><<<grid, block, 0, st>>>(p, ws, k, x);
+        return kcu_launch(gemv_float_kernel<T, M>, grid, block, 0, st, p, ws, k, x);
     else
-        gemv_kernel<T, M><<<grid, block, 0, st>>>(p, ws, k, x);
+        return kcu_launch(gemv_kernel<T, M>, grid, block, 0, st, p, ws, k, x);
 }
 
 /* The launch's parts and its block count; false if they are not valid. */
@@ -520,6 +557,7 @@ bool make_parts(const struct kcu_mm_part *parts, int n_parts, gemv_parts *p, uns
             p->end[i] = UINT_MAX;
         }
     }
+    p->prefetch = gemv_prefetch_bytes();
     *blocks = (unsigned)end;
     return true;
 }
@@ -563,9 +601,9 @@ template <int T>
 cudaError_t gemv_m(cudaStream_t st, const gemv_parts &p, unsigned blocks, size_t ws, int64_t k, const float *x, int m)
 {
     const dim3 block(32, GEMV_WARPS), grid(blocks);
-    if (!with_m(m, [&]<int M>() { gemv_launch<T, M>(grid, block, st, p, ws, k, x); }))
-        return cudaErrorInvalidValue;
-    return cudaGetLastError();
+    cudaError_t rc = cudaErrorInvalidValue;
+    with_m(m, [&]<int M>() { rc = gemv_launch<T, M>(grid, block, st, p, ws, k, x); });
+    return rc;
 }
 
 } // namespace
@@ -602,9 +640,8 @@ extern "C" cudaError_t kcu_dequant_f16(cudaStream_t st, enum gguf_dtype t, const
     kcu_dispatch(t, [&]<int T>() {
         if (k % kcu_type<T>::block != 0)
             return;
-        dequant_f16_kernel<T><<<(unsigned)((work + DQ_THREADS - 1) / DQ_THREADS), DQ_THREADS, 0, st>>>(
-            (const uint8_t *)w, w_stride, r0, n, k, (__half *)dst);
-        rc = cudaGetLastError();
+        rc = kcu_launch(dequant_f16_kernel<T>, (unsigned)((work + DQ_THREADS - 1) / DQ_THREADS), DQ_THREADS, 0, st,
+                        (const uint8_t *)w, w_stride, r0, n, k, (__half *)dst);
     });
     return rc;
 }
@@ -629,11 +666,8 @@ extern "C" cudaError_t kcu_quantize_q8(cudaStream_t st, const float *x, int64_t 
     if (count % bs != 0 || count <= 0)
         return cudaErrorInvalidValue;
     const int64_t blocks = count / bs;
-    if (per_256)
-        quantize_q8_K_kernel<<<(unsigned)((blocks + 7) / 8), 256, 0, st>>>(x, blocks, q, (float2 *)scales);
-    else
-        quantize_q8_0_kernel<<<(unsigned)((blocks + 7) / 8), 256, 0, st>>>(x, blocks, q, (float2 *)scales);
-    return cudaGetLastError();
+    return kcu_launch(per_256 ? quantize_q8_K_kernel : quantize_q8_0_kernel, (unsigned)((blocks + 7) / 8), 256, 0, st,
+                      x, blocks, q, (float2 *)scales);
 }
 
 extern "C" cudaError_t kcu_gemv_q8(cudaStream_t st, enum gguf_dtype t, size_t w_stride, int64_t k, const int8_t *xq,
@@ -650,8 +684,7 @@ extern "C" cudaError_t kcu_gemv_q8(cudaStream_t st, enum gguf_dtype t, size_t w_
         if constexpr (has_q8dot<T>) {
             if (k % kcu_type<T>::block != 0)
                 return;
-            if (with_m(m, [&]<int M>() { gemv_q8_kernel<T, M><<<grid, block, 0, st>>>(p, w_stride, k, x); }))
-                rc = cudaGetLastError();
+            with_m(m, [&]<int M>() { rc = kcu_launch(gemv_q8_kernel<T, M>, grid, block, 0, st, p, w_stride, k, x); });
         }
     });
     return rc;
@@ -667,8 +700,7 @@ extern "C" cudaError_t kcu_embed(cudaStream_t st, enum gguf_dtype t, const void 
     kcu_dispatch(t, [&]<int TT>() {
         if (e % kcu_type<TT>::block != 0)
             return;
-        embed_kernel<TT><<<T, 128, 0, st>>>((const uint8_t *)emb, emb_stride, tokens, e, s, x);
-        rc = cudaGetLastError();
+        rc = kcu_launch(embed_kernel<TT>, T, 128, 0, st, (const uint8_t *)emb, emb_stride, tokens, e, s, x);
     });
     return rc;
 }
