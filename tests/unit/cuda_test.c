@@ -427,8 +427,8 @@ static void attn_run(const struct kcu_attn_args *base, float *d_out, const float
 {
     int32_t meta[2 * 80];
     for (int t = 0; t < T; t++) {
-        meta[t] = pos[t];
-        meta[T + t] = 0;
+        meta[t] = pos[t] & 0xFFFF;
+        meta[T + t] = pos[t] >> 16; /* the sequence, in the high bits of the test's positions */
     }
     CU(cudaMemcpy(d_meta, meta, sizeof(int32_t) * (size_t)(2 * T), cudaMemcpyHostToDevice));
     struct kcu_attn_args a = *base;
@@ -501,9 +501,11 @@ static void test_attention_splits(void **state)
         kc[i] = kern_f32_to_f16(kf[i]);
         vc[i] = kern_f32_to_f16(vf[i]);
     }
-    int32_t table[NB];
-    for (int i = 0; i < NB; i++)
+    int32_t table[2 * NB];
+    for (int i = 0; i < NB; i++) {
         table[i] = NB - 1 - i; /* not the identity: the table is followed */
+        table[NB + i] = i;
+    }
     const size_t qn = (size_t)TB * H * D;
     float *q = malloc(qn * sizeof(float)), *out = malloc(qn * sizeof(float)), *one = malloc(H * D * sizeof(float));
     for (size_t i = 0; i < qn; i++)
@@ -561,18 +563,28 @@ static void test_attention_splits(void **state)
             CU(cudaMemcpy(d_q, q, qn * sizeof(float), cudaMemcpyHostToDevice));
         }
     }
-    /* More queries than a split step takes: each against the reference. */
+    /* More queries than a split step takes (attention by tiles of tokens
+     * and KV heads): each against the reference, with tiles that hold
+     * tokens of two sequences (the second's block table is the identity)
+     * and positions that are not consecutive. */
     base.n_swa = 0;
     int32_t pos[TB];
     for (int t = 0; t < TB; t++)
-        pos[t] = (t * 37) % (NB * BT);
-    attn_run(&base, d_out, d_q, pos, TB, d_meta, out);
-    for (int t = 0; t < TB; t++) {
-        const double worst =
-            attn_ref_diff(q + (size_t)t * H * D, kf, vf, table, pos[t], 0, scale, out + (size_t)t * H * D);
-        if (worst > 1e-4)
-            fail_msg("query %d of %d (position %d): %.3g from the reference", t, TB, pos[t], worst);
+        pos[t] = ((t >= 30 && t < 50 ? 1 : 0) << 16) | ((t * 37) % (NB * BT));
+    for (int w = 0; w < 4; w++) {
+        base.n_swa = w % 2 ? 100 : 0;
+        kcu_attn_set_tiles(w / 2); /* one block a query, then tiles */
+        attn_run(&base, d_out, d_q, pos, TB, d_meta, out);
+        for (int t = 0; t < TB; t++) {
+            const int seq = pos[t] >> 16, p = pos[t] & 0xFFFF;
+            const double worst = attn_ref_diff(q + (size_t)t * H * D, kf, vf, table + seq * NB, p, base.n_swa, scale,
+                                               out + (size_t)t * H * D);
+            if (worst > 1e-4)
+                fail_msg("query %d of %d (sequence %d, position %d, window %d, tiles %d): %.3g from the reference", t,
+                         TB, seq, p, base.n_swa, w / 2, worst);
+        }
     }
+    kcu_attn_set_tiles(-1);
     struct kcu_attn_args bad = base;
     bad.part = NULL;
     bad.T = 1;

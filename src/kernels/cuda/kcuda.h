@@ -211,6 +211,10 @@ struct kcu_attn_args {
 #define KCU_ATTN_SPLITS 16
 #define KCU_ATTN_TILE_T 64
 size_t kcu_attn_scratch_bytes(int n_head, int dv);
+/* Steps of more than KCU_ATTN_TILE_T queries are computed by tiles of
+ * tokens sharing each K/V row when that gives every SM a block (mode -1,
+ * the default), always (1) or never (0): for tests and measurements. */
+void kcu_attn_set_tiles(int mode);
 cudaError_t kcu_attention(cudaStream_t st, const struct kcu_attn_args *a);
 
 #ifdef __cplusplus

@@ -12,6 +12,7 @@
 #include "kernels/cuda/kcuda_rows.cuh"
 
 #include <algorithm>
+#include <climits>
 #include <cuda_fp16.h>
 #include <math.h>
 
@@ -331,10 +332,9 @@ constexpr int ATTN_U = 4;
  * memory round trip after another: 51 us a layer. S and C depend on the
  * query's own position only, so in steps of up to KCU_ATTN_TILE_T queries
  * (decode) a sequence's result is the same bits whatever else is in the
- * batch. Larger steps (prefill) have blocks enough without splitting, and
- * the partials' round trip made them slower: there every query is one
- * block (max_splits 1), as the products of large steps take another path
- * too.
+ * batch. Larger steps (prefill) go to attn_tile_kernel below, or are not
+ * split (max_splits 1) where tiles would leave SMs idle, as the products
+ * of large steps take another path too.
  *
  * In a block, each warp walks every ATTN_WARPS-th position of the run with
  * an online softmax (running max m, sum l, the weighted sum of V in
@@ -495,6 +495,182 @@ template <int D> __global__ void __launch_bounds__(32 * ATTN_WARPS) attn_kernel(
     }
 }
 
+/*
+ * Attention for large steps (prefill): a block takes one KV head and a
+ * tile of consecutive tokens, and every query head that shares that KV
+ * head, up to PF_ROWS query rows, so each K and V row is read from memory
+ * once for all of them rather than once a query (the one-block-a-query
+ * kernel above read 2 GB from L2 a layer for a 512-token prompt of an
+ * 8B model: 750 us a layer, most of the prompt's time). The block walks
+ * the union of its queries' positions in chunks of PF_KC keys staged in
+ * shared memory as f16 (rows padded by one word so that lane j reading
+ * key j's row hits bank j). For a query row, lane j scores key j (the
+ * full dot product over the row, Q rounded through f16 as above), the
+ * warp folds the chunk into the row's online softmax, and each lane
+ * accumulates its D / 32 elements of the weighted V. A tile whose tokens
+ * belong to several sequences is walked once per sequence, with that
+ * sequence's rows.
+ */
+constexpr int PF_WARPS = 8, PF_KC = 32, PF_ROWS = 64, PF_RPW = PF_ROWS / PF_WARPS;
+
+/* Q tile as f32 [PF_ROWS][D] (read as broadcasts), K and V chunks as f16
+ * [PF_KC][D + 2]. */
+template <int D> constexpr size_t pf_smem_bytes()
+{
+    return (size_t)PF_ROWS * D * sizeof(float) + (size_t)2 * PF_KC * (D + 2) * sizeof(__half);
+}
+
+template <int D> __global__ void __launch_bounds__(32 * PF_WARPS) attn_tile_kernel(const kcu_attn_args a, int tq)
+{
+    kcu_dep_launch();
+    kcu_dep_wait();
+    constexpr int DPL = D / 32, DS = D + 2, D2 = D / 2;
+    extern __shared__ __align__(16) unsigned char pf_smem[];
+    float *qs = (float *)pf_smem;              /* [PF_ROWS][D] */
+    __half *ks = (__half *)(qs + PF_ROWS * D); /* [PF_KC][DS] */
+    __half *vs = ks + PF_KC * DS;              /* [PF_KC][DS] */
+    const int G = a.n_head / a.n_head_kv, kvh = blockIdx.x, t0 = blockIdx.y * tq;
+    const int nt = min(tq, a.T - t0), R = nt * G;
+    const int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+    /* Row r: token t0 + r / G, query head kvh * G + r % G; Q rounded
+     * through f16 as the one-query kernel rounds it. Rows past R are 0. */
+    for (int e = threadIdx.x; e < PF_ROWS * D; e += blockDim.x) {
+        const int r = e / D, c = e % D;
+        float v = 0.0f;
+        if (r < R)
+            v = __half2float(__float2half_rn(a.q[((size_t)(t0 + r / G) * a.n_head + kvh * G + r % G) * D + c]));
+        qs[e] = v;
+    }
+    /* This warp's rows: w, w + PF_WARPS, ... */
+    float acc[PF_RPW][DPL], m[PF_RPW], l[PF_RPW];
+    int pos_r[PF_RPW], first_r[PF_RPW], tok_r[PF_RPW];
+#pragma unroll
+    for (int i = 0; i < PF_RPW; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int d = 0; d < DPL; d++)
+            acc[i][d] = 0.0f;
+        const int r = w + PF_WARPS * i;
+        tok_r[i] = r < R ? r / G : -1;
+        pos_r[i] = r < R ? a.tok_pos[t0 + r / G] : -1;
+        first_r[i] = a.n_swa > 0 && pos_r[i] - a.n_swa + 1 > 0 ? pos_r[i] - a.n_swa + 1 : 0;
+    }
+    const size_t head_off = ((size_t)a.layer * a.n_head_kv + kvh) * a.bt;
+    for (int s0 = 0; s0 < nt;) {
+        const int seq = a.tok_seq[t0 + s0];
+        int s1 = s0, lo = INT_MAX, hi = -1;
+        for (; s1 < nt && a.tok_seq[t0 + s1] == seq; s1++) {
+            const int p = a.tok_pos[t0 + s1];
+            lo = min(lo, a.n_swa > 0 && p - a.n_swa + 1 > 0 ? p - a.n_swa + 1 : 0);
+            hi = max(hi, p);
+        }
+        const int32_t *bt = a.blocks + (size_t)seq * a.blocks_stride;
+        for (int c0 = lo; c0 <= hi; c0 += PF_KC) {
+            __syncthreads(); /* the previous chunk is consumed (and, first, the Q tile written) */
+            for (int e = threadIdx.x; e < PF_KC * D2; e += blockDim.x) {
+                const int j = e / D2, c = e % D2, p = c0 + j;
+                __half2 kv = __floats2half2_rn(0.0f, 0.0f), vv = kv;
+                if (p <= hi) {
+                    const int32_t blk = bt[p / a.bt];
+                    const size_t off = (head_off + p % a.bt) * D + 2 * c;
+                    kv = *(const __half2 *)(a.kc + (size_t)blk * a.block_k_elems + off);
+                    vv = *(const __half2 *)(a.vc + (size_t)blk * a.block_v_elems + off);
+                }
+                ((__half2 *)(ks + j * DS))[c] = kv;
+                ((__half2 *)(vs + j * DS))[c] = vv;
+            }
+            __syncthreads();
+            /* Scores: lane j against key c0 + j, every row of the warp at
+             * once, so each K element is read from shared memory once. */
+            const int p = c0 + lane;
+            float dot[PF_RPW];
+#pragma unroll
+            for (int i = 0; i < PF_RPW; i++)
+                dot[i] = 0.0f;
+            const __half2 *kr = (const __half2 *)(ks + lane * DS);
+#pragma unroll 4
+            for (int c = 0; c < D2; c++) {
+                const float2 kf = __half22float2(kr[c]);
+#pragma unroll
+                for (int i = 0; i < PF_RPW; i++) {
+                    const float2 qf = *(const float2 *)(qs + (w + PF_WARPS * i) * D + 2 * c);
+                    dot[i] = fmaf(qf.x, kf.x, dot[i]);
+                    dot[i] = fmaf(qf.y, kf.y, dot[i]);
+                }
+            }
+            /* Each row's softmax over the chunk; pj = 0 for keys a row does not see. */
+            float pj[PF_RPW];
+#pragma unroll
+            for (int i = 0; i < PF_RPW; i++) {
+                pj[i] = 0.0f;
+                const bool mine = tok_r[i] >= s0 && tok_r[i] < s1;
+                const bool valid = mine && p >= first_r[i] && p <= pos_r[i];
+                const float sc = valid ? dot[i] * a.scale : -INFINITY;
+                float mx = sc;
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1)
+                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+                if (mx == -INFINITY)
+                    continue;
+                const float mn = fmaxf(m[i], mx), cf = expf(m[i] - mn);
+                pj[i] = valid ? expf(sc - mn) : 0.0f;
+                l[i] = l[i] * cf + kcu_warp_sum(pj[i]);
+                m[i] = mn;
+#pragma unroll
+                for (int d = 0; d < DPL; d++)
+                    acc[i][d] *= cf;
+            }
+            /* The weighted V: each V element read once for every row. */
+            for (int j = 0; j < PF_KC; j++) {
+                const __half2 *vr = (const __half2 *)(vs + j * DS + lane * DPL);
+                float v[DPL];
+#pragma unroll
+                for (int d = 0; d < DPL / 2; d++) {
+                    const float2 f = __half22float2(vr[d]);
+                    v[2 * d] = f.x;
+                    v[2 * d + 1] = f.y;
+                }
+#pragma unroll
+                for (int i = 0; i < PF_RPW; i++) {
+                    const float pb = __shfl_sync(0xffffffffu, pj[i], j);
+#pragma unroll
+                    for (int d = 0; d < DPL; d++)
+                        acc[i][d] = fmaf(pb, v[d], acc[i][d]);
+                }
+            }
+        }
+        s0 = s1;
+    }
+#pragma unroll
+    for (int i = 0; i < PF_RPW; i++) {
+        const int r = w + PF_WARPS * i;
+        if (r >= R)
+            continue;
+        const int t = t0 + r / G, h = kvh * G + r % G;
+        float *o = a.out + ((size_t)t * a.n_head + h) * D + lane * DPL;
+#pragma unroll
+        for (int d = 0; d < DPL; d++)
+            o[d] = acc[i][d] / l[i];
+    }
+}
+
+template <int D> cudaError_t attn_tile_launch(cudaStream_t st, const kcu_attn_args &a)
+{
+    /* Shared memory past 48 KB must be asked for, once. */
+    static bool ready = false;
+    if (!ready) {
+        cudaError_t rc = cudaFuncSetAttribute(attn_tile_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              (int)pf_smem_bytes<D>());
+        if (rc != cudaSuccess)
+            return rc;
+        ready = true;
+    }
+    const int tq = PF_ROWS / (a.n_head / a.n_head_kv);
+    const dim3 grid((unsigned)a.n_head_kv, (unsigned)((a.T + tq - 1) / tq));
+    return kcu_launch(attn_tile_kernel<D>, grid, 32 * PF_WARPS, pf_smem_bytes<D>(), st, a, tq);
+}
+
 } // namespace
 
 extern "C" cudaError_t kcu_rmsnorm(cudaStream_t st, float *out, const float *in, const int32_t *idx, const float *w,
@@ -555,6 +731,11 @@ extern "C" cudaError_t kcu_rope_kv(cudaStream_t st, const struct kcu_rope_args *
     return kcu_launch(rope_kv_kernel, grid, 32, 0, st, *a);
 }
 
+/* Large steps by tiles: -1 when they pay (kcu_attention), 1 always, 0 never. */
+static int g_attn_tiles = -1;
+
+extern "C" void kcu_attn_set_tiles(int mode) { g_attn_tiles = mode < 0 ? -1 : mode > 0; }
+
 extern "C" size_t kcu_attn_scratch_bytes(int n_head, int dv)
 {
     return (size_t)KCU_ATTN_TILE_T * (size_t)n_head * KCU_ATTN_SPLITS * (size_t)(dv + 2) * sizeof(float);
@@ -566,14 +747,38 @@ extern "C" cudaError_t kcu_attention(cudaStream_t st, const struct kcu_attn_args
         return cudaSuccess;
     if (a->dk != a->dv || a->n_head % a->n_head_kv || !a->part || !a->count)
         return cudaErrorInvalidValue;
-    /* Splits for the longest context the block tables can hold; each
+    /* Large steps: by tiles of tokens when that gives every SM a block
+     * (a model with one KV head, as the default one, has too few tiles
+     * for a 512-token prompt; one block a query serves it better). */
+    static int sms = 0;
+    if (!sms) {
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            sms = 132;
+    }
+    const int G = a->n_head / a->n_head_kv;
+    const bool large = a->T > KCU_ATTN_TILE_T;
+    const bool tiles_pay = (int64_t)a->n_head_kv * ((a->T + PF_ROWS / G - 1) / (PF_ROWS / G)) >= sms;
+    if (large && G <= PF_ROWS && (g_attn_tiles == 1 || (g_attn_tiles < 0 && tiles_pay))) {
+        switch (a->dk) {
+        case 64:
+            return attn_tile_launch<64>(st, *a);
+        case 128:
+            return attn_tile_launch<128>(st, *a);
+        case 256:
+            return attn_tile_launch<256>(st, *a);
+        default:
+            return cudaErrorInvalidValue;
+        }
+    }
+    /* Splits (steps of up to KCU_ATTN_TILE_T queries, which the scratch
+     * holds) for the longest context the block tables can hold; each
      * query uses as many as its own position needs. */
     const int64_t max_n = (int64_t)a->blocks_stride * a->bt;
-    const bool split = a->T <= KCU_ATTN_TILE_T;
-    const int max_splits = split ? KCU_ATTN_SPLITS : 1;
-    const int grid_z =
-        split ? (int)std::min<int64_t>(KCU_ATTN_SPLITS, (max_n + KCU_ATTN_CHUNK - 1) / KCU_ATTN_CHUNK) : 1;
-    const dim3 grid((unsigned)a->n_head, (unsigned)a->T, (unsigned)std::max(grid_z, 1));
+    const int max_splits = large ? 1 : KCU_ATTN_SPLITS;
+    const int splits = (int)std::min<int64_t>(max_splits, (max_n + KCU_ATTN_CHUNK - 1) / KCU_ATTN_CHUNK);
+    const dim3 grid((unsigned)a->n_head, (unsigned)a->T, (unsigned)std::max(splits, 1));
     switch (a->dk) {
     case 64:
         return kcu_launch(attn_kernel<64>, grid, 32 * ATTN_WARPS, 0, st, *a, max_splits);
