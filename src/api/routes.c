@@ -313,6 +313,25 @@ void api_admit_error(struct api_error *e, const struct qos_refusal *why, char *r
     admit_error(e, why, retry, retry_cap, hname, hvalue);
 }
 
+int api__check_body(struct api *a, struct http_req *r, int tenant, struct api_error *e, const char **hname,
+                    const char **hvalue)
+{
+    struct http_str body = http_req_body(r);
+    if (body.len > a->cfg.max_body) {
+        api_error_set(e, 413, "invalid_request_error", NULL, "request_too_large",
+                      "the body is %zu bytes; the limit is %zu", body.len, a->cfg.max_body);
+        return -1;
+    }
+    if (atomic_load(&a->draining)) {
+        obs_reject(OBS_R_DRAINING, tenant);
+        api_error_set(e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
+        *hname = "retry-after";
+        *hvalue = "1";
+        return -1;
+    }
+    return 0;
+}
+
 /* A request for a model whose engine forwards API requests (a remote
  * pool): no template or tokenizer here. The body goes on as lmd validated
  * it, less what lmd itself acts on (model, stream and its options, n —
@@ -422,19 +441,9 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     }
     who.tenant = tenant;
     who.cls = qos_tenant(q, tenant)->default_class;
+    if (api__check_body(a, r, tenant, &e, &hname, &hvalue) != 0)
+        goto fail;
     struct http_str body = http_req_body(r);
-    if (body.len > a->cfg.max_body) {
-        api_error_set(&e, 413, "invalid_request_error", NULL, "request_too_large",
-                      "the body is %zu bytes; the limit is %zu", body.len, a->cfg.max_body);
-        goto fail;
-    }
-    if (atomic_load(&a->draining)) {
-        obs_reject(OBS_R_DRAINING, tenant);
-        api_error_set(&e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
-        hname = "retry-after";
-        hvalue = "1";
-        goto fail;
-    }
     if (dialect != API_DIALECT_OPENAI) {
         /* Responses and Messages run as the chat request they mean. */
         char *chat = NULL, *echo = NULL;
