@@ -569,6 +569,25 @@ static bool is_unprefixed_openai(struct http_str p)
            (p.len > sizeof models - 1 && memcmp(p.ptr, models, sizeof models - 1) == 0);
 }
 
+/* The front of the POST routes outside generation (/v1/embeddings,
+ * /tokenize, /detokenize): the tenant whose key the request carries, or -1
+ * having answered 405 for another method or 401 for a bad key, and logged
+ * the request's access line. */
+static int post_tenant(struct api *a, struct http_req *r, const char *rid)
+{
+    struct http_str m = http_req_method(r);
+    bool post = str_is(m, "POST");
+    struct api_error e;
+    int tenant = post ? authenticate(a, r, &e) : -1;
+    if (!post)
+        send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use POST for this route");
+    else if (tenant < 0)
+        api_send_error(r, &e, "www-authenticate", "Bearer");
+    if (tenant < 0)
+        log_route(r, rid, m, http_req_path(r));
+    return tenant;
+}
+
 void api_handle(void *ud, struct http_req *r)
 {
     struct api *a = ud;
@@ -632,31 +651,15 @@ void api_handle(void *ud, struct http_req *r)
         return;
     }
     if (str_is(path, "/v1/embeddings")) {
-        struct api_error e;
-        int tenant = post ? authenticate(a, r, &e) : -1;
-        if (!post)
-            send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use POST for this route");
-        else if (tenant < 0)
-            api_send_error(r, &e, "www-authenticate", "Bearer");
-        if (!post || tenant < 0) {
-            log_route(r, rid, m, real_path);
-            return;
-        }
-        api_embd_route(a, r, tenant, rid); /* it logs its access line */
+        int tenant = post_tenant(a, r, rid);
+        if (tenant >= 0)
+            api_embd_route(a, r, tenant, rid); /* it logs its access line */
         return;
     }
     if (str_is(path, "/tokenize") || str_is(path, "/detokenize")) {
-        struct api_error e;
-        int tenant = post ? authenticate(a, r, &e) : -1;
-        if (!post)
-            send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use POST for this route");
-        else if (tenant < 0)
-            api_send_error(r, &e, "www-authenticate", "Bearer");
-        if (!post || tenant < 0) {
-            log_route(r, rid, m, real_path);
-            return;
-        }
-        api_tok_route(a, r, path.ptr[1] == 'd', tenant, rid); /* it logs its access line */
+        int tenant = post_tenant(a, r, rid);
+        if (tenant >= 0)
+            api_tok_route(a, r, path.ptr[1] == 'd', tenant, rid); /* it logs its access line */
         return;
     }
     bool debug = a->cfg.debug_endpoints && (str_is(path, "/debug/requests") || str_is(path, "/debug/trace"));
