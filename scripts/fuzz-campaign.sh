@@ -14,12 +14,14 @@
 #            but glibc's) into DEST/lib, the seed corpora into DEST/corpus/NAME,
 #            the tokenizer driver's vocabularies into DEST/data/tokenizer, and
 #            this script into DEST.
-#        scripts/fuzz-campaign.sh [-w WORKERS] [-t SECONDS] [-o OUT] DIR [NAME ...]
+#        scripts/fuzz-campaign.sh [-w WORKERS] [-t SECONDS] [-l NAME=LEN,...] [-o OUT] DIR [NAME ...]
 #            runs DIR/NAME_fuzz (every driver in DIR when no NAME is given)
 #            from DIR/corpus/NAME; logs, grown corpora and reproducers go to
 #            OUT/NAME (default DIR/run-DATE). WORKERS is a count for every
 #            driver, optionally followed by per-driver counts:
-#            -w 1,jinja=4,tokenizer=3. Defaults: 1 worker, 440 s.
+#            -w 1,jinja=4,tokenizer=3. -l caps a driver's input length
+#            (-max_len; default 65536 bytes for gguf, 8192 for the others).
+#            Defaults: 1 worker, 440 s.
 set -euo pipefail
 
 die() {
@@ -56,19 +58,23 @@ fi
 
 workers=1
 seconds=440
+lens=
 out=
-while getopts "w:t:o:" opt; do
+usage="usage: $0 [-w WORKERS] [-t SECONDS] [-l NAME=LEN,...] [-o OUT] DIR [NAME ...]"
+while getopts "w:t:l:o:" opt; do
     case $opt in
     w) workers=$OPTARG ;;
     t) seconds=$OPTARG ;;
+    l) lens=$OPTARG ;;
     o) out=$OPTARG ;;
-    *) die "usage: $0 [-w WORKERS] [-t SECONDS] [-o OUT] DIR [NAME ...]" ;;
+    *) die "$usage" ;;
     esac
 done
 shift $((OPTIND - 1))
-[ $# -ge 1 ] || die "usage: $0 [-w WORKERS] [-t SECONDS] [-o OUT] DIR [NAME ...]"
+[ $# -ge 1 ] || die "$usage"
 [[ $workers =~ ^[1-9][0-9]*(,[a-z_0-9]+=[1-9][0-9]*)*$ ]] || die "WORKERS is N or N,NAME=N,...: $workers"
 [[ $seconds =~ ^[1-9][0-9]*$ ]] || die "SECONDS is a positive integer: $seconds"
+[[ -z $lens || $lens =~ ^[a-z_0-9]+=[1-9][0-9]*(,[a-z_0-9]+=[1-9][0-9]*)*$ ]] || die "-l is NAME=LEN,...: $lens"
 
 # Workers of driver $1: its own count from -w, else the common one.
 workers_of() {
@@ -77,6 +83,15 @@ workers_of() {
     [ "$workers" = "${workers%%,*}" ] && spec=()
     for s in "${spec[@]}"; do [ "${s%%=*}" = "$1" ] && w=${s#*=}; done
     echo "$w"
+}
+
+# Input length cap of driver $1: its -l entry, else the default.
+max_len_of() {
+    local len spec
+    case $1 in gguf) len=65536 ;; *) len=8192 ;; esac
+    IFS=, read -ra spec <<<"$lens"
+    for s in "${spec[@]}"; do [ "${s%%=*}" = "$1" ] && len=${s#*=}; done
+    echo "$len"
 }
 dir=$(cd "$1" && pwd)
 shift
@@ -105,7 +120,7 @@ for n in "${names[@]}"; do
     w="$out/$n"
     mkdir -p "$w/corpus" "$w/artifacts"
     [ -d "$dir/corpus/$n" ] && cp -r "$dir/corpus/$n/." "$w/corpus/"
-    case $n in gguf) max_len=65536 ;; *) max_len=8192 ;; esac
+    max_len=$(max_len_of "$n")
     nw=$(workers_of "$n")
     # Each worker writes its own log, fuzz-JOB.log, in the current folder.
     (cd "$w" && exec "$bin" -jobs="$nw" -workers="$nw" -max_total_time="$seconds" \
@@ -126,7 +141,7 @@ worker_execs() {
 }
 
 status=0
-printf '%-14s %8s %16s %10s %9s\n' driver workers executions exec/s findings
+printf '%-14s %8s %8s %16s %10s %9s\n' driver workers max_len executions exec/s findings
 for n in "${names[@]}"; do
     w="$out/$n"
     total=0
@@ -136,7 +151,8 @@ for n in "${names[@]}"; do
     done
     found=$(find "$w/artifacts" -maxdepth 1 -type f \
         \( -name 'crash-*' -o -name 'leak-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)
-    printf '%-14s %8d %16d %10d %9d\n' "$n" "$(workers_of "$n")" "$total" $((total / seconds)) "$found"
+    printf '%-14s %8d %8d %16d %10d %9d\n' "$n" "$(workers_of "$n")" "$(max_len_of "$n")" "$total" \
+        $((total / seconds)) "$found"
     if [ "$found" -gt 0 ]; then
         status=1
         find "$w/artifacts" -maxdepth 1 -type f \
