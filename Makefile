@@ -19,7 +19,7 @@ CMAKE_FLAGS += -DLMD_WERROR=ON
 endif
 
 .PHONY: all deps deps-peer deps-bench model build build-asan run test test-unit test-asan test-integration \
-        bench bench-engine golden clean format format-check fuzz fuzz-build fuzz-gguf test-fuzz test-tsan test-integration-asan parity \
+        bench bench-engine golden clean format format-check fuzz fuzz-build fuzz-gguf fuzz-pack fuzz-campaign test-fuzz test-tsan test-integration-asan parity \
         static test-static
 
 all: build
@@ -170,6 +170,22 @@ test-fuzz: fuzz-build
 
 fuzz-gguf: fuzz-build
 	scripts/fuzz.sh $(BUILD_FUZZ) $(FUZZ_RUNS) $(FUZZ_SECONDS) gguf
+
+# The campaign of docs/testing.md: every driver at once, FUZZ_WORKERS
+# libFuzzer workers each (N, or N,NAME=N,... per driver) for FUZZ_SECONDS.
+# `make fuzz-pack` gathers the drivers, their libraries and corpora into
+# FUZZ_PACK, a folder that runs on a machine without build tools
+# (./fuzz-campaign.sh -w WORKERS -t SECONDS . there).
+FUZZ_WORKERS ?= 1
+FUZZ_PACK ?= $(BUILD_FUZZ)/pack
+
+fuzz-pack: fuzz-build
+	rm -rf $(FUZZ_PACK)
+	scripts/fuzz-campaign.sh --pack $(BUILD_FUZZ) $(FUZZ_PACK)
+
+fuzz-campaign: fuzz-pack
+	rm -rf $(BUILD_FUZZ)/campaign-run
+	$(FUZZ_PACK)/fuzz-campaign.sh -w $(FUZZ_WORKERS) -t $(FUZZ_SECONDS) -o $(BUILD_FUZZ)/campaign-run $(FUZZ_PACK) $(FUZZ_ONLY)
 
 # lmd's kernels against llama.cpp's, bit for bit (developer tool; needs the peer).
 GGML_LIB = $(shell $(PY) -c 'import llama_cpp, os; print(os.path.join(os.path.dirname(llama_cpp.__file__), "lib"))' 2>/dev/null)

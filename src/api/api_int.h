@@ -433,6 +433,14 @@ int api__submit_all(struct sched *s, struct sched_req *base, size_t stride, int 
 void api__prep_generate(struct api *a, struct http_req *r, const struct api__model *m, struct api_params *p,
                         const char *id, struct api_who *who);
 
+/* The checks of a POST body before it is read (routes.c), shared by
+ * generation and /v1/embeddings: 413 for a body over --max-body, then 503
+ * while draining (counted as tenant's refusal, with Retry-After: 1 in
+ * hname/hvalue). 0 when the request may go on; else -1 with e filled for
+ * the caller to send. */
+int api__check_body(struct api *a, struct http_req *r, int tenant, struct api_error *e, const char **hname,
+                    const char **hvalue);
+
 /* POST /tokenize or /detokenize (tokenize.c) for an authenticated tenant:
  * answered later, from the worker's result, on r's I/O thread. */
 void api_tok_route(struct api *a, struct http_req *r, bool detokenize, int tenant, const char *rid);

@@ -622,19 +622,9 @@ void api_embd_route(struct api *a, struct http_req *r, int tenant, const char *r
     int n = 0;
     const char *hname = NULL, *hvalue = NULL;
     json_t *doc = NULL;
+    if (api__check_body(a, r, tenant, &e, &hname, &hvalue) != 0)
+        goto fail;
     struct http_str body = http_req_body(r);
-    if (body.len > a->cfg.max_body) {
-        api_error_set(&e, 413, "invalid_request_error", NULL, "request_too_large",
-                      "the body is %zu bytes; the limit is %zu", body.len, a->cfg.max_body);
-        goto fail;
-    }
-    if (atomic_load(&a->draining)) {
-        obs_reject(OBS_R_DRAINING, tenant);
-        api_error_set(&e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
-        hname = "retry-after";
-        hvalue = "1";
-        goto fail;
-    }
     json_error_t jerr;
     doc = json_loadb(body.ptr, body.len, JSON_REJECT_DUPLICATES, &jerr);
     if (!doc || !json_is_object(doc)) {

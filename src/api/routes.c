@@ -313,6 +313,25 @@ void api_admit_error(struct api_error *e, const struct qos_refusal *why, char *r
     admit_error(e, why, retry, retry_cap, hname, hvalue);
 }
 
+int api__check_body(struct api *a, struct http_req *r, int tenant, struct api_error *e, const char **hname,
+                    const char **hvalue)
+{
+    struct http_str body = http_req_body(r);
+    if (body.len > a->cfg.max_body) {
+        api_error_set(e, 413, "invalid_request_error", NULL, "request_too_large",
+                      "the body is %zu bytes; the limit is %zu", body.len, a->cfg.max_body);
+        return -1;
+    }
+    if (atomic_load(&a->draining)) {
+        obs_reject(OBS_R_DRAINING, tenant);
+        api_error_set(e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
+        *hname = "retry-after";
+        *hvalue = "1";
+        return -1;
+    }
+    return 0;
+}
+
 /* A request for a model whose engine forwards API requests (a remote
  * pool): no template or tokenizer here. The body goes on as lmd validated
  * it, less what lmd itself acts on (model, stream and its options, n —
@@ -422,19 +441,9 @@ static void route_generate(struct api *a, struct http_req *r, enum api_kind kind
     }
     who.tenant = tenant;
     who.cls = qos_tenant(q, tenant)->default_class;
+    if (api__check_body(a, r, tenant, &e, &hname, &hvalue) != 0)
+        goto fail;
     struct http_str body = http_req_body(r);
-    if (body.len > a->cfg.max_body) {
-        api_error_set(&e, 413, "invalid_request_error", NULL, "request_too_large",
-                      "the body is %zu bytes; the limit is %zu", body.len, a->cfg.max_body);
-        goto fail;
-    }
-    if (atomic_load(&a->draining)) {
-        obs_reject(OBS_R_DRAINING, tenant);
-        api_error_set(&e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
-        hname = "retry-after";
-        hvalue = "1";
-        goto fail;
-    }
     if (dialect != API_DIALECT_OPENAI) {
         /* Responses and Messages run as the chat request they mean. */
         char *chat = NULL, *echo = NULL;
@@ -560,6 +569,25 @@ static bool is_unprefixed_openai(struct http_str p)
            (p.len > sizeof models - 1 && memcmp(p.ptr, models, sizeof models - 1) == 0);
 }
 
+/* The front of the POST routes outside generation (/v1/embeddings,
+ * /tokenize, /detokenize): the tenant whose key the request carries, or -1
+ * having answered 405 for another method or 401 for a bad key, and logged
+ * the request's access line. */
+static int post_tenant(struct api *a, struct http_req *r, const char *rid)
+{
+    struct http_str m = http_req_method(r);
+    bool post = str_is(m, "POST");
+    struct api_error e;
+    int tenant = post ? authenticate(a, r, &e) : -1;
+    if (!post)
+        send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use POST for this route");
+    else if (tenant < 0)
+        api_send_error(r, &e, "www-authenticate", "Bearer");
+    if (tenant < 0)
+        log_route(r, rid, m, http_req_path(r));
+    return tenant;
+}
+
 void api_handle(void *ud, struct http_req *r)
 {
     struct api *a = ud;
@@ -623,31 +651,15 @@ void api_handle(void *ud, struct http_req *r)
         return;
     }
     if (str_is(path, "/v1/embeddings")) {
-        struct api_error e;
-        int tenant = post ? authenticate(a, r, &e) : -1;
-        if (!post)
-            send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use POST for this route");
-        else if (tenant < 0)
-            api_send_error(r, &e, "www-authenticate", "Bearer");
-        if (!post || tenant < 0) {
-            log_route(r, rid, m, real_path);
-            return;
-        }
-        api_embd_route(a, r, tenant, rid); /* it logs its access line */
+        int tenant = post_tenant(a, r, rid);
+        if (tenant >= 0)
+            api_embd_route(a, r, tenant, rid); /* it logs its access line */
         return;
     }
     if (str_is(path, "/tokenize") || str_is(path, "/detokenize")) {
-        struct api_error e;
-        int tenant = post ? authenticate(a, r, &e) : -1;
-        if (!post)
-            send_err(r, 405, "invalid_request_error", NULL, "method_not_allowed", "use POST for this route");
-        else if (tenant < 0)
-            api_send_error(r, &e, "www-authenticate", "Bearer");
-        if (!post || tenant < 0) {
-            log_route(r, rid, m, real_path);
-            return;
-        }
-        api_tok_route(a, r, path.ptr[1] == 'd', tenant, rid); /* it logs its access line */
+        int tenant = post_tenant(a, r, rid);
+        if (tenant >= 0)
+            api_tok_route(a, r, path.ptr[1] == 'd', tenant, rid); /* it logs its access line */
         return;
     }
     bool debug = a->cfg.debug_endpoints && (str_is(path, "/debug/requests") || str_is(path, "/debug/trace"));

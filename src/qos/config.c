@@ -879,19 +879,17 @@ static int read_file(const char *path, unsigned char **out, size_t *len, struct 
     return 0;
 }
 
-int qos__config_load(struct qos__conf *q, const char *path, struct lmd_err *err)
+int qos__config_load_buffer(struct qos__conf *q, const char *name, const void *text, size_t len, struct lmd_err *err)
 {
-    struct cfg c = {.q = q, .file = path, .err = err};
-    unsigned char *text = NULL;
-    int rc = read_file(path, &text, &c.len, err);
+    if (len > MAX_FILE_BYTES)
+        return lmd_err_set(err, LMD_ERANGE, "%s: larger than %d bytes", name, MAX_FILE_BYTES);
+    struct cfg c = {.q = q, .file = name, .text = text, .len = len, .err = err};
+    int rc = prescan(&c);
     if (rc < 0)
-        return rc;
-    c.text = text;
-    if ((rc = prescan(&c)) < 0)
         goto out;
     yaml_parser_t p;
     if (!yaml_parser_initialize(&p)) {
-        rc = lmd_err_set(err, LMD_ENOMEM, "%s: out of memory", path);
+        rc = lmd_err_set(err, LMD_ENOMEM, "%s: out of memory", name);
         goto out;
     }
     yaml_parser_set_input_string(&p, c.text, c.len);
@@ -904,12 +902,24 @@ int qos__config_load(struct qos__conf *q, const char *path, struct lmd_err *err)
     rc = parse_root(&c);
     yaml_document_delete(&c.doc);
 out:
-    /* Wipe the digests and the text, which held the keys in clear. */
+    /* Wipe the digests, which identify the keys. */
     if (c.keys) {
         OPENSSL_cleanse(c.keys, (size_t)c.cap_keys * sizeof *c.keys);
         free(c.keys);
     }
-    OPENSSL_cleanse(text, c.len);
+    return rc;
+}
+
+int qos__config_load(struct qos__conf *q, const char *path, struct lmd_err *err)
+{
+    unsigned char *text = NULL;
+    size_t len = 0;
+    int rc = read_file(path, &text, &len, err);
+    if (rc < 0)
+        return rc;
+    rc = qos__config_load_buffer(q, path, text, len, err);
+    /* Wipe the text, which held the keys in clear. */
+    OPENSSL_cleanse(text, len);
     free(text);
     return rc;
 }

@@ -73,7 +73,7 @@ void qos__free_parts(struct qos__conf *q)
     q->n_keys = 0;
 }
 
-struct qos__conf *qos__conf_load(const char *path, struct lmd_err *err)
+struct qos__conf *qos__conf_load(const char *path, const void *text, size_t len, struct lmd_err *err)
 {
     struct qos__conf *c = qos__calloc(1, sizeof *c);
     if (!c) {
@@ -84,7 +84,8 @@ struct qos__conf *qos__conf_load(const char *path, struct lmd_err *err)
     c->n_tenants = 1;
     if (path) {
         c->has_file = true;
-        if (qos__config_load(c, path, err) < 0) {
+        int rc = text ? qos__config_load_buffer(c, path, text, len, err) : qos__config_load(c, path, err);
+        if (rc < 0) {
             qos__free_parts(c);
             free(c);
             return NULL;
@@ -106,7 +107,7 @@ void qos__conf_free(struct qos__conf *c)
     }
 }
 
-int qos_open(struct qos **out, const char *path, struct lmd_err *err)
+static int open_conf(struct qos **out, const char *path, const void *text, size_t len, struct lmd_err *err)
 {
     *out = NULL;
     /* The per-tenant state is cache-line aligned, so the object is too. */
@@ -117,7 +118,7 @@ int qos_open(struct qos **out, const char *path, struct lmd_err *err)
     if (!q)
         return lmd_err_set(err, LMD_ENOMEM, "qos: out of memory");
     memset(q, 0, size);
-    struct qos__conf *c = qos__conf_load(path, err);
+    struct qos__conf *c = qos__conf_load(path, text, len, err);
     if (!c) {
         free(q);
         return err ? err->code : LMD_ENOMEM;
@@ -126,6 +127,13 @@ int qos_open(struct qos **out, const char *path, struct lmd_err *err)
     qos__state_init(q);
     *out = q;
     return 0;
+}
+
+int qos_open(struct qos **out, const char *path, struct lmd_err *err) { return open_conf(out, path, NULL, 0, err); }
+
+int qos_open_buffer(struct qos **out, const char *name, const void *text, size_t len, struct lmd_err *err)
+{
+    return open_conf(out, name, text ? text : "", len, err);
 }
 
 void qos_close(struct qos *q)
@@ -150,7 +158,7 @@ int qos_reload(struct qos *q, const char *path, struct qos_reload_report *rep, s
         return lmd_err_set(err, LMD_ENOTSUP,
                            "tenants: the server started %s a tenants file; adding or removing one needs a restart",
                            oc->has_file ? "with" : "without");
-    struct qos__conf *nc = qos__conf_load(path, err);
+    struct qos__conf *nc = qos__conf_load(path, NULL, 0, err);
     if (!nc)
         return err ? err->code : LMD_ENOMEM;
     int rc = 0;

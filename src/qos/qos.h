@@ -105,6 +105,11 @@ struct qos;
  * (malformed: err names file:line:column and the key), LMD_ERANGE (a value
  * out of bounds) or LMD_ENOMEM, and *out is NULL. */
 int qos_open(struct qos **out, const char *path, struct lmd_err *err);
+/* qos_open over the tenants file's bytes already in memory: `name` stands
+ * for its path in messages; text[len] need not be NUL-terminated and is
+ * only read (the caller wipes it: it holds keys in clear). qos_open reads
+ * the file and parses it the same way. */
+int qos_open_buffer(struct qos **out, const char *name, const void *text, size_t len, struct lmd_err *err);
 void qos_close(struct qos *q); /* NULL is fine. No thread may use q after. */
 
 /* Read the tenants file again (SIGHUP, --watch-config: a Kubernetes Secret

@@ -75,8 +75,11 @@ static inline struct qos__conf *qos__conf(const struct qos *q)
 
 /* Load and validate the YAML file into q, which the caller has set up with
  * the defaults (classes, tenant 0). On failure q may hold partial state
- * that qos__free_parts releases. */
+ * that qos__free_parts releases. The _buffer form parses the file's bytes
+ * text[len] (not NUL-terminated, only read), `name` standing for its path
+ * in messages; qos__config_load reads the file and calls it. */
 int qos__config_load(struct qos__conf *q, const char *path, struct lmd_err *err);
+int qos__config_load_buffer(struct qos__conf *q, const char *name, const void *text, size_t len, struct lmd_err *err);
 
 /* qos_class_find on one snapshot. */
 int qos__class_find(const struct qos__conf *c, const char *name, size_t len);
@@ -92,9 +95,10 @@ void qos__free_parts(struct qos__conf *q);
 void qos__state_init(struct qos *q);
 
 /* Parse the tenants file at path into a new snapshot (defaults first,
- * tenant 0 last); NULL with err set on failure. qos__conf_free frees it
- * and the snapshots it replaced. */
-struct qos__conf *qos__conf_load(const char *path, struct lmd_err *err);
+ * tenant 0 last); NULL with err set on failure. With text non-NULL,
+ * text[len] are the file's bytes and path only names them. qos__conf_free
+ * frees the snapshot and the snapshots it replaced. */
+struct qos__conf *qos__conf_load(const char *path, const void *text, size_t len, struct lmd_err *err);
 void qos__conf_free(struct qos__conf *c);
 
 /* SHA-256 of a key. */

@@ -885,33 +885,41 @@ static int read_file(const char *path, unsigned char **out, size_t *len, struct 
     return 0;
 }
 
+int serve_config_load_buffer(struct serve_config *sc, const char *name, const void *text, size_t len,
+                             struct lmd_err *err)
+{
+    if (len > MAX_FILE_BYTES)
+        return lmd_err_set(err, LMD_ERANGE, "%s: larger than %d bytes", name, MAX_FILE_BYTES);
+    struct cfg c = {.sc = sc, .file = name, .text = text, .len = len, .err = err};
+    const char *slash = strrchr(name, '/');
+    if (slash && (size_t)(slash - name + 1) < sizeof c.dir)
+        snprintf(c.dir, sizeof c.dir, "%.*s", (int)(slash - name + 1), name);
+    snprintf(sc->file, sizeof sc->file, "%s", name);
+    int rc = prescan(&c);
+    if (rc != 0)
+        return rc;
+    yaml_parser_t p;
+    if (!yaml_parser_initialize(&p))
+        return lmd_err_set(err, LMD_ENOMEM, "%s: out of memory", name);
+    yaml_parser_set_input_string(&p, c.text, c.len);
+    if (!yaml_parser_load(&p, &c.doc)) {
+        rc = syntax_error(&c, &p);
+    } else {
+        rc = parse_root(&c);
+        yaml_document_delete(&c.doc);
+    }
+    yaml_parser_delete(&p);
+    return rc;
+}
+
 int serve_config_load(struct serve_config *sc, const char *path, struct lmd_err *err)
 {
-    struct cfg c = {.sc = sc, .file = path, .err = err};
-    const char *slash = strrchr(path, '/');
-    if (slash && (size_t)(slash - path + 1) < sizeof c.dir)
-        snprintf(c.dir, sizeof c.dir, "%.*s", (int)(slash - path + 1), path);
     unsigned char *text = NULL;
-    int rc = read_file(path, &text, &c.len, err);
+    size_t len = 0;
+    int rc = read_file(path, &text, &len, err);
     if (rc < 0)
         return rc;
-    c.text = text;
-    snprintf(sc->file, sizeof sc->file, "%s", path);
-    if ((rc = prescan(&c)) == 0) {
-        yaml_parser_t p;
-        if (!yaml_parser_initialize(&p)) {
-            rc = lmd_err_set(err, LMD_ENOMEM, "%s: out of memory", path);
-        } else {
-            yaml_parser_set_input_string(&p, c.text, c.len);
-            if (!yaml_parser_load(&p, &c.doc)) {
-                rc = syntax_error(&c, &p);
-            } else {
-                rc = parse_root(&c);
-                yaml_document_delete(&c.doc);
-            }
-            yaml_parser_delete(&p);
-        }
-    }
+    rc = serve_config_load_buffer(sc, path, text, len, err);
     free(text);
     return rc;
 }

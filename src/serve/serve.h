@@ -125,6 +125,13 @@ void serve_config_init(struct serve_config *c);
  * LMD_ENOMEM. On failure *c may be partly changed. */
 int serve_config_load(struct serve_config *c, const char *path, struct lmd_err *err);
 
+/* serve_config_load over the file's bytes already in memory: `name` stands
+ * for the file's path (messages name it, relative paths are relative to its
+ * folder, and c->file is set to it). text[len] need not be NUL-terminated
+ * and is only read. serve_config_load reads the file and calls this. */
+int serve_config_load_buffer(struct serve_config *c, const char *name, const void *text, size_t len,
+                             struct lmd_err *err);
+
 /* Append a model given as "[NAME=]PATH" (lmd serve -m): the text before
  * the first '=' is a NAME when it has no '/'. LMD_EINVAL for a bad NAME,
  * LMD_ERANGE when there are too many models or the path is too long. */

@@ -4,7 +4,10 @@
  * and streaming detokenization of those ids never writes past its bound.
  * The vocabularies are the small test ones (tests/golden/tokenizer): an
  * SPM one and byte-level BPE ones with the llama3, qwen2 and default
- * pre-tokenizers. The first byte picks the vocabulary and the flags.
+ * pre-tokenizers, loaded once before the first execution. The first byte
+ * picks the vocabulary and the flags. They are read from the source tree,
+ * or from $LMD_FUZZ_DATA/tokenizer/ where the drivers run without one
+ * (scripts/fuzz-campaign.sh --pack copies them there).
  */
 #include "fuzz.h"
 #include "gguf/gguf.h"
@@ -17,23 +20,30 @@ enum { N_VOCABS = sizeof g_files / sizeof g_files[0] };
 static struct tok_vocab *g_vocab[N_VOCABS];
 static struct gguf_file *g_file[N_VOCABS]; /* kept open for the process, as lmd serve does */
 
-static void load_all(void)
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
+    (void)argc;
+    (void)argv;
+    const char *data = getenv("LMD_FUZZ_DATA");
     for (int i = 0; i < N_VOCABS; i++) {
         char path[1024];
-        snprintf(path, sizeof path, "%s/tests/golden/tokenizer/%s", LMD_SOURCE_DIR, g_files[i]);
+        if (data && data[0])
+            snprintf(path, sizeof path, "%s/tokenizer/%s", data, g_files[i]);
+        else
+            snprintf(path, sizeof path, "%s/tests/golden/tokenizer/%s", LMD_SOURCE_DIR, g_files[i]);
         struct lmd_err err = {0};
         if (gguf_open(&g_file[i], path, &err) != 0 || tok_load(&g_vocab[i], g_file[i], &err) != 0) {
             fprintf(stderr, "tokenizer_fuzz: %s: %s\n", path, err.msg);
             abort();
         }
     }
+    return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (!g_vocab[0])
-        load_all();
     if (size < 1)
         return 0;
     const struct tok_vocab *v = g_vocab[data[0] % N_VOCABS];

@@ -71,6 +71,24 @@ static struct qos *open_text(const char *text)
 static int auth(const struct qos *q, const char *h) { return qos_authenticate(q, h, h ? strlen(h) : 0); }
 static bool admin(const struct qos *q, const char *h) { return qos_is_admin(q, h, h ? strlen(h) : 0); }
 
+/* The tenants file from memory loads as from the file. */
+static void test_from_memory(void **state)
+{
+    (void)state;
+    static const char text[] = "tenants:\n  - {name: a, keys: [ka]}\n  - {name: b, keys: [kb]}\n";
+    struct qos *q = NULL;
+    struct lmd_err err = {0};
+    assert_int_equal(qos_open_buffer(&q, "mem.yaml", text, sizeof text - 1, &err), 0);
+    assert_true(qos_has_file(q));
+    assert_int_equal(qos_n_tenants(q), 3);
+    assert_int_equal(auth(q, "Bearer kb"), 2);
+    assert_true(auth(q, "Bearer kc") < 0);
+    qos_close(q);
+    assert_int_equal(qos_open_buffer(&q, "big.yaml", text, (1 << 20) + 1, &err), LMD_ERANGE);
+    assert_non_null(strstr(err.msg, "big.yaml: larger than 1048576 bytes"));
+    assert_null(q);
+}
+
 /* ---- open mode ---------------------------------------------------------------- */
 
 static void test_open_mode(void **state)
@@ -833,6 +851,21 @@ static void test_malformed(void **state)
             print_error("case %zu: rc %d (want %d)\n  got:  %s\n  want: %s\n", i, rc, bc->code, err.msg, want);
             failed++;
         }
+        /* The same bytes from memory, with no terminator (an exact-size
+         * copy, so ASan sees a read past them): the same outcome, the
+         * message naming the name given. */
+        size_t len = strlen(bc->yaml);
+        char *copy = malloc(len ? len : 1);
+        memcpy(copy, bc->yaml, len);
+        q = (struct qos *)1;
+        rc = qos_open_buffer(&q, "mem/tenants.yaml", copy, len, &err);
+        snprintf(want, sizeof want, "%s%s", bc->msg[0] == ':' ? "mem/tenants.yaml" : "", bc->msg);
+        if (rc != bc->code || !strstr(err.msg, want) || q) {
+            print_error("case %zu from memory: rc %d (want %d)\n  got:  %s\n  want: %s\n", i, rc, bc->code, err.msg,
+                        want);
+            failed++;
+        }
+        free(copy);
     }
     assert_int_equal(failed, 0);
 }
@@ -1076,19 +1109,13 @@ static void test_reload(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_open_mode),
-        cmocka_unit_test(test_full_file),
-        cmocka_unit_test(test_example_file),
-        cmocka_unit_test(test_auth),
-        cmocka_unit_test(test_requests_bucket),
-        cmocka_unit_test(test_tokens_bucket),
-        cmocka_unit_test(test_no_drift),
-        cmocka_unit_test(test_quotas),
-        cmocka_unit_test(test_threads),
-        cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_malformed_generated),
-        cmocka_unit_test(test_mutations),
-        cmocka_unit_test(test_alloc_failures),
+        cmocka_unit_test(test_open_mode),       cmocka_unit_test(test_full_file),
+        cmocka_unit_test(test_example_file),    cmocka_unit_test(test_auth),
+        cmocka_unit_test(test_requests_bucket), cmocka_unit_test(test_tokens_bucket),
+        cmocka_unit_test(test_no_drift),        cmocka_unit_test(test_quotas),
+        cmocka_unit_test(test_threads),         cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_from_memory),     cmocka_unit_test(test_malformed_generated),
+        cmocka_unit_test(test_mutations),       cmocka_unit_test(test_alloc_failures),
         cmocka_unit_test(test_reload),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -333,6 +333,19 @@ static void test_malformed(void **state)
         if (rc != cases[i].code || !strstr(err.msg, exact ? want : cases[i].msg) ||
             (exact && strncmp(err.msg, want, strlen(want)) != 0))
             fail_msg("case %zu: got %d '%s', want %d '%s'", i, rc, err.msg, cases[i].code, want);
+        /* The same bytes from memory, with no terminator (an exact-size
+         * copy, so ASan sees a read past them): the same outcome, the
+         * message naming the name given. */
+        size_t len = strlen(cases[i].text);
+        char *copy = malloc(len ? len : 1);
+        memcpy(copy, cases[i].text, len);
+        serve_config_init(c);
+        rc = serve_config_load_buffer(c, "/srv/lmd.yaml", copy, len, &err);
+        snprintf(want, sizeof want, "/srv/lmd.yaml:%s", cases[i].msg);
+        if (rc != cases[i].code || !strstr(err.msg, exact ? want : cases[i].msg) ||
+            (exact && strncmp(err.msg, want, strlen(want)) != 0))
+            fail_msg("case %zu from memory: got %d '%s', want %d '%s'", i, rc, err.msg, cases[i].code, want);
+        free(copy);
         free(c);
     }
 }
@@ -404,6 +417,27 @@ static void test_ids(void **state)
     assert_true(serve_id_valid(long_id));
 }
 
+/* A file from memory: its name stands for its path, relative model paths
+ * included. */
+static void test_from_memory(void **state)
+{
+    (void)state;
+    static const char text[] = "models:\n  - path: m.gguf\n  - path: /abs/n.gguf\n";
+    struct serve_config *c = malloc(sizeof *c);
+    struct lmd_err err = {0};
+    serve_config_init(c);
+    assert_int_equal(serve_config_load_buffer(c, "/srv/lmd/serve.yaml", text, sizeof text - 1, &err), 0);
+    assert_string_equal(c->file, "/srv/lmd/serve.yaml");
+    assert_int_equal(c->n_models, 2);
+    assert_string_equal(c->models[0].path, "/srv/lmd/m.gguf");
+    assert_string_equal(c->models[1].path, "/abs/n.gguf");
+    /* Over the file size limit, as for a file. */
+    serve_config_init(c);
+    assert_int_equal(serve_config_load_buffer(c, "big.yaml", text, (1 << 20) + 1, &err), LMD_ERANGE);
+    assert_non_null(strstr(err.msg, "big.yaml: larger than 1048576 bytes"));
+    free(c);
+}
+
 /* serve_open checks what it can before loading anything heavy, and frees
  * what it opened when a later model fails. */
 static void test_open_refuses(void **state)
@@ -458,6 +492,7 @@ int main(void)
         cmocka_unit_test(test_full_file),    cmocka_unit_test(test_example_file), cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_missing_file), cmocka_unit_test(test_add_model),    cmocka_unit_test(test_ids),
         cmocka_unit_test(test_open_refuses), cmocka_unit_test(test_cors_origins), cmocka_unit_test(test_add_alias),
+        cmocka_unit_test(test_from_memory),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
