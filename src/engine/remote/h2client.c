@@ -28,10 +28,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define H2CLI_WRITE_BURST (64 * 1024)      /* bytes gathered for one socket write */
-#define H2CLI_STREAM_WINDOW (1 << 20)      /* bytes a stream may have in flight to us */
-#define H2CLI_CONN_WINDOW (16 << 20)       /* bytes the connection may have in flight to us */
-#define H2CLI_DEFAULT_STREAMS 100          /* assumed until the upstream's SETTINGS say */
+#define H2CLI_WRITE_BURST (64 * 1024) /* bytes gathered for one socket write */
+#define H2CLI_STREAM_WINDOW (1 << 20) /* bytes a stream may have in flight to us */
+#define H2CLI_CONN_WINDOW (16 << 20)  /* bytes the connection may have in flight to us */
+#define H2CLI_DEFAULT_STREAMS 100     /* assumed until the upstream's SETTINGS say */
 
 struct h2cli_conn {
     struct h2cli_config cfg;
@@ -125,7 +125,9 @@ static void mark_dead(struct h2cli_conn *c, const char *why)
     }
 }
 
-/* The connection is over: every stream still open ends with the error. */
+/* The connection is over: every stream still open ends with the error.
+ * It never frees c: each entry point (a socket callback, a call of the
+ * interface) ends with one maybe_free and touches c no more. */
 static void conn_fail(struct h2cli_conn *c, const char *why)
 {
     mark_dead(c, why);
@@ -137,7 +139,6 @@ static void conn_fail(struct h2cli_conn *c, const char *why)
         s->cb->on_close(s, c->err, false);
     }
     c->busy--;
-    maybe_free(c);
 }
 
 static void flush(struct h2cli_conn *c);
@@ -153,9 +154,9 @@ static void on_write_done(h2o_socket_t *sock, const char *err)
         char why[160];
         snprintf(why, sizeof why, "writing to the upstream: %s", err);
         conn_fail(c, why);
-        return;
+    } else {
+        flush(c);
     }
-    flush(c);
     maybe_free(c);
 }
 
@@ -197,14 +198,21 @@ static void on_read(h2o_socket_t *sock, const char *err)
         return;
     if (err) {
         conn_fail(c, err == h2o_socket_error_closed ? "the upstream closed the connection" : err);
+        maybe_free(c);
         return;
     }
     h2o_buffer_t *in = sock->input;
     if (!c->any_read && in->size) {
         c->any_read = true;
-        /* A server without HTTP/2 answers the preface as a bad HTTP/1 request. */
-        if (in->size >= 5 && memcmp(in->bytes, "HTTP/", 5) == 0) {
-            conn_fail(c, "the upstream answered in HTTP/1: it does not speak HTTP/2 with prior knowledge (h2c)");
+        /* An HTTP/2 server's first frame is SETTINGS (type 4, its fourth
+         * byte); a server without HTTP/2 answers the preface as a bad
+         * HTTP/1 request, with a status line or (HTTP/0.9 style) without. */
+        if (in->size >= 4 && (unsigned char)in->bytes[3] != NGHTTP2_SETTINGS) {
+            bool h1 = in->size >= 5 && memcmp(in->bytes, "HTTP/", 5) == 0;
+            conn_fail(c, h1 ? "the upstream answered in HTTP/1: it does not speak HTTP/2 with prior knowledge "
+                              "(h2c)"
+                            : "the upstream does not speak HTTP/2 (its first bytes are no SETTINGS frame)");
+            maybe_free(c);
             return;
         }
     }
@@ -216,9 +224,9 @@ static void on_read(h2o_socket_t *sock, const char *err)
         char why[200];
         snprintf(why, sizeof why, "HTTP/2 from the upstream: %.160s", c->err[0] ? c->err : nghttp2_strerror((int)rv));
         conn_fail(c, why);
-        return;
+    } else {
+        flush(c);
     }
-    flush(c);
     maybe_free(c);
 }
 
@@ -237,19 +245,18 @@ static void on_handshake(h2o_socket_t *sock, const char *err)
     if (!c)
         return;
     char why[200];
+    h2o_iovec_t p = err ? h2o_iovec_init(NULL, 0) : h2o_socket_ssl_get_selected_protocol(sock);
     if (err) {
         snprintf(why, sizeof why, "TLS handshake: %s", err);
         conn_fail(c, why);
-        return;
-    }
-    h2o_iovec_t p = h2o_socket_ssl_get_selected_protocol(sock);
-    if (p.len != 2 || memcmp(p.base, "h2", 2) != 0) {
+    } else if (p.len != 2 || memcmp(p.base, "h2", 2) != 0) {
         snprintf(why, sizeof why, "the upstream did not accept h2 (ALPN: %s%.*s%s)", p.len ? "'" : "",
                  (int)(p.len > 40 ? 40 : p.len), p.len ? p.base : "none chosen", p.len ? "'" : "");
         conn_fail(c, why);
-        return;
+    } else {
+        on_up(c);
     }
-    on_up(c);
+    maybe_free(c);
 }
 
 static void on_connect(h2o_socket_t *sock, const char *err)
@@ -261,12 +268,12 @@ static void on_connect(h2o_socket_t *sock, const char *err)
         char why[160];
         snprintf(why, sizeof why, "connection failed: %s", err);
         conn_fail(c, why);
-        return;
-    }
-    if (c->cfg.ssl_ctx)
+    } else if (c->cfg.ssl_ctx) {
         h2o_socket_ssl_handshake(sock, c->cfg.ssl_ctx, c->host, on_handshake);
-    else
+    } else {
         on_up(c);
+    }
+    maybe_free(c);
 }
 
 static void connect_to(struct h2cli_conn *c, struct sockaddr *sa, socklen_t len)
@@ -288,16 +295,18 @@ static void on_getaddr(h2o_hostinfo_getaddr_req_t *req, const char *errstr, stru
         char why[200];
         snprintf(why, sizeof why, "cannot resolve %.100s: %.80s", c->host, errstr ? errstr : "no address");
         conn_fail(c, why);
-        return;
+    } else {
+        struct addrinfo *a = h2o_hostinfo_select_one(res);
+        connect_to(c, a->ai_addr, a->ai_addrlen);
     }
-    struct addrinfo *a = h2o_hostinfo_select_one(res);
-    connect_to(c, a->ai_addr, a->ai_addrlen);
+    maybe_free(c);
 }
 
 static void on_connect_timeout(h2o_timeout_entry_t *e)
 {
     struct h2cli_conn *c = H2O_STRUCT_FROM_MEMBER(struct h2cli_conn, connect_timer, e);
     conn_fail(c, "connection timed out");
+    maybe_free(c);
 }
 
 /* ---- nghttp2's callbacks ------------------------------------------------------- */
@@ -522,8 +531,8 @@ struct h2cli_conn *h2cli_open(const struct h2cli_config *cfg, const struct h2cli
         connect_to(c, (struct sockaddr *)&sin6, sizeof sin6);
     else
         c->getaddr = h2o_hostinfo_getaddr(cfg->getaddr_receiver, h2o_iovec_init(c->host, strlen(c->host)),
-                                          h2o_iovec_init(c->serv, strlen(c->serv)), AF_UNSPEC, SOCK_STREAM,
-                                          IPPROTO_TCP, AI_ADDRCONFIG | AI_NUMERICSERV, on_getaddr, c);
+                                          h2o_iovec_init(c->serv, strlen(c->serv)), AF_UNSPEC, SOCK_STREAM, IPPROTO_TCP,
+                                          AI_ADDRCONFIG | AI_NUMERICSERV, on_getaddr, c);
     c->busy--;
     c->opening = false;
     if (c->dead) {
@@ -564,15 +573,13 @@ int h2cli_max_streams(const struct h2cli_conn *c)
 int h2cli_n_streams(const struct h2cli_conn *c) { return c ? c->n_streams : 0; }
 
 int h2cli_submit(struct h2cli_conn *c, struct h2cli_stream *s, const char *method, const char *path,
-                 const char *authority, const struct h2cli_header *hdr, size_t n_hdr, const char *body,
-                 size_t body_len)
+                 const char *authority, const struct h2cli_header *hdr, size_t n_hdr, const char *body, size_t body_len)
 {
     if (!h2cli_usable(c) || n_hdr > 12)
         return -1;
     nghttp2_nv nv[16];
     size_t n = 0;
-#define NV(k, v)                                                                                                       \
-    nv[n++] = (nghttp2_nv){(uint8_t *)(k), (uint8_t *)(v), strlen(k), strlen(v), NGHTTP2_NV_FLAG_NONE}
+#define NV(k, v) nv[n++] = (nghttp2_nv){(uint8_t *)(k), (uint8_t *)(v), strlen(k), strlen(v), NGHTTP2_NV_FLAG_NONE}
     NV(":method", method);
     NV(":scheme", c->cfg.ssl_ctx ? "https" : "http");
     NV(":authority", authority);
@@ -599,6 +606,7 @@ int h2cli_submit(struct h2cli_conn *c, struct h2cli_stream *s, const char *metho
     c->streams = s;
     c->n_streams++;
     flush(c);
+    maybe_free(c);
     return 0;
 }
 
