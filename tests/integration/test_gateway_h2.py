@@ -119,6 +119,8 @@ def test_h2c_answers_equal_http1(lmd_bin, ups):
         assert m.sum("lmd_upstream_requests_total", model="h2", outcome="ok") == 4
         assert m.sum("lmd_upstream_requests_total", model="h2", outcome="refused") == 1
         assert m.value("lmd_upstream_healthy", model="h2", backend="lmd+" + h2c(a)) == 1
+        # The upstream's load gauges are scraped over the same connection.
+        assert wait_until(lambda: g.metrics().series("lmd_upstream_load", model="h2"), timeout=30)
     finally:
         assert g.stop() == 0, g.log()
 
