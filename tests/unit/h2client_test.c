@@ -10,6 +10,8 @@
  * is below a stream's ends that stream as refused and the connection as
  * dead (the owner hears it once); a response whose header block is over
  * H2CLI_HEADERS_MAX ends its stream with an error, the connection stays;
+ * endless DATA refused by the owner resets that stream, the connection
+ * stays;
  * a server that writes garbage ends the connection and every stream with
  * an error; a server that speaks HTTP/1 is named as such; a port where
  * nothing listens fails the connection. Nothing here waits on a clock:
@@ -56,6 +58,10 @@ static ssize_t srv_body(nghttp2_session *s, int32_t id, uint8_t *buf, size_t len
 {
     (void)s, (void)id, (void)ud;
     const char *body = src->ptr;
+    if (strcmp(body, "endless") == 0) {
+        memset(buf, 'x', len); /* DATA for ever, never the end of the stream */
+        return (ssize_t)len;
+    }
     size_t n = strlen(body);
     if (n > len)
         n = len;
@@ -86,6 +92,10 @@ static void srv_answer(struct srv *sv, int32_t id, const char *path)
         }
         prd.source.ptr = "never read";
         nghttp2_submit_response(sv->ngh, id, nv, 40, &prd);
+    } else if (strcmp(path, "/endless") == 0) {
+        nghttp2_nv nv[] = {{(uint8_t *)":status", (uint8_t *)"200", 7, 3, 0}};
+        prd.source.ptr = "endless";
+        nghttp2_submit_response(sv->ngh, id, nv, 1, &prd);
     } else if (strcmp(path, "/goaway") == 0) {
         /* This stream is above the last one processed: refused. */
         nghttp2_submit_goaway(sv->ngh, NGHTTP2_FLAG_NONE, id - 2 > 0 ? id - 2 : 0, NGHTTP2_NO_ERROR, NULL, 0);
@@ -208,6 +218,7 @@ struct req {
     int status;
     char body[256];
     size_t len;
+    size_t total, limit; /* body bytes seen; more than limit (when set) is refused */
     bool closed, refused;
     char err[256];
 };
@@ -221,6 +232,9 @@ static int c_head(struct h2cli_stream *s, int status)
 static int c_data(struct h2cli_stream *s, const char *p, size_t n)
 {
     struct req *r = (struct req *)s;
+    r->total += n;
+    if (r->limit && r->total > r->limit)
+        return -1;
     if (r->len + n < sizeof r->body) {
         memcpy(r->body + r->len, p, n);
         r->len += n;
@@ -343,6 +357,21 @@ static void test_streams_cancel_and_errors(void **state)
     assert_int_equal(ok4.status, 200);
     assert_true(h2cli_usable(c));
     assert_int_equal(n_dead, 0);
+    /* Endless DATA: the owner refuses more than it wants, the stream is
+     * reset (no close callback), the connection serves on. */
+    struct req endless;
+    submit(c, &endless, "/endless");
+    endless.limit = 4 << 20;
+    int cancelled = sv.n_cancelled;
+    for (int i = 0; i < 600 && sv.n_cancelled == cancelled; i++)
+        h2o_evloop_run(e.loop, 100);
+    assert_int_equal(sv.n_cancelled, cancelled + 1);
+    assert_true(endless.total > endless.limit);
+    assert_false(endless.closed);
+    struct req ok5;
+    submit(c, &ok5, "/ok");
+    assert_true(run_until(&e, NULL, &ok5.closed));
+    assert_int_equal(ok5.status, 200);
     /* A GOAWAY below this stream: refused, the connection dead. */
     struct req ga;
     submit(c, &ga, "/goaway");
