@@ -83,7 +83,7 @@ static void srv_answer(struct srv *sv, int32_t id, const char *path)
         static char v[4000];
         memset(v, 'x', sizeof v - 1);
         nghttp2_nv nv[40];
-        static char names[40][8];
+        static char names[40][16];
         nv[0] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)"200", 7, 3, 0};
         for (int i = 1; i < 40; i++) {
             snprintf(names[i], sizeof names[i], "x-%d", i);
