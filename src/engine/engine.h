@@ -313,7 +313,8 @@ struct remote_config {
 };
 
 /* Open a remote engine over a pool of upstream servers: one event-loop
- * thread of its own holds their sockets (HTTP/1.1 keep-alive). Parses the
+ * thread of its own holds their sockets (HTTP/1.1 keep-alive, or one HTTP/2
+ * connection per upstream for h2c:// and h2:// URLs). Parses the
  * URLs (LMD_EINVAL with a message); reaching them is not required to open. */
 int engine_remote_open(struct engine **out, const struct remote_config *cfg, struct lmd_err *err);
 /* Replace the pool's list of upstreams (a reload): kept ones keep their
