@@ -141,7 +141,9 @@ def test_concurrent_streams_share_one_connection(lmd_bin, ups):
                 # (the probes ride on it too). The upstream sees it plus
                 # the scrape asking.
                 assert conns_to(a.port) == 1
-                assert a.metrics().value("lmd_http_connections_open") == 2
+                # (wait_until: the upstream notices a previous test's
+                # gateway going only as it reads the close)
+                assert wait_until(lambda: a.metrics().value("lmd_http_connections_open") == 2, timeout=30)
                 results = [stream_text(r, False) for r in resps]
             finally:
                 for s in streams:
