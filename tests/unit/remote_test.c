@@ -237,7 +237,19 @@ static void test_open_unreachable(void **state)
     assert_int_equal(e->seats, 8);
     assert_true(e->info.max_seqs >= 8);
     engine_close(e);
+    /* HTTP/2 upstreams, in clear and over TLS (a context offering h2 by
+     * ALPN is made), unreachable too: probed on their own connections,
+     * then closed with the pool; a new list handed over just before the
+     * close goes with it, applied or not. */
+    snprintf(cfg.backends[0].url, sizeof cfg.backends[0].url, "h2c://127.0.0.1:1");
+    snprintf(cfg.backends[1].url, sizeof cfg.backends[1].url, "lmd+h2://127.0.0.1:2");
+    assert_int_equal(engine_remote_open(&e, &cfg, &err), 0);
+    assert_int_equal(e->seats, 8);
+    struct remote_backend_config list[2] = {{.url = "h2c://127.0.0.1:3"}, {.url = "vllm+h2://localhost:4"}};
+    assert_int_equal(engine_remote_set_upstreams(e, list, 2, &err), 0);
+    engine_close(e);
     /* The same URL twice, a bad URL, too many: refused with a message. */
+    snprintf(cfg.backends[0].url, sizeof cfg.backends[0].url, "http://127.0.0.1:1");
     snprintf(cfg.backends[1].url, sizeof cfg.backends[1].url, "http://127.0.0.1:1");
     assert_int_equal(engine_remote_open(&e, &cfg, &err), LMD_EINVAL);
     assert_non_null(strstr(err.msg, "listed twice"));
