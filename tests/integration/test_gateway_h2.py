@@ -9,7 +9,8 @@ ONE connection (counted by `ss` on the gateway's side and by the
 upstream's lmd_http_connections_open); a client that disconnects resets
 only its own stream (the upstream counts it as a 499, the others finish on
 the same connection); an upstream killed mid-stream ends the client's
-stream with an error event; an upstream that restarts (GOAWAY on its way
+stream with an error event; a dead upstream is retried elsewhere before
+the first byte and ejected; an upstream that restarts (GOAWAY on its way
 down) is reconnected to; an h2c URL pointing at an HTTP/1.1-only server is
 ejected with a clear message; a tenant is charged with the upstream's
 usage; SIGHUP dropping an h2c upstream closes its connection once its
@@ -249,6 +250,24 @@ def test_upstream_restart_is_reconnected(lmd_bin, default_model, ups):
     finally:
         assert g.stop() == 0, g.log()
         up.stop()
+
+
+def test_dead_h2c_upstream_is_retried_before_first_byte(lmd_bin, ups):
+    d, a = ups
+    dead = "h2c://127.0.0.17:%d" % free_port()  # nothing listens there
+    g = Serve(lmd_bin, d, "--upstream", "gemma=%s,%s" % (dead, h2c(a)), "--route", "rr")
+    try:
+        c = client(g)
+        for _ in range(4):
+            r = c.completions.create(model="gemma", prompt=PROMPT, max_tokens=3)
+            assert r.usage.completion_tokens == 3
+        m = g.metrics()
+        assert m.value("lmd_upstream_healthy", model="gemma", backend=dead) == 0
+        assert m.sum("lmd_upstream_requests_total", backend=dead, outcome="ok") == 0
+        assert m.sum("lmd_upstream_requests_total", backend=h2c(a), outcome="ok") == 4
+        assert "backend %s ejected" % dead in g.log()
+    finally:
+        assert g.stop() == 0, g.log()
 
 
 class _Http1Only(http.server.BaseHTTPRequestHandler):
