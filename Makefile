@@ -100,6 +100,7 @@ test-integration: build
 # the structured-output ones run here, and of the prep workers' only those
 # that free a request whose client left, to keep the suite's time bounded.
 ASAN_ITESTS ?= tests/integration/test_server.py tests/integration/test_hardening.py tests/integration/test_gateway.py \
+	tests/integration/test_gateway_h2.py \
 	tests/integration/test_discovery.py tests/integration/test_structured.py tests/integration/test_dialect_tools.py \
 	tests/integration/test_prep.py::test_client_gone_during_prep_is_freed \
 	tests/integration/test_prep.py::test_tokenize_client_gone_during_prep

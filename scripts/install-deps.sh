@@ -7,7 +7,7 @@
 # `ca-certificates` is the CA bundle that deploy/Containerfile copies into the
 # image (test_static.py builds that root filesystem from this host's files).
 # `make static` links lmd from the static archives that these -dev packages
-# ship (libjansson-dev, libpcre2-dev, libssl-dev, libyaml-dev, libc-ares-dev,
+# ship (libjansson-dev, libpcre2-dev, libssl-dev, libyaml-dev, libc-ares-dev, libnghttp2-dev,
 # zlib1g-dev; libc6-dev from build-essential); libh2o-evloop-dev has only
 # the shared library, so scripts/build-h2o-static.sh builds h2o's archive
 # from Debian's source package with dpkg-source (dpkg-dev, also from

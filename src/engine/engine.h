@@ -289,7 +289,7 @@ enum remote_route {
 #define REMOTE_MAX_BACKENDS 16
 
 struct remote_backend_config {
-    char url[256];    /* [KIND+]http://HOST:PORT[/PREFIX] */
+    char url[256];    /* [KIND+]SCHEME://HOST:PORT[/PREFIX], SCHEME http, https, h2c or h2 */
     int max_inflight; /* requests at once; 0 = the pool's default */
 };
 
@@ -313,7 +313,8 @@ struct remote_config {
 };
 
 /* Open a remote engine over a pool of upstream servers: one event-loop
- * thread of its own holds their sockets (HTTP/1.1 keep-alive). Parses the
+ * thread of its own holds their sockets (HTTP/1.1 keep-alive, or one HTTP/2
+ * connection per upstream for h2c:// and h2:// URLs). Parses the
  * URLs (LMD_EINVAL with a message); reaching them is not required to open. */
 int engine_remote_open(struct engine **out, const struct remote_config *cfg, struct lmd_err *err);
 /* Replace the pool's list of upstreams (a reload): kept ones keep their
@@ -321,9 +322,13 @@ int engine_remote_open(struct engine **out, const struct remote_config *cfg, str
  * they serve and go. Any thread; applied on the engine's loop shortly
  * after. LMD_EINVAL for a bad or repeated URL (nothing changes). */
 int engine_remote_set_upstreams(struct engine *e, const struct remote_backend_config *list, int n, struct lmd_err *err);
-/* Parse "[KIND+]http://HOST:PORT[/PREFIX]" (for configuration checks). */
+/* Parse "[KIND+]SCHEME://HOST:PORT[/PREFIX]" (for configuration checks);
+ * SCHEME is http, https (TLS), h2c (HTTP/2 in clear, prior knowledge) or
+ * h2 (HTTP/2 over TLS, ALPN). The port comes back negative for TLS. */
 int remote_url_parse(const char *url, enum remote_kind *kind, char *host, size_t host_cap, int *port, char *prefix,
                      size_t prefix_cap, struct lmd_err *err);
+/* The URL (one remote_url_parse accepts) asks for HTTP/2: h2c:// or h2://. */
+bool remote_url_h2(const char *url);
 const char *remote_kind_name(enum remote_kind k);
 
 /* Turn a pooled accumulator (engine_seq.embd after the last chunk of

@@ -55,6 +55,23 @@ static void test_urls(void **state)
     url_ok("http://[::1]:8080/x", REMOTE_AUTO, "::1", 8080, "/x");
     /* TLS: the port comes back negative. */
     url_ok("lmd+https://lmd.example", REMOTE_LMD, "lmd.example", -443, "");
+    /* HTTP/2: h2c in clear (port 80 by default), h2 over TLS (443). */
+    url_ok("h2c://127.0.0.2:8081", REMOTE_AUTO, "127.0.0.2", 8081, "");
+    url_ok("lmd+h2c://10.0.0.1/v1x/", REMOTE_LMD, "10.0.0.1", 80, "/v1x");
+    url_ok("vllm+h2://gpu-2.internal", REMOTE_VLLM, "gpu-2.internal", -443, "");
+    url_ok("h2://[::1]:8443", REMOTE_AUTO, "::1", -8443, "");
+    assert_true(remote_url_h2("h2c://h:1"));
+    assert_true(remote_url_h2("sglang+h2://h:1"));
+    assert_false(remote_url_h2("http://h:1"));
+    assert_false(remote_url_h2("lmd+https://h:1"));
+    assert_false(remote_url_h2("http://h2c:1")); /* a host named h2c */
+    /* A '+' after the scheme is not a kind's. */
+    url_ok("http://h:1/a+b", REMOTE_AUTO, "h", 1, "/a+b");
+    url_bad("h2c:/h:1", "expected [KIND+]http://HOST:PORT");
+    url_bad("h3://h:1", "h2c:// (HTTP/2 in clear)");
+    url_bad("lmd+h2x://h:1", "expected [KIND+]http://HOST:PORT");
+    url_bad("h2c://h:0", "port must be a number");
+    url_bad("tgi+h2c://h:1", "unknown kind 'tgi'");
     url_bad("ftp://h:1", "expected [KIND+]http://HOST:PORT");
     url_bad("h:1", "expected [KIND+]http://HOST:PORT");
     url_bad("tgi+http://h:1", "unknown kind 'tgi'");
@@ -220,7 +237,19 @@ static void test_open_unreachable(void **state)
     assert_int_equal(e->seats, 8);
     assert_true(e->info.max_seqs >= 8);
     engine_close(e);
+    /* HTTP/2 upstreams, in clear and over TLS (a context offering h2 by
+     * ALPN is made), unreachable too: probed on their own connections,
+     * then closed with the pool; a new list handed over just before the
+     * close goes with it, applied or not. */
+    snprintf(cfg.backends[0].url, sizeof cfg.backends[0].url, "h2c://127.0.0.1:1");
+    snprintf(cfg.backends[1].url, sizeof cfg.backends[1].url, "lmd+h2://127.0.0.1:2");
+    assert_int_equal(engine_remote_open(&e, &cfg, &err), 0);
+    assert_int_equal(e->seats, 8);
+    struct remote_backend_config list[2] = {{.url = "h2c://127.0.0.1:3"}, {.url = "vllm+h2://localhost:4"}};
+    assert_int_equal(engine_remote_set_upstreams(e, list, 2, &err), 0);
+    engine_close(e);
     /* The same URL twice, a bad URL, too many: refused with a message. */
+    snprintf(cfg.backends[0].url, sizeof cfg.backends[0].url, "http://127.0.0.1:1");
     snprintf(cfg.backends[1].url, sizeof cfg.backends[1].url, "http://127.0.0.1:1");
     assert_int_equal(engine_remote_open(&e, &cfg, &err), LMD_EINVAL);
     assert_non_null(strstr(err.msg, "listed twice"));

@@ -267,7 +267,7 @@ static void test_malformed(void **state)
         {"models:\n  - engine: remote\n    upstreams: [\"http://h:1\"]\n", LMD_EFORMAT,
          "models[0]: missing key 'name' (a remote model's id)"},
         {"models:\n  - name: r\n    engine: remote\n    upstreams: [\"ftp://x\"]\n", LMD_EFORMAT,
-         "4:17: models[0].upstreams[0]: upstream 'ftp://x': expected [KIND+]http://HOST:PORT or https://"},
+         "4:17: models[0].upstreams[0]: upstream 'ftp://x': expected [KIND+]http://HOST:PORT, https://, h2c://"},
         {"models:\n  - name: r\n    engine: remote\n    upstreams: [\"vlm+http://x:1\"]\n", LMD_EFORMAT,
          "unknown kind 'vlm'"},
         {"models:\n  - name: r\n    engine: remote\n    upstreams: [{url: \"http://x:1\", max_inflight: 0}]\n",

@@ -37,11 +37,18 @@
  * server notices and stops generating); a request still waiting for a
  * backend is dropped at once.
  *
+ * Transports: HTTP/1.1 (http://, https://) through h2o's client and a
+ * keep-alive socket pool per backend; HTTP/2 (h2c:// in clear with prior
+ * knowledge, h2:// over TLS with ALPN) through h2client.c, one connection
+ * per backend carrying every request and probe as a stream, reopened
+ * after a GOAWAY or a close. Both feed the same response handling
+ * (resp_head, resp_body, resp_end); a cancellation resets only its stream.
+ *
  * Not here: TLS certificates of its own (https upstreams are verified
- * against the system's CAs), HTTP/2 to upstreams, prefix-affinity routing,
- * load gauges scraped from the upstreams' /metrics.
+ * against the system's CAs, or the configured CA file).
  */
 #include "engine/engine.h"
+#include "engine/remote/h2client.h"
 #include "engine/remote/sse_json.h"
 
 #include "core/buf.h"
@@ -97,6 +104,7 @@ struct rbackend {
     char host[128];
     int port;
     bool tls;
+    bool h2; /* h2c:// or h2://: one HTTP/2 connection carries all its requests */
     char prefix[128];
     char hostport[160];
     enum remote_kind kind;
@@ -120,6 +128,9 @@ struct rbackend {
     int ext_load;       /* requests its gauges counted beyond those in flight from here, when last scraped */
     _Atomic int g_up_running, g_up_waiting; /* its own gauges, as last scraped; -1 = not known */
     h2o_http1client_t *probe;
+    struct h2cli_conn *h2conn;    /* HTTP/2: the connection new streams go on; NULL until needed */
+    struct h2cli_stream probe_hs; /* HTTP/2: the probe's stream */
+    bool probe_h2;                /* HTTP/2: a probe is out on probe_hs */
     struct lmd_buf probe_body;
     const char *probe_path;
     char probe_req[512];
@@ -174,8 +185,10 @@ struct rcall {
     int status;
     uint64_t t_sent_ns;
     h2o_timeout_entry_t head_timer;
-    struct lmd_buf sse;  /* an event not yet complete */
-    struct lmd_buf tbuf; /* one event's text, unescaped */
+    struct h2cli_stream hs;         /* HTTP/2: its stream (hs.conn set while one is open) */
+    h2o_timeout_entry_t idle_timer; /* HTTP/2: the upstream's longest silence once its head came */
+    struct lmd_buf sse;             /* an event not yet complete */
+    struct lmd_buf tbuf;            /* one event's text, unescaped */
     struct lmd_buf errbody;
     int usage_prompt, usage_completion;
     enum engine_finish fin;
@@ -209,9 +222,12 @@ struct remote {
     h2o_timeout_t io_timeout, head_timeout, probe_timeout;
     h2o_timeout_t health_timer;
     h2o_timeout_entry_t health_entry;
-    SSL_CTX *ssl_ctx;     /* loop (after start): the one the upstreams' connections use; NULL = none yet */
-    SSL_CTX *new_ssl_ctx; /* made by a reconfiguration for its https upstreams, for the loop to take */
-    _Atomic bool has_tls; /* ssl_ctx is set */
+    SSL_CTX *ssl_ctx;        /* loop (after start): the one the upstreams' connections use; NULL = none yet */
+    SSL_CTX *new_ssl_ctx;    /* made by a reconfiguration for its https upstreams, for the loop to take */
+    _Atomic bool has_tls;    /* ssl_ctx is set */
+    SSL_CTX *h2_ssl_ctx;     /* loop: the same for h2:// upstreams, offering ALPN h2; NULL = none yet */
+    SSL_CTX *new_h2_ssl_ctx; /* made by a reconfiguration, for the loop to take */
+    _Atomic bool has_h2_tls; /* h2_ssl_ctx is set */
     bool exiting;
     struct rcall *wait_head, *wait_tail; /* loop: no backend had room */
     struct rcall *live;                  /* loop: calls not yet finished */
@@ -252,13 +268,44 @@ static const char *health_path(enum remote_kind k)
     }
 }
 
+/* The scheme of an upstream URL after its optional KIND+: where the host
+ * starts, and whether it is TLS and HTTP/2. -1 for none of ours. */
+static int url_scheme(const char *s, const char **rest, bool *tls, bool *h2)
+{
+    static const struct {
+        const char *name;
+        bool tls, h2;
+    } schemes[] = {
+        {"http://", false, false}, {"https://", true, false}, {"h2c://", false, true}, {"h2://", true, true}};
+    for (size_t i = 0; i < sizeof schemes / sizeof schemes[0]; i++) {
+        size_t n = strlen(schemes[i].name);
+        if (strncmp(s, schemes[i].name, n) == 0) {
+            *rest = s + n;
+            *tls = schemes[i].tls;
+            *h2 = schemes[i].h2;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+bool remote_url_h2(const char *url)
+{
+    const char *sep = strstr(url, "://"), *plus = strchr(url, '+');
+    const char *s = plus && sep && plus < sep ? plus + 1 : url, *rest;
+    bool tls, h2;
+    return url_scheme(s, &rest, &tls, &h2) == 0 && h2;
+}
+
 int remote_url_parse(const char *url, enum remote_kind *kind, char *host, size_t host_cap, int *port, char *prefix,
                      size_t prefix_cap, struct lmd_err *err)
 {
     *kind = REMOTE_AUTO;
     const char *p = url;
-    const char *plus = strstr(url, "+http");
-    if (plus) {
+    /* KIND+ before the scheme (a '+' after "://" is the host's or path's). */
+    const char *sep = strstr(url, "://");
+    const char *plus = strchr(url, '+');
+    if (plus && sep && plus < sep) {
         size_t n = (size_t)(plus - url);
         bool found = false;
         for (size_t k = 1; k < sizeof kind_names / sizeof kind_names[0]; k++)
@@ -272,13 +319,12 @@ int remote_url_parse(const char *url, enum remote_kind *kind, char *host, size_t
                                (int)(n > 32 ? 32 : n), url);
         p = plus + 1;
     }
-    bool tls = false;
-    if (strncmp(p, "http://", 7) == 0)
-        p += 7;
-    else if (strncmp(p, "https://", 8) == 0)
-        p += 8, tls = true;
-    else
-        return lmd_err_set(err, LMD_EINVAL, "upstream '%s': expected [KIND+]http://HOST:PORT or https://", url);
+    bool tls = false, h2 = false;
+    if (url_scheme(p, &p, &tls, &h2) != 0)
+        return lmd_err_set(err, LMD_EINVAL,
+                           "upstream '%s': expected [KIND+]http://HOST:PORT, https://, h2c:// (HTTP/2 in clear) or "
+                           "h2:// (HTTP/2 over TLS)",
+                           url);
     const char *slash = strchr(p, '/');
     size_t hp = slash ? (size_t)(slash - p) : strlen(p);
     const char *colon = NULL;
@@ -387,6 +433,16 @@ static void post_text(struct rcall *c, const char *s, size_t n)
 static void backend_release(struct rcall *c);
 static void drain_waiting(struct remote *re);
 
+/* Let go of c's HTTP/2 stream if one is open: the upstream gets
+ * RST_STREAM(CANCEL) for it alone, the connection stays for the others. */
+static void call_h2_drop(struct rcall *c)
+{
+    if (h2o_timeout_is_linked(&c->idle_timer))
+        h2o_timeout_unlink(&c->idle_timer);
+    if (c->hs.conn)
+        h2cli_cancel(&c->hs);
+}
+
 /* The last event of a call; the loop's reference goes with it (a callback
  * still running holds its own). */
 static void post_finish(struct rcall *c, enum engine_finish fin, int status, const char *fmt, ...)
@@ -396,6 +452,7 @@ static void post_finish(struct rcall *c, enum engine_finish fin, int status, con
     if (c->finished)
         return;
     c->finished = true;
+    call_h2_drop(c);
     backend_release(c);
     if (c->reissued && c->usage_completion >= 0) {
         /* The second upstream counted the first one's text as prompt. */
@@ -639,7 +696,10 @@ static struct rbackend *pick(struct remote *re, struct rcall *c, bool *none_heal
             if (!b->active || b->removed || !b->healthy)
                 continue;
             n_healthy += pass == 0;
-            if (b->inflight >= b->max_inflight)
+            int cap = b->max_inflight;
+            if (b->h2conn && h2cli_ready(b->h2conn) && h2cli_max_streams(b->h2conn) - b->probe_h2 < cap)
+                cap = h2cli_max_streams(b->h2conn) - b->probe_h2; /* the upstream's SETTINGS_MAX_CONCURRENT_STREAMS */
+            if (b->inflight >= (cap > 0 ? cap : 1))
                 continue;
             if (pass == 0 && (c->tried & (1u << i)))
                 continue; /* first try the ones not tried yet */
@@ -722,6 +782,9 @@ static void put_json_string(struct lmd_buf *b, const char *s)
 static h2o_http1client_head_cb on_connect(h2o_http1client_t *client, const char *errstr, h2o_iovec_t **reqbufs,
                                           size_t *reqbufcnt, int *method_is_head);
 static void dispatch(struct rcall *c);
+static const struct h2cli_stream_cb call_h2_cb;
+static int h2_submit(struct rbackend *b, struct h2cli_stream *s, const char *path, const char *body, size_t len,
+                     unsigned long long request_id);
 
 static void head_timer_stop(struct rcall *c)
 {
@@ -736,6 +799,7 @@ static void retry_or_fail(struct rcall *c, int status, const char *why)
     struct remote *re = c->re;
     head_timer_stop(c);
     c->client = NULL;
+    call_h2_drop(c);
     struct rbackend *b = c->b;
     char url[256];
     snprintf(url, sizeof url, "%s", b ? b->url : "?");
@@ -835,6 +899,22 @@ static void dispatch(struct rcall *c)
         json_object_set_new(c->body, "stream_options", json_pack("{s:b}", "include_usage", 1));
         c->payload = json_dumps(c->body, JSON_COMPACT);
     }
+    if (b->h2) {
+        if (!c->payload) {
+            backend_release(c);
+            post_finish(c, ENGINE_FINISH_ERROR, 0, "out of memory building the upstream request");
+            return;
+        }
+        c->t_sent_ns = lmd_time_mono_ns();
+        h2o_timeout_link(re->loop, &re->head_timeout, &c->head_timer);
+        c->reused = h2cli_ready(b->h2conn) && h2cli_usable(b->h2conn);
+        c->hs.cb = &call_h2_cb;
+        if (h2_submit(b, &c->hs, c->rq->api_path, c->payload, strlen(c->payload), (unsigned long long)c->rq->id) != 0) {
+            backend_failed(b, "cannot open an HTTP/2 connection");
+            retry_or_fail(c, 502, "cannot open an HTTP/2 connection");
+        }
+        return;
+    }
     free(c->head);
     c->head = NULL;
     if (c->payload) {
@@ -923,6 +1003,7 @@ static bool reissue(struct rcall *c, const char *why)
         atomic_fetch_add_explicit(&b->n_retried, 1, memory_order_relaxed);
     LMD_INFO("remote %s: request %llu: %s from %s after %d pieces of output; going on from there on another backend",
              re->name, (unsigned long long)c->rq->id, why, b ? b->url : "?", c->n_pieces);
+    call_h2_drop(c);
     backend_release(c);
     c->reissued = true;
     c->pieces_before = c->n_pieces;
@@ -1016,6 +1097,87 @@ static void finish_refused(struct rcall *c)
     post_finish(c, ENGINE_FINISH_ERROR, c->status, "%s", msg[0] ? msg : "the upstream refused the request");
 }
 
+/* ---- the response, whichever transport carried it ------------------------------- */
+
+/* The response head came. Returns true when its body is wanted; false
+ * when this attempt is over (a 5xx: retried elsewhere or failed). */
+static bool resp_head(struct rcall *c, int status)
+{
+    head_timer_stop(c);
+    c->got_head = true;
+    c->status = status;
+    struct rbackend *b = c->b;
+    b->pending_prefill -= c->uncached;
+    uint64_t dt = lmd_time_mono_ns() - c->t_sent_ns;
+    atomic_fetch_add_explicit(&b->fb_ns_sum, dt, memory_order_relaxed);
+    atomic_fetch_add_explicit(&b->fb_count, 1, memory_order_relaxed);
+    for (int k = 0; k < REMOTE_N_BUCKETS; k++)
+        if ((double)dt / 1e9 <= remote_buckets[k]) {
+            atomic_fetch_add_explicit(&b->fb_bucket[k], 1, memory_order_relaxed);
+            break;
+        }
+    if (status >= 500) {
+        /* The upstream failed: counts against it, and may go elsewhere;
+         * its body is not needed. */
+        char why[64];
+        snprintf(why, sizeof why, "HTTP %d", status);
+        c->client = NULL;
+        backend_failed(b, why);
+        retry_or_fail(c, status == 503 ? 503 : 502, why);
+        return false;
+    }
+    if (status == 200 && dt > 0) {
+        double rate = (double)c->uncached / ((double)dt / 1e9);
+        b->prefill_rate = b->prefill_rate > 0 ? 0.8 * b->prefill_rate + 0.2 * rate : rate;
+    }
+    return true;
+}
+
+/* Body bytes: the event stream of a 200, else the error answer (kept up
+ * to REMOTE_ERR_BODY_MAX). Non-zero when the event stream is malformed or
+ * c has finished (an error event). */
+static int resp_body(struct rcall *c, const char *p, size_t n)
+{
+    if (c->status == 200)
+        return on_sse_bytes(c, p, n);
+    if (c->errbody.len < REMOTE_ERR_BODY_MAX) {
+        size_t k = n < REMOTE_ERR_BODY_MAX - c->errbody.len ? n : REMOTE_ERR_BODY_MAX - c->errbody.len;
+        lmd_buf_append(&c->errbody, p, k);
+    }
+    return 0;
+}
+
+/* The response is over: err NULL when it came whole, else why it broke;
+ * malformed when its event stream was. Returns 0 when it ended well (the
+ * connection may serve again), -1 otherwise. */
+static int resp_end(struct rcall *c, const char *err, bool malformed)
+{
+    if (c->status != 200) {
+        finish_refused(c);
+        return -1;
+    }
+    if (!err && c->saw_finish) {
+        atomic_fetch_add_explicit(&c->b->n_ok, 1, memory_order_relaxed);
+        backend_ok(c->b);
+        post_finish(c, c->fin ? c->fin : ENGINE_FINISH_STOP, 0, NULL);
+        return 0;
+    }
+    const char *why = malformed ? "a malformed event stream" : !err ? "the stream ended without a finish" : err;
+    if (!c->any_output) {
+        backend_failed(c->b, why);
+        retry_or_fail(c, 502, why);
+        return -1;
+    }
+    atomic_fetch_add_explicit(&c->b->n_error, 1, memory_order_relaxed);
+    backend_failed(c->b, why);
+    if (reissue(c, why))
+        return -1;
+    post_finish(c, ENGINE_FINISH_ERROR, 502, "upstream %s failed mid-stream: %s", c->b->url, why);
+    return -1;
+}
+
+/* ---- HTTP/1.1: h2o's client over the backend's socket pool -------------------------- */
+
 static int on_body_(struct rcall *c, h2o_http1client_t *client, const char *errstr);
 
 static int on_body(h2o_http1client_t *client, const char *errstr)
@@ -1032,13 +1194,7 @@ static int on_body_(struct rcall *c, h2o_http1client_t *client, const char *errs
     h2o_buffer_t *in = client->sock->input;
     int rc = 0;
     if (in->size) {
-        if (c->status == 200) {
-            rc = on_sse_bytes(c, in->bytes, in->size);
-        } else if (c->errbody.len < REMOTE_ERR_BODY_MAX) {
-            size_t k =
-                in->size < REMOTE_ERR_BODY_MAX - c->errbody.len ? in->size : REMOTE_ERR_BODY_MAX - c->errbody.len;
-            lmd_buf_append(&c->errbody, in->bytes, k);
-        }
+        rc = resp_body(c, in->bytes, in->size);
         h2o_buffer_consume(&client->sock->input, in->size);
     }
     if (c->finished) {
@@ -1050,30 +1206,7 @@ static int on_body_(struct rcall *c, h2o_http1client_t *client, const char *errs
     /* The response ended (or broke, or was malformed): from here h2o frees
      * the client. */
     c->client = NULL;
-    if (c->status != 200) {
-        finish_refused(c);
-        return -1;
-    }
-    if (errstr == h2o_http1client_error_is_eos && c->saw_finish) {
-        atomic_fetch_add_explicit(&c->b->n_ok, 1, memory_order_relaxed);
-        backend_ok(c->b);
-        post_finish(c, c->fin ? c->fin : ENGINE_FINISH_STOP, 0, NULL);
-        return 0;
-    }
-    const char *why = rc != 0                                  ? "a malformed event stream"
-                      : errstr == h2o_http1client_error_is_eos ? "the stream ended without a finish"
-                                                               : errstr;
-    if (!c->any_output) {
-        backend_failed(c->b, why);
-        retry_or_fail(c, 502, why);
-        return -1;
-    }
-    atomic_fetch_add_explicit(&c->b->n_error, 1, memory_order_relaxed);
-    backend_failed(c->b, why);
-    if (reissue(c, why))
-        return -1;
-    post_finish(c, ENGINE_FINISH_ERROR, 502, "upstream %s failed mid-stream: %s", c->b->url, why);
-    return -1;
+    return resp_end(c, errstr == h2o_http1client_error_is_eos ? NULL : errstr, rc != 0);
 }
 
 static h2o_http1client_body_cb on_head_(struct rcall *c, const char *errstr, int status);
@@ -1113,34 +1246,7 @@ static h2o_http1client_body_cb on_head_(struct rcall *c, const char *errstr, int
         retry_or_fail(c, 502, errstr);
         return NULL;
     }
-    head_timer_stop(c);
-    c->got_head = true;
-    c->status = status;
-    struct rbackend *b = c->b;
-    b->pending_prefill -= c->uncached;
-    uint64_t dt = lmd_time_mono_ns() - c->t_sent_ns;
-    atomic_fetch_add_explicit(&b->fb_ns_sum, dt, memory_order_relaxed);
-    atomic_fetch_add_explicit(&b->fb_count, 1, memory_order_relaxed);
-    for (int k = 0; k < REMOTE_N_BUCKETS; k++)
-        if ((double)dt / 1e9 <= remote_buckets[k]) {
-            atomic_fetch_add_explicit(&b->fb_bucket[k], 1, memory_order_relaxed);
-            break;
-        }
-    if (status >= 500) {
-        /* The upstream failed: counts against it, and may go elsewhere;
-         * its body is not needed. */
-        char why[64];
-        snprintf(why, sizeof why, "HTTP %d", status);
-        c->client = NULL;
-        backend_failed(b, why);
-        retry_or_fail(c, status == 503 ? 503 : 502, why);
-        return NULL;
-    }
-    if (status == 200 && dt > 0) {
-        double rate = (double)c->uncached / ((double)dt / 1e9);
-        b->prefill_rate = b->prefill_rate > 0 ? 0.8 * b->prefill_rate + 0.2 * rate : rate;
-    }
-    return on_body;
+    return resp_head(c, status) ? on_body : NULL;
 }
 
 static h2o_http1client_head_cb on_connect(h2o_http1client_t *client, const char *errstr, h2o_iovec_t **reqbufs,
@@ -1164,6 +1270,151 @@ static h2o_http1client_head_cb on_connect(h2o_http1client_t *client, const char 
     *method_is_head = 0;
     return on_head;
 }
+
+/* ---- HTTP/2: one connection per backend, a stream per request ------------------- */
+
+static void backend_h2_dead(struct h2cli_conn *conn, void *ud, const char *err)
+{
+    struct rbackend *b = ud;
+    if (b->h2conn == conn)
+        b->h2conn = NULL;
+    LMD_DEBUG("remote %s: the HTTP/2 connection to %s takes no new request: %s", b->re->name, b->url, err);
+}
+
+static const struct h2cli_conn_cb backend_h2_cb = {.on_dead = backend_h2_dead};
+
+/* The backend's HTTP/2 connection: the one it has while that takes new
+ * streams, else a new one (opened here, lazily). NULL when none can be. */
+static struct h2cli_conn *backend_h2(struct rbackend *b)
+{
+    struct remote *re = b->re;
+    if (h2cli_usable(b->h2conn))
+        return b->h2conn;
+    b->h2conn = NULL; /* a dead one went its way at on_dead */
+    if (b->tls && !re->h2_ssl_ctx)
+        return NULL;
+    struct h2cli_config cfg = {.loop = re->loop,
+                               .getaddr_receiver = &re->getaddr_receiver,
+                               .connect_timeout = &re->head_timeout,
+                               .host = b->host,
+                               .port = b->port,
+                               .ssl_ctx = b->tls ? re->h2_ssl_ctx : NULL};
+    b->h2conn = h2cli_open(&cfg, &backend_h2_cb, b);
+    return b->h2conn;
+}
+
+/* Submit a request on b's connection: GET without a body, or POST of a
+ * JSON body asking for an event stream. Returns 0, or -1 (no stream). */
+static int h2_submit(struct rbackend *b, struct h2cli_stream *s, const char *path, const char *body, size_t len,
+                     unsigned long long request_id)
+{
+    struct h2cli_conn *conn = backend_h2(b);
+    if (!conn)
+        return -1;
+    const char *key = b->re->cfg.api_key;
+    char full[512], clen[24], rid[32];
+    snprintf(full, sizeof full, "%s%s", b->prefix, path);
+    struct h2cli_header h[5];
+    size_t n = 0;
+    char *auth = NULL;
+    if (key) {
+        if (asprintf(&auth, "Bearer %s", key) < 0)
+            return -1;
+        h[n++] = (struct h2cli_header){"authorization", auth};
+    }
+    if (body) {
+        snprintf(clen, sizeof clen, "%zu", len);
+        snprintf(rid, sizeof rid, "lmd-%llu", request_id);
+        h[n++] = (struct h2cli_header){"content-type", "application/json"};
+        h[n++] = (struct h2cli_header){"accept", "text/event-stream"};
+        h[n++] = (struct h2cli_header){"content-length", clen};
+        h[n++] = (struct h2cli_header){"x-request-id", rid};
+    }
+    int rc = h2cli_submit(conn, s, body ? "POST" : "GET", full, b->hostport, h, n, body, len);
+    free(auth); /* the headers were copied */
+    return rc;
+}
+
+static void idle_arm(struct rcall *c)
+{
+    if (h2o_timeout_is_linked(&c->idle_timer))
+        h2o_timeout_unlink(&c->idle_timer);
+    h2o_timeout_link(c->re->loop, &c->re->io_timeout, &c->idle_timer);
+}
+
+/* HTTP/1.1 gets this from the socket's I/O timeout; a stream shares its
+ * socket with others, so each keeps its own. */
+static void on_idle_timeout(h2o_timeout_entry_t *e)
+{
+    struct rcall *c = H2O_STRUCT_FROM_MEMBER(struct rcall, idle_timer, e);
+    call_ref(c);
+    call_h2_drop(c);
+    char why[96];
+    snprintf(why, sizeof why, "no data within %d ms", c->re->cfg.io_timeout_ms);
+    resp_end(c, why, false);
+    call_unref(c);
+}
+
+static int h2_on_head(struct h2cli_stream *s, int status)
+{
+    struct rcall *c = H2O_STRUCT_FROM_MEMBER(struct rcall, hs, s);
+    call_ref(c);
+    bool more = resp_head(c, status);
+    if (more)
+        idle_arm(c);
+    call_unref(c);
+    return more ? 0 : -1;
+}
+
+static int h2_on_data(struct h2cli_stream *s, const char *p, size_t n)
+{
+    struct rcall *c = H2O_STRUCT_FROM_MEMBER(struct rcall, hs, s);
+    call_ref(c);
+    int rc = resp_body(c, p, n), ret = 0;
+    if (c->finished) {
+        ret = -1; /* an error event ended it (its stream is reset already) */
+    } else if (rc != 0) {
+        call_h2_drop(c);
+        resp_end(c, NULL, true);
+        ret = -1;
+    } else {
+        idle_arm(c);
+    }
+    call_unref(c);
+    return ret;
+}
+
+static void h2_on_close(struct h2cli_stream *s, const char *err, bool refused)
+{
+    struct rcall *c = H2O_STRUCT_FROM_MEMBER(struct rcall, hs, s);
+    call_ref(c);
+    if (h2o_timeout_is_linked(&c->idle_timer))
+        h2o_timeout_unlink(&c->idle_timer);
+    if (c->got_head) {
+        resp_end(c, err, false);
+    } else if ((refused || c->reused) && !c->stale_retried && !c->cancelled && c->b) {
+        /* Not processed (a GOAWAY's refusal, or a connection that had
+         * served and broke as this went out): sent again, on a new
+         * connection, without counting as an attempt. */
+        struct rbackend *b = c->b;
+        LMD_DEBUG("remote %s: request %llu: %s on %s; sending it again", c->re->name, (unsigned long long)c->rq->id,
+                  err, b->url);
+        head_timer_stop(c);
+        backend_release(c);
+        c->stale_retried = true;
+        c->attempts--;
+        c->tried &= ~(1u << b->index);
+        dispatch(c);
+    } else {
+        if (c->b)
+            backend_failed(c->b, err);
+        retry_or_fail(c, 502, err);
+    }
+    call_unref(c);
+}
+
+static const struct h2cli_stream_cb call_h2_cb = {
+    .on_head = h2_on_head, .on_data = h2_on_data, .on_close = h2_on_close};
 
 /* ---- health ----------------------------------------------------------------------- */
 
@@ -1289,25 +1540,63 @@ static void probe_learn(struct rbackend *b)
     json_decref(o);
 }
 
-static int probe_on_body(h2o_http1client_t *client, const char *errstr)
+/* The probe out is over (answered or not): its exchange, whichever
+ * transport, and its timer go. */
+static void probe_done(struct rbackend *b)
 {
-    struct rbackend *b = client->data;
-    h2o_buffer_t *in = client->sock->input;
-    size_t cap = b->scraping ? REMOTE_SCRAPE_MAX : REMOTE_ERR_BODY_MAX;
-    if (in->size && b->probe_body.len < cap)
-        lmd_buf_append(&b->probe_body, in->bytes, in->size);
-    h2o_buffer_consume(&client->sock->input, in->size);
-    if (!errstr)
-        return 0;
     b->probe = NULL;
+    if (b->probe_hs.conn)
+        h2cli_cancel(&b->probe_hs);
+    b->probe_h2 = false;
     probe_timer_stop(b);
+}
+
+/* The probe's head, or errstr when none came. Returns true when its body
+ * is wanted. */
+static bool probe_head(struct rbackend *b, const char *errstr, int status)
+{
+    if (b->scraping && (errstr || status != 200)) {
+        /* No load gauges there: not a failure of the backend. */
+        probe_done(b);
+        b->scraping = false;
+        if (!errstr) {
+            b->metrics_off = true;
+            LMD_INFO("remote %s: backend %s answers /metrics with HTTP %d: routing without its load gauges",
+                     b->re->name, b->url, status);
+        }
+        return false;
+    }
+    if (errstr || status != 200) {
+        char why[240];
+        if (errstr)
+            snprintf(why, sizeof why, "health check: %s", errstr);
+        else
+            snprintf(why, sizeof why, "health check: HTTP %d", status);
+        probe_done(b);
+        backend_failed(b, why);
+        return false;
+    }
+    return true;
+}
+
+static void probe_data(struct rbackend *b, const char *p, size_t n)
+{
+    size_t cap = b->scraping ? REMOTE_SCRAPE_MAX : REMOTE_ERR_BODY_MAX;
+    if (n && b->probe_body.len < cap)
+        lmd_buf_append(&b->probe_body, p, n);
+}
+
+/* The probe's answer ended: err NULL when it came whole. */
+static void probe_end(struct rbackend *b, const char *err)
+{
+    probe_done(b);
     if (b->scraping) {
         b->scraping = false;
-        if (errstr == h2o_http1client_error_is_eos)
+        if (!err)
             scrape_parse(b);
-        return 0;
+        return;
     }
-    if (errstr == h2o_http1client_error_is_eos) {
+    if (!err) {
         if (!b->probed_models && strcmp(b->probe_path, "/v1/models") == 0) {
             b->probed_models = true;
             probe_learn(b);
@@ -1318,8 +1607,22 @@ static int probe_on_body(h2o_http1client_t *client, const char *errstr)
         if (!b->metrics_off && !b->removed && load_gauges(b->kind, &gr, &gw))
             probe_send(b, "/metrics");
     } else {
-        backend_failed(b, errstr);
+        char why[240];
+        snprintf(why, sizeof why, "health check: %s", err);
+        backend_failed(b, why);
     }
+}
+
+static int probe_on_body(h2o_http1client_t *client, const char *errstr)
+{
+    struct rbackend *b = client->data;
+    h2o_buffer_t *in = client->sock->input;
+    probe_data(b, in->bytes, in->size);
+    h2o_buffer_consume(&client->sock->input, in->size);
+    if (!errstr)
+        return 0;
+    b->probe = NULL; /* h2o frees the client from here */
+    probe_end(b, errstr == h2o_http1client_error_is_eos ? NULL : errstr);
     return 0;
 }
 
@@ -1328,29 +1631,9 @@ static h2o_http1client_body_cb probe_on_head(h2o_http1client_t *client, const ch
                                              int rlen)
 {
     struct rbackend *b = client->data;
-    if (b->scraping && (errstr || status != 200)) {
-        /* No load gauges there: not a failure of the backend. */
+    if (errstr)
         b->probe = NULL;
-        b->scraping = false;
-        probe_timer_stop(b);
-        if (!errstr) {
-            b->metrics_off = true;
-            LMD_INFO("remote %s: backend %s answers /metrics with HTTP %d: routing without its load gauges",
-                     b->re->name, b->url, status);
-        }
-        return NULL;
-    }
-    if (errstr || status != 200) {
-        char why[64];
-        snprintf(why, sizeof why, "health check: %s", errstr ? errstr : "not 200");
-        if (!errstr)
-            snprintf(why, sizeof why, "health check: HTTP %d", status);
-        b->probe = NULL;
-        probe_timer_stop(b);
-        backend_failed(b, why);
-        return NULL;
-    }
-    return probe_on_body;
+    return probe_head(b, errstr, status) ? probe_on_body : NULL;
 }
 
 static h2o_http1client_head_cb probe_on_connect(h2o_http1client_t *client, const char *errstr, h2o_iovec_t **reqbufs,
@@ -1358,14 +1641,8 @@ static h2o_http1client_head_cb probe_on_connect(h2o_http1client_t *client, const
 {
     struct rbackend *b = client->data;
     if (errstr) {
-        char why[96];
-        snprintf(why, sizeof why, "health check: %s", errstr);
         b->probe = NULL;
-        probe_timer_stop(b);
-        if (b->scraping)
-            b->scraping = false;
-        else
-            backend_failed(b, why);
+        probe_head(b, errstr, 0);
         return NULL;
     }
     *reqbufs = &b->probe_iov;
@@ -1374,9 +1651,36 @@ static h2o_http1client_head_cb probe_on_connect(h2o_http1client_t *client, const
     return probe_on_head;
 }
 
+/* The same over HTTP/2, on the backend's connection. */
+static int probe_h2_on_head(struct h2cli_stream *s, int status)
+{
+    struct rbackend *b = H2O_STRUCT_FROM_MEMBER(struct rbackend, probe_hs, s);
+    return probe_head(b, NULL, status) ? 0 : -1;
+}
+
+static int probe_h2_on_data(struct h2cli_stream *s, const char *p, size_t n)
+{
+    probe_data(H2O_STRUCT_FROM_MEMBER(struct rbackend, probe_hs, s), p, n);
+    return 0;
+}
+
+static void probe_h2_on_close(struct h2cli_stream *s, const char *err, bool refused)
+{
+    (void)refused; /* the next probe is soon enough */
+    struct rbackend *b = H2O_STRUCT_FROM_MEMBER(struct rbackend, probe_hs, s);
+    b->probe_h2 = false;
+    if (!s->got_head)
+        probe_head(b, err ? err : "no answer", 0);
+    else
+        probe_end(b, err);
+}
+
+static const struct h2cli_stream_cb probe_h2_cb = {
+    .on_head = probe_h2_on_head, .on_data = probe_h2_on_data, .on_close = probe_h2_on_close};
+
 static void probe_start(struct rbackend *b)
 {
-    if (b->probe)
+    if (b->probe || b->probe_h2)
         return; /* the last one is still out: its timer ends it */
     struct remote *re = b->re;
     bool learn = !b->probed_models && (!b->kind_given || !re->cfg.upstream_model);
@@ -1390,6 +1694,7 @@ static void on_probe_timeout(h2o_timeout_entry_t *e)
         h2o_http1client_cancel(b->probe);
         b->probe = NULL;
     }
+    probe_done(b);
     if (b->scraping) {
         b->scraping = false;
         return;
@@ -1411,6 +1716,15 @@ static void probe_send(struct rbackend *b, const char *path)
     b->probe_body.len = 0;
     b->probe_timer.cb = on_probe_timeout;
     h2o_timeout_link(re->loop, &re->probe_timeout, &b->probe_timer);
+    if (b->h2) {
+        b->probe_hs.cb = &probe_h2_cb;
+        b->probe_h2 = true;
+        if (h2_submit(b, &b->probe_hs, b->probe_path, NULL, 0, 0) != 0) {
+            b->probe_h2 = false;
+            probe_head(b, "cannot open an HTTP/2 connection", 0);
+        }
+        return;
+    }
     h2o_http1client_connect_with_pool(&b->probe, b, &re->hctx, &b->pool, probe_on_connect);
 }
 
@@ -1474,6 +1788,11 @@ static void on_inbox(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messa
         re->ssl_ctx = re->hctx.ssl_ctx = re->new_ssl_ctx;
         re->new_ssl_ctx = NULL;
         atomic_store(&re->has_tls, true);
+    }
+    if (re->new_h2_ssl_ctx && !re->h2_ssl_ctx) {
+        re->h2_ssl_ctx = re->new_h2_ssl_ctx;
+        re->new_h2_ssl_ctx = NULL;
+        atomic_store(&re->has_h2_tls, true);
     }
     pthread_mutex_unlock(&re->in_mu);
     if (reconf) {
@@ -1553,7 +1872,7 @@ static void *loop_main(void *arg)
             h2o_http1client_cancel(re->b[i].probe);
             re->b[i].probe = NULL;
         }
-        probe_timer_stop(&re->b[i]);
+        probe_done(&re->b[i]);
     }
     /* Give the sockets just closed a turn to go, then take the loop down
      * with everything on it: the pools (their idle connections and
@@ -1623,6 +1942,7 @@ static int remote_submit(struct engine *e, struct engine_req *rq, struct lmd_err
     c->chat = strstr(rq->api_path, "chat") != NULL;
     c->usage_prompt = c->usage_completion = -1;
     c->head_timer.cb = on_head_timeout;
+    c->idle_timer.cb = on_idle_timeout;
     atomic_init(&c->refs, 2); /* the loop's and the scheduler's */
     rq->engine_data = c;
     inbox_push(re, c, false);
@@ -1707,6 +2027,10 @@ static void remote_close(struct engine *e)
         SSL_CTX_free(re->ssl_ctx);
     if (re->new_ssl_ctx)
         SSL_CTX_free(re->new_ssl_ctx);
+    if (re->h2_ssl_ctx)
+        SSL_CTX_free(re->h2_ssl_ctx);
+    if (re->new_h2_ssl_ctx)
+        SSL_CTX_free(re->new_h2_ssl_ctx);
     pthread_mutex_destroy(&re->in_mu);
     pthread_mutex_destroy(&re->out_mu);
     pthread_mutex_destroy(&re->start_mu);
@@ -1866,8 +2190,10 @@ static void reg_remove(struct remote *re)
 
 /* ---- the list of backends -------------------------------------------------------- */
 
-/* A client TLS context that checks upstreams' certificates and names. */
-static int tls_ctx(struct remote *re, SSL_CTX **out, struct lmd_err *err)
+/* A client TLS context that checks upstreams' certificates and names;
+ * for h2:// upstreams it offers HTTP/2 by ALPN (and only that: an upstream
+ * that does not pick it fails its connection, saying so). */
+static int tls_ctx(struct remote *re, bool h2, SSL_CTX **out, struct lmd_err *err)
 {
     const char *ca = re->cfg.ca_file;
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
@@ -1880,6 +2206,10 @@ static int tls_ctx(struct remote *re, SSL_CTX **out, struct lmd_err *err)
                   : lmd_err_set(err, LMD_EINVAL, "remote %s: cannot read the system's CA certificates", re->name);
     }
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (h2 && SSL_CTX_set_alpn_protos(ctx, (const unsigned char *)"\x02h2", 3) != 0) {
+        SSL_CTX_free(ctx);
+        return lmd_err_set(err, LMD_ENOMEM, "remote %s: cannot set up ALPN for HTTP/2", re->name);
+    }
     *out = ctx;
     return 0;
 }
@@ -1915,6 +2245,7 @@ static int backend_init(struct remote *re, int i, const struct remote_backend_co
     memcpy(b->prefix, prefix, sizeof prefix);
     b->kind = kind;
     b->tls = port < 0;
+    b->h2 = remote_url_h2(bc->url);
     b->port = port < 0 ? -port : port;
     b->kind_given = kind != REMOTE_AUTO;
     bool v6 = strchr(b->host, ':') != NULL;
@@ -1955,6 +2286,10 @@ static void backend_fini(struct rbackend *b)
     atomic_store(&b->active, false);
     pthread_mutex_unlock(&g_reg_mu);
     h2o_socketpool_dispose(&b->pool);
+    /* Its HTTP/2 connection has no stream left (the last request and the
+     * probe ended): it closes now. */
+    h2cli_release(b->h2conn);
+    b->h2conn = NULL;
     lmd_buf_free(&b->probe_body);
     free(b->idx_hash);
     free(b->idx_tick);
@@ -1967,7 +2302,7 @@ static void backends_reap(struct remote *re)
 {
     for (int i = 0; i < re->n_b; i++) {
         struct rbackend *b = &re->b[i];
-        if (b->active && b->removed && b->inflight == 0 && !b->probe) {
+        if (b->active && b->removed && b->inflight == 0 && !b->probe && !b->probe_h2) {
             LMD_INFO("remote %s: backend %s removed", re->name, b->url);
             backend_fini(b);
         }
@@ -2055,16 +2390,25 @@ int engine_remote_set_upstreams(struct engine *e, const struct remote_backend_co
             if (strcmp(list[j].url, list[i].url) == 0)
                 return lmd_err_set(err, LMD_EINVAL, "remote %s: upstream '%s' is listed twice", re->name, list[i].url);
     }
-    bool tls = false;
-    for (int i = 0; i < n; i++)
+    bool tls = false, tls_h2 = false;
+    for (int i = 0; i < n; i++) {
         tls |= strstr(list[i].url, "https://") != NULL;
-    SSL_CTX *ctx = NULL;
-    if (tls && !atomic_load(&re->has_tls) && tls_ctx(re, &ctx, err) != 0)
+        tls_h2 |= strstr(list[i].url, "h2://") != NULL;
+    }
+    SSL_CTX *ctx = NULL, *ctx_h2 = NULL;
+    if (tls && !atomic_load(&re->has_tls) && tls_ctx(re, false, &ctx, err) != 0)
         return LMD_EINVAL;
+    if (tls_h2 && !atomic_load(&re->has_h2_tls) && tls_ctx(re, true, &ctx_h2, err) != 0) {
+        if (ctx)
+            SSL_CTX_free(ctx);
+        return LMD_EINVAL;
+    }
     struct remote_backend_config *copy = malloc((size_t)(n ? n : 1) * sizeof *copy);
     if (!copy) {
         if (ctx)
             SSL_CTX_free(ctx);
+        if (ctx_h2)
+            SSL_CTX_free(ctx_h2);
         return lmd_err_set(err, LMD_ENOMEM, "out of memory");
     }
     memcpy(copy, list, (size_t)n * sizeof *copy);
@@ -2073,6 +2417,11 @@ int engine_remote_set_upstreams(struct engine *e, const struct remote_backend_co
         if (re->new_ssl_ctx)
             SSL_CTX_free(re->new_ssl_ctx);
         re->new_ssl_ctx = ctx;
+    }
+    if (ctx_h2) {
+        if (re->new_h2_ssl_ctx)
+            SSL_CTX_free(re->new_h2_ssl_ctx);
+        re->new_h2_ssl_ctx = ctx_h2;
     }
     free(re->reconf); /* a newer list replaces one not applied yet */
     re->reconf = copy;
@@ -2119,11 +2468,15 @@ int engine_remote_open(struct engine **out, const struct remote_config *cfg, str
     int total = 0, rc = 0;
     /* TLS only when an upstream needs it: reading the system's CAs takes
      * a few hundred milliseconds. */
-    bool tls = false;
-    for (int i = 0; i < cfg->n_backends; i++)
+    bool tls = false, tls_h2 = false;
+    for (int i = 0; i < cfg->n_backends; i++) {
         tls |= strstr(cfg->backends[i].url, "https://") != NULL;
-    if (tls && (rc = tls_ctx(re, &re->ssl_ctx, err)) == 0)
+        tls_h2 |= strstr(cfg->backends[i].url, "h2://") != NULL;
+    }
+    if (tls && (rc = tls_ctx(re, false, &re->ssl_ctx, err)) == 0)
         atomic_store(&re->has_tls, true);
+    if (rc == 0 && tls_h2 && (rc = tls_ctx(re, true, &re->h2_ssl_ctx, err)) == 0)
+        atomic_store(&re->has_h2_tls, true);
     for (int i = 0; i < cfg->n_backends && rc == 0; i++) {
         for (int j = 0; j < i; j++)
             if (strcmp(cfg->backends[j].url, cfg->backends[i].url) == 0)
