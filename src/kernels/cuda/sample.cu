@@ -273,7 +273,8 @@ __device__ Cut select_k(const float *l, int n, int k, Shared &sh)
     }
     Cut c{prefix, n - 1, true};
     if (kk < n_eq)
-        c.idx = nth_index(n, kk, [=](int i) { return fkey(l[i]) == prefix; }, sh);
+        c.idx = nth_index(
+            n, kk, [=](int i) { return fkey(l[i]) == prefix; }, sh);
     return c;
 }
 
@@ -454,7 +455,8 @@ __device__ int draw_index(const Draw &d, Cut c0, Shared &sh)
             c = 1;
         cp = Cut{T, d.n - 1, true};
         if (c < eq)
-            cp.idx = nth_index(n, c, [=](int i) { return fkey(l[i]) == T && c0.in(T, i); }, sh);
+            cp.idx = nth_index(
+                n, c, [=](int i) { return fkey(l[i]) == T && c0.in(T, i); }, sh);
     }
     /* The largest weight is the maximum's, expf(0) = 1: min-p's threshold
      * is min_p itself. */
@@ -589,8 +591,8 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     block_argmax(mx, am, sh);
     int tok = am < n ? am : 0;
     if (R.temperature > 0.0f) {
-        const Draw d{l,       n,         mx, __fdiv_rn(1.0f, R.temperature), R.top_p, R.min_p, R.u,
-                     cand ? cand + (size_t)blockIdx.x * (size_t)n : nullptr};
+        const Draw d{l,       n,       mx,  __fdiv_rn(1.0f, R.temperature),
+                     R.top_p, R.min_p, R.u, cand ? cand + (size_t)blockIdx.x * (size_t)n : nullptr};
         tok = draw(d, R.top_k, sh);
     }
 
