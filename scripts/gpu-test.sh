@@ -4,13 +4,16 @@
 # the CUDA engine:
 #   1. cuda_test: every weight type's kernels against the CPU reference, the
 #      engine against the native engine on the default model, batched =
-#      alone, bad batches refused;
+#      alone, bad batches refused; sampling on the device against
+#      sample/sample.c, and the engine that samples against its logits;
 #   2. the golden comparison (tests/golden/compare.py) on the CUDA engine:
 #      greedy tokens and logits against llama.cpp's, default and synthetic
 #      models;
 #   3. compute-sanitizer memcheck and racecheck over cuda_test, where the
 #      tool is installed;
-#   4. `lmd bench --device cuda` on each model given.
+#   4. `lmd bench --device cuda` on each model given, and batched decode
+#      again with LMD_CUDA_SAMPLE=0 (logits to the host, as before sampling
+#      moved to the device) for comparison.
 #
 # usage: scripts/gpu-test.sh [--build DIR] [--model FILE] [--synth DIR] [--bench FILE]... [--quick]
 #   --build  the build folder holding lmd and cuda_test (default build)
@@ -76,6 +79,8 @@ if [ "$QUICK" = 0 ]; then
     for m in "${BENCH[@]}"; do
         step "lmd bench --device cuda $m"
         "$BUILD/lmd" bench -m "$m" --device cuda -p 512 -g 128 -b 1,16,64 -r 3 || fail=1
+        step "lmd bench --device cuda $m, LMD_CUDA_SAMPLE=0 (logits path)"
+        LMD_CUDA_SAMPLE=0 "$BUILD/lmd" bench -m "$m" --device cuda -p 0 -g 128 -b 1,16,64 -r 3 || fail=1
     done
 fi
 echo

@@ -64,15 +64,36 @@ struct bench_seq {
     int32_t *blocks;
 };
 
+/* Greedy decoding for every sequence, for an engine that samples: the
+ * step then measures what serving runs (the forward pass and the token
+ * picked on the device); an engine that returns logits copies them out,
+ * as it does for a caller that samples. No penalty table nor grammar: the
+ * sampler keeps no history and may serve every row. */
+static struct sampler bench_greedy;
+
+static int bench_step(struct engine *e, struct engine_seq *es, int n, struct lmd_err *err)
+{
+    if (!e->info.samples) {
+        const float *lg;
+        return engine_step(e, es, n, &lg, err);
+    }
+    for (int i = 0; i < n; i++) {
+        es[i].smp = &bench_greedy;
+        es[i].n_logprobs = -1;
+    }
+    struct engine_result res;
+    int rc = engine_launch(e, es, n, err);
+    return rc ? rc : engine_wait(e, &res, err);
+}
+
 static int run_prefill(struct engine *e, struct bench_seq *bs, int32_t *tok, int n, double *secs, struct lmd_err *err)
 {
-    const float *lg;
     uint64_t t0 = lmd_time_mono_ns();
     for (int done = 0; done < n;) {
         int k = n - done < e->info.max_batch_tokens ? n - done : e->info.max_batch_tokens;
         struct engine_seq es = {
             .tokens = tok + done, .n_tokens = k, .pos = done, .blocks = bs->blocks, .want_logits = done + k == n};
-        int rc = engine_step(e, &es, 1, &lg, err);
+        int rc = bench_step(e, &es, 1, err);
         if (rc)
             return rc;
         done += k;
@@ -176,6 +197,14 @@ int cli_bench(int argc, char **argv)
         return 1;
     }
     int status = 1;
+    struct sample_params gp;
+    sample_params_default(&gp);
+    gp.temperature = 0.0f;
+    if (sample_init(&bench_greedy, &gp, 1, &err) != 0) {
+        fprintf(stderr, "lmd bench: %s\n", err.msg);
+        engine_close(e);
+        return 1;
+    }
     /* One block manager for the bench's sequences, no prefix cache: every
      * run computes what it measures. */
     struct kv_mgr kvm, *kv = &kvm;
@@ -183,6 +212,7 @@ int cli_bench(int argc, char **argv)
                 &err) != 0) {
         fprintf(stderr, "lmd bench: %s\n", err.msg);
         engine_close(e);
+        sample_free(&bench_greedy);
         return 1;
     }
     struct bench_seq *bs = calloc((size_t)max_b, sizeof *bs);
@@ -203,11 +233,11 @@ int cli_bench(int argc, char **argv)
     const bool cpu = strcmp(e->info.kind, "native") == 0;
     const char *isa = cpu ? kern_isa() : e->info.kind;
     if (!json)
-        printf("model %s (%s), %s%d threads, isa %s\n", e->info.model_name, e->info.arch, cpu ? "" : "engine cuda, ",
-               e->info.n_threads, isa);
+        printf("model %s (%s), %s%d threads, isa %s%s\n", e->info.model_name, e->info.arch, cpu ? "" : "engine cuda, ",
+               e->info.n_threads, isa, e->info.samples ? ", greedy tokens picked in the engine" : "");
     if (json)
-        printf("{\"model\":\"%s\",\"engine\":\"%s\",\"threads\":%d,\"isa\":\"%s\"", e->info.model_name, e->info.kind,
-               e->info.n_threads, isa);
+        printf("{\"model\":\"%s\",\"engine\":\"%s\",\"threads\":%d,\"isa\":\"%s\",\"samples\":%s", e->info.model_name,
+               e->info.kind, e->info.n_threads, isa, e->info.samples ? "true" : "false");
 
     if (pp > 0) {
         if (kv_seq_reserve(kv, &bs[0].kv, (int)pp) != 0) {
@@ -243,10 +273,9 @@ int cli_bench(int argc, char **argv)
                 goto fail;
             uint64_t t0 = lmd_time_mono_ns();
             for (int i = 0; i < tg; i++) {
-                const float *lg;
                 struct engine_seq one = {
                     .tokens = &tok[8 + i], .n_tokens = 1, .pos = 8 + i, .blocks = bs[0].blocks, .want_logits = true};
-                if (engine_step(e, &one, 1, &lg, &err))
+                if (bench_step(e, &one, 1, &err))
                     goto fail;
             }
             samples[r] = (double)tg / ((double)(lmd_time_mono_ns() - t0) / 1e9);
@@ -284,8 +313,7 @@ int cli_bench(int argc, char **argv)
                                                 .pos = 8 + 4 * i + k,
                                                 .blocks = bs[i].blocks,
                                                 .want_logits = true};
-                const float *lg;
-                if (engine_step(e, es, B, &lg, &err))
+                if (bench_step(e, es, B, &err))
                     goto fail;
             }
             samples[r] = (double)B * steps / ((double)(lmd_time_mono_ns() - t0) / 1e9);
@@ -317,5 +345,6 @@ out:
     free(samples);
     kv_free(kv);
     engine_close(e);
+    sample_free(&bench_greedy);
     return status;
 }

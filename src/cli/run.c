@@ -307,6 +307,7 @@ int cli_run(int argc, char **argv)
         .n_ctx = n_ctx > 0 ? (int)n_ctx : 4096,
         .max_batch_tokens = 512,
         .max_seqs = 1,
+        .logits_out = true, /* sampled here, and --dump-logits writes them */
     };
     if (engine_local_open(&eng, &cfg, &err) != 0) {
         fprintf(stderr, "lmd run: %s\n", err.msg);

@@ -76,6 +76,8 @@ struct engine_config {
     int kv_blocks;        /* 0 = enough for max_seqs full contexts, capped by kv_max_bytes */
     int kv_block_tokens;  /* positions per block; 0 = 16 */
     size_t kv_max_bytes;  /* cap when kv_blocks is 0; 0 = 2 GiB */
+    bool logits_out;      /* return logits rows even from an engine that can sample (info.samples stays false):
+                             for callers that sample themselves or read the logits (lmd run, parity tests) */
 };
 
 struct engine_info {

@@ -69,6 +69,8 @@ static uint64_t xoshiro_next(uint64_t *s)
 /* Uniform in [0, 1) with 53 random bits. */
 static double rng_uniform(uint64_t *s) { return (double)(xoshiro_next(s) >> 11) * 0x1.0p-53; }
 
+double sample_uniform(struct sampler *s) { return rng_uniform(s->rng); }
+
 int sample_init(struct sampler *s, const struct sample_params *p, int max_tokens, struct lmd_err *err)
 {
     memset(s, 0, sizeof *s);

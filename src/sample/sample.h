@@ -99,6 +99,11 @@ void sample_accept(struct sampler *s, int32_t token);
  * cannot go on, the end-of-generation token is returned without drawing. */
 int32_t sample_next(struct sampler *s, struct sample_scratch *sc, float *logits, int n_vocab);
 
+/* The uniform in [0, 1) that sample_next's draw takes from s's RNG (one
+ * per draw at temperature > 0), for an engine that draws elsewhere (on a
+ * GPU) with the same seeded stream. */
+double sample_uniform(struct sampler *s);
+
 /* Log-probabilities under `logits` (as modified by sample_next): of `token`,
  * and the top_n most likely tokens in descending order. */
 float sample_logprobs(const float *logits, int n_vocab, int32_t token, int top_n, int32_t *top_ids, float *top_lps);

@@ -12,7 +12,14 @@
  *    logits after a prompt agree closely, and greedy decoding picks the
  *    same tokens except where the CPU's two best are a near-tie;
  *  - decode steps batched together give each sequence the bits it gets
- *    alone; bad batches are refused and the engine goes on.
+ *    alone; bad batches are refused and the engine goes on;
+ *  - sampling on the device (kcu_sample) against sample/sample.c: greedy
+ *    tokens, bias and penalties bit for bit, candidate sets of every
+ *    filter exactly, a seeded draw's token where the device keeps
+ *    sample.c's order, the distribution of 20000 draws by a chi-square
+ *    test, log-probabilities; and the engine that samples against the
+ *    same engine returning logits sampled on the CPU, a grammar's row
+ *    included.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -27,8 +34,12 @@
 #include <cmocka.h>
 
 #include "engine/engine.h"
+#include "gguf/gguf.h"
 #include "kernels/cuda/kcuda.h"
 #include "kernels/kernels.h"
+#include "sample/grammar.h"
+#include "sample/sample.h"
+#include "tokenizer/tokenizer.h"
 
 #define CU(call) assert_int_equal((int)(call), (int)cudaSuccess)
 
@@ -623,7 +634,8 @@ static struct engine *open_on(enum engine_device dev, int max_seqs)
                                 .n_ctx = 256,
                                 .max_batch_tokens = 64,
                                 .max_seqs = max_seqs,
-                                .kv_blocks = 64};
+                                .kv_blocks = 64,
+                                .logits_out = true};
     if (dev == ENGINE_DEVICE_CPU)
         cfg.n_threads = 0;
     if (engine_local_open(&e, &cfg, &err) != 0)
@@ -816,12 +828,729 @@ static void test_engine_batch_equals_alone(void **state)
     engine_close(e);
 }
 
+/* ---- sampling on the device ------------------------------------------------- */
+
+#define NV_BIG 262144 /* the default model's vocabulary, rounded */
+
+/* kcu_sample over logits [n_logit_rows][n]; out [n_rows]; the rows as the
+ * kernel left them in edited (or NULL); candidate flags in cand
+ * [n_rows][n] (or NULL). */
+static void dev_sample(const float *logits, int n_logit_rows, int n, const struct kcu_sample_row *rows, int n_rows,
+                       const struct kcu_sample_edit *edits, int n_edits, struct kcu_sample_out *out, float *edited,
+                       uint8_t *cand)
+{
+    float *ld;
+    struct kcu_sample_row *rd;
+    struct kcu_sample_edit *ed = NULL;
+    struct kcu_sample_out *od;
+    uint8_t *cd = NULL;
+    const size_t lbytes = sizeof(float) * (size_t)n_logit_rows * (size_t)n;
+    CU(cudaMalloc((void **)&ld, lbytes));
+    CU(cudaMalloc((void **)&rd, sizeof *rd * (size_t)n_rows));
+    CU(cudaMalloc((void **)&ed, sizeof *ed * (size_t)(n_edits > 0 ? n_edits : 1)));
+    CU(cudaMalloc((void **)&od, sizeof *od * (size_t)n_rows));
+    CU(cudaMemcpy(ld, logits, lbytes, cudaMemcpyHostToDevice));
+    CU(cudaMemcpy(rd, rows, sizeof *rd * (size_t)n_rows, cudaMemcpyHostToDevice));
+    if (n_edits > 0)
+        CU(cudaMemcpy(ed, edits, sizeof *ed * (size_t)n_edits, cudaMemcpyHostToDevice));
+    if (cand) {
+        CU(cudaMalloc((void **)&cd, (size_t)n_rows * (size_t)n));
+        CU(cudaMemset(cd, 0, (size_t)n_rows * (size_t)n));
+    }
+    CU(kcu_sample(NULL, ld, n, rd, ed, n_rows, od, cd));
+    CU(cudaDeviceSynchronize());
+    CU(cudaMemcpy(out, od, sizeof *od * (size_t)n_rows, cudaMemcpyDeviceToHost));
+    if (edited)
+        CU(cudaMemcpy(edited, ld, lbytes, cudaMemcpyDeviceToHost));
+    if (cand)
+        CU(cudaMemcpy(cand, cd, (size_t)n_rows * (size_t)n, cudaMemcpyDeviceToHost));
+    cudaFree(ld);
+    cudaFree(rd);
+    cudaFree(ed);
+    cudaFree(od);
+    cudaFree(cd);
+}
+
+/* A device row from a sampler, as the engine stages it (its uniform taken
+ * from s's RNG at temperature > 0); its edits appended at ed[*n_edits]. */
+static struct kcu_sample_row row_from(struct sampler *s, int row, int n_logprobs, struct kcu_sample_edit *ed,
+                                      int *n_edits)
+{
+    const struct sample_params *p = &s->p;
+    struct kcu_sample_row k = {.u = p->temperature > 0.0f ? sample_uniform(s) : 0.0,
+                               .row = row,
+                               .top_k = p->top_k,
+                               .temperature = p->temperature,
+                               .top_p = p->top_p,
+                               .min_p = p->min_p,
+                               .repetition_penalty = p->repetition_penalty,
+                               .presence_penalty = p->presence_penalty,
+                               .frequency_penalty = p->frequency_penalty,
+                               .edit0 = *n_edits,
+                               .n_bias = p->n_bias,
+                               .n_logprobs = n_logprobs};
+    for (int b = 0; b < p->n_bias; b++)
+        ed[(*n_edits)++] = (struct kcu_sample_edit){s->bias[b].token, s->bias[b].bias};
+    for (uint32_t h = 0; h < s->cap; h++)
+        if (s->keys[h] >= 0)
+            ed[(*n_edits)++] = (struct kcu_sample_edit){s->keys[h], (float)s->counts[h]};
+    k.n_pen = *n_edits - k.edit0 - k.n_bias;
+    return k;
+}
+
+static struct sampler mk_sampler(float temp, int top_k, float top_p, float min_p, uint64_t seed)
+{
+    struct sample_params p;
+    sample_params_default(&p);
+    p.temperature = temp;
+    p.top_k = top_k;
+    p.top_p = top_p;
+    p.min_p = min_p;
+    p.seed = seed;
+    struct sampler s;
+    struct lmd_err err = {0};
+    if (sample_init(&s, &p, 64, &err))
+        fail_msg("sample_init: %s", err.msg);
+    return s;
+}
+
+/* Rows of n random logits in [-scale, scale] with 20001 distinct values:
+ * every row of the vocabulary's size holds many exact ties. */
+static void rand_logits(float *v, int n, float scale)
+{
+    for (int i = 0; i < n; i++)
+        v[i] = rndf() * scale;
+}
+
+/* Greedy on the device = sample.c's argmax (the lowest index of the
+ * largest value), on rows with ties, planted maxima at either end, a row
+ * of equal values, and sizes below a block; top-k 1 at any temperature is
+ * greedy too. */
+static void test_sample_greedy(void **state)
+{
+    (void)state;
+    if (!have_gpu)
+        skip();
+    enum { R = 8 };
+    const int sizes[] = {NV_BIG, 1000, 33, 1};
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const int n = sizes[si];
+        float *lg = malloc(sizeof(float) * R * (size_t)n), *cpu = malloc(sizeof(float) * (size_t)n);
+        for (int r = 0; r < R; r++)
+            rand_logits(lg + (size_t)r * n, n, 5.0f);
+        if (n > 2) {
+            lg[(size_t)1 * n + 0] = 9.0f;       /* at the first index */
+            lg[(size_t)2 * n + (n - 1)] = 9.0f; /* at the last */
+            lg[(size_t)3 * n + n / 2] = 9.0f;   /* a tie: the lower index wins */
+            lg[(size_t)3 * n + n / 3] = 9.0f;
+            for (int i = 0; i < n; i++)
+                lg[(size_t)4 * n + i] = 0.25f; /* all equal */
+            lg[(size_t)5 * n + 1] = -0.0f;     /* -0 and +0 tie as in C */
+            lg[(size_t)5 * n + 2] = 0.0f;
+            for (int i = 0; i < n; i++)
+                if (i != 1 && i != 2)
+                    lg[(size_t)5 * n + i] = -1.0f - (float)(i % 7);
+        }
+        struct kcu_sample_row rows[3 * R];
+        struct kcu_sample_out out[3 * R];
+        struct sampler g = mk_sampler(0.0f, 0, 1.0f, 0.0f, 1), k1 = mk_sampler(0.7f, 1, 1.0f, 0.0f, 2),
+                       k2 = mk_sampler(5.0f, 1, 1.0f, 0.0f, 3);
+        int ne = 0;
+        for (int r = 0; r < R; r++) {
+            rows[r] = row_from(&g, r, -1, NULL, &ne);
+            rows[R + r] = row_from(&k1, r, -1, NULL, &ne);
+            rows[2 * R + r] = row_from(&k2, r, -1, NULL, &ne);
+        }
+        dev_sample(lg, R, n, rows, 3 * R, NULL, 0, out, NULL, NULL);
+        struct sample_scratch sc;
+        struct lmd_err err = {0};
+        assert_int_equal(sample_scratch_init(&sc, n, &err), 0);
+        for (int r = 0; r < R; r++) {
+            memcpy(cpu, lg + (size_t)r * n, sizeof(float) * (size_t)n);
+            const int32_t want = sample_next(&g, &sc, cpu, n);
+            if (out[r].token != want || out[R + r].token != want || out[2 * R + r].token != want)
+                fail_msg("n %d row %d: sample.c's argmax %d (%g); device greedy %d, top-k 1 at 0.7: %d, at 5: %d", n, r,
+                         want, (double)cpu[want], out[r].token, out[R + r].token, out[2 * R + r].token);
+        }
+        sample_scratch_free(&sc);
+        sample_free(&g);
+        sample_free(&k1);
+        sample_free(&k2);
+        free(lg);
+        free(cpu);
+    }
+}
+
+/* Bias (a token listed twice, one out of range) and the three penalties
+ * over a history: the device's edited row equals sample.c's bit for bit,
+ * and so do the greedy token and a top-k draw with the same uniform. */
+static void test_sample_penalties(void **state)
+{
+    (void)state;
+    if (!have_gpu)
+        skip();
+    const int n = NV_BIG;
+    float *lg = malloc(sizeof(float) * 2 * (size_t)n), *cpu = malloc(sizeof(float) * 2 * (size_t)n),
+          *dev = malloc(sizeof(float) * 2 * (size_t)n);
+    rand_logits(lg, n, 6.0f);
+    memcpy(lg + n, lg, sizeof(float) * (size_t)n);
+    const struct sample_bias bias[] = {{5, 3.5f}, {17, -100.0f}, {5, 1.25f}, {n - 1, 7.0f}, {n + 3, 50.0f}};
+    int32_t hist_prompt[64], hist_out[40];
+    for (int i = 0; i < 64; i++)
+        hist_prompt[i] = (int32_t)(rnd() % 3000);
+    for (int i = 0; i < 40; i++)
+        hist_out[i] = i < 20 ? (int32_t)(rnd() % 3000) : hist_out[i % 7]; /* repeats */
+    /* Make the penalties decide: the largest logits belong to history. */
+    lg[hist_out[0]] = lg[n + hist_out[0]] = 6.5f;
+    lg[hist_prompt[0]] = lg[n + hist_prompt[0]] = 6.4f;
+    struct sampler s[4];
+    for (int i = 0; i < 4; i++) {
+        struct sample_params p;
+        sample_params_default(&p);
+        p.temperature = i < 2 ? 0.0f : 0.8f;
+        p.top_k = 40;
+        p.repetition_penalty = 1.3f;
+        p.presence_penalty = 0.4f;
+        p.frequency_penalty = 0.7f;
+        p.bias = bias;
+        p.n_bias = 5;
+        p.seed = 99; /* s[2] and s[3] draw the same uniforms */
+        struct lmd_err err = {0};
+        assert_int_equal(sample_init(&s[i], &p, 200, &err), 0);
+        sample_accept_prompt(&s[i], hist_prompt, 64);
+        for (int j = 0; j < 40; j++)
+            sample_accept(&s[i], hist_out[j]);
+    }
+    struct kcu_sample_edit ed[512];
+    int ne = 0;
+    struct kcu_sample_row rows[2] = {row_from(&s[1], 0, -1, ed, &ne), row_from(&s[3], 1, -1, ed, &ne)};
+    struct kcu_sample_out out[2];
+    dev_sample(lg, 2, n, rows, 2, ed, ne, out, dev, NULL);
+    struct sample_scratch sc;
+    struct lmd_err err = {0};
+    assert_int_equal(sample_scratch_init(&sc, n, &err), 0);
+    memcpy(cpu, lg, sizeof(float) * 2 * (size_t)n);
+    const int32_t t0 = sample_next(&s[0], &sc, cpu, n), t1 = sample_next(&s[2], &sc, cpu + n, n);
+    for (int r = 0; r < 2; r++)
+        for (int i = 0; i < n; i++)
+            if (memcmp(&cpu[(size_t)r * n + i], &dev[(size_t)r * n + i], sizeof(float)) != 0)
+                fail_msg("row %d token %d: logit %.9g edited by sample.c to %.9g, by the device to %.9g", r, i,
+                         (double)lg[(size_t)r * n + i], (double)cpu[(size_t)r * n + i], (double)dev[(size_t)r * n + i]);
+    print_message("penalties: greedy %d (cpu %d), top-k 40 draw %d (cpu %d)\n", out[0].token, t0, out[1].token, t1);
+    assert_int_equal(out[0].token, t0);
+    assert_int_equal(out[1].token, t1);
+    sample_scratch_free(&sc);
+    for (int i = 0; i < 4; i++)
+        sample_free(&s[i]);
+    free(lg);
+    free(cpu);
+    free(dev);
+}
+
+/* Rows for the candidate tests: flat (uniform in [-4, 4], ties
+ * everywhere: top-p needs more than the first 1024) and peaked (300
+ * tokens far above the rest: the first 1024 hold the mass). */
+static void flat_and_peaked(float *lg, int n)
+{
+    rand_logits(lg, n, 4.0f);
+    rand_logits(lg + n, n, 4.0f);
+    for (int j = 0; j < 300; j++)
+        lg[(size_t)n + (rnd() % (uint32_t)n)] = 12.0f + rndf();
+}
+
+struct cand_case {
+    int row; /* 0 flat, 1 peaked */
+    float temp;
+    int top_k;
+    float top_p, min_p;
+    bool same_order; /* the device draws in sample.c's order: the same token for the same uniform */
+};
+
+static const struct cand_case cand_cases[] = {
+    {1, 0.8f, 40, 1.0f, 0.0f, true},     /* top-k, sorted on the device */
+    {1, 1.0f, 0, 0.9f, 0.0f, true},      /* top-p within the first 1024 */
+    {1, 0.7f, 50, 0.8f, 0.02f, true},    /* all three */
+    {1, 2.0f, 1024, 1.0f, 0.0f, true},   /* top-k at the pool's size */
+    {0, 0.8f, 40, 1.0f, 0.0f, true},     /* top-k through many ties */
+    {0, 1.0f, 0, 0.9f, 0.0f, false},     /* top-p over the whole row (bisected) */
+    {0, 1.0f, 0, 1.0f, 0.3f, true},      /* min-p alone (index order on both) */
+    {0, 1.3f, 3000, 1.0f, 0.0f, false},  /* top-k above the pool */
+    {0, 1.3f, 3000, 0.5f, 0.05f, false}, /* and top-p and min-p within it */
+    {0, 1.0f, 0, 1.0f, 0.0f, true},      /* no filter: every token, in index order on both */
+};
+
+/* Each filter's candidate set on the device equals sample.c's, token for
+ * token; where the device keeps sample.c's order, the seeded draw picks
+ * sample.c's token, elsewhere one of the candidates. */
+static void test_sample_candidates(void **state)
+{
+    (void)state;
+    if (!have_gpu)
+        skip();
+    const int n = NV_BIG, nc = (int)(sizeof cand_cases / sizeof cand_cases[0]);
+    float *lg = malloc(sizeof(float) * 2 * (size_t)n), *cpu = malloc(sizeof(float) * (size_t)n);
+    flat_and_peaked(lg, n);
+    uint8_t *cand = malloc((size_t)nc * (size_t)n);
+    struct kcu_sample_row rows[16];
+    struct kcu_sample_out out[16];
+    struct sampler cs[16], ds[16];
+    int ne = 0;
+    for (int c = 0; c < nc; c++) {
+        const struct cand_case *k = &cand_cases[c];
+        cs[c] = mk_sampler(k->temp, k->top_k, k->top_p, k->min_p, 1000 + (uint64_t)c);
+        ds[c] = mk_sampler(k->temp, k->top_k, k->top_p, k->min_p, 1000 + (uint64_t)c);
+        rows[c] = row_from(&ds[c], k->row, -1, NULL, &ne);
+    }
+    dev_sample(lg, 2, n, rows, nc, NULL, 0, out, NULL, cand);
+    struct sample_scratch sc;
+    struct lmd_err err = {0};
+    assert_int_equal(sample_scratch_init(&sc, n, &err), 0);
+    uint8_t *mine = malloc((size_t)n);
+    for (int c = 0; c < nc; c++) {
+        const struct cand_case *k = &cand_cases[c];
+        memcpy(cpu, lg + (size_t)k->row * n, sizeof(float) * (size_t)n);
+        const int32_t want = sample_next(&cs[c], &sc, cpu, n);
+        memset(mine, 0, (size_t)n);
+        for (int j = 0; j < sc.n_cand; j++)
+            mine[sc.idx[j]] = 1;
+        const uint8_t *got = cand + (size_t)c * n;
+        int n_got = 0, first_diff = -1;
+        for (int i = 0; i < n; i++) {
+            n_got += got[i] != 0;
+            if ((got[i] != 0) != (mine[i] != 0) && first_diff < 0)
+                first_diff = i;
+        }
+        print_message("case %d (T %.1f, top-k %d, top-p %.2f, min-p %.2f, %s row): %d candidates (cpu %d), token %d "
+                      "(cpu %d)\n",
+                      c, (double)k->temp, k->top_k, (double)k->top_p, (double)k->min_p, k->row ? "peaked" : "flat",
+                      n_got, sc.n_cand, out[c].token, want);
+        if (first_diff >= 0)
+            fail_msg("case %d: candidate sets differ first at token %d (logit %.9g): cpu %s it, device %s it", c,
+                     first_diff, (double)cpu[first_diff], mine[first_diff] ? "keeps" : "drops",
+                     got[first_diff] ? "keeps" : "drops");
+        assert_true(out[c].token >= 0 && out[c].token < n && mine[out[c].token]);
+        if (k->same_order && out[c].token != want)
+            fail_msg("case %d: same uniform, device token %d, sample.c's %d", c, out[c].token, want);
+        sample_free(&cs[c]);
+        sample_free(&ds[c]);
+    }
+    sample_scratch_free(&sc);
+    free(mine);
+    free(cand);
+    free(lg);
+    free(cpu);
+}
+
+/* 20000 seeded draws on the device against the distribution sample.c
+ * draws from (its candidates and weights), by a chi-square test with a
+ * threshold far past any plausible statistic (the seed is fixed: the
+ * verdict cannot change from run to run); where the device keeps
+ * sample.c's order each draw is also compared with sample.c's own. */
+static void chi_square_case(const float *lg, int n, float temp, int top_k, float top_p, float min_p, bool same_order)
+{
+    enum { N = 20000 };
+    struct sampler cs = mk_sampler(temp, top_k, top_p, min_p, 4242), ds = mk_sampler(temp, top_k, top_p, min_p, 4242);
+    struct kcu_sample_row *rows = malloc(sizeof *rows * N);
+    struct kcu_sample_out *out = malloc(sizeof *out * N);
+    int ne = 0;
+    for (int i = 0; i < N; i++)
+        rows[i] = row_from(&ds, 0, -1, NULL, &ne);
+    dev_sample(lg, 1, n, rows, N, NULL, 0, out, NULL, NULL);
+    struct sample_scratch sc;
+    struct lmd_err err = {0};
+    assert_int_equal(sample_scratch_init(&sc, n, &err), 0);
+    float *cpu = malloc(sizeof(float) * (size_t)n);
+    double *prob = calloc((size_t)n, sizeof *prob);
+    int *seen = calloc((size_t)n, sizeof *seen), mismatches = 0;
+    for (int i = 0; i < N; i++) {
+        memcpy(cpu, lg, sizeof(float) * (size_t)n);
+        const int32_t t = sample_next(&cs, &sc, cpu, n);
+        if (i == 0) {
+            double sum = 0;
+            for (int j = 0; j < sc.n_cand; j++)
+                sum += sc.val[j];
+            for (int j = 0; j < sc.n_cand; j++)
+                prob[sc.idx[j]] = sc.val[j] / sum;
+        }
+        mismatches += t != out[i].token;
+        if (out[i].token < 0 || out[i].token >= n || prob[out[i].token] == 0.0)
+            fail_msg("draw %d: token %d is not a candidate", i, out[i].token);
+        seen[out[i].token]++;
+    }
+    /* Bins of at least 5 expected draws; the rest pooled. */
+    double chi = 0, rest_e = 0;
+    int rest_o = 0, bins = 0;
+    for (int j = 0; j < n; j++) {
+        const double e = prob[j] * N;
+        if (e >= 5.0) {
+            chi += (seen[j] - e) * (seen[j] - e) / e;
+            bins++;
+        } else if (prob[j] > 0) {
+            rest_e += e;
+            rest_o += seen[j];
+        }
+    }
+    if (rest_e >= 5.0) {
+        chi += (rest_o - rest_e) * (rest_o - rest_e) / rest_e;
+        bins++;
+    }
+    const int df = bins - 1;
+    const double limit = df + 8.0 * sqrt(2.0 * df) + 25.0;
+    print_message("chi-square (T %.1f, top-k %d, top-p %.2f, min-p %.2f): %d candidates, %.1f over %d degrees of "
+                  "freedom (limit %.1f); %d of %d draws differ from sample.c's%s\n",
+                  (double)temp, top_k, (double)top_p, (double)min_p, sc.n_cand, chi, df, limit, mismatches, N,
+                  same_order ? "" : " (index order on the device: expected)");
+    assert_true(df >= 10);
+    /* Only draws within float rounding of a boundary may differ. */
+    if (same_order && mismatches > 2)
+        fail_msg("%d of %d draws differ from sample.c's with the same uniform", mismatches, N);
+    if (chi >= limit)
+        fail_msg("chi-square %.1f over %d degrees of freedom: the device's draws do not follow sample.c's weights", chi,
+                 df);
+    sample_scratch_free(&sc);
+    sample_free(&cs);
+    sample_free(&ds);
+    free(rows);
+    free(out);
+    free(cpu);
+    free(prob);
+    free(seen);
+}
+
+static void test_sample_distribution(void **state)
+{
+    (void)state;
+    if (!have_gpu)
+        skip();
+    const int n = 600;
+    float lg[600];
+    rand_logits(lg, n, 3.0f);
+    chi_square_case(lg, n, 0.9f, 60, 0.95f, 0.01f, true); /* sorted on the device */
+    chi_square_case(lg, n, 1.2f, 0, 1.0f, 0.05f, true);   /* min-p alone: index order on both */
+    chi_square_case(lg, n, 1.0f, 0, 0.7f, 0.0f, true);    /* top-p over a row shorter than 1024: sorted */
+    /* top-k above the device's pool: sample.c draws in value order, the
+     * device in index order (same distribution, other tokens). */
+    enum { NB = 4000 };
+    float *big = malloc(sizeof(float) * NB);
+    rand_logits(big, NB, 2.0f);
+    chi_square_case(big, NB, 0.5f, 1500, 1.0f, 0.0f, false);
+    free(big);
+}
+
+/* Log-probabilities under the edited logits: the token's and the top n
+ * within 1e-4 of sample_logprobs, the same ids in the same order (ties by
+ * index), greedy and sampled, with and without penalties. */
+static void test_sample_logprobs(void **state)
+{
+    (void)state;
+    if (!have_gpu)
+        skip();
+    const int n = NV_BIG;
+    float *lg = malloc(sizeof(float) * 2 * (size_t)n), *cpu = malloc(sizeof(float) * (size_t)n);
+    flat_and_peaked(lg, n);
+    const struct {
+        int row, n_lp;
+        float temp;
+        int top_k;
+        bool penalties;
+    } cs[] = {{0, 0, 0.0f, 0, false},   {0, 5, 0.0f, 0, false}, {0, 20, 0.0f, 0, false},
+              {1, 20, 0.8f, 40, false}, {1, 3, 0.0f, 0, true},  {0, 7, 0.9f, 30, true}};
+    const int nc = (int)(sizeof cs / sizeof cs[0]);
+    struct sampler a[8], b[8];
+    struct kcu_sample_row rows[8];
+    struct kcu_sample_out out[8];
+    struct kcu_sample_edit ed[256];
+    int ne = 0;
+    const int32_t hist[] = {11, 12, 13, 11, 400, 5000};
+    const struct sample_bias bias[] = {{7, 2.0f}, {9, -3.0f}};
+    /* Each row its own copy of the logits: the edits of one must not
+     * reach another. */
+    float *rowsv = malloc(sizeof(float) * (size_t)nc * (size_t)n);
+    for (int c = 0; c < nc; c++) {
+        memcpy(rowsv + (size_t)c * n, lg + (size_t)cs[c].row * n, sizeof(float) * (size_t)n);
+        for (int k = 0; k < 2; k++) {
+            struct sample_params p;
+            sample_params_default(&p);
+            p.temperature = cs[c].temp;
+            p.top_k = cs[c].top_k;
+            p.seed = 77 + (uint64_t)c;
+            if (cs[c].penalties) {
+                p.repetition_penalty = 1.5f;
+                p.frequency_penalty = 0.5f;
+                p.presence_penalty = 0.25f;
+                p.bias = bias;
+                p.n_bias = 2;
+            }
+            struct sampler *s = k ? &b[c] : &a[c];
+            struct lmd_err err = {0};
+            assert_int_equal(sample_init(s, &p, 32, &err), 0);
+            for (int j = 0; j < 6; j++)
+                sample_accept(s, hist[j]);
+        }
+        rows[c] = row_from(&b[c], c, cs[c].n_lp, ed, &ne);
+    }
+    dev_sample(rowsv, nc, n, rows, nc, ed, ne, out, NULL, NULL);
+    struct sample_scratch sc;
+    struct lmd_err err = {0};
+    assert_int_equal(sample_scratch_init(&sc, n, &err), 0);
+    for (int c = 0; c < nc; c++) {
+        memcpy(cpu, rowsv + (size_t)c * n, sizeof(float) * (size_t)n);
+        const int32_t t = sample_next(&a[c], &sc, cpu, n);
+        int32_t ids[20];
+        float lps[20];
+        const float lp = sample_logprobs(cpu, n, out[c].token, cs[c].n_lp, ids, lps);
+        print_message("logprobs case %d: token %d (cpu %d), lp %.6f (cpu %.6f)\n", c, out[c].token, t,
+                      (double)out[c].lp, (double)lp);
+        assert_int_equal(out[c].token, t);
+        if (fabsf(out[c].lp - lp) > 1e-4f)
+            fail_msg("case %d: log-probability of %d: device %.7f, sample_logprobs %.7f", c, t, (double)out[c].lp,
+                     (double)lp);
+        for (int j = 0; j < cs[c].n_lp; j++)
+            if (out[c].top_id[j] != ids[j] || fabsf(out[c].top_lp[j] - lps[j]) > 1e-4f)
+                fail_msg("case %d: top %d: device %d (%.7f), sample_logprobs %d (%.7f)", c, j, out[c].top_id[j],
+                         (double)out[c].top_lp[j], ids[j], (double)lps[j]);
+        sample_free(&a[c]);
+        sample_free(&b[c]);
+    }
+    sample_scratch_free(&sc);
+    free(rowsv);
+    free(lg);
+    free(cpu);
+}
+
+/* The model's own logits after the prompt: greedy and the top 20 on the
+ * device as on the CPU. */
+static void test_sample_real_logits(void **state)
+{
+    (void)state;
+    if (!have_gpu || access(model_path(), R_OK) != 0)
+        skip();
+    struct engine *e = open_on(ENGINE_DEVICE_CUDA, 1);
+    const int nv = e->info.n_vocab;
+    int32_t blocks[4] = {0, 1, 2, 3};
+    const float *l;
+    struct lmd_err err = {0};
+    struct engine_seq s = {.tokens = prompt, .n_tokens = PROMPT_LEN, .pos = 0, .blocks = blocks, .want_logits = true};
+    assert_int_equal(engine_step(e, &s, 1, &l, &err), 0);
+    float *lg = malloc(sizeof(float) * (size_t)nv);
+    memcpy(lg, l, sizeof(float) * (size_t)nv);
+    engine_close(e);
+    struct sampler g = mk_sampler(0.0f, 0, 1.0f, 0.0f, 1);
+    int ne = 0;
+    struct kcu_sample_row row = row_from(&g, 0, 20, NULL, &ne);
+    struct kcu_sample_out out;
+    dev_sample(lg, 1, nv, &row, 1, NULL, 0, &out, NULL, NULL);
+    int32_t ids[20];
+    float lps[20];
+    const float lp = sample_logprobs(lg, nv, argmax(lg, nv, NULL), 20, ids, lps);
+    print_message("real logits: greedy %d (cpu %d), lp %.6f (cpu %.6f)\n", out.token, argmax(lg, nv, NULL),
+                  (double)out.lp, (double)lp);
+    assert_int_equal(out.token, argmax(lg, nv, NULL));
+    assert_true(fabsf(out.lp - lp) <= 1e-4f);
+    for (int j = 0; j < 20; j++) {
+        assert_int_equal(out.top_id[j], ids[j]);
+        assert_true(fabsf(out.top_lp[j] - lps[j]) <= 1e-4f);
+    }
+    sample_free(&g);
+    free(lg);
+}
+
+/* ---- the engine that samples ------------------------------------------------- */
+
+#define E_SEQS 4
+#define E_TOP 5
+
+struct e_run {
+    int32_t tok[E_SEQS][GEN];
+    float lp[E_SEQS][GEN];
+    int32_t top_id[E_SEQS][GEN][E_TOP];
+    float top_lp[E_SEQS][GEN][E_TOP];
+};
+
+/* One step of rows b[0..n) whose outputs go to column k: through the
+ * engine's sampling, or (an engine of logits) sample_next on the CPU. */
+static void e_step(struct engine *e, struct engine_seq *b, int n, int first, struct sampler *smp, const int *n_lp,
+                   struct sample_scratch *sc, struct e_run *o, int k)
+{
+    struct lmd_err err = {0};
+    const int nv = e->info.n_vocab;
+    if (e->info.samples) {
+        for (int i = 0; i < n; i++) {
+            const int q = first + i;
+            b[i].smp = &smp[q];
+            b[i].n_logprobs = n_lp[q];
+            b[i].out_lp = &o->lp[q][k];
+            b[i].out_top_id = o->top_id[q][k];
+            b[i].out_top_lp = o->top_lp[q][k];
+        }
+        struct engine_result res;
+        if (engine_launch(e, b, n, &err) || engine_wait(e, &res, &err))
+            fail_msg("step: %s", err.msg);
+        assert_int_equal(res.n_rows, n);
+        assert_null(res.logits);
+        for (int i = 0; i < n; i++)
+            o->tok[first + i][k] = res.tokens[i];
+        return;
+    }
+    const float *lg;
+    if (engine_step(e, b, n, &lg, &err))
+        fail_msg("step: %s", err.msg);
+    for (int i = 0; i < n; i++) {
+        const int q = first + i;
+        float *row = (float *)lg + (size_t)i * nv;
+        const int32_t t = sample_next(&smp[q], sc, row, nv);
+        sample_accept(&smp[q], t);
+        if (n_lp[q] >= 0)
+            o->lp[q][k] = sample_logprobs(row, nv, t, n_lp[q], o->top_id[q][k], o->top_lp[q][k]);
+        o->tok[q][k] = t;
+    }
+}
+
+/* E_SEQS sequences: greedy; greedy with bias and penalties and 5
+ * log-probabilities; seeded top-k/top-p with 2; a grammar's (its row goes
+ * to the CPU inside the engine). Prompts of different lengths, then GEN -
+ * 1 decode steps of all four together (replayed from a CUDA graph). */
+static void e_generate(struct engine *e, const struct gram *g, const struct gram_vocab *gv, struct e_run *o)
+{
+    const int lens[E_SEQS] = {12, 7, 10, 9}, n_lp[E_SEQS] = {-1, E_TOP, 2, 0};
+    const struct sample_bias bias[] = {{prompt[3], 2.0f}, {236761, -5.0f}};
+    struct sampler smp[E_SEQS];
+    struct lmd_err err = {0};
+    for (int i = 0; i < E_SEQS; i++) {
+        struct sample_params p;
+        sample_params_default(&p);
+        p.temperature = 0.0f;
+        if (i == 1) {
+            p.repetition_penalty = 1.3f;
+            p.presence_penalty = 0.5f;
+            p.frequency_penalty = 0.5f;
+            p.bias = bias;
+            p.n_bias = 2;
+        } else if (i == 2) {
+            p.temperature = 0.8f;
+            p.top_k = 40;
+            p.top_p = 0.9f;
+            p.seed = 11;
+        } else if (i == 3) {
+            p.temperature = 0.7f;
+            p.seed = 5;
+            p.grammar = g;
+            p.gvocab = gv;
+        }
+        if (sample_init(&smp[i], &p, PROMPT_LEN + GEN, &err))
+            fail_msg("sample_init: %s", err.msg);
+        sample_accept_prompt(&smp[i], prompt, lens[i]);
+    }
+    struct sample_scratch sc;
+    assert_int_equal(sample_scratch_init(&sc, e->info.n_vocab, &err), 0);
+    int32_t blocks[E_SEQS][4];
+    for (int i = 0; i < E_SEQS; i++)
+        for (int b = 0; b < 4; b++)
+            blocks[i][b] = 4 * i + b;
+    memset(o, 0, sizeof *o);
+    for (int i = 0; i < E_SEQS; i++) {
+        struct engine_seq s = {
+            .tokens = prompt, .n_tokens = lens[i], .pos = 0, .blocks = blocks[i], .want_logits = true};
+        e_step(e, &s, 1, i, smp, n_lp, &sc, o, 0);
+    }
+    for (int k = 1; k < GEN; k++) {
+        struct engine_seq b[E_SEQS];
+        for (int i = 0; i < E_SEQS; i++)
+            b[i] = (struct engine_seq){.tokens = &o->tok[i][k - 1],
+                                       .n_tokens = 1,
+                                       .pos = lens[i] + k - 1,
+                                       .blocks = blocks[i],
+                                       .want_logits = true};
+        e_step(e, b, E_SEQS, 0, smp, n_lp, &sc, o, k);
+    }
+    sample_scratch_free(&sc);
+    for (int i = 0; i < E_SEQS; i++)
+        sample_free(&smp[i]);
+}
+
+static void test_engine_samples(void **state)
+{
+    (void)state;
+    if (!have_gpu || access(model_path(), R_OK) != 0)
+        skip();
+    struct lmd_err err = {0};
+    /* LMD_CUDA_SAMPLE=0 keeps the logits path. */
+    setenv("LMD_CUDA_SAMPLE", "0", 1);
+    struct engine *off = NULL;
+    struct engine_config cfg = {.model_path = model_path(),
+                                .device = ENGINE_DEVICE_CUDA,
+                                .n_ctx = 256,
+                                .max_batch_tokens = 64,
+                                .max_seqs = E_SEQS,
+                                .kv_blocks = 64};
+    if (engine_local_open(&off, &cfg, &err))
+        fail_msg("%s", err.msg);
+    unsetenv("LMD_CUDA_SAMPLE");
+    assert_false(off->info.samples);
+    engine_close(off);
+
+    struct engine *smp_e = NULL;
+    if (engine_local_open(&smp_e, &cfg, &err))
+        fail_msg("%s", err.msg);
+    assert_true(smp_e->info.samples);
+    struct engine *lg_e = open_on(ENGINE_DEVICE_CUDA, E_SEQS);
+    assert_false(lg_e->info.samples);
+
+    struct tok_vocab *v = NULL;
+    struct gram_vocab *gv = NULL;
+    struct gram *g = NULL;
+    const char *gbnf = "root ::= [a-z ]+ \".\"\n";
+    if (tok_load(&v, smp_e->info.gguf, &err) || gram_vocab_build(&gv, v, smp_e->info.n_vocab, &err) ||
+        gram_compile(&g, gbnf, strlen(gbnf), &err))
+        fail_msg("grammar: %s", err.msg);
+
+    static struct e_run a, b;
+    e_generate(smp_e, g, gv, &a);
+    e_generate(lg_e, g, gv, &b);
+    const char *what[E_SEQS] = {"greedy", "greedy with bias and penalties", "seeded top-k/top-p", "grammar (cpu row)"};
+    for (int i = 0; i < E_SEQS; i++) {
+        int same = 0;
+        while (same < GEN && a.tok[i][same] == b.tok[i][same])
+            same++;
+        print_message("sequence %d (%s): %d of %d tokens as the logits path sampled on the cpu\n", i, what[i], same,
+                      GEN);
+        if (same < GEN)
+            fail_msg("sequence %d (%s): token %d: engine %d, logits path + sample_next %d", i, what[i], same,
+                     a.tok[i][same], b.tok[i][same]);
+    }
+    const int n_lp[E_SEQS] = {-1, E_TOP, 2, 0};
+    for (int i = 0; i < E_SEQS; i++)
+        for (int k = 0; k < GEN && n_lp[i] >= 0; k++) {
+            if (fabsf(a.lp[i][k] - b.lp[i][k]) > 1e-4f)
+                fail_msg("sequence %d token %d: log-probability %.7f, cpu %.7f", i, k, (double)a.lp[i][k],
+                         (double)b.lp[i][k]);
+            for (int j = 0; j < n_lp[i]; j++)
+                if (a.top_id[i][k][j] != b.top_id[i][k][j] || fabsf(a.top_lp[i][k][j] - b.top_lp[i][k][j]) > 1e-4f)
+                    fail_msg("sequence %d token %d top %d: %d (%.7f), cpu %d (%.7f)", i, k, j, a.top_id[i][k][j],
+                             (double)a.top_lp[i][k][j], b.top_id[i][k][j], (double)b.top_lp[i][k][j]);
+        }
+
+    /* A sequence that wants a token without a sampler is refused. */
+    int32_t blocks[1] = {0};
+    struct engine_seq s = {.tokens = prompt, .n_tokens = 1, .pos = 0, .blocks = blocks, .want_logits = true};
+    assert_int_equal(engine_launch(smp_e, &s, 1, &err), LMD_EINVAL);
+    assert_non_null(strstr(err.msg, "sampler"));
+    gram_free(g);
+    gram_vocab_free(gv);
+    tok_free(v);
+    engine_close(smp_e);
+    engine_close(lg_e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_every_type),         cmocka_unit_test(test_fused_residual),
         cmocka_unit_test(test_attention_splits),          cmocka_unit_test(test_engine_matches_cpu),
-        cmocka_unit_test(test_engine_batch_equals_alone),
+        cmocka_unit_test(test_engine_batch_equals_alone), cmocka_unit_test(test_sample_greedy),
+        cmocka_unit_test(test_sample_penalties),          cmocka_unit_test(test_sample_candidates),
+        cmocka_unit_test(test_sample_distribution),       cmocka_unit_test(test_sample_logprobs),
+        cmocka_unit_test(test_sample_real_logits),        cmocka_unit_test(test_engine_samples),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }

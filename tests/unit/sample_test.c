@@ -210,6 +210,35 @@ static void test_logprobs(void **state)
     assert_float_equal(lps[0], 3.0 - z, 1e-5);
 }
 
+/* sample_uniform is the uniform a draw takes: two equal logits at
+ * temperature 1 split [0, 1) at one half, so a twin sampler's uniform
+ * predicts every token (an engine that draws elsewhere relies on it). */
+static void test_uniform_is_the_draws(void **state)
+{
+    (void)state;
+    struct sample_scratch sc;
+    assert_int_equal(sample_scratch_init(&sc, 2, NULL), 0);
+    struct sample_params p;
+    sample_params_default(&p);
+    p.seed = 31;
+    struct sampler a, b;
+    assert_int_equal(sample_init(&a, &p, 8, NULL), 0);
+    assert_int_equal(sample_init(&b, &p, 8, NULL), 0);
+    int ones = 0;
+    for (int i = 0; i < 200; i++) {
+        float l[2] = {0.5f, 0.5f};
+        const double u = sample_uniform(&b);
+        assert_true(u >= 0.0 && u < 1.0);
+        const int32_t t = sample_next(&a, &sc, l, 2);
+        assert_int_equal(t, u < 0.5 ? 0 : 1);
+        ones += t;
+    }
+    assert_true(ones > 50 && ones < 150);
+    sample_free(&a);
+    sample_free(&b);
+    sample_scratch_free(&sc);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -219,6 +248,7 @@ int main(void)
         cmocka_unit_test(test_penalties_and_bias),
         cmocka_unit_test(test_bad_params),
         cmocka_unit_test(test_logprobs),
+        cmocka_unit_test(test_uniform_is_the_draws),
     };
     return cmocka_run_group_tests_name("sample", tests, NULL, NULL);
 }

@@ -12,6 +12,15 @@
  *
  * The forward pass below is model/forward.c's, step for step, with each
  * loop a kernel: read the two side by side.
+ *
+ * The engine samples (info.samples): each row's logits become a token on
+ * the device (kernels/cuda/sample.cu, sample/sample.c's semantics) and
+ * only the token and the log-probabilities asked for come back. A row the
+ * device cannot sample exactly — a sampler with a grammar, more than
+ * KCU_SAMPLE_TOP_MAX log-probabilities, more bias and penalty entries
+ * than the step's edit buffer holds — has its logits row copied back and
+ * goes through sample_next on the CPU in wait. LMD_CUDA_SAMPLE=0 (or
+ * engine_config.logits_out) returns every row's logits instead.
  */
 #include "engine/engine.h"
 
@@ -56,11 +65,14 @@ enum cu_prof {
     CP_ACT,
     CP_MM_DOWN,
     CP_LOGITS,
+    CP_SAMPLE,
+    CP_SAMPLE_CPU,
     CP_COUNT
 };
-static const char *const cp_names[CP_COUNT] = {"embed",        "rmsnorm",     "matmul q/k/v", "qk-norm+rope+kv",
-                                               "attention",    "matmul o",    "residual",     "matmul gate/up",
-                                               "geglu/swiglu", "matmul down", "logits"};
+static const char *const cp_names[CP_COUNT] = {
+    "embed",    "rmsnorm",        "matmul q/k/v",       "qk-norm+rope+kv", "attention",
+    "matmul o", "residual",       "matmul gate/up",     "geglu/swiglu",    "matmul down",
+    "logits",   "sampling (gpu)", "sampling (cpu rows)"};
 
 struct cuda_engine {
     struct engine base; /* first: the engine is cast to this */
@@ -104,11 +116,36 @@ struct cuda_engine {
     uint64_t graph_launches, graph_captures;
     bool profile;
     uint64_t prof_ns[CP_COUNT], prof_tokens, prof_steps, prof_t0;
+    /* Sampling (info.samples). A step's rows travel after its indices in
+     * meta, in the same copy: kcu_sample_row [n_want] then the bias and
+     * penalty entries [n_edits], at most edit_cap of them a step. */
+    size_t smp_cap;                         /* int32 elements of meta after meta_cap for them */
+    int edit_cap;                           /* kcu_sample_edit entries a step, all rows together */
+    struct kcu_sample_out *sout_d, *sout_h; /* [max_seqs] the device rows' results (pinned) */
+    struct cu_out *outs;                    /* [max_seqs] the step's output rows */
+    int32_t *tokens;                        /* [max_seqs] the step's tokens, handed to the caller */
+    struct sample_scratch sc;               /* for the rows sampled on the CPU */
+    int n_dev_rows;                         /* rows of the step sampled on the device */
+    uint64_t rows_dev, rows_cpu;
     /* The step in flight. */
     int n_rows;
     int rc;
     struct lmd_err err;
 };
+
+/* One output row of a step that samples: where its token comes from and
+ * where its log-probabilities go (engine_seq's, kept until wait). */
+struct cu_out {
+    struct sampler *smp;
+    int n_logprobs;
+    float *out_lp;
+    int32_t *out_top_id;
+    float *out_top_lp;
+    int dev; /* its row of sout, or -1: sampled on the CPU from logits_h */
+};
+
+/* Bias and penalty entries a step may send, per sequence it holds. */
+#define CU_EDITS_PER_SEQ 2048
 
 /* The status of a CUDA call as an lmd error; every call is checked. */
 static int cu_fail(struct lmd_err *err, cudaError_t e, const char *what)
@@ -559,6 +596,131 @@ static int stride_class(int stride, int *rounded)
     return c;
 }
 
+/* ---- sampling ------------------------------------------------------------- */
+
+/* Stage the sampling of a step's n_want output rows at dst (int32
+ * elements after the indices): room for n_want kcu_sample_row, the first
+ * ones filled for the rows the device samples, then their bias and
+ * penalty entries; the other rows go to the CPU. Takes each device row's
+ * uniform from its sampler's RNG now, as sample_next would in wait (one
+ * a draw, none when greedy). Returns the int32 elements written. */
+static size_t stage_sampling(struct cuda_engine *ce, const struct engine_seq *seqs, int n_seqs, int n_want,
+                             int32_t *dst)
+{
+    const int nv = ce->base.info.n_vocab;
+    struct kcu_sample_row *rows = (struct kcu_sample_row *)dst;
+    struct kcu_sample_edit *edits = (struct kcu_sample_edit *)(rows + n_want);
+    int r = 0, n_dev = 0, n_edits = 0;
+    for (int i = 0; i < n_seqs; i++) {
+        const struct engine_seq *s = &seqs[i];
+        if (!s->want_logits)
+            continue;
+        struct sampler *smp = s->smp;
+        struct cu_out *o = &ce->outs[r];
+        *o = (struct cu_out){.smp = smp,
+                             .n_logprobs = s->n_logprobs,
+                             .out_lp = s->out_lp,
+                             .out_top_id = s->out_top_id,
+                             .out_top_lp = s->out_top_lp,
+                             .dev = -1};
+        const int need = smp->p.n_bias + (int)smp->used;
+        if (!smp->gm && s->n_logprobs <= KCU_SAMPLE_TOP_MAX && need <= ce->edit_cap - n_edits) {
+            const struct sample_params *p = &smp->p;
+            struct kcu_sample_row *k = &rows[n_dev];
+            *k = (struct kcu_sample_row){.u = p->temperature > 0.0f ? sample_uniform(smp) : 0.0,
+                                         .row = r,
+                                         .top_k = p->top_k,
+                                         .temperature = p->temperature,
+                                         .top_p = p->top_p,
+                                         .min_p = p->min_p,
+                                         .repetition_penalty = p->repetition_penalty,
+                                         .presence_penalty = p->presence_penalty,
+                                         .frequency_penalty = p->frequency_penalty,
+                                         .edit0 = n_edits,
+                                         .n_logprobs = s->n_logprobs};
+            for (int b = 0; b < p->n_bias; b++)
+                edits[n_edits++] = (struct kcu_sample_edit){smp->bias[b].token, smp->bias[b].bias};
+            k->n_bias = p->n_bias;
+            /* The penalty table as apply_penalties walks it; entries that
+             * change nothing (no repetition penalty, not in the output)
+             * are left out. */
+            const bool rp = p->repetition_penalty != 1.0f;
+            for (uint32_t h = 0; h < smp->cap; h++) {
+                const int32_t t = smp->keys[h];
+                if (t >= 0 && t < nv && (rp || smp->counts[h] > 0))
+                    edits[n_edits++] = (struct kcu_sample_edit){t, (float)smp->counts[h]};
+            }
+            k->n_pen = n_edits - k->edit0 - k->n_bias;
+            o->dev = n_dev++;
+        }
+        r++;
+    }
+    ce->n_dev_rows = n_dev;
+    return ((size_t)n_want * sizeof(struct kcu_sample_row) + (size_t)n_edits * sizeof(struct kcu_sample_edit)) /
+           sizeof(int32_t);
+}
+
+/* After the forward pass: the device rows sampled and their results
+ * queued for the host; the logits rows of the CPU's rows copied. smp_d:
+ * the staged rows on the device. Outside the decode graph: its
+ * parameters and the number of rows change every step, and one launch
+ * more costs microseconds. */
+static int sample_rows(struct cuda_engine *ce, int n_want, const int32_t *smp_d, struct lmd_err *err)
+{
+    const int nv = ce->base.info.n_vocab;
+    for (int r = 0; r < n_want; r++)
+        if (ce->outs[r].dev < 0)
+            CU_TRY(cudaMemcpyAsync(ce->logits_h + (size_t)r * nv, ce->logits_d + (size_t)r * nv,
+                                   (size_t)nv * sizeof(float), cudaMemcpyDeviceToHost, ce->st),
+                   "copying logits");
+    const int n_dev = ce->n_dev_rows;
+    if (n_dev == 0)
+        return 0;
+    const struct kcu_sample_row *rows = (const struct kcu_sample_row *)smp_d;
+    const struct kcu_sample_edit *edits = (const struct kcu_sample_edit *)(rows + n_want);
+    K_TRY(kcu_sample(ce->st, ce->logits_d, nv, rows, edits, n_dev, ce->sout_d, NULL), "sampling");
+    prof_mark(ce, CP_SAMPLE);
+    CU_TRY(cudaMemcpyAsync(ce->sout_h, ce->sout_d, (size_t)n_dev * sizeof *ce->sout_h, cudaMemcpyDeviceToHost, ce->st),
+           "copying samples");
+    return 0;
+}
+
+/* In wait, the step done: each row's token (the device's, or sampled here
+ * from its logits row), its log-probabilities, and the sampler's history
+ * (engine.h: the engine records the token it picks). */
+static void collect_tokens(struct cuda_engine *ce)
+{
+    const int nv = ce->base.info.n_vocab;
+    const uint64_t t0 = ce->profile ? lmd_time_mono_ns() : 0;
+    for (int r = 0; r < ce->n_rows; r++) {
+        const struct cu_out *o = &ce->outs[r];
+        const int nt = o->n_logprobs;
+        int32_t tok;
+        if (o->dev >= 0) {
+            const struct kcu_sample_out *so = &ce->sout_h[o->dev];
+            tok = so->token;
+            if (nt >= 0) {
+                *o->out_lp = so->lp;
+                for (int j = 0; j < nt; j++) {
+                    o->out_top_id[j] = so->top_id[j];
+                    o->out_top_lp[j] = so->top_lp[j];
+                }
+            }
+            ce->rows_dev++;
+        } else {
+            float *row = ce->logits_h + (size_t)r * nv;
+            tok = sample_next(o->smp, &ce->sc, row, nv);
+            if (nt >= 0)
+                *o->out_lp = sample_logprobs(row, nv, tok, nt, nt ? o->out_top_id : NULL, nt ? o->out_top_lp : NULL);
+            ce->rows_cpu++;
+        }
+        sample_accept(o->smp, tok);
+        ce->tokens[r] = tok;
+    }
+    if (ce->profile)
+        ce->prof_ns[CP_SAMPLE_CPU] += lmd_time_mono_ns() - t0;
+}
+
 /* ---- engine ops ----------------------------------------------------------- */
 
 static int cuda_launch(struct engine *e, const struct engine_seq *seqs, int n_seqs, struct lmd_err *err)
@@ -579,6 +741,8 @@ static int cuda_launch(struct engine *e, const struct engine_seq *seqs, int n_se
                                s->pos, s->pos + s->n_tokens - 1, in->n_ctx);
         if (s->n_tokens > in->max_batch_tokens - T)
             return lmd_err_set(err, LMD_EINVAL, "step: batch exceeds %d tokens per step", in->max_batch_tokens);
+        if (ce->base.info.samples && s->want_logits && !s->smp)
+            return lmd_err_set(err, LMD_EINVAL, "step: sequence %d wants a token but has no sampler", i);
         T += s->n_tokens;
         n_want += s->want_logits;
         decode = decode && s->n_tokens == 1 && s->want_logits;
@@ -620,7 +784,10 @@ static int cuda_launch(struct engine *e, const struct engine_seq *seqs, int n_se
             blk[(size_t)i * (size_t)stride + (size_t)b] = s->blocks[b];
         }
     }
-    const size_t n_meta = (size_t)3 * (size_t)T + (size_t)n_want + (size_t)n_seqs * (size_t)stride;
+    size_t n_meta = (size_t)3 * (size_t)T + (size_t)n_want + (size_t)n_seqs * (size_t)stride;
+    const size_t smp_off = (n_meta + 3) & ~(size_t)3; /* 16-byte aligned */
+    if (in->samples && n_want > 0)
+        n_meta = smp_off + stage_sampling(ce, seqs, n_seqs, n_want, ce->meta_h + smp_off);
     CU_TRY(cudaMemcpyAsync(ce->meta_d, ce->meta_h, n_meta * sizeof(int32_t), cudaMemcpyHostToDevice, ce->st),
            "copying the step's indices");
     if (ce->profile) {
@@ -634,10 +801,14 @@ static int cuda_launch(struct engine *e, const struct engine_seq *seqs, int n_se
     else
         ce->rc = forward(ce, T, n_seqs, n_want, stride, &ce->err);
     if (ce->rc == 0 && n_want > 0) {
-        cudaError_t rc = cudaMemcpyAsync(ce->logits_h, ce->logits_d, (size_t)n_want * in->n_vocab * sizeof(float),
-                                         cudaMemcpyDeviceToHost, ce->st);
-        if (rc != cudaSuccess)
-            ce->rc = cu_fail(&ce->err, rc, "copying logits");
+        if (in->samples)
+            ce->rc = sample_rows(ce, n_want, ce->meta_d + smp_off, &ce->err);
+        else {
+            cudaError_t rc = cudaMemcpyAsync(ce->logits_h, ce->logits_d, (size_t)n_want * in->n_vocab * sizeof(float),
+                                             cudaMemcpyDeviceToHost, ce->st);
+            if (rc != cudaSuccess)
+                ce->rc = cu_fail(&ce->err, rc, "copying logits");
+        }
     }
     if (ce->rc == 0) {
         cudaError_t rc = cudaEventRecord(ce->done, ce->st);
@@ -659,7 +830,12 @@ static int cuda_wait(struct engine *e, struct engine_result *res, struct lmd_err
         if (s != cudaSuccess)
             rc = cu_fail(&ce->err, s, "running the step");
     }
-    *res = (struct engine_result){.n_rows = rc ? 0 : ce->n_rows, .logits = ce->logits_h};
+    if (rc == 0 && e->info.samples)
+        collect_tokens(ce);
+    if (e->info.samples)
+        *res = (struct engine_result){.n_rows = rc ? 0 : ce->n_rows, .tokens = ce->tokens};
+    else
+        *res = (struct engine_result){.n_rows = rc ? 0 : ce->n_rows, .logits = ce->logits_h};
     if (rc && err)
         *err = ce->err;
     return rc;
@@ -678,6 +854,8 @@ static void cuda_close(struct engine *e)
                 cudaGraphExecDestroy(ce->graphs[i]);
         LMD_DEBUG("cuda engine: %llu decode steps replayed from %llu graphs", (unsigned long long)ce->graph_launches,
                   (unsigned long long)ce->graph_captures);
+        LMD_DEBUG("cuda engine: %llu rows sampled on the device, %llu on the CPU", (unsigned long long)ce->rows_dev,
+                  (unsigned long long)ce->rows_cpu);
         free(ce->graphs);
     }
     kcu_ctx_free(ce->mm);
@@ -692,6 +870,11 @@ static void cuda_close(struct engine *e)
     cudaFree(ce->meta_d);
     cudaFreeHost(ce->meta_h);
     cudaFreeHost(ce->logits_h);
+    cudaFree(ce->sout_d);
+    cudaFreeHost(ce->sout_h);
+    free(ce->outs);
+    free(ce->tokens);
+    sample_scratch_free(&ce->sc);
     if (ce->done)
         cudaEventDestroy(ce->done);
     if (ce->st)
@@ -751,8 +934,25 @@ static int alloc_acts(struct cuda_engine *ce, struct lmd_err *err)
     CU_TRY(cudaMallocHost((void **)&ce->logits_h, (size_t)in->max_seqs * hp->n_vocab * f), "allocating logits");
     /* Block tables of decode graphs are padded to a power of two (graph_run). */
     ce->meta_cap = 3 * T + (size_t)in->max_seqs * (1 + 2 * (size_t)ce->max_blocks);
-    CU_TRY(cudaMalloc((void **)&ce->meta_d, ce->meta_cap * sizeof(int32_t)), "allocating step indices");
-    CU_TRY(cudaMallocHost((void **)&ce->meta_h, ce->meta_cap * sizeof(int32_t)), "allocating step indices");
+    if (in->samples) {
+        /* The sampling rows and edits after the indices (16-byte aligned). */
+        ce->edit_cap = in->max_seqs * CU_EDITS_PER_SEQ;
+        ce->smp_cap = 4 + ((size_t)in->max_seqs * sizeof(struct kcu_sample_row) +
+                           (size_t)ce->edit_cap * sizeof(struct kcu_sample_edit)) /
+                              sizeof(int32_t);
+        CU_TRY(cudaMalloc((void **)&ce->sout_d, (size_t)in->max_seqs * sizeof *ce->sout_d), "allocating samples");
+        CU_TRY(cudaMallocHost((void **)&ce->sout_h, (size_t)in->max_seqs * sizeof *ce->sout_h), "allocating samples");
+        ce->outs = calloc((size_t)in->max_seqs, sizeof *ce->outs);
+        ce->tokens = calloc((size_t)in->max_seqs, sizeof *ce->tokens);
+        if (!ce->outs || !ce->tokens)
+            return lmd_err_set(err, LMD_ENOMEM, "out of memory");
+        int rc = sample_scratch_init(&ce->sc, hp->n_vocab, err);
+        if (rc)
+            return rc;
+    }
+    CU_TRY(cudaMalloc((void **)&ce->meta_d, (ce->meta_cap + ce->smp_cap) * sizeof(int32_t)), "allocating step indices");
+    CU_TRY(cudaMallocHost((void **)&ce->meta_h, (ce->meta_cap + ce->smp_cap) * sizeof(int32_t)),
+           "allocating step indices");
     int64_t max_k = hp->n_embd;
     if (hp->n_ff > max_k)
         max_k = hp->n_ff;
@@ -794,6 +994,8 @@ int engine_cuda_open(struct engine **out, const struct engine_config *cfg, struc
     in->max_seqs = cfg->max_seqs > 0 ? cfg->max_seqs : 64;
     in->n_threads = 1;
     in->gguf = ce->model->gguf;
+    const char *se = getenv("LMD_CUDA_SAMPLE");
+    in->samples = !cfg->logits_out && !(se && strcmp(se, "0") == 0);
     const int bt = cfg->kv_block_tokens > 0 ? cfg->kv_block_tokens : 16;
     in->kv_block_tokens = bt;
     ce->max_blocks = (in->n_ctx + bt - 1) / bt;

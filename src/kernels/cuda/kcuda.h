@@ -217,6 +217,50 @@ size_t kcu_attn_scratch_bytes(int n_head, int dv);
 void kcu_attn_set_tiles(int mode);
 cudaError_t kcu_attention(cudaStream_t st, const struct kcu_attn_args *a);
 
+/* ---- sampling (sample.cu) -------------------------------------------------- */
+
+/* Log-probabilities of the most likely tokens a row can return, and the
+ * most candidates top-k (or top-p's first 1024) are sorted among on the
+ * device; engines take rows past either the CPU's way. */
+#define KCU_SAMPLE_TOP_MAX 20
+#define KCU_SAMPLE_POOL 1024
+
+/* One row to sample, with a sampler's parameters (sample/sample.h). */
+struct kcu_sample_row {
+    double u;    /* the draw's uniform in [0, 1), from the sampler's RNG (unused when greedy) */
+    int32_t row; /* the logits row */
+    int32_t top_k;
+    float temperature, top_p, min_p; /* temperature 0 = greedy */
+    float repetition_penalty, presence_penalty, frequency_penalty;
+    /* edits[edit0, edit0 + n_bias): logit biases, applied in order;
+     * then n_pen entries of the penalty table, one a token. */
+    int32_t edit0, n_bias, n_pen;
+    int32_t n_logprobs; /* -1 = none; else the token's and the top min(n, KCU_SAMPLE_TOP_MAX) */
+};
+
+/* A bias (v added to the logit) or a penalty table entry (v = the
+ * token's count in the output, as a float; 0 = only in the prompt). */
+struct kcu_sample_edit {
+    int32_t token;
+    float v;
+};
+
+struct kcu_sample_out {
+    int32_t token;
+    float lp; /* with n_logprobs >= 0 */
+    int32_t top_id[KCU_SAMPLE_TOP_MAX];
+    float top_lp[KCU_SAMPLE_TOP_MAX];
+};
+
+/* Sample n_rows rows of logits [..][n_vocab] as sample_next does (bias and
+ * penalties written into the rows, which sample_logprobs then reads), one
+ * result a row into out [n_rows]. rows and edits are device memory. cand,
+ * when not NULL ([n_rows][n_vocab], zeroed by the caller), gets a 1 for
+ * every token of each row's final candidate set (for tests; only rows at
+ * temperature > 0 write it). */
+cudaError_t kcu_sample(cudaStream_t st, float *logits, int n_vocab, const struct kcu_sample_row *rows,
+                       const struct kcu_sample_edit *edits, int n_rows, struct kcu_sample_out *out, uint8_t *cand);
+
 #ifdef __cplusplus
 }
 #endif
