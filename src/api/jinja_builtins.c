@@ -208,8 +208,17 @@ struct jv jinja__call_builtin(struct jctx *x, const struct jnode *at, int fn, co
         struct lmd_buf b = {.arena = x->arena};
         if (a->n_pos)
             jv_write_str(x, &b, &a->pos[0]);
+        /* The message becomes the client's error text: NUL bytes (which
+         * would cut it short, to nothing when it starts with one) are
+         * left out, and an empty message is said to be one. */
+        size_t n = 0;
+        for (size_t i = 0; i < b.len; i++)
+            if (b.ptr[i] != '\0')
+                b.ptr[n++] = b.ptr[i];
         x->err->raised = true;
-        jinja__fail(x, at->line, at->col, "%s", b.ptr ? b.ptr : "");
+        if (n == 0)
+            jinja__fail(x, at->line, at->col, "the template raised an exception without a message");
+        jinja__fail(x, at->line, at->col, "%.*s", (int)n, b.ptr);
     }
     case F_STRFTIME: {
         const struct jv *f = jinja__need_str(x, at, jinja__arg(a, 0, "format"), "strftime_now");

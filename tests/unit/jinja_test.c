@@ -122,6 +122,22 @@ static void test_raise_exception(void **state)
     assert_string_equal(err.msg, "too many: 3");
     assert_int_equal(err.line, 1);
     lmd_buf_free(&out);
+    /* The message is the client's error text: never empty, NUL bytes
+     * (a template's string may hold them) left out rather than cutting it. */
+    assert_int_equal(render("{{ raise_exception('') }}", "{}", NULL, &out, &err), LMD_EINVAL);
+    assert_true(err.raised);
+    assert_string_equal(err.msg, "the template raised an exception without a message");
+    lmd_buf_free(&out);
+    static const char nul_src[] = "{{ raise_exception(\"\0\0bad\0 turn\") }}";
+    struct jinja_tmpl *t;
+    assert_int_equal(jinja_parse(nul_src, sizeof nul_src - 1, &t, &err), 0);
+    json_t *v = json_object();
+    assert_int_equal(jinja_render(t, v, NULL, &out, &err), LMD_EINVAL);
+    assert_true(err.raised);
+    assert_string_equal(err.msg, "bad turn");
+    json_decref(v);
+    jinja_free(t);
+    lmd_buf_free(&out);
 }
 
 static void test_limits(void **state)
