@@ -143,7 +143,8 @@ static void route_debug(struct api *a, struct http_req *r, struct http_str path)
 /* A model as /v1/models shows it: OpenAI's fields, the context length
  * under the names clients look for (vLLM's max_model_len, the
  * context_length of LM Studio and OpenRouter, and llama-server's meta),
- * the other names it answers to, and what the GGUF says about it. */
+ * the other names it answers to, what the GGUF says about it, and how
+ * many requests it runs at once. */
 static json_t *model_object(const struct api *a, const struct api__model *am)
 {
     const struct api_model *m = &am->m;
@@ -159,9 +160,14 @@ static json_t *model_object(const struct api *a, const struct api__model *am)
     }
     json_t *lmeta = m->vocab ? json_pack("{s:i, s:i}", "n_ctx", m->n_ctx, "n_vocab", tok_n_vocab(m->vocab))
                              : json_pack("{s:i}", "n_ctx", m->n_ctx);
-    return json_pack("{s:s, s:s, s:I, s:s, s:i, s:i, s:o*, s:o*, s:o*}", "id", m->id, "object", "model", "created",
-                     (json_int_t)a->created, "owned_by", m->owned_by ? m->owned_by : "lmd", "max_model_len", m->n_ctx,
-                     "context_length", m->n_ctx, "aliases", aliases, "metadata", meta, "meta", lmeta);
+    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:i, s:i, s:o*, s:o*, s:o*}", "id", m->id, "object", "model", "created",
+                          (json_int_t)a->created, "owned_by", m->owned_by ? m->owned_by : "lmd", "max_model_len",
+                          m->n_ctx, "context_length", m->n_ctx, "aliases", aliases, "metadata", meta, "meta", lmeta);
+    /* How many requests it runs at once: a gateway in front of this
+     * server takes that many and keeps the rest in its own queue. */
+    if (o && m->sched)
+        json_object_set_new(o, "max_running", json_integer(sched_max_running(m->sched)));
+    return o;
 }
 
 static bool name_is(const char *s, const char *name, size_t len) { return strlen(s) == len && !memcmp(s, name, len); }

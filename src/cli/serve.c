@@ -65,7 +65,7 @@ static void serve_usage(FILE *out)
             "                           sent to every upstream as a bearer token; https upstreams are\n"
             "                           checked against the system's CAs or LMD_UPSTREAM_CA (a PEM file)\n"
             "      --upstream-inflight N  requests each upstream runs at once; more wait in lmd's queue\n"
-            "                           (default 8)\n"
+            "                           (default: what the upstream says it runs at once, else 8)\n"
             "      --route R            ttft (predicted time to first token; default), least (fewest\n"
             "                           in flight) or rr (round robin)\n"
             "      --upstream NAME=[KIND+]dns://HOST:PORT  the upstreams are every address HOST resolves to\n"

@@ -886,6 +886,8 @@ void sched_stats(struct sched *s, struct sched_stats *out)
 
 int sched_blocks_for(const struct sched *s, int n_tokens) { return kv_blocks_for(&s->kv, n_tokens); }
 
+int sched_max_running(const struct sched *s) { return s->cfg.max_running; }
+
 int sched_queue_limit(const struct sched *s, int cls)
 {
     if (s->pol.kind == SCHED_POLICY_SLA && cls > 0 && s->pol.n_classes > 1)

@@ -285,6 +285,8 @@ int sched_blocks_for(const struct sched *s, int n_tokens);
 /* Requests of class cls the waiting queue takes at most (the most a burst
  * of them, an embeddings request's inputs say, can ever be queued at once). */
 int sched_queue_limit(const struct sched *s, int cls);
+/* Requests it runs at once (sched_config.max_running). */
+int sched_max_running(const struct sched *s);
 /* The estimated wait before a new request of class cls would start, from
  * the engine thread's last step (ns; 0 when it would start at once). */
 uint64_t sched_estimate_wait_ns(struct sched *s, int cls);

@@ -57,7 +57,7 @@ void serve_config_init(struct serve_config *c)
     d->max_batch_tokens = 512;
     d->max_queue = 64;
     c->dns_interval_ms = 5000;
-    d->inflight = 8;
+    d->inflight = 0; /* learned from each upstream where it says (else 8: engine_remote_open) */
     d->route = REMOTE_ROUTE_TTFT;
 }
 

@@ -71,7 +71,8 @@ struct serve_model {
     int upstream_inflight[SERVE_MAX_UPSTREAMS];
     int n_upstreams;
     char upstream_model[SERVE_NAME_MAX]; /* the `model` sent upstream; "" = the id (or the upstream's only one) */
-    int inflight;                        /* per upstream, when it sets none */
+    int inflight;                        /* per upstream, when it sets none; 0 = what the upstream says it runs at
+                                            once where it says (lmd, llama-server, SGLang), else 8 */
     int route;                           /* enum remote_route: 0 ttft, 1 least, 2 rr */
 };
 

@@ -137,6 +137,32 @@ def test_forwarded_answers_and_usage(gw, ups):
     assert "serves 'default', not 'gemma'" in log
 
 
+def test_limit_learned_from_an_lmd_upstream(lmd_bin, ups):
+    """Without a configured limit the gateway takes as many requests at once
+    as an lmd upstream runs (its /v1/models says max_running); a configured
+    limit is kept whatever the upstream says."""
+    d, a, b = ups
+    models = httpx.get(a.base + "/v1/models", timeout=10).json()["data"]
+    assert models[0]["max_running"] == 4
+    g = Serve(lmd_bin, d, "--upstream", "gemma=%s" % a.url)
+    try:
+        assert wait_until(lambda: g.metrics().value("lmd_upstream_max_inflight", backend=a.url) == 4, timeout=30), \
+            g.log()
+        assert "serves 4 requests at once (its /v1/models)" in g.log()
+        # The gateway's own /v1/models says what it runs at once (its admission cap).
+        assert httpx.get(g.base + "/v1/models", timeout=10).json()["data"][0]["max_running"] >= 1
+    finally:
+        assert g.stop() == 0, g.log()
+    g = Serve(lmd_bin, d, "--upstream", "gemma=lmd+%s" % a.url, "--upstream-inflight", "3")
+    try:
+        c = client(g)
+        assert c.completions.create(model="gemma", prompt=PROMPT, max_tokens=2, temperature=0).choices[0].text
+        assert g.metrics().value("lmd_upstream_max_inflight", model="gemma") == 3
+        assert "requests at once (its" not in g.log()
+    finally:
+        assert g.stop() == 0, g.log()
+
+
 def test_both_upstreams_get_traffic(gw, ups):
     _, a, b = ups
     before = [upstreams_served(u.metrics()) for u in (a, b)]
@@ -422,14 +448,19 @@ def test_llama_server_upstream(lmd_bin, default_model, tmp_path):
     env = dict(os.environ, LD_LIBRARY_PATH="%s/lib:%s/llama_cpp/lib" % (sp, sp))
     log = tmp_path / "llama-server.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([path, "-m", default_model, "--host", "127.0.0.6", "--port", str(port), "-np", "2",
-                                 "-c", "1024", "-t", "1", "--metrics", "--no-webui"], stdout=f,
+        proc = subprocess.Popen([path, "-m", default_model, "--host", "127.0.0.6", "--port", str(port), "-np", "3",
+                                 "-c", "1536", "-t", "1", "--metrics", "--no-webui"], stdout=f,
                                 stderr=subprocess.STDOUT, env=env)
     try:
         base = "http://127.0.0.6:%d" % port
         assert wait_until(lambda: _ok(base + "/health"), timeout=120)
-        g = Serve(lmd_bin, tmp_path, "--upstream", "gemma=%s" % base, "--upstream-inflight", "2")
+        # No --upstream-inflight: the gateway takes as many requests at once
+        # as the server has slots (its /props total_slots, -np 3).
+        g = Serve(lmd_bin, tmp_path, "--upstream", "gemma=%s" % base)
         try:
+            assert wait_until(lambda: g.metrics().value("lmd_upstream_max_inflight", backend=base) == 3, timeout=30), \
+                g.log()
+            assert "serves 3 requests at once (its /props)" in g.log()
             c = client(g)
             r = c.completions.create(model="gemma", prompt=PROMPT, max_tokens=6, temperature=0)
             assert r.choices[0].text and r.usage.completion_tokens == 6

@@ -90,6 +90,7 @@ static const char *const route_reason_names[RR__N] = {"ttft", "prefix", "rendezv
 #define REMOTE_SSE_LINE_MAX (8 << 20) /* one SSE event; more is a broken upstream */
 #define REMOTE_SCRAPE_MAX (4 << 20)   /* bytes of an upstream's /metrics read */
 #define REMOTE_EXT_PROMPT 256         /* prompt tokens a request of others weighs before any of ours went there */
+#define REMOTE_LEARN_MAX 64           /* the most requests at once a backend's own word sets (limit_learned) */
 #define REMOTE_PROBE_MS 5000          /* a health probe or scrape without an answer by then failed */
 
 struct remote;
@@ -111,6 +112,9 @@ struct rbackend {
     bool kind_given;
     char model[128]; /* sent as `model` */
     int max_inflight;
+    bool limit_given;  /* max_inflight configured (the backend's or the pool's): never learned */
+    bool limit_asked;  /* its capacity was asked for (or cannot be) */
+    bool asking_limit; /* the probe out asks its capacity (/props, /get_server_info) */
     uint64_t url_hash; /* its rendezvous identity */
     h2o_socketpool_t pool;
     /* Loop thread only. */
@@ -207,6 +211,7 @@ struct revents {
 struct remote {
     struct engine eng;
     struct remote_config cfg;
+    bool inflight_given; /* cfg.max_inflight came from the configuration, not the default */
     char name[128];
     struct rbackend b[REMOTE_MAX_BACKENDS];
     int n_b;
@@ -1497,6 +1502,58 @@ static void scrape_parse(struct rbackend *b)
     atomic_store_explicit(&b->g_up_waiting, seen_w ? (int)wait : -1, memory_order_relaxed);
 }
 
+/* Where a kind says how many requests it serves at once: llama-server's
+ * /props (total_slots: its -np), SGLang's /get_server_info
+ * (max_running_requests). lmd says it in /v1/models (max_running), read
+ * by probe_learn. vLLM and Ollama do not say it. */
+static const char *limit_path(enum remote_kind k)
+{
+    switch (k) {
+    case REMOTE_LLAMACPP:
+        return "/props";
+    case REMOTE_SGLANG:
+        return "/get_server_info";
+    default:
+        return NULL;
+    }
+}
+
+/* A backend whose limit is not configured takes as many requests at once
+ * as it serves at once, so that waiting happens in lmd's queue (classes,
+ * deadlines, fair share) rather than in the backend's FIFO, and none of
+ * its slots stays idle. */
+static void limit_learned(struct rbackend *b, long v, const char *from)
+{
+    struct remote *re = b->re;
+    if (b->limit_given || v < 1)
+        return;
+    int n = v > REMOTE_LEARN_MAX ? REMOTE_LEARN_MAX : (int)v;
+    if (n == b->max_inflight)
+        return;
+    LMD_INFO("remote %s: backend %s serves %ld requests at once (its %s): taking %d at once, not %d", re->name, b->url,
+             v, from, n, b->max_inflight);
+    b->max_inflight = n;
+    /* HTTP/1.1: one connection a request, and one for probes. */
+    b->pool.capacity = (size_t)n + 2;
+    seats_update(re);
+    drain_waiting(re);
+}
+
+/* The answer of limit_path(kind). */
+static void limit_parse(struct rbackend *b)
+{
+    json_error_t je;
+    json_t *o = json_loadb(b->probe_body.ptr ? b->probe_body.ptr : "", b->probe_body.len, 0, &je);
+    const char *key = b->kind == REMOTE_LLAMACPP ? "total_slots" : "max_running_requests";
+    json_t *v = json_is_object(o) ? json_object_get(o, key) : NULL;
+    if (json_is_integer(v))
+        limit_learned(b, (long)json_integer_value(v), b->probe_path);
+    else
+        LMD_INFO("remote %s: backend %s's %s has no %s: its limit stays %d", b->re->name, b->url, b->probe_path, key,
+                 b->max_inflight);
+    json_decref(o);
+}
+
 /* What /v1/models says about a backend whose kind or model is not given. */
 static void probe_learn(struct rbackend *b)
 {
@@ -1507,16 +1564,21 @@ static void probe_learn(struct rbackend *b)
     size_t n = json_is_array(data) ? json_array_size(data) : 0;
     bool listed = false;
     const char *only = NULL, *owner = NULL;
+    json_t *mine = NULL;
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(data, i);
         const char *id = json_string_value(json_object_get(m, "id"));
-        if (id && strcmp(id, b->model) == 0)
+        if (id && strcmp(id, b->model) == 0) {
             listed = true;
+            mine = m;
+        }
         if (i == 0) {
             only = id;
             owner = json_string_value(json_object_get(m, "owned_by"));
         }
     }
+    if (!mine && n == 1)
+        mine = json_array_get(data, 0);
     if (!b->kind_given && owner) {
         enum remote_kind k = REMOTE_OPENAI;
         if (strcmp(owner, "lmd") == 0)
@@ -1537,6 +1599,12 @@ static void probe_learn(struct rbackend *b)
     }
     LMD_INFO("remote %s: backend %s is %s%s", re->name, b->url, remote_kind_name(b->kind),
              b->kind_given ? "" : " (from its /v1/models)");
+    /* lmd says how many requests the model runs at once. */
+    json_t *mr = mine ? json_object_get(mine, "max_running") : NULL;
+    if (json_is_integer(mr)) {
+        b->limit_asked = true;
+        limit_learned(b, (long)json_integer_value(mr), "/v1/models");
+    }
     json_decref(o);
 }
 
@@ -1555,6 +1623,15 @@ static void probe_done(struct rbackend *b)
  * is wanted. */
 static bool probe_head(struct rbackend *b, const char *errstr, int status)
 {
+    if (b->asking_limit && (errstr || status != 200)) {
+        /* No capacity there (an older server): the limit stays as it is. */
+        probe_done(b);
+        b->asking_limit = false;
+        if (!errstr)
+            LMD_INFO("remote %s: backend %s answers %s with HTTP %d: its limit stays %d", b->re->name, b->url,
+                     b->probe_path, status, b->max_inflight);
+        return false;
+    }
     if (b->scraping && (errstr || status != 200)) {
         /* No load gauges there: not a failure of the backend. */
         probe_done(b);
@@ -1596,6 +1673,12 @@ static void probe_end(struct rbackend *b, const char *err)
             scrape_parse(b);
         return;
     }
+    if (b->asking_limit) {
+        b->asking_limit = false;
+        if (!err)
+            limit_parse(b);
+        return;
+    }
     if (!err) {
         if (!b->probed_models && strcmp(b->probe_path, "/v1/models") == 0) {
             b->probed_models = true;
@@ -1604,7 +1687,10 @@ static void probe_end(struct rbackend *b, const char *err)
         backend_ok(b);
         drain_waiting(b->re);
         const char *gr, *gw;
-        if (!b->metrics_off && !b->removed && load_gauges(b->kind, &gr, &gw))
+        if (!b->limit_given && !b->limit_asked && !b->removed && limit_path(b->kind)) {
+            b->limit_asked = true;
+            probe_send(b, limit_path(b->kind));
+        } else if (!b->metrics_off && !b->removed && load_gauges(b->kind, &gr, &gw))
             probe_send(b, "/metrics");
     } else {
         char why[240];
@@ -1683,7 +1769,8 @@ static void probe_start(struct rbackend *b)
     if (b->probe || b->probe_h2)
         return; /* the last one is still out: its timer ends it */
     struct remote *re = b->re;
-    bool learn = !b->probed_models && (!b->kind_given || !re->cfg.upstream_model);
+    bool learn =
+        !b->probed_models && (!b->kind_given || !re->cfg.upstream_model || (b->kind == REMOTE_LMD && !b->limit_given));
     probe_send(b, learn ? "/v1/models" : health_path(b->kind));
 }
 
@@ -1707,6 +1794,7 @@ static void probe_send(struct rbackend *b, const char *path)
     struct remote *re = b->re;
     b->probe_path = path;
     b->scraping = strcmp(path, "/metrics") == 0;
+    b->asking_limit = limit_path(b->kind) && strcmp(path, limit_path(b->kind)) == 0;
     const char *key = re->cfg.api_key;
     char req[sizeof b->probe_req];
     snprintf(req, sizeof req, "GET %s%s HTTP/1.1\r\nHost: %s\r\n%s%s%s\r\n", b->prefix, b->probe_path, b->hostport,
@@ -2252,6 +2340,7 @@ static int backend_init(struct remote *re, int i, const struct remote_backend_co
     snprintf(b->hostport, sizeof b->hostport, v6 ? "[%s]:%d" : "%s:%d", b->host, b->port);
     snprintf(b->model, sizeof b->model, "%s", re->cfg.upstream_model ? re->cfg.upstream_model : re->name);
     b->max_inflight = bc->max_inflight > 0 ? bc->max_inflight : re->cfg.max_inflight;
+    b->limit_given = bc->max_inflight > 0 || re->inflight_given;
     b->healthy = true;
     atomic_init(&b->g_healthy, 1);
     atomic_init(&b->g_up_running, -1);
@@ -2326,7 +2415,11 @@ static void backends_apply(struct remote *re, const struct remote_backend_config
             if (b->removed)
                 LMD_INFO("remote %s: backend %s is back in the list", re->name, b->url);
             b->removed = false;
-            b->max_inflight = list[k].max_inflight > 0 ? list[k].max_inflight : re->cfg.max_inflight;
+            /* A limit learned from the backend stays until one is configured. */
+            const bool learned = !b->limit_given && b->limit_asked && b->max_inflight != re->cfg.max_inflight;
+            b->limit_given = list[k].max_inflight > 0 || re->inflight_given;
+            if (list[k].max_inflight > 0 || !learned)
+                b->max_inflight = list[k].max_inflight > 0 ? list[k].max_inflight : re->cfg.max_inflight;
             continue;
         }
         int slot = -1;
@@ -2370,6 +2463,8 @@ static int seats_max(const struct remote *re)
     for (int i = 0; i < re->n_b; i++)
         if (re->b[i].max_inflight > most)
             most = re->b[i].max_inflight;
+    if (!re->inflight_given && most < REMOTE_LEARN_MAX)
+        most = REMOTE_LEARN_MAX; /* a backend's limit may be learned up to this */
     long n = (long)most * REMOTE_MAX_BACKENDS;
     return n > 4096 ? 4096 : (int)n;
 }
@@ -2445,6 +2540,7 @@ int engine_remote_open(struct engine **out, const struct remote_config *cfg, str
     snprintf(re->name, sizeof re->name, "%s", cfg->name ? cfg->name : "remote");
     struct remote_config *c = &re->cfg;
     c->name = re->name;
+    re->inflight_given = c->max_inflight > 0;
     if (c->max_inflight <= 0)
         c->max_inflight = 8;
     if (c->n_ctx <= 0)
