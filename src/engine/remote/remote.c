@@ -1216,6 +1216,22 @@ static int on_body_(struct rcall *c, h2o_http1client_t *client, const char *errs
 
 static h2o_http1client_body_cb on_head_(struct rcall *c, const char *errstr, int status);
 
+/* A request the upstream did not process (a kept-alive connection that
+ * broke as it went out, a GOAWAY's refusal) goes again, on a new
+ * connection, without counting as an attempt; once. */
+static void resend_unprocessed(struct rcall *c, const char *why)
+{
+    struct rbackend *b = c->b;
+    LMD_DEBUG("remote %s: request %llu: %s on %s; sending it again", c->re->name, (unsigned long long)c->rq->id, why,
+              b->url);
+    head_timer_stop(c);
+    backend_release(c);
+    c->stale_retried = true;
+    c->attempts--;
+    c->tried &= ~(1u << b->index);
+    dispatch(c);
+}
+
 static h2o_http1client_body_cb on_head(h2o_http1client_t *client, const char *errstr, int minor_version, int status,
                                        h2o_iovec_t msg, h2o_header_t *headers, size_t num_headers, int rlen)
 {
@@ -1235,15 +1251,7 @@ static h2o_http1client_body_cb on_head_(struct rcall *c, const char *errstr, int
              * went out (llama-server closes after every stream): not the
              * upstream's failure; the request goes again, on a new
              * connection, without counting as an attempt. */
-            struct rbackend *b = c->b;
-            LMD_DEBUG("remote %s: request %llu: %s on a kept-alive connection to %s; sending it again", c->re->name,
-                      (unsigned long long)c->rq->id, errstr, b->url);
-            head_timer_stop(c);
-            backend_release(c);
-            c->stale_retried = true;
-            c->attempts--;
-            c->tried &= ~(1u << b->index);
-            dispatch(c);
+            resend_unprocessed(c, errstr);
             return NULL;
         }
         if (c->b)
@@ -1401,15 +1409,7 @@ static void h2_on_close(struct h2cli_stream *s, const char *err, bool refused)
         /* Not processed (a GOAWAY's refusal, or a connection that had
          * served and broke as this went out): sent again, on a new
          * connection, without counting as an attempt. */
-        struct rbackend *b = c->b;
-        LMD_DEBUG("remote %s: request %llu: %s on %s; sending it again", c->re->name, (unsigned long long)c->rq->id,
-                  err, b->url);
-        head_timer_stop(c);
-        backend_release(c);
-        c->stale_retried = true;
-        c->attempts--;
-        c->tried &= ~(1u << b->index);
-        dispatch(c);
+        resend_unprocessed(c, err);
     } else {
         if (c->b)
             backend_failed(c->b, err);

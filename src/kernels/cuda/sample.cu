@@ -88,35 +88,25 @@ struct Shared {
 /* ---- block-wide reductions and scans (every thread gets the result, the
  * same bits in each: the warps' parts are added in one fixed order) ---- */
 
-__device__ double block_sum_d(double v, Shared &sh)
+/* The sum over the block, through part[WARPS] of shared memory. */
+template <typename T> __device__ T block_sum(T v, T *part)
 {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
         v += __shfl_xor_sync(FULL, v, o);
     if (threadIdx.x % 32 == 0)
-        sh.dpart[threadIdx.x / 32] = v;
+        part[threadIdx.x / 32] = v;
     __syncthreads();
-    double s = 0.0;
+    T s = 0;
     for (int w = 0; w < WARPS; w++)
-        s += sh.dpart[w];
+        s += part[w];
     __syncthreads();
     return s;
 }
 
-__device__ int block_sum_i(int v, Shared &sh)
-{
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(FULL, v, o);
-    if (threadIdx.x % 32 == 0)
-        sh.ipart[threadIdx.x / 32] = v;
-    __syncthreads();
-    int s = 0;
-    for (int w = 0; w < WARPS; w++)
-        s += sh.ipart[w];
-    __syncthreads();
-    return s;
-}
+__device__ double block_sum_d(double v, Shared &sh) { return block_sum<double>(v, sh.dpart); }
+
+__device__ int block_sum_i(int v, Shared &sh) { return block_sum<int>(v, sh.ipart); }
 
 /* Whether (bv, bi) comes before (av, ai) for an argmax that keeps the
  * first of equal values; NaN comes last (sample.c never picks one over a
