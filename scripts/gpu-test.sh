@@ -80,7 +80,7 @@ if [ "$QUICK" = 0 ]; then
         step "lmd bench --device cuda $m"
         "$BUILD/lmd" bench -m "$m" --device cuda -p 512 -g 128 -b 1,16,64 -r 3 || fail=1
         step "lmd bench --device cuda $m, LMD_CUDA_SAMPLE=0 (logits path)"
-        LMD_CUDA_SAMPLE=0 "$BUILD/lmd" bench -m "$m" --device cuda -p 0 -g 128 -b 1,16,64 -r 3 || fail=1
+        LMD_CUDA_SAMPLE=0 "$BUILD/lmd" bench -m "$m" --device cuda -p 512 -g 128 -b 1,16,64 -r 3 || fail=1
     done
 fi
 echo

@@ -59,6 +59,9 @@ static void fill_tokens(int32_t *t, int n, int n_vocab, uint32_t seed)
     }
 }
 
+/* Decode steps of a batched run. */
+#define BENCH_STEPS 32
+
 struct bench_seq {
     struct kv_seq kv;
     int32_t *blocks;
@@ -184,7 +187,14 @@ int cli_bench(int argc, char **argv)
         max_b = batches[i] > max_b ? batches[i] : max_b;
     struct lmd_err err = {0};
     struct engine *e = NULL;
-    int ctx = (int)(pp > tg + 64 ? pp : tg + 64) + 16;
+    /* Positions a sequence needs: the prompt of pp, tg decode steps after
+     * a prompt of 8, and the batched runs' ragged prompts (8 + 4 i tokens
+     * for sequence i) with their BENCH_STEPS decode steps — the last is
+     * the longest at large batches, whatever -p and -g say. */
+    int ctx = (int)(pp > tg + 64 ? pp : tg + 64);
+    if (n_batches && 8 + 4 * (max_b - 1) + BENCH_STEPS + 1 > ctx)
+        ctx = 8 + 4 * (max_b - 1) + BENCH_STEPS + 1;
+    ctx += 16;
     struct engine_config cfg = {.model_path = model_path,
                                 .device = device,
                                 .gpu = gpu,
@@ -293,7 +303,7 @@ int cli_bench(int argc, char **argv)
         printf(",\"batched\":[");
     for (int bi = 0; bi < n_batches; bi++) {
         int B = batches[bi];
-        int steps = 32;
+        const int steps = BENCH_STEPS;
         for (int r = 0; r < reps; r++) {
             /* Ragged start: sequence i has a prompt of 8 + 4*i tokens. */
             for (int i = 0; i < B; i++) {
