@@ -56,7 +56,14 @@ static int fail(struct conv *c, const char *path, const char *fmt, ...)
     if (c->failed)
         return -1;
     c->failed = true;
-    int n = snprintf(c->msg, c->cap, "%s: ", path);
+    /* A deep path (64 levels of ".items") would fill the message and cut
+     * the reason off: past half the room, its middle is left out. */
+    size_t pl = strlen(path), room = c->cap / 2;
+    int n;
+    if (pl > room && room > 40)
+        n = snprintf(c->msg, c->cap, "%.*s...%s: ", (int)(room / 2 - 3), path, path + pl - (room / 2 - 3));
+    else
+        n = snprintf(c->msg, c->cap, "%s: ", path);
     if (n < 0 || (size_t)n >= c->cap)
         return -1;
     va_list ap;

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #define GRAM_MAX_REPEAT 100000 /* the largest m or n in x{m,n} */
+#define GRAM_MAX_NESTING 64    /* groups inside groups: the parser recurses once a level */
 
 struct rule_b {
     const char *name; /* into the text; NULL for a generated rule */
@@ -45,6 +46,7 @@ struct comp {
     uint32_t n_cls, cap_cls;
     uint64_t total; /* elements so far */
     int cur;        /* the named rule being parsed */
+    int nesting;    /* groups open around the parser's position */
     struct lmd_err *err;
     bool oom;
 };
@@ -465,12 +467,23 @@ static int parse_sequence(struct comp *c, int rule, bool nested)
             x = (struct gram_el){.op = GRAM_CLASS, .v = c->n_cls++};
             skip_space(c, nested);
         } else if (ch == '(') {
+            /* Each level is a recursion: a client's "((((…" must not
+             * reach the end of the stack. */
+            if (c->nesting >= GRAM_MAX_NESTING) {
+                int line, col;
+                line_col(c, c->p, &line, &col);
+                return lmd_err_set(c->err, LMD_EINVAL, "grammar: line %d, column %d: groups nested deeper than %d",
+                                   line, col, GRAM_MAX_NESTING);
+            }
             c->p++;
             int r = rule_new(c, NULL, 0);
             if (r < 0)
                 return r;
             skip_space(c, true);
-            if ((rc = parse_alternates(c, r, true)) != 0)
+            c->nesting++;
+            rc = parse_alternates(c, r, true);
+            c->nesting--;
+            if (rc != 0)
                 return rc;
             if (c->p >= c->end || *c->p != ')')
                 return syntax(c, "expected ')' to close the group");

@@ -111,6 +111,13 @@ def test_text_format_is_plain(client):
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
+def deep_schema(n):
+    s = {"type": "string"}
+    for _ in range(n):
+        s = {"type": "array", "items": s}
+    return s
+
+
 BAD = [
     ({"response_format": {"type": "xml"}}, "response_format", "unknown response_format type 'xml'"),
     ({"response_format": {"type": "json_schema"}}, "response_format", "needs a 'json_schema' object"),
@@ -131,6 +138,10 @@ BAD = [
     ({"grammar": "root ::= x"}, "grammar", "rule 'x' is used but never defined"),
     ({"grammar": "root ::= root \"a\""}, "grammar", "left-recursive"),
     ({"grammar": 7}, "grammar", "'grammar' must be a non-empty string"),
+    # The grammar parser recurses once a group: deeper nesting would reach the end of the stack.
+    ({"grammar": "root ::= " + "(" * 100000 + "\"a\"" + ")" * 100000}, "grammar", "groups nested deeper than 64"),
+    # So does the schema compiler, once a level.
+    ({"response_format": rf(deep_schema(400))}, "response_format", "nested deeper than"),
     ({"grammar": "root ::= \"a\"", "response_format": {"type": "json_object"}}, "grammar", "cannot be used together"),
     ({"response_format": {"type": "json_object"}, "ignore_eos": True}, "ignore_eos", "cannot be used with"),
 ]

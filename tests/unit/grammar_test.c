@@ -188,6 +188,29 @@ static void test_malformed(void **state)
     expect_error("root ::= \"a\"{99999} \"a\"{99999} \"a\"{99999} \"a\"{99999} \"a\"{99999} \"a\"{99999} "
                  "\"a\"{99999} \"a\"{99999} \"a\"{99999} \"a\"{99999} \"a\"{99999}\n",
                  "elements");
+    /* Groups nest as deep as 64 and no deeper: each level is a recursion
+     * of the parser, and a client's grammar must not reach the end of the
+     * stack (a fuzzer's "((((…" did). */
+    char deep[600];
+    for (int depth = 64; depth <= 250; depth += 186) {
+        size_t o = (size_t)snprintf(deep, sizeof deep, "root ::= ");
+        for (int i = 0; i < depth; i++)
+            deep[o++] = '(';
+        o += (size_t)snprintf(deep + o, sizeof deep - o, "\"a\"");
+        for (int i = 0; i < depth; i++)
+            deep[o++] = ')';
+        deep[o++] = '\n';
+        deep[o] = 0;
+        if (depth == 64) {
+            struct lmd_err err = {0};
+            struct gram *g = NULL;
+            if (gram_compile(&g, deep, strlen(deep), &err) != 0)
+                fail_msg("64 nested groups: %s", err.msg);
+            gram_free(g);
+        } else {
+            expect_error(deep, "line 1, column 74: groups nested deeper than 64");
+        }
+    }
 }
 
 /* ---- vocabulary masks ---------------------------------------------------- */
