@@ -1011,17 +1011,36 @@ static void test_avx512_repacked_emulated(void **state)
         skip();
     assert_int_equal(kern_set_isa("avx2"), 0);
     enum { N = 16, M = KERN__RP_TX };
-    for (size_t ti = 0; ti < N_REPACKED_TYPES * 2; ti++) {
+    /* Random rows at two lengths, then every quant bit set against
+     * activations at full scale (-128 after Q8_K's rounding, and alternating
+     * signs): the integer sums at their extremes, where the 512-bit tiles
+     * pack four-product sums into int16. */
+    for (size_t ti = 0; ti < N_REPACKED_TYPES * 4; ti++) {
         const enum gguf_dtype t = g_repacked_types[ti % N_REPACKED_TYPES];
-        int64_t k = ti < N_REPACKED_TYPES ? 256 : 1024;
+        const int variant = (int)(ti / N_REPACKED_TYPES); /* 0, 1: random; 2, 3: extremes */
+        int64_t k = variant == 0 ? 256 : 1024;
         size_t rb = kern_row_bytes(t, k), xb = kern_row_bytes(GGUF_DTYPE_Q8_K, k);
         uint8_t *w = malloc(rb * N), *xq = malloc(xb * M);
         float *x = malloc((size_t)k * sizeof(float));
-        for (int r = 0; r < N; r++)
+        for (int r = 0; r < N; r++) {
             random_row(t, w + r * rb, k);
+            if (variant >= 2) {
+                const struct kern__traits *tr = kern__traits(t);
+                const int *fp = fp16_fields(t);
+                for (int64_t b = 0; b < k / tr->block; b++) {
+                    uint8_t *blk = w + r * rb + b * tr->bytes, keep[8][2];
+                    int nf = 0;
+                    for (; fp[nf] >= 0; nf++)
+                        memcpy(keep[nf], blk + fp[nf], 2);
+                    memset(blk, 0xFF, tr->bytes);
+                    for (int i = 0; i < nf; i++)
+                        memcpy(blk + fp[i], keep[i], 2);
+                }
+            }
+        }
         for (int j = 0; j < M; j++) {
             for (int64_t i = 0; i < k; i++)
-                x[i] = rnd_normal();
+                x[i] = variant < 2 ? rnd_normal() : variant == 2 || j % 2 ? 1.0f : (i & 1 ? -1.0f : 1.0f);
             kern_quantize_row(GGUF_DTYPE_Q8_K, x, xq + j * xb, k);
         }
         size_t pb = kern_repack_bytes(t, N, k);
