@@ -11,12 +11,21 @@ engines at each. --model tinyllama[-q4_k_m|-q8_0|-q4_0] is WORKLOADS.md's
 and quantized with llama.cpp's llama_model_quantize, once, into build/
 (about 2.2 GB for the F16 file, which is deleted after quantizing).
 --no-peer measures lmd alone (on a machine without llama-cpp-python).
+--peer-bin DIR measures the peer with llama.cpp's own tools from DIR
+(llama-bench for pp and tg, llama-batched-bench for batched decode,
+llama-quantize for the synthetic model) instead of the Python bindings:
+the form in which llama.cpp is usually benchmarked, and the one to use on a
+machine where the bindings are not installed. llama-bench runs pp with
+flash attention off and on and the faster counts; batched decode is
+llama-batched-bench's decode rate with prompts of the same mean length as
+lmd bench's ragged ones.
 
 usage: bench/engine.py [--model M|tinyllama-q4_k_m] [--threads 1,2,4,8,16] [--pp 512] [--tg 128]
-                       [--batch 1,4,16] [--reps 3] [--no-peer] [--json OUT]
+                       [--batch 1,4,16] [--reps 3] [--no-peer | --peer-bin DIR] [--json OUT]
 """
 import argparse
 import ctypes
+import functools
 import json
 import os
 import statistics
@@ -32,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH_FTYPES = {"q4_k_m": 15, "q8_0": 7, "q4_0": 2}  # llama_ftype values
 
 
-def synth_model(name):
+def synth_model(name, peer_bin=None):
     """build/bench-<name>.gguf for name tinyllama[-TYPE], made on first use."""
     kind = name.split("-", 1)[1] if "-" in name else "q4_k_m"
     if kind not in SYNTH_FTYPES:
@@ -47,9 +56,15 @@ def synth_model(name):
         subprocess.run([sys.executable, os.path.join(ROOT, "tests", "golden", "make_synth.py"), f16 + ".tmp",
                         "--shape", "tinyllama"], check=True, stdout=subprocess.DEVNULL)
         os.rename(f16 + ".tmp", f16)
+    print("quantizing to %s" % out, file=sys.stderr)
+    if peer_bin:
+        subprocess.run([os.path.join(peer_bin, "llama-quantize"), f16, out + ".tmp", kind.upper(),
+                        str(os.cpu_count() or 1)], check=True, stdout=subprocess.DEVNULL)
+        os.rename(out + ".tmp", out)
+        os.unlink(f16)
+        return out
     import llama_cpp
 
-    print("quantizing to %s" % out, file=sys.stderr)
     qp = llama_cpp.llama_model_quantize_default_params()
     qp.ftype = SYNTH_FTYPES[kind]
     qp.nthread = os.cpu_count() or 1
@@ -164,6 +179,36 @@ def llama_bench(a):
     return res
 
 
+def llama_tools_bench(a):
+    """The same workloads through llama.cpp's benchmark tools (--peer-bin)."""
+    res = {"batched": {}}
+    run = functools.partial(subprocess.run, capture_output=True, text=True, check=True)
+    base = [os.path.join(a.peer_bin, "llama-bench"), "-m", a.model, "-t", str(a.threads), "-r", str(a.reps),
+            "-o", "json"]
+    if a.pp:
+        best = None
+        for r in json.loads(run(base + ["-p", str(a.pp), "-n", "0", "-fa", "0,1"]).stdout):
+            v = r.get("samples_ts") or [r["avg_ts"]]
+            if best is None or statistics.median(v) > statistics.median(best):
+                best = v
+        res["pp"] = best
+    if a.tg:
+        r = json.loads(run(base + ["-p", "0", "-n", str(a.tg)]).stdout)[0]
+        res["tg"] = r.get("samples_ts") or [r["avg_ts"]]
+    for B in [int(x) for x in a.batch.split(",")] if a.batch else []:
+        # lmd bench's ragged prompts (8 + 4 i tokens) have mean 6 + 2 B; 32 steps.
+        npp, ntg = 6 + 2 * B, 32
+        v = []
+        for _ in range(a.reps):
+            out = run([os.path.join(a.peer_bin, "llama-batched-bench"), "-m", a.model, "-t", str(a.threads),
+                       "-c", str(B * (npp + ntg) + 64), "-b", "2048", "-ub", "512", "-npp", str(npp), "-ntg",
+                       str(ntg), "-npl", str(B), "--output-format", "jsonl"]).stdout
+            rows = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+            v.append(rows[-1]["speed_tg"])
+        res["batched"][B] = v
+    return res
+
+
 def fmt(v):
     return "%8.2f (min %.2f, max %.2f)" % (statistics.median(v), min(v), max(v))
 
@@ -177,10 +222,11 @@ def main():
     ap.add_argument("--batch", default="1,4,16")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-peer", action="store_true", help="measure lmd alone")
+    ap.add_argument("--peer-bin", metavar="DIR", help="llama.cpp's tools (llama-bench, ...) in DIR as the peer")
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
     if os.path.basename(a.model).startswith("tinyllama") and not os.path.exists(a.model):
-        a.model = synth_model(os.path.basename(a.model))
+        a.model = synth_model(os.path.basename(a.model), a.peer_bin)
     out = []
     for t in [int(x) for x in a.threads.split(",")]:
         a.threads = t
@@ -192,7 +238,7 @@ def main():
 
 def run_one(a):
     lmd = lmd_bench(a)
-    peer = None if a.no_peer else llama_bench(a)
+    peer = None if a.no_peer else llama_tools_bench(a) if a.peer_bin else llama_bench(a)
     print("model %s, %d threads, lmd isa %s" % (os.path.basename(a.model), a.threads, lmd["isa"]))
     print("%-10s %-34s %-34s %s" % ("workload", "lmd tok/s", "llama.cpp tok/s", "ratio"))
     rows = []
