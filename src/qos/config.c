@@ -402,9 +402,9 @@ static int keys_finish(struct cfg *c)
 static int parse_class(struct cfg *c, yaml_node_t *map, const char *path, struct qos_class *cl)
 {
     struct field f[] = {
-        {.name = "ttft_ms"}, {.name = "tpot_ms"},           {.name = "window_ms"},         {.name = "weight"},
-        {.name = "on_late"}, {.name = "max_request_slots"}, {.name = "default_max_tokens"}};
-    int rc = collect(c, map, path, f, 7);
+        {.name = "ttft_ms"}, {.name = "tpot_ms"},           {.name = "window_ms"},          {.name = "weight"},
+        {.name = "on_late"}, {.name = "max_request_slots"}, {.name = "default_max_tokens"}, {.name = "reserved_slots"}};
+    int rc = collect(c, map, path, f, 8);
     if (rc < 0)
         return rc;
     char p[160];
@@ -435,9 +435,9 @@ static int parse_class(struct cfg *c, yaml_node_t *map, const char *path, struct
         else if (!scalar_eq(f[4].val, "run"))
             return bad(c, f[4].val, LMD_EFORMAT, p, "expected 'run' or 'refuse', got '%s'", shown(f[4].val, b));
     }
-    int32_t *lim[] = {&cl->max_request_slots, &cl->default_max_tokens};
-    const int64_t lim_max[] = {MAX_REQUEST_SLOTS, MAX_DEFAULT_TOKENS};
-    for (int i = 0; i < 2; i++) {
+    int32_t *lim[] = {&cl->max_request_slots, &cl->default_max_tokens, &cl->reserved_slots};
+    const int64_t lim_max[] = {MAX_REQUEST_SLOTS, MAX_DEFAULT_TOKENS, MAX_REQUEST_SLOTS};
+    for (int i = 0; i < 3; i++) {
         *lim[i] = 0;
         if (f[5 + i].val) {
             snprintf(p, sizeof p, "%s.%s", path, f[5 + i].name);

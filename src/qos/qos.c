@@ -148,7 +148,8 @@ static bool same_class(const struct qos_class *a, const struct qos_class *b)
 {
     return strcmp(a->name, b->name) == 0 && a->ttft_ns == b->ttft_ns && a->tpot_ns == b->tpot_ns &&
            a->window_ns == b->window_ns && a->weight == b->weight && a->on_late == b->on_late &&
-           a->max_request_slots == b->max_request_slots && a->default_max_tokens == b->default_max_tokens;
+           a->max_request_slots == b->max_request_slots && a->default_max_tokens == b->default_max_tokens &&
+           a->reserved_slots == b->reserved_slots;
 }
 
 int qos_reload(struct qos *q, const char *path, struct qos_reload_report *rep, struct lmd_err *err)

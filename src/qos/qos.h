@@ -70,6 +70,9 @@ struct qos_class {
      * default: 16 for completions, the rest of the context for chat). */
     int32_t max_request_slots;
     int32_t default_max_tokens;
+    /* Running slots held back for this class and the classes before it in
+     * the file: requests of later classes do not take them (0 = none). */
+    int32_t reserved_slots;
 };
 
 /* A rate as an exact fraction, `count` units every `period_ns`, plus the

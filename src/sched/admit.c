@@ -33,12 +33,13 @@ static const int32_t *sched_block_tokens(struct sched *s, const struct sched_req
  * false r holds nothing. */
 static bool sched_fits(struct sched *s, struct sched_req *r)
 {
-    if (s->n_running >= s->cfg.max_running)
-        return false;
     /* An engine whose capacity changes (a remote pool losing and regaining
      * upstreams) takes no more than it has seats for. */
+    int limit = s->cfg.max_running;
     int seats = atomic_load_explicit(&s->eng->seats, memory_order_relaxed);
-    if (seats > 0 && s->n_running >= seats)
+    if (seats > 0 && seats < limit)
+        limit = seats;
+    if (s->n_running + sched__reserved_for(s, r->cls, limit) >= limit)
         return false;
     /* An embedding pools every position of its prompt, so it computes
      * them all: no cached prefix. */
@@ -191,6 +192,16 @@ static bool sched_try_preempt(struct sched *s, struct sched_req *r, uint64_t now
         sched_preempt(s, v, now);
     }
     return true;
+}
+
+int sched__reserved_for(const struct sched *s, int cls, int limit)
+{
+    if (s->pol.kind != SCHED_POLICY_SLA)
+        return 0;
+    int held = 0;
+    for (int c = 0; c < cls && c < s->pol.n_classes; c++)
+        held += s->pol.cls[c].reserved_running > 0 ? s->pol.cls[c].reserved_running : 0;
+    return held < limit - 1 ? held : (limit > 1 ? limit - 1 : 0);
 }
 
 int sched__group_cap(const struct sched *s, int cls)

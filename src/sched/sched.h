@@ -219,6 +219,13 @@ struct sched_class {
      * max_running, rounded up, so that one request never holds the whole
      * running set. */
     int max_request_running;
+    /* Running slots held for this class and the ones before it (SLA
+     * policy): requests of later classes start only while more than the
+     * sum held by the classes before theirs are free, at most all but one.
+     * What makes an urgent request start at once on an engine that cannot
+     * preempt (an upstream pool), where otherwise it waits for a running
+     * request to end. 0 = none. */
+    int reserved_running;
 };
 
 struct sched_config {

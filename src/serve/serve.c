@@ -480,6 +480,7 @@ int serve_open(struct serve **out, const struct serve_config *c, struct lmd_err 
             .window_ns = qc->window_ns,
             .refuse_late = qc->on_late == QOS_LATE_REFUSE,
             .max_request_running = qc->max_request_slots,
+            .reserved_running = qc->reserved_slots,
         };
         class_names[i] = qc->name;
     }

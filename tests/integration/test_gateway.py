@@ -336,6 +336,43 @@ def test_full_pool_is_503_with_retry_after(lmd_bin, ups):
         assert g.stop() == 0, g.log()
 
 
+def test_reserved_slot_serves_urgent_at_once(lmd_bin, ups):
+    """An upstream cannot pause a request, so without a held slot an urgent
+    request waits for a running one to end. With `reserved_slots: 1` on the
+    urgent class and two upstream slots, best_effort work runs one at a time
+    (the next waits in lmd's queue) and an urgent request starts at once."""
+    d, a, _ = ups
+    tenants = d / "tenants-reserved.yaml"
+    tenants.write_text("""\
+classes:
+  urgent: {ttft_ms: 1000, reserved_slots: 1}
+  best_effort: {ttft_ms: 15000}
+tenants:
+  - name: t
+    keys: ["key-t"]
+""")
+    g = Serve(lmd_bin, d, "--upstream", "gemma=%s" % a.url, "--upstream-inflight", "2", "--tenants", str(tenants))
+    body = {"model": "gemma", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 300,
+            "ignore_eos": True, "stream": True, "priority": "best_effort"}
+    auth = {"Authorization": "Bearer key-t"}
+    try:
+        with httpx.Client(timeout=60) as h:
+            with h.stream("POST", g.base + "/v1/chat/completions", json=body, headers=auth) as first, \
+                    h.stream("POST", g.base + "/v1/chat/completions", json=body, headers=auth) as second:
+                assert first.status_code == 200 and second.status_code == 200
+                assert wait_until(lambda: g.metrics().sum("lmd_requests_waiting") == 1, timeout=30)
+                assert g.metrics().sum("lmd_upstream_inflight") == 1
+                r = h.post(g.base + "/v1/completions", headers=auth,
+                           json={"model": "gemma", "prompt": PROMPT, "max_tokens": 2, "priority": "urgent"})
+                assert r.status_code == 200, r.text
+                assert r.json()["usage"]["completion_tokens"] == 2
+                # The best_effort requests are where they were.
+                m = g.metrics()
+                assert m.sum("lmd_requests_waiting") == 1 and m.sum("lmd_upstream_inflight") == 1
+    finally:
+        assert g.stop() == 0, g.log()
+
+
 def test_tenant_charged_with_upstream_usage(lmd_bin, ups):
     d, a, _ = ups
     tenants = d / "tenants.yaml"

@@ -143,7 +143,7 @@ static void test_open_mode(void **state)
 
 static const char *full_yaml =
     "classes:\n"
-    "  urgent:      {ttft_ms: 1000,  tpot_ms: 100, window_ms: 250, weight: 4, on_late: refuse}\n"
+    "  urgent:      {ttft_ms: 1000,  tpot_ms: 100, window_ms: 250, weight: 4, on_late: refuse, reserved_slots: 3}\n"
     "  standard:    {ttft_ms: 5000,  weight: 2, max_request_slots: 2, default_max_tokens: 512}\n"
     "  best_effort: {ttft_ms: 15000, tpot_ms: 0,   window_ms: 0, weight: 1, on_late: run}\n"
     "default_class: standard\n"
@@ -194,6 +194,8 @@ static void test_full_file(void **state)
     /* Not given: the defaults (half the running slots; the API's length). */
     assert_int_equal(u->max_request_slots, 0);
     assert_int_equal(u->default_max_tokens, 0);
+    assert_int_equal(u->reserved_slots, 3);
+    assert_int_equal(st->reserved_slots, 0);
     assert_int_equal(qos_default_class(q), 1);
     assert_int_equal(qos_class_find(q, "best_effort", 11), 2);
     assert_int_equal(qos_class_find(q, "best_effor", 10), LMD_ENOENT);
@@ -708,7 +710,9 @@ static const struct bad_case bad_cases[] = {
      ":1:11: classes: 'a b' has a character other than letters"},
     {"classes: {a: {ttft: 5}}\ntenants: [{name: x, keys: [k]}]\n", LMD_EFORMAT,
      ":1:15: classes.a: unknown key 'ttft' (expected one of: ttft_ms, tpot_ms, window_ms, weight, on_late, "
-     "max_request_slots, default_max_tokens)"},
+     "max_request_slots, default_max_tokens, reserved_slots)"},
+    {"classes: {a: {reserved_slots: -1}}\ntenants: [{name: x, keys: [k]}]\n", LMD_ERANGE,
+     ":1:31: classes.a.reserved_slots: must not be negative (got -1)"},
     {"classes: {a: {max_request_slots: 1025}}\ntenants: [{name: x, keys: [k]}]\n", LMD_ERANGE,
      ":1:34: classes.a.max_request_slots: must be between 0 and 1024 (got 1025)"},
     {"classes: {a: {default_max_tokens: -1}}\ntenants: [{name: x, keys: [k]}]\n", LMD_ERANGE,

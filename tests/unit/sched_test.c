@@ -286,6 +286,51 @@ static void test_preempt_resume_same_output(void **state)
     sched_req_unref(&u.r);
 }
 
+/* A slot held for urgent work: two slots, urgent reserving one. Of two
+ * best_effort requests only one runs; an urgent one arriving then starts in
+ * the held slot at once (no preemption) and finishes first; the second
+ * best_effort one starts only after the first is done. */
+static void test_reserved_slots(void **state)
+{
+    (void)state;
+    struct lmd_err err = {0};
+    struct sched *s;
+    struct sched_class cls[2] = {
+        {.name = "urgent", .ttft_ns = 1, .reserved_running = 1},
+        {.name = "best_effort", .ttft_ns = 0},
+    };
+    struct sched_config sc = {
+        .vocab = vocab, .max_running = 2, .max_queue = 8, .policy = SCHED_POLICY_SLA, .classes = cls, .n_classes = 2};
+    assert_int_equal(sched_start(&s, eng, &sc, &err), 0);
+    static struct treq be[2], u;
+    for (int i = 0; i < 2; i++) {
+        t_init(&be[i], texts[1], 24);
+        be[i].r.ignore_eos = true;
+        be[i].r.cls = 1;
+        assert_int_equal(sched_submit(s, &be[i].r, &err), 0);
+    }
+    t_wait_tokens(&be[0], 4);
+    assert_int_equal(atomic_load(&be[1].r.n_out), 0);
+    t_init(&u, texts[0], 4);
+    u.r.ignore_eos = true;
+    u.r.cls = 0;
+    assert_int_equal(sched_submit(s, &u.r, &err), 0);
+    t_wait_finish(&u);
+    assert_int_equal(atomic_load(&u.r.finish), SCHED_FINISH_LENGTH);
+    assert_int_equal(atomic_load(&be[1].r.n_out), 0);
+    for (int i = 0; i < 2; i++)
+        t_wait_finish(&be[i]);
+    assert_true(u.r.t_done_ns < be[0].r.t_done_ns);
+    assert_true(be[0].r.t_done_ns <= be[1].r.t_admit_ns);
+    struct sched_stats st;
+    sched_stats(s, &st);
+    assert_int_equal(st.preemptions, 0);
+    sched_stop(s);
+    sched_req_unref(&u.r);
+    for (int i = 0; i < 2; i++)
+        sched_req_unref(&be[i].r);
+}
+
 /* Admission respects the free blocks: with 40 blocks of 16 tokens, requests
  * reserving 13 blocks each run three at a time although four slots are
  * free; the fourth starts only when one of the three gives its blocks back. */
@@ -591,10 +636,15 @@ static int obs_off(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_batched_equals_alone),          cmocka_unit_test(test_cancel_returns_blocks),
-        cmocka_unit_test(test_stop_cuts_as_shutdown),         cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_preempt_resume_same_output),    cmocka_unit_test(test_kv_budget_admission),
-        cmocka_unit_test(test_prefix_cache_same_output),      cmocka_unit_test(test_queue_reserve_for_urgent),
+        cmocka_unit_test(test_batched_equals_alone),
+        cmocka_unit_test(test_cancel_returns_blocks),
+        cmocka_unit_test(test_stop_cuts_as_shutdown),
+        cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_preempt_resume_same_output),
+        cmocka_unit_test(test_kv_budget_admission),
+        cmocka_unit_test(test_prefix_cache_same_output),
+        cmocka_unit_test(test_queue_reserve_for_urgent),
+        cmocka_unit_test(test_reserved_slots),
         cmocka_unit_test_teardown(test_obs_records, obs_off),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
