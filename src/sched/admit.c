@@ -27,6 +27,24 @@ static const int32_t *sched_block_tokens(struct sched *s, const struct sched_req
     return s->blk_tok;
 }
 
+/* An engine that batches on its own (an upstream) prefills a request it is
+ * handed in the same batches as the ones it runs, where its own prefill
+ * cannot be put first. So while a request of a class that holds slots
+ * (reserved_running) waits there for its first token, requests of later
+ * classes do not start: the upstream's next batches are its prompt's. */
+static bool sched_first_token_pending(const struct sched *s, int cls)
+{
+    if (!s->eng->info.request_level || s->pol.kind != SCHED_POLICY_SLA)
+        return false;
+    for (int i = 0; i < s->n_running; i++) {
+        const struct sched_req *v = s->running[i];
+        if (v && v->cls < cls && s->pol.cls[v->cls].reserved_running > 0 &&
+            atomic_load_explicit(&v->n_out, memory_order_relaxed) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* Whether r can start now. First its fill is looked up in the prefix
  * cache — never its last token, whose logits the step must produce — and
  * the blocks found are taken; then the rest must fit the free blocks. On
@@ -40,6 +58,8 @@ static bool sched_fits(struct sched *s, struct sched_req *r)
     if (seats > 0 && seats < limit)
         limit = seats;
     if (s->n_running + sched__reserved_for(s, r->cls, limit) >= limit)
+        return false;
+    if (sched_first_token_pending(s, r->cls))
         return false;
     /* An embedding pools every position of its prompt, so it computes
      * them all: no cached prefix. */

@@ -384,6 +384,48 @@ static void test_request_level(void **state)
     engine_close(e);
 }
 
+/* On a request-level engine, a class holding slots also holds back later
+ * classes while one of its requests waits for its first token (the
+ * upstream would prefill their prompts in the same batches): with a long
+ * best_effort request running, an urgent and a best_effort one submitted
+ * together, the best_effort one starts only once the urgent one has its
+ * first token, although a slot was free for it all along. */
+static void test_first_token_hold(void **state)
+{
+    (void)state;
+    static struct treq blocker, u, be;
+    fake_delay_ns = 20000000; /* 20 ms a poll: the urgent prefill takes a while */
+    struct engine *e = fake(false, true, 4, 0);
+    fake_delay_ns = 0;
+    const struct sched_class cls[2] = {{.name = "urgent", .ttft_ns = 1, .reserved_running = 1},
+                                       {.name = "best_effort"}};
+    struct sched_config rc = {
+        .max_running = 4, .max_queue = 8, .policy = SCHED_POLICY_SLA, .classes = cls, .n_classes = 2};
+    struct sched *s = start(e, &rc);
+    t_init(&blocker, 1, 5, 30);
+    blocker.r.cls = 1;
+    submit(s, &blocker);
+    t_wait_tokens(&blocker, 1);
+    t_init(&u, 8, 13, 4);
+    u.r.cls = 0;
+    t_init(&be, 9, 13, 4);
+    be.r.cls = 1;
+    submit(s, &u);
+    submit(s, &be);
+    t_wait_finish(&u);
+    t_wait_finish(&be);
+    t_wait_finish(&blocker);
+    assert_int_equal(atomic_load(&u.r.finish), SCHED_FINISH_LENGTH);
+    assert_int_equal(atomic_load(&be.r.finish), SCHED_FINISH_LENGTH);
+    assert_true(atomic_load(&u.r.t_first_ns) > 0);
+    assert_true(atomic_load(&be.r.t_admit_ns) >= atomic_load(&u.r.t_first_ns));
+    sched_stop(s);
+    sched_req_unref(&blocker.r);
+    sched_req_unref(&u.r);
+    sched_req_unref(&be.r);
+    engine_close(e);
+}
+
 static void test_engine_contract(void **state)
 {
     (void)state;
@@ -664,6 +706,7 @@ int main(void)
         cmocka_unit_test(test_prefix_cache_shares_correctly),
         cmocka_unit_test(test_preempt_resume),
         cmocka_unit_test(test_request_level),
+        cmocka_unit_test(test_first_token_hold),
         cmocka_unit_test(test_engine_contract),
         cmocka_unit_test(test_request_share_of_slots),
         cmocka_unit_test(test_refuse_unmeetable_at_submit),
