@@ -671,9 +671,6 @@ static void idx_insert(struct remote *re, struct rbackend *b, const struct rcall
 
 /* ---- routing ------------------------------------------------------------------------- */
 
-/* Requests b is decoding: sent from here, and counted by its gauges from elsewhere. */
-static int busy(const struct rbackend *b) { return b->inflight + b->ext_load; }
-
 /* The backend for c: healthy, with room, not tried yet if another is
  * available; by the pool's routing rule. NULL if none has room.
  *
@@ -681,14 +678,9 @@ static int busy(const struct rbackend *b) { return b->inflight + b->ext_load; }
  * it has been sent and not yet answered (pending prefill), plus the part of
  * this prompt it does not hold (the blocks its index has from the start
  * are taken as cached), over its measured prefill rate. Backends within a
- * quarter (and 20 ms) of the best are equally good for the first token;
- * among those, the ones decoding the fewest requests (in flight from here
- * plus what their gauges count from elsewhere) are kept, since on a
- * backend that batches, every running sequence slows the others' tokens;
- * and among those the prompt's first block picks by rendezvous hashing, so
- * that gateways that share no state send a prefix to the same backend. A
- * prompt whose cached prefix saves more than the band keeps its backend
- * whatever the load. */
+ * quarter (and 20 ms) of the best are equally good, and among those the
+ * prompt's first block picks by rendezvous hashing, so that gateways that
+ * share no state send a prefix to the same backend. */
 static struct rbackend *pick(struct remote *re, struct rcall *c, bool *none_healthy, enum route_reason *why)
 {
     struct rbackend *best = NULL;
@@ -749,32 +741,23 @@ static struct rbackend *pick(struct remote *re, struct rcall *c, bool *none_heal
            : re->cfg.route == REMOTE_ROUTE_LEAST ? RR_LEAST
            : matched[best->index] > 0            ? RR_PREFIX
                                                  : RR_TTFT;
-    if (re->cfg.route == REMOTE_ROUTE_TTFT) {
+    if (re->cfg.route == REMOTE_ROUTE_TTFT && c->n_chain > 0) {
         double tol = best_score * 1.25 + 0.02;
-        int least = busy(best);
-        for (int i = 0; i < re->n_b; i++)
-            if (ok[i] && score[i] <= tol && busy(&re->b[i]) < least)
-                least = busy(&re->b[i]);
         uint64_t top = 0;
-        struct rbackend *pickb = busy(best) == least ? best : NULL;
+        struct rbackend *hrw = NULL;
         int n_near = 0;
-        for (int k = 0; k < re->n_b; k++) {
-            int i = (int)((re->rr + (unsigned)k) % (unsigned)re->n_b);
-            if (!ok[i] || score[i] > tol || busy(&re->b[i]) != least)
+        for (int i = 0; i < re->n_b; i++) {
+            if (!ok[i] || score[i] > tol)
                 continue;
             n_near++;
-            if (c->n_chain > 0) {
-                uint64_t w = mix64(c->chain[0] ^ re->b[i].url_hash);
-                if (n_near == 1 || w > top)
-                    pickb = &re->b[i], top = w;
-            } else if (!pickb) {
-                pickb = &re->b[i];
-            }
+            uint64_t w = mix64(c->chain[0] ^ re->b[i].url_hash);
+            if (!hrw || w > top)
+                hrw = &re->b[i], top = w;
         }
-        if (pickb != best) {
+        if (n_near > 1 && hrw != best) {
+            best = hrw;
             if (!c->attempts)
-                *why = busy(pickb) < busy(best) ? RR_LEAST : RR_RENDEZVOUS;
-            best = pickb;
+                *why = RR_RENDEZVOUS;
         }
     }
     re->rr = (unsigned)(best->index + 1);
@@ -2177,8 +2160,7 @@ static int remote_collect(struct lmd_buf *out, void *ud)
         {"lmd_upstream_ejections_total", "counter", "Times the backend was ejected after consecutive failures."},
         {"lmd_upstream_routed_total", "counter",
          "Requests routed to the backend, by reason: ttft (smallest predicted time to first token), prefix (the "
-         "same, thanks to a cached prefix), rendezvous (the prompt's hash among equally good backends), least (the "
-         "fewest in flight; under ttft, the fewest decoding among equally good backends), rr, "
+         "same, thanks to a cached prefix), rendezvous (the prompt's hash among equally good backends), least, rr, "
          "retry."},
         {"lmd_upstream_inflight", "gauge", "Requests in flight on the backend."},
         {"lmd_upstream_max_inflight", "gauge", "The backend's concurrency limit."},
