@@ -27,6 +27,19 @@ static const int32_t *sched_block_tokens(struct sched *s, const struct sched_req
     return s->blk_tok;
 }
 
+/* Running slots of `limit` that a request of class cls may not take: the
+ * reservations of the classes before it (struct sched_class), at most
+ * limit - 1. */
+static int sched_reserved_for(const struct sched *s, int cls, int limit)
+{
+    if (s->pol.kind != SCHED_POLICY_SLA)
+        return 0;
+    int held = 0;
+    for (int c = 0; c < cls && c < s->pol.n_classes; c++)
+        held += s->pol.cls[c].reserved_running > 0 ? s->pol.cls[c].reserved_running : 0;
+    return held < limit - 1 ? held : (limit > 1 ? limit - 1 : 0);
+}
+
 /* An engine that batches on its own (an upstream) prefills a request it is
  * handed in the same batches as the ones it runs, where its own prefill
  * cannot be put first. So while a request of a class that holds slots
@@ -57,7 +70,7 @@ static bool sched_fits(struct sched *s, struct sched_req *r)
     int seats = atomic_load_explicit(&s->eng->seats, memory_order_relaxed);
     if (seats > 0 && seats < limit)
         limit = seats;
-    if (s->n_running + sched__reserved_for(s, r->cls, limit) >= limit)
+    if (s->n_running + sched_reserved_for(s, r->cls, limit) >= limit)
         return false;
     if (sched_first_token_pending(s, r->cls))
         return false;
@@ -212,16 +225,6 @@ static bool sched_try_preempt(struct sched *s, struct sched_req *r, uint64_t now
         sched_preempt(s, v, now);
     }
     return true;
-}
-
-int sched__reserved_for(const struct sched *s, int cls, int limit)
-{
-    if (s->pol.kind != SCHED_POLICY_SLA)
-        return 0;
-    int held = 0;
-    for (int c = 0; c < cls && c < s->pol.n_classes; c++)
-        held += s->pol.cls[c].reserved_running > 0 ? s->pol.cls[c].reserved_running : 0;
-    return held < limit - 1 ? held : (limit > 1 ? limit - 1 : 0);
 }
 
 int sched__group_cap(const struct sched *s, int cls)

@@ -182,10 +182,6 @@ int sched__blocks_needed(const struct sched *s, const struct sched_req *r);
 /* Running sequences one group may hold at once in class cls (the class's
  * max_request_running, or half of max_running). */
 int sched__group_cap(const struct sched *s, int cls);
-/* Running slots of `limit` that a request of class cls may not take: the
- * reservations of the classes before it (struct sched_class), at most
- * limit - 1. */
-int sched__reserved_for(const struct sched *s, int cls, int limit);
 /* Whether r's group already holds that many running sequences. */
 bool sched__group_full(const struct sched *s, const struct sched_req *r);
 /* Admit waiting work while it fits; *next_ns gets the earliest time a
