@@ -119,13 +119,16 @@ static void test_matmul_every_type(void **state)
     CU(cudaStreamCreate(&st));
     struct kcu_ctx *ctx;
     /* A small weight scratch, so that the prefill path works in slices. */
-    CU(kcu_ctx_create(&ctx, st, 768, 40, 768 * 24));
-    const int64_t ns[] = {1, 5, 67}, ks[] = {256, 768};
+    CU(kcu_ctx_create(&ctx, st, 4608, 40, 768 * 24));
+    /* k = 4608: float rows wide enough for the GEMV to split them over 2
+     * (F16, BF16) or 4 (F32) warps, with a slice that is not a whole
+     * number of load steps. */
+    const int64_t ns[] = {1, 5, 67}, ks[] = {256, 768, 4608};
     const int ms[] = {1, 2, 3, 8, 9, 33};
     for (size_t ti = 0; ti < N_TYPES; ti++) {
         const enum gguf_dtype t = types[ti];
         assert_true(kcu_type_supported(t));
-        for (size_t ki = 0; ki < 2; ki++)
+        for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++)
             for (size_t ni = 0; ni < 3; ni++) {
                 const int64_t n = ns[ni], k = ks[ki];
                 const size_t rb = kern_row_bytes(t, k);
@@ -200,6 +203,26 @@ static void test_matmul_every_type(void **state)
                     CU(cudaStreamSynchronize(st));
                     const bool flt = t == GGUF_DTYPE_F16 || t == GGUF_DTYPE_BF16;
                     const bool gemv = m <= KCU_GEMV_MAX_M || (!flt && m <= KCU_GEMV_PASSES_MAX_M);
+                    /* On the GEMV paths a row's result does not depend on
+                     * the other rows of the batch: each equals, bit for
+                     * bit, the product of that row alone. */
+                    if (gemv && m > 1) {
+                        float *y1 = malloc(sizeof(float) * (size_t)n);
+                        for (int i = 0; i < m; i += (m > 3 ? m / 3 : 1)) {
+                            CU(cudaMemsetAsync(dy, 0xff, sizeof(float) * ny, st));
+                            e = kcu_matmul(ctx, t, dw, rb, n, k, (const float *)dx + (size_t)i * (size_t)k, 1, dy, n);
+                            if (e != cudaSuccess)
+                                fail_msg("%s m=1: %s", gguf_dtype_name(t), cudaGetErrorString(e));
+                            CU(cudaMemcpyAsync(y1, dy, sizeof(float) * (size_t)n, cudaMemcpyDeviceToHost, st));
+                            CU(cudaStreamSynchronize(st));
+                            if (memcmp(y1, y + (size_t)i * (size_t)n, sizeof(float) * (size_t)n) != 0)
+                                fail_msg("%s n=%lld k=%lld: row %d of %d differs from the same row alone",
+                                         gguf_dtype_name(t), (long long)n, (long long)k, i, m);
+                        }
+                        free(y1);
+                        /* y again as the m-row product left it. */
+                        CU(kcu_matmul(ctx, t, dw, rb, n, k, dx, m, dy, n));
+                    }
                     /* The same product as three parts (row ranges of W
                      * written to their columns of y) in one call, then
                      * again with x declared unchanged: on the GEMV paths
