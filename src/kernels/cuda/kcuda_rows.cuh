@@ -74,15 +74,14 @@ __device__ __forceinline__ void kcu_quant_q8_0_block(const float *__restrict__ x
  * the signed element of largest magnitude (the first on ties), iscale =
  * -127 / max, q = round(iscale x) capped at 127, d = 1 / iscale in f32;
  * each 32 gets s = (d, d * sum(q)). */
-__device__ __forceinline__ void kcu_quant_q8_K_block(const float *__restrict__ x, int64_t b, int8_t *__restrict__ q,
-                                                     float2 *__restrict__ s, int lane)
+/* The same from the lane's 8 elements (lane * 8 ...) in registers. */
+__device__ __forceinline__ void kcu_quant_q8_K_regs(const float v[8], int64_t b, int8_t *__restrict__ q,
+                                                    float2 *__restrict__ s, int lane)
 {
-    const float *xb = x + b * 256 + lane * 8;
-    float v[8], amax = 0.0f, max = 0.0f;
+    float amax = 0.0f, max = 0.0f;
     int at = 0;
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-        v[i] = xb[i];
         if (fabsf(v[i]) > amax) {
             amax = fabsf(v[i]);
             max = v[i];
@@ -99,26 +98,34 @@ __device__ __forceinline__ void kcu_quant_q8_K_block(const float *__restrict__ x
             at = at2;
         }
     }
-    int8_t *qb = q + b * 256 + lane * 8;
     int sum = 0;
     float d = 0.0f;
+    uint32_t packed[2] = {0u, 0u}; /* the 8 quants, one 8-byte store */
     if (amax != 0.0f) {
         const float iscale = -127.0f / max;
         d = 1.0f / iscale;
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             const int qi = min(__float2int_rn(iscale * v[i]), 127);
-            qb[i] = (int8_t)qi;
+            packed[i / 4] |= (uint32_t)(uint8_t)(int8_t)qi << (8 * (i % 4));
             sum += qi;
         }
-    } else {
-#pragma unroll
-        for (int i = 0; i < 8; i++)
-            qb[i] = 0;
     }
+    *(uint2 *)(q + b * 256 + lane * 8) = make_uint2(packed[0], packed[1]);
     /* Four lanes make a 32. */
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     if (lane % 4 == 0)
         s[b * 8 + lane / 4] = make_float2(d, d * (float)sum);
+}
+
+__device__ __forceinline__ void kcu_quant_q8_K_block(const float *__restrict__ x, int64_t b, int8_t *__restrict__ q,
+                                                     float2 *__restrict__ s, int lane)
+{
+    const float *xb = x + b * 256 + lane * 8;
+    float v[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        v[i] = xb[i];
+    kcu_quant_q8_K_regs(v, b, q, s, lane);
 }

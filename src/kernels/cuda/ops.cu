@@ -223,12 +223,15 @@ __global__ void glu_kernel(float *g, const float *u, int64_t count, bool gelu)
 }
 
 /* glu_kernel, and its output quantized for the product that follows (qbs
- * 32 or 256 elements a block; one warp a block): the quantization reads
- * back only what the same thread just wrote (kcu_quant_q8_*_block take
- * elements lane * (qbs / 32) …), so no synchronization is needed, and the
- * bits are those of glu_kernel followed by quantize_q8. */
-__global__ void __launch_bounds__(256)
-    glu_q8_kernel(float *g, const float *u, int64_t blocks, bool gelu, int qbs, int8_t *q, float2 *qs)
+ * 32 or 256 elements a block; one warp a block), with the bits of
+ * glu_kernel followed by quantize_q8. Per 256, a lane loads its 8
+ * elements of g and u in two 16-byte loads each before it computes (g and
+ * u may not alias, so nothing orders a load after a store: a loop of
+ * scalar loads and stores was eight round trips to memory) and quantizes
+ * from its registers; per 32, the quantization reads back only the
+ * element the same lane just wrote. */
+__global__ void __launch_bounds__(256) glu_q8_kernel(float *__restrict__ g, const float *__restrict__ u, int64_t blocks,
+                                                     bool gelu, int qbs, int8_t *q, float2 *qs)
 {
     kcu_dep_launch();
     kcu_dep_wait();
@@ -236,14 +239,23 @@ __global__ void __launch_bounds__(256)
     const int64_t b = (int64_t)blockIdx.x * 8 + threadIdx.x / 32;
     if (b >= blocks)
         return;
-    const int per = qbs / 32;
-    const int64_t e0 = b * qbs + (int64_t)lane * per;
-    for (int j = 0; j < per; j++)
-        g[e0 + j] = glu_one(g[e0 + j], u[e0 + j], gelu);
-    if (qbs == 256)
-        kcu_quant_q8_K_block(g, b, q, qs, lane);
-    else
+    if (qbs == 256) {
+        float4 *g4 = (float4 *)(g + b * 256 + lane * 8);
+        const float4 *u4 = (const float4 *)(u + b * 256 + lane * 8);
+        const float4 ga = g4[0], gb = g4[1], ua = u4[0], ub = u4[1];
+        float v[8] = {ga.x, ga.y, ga.z, ga.w, gb.x, gb.y, gb.z, gb.w};
+        const float w[8] = {ua.x, ua.y, ua.z, ua.w, ub.x, ub.y, ub.z, ub.w};
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            v[j] = glu_one(v[j], w[j], gelu);
+        g4[0] = make_float4(v[0], v[1], v[2], v[3]);
+        g4[1] = make_float4(v[4], v[5], v[6], v[7]);
+        kcu_quant_q8_K_regs(v, b, q, qs, lane);
+    } else {
+        const int64_t e = b * 32 + lane;
+        g[e] = glu_one(g[e], u[e], gelu);
         kcu_quant_q8_0_block(g, b, q, qs, lane);
+    }
 }
 
 __global__ void softcap_kernel(float *v, int64_t count, float c)
