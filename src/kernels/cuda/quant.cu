@@ -765,10 +765,13 @@ extern "C" cudaError_t kcu_gemv_q8(cudaStream_t st, enum gguf_dtype t, size_t w_
                  * measured 7.7 -> 6.2 us on the 8B model's Q/K/V, 24.0 ->
                  * 22.4 us on gate/up, worse on split rows (13.3 -> 14.8
                  * us on ffn_down). Q6_K spills at 40. */
-                if (T == GGUF_DTYPE_Q4_K && M == 1 && p.split_shift == 0)
-                    rc = kcu_launch(gemv_q8_kernel<T, M, 12>, grid, block, 0, st, p, w_stride, k, x);
-                else
-                    rc = kcu_launch(gemv_q8_kernel<T, M>, grid, block, 0, st, p, w_stride, k, x);
+                if constexpr (T == GGUF_DTYPE_Q4_K && M == 1) {
+                    if (p.split_shift == 0) {
+                        rc = kcu_launch(gemv_q8_kernel<T, M, 12>, grid, block, 0, st, p, w_stride, k, x);
+                        return;
+                    }
+                }
+                rc = kcu_launch(gemv_q8_kernel<T, M>, grid, block, 0, st, p, w_stride, k, x);
             });
         }
     });
