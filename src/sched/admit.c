@@ -27,10 +27,7 @@ static const int32_t *sched_block_tokens(struct sched *s, const struct sched_req
     return s->blk_tok;
 }
 
-/* Running slots of `limit` that a request of class cls may not take: the
- * reservations of the classes before it (struct sched_class), at most
- * limit - 1. */
-static int sched_reserved_for(const struct sched *s, int cls, int limit)
+int sched__reserved_for(const struct sched *s, int cls, int limit)
 {
     if (s->pol.kind != SCHED_POLICY_SLA)
         return 0;
@@ -70,7 +67,7 @@ static bool sched_fits(struct sched *s, struct sched_req *r)
     int seats = atomic_load_explicit(&s->eng->seats, memory_order_relaxed);
     if (seats > 0 && seats < limit)
         limit = seats;
-    if (s->n_running + sched_reserved_for(s, r->cls, limit) >= limit)
+    if (s->n_running + sched__reserved_for(s, r->cls, limit) >= limit)
         return false;
     if (sched_first_token_pending(s, r->cls))
         return false;

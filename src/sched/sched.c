@@ -492,7 +492,8 @@ static void sched_publish(struct sched *s)
  * at once sees itself. With a free slot for everyone ahead (an idle or
  * lightly loaded server), or before any request has finished (no
  * turnover measured), it is the prefill work alone: it never refuses what
- * it has no evidence against. */
+ * it has no evidence against. Slots held for earlier classes
+ * (reserved_running) are not free for cls, as admission counts them. */
 uint64_t sched__wait_estimate(struct sched *s, int cls)
 {
     double est = (double)atomic_load_explicit(&s->est_prefill[cls], memory_order_relaxed);
@@ -500,7 +501,10 @@ uint64_t sched__wait_estimate(struct sched *s, int cls)
     int pending = atomic_load_explicit(&s->n_queued, memory_order_relaxed) -
                   atomic_load_explicit(&s->waiting_now, memory_order_relaxed);
     int ahead = atomic_load_explicit(&s->est_ahead[cls], memory_order_relaxed) + (pending > 0 ? pending : 0);
-    int free_slots = s->cfg.max_running - running;
+    int limit = s->cfg.max_running, seats = atomic_load_explicit(&s->eng->seats, memory_order_relaxed);
+    if (seats > 0 && seats < limit)
+        limit = seats;
+    int free_slots = limit - sched__reserved_for(s, cls, limit) - running;
     if (free_slots < 0)
         free_slots = 0;
     double turn = (double)atomic_load_explicit(&s->est_turn, memory_order_relaxed);
@@ -508,8 +512,8 @@ uint64_t sched__wait_estimate(struct sched *s, int cls)
     if (ahead >= free_slots && (running > 0 || turn > 0)) {
         /* It starts when the (ahead - free_slots + 1)th slot frees. */
         int releases = ahead - free_slots + 1;
-        double first = running == 0 ? turn : running < s->cfg.max_running && turn < to_free ? turn : to_free;
-        est += first + (double)(releases - 1) * turn / s->cfg.max_running;
+        double first = running == 0 ? turn : running < limit && turn < to_free ? turn : to_free;
+        est += first + (double)(releases - 1) * turn / limit;
     }
     return (uint64_t)est;
 }

@@ -189,6 +189,10 @@ bool sched__group_full(const struct sched *s, const struct sched_req *r);
 void sched__admit(struct sched *s, uint64_t now, uint64_t *next_ns);
 /* Register r's blocks that became full: written positions [0, written). */
 void sched__commit_blocks(struct sched *s, struct sched_req *r, int written);
+/* Running slots of `limit` that a request of class cls may not take: the
+ * reservations of the classes before it (struct sched_class), at most
+ * limit - 1. Reads configuration only: any thread. */
+int sched__reserved_for(const struct sched *s, int cls, int limit);
 /* The estimated wait (ns) before a request of class cls submitted now
  * would start. Any thread. */
 uint64_t sched__wait_estimate(struct sched *s, int cls);

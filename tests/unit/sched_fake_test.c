@@ -643,6 +643,62 @@ static void test_refuse_unmeetable_at_submit(void **state)
     engine_close(e);
 }
 
+/* A slot held for an earlier class is not free for a later one, and the
+ * wait estimate at submission knows it: with two slots, one held for
+ * urgent and the other running a long best_effort request, a best_effort
+ * request that refuses late work with a target of half a request length
+ * is refused at submission (it can start only when a slot frees, about a
+ * request length away). Counting the held slot as free, the estimate was
+ * the queued prefill alone (nothing), so the request was queued and could
+ * only be refused later, at admission. An urgent request is still
+ * served beside the running one. */
+static void test_refuse_at_submit_counts_held_slots(void **state)
+{
+    (void)state;
+    enum { LEN = 40 };
+    static struct treq warm, run, late, urgent;
+    const uint64_t delay = 2000000;
+    fake_delay_ns = delay;
+    struct engine *e = fake(false, false, 2, 256);
+    fake_delay_ns = 0;
+    const struct sched_class cls[2] = {
+        {.name = "urgent", .reserved_running = 1},
+        {.name = "best_effort", .ttft_ns = LEN * delay / 2, .refuse_late = true},
+    };
+    struct sched_config sc = {
+        .max_running = 2, .max_queue = 8, .policy = SCHED_POLICY_SLA, .classes = cls, .n_classes = 2};
+    struct sched *s = start(e, &sc);
+    t_init(&warm, 1, 9, LEN);
+    warm.r.cls = 1;
+    run_alone(s, &warm); /* idle: admitted, and the turnover is measured */
+    assert_int_equal(warm.r.finish, SCHED_FINISH_LENGTH);
+    t_init(&run, 2, 9, 4 * LEN);
+    run.r.cls = 1;
+    submit(s, &run);
+    t_wait_tokens(&run, 2);
+    assert_true(sched_estimate_wait_ns(s, 1) > LEN * delay / 2);
+    t_init(&late, 3, 9, 4);
+    late.r.cls = 1;
+    struct lmd_err err = {0};
+    assert_int_equal(sched_submit(s, &late.r, &err), LMD_ETIMEDOUT);
+    struct sched_stats st;
+    sched_stats(s, &st);
+    assert_int_equal(st.deadline_refusals, 1);
+    t_init(&urgent, 4, 9, 4);
+    urgent.r.cls = 0;
+    submit(s, &urgent);
+    t_wait_finish(&urgent);
+    assert_int_equal(urgent.r.finish, SCHED_FINISH_LENGTH);
+    t_wait_finish(&run);
+    check_counts(s);
+    sched_stop(s);
+    sched_req_unref(&warm.r);
+    sched_req_unref(&run.r);
+    sched_req_unref(&late.r);
+    sched_req_unref(&urgent.r);
+    engine_close(e);
+}
+
 /* A burst arriving at once at an idle scheduler sees itself: requests
  * submitted since the engine thread last looked count as ahead, so once
  * the turnover is known the burst's tail, which could only start after
@@ -710,6 +766,7 @@ int main(void)
         cmocka_unit_test(test_engine_contract),
         cmocka_unit_test(test_request_share_of_slots),
         cmocka_unit_test(test_refuse_unmeetable_at_submit),
+        cmocka_unit_test(test_refuse_at_submit_counts_held_slots),
         cmocka_unit_test(test_burst_sees_itself),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
