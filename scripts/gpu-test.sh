@@ -11,7 +11,8 @@
 #      models;
 #   3. compute-sanitizer memcheck and racecheck over cuda_test, where the
 #      tool is installed;
-#   4. `lmd bench --device cuda` on each model given, and batched decode
+#   4. gemv_bench (the decode GEMVs alone on the 8B model's shapes), then
+#      `lmd bench --device cuda` on each model given, and batched decode
 #      again with LMD_CUDA_SAMPLE=0 (logits to the host, as before sampling
 #      moved to the device) for comparison.
 #
@@ -74,6 +75,10 @@ if [ "$QUICK" = 0 ]; then
         done
     else
         echo "compute-sanitizer not found: sanitizer runs skipped"
+    fi
+    if [ -x "$BUILD/gemv_bench" ]; then
+        step "gemv_bench: the decode matrix-vector products alone (8B shapes)"
+        "$BUILD/gemv_bench" q4_k,q6_k,f16 1 200 || fail=1
     fi
     [ ${#BENCH[@]} -eq 0 ] && [ -f "$MODEL" ] && BENCH=("$MODEL")
     for m in "${BENCH[@]}"; do
