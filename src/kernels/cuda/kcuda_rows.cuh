@@ -70,11 +70,11 @@ __device__ __forceinline__ void kcu_quant_q8_0_block(const float *__restrict__ x
         s[b] = make_float2(__half2float(__float2half_rn(d)), __half2float(__float2half_rn((float)sum * d)));
 }
 
-/* Block b (256 elements) of x by one warp, as the CPU quantizes Q8_K: from
- * the signed element of largest magnitude (the first on ties), iscale =
- * -127 / max, q = round(iscale x) capped at 127, d = 1 / iscale in f32;
- * each 32 gets s = (d, d * sum(q)). */
-/* The same from the lane's 8 elements (lane * 8 ...) in registers. */
+/* Block b (256 elements) by one warp, as the CPU quantizes Q8_K, each
+ * lane holding its 8 elements (lane * 8 ...) in v: from the signed element
+ * of largest magnitude (the first on ties), iscale = -127 / max, q =
+ * round(iscale x) capped at 127, d = 1 / iscale in f32; each 32 gets s =
+ * (d, d * sum(q)). */
 __device__ __forceinline__ void kcu_quant_q8_K_regs(const float v[8], int64_t b, int8_t *__restrict__ q,
                                                     float2 *__restrict__ s, int lane)
 {
@@ -119,6 +119,7 @@ __device__ __forceinline__ void kcu_quant_q8_K_regs(const float v[8], int64_t b,
         s[b * 8 + lane / 4] = make_float2(d, d * (float)sum);
 }
 
+/* The same for block b of x in memory. */
 __device__ __forceinline__ void kcu_quant_q8_K_block(const float *__restrict__ x, int64_t b, int8_t *__restrict__ q,
                                                      float2 *__restrict__ s, int lane)
 {
