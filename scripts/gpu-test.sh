@@ -19,7 +19,10 @@
 # usage: scripts/gpu-test.sh [--build DIR] [--model FILE] [--synth DIR] [--bench FILE]... [--quick]
 #   --build  the build folder holding lmd and cuda_test (default build)
 #   --model  the default model (default models/default.gguf; skipped if absent)
-#   --synth  folder with synth-ARCH.gguf (tests/golden/make_synth.py)
+#   --synth  folder with synth-ARCH.gguf (tests/golden/make_synth.py); the
+#            files missing there are written first (they need no download,
+#            so a GPU machine without the default model still runs the
+#            golden comparison of the CUDA engine on every architecture)
 #   --bench  a model to benchmark (repeatable; default: the default model)
 #   --quick  skip the sanitizers and the benchmarks
 set -uo pipefail
@@ -40,6 +43,16 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 fail=0
 step() { echo; echo "== $*"; }
+
+if [ -n "$SYNTH" ]; then
+    mkdir -p "$SYNTH"
+    for a in gemma3 llama qwen2 qwen3; do
+        if [ ! -f "$SYNTH/synth-$a.gguf" ]; then
+            step "writing $SYNTH/synth-$a.gguf"
+            $PY tests/golden/make_synth.py "$SYNTH/synth-$a.gguf" --arch "$a" || fail=1
+        fi
+    done
+fi
 
 step "lmd --version"
 "$BUILD/lmd" --version || fail=1
