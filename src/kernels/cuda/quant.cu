@@ -102,6 +102,27 @@ __device__ __forceinline__ void gemv_slice(const gemv_parts &p, int64_t n, int64
     *hi = (n * (s + 1)) >> p.split_shift;
 }
 
+/* Every GEMV kernel's start: this warp's row and output column (false
+ * past its part's rows), the row's first p.prefetch bytes asked into L2,
+ * the wait for the grid before, and the warp's slice [*lo, *hi) of the
+ * row's n pieces (empty past the rows: such warps still reach
+ * gemv_store's barrier). */
+__device__ __forceinline__ bool gemv_begin(const gemv_parts &p, size_t ws, int64_t n, const uint8_t **row, float **y,
+                                           int64_t *ldy, int64_t *lo, int64_t *hi)
+{
+    *row = nullptr;
+    *y = nullptr;
+    *ldy = 0;
+    const bool valid = gemv_row(p, ws, row, y, ldy);
+    if (valid)
+        kcu_prefetch_l2(*row, ws < p.prefetch ? ws : p.prefetch, threadIdx.x);
+    kcu_dep_wait();
+    gemv_slice(p, n, lo, hi);
+    if (!valid)
+        *hi = *lo;
+    return valid;
+}
+
 /* The row's sums out: each warp's reduced over its lanes, then, for a
  * split row, the warps' partial sums added in slice order by the row's
  * first warp. Every thread of the block calls it (there is a barrier when
@@ -147,19 +168,12 @@ template <int T, int M>
 __global__ void __launch_bounds__(32 * GEMV_WARPS)
     gemv_kernel(const gemv_parts p, size_t ws, int64_t k, const float *__restrict__ x)
 {
-    const uint8_t *row = nullptr;
-    float *y = nullptr;
-    int64_t ldy = 0;
+    const uint8_t *row;
+    float *y;
+    int64_t ldy, u0, units;
     kcu_dep_launch();
-    const bool valid = gemv_row(p, ws, &row, &y, &ldy);
+    const bool valid = gemv_begin(p, ws, k / 32, &row, &y, &ldy, &u0, &units);
     const int lane = threadIdx.x;
-    if (valid)
-        kcu_prefetch_l2(row, ws < p.prefetch ? ws : p.prefetch, lane);
-    kcu_dep_wait();
-    int64_t u0, units;
-    gemv_slice(p, k / 32, &u0, &units);
-    if (!valid)
-        units = u0;
     float acc[M];
 #pragma unroll
     for (int i = 0; i < M; i++)
@@ -261,20 +275,13 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, M == 1 ? 8 : 1)
      * count) is what sets the bandwidth reached; more activation rows
      * need more registers, so fewer chunks. */
     constexpr int D = M <= 2 ? 8 : M <= 4 ? 4 : 2;
-    const uint8_t *wrow = nullptr;
-    float *y = nullptr;
-    int64_t ldy = 0;
+    const uint8_t *wrow;
+    float *y;
+    int64_t ldy, c0, chunks;
     kcu_dep_launch();
-    const bool valid = gemv_row(p, ws, &wrow, &y, &ldy);
+    const bool valid = gemv_begin(p, ws, k / P, &wrow, &y, &ldy, &c0, &chunks);
     const int lane = threadIdx.x;
-    if (valid)
-        kcu_prefetch_l2(wrow, ws < p.prefetch ? ws : p.prefetch, lane);
-    kcu_dep_wait();
     const uint4 *row = (const uint4 *)wrow;
-    int64_t c0, chunks;
-    gemv_slice(p, k / P, &c0, &chunks);
-    if (!valid)
-        chunks = c0;
     float acc[M];
 #pragma unroll
     for (int i = 0; i < M; i++)
@@ -531,15 +538,12 @@ constexpr bool has_q8dot = T == GGUF_DTYPE_Q4_K || T == GGUF_DTYPE_Q6_K || T == 
 template <int T, int M, int MINB = 1>
 __global__ void __launch_bounds__(32 * GEMV_WARPS, MINB) gemv_q8_kernel(const gemv_parts p, size_t ws, int64_t k, q8x x)
 {
-    const uint8_t *row = nullptr;
-    float *y = nullptr;
-    int64_t ldy = 0;
+    const uint8_t *row;
+    float *y;
+    int64_t ldy, u0, units;
     kcu_dep_launch();
-    const bool valid = gemv_row(p, ws, &row, &y, &ldy);
+    const bool valid = gemv_begin(p, ws, k / 32, &row, &y, &ldy, &u0, &units);
     const int lane = threadIdx.x;
-    if (valid)
-        kcu_prefetch_l2(row, ws < p.prefetch ? ws : p.prefetch, lane);
-    kcu_dep_wait();
     float acc[M];
 #pragma unroll
     for (int i = 0; i < M; i++)
@@ -548,10 +552,6 @@ __global__ void __launch_bounds__(32 * GEMV_WARPS, MINB) gemv_q8_kernel(const ge
      * four are issued before the first is used (a row of 4096 Q4_K
      * elements is four units a lane: one round trip to memory, not four);
      * the last step leaves out the units past the slice. */
-    int64_t u0, units;
-    gemv_slice(p, k / 32, &u0, &units);
-    if (!valid)
-        units = u0;
     for (int64_t u = u0 + lane; u < units; u += 128) {
 #pragma unroll
         for (int d = 0; d < 4; d++)
