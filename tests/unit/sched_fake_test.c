@@ -579,6 +579,16 @@ static void test_request_share_of_slots(void **state)
     engine_close(e);
 }
 
+/* One request of class cls and len tokens run on the idle scheduler:
+ * admitted at once, and the turnover the wait estimate uses is measured. */
+static void measure_turnover(struct sched *s, struct treq *t, int cls, int len)
+{
+    t_init(t, 1, 9, len);
+    t->r.cls = cls;
+    run_alone(s, t);
+    assert_int_equal(t->r.finish, SCHED_FINISH_LENGTH);
+}
+
 /* Under a full running set the wait estimate counts the slots every
  * queued request needs, at the measured turnover: with one slot, one
  * request running and three queued ahead (in a more urgent class that
@@ -603,10 +613,7 @@ static void test_refuse_unmeetable_at_submit(void **state)
     struct sched_config sc = {
         .max_running = 1, .max_queue = 8, .policy = SCHED_POLICY_SLA, .classes = cls, .n_classes = 2};
     struct sched *s = start(e, &sc);
-    t_init(&warm, 1, 9, LEN);
-    warm.r.cls = 1;
-    run_alone(s, &warm); /* idle: admitted, and the turnover is measured */
-    assert_int_equal(warm.r.finish, SCHED_FINISH_LENGTH);
+    measure_turnover(s, &warm, 1, LEN);
     t_init(&run, 2, 9, LEN);
     submit(s, &run);
     t_wait_tokens(&run, 1);
@@ -668,10 +675,7 @@ static void test_refuse_at_submit_counts_held_slots(void **state)
     struct sched_config sc = {
         .max_running = 2, .max_queue = 8, .policy = SCHED_POLICY_SLA, .classes = cls, .n_classes = 2};
     struct sched *s = start(e, &sc);
-    t_init(&warm, 1, 9, LEN);
-    warm.r.cls = 1;
-    run_alone(s, &warm); /* idle: admitted, and the turnover is measured */
-    assert_int_equal(warm.r.finish, SCHED_FINISH_LENGTH);
+    measure_turnover(s, &warm, 1, LEN);
     t_init(&run, 2, 9, 4 * LEN);
     run.r.cls = 1;
     submit(s, &run);
