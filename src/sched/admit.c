@@ -27,6 +27,13 @@ static const int32_t *sched_block_tokens(struct sched *s, const struct sched_req
     return s->blk_tok;
 }
 
+int sched__running_limit(const struct sched *s)
+{
+    int limit = s->cfg.max_running;
+    int seats = atomic_load_explicit(&s->eng->seats, memory_order_relaxed);
+    return seats > 0 && seats < limit ? seats : limit;
+}
+
 int sched__reserved_for(const struct sched *s, int cls, int limit)
 {
     if (s->pol.kind != SCHED_POLICY_SLA)
@@ -61,12 +68,7 @@ static bool sched_first_token_pending(const struct sched *s, int cls)
  * false r holds nothing. */
 static bool sched_fits(struct sched *s, struct sched_req *r)
 {
-    /* An engine whose capacity changes (a remote pool losing and regaining
-     * upstreams) takes no more than it has seats for. */
-    int limit = s->cfg.max_running;
-    int seats = atomic_load_explicit(&s->eng->seats, memory_order_relaxed);
-    if (seats > 0 && seats < limit)
-        limit = seats;
+    const int limit = sched__running_limit(s);
     if (s->n_running + sched__reserved_for(s, r->cls, limit) >= limit)
         return false;
     if (sched_first_token_pending(s, r->cls))

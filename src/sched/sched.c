@@ -501,9 +501,7 @@ uint64_t sched__wait_estimate(struct sched *s, int cls)
     int pending = atomic_load_explicit(&s->n_queued, memory_order_relaxed) -
                   atomic_load_explicit(&s->waiting_now, memory_order_relaxed);
     int ahead = atomic_load_explicit(&s->est_ahead[cls], memory_order_relaxed) + (pending > 0 ? pending : 0);
-    int limit = s->cfg.max_running, seats = atomic_load_explicit(&s->eng->seats, memory_order_relaxed);
-    if (seats > 0 && seats < limit)
-        limit = seats;
+    const int limit = sched__running_limit(s);
     int free_slots = limit - sched__reserved_for(s, cls, limit) - running;
     if (free_slots < 0)
         free_slots = 0;
@@ -824,10 +822,7 @@ int sched_submit(struct sched *s, struct sched_req *r, struct lmd_err *err)
      * requests that free seats will take at once are not waiting, and are
      * not refused as if they were. */
     if (s->eng->info.request_level) {
-        int cap = s->cfg.max_running, seats = atomic_load_explicit(&s->eng->seats, memory_order_relaxed);
-        if (seats > 0 && seats < cap)
-            cap = seats;
-        int free_slots = cap - atomic_load_explicit(&s->running_now, memory_order_relaxed);
+        int free_slots = sched__running_limit(s) - atomic_load_explicit(&s->running_now, memory_order_relaxed);
         if (free_slots > 0)
             limit += free_slots;
     }

@@ -189,6 +189,10 @@ bool sched__group_full(const struct sched *s, const struct sched_req *r);
 void sched__admit(struct sched *s, uint64_t now, uint64_t *next_ns);
 /* Register r's blocks that became full: written positions [0, written). */
 void sched__commit_blocks(struct sched *s, struct sched_req *r, int written);
+/* How many sequences may run at once: --max-running, or an engine's
+ * seats where it has fewer (a remote pool losing and regaining
+ * upstreams). Any thread. */
+int sched__running_limit(const struct sched *s);
 /* Running slots of `limit` that a request of class cls may not take: the
  * reservations of the classes before it (struct sched_class), at most
  * limit - 1. Reads configuration only: any thread. */
