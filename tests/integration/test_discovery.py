@@ -32,18 +32,21 @@ NAME = "pool.lmd.test"
 PROMPT = "The capital of France is"
 
 
-def port_free_on(hosts):
+def port_free_on(hosts, udp=False):
+    """A TCP port free on every host (and for UDP too, with udp)."""
+    kinds = [socket.SOCK_STREAM] + ([socket.SOCK_DGRAM] if udp else [])
     for _ in range(50):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         ok = True
         for h in hosts:
-            with socket.socket() as t:
-                try:
-                    t.bind((h, port))
-                except OSError:
-                    ok = False
+            for kind in kinds:
+                with socket.socket(socket.AF_INET, kind) as t:
+                    try:
+                        t.bind((h, port))
+                    except OSError:
+                        ok = False
         if ok:
             return port
     raise RuntimeError("no port free on " + ", ".join(hosts))
@@ -55,16 +58,22 @@ class Dnsmasq:
             pytest.fail("dnsmasq is not installed (scripts/install-deps.sh installs dnsmasq-base)")
         self.hosts = d / "hosts"
         self.set([])
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
         self.log = d / "dnsmasq.log"
-        self.proc = subprocess.Popen(["dnsmasq", "-k", "--port=%d" % self.port, "--listen-address=127.0.0.1",
-                                      "--bind-interfaces", "--no-resolv", "--no-hosts", "--addn-hosts=%s" % self.hosts,
-                                      "--conf-file=/dev/null", "--user=root", "--pid-file=", "--local-ttl=0", "--local=/lmd.test/",
-                                      "--log-facility=%s" % self.log], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT)
-        time.sleep(0.3)
+        # dnsmasq listens on UDP and TCP: the port must be free for both,
+        # and another process may still take it before dnsmasq binds (it
+        # then exits with 2, "network problem"), so that is tried again on
+        # another port; any other exit fails at once.
+        for _ in range(5):
+            self.port = port_free_on(["127.0.0.1"], udp=True)
+            self.proc = subprocess.Popen(["dnsmasq", "-k", "--port=%d" % self.port, "--listen-address=127.0.0.1",
+                                          "--bind-interfaces", "--no-resolv", "--no-hosts",
+                                          "--addn-hosts=%s" % self.hosts, "--conf-file=/dev/null", "--user=root",
+                                          "--pid-file=", "--local-ttl=0", "--local=/lmd.test/",
+                                          "--log-facility=%s" % self.log], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.STDOUT)
+            time.sleep(0.3)
+            if self.proc.poll() != 2:
+                break
         assert self.proc.poll() is None, self.log.read_text() if self.log.exists() else "dnsmasq exited"
 
     def set(self, addrs):
