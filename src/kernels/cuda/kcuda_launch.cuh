@@ -8,17 +8,22 @@
  * started while the previous one still runs: every kernel here says at
  * its start that its dependents may launch (kcu_dep_launch), and waits
  * for its predecessor's results (kcu_dep_wait) before it reads or writes
- * anything the predecessor touches. What a kernel does before the wait
- * may only concern memory no grid of the step writes: the weights. The
+ * anything the predecessor touches. What a kernel reads before the wait
+ * may only be memory no grid of the step writes: the weights, and the
+ * step's indices (positions, sequences, block tables), which are copied in
+ * before the step's first kernel and so before any of its kernels starts.
+ * L2 prefetches (hints: they write no register) may name anything. The
  * matrix-vector products use that time to pull their first rows into L2
- * while the kernel before them finishes.
+ * while the kernel before them finishes; the norms load their weights,
+ * RoPE its cache block, the attention its positions and first K/V rows.
  *
  * The rule that keeps this correct: every kernel launched through
  * kcu_launch calls kcu_dep_wait before its first access to activations,
- * K/V blocks, indices or outputs. Waiting for the predecessor is enough
- * for everything older too: a grid completes only after its own wait
- * returned, that is after its predecessor completed, and so on up the
- * stream. Kernels launched otherwise (cuBLAS's) are ordinary stream
+ * K/V blocks or outputs (blocks with nothing to do may leave without it,
+ * as long as one block of the grid always waits). Waiting for the
+ * predecessor is enough for everything older too: a grid completes only
+ * after its own wait returned, that is after its predecessor completed,
+ * and so on up the stream. Kernels launched otherwise (cuBLAS's) are ordinary stream
  * dependencies on both sides.
  *
  * PDL is used only when the code running on the device was compiled with

@@ -77,6 +77,12 @@ __global__ void __launch_bounds__(NORM_THREADS)
     rmsnorm_kernel(float *out, const float *in, const int32_t *idx, const float *w, int n, float eps)
 {
     kcu_dep_launch();
+    /* The norm's weights are no grid's output: loaded while the kernel
+     * before finishes (kcuda_launch.cuh), so that their trip to memory is
+     * not on the step's critical path. */
+    float wv[R > 0 ? R : 1];
+    if constexpr (R > 0)
+        load_regs<R>(w, wv, n);
     kcu_dep_wait();
     const int r = blockIdx.x;
     const float *x = in + (size_t)(idx ? idx[r] : r) * (size_t)n;
@@ -84,9 +90,8 @@ __global__ void __launch_bounds__(NORM_THREADS)
     if constexpr (R == 0) {
         kcu_rms_row<NORM_THREADS>(x, o, w, n, eps);
     } else {
-        float v[R], wv[R];
+        float v[R];
         load_regs<R>(x, v, n);
-        load_regs<R>(w, wv, n);
         rms_regs<R>(v, o, w, wv, n, eps, nullptr);
     }
 }
@@ -103,6 +108,12 @@ __global__ void __launch_bounds__(NORM_THREADS)
                     int8_t *q, float2 *qs, int qbs)
 {
     kcu_dep_launch();
+    /* The weights before the wait, as in rmsnorm_kernel. */
+    float wv[R > 0 ? R : 1], wov[R > 0 ? R : 1];
+    if constexpr (R > 0) {
+        load_regs<R>(w, wv, n);
+        load_regs<R>(out ? w_out : nullptr, wov, n);
+    }
     kcu_dep_wait();
     const int r = blockIdx.x;
     float *xr = x + (size_t)r * (size_t)n;
@@ -126,11 +137,9 @@ __global__ void __launch_bounds__(NORM_THREADS)
             return;
         kcu_rms_row<NORM_THREADS>(xr, o, w_out, n, eps);
     } else {
-        float xv[R], yv[R], wv[R], wov[R];
+        float xv[R], yv[R];
         load_regs<R>(xr, xv, n);
         load_regs<R>(yr, yv, n);
-        load_regs<R>(w, wv, n);
-        load_regs<R>(o ? w_out : nullptr, wov, n);
         float scale = 1.0f;
         if (w) {
             float ss = 0.0f;
@@ -275,23 +284,34 @@ constexpr int ROPE_MAX_D = 512;
 __global__ void __launch_bounds__(32) rope_kv_kernel(const kcu_rope_args a)
 {
     kcu_dep_launch();
-    kcu_dep_wait();
     __shared__ float buf[ROPE_MAX_D];
     const int t = blockIdx.x, w = blockIdx.y, lane = threadIdx.x;
-    const int pos = a.tok_pos[t];
     const bool is_q = w < a.n_head, is_k = !is_q && w < a.n_head + a.n_head_kv, is_v = !is_q && !is_k;
     const int h = is_q ? w : is_k ? w - a.n_head : w - a.n_head - a.n_head_kv;
     const int D = is_v ? a.dv : a.dk;
+    const float *bias = is_q ? a.bq : is_k ? a.bk : a.bv;
+    const size_t boff = (size_t)h * D;
+    /* Before the wait (kcuda_launch.cuh): the token's position and the
+     * cache block its K or V row goes to (the step's indices), and the
+     * bias and norm weights asked into L2; the two dependent trips to
+     * memory for the block were the last of this kernel's chain. */
+    const int pos = a.tok_pos[t];
+    const int32_t blk = is_q ? 0 : a.blocks[(size_t)a.tok_seq[t] * a.blocks_stride + pos / a.bt];
+    if (bias)
+        kcu_prefetch_l2(bias + boff, (size_t)D * sizeof(float), lane);
+    const float *nw = is_q ? a.q_norm : is_k ? a.k_norm : nullptr;
+    if (nw)
+        kcu_prefetch_l2(nw, (size_t)D * sizeof(float), lane);
+    if (!is_v && a.freq_factors)
+        kcu_prefetch_l2(a.freq_factors, (size_t)(a.n_rot / 2) * sizeof(float), lane);
+    kcu_dep_wait();
     const float *src = is_q   ? a.q + ((size_t)t * a.n_head + h) * a.dk
                        : is_k ? a.k + ((size_t)t * a.n_head_kv + h) * a.dk
                               : a.v + ((size_t)t * a.n_head_kv + h) * a.dv;
-    const float *bias = is_q ? a.bq : is_k ? a.bk : a.bv;
-    const size_t boff = (size_t)h * D;
     for (int i = lane; i < D; i += 32)
         buf[i] = src[i] + (bias ? bias[boff + i] : 0.0f);
     __syncwarp();
     if (!is_v) {
-        const float *nw = is_q ? a.q_norm : a.k_norm;
         if (nw) {
             float ss = 0.0f;
             for (int i = lane; i < D; i += 32)
@@ -323,7 +343,6 @@ __global__ void __launch_bounds__(32) rope_kv_kernel(const kcu_rope_args a)
             dst[i] = a.q_scale != 1.0f ? buf[i] * a.q_scale : buf[i];
         return;
     }
-    const int32_t blk = a.blocks[(size_t)a.tok_seq[t] * a.blocks_stride + pos / a.bt];
     const int slot = pos % a.bt;
     uint16_t *base = is_k ? a.kc + (size_t)blk * a.block_k_elems : a.vc + (size_t)blk * a.block_v_elems;
     uint16_t *dst = base + (((size_t)a.layer * a.n_head_kv + h) * a.bt + slot) * D;
@@ -362,11 +381,16 @@ constexpr int ATTN_U = 4;
 template <int D> __global__ void __launch_bounds__(32 * ATTN_WARPS) attn_kernel(const kcu_attn_args a, int max_splits)
 {
     kcu_dep_launch();
-    kcu_dep_wait();
     constexpr int DPL = D / 32;
     const int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z;
     const int lane = threadIdx.x % 32, wid = threadIdx.x / 32;
     const int kvh = h / (a.n_head / a.n_head_kv);
+    /* Before the wait (kcuda_launch.cuh): the query's position and run
+     * from the step's indices, and the K/V rows of this warp's first
+     * positions asked into L2 (a hint: rows this step is still writing, in
+     * a prefill, are only read after the wait), so that the chain from the
+     * predecessor's end to the first score is one trip to L2, not three
+     * dependent ones (position, block table, row). */
     const int pos = a.tok_pos[t];
     const int first = a.n_swa > 0 && pos - a.n_swa + 1 > 0 ? pos - a.n_swa + 1 : 0;
     const int n = pos + 1 - first;
@@ -375,6 +399,16 @@ template <int D> __global__ void __launch_bounds__(32 * ATTN_WARPS) attn_kernel(
         return;
     const int C = (n + S - 1) / S, lo = first + sp * C, hi = min(pos, lo + C - 1);
     const int32_t *bt = a.blocks + (size_t)a.tok_seq[t] * a.blocks_stride;
+    const size_t head_off = ((size_t)a.layer * a.n_head_kv + kvh) * a.bt;
+    for (int u = 0; u < ATTN_U; u++) {
+        const int p = lo + wid + u * ATTN_WARPS;
+        if (p > hi)
+            break;
+        const size_t off = (head_off + p % a.bt) * D, blk = (size_t)bt[p / a.bt];
+        kcu_prefetch_l2(a.kc + blk * a.block_k_elems + off, D * sizeof(uint16_t), lane);
+        kcu_prefetch_l2(a.vc + blk * a.block_v_elems + off, D * sizeof(uint16_t), lane);
+    }
+    kcu_dep_wait();
     const float *qp = a.q + ((size_t)t * a.n_head + h) * D + lane * DPL;
     float q[DPL], acc[DPL];
 #pragma unroll
@@ -383,7 +417,6 @@ template <int D> __global__ void __launch_bounds__(32 * ATTN_WARPS) attn_kernel(
         acc[i] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
-    const size_t head_off = ((size_t)a.layer * a.n_head_kv + kvh) * a.bt;
     for (int p0 = lo + wid; p0 <= hi; p0 += ATTN_WARPS * ATTN_U) {
         __half kh[ATTN_U][DPL], vh[ATTN_U][DPL];
 #pragma unroll
