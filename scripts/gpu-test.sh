@@ -4,8 +4,9 @@
 # the CUDA engine:
 #   1. cuda_test: every weight type's kernels against the CPU reference, the
 #      engine against the native engine on the default model, batched =
-#      alone, bad batches refused; sampling on the device against
-#      sample/sample.c, and the engine that samples against its logits;
+#      alone (also on each synthetic model given), bad batches refused;
+#      sampling on the device against sample/sample.c, and the engine that
+#      samples against its logits (LMD_CUDA_TEST=PATTERN picks tests);
 #   2. the golden comparison (tests/golden/compare.py) on the CUDA engine:
 #      greedy tokens and logits against llama.cpp's, default and synthetic
 #      models;
@@ -59,6 +60,15 @@ step "lmd --version"
 
 step "cuda_test"
 LMD_MODEL=$MODEL "$BUILD/cuda_test" || fail=1
+if [ -n "$SYNTH" ]; then
+    # Batched decode steps equal to each sequence's alone, on every
+    # architecture (the test folds its token ids into the model's vocabulary).
+    for a in gemma3 llama qwen2 qwen3; do
+        [ -f "$SYNTH/synth-$a.gguf" ] || continue
+        step "cuda_test: batched = alone on synth-$a"
+        LMD_CUDA_TEST='test_engine_batch*' LMD_MODEL="$SYNTH/synth-$a.gguf" "$BUILD/cuda_test" || fail=1
+    done
+fi
 
 step "golden comparison on the CUDA engine"
 goldens=()
