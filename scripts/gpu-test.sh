@@ -43,11 +43,12 @@ done
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 fail=0
+ARCHS="gemma3 llama qwen2 qwen3" # the synthetic models' architectures
 step() { echo; echo "== $*"; }
 
 if [ -n "$SYNTH" ]; then
     mkdir -p "$SYNTH"
-    for a in gemma3 llama qwen2 qwen3; do
+    for a in $ARCHS; do
         if [ ! -f "$SYNTH/synth-$a.gguf" ]; then
             step "writing $SYNTH/synth-$a.gguf"
             $PY tests/golden/make_synth.py "$SYNTH/synth-$a.gguf" --arch "$a" || fail=1
@@ -63,7 +64,7 @@ LMD_MODEL=$MODEL "$BUILD/cuda_test" || fail=1
 if [ -n "$SYNTH" ]; then
     # Batched decode steps equal to each sequence's alone, on every
     # architecture (the test folds its token ids into the model's vocabulary).
-    for a in gemma3 llama qwen2 qwen3; do
+    for a in $ARCHS; do
         [ -f "$SYNTH/synth-$a.gguf" ] || continue
         step "cuda_test: batched = alone on synth-$a"
         LMD_CUDA_TEST='test_engine_batch*' LMD_MODEL="$SYNTH/synth-$a.gguf" "$BUILD/cuda_test" || fail=1
@@ -74,7 +75,7 @@ step "golden comparison on the CUDA engine"
 goldens=()
 [ -f "$MODEL" ] && goldens+=(default default.default)
 if [ -n "$SYNTH" ]; then
-    for a in gemma3 llama qwen2 qwen3; do
+    for a in $ARCHS; do
         [ -f "$SYNTH/synth-$a.gguf" ] && goldens+=("synth_$a" "synth_$a.default")
     done
 fi

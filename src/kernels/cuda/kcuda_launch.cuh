@@ -23,8 +23,8 @@
  * as long as one block of the grid always waits). Waiting for the
  * predecessor is enough for everything older too: a grid completes only
  * after its own wait returned, that is after its predecessor completed,
- * and so on up the stream. Kernels launched otherwise (cuBLAS's) are ordinary stream
- * dependencies on both sides.
+ * and so on up the stream. Kernels launched otherwise (cuBLAS's) are
+ * ordinary stream dependencies on both sides.
  *
  * PDL is used only when the code running on the device was compiled with
  * the wait in it (a probe kernel reports __CUDA_ARCH__ once: a binary

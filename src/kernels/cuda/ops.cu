@@ -353,6 +353,18 @@ __global__ void __launch_bounds__(32) rope_kv_kernel(const kcu_rope_args a)
 constexpr int ATTN_WARPS = 4;
 constexpr int ATTN_U = 4;
 
+/* Where position p's K and V rows start in the cache, for the sequence of
+ * block table bt and the KV head at head_off ((layer * n_head_kv + kvh)
+ * * bt rows into a block). */
+template <int D>
+__device__ __forceinline__ void kv_rows(const kcu_attn_args &a, const int32_t *bt, size_t head_off, int p,
+                                        const uint16_t **k, const uint16_t **v)
+{
+    const size_t blk = (size_t)bt[p / a.bt], off = (head_off + p % a.bt) * D;
+    *k = a.kc + blk * a.block_k_elems + off;
+    *v = a.vc + blk * a.block_v_elems + off;
+}
+
 /*
  * Attention over the paged cache. A query (token t, head h) covers the n
  * positions [first, pos]; they are split into S runs of C consecutive
@@ -404,9 +416,10 @@ template <int D> __global__ void __launch_bounds__(32 * ATTN_WARPS) attn_kernel(
         const int p = lo + wid + u * ATTN_WARPS;
         if (p > hi)
             break;
-        const size_t off = (head_off + p % a.bt) * D, blk = (size_t)bt[p / a.bt];
-        kcu_prefetch_l2(a.kc + blk * a.block_k_elems + off, D * sizeof(uint16_t), lane);
-        kcu_prefetch_l2(a.vc + blk * a.block_v_elems + off, D * sizeof(uint16_t), lane);
+        const uint16_t *kr, *vr;
+        kv_rows<D>(a, bt, head_off, p, &kr, &vr);
+        kcu_prefetch_l2(kr, D * sizeof(uint16_t), lane);
+        kcu_prefetch_l2(vr, D * sizeof(uint16_t), lane);
     }
     kcu_dep_wait();
     const float *qp = a.q + ((size_t)t * a.n_head + h) * D + lane * DPL;
@@ -424,10 +437,9 @@ template <int D> __global__ void __launch_bounds__(32 * ATTN_WARPS) attn_kernel(
             const int p = p0 + u * ATTN_WARPS;
             if (p > hi)
                 break;
-            const int32_t blk = bt[p / a.bt];
-            const size_t off = (head_off + p % a.bt) * D + lane * DPL;
-            const __half *kp = (const __half *)(a.kc + (size_t)blk * a.block_k_elems + off);
-            const __half *vp = (const __half *)(a.vc + (size_t)blk * a.block_v_elems + off);
+            const uint16_t *kr, *vr;
+            kv_rows<D>(a, bt, head_off, p, &kr, &vr);
+            const __half *kp = (const __half *)(kr + lane * DPL), *vp = (const __half *)(vr + lane * DPL);
 #pragma unroll
             for (int i = 0; i < DPL; i++) {
                 kh[u][i] = kp[i];
@@ -617,10 +629,10 @@ template <int D> __global__ void __launch_bounds__(32 * PF_WARPS) attn_tile_kern
                 const int j = e / D2, c = e % D2, p = c0 + j;
                 __half2 kv = __floats2half2_rn(0.0f, 0.0f), vv = kv;
                 if (p <= hi) {
-                    const int32_t blk = bt[p / a.bt];
-                    const size_t off = (head_off + p % a.bt) * D + 2 * c;
-                    kv = *(const __half2 *)(a.kc + (size_t)blk * a.block_k_elems + off);
-                    vv = *(const __half2 *)(a.vc + (size_t)blk * a.block_v_elems + off);
+                    const uint16_t *kr, *vr;
+                    kv_rows<D>(a, bt, head_off, p, &kr, &vr);
+                    kv = *(const __half2 *)(kr + 2 * c);
+                    vv = *(const __half2 *)(vr + 2 * c);
                 }
                 ((__half2 *)(ks + j * DS))[c] = kv;
                 ((__half2 *)(vs + j * DS))[c] = vv;
